@@ -1,0 +1,13 @@
+// Unified diffs of file contents for --diff and the JSON report.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace gpt {
+
+// `diff -u` style: "--- PATH (before)", "+++ PATH (after)", hunks with 3 lines of context.
+// Empty when the texts are equal.
+std::string unified_diff(std::string_view before, std::string_view after, std::string_view path);
+
+}  // namespace gpt

@@ -1,0 +1,80 @@
+#include "agent/exec.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/process.hpp>
+#include <future>
+
+namespace gpt {
+
+namespace bp = boost::process;
+
+std::string shell_quote(const std::string& arg) {
+  if (!arg.empty() && arg.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                            "0123456789_-+=./:,@%") == std::string::npos)
+    return arg;
+  std::string out = "'";
+  for (char c : arg) {
+    if (c == '\'') out += "'\\''";
+    else out += c;
+  }
+  return out + "'";
+}
+
+std::string Command::display() const {
+  std::string out;
+  for (const auto& a : argv) {
+    if (!out.empty()) out += ' ';
+    out += shell_quote(a);
+  }
+  return out;
+}
+
+std::string ExecResult::failure() const {
+  std::string msg = timed_out ? "timed out" : exit_code < 0 ? "could not run" : "exit code " + std::to_string(exit_code);
+  std::string_view e = err;
+  while (!e.empty() && (e.back() == '\n' || e.back() == ' ')) e.remove_suffix(1);
+  if (auto nl = e.find_last_of('\n'); nl != std::string_view::npos) e = e.substr(nl + 1);
+  if (!e.empty()) msg += ": " + std::string(e);
+  return msg;
+}
+
+ExecResult ProcessExec::run(const Command& cmd) {
+  ExecResult res;
+  if (cmd.argv.empty()) {
+    res.err = "empty command";
+    return res;
+  }
+  boost::filesystem::path exe = cmd.argv[0].find('/') == std::string::npos
+                                    ? bp::search_path(cmd.argv[0])
+                                    : boost::filesystem::path(cmd.argv[0]);
+  if (exe.empty()) {
+    res.err = cmd.argv[0] + ": command not found";
+    return res;
+  }
+  try {
+    boost::asio::io_context ios;
+    std::future<std::string> out, err;
+    std::vector<std::string> args(cmd.argv.begin() + 1, cmd.argv.end());
+    bp::child child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out, bp::std_err > err,
+                    ios);
+    ios.run_for(cmd.timeout);
+    if (!ios.stopped()) {
+      res.timed_out = true;
+      std::error_code ec;
+      child.terminate(ec);
+      ios.run_for(std::chrono::seconds(2));
+      res.exit_code = -1;
+    } else {
+      child.wait();
+      res.exit_code = child.exit_code();
+    }
+    if (out.wait_for(std::chrono::seconds(0)) == std::future_status::ready) res.out = out.get();
+    if (err.wait_for(std::chrono::seconds(0)) == std::future_status::ready) res.err = err.get();
+  } catch (const std::exception& e) {
+    res.exit_code = -1;
+    res.err = cmd.argv[0] + ": " + e.what();
+  }
+  return res;
+}
+
+}  // namespace gpt

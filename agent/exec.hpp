@@ -1,0 +1,43 @@
+// The host boundary for processes: modules describe commands, an Exec runs (or records) them.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gpt {
+
+struct Command {
+  std::vector<std::string> argv;          // never through a shell
+  std::chrono::milliseconds timeout{std::chrono::minutes(10)};
+  std::string display() const;            // the command line as a user would type it
+};
+
+struct ExecResult {
+  int exit_code = -1;   // -1 when the process could not start or was killed
+  bool timed_out = false;
+  std::string out;
+  std::string err;
+  bool ok() const { return exit_code == 0 && !timed_out; }
+  // A one-line explanation of a failure: exit code or timeout, and the last line of stderr.
+  std::string failure() const;
+};
+
+class Exec {
+ public:
+  virtual ~Exec() = default;
+  virtual ExecResult run(const Command& cmd) = 0;
+};
+
+// Runs processes with Boost.Process: an argument vector (no shell), stdout and stderr captured,
+// bounded by the command's timeout after which the process is killed.
+class ProcessExec final : public Exec {
+ public:
+  ExecResult run(const Command& cmd) override;
+};
+
+// Quotes one argument for display the way a POSIX shell would need it.
+std::string shell_quote(const std::string& arg);
+
+}  // namespace gpt

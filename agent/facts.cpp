@@ -1,0 +1,169 @@
+#include "agent/facts.hpp"
+
+#include <algorithm>
+
+#include "agent/host.hpp"
+
+namespace gpt {
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\n' || s.front() == '\r'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\n' || s.back() == '\r'))
+    s.remove_suffix(1);
+  return s;
+}
+
+std::vector<std::string> split_ws(std::string_view s) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i < s.size()) {
+    while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n')) ++i;
+    size_t j = i;
+    while (j < s.size() && s[j] != ' ' && s[j] != '\t' && s[j] != '\n') ++j;
+    if (j > i) out.emplace_back(s.substr(i, j - i));
+    i = j;
+  }
+  return out;
+}
+
+// Unquotes an os-release value (shell-like: double or single quotes, backslash escapes).
+std::string unquote(std::string_view v) {
+  v = trim(v);
+  if (v.size() >= 2 && (v.front() == '"' || v.front() == '\'') && v.back() == v.front()) {
+    const char q = v.front();
+    v = v.substr(1, v.size() - 2);
+    std::string out;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (q == '"' && v[i] == '\\' && i + 1 < v.size()) ++i;
+      out += v[i];
+    }
+    return out;
+  }
+  return std::string(v);
+}
+
+}  // namespace
+
+bool CpuInfo::has_flag(std::string_view f) const {
+  return std::find(flags.begin(), flags.end(), f) != flags.end();
+}
+
+CpuInfo parse_cpuinfo(std::string_view text) {
+  CpuInfo info;
+  bool seen_flags = false;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) nl = text.size();
+    std::string_view line = text.substr(pos, nl - pos);
+    pos = nl + 1;
+    auto colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    std::string_view key = trim(line.substr(0, colon));
+    std::string_view value = trim(line.substr(colon + 1));
+    if (key == "vendor_id" && info.vendor_id.empty()) info.vendor_id = value;
+    else if (key == "model name" && info.model_name.empty()) info.model_name = value;
+    else if (key == "flags" && !seen_flags) {
+      info.flags = split_ws(value);
+      seen_flags = true;
+    }
+  }
+  if (info.vendor_id == "GenuineIntel") info.vendor = "intel";
+  else if (info.vendor_id == "AuthenticAMD" || info.vendor_id == "HygonGenuine") info.vendor = "amd";
+  else info.vendor = "unknown";
+  return info;
+}
+
+OsRelease parse_os_release(std::string_view text) {
+  OsRelease os;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) nl = text.size();
+    std::string_view line = trim(text.substr(pos, nl - pos));
+    pos = nl + 1;
+    if (line.empty() || line.front() == '#') continue;
+    auto eq = line.find('=');
+    if (eq == std::string_view::npos) continue;
+    std::string_view key = line.substr(0, eq);
+    std::string value = unquote(line.substr(eq + 1));
+    if (key == "ID") os.id = value;
+    else if (key == "ID_LIKE") os.id_like = split_ws(value);
+    else if (key == "VERSION_ID") os.version_id = value;
+    else if (key == "PRETTY_NAME") os.pretty_name = value;
+  }
+  return os;
+}
+
+std::vector<std::string> parse_cmdline(std::string_view text) {
+  std::vector<std::string> out;
+  std::string cur;
+  bool in_quotes = false, have = false;
+  for (char c : text) {
+    if (c == '"') {
+      in_quotes = !in_quotes;
+      cur += c;
+      have = true;
+    } else if (!in_quotes && (c == ' ' || c == '\t' || c == '\n' || c == '\0')) {
+      if (have) out.push_back(cur);
+      cur.clear();
+      have = false;
+    } else {
+      cur += c;
+      have = true;
+    }
+  }
+  if (have) out.push_back(cur);
+  return out;
+}
+
+std::string param_name(std::string_view param) {
+  std::string name(param.substr(0, param.find('=')));
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
+Facts gather_facts(const Root& root) {
+  Facts f;
+  auto read = [&](std::string_view path) -> std::string {
+    auto text = read_file(root, path, 4u << 20);
+    if (!text) {
+      f.warnings.push_back(text.error());
+      return {};
+    }
+    return std::move(*text);
+  };
+  f.cpu = parse_cpuinfo(read("/proc/cpuinfo"));
+  if (auto os = read_file_if_exists(root, "/etc/os-release"); os && *os) {
+    f.os = parse_os_release(**os);
+  } else if (auto usr = read_file_if_exists(root, "/usr/lib/os-release"); usr && *usr) {
+    f.os = parse_os_release(**usr);
+  } else {
+    f.warnings.push_back("no /etc/os-release or /usr/lib/os-release");
+  }
+  f.kernel_release = std::string(trim(read("/proc/sys/kernel/osrelease")));
+  f.boot_id = std::string(trim(read("/proc/sys/kernel/random/boot_id")));
+  f.cmdline = parse_cmdline(trim(read("/proc/cmdline")));
+  return f;
+}
+
+nlohmann::json Facts::to_json() const {
+  return {
+      {"cpu_vendor", cpu.vendor},
+      {"cpu_vendor_id", cpu.vendor_id},
+      {"cpu_model", cpu.model_name},
+      {"cpu_virtualization", cpu.has_flag("vmx") ? "vmx" : cpu.has_flag("svm") ? "svm" : ""},
+      {"distro", os.id},
+      {"distro_like", os.id_like},
+      {"distro_version", os.version_id},
+      {"distro_name", os.pretty_name},
+      {"kernel_release", kernel_release},
+      {"boot_id", boot_id},
+      {"cmdline", cmdline},
+      {"warnings", warnings},
+  };
+}
+
+}  // namespace gpt

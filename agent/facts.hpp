@@ -1,0 +1,52 @@
+// Facts about the managed host, read from its /proc, /sys and /etc under the root, parsed by pure
+// functions that tests feed with text copied from real machines.
+#pragma once
+
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace gpt {
+
+class Root;
+
+struct CpuInfo {
+  std::string vendor_id;  // GenuineIntel, AuthenticAMD, ... (empty when unknown)
+  std::string vendor;     // intel, amd, or unknown
+  std::string model_name;
+  std::vector<std::string> flags;  // of the first processor
+  bool has_flag(std::string_view f) const;
+};
+
+struct OsRelease {
+  std::string id;        // debian, ubuntu, fedora, rhel, arch...
+  std::vector<std::string> id_like;
+  std::string version_id;
+  std::string pretty_name;
+};
+
+struct Facts {
+  CpuInfo cpu;
+  OsRelease os;
+  std::string kernel_release;
+  std::string boot_id;
+  std::vector<std::string> cmdline;  // the running kernel's parameters, in order
+  std::vector<std::string> warnings;  // what could not be read, in words
+  nlohmann::json to_json() const;
+};
+
+CpuInfo parse_cpuinfo(std::string_view text);
+OsRelease parse_os_release(std::string_view text);
+// Splits a kernel command line the way the kernel does: on blanks, with double quotes grouping.
+std::vector<std::string> parse_cmdline(std::string_view text);
+// The name of a kernel parameter as the kernel compares it: the text before '=', with '-' and
+// '_' equal ("vfio-pci.ids" is "vfio_pci.ids").
+std::string param_name(std::string_view param);
+
+// Reads the facts this release knows of. Missing files become warnings, never errors.
+Facts gather_facts(const Root& root);
+
+}  // namespace gpt

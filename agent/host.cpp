@@ -1,0 +1,340 @@
+#include "agent/host.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <deque>
+
+namespace gpt {
+namespace {
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+std::vector<std::string> split_path(std::string_view p) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i < p.size()) {
+    size_t j = p.find('/', i);
+    if (j == std::string_view::npos) j = p.size();
+    if (j > i) out.emplace_back(p.substr(i, j - i));
+    i = j + 1;
+  }
+  return out;
+}
+
+std::string join_under(const std::string& dir, const std::vector<std::string>& parts) {
+  std::string out = dir == "/" ? "" : dir;
+  for (const auto& part : parts) out += "/" + part;
+  return out.empty() ? "/" : out;
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+Status write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Error{errno_text(errno)};
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return {};
+}
+
+// mkdir -p of an already resolved real path; parents are created with mode 0755.
+Status make_dirs(const std::string& real) {
+  struct stat st{};
+  if (::stat(real.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) return {};
+    return Error{"not a directory"};
+  }
+  auto slash = real.find_last_of('/');
+  if (slash != std::string::npos && slash > 0) {
+    if (auto s = make_dirs(real.substr(0, slash)); !s) return s;
+  }
+  if (::mkdir(real.c_str(), 0755) != 0 && errno != EEXIST) return Error{errno_text(errno)};
+  return {};
+}
+
+std::string parent_of(std::string_view p) {
+  auto slash = p.find_last_of('/');
+  if (slash == std::string_view::npos || slash == 0) return "/";
+  return std::string(p.substr(0, slash));
+}
+
+std::string base_of(std::string_view p) {
+  auto slash = p.find_last_of('/');
+  return std::string(slash == std::string_view::npos ? p : p.substr(slash + 1));
+}
+
+}  // namespace
+
+Root::Root(std::string dir) : dir_(std::move(dir)) {
+  char buf[PATH_MAX];
+  if (::realpath(dir_.c_str(), buf) != nullptr) dir_ = buf;
+  while (dir_.size() > 1 && dir_.back() == '/') dir_.pop_back();
+}
+
+Expected<std::string> Root::resolve(std::string_view path) const {
+  if (path.empty() || path.front() != '/') return Error{"not an absolute path: " + std::string(path)};
+  std::vector<std::string> done;
+  std::deque<std::string> todo;
+  for (auto& c : split_path(path)) todo.push_back(std::move(c));
+  int links = 0;
+  bool missing = false;  // once a component is missing, the rest cannot be links
+  while (!todo.empty()) {
+    std::string comp = std::move(todo.front());
+    todo.pop_front();
+    if (comp == ".") continue;
+    if (comp == "..") {
+      if (!done.empty()) done.pop_back();
+      continue;
+    }
+    if (!missing) {
+      const std::string base = join_under(dir_, done);
+      const std::string real = (base == "/" ? "" : base) + "/" + comp;
+      struct stat st{};
+      if (::lstat(real.c_str(), &st) != 0) {
+        missing = true;
+      } else if (S_ISLNK(st.st_mode)) {
+        if (++links > 40) return Error{"too many levels of symbolic links: " + std::string(path)};
+        char target[PATH_MAX];
+        ssize_t n = ::readlink(real.c_str(), target, sizeof target - 1);
+        if (n < 0) return Error{"cannot read link " + std::string(path) + ": " + errno_text(errno)};
+        std::string_view t(target, static_cast<size_t>(n));
+        if (!t.empty() && t.front() == '/') done.clear();  // absolute targets start at the root
+        auto parts = split_path(t);
+        todo.insert(todo.begin(), parts.begin(), parts.end());
+        continue;
+      }
+    }
+    done.push_back(std::move(comp));
+  }
+  return join_under(dir_, done);
+}
+
+Expected<std::string> read_file(const Root& root, std::string_view path, size_t max_bytes) {
+  auto real = root.resolve(path);
+  if (!real) return Error{real.error()};
+  const std::string where = std::string(path);
+  Fd fd(::open(real->c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  if (fd.get() < 0) return Error{"cannot read " + where + ": " + errno_text(errno)};
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0) return Error{"cannot read " + where + ": " + errno_text(errno)};
+  if (S_ISDIR(st.st_mode)) return Error{"cannot read " + where + ": it is a directory"};
+  if (!S_ISREG(st.st_mode)) return Error{"cannot read " + where + ": not a regular file"};
+  if (static_cast<size_t>(st.st_size) > max_bytes)
+    return Error{"cannot read " + where + ": larger than " + std::to_string(max_bytes) + " bytes"};
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Error{"cannot read " + where + ": " + errno_text(errno)};
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > max_bytes)
+      return Error{"cannot read " + where + ": larger than " + std::to_string(max_bytes) + " bytes"};
+  }
+  return out;
+}
+
+Expected<std::optional<std::string>> read_file_if_exists(const Root& root, std::string_view path,
+                                                         size_t max_bytes) {
+  auto real = root.resolve(path);
+  if (!real) return Error{real.error()};
+  struct stat st{};
+  if (::stat(real->c_str(), &st) != 0 && (errno == ENOENT || errno == ENOTDIR))
+    return std::optional<std::string>{};
+  auto content = read_file(root, path, max_bytes);
+  if (!content) return Error{content.error()};
+  return std::optional<std::string>{std::move(*content)};
+}
+
+Expected<FileInfo> stat_file(const Root& root, std::string_view path) {
+  auto real = root.resolve(path);
+  if (!real) return Error{real.error()};
+  struct stat st{};
+  FileInfo info;
+  if (::stat(real->c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return info;
+    return Error{"cannot stat " + std::string(path) + ": " + errno_text(errno)};
+  }
+  info.exists = true;
+  info.regular = S_ISREG(st.st_mode);
+  info.mode = st.st_mode & 07777;
+  info.uid = st.st_uid;
+  info.gid = st.st_gid;
+  return info;
+}
+
+bool path_exists(const Root& root, std::string_view path) {
+  auto info = stat_file(root, path);
+  return info && info->exists;
+}
+
+std::string backup_name(std::string_view path) {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::localtime_r(&now, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", &tm);
+  return std::string(path) + ".gptagent-" + stamp;
+}
+
+namespace {
+
+// Writes `content` to a fresh temp file in dirfd and renames it to `name`. The temp file has a
+// fixed name per target: only one run holds the root lock, and a leftover from a killed run is
+// replaced.
+Status replace_in_dir(int dirfd, const std::string& name, std::string_view content, mode_t mode,
+                      std::optional<std::pair<uid_t, gid_t>> owner) {
+  const std::string tmp = "." + name + ".gptagent-tmp";
+  ::unlinkat(dirfd, tmp.c_str(), 0);
+  Fd fd(::openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (fd.get() < 0) return Error{"cannot create a temporary file: " + errno_text(errno)};
+  auto fail = [&](const std::string& what) -> Status {
+    int err = errno;
+    ::unlinkat(dirfd, tmp.c_str(), 0);
+    return Error{what + ": " + errno_text(err)};
+  };
+  if (auto s = write_all(fd.get(), content); !s) {
+    ::unlinkat(dirfd, tmp.c_str(), 0);
+    return Error{"cannot write: " + s.error()};
+  }
+  if (owner && ::fchown(fd.get(), owner->first, owner->second) != 0)
+    return fail("cannot keep the owner");
+  if (::fchmod(fd.get(), mode) != 0) return fail("cannot set the mode");
+  if (::fsync(fd.get()) != 0) return fail("cannot sync");
+  if (::close(fd.release()) != 0) return fail("cannot close");
+  if (::renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0) return fail("cannot rename");
+  if (::fsync(dirfd) != 0) return Error{"cannot sync the directory: " + errno_text(errno)};
+  return {};
+}
+
+}  // namespace
+
+Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path,
+                                         std::string_view content, const WriteOptions& opts) {
+  const std::string where(path);
+  auto real = root.resolve(path);
+  if (!real) return Error{real.error()};
+  const std::string dir = parent_of(*real);
+  const std::string name = base_of(*real);
+  if (auto s = make_dirs(dir); !s)
+    return Error{"cannot write " + where + ": cannot create " + parent_of(where) + ": " + s.error()};
+  Fd dirfd(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+  if (dirfd.get() < 0) return Error{"cannot write " + where + ": " + errno_text(errno)};
+
+  struct stat st{};
+  const bool existed = ::fstatat(dirfd.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+  if (existed && !S_ISREG(st.st_mode))
+    return Error{"cannot write " + where + ": not a regular file"};
+
+  WriteOutcome outcome;
+  if (existed && opts.backup) {
+    std::string host_backup = backup_name(where);
+    std::string backup = base_of(host_backup);
+    std::string candidate = backup;
+    for (int i = 2; ::linkat(dirfd.get(), name.c_str(), dirfd.get(), candidate.c_str(), 0) != 0; ++i) {
+      if (errno == EEXIST && i < 100) {
+        candidate = backup + "-" + std::to_string(i);
+        continue;
+      }
+      // No hard links here (some file systems): copy the old content, atomically as well.
+      auto old = read_file(root, path, SIZE_MAX);
+      if (!old) return Error{"cannot back up " + where + ": " + old.error()};
+      if (auto s = replace_in_dir(dirfd.get(), candidate, *old, st.st_mode & 07777, std::nullopt); !s)
+        return Error{"cannot back up " + where + ": " + s.error()};
+      break;
+    }
+    outcome.backup_path = parent_of(where) + "/" + candidate;
+  }
+
+  const mode_t mode = existed ? (st.st_mode & 07777) : opts.create_mode;
+  std::optional<std::pair<uid_t, gid_t>> owner;
+  if (existed && (st.st_uid != ::geteuid() || st.st_gid != ::getegid()))
+    owner = std::make_pair(st.st_uid, st.st_gid);
+  if (auto s = replace_in_dir(dirfd.get(), name, content, mode, owner); !s)
+    return Error{"cannot write " + where + ": " + s.error()};
+  return outcome;
+}
+
+RunLock::RunLock(RunLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+RunLock& RunLock::operator=(RunLock&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+RunLock::~RunLock() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Expected<RunLock> RunLock::acquire(const Root& root, Mode mode, bool wait, void (*on_wait)(long)) {
+  const std::string host_path = "/run/gptagent.lock";
+  auto real = root.resolve(host_path);
+  if (!real) return Error{real.error()};
+  int fd;
+  if (mode == Mode::exclusive) {
+    if (auto s = make_dirs(parent_of(*real)); !s)
+      return Error{"cannot create /run for the lock: " + s.error()};
+    fd = ::open(real->c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  } else {
+    fd = ::open(real->c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 && errno == ENOENT) return RunLock{};
+  }
+  if (fd < 0) return Error{"cannot open the lock " + *real + ": " + errno_text(errno)};
+  RunLock lock(fd);
+  const int op = mode == Mode::exclusive ? LOCK_EX : LOCK_SH;
+  if (::flock(fd, op | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return Error{"cannot lock " + *real + ": " + errno_text(errno)};
+    char buf[32] = {};
+    long pid = 0;
+    if (::pread(fd, buf, sizeof buf - 1, 0) > 0) pid = std::strtol(buf, nullptr, 10);
+    const std::string holder = pid > 0 ? "pid " + std::to_string(pid) : "another process";
+    if (!wait) return Error{"another gptagent run (" + holder + ") holds the lock " + *real};
+    if (on_wait) on_wait(pid);
+    while (::flock(fd, op) != 0) {
+      if (errno != EINTR) return Error{"cannot lock " + *real + ": " + errno_text(errno)};
+    }
+  }
+  if (mode == Mode::exclusive) {
+    std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+      // The pid is only for messages; the flock is what excludes.
+    }
+  }
+  return lock;
+}
+
+}  // namespace gpt

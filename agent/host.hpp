@@ -1,0 +1,94 @@
+// The host boundary for files: every absolute path maps under --root, never outside it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/expected.hpp"
+
+namespace gpt {
+
+// Maps absolute host paths into a root directory. Symlinks and ".." are resolved inside the root
+// the way openat2(RESOLVE_IN_ROOT) does: an absolute link target or a ".." at the top stays in the
+// root, so nothing a tree contains can lead a read or a write outside it.
+class Root {
+ public:
+  explicit Root(std::string dir);
+
+  const std::string& dir() const { return dir_; }
+  // True when the root is not "/": commands that change the running system must not run.
+  bool sandboxed() const { return dir_ != "/"; }
+
+  // The real path of `path` (absolute, as seen on the managed host) under the root, with every
+  // symlink resolved in the root. A missing final component (or missing parents) is allowed.
+  Expected<std::string> resolve(std::string_view path) const;
+  // For messages: the path as the managed host sees it.
+  static std::string display(std::string_view path) { return std::string(path); }
+
+ private:
+  std::string dir_;
+};
+
+struct FileInfo {
+  bool exists = false;
+  bool regular = false;
+  mode_t mode = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// Reads a whole file (host path, under the root). Fails with the path and the reason; `max_bytes`
+// bounds what a hostile or broken file can make us hold in memory.
+Expected<std::string> read_file(const Root& root, std::string_view path,
+                                size_t max_bytes = 16u << 20);
+// Reads a file if it exists; an absent file is an empty optional, other failures are errors.
+Expected<std::optional<std::string>> read_file_if_exists(const Root& root, std::string_view path,
+                                                         size_t max_bytes = 16u << 20);
+Expected<FileInfo> stat_file(const Root& root, std::string_view path);
+bool path_exists(const Root& root, std::string_view path);
+
+struct WriteOptions {
+  bool backup = true;           // keep the previous content as FILE.gptagent-YYYYmmddTHHMMSS
+  mode_t create_mode = 0644;    // for a file that did not exist
+};
+struct WriteOutcome {
+  std::optional<std::string> backup_path;  // host path of the backup, when one was made
+};
+
+// Replaces a file atomically: temp file in the same directory, write, fsync, rename, fsync of the
+// directory. Mode and owner of an existing file are kept. An interrupted run leaves the old file or
+// the new one, never half of one; the backup is a hard link to the old inode (complete by
+// construction) or, where links are impossible, a copy written the same atomic way.
+Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path,
+                                         std::string_view content, const WriteOptions& opts = {});
+
+// Name of a backup for `path` made now: FILE.gptagent-YYYYmmddTHHMMSS.
+std::string backup_name(std::string_view path);
+
+// Exclusive per-root lock on /run/gptagent.lock (under the root). Holds the flock while alive.
+class RunLock {
+ public:
+  RunLock() = default;
+  RunLock(RunLock&& other) noexcept;
+  RunLock& operator=(RunLock&& other) noexcept;
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+  ~RunLock();
+
+  enum class Mode { exclusive, shared_if_exists };
+  // wait=false: fail at once when another run holds it, naming that run's pid. on_wait is called
+  // once before blocking, with the holder's pid (0 when unknown).
+  static Expected<RunLock> acquire(const Root& root, Mode mode, bool wait,
+                                   void (*on_wait)(long pid) = nullptr);
+  bool held() const { return fd_ >= 0; }
+
+ private:
+  explicit RunLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
+}  // namespace gpt

@@ -1,0 +1,173 @@
+// gptagent: prepares Linux hosts for GPU passthrough to libvirt/KVM virtual machines.
+#include <sys/stat.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "agent/facts.hpp"
+#include "agent/host.hpp"
+#include "agent/playbook.hpp"
+#include "agent/report.hpp"
+#include "agent/runner.hpp"
+
+namespace {
+
+using gpt::json;
+
+struct Common {
+  std::string root = "/";
+  std::vector<std::string> extra;
+  int verbosity = 0;
+};
+
+bool is_directory(const std::string& path) {
+  struct stat st{};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Loads the playbook against the root's facts; prints the errors and returns nullopt on failure.
+std::optional<gpt::Playbook> load(const std::string& path, const Common& c, const gpt::Facts& facts, bool json_out) {
+  gpt::LoadOptions opts;
+  opts.facts = facts.to_json();
+  for (const auto& e : c.extra) {
+    auto kv = gpt::parse_extra_var(e);
+    if (!kv) {
+      std::cerr << "gptagent: " << kv.error() << "\n";
+      return std::nullopt;
+    }
+    opts.extra_vars.update(*kv);
+  }
+  auto res = gpt::load_playbook(path, opts);
+  if (!res.ok()) {
+    if (json_out) std::cout << json{{"playbook", path}, {"errors", res.errors}, {"exit_code", 1}}.dump(2) << "\n";
+    for (const auto& e : res.errors) std::cerr << e << "\n";
+    std::cerr << "gptagent: " << path << ": " << res.errors.size() << (res.errors.size() == 1 ? " error" : " errors")
+              << ", nothing was changed\n";
+    return std::nullopt;
+  }
+  return std::move(res.playbook);
+}
+
+void setup_logging(int verbosity) {
+  auto logger = spdlog::stderr_logger_st("gptagent");
+  logger->set_pattern("[%l] %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(verbosity >= 2 ? spdlog::level::debug : verbosity == 1 ? spdlog::level::info : spdlog::level::warn);
+}
+
+int cmd_apply(const std::string& playbook, const Common& c, bool check, bool diff, bool json_out,
+              const std::string& color, bool no_wait, const std::vector<std::string>& tags,
+              const std::vector<std::string>& skip_tags) {
+  if (!is_directory(c.root)) {
+    std::cerr << "gptagent: --root " << c.root << " is not a directory\n";
+    return 1;
+  }
+  gpt::Root root(c.root);
+  gpt::Facts facts = gpt::gather_facts(root);
+  for (const auto& w : facts.warnings) spdlog::info("facts: {}", w);
+  auto pb = load(playbook, c, facts, json_out);
+  if (!pb) return 1;
+
+  auto lock = gpt::RunLock::acquire(root, check ? gpt::RunLock::Mode::shared_if_exists : gpt::RunLock::Mode::exclusive,
+                                    !no_wait, [](long pid) {
+                                      std::cerr << "gptagent: waiting for the run holding the lock (pid " << pid << ")\n";
+                                    });
+  if (!lock) {
+    std::cerr << "gptagent: " << lock.error() << "\n";
+    return 1;
+  }
+
+  gpt::ProcessExec exec;
+  gpt::Context ctx{root, exec, facts, !root.sandboxed()};
+  gpt::RunOptions ropts{check, tags, skip_tags};
+  gpt::ReportOptions rep{gpt::use_color(color) && !json_out, diff, check, playbook, root.dir(), "localhost"};
+  auto reporter = json_out ? gpt::make_json_reporter(std::cout, rep) : gpt::make_human_reporter(std::cout, rep);
+  gpt::RunStats stats = gpt::run_playbook(*pb, ctx, ropts, *reporter);
+  int code = gpt::exit_code_for(stats, check);
+  reporter->done(stats, code);
+  return code;
+}
+
+int cmd_validate(const std::string& playbook, const Common& c) {
+  gpt::Root root(c.root);
+  gpt::Facts facts = gpt::gather_facts(root);
+  auto pb = load(playbook, c, facts, false);
+  if (!pb) return 1;
+  size_t tasks = 0;
+  for (const auto& s : pb->stages) tasks += s.tasks.size();
+  std::cout << playbook << ": valid (" << pb->stages.size() << (pb->stages.size() == 1 ? " stage, " : " stages, ")
+            << tasks << (tasks == 1 ? " task)" : " tasks)") << "\n";
+  return 0;
+}
+
+int cmd_facts(const Common& c, bool json_out) {
+  if (!is_directory(c.root)) {
+    std::cerr << "gptagent: --root " << c.root << " is not a directory\n";
+    return 1;
+  }
+  gpt::Root root(c.root);
+  gpt::Facts facts = gpt::gather_facts(root);
+  json j = facts.to_json();
+  if (json_out) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  for (const auto& [k, v] : j.items()) {
+    std::string value = v.is_string() ? v.get<std::string>() : v.dump();
+    std::cout << k << std::string(k.size() < 20 ? 20 - k.size() : 1, ' ') << value << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"gptagent: prepares Linux hosts for GPU passthrough to libvirt/KVM virtual machines"};
+  app.set_version_flag("--version", std::string("gptagent ") + GPTAGENT_VERSION);
+  app.require_subcommand(1);
+  Common c;
+  auto add_common = [&](CLI::App* sub) {
+    sub->add_option("--root", c.root, "Manage the host tree under DIR instead of / (sandbox; no system commands run)")
+        ->type_name("DIR");
+    sub->add_option("-e,--extra-vars", c.extra, "Set a variable: key=value (repeatable)")->type_name("KEY=VALUE");
+    sub->add_flag("-v,--verbose", c.verbosity, "More log output on stderr (-vv for debug)");
+  };
+
+  std::string playbook, color = "auto";
+  bool check = false, diff = false, json_out = false, no_wait = false;
+  std::vector<std::string> tags, skip_tags;
+  auto* apply = app.add_subcommand("apply", "Converge the host to the playbook");
+  apply->add_option("playbook", playbook, "Playbook (YAML)")->required();
+  add_common(apply);
+  apply->add_flag("-C,--check", check, "Change nothing; report what would change (exit 2 on drift)");
+  apply->add_flag("-D,--diff", diff, "Show unified diffs of file changes");
+  apply->add_flag("--json", json_out, "Print one JSON document instead of the human report");
+  apply->add_option("--color", color, "Colour: auto (terminal, no NO_COLOR), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}));
+  apply->add_flag("--no-wait", no_wait, "Fail at once when another run holds the lock");
+  apply->add_option("-t,--tags", tags, "Run only tasks with these tags")->delimiter(',');
+  apply->add_option("--skip-tags", skip_tags, "Skip tasks with these tags")->delimiter(',');
+
+  auto* validate = app.add_subcommand("validate", "Check a playbook (schema, variables) and touch nothing");
+  validate->add_option("playbook", playbook, "Playbook (YAML)")->required();
+  add_common(validate);
+
+  bool facts_json = false;
+  auto* facts = app.add_subcommand("facts", "Show what the agent sees on this host");
+  add_common(facts);
+  facts->add_flag("--json", facts_json, "All facts as JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 1;
+  }
+  setup_logging(c.verbosity);
+  if (*apply) return cmd_apply(playbook, c, check, diff, json_out, color, no_wait, tags, skip_tags);
+  if (*validate) return cmd_validate(playbook, c);
+  if (*facts) return cmd_facts(c, facts_json);
+  return 1;
+}

@@ -1,0 +1,87 @@
+#include "agent/module.hpp"
+
+#include <stdexcept>
+
+namespace gpt {
+
+std::string_view outcome_name(Outcome o) {
+  switch (o) {
+    case Outcome::ok: return "ok";
+    case Outcome::changed: return "changed";
+    case Outcome::failed: return "failed";
+    case Outcome::skipped: return "skipped";
+  }
+  return "?";
+}
+
+std::string_view arg_type_name(ArgType t) {
+  switch (t) {
+    case ArgType::str: return "a string";
+    case ArgType::boolean: return "a boolean";
+    case ArgType::integer: return "an integer";
+    case ArgType::list: return "a list";
+    case ArgType::dict: return "a mapping";
+    case ArgType::any: return "a value";
+  }
+  return "?";
+}
+
+Result Context::run_system(const Command& cmd, bool apply, std::string_view what) {
+  const std::string line = cmd.display();
+  if (!system_commands_allowed) {
+    Result r = Result::skipped("not run under --root " + root.dir() + ": " + line);
+    r.commands.push_back(line);
+    return r;
+  }
+  if (!apply) {
+    Result r = Result::changed("would run: " + line);
+    r.commands.push_back(line);
+    return r;
+  }
+  ExecResult res = exec.run(cmd);
+  Result r = res.ok() ? Result::changed(std::string(what) + ": " + line)
+                      : Result::failed(line + " failed: " + res.failure());
+  r.commands.push_back(line);
+  r.data["stdout"] = res.out;
+  r.data["stderr"] = res.err;
+  return r;
+}
+
+Registry& Registry::instance() {
+  static Registry registry;
+  return registry;
+}
+
+void Registry::add(ModuleDef def) {
+  std::string name = def.name;
+  if (!modules_.emplace(name, std::move(def)).second)
+    throw std::logic_error("module registered twice: " + name);
+}
+
+const ModuleDef* Registry::find(std::string_view name) const {
+  auto it = modules_.find(name);
+  return it == modules_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> Registry::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, def] : modules_) out.push_back(name);
+  return out;
+}
+
+json with_defaults(const ModuleSchema& schema, json args) {
+  if (!args.is_object()) args = json::object();
+  for (const auto& spec : schema.args)
+    if (!args.contains(spec.name) && !spec.default_value.is_null()) args[spec.name] = spec.default_value;
+  return args;
+}
+
+Result converge_module(const ModuleDef& def, Context& ctx, const json& args, bool apply) {
+  try {
+    return def.converge(ctx, args, apply);
+  } catch (const std::exception& e) {
+    return Result::failed(def.name + ": internal error: " + e.what());
+  }
+}
+
+}  // namespace gpt

@@ -1,0 +1,125 @@
+// The module contract: one converge(ctx, args, apply) per module, registered by name.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/exec.hpp"
+#include "agent/facts.hpp"
+#include "agent/host.hpp"
+
+namespace gpt {
+
+using json = nlohmann::json;
+
+enum class Outcome { ok, changed, failed, skipped };
+std::string_view outcome_name(Outcome o);
+
+// A handler a module asks for when it changed something, e.g. regenerating the grub config.
+// Handlers with the same name run once, at the end of the stage.
+struct HandlerRequest {
+  std::string name;    // shown in the report, and what makes two requests the same
+  std::string module;  // a registered module run as the handler
+  json args = json::object();
+};
+
+struct Result {
+  Outcome status = Outcome::ok;
+  std::string msg;
+  std::string diff;  // unified diff of what changed (or would change)
+  bool reboot_required = false;
+  std::vector<HandlerRequest> handlers;
+  std::vector<std::string> commands;  // commands run, or that would have run
+  json data = json::object();         // module-specific details for --json
+
+  static Result ok(std::string msg = {}) { return make(Outcome::ok, std::move(msg)); }
+  static Result changed(std::string msg = {}) { return make(Outcome::changed, std::move(msg)); }
+  static Result failed(std::string msg) { return make(Outcome::failed, std::move(msg)); }
+  static Result skipped(std::string msg) { return make(Outcome::skipped, std::move(msg)); }
+
+ private:
+  static Result make(Outcome o, std::string msg) {
+    Result r;
+    r.status = o;
+    r.msg = std::move(msg);
+    return r;
+  }
+};
+
+// What a module may touch: the root's files, processes through Exec, the gathered facts.
+struct Context {
+  const Root& root;
+  Exec& exec;
+  const Facts& facts;
+  // Commands that change the running system (update-grub, modprobe, reboot...) run only when the
+  // root is "/" — or in tests, where Exec is a recorder.
+  bool system_commands_allowed = false;
+
+  // Runs a command that changes the running system when apply is set and that is allowed;
+  // otherwise says what would run. Returns changed, skipped (not allowed here) or failed.
+  Result run_system(const Command& cmd, bool apply, std::string_view what);
+};
+
+enum class ArgType { str, boolean, integer, list, dict, any };
+std::string_view arg_type_name(ArgType t);
+
+// One declared argument, in the spirit of Ansible's argument_spec.
+struct ArgSpec {
+  std::string name;
+  ArgType type = ArgType::str;
+  bool required = false;
+  json default_value = {};           // null: no default
+  std::vector<std::string> choices = {};  // for str
+  ArgType elements = ArgType::str;   // for list
+  std::vector<ArgSpec> fields = {};  // for dict (and list of dict); empty: any keys
+  // A semantic check of the typed value: a message when it is wrong.
+  std::function<std::optional<std::string>(const json&)> check = {};
+};
+
+struct ModuleSchema {
+  std::vector<ArgSpec> args = {};
+  std::vector<std::vector<std::string>> mutually_exclusive = {};
+  std::vector<std::vector<std::string>> required_one_of = {};
+  // A check of the arguments together (after each one passed its own): a message when wrong.
+  std::function<std::optional<std::string>(const json&)> check = {};
+};
+
+using ConvergeFn = Result (*)(Context& ctx, const json& args, bool apply);
+
+struct ModuleDef {
+  std::string name;
+  std::string summary;
+  ModuleSchema schema;
+  ConvergeFn converge = nullptr;
+  bool changes_boot = false;  // documents modules whose changes need a reboot
+};
+
+class Registry {
+ public:
+  static Registry& instance();
+  void add(ModuleDef def);
+  const ModuleDef* find(std::string_view name) const;
+  std::vector<std::string> names() const;
+
+ private:
+  std::map<std::string, ModuleDef, std::less<>> modules_;
+};
+
+// Modules register themselves from a static initialiser: `static const Registration reg{...};`
+struct Registration {
+  explicit Registration(ModuleDef def) { Registry::instance().add(std::move(def)); }
+};
+
+// The arguments with the schema's defaults filled in, for handlers that modules request in code.
+json with_defaults(const ModuleSchema& schema, json args);
+
+// Runs one module with exceptions caught at the module edge.
+Result converge_module(const ModuleDef& def, Context& ctx, const json& args, bool apply);
+
+}  // namespace gpt

@@ -1,0 +1,644 @@
+#include "agent/playbook.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "agent/module.hpp"
+
+namespace gpt {
+
+using json = nlohmann::json;
+
+std::string SourceMark::str() const {
+  return file + ":" + std::to_string(line) + ":" + std::to_string(col);
+}
+
+namespace {
+
+constexpr size_t kMaxNodes = 200000;  // a YAML alias bomb expands past this long before it hurts
+
+// Where each value came from: JSON pointer -> the marks of its key and value, and the scalar text.
+struct Origin {
+  SourceMark value;
+  SourceMark key;
+  std::string raw;
+  bool plain = false;  // an unquoted scalar
+};
+
+std::string child_ptr(const std::string& ptr, const std::string& key) {
+  std::string esc;
+  for (char c : key) {
+    if (c == '~') esc += "~0";
+    else if (c == '/') esc += "~1";
+    else esc += c;
+  }
+  return ptr + "/" + esc;
+}
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string did_you_mean(std::string_view word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = 3;
+  for (const auto& c : candidates) {
+    size_t d = edit_distance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  return best.empty() ? "" : " (did you mean '" + best + "'?)";
+}
+
+std::string join(const std::vector<std::string>& items, std::string_view sep = ", ") {
+  std::string out;
+  for (const auto& i : items) {
+    if (!out.empty()) out += sep;
+    out += i;
+  }
+  return out;
+}
+
+json plain_scalar(const std::string& s) {
+  if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  // YAML 1.2 core integers and floats; anything else stays text.
+  size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  if (i < s.size() && s.find_first_not_of("0123456789", i) == std::string::npos && s.size() < 19)
+    return std::stoll(s);
+  if (s.find_first_not_of("0123456789.eE+-") == std::string::npos &&
+      std::count(s.begin(), s.end(), '.') == 1 && std::isdigit(static_cast<unsigned char>(s.back()))) {
+    try {
+      size_t used = 0;
+      double d = std::stod(s, &used);
+      if (used == s.size()) return d;
+    } catch (const std::exception&) {
+    }
+  }
+  return s;
+}
+
+class Loader {
+ public:
+  Loader(std::string file, const LoadOptions& opts) : file_(std::move(file)), opts_(opts) {}
+
+  LoadResult run(const std::string& text) {
+    LoadResult result;
+    YAML::Node doc;
+    try {
+      doc = YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+      result.errors.push_back(mark_at(e.mark.line, e.mark.column).str() + ": YAML syntax error: " + e.msg);
+      return result;
+    }
+    SourceMark top = mark_at(0, 0);
+    if (!doc.IsDefined() || doc.IsNull()) {
+      result.errors.push_back(top.str() + ": the playbook is empty");
+      return result;
+    }
+    json tree;
+    if (!to_json(doc, "", tree, top)) {
+      result.errors = std::move(errors_);
+      return result;
+    }
+    interpret(tree, result.playbook);
+    result.playbook.path = file_;
+    std::stable_sort(errors_.begin(), errors_.end(), [](const auto& a, const auto& b) {
+      return sort_key(a) < sort_key(b);
+    });
+    result.errors = std::move(errors_);
+    return result;
+  }
+
+ private:
+  static std::pair<long, long> sort_key(const std::string& err) {
+    // "file:line:col: message" -> (line, col)
+    long line = 0, col = 0;
+    size_t msg = err.find(": ");
+    std::string head = err.substr(0, msg);
+    size_t c2 = head.find_last_of(':');
+    size_t c1 = c2 == std::string::npos ? std::string::npos : head.find_last_of(':', c2 - 1);
+    if (c1 != std::string::npos) {
+      line = std::atol(head.c_str() + c1 + 1);
+      col = std::atol(head.c_str() + c2 + 1);
+    }
+    return {line, col};
+  }
+
+  SourceMark mark_at(int line0, int col0) const {
+    return SourceMark{file_, std::max(line0, 0) + 1, std::max(col0, 0) + 1};
+  }
+  SourceMark mark_of(const YAML::Node& n) const { return mark_at(n.Mark().line, n.Mark().column); }
+
+  void error(const SourceMark& m, const std::string& msg) { errors_.push_back(m.str() + ": " + msg); }
+
+  // The mark for a pointer: its own, or the nearest parent's.
+  SourceMark where(std::string ptr, bool key = false) const {
+    for (;;) {
+      auto it = origins_.find(ptr);
+      if (it != origins_.end()) return key && it->second.key.line ? it->second.key : it->second.value;
+      if (ptr.empty()) return mark_at(0, 0);
+      ptr = ptr.substr(0, ptr.find_last_of('/'));
+      key = false;
+    }
+  }
+
+  bool to_json(const YAML::Node& node, const std::string& ptr, json& out, const SourceMark& key_mark) {
+    if (++nodes_ > kMaxNodes) {
+      if (nodes_ == kMaxNodes + 1)
+        error(mark_of(node), "the document expands to more than " + std::to_string(kMaxNodes) +
+                                 " values (an alias bomb?)");
+      return false;
+    }
+    Origin origin{mark_of(node), key_mark, {}, false};
+    switch (node.Type()) {
+      case YAML::NodeType::Null:
+        out = nullptr;
+        break;
+      case YAML::NodeType::Scalar:
+        origin.raw = node.Scalar();
+        origin.plain = node.Tag() != "!";
+        out = origin.plain ? plain_scalar(origin.raw) : json(origin.raw);
+        break;
+      case YAML::NodeType::Sequence: {
+        out = json::array();
+        size_t i = 0;
+        for (const auto& item : node) {
+          json v;
+          if (!to_json(item, ptr + "/" + std::to_string(i++), v, {})) return false;
+          out.push_back(std::move(v));
+        }
+        break;
+      }
+      case YAML::NodeType::Map: {
+        out = json::object();
+        for (const auto& kv : node) {
+          SourceMark km = mark_of(kv.first);
+          if (!kv.first.IsScalar()) {
+            error(km, "a mapping key must be a plain word");
+            return false;
+          }
+          const std::string key = kv.first.Scalar();
+          if (out.contains(key)) {
+            error(km, "duplicate key '" + key + "'");
+            continue;
+          }
+          json v;
+          if (!to_json(kv.second, child_ptr(ptr, key), v, km)) return false;
+          out[key] = std::move(v);
+        }
+        break;
+      }
+      default:
+        out = nullptr;
+    }
+    origins_[ptr] = std::move(origin);
+    return true;
+  }
+
+  // ---- argument validation against a declared schema ----
+
+  std::string type_of(const json& v) const {
+    if (v.is_null()) return "null";
+    if (v.is_boolean()) return "a boolean";
+    if (v.is_number()) return "a number";
+    if (v.is_string()) return "a string";
+    if (v.is_array()) return "a list";
+    return "a mapping";
+  }
+
+  // Coerces `in` to the spec's type; false (with an error) when it cannot.
+  bool coerce(const ArgSpec& spec, ArgType type, const json& in, const std::string& ptr,
+              const std::string& label, json& out) {
+    auto raw = [&]() -> std::string {
+      auto it = origins_.find(ptr);
+      if (it != origins_.end() && it->second.plain && !in.is_string()) return it->second.raw;
+      return in.is_string() ? in.get<std::string>() : in.dump();
+    };
+    auto wrong = [&](std::string_view want) {
+      error(where(ptr), label + " must be " + std::string(want) + ", not " + type_of(in));
+      return false;
+    };
+    switch (type) {
+      case ArgType::any:
+        out = in;
+        return true;
+      case ArgType::str:
+        if (in.is_array() || in.is_object() || in.is_null()) return wrong("a string");
+        out = raw();
+        if (!spec.choices.empty() &&
+            std::find(spec.choices.begin(), spec.choices.end(), out.get<std::string>()) == spec.choices.end()) {
+          error(where(ptr), label + " must be one of " + join(spec.choices) + ", not '" +
+                                out.get<std::string>() + "'");
+          return false;
+        }
+        return true;
+      case ArgType::boolean: {
+        if (in.is_boolean()) {
+          out = in;
+          return true;
+        }
+        if (in.is_string()) {
+          std::string s = in.get<std::string>();
+          std::transform(s.begin(), s.end(), s.begin(), ::tolower);
+          if (s == "yes" || s == "on" || s == "true" || s == "1") return out = true, true;
+          if (s == "no" || s == "off" || s == "false" || s == "0") return out = false, true;
+        }
+        return wrong("a boolean (true or false)");
+      }
+      case ArgType::integer:
+        if (in.is_number_integer()) {
+          out = in;
+          return true;
+        }
+        if (in.is_string()) {
+          const std::string s = in.get<std::string>();
+          if (!s.empty() && s.find_first_not_of("0123456789") == std::string::npos && s.size() < 19) {
+            out = std::stoll(s);
+            return true;
+          }
+        }
+        return wrong("an integer");
+      case ArgType::list: {
+        json items = in.is_array() ? in : json::array({in});  // one value is a list of one
+        if (in.is_null()) items = json::array();
+        out = json::array();
+        bool good = true;
+        for (size_t i = 0; i < items.size(); ++i) {
+          const std::string ip = in.is_array() ? ptr + "/" + std::to_string(i) : ptr;
+          json v;
+          if (coerce(spec, spec.elements, items[i], ip, label + " item " + std::to_string(i + 1), v))
+            out.push_back(std::move(v));
+          else
+            good = false;
+        }
+        return good;
+      }
+      case ArgType::dict:
+        if (in.is_null()) {
+          out = json::object();
+        } else if (!in.is_object()) {
+          return wrong("a mapping");
+        } else {
+          out = in;
+        }
+        if (spec.fields.empty()) return true;
+        return validate_fields(spec.fields, {}, {}, out, ptr, label + " ", out);
+    }
+    return false;
+  }
+
+  bool validate_fields(const std::vector<ArgSpec>& fields,
+                       const std::vector<std::vector<std::string>>& exclusive,
+                       const std::vector<std::vector<std::string>>& one_of, const json& in,
+                       const std::string& ptr, const std::string& prefix, json& out) {
+    bool good = true;
+    json result = json::object();
+    std::vector<std::string> known;
+    for (const auto& f : fields) known.push_back(f.name);
+    for (const auto& [key, value] : in.items()) {
+      if (std::find(known.begin(), known.end(), key) == known.end()) {
+        error(where(child_ptr(ptr, key), true),
+              prefix + "has no argument '" + key + "'" + did_you_mean(key, known) +
+                  "; it takes: " + join(known));
+        good = false;
+      }
+    }
+    for (const auto& f : fields) {
+      const std::string fp = child_ptr(ptr, f.name);
+      const std::string label = prefix + "argument '" + f.name + "'";
+      if (!in.contains(f.name) || in[f.name].is_null()) {
+        if (f.required) {
+          error(where(ptr, true), prefix + "is missing the required argument '" + f.name + "'");
+          good = false;
+        } else if (!f.default_value.is_null()) {
+          result[f.name] = f.default_value;
+        }
+        continue;
+      }
+      auto rendered = scope_->render(in[f.name]);
+      if (!rendered) {
+        error(where(fp), rendered.error());
+        good = false;
+        continue;
+      }
+      json v;
+      if (!coerce(f, f.type, *rendered, fp, label, v)) {
+        good = false;
+        continue;
+      }
+      if (f.check) {
+        if (auto msg = f.check(v)) {
+          error(where(fp), label + ": " + *msg);
+          good = false;
+          continue;
+        }
+      }
+      result[f.name] = std::move(v);
+    }
+    for (const auto& group : exclusive) {
+      std::vector<std::string> given;
+      for (const auto& n : group)
+        if (in.contains(n) && !in[n].is_null()) given.push_back(n);
+      if (given.size() > 1) {
+        error(where(ptr, true), prefix + "takes only one of " + join(given));
+        good = false;
+      }
+    }
+    for (const auto& group : one_of) {
+      bool any = std::any_of(group.begin(), group.end(),
+                             [&](const auto& n) { return result.contains(n); });
+      if (!any) {
+        error(where(ptr, true), prefix + "needs one of " + join(group));
+        good = false;
+      }
+    }
+    out = std::move(result);
+    return good;
+  }
+
+  // ---- playbook structure ----
+
+  std::vector<std::string> string_list(const json& v, const std::string& ptr, const std::string& what) {
+    std::vector<std::string> out;
+    auto one = [&](const json& item, const std::string& p) {
+      if (item.is_string()) out.push_back(item.get<std::string>());
+      else error(where(p), what + " must be a name or a list of names");
+    };
+    if (v.is_array()) {
+      for (size_t i = 0; i < v.size(); ++i) one(v[i], ptr + "/" + std::to_string(i));
+    } else if (!v.is_null()) {
+      one(v, ptr);
+    }
+    return out;
+  }
+
+  std::optional<Task> task(const json& t, const std::string& ptr, bool handler) {
+    static const std::vector<std::string> keywords = {"name", "when", "notify", "tags",
+                                                      "ignore_errors"};
+    if (!t.is_object()) {
+      error(where(ptr), std::string(handler ? "a handler" : "a task") +
+                            " must be a mapping with a module, e.g. `- grub_cmdline: {...}`");
+      return std::nullopt;
+    }
+    Task out;
+    out.mark = where(ptr);
+    bool good = true;
+    std::vector<std::string> modules;
+    for (const auto& [key, value] : t.items()) {
+      if (std::find(keywords.begin(), keywords.end(), key) != keywords.end()) continue;
+      if (Registry::instance().find(key)) {
+        modules.push_back(key);
+        continue;
+      }
+      std::vector<std::string> candidates = Registry::instance().names();
+      candidates.insert(candidates.end(), keywords.begin(), keywords.end());
+      error(where(child_ptr(ptr, key), true), "unknown module or task keyword '" + key + "'" +
+                                                  did_you_mean(key, candidates));
+      good = false;
+    }
+    if (modules.size() > 1) {
+      error(where(ptr), "a task runs one module, this one names " + join(modules));
+      return std::nullopt;
+    }
+    if (modules.empty()) {
+      if (good) error(where(ptr), "the task names no module; known modules: " + join(Registry::instance().names()));
+      return std::nullopt;
+    }
+    const std::string& mod = modules.front();
+    out.module = Registry::instance().find(mod);
+    if (t.contains("name")) {
+      auto name = scope_->render(t["name"]);
+      if (!name || !name->is_string()) {
+        error(where(child_ptr(ptr, "name")), name ? "name must be a string" : name.error());
+        good = false;
+      } else {
+        out.name = name->get<std::string>();
+      }
+    }
+    if (out.name.empty()) {
+      if (handler) {
+        error(where(ptr), "a handler needs a name: tasks notify it by name");
+        good = false;
+      }
+      out.name = mod;
+    }
+    const std::string mp = child_ptr(ptr, mod);
+    const json& raw_args = t[mod];
+    if (!raw_args.is_null() && !raw_args.is_object()) {
+      error(where(mp), "the arguments of " + mod + " must be a mapping (key: value), not " + type_of(raw_args));
+      good = false;
+    } else {
+      json in = raw_args.is_null() ? json::object() : raw_args;
+      json args;
+      if (!validate_fields(out.module->schema.args, out.module->schema.mutually_exclusive,
+                           out.module->schema.required_one_of, in, mp, mod + " ", args)) {
+        good = false;
+      } else if (out.module->schema.check) {
+        if (auto msg = out.module->schema.check(args)) {
+          error(where(mp, true), mod + ": " + *msg);
+          good = false;
+        }
+      }
+      out.args = std::move(args);
+    }
+    if (t.contains("when")) {
+      const json& w = t["when"];
+      std::vector<std::string> conds;
+      if (w.is_boolean()) conds.push_back(w.get<bool>() ? "true" : "false");
+      else conds = string_list(w, child_ptr(ptr, "when"), "when");
+      for (const auto& c : conds) {
+        if (!out.when_text.empty()) out.when_text += " and ";
+        out.when_text += conds.size() > 1 ? "(" + c + ")" : c;
+        auto v = scope_->eval(c);
+        if (!v) {
+          error(where(child_ptr(ptr, "when")), "when: " + v.error());
+          good = false;
+        } else {
+          out.when = out.when && *v;
+        }
+      }
+    }
+    if (t.contains("notify")) {
+      out.notify = string_list(t["notify"], child_ptr(ptr, "notify"), "notify");
+      if (handler && !out.notify.empty()) {
+        error(where(child_ptr(ptr, "notify")), "a handler cannot notify other handlers");
+        good = false;
+      }
+    }
+    if (t.contains("tags")) out.tags = string_list(t["tags"], child_ptr(ptr, "tags"), "tags");
+    if (t.contains("ignore_errors")) {
+      ArgSpec spec{.name = "ignore_errors", .type = ArgType::boolean};
+      json v;
+      if (coerce(spec, ArgType::boolean, t["ignore_errors"], child_ptr(ptr, "ignore_errors"),
+                 "ignore_errors", v))
+        out.ignore_errors = v.get<bool>();
+      else
+        good = false;
+    }
+    if (!good) return std::nullopt;
+    return out;
+  }
+
+  std::vector<Task> task_list(const json& list, const std::string& ptr, bool handlers) {
+    std::vector<Task> out;
+    if (list.is_null()) return out;
+    if (!list.is_array()) {
+      error(where(ptr), std::string(handlers ? "handlers" : "tasks") + " must be a list");
+      return out;
+    }
+    for (size_t i = 0; i < list.size(); ++i)
+      if (auto t = task(list[i], ptr + "/" + std::to_string(i), handlers)) out.push_back(std::move(*t));
+    return out;
+  }
+
+  void check_keys(const json& obj, const std::string& ptr, const std::vector<std::string>& allowed,
+                  const std::string& what) {
+    for (const auto& [key, value] : obj.items()) {
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+        error(where(child_ptr(ptr, key), true), "unknown " + what + " key '" + key + "'" +
+                                                    did_you_mean(key, allowed) + "; allowed: " + join(allowed));
+    }
+  }
+
+  void interpret(const json& tree, Playbook& pb) {
+    if (!tree.is_object()) {
+      error(where(""), "a playbook is a mapping with `stages:` or `tasks:`");
+      return;
+    }
+    check_keys(tree, "", {"name", "vars", "stages", "tasks", "handlers"}, "playbook");
+    if (tree.contains("vars")) {
+      if (!tree["vars"].is_object() && !tree["vars"].is_null()) error(where("/vars"), "vars must be a mapping");
+      else if (tree["vars"].is_object()) pb.vars = tree["vars"];
+      if (pb.vars.contains("facts")) error(where("/vars/facts", true), "'facts' is reserved for the host's facts");
+    }
+    scope_.emplace(pb.vars, opts_.extra_vars, opts_.facts);
+
+    pb.handlers = task_list(tree.value("handlers", json()), "/handlers", true);
+    const bool has_stages = tree.contains("stages"), has_tasks = tree.contains("tasks");
+    if (has_stages && has_tasks) {
+      error(where("/tasks", true), "use either `stages:` or `tasks:` (one implicit stage), not both");
+      return;
+    }
+    if (!has_stages && !has_tasks) {
+      error(where(""), "the playbook has no `stages:` and no `tasks:`");
+      return;
+    }
+    if (has_tasks) {
+      Stage s;
+      s.name = tree.contains("name") && tree["name"].is_string() ? tree["name"].get<std::string>() : "main";
+      s.mark = where("/tasks", true);
+      s.tasks = task_list(tree["tasks"], "/tasks", false);
+      pb.stages.push_back(std::move(s));
+    } else {
+      const json& stages = tree["stages"];
+      if (!stages.is_array()) {
+        error(where("/stages"), "stages must be a list");
+        return;
+      }
+      std::set<std::string> names;
+      for (size_t i = 0; i < stages.size(); ++i) {
+        const std::string sp = "/stages/" + std::to_string(i);
+        const json& st = stages[i];
+        if (!st.is_object()) {
+          error(where(sp), "a stage must be a mapping with `name:` and `tasks:`");
+          continue;
+        }
+        check_keys(st, sp, {"name", "reboot", "tasks", "handlers"}, "stage");
+        Stage s;
+        s.mark = where(sp);
+        s.name = st.contains("name") && st["name"].is_string() ? st["name"].get<std::string>()
+                                                               : "stage " + std::to_string(i + 1);
+        if (!names.insert(s.name).second) error(where(child_ptr(sp, "name")), "two stages are named '" + s.name + "'");
+        if (st.contains("reboot")) {
+          std::string r = st["reboot"].is_string() ? st["reboot"].get<std::string>() : "";
+          if (r == "never") s.reboot = RebootPolicy::never;
+          else if (r == "when_needed") s.reboot = RebootPolicy::when_needed;
+          else if (r == "always") s.reboot = RebootPolicy::always;
+          else error(where(child_ptr(sp, "reboot")), "reboot must be never, when_needed or always");
+        }
+        if (!st.contains("tasks")) error(where(sp), "the stage '" + s.name + "' has no tasks");
+        s.tasks = task_list(st.value("tasks", json()), child_ptr(sp, "tasks"), false);
+        s.handlers = task_list(st.value("handlers", json()), child_ptr(sp, "handlers"), true);
+        pb.stages.push_back(std::move(s));
+      }
+    }
+    // Every notify names a handler of its stage or of the playbook.
+    for (const auto& s : pb.stages) {
+      std::set<std::string> handler_names;
+      for (const auto& h : s.handlers) handler_names.insert(h.name);
+      for (const auto& h : pb.handlers) handler_names.insert(h.name);
+      for (const auto& t : s.tasks)
+        for (const auto& n : t.notify)
+          if (!handler_names.count(n))
+            error(t.mark, "task '" + t.name + "' notifies '" + n + "', but no handler has that name");
+    }
+  }
+
+  std::string file_;
+  const LoadOptions& opts_;
+  std::vector<std::string> errors_;
+  std::map<std::string, Origin> origins_;
+  size_t nodes_ = 0;
+  std::optional<VarScope> scope_;
+};
+
+}  // namespace
+
+LoadResult load_playbook_text(const std::string& text, const std::string& path, const LoadOptions& opts) {
+  if (text.size() > opts.max_bytes) {
+    LoadResult r;
+    r.errors.push_back(path + ":1:1: the playbook is larger than " + std::to_string(opts.max_bytes) + " bytes");
+    return r;
+  }
+  if (text.find('\0') != std::string::npos) {
+    LoadResult r;
+    r.errors.push_back(path + ":1:1: the playbook contains NUL bytes: not a text file");
+    return r;
+  }
+  return Loader(path, opts).run(text);
+}
+
+LoadResult load_playbook(const std::string& path, const LoadOptions& opts) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    LoadResult r;
+    r.errors.push_back(path + ": cannot read the playbook: " + std::strerror(errno));
+    return r;
+  }
+  std::string text;
+  char buf[65536];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in.gcount()));
+    if (text.size() > opts.max_bytes) break;
+  }
+  return load_playbook_text(text, path, opts);
+}
+
+Expected<json> parse_extra_var(const std::string& arg) {
+  auto eq = arg.find('=');
+  if (eq == std::string::npos || eq == 0) return Error{"-e expects key=value, got '" + arg + "'"};
+  std::string key = arg.substr(0, eq), value = arg.substr(eq + 1);
+  if (key == "facts") return Error{"-e: 'facts' is reserved for the host's facts"};
+  return json{{key, plain_scalar(value)}};
+}
+
+}  // namespace gpt

@@ -1,0 +1,128 @@
+#include "agent/runner.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+
+namespace gpt {
+namespace {
+
+bool selected(const Task& t, const RunOptions& opts) {
+  auto has = [&](const std::vector<std::string>& set, const std::string& tag) {
+    return std::find(set.begin(), set.end(), tag) != set.end();
+  };
+  for (const auto& tag : t.tags)
+    if (has(opts.skip_tags, tag)) return false;
+  if (opts.tags.empty()) return true;
+  for (const auto& tag : t.tags)
+    if (tag == "always" || has(opts.tags, tag)) return true;
+  return false;
+}
+
+void count(RunStats& stats, const TaskReport& r) {
+  switch (r.result.status) {
+    case Outcome::ok: ++stats.ok; break;
+    case Outcome::changed: ++stats.ok; ++stats.changed; break;
+    case Outcome::skipped: ++stats.skipped; break;
+    case Outcome::failed: r.ignored ? ++stats.ignored : ++stats.failed; break;
+  }
+}
+
+TaskReport converge_task(const Stage& stage, const std::string& name, const ModuleDef& def,
+                         const nlohmann::json& args, Context& ctx, bool apply, bool handler) {
+  TaskReport rep{stage.name, name, def.name, handler, false, {}, 0};
+  auto start = std::chrono::steady_clock::now();
+  rep.result = converge_module(def, ctx, args, apply);
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return rep;
+}
+
+}  // namespace
+
+RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, Reporter& reporter) {
+  RunStats stats;
+  const bool apply = !opts.check;
+  for (const Stage& stage : pb.stages) {
+    reporter.stage(stage);
+    std::vector<HandlerRequest> builtin;  // handlers modules asked for, in order of first request
+    std::set<std::string> notified;       // the user's handlers, by name
+    bool stage_reboot = false;
+    bool stop = false;
+
+    for (const Task& task : stage.tasks) {
+      if (!selected(task, opts)) continue;
+      TaskReport rep;
+      if (!task.when) {
+        rep = TaskReport{stage.name, task.name, task.module->name, false, false,
+                         Result::skipped("condition is false: " + task.when_text), 0};
+      } else {
+        rep = converge_task(stage, task.name, *task.module, task.args, ctx, apply, false);
+      }
+      const Result& r = rep.result;
+      if (r.status == Outcome::failed && task.ignore_errors) rep.ignored = true;
+      if (r.status == Outcome::changed) {
+        for (const auto& h : r.handlers) {
+          bool seen = std::any_of(builtin.begin(), builtin.end(),
+                                  [&](const HandlerRequest& b) { return b.name == h.name; });
+          if (!seen) builtin.push_back(h);
+        }
+        notified.insert(task.notify.begin(), task.notify.end());
+        if (r.reboot_required) stage_reboot = true;
+      }
+      count(stats, rep);
+      reporter.task(rep);
+      if (r.status == Outcome::failed && !task.ignore_errors) {
+        stop = true;
+        break;
+      }
+    }
+    if (stop) break;
+
+    // Handlers: the ones modules asked for first (they finish the module's own work, such as
+    // regenerating grub.cfg), then the user's in the order they are defined.
+    std::vector<const Task*> user;
+    for (const auto* list : {&stage.handlers, &pb.handlers})
+      for (const Task& h : *list)
+        if (notified.count(h.name) &&
+            std::none_of(user.begin(), user.end(), [&](const Task* u) { return u->name == h.name; }))
+          user.push_back(&h);
+    if (!builtin.empty() || !user.empty()) reporter.handlers(stage);
+    for (const auto& h : builtin) {
+      const ModuleDef* def = Registry::instance().find(h.module);
+      TaskReport rep = def ? converge_task(stage, h.name, *def, with_defaults(def->schema, h.args), ctx, apply, true)
+                           : TaskReport{stage.name, h.name, h.module, true, false,
+                                        Result::failed("no module " + h.module), 0};
+      if (rep.result.status == Outcome::changed && rep.result.reboot_required) stage_reboot = true;
+      count(stats, rep);
+      reporter.task(rep);
+      if (rep.result.status == Outcome::failed) {
+        stop = true;
+        break;
+      }
+    }
+    for (const Task* h : user) {
+      if (stop) break;
+      TaskReport rep = h->when ? converge_task(stage, h->name, *h->module, h->args, ctx, apply, true)
+                               : TaskReport{stage.name, h->name, h->module->name, true, false,
+                                            Result::skipped("condition is false: " + h->when_text), 0};
+      if (rep.result.status == Outcome::failed && h->ignore_errors) rep.ignored = true;
+      count(stats, rep);
+      reporter.task(rep);
+      if (rep.result.status == Outcome::failed && !h->ignore_errors) stop = true;
+    }
+    if (stage_reboot) {
+      stats.reboot_required = true;
+      stats.reboot_stages.push_back(stage.name);
+    }
+    if (stop) break;
+  }
+  return stats;
+}
+
+int exit_code_for(const RunStats& stats, bool check) {
+  if (stats.failed > 0) return 1;
+  if (check && stats.changed > 0) return 2;
+  return 0;
+}
+
+}  // namespace gpt

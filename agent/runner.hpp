@@ -1,0 +1,55 @@
+// The runner: stages in order, tasks in order, notified handlers once at the end of their stage,
+// the first failure stops the run unless the task ignores errors.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "agent/module.hpp"
+#include "agent/playbook.hpp"
+
+namespace gpt {
+
+struct RunOptions {
+  bool check = false;  // converge with apply == false: change nothing, say what would change
+  std::vector<std::string> tags;       // run only tasks with one of these (or `always`)
+  std::vector<std::string> skip_tags;  // never run tasks with one of these
+};
+
+struct TaskReport {
+  std::string stage;
+  std::string name;
+  std::string module;
+  bool handler = false;
+  bool ignored = false;  // failed, with ignore_errors
+  Result result;
+  double seconds = 0;
+};
+
+// Ansible's RECAP counters: `ok` counts every task that did not fail or skip, changed ones too.
+struct RunStats {
+  int ok = 0;
+  int changed = 0;
+  int failed = 0;
+  int skipped = 0;
+  int ignored = 0;
+  bool reboot_required = false;
+  std::vector<std::string> reboot_stages;  // stages whose changes need a reboot
+};
+
+class Reporter {
+ public:
+  virtual ~Reporter() = default;
+  virtual void stage(const Stage& stage) = 0;
+  virtual void handlers(const Stage& stage) = 0;
+  virtual void task(const TaskReport& report) = 0;
+  virtual void done(const RunStats& stats, int exit_code) = 0;
+};
+
+RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, Reporter& reporter);
+
+// The exit code Ansible and Puppet users expect: apply 0 converged, 1 failure; with --check,
+// 2 when something would change.
+int exit_code_for(const RunStats& stats, bool check);
+
+}  // namespace gpt

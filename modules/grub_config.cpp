@@ -1,0 +1,65 @@
+// grub_config: regenerates grub.cfg the way the host's distribution does. Used as the handler
+// of grub_cmdline; a playbook may also run it as a task.
+#include <sys/stat.h>
+
+#include "agent/module.hpp"
+
+namespace gpt {
+namespace {
+
+bool executable(const Root& root, const std::string& path) {
+  auto info = stat_file(root, path);
+  return info && info->exists && info->regular && (info->mode & 0111);
+}
+
+std::optional<std::string> find_tool(const Root& root, std::string_view name) {
+  for (const char* dir : {"/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"}) {
+    std::string p = std::string(dir) + std::string(name);
+    if (executable(root, p)) return p;
+  }
+  return std::nullopt;
+}
+
+// A grub.cfg on the EFI partition that only hands over to /boot/grub2/grub.cfg (Fedora 34+,
+// RHEL 9) must not be overwritten; an EFI grub.cfg that is a full config (RHEL 8) is the target.
+std::string grub2_output(const Context& ctx) {
+  const std::string efi = "/boot/efi/EFI/" + (ctx.facts.os.id.empty() ? std::string("redhat") : ctx.facts.os.id) + "/grub.cfg";
+  if (auto text = read_file_if_exists(ctx.root, efi); text && *text && (*text)->find("configfile") == std::string::npos &&
+                                                       (*text)->find("### BEGIN") != std::string::npos)
+    return efi;
+  return "/boot/grub2/grub.cfg";
+}
+
+Result converge(Context& ctx, const json& args, bool apply) {
+  Command cmd;
+  if (args.contains("command")) {
+    cmd.argv = args["command"].get<std::vector<std::string>>();
+  } else if (find_tool(ctx.root, "update-grub")) {
+    cmd.argv = {"update-grub"};
+  } else if (find_tool(ctx.root, "grub2-mkconfig")) {
+    cmd.argv = {"grub2-mkconfig", "-o", grub2_output(ctx)};
+  } else if (find_tool(ctx.root, "grub-mkconfig")) {
+    cmd.argv = {"grub-mkconfig", "-o", "/boot/grub/grub.cfg"};
+  } else {
+    return Result::failed("no update-grub, grub2-mkconfig or grub-mkconfig on this host (root " + ctx.root.dir() +
+                          "): regenerate the boot configuration by hand");
+  }
+  cmd.timeout = std::chrono::seconds(args["timeout"].get<int>());
+  return ctx.run_system(cmd, apply, "regenerated the grub config");
+}
+
+const Registration registration{ModuleDef{
+    .name = "grub_config",
+    .summary = "regenerate grub.cfg (update-grub, grub2-mkconfig or grub-mkconfig)",
+    .schema = {.args = {{.name = "command", .type = ArgType::list,
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           if (v.empty()) return "must name a program";
+                           return std::nullopt;
+                         }},
+                        {.name = "timeout", .type = ArgType::integer, .default_value = 600}}},
+    .converge = converge,
+    .changes_boot = true,
+}};
+
+}  // namespace
+}  // namespace gpt

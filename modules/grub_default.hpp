@@ -1,0 +1,37 @@
+// Editing kernel parameters inside a shell-syntax /etc/default/grub, byte for byte outside the
+// edited value.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/expected.hpp"
+
+namespace gpt {
+
+struct CmdlineEdit {
+  std::string key = "GRUB_CMDLINE_LINUX";
+  std::vector<std::string> present;  // parameters that must be there; name=value replaces other values
+  std::vector<std::string> absent;   // `name` removes any value of name, `name=value` only that one
+};
+
+struct CmdlineEditResult {
+  std::string text;  // the new file content (equal to the input when nothing changes)
+  std::vector<std::string> added, removed, replaced;
+  bool changed() const { return !added.empty() || !removed.empty() || !replaced.empty(); }
+  std::string summary() const;  // "added a, b; replaced x=1 with x=0; removed q"
+};
+
+// Applies `edit` to the value of `edit.key` as the shell would see it: the last assignment counts
+// (and earlier ones it references with $KEY), quoting style and everything else kept.
+Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const CmdlineEdit& edit);
+
+// The parameters `key` holds after the file is sourced, as far as they can be known without
+// running it (references to other variables stay as written, e.g. "$FOO").
+Expected<std::vector<std::string>> grub_cmdline_params(std::string_view text, std::string_view key);
+
+// True when a parameter is safe to write into a quoted shell value and a kernel command line.
+bool valid_kernel_param(std::string_view param);
+
+}  // namespace gpt

@@ -1,0 +1,91 @@
+#include "tests/support/sandbox.hpp"
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/process.hpp>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace gpt::test {
+
+namespace fs = std::filesystem;
+
+TempDir::TempDir() {
+  std::string tmpl = (fs::temp_directory_path() / "gptagent-test-XXXXXX").string();
+  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+void write(const std::string& path, const std::string& content, int mode) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
+  ::chmod(path.c_str(), static_cast<mode_t>(mode));
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool exists(const std::string& path) {
+  struct stat st{};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+void copy_tree(const std::string& from, const std::string& to) {
+  fs::create_directories(to);
+  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::copy_symlinks | fs::copy_options::overwrite_existing);
+}
+
+std::string source_path(const std::string& rel) { return std::string(SOURCE_DIR) + "/" + rel; }
+
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
+    const auto rel = fs::relative(it->path(), dir).string();
+    struct stat st{};
+    ::lstat(it->path().c_str(), &st);
+    std::string mode = std::to_string(st.st_mode & 07777) + " ";
+    if (it->is_symlink()) out[rel] = "link " + fs::read_symlink(it->path()).string();
+    else if (it->is_regular_file()) out[rel] = mode + slurp(it->path().string());
+    else if (it->is_directory()) out[rel + "/"] = mode;
+  }
+  return out;
+}
+
+SampleHost::SampleHost(const std::string& name) { copy_tree(source_path("playbooks/sandbox/" + name), dir.path()); }
+
+ProcResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env) {
+  namespace bp = boost::process;
+  ProcResult r;
+  bp::ipstream out, err;
+  bp::environment e = boost::this_process::environment();
+  e.erase("NO_COLOR");
+  for (const auto& kv : env) {
+    auto eq = kv.find('=');
+    e[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  std::future<std::string> fout, ferr;
+  boost::asio::io_context ios;
+  bp::child c(std::string(GPTAGENT_BIN), bp::args(args), e, bp::std_in.close(), bp::std_out > fout, bp::std_err > ferr, ios);
+  ios.run();
+  c.wait();
+  r.exit_code = c.exit_code();
+  r.out = fout.get();
+  r.err = ferr.get();
+  return r;
+}
+
+}  // namespace gpt::test

@@ -1,0 +1,61 @@
+// Test support: throw-away host trees, a recording process runner, and the agent run as a process.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "agent/exec.hpp"
+
+namespace gpt::test {
+
+// A temporary directory removed with everything in it when the object goes.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
+
+ private:
+  std::string path_;
+};
+
+void write(const std::string& path, const std::string& content, int mode = 0644);
+std::string slurp(const std::string& path);
+bool exists(const std::string& path);
+void copy_tree(const std::string& from, const std::string& to);
+std::string source_path(const std::string& rel);  // a file of the source tree
+
+// Every regular file and link under `dir`: relative path -> mode and content (or link target).
+std::map<std::string, std::string> snapshot(const std::string& dir);
+
+// A sample host tree (see playbooks/sandbox/) copied into a fresh temp dir.
+struct SampleHost {
+  explicit SampleHost(const std::string& name = "ubuntu-22.04");
+  TempDir dir;
+  std::string root() const { return dir.path(); }
+  std::string file(const std::string& host_path) const { return dir.path() + host_path; }
+};
+
+struct ProcResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+// Runs the built gptagent binary with these arguments (never through a shell).
+ProcResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+
+// Records every command instead of running it; answers with a programmed result.
+class RecordingExec final : public gpt::Exec {
+ public:
+  ExecResult run(const Command& cmd) override {
+    commands.push_back(cmd.display());
+    return next;
+  }
+  std::vector<std::string> commands;
+  ExecResult next{0, false, "", ""};
+};
+
+}  // namespace gpt::test
