@@ -479,6 +479,7 @@ class Loader {
     }
     if (t.contains("notify")) {
       out.notify = string_list(t["notify"], child_ptr(ptr, "notify"), "notify");
+      out.notify_mark = where(child_ptr(ptr, "notify"));
       if (handler && !out.notify.empty()) {
         error(where(child_ptr(ptr, "notify")), "a handler cannot notify other handlers");
         good = false;
@@ -589,7 +590,7 @@ class Loader {
       for (const auto& t : s.tasks)
         for (const auto& n : t.notify)
           if (!handler_names.count(n))
-            error(t.mark, "task '" + t.name + "' notifies '" + n + "', but no handler has that name");
+            error(t.notify_mark, "task '" + t.name + "' notifies '" + n + "', but no handler has that name");
     }
   }
 

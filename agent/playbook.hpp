@@ -27,6 +27,7 @@ struct Task {
   std::string when_text;  // empty: no condition
   bool when = true;       // the condition's value for this run
   std::vector<std::string> notify;
+  SourceMark notify_mark;
   std::vector<std::string> tags;
   bool ignore_errors = false;
 };

@@ -369,8 +369,10 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
     return res;
   }
 
-  // Pass 1: removals and in-place replacements on the existing assignments.
-  std::vector<bool> del(text.size(), false);
+  // Pass 1: removals and in-place replacements on the existing assignments. Blanks next to a
+  // removed parameter go with it; replaced text stays a word boundary.
+  enum : char { keep = 0, removed = 1, replaced = 2 };
+  std::vector<char> state(text.size(), keep);
   std::vector<RawEdit> inserts;
   for (const auto& m : model) {
     if (!m.param || (!m.removed && !m.replacement)) continue;
@@ -379,7 +381,7 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
     if (p.first_seg != p.last_seg)
       return Error{"cannot edit " + p.text + " at line " + std::to_string(a.line) +
                    ": it spans several quoted parts of the value"};
-    for (size_t i = p.raw_begin; i < p.raw_end; ++i) del[i] = true;
+    for (size_t i = p.raw_begin; i < p.raw_end; ++i) state[i] = m.replacement ? replaced : removed;
     if (m.replacement) {
       inserts.push_back({p.raw_begin, *m.replacement});
       continue;
@@ -387,19 +389,21 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
     // Take the blanks before it with it, or after it when it is the first of its part.
     bool took = false;
     for (size_t r = p.raw_begin; r > a.value_begin; --r) {
-      if (del[r - 1]) continue;
-      if (!is_blank(text[r - 1])) break;
-      del[r - 1] = true;
+      if (state[r - 1] == removed) continue;
+      if (state[r - 1] == replaced || !is_blank(text[r - 1])) break;
+      state[r - 1] = removed;
       took = true;
     }
     if (!took) {
       for (size_t r = p.raw_end; r < a.value_end; ++r) {
-        if (del[r]) continue;
-        if (!is_blank(text[r])) break;
-        del[r] = true;
+        if (state[r] == removed) continue;
+        if (state[r] == replaced || !is_blank(text[r])) break;
+        state[r] = removed;
       }
     }
   }
+  std::vector<bool> del(text.size());
+  for (size_t i = 0; i < text.size(); ++i) del[i] = state[i] != keep;
   std::string pass1 = render(text, del, inserts);
 
   // Pass 2: additions, at the end of the last assignment of the text as it now is.

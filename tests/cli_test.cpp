@@ -1,0 +1,210 @@
+// The binary as users and scripts call it: exit codes, output, JSON shape, the lock.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/process.hpp>
+#include <cstdio>
+#include <filesystem>
+
+#include "agent/host.hpp"
+#include "tests/support/sandbox.hpp"
+
+namespace gpt {
+namespace {
+
+using test::run_agent;
+using test::SampleHost;
+
+const std::string kDemo = test::source_path("playbooks/demo.yaml");
+
+TEST(Cli, DemoConvergesThenStaysConverged) {
+  SampleHost host;
+  const auto pristine = test::snapshot(host.root());
+
+  auto drift = run_agent({"apply", kDemo, "--root", host.root(), "--check", "--diff"});
+  EXPECT_EQ(drift.exit_code, 2) << drift.out << drift.err;
+  EXPECT_NE(drift.out.find("changed: [IOMMU and nouveau on the kernel command line]"), std::string::npos);
+  EXPECT_NE(drift.out.find("+GRUB_CMDLINE_LINUX=\"intel_iommu=on iommu=pt nouveau.modeset=0\""), std::string::npos);
+  EXPECT_NE(drift.out.find("drift: the host differs"), std::string::npos);
+  EXPECT_EQ(test::snapshot(host.root()), pristine) << "--check changed the tree";
+
+  auto first = run_agent({"apply", kDemo, "--root", host.root()});
+  EXPECT_EQ(first.exit_code, 0) << first.out << first.err;
+  EXPECT_NE(first.out.find("changed: [IOMMU and nouveau on the kernel command line]"), std::string::npos);
+  EXPECT_NE(first.out.find("skipping: [regenerate the grub config] not run under --root"), std::string::npos);
+  EXPECT_NE(first.out.find("localhost                  : ok=1    changed=1    unreachable=0    failed=0    skipped=1"),
+            std::string::npos)
+      << first.out;
+  EXPECT_EQ(first.out.find("\033["), std::string::npos) << "colour on a pipe";
+
+  auto second = run_agent({"apply", kDemo, "--root", host.root()});
+  EXPECT_EQ(second.exit_code, 0);
+  EXPECT_NE(second.out.find("ok: [IOMMU and nouveau on the kernel command line]"), std::string::npos);
+  EXPECT_NE(second.out.find("ok=1    changed=0"), std::string::npos);
+
+  auto check = run_agent({"apply", kDemo, "--root", host.root(), "--check"});
+  EXPECT_EQ(check.exit_code, 0);
+  EXPECT_NE(check.out.find("no drift"), std::string::npos);
+}
+
+TEST(Cli, JsonIsOneDocumentWithTasksAndTotals) {
+  SampleHost host;
+  auto r = run_agent({"apply", kDemo, "--root", host.root(), "--json", "--check"});
+  EXPECT_EQ(r.exit_code, 2);
+  auto doc = nlohmann::json::parse(r.out);
+  EXPECT_EQ(doc["check"], true);
+  EXPECT_EQ(doc["exit_code"], 2);
+  EXPECT_EQ(doc["root"], Root(host.root()).dir());
+  EXPECT_EQ(doc["stats"], (nlohmann::json{{"ok", 1}, {"changed", 1}, {"unreachable", 0}, {"failed", 0},
+                                          {"skipped", 1}, {"rescued", 0}, {"ignored", 0}}));
+  EXPECT_EQ(doc["reboot_required"], true);
+  ASSERT_EQ(doc["stages"].size(), 1u);
+  const auto& tasks = doc["stages"][0]["tasks"];
+  ASSERT_EQ(tasks.size(), 2u);
+  EXPECT_EQ(tasks[0]["status"], "changed");
+  EXPECT_EQ(tasks[0]["module"], "grub_cmdline");
+  EXPECT_EQ(tasks[0]["handler"], false);
+  EXPECT_TRUE(tasks[0]["diff"].get<std::string>().find("+GRUB_CMDLINE_LINUX=") != std::string::npos);
+  EXPECT_EQ(tasks[0]["data"]["added"], (nlohmann::json{"intel_iommu=on", "iommu=pt", "nouveau.modeset=0"}));
+  EXPECT_EQ(tasks[1]["status"], "skipped");
+  EXPECT_EQ(tasks[1]["handler"], true);
+  EXPECT_EQ(tasks[1]["commands"], nlohmann::json{"update-grub"});
+}
+
+TEST(Cli, BadPlaybookIsExitOneWithPositionsAndTouchesNothing) {
+  SampleHost host;
+  test::TempDir d;
+  test::write(d / "bad.yaml", "tasks:\n  - grub_cmdline:\n      present: [iommu=pt]\n      regenrate: no\n");
+  const auto pristine = test::snapshot(host.root());
+  auto r = run_agent({"apply", d / "bad.yaml", "--root", host.root()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(d / "bad.yaml:4:7: grub_cmdline has no argument 'regenrate' (did you mean 'regenerate'?)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("nothing was changed"), std::string::npos);
+  EXPECT_EQ(test::snapshot(host.root()), pristine);
+
+  auto v = run_agent({"validate", d / "bad.yaml", "--root", host.root()});
+  EXPECT_EQ(v.exit_code, 1);
+  auto j = run_agent({"apply", d / "bad.yaml", "--root", host.root(), "--json"});
+  EXPECT_EQ(j.exit_code, 1);
+  EXPECT_EQ(nlohmann::json::parse(j.out)["errors"].size(), 1u);
+}
+
+TEST(Cli, ValidateTouchesNothing) {
+  SampleHost host;
+  const auto pristine = test::snapshot(host.root());
+  auto r = run_agent({"validate", kDemo, "--root", host.root()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("valid (1 stage, 1 task)"), std::string::npos);
+  EXPECT_EQ(test::snapshot(host.root()), pristine);
+}
+
+TEST(Cli, MissingGrubFileFailsWithExitOne) {
+  SampleHost host;
+  std::remove(host.file("/etc/default/grub").c_str());
+  const auto pristine = test::snapshot(host.root());
+  auto r = run_agent({"apply", kDemo, "--root", host.root()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("failed: [IOMMU and nouveau on the kernel command line] cannot read /etc/default/grub: No such file"),
+            std::string::npos)
+      << r.out;
+  auto after = test::snapshot(host.root());
+  after.erase("run/");
+  after.erase("run/gptagent.lock");
+  EXPECT_EQ(after, pristine);
+  EXPECT_EQ(run_agent({"apply", kDemo, "--root", host.root(), "--check"}).exit_code, 1);
+}
+
+TEST(Cli, UnreadableGrubFileFailsForAnUnprivilegedRun) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to switch to nobody";
+  SampleHost host;
+  ::chmod(host.file("/etc/default/grub").c_str(), 0600);
+  ::chmod(host.root().c_str(), 0755);
+  test::TempDir home;
+  ::chmod(home.path().c_str(), 0755);
+  // The run lock must be writable for nobody; the grub file must not be readable.
+  std::filesystem::create_directories(host.file("/run"));
+  ::chown(host.file("/run").c_str(), 65534, 65534);
+  const std::string pb = home / "demo.yaml";
+  test::write(pb, test::slurp(kDemo));
+  test::write(host.file("/etc/default/grub"), "GRUB_CMDLINE_LINUX=\"\"\n", 0600);
+  auto as_nobody = [&](std::vector<std::string> args) {
+    std::vector<std::string> full = {"--reuid=65534", "--regid=65534", "--clear-groups", GPTAGENT_BIN};
+    full.insert(full.end(), args.begin(), args.end());
+    namespace bp = boost::process;
+    bp::ipstream out;
+    bp::child c(bp::search_path("setpriv"), bp::args(full), bp::std_out > out, bp::std_err > bp::null);
+    std::string text, line;
+    while (std::getline(out, line)) text += line + "\n";
+    c.wait();
+    return std::make_pair(c.exit_code(), text);
+  };
+  auto [code, out] = as_nobody({"apply", pb, "--root", host.root()});
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("cannot read /etc/default/grub: Permission denied"), std::string::npos) << out;
+  EXPECT_EQ(test::slurp(host.file("/etc/default/grub")), "GRUB_CMDLINE_LINUX=\"\"\n");
+}
+
+TEST(Cli, BadRootOrArgumentsExitOne) {
+  EXPECT_EQ(run_agent({"apply", kDemo, "--root", "/nonexistent/gptagent"}).exit_code, 1);
+  EXPECT_EQ(run_agent({"apply"}).exit_code, 1);
+  EXPECT_EQ(run_agent({"frobnicate"}).exit_code, 1);
+  EXPECT_EQ(run_agent({"apply", "/nonexistent.yaml"}).exit_code, 1);
+  EXPECT_EQ(run_agent({"apply", kDemo, "--color", "purple"}).exit_code, 1);
+  auto v = run_agent({"--version"});
+  EXPECT_EQ(v.exit_code, 0);
+  EXPECT_NE(v.out.find("gptagent "), std::string::npos);
+}
+
+TEST(Cli, ColourOnlyWhenAskedAndNeverWithNoColor) {
+  SampleHost host;
+  auto on = run_agent({"apply", kDemo, "--root", host.root(), "--check", "--color", "always"});
+  EXPECT_NE(on.out.find("\033[0;33mchanged: "), std::string::npos);
+  auto auto_pipe = run_agent({"apply", kDemo, "--root", host.root(), "--check"});
+  EXPECT_EQ(auto_pipe.out.find("\033["), std::string::npos);
+  auto never = run_agent({"apply", kDemo, "--root", host.root(), "--check", "--color", "never"});
+  EXPECT_EQ(never.out.find("\033["), std::string::npos);
+  // NO_COLOR wins over a terminal: `script` gives the agent a real tty.
+  namespace bp = boost::process;
+  auto with_tty = [&](bool no_color) {
+    bp::ipstream out;
+    bp::environment env = boost::this_process::environment();
+    env.erase("NO_COLOR");
+    if (no_color) env["NO_COLOR"] = "1";
+    std::string cmd = std::string(GPTAGENT_BIN) + " apply " + kDemo + " --root " + host.root() + " --check";
+    bp::child c(bp::search_path("script"), "-qec", cmd, "/dev/null", env, bp::std_out > out, bp::std_in < "/dev/null");
+    std::string text, line;
+    while (std::getline(out, line)) text += line + "\n";
+    c.wait();
+    return text;
+  };
+  EXPECT_NE(with_tty(false).find("\033["), std::string::npos);
+  EXPECT_EQ(with_tty(true).find("\033["), std::string::npos);
+}
+
+TEST(Cli, SecondRunWithNoWaitFailsWhileTheLockIsHeld) {
+  SampleHost host;
+  Root root(host.root());
+  auto lock = RunLock::acquire(root, RunLock::Mode::exclusive, false);
+  ASSERT_TRUE(lock.ok());
+  const auto pristine = test::snapshot(host.root());
+  auto r = run_agent({"apply", kDemo, "--root", host.root(), "--no-wait"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("another gptagent run (pid " + std::to_string(::getpid()) + ") holds the lock"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(test::snapshot(host.root()), pristine);
+}
+
+TEST(Cli, ExtraVarsReachThePlaybook) {
+  SampleHost host;
+  auto r = run_agent({"apply", kDemo, "--root", host.root(), "-e", "extra_params=iommu=pt", "--check", "--json"});
+  auto doc = nlohmann::json::parse(r.out);
+  EXPECT_EQ(doc["stages"][0]["tasks"][0]["data"]["added"], (nlohmann::json{"intel_iommu=on", "iommu=pt"}));
+}
+
+}  // namespace
+}  // namespace gpt
