@@ -3,6 +3,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/process.hpp>
 #include <future>
+#include <spdlog/spdlog.h>
 
 namespace gpt {
 
@@ -51,6 +52,7 @@ ExecResult ProcessExec::run(const Command& cmd) {
     res.err = cmd.argv[0] + ": command not found";
     return res;
   }
+  spdlog::debug("run: {}", cmd.display());
   try {
     boost::asio::io_context ios;
     std::future<std::string> out, err;
@@ -74,6 +76,7 @@ ExecResult ProcessExec::run(const Command& cmd) {
     res.exit_code = -1;
     res.err = cmd.argv[0] + ": " + e.what();
   }
+  spdlog::debug("exit {}{}: {}", res.exit_code, res.timed_out ? " (timed out)" : "", cmd.argv[0]);
   return res;
 }
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <spdlog/spdlog.h>
 
 namespace gpt {
 namespace {
@@ -284,6 +285,8 @@ Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path
     owner = std::make_pair(st.st_uid, st.st_gid);
   if (auto s = replace_in_dir(dirfd.get(), name, content, mode, owner); !s)
     return Error{"cannot write " + where + ": " + s.error()};
+  spdlog::info("wrote {} ({} bytes){}", *real, content.size(),
+               outcome.backup_path ? ", backup " + *outcome.backup_path : std::string());
   return outcome;
 }
 

@@ -67,6 +67,8 @@ int cmd_apply(const std::string& playbook, const Common& c, bool check, bool dif
   gpt::Root root(c.root);
   gpt::Facts facts = gpt::gather_facts(root);
   for (const auto& w : facts.warnings) spdlog::info("facts: {}", w);
+  spdlog::debug("facts: cpu {}, distro {} {}, kernel {}", facts.cpu.vendor, facts.os.id, facts.os.version_id,
+                facts.kernel_release);
   auto pb = load(playbook, c, facts, json_out);
   if (!pb) return 1;
 

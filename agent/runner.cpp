@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <set>
+#include <spdlog/spdlog.h>
 
 namespace gpt {
 namespace {
@@ -34,6 +35,8 @@ TaskReport converge_task(const Stage& stage, const std::string& name, const Modu
   auto start = std::chrono::steady_clock::now();
   rep.result = converge_module(def, ctx, args, apply);
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  spdlog::debug("{} [{}] {}: {} in {:.2f} ms", handler ? "handler" : "task", name, def.name,
+                outcome_name(rep.result.status), rep.seconds * 1000);
   return rep;
 }
 

@@ -199,6 +199,25 @@ TEST(Cli, SecondRunWithNoWaitFailsWhileTheLockIsHeld) {
   EXPECT_EQ(test::snapshot(host.root()), pristine);
 }
 
+TEST(Cli, SecondRunWaitsForTheLockNamingTheHolderThenRuns) {
+  SampleHost host;
+  Root root(host.root());
+  auto lock = RunLock::acquire(root, RunLock::Mode::exclusive, false);
+  ASSERT_TRUE(lock.ok());
+  namespace bp = boost::process;
+  bp::ipstream err;
+  bp::child c(std::string(GPTAGENT_BIN), bp::args({"apply", kDemo, "--root", host.root()}), bp::std_in.close(),
+              bp::std_out > bp::null, bp::std_err > err);
+  std::string line;
+  ASSERT_TRUE(std::getline(err, line));  // blocks until the agent says it waits
+  EXPECT_EQ(line, "gptagent: waiting for the run holding the lock (pid " + std::to_string(::getpid()) + ")");
+  EXPECT_EQ(test::slurp(host.file("/etc/default/grub")).find("intel_iommu=on"), std::string::npos);
+  lock = RunLock{};  // the holder finishes; the waiting run goes on
+  c.wait();
+  EXPECT_EQ(c.exit_code(), 0);
+  EXPECT_NE(test::slurp(host.file("/etc/default/grub")).find("intel_iommu=on"), std::string::npos);
+}
+
 TEST(Cli, ExtraVarsReachThePlaybook) {
   SampleHost host;
   auto r = run_agent({"apply", kDemo, "--root", host.root(), "-e", "extra_params=iommu=pt", "--check", "--json"});

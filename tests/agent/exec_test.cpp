@@ -1,0 +1,48 @@
+#include "agent/exec.hpp"
+
+#include <gtest/gtest.h>
+
+namespace gpt {
+namespace {
+
+TEST(ProcessExec, CapturesOutputAndExitCode) {
+  ProcessExec exec;
+  auto ok = exec.run({{"sh", "-c", "echo out; echo err >&2; exit 3"}});
+  EXPECT_EQ(ok.exit_code, 3);
+  EXPECT_EQ(ok.out, "out\n");
+  EXPECT_EQ(ok.err, "err\n");
+  EXPECT_FALSE(ok.ok());
+  EXPECT_EQ(ok.failure(), "exit code 3: err");
+}
+
+TEST(ProcessExec, ArgumentsNeverReachAShell) {
+  ProcessExec exec;
+  auto r = exec.run({{"printf", "%s|", "$(id)", "`id`", "a;b", "x y"}});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out, "$(id)|`id`|a;b|x y|");
+}
+
+TEST(ProcessExec, AHangingCommandIsKilledAtItsTimeout) {
+  ProcessExec exec;
+  Command cmd{{"sleep", "30"}};
+  cmd.timeout = std::chrono::milliseconds(200);
+  auto r = exec.run(cmd);
+  EXPECT_TRUE(r.timed_out);
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.failure(), "timed out");
+}
+
+TEST(ProcessExec, AMissingProgramIsAClearFailure) {
+  ProcessExec exec;
+  auto r = exec.run({{"gptagent-no-such-program"}});
+  EXPECT_EQ(r.exit_code, -1);
+  EXPECT_EQ(r.failure(), "could not run: gptagent-no-such-program: command not found");
+}
+
+TEST(Command, DisplayQuotesLikeAShell) {
+  EXPECT_EQ((Command{{"grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"}}.display()), "grub2-mkconfig -o /boot/grub2/grub.cfg");
+  EXPECT_EQ((Command{{"echo", "a b", "it's", ""}}.display()), "echo 'a b' 'it'\\''s' ''");
+}
+
+}  // namespace
+}  // namespace gpt
