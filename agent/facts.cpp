@@ -125,6 +125,75 @@ std::string param_name(std::string_view param) {
   return name;
 }
 
+std::string module_name(std::string_view name) {
+  std::string out(name);
+  std::replace(out.begin(), out.end(), '-', '_');
+  return out;
+}
+
+std::vector<std::string> parse_proc_modules(std::string_view text) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) nl = text.size();
+    std::string_view line = text.substr(pos, nl - pos);
+    pos = nl + 1;
+    std::string_view name = line.substr(0, line.find(' '));
+    if (!name.empty()) out.push_back(module_name(name));
+  }
+  return out;
+}
+
+std::vector<std::string> parse_modules_builtin(std::string_view text) {
+  std::vector<std::string> out;
+  for (const auto& path : split_ws(text)) {
+    std::string_view base = path;
+    if (auto slash = base.find_last_of('/'); slash != std::string_view::npos) base = base.substr(slash + 1);
+    if (base.size() > 3 && base.substr(base.size() - 3) == ".ko") base.remove_suffix(3);
+    out.push_back(module_name(base));
+  }
+  return out;
+}
+
+std::pair<int, int> kernel_version(std::string_view release) {
+  int major = 0, minor = 0;
+  size_t i = 0;
+  auto number = [&](int& out) {
+    bool any = false;
+    while (i < release.size() && release[i] >= '0' && release[i] <= '9') {
+      out = out * 10 + (release[i++] - '0');
+      any = true;
+      if (out > 100000) return false;
+    }
+    return any;
+  };
+  if (!number(major) || i >= release.size() || release[i++] != '.' || !number(minor)) return {0, 0};
+  return {major, minor};
+}
+
+BootTools detect_boot_tools(const Root& root) {
+  BootTools t;
+  for (const char* tool : {"update-grub", "grub2-mkconfig", "grub-mkconfig"})
+    if (find_program(root, tool)) {
+      t.grub = tool;
+      break;
+    }
+  for (const char* tool : {"update-initramfs", "dracut", "mkinitcpio"})
+    if (find_program(root, tool)) {
+      t.initramfs = tool;
+      break;
+    }
+  t.grubby = find_program(root, "grubby").has_value();
+  return t;
+}
+
+bool Facts::module_available(std::string_view name) const {
+  const std::string n = module_name(name);
+  return std::find(modules.begin(), modules.end(), n) != modules.end() ||
+         std::find(builtin_modules.begin(), builtin_modules.end(), n) != builtin_modules.end();
+}
+
 Facts gather_facts(const Root& root) {
   Facts f;
   auto read = [&](std::string_view path) -> std::string {
@@ -146,6 +215,12 @@ Facts gather_facts(const Root& root) {
   f.kernel_release = std::string(trim(read("/proc/sys/kernel/osrelease")));
   f.boot_id = std::string(trim(read("/proc/sys/kernel/random/boot_id")));
   f.cmdline = parse_cmdline(trim(read("/proc/cmdline")));
+  f.boot = detect_boot_tools(root);
+  if (auto mods = read_file_if_exists(root, "/proc/modules"); mods && *mods) f.modules = parse_proc_modules(**mods);
+  if (!f.kernel_release.empty()) {
+    if (auto b = read_file_if_exists(root, "/lib/modules/" + f.kernel_release + "/modules.builtin"); b && *b)
+      f.builtin_modules = parse_modules_builtin(**b);
+  }
   return f;
 }
 
@@ -162,6 +237,8 @@ nlohmann::json Facts::to_json() const {
       {"kernel_release", kernel_release},
       {"boot_id", boot_id},
       {"cmdline", cmdline},
+      {"boot", {{"grub_tool", boot.grub}, {"initramfs_tool", boot.initramfs}, {"grubby", boot.grubby}}},
+      {"modules", modules},
       {"warnings", warnings},
   };
 }

@@ -28,12 +28,23 @@ struct OsRelease {
   std::string pretty_name;
 };
 
+// How the host builds its boot files: the tools found under the root.
+struct BootTools {
+  std::string grub;       // update-grub, grub2-mkconfig, grub-mkconfig, or empty
+  std::string initramfs;  // update-initramfs, dracut, mkinitcpio, or empty
+  bool grubby = false;    // Fedora/RHEL: boot entries edited with grubby
+};
+
 struct Facts {
   CpuInfo cpu;
   OsRelease os;
   std::string kernel_release;
   std::string boot_id;
   std::vector<std::string> cmdline;  // the running kernel's parameters, in order
+  BootTools boot;
+  std::vector<std::string> modules;  // loaded (from /proc/modules), names with '_'
+  std::vector<std::string> builtin_modules;  // built into the running kernel (modules.builtin)
+  bool module_available(std::string_view name) const;  // loaded or built in
   std::vector<std::string> warnings;  // what could not be read, in words
   nlohmann::json to_json() const;
 };
@@ -45,6 +56,16 @@ std::vector<std::string> parse_cmdline(std::string_view text);
 // The name of a kernel parameter as the kernel compares it: the text before '=', with '-' and
 // '_' equal ("vfio-pci.ids" is "vfio_pci.ids").
 std::string param_name(std::string_view param);
+
+// Module names from /proc/modules text.
+std::vector<std::string> parse_proc_modules(std::string_view text);
+// Module names from a modules.builtin file ("kernel/drivers/vfio/vfio.ko" -> "vfio").
+std::vector<std::string> parse_modules_builtin(std::string_view text);
+// "6.1.0-18-amd64" -> {6, 1}; {0, 0} when it cannot be read.
+std::pair<int, int> kernel_version(std::string_view release);
+// The kernel's module name form: '-' is '_'.
+std::string module_name(std::string_view name);
+BootTools detect_boot_tools(const Root& root);
 
 // Reads the facts this release knows of. Missing files become warnings, never errors.
 Facts gather_facts(const Root& root);

@@ -1,10 +1,12 @@
 #include "agent/host.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -39,6 +41,7 @@ std::string join_under(const std::string& dir, const std::vector<std::string>& p
 class Fd {
  public:
   explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(Fd&& other) noexcept : fd_(other.release()) {}
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   ~Fd() {
@@ -242,6 +245,29 @@ Status replace_in_dir(int dirfd, const std::string& name, std::string_view conte
 
 }  // namespace
 
+namespace {
+
+// Makes a backup of dirfd/name beside it: a hard link (complete by construction) or, where the
+// file system has none, an atomic copy. Returns the backup's file name.
+Expected<std::string> backup_in_dir(const Root& root, int dirfd, const std::string& name, std::string_view host_path,
+                                    mode_t mode) {
+  const std::string backup = base_of(backup_name(host_path));
+  std::string candidate = backup;
+  for (int i = 2; ::linkat(dirfd, name.c_str(), dirfd, candidate.c_str(), 0) != 0; ++i) {
+    if (errno == EEXIST && i < 100) {
+      candidate = backup + "-" + std::to_string(i);
+      continue;
+    }
+    auto old = read_file(root, host_path, SIZE_MAX);
+    if (!old) return Error{old.error()};
+    if (auto s = replace_in_dir(dirfd, candidate, *old, mode, std::nullopt); !s) return Error{s.error()};
+    break;
+  }
+  return candidate;
+}
+
+}  // namespace
+
 Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path,
                                          std::string_view content, const WriteOptions& opts) {
   const std::string where(path);
@@ -261,22 +287,9 @@ Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path
 
   WriteOutcome outcome;
   if (existed && opts.backup) {
-    std::string host_backup = backup_name(where);
-    std::string backup = base_of(host_backup);
-    std::string candidate = backup;
-    for (int i = 2; ::linkat(dirfd.get(), name.c_str(), dirfd.get(), candidate.c_str(), 0) != 0; ++i) {
-      if (errno == EEXIST && i < 100) {
-        candidate = backup + "-" + std::to_string(i);
-        continue;
-      }
-      // No hard links here (some file systems): copy the old content, atomically as well.
-      auto old = read_file(root, path, SIZE_MAX);
-      if (!old) return Error{"cannot back up " + where + ": " + old.error()};
-      if (auto s = replace_in_dir(dirfd.get(), candidate, *old, st.st_mode & 07777, std::nullopt); !s)
-        return Error{"cannot back up " + where + ": " + s.error()};
-      break;
-    }
-    outcome.backup_path = parent_of(where) + "/" + candidate;
+    auto backup = backup_in_dir(root, dirfd.get(), name, where, st.st_mode & 07777);
+    if (!backup) return Error{"cannot back up " + where + ": " + backup.error()};
+    outcome.backup_path = parent_of(where) + "/" + *backup;
   }
 
   const mode_t mode = existed ? (st.st_mode & 07777) : opts.create_mode;
@@ -288,6 +301,87 @@ Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path
   spdlog::info("wrote {} ({} bytes){}", *real, content.size(),
                outcome.backup_path ? ", backup " + *outcome.backup_path : std::string());
   return outcome;
+}
+
+Expected<std::vector<std::string>> list_dir(const Root& root, std::string_view dir) {
+  auto real = root.resolve(dir);
+  if (!real) return Error{real.error()};
+  std::vector<std::string> out;
+  DIR* d = ::opendir(real->c_str());
+  if (!d) {
+    if (errno == ENOENT || errno == ENOTDIR) return out;
+    return Error{"cannot list " + std::string(dir) + ": " + errno_text(errno)};
+  }
+  while (struct dirent* e = ::readdir(d)) {
+    std::string_view n = e->d_name;
+    if (n != "." && n != "..") out.emplace_back(n);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::optional<std::string> find_program(const Root& root, std::string_view name) {
+  for (const char* dir : {"/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"}) {
+    std::string p = std::string(dir) + std::string(name);
+    auto info = stat_file(root, p);
+    if (info && info->exists && info->regular && (info->mode & 0111)) return p;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+struct DirEntry {
+  Fd dirfd;
+  std::string name;
+  std::string host_dir;
+};
+
+Expected<DirEntry> open_parent(const Root& root, std::string_view path) {
+  auto real = root.resolve(path);
+  if (!real) return Error{real.error()};
+  DirEntry e{Fd(::open(parent_of(*real).c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC)), base_of(*real),
+             parent_of(path)};
+  if (e.dirfd.get() < 0) return Error{std::string(path) + ": " + errno_text(errno)};
+  return e;
+}
+
+}  // namespace
+
+Expected<std::string> remove_file(const Root& root, std::string_view path) {
+  auto e = open_parent(root, path);
+  if (!e) return Error{"cannot remove " + e.error()};
+  struct stat st{};
+  if (::fstatat(e->dirfd.get(), e->name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+    return Error{"cannot remove " + std::string(path) + ": " + errno_text(errno)};
+  auto backup = backup_in_dir(root, e->dirfd.get(), e->name, path, st.st_mode & 07777);
+  if (!backup) return Error{"cannot back up " + std::string(path) + ": " + backup.error()};
+  if (::unlinkat(e->dirfd.get(), e->name.c_str(), 0) != 0 || ::fsync(e->dirfd.get()) != 0)
+    return Error{"cannot remove " + std::string(path) + ": " + errno_text(errno)};
+  spdlog::info("removed {}, backup {}", path, *backup);
+  return e->host_dir + "/" + *backup;
+}
+
+Expected<std::string> rename_file(const Root& root, std::string_view from, std::string_view to) {
+  if (parent_of(from) != parent_of(to)) return Error{"cannot rename " + std::string(from) + " to another directory"};
+  auto e = open_parent(root, from);
+  if (!e) return Error{"cannot rename " + e.error()};
+  struct stat st{};
+  if (::fstatat(e->dirfd.get(), e->name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+    return Error{"cannot rename " + std::string(from) + ": " + errno_text(errno)};
+  const std::string target = base_of(to);
+  struct stat tst{};
+  if (::fstatat(e->dirfd.get(), target.c_str(), &tst, AT_SYMLINK_NOFOLLOW) == 0) {
+    auto kept = backup_in_dir(root, e->dirfd.get(), target, to, tst.st_mode & 07777);
+    if (!kept) return Error{"cannot back up " + std::string(to) + ": " + kept.error()};
+  }
+  auto backup = backup_in_dir(root, e->dirfd.get(), e->name, from, st.st_mode & 07777);
+  if (!backup) return Error{"cannot back up " + std::string(from) + ": " + backup.error()};
+  if (::renameat(e->dirfd.get(), e->name.c_str(), e->dirfd.get(), target.c_str()) != 0 || ::fsync(e->dirfd.get()) != 0)
+    return Error{"cannot rename " + std::string(from) + ": " + errno_text(errno)};
+  spdlog::info("renamed {} to {}, backup {}", from, to, *backup);
+  return e->host_dir + "/" + *backup;
 }
 
 RunLock::RunLock(RunLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }

@@ -66,6 +66,19 @@ struct WriteOutcome {
 Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path,
                                          std::string_view content, const WriteOptions& opts = {});
 
+// Names in a directory (sorted; "." and ".." left out). A missing directory is an empty list.
+Expected<std::vector<std::string>> list_dir(const Root& root, std::string_view dir);
+
+// The path of an executable `name` in the root's /usr/sbin, /sbin, /usr/bin or /bin.
+std::optional<std::string> find_program(const Root& root, std::string_view name);
+
+// Removes a file, keeping it as FILE.gptagent-YYYYmmddTHHMMSS (a hard link, or a copy).
+// Returns the backup's host path.
+Expected<std::string> remove_file(const Root& root, std::string_view path);
+// Renames a file within its directory (to an absolute host path), keeping a backup of the old
+// content and of whatever `to` held. Returns the backup's host path.
+Expected<std::string> rename_file(const Root& root, std::string_view from, std::string_view to);
+
 // Name of a backup for `path` made now: FILE.gptagent-YYYYmmddTHHMMSS.
 std::string backup_name(std::string_view path);
 

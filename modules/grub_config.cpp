@@ -7,19 +7,6 @@
 namespace gpt {
 namespace {
 
-bool executable(const Root& root, const std::string& path) {
-  auto info = stat_file(root, path);
-  return info && info->exists && info->regular && (info->mode & 0111);
-}
-
-std::optional<std::string> find_tool(const Root& root, std::string_view name) {
-  for (const char* dir : {"/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"}) {
-    std::string p = std::string(dir) + std::string(name);
-    if (executable(root, p)) return p;
-  }
-  return std::nullopt;
-}
-
 // A grub.cfg on the EFI partition that only hands over to /boot/grub2/grub.cfg (Fedora 34+,
 // RHEL 9) must not be overwritten; an EFI grub.cfg that is a full config (RHEL 8) is the target.
 std::string grub2_output(const Context& ctx) {
@@ -34,11 +21,11 @@ Result converge(Context& ctx, const json& args, bool apply) {
   Command cmd;
   if (args.contains("command")) {
     cmd.argv = args["command"].get<std::vector<std::string>>();
-  } else if (find_tool(ctx.root, "update-grub")) {
+  } else if (ctx.facts.boot.grub == "update-grub") {
     cmd.argv = {"update-grub"};
-  } else if (find_tool(ctx.root, "grub2-mkconfig")) {
+  } else if (ctx.facts.boot.grub == "grub2-mkconfig") {
     cmd.argv = {"grub2-mkconfig", "-o", grub2_output(ctx)};
-  } else if (find_tool(ctx.root, "grub-mkconfig")) {
+  } else if (ctx.facts.boot.grub == "grub-mkconfig") {
     cmd.argv = {"grub-mkconfig", "-o", "/boot/grub/grub.cfg"};
   } else {
     return Result::failed("no update-grub, grub2-mkconfig or grub-mkconfig on this host (root " + ctx.root.dir() +

@@ -351,6 +351,8 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
     ModelParam* first = same_name.front();
     if (!same_param(first->current(), entry)) {
       res.replaced.push_back(first->current() + " with " + entry);
+      res.replaced_old.push_back(first->current());
+      res.replaced_new.push_back(entry);
       if (first->param) first->replacement = entry;
       else first->text = entry;
     }

@@ -18,7 +18,8 @@ struct CmdlineEdit {
 
 struct CmdlineEditResult {
   std::string text;  // the new file content (equal to the input when nothing changes)
-  std::vector<std::string> added, removed, replaced;
+  std::vector<std::string> added, removed, replaced;  // replaced: "old with new", for messages
+  std::vector<std::string> replaced_old, replaced_new;
   bool changed() const { return !added.empty() || !removed.empty() || !replaced.empty(); }
   std::string summary() const;  // "added a, b; replaced x=1 with x=0; removed q"
 };

@@ -1,0 +1,81 @@
+#include "agent/changes.hpp"
+
+#include "agent/diff.hpp"
+
+namespace gpt {
+
+void FileChanges::write(std::string path, std::optional<std::string> before, std::string after, mode_t mode) {
+  if (before && *before == after) return;
+  planned_.push_back({Kind::write, std::move(path), {}, std::move(before), std::move(after), mode});
+}
+
+Status FileChanges::write(std::string path, std::string after, mode_t mode) {
+  auto before = read_file_if_exists(root_, path);
+  if (!before) return Error{before.error()};
+  write(std::move(path), std::move(*before), std::move(after), mode);
+  return {};
+}
+
+void FileChanges::remove(std::string path, std::string before) {
+  planned_.push_back({Kind::remove, std::move(path), {}, std::move(before), {}, 0});
+}
+
+void FileChanges::rename(std::string from, std::string to, std::string before) {
+  planned_.push_back({Kind::rename, std::move(from), std::move(to), std::move(before), {}, 0});
+}
+
+std::vector<std::string> FileChanges::paths() const {
+  std::vector<std::string> out;
+  for (const auto& p : planned_) out.push_back(p.path);
+  return out;
+}
+
+std::string FileChanges::diff() const {
+  std::string out;
+  for (const auto& p : planned_) {
+    switch (p.kind) {
+      case Kind::write:
+        out += unified_diff(p.before.value_or(""), p.after, p.path + (p.before ? "" : " (new file)"));
+        break;
+      case Kind::remove:
+        out += unified_diff(*p.before, "", p.path + " (removed)");
+        break;
+      case Kind::rename:
+        out += "renamed " + p.path + " to " + p.to + "\n";
+        break;
+    }
+  }
+  return out;
+}
+
+Status FileChanges::apply(nlohmann::json& data) const {
+  for (const auto& p : planned_) {
+    std::optional<std::string> backup;
+    switch (p.kind) {
+      case Kind::write: {
+        WriteOptions wo;
+        wo.create_mode = p.mode;
+        auto w = write_file_atomic(root_, p.path, p.after, wo);
+        if (!w) return Error{w.error()};
+        backup = w->backup_path;
+        break;
+      }
+      case Kind::remove: {
+        auto r = remove_file(root_, p.path);
+        if (!r) return Error{r.error()};
+        backup = *r;
+        break;
+      }
+      case Kind::rename: {
+        auto r = rename_file(root_, p.path, p.to);
+        if (!r) return Error{r.error()};
+        backup = *r;
+        break;
+      }
+    }
+    if (backup) data["backups"][p.path] = *backup;
+  }
+  return {};
+}
+
+}  // namespace gpt

@@ -1,0 +1,35 @@
+// grubby: adds and removes kernel parameters on every boot entry of a BootLoaderSpec host
+// (Fedora, RHEL). The handler grub_cmdline asks for on such hosts.
+#include "agent/module.hpp"
+
+namespace gpt {
+namespace {
+
+std::string join(const json& list) {
+  std::string out;
+  for (const auto& p : list) out += (out.empty() ? "" : " ") + p.get<std::string>();
+  return out;
+}
+
+Result converge(Context& ctx, const json& args, bool apply) {
+  if (!ctx.facts.boot.grubby) return Result::failed("grubby is not installed on this host");
+  Command cmd{{"grubby", "--update-kernel=ALL"}};
+  if (!args["add"].empty()) cmd.argv.push_back("--args=" + join(args["add"]));
+  if (!args["remove"].empty()) cmd.argv.push_back("--remove-args=" + join(args["remove"]));
+  if (cmd.argv.size() == 2) return Result::ok("no parameters to change");
+  Result r = ctx.run_system(cmd, apply, "updated the boot entries");
+  if (r.status == Outcome::changed) r.reboot_required = true;
+  return r;
+}
+
+const Registration registration{ModuleDef{
+    .name = "grubby",
+    .summary = "add and remove kernel parameters on every boot entry (grubby --update-kernel=ALL)",
+    .schema = {.args = {{.name = "add", .type = ArgType::list, .default_value = json::array()},
+                        {.name = "remove", .type = ArgType::list, .default_value = json::array()}}},
+    .converge = converge,
+    .changes_boot = true,
+}};
+
+}  // namespace
+}  // namespace gpt

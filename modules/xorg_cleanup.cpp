@@ -1,0 +1,130 @@
+// xorg_cleanup: X11 configs that would make a display server take the NVIDIA GPU are neutralised:
+// emptied (the walkthrough's advice), renamed to *.disabled, or removed — with a backup always.
+#include <algorithm>
+#include <cctype>
+
+#include "agent/changes.hpp"
+#include "agent/module.hpp"
+
+namespace gpt {
+namespace {
+
+const char* kEmptied =
+    "# Emptied by gptagent (GPU passthrough): no X server may take the GPU passed through to VMs.\n"
+    "# The previous content is kept beside this file as *.gptagent-YYYYmmddTHHMMSS.\n";
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
+  return out;
+}
+
+// The lines X reads: comments and blanks dropped. Xorg keywords ignore case and underscores.
+std::vector<std::string> active_lines(std::string_view text) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) nl = text.size();
+    std::string_view line = text.substr(pos, nl - pos);
+    pos = nl + 1;
+    line = line.substr(0, line.find('#'));
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.remove_suffix(1);
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.front()))) line.remove_prefix(1);
+    if (!line.empty()) out.emplace_back(line);
+  }
+  return out;
+}
+
+// Why a config makes X take an NVIDIA GPU, or empty when it does not.
+std::string reason(std::string_view name, std::string_view text, const std::vector<std::string>& drivers) {
+  auto lines = active_lines(text);
+  for (const auto& line : lines) {
+    std::string l = lower(line);
+    l.erase(std::remove(l.begin(), l.end(), '_'), l.end());
+    for (const auto& d : drivers) {
+      if (l.rfind("driver", 0) == 0 && l.find("\"" + lower(d) + "\"") != std::string::npos)
+        return "Driver \"" + d + "\"";
+    }
+    if (l.rfind("matchdriver", 0) == 0 && l.find("nvidia-drm") != std::string::npos) return "an nvidia-drm OutputClass";
+  }
+  if (lower(name).find("nvidia") != std::string::npos && !lines.empty()) return "an NVIDIA config";
+  return {};
+}
+
+struct Candidate {
+  std::string path;
+  std::string why;
+  std::string text;
+};
+
+Result converge(Context& ctx, const json& args, bool apply) {
+  const std::string mode = args["mode"].get<std::string>();
+  const auto drivers = args["drivers"].get<std::vector<std::string>>();
+  std::vector<std::string> paths;
+  for (const auto& dir : args["dirs"]) {
+    auto names = list_dir(ctx.root, dir.get<std::string>());
+    if (!names) return Result::failed(names.error());
+    for (const auto& n : *names)
+      if (n.size() > 5 && n.substr(n.size() - 5) == ".conf") paths.push_back(dir.get<std::string>() + "/" + n);
+  }
+  for (const auto& f : args["files"]) paths.push_back(f.get<std::string>());
+  std::vector<std::string> explicit_paths = args["paths"].get<std::vector<std::string>>();
+  paths.insert(paths.end(), explicit_paths.begin(), explicit_paths.end());
+
+  std::vector<Candidate> found;
+  for (const auto& p : paths) {
+    if (std::any_of(found.begin(), found.end(), [&](const Candidate& c) { return c.path == p; })) continue;
+    auto info = stat_file(ctx.root, p);
+    if (!info) return Result::failed(info.error());
+    if (!info->exists || !info->regular) continue;
+    auto text = read_file(ctx.root, p);
+    if (!text) return Result::failed(text.error());
+    std::string name = p.substr(p.find_last_of('/') + 1);
+    std::string why = reason(name, *text, drivers);
+    const bool is_explicit = std::find(explicit_paths.begin(), explicit_paths.end(), p) != explicit_paths.end();
+    if (why.empty() && is_explicit && !active_lines(*text).empty()) why = "listed in paths";
+    if (!why.empty()) found.push_back({p, why, *text});
+  }
+
+  FileChanges changes(ctx.root);
+  json files = json::array();
+  for (const auto& c : found) {
+    if (mode == "empty") changes.write(c.path, c.text, kEmptied);
+    else if (mode == "disable") changes.rename(c.path, c.path + ".disabled", c.text);
+    else changes.remove(c.path, c.text);
+    files.push_back({{"path", c.path}, {"reason", c.why}, {"action", mode == "empty" ? "emptied" : mode == "disable" ? "disabled" : "removed"}});
+  }
+  if (found.empty()) return Result::ok("no X11 config takes an NVIDIA GPU");
+  std::string list;
+  for (const auto& c : found) list += (list.empty() ? "" : ", ") + c.path + " (" + c.why + ")";
+  const std::string verb = mode == "empty" ? "emptied " : mode == "disable" ? "renamed to *.disabled: " : "removed ";
+  Result r = Result::changed(verb + list + "; restart the display manager for X to let go of the GPU");
+  r.diff = changes.diff();
+  r.data["files"] = files;
+  if (apply) {
+    if (auto s = changes.apply(r.data); !s) return Result::failed(s.error());
+  }
+  return r;
+}
+
+const Registration registration{ModuleDef{
+    .name = "xorg_cleanup",
+    .summary = "neutralise X11 configs that make a display server take the NVIDIA GPU",
+    .schema = {.args = {{.name = "mode", .type = ArgType::str, .default_value = "empty",
+                         .choices = {"empty", "disable", "remove"}},
+                        {.name = "paths", .type = ArgType::list, .default_value = json::array(),
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           for (const auto& p : v)
+                             if (p.get<std::string>().empty() || p.get<std::string>()[0] != '/') return "paths must be absolute";
+                           return std::nullopt;
+                         }},
+                        {.name = "dirs", .type = ArgType::list,
+                         .default_value = json::array({"/usr/share/X11/xorg.conf.d", "/etc/X11/xorg.conf.d"})},
+                        {.name = "files", .type = ArgType::list, .default_value = json::array({"/etc/X11/xorg.conf"})},
+                        {.name = "drivers", .type = ArgType::list, .default_value = json::array({"nvidia", "nouveau"})}}},
+    .converge = converge,
+}};
+
+}  // namespace
+}  // namespace gpt
