@@ -3,30 +3,10 @@
 #include <algorithm>
 
 #include "agent/host.hpp"
+#include "agent/text.hpp"
 
 namespace gpt {
 namespace {
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\n' || s.front() == '\r'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\n' || s.back() == '\r'))
-    s.remove_suffix(1);
-  return s;
-}
-
-std::vector<std::string> split_ws(std::string_view s) {
-  std::vector<std::string> out;
-  size_t i = 0;
-  while (i < s.size()) {
-    while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n')) ++i;
-    size_t j = i;
-    while (j < s.size() && s[j] != ' ' && s[j] != '\t' && s[j] != '\n') ++j;
-    if (j > i) out.emplace_back(s.substr(i, j - i));
-    i = j;
-  }
-  return out;
-}
 
 // Unquotes an os-release value (shell-like: double or single quotes, backslash escapes).
 std::string unquote(std::string_view v) {
@@ -53,12 +33,7 @@ bool CpuInfo::has_flag(std::string_view f) const {
 CpuInfo parse_cpuinfo(std::string_view text) {
   CpuInfo info;
   bool seen_flags = false;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) nl = text.size();
-    std::string_view line = text.substr(pos, nl - pos);
-    pos = nl + 1;
+  for (std::string_view line : lines(text)) {
     auto colon = line.find(':');
     if (colon == std::string_view::npos) continue;
     std::string_view key = trim(line.substr(0, colon));
@@ -66,7 +41,7 @@ CpuInfo parse_cpuinfo(std::string_view text) {
     if (key == "vendor_id" && info.vendor_id.empty()) info.vendor_id = value;
     else if (key == "model name" && info.model_name.empty()) info.model_name = value;
     else if (key == "flags" && !seen_flags) {
-      info.flags = split_ws(value);
+      info.flags = words(value);
       seen_flags = true;
     }
   }
@@ -78,19 +53,15 @@ CpuInfo parse_cpuinfo(std::string_view text) {
 
 OsRelease parse_os_release(std::string_view text) {
   OsRelease os;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) nl = text.size();
-    std::string_view line = trim(text.substr(pos, nl - pos));
-    pos = nl + 1;
+  for (std::string_view line : lines(text)) {
+    line = trim(line);
     if (line.empty() || line.front() == '#') continue;
     auto eq = line.find('=');
     if (eq == std::string_view::npos) continue;
     std::string_view key = line.substr(0, eq);
     std::string value = unquote(line.substr(eq + 1));
     if (key == "ID") os.id = value;
-    else if (key == "ID_LIKE") os.id_like = split_ws(value);
+    else if (key == "ID_LIKE") os.id_like = words(value);
     else if (key == "VERSION_ID") os.version_id = value;
     else if (key == "PRETTY_NAME") os.pretty_name = value;
   }
@@ -133,12 +104,7 @@ std::string module_name(std::string_view name) {
 
 std::vector<std::string> parse_proc_modules(std::string_view text) {
   std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) nl = text.size();
-    std::string_view line = text.substr(pos, nl - pos);
-    pos = nl + 1;
+  for (std::string_view line : lines(text)) {
     std::string_view name = line.substr(0, line.find(' '));
     if (!name.empty()) out.push_back(module_name(name));
   }
@@ -147,7 +113,7 @@ std::vector<std::string> parse_proc_modules(std::string_view text) {
 
 std::vector<std::string> parse_modules_builtin(std::string_view text) {
   std::vector<std::string> out;
-  for (const auto& path : split_ws(text)) {
+  for (const auto& path : words(text)) {
     std::string_view base = path;
     if (auto slash = base.find_last_of('/'); slash != std::string_view::npos) base = base.substr(slash + 1);
     if (base.size() > 3 && base.substr(base.size() - 3) == ".ko") base.remove_suffix(3);

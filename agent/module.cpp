@@ -47,6 +47,24 @@ Result Context::run_system(const Command& cmd, bool apply, std::string_view what
   return r;
 }
 
+std::vector<ArgSpec> command_args(int default_timeout_seconds) {
+  return {{.name = "command",
+           .type = ArgType::list,
+           .check = [](const json& v) -> std::optional<std::string> {
+             if (v.empty()) return "must name a program";
+             return std::nullopt;
+           }},
+          {.name = "timeout", .type = ArgType::integer, .default_value = default_timeout_seconds}};
+}
+
+Result run_command_module(Context& ctx, const json& args, bool apply, std::vector<std::string> argv,
+                          std::string_view what) {
+  Command cmd;
+  cmd.argv = args.contains("command") ? args["command"].get<std::vector<std::string>>() : std::move(argv);
+  cmd.timeout = std::chrono::seconds(args.value("timeout", 600));
+  return ctx.run_system(cmd, apply, what);
+}
+
 Registry& Registry::instance() {
   static Registry registry;
   return registry;

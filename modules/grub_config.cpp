@@ -1,7 +1,5 @@
 // grub_config: regenerates grub.cfg the way the host's distribution does. Used as the handler
 // of grub_cmdline; a playbook may also run it as a task.
-#include <sys/stat.h>
-
 #include "agent/module.hpp"
 
 namespace gpt {
@@ -18,32 +16,21 @@ std::string grub2_output(const Context& ctx) {
 }
 
 Result converge(Context& ctx, const json& args, bool apply) {
-  Command cmd;
-  if (args.contains("command")) {
-    cmd.argv = args["command"].get<std::vector<std::string>>();
-  } else if (ctx.facts.boot.grub == "update-grub") {
-    cmd.argv = {"update-grub"};
-  } else if (ctx.facts.boot.grub == "grub2-mkconfig") {
-    cmd.argv = {"grub2-mkconfig", "-o", grub2_output(ctx)};
-  } else if (ctx.facts.boot.grub == "grub-mkconfig") {
-    cmd.argv = {"grub-mkconfig", "-o", "/boot/grub/grub.cfg"};
-  } else {
+  std::vector<std::string> argv;
+  const std::string& tool = ctx.facts.boot.grub;
+  if (tool == "update-grub") argv = {"update-grub"};
+  else if (tool == "grub2-mkconfig") argv = {"grub2-mkconfig", "-o", grub2_output(ctx)};
+  else if (tool == "grub-mkconfig") argv = {"grub-mkconfig", "-o", "/boot/grub/grub.cfg"};
+  else if (!args.contains("command"))
     return Result::failed("no update-grub, grub2-mkconfig or grub-mkconfig on this host (root " + ctx.root.dir() +
                           "): regenerate the boot configuration by hand");
-  }
-  cmd.timeout = std::chrono::seconds(args["timeout"].get<int>());
-  return ctx.run_system(cmd, apply, "regenerated the grub config");
+  return run_command_module(ctx, args, apply, std::move(argv), "regenerated the grub config");
 }
 
 const Registration registration{ModuleDef{
     .name = "grub_config",
     .summary = "regenerate grub.cfg (update-grub, grub2-mkconfig or grub-mkconfig)",
-    .schema = {.args = {{.name = "command", .type = ArgType::list,
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           if (v.empty()) return "must name a program";
-                           return std::nullopt;
-                         }},
-                        {.name = "timeout", .type = ArgType::integer, .default_value = 600}}},
+    .schema = {.args = command_args(600)},
     .converge = converge,
     .changes_boot = true,
 }};

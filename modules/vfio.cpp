@@ -6,6 +6,7 @@
 #include "agent/changes.hpp"
 #include "agent/module.hpp"
 #include "agent/pci.hpp"
+#include "agent/text.hpp"
 
 namespace gpt {
 namespace {
@@ -20,48 +21,11 @@ std::vector<std::string> default_modules(std::string_view release) {
   return mods;
 }
 
-std::string join(const std::vector<std::string>& v, std::string_view sep) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : std::string(sep)) + s;
-  return out;
-}
-
-std::vector<std::string> lines_of(std::string_view text) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) nl = text.size();
-    out.emplace_back(text.substr(pos, nl - pos));
-    pos = nl + 1;
-  }
-  return out;
-}
-
-// Blank-separated words, each line's `#` comment left out.
-std::vector<std::string> words(std::string_view text) {
-  std::vector<std::string> out;
-  bool comment = false;
-  std::string cur;
-  for (char c : text) {
-    if (c == '\n') comment = false;
-    if (c == '#') comment = true;
-    if (comment || c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-      if (!cur.empty()) out.push_back(std::move(cur));
-      cur.clear();
-      continue;
-    }
-    cur += c;
-  }
-  if (!cur.empty()) out.push_back(std::move(cur));
-  return out;
-}
-
 // initramfs-tools: one module per line in /etc/initramfs-tools/modules; missing ones appended.
 std::string ensure_module_lines(std::string text, const std::vector<std::string>& mods) {
   std::set<std::string> have;
-  for (const auto& line : lines_of(text)) {
-    auto w = words(line);
+  for (std::string_view line : lines(text)) {
+    auto w = words(line, true);
     if (!w.empty()) have.insert(module_name(w[0]));
   }
   for (const auto& m : mods) {
@@ -93,7 +57,7 @@ Expected<std::string> ensure_mkinitcpio_modules(std::string text, const std::vec
   size_t close = text.find(close_char, open + 1);
   if (close == std::string::npos) return Error{"MODULES in /etc/mkinitcpio.conf is not closed"};
   std::set<std::string> have;
-  for (const auto& w : words(std::string_view(text).substr(open + 1, close - open - 1))) {
+  for (const auto& w : words(std::string_view(text).substr(open + 1, close - open - 1), true)) {
     std::string name = w;
     name.erase(std::remove(name.begin(), name.end(), '"'), name.end());
     name.erase(std::remove(name.begin(), name.end(), '\''), name.end());
@@ -116,16 +80,16 @@ std::optional<std::string> foreign_ids_option(const Context& ctx, const std::str
   if (!names) return names.error();
   for (const auto& n : *names) {
     const std::string path = "/etc/modprobe.d/" + n;
-    if (path == ours || n.size() < 5 || n.substr(n.size() - 5) != ".conf") continue;
+    if (path == ours || !ends_with(n, ".conf")) continue;
     auto text = read_file(ctx.root, path, 1u << 20);
     if (!text) continue;
     int line_no = 0;
-    for (const auto& line : lines_of(*text)) {
+    for (std::string_view line : lines(*text)) {
       ++line_no;
-      auto w = words(line);
+      auto w = words(line, true);
       if (w.size() >= 3 && w[0] == "options" && module_name(w[1]) == "vfio_pci" &&
           std::any_of(w.begin() + 2, w.end(), [](const std::string& o) { return o.rfind("ids=", 0) == 0; }))
-        return path + ":" + std::to_string(line_no) + " already sets '" + line +
+        return path + ":" + std::to_string(line_no) + " already sets '" + std::string(line) +
                "': remove it (or this task's ids) so vfio-pci gets one list of ids";
     }
   }
@@ -257,7 +221,7 @@ std::optional<std::string> check_names(const json& v) {
 
 std::optional<std::string> check_conf_path(const json& v) {
   const std::string s = v.get<std::string>();
-  if (s.empty() || s[0] != '/' || s.size() < 6 || s.substr(s.size() - 5) != ".conf")
+  if (s.empty() || s[0] != '/' || s.size() < 6 || !ends_with(s, ".conf"))
     return "must be an absolute path ending in .conf (modprobe and systemd read only those)";
   return std::nullopt;
 }

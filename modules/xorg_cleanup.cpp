@@ -5,6 +5,7 @@
 
 #include "agent/changes.hpp"
 #include "agent/module.hpp"
+#include "agent/text.hpp"
 
 namespace gpt {
 namespace {
@@ -13,24 +14,11 @@ const char* kEmptied =
     "# Emptied by gptagent (GPU passthrough): no X server may take the GPU passed through to VMs.\n"
     "# The previous content is kept beside this file as *.gptagent-YYYYmmddTHHMMSS.\n";
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
-  return out;
-}
-
 // The lines X reads: comments and blanks dropped. Xorg keywords ignore case and underscores.
 std::vector<std::string> active_lines(std::string_view text) {
   std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) nl = text.size();
-    std::string_view line = text.substr(pos, nl - pos);
-    pos = nl + 1;
-    line = line.substr(0, line.find('#'));
-    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.remove_suffix(1);
-    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.front()))) line.remove_prefix(1);
+  for (std::string_view line : lines(text)) {
+    line = trim(line.substr(0, line.find('#')));
     if (!line.empty()) out.emplace_back(line);
   }
   return out;
@@ -66,7 +54,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
     auto names = list_dir(ctx.root, dir.get<std::string>());
     if (!names) return Result::failed(names.error());
     for (const auto& n : *names)
-      if (n.size() > 5 && n.substr(n.size() - 5) == ".conf") paths.push_back(dir.get<std::string>() + "/" + n);
+      if (ends_with(n, ".conf")) paths.push_back(dir.get<std::string>() + "/" + n);
   }
   for (const auto& f : args["files"]) paths.push_back(f.get<std::string>());
   std::vector<std::string> explicit_paths = args["paths"].get<std::vector<std::string>>();
