@@ -35,10 +35,10 @@ std::string FileChanges::diff() const {
   for (const auto& p : planned_) {
     switch (p.kind) {
       case Kind::write:
-        out += unified_diff(p.before.value_or(""), p.after, p.path + (p.before ? "" : " (new file)"));
+        out += p.before ? unified_diff(*p.before, p.after, p.path) : unified_diff("", p.after, "/dev/null", p.path + " (new file)");
         break;
       case Kind::remove:
-        out += unified_diff(*p.before, "", p.path + " (removed)");
+        out += unified_diff(*p.before, "", p.path + " (before)", "/dev/null (removed)");
         break;
       case Kind::rename:
         out += "renamed " + p.path + " to " + p.to + "\n";

@@ -27,6 +27,11 @@ std::vector<std::string> lines_of(std::string_view text) {
 }  // namespace
 
 std::string unified_diff(std::string_view before, std::string_view after, std::string_view path) {
+  return unified_diff(before, after, std::string(path) + " (before)", std::string(path) + " (after)");
+}
+
+std::string unified_diff(std::string_view before, std::string_view after, std::string_view from_label,
+                         std::string_view to_label) {
   if (before == after) return {};
   std::vector<std::string> a = lines_of(before), b = lines_of(after);
   dtl::Diff<std::string> d(a, b);
@@ -34,7 +39,7 @@ std::string unified_diff(std::string_view before, std::string_view after, std::s
   d.compose();
   d.composeUnifiedHunks();
   std::ostringstream out;
-  out << "--- " << path << " (before)\n+++ " << path << " (after)\n";
+  out << "--- " << from_label << "\n+++ " << to_label << "\n";
   for (const auto& hunk : d.getUniHunks()) {
     // dtl counts hunks the way diff -u does, except that an empty side starts at 0.
     out << "@@ -" << hunk.a << "," << hunk.b << " +" << hunk.c << "," << hunk.d << " @@\n";

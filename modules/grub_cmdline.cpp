@@ -30,11 +30,6 @@ std::optional<std::string> check_args(const json& args) {
   return std::nullopt;
 }
 
-bool bls_enabled(std::string_view grub_default) {
-  auto v = grub_cmdline_params(grub_default, "GRUB_ENABLE_BLSCFG");
-  return v && !v->empty() && v->back() == "true";
-}
-
 Result converge(Context& ctx, const json& args, bool apply) {
   CmdlineEdit edit;
   edit.key = args["key"].get<std::string>();
@@ -74,18 +69,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   r.diff = unified_diff(*text, res->text, path);
   r.reboot_required = true;
   r.data = {{"path", path}, {"added", res->added}, {"removed", res->removed}, {"replaced", res->replaced}};
-  if (args["regenerate"].get<bool>()) {
-    r.handlers.push_back({"regenerate the grub config", "grub_config", json::object()});
-    // BootLoaderSpec hosts (Fedora, RHEL): grub2-mkconfig does not rewrite the existing boot
-    // entries, which carry their own options; grubby does.
-    if (ctx.facts.boot.grubby && bls_enabled(*text)) {
-      std::vector<std::string> add = res->added, remove = res->removed;
-      add.insert(add.end(), res->replaced_new.begin(), res->replaced_new.end());
-      remove.insert(remove.end(), res->replaced_old.begin(), res->replaced_old.end());
-      json hargs = {{"add", add}, {"remove", remove}};
-      r.handlers.push_back({"update the boot entries with grubby (" + res->summary() + ")", "grubby", hargs});
-    }
-  }
+  if (args["regenerate"].get<bool>()) r.handlers = grub_handlers(ctx.facts, *text, *res);
   if (apply) {
     WriteOptions wo;
     wo.backup = args["backup"].get<bool>();

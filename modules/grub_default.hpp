@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "agent/expected.hpp"
+#include "agent/module.hpp"
 
 namespace gpt {
 
@@ -31,6 +32,10 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
 // The parameters `key` holds after the file is sourced, as far as they can be known without
 // running it (references to other variables stay as written, e.g. "$FOO").
 Expected<std::vector<std::string>> grub_cmdline_params(std::string_view text, std::string_view key);
+
+// The handlers that make a change of GRUB_CMDLINE_LINUX take effect: grub_config, and on
+// BootLoaderSpec hosts (GRUB_ENABLE_BLSCFG=true, grubby installed) grubby for the existing entries.
+std::vector<HandlerRequest> grub_handlers(const Facts& facts, std::string_view grub_default, const CmdlineEditResult& edit);
 
 // True when a parameter is safe to write into a quoted shell value and a kernel command line.
 bool valid_kernel_param(std::string_view param);

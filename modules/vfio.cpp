@@ -7,6 +7,7 @@
 #include "agent/module.hpp"
 #include "agent/pci.hpp"
 #include "agent/text.hpp"
+#include "modules/grub_default.hpp"
 
 namespace gpt {
 namespace {
@@ -120,6 +121,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   }
 
   FileChanges boot(ctx.root), load_conf(ctx.root);
+  std::vector<HandlerRequest> grub_requests;
   std::string modprobe = kHeader;
   if (!ids.empty()) modprobe += "options vfio-pci ids=" + join(ids, ",") + "\n";
   if (args["softdep"].get<bool>()) {
@@ -149,6 +151,45 @@ Result converge(Context& ctx, const json& args, bool apply) {
       note = "; no update-initramfs, dracut or mkinitcpio found: the modules are not added to an initramfs";
     }
   }
+  // A vfio-pci built into the kernel never reads modprobe.d: its ids must be on the kernel command
+  // line. Debian's grub-mkconfig sources /etc/default/grub.d/*.cfg, so the parameter lives in a
+  // drop-in of its own there, apart from the user's (and grub_cmdline's) edits of the main file.
+  const std::string cmdline_mode = args["kernel_cmdline"].get<std::string>();
+  const bool builtin = std::find(ctx.facts.builtin_modules.begin(), ctx.facts.builtin_modules.end(), "vfio_pci") !=
+                       ctx.facts.builtin_modules.end();
+  if (!ids.empty() && (cmdline_mode == "always" || (cmdline_mode == "auto" && builtin))) {
+    const std::string param = "vfio-pci.ids=" + join(ids, ",");
+    const bool debian_like = ctx.facts.os.id == "debian" || ctx.facts.os.id == "ubuntu" ||
+                             std::find(ctx.facts.os.id_like.begin(), ctx.facts.os.id_like.end(), "debian") !=
+                                 ctx.facts.os.id_like.end();
+    CmdlineEditResult edit;
+    std::string grub_text;
+    if (debian_like) {
+      const std::string dropin = "/etc/default/grub.d/gptagent-vfio.cfg";
+      auto before = read_file_if_exists(ctx.root, dropin);
+      if (!before) return Result::failed(before.error());
+      const std::string after = std::string(kHeader) + "GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX " + param + "\"\n";
+      if (before->value_or("") != after) {
+        boot.write(dropin, *before, after);
+        edit.added = {param};
+      }
+      auto main = read_file_if_exists(ctx.root, "/etc/default/grub");
+      grub_text = main && *main ? **main : "";
+    } else {
+      auto text = read_file(ctx.root, "/etc/default/grub");
+      if (!text) return Result::failed(text.error() + " (vfio_pci is built into this kernel: its ids go on the kernel command line)");
+      CmdlineEdit e;
+      e.present = {param};
+      auto res = edit_grub_cmdline(*text, e);
+      if (!res) return Result::failed("/etc/default/grub: " + res.error());
+      boot.write("/etc/default/grub", *text, res->text);
+      edit = *res;
+      grub_text = *text;
+    }
+    if (edit.changed()) grub_requests = grub_handlers(ctx.facts, grub_text, edit);
+    note += "; vfio_pci is built into this kernel, so its ids are on the kernel command line (" + param + ")";
+  }
+
   std::string modules_load = std::string(kHeader);
   for (const auto& m : mods) modules_load += m + "\n";
   if (auto s = load_conf.write(args["modules_load_conf"].get<std::string>(), modules_load); !s)
@@ -172,6 +213,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   }
   if (!boot.empty()) {
     r.reboot_required = true;
+    r.handlers = grub_requests;
     r.handlers.push_back({"rebuild the initramfs", "initramfs", json::object()});
   }
   if (apply) {
@@ -235,6 +277,8 @@ const Registration registration{ModuleDef{
                         {.name = "softdep", .type = ArgType::boolean, .default_value = true},
                         {.name = "blacklist", .type = ArgType::list, .default_value = json::array(), .check = check_names},
                         {.name = "load", .type = ArgType::boolean, .default_value = true},
+                        {.name = "kernel_cmdline", .type = ArgType::str, .default_value = "auto",
+                         .choices = {"auto", "always", "never"}},
                         {.name = "initramfs", .type = ArgType::boolean, .default_value = true},
                         {.name = "modprobe_conf", .type = ArgType::str, .default_value = "/etc/modprobe.d/vfio.conf",
                          .check = check_conf_path},

@@ -35,7 +35,11 @@ TEST(Cli, DemoConvergesThenStaysConverged) {
   EXPECT_EQ(first.exit_code, 0) << first.out << first.err;
   EXPECT_NE(first.out.find("changed: [IOMMU and nouveau on the kernel command line]"), std::string::npos);
   EXPECT_NE(first.out.find("skipping: [regenerate the grub config] not run under --root"), std::string::npos);
-  EXPECT_NE(first.out.find("localhost                  : ok=1    changed=1    unreachable=0    failed=0    skipped=1"),
+  EXPECT_NE(first.out.find("changed: [No X11 config may take the GPU] emptied /usr/share/X11/xorg.conf.d/10-nvidia.conf"),
+            std::string::npos);
+  EXPECT_NE(first.out.find("changed: [vfio-pci claims the GPU at boot]"), std::string::npos);
+  EXPECT_NE(first.out.find("skipping: [rebuild the initramfs] not run under --root"), std::string::npos);
+  EXPECT_NE(first.out.find("localhost                  : ok=3    changed=3    unreachable=0    failed=0    skipped=2"),
             std::string::npos)
       << first.out;
   EXPECT_EQ(first.out.find("\033["), std::string::npos) << "colour on a pipe";
@@ -43,7 +47,7 @@ TEST(Cli, DemoConvergesThenStaysConverged) {
   auto second = run_agent({"apply", kDemo, "--root", host.root()});
   EXPECT_EQ(second.exit_code, 0);
   EXPECT_NE(second.out.find("ok: [IOMMU and nouveau on the kernel command line]"), std::string::npos);
-  EXPECT_NE(second.out.find("ok=1    changed=0"), std::string::npos);
+  EXPECT_NE(second.out.find("ok=3    changed=0"), std::string::npos);
 
   auto check = run_agent({"apply", kDemo, "--root", host.root(), "--check"});
   EXPECT_EQ(check.exit_code, 0);
@@ -58,20 +62,22 @@ TEST(Cli, JsonIsOneDocumentWithTasksAndTotals) {
   EXPECT_EQ(doc["check"], true);
   EXPECT_EQ(doc["exit_code"], 2);
   EXPECT_EQ(doc["root"], Root(host.root()).dir());
-  EXPECT_EQ(doc["stats"], (nlohmann::json{{"ok", 1}, {"changed", 1}, {"unreachable", 0}, {"failed", 0},
-                                          {"skipped", 1}, {"rescued", 0}, {"ignored", 0}}));
+  EXPECT_EQ(doc["stats"], (nlohmann::json{{"ok", 3}, {"changed", 3}, {"unreachable", 0}, {"failed", 0},
+                                          {"skipped", 2}, {"rescued", 0}, {"ignored", 0}}));
   EXPECT_EQ(doc["reboot_required"], true);
   ASSERT_EQ(doc["stages"].size(), 1u);
   const auto& tasks = doc["stages"][0]["tasks"];
-  ASSERT_EQ(tasks.size(), 2u);
+  ASSERT_EQ(tasks.size(), 5u);
   EXPECT_EQ(tasks[0]["status"], "changed");
   EXPECT_EQ(tasks[0]["module"], "grub_cmdline");
   EXPECT_EQ(tasks[0]["handler"], false);
   EXPECT_TRUE(tasks[0]["diff"].get<std::string>().find("+GRUB_CMDLINE_LINUX=") != std::string::npos);
   EXPECT_EQ(tasks[0]["data"]["added"], (nlohmann::json{"intel_iommu=on", "iommu=pt", "nouveau.modeset=0"}));
-  EXPECT_EQ(tasks[1]["status"], "skipped");
-  EXPECT_EQ(tasks[1]["handler"], true);
-  EXPECT_EQ(tasks[1]["commands"], nlohmann::json{"update-grub"});
+  EXPECT_EQ(tasks[2]["data"]["ids"], (nlohmann::json{"10de:1b80", "10de:10f0"}));
+  EXPECT_EQ(tasks[3]["status"], "skipped");
+  EXPECT_EQ(tasks[3]["handler"], true);
+  EXPECT_EQ(tasks[3]["commands"], nlohmann::json{"update-grub"});
+  EXPECT_EQ(tasks[4]["commands"], nlohmann::json{"update-initramfs -u -k all"});
 }
 
 TEST(Cli, BadPlaybookIsExitOneWithPositionsAndTouchesNothing) {
@@ -99,7 +105,7 @@ TEST(Cli, ValidateTouchesNothing) {
   const auto pristine = test::snapshot(host.root());
   auto r = run_agent({"validate", kDemo, "--root", host.root()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("valid (1 stage, 1 task)"), std::string::npos);
+  EXPECT_NE(r.out.find("valid (1 stage, 3 tasks)"), std::string::npos);
   EXPECT_EQ(test::snapshot(host.root()), pristine);
 }
 
@@ -115,7 +121,7 @@ TEST(Cli, MissingGrubFileFailsWithExitOne) {
   auto after = test::snapshot(host.root());
   after.erase("run/");
   after.erase("run/gptagent.lock");
-  EXPECT_EQ(after, pristine);
+  EXPECT_EQ(after, pristine) << "the run stopped at the first failure: nothing after it ran";
   EXPECT_EQ(run_agent({"apply", kDemo, "--root", host.root(), "--check"}).exit_code, 1);
 }
 
@@ -216,6 +222,27 @@ TEST(Cli, SecondRunWaitsForTheLockNamingTheHolderThenRuns) {
   c.wait();
   EXPECT_EQ(c.exit_code(), 0);
   EXPECT_NE(test::slurp(host.file("/etc/default/grub")).find("intel_iommu=on"), std::string::npos);
+}
+
+TEST(Cli, HostPlaybookCheckDiffShowsEveryFileThatWouldChange) {
+  SampleHost host("fedora-40");
+  const auto pristine = test::snapshot(host.root());
+  auto r = run_agent({"apply", test::source_path("playbooks/host.yaml"), "--root", host.root(), "--check", "--diff"});
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  for (const std::string& expected : std::vector<std::string>{
+           "--- /etc/default/grub (before)",
+           "+GRUB_CMDLINE_LINUX=\"rhgb quiet intel_iommu=on iommu=pt nouveau.modeset=0\"",
+           "--- /usr/share/X11/xorg.conf.d/nvidia.conf (before)",
+           "--- /dev/null\n+++ /etc/modprobe.d/vfio.conf (new file)",
+           "+options vfio-pci ids=10de:1f07,10de:10f9,10de:1ada,10de:1adb",
+           "+++ /etc/dracut.conf.d/vfio.conf (new file)",
+           "+vfio_iommu_type1",
+           "skipping: [regenerate the grub config] not run under --root",
+           "skipping: [update the boot entries with grubby (added intel_iommu=on, iommu=pt, nouveau.modeset=0)]",
+           "skipping: [rebuild the initramfs] not run under --root " + Root(host.root()).dir() + ": dracut -f --regenerate-all",
+       })
+    EXPECT_NE(r.out.find(expected), std::string::npos) << expected << "\n" << r.out;
+  EXPECT_EQ(test::snapshot(host.root()), pristine);
 }
 
 TEST(Cli, ExtraVarsReachThePlaybook) {

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <boost/process.hpp>
+
 #include "tests/support/converge.hpp"
 
 namespace gpt {
@@ -172,6 +174,49 @@ TEST(Vfio, TheInitramfsIsRebuiltOnceForTwoChangingTasks) {
 )", false);
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.commands, (Lines{"update-initramfs -u -k all"}));
+}
+
+TEST(Vfio, ABuiltInVfioPciGetsItsIdsOnTheKernelCommandLine) {
+  Host h("5.15.0-105-generic");
+  test::write(h.d / "etc/os-release", "ID=ubuntu\nID_LIKE=debian\n");
+  test::write(h.d / "usr/sbin/update-grub", "#!/bin/sh\n", 0755);
+  test::write(h.d / "etc/default/grub", "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet splash\"\nGRUB_CMDLINE_LINUX=\"\"\n");
+  test::write(h.d / "lib/modules/5.15.0-105-generic/modules.builtin",
+              "kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio_virqfd.ko\nkernel/drivers/vfio/vfio_iommu_type1.ko\n"
+              "kernel/drivers/vfio/pci/vfio-pci.ko\n");
+  auto r = converge_twice(h.d.path(), "tasks:\n  - vfio: {devices: ['0000:01:00.0']}\n");
+  EXPECT_EQ(r.commands, (Lines{"update-grub", "update-initramfs -u -k all"}));  // nothing to load: built in
+  EXPECT_EQ(h.read("/etc/default/grub"), "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet splash\"\nGRUB_CMDLINE_LINUX=\"\"\n");
+  // grub-mkconfig sources the main file, then the drop-ins: bash sees the parameter there.
+  namespace bp = boost::process;
+  bp::ipstream out;
+  bp::child c(bp::search_path("bash"), "--norc", "-c",
+              "cd \"$0\" && . etc/default/grub && for f in etc/default/grub.d/*.cfg; do . \"$f\"; done; "
+              "printf '%s' \"$GRUB_CMDLINE_LINUX\"",
+              h.d.path(), bp::std_out > out);
+  std::string value;
+  std::getline(out, value);
+  c.wait();
+  EXPECT_EQ(value, " vfio-pci.ids=10de:1b80,10de:10f0");
+  EXPECT_NE(r.tasks[0].result.msg.find("vfio_pci is built into this kernel"), std::string::npos);
+}
+
+TEST(Vfio, ABuiltInVfioPciOutsideDebianEditsTheMainGrubFile) {
+  Host h("6.9.7-arch1-1", "usr/bin/mkinitcpio");
+  test::write(h.d / "etc/os-release", "ID=arch\n");
+  test::write(h.d / "usr/bin/grub-mkconfig", "#!/bin/sh\n", 0755);
+  test::write(h.d / "etc/mkinitcpio.conf", "MODULES=()\n");
+  test::write(h.d / "etc/default/grub", "GRUB_CMDLINE_LINUX=\"\"\n");
+  test::write(h.d / "lib/modules/6.9.7-arch1-1/modules.builtin", "kernel/drivers/vfio/pci/vfio-pci.ko\n");
+  auto r = converge_twice(h.d.path(), "tasks:\n  - vfio: {ids: [10de:2684], load: false}\n");
+  EXPECT_EQ(h.read("/etc/default/grub"), "GRUB_CMDLINE_LINUX=\"vfio-pci.ids=10de:2684\"\n");
+  EXPECT_EQ(r.commands, (Lines{"grub-mkconfig -o /boot/grub/grub.cfg", "mkinitcpio -P"}));
+  // kernel_cmdline: never leaves the boot loader alone.
+  Host never("6.9.7-arch1-1", "usr/bin/mkinitcpio");
+  test::write(never.d / "etc/default/grub", "GRUB_CMDLINE_LINUX=\"\"\n");
+  test::write(never.d / "lib/modules/6.9.7-arch1-1/modules.builtin", "kernel/drivers/vfio/pci/vfio-pci.ko\n");
+  test::converge_root(never.d.path(), "tasks:\n  - vfio: {ids: [10de:2684], load: false, kernel_cmdline: never}\n", false);
+  EXPECT_EQ(never.read("/etc/default/grub"), "GRUB_CMDLINE_LINUX=\"\"\n");
 }
 
 TEST(Vfio, NoInitramfsToolIsSaidNotHidden) {

@@ -27,19 +27,31 @@ std::vector<std::string> Converged::changes() const {
   return out;
 }
 
-Converged converge_root(const std::string& root_dir, const std::string& yaml, bool check, bool allow_system) {
+ExecResult SimulatedKernelExec::run(const Command& cmd) {
+  commands.push_back(cmd.display());
+  if (cmd.argv.size() > 2 && cmd.argv[0] == "modprobe" && cmd.argv[1] == "-a") {
+    std::string modules = exists(root_ + "/proc/modules") ? slurp(root_ + "/proc/modules") : "";
+    for (size_t i = 2; i < cmd.argv.size(); ++i) modules += cmd.argv[i] + " 16384 0 - Live 0x0000000000000000\n";
+    write(root_ + "/proc/modules", modules);
+  }
+  return {0, false, "", ""};
+}
+
+Converged converge_root(const std::string& root_dir, const std::string& yaml, bool check, bool allow_system,
+                        const nlohmann::json& extra_vars) {
   Converged c;
   Root root(root_dir);
   Facts facts = gather_facts(root);
   LoadOptions opts;
   opts.facts = facts.to_json();
+  opts.extra_vars = extra_vars;
   auto loaded = load_playbook_text(yaml, "test.yaml", opts);
   if (!loaded.ok()) {
     c.load_errors = loaded.errors;
     c.exit_code = 1;
     return c;
   }
-  RecordingExec exec;
+  SimulatedKernelExec exec(root_dir);
   Context ctx{root, exec, facts, allow_system};
   Collect rep(c.tasks);
   RunOptions ro;

@@ -21,6 +21,18 @@ struct Converged {
 };
 
 Converged converge_root(const std::string& root, const std::string& playbook_yaml, bool check,
-                        bool allow_system_commands = true);
+                        bool allow_system_commands = true, const nlohmann::json& extra_vars = nlohmann::json::object());
+
+// The kernel's side of a command, faked at the host boundary: records every command and, for
+// `modprobe -a M...`, lists the modules in the root's /proc/modules as the kernel would.
+class SimulatedKernelExec final : public gpt::Exec {
+ public:
+  explicit SimulatedKernelExec(std::string root) : root_(std::move(root)) {}
+  ExecResult run(const Command& cmd) override;
+  std::vector<std::string> commands;
+
+ private:
+  std::string root_;
+};
 
 }  // namespace gpt::test

@@ -65,7 +65,10 @@ std::map<std::string, std::string> snapshot(const std::string& dir) {
   return out;
 }
 
-SampleHost::SampleHost(const std::string& name) { copy_tree(source_path("playbooks/sandbox/" + name), dir.path()); }
+SampleHost::SampleHost(const std::string& name) {
+  const std::string demo = source_path("playbooks/sandbox/" + name);
+  copy_tree(exists(demo) ? demo : source_path("tests/fixtures/hosts/" + name), dir.path());
+}
 
 ProcResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env) {
   namespace bp = boost::process;
