@@ -183,6 +183,12 @@ Facts gather_facts(const Root& root) {
   f.cmdline = parse_cmdline(trim(read("/proc/cmdline")));
   f.boot = detect_boot_tools(root);
   if (auto mods = read_file_if_exists(root, "/proc/modules"); mods && *mods) f.modules = parse_proc_modules(**mods);
+  f.kvm = path_exists(root, "/dev/kvm");
+  if (auto groups = list_dir(root, "/sys/kernel/iommu_groups"); groups) f.iommu.groups = static_cast<int>(groups->size());
+  if (auto units = list_dir(root, "/sys/class/iommu"); units) f.iommu.units = *units;
+  f.iommu_verdicts = iommu_verdicts(f.cpu, f.cmdline, f.iommu);
+  f.pci = read_pci_devices(root);
+  f.gpus = discover_gpus(f.pci, f.iommu, f.iommu_verdicts);
   if (!f.kernel_release.empty()) {
     if (auto b = read_file_if_exists(root, "/lib/modules/" + f.kernel_release + "/modules.builtin"); b && *b)
       f.builtin_modules = parse_modules_builtin(**b);
@@ -191,7 +197,16 @@ Facts gather_facts(const Root& root) {
 }
 
 nlohmann::json Facts::to_json() const {
+  nlohmann::json iommu_json = {{"on", iommu.on()}, {"groups", iommu.groups}, {"units", iommu.units},
+                               {"verdicts", nlohmann::json::array()}};
+  for (const auto& v : iommu_verdicts) iommu_json["verdicts"].push_back(gpt::to_json(v));
+  nlohmann::json pci_json = nlohmann::json::array(), gpus_json = nlohmann::json::array();
+  for (const auto& d : pci) pci_json.push_back(gpt::to_json(d));
+  for (const auto& g : gpus) gpus_json.push_back(gpt::to_json(g));
   return {
+      {"iommu", iommu_json},
+      {"pci", pci_json},
+      {"gpus", gpus_json},
       {"cpu_vendor", cpu.vendor},
       {"cpu_vendor_id", cpu.vendor_id},
       {"cpu_model", cpu.model_name},
@@ -205,6 +220,7 @@ nlohmann::json Facts::to_json() const {
       {"cmdline", cmdline},
       {"boot", {{"grub_tool", boot.grub}, {"initramfs_tool", boot.initramfs}, {"grubby", boot.grubby}}},
       {"modules", modules},
+      {"kvm", kvm},
       {"warnings", warnings},
   };
 }

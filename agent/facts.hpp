@@ -9,6 +9,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/gpu.hpp"
+#include "agent/pci.hpp"
+
 namespace gpt {
 
 class Root;
@@ -45,6 +48,11 @@ struct Facts {
   std::vector<std::string> modules;  // loaded (from /proc/modules), names with '_'
   std::vector<std::string> builtin_modules;  // built into the running kernel (modules.builtin)
   bool module_available(std::string_view name) const;  // loaded or built in
+  bool kvm = false;                    // /dev/kvm exists
+  IommuState iommu;
+  std::vector<Verdict> iommu_verdicts;
+  std::vector<PciDevice> pci;
+  std::vector<Gpu> gpus;
   std::vector<std::string> warnings;  // what could not be read, in words
   nlohmann::json to_json() const;
 };

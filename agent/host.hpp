@@ -69,6 +69,9 @@ Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path
 // Names in a directory (sorted; "." and ".." left out). A missing directory is an empty list.
 Expected<std::vector<std::string>> list_dir(const Root& root, std::string_view dir);
 
+// The target of a symlink as written in it (not resolved); nullopt when `path` is no symlink.
+std::optional<std::string> read_link(const Root& root, std::string_view path);
+
 // The path of an executable `name` in the root's /usr/sbin, /sbin, /usr/bin or /bin.
 std::optional<std::string> find_program(const Root& root, std::string_view name);
 

@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/facts.hpp"
+#include "agent/facts_view.hpp"
 #include "agent/host.hpp"
 #include "agent/playbook.hpp"
 #include "agent/report.hpp"
@@ -104,22 +105,26 @@ int cmd_validate(const std::string& playbook, const Common& c) {
   return 0;
 }
 
-int cmd_facts(const Common& c, bool json_out) {
+int cmd_facts(const Common& c, bool json_out, const std::string& capture) {
   if (!is_directory(c.root)) {
     std::cerr << "gptagent: --root " << c.root << " is not a directory\n";
     return 1;
   }
   gpt::Root root(c.root);
-  gpt::Facts facts = gpt::gather_facts(root);
-  json j = facts.to_json();
-  if (json_out) {
-    std::cout << j.dump(2) << "\n";
+  if (!capture.empty()) {
+    auto n = gpt::capture_facts(root, capture);
+    if (!n) {
+      std::cerr << "gptagent: " << n.error() << "\n";
+      return 1;
+    }
+    std::cout << "captured " << *n << " files and links under " << capture
+              << ": replay them with gptagent facts --root " << capture << "\n";
     return 0;
   }
-  for (const auto& [k, v] : j.items()) {
-    std::string value = v.is_string() ? v.get<std::string>() : v.dump();
-    std::cout << k << std::string(k.size() < 20 ? 20 - k.size() : 1, ' ') << value << "\n";
-  }
+  gpt::Facts facts = gpt::gather_facts(root);
+  gpt::name_devices_from_host(root, facts);
+  if (json_out) std::cout << facts.to_json().dump(2) << "\n";
+  else gpt::print_facts_table(std::cout, facts);
   return 0;
 }
 
@@ -160,6 +165,9 @@ int main(int argc, char** argv) {
   auto* facts = app.add_subcommand("facts", "Show what the agent sees on this host");
   add_common(facts);
   facts->add_flag("--json", facts_json, "All facts as JSON");
+  std::string capture;
+  facts->add_option("--capture", capture, "Copy what the agent reads of /proc and /sys into DIR (for bug reports)")
+      ->type_name("DIR");
 
   try {
     app.parse(argc, argv);
@@ -170,6 +178,6 @@ int main(int argc, char** argv) {
   setup_logging(c.verbosity);
   if (*apply) return cmd_apply(playbook, c, check, diff, json_out, color, no_wait, tags, skip_tags);
   if (*validate) return cmd_validate(playbook, c);
-  if (*facts) return cmd_facts(c, facts_json);
+  if (*facts) return cmd_facts(c, facts_json, capture);
   return 1;
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 
 #include "agent/host.hpp"
 #include "agent/text.hpp"
@@ -61,6 +62,119 @@ Expected<std::string> pci_device_id(const Root& root, std::string_view address) 
   if (!id) return Error{"PCI device " + std::string(address) + " has unreadable ids: '" + std::string(trim(*vendor)) +
                         "', '" + std::string(trim(*device)) + "'"};
   return *id;
+}
+
+}  // namespace gpt
+
+namespace gpt {
+
+std::optional<uint32_t> parse_sysfs_hex(std::string_view text) {
+  text = trim(text);
+  if (text.substr(0, 2) == "0x") text.remove_prefix(2);
+  if (text.empty() || text.size() > 8) return std::nullopt;
+  uint32_t v = 0;
+  for (char c : text) {
+    int d = std::isdigit(static_cast<unsigned char>(c)) ? c - '0'
+            : (c >= 'a' && c <= 'f')                    ? c - 'a' + 10
+            : (c >= 'A' && c <= 'F')                    ? c - 'A' + 10
+                                                        : -1;
+    if (d < 0) return std::nullopt;
+    v = v * 16 + static_cast<uint32_t>(d);
+  }
+  return v;
+}
+
+std::string PciDevice::class_name() const {
+  const uint32_t sub = class_code >> 8;
+  switch (sub) {
+    case 0x0300: return "VGA compatible controller";
+    case 0x0302: return "3D controller";
+    case 0x0380: return "Display controller";
+    case 0x0403: return "Audio device";
+    case 0x0c03: return "USB controller";
+    case 0x0c80: return "Serial bus controller";
+    case 0x0200: return "Ethernet controller";
+    case 0x0280: return "Network controller";
+    case 0x0600: return "Host bridge";
+    case 0x0601: return "ISA bridge";
+    case 0x0604: return "PCI bridge";
+    case 0x0108: return "Non-Volatile memory controller";
+    case 0x0106: return "SATA controller";
+  }
+  switch (base_class()) {
+    case 0x01: return "Mass storage controller";
+    case 0x02: return "Network controller";
+    case 0x03: return "Display controller";
+    case 0x04: return "Multimedia controller";
+    case 0x06: return "Bridge";
+    case 0x0c: return "Serial bus controller";
+  }
+  return "Device";
+}
+
+std::vector<PciDevice> read_pci_devices(const Root& root) {
+  std::vector<PciDevice> out;
+  auto names = list_dir(root, "/sys/bus/pci/devices");
+  if (!names) return out;
+  for (const auto& n : *names) {
+    auto addr = parse_pci_address(n);
+    if (!addr) continue;
+    PciDevice d;
+    d.address = *addr;
+    const std::string dir = "/sys/bus/pci/devices/" + n;
+    auto attr = [&](const char* file, bool required) -> std::optional<uint32_t> {
+      auto text = read_file(root, dir + "/" + file, 256);
+      if (!text) {
+        if (required) d.problems.push_back(std::string("no ") + file);
+        return std::nullopt;
+      }
+      auto v = parse_sysfs_hex(*text);
+      if (!v) d.problems.push_back(std::string(file) + " is '" + std::string(trim(*text)) + "', not a hex number");
+      return v;
+    };
+    auto hex4 = [](std::optional<uint32_t> v) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "%04x", v.value_or(0) & 0xffff);
+      return std::string(buf);
+    };
+    if (auto c = attr("class", true)) d.class_code = *c;
+    auto vendor = attr("vendor", true), device = attr("device", true);
+    d.vendor = vendor ? hex4(vendor) : "????";
+    d.device = device ? hex4(device) : "????";
+    if (auto sv = attr("subsystem_vendor", false)) d.subsystem_vendor = hex4(sv);
+    if (auto sd = attr("subsystem_device", false)) d.subsystem_device = hex4(sd);
+    if (auto bv = read_file(root, dir + "/boot_vga", 16); bv) d.boot_vga = trim(*bv) == "1";
+    if (auto drv = read_link(root, dir + "/driver")) d.driver = drv->substr(drv->find_last_of('/') + 1);
+    if (auto grp = read_link(root, dir + "/iommu_group")) {
+      std::string g = grp->substr(grp->find_last_of('/') + 1);
+      if (!g.empty() && g.find_first_not_of("0123456789") == std::string::npos && g.size() < 9) d.iommu_group = std::stoi(g);
+      else d.problems.push_back("iommu_group link '" + *grp + "' names no group");
+    }
+    out.push_back(std::move(d));
+  }
+  std::sort(out.begin(), out.end(), [](const PciDevice& a, const PciDevice& b) { return a.address < b.address; });
+  return out;
+}
+
+void name_pci_devices(std::vector<PciDevice>& devices, std::string_view pci_ids) {
+  // Only the vendors present are looked up: one pass, remembering the current vendor.
+  std::string vendor, vendor_name;
+  for (std::string_view line : lines(pci_ids)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line[0] == 'C' && line.size() > 1 && line[1] == ' ') break;  // the class list follows the vendors
+    if (line[0] != '\t') {
+      vendor = std::string(line.substr(0, 4));
+      vendor_name = std::string(trim(line.substr(4)));
+      for (auto& d : devices)
+        if (d.vendor == vendor && d.name.empty()) d.name = vendor_name;
+      continue;
+    }
+    if (line.size() > 6 && line[1] != '\t') {
+      std::string dev(line.substr(1, 4));
+      for (auto& d : devices)
+        if (d.vendor == vendor && d.device == dev) d.name = vendor_name + " " + std::string(trim(line.substr(5)));
+    }
+  }
 }
 
 }  // namespace gpt

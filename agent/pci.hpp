@@ -1,6 +1,7 @@
 // PCI devices as the root's sysfs shows them: addresses, ids, the functions of a slot.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,5 +26,38 @@ std::string pci_slot(std::string_view address);
 Expected<std::vector<std::string>> pci_slot_functions(const Root& root, std::string_view address);
 // "vendor:device" of a device, from its sysfs vendor and device files.
 Expected<std::string> pci_device_id(const Root& root, std::string_view address);
+
+}  // namespace gpt
+
+namespace gpt {
+
+// One PCI function as sysfs shows it.
+struct PciDevice {
+  std::string address;         // 0000:01:00.0
+  uint32_t class_code = 0;     // 0x030000
+  std::string vendor, device;  // "10de", "1b80"
+  std::string subsystem_vendor, subsystem_device;
+  std::string driver;  // bound driver, empty when none
+  std::optional<int> iommu_group;
+  bool boot_vga = false;
+  std::string name;                   // from pci.ids when the host has it
+  std::vector<std::string> problems;  // what could not be read, in words
+
+  std::string id() const { return vendor + ":" + device; }
+  uint8_t base_class() const { return static_cast<uint8_t>(class_code >> 16); }
+  bool display() const { return base_class() == 0x03; }
+  bool bridge() const { return base_class() == 0x06; }
+  std::string class_name() const;  // "VGA compatible controller", "Audio device"...
+};
+
+// "0x030000\n" -> 0x030000; nullopt for anything else.
+std::optional<uint32_t> parse_sysfs_hex(std::string_view text);
+
+// Every device under the root's /sys/bus/pci/devices, sorted by address. What cannot be read
+// becomes the device's `problems`, never an error: facts must work on odd hosts.
+std::vector<PciDevice> read_pci_devices(const Root& root);
+
+// Names from a pci.ids database text: "vendor:device" -> "Vendor Device".
+void name_pci_devices(std::vector<PciDevice>& devices, std::string_view pci_ids);
 
 }  // namespace gpt

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "agent/changes.hpp"
+#include "agent/gpu.hpp"
 #include "agent/module.hpp"
 #include "agent/pci.hpp"
 #include "agent/text.hpp"
@@ -106,6 +107,16 @@ Result converge(Context& ctx, const json& args, bool apply) {
     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   };
   for (const auto& id : args["ids"]) add_id(*parse_pci_id(id.get<std::string>()));
+  if (args.contains("gpus")) {
+    auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
+    if (!gpus) return Result::failed(gpus.error());
+    for (const auto& g : *gpus)
+      for (const auto& f : g.functions) {
+        auto id = pci_device_id(ctx.root, f);
+        if (!id) return Result::failed(id.error());
+        add_id(*id);
+      }
+  }
   for (const auto& dev : args["devices"]) {
     auto functions = pci_slot_functions(ctx.root, *parse_pci_address(dev.get<std::string>()));
     if (!functions) return Result::failed(functions.error());
@@ -274,6 +285,8 @@ const Registration registration{ModuleDef{
     .schema = {.args = {{.name = "modules", .type = ArgType::list, .check = check_names},
                         {.name = "ids", .type = ArgType::list, .default_value = json::array(), .check = check_ids},
                         {.name = "devices", .type = ArgType::list, .default_value = json::array(), .check = check_devices},
+                        gpus_arg(),
+                        {.name = "force", .type = ArgType::boolean, .default_value = false},
                         {.name = "softdep", .type = ArgType::boolean, .default_value = true},
                         {.name = "blacklist", .type = ArgType::list, .default_value = json::array(), .check = check_names},
                         {.name = "load", .type = ArgType::boolean, .default_value = true},

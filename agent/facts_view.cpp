@@ -1,0 +1,176 @@
+#include "agent/facts_view.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "agent/host.hpp"
+#include "agent/text.hpp"
+
+namespace gpt {
+
+void name_devices_from_host(const Root& root, Facts& facts) {
+  for (const char* path : {"/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids"}) {
+    auto text = read_file_if_exists(root, path, 64u << 20);
+    if (!text || !*text) continue;
+    name_pci_devices(facts.pci, **text);
+    for (auto& g : facts.gpus)
+      for (const auto& d : facts.pci)
+        if (d.address == g.address) g.name = d.name;
+    return;
+  }
+}
+
+namespace {
+
+std::string pad(std::string s, size_t width) {
+  if (s.size() < width) s.append(width - s.size(), ' ');
+  return s;
+}
+
+const Gpu* gpu_of(const Facts& f, const std::string& address) {
+  for (const auto& g : f.gpus)
+    if (std::find(g.functions.begin(), g.functions.end(), address) != g.functions.end()) return &g;
+  return nullptr;
+}
+
+}  // namespace
+
+void print_facts_table(std::ostream& out, const Facts& f) {
+  auto row = [&](const std::string& k, const std::string& v) { out << pad(k, 12) << v << "\n"; };
+  row("CPU", f.cpu.vendor + (f.cpu.vendor_id.empty() ? "" : " (" + f.cpu.vendor_id + ")") +
+                 (f.cpu.has_flag("vmx") ? ", vmx" : f.cpu.has_flag("svm") ? ", svm" : ", no vmx/svm") +
+                 (f.cpu.model_name.empty() ? "" : ", " + f.cpu.model_name));
+  row("Distro", f.os.pretty_name.empty() ? (f.os.id.empty() ? "unknown" : f.os.id) : f.os.pretty_name);
+  row("Kernel", f.kernel_release.empty() ? "unknown" : f.kernel_release);
+  row("KVM", f.kvm ? "/dev/kvm present" : "no /dev/kvm");
+  row("IOMMU", f.iommu.on() ? "on, " + std::to_string(f.iommu.groups) + " groups" +
+                                   (f.iommu.units.empty() ? "" : " (" + join(f.iommu.units, ", ") + ")")
+                             : "off");
+  for (const auto& v : f.iommu_verdicts)
+    if (v.level != Verdict::Level::info) row("", v.level_name() + ": " + v.reason);
+  row("Boot", "grub: " + (f.boot.grub.empty() ? std::string("none found") : f.boot.grub) +
+                  ", initramfs: " + (f.boot.initramfs.empty() ? std::string("none found") : f.boot.initramfs));
+  for (const auto& w : f.warnings) row("Unread", w);
+
+  out << "\n" << pad("ADDRESS", 14) << pad("CLASS", 35) << pad("ID", 11) << pad("DRIVER", 16) << pad("GROUP", 7)
+      << pad("PASSTHROUGH", 13) << "NAME\n";
+  if (f.pci.empty()) out << "(no PCI devices under /sys/bus/pci/devices)\n";
+  for (const auto& d : f.pci) {
+    char cls[64];
+    std::snprintf(cls, sizeof cls, "%s [%04x]", d.class_name().c_str(), d.class_code >> 8);
+    const Gpu* g = gpu_of(f, d.address);
+    std::string verdict = g ? (g->viable() ? "possible" : "blocked") : "-";
+    out << pad(d.address, 14) << pad(cls, 35) << pad(d.id(), 11) << pad(d.driver.empty() ? "-" : d.driver, 16)
+        << pad(d.iommu_group ? std::to_string(*d.iommu_group) : "-", 7) << pad(verdict, 13) << d.name << "\n";
+    for (const auto& p : d.problems) out << "              ! " << p << "\n";
+  }
+  out << "\n";
+  if (f.gpus.empty()) out << "GPUs: none (no display-class PCI device)\n";
+  for (const auto& g : f.gpus) {
+    out << "GPU " << g.address << " " << g.id << (g.name.empty() ? "" : " " + g.name) << ": passthrough "
+        << (g.viable() ? "possible" : "not possible") << "\n";
+    out << "    functions " << join(g.functions, " ");
+    if (!g.groups.empty()) {
+      std::vector<std::string> groups;
+      for (int n : g.groups) groups.push_back(std::to_string(n));
+      out << ", IOMMU group " << join(groups, " ");
+    }
+    out << "\n";
+    for (const auto& v : g.verdicts) out << "    " << v.level_name() << ": " << v.reason << "\n";
+  }
+}
+
+namespace {
+
+// Copies one path (file or symlink) from the root into dest, keeping links as links.
+bool copy_one(const Root& root, const std::string& path, const std::string& dest, int& count) {
+  namespace fs = std::filesystem;
+  const std::string target = dest + path;
+  std::error_code ec;
+  fs::create_directories(fs::path(target).parent_path(), ec);
+  if (auto link = read_link(root, path)) {
+    fs::remove(target, ec);
+    fs::create_symlink(*link, target, ec);
+    if (!ec) ++count;
+    return !ec;
+  }
+  auto text = read_file(root, path, 4u << 20);
+  if (!text) return false;
+  std::ofstream(target, std::ios::binary | std::ios::trunc) << *text;
+  ++count;
+  return true;
+}
+
+// The directory a sysfs link points to, made to exist in the copy so the link resolves there.
+void copy_link_target_dir(const std::string& dest, const std::string& link_path, const std::string& link) {
+  std::error_code ec;
+  std::filesystem::path base = std::filesystem::path(dest + link_path).parent_path();
+  std::filesystem::create_directories((base / link).lexically_normal(), ec);
+}
+
+}  // namespace
+
+Expected<int> capture_facts(const Root& root, const std::string& dest) {
+  std::error_code ec;
+  std::filesystem::create_directories(dest, ec);
+  if (ec) return Error{"cannot create " + dest + ": " + ec.message()};
+  int count = 0;
+  for (const char* p : {"/proc/cpuinfo", "/proc/cmdline", "/proc/modules", "/proc/sys/kernel/osrelease",
+                        "/proc/sys/kernel/random/boot_id", "/proc/iomem", "/usr/lib/os-release", "/etc/os-release"})
+    copy_one(root, p, dest, count);
+  if (auto rel = read_file(root, "/proc/sys/kernel/osrelease", 256))
+    copy_one(root, "/lib/modules/" + std::string(trim(*rel)) + "/modules.builtin", dest, count);
+  // Presence only: the tools are stand-ins that say what the host has, never copies of programs.
+  for (const char* tool : {"update-grub", "grub2-mkconfig", "grub-mkconfig", "update-initramfs", "dracut", "mkinitcpio", "grubby"})
+    if (auto p = find_program(root, tool)) {
+      std::filesystem::create_directories(std::filesystem::path(dest + *p).parent_path(), ec);
+      std::ofstream(dest + *p) << "#!/bin/sh\n# captured by gptagent facts --capture: the host has " << tool << "\nexit 1\n";
+      ::chmod((dest + *p).c_str(), 0755);
+    }
+  if (path_exists(root, "/dev/kvm")) {
+    std::filesystem::create_directories(dest + "/dev", ec);
+    std::ofstream(dest + "/dev/kvm") << "";
+  }
+  for (const char* dir : {"/sys/class/iommu"})
+    if (auto names = list_dir(root, dir); names)
+      for (const auto& n : *names) {
+        const std::string p = std::string(dir) + "/" + n;
+        if (auto link = read_link(root, p)) copy_link_target_dir(dest, p, *link);
+        copy_one(root, p, dest, count);
+      }
+  if (auto groups = list_dir(root, "/sys/kernel/iommu_groups"); groups)
+    for (const auto& g : *groups) {
+      const std::string gdir = "/sys/kernel/iommu_groups/" + g + "/devices";
+      std::filesystem::create_directories(dest + gdir, ec);
+      if (auto devs = list_dir(root, gdir); devs)
+        for (const auto& d : *devs) copy_one(root, gdir + "/" + d, dest, count);
+    }
+  if (auto devs = list_dir(root, "/sys/bus/pci/devices"); devs)
+    for (const auto& d : *devs) {
+      const std::string link_path = "/sys/bus/pci/devices/" + d;
+      auto link = read_link(root, link_path);
+      if (!link) continue;
+      copy_link_target_dir(dest, link_path, *link);
+      copy_one(root, link_path, dest, count);
+      for (const char* attr : {"vendor", "device", "class", "subsystem_vendor", "subsystem_device", "boot_vga",
+                               "driver_override", "reset_method", "enable"})
+        copy_one(root, link_path + "/" + attr, dest, count);
+      for (const char* l : {"driver", "iommu_group"}) {
+        const std::string lp = link_path + "/" + l;
+        auto target = read_link(root, lp);
+        if (!target) continue;
+        // The link sits in the device's real directory: make its target exist relative to that.
+        auto real_dir = root.resolve(link_path);
+        std::string rel_dir = real_dir ? real_dir->substr(root.dir() == "/" ? 0 : root.dir().size()) : link_path;
+        copy_link_target_dir(dest, rel_dir + "/" + l, *target);
+        copy_one(root, lp, dest, count);
+      }
+    }
+  return count;
+}
+
+}  // namespace gpt

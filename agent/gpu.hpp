@@ -1,0 +1,65 @@
+// GPUs as an expert looks at them before passthrough: the functions of their slot, their IOMMU
+// groups, and verdicts with the reason in words.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/expected.hpp"
+#include "agent/pci.hpp"
+
+namespace gpt {
+
+struct CpuInfo;
+
+struct IommuState {
+  int groups = 0;                  // entries of /sys/kernel/iommu_groups
+  std::vector<std::string> units;  // /sys/class/iommu: dmar0, ivhd0...
+  bool on() const { return groups > 0; }
+};
+
+struct Verdict {
+  enum class Level { blocker, warning, info };
+  Level level;
+  std::string reason;
+  std::string level_name() const;
+};
+
+struct Gpu {
+  std::string address;                 // the display function
+  std::string id;                      // vendor:device of that function
+  std::string name;
+  std::string driver;
+  bool boot_vga = false;
+  std::vector<std::string> functions;  // every function of the slot, the display one first
+  std::vector<int> groups;             // IOMMU groups of those functions
+  std::vector<std::string> peers;      // other devices in those groups, bridges excepted
+  std::vector<Verdict> verdicts;
+  bool viable() const;                 // no blocker
+  std::string blockers() const;        // the blockers' reasons, joined
+};
+
+// The host's IOMMU in words: off in the kernel (and the parameter to add), off in the firmware,
+// or turned off on the command line.
+std::vector<Verdict> iommu_verdicts(const CpuInfo& cpu, const std::vector<std::string>& cmdline, const IommuState& iommu);
+
+// Every display-class device with the rest of its slot and its group peers, and the verdicts.
+std::vector<Gpu> discover_gpus(const std::vector<PciDevice>& devices, const IommuState& iommu,
+                               const std::vector<Verdict>& host);
+
+nlohmann::json to_json(const Verdict& v);
+nlohmann::json to_json(const Gpu& g);
+nlohmann::json to_json(const PciDevice& d);
+
+struct Facts;
+struct ArgSpec;
+// The `gpus` argument of modules that take GPUs: "auto" or a list of PCI addresses.
+ArgSpec gpus_arg();
+// The GPUs a task's `gpus:` means: "auto" (every viable GPU that is not the boot VGA) or a list of
+// PCI addresses, each meaning its whole slot. An explicit GPU with a blocker fails with the reason
+// unless `force`. Addresses must exist.
+Expected<std::vector<Gpu>> select_gpus(const Facts& facts, const nlohmann::json& spec, bool force);
+
+}  // namespace gpt
