@@ -397,6 +397,16 @@ Expected<std::string> rename_file(const Root& root, std::string_view from, std::
   return e->host_dir + "/" + *backup;
 }
 
+Status SysfsWriter::write(const Root& root, const std::string& path, const std::string& value) {
+  auto real = root.resolve(path);
+  if (!real) return Error{real.error()};
+  Fd fd(::open(real->c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (fd.get() < 0) return Error{"cannot write " + path + ": " + errno_text(errno)};
+  if (auto s = write_all(fd.get(), value); !s) return Error{"cannot write '" + value + "' to " + path + ": " + s.error()};
+  spdlog::info("wrote '{}' to {}", value, path);
+  return {};
+}
+
 RunLock::RunLock(RunLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
 RunLock& RunLock::operator=(RunLock&& other) noexcept {
   if (this != &other) {

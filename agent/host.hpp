@@ -85,6 +85,14 @@ Expected<std::string> rename_file(const Root& root, std::string_view from, std::
 // Name of a backup for `path` made now: FILE.gptagent-YYYYmmddTHHMMSS.
 std::string backup_name(std::string_view path);
 
+// Writes a kernel attribute (sysfs): a plain write to an existing file, no temp file, no backup —
+// what the kernel reads is the write itself. Tests replace it at this boundary.
+class SysfsWriter {
+ public:
+  virtual ~SysfsWriter() = default;
+  virtual Status write(const Root& root, const std::string& path, const std::string& value);
+};
+
 // Exclusive per-root lock on /run/gptagent.lock (under the root). Holds the flock while alive.
 class RunLock {
  public:

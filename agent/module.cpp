@@ -65,6 +65,11 @@ Result run_command_module(Context& ctx, const json& args, bool apply, std::vecto
   return ctx.run_system(cmd, apply, what);
 }
 
+Status Context::write_sysfs(const std::string& path, const std::string& value) {
+  static SysfsWriter kernel;
+  return (sysfs ? *sysfs : kernel).write(root, path, value);
+}
+
 Registry& Registry::instance() {
   static Registry registry;
   return registry;

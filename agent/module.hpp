@@ -60,10 +60,13 @@ struct Context {
   // Commands that change the running system (update-grub, modprobe, reboot...) run only when the
   // root is "/" — or in tests, where Exec is a recorder.
   bool system_commands_allowed = false;
+  SysfsWriter* sysfs = nullptr;  // nullptr: the kernel's files themselves
 
   // Runs a command that changes the running system when apply is set and that is allowed;
   // otherwise says what would run. Returns changed, skipped (not allowed here) or failed.
   Result run_system(const Command& cmd, bool apply, std::string_view what);
+  // Writes a sysfs attribute (allowed only where system commands are).
+  Status write_sysfs(const std::string& path, const std::string& value);
 };
 
 enum class ArgType { str, boolean, integer, list, dict, any };

@@ -520,6 +520,34 @@ class Loader {
     }
   }
 
+  // A playbook whose tasks take GPUs starts with a preflight over them, unless it has its own:
+  // a host that cannot pass a GPU through is told so before anything changes.
+  void add_automatic_preflight(Playbook& pb) {
+    if (pb.stages.empty()) return;
+    json spec = json::array();
+    bool uses = false, force = false;
+    for (const auto& s : pb.stages)
+      for (const auto& t : s.tasks) {
+        if (t.module->name == "preflight") return;
+        if (!t.args.contains("gpus")) continue;
+        uses = true;
+        force = force || t.args.value("force", false);
+        const json& g = t.args["gpus"];
+        if (g.is_string() || spec.is_string()) spec = "auto";
+        else
+          for (const auto& a : g)
+            if (std::find(spec.begin(), spec.end(), a) == spec.end()) spec.push_back(a);
+      }
+    const ModuleDef* preflight = Registry::instance().find("preflight");
+    if (!uses || !preflight) return;
+    Task t;
+    t.name = "preflight (automatic: the playbook takes GPUs)";
+    t.module = preflight;
+    t.args = {{"gpus", spec}, {"force", force}};
+    t.mark = pb.stages.front().mark;
+    pb.stages.front().tasks.insert(pb.stages.front().tasks.begin(), std::move(t));
+  }
+
   void interpret(const json& tree, Playbook& pb) {
     if (!tree.is_object()) {
       error(where(""), "a playbook is a mapping with `stages:` or `tasks:`");
@@ -582,6 +610,7 @@ class Loader {
         pb.stages.push_back(std::move(s));
       }
     }
+    add_automatic_preflight(pb);
     // Every notify names a handler of its stage or of the playbook.
     for (const auto& s : pb.stages) {
       std::set<std::string> handler_names;

@@ -107,6 +107,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   };
   for (const auto& id : args["ids"]) add_id(*parse_pci_id(id.get<std::string>()));
+  std::vector<std::string> chosen;  // the functions named through gpus or devices
   if (args.contains("gpus")) {
     auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
     if (!gpus) return Result::failed(gpus.error());
@@ -115,6 +116,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
         auto id = pci_device_id(ctx.root, f);
         if (!id) return Result::failed(id.error());
         add_id(*id);
+        chosen.push_back(f);
       }
   }
   for (const auto& dev : args["devices"]) {
@@ -124,7 +126,17 @@ Result converge(Context& ctx, const json& args, bool apply) {
       auto id = pci_device_id(ctx.root, f);
       if (!id) return Result::failed(id.error());
       add_id(*id);
+      chosen.push_back(f);
     }
+  }
+  // `options vfio-pci ids=` takes every device with those ids: with two identical cards, the
+  // host's own would go to vfio-pci at the next boot.
+  for (const auto& d : ctx.facts.pci) {
+    if (chosen.empty() || std::find(chosen.begin(), chosen.end(), d.address) != chosen.end()) continue;
+    if (std::find(ids.begin(), ids.end(), d.id()) == ids.end()) continue;
+    return Result::failed("vfio-pci ids=" + d.id() + " would also take " + d.address + " (" + d.class_name() +
+                          (d.driver.empty() ? "" : ", on " + d.driver) + (d.boot_vga ? ", the boot VGA" : "") +
+                          "), which is not being passed through: identical devices must be bound by address");
   }
   const std::string modprobe_path = args["modprobe_conf"].get<std::string>();
   if (!ids.empty()) {

@@ -3,6 +3,9 @@
 #include "agent/facts.hpp"
 #include "agent/playbook.hpp"
 
+#include <filesystem>
+#include <fstream>
+
 namespace gpt::test {
 namespace {
 
@@ -37,6 +40,29 @@ ExecResult SimulatedKernelExec::run(const Command& cmd) {
   return {0, false, "", ""};
 }
 
+Status SimulatedSysfs::write(const Root& root, const std::string& path, const std::string& value) {
+  namespace fs = std::filesystem;
+  writes.push_back(path + "=" + value);
+  auto real = root.resolve(path);
+  if (!real || !exists(*real)) return Error{"cannot write " + path + ": No such file or directory"};
+  const std::string dev_dir = root.dir() + "/sys/bus/pci/devices/" + value;
+  std::error_code ec;
+  if (path.size() > 14 && path.substr(path.size() - 14) == "/driver/unbind") {
+    fs::remove(fs::path(*root.resolve("/sys/bus/pci/devices/" + value)) / "driver", ec);
+  } else if (path == "/sys/bus/pci/drivers_probe") {
+    std::string override_drv = slurp(*root.resolve("/sys/bus/pci/devices/" + value + "/driver_override"));
+    while (!override_drv.empty() && override_drv.back() == '\n') override_drv.pop_back();
+    fs::path dev = *root.resolve("/sys/bus/pci/devices/" + value);
+    fs::path drivers = root.dir() + "/sys/bus/pci/drivers/" + override_drv;
+    fs::create_directories(drivers, ec);
+    fs::remove(dev / "driver", ec);
+    fs::create_symlink(fs::relative(drivers, dev), dev / "driver", ec);
+  } else {
+    std::ofstream(*real, std::ios::trunc) << value;
+  }
+  return {};
+}
+
 Converged converge_root(const std::string& root_dir, const std::string& yaml, bool check, bool allow_system,
                         const nlohmann::json& extra_vars) {
   Converged c;
@@ -52,12 +78,14 @@ Converged converge_root(const std::string& root_dir, const std::string& yaml, bo
     return c;
   }
   SimulatedKernelExec exec(root_dir);
-  Context ctx{root, exec, facts, allow_system};
+  SimulatedSysfs sysfs;
+  Context ctx{root, exec, facts, allow_system, &sysfs};
   Collect rep(c.tasks);
   RunOptions ro;
   ro.check = check;
   c.stats = run_playbook(loaded.playbook, ctx, ro, rep);
   c.commands = exec.commands;
+  c.sysfs_writes = sysfs.writes;
   c.exit_code = exit_code_for(c.stats, check);
   return c;
 }

@@ -15,9 +15,18 @@ struct Converged {
   RunStats stats;
   std::vector<TaskReport> tasks;
   std::vector<std::string> commands;  // what the recorder was asked to run
+  std::vector<std::string> sysfs_writes;
   int exit_code = -1;
   // "changed: name" lines with diffs: what check mode must predict exactly.
   std::vector<std::string> changes() const;
+};
+
+// The kernel's side of sysfs writes on a fixture tree: records them; `unbind` drops the device's
+// driver link, `drivers_probe` links it to the driver its driver_override names.
+class SimulatedSysfs final : public gpt::SysfsWriter {
+ public:
+  Status write(const Root& root, const std::string& path, const std::string& value) override;
+  std::vector<std::string> writes;  // "path=value"
 };
 
 Converged converge_root(const std::string& root, const std::string& playbook_yaml, bool check,

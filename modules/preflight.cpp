@@ -1,0 +1,47 @@
+// preflight: looks at the host the way an expert does before touching it, and fails early on what
+// makes passthrough impossible instead of half-configuring a host that cannot work.
+#include "agent/gpu.hpp"
+#include "agent/module.hpp"
+#include "agent/text.hpp"
+
+namespace gpt {
+namespace {
+
+Result converge(Context& ctx, const json& args, bool) {
+  std::vector<std::string> warnings;
+  for (const auto& v : ctx.facts.iommu_verdicts) {
+    if (v.level == Verdict::Level::blocker) return Result::failed(v.reason);
+    if (v.level == Verdict::Level::warning) warnings.push_back(v.reason);
+  }
+  auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
+  if (!gpus) return Result::failed(gpus.error());
+  std::vector<std::string> chosen;
+  json data = json::array();
+  for (const auto& g : *gpus) {
+    chosen.push_back(g.address + " (" + g.id + (g.functions.size() > 1 ? ", " + std::to_string(g.functions.size()) + " functions" : "") + ")");
+    data.push_back(to_json(g));
+    for (const auto& v : g.verdicts)
+      if (v.level == Verdict::Level::warning &&
+          std::find(warnings.begin(), warnings.end(), v.reason) == warnings.end())
+        warnings.push_back(v.reason);
+  }
+  Result r = Result::ok("passthrough possible for " + join(chosen, ", ") +
+                        (warnings.empty() ? "" : "; " + join(warnings, "; ")));
+  r.data["gpus"] = data;
+  return r;
+}
+
+const Registration registration{ModuleDef{
+    .name = "preflight",
+    .summary = "check that the host can pass the GPUs through before anything changes",
+    .schema = {.args = {[] {
+                          ArgSpec a = gpus_arg();
+                          a.default_value = "auto";
+                          return a;
+                        }(),
+                        {.name = "force", .type = ArgType::boolean, .default_value = false}}},
+    .converge = converge,
+}};
+
+}  // namespace
+}  // namespace gpt

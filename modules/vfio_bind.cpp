@@ -1,0 +1,85 @@
+// vfio_bind: binds the GPU's functions to vfio-pci now, without a reboot: driver_override, unbind
+// from the current driver, drivers_probe — the kernel's own way to choose a driver for a device.
+#include "agent/gpu.hpp"
+#include "agent/module.hpp"
+#include "agent/text.hpp"
+
+namespace gpt {
+namespace {
+
+struct Step {
+  std::string path, value;
+};
+
+Result converge(Context& ctx, const json& args, bool apply) {
+  auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
+  if (!gpus) return Result::failed(gpus.error());
+  // Without IOMMU groups vfio-pci refuses the device: unbinding it first would leave it with no
+  // driver at all.
+  if (!ctx.facts.iommu.on()) {
+    std::string why = ctx.facts.iommu_verdicts.empty() ? "" : ": " + ctx.facts.iommu_verdicts.front().reason;
+    return Result::failed("vfio-pci can only take a device when the IOMMU is on, and it is off" + why);
+  }
+
+  std::vector<std::string> to_bind, done;
+  std::vector<Step> steps;
+  for (const auto& g : *gpus)
+    for (const auto& f : g.functions) {
+      auto dev = std::find_if(ctx.facts.pci.begin(), ctx.facts.pci.end(), [&](const PciDevice& d) { return d.address == f; });
+      const std::string driver = dev == ctx.facts.pci.end() ? "" : dev->driver;
+      if (driver == "vfio-pci") {
+        done.push_back(f);
+        continue;
+      }
+      const std::string dir = "/sys/bus/pci/devices/" + f;
+      to_bind.push_back(f + (driver.empty() ? "" : " (from " + driver + ")"));
+      steps.push_back({dir + "/driver_override", "vfio-pci"});
+      if (!driver.empty()) steps.push_back({dir + "/driver/unbind", f});
+      steps.push_back({"/sys/bus/pci/drivers_probe", f});
+    }
+  if (to_bind.empty()) return Result::ok(join(done, ", ") + " bound to vfio-pci");
+
+  Result r = Result::changed("bind " + join(to_bind, ", ") + " to vfio-pci");
+  for (const auto& s : steps) r.commands.push_back("echo " + s.value + " > " + s.path);
+  if (!ctx.system_commands_allowed) {
+    r.status = Outcome::skipped;
+    r.msg = "not run under --root " + ctx.root.dir() + ": " + r.msg;
+    return r;
+  }
+  if (!apply) {
+    r.msg = "would " + r.msg;
+    return r;
+  }
+  if (!ctx.facts.module_available("vfio_pci")) {
+    Result load = ctx.run_system(Command{{"modprobe", "vfio-pci"}}, apply, "loaded vfio-pci");
+    if (load.status == Outcome::failed) return load;
+  }
+  for (const auto& s : steps)
+    if (auto st = ctx.write_sysfs(s.path, s.value); !st) return Result::failed(st.error());
+  // The kernel chose a driver: say so only if it is vfio-pci.
+  for (const auto& g : *gpus)
+    for (const auto& f : g.functions) {
+      auto link = read_link(ctx.root, "/sys/bus/pci/devices/" + f + "/driver");
+      const std::string now = link ? link->substr(link->find_last_of('/') + 1) : "";
+      if (now != "vfio-pci")
+        return Result::failed(f + " is on " + (now.empty() ? std::string("no driver") : now) +
+                              " after binding, not vfio-pci: see the kernel log (dmesg) for why");
+    }
+  r.msg = "bound " + join(to_bind, ", ") + " to vfio-pci";
+  return r;
+}
+
+const Registration registration{ModuleDef{
+    .name = "vfio_bind",
+    .summary = "bind the GPU's functions to vfio-pci now (driver_override, unbind, drivers_probe)",
+    .schema = {.args = {[] {
+                          ArgSpec a = gpus_arg();
+                          a.default_value = "auto";
+                          return a;
+                        }(),
+                        {.name = "force", .type = ArgType::boolean, .default_value = false}}},
+    .converge = converge,
+}};
+
+}  // namespace
+}  // namespace gpt
