@@ -91,7 +91,9 @@ TEST(GpuFacts, IommuVerdictsSayWhatToDo) {
   EXPECT_TRUE(gpu(debian, "0000:01:00.0").viable());
   EXPECT_TRUE(says(gpu(debian, "0000:01:00.0").verdicts, Verdict::Level::info, "isolation is unknown"));
   // AMD with no IOMMU found: only the firmware can help.
-  Facts ubuntu = facts_of("ubuntu-24.04");
+  test::SampleHost amd_host("ubuntu-24.04");
+  std::filesystem::remove_all(amd_host.file("/sys/kernel/iommu_groups"));
+  Facts ubuntu = gather_facts(Root(amd_host.root()));
   EXPECT_TRUE(says(ubuntu.iommu_verdicts, Verdict::Level::blocker, "enable IOMMU / AMD-Vi in the firmware setup"));
   EXPECT_FALSE(gpu(ubuntu, "0000:01:00.0").viable());
 
@@ -219,6 +221,7 @@ TEST(VfioGpus, IdenticalCardsAreRefusedNotHandedToVfioPci) {
 
 TEST(Preflight, FailsEarlyOnWhatCannotWork) {
   test::SampleHost amd("ubuntu-24.04");
+  std::filesystem::remove_all(amd.file("/sys/kernel/iommu_groups"));  // the firmware has it off
   const auto pristine = test::snapshot(amd.root());
   auto r = test::converge_root(amd.root(), test::slurp(test::source_path("playbooks/host.yaml")) +
                                                "      - vfio_bind: {gpus: auto}\n", false);

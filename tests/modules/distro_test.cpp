@@ -66,10 +66,11 @@ TEST_P(HostPlaybook, ConvergesWithTheDistributionsOwnCommands) {
   EXPECT_EQ(first.commands, d.commands);
   EXPECT_EQ(first.changes(), check.changes()) << "--check did not predict the first run";
   EXPECT_TRUE(first.stats.reboot_required);
-  Lines files = first.tasks[2].result.data["files"];  // the vfio task
+  EXPECT_EQ(first.tasks[0].name, "preflight (automatic: the playbook takes GPUs)");
+  Lines files = first.tasks[3].result.data["files"];  // the vfio task
   EXPECT_EQ(files, d.files);
   EXPECT_NE(test::slurp(host.file("/etc/modprobe.d/vfio.conf")).find(d.vfio_ids + "\n"), std::string::npos);
-  EXPECT_EQ(first.tasks[1].result.status, Outcome::changed) << "every sample tree has an NVIDIA X11 config";
+  EXPECT_EQ(first.tasks[2].result.status, Outcome::changed) << "every sample tree has an NVIDIA X11 config";
 
   auto second = test::converge_root(host.root(), playbook(), false);
   EXPECT_EQ(second.stats.changed, 0);
