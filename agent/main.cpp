@@ -6,6 +6,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "agent/apply.hpp"
 #include "agent/facts.hpp"
 #include "agent/facts_view.hpp"
 #include "agent/host.hpp"
@@ -58,41 +59,6 @@ void setup_logging(int verbosity) {
   spdlog::set_level(verbosity >= 2 ? spdlog::level::debug : verbosity == 1 ? spdlog::level::info : spdlog::level::warn);
 }
 
-int cmd_apply(const std::string& playbook, const Common& c, bool check, bool diff, bool json_out,
-              const std::string& color, bool no_wait, const std::vector<std::string>& tags,
-              const std::vector<std::string>& skip_tags) {
-  if (!is_directory(c.root)) {
-    std::cerr << "gptagent: --root " << c.root << " is not a directory\n";
-    return 1;
-  }
-  gpt::Root root(c.root);
-  gpt::Facts facts = gpt::gather_facts(root);
-  for (const auto& w : facts.warnings) spdlog::info("facts: {}", w);
-  spdlog::debug("facts: cpu {}, distro {} {}, kernel {}", facts.cpu.vendor, facts.os.id, facts.os.version_id,
-                facts.kernel_release);
-  auto pb = load(playbook, c, facts, json_out);
-  if (!pb) return 1;
-
-  auto lock = gpt::RunLock::acquire(root, check ? gpt::RunLock::Mode::shared_if_exists : gpt::RunLock::Mode::exclusive,
-                                    !no_wait, [](long pid) {
-                                      std::cerr << "gptagent: waiting for the run holding the lock (pid " << pid << ")\n";
-                                    });
-  if (!lock) {
-    std::cerr << "gptagent: " << lock.error() << "\n";
-    return 1;
-  }
-
-  gpt::ProcessExec exec;
-  gpt::Context ctx{root, exec, facts, !root.sandboxed()};
-  gpt::RunOptions ropts{check, tags, skip_tags};
-  gpt::ReportOptions rep{gpt::use_color(color) && !json_out, diff, check, playbook, root.dir(), "localhost"};
-  auto reporter = json_out ? gpt::make_json_reporter(std::cout, rep) : gpt::make_human_reporter(std::cout, rep);
-  gpt::RunStats stats = gpt::run_playbook(*pb, ctx, ropts, *reporter);
-  int code = gpt::exit_code_for(stats, check);
-  reporter->done(stats, code);
-  return code;
-}
-
 int cmd_validate(const std::string& playbook, const Common& c) {
   gpt::Root root(c.root);
   gpt::Facts facts = gpt::gather_facts(root);
@@ -142,20 +108,27 @@ int main(int argc, char** argv) {
     sub->add_flag("-v,--verbose", c.verbosity, "More log output on stderr (-vv for debug)");
   };
 
-  std::string playbook, color = "auto";
-  bool check = false, diff = false, json_out = false, no_wait = false;
-  std::vector<std::string> tags, skip_tags;
+  std::string playbook;
+  gpt::ApplyOptions ao;
   auto* apply = app.add_subcommand("apply", "Converge the host to the playbook");
   apply->add_option("playbook", playbook, "Playbook (YAML)")->required();
   add_common(apply);
-  apply->add_flag("-C,--check", check, "Change nothing; report what would change (exit 2 on drift)");
-  apply->add_flag("-D,--diff", diff, "Show unified diffs of file changes");
-  apply->add_flag("--json", json_out, "Print one JSON document instead of the human report");
-  apply->add_option("--color", color, "Colour: auto (terminal, no NO_COLOR), always, never")
+  apply->add_flag("-C,--check", ao.check, "Change nothing; report what would change (exit 2 on drift)");
+  apply->add_flag("-D,--diff", ao.diff, "Show unified diffs of file changes");
+  apply->add_flag("--json", ao.json, "Print one JSON document instead of the human report");
+  apply->add_option("--color", ao.color, "Colour: auto (terminal, no NO_COLOR), always, never")
       ->check(CLI::IsMember({"auto", "always", "never"}));
-  apply->add_flag("--no-wait", no_wait, "Fail at once when another run holds the lock");
-  apply->add_option("-t,--tags", tags, "Run only tasks with these tags")->delimiter(',');
-  apply->add_option("--skip-tags", skip_tags, "Skip tasks with these tags")->delimiter(',');
+  apply->add_flag("--no-wait", ao.no_wait, "Fail at once when another run holds the lock");
+  apply->add_option("-t,--tags", ao.tags, "Run only tasks with these tags")->delimiter(',');
+  apply->add_option("--skip-tags", ao.skip_tags, "Skip tasks with these tags")->delimiter(',');
+  apply->add_flag("--reboot", ao.reboot, "Reboot the host when a stage stops for a reboot (never under --root)");
+  apply->add_flag("--reset-state", ao.reset_state, "Forget a recorded reboot and start from the first stage");
+  apply->add_option("--from-stage", ao.from_stage, "Start at this stage, whatever was recorded")->type_name("NAME");
+
+  bool status_json = false;
+  auto* status = app.add_subcommand("status", "Show whether a run waits for a reboot, and what it will check");
+  add_common(status);
+  status->add_flag("--json", status_json, "As JSON");
 
   auto* validate = app.add_subcommand("validate", "Check a playbook (schema, variables) and touch nothing");
   validate->add_option("playbook", playbook, "Playbook (YAML)")->required();
@@ -176,7 +149,21 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 1;
   }
   setup_logging(c.verbosity);
-  if (*apply) return cmd_apply(playbook, c, check, diff, json_out, color, no_wait, tags, skip_tags);
+  if (*apply) {
+    ao.playbook = playbook;
+    ao.root = c.root;
+    for (const auto& e : c.extra) {
+      auto kv = gpt::parse_extra_var(e);
+      if (!kv) {
+        std::cerr << "gptagent: " << kv.error() << "\n";
+        return 1;
+      }
+      ao.extra_vars.update(*kv);
+    }
+    gpt::ProcessExec exec;
+    return gpt::run_apply(ao, exec, std::cout, std::cerr);
+  }
+  if (*status) return gpt::run_status(c.root, status_json, std::cout, std::cerr);
   if (*validate) return cmd_validate(playbook, c);
   if (*facts) return cmd_facts(c, facts_json, capture);
   return 1;

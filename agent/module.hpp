@@ -37,6 +37,9 @@ struct Result {
   std::vector<HandlerRequest> handlers;
   std::vector<std::string> commands;  // commands run, or that would have run
   json data = json::object();         // module-specific details for --json
+  // What must hold after a reboot for this task's work to have taken effect: cmdline_present,
+  // cmdline_absent, modules, vfio_devices (see agent/state.hpp).
+  json expect = json::object();
 
   static Result ok(std::string msg = {}) { return make(Outcome::ok, std::move(msg)); }
   static Result changed(std::string msg = {}) { return make(Outcome::changed, std::move(msg)); }

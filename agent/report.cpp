@@ -55,7 +55,13 @@ class HumanReporter final : public Reporter {
     std::string recap = buf;
     while (!recap.empty() && recap.back() == ' ') recap.pop_back();
     paint(s.failed ? kRed : s.changed ? kYellow : kGreen, recap);
-    if (s.reboot_required) {
+    if (s.stopped_for_reboot && !opts_.check) {
+      paint(kYellow, "stopped for a reboot after stage " + s.stop_stage +
+                         ": reboot the host (or run with --reboot), then run gptagent apply again; it checks that the "
+                         "changes took effect and goes on");
+    } else if (s.stopped_for_reboot) {
+      paint(kYellow, "a run would stop for a reboot after stage " + s.stop_stage);
+    } else if (s.reboot_required) {
       std::string stages;
       for (const auto& st : s.reboot_stages) stages += (stages.empty() ? "" : ", ") + st;
       paint(kYellow, std::string(opts_.check ? "a reboot would be needed" : "a reboot is needed") +
@@ -115,6 +121,11 @@ class JsonReporter final : public Reporter {
                      {"ignored", s.ignored}};
     doc_["reboot_required"] = s.reboot_required;
     doc_["reboot_stages"] = s.reboot_stages;
+    doc_["stopped_for_reboot"] = s.stopped_for_reboot;
+    if (s.stopped_for_reboot) {
+      doc_["stop_stage"] = s.stop_stage;
+      doc_["expect_after_reboot"] = s.expect.to_json();
+    }
     doc_["exit_code"] = exit_code;
     out_ << doc_.dump(2) << "\n";
     out_.flush();

@@ -45,8 +45,10 @@ TaskReport converge_task(const Stage& stage, const std::string& name, const Modu
 RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, Reporter& reporter) {
   RunStats stats;
   const bool apply = !opts.check;
-  for (const Stage& stage : pb.stages) {
+  for (size_t index = opts.start_stage; index < pb.stages.size(); ++index) {
+    const Stage& stage = pb.stages[index];
     reporter.stage(stage);
+    RebootExpectations stage_expect;
     std::vector<HandlerRequest> builtin;  // handlers modules asked for, in order of first request
     std::set<std::string> notified;       // the user's handlers, by name
     bool stage_reboot = false;
@@ -74,6 +76,7 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       }
       count(stats, rep);
       reporter.task(rep);
+      stage_expect.merge(r.expect);
       if (r.status == Outcome::failed && !task.ignore_errors) {
         stop = true;
         break;
@@ -118,12 +121,23 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       stats.reboot_stages.push_back(stage.name);
     }
     if (stop) break;
+    const bool wants_reboot = stage.reboot == RebootPolicy::always ||
+                              (stage.reboot == RebootPolicy::when_needed && stage_reboot);
+    // In check mode only a change makes a reboot: `always` on a converged host is no drift.
+    if (opts.staged && wants_reboot && (!opts.check || stage_reboot)) {
+      stats.stopped_for_reboot = true;
+      stats.stop_stage = stage.name;
+      stats.next_stage = index + 1;
+      stats.expect = std::move(stage_expect);
+      break;
+    }
   }
   return stats;
 }
 
 int exit_code_for(const RunStats& stats, bool check) {
   if (stats.failed > 0) return 1;
+  if (!check && stats.stopped_for_reboot) return 3;
   if (check && stats.changed > 0) return 2;
   return 0;
 }

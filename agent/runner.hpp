@@ -7,6 +7,7 @@
 
 #include "agent/module.hpp"
 #include "agent/playbook.hpp"
+#include "agent/state.hpp"
 
 namespace gpt {
 
@@ -14,6 +15,8 @@ struct RunOptions {
   bool check = false;  // converge with apply == false: change nothing, say what would change
   std::vector<std::string> tags;       // run only tasks with one of these (or `always`)
   std::vector<std::string> skip_tags;  // never run tasks with one of these
+  bool staged = false;      // honour the stages' reboot policies: stop when one asks for a reboot
+  size_t start_stage = 0;   // the index of the first stage to run
 };
 
 struct TaskReport {
@@ -35,6 +38,11 @@ struct RunStats {
   int ignored = 0;
   bool reboot_required = false;
   std::vector<std::string> reboot_stages;  // stages whose changes need a reboot
+  // Staged runs: the run stopped after `stop_stage` for a reboot (in check mode: it would have).
+  bool stopped_for_reboot = false;
+  std::string stop_stage;
+  size_t next_stage = 0;
+  RebootExpectations expect;  // what the stopped stage's tasks need to hold after the reboot
 };
 
 class Reporter {

@@ -60,12 +60,15 @@ Result converge(Context& ctx, const json& args, bool apply) {
   if (!text) return Result::failed(text.error());
   auto res = edit_grub_cmdline(*text, edit);
   if (!res) return Result::failed(path + ": " + res.error());
+  const json expect = {{"cmdline_present", edit.present}, {"cmdline_absent", edit.absent}};
   if (!res->changed()) {
     Result r = Result::ok(edit.key + " is as wanted" + note);
     r.data["path"] = path;
+    r.expect = expect;
     return r;
   }
   Result r = Result::changed(edit.key + ": " + res->summary() + note);
+  r.expect = expect;
   r.diff = unified_diff(*text, res->text, path);
   r.reboot_required = true;
   r.data = {{"path", path}, {"added", res->added}, {"removed", res->removed}, {"replaced", res->replaced}};

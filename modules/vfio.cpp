@@ -180,8 +180,10 @@ Result converge(Context& ctx, const json& args, bool apply) {
   const std::string cmdline_mode = args["kernel_cmdline"].get<std::string>();
   const bool builtin = std::find(ctx.facts.builtin_modules.begin(), ctx.facts.builtin_modules.end(), "vfio_pci") !=
                        ctx.facts.builtin_modules.end();
+  std::string cmdline_param;
   if (!ids.empty() && (cmdline_mode == "always" || (cmdline_mode == "auto" && builtin))) {
     const std::string param = "vfio-pci.ids=" + join(ids, ",");
+    cmdline_param = param;
     const bool debian_like = ctx.facts.os.id == "debian" || ctx.facts.os.id == "ubuntu" ||
                              std::find(ctx.facts.os.id_like.begin(), ctx.facts.os.id_like.end(), "debian") !=
                                  ctx.facts.os.id_like.end();
@@ -226,6 +228,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
 
   Result r = Result::ok("vfio modules " + join(mods, ", ") + (ids.empty() ? "" : "; vfio-pci ids " + join(ids, ",")));
   r.data = {{"modules", mods}, {"ids", ids}};
+  r.expect = {{"modules", mods}, {"vfio_devices", chosen}};
+  if (!cmdline_param.empty()) r.expect["cmdline_present"] = json::array({cmdline_param});
   std::vector<std::string> changed = boot.paths();
   for (const auto& p : load_conf.paths()) changed.push_back(p);
   if (!changed.empty()) {

@@ -1,0 +1,226 @@
+#include "agent/apply.hpp"
+
+#include <sys/stat.h>
+
+#include <climits>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <spdlog/spdlog.h>
+
+#include "agent/facts.hpp"
+#include "agent/host.hpp"
+#include "agent/playbook.hpp"
+#include "agent/report.hpp"
+#include "agent/runner.hpp"
+#include "agent/state.hpp"
+#include "agent/text.hpp"
+
+namespace gpt {
+namespace {
+
+bool is_directory(const std::string& path) {
+  struct stat st{};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string now_text() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+std::string absolute(const std::string& path) {
+  char buf[PATH_MAX];
+  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+void add(RunStats& into, const RunStats& s) {
+  into.ok += s.ok;
+  into.changed += s.changed;
+  into.failed += s.failed;
+  into.skipped += s.skipped;
+  into.ignored += s.ignored;
+  into.reboot_required = into.reboot_required || s.reboot_required;
+  into.reboot_stages.insert(into.reboot_stages.end(), s.reboot_stages.begin(), s.reboot_stages.end());
+  into.stopped_for_reboot = s.stopped_for_reboot;
+  into.stop_stage = s.stop_stage;
+  into.next_stage = s.next_stage;
+  into.expect = s.expect;
+}
+
+}  // namespace
+
+int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream& err) {
+  if (!is_directory(o.root)) {
+    err << "gptagent: --root " << o.root << " is not a directory\n";
+    return 1;
+  }
+  Root root(o.root);
+  Facts facts = gather_facts(root);
+  for (const auto& w : facts.warnings) spdlog::info("facts: {}", w);
+  spdlog::debug("facts: cpu {}, distro {} {}, kernel {}, boot {}", facts.cpu.vendor, facts.os.id, facts.os.version_id,
+                facts.kernel_release, facts.boot_id);
+
+  LoadOptions lo;
+  lo.facts = facts.to_json();
+  lo.extra_vars = o.extra_vars;
+  auto loaded = load_playbook(o.playbook, lo);
+  if (!loaded.ok()) {
+    if (o.json) out << nlohmann::json{{"playbook", o.playbook}, {"errors", loaded.errors}, {"exit_code", 1}}.dump(2) << "\n";
+    for (const auto& e : loaded.errors) err << e << "\n";
+    err << "gptagent: " << o.playbook << ": " << loaded.errors.size() << (loaded.errors.size() == 1 ? " error" : " errors")
+        << ", nothing was changed\n";
+    return 1;
+  }
+  const Playbook& pb = loaded.playbook;
+  std::ifstream in(o.playbook, std::ios::binary);
+  const std::string sha = sha256_hex(std::string(std::istreambuf_iterator<char>(in), {}));
+  const std::string pb_path = absolute(o.playbook);
+
+  auto lock = RunLock::acquire(root, o.check ? RunLock::Mode::shared_if_exists : RunLock::Mode::exclusive, !o.no_wait,
+                               [](long pid) { std::cerr << "gptagent: waiting for the run holding the lock (pid " << pid << ")\n"; });
+  if (!lock) {
+    err << "gptagent: " << lock.error() << "\n";
+    return 1;
+  }
+
+  size_t start = 0;
+  if (!o.from_stage.empty()) {
+    auto it = std::find_if(pb.stages.begin(), pb.stages.end(), [&](const Stage& s) { return s.name == o.from_stage; });
+    if (it == pb.stages.end()) {
+      std::vector<std::string> names;
+      for (const auto& s : pb.stages) names.push_back(s.name);
+      err << "gptagent: --from-stage: the playbook has no stage '" << o.from_stage << "' (stages: " << join(names, ", ") << ")\n";
+      return 1;
+    }
+    start = static_cast<size_t>(it - pb.stages.begin());
+  }
+  std::optional<RunState> state;
+  if (!o.reset_state && o.from_stage.empty()) {
+    auto loaded_state = load_state(root);
+    if (!loaded_state) {
+      err << "gptagent: " << loaded_state.error() << "\n";
+      return 1;
+    }
+    state = std::move(*loaded_state);
+  } else if (!o.check) {
+    // The operator knows better: whatever was recorded is forgotten.
+    if (auto s = clear_state(root); !s) {
+      err << "gptagent: " << s.error() << "\n";
+      return 1;
+    }
+  }
+
+  ReportOptions rep{use_color(o.color) && !o.json, o.diff, o.check, o.playbook, root.dir(), "localhost"};
+  auto reporter = o.json ? make_json_reporter(out, rep) : make_human_reporter(out, rep);
+
+  RunStats stats;
+  if (state) {
+    if (state->boot_id == facts.boot_id) {
+      const int code = o.check ? 2 : 3;
+      if (o.json) {
+        out << nlohmann::json{{"playbook", o.playbook}, {"root", root.dir()}, {"check", o.check}, {"waiting_for_reboot", true},
+                              {"state", state->to_json()}, {"exit_code", code}}
+                   .dump(2)
+            << "\n";
+      } else {
+        out << "waiting for reboot: stage " << state->stage << " of " << state->playbook << " asked for one at "
+            << state->recorded_at << " and the host has not rebooted since (boot " << facts.boot_id
+            << "). Reboot it, then run again; nothing was changed.\n";
+      }
+      return code;
+    }
+    // A new boot: check that what the stopped stage set up took effect, then go on.
+    Stage verify;
+    verify.name = "after the reboot (stage " + state->stage + ")";
+    reporter->stage(verify);
+    for (const auto& c : verify_after_reboot(state->expect, facts)) {
+      TaskReport r{verify.name, c.what, "reboot check", false, false, c.ok ? Result::ok() : Result::failed(c.why), 0};
+      c.ok ? ++stats.ok : ++stats.failed;
+      reporter->task(r);
+    }
+    if (stats.failed > 0) {
+      reporter->done(stats, 1);
+      return 1;  // the state stays: fix the cause, reboot or rerun, and the checks run again
+    }
+    if (!o.check) {
+      if (auto s = clear_state(root); !s) {
+        err << "gptagent: " << s.error() << "\n";
+        return 1;
+      }
+    }
+    if (state->playbook == pb_path && state->playbook_sha256 == sha) {
+      start = state->next_stage;
+    } else {
+      out << "the playbook changed since the reboot was asked for: converging it from the first stage\n";
+      start = 0;
+    }
+  }
+
+  Context ctx{root, exec, facts, !root.sandboxed()};
+  RunOptions ro{o.check, o.tags, o.skip_tags, true, start};
+  add(stats, run_playbook(pb, ctx, ro, *reporter));
+
+  if (stats.stopped_for_reboot && !o.check && stats.failed == 0) {
+    RunState s{pb_path, sha, stats.stop_stage, stats.next_stage, facts.boot_id, now_text(), stats.expect};
+    if (auto st = save_state(root, s); !st) {
+      err << "gptagent: " << st.error() << "\n";
+      stats.failed++;
+    } else if (o.reboot) {
+      Result r = ctx.run_system(Command{{"reboot"}}, true, "rebooting");
+      if (r.status == Outcome::failed) err << "gptagent: " << r.msg << "\n";
+      else out << (r.status == Outcome::skipped ? "not rebooting: " : "") << r.msg << "\n";
+    }
+  }
+  const int code = exit_code_for(stats, o.check);
+  reporter->done(stats, code);
+  return code;
+}
+
+int run_status(const std::string& root_dir, bool json, std::ostream& out, std::ostream& err) {
+  if (!is_directory(root_dir)) {
+    err << "gptagent: --root " << root_dir << " is not a directory\n";
+    return 1;
+  }
+  Root root(root_dir);
+  auto state = load_state(root);
+  if (!state) {
+    err << "gptagent: " << state.error() << "\n";
+    return 1;
+  }
+  const std::string boot = gather_facts(root).boot_id;
+  if (json) {
+    nlohmann::json j = {{"waiting_for_reboot", state->has_value()}, {"boot_id", boot}};
+    if (*state) {
+      j["state"] = (*state)->to_json();
+      j["rebooted"] = (*state)->boot_id != boot;
+    }
+    out << j.dump(2) << "\n";
+    return 0;
+  }
+  if (!*state) {
+    out << "no run is waiting for a reboot\n";
+    return 0;
+  }
+  const RunState& s = **state;
+  out << "stage " << s.stage << " of " << s.playbook << " asked for a reboot at " << s.recorded_at << "\n"
+      << (s.boot_id == boot ? "the host has not rebooted since (boot " + boot + ")"
+                            : "the host has rebooted since: the next apply checks what follows and goes on")
+      << "\n";
+  auto list = [&](const char* what, const std::vector<std::string>& items) {
+    if (!items.empty()) out << "  " << what << ": " << join(items, " ") << "\n";
+  };
+  list("kernel command line must have", s.expect.cmdline_present);
+  list("kernel command line must not have", s.expect.cmdline_absent);
+  list("modules loaded", s.expect.modules);
+  list("bound to vfio-pci", s.expect.vfio_devices);
+  return 0;
+}
+
+}  // namespace gpt

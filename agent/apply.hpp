@@ -1,0 +1,31 @@
+// `gptagent apply` and `gptagent status`: a run over the stages, with the reboot cycle around it.
+#pragma once
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace gpt {
+
+class Exec;
+
+struct ApplyOptions {
+  std::string playbook;
+  std::string root = "/";
+  nlohmann::json extra_vars = nlohmann::json::object();
+  bool check = false, diff = false, json = false, no_wait = false;
+  std::string color = "auto";
+  std::vector<std::string> tags, skip_tags;
+  bool reboot = false;       // reboot the host when a stage stops for one (never under --root)
+  bool reset_state = false;  // forget a recorded reboot and start from the first stage
+  std::string from_stage;    // start at this stage, whatever was recorded
+};
+
+// Exit codes: 0 converged, 1 failure or bad input, 2 drift (check), 3 stopped for (or waiting
+// for) a reboot.
+int run_apply(const ApplyOptions& opts, Exec& exec, std::ostream& out, std::ostream& err);
+int run_status(const std::string& root, bool json, std::ostream& out, std::ostream& err);
+
+}  // namespace gpt

@@ -1,0 +1,156 @@
+#include "agent/state.hpp"
+
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <algorithm>
+#include <ctime>
+
+#include "agent/facts.hpp"
+#include "agent/host.hpp"
+
+namespace gpt {
+
+using json = nlohmann::json;
+
+namespace {
+
+void add_unique(std::vector<std::string>& to, const json& items) {
+  if (!items.is_array()) return;
+  for (const auto& i : items)
+    if (i.is_string() && std::find(to.begin(), to.end(), i.get<std::string>()) == to.end()) to.push_back(i.get<std::string>());
+}
+
+std::vector<std::string> strings(const json& j, const char* key) {
+  std::vector<std::string> out;
+  if (j.contains(key)) add_unique(out, j[key]);
+  return out;
+}
+
+}  // namespace
+
+void RebootExpectations::merge(const json& e) {
+  if (!e.is_object()) return;
+  add_unique(cmdline_present, e.value("cmdline_present", json::array()));
+  add_unique(cmdline_absent, e.value("cmdline_absent", json::array()));
+  add_unique(modules, e.value("modules", json::array()));
+  add_unique(vfio_devices, e.value("vfio_devices", json::array()));
+}
+
+json RebootExpectations::to_json() const {
+  return {{"cmdline_present", cmdline_present}, {"cmdline_absent", cmdline_absent}, {"modules", modules}, {"vfio_devices", vfio_devices}};
+}
+
+RebootExpectations RebootExpectations::from_json(const json& j) {
+  RebootExpectations e;
+  e.cmdline_present = strings(j, "cmdline_present");
+  e.cmdline_absent = strings(j, "cmdline_absent");
+  e.modules = strings(j, "modules");
+  e.vfio_devices = strings(j, "vfio_devices");
+  return e;
+}
+
+json RunState::to_json() const {
+  return {{"version", 1},          {"playbook", playbook}, {"playbook_sha256", playbook_sha256}, {"stage", stage},
+          {"next_stage", next_stage}, {"boot_id", boot_id}, {"recorded_at", recorded_at},          {"expect", expect.to_json()}};
+}
+
+Expected<std::optional<RunState>> load_state(const Root& root) {
+  auto text = read_file_if_exists(root, kStatePath, 1u << 20);
+  if (!text) return Error{text.error()};
+  if (!*text) return std::optional<RunState>{};
+  const std::string fix = ": run with --reset-state to start over";
+  json j = json::parse(**text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Error{std::string(kStatePath) + " is not valid JSON" + fix};
+  try {
+    RunState s;
+    s.playbook = j.at("playbook").get<std::string>();
+    s.playbook_sha256 = j.at("playbook_sha256").get<std::string>();
+    s.stage = j.at("stage").get<std::string>();
+    s.next_stage = j.at("next_stage").get<size_t>();
+    s.boot_id = j.at("boot_id").get<std::string>();
+    s.recorded_at = j.value("recorded_at", "");
+    s.expect = RebootExpectations::from_json(j.value("expect", json::object()));
+    return std::optional<RunState>{std::move(s)};
+  } catch (const json::exception& e) {
+    return Error{std::string(kStatePath) + " lacks what a run records (" + e.what() + ")" + fix};
+  }
+}
+
+Status save_state(const Root& root, const RunState& state) {
+  WriteOptions wo;
+  wo.backup = false;  // the state is the agent's own; an interrupted write leaves the old one whole
+  auto w = write_file_atomic(root, kStatePath, state.to_json().dump(2) + "\n", wo);
+  if (!w) return Error{w.error()};
+  return {};
+}
+
+Status clear_state(const Root& root) {
+  auto real = root.resolve(kStatePath);
+  if (!real) return Error{real.error()};
+  if (::unlink(real->c_str()) != 0 && errno != ENOENT) return Error{std::string("cannot remove ") + kStatePath + ": " + std::strerror(errno)};
+  return {};
+}
+
+std::vector<Check> verify_after_reboot(const RebootExpectations& e, const Facts& f) {
+  std::vector<Check> out;
+  auto on_cmdline = [&](const std::string& p, bool by_name) {
+    return std::any_of(f.cmdline.begin(), f.cmdline.end(), [&](const std::string& c) {
+      if (param_name(c) != param_name(p)) return false;
+      return by_name || c.substr(std::min(c.find('='), c.size())) == p.substr(std::min(p.find('='), p.size()));
+    });
+  };
+  for (const auto& p : e.cmdline_present) {
+    bool ok = on_cmdline(p, false);
+    out.push_back({ok, "the kernel command line has " + p,
+                   p + " is not on the running kernel's command line (/proc/cmdline): the boot configuration was "
+                       "not regenerated, or another boot entry was booted"});
+  }
+  for (const auto& p : e.cmdline_absent) {
+    bool ok = !on_cmdline(p, p.find('=') == std::string::npos);
+    out.push_back({ok, "the kernel command line has no " + p,
+                   p + " is still on the running kernel's command line: the boot configuration was not regenerated, "
+                       "or another boot entry was booted"});
+  }
+  const bool wants_iommu = std::any_of(e.cmdline_present.begin(), e.cmdline_present.end(),
+                                       [](const std::string& p) { return param_name(p) == "intel_iommu"; }) ||
+                           !e.vfio_devices.empty();
+  if (wants_iommu) {
+    out.push_back({f.iommu.on(), "the IOMMU is on (" + std::to_string(f.iommu.groups) + " groups)",
+                   "the IOMMU is enabled on the command line but the kernel made no IOMMU groups: enable VT-d / AMD-Vi in "
+                   "the firmware setup"});
+  }
+  for (const auto& m : e.modules) {
+    bool ok = f.module_available(m);
+    out.push_back({ok, m + " is loaded", m + " is not loaded: /etc/modules-load.d was not read at boot, or the module is missing from this kernel"});
+  }
+  for (const auto& d : e.vfio_devices) {
+    auto dev = std::find_if(f.pci.begin(), f.pci.end(), [&](const PciDevice& p) { return p.address == d; });
+    std::string driver = dev == f.pci.end() ? "" : dev->driver;
+    bool ok = driver == "vfio-pci";
+    std::string why = dev == f.pci.end() ? d + " is gone from the PCI bus after the reboot"
+                      : d + " is on " + (driver.empty() ? std::string("no driver") : driver) +
+                            ", not vfio-pci: the initramfs was not rebuilt, or vfio-pci's ids did not reach it before the "
+                            "display driver (softdep, or vfio-pci.ids on the command line for a built-in vfio-pci)";
+    out.push_back({ok, d + " is bound to vfio-pci", why});
+  }
+  return out;
+}
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+}  // namespace gpt

@@ -1,0 +1,58 @@
+// Reboot-aware staged runs: what a run records when it stops for a reboot, and the checks the
+// first run after the reboot makes before it goes on.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/expected.hpp"
+
+namespace gpt {
+
+class Root;
+struct Facts;
+
+// What must be true after the reboot, gathered from the stage's tasks (Result::expect).
+struct RebootExpectations {
+  std::vector<std::string> cmdline_present;  // parameters /proc/cmdline must hold
+  std::vector<std::string> cmdline_absent;   // names (any value) or name=value it must not hold
+  std::vector<std::string> modules;          // loaded or built in
+  std::vector<std::string> vfio_devices;     // bound to vfio-pci
+  void merge(const nlohmann::json& expect);
+  nlohmann::json to_json() const;
+  static RebootExpectations from_json(const nlohmann::json& j);
+};
+
+struct RunState {
+  std::string playbook;         // absolute path
+  std::string playbook_sha256;  // of its bytes
+  std::string stage;            // the stage that asked for the reboot
+  size_t next_stage = 0;        // where the run goes on after it
+  std::string boot_id;          // of the boot that asked
+  std::string recorded_at;      // local time, for people
+  RebootExpectations expect;
+  nlohmann::json to_json() const;
+};
+
+constexpr const char* kStatePath = "/var/lib/gptagent/state.json";
+
+// nullopt when no run waits for a reboot; an error naming the file when it does not parse.
+Expected<std::optional<RunState>> load_state(const Root& root);
+Status save_state(const Root& root, const RunState& state);
+Status clear_state(const Root& root);
+
+struct Check {
+  bool ok;
+  std::string what;  // "kernel command line has intel_iommu=on"
+  std::string why;   // the diagnosis when not ok
+};
+// The recorded expectations against the facts of the running (new) boot.
+std::vector<Check> verify_after_reboot(const RebootExpectations& expect, const Facts& facts);
+
+std::string sha256_hex(std::string_view data);
+
+}  // namespace gpt
