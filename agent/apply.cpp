@@ -79,8 +79,16 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
     return 1;
   }
   const Playbook& pb = loaded.playbook;
-  std::ifstream in(o.playbook, std::ios::binary);
-  const std::string sha = sha256_hex(std::string(std::istreambuf_iterator<char>(in), {}));
+  // The playbook's identity, hashed only when a state is compared or recorded (a converged run
+  // needs none, and OpenSSL's start-up costs about 2 ms).
+  std::string sha_cache;
+  auto sha = [&]() -> const std::string& {
+    if (sha_cache.empty()) {
+      std::ifstream in(o.playbook, std::ios::binary);
+      sha_cache = sha256_hex(std::string(std::istreambuf_iterator<char>(in), {}));
+    }
+    return sha_cache;
+  };
   const std::string pb_path = absolute(o.playbook);
 
   auto lock = RunLock::acquire(root, o.check ? RunLock::Mode::shared_if_exists : RunLock::Mode::exclusive, !o.no_wait,
@@ -120,6 +128,15 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   ReportOptions rep{use_color(o.color) && !o.json, o.diff, o.check, o.playbook, root.dir(), "localhost"};
   auto reporter = o.json ? make_json_reporter(out, rep) : make_human_reporter(out, rep);
 
+  // An interrupted run's intent: its handlers and reboot are carried into this run.
+  std::optional<StageIntent> carried;
+  if (state && !state->waiting) {
+    carried = state->intent;
+    out << "an interrupted run (" << state->recorded_at << ") left work for stage " << state->stage
+        << ": it is finished in this run\n";
+    state.reset();
+  }
+
   RunStats stats;
   if (state) {
     if (state->boot_id == facts.boot_id) {
@@ -155,7 +172,7 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
         return 1;
       }
     }
-    if (state->playbook == pb_path && state->playbook_sha256 == sha) {
+    if (state->playbook == pb_path && state->playbook_sha256 == sha()) {
       start = state->next_stage;
     } else {
       out << "the playbook changed since the reboot was asked for: converging it from the first stage\n";
@@ -164,11 +181,32 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   }
 
   Context ctx{root, exec, facts, !root.sandboxed()};
-  RunOptions ro{o.check, o.tags, o.skip_tags, true, start};
+  RunOptions ro{o.check, o.tags, o.skip_tags, true, start, carried, {}};
+  if (!o.check) {
+    ro.journal = [&](const StageIntent* intent) -> Status {
+      if (!intent) return clear_state(root);
+      RunState running;
+      running.waiting = false;
+      running.playbook = pb_path;
+      running.playbook_sha256 = sha();
+      running.stage = intent->stage;
+      running.boot_id = facts.boot_id;
+      running.recorded_at = now_text();
+      running.intent = *intent;
+      return save_state(root, running);
+    };
+  }
   add(stats, run_playbook(pb, ctx, ro, *reporter));
 
   if (stats.stopped_for_reboot && !o.check && stats.failed == 0) {
-    RunState s{pb_path, sha, stats.stop_stage, stats.next_stage, facts.boot_id, now_text(), stats.expect};
+    RunState s;
+    s.playbook = pb_path;
+    s.playbook_sha256 = sha();
+    s.stage = stats.stop_stage;
+    s.next_stage = stats.next_stage;
+    s.boot_id = facts.boot_id;
+    s.recorded_at = now_text();
+    s.expect = stats.expect;
     if (auto st = save_state(root, s); !st) {
       err << "gptagent: " << st.error() << "\n";
       stats.failed++;
@@ -196,7 +234,7 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
   }
   const std::string boot = gather_facts(root).boot_id;
   if (json) {
-    nlohmann::json j = {{"waiting_for_reboot", state->has_value()}, {"boot_id", boot}};
+    nlohmann::json j = {{"waiting_for_reboot", state->has_value() && (*state)->waiting}, {"boot_id", boot}};
     if (*state) {
       j["state"] = (*state)->to_json();
       j["rebooted"] = (*state)->boot_id != boot;
@@ -209,6 +247,16 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
     return 0;
   }
   const RunState& s = **state;
+  if (!s.waiting) {
+    std::vector<std::string> work;
+    for (const auto& h : s.intent.handlers) work.push_back(h.name);
+    for (const auto& n : s.intent.notified) work.push_back(n);
+    out << "a run of " << s.playbook << " was interrupted in stage " << s.stage << " (" << s.recorded_at
+        << "); the next apply finishes its work:\n";
+    if (!work.empty()) out << "  handlers: " << join(work, ", ") << "\n";
+    if (s.intent.reboot) out << "  a reboot\n";
+    return 0;
+  }
   out << "stage " << s.stage << " of " << s.playbook << " asked for a reboot at " << s.recorded_at << "\n"
       << (s.boot_id == boot ? "the host has not rebooted since (boot " + boot + ")"
                             : "the host has rebooted since: the next apply checks what follows and goes on")

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <memory>
 #include <spdlog/spdlog.h>
 
 namespace gpt {
@@ -251,6 +252,23 @@ namespace {
 // file system has none, an atomic copy. Returns the backup's file name.
 Expected<std::string> backup_in_dir(const Root& root, int dirfd, const std::string& name, std::string_view host_path,
                                     mode_t mode) {
+  // A backup that is a hard link to the file itself already holds exactly this content: a run
+  // killed between its backup and its rename left it, and the next run keeps that one.
+  struct stat cur{};
+  if (::fstatat(dirfd, name.c_str(), &cur, AT_SYMLINK_NOFOLLOW) == 0 && cur.st_nlink > 1) {
+    Fd scan(::openat(dirfd, ".", O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+    if (DIR* d = scan.get() >= 0 ? ::fdopendir(scan.release()) : nullptr) {
+      std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
+      const std::string prefix = name + ".gptagent-";
+      while (dirent* e = ::readdir(d)) {
+        struct stat bst{};
+        if (std::string_view(e->d_name).starts_with(prefix) &&
+            ::fstatat(dirfd, e->d_name, &bst, AT_SYMLINK_NOFOLLOW) == 0 && bst.st_ino == cur.st_ino &&
+            bst.st_dev == cur.st_dev)
+          return std::string(e->d_name);
+      }
+    }
+  }
   const std::string backup = base_of(backup_name(host_path));
   std::string candidate = backup;
   for (int i = 2; ::linkat(dirfd, name.c_str(), dirfd, candidate.c_str(), 0) != 0; ++i) {

@@ -101,10 +101,10 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("gptagent ") + GPTAGENT_VERSION);
   app.require_subcommand(1);
   Common c;
-  auto add_common = [&](CLI::App* sub) {
+  auto add_common = [&](CLI::App* sub, bool vars = true) {
     sub->add_option("--root", c.root, "Manage the host tree under DIR instead of / (sandbox; no system commands run)")
         ->type_name("DIR");
-    sub->add_option("-e,--extra-vars", c.extra, "Set a variable: key=value (repeatable)")->type_name("KEY=VALUE");
+    if (vars) sub->add_option("-e,--extra-vars", c.extra, "Set a variable: key=value (repeatable)")->type_name("KEY=VALUE");
     sub->add_flag("-v,--verbose", c.verbosity, "More log output on stderr (-vv for debug)");
   };
 
@@ -127,7 +127,7 @@ int main(int argc, char** argv) {
 
   bool status_json = false;
   auto* status = app.add_subcommand("status", "Show whether a run waits for a reboot, and what it will check");
-  add_common(status);
+  add_common(status, false);
   status->add_flag("--json", status_json, "As JSON");
 
   auto* validate = app.add_subcommand("validate", "Check a playbook (schema, variables) and touch nothing");

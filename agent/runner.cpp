@@ -45,13 +45,23 @@ TaskReport converge_task(const Stage& stage, const std::string& name, const Modu
 RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, Reporter& reporter) {
   RunStats stats;
   const bool apply = !opts.check;
+  size_t carry_index = opts.start_stage;
+  if (opts.carried)
+    for (size_t i = opts.start_stage; i < pb.stages.size(); ++i)
+      if (pb.stages[i].name == opts.carried->stage) carry_index = i;
+
   for (size_t index = opts.start_stage; index < pb.stages.size(); ++index) {
     const Stage& stage = pb.stages[index];
     reporter.stage(stage);
     RebootExpectations stage_expect;
-    std::vector<HandlerRequest> builtin;  // handlers modules asked for, in order of first request
-    std::set<std::string> notified;       // the user's handlers, by name
-    bool stage_reboot = false;
+    StageIntent intent{stage.name, {}, {}, false};  // handlers (module ones in order of request), reboot
+    bool journaled = false;                        // the state file holds this stage's intent
+    if (opts.carried && index == carry_index) {
+      intent.add(opts.carried->handlers, opts.carried->notified, opts.carried->reboot);
+      journaled = true;
+      spdlog::info("an interrupted run left work for stage {}: {} handler(s){}", stage.name,
+                   intent.handlers.size() + intent.notified.size(), intent.reboot ? ", a reboot" : "");
+    }
     bool stop = false;
 
     for (const Task& task : stage.tasks) {
@@ -60,20 +70,28 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       if (!task.when) {
         rep = TaskReport{stage.name, task.name, task.module->name, false, false,
                          Result::skipped("condition is false: " + task.when_text), 0};
+      } else if (apply && opts.journal) {
+        // Predict first: a task that will change records what its change sets in motion before
+        // making it; one that will not is done (check mode and apply agree on `ok`).
+        rep = converge_task(stage, task.name, *task.module, task.args, ctx, false, false);
+        if (rep.result.status == Outcome::changed) {
+          StageIntent next = intent;
+          Status recorded;
+          if (next.add(rep.result.handlers, task.notify, rep.result.reboot_required)) recorded = opts.journal(&next);
+          if (recorded) {
+            intent = std::move(next);
+            journaled = true;
+            rep = converge_task(stage, task.name, *task.module, task.args, ctx, true, false);
+          } else {
+            rep.result = Result::failed("cannot record the run's intent before changing anything: " + recorded.error());
+          }
+        }
       } else {
         rep = converge_task(stage, task.name, *task.module, task.args, ctx, apply, false);
       }
       const Result& r = rep.result;
       if (r.status == Outcome::failed && task.ignore_errors) rep.ignored = true;
-      if (r.status == Outcome::changed) {
-        for (const auto& h : r.handlers) {
-          bool seen = std::any_of(builtin.begin(), builtin.end(),
-                                  [&](const HandlerRequest& b) { return b.name == h.name; });
-          if (!seen) builtin.push_back(h);
-        }
-        notified.insert(task.notify.begin(), task.notify.end());
-        if (r.reboot_required) stage_reboot = true;
-      }
+      if (r.status == Outcome::changed) intent.add(r.handlers, task.notify, r.reboot_required);
       count(stats, rep);
       reporter.task(rep);
       stage_expect.merge(r.expect);
@@ -83,6 +101,9 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       }
     }
     if (stop) break;
+    const std::vector<HandlerRequest>& builtin = intent.handlers;
+    const std::set<std::string> notified(intent.notified.begin(), intent.notified.end());
+    bool stage_reboot = intent.reboot;
 
     // Handlers: the ones modules asked for first (they finish the module's own work, such as
     // regenerating grub.cfg), then the user's in the order they are defined.
@@ -120,11 +141,22 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       stats.reboot_required = true;
       stats.reboot_stages.push_back(stage.name);
     }
-    if (stop) break;
+    if (stop) break;  // the intent stays recorded: the next run finishes the handlers
     const bool wants_reboot = stage.reboot == RebootPolicy::always ||
                               (stage.reboot == RebootPolicy::when_needed && stage_reboot);
     // In check mode only a change makes a reboot: `always` on a converged host is no drift.
-    if (opts.staged && wants_reboot && (!opts.check || stage_reboot)) {
+    const bool stops = opts.staged && wants_reboot && (!opts.check || stage_reboot);
+    // A stage that stops for a reboot hands over to the caller, which records the wait in place
+    // of the intent (one rename); otherwise the finished stage's intent is cleared.
+    if (journaled && !stops && apply && opts.journal) {
+      if (auto s = opts.journal(nullptr); !s) {
+        TaskReport rep{stage.name, "finish the stage", "state", true, false, Result::failed(s.error()), 0};
+        count(stats, rep);
+        reporter.task(rep);
+        break;
+      }
+    }
+    if (stops) {
       stats.stopped_for_reboot = true;
       stats.stop_stage = stage.name;
       stats.next_stage = index + 1;

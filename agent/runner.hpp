@@ -2,6 +2,8 @@
 // the first failure stops the run unless the task ignores errors.
 #pragma once
 
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,13 @@ struct RunOptions {
   std::vector<std::string> skip_tags;  // never run tasks with one of these
   bool staged = false;      // honour the stages' reboot policies: stop when one asks for a reboot
   size_t start_stage = 0;   // the index of the first stage to run
+  // The intent an interrupted run left (see StageIntent): its handlers run, and its reboot is
+  // asked for, at the end of the stage of that name (or of the first stage run).
+  std::optional<StageIntent> carried;
+  // Apply mode: called with a stage's intent before a change that adds to it, and with nullptr
+  // once the stage's handlers have run. A failure to record stops the task before it changes
+  // anything.
+  std::function<Status(const StageIntent*)> journal;
 };
 
 struct TaskReport {

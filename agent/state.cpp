@@ -53,9 +53,36 @@ RebootExpectations RebootExpectations::from_json(const json& j) {
   return e;
 }
 
+bool StageIntent::add(const std::vector<HandlerRequest>& more, const std::vector<std::string>& names, bool needs_reboot) {
+  bool added = false;
+  for (const auto& h : more)
+    if (std::none_of(handlers.begin(), handlers.end(), [&](const HandlerRequest& x) { return x.name == h.name; })) {
+      handlers.push_back(h);
+      added = true;
+    }
+  for (const auto& n : names)
+    if (std::find(notified.begin(), notified.end(), n) == notified.end()) {
+      notified.push_back(n);
+      added = true;
+    }
+  if (needs_reboot && !reboot) reboot = added = true;
+  return added;
+}
+
 json RunState::to_json() const {
-  return {{"version", 1},          {"playbook", playbook}, {"playbook_sha256", playbook_sha256}, {"stage", stage},
-          {"next_stage", next_stage}, {"boot_id", boot_id}, {"recorded_at", recorded_at},          {"expect", expect.to_json()}};
+  json j = {{"version", 1},          {"phase", waiting ? "waiting_for_reboot" : "running"},
+            {"playbook", playbook},  {"playbook_sha256", playbook_sha256},
+            {"stage", stage},        {"boot_id", boot_id},
+            {"recorded_at", recorded_at}};
+  if (waiting) {
+    j["next_stage"] = next_stage;
+    j["expect"] = expect.to_json();
+  } else {
+    json hs = json::array();
+    for (const auto& h : intent.handlers) hs.push_back({{"name", h.name}, {"module", h.module}, {"args", h.args}});
+    j["pending"] = {{"handlers", hs}, {"notified", intent.notified}, {"reboot", intent.reboot}};
+  }
+  return j;
 }
 
 Expected<std::optional<RunState>> load_state(const Root& root) {
@@ -67,13 +94,26 @@ Expected<std::optional<RunState>> load_state(const Root& root) {
   if (j.is_discarded() || !j.is_object()) return Error{std::string(kStatePath) + " is not valid JSON" + fix};
   try {
     RunState s;
+    const std::string phase = j.value("phase", "waiting_for_reboot");
+    if (phase != "waiting_for_reboot" && phase != "running")
+      return Error{std::string(kStatePath) + ": unknown phase '" + phase + "'" + fix};
+    s.waiting = phase == "waiting_for_reboot";
     s.playbook = j.at("playbook").get<std::string>();
     s.playbook_sha256 = j.at("playbook_sha256").get<std::string>();
     s.stage = j.at("stage").get<std::string>();
-    s.next_stage = j.at("next_stage").get<size_t>();
     s.boot_id = j.at("boot_id").get<std::string>();
     s.recorded_at = j.value("recorded_at", "");
-    s.expect = RebootExpectations::from_json(j.value("expect", json::object()));
+    if (s.waiting) {
+      s.next_stage = j.at("next_stage").get<size_t>();
+      s.expect = RebootExpectations::from_json(j.value("expect", json::object()));
+    } else {
+      const json& p = j.at("pending");
+      s.intent.stage = s.stage;
+      for (const auto& h : p.at("handlers"))
+        s.intent.handlers.push_back({h.at("name").get<std::string>(), h.at("module").get<std::string>(), h.value("args", json::object())});
+      s.intent.notified = p.value("notified", std::vector<std::string>{});
+      s.intent.reboot = p.value("reboot", false);
+    }
     return std::optional<RunState>{std::move(s)};
   } catch (const json::exception& e) {
     return Error{std::string(kStatePath) + " lacks what a run records (" + e.what() + ")" + fix};

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/expected.hpp"
+#include "agent/module.hpp"
 
 namespace gpt {
 
@@ -27,14 +28,33 @@ struct RebootExpectations {
   static RebootExpectations from_json(const nlohmann::json& j);
 };
 
+// What a stage has set in motion and not finished: the handlers its changes asked for (module
+// handlers, and the user's by name) and whether those changes need a reboot. A run records it
+// before each change, so a run killed between a change and its handlers leaves the work to the
+// next run instead of losing it (Ansible loses it: a handler not run is forgotten).
+struct StageIntent {
+  std::string stage;
+  std::vector<HandlerRequest> handlers;
+  std::vector<std::string> notified;
+  bool reboot = false;
+  bool empty() const { return handlers.empty() && notified.empty() && !reboot; }
+  // Adds what a change asks for; true when that added anything.
+  bool add(const std::vector<HandlerRequest>& more, const std::vector<std::string>& names, bool needs_reboot);
+};
+
+// /var/lib/gptagent/state.json holds one of two things, switched by one atomic rename:
+// - running: a stage's intent (above), while its changes are being made;
+// - waiting for reboot: the stage that stopped for one and what must hold after it.
 struct RunState {
+  bool waiting = true;          // false: `running`, an unfinished stage's intent
   std::string playbook;         // absolute path
   std::string playbook_sha256;  // of its bytes
-  std::string stage;            // the stage that asked for the reboot
-  size_t next_stage = 0;        // where the run goes on after it
+  std::string stage;            // the stage that asked for the reboot (or is running)
+  size_t next_stage = 0;        // where the run goes on after the reboot
   std::string boot_id;          // of the boot that asked
   std::string recorded_at;      // local time, for people
   RebootExpectations expect;
+  StageIntent intent;           // running only
   nlohmann::json to_json() const;
 };
 

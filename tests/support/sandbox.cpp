@@ -70,10 +70,10 @@ SampleHost::SampleHost(const std::string& name) {
   copy_tree(exists(demo) ? demo : source_path("tests/fixtures/hosts/" + name), dir.path());
 }
 
-ProcResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env) {
+ProcResult run_program(const std::string& program, const std::vector<std::string>& args,
+                       const std::vector<std::string>& env) {
   namespace bp = boost::process;
   ProcResult r;
-  bp::ipstream out, err;
   bp::environment e = boost::this_process::environment();
   e.erase("NO_COLOR");
   for (const auto& kv : env) {
@@ -82,13 +82,21 @@ ProcResult run_agent(const std::vector<std::string>& args, const std::vector<std
   }
   std::future<std::string> fout, ferr;
   boost::asio::io_context ios;
-  bp::child c(std::string(GPTAGENT_BIN), bp::args(args), e, bp::std_in.close(), bp::std_out > fout, bp::std_err > ferr, ios);
+  bp::child c(program, bp::args(args), e, bp::std_in.close(), bp::std_out > fout, bp::std_err > ferr, ios);
   ios.run();
   c.wait();
   r.exit_code = c.exit_code();
   r.out = fout.get();
   r.err = ferr.get();
   return r;
+}
+
+ProcResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env) {
+  return run_program(GPTAGENT_BIN, args, env);
+}
+
+ProcResult sandbox_reboot(const std::string& root) {
+  return run_program(source_path("scripts/sandbox-reboot"), {root});
 }
 
 }  // namespace gpt::test

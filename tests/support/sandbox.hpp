@@ -44,8 +44,14 @@ struct ProcResult {
   int exit_code = -1;
   std::string out, err;
 };
-// Runs the built gptagent binary with these arguments (never through a shell).
+// Runs a program with these arguments (never through a shell), env entries as NAME=VALUE.
+ProcResult run_program(const std::string& program, const std::vector<std::string>& args,
+                       const std::vector<std::string>& env = {});
+// Runs the built gptagent binary.
 ProcResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+// Boots a sample host tree the way scripts/sandbox-reboot does: new boot_id, /proc/cmdline
+// from its grub files, modules and vfio-pci bindings from its configuration.
+ProcResult sandbox_reboot(const std::string& root);
 
 // Records every command instead of running it; answers with a programmed result.
 class RecordingExec final : public gpt::Exec {
