@@ -21,6 +21,7 @@ struct ApplyOptions {
   bool reboot = false;       // reboot the host when a stage stops for one (never under --root)
   bool reset_state = false;  // forget a recorded reboot and start from the first stage
   std::string from_stage;    // start at this stage, whatever was recorded
+  std::string connect;       // libvirt URI for libvirt modules that give none
 };
 
 // Exit codes: 0 converged, 1 failure or bad input, 2 drift (check), 3 stopped for (or waiting

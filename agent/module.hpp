@@ -64,6 +64,7 @@ struct Context {
   // root is "/" — or in tests, where Exec is a recorder.
   bool system_commands_allowed = false;
   SysfsWriter* sysfs = nullptr;  // nullptr: the kernel's files themselves
+  std::string libvirt_uri = {};  // --connect: the hypervisor for libvirt modules without connect:
 
   // Runs a command that changes the running system when apply is set and that is allowed;
   // otherwise says what would run. Returns changed, skipped (not allowed here) or failed.

@@ -60,4 +60,32 @@ bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
+std::optional<uint64_t> parse_size(std::string_view text) {
+  text = trim(text);
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0 || digits > 19) return std::nullopt;
+  uint64_t n = std::stoull(std::string(text.substr(0, digits)));
+  std::string unit = lower(trim(text.substr(digits)));
+  if (unit.size() > 1 && ends_with(unit, "ib")) unit.resize(unit.size() - 2);
+  else if (unit.size() > 1 && unit.back() == 'b') unit.pop_back();
+  static const std::string units = "kmgtp";
+  int shift = 0;
+  if (unit == "b" || unit.empty()) shift = 0;
+  else if (unit.size() == 1 && units.find(unit[0]) != std::string::npos) shift = 10 * (1 + static_cast<int>(units.find(unit[0])));
+  else return std::nullopt;
+  if (n == 0 || (shift > 0 && n > (UINT64_MAX >> shift))) return std::nullopt;
+  return n << shift;
+}
+
+std::string size_text(uint64_t bytes) {
+  static const char* names[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int i = 0;
+  while (i < 5 && bytes >= 1024 && bytes % 1024 == 0) {
+    bytes /= 1024;
+    ++i;
+  }
+  return std::to_string(bytes) + " " + names[i];
+}
+
 }  // namespace gpt

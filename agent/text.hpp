@@ -1,6 +1,8 @@
 // Small string functions for reading config files, /proc and /sys text.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,5 +17,10 @@ std::vector<std::string> words(std::string_view text, bool comments = false);
 std::string lower(std::string_view s);
 std::string join(const std::vector<std::string>& items, std::string_view sep);
 bool ends_with(std::string_view s, std::string_view suffix);
+// "100G", "512M", "16GiB", "1T", "4096": bytes, with K/M/G/T/P as powers of 1024 (a trailing "B"
+// or "iB" allowed, any case). nullopt for anything else, zero, or an overflow.
+std::optional<uint64_t> parse_size(std::string_view text);
+// 17179869184 -> "16 GiB"; sizes that are not a whole number of a unit keep the smaller one.
+std::string size_text(uint64_t bytes);
 
 }  // namespace gpt

@@ -1,0 +1,540 @@
+// qemu_img: a disk image with the format, size and backing file asked for. qemu-img creates it and
+// grows it when allow_grow says so; it is never shrunk, converted or recreated (each loses the
+// guest's data), and an image a running VM holds is never touched. The image lives in the managed
+// root and qemu-img writes nothing else, so it runs under --root too; check mode runs only the
+// read-only `qemu-img info`.
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
+#include "agent/diff.hpp"
+#include "agent/module.hpp"
+#include "agent/text.hpp"
+
+namespace gpt {
+namespace {
+
+// `qemu-img info` reads a header: a minute means the storage under it is stuck.
+constexpr std::chrono::seconds kInfoTimeout{60};
+
+// "20G", "512MiB", "1t", "4096": bytes. K M G T P are powers of 1024, as qemu-img reads them.
+Expected<uint64_t> parse_size(const std::string& text) {
+  const Error bad{"must be a size such as 20G, 512M, 1T or 4096 (bytes), not '" + text + "'"};
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  if (digits == 0) return bad;
+  std::string suffix = lower(std::string_view(text).substr(digits));
+  int shift = 0;
+  if (!suffix.empty()) {
+    const auto unit = std::string_view("kmgtp").find(suffix[0]);
+    if (unit != std::string_view::npos) {
+      shift = 10 * static_cast<int>(unit + 1);
+      suffix.erase(0, 1);
+    }
+    if (!suffix.empty() && suffix != "b" && !(shift > 0 && suffix == "ib")) return bad;
+  }
+  const uint64_t limit = static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) >> shift;
+  uint64_t n = 0;
+  for (size_t i = 0; i < digits; ++i) {
+    n = n * 10 + static_cast<uint64_t>(text[i] - '0');
+    if (n > limit) return Error{"'" + text + "' is too large for a disk image"};
+  }
+  n <<= shift;
+  if (n == 0) return Error{"must be larger than 0, not '" + text + "'"};
+  // qemu rounds sizes up to whole 512-byte sectors: the image could never match what was asked.
+  if (n % 512 != 0) return Error{"'" + text + "' is not a multiple of 512 bytes (qemu sizes images in sectors)"};
+  return n;
+}
+
+// "20 GiB", "1.5 GiB (1610612736 bytes)", "512 bytes": for messages.
+std::string human_size(uint64_t v) {
+  static const char* const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (u < 6 && v >= (uint64_t{1} << (10 * (u + 1)))) ++u;
+  if (u == 0) return std::to_string(v) + " bytes";
+  const uint64_t unit = uint64_t{1} << (10 * u);
+  if (v % unit == 0) return std::to_string(v / unit) + " " + units[u];
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", static_cast<double>(v) / static_cast<double>(unit));
+  return std::string(buf) + " " + units[u] + " (" + std::to_string(v) + " bytes)";
+}
+
+// The size as qemu-img's argument: "20G" where that is exact, else bytes.
+std::string qemu_size(uint64_t v) {
+  for (int shift = 50; shift >= 10; shift -= 10)
+    if (v % (uint64_t{1} << shift) == 0) return std::to_string(v >> shift) + "PTGMK"[(50 - shift) / 10];
+  return std::to_string(v);
+}
+
+std::string mode_text(mode_t m) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(m & 07777));
+  return buf;
+}
+
+// The exit status and the whole of stderr on one line: qemu-img explains itself over several.
+std::string failure_text(const ExecResult& res) {
+  std::string msg = res.timed_out      ? std::string("timed out")
+                    : res.exit_code < 0 ? std::string("could not run")
+                                        : "exit code " + std::to_string(res.exit_code);
+  std::string err;
+  for (std::string_view line : lines(res.err)) {
+    line = trim(line);
+    if (!line.empty()) err += (err.empty() ? "" : " ") + std::string(line);
+  }
+  return err.empty() ? msg : msg + ": " + err;
+}
+
+// A running QEMU holds the image's "write" lock; qemu-img refuses to open it and says so.
+bool lock_refused(const std::string& err) {
+  return err.find("Is another process using the image") != std::string::npos ||
+         (err.find("Failed to get") != std::string::npos && err.find("lock") != std::string::npos);
+}
+
+// A path qemu-img reported (real, under the root) as the managed host sees it.
+std::string host_view(const Root& root, const std::string& real) {
+  if (!root.sandboxed()) return real;
+  const std::string& dir = root.dir();
+  if (real.size() > dir.size() && real.compare(0, dir.size(), dir) == 0 && real[dir.size()] == '/')
+    return real.substr(dir.size());
+  return real;
+}
+
+struct ImageInfo {
+  std::string format;
+  uint64_t virtual_size = 0;
+  std::string backing;         // the backing file as qemu resolved it (a real path); empty: none
+  std::string backing_format;  // empty: not recorded in the image
+  bool in_use = false;         // a running process holds its write lock
+};
+
+// A qemu-img command line, bounded in time (never a shell).
+Command qemu_img(std::vector<std::string> args, std::chrono::seconds timeout) {
+  Command cmd;
+  cmd.argv = {"qemu-img"};
+  cmd.argv.insert(cmd.argv.end(), args.begin(), args.end());
+  cmd.timeout = timeout;
+  return cmd;
+}
+
+Expected<ImageInfo> read_info(Exec& exec, const std::string& real, const std::string& shown) {
+  Command cmd = qemu_img({"info", "--output=json", real}, kInfoTimeout);
+  ExecResult res = exec.run(cmd);
+  ImageInfo info;
+  if (!res.ok() && lock_refused(res.err)) {
+    // -U (force share) reads the header of an image a VM is running on. What it says is reported
+    // and compared, never acted on: the image stays the VM's until it stops.
+    info.in_use = true;
+    cmd = qemu_img({"info", "-U", "--output=json", real}, kInfoTimeout);
+    res = exec.run(cmd);
+  }
+  if (!res.ok()) return Error{"qemu-img info " + shown + " failed: " + failure_text(res)};
+  try {
+    const json j = json::parse(res.out);
+    info.format = j.at("format").get<std::string>();
+    info.virtual_size = j.at("virtual-size").get<uint64_t>();
+    if (j.contains("full-backing-filename")) {
+      info.backing = j["full-backing-filename"].get<std::string>();
+    } else if (j.contains("backing-filename")) {
+      info.backing = j["backing-filename"].get<std::string>();
+      // A relative backing file name is relative to the image's directory.
+      if (!info.backing.empty() && info.backing[0] != '/')
+        info.backing = real.substr(0, real.find_last_of('/') + 1) + info.backing;
+    }
+    info.backing_format = j.value("backing-filename-format", "");
+  } catch (const json::exception& e) {
+    return Error{"cannot read the output of qemu-img info " + shown + ": " + e.what()};
+  }
+  return info;
+}
+
+// A user or group: a number, or a name in the managed host's /etc/passwd (/etc/group). Under
+// --root those are the tree's own files, not this machine's; on the host itself NSS also knows
+// directory users (LDAP, sssd).
+Expected<unsigned> lookup_id(const Root& root, const std::string& name, bool group) {
+  const std::string what = group ? "group" : "user";
+  if (name.find_first_not_of("0123456789") == std::string::npos) {
+    if (name.size() > 10 || std::stoull(name) >= 0xffffffffull) return Error{what + " id " + name + " is out of range"};
+    return static_cast<unsigned>(std::stoull(name));
+  }
+  if (!root.sandboxed()) {
+    std::vector<char> buf(1 << 16);
+    if (group) {
+      struct group g{}, *found = nullptr;
+      if (::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found) == 0 && found) return found->gr_gid;
+    } else {
+      struct passwd p{}, *found = nullptr;
+      if (::getpwnam_r(name.c_str(), &p, buf.data(), buf.size(), &found) == 0 && found) return found->pw_uid;
+    }
+    return Error{"no " + what + " named '" + name + "' on this host"};
+  }
+  const std::string file = group ? "/etc/group" : "/etc/passwd";
+  auto text = read_file_if_exists(root, file);
+  if (!text) return Error{text.error()};
+  if (*text) {
+    for (std::string_view line : lines(**text)) {
+      std::vector<std::string> fields;
+      size_t start = 0;
+      for (size_t colon; (colon = line.find(':', start)) != std::string_view::npos; start = colon + 1)
+        fields.emplace_back(line.substr(start, colon - start));
+      fields.emplace_back(line.substr(start));
+      if (fields.size() >= 3 && fields[0] == name && !fields[2].empty() && fields[2].size() <= 10 &&
+          fields[2].find_first_not_of("0123456789") == std::string::npos)
+        return static_cast<unsigned>(std::stoull(fields[2]));
+    }
+  }
+  return Error{"no " + what + " named '" + name + "' in " + file + " under " + root.dir()};
+}
+
+// The owner, group and mode asked for; unset ones are left as they are.
+struct Attrs {
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
+  std::optional<mode_t> mode;
+};
+
+Expected<Attrs> wanted_attrs(const Root& root, const json& args) {
+  Attrs a;
+  if (args.contains("owner")) {
+    auto id = lookup_id(root, args["owner"].get<std::string>(), false);
+    if (!id) return Error{id.error()};
+    a.uid = static_cast<uid_t>(*id);
+  }
+  if (args.contains("group")) {
+    auto id = lookup_id(root, args["group"].get<std::string>(), true);
+    if (!id) return Error{id.error()};
+    a.gid = static_cast<gid_t>(*id);
+  }
+  if (args.contains("mode")) a.mode = static_cast<mode_t>(std::stoul(args["mode"].get<std::string>(), nullptr, 8));
+  return a;
+}
+
+// What differs between a file and the attributes asked for; for a new file (nullptr), all of them.
+std::vector<std::string> attr_changes(const FileInfo* now, const Attrs& want) {
+  std::vector<std::string> out;
+  if (want.uid && (!now || now->uid != *want.uid))
+    out.push_back("owner " + (now ? std::to_string(now->uid) + " → " : "") + std::to_string(*want.uid));
+  if (want.gid && (!now || now->gid != *want.gid))
+    out.push_back("group " + (now ? std::to_string(now->gid) + " → " : "") + std::to_string(*want.gid));
+  if (want.mode && (!now || (now->mode & 07777) != *want.mode))
+    out.push_back("mode " + (now ? mode_text(now->mode) + " → " : "") + mode_text(*want.mode));
+  return out;
+}
+
+Status set_attrs(const std::string& real, const std::string& shown, const Attrs& want) {
+  const uid_t uid = want.uid ? *want.uid : static_cast<uid_t>(-1);  // -1: left as it is
+  const gid_t gid = want.gid ? *want.gid : static_cast<gid_t>(-1);
+  if ((want.uid || want.gid) && ::chown(real.c_str(), uid, gid) != 0)
+    return Error{"cannot change the owner of " + shown + ": " + std::strerror(errno)};
+  // After chown, which clears set-id bits a mode may ask for.
+  if (want.mode && ::chmod(real.c_str(), *want.mode) != 0)
+    return Error{"cannot change the mode of " + shown + ": " + std::strerror(errno)};
+  return {};
+}
+
+// The image in one line, for messages.
+std::string describe(const std::string& format, uint64_t size, const std::string& backing, const std::string& bfmt) {
+  std::string out = format + ", " + human_size(size);
+  if (!backing.empty()) out += ", backing " + backing + (bfmt.empty() ? "" : " (" + bfmt + ")");
+  return out;
+}
+
+// What --diff shows of an image: its format, size and backing file, and the attributes the task names.
+std::string state_text(const std::string& format, uint64_t size, const std::string& backing, const std::string& bfmt,
+                       const std::optional<FileInfo>& file, const Attrs& want) {
+  std::string out = "format: " + format + "\nvirtual size: " + human_size(size) + "\n";
+  if (!backing.empty()) out += "backing: " + backing + (bfmt.empty() ? "" : " (" + bfmt + ")") + "\n";
+  if (want.uid) out += "owner: " + std::to_string(file ? file->uid : *want.uid) + "\n";
+  if (want.gid) out += "group: " + std::to_string(file ? file->gid : *want.gid) + "\n";
+  if (want.mode) out += "mode: " + mode_text(file ? file->mode : *want.mode) + "\n";
+  return out;
+}
+
+struct Wanted {
+  std::string path, real;
+  std::string format;
+  std::optional<uint64_t> size;
+  std::string backing, backing_real, backing_format;
+  uint64_t backing_size = 0;
+  std::string preallocation;
+  bool allow_grow = false;
+  std::chrono::seconds timeout{3600};
+  Attrs attrs;
+};
+
+Result create(Context& ctx, const Wanted& w, bool apply) {
+  const std::string parent = w.real.substr(0, w.real.find_last_of('/'));
+  struct stat ps{};
+  if (::stat(parent.empty() ? "/" : parent.c_str(), &ps) != 0 || !S_ISDIR(ps.st_mode)) {
+    const std::string host_parent = w.path.substr(0, w.path.find_last_of('/'));
+    return Result::failed("cannot create " + w.path + ": the directory " + (host_parent.empty() ? "/" : host_parent) +
+                          " does not exist");
+  }
+  Command cmd = qemu_img({"create", "-f", w.format}, w.timeout);
+  if (!w.backing.empty()) cmd.argv.insert(cmd.argv.end(), {"-b", w.backing_real, "-F", w.backing_format});
+  if (!w.preallocation.empty()) cmd.argv.insert(cmd.argv.end(), {"-o", "preallocation=" + w.preallocation});
+  cmd.argv.push_back(w.real);
+  // Without a size qemu-img gives the overlay its backing file's.
+  if (w.size) cmd.argv.push_back(qemu_size(*w.size));
+  const uint64_t size = w.size ? *w.size : w.backing_size;
+
+  std::string what = w.path + " (" + describe(w.format, size, w.backing, w.backing_format) +
+                     (w.preallocation.empty() ? "" : ", preallocation " + w.preallocation) + ")";
+  const auto attrs = attr_changes(nullptr, w.attrs);
+  if (!attrs.empty()) what += " with " + join(attrs, ", ");
+  Result r = Result::changed((apply ? "created " : "would create ") + what);
+  r.commands.push_back(cmd.display());
+  r.diff = unified_diff("", state_text(w.format, size, w.backing, w.backing_format, std::nullopt, w.attrs),
+                        "/dev/null", w.path);
+  r.data = {{"path", w.path}, {"format", w.format}, {"virtual_size", size},
+            {"backing", w.backing.empty() ? json() : json(w.backing)}, {"in_use", false}};
+  if (!apply) return r;
+
+  const ExecResult res = ctx.exec.run(cmd);
+  if (!res.ok()) {
+    // A failed full preallocation (a full disk) can leave part of an image: never keep half of one.
+    struct stat st{};
+    const bool partial = ::lstat(w.real.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::unlink(w.real.c_str()) == 0;
+    Result f = Result::failed(cmd.display() + " failed: " + failure_text(res) +
+                              (partial ? "; the partial " + w.path + " was removed" : ""));
+    f.commands = r.commands;
+    return f;
+  }
+  if (auto s = set_attrs(w.real, w.path, w.attrs); !s) {
+    Result f = Result::failed("created " + w.path + ", but " + s.error());
+    f.commands = r.commands;
+    return f;
+  }
+  // What qemu-img made, for the report.
+  auto made = read_info(ctx.exec, w.real, w.path);
+  if (!made) {
+    Result f = Result::failed("created " + w.path + ", but " + made.error());
+    f.commands = r.commands;
+    return f;
+  }
+  r.data["virtual_size"] = made->virtual_size;
+  return r;
+}
+
+// Whether the backing file qemu recorded is the one asked for: the same file under the root,
+// whether the image names it by its real path or by its path on the managed host.
+bool same_backing(const Root& root, const std::string& recorded, const std::string& wanted_real) {
+  if (recorded == wanted_real) return true;
+  auto real = root.resolve(host_view(root, recorded));
+  return real && *real == wanted_real;
+}
+
+Result update(Context& ctx, const Wanted& w, const FileInfo& file, bool apply) {
+  auto found = read_info(ctx.exec, w.real, w.path);
+  if (!found) return Result::failed(found.error());
+  const ImageInfo& info = *found;
+  const std::string backing = info.backing.empty() ? "" : host_view(ctx.root, info.backing);
+  const json data = {{"path", w.path}, {"format", info.format}, {"virtual_size", info.virtual_size},
+                     {"backing", backing.empty() ? json() : json(backing)}, {"in_use", info.in_use}};
+  auto refuse = [&](const std::string& why) {
+    Result f = Result::failed(why);
+    f.data = data;
+    return f;
+  };
+
+  if (info.format != w.format)
+    return refuse(w.path + " is a " + info.format + " image, not " + w.format +
+                  ": it is not converted or recreated (qemu-img convert makes a copy in another format)");
+  if (!w.backing.empty()) {
+    if (info.backing.empty())
+      return refuse(w.path + " has no backing file, not " + w.backing +
+                    ": not changed (a backing file is chosen at creation)");
+    if (!same_backing(ctx.root, info.backing, w.backing_real))
+      return refuse(w.path + " is backed by " + backing + ", not " + w.backing + ": not changed");
+    if (!info.backing_format.empty() && info.backing_format != w.backing_format)
+      return refuse(w.path + " records its backing file's format as " + info.backing_format + ", not " +
+                    w.backing_format + ": not changed");
+  }
+  // Without a size (an overlay made with its backing file's), the image keeps the size it has.
+  std::optional<uint64_t> grow_to;
+  if (w.size && *w.size < info.virtual_size)
+    return refuse(w.path + " is " + human_size(info.virtual_size) + ", larger than the " + human_size(*w.size) +
+                  " asked for: images are never shrunk (the guest's data at the end would be lost)");
+  if (w.size && *w.size > info.virtual_size) grow_to = *w.size;
+  const auto attrs = attr_changes(&file, w.attrs);
+
+  const std::string now = describe(info.format, info.virtual_size, backing, info.backing_format);
+  if (!grow_to && attrs.empty()) {
+    Result r = Result::ok(w.path + ": " + now + (info.in_use ? "; in use by a running VM" : ""));
+    r.data = data;
+    return r;
+  }
+  std::vector<std::string> changes;
+  if (grow_to) changes.push_back("grow from " + human_size(info.virtual_size) + " to " + human_size(*grow_to));
+  changes.insert(changes.end(), attrs.begin(), attrs.end());
+  if (grow_to && !w.allow_grow)
+    return refuse(w.path + " would grow from " + human_size(info.virtual_size) + " to " + human_size(*grow_to) +
+                  ": set allow_grow: true to let it grow (not changed)");
+  if (info.in_use)
+    return refuse(w.path + " is in use by a running VM: not touched (needed: " + join(changes, ", ") + ")");
+
+  Command cmd = qemu_img({"resize"}, w.timeout);
+  // A grown raw image keeps the allocation it was created with.
+  if (w.format == "raw" && (w.preallocation == "falloc" || w.preallocation == "full"))
+    cmd.argv.push_back("--preallocation=" + w.preallocation);
+  cmd.argv.insert(cmd.argv.end(), {"-f", w.format, w.real});
+  if (grow_to) cmd.argv.push_back(qemu_size(*grow_to));
+
+  std::string msg;
+  if (grow_to) {
+    msg = (apply ? "grew " : "would grow ") + w.path + " from " + human_size(info.virtual_size) + " to " +
+          human_size(*grow_to) + " (the guest's partitions are not resized)";
+    if (!attrs.empty()) msg += ", and set " + join(attrs, ", ");
+  } else {
+    msg = (apply ? "set " : "would set ") + join(attrs, ", ") + " on " + w.path;
+  }
+  Result r = Result::changed(msg);
+  r.data = data;
+  if (grow_to) r.commands.push_back(cmd.display());
+  r.diff = unified_diff(state_text(info.format, info.virtual_size, backing, info.backing_format, file, w.attrs),
+                        state_text(info.format, grow_to ? *grow_to : info.virtual_size, backing, info.backing_format,
+                                   std::nullopt, w.attrs),
+                        w.path);
+  if (!apply) return r;
+
+  if (grow_to) {
+    const ExecResult res = ctx.exec.run(cmd);
+    if (!res.ok()) {
+      Result f = Result::failed(cmd.display() + " failed: " + failure_text(res));
+      f.data = data;
+      f.commands = r.commands;
+      return f;
+    }
+    r.data["virtual_size"] = *grow_to;
+  }
+  if (auto s = set_attrs(w.real, w.path, w.attrs); !s) {
+    Result f = Result::failed(s.error());
+    f.data = r.data;
+    f.commands = r.commands;
+    return f;
+  }
+  return r;
+}
+
+Result converge(Context& ctx, const json& args, bool apply) {
+  Wanted w;
+  w.path = args["path"].get<std::string>();
+  w.format = args["format"].get<std::string>();
+  if (args.contains("size")) {
+    auto size = parse_size(args["size"].get<std::string>());
+    if (!size) return Result::failed("size " + size.error());
+    w.size = *size;
+  }
+  w.backing = args.value("backing", "");
+  w.backing_format = args.value("backing_format", "");
+  w.preallocation = args.value("preallocation", "");
+  w.allow_grow = args.value("allow_grow", false);
+  w.timeout = std::chrono::seconds(args.value("timeout", 3600));
+  auto real = ctx.root.resolve(w.path);
+  if (!real) return Result::failed(real.error());
+  w.real = *real;
+  auto attrs = wanted_attrs(ctx.root, args);
+  if (!attrs) return Result::failed(attrs.error());
+  w.attrs = *attrs;
+
+  auto file = stat_file(ctx.root, w.path);
+  if (!file) return Result::failed(file.error());
+  if (file->exists && !file->regular) return Result::failed(w.path + " exists and is not a regular file: not touched");
+
+  // The backing file first: a missing or different one fails before anything is created.
+  if (!w.backing.empty()) {
+    auto breal = ctx.root.resolve(w.backing);
+    if (!breal) return Result::failed(breal.error());
+    w.backing_real = *breal;
+    auto bfile = stat_file(ctx.root, w.backing);
+    if (!bfile) return Result::failed(bfile.error());
+    if (!bfile->exists)
+      return Result::failed("the backing file " + w.backing + " does not exist" +
+                            (file->exists ? "" : ": " + w.path + " was not created"));
+    auto binfo = read_info(ctx.exec, w.backing_real, w.backing);
+    if (!binfo) return Result::failed(binfo.error());
+    if (binfo->format != w.backing_format)
+      return Result::failed("the backing file " + w.backing + " is a " + binfo->format + " image, not " +
+                            w.backing_format + " as backing_format says");
+    w.backing_size = binfo->virtual_size;
+  }
+  return file->exists ? update(ctx, w, *file, apply) : create(ctx, w, apply);
+}
+
+std::optional<std::string> absolute_file(const json& v) {
+  const std::string p = v.get<std::string>();
+  if (p.empty() || p[0] != '/') return "must be an absolute path, not '" + p + "'";
+  if (p.back() == '/') return "must name a file, not a directory: '" + p + "'";
+  return std::nullopt;
+}
+
+std::optional<std::string> id_name(const json& v) {
+  const std::string s = v.get<std::string>();
+  if (s.empty() || s.find_first_of(": \t\n") != std::string::npos) return "must be a name or a number, not '" + s + "'";
+  return std::nullopt;
+}
+
+const Registration registration{ModuleDef{
+    .name = "qemu_img",
+    .summary = "a disk image with this format, size and backing file (qemu-img; grown on request, never shrunk)",
+    .schema = {.args = {{.name = "path", .type = ArgType::str, .required = true, .check = absolute_file},
+                        {.name = "format", .type = ArgType::str, .default_value = "qcow2", .choices = {"qcow2", "raw"}},
+                        {.name = "size", .type = ArgType::str,
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           auto size = parse_size(v.get<std::string>());
+                           if (!size) return size.error();
+                           return std::nullopt;
+                         }},
+                        {.name = "backing", .type = ArgType::str, .check = absolute_file},
+                        {.name = "backing_format", .type = ArgType::str,
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           const std::string s = v.get<std::string>();
+                           if (s.empty() ||
+                               s.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos)
+                             return "must be a qemu image format such as qcow2 or raw, not '" + s + "'";
+                           return std::nullopt;
+                         }},
+                        {.name = "preallocation", .type = ArgType::str, .choices = {"off", "falloc", "full"}},
+                        {.name = "owner", .type = ArgType::str, .check = id_name},
+                        {.name = "group", .type = ArgType::str, .check = id_name},
+                        {.name = "mode", .type = ArgType::str,
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           const std::string s = v.get<std::string>();
+                           if (s.size() < 3 || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos)
+                             return "must be an octal mode such as \"0640\", not '" + s + "'";
+                           return std::nullopt;
+                         }},
+                        {.name = "allow_grow", .type = ArgType::boolean, .default_value = false},
+                        // Full preallocation of a large raw image writes every byte: it can take long.
+                        {.name = "timeout", .type = ArgType::integer, .default_value = 3600,
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           if (v.get<long long>() <= 0) return "must be a number of seconds above 0";
+                           return std::nullopt;
+                         }}},
+               .check = [](const json& a) -> std::optional<std::string> {
+                 const bool backing = a.contains("backing");
+                 const std::string format = a["format"].get<std::string>();
+                 if (backing && format != "qcow2") return "backing is for qcow2 images only, not " + format;
+                 if (backing && !a.contains("backing_format"))
+                   return "backing_format is required with backing: qemu-img needs -F to know the backing file's "
+                          "format";
+                 if (!backing && a.contains("backing_format"))
+                   return "backing_format is only for an image with a backing file";
+                 if (a.contains("preallocation") && format != "raw")
+                   return "preallocation is for raw images only, not " + format;
+                 if (!a.contains("size") && !backing) return "size is required unless backing is given";
+                 return std::nullopt;
+               }},
+    .converge = converge,
+}};
+
+}  // namespace
+}  // namespace gpt
