@@ -172,7 +172,9 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
         return 1;
       }
     }
-    if (state->playbook == pb_path && state->playbook_sha256 == sha()) {
+    // The same content is the same playbook, wherever it lies (a fleet copies it to a new
+    // temporary directory for every run).
+    if (state->playbook_sha256 == sha()) {
       start = state->next_stage;
     } else {
       out << "the playbook changed since the reboot was asked for: converging it from the first stage\n";
@@ -180,7 +182,7 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
     }
   }
 
-  Context ctx{root, exec, facts, !root.sandboxed()};
+  Context ctx{root, exec, facts, !root.sandboxed(), nullptr, o.connect};
   RunOptions ro{o.check, o.tags, o.skip_tags, true, start, carried, {}};
   if (!o.check) {
     ro.journal = [&](const StageIntent* intent) -> Status {

@@ -57,8 +57,10 @@ ExecResult ProcessExec::run(const Command& cmd) {
     boost::asio::io_context ios;
     std::future<std::string> out, err;
     std::vector<std::string> args(cmd.argv.begin() + 1, cmd.argv.end());
-    bp::child child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out, bp::std_err > err,
-                    ios);
+    bp::child child = cmd.input.empty()
+                          ? bp::child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out, bp::std_err > err, ios)
+                          : bp::child(exe, bp::args(args), bp::std_in < boost::asio::buffer(cmd.input), bp::std_out > out,
+                                      bp::std_err > err, ios);
     ios.run_for(cmd.timeout);
     if (!ios.stopped()) {
       res.timed_out = true;

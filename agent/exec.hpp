@@ -11,6 +11,7 @@ namespace gpt {
 struct Command {
   std::vector<std::string> argv;          // never through a shell
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
+  std::string input = {};                 // written to its stdin (closed when empty)
   std::string display() const;            // the command line as a user would type it
 };
 

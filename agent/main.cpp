@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/apply.hpp"
+#include "agent/fleet.hpp"
 #include "agent/facts.hpp"
 #include "agent/facts_view.hpp"
 #include "agent/host.hpp"
@@ -124,6 +125,17 @@ int main(int argc, char** argv) {
   apply->add_flag("--reboot", ao.reboot, "Reboot the host when a stage stops for a reboot (never under --root)");
   apply->add_flag("--reset-state", ao.reset_state, "Forget a recorded reboot and start from the first stage");
   apply->add_option("--from-stage", ao.from_stage, "Start at this stage, whatever was recorded")->type_name("NAME");
+  gpt::FleetOptions fo;
+  apply->add_option("-i,--inventory", fo.inventory, "Provision the hosts of this Ansible inventory (YAML or INI) over SSH")
+      ->type_name("INVENTORY");
+  apply->add_option("-l,--limit", fo.limit, "Only the inventory hosts this pattern selects")->type_name("PATTERN");
+  apply->add_option("-f,--forks", fo.forks, "Hosts at once (default 5)")->check(CLI::Range(1, 1000));
+  apply->add_option("--serial", fo.serial, "Hosts per batch, each batch finished before the next (default: all)")
+      ->check(CLI::Range(1, 100000));
+  apply->add_option("--reboot-timeout", fo.reboot_timeout, "Seconds to wait for a rebooted host (default 600)")
+      ->check(CLI::Range(1, 86400));
+  apply->add_option("-c,--connect", ao.connect, "libvirt URI for libvirt tasks without connect: (default qemu:///system)")
+      ->type_name("URI");
 
   bool status_json = false;
   auto* status = app.add_subcommand("status", "Show whether a run waits for a reboot, and what it will check");
@@ -149,6 +161,27 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 1;
   }
   setup_logging(c.verbosity);
+  if (*apply && !fo.inventory.empty()) {
+    if (c.root != "/") {
+      std::cerr << "gptagent: --root and -i exclude each other: a host's root is its gptagent_root inventory variable\n";
+      return 1;
+    }
+    for (const auto& e : c.extra)
+      if (auto kv = gpt::parse_extra_var(e); !kv) {
+        std::cerr << "gptagent: " << kv.error() << "\n";
+        return 1;
+      }
+    fo.playbook = playbook;
+    fo.check = ao.check;
+    fo.diff = ao.diff;
+    fo.json = ao.json;
+    fo.color = ao.color;
+    fo.tags = ao.tags;
+    fo.skip_tags = ao.skip_tags;
+    fo.reboot = ao.reboot;
+    fo.extra_vars = c.extra;
+    return gpt::run_fleet(fo, std::cout, std::cerr);
+  }
   if (*apply) {
     ao.playbook = playbook;
     ao.root = c.root;

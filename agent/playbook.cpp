@@ -664,6 +664,12 @@ LoadResult load_playbook(const std::string& path, const LoadOptions& opts) {
 }
 
 Expected<json> parse_extra_var(const std::string& arg) {
+  if (!arg.empty() && arg.front() == '{') {  // -e '{"key": value, ...}', as ansible-playbook takes it
+    json j = json::parse(arg, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return Error{"-e: '" + arg + "' is not a JSON object"};
+    if (j.contains("facts")) return Error{"-e: 'facts' is reserved for the host's facts"};
+    return j;
+  }
   auto eq = arg.find('=');
   if (eq == std::string::npos || eq == 0) return Error{"-e expects key=value, got '" + arg + "'"};
   std::string key = arg.substr(0, eq), value = arg.substr(eq + 1);

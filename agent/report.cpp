@@ -14,11 +14,25 @@ const char* kRed = "\033[0;31m";
 const char* kCyan = "\033[0;36m";
 const char* kReset = "\033[0m";
 
+}  // namespace
+
 std::string banner(const std::string& text) {
   std::string line = text + " ";
   if (line.size() < 79) line.append(79 - line.size(), '*');
   return line;
 }
+
+std::string recap_line(const std::string& host, int ok, int changed, int unreachable, int failed, int skipped, int ignored) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "%-26s : ok=%-4d changed=%-4d unreachable=%-4d failed=%-4d skipped=%-4d rescued=%-4d ignored=%-4d",
+                host.c_str(), ok, changed, unreachable, failed, skipped, 0, ignored);
+  std::string recap = buf;
+  while (!recap.empty() && recap.back() == ' ') recap.pop_back();
+  return recap;
+}
+
+namespace {
 
 class HumanReporter final : public Reporter {
  public:
@@ -47,14 +61,7 @@ class HumanReporter final : public Reporter {
   }
   void done(const RunStats& s, int exit_code) override {
     out_ << "\n" << banner("RECAP") << "\n";
-    char buf[256];
-    std::snprintf(buf, sizeof buf,
-                  "%-26s : ok=%-4d changed=%-4d unreachable=%-4d failed=%-4d skipped=%-4d "
-                  "rescued=%-4d ignored=%-4d",
-                  opts_.host.c_str(), s.ok, s.changed, 0, s.failed, s.skipped, 0, s.ignored);
-    std::string recap = buf;
-    while (!recap.empty() && recap.back() == ' ') recap.pop_back();
-    paint(s.failed ? kRed : s.changed ? kYellow : kGreen, recap);
+    paint(s.failed ? kRed : s.changed ? kYellow : kGreen, recap_line(opts_.host, s.ok, s.changed, 0, s.failed, s.skipped, s.ignored));
     if (s.stopped_for_reboot && !opts_.check) {
       paint(kYellow, "stopped for a reboot after stage " + s.stop_stage +
                          ": reboot the host (or run with --reboot), then run gptagent apply again; it checks that the "

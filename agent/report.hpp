@@ -25,4 +25,9 @@ std::unique_ptr<Reporter> make_json_reporter(std::ostream& out, const ReportOpti
 // or never.
 bool use_color(const std::string& mode);
 
+// "TEXT ****..." to 79 columns, as Ansible's banners.
+std::string banner(const std::string& text);
+// One RECAP line, Ansible's columns.
+std::string recap_line(const std::string& host, int ok, int changed, int unreachable, int failed, int skipped, int ignored);
+
 }  // namespace gpt

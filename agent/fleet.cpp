@@ -1,0 +1,459 @@
+#include "agent/fleet.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "agent/exec.hpp"
+#include "agent/facts.hpp"
+#include "agent/host.hpp"
+#include "agent/inventory.hpp"
+#include "agent/playbook.hpp"
+#include "agent/report.hpp"
+#include "agent/state.hpp"
+#include "agent/text.hpp"
+
+namespace gpt {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+std::string remote_command(const std::vector<std::string>& words) {
+  std::string out;
+  for (const auto& w : words) out += (out.empty() ? "" : " ") + shell_quote(w);
+  return out;
+}
+
+namespace {
+
+// Words of ansible_ssh_common_args / ansible_ssh_extra_args: blanks separate, quotes group.
+std::vector<std::string> split_args(const std::string& text) {
+  std::vector<std::string> out;
+  std::string cur;
+  bool in_word = false;
+  char quote = 0;
+  for (char c : text) {
+    if (quote) {
+      if (c == quote) quote = 0;
+      else cur += c;
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+      in_word = true;
+    } else if (c == ' ' || c == '\t' || c == '\n') {
+      if (in_word) out.push_back(cur);
+      cur.clear();
+      in_word = false;
+    } else {
+      cur += c;
+      in_word = true;
+    }
+  }
+  if (in_word) out.push_back(cur);
+  return out;
+}
+
+std::string var_string(const json& vars, const char* key, const std::string& fallback = "") {
+  if (!vars.contains(key) || vars[key].is_null()) return fallback;
+  return vars[key].is_string() ? vars[key].get<std::string>() : vars[key].dump();
+}
+
+// A path in the remote shell: "~/x" becomes "$HOME"/'x' so that the shell expands the home.
+std::string remote_path(const std::string& path) {
+  if (path == "~") return "\"$HOME\"";
+  if (path.starts_with("~/")) return "\"$HOME\"/" + shell_quote(path.substr(2));
+  return shell_quote(path);
+}
+
+struct HostOutcome {
+  enum Kind { ok, changed_, failed_, unreachable, drift, waiting } kind = ok;  // trailing _: not the counters
+  std::string message;
+  std::vector<json> runs;  // the agent's JSON document of each run on this host
+  int reboots = 0;
+  int ok_count = 0, changed = 0, failed_count = 0, skipped = 0, ignored = 0;
+};
+
+class Fleet {
+ public:
+  Fleet(const FleetOptions& o, const Inventory& inv, std::ostream& out, std::ostream& err)
+      : o_(o), inv_(inv), out_(out), err_(err) {}
+
+  int run(const std::vector<const InventoryHost*>& hosts);
+
+ private:
+  struct Host {
+    const InventoryHost* inv;
+    std::string control;  // ControlPath of its shared connection
+    std::vector<std::string> ssh;  // ssh and its options, without the destination
+    std::string destination;
+    std::string remote_dir, remote_tmp, root, boot_path, reboot_command;
+    bool become = false;
+    json vars = json::object();  // host vars handed to the playbook
+  };
+
+  Host prepare(const InventoryHost& h, size_t index) const;
+  HostOutcome converge(Host& h);
+  ExecResult ssh(const Host& h, const std::string& command, std::string input = {}, int timeout_s = 600) const;
+  std::optional<std::string> connect(const Host& h) const;  // an error when the host cannot be reached
+  void disconnect(const Host& h) const;
+  void report(const Host& h, const HostOutcome& r);
+
+  const FleetOptions& o_;
+  const Inventory& inv_;
+  std::ostream& out_;
+  std::ostream& err_;
+  std::mutex print_;
+  std::string control_dir_;
+  std::string agent_bytes_, agent_sha_, playbook_bytes_;
+  std::map<std::string, HostOutcome> results_;
+};
+
+Fleet::Host Fleet::prepare(const InventoryHost& h, size_t index) const {
+  Host host;
+  host.inv = &h;
+  host.control = control_dir_ + "/" + std::to_string(index);
+  host.destination = h.address();
+  host.ssh = {"ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ControlPath=" + host.control,
+              "-o", "ServerAliveInterval=15", "-p", std::to_string(h.port())};
+  if (!h.user().empty()) host.ssh.insert(host.ssh.end(), {"-l", h.user()});
+  if (!h.key_file().empty()) {
+    std::string key = h.key_file();
+    // A relative key path is read from the inventory's directory (where Vagrant writes them).
+    if (key[0] != '/' && key[0] != '~') key = (fs::absolute(o_.inventory).parent_path() / key).string();
+    host.ssh.insert(host.ssh.end(), {"-i", key, "-o", "IdentitiesOnly=yes"});
+  }
+  for (const char* key : {"ansible_ssh_common_args", "ansible_ssh_extra_args"})
+    for (auto& a : split_args(var_string(h.vars, key))) host.ssh.push_back(a);
+  host.become = h.become();
+  host.root = var_string(h.vars, "gptagent_root", "/");
+  host.remote_dir = var_string(h.vars, "gptagent_remote_dir", "~/.cache/gptagent");
+  host.remote_tmp = var_string(h.vars, "gptagent_remote_tmp");  // "": the remote $TMPDIR, else /tmp
+  host.boot_path = (host.root == "/" ? std::string() : host.root) + "/proc/sys/kernel/random/boot_id";
+  host.reboot_command = var_string(h.vars, "gptagent_reboot_command", "systemctl reboot || /sbin/reboot");
+  for (auto it = h.vars.begin(); it != h.vars.end(); ++it)
+    if (!it.key().starts_with("ansible_") && !it.key().starts_with("gptagent_")) host.vars[it.key()] = it.value();
+  host.vars["inventory_hostname"] = h.name;
+  return host;
+}
+
+ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string input, int timeout_s) const {
+  Command c;
+  c.argv = h.ssh;
+  c.argv.insert(c.argv.end(), {"-o", "ControlMaster=no", "--", h.destination, command});
+  c.input = std::move(input);
+  c.timeout = std::chrono::seconds(timeout_s);
+  ProcessExec exec;
+  return exec.run(c);
+}
+
+// Starts the host's shared connection. The master runs in the background with its output on
+// /dev/null (a master holding our pipes would keep every later read waiting); its messages go
+// to a log, read back when it fails.
+std::optional<std::string> Fleet::connect(const Host& h) const {
+  const std::string log = h.control + ".log";
+  std::vector<std::string> args = h.ssh;
+  args[0] = "/usr/bin/ssh";
+  if (::access(args[0].c_str(), X_OK) != 0) args[0] = "ssh";
+  args.insert(args.end(), {"-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-E", log, "-f", "-N", "--", h.destination});
+  ::unlink(log.c_str());
+  // posix_spawn and waitpid on this one child: Boost.Process's wait_for spins when several
+  // threads wait for children at once.
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  for (int fd : {0, 1, 2}) posix_spawn_file_actions_addopen(&fa, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0);
+  pid_t pid = -1;
+  const int rc = ::posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return std::string("cannot run ssh: ") + std::strerror(rc);
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(40);
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return std::string("ssh did not connect within 40 s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return std::nullopt;
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), {}), last;
+  for (auto line : lines(text))
+    if (!trim(line).empty()) last = std::string(trim(line));
+  if (text.find("REMOTE HOST IDENTIFICATION HAS CHANGED") != std::string::npos)
+    return "the host key does not match known_hosts (REMOTE HOST IDENTIFICATION HAS CHANGED): refused; fix known_hosts "
+           "if the host was reinstalled";
+  if (last.empty()) last = "ssh failed";
+  return last;
+}
+
+void Fleet::disconnect(const Host& h) const {
+  Command c;
+  c.argv = h.ssh;
+  c.argv.insert(c.argv.end(), {"-O", "exit", "--", h.destination});
+  c.timeout = std::chrono::seconds(10);
+  ProcessExec exec;
+  exec.run(c);
+}
+
+HostOutcome Fleet::converge(Host& h) {
+  HostOutcome r;
+  if (auto e = connect(h)) {
+    r.kind = HostOutcome::unreachable;
+    r.message = *e;
+    return r;
+  }
+  const std::string D = remote_path(h.remote_dir);
+  const std::string become = h.become ? "sudo -n -- " : "";
+  std::string boot_before;
+  for (int attempt = 0;; ++attempt) {
+    // One round trip: the cached agent's hash, a private temporary directory, the boot id.
+    auto info = ssh(h, "umask 077; d=" + D + "; mkdir -p \"$d\" || exit 90; s=$(sha256sum \"$d/gptagent\" 2>/dev/null); "
+                       "echo \"sha=${s%% *}\"; t=$(mktemp -d " + (h.remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(h.remote_tmp)) + "/gptagent.XXXXXXXX) || exit 91; "
+                       "echo \"tmp=$t\"; echo \"boot=$(cat " + shell_quote(h.boot_path) + " 2>/dev/null)\"",
+                    {}, 60);
+    if (info.exit_code == 255) {
+      r.kind = HostOutcome::unreachable;
+      r.message = info.failure();
+      return r;
+    }
+    std::map<std::string, std::string> kv;
+    for (auto line : lines(info.out))
+      if (auto eq = line.find('='); eq != std::string_view::npos) kv[std::string(line.substr(0, eq))] = std::string(line.substr(eq + 1));
+    if (!info.ok() || kv["tmp"].empty()) {
+      r.kind = HostOutcome::failed_;
+      r.message = "cannot prepare " + h.remote_dir + " and a temporary directory: " + info.failure();
+      return r;
+    }
+    const std::string tmp = kv["tmp"];
+    boot_before = kv["boot"];
+    if (kv["sha"] != agent_sha_) {
+      spdlog::info("{}: copying the agent ({} bytes)", h.inv->name, agent_bytes_.size());
+      auto copy = ssh(h, "umask 077; d=" + D + "; cat > \"$d/.gptagent.new\" && chmod 700 \"$d/.gptagent.new\" && "
+                         "mv -f \"$d/.gptagent.new\" \"$d/gptagent\"",
+                      agent_bytes_, 600);
+      if (!copy.ok()) {
+        ssh(h, "rm -rf " + shell_quote(tmp), {}, 30);
+        r.kind = copy.exit_code == 255 ? HostOutcome::unreachable : HostOutcome::failed_;
+        r.message = "cannot copy the agent to " + h.remote_dir + ": " + copy.failure();
+        return r;
+      }
+    }
+    std::vector<std::string> args{"apply", tmp + "/playbook.yaml", "--json", "--color", "never", "--root", h.root};
+    if (o_.check) args.push_back("--check");
+    if (o_.diff) args.push_back("--diff");
+    for (const auto& t : o_.tags) args.insert(args.end(), {"--tags", t});
+    for (const auto& t : o_.skip_tags) args.insert(args.end(), {"--skip-tags", t});
+    if (!h.vars.empty()) args.insert(args.end(), {"-e", h.vars.dump()});
+    for (const auto& e : o_.extra_vars) args.insert(args.end(), {"-e", e});  // -e wins over host vars, as in Ansible
+    auto run = ssh(h, "t=" + shell_quote(tmp) + "; d=" + D + "; cat > \"$t/playbook.yaml\" || exit 92; " + become +
+                          "\"$d/gptagent\" " + remote_command(args) + "; rc=$?; rm -rf \"$t\"; exit $rc",
+                   playbook_bytes_, 3600);
+    if (run.exit_code == 255 && run.out.empty()) {
+      r.kind = HostOutcome::unreachable;
+      r.message = run.failure();
+      return r;
+    }
+    json doc = json::parse(run.out, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object()) {
+      r.kind = HostOutcome::failed_;
+      r.message = "the agent did not answer with JSON (" + run.failure() + ")";
+      if (run.err.find("sudo") != std::string::npos && run.err.find("password") != std::string::npos)
+        r.message = "sudo needs a password on this host (ansible_become runs sudo -n): " + run.failure();
+      return r;
+    }
+    r.runs.push_back(doc);
+    if (doc.contains("stats")) {
+      const auto& s = doc["stats"];
+      r.ok_count += s.value("ok", 0);
+      r.changed += s.value("changed", 0);
+      r.failed_count += s.value("failed", 0);
+      r.skipped += s.value("skipped", 0);
+      r.ignored += s.value("ignored", 0);
+    }
+    if (run.exit_code == 3 && o_.reboot && !o_.check && attempt < 5) {
+      // Reboot it and wait for a new boot id; the other hosts go on meanwhile.
+      ssh(h, become + "sh -c " + shell_quote(h.reboot_command), {}, 60);
+      disconnect(h);
+      ++r.reboots;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o_.reboot_timeout);
+      bool back = false;
+      while (std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        if (connect(h)) continue;
+        auto b = ssh(h, "cat " + shell_quote(h.boot_path), {}, 30);
+        if (b.ok() && std::string(trim(b.out)) != boot_before && !trim(b.out).empty()) {
+          back = true;
+          break;
+        }
+        disconnect(h);
+      }
+      if (!back) {
+        r.kind = HostOutcome::unreachable;
+        r.message = "did not come back with a new boot id within " + std::to_string(o_.reboot_timeout) + " s of the reboot";
+        return r;
+      }
+      continue;
+    }
+    switch (run.exit_code) {
+      case 0: r.kind = r.changed > 0 ? HostOutcome::changed_ : HostOutcome::ok; break;
+      case 2: r.kind = HostOutcome::drift; break;
+      case 3:
+        r.kind = HostOutcome::waiting;
+        r.message = o_.check ? "waiting for a reboot" : "stopped for a reboot (run with --reboot to let the controller reboot it)";
+        break;
+      default:
+        r.kind = HostOutcome::failed_;
+        r.message = "the agent failed (" + run.failure() + ")";
+    }
+    break;
+  }
+  disconnect(h);
+  return r;
+}
+
+void Fleet::report(const Host& h, const HostOutcome& r) {
+  std::lock_guard<std::mutex> lock(print_);
+  results_[h.inv->name] = r;
+  if (o_.json) return;
+  const std::string& name = h.inv->name;
+  out_ << "\n" << banner("HOST [" + name + "]") << "\n";
+  for (const auto& doc : r.runs) {
+    if (doc.value("waiting_for_reboot", false)) out_ << "waiting: [" << name << "] waiting for a reboot\n";
+    for (const auto& stage : doc.value("stages", json::array()))
+      for (const auto& t : stage["tasks"]) {
+        out_ << t.value("status", "") << ": [" << name << "] " << t.value("name", "");
+        if (!t.value("msg", "").empty()) out_ << " " << t.value("msg", "");
+        out_ << "\n";
+        if (o_.diff && !t.value("diff", "").empty()) out_ << t.value("diff", "");
+      }
+  }
+  if (r.reboots > 0) out_ << "rebooted: [" << name << "] " << r.reboots << (r.reboots == 1 ? " time" : " times") << "\n";
+  if (r.kind == HostOutcome::unreachable) out_ << "fatal: [" << name << "]: UNREACHABLE! " << r.message << "\n";
+  else if (r.kind == HostOutcome::failed_) out_ << "fatal: [" << name << "]: FAILED! " << r.message << "\n";
+  else if (r.kind == HostOutcome::waiting) out_ << "reboot: [" << name << "] " << r.message << "\n";
+  out_.flush();
+}
+
+int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
+  // Control sockets: short paths (a socket path has 108 bytes at most), private to this run.
+  const char* tmpdir = std::getenv("TMPDIR");
+  std::string tmpl = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/gptagent-ssh.XXXXXX";
+  if (!::mkdtemp(tmpl.data())) {
+    err_ << "gptagent: cannot create a directory for the ssh control sockets\n";
+    return 1;
+  }
+  control_dir_ = tmpl.c_str();
+  const std::string self = o_.agent.empty() ? fs::read_symlink("/proc/self/exe").string() : o_.agent;
+  {
+    std::ifstream a(self, std::ios::binary), p(o_.playbook, std::ios::binary);
+    agent_bytes_.assign(std::istreambuf_iterator<char>(a), {});
+    playbook_bytes_.assign(std::istreambuf_iterator<char>(p), {});
+  }
+  agent_sha_ = sha256_hex(agent_bytes_);
+
+  std::vector<Host> all;
+  for (size_t i = 0; i < hosts.size(); ++i) all.push_back(prepare(*hosts[i], i));
+
+  // The playbook is checked here, with each host's variables, before any host is touched: a
+  // malformed playbook is one error, not one per host after half of them changed.
+  LoadOptions lo;
+  lo.facts = gather_facts(Root("/")).to_json();
+  for (const auto& h : all) {
+    lo.extra_vars = h.vars;
+    for (const auto& e : o_.extra_vars) lo.extra_vars.update(*parse_extra_var(e));
+    auto loaded = load_playbook(o_.playbook, lo);
+    if (!loaded.ok()) {
+      for (const auto& e : loaded.errors) err_ << e << "\n";
+      err_ << "gptagent: " << o_.playbook << " (with the variables of " << h.inv->name << "): " << loaded.errors.size()
+           << (loaded.errors.size() == 1 ? " error" : " errors") << ", no host was touched\n";
+      fs::remove_all(control_dir_);
+      return 1;
+    }
+  }
+  const size_t batch = o_.serial > 0 ? static_cast<size_t>(o_.serial) : all.size();
+  for (size_t start = 0; start < all.size(); start += batch) {
+    const size_t end = std::min(all.size(), start + batch);
+    std::atomic<size_t> next{start};
+    std::vector<std::thread> workers;
+    const size_t n = std::min<size_t>(std::max(1, o_.forks), end - start);
+    for (size_t w = 0; w < n; ++w)
+      workers.emplace_back([&] {
+        for (size_t i = next++; i < end; i = next++) report(all[i], converge(all[i]));
+      });
+    for (auto& w : workers) w.join();
+  }
+  fs::remove_all(control_dir_);
+
+  int failed = 0, unreachable = 0, drift = 0, waiting = 0;
+  json doc = {{"playbook", o_.playbook}, {"inventory", o_.inventory}, {"check", o_.check}, {"hosts", json::object()}};
+  if (!o_.json) out_ << "\n" << banner("PLAY RECAP") << "\n";
+  for (const auto& h : all) {
+    const HostOutcome& r = results_[h.inv->name];
+    failed += r.kind == HostOutcome::failed_;
+    unreachable += r.kind == HostOutcome::unreachable;
+    drift += r.kind == HostOutcome::drift;
+    waiting += r.kind == HostOutcome::waiting;
+    const int failed_tasks = r.failed_count + (r.kind == HostOutcome::failed_ && r.failed_count == 0 ? 1 : 0);
+    static const char* kinds[] = {"ok", "changed", "failed", "unreachable", "drift", "waiting_for_reboot"};
+    doc["hosts"][h.inv->name] = {{"status", kinds[r.kind]},
+                                 {"message", r.message},
+                                 {"reboots", r.reboots},
+                                 {"runs", r.runs},
+                                 {"stats",
+                                  {{"ok", r.ok_count}, {"changed", r.changed}, {"unreachable", r.kind == HostOutcome::unreachable ? 1 : 0},
+                                   {"failed", failed_tasks}, {"skipped", r.skipped}, {"ignored", r.ignored}}}};
+    if (!o_.json)
+      out_ << recap_line(h.inv->name, r.ok_count, r.changed, r.kind == HostOutcome::unreachable ? 1 : 0, failed_tasks, r.skipped,
+                         r.ignored)
+           << "\n";
+  }
+  const int code = failed ? 1 : unreachable ? 4 : waiting ? 3 : drift ? 2 : 0;
+  doc["exit_code"] = code;
+  if (o_.json) out_ << doc.dump(2) << "\n";
+  else if (o_.check) out_ << (drift ? std::to_string(drift) + " of " + std::to_string(all.size()) + " hosts differ from the playbook (check mode, nothing changed)" : "no drift on any host") << "\n";
+  return code;
+}
+
+}  // namespace
+
+int run_fleet(const FleetOptions& o, std::ostream& out, std::ostream& err) {
+  auto inv = load_inventory(o.inventory);
+  if (!inv) {
+    err << "gptagent: " << inv.error() << "\n";
+    return 1;
+  }
+  auto hosts = select_hosts(*inv, o.limit.empty() ? "all" : o.limit);
+  if (!hosts) {
+    err << "gptagent: " << hosts.error() << "\n";
+    return 1;
+  }
+  std::ifstream probe(o.playbook);
+  if (!probe) {
+    err << "gptagent: cannot read the playbook " << o.playbook << "\n";
+    return 1;
+  }
+  Fleet fleet(o, *inv, out, err);
+  return fleet.run(*hosts);
+}
+
+}  // namespace gpt

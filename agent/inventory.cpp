@@ -1,0 +1,1154 @@
+#include "agent/inventory.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <set>
+#include <tuple>
+
+#include "agent/text.hpp"
+
+namespace gpt {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr size_t kMaxBytes = 8u << 20;  // an inventory file larger than this is refused
+constexpr size_t kMaxNodes = 200000;    // a YAML alias bomb expands past this long before it hurts
+constexpr size_t kMaxHosts = 100000;    // a range like h[0:99999999] is a typo, not a fleet
+constexpr size_t kMaxErrors = 20;
+
+// Every error of a load, so that one run shows all the lines to fix, not the first only.
+class Errors {
+ public:
+  void add(std::string message) {
+    if (list_.size() < kMaxErrors)
+      list_.push_back(std::move(message));
+    else
+      ++dropped_;
+  }
+  bool empty() const { return list_.empty(); }
+  Error error() const {
+    std::string all = join(list_, "\n");
+    if (dropped_) all += "\n(and " + std::to_string(dropped_) + " more errors)";
+    return Error{all};
+  }
+
+ private:
+  std::vector<std::string> list_;
+  size_t dropped_ = 0;
+};
+
+std::string quote(std::string_view s) { return "'" + std::string(s) + "'"; }
+
+// ---- values ----
+
+// PyYAML's YAML 1.1 resolver, which Ansible reads inventories and vars files with: `yes` and `on`
+// are booleans, `0755` is octal, `1e5` (no dot) is text. Sexagesimal numbers (1:30) are left out.
+std::optional<long long> yaml11_int(const std::string& s) {
+  static const std::regex re(R"([-+]?(0b[01_]+|0x[0-9a-fA-F_]+|0[0-7_]+|0|[1-9][0-9_]*))");
+  if (!std::regex_match(s, re)) return std::nullopt;
+  bool negative = s[0] == '-';
+  std::string digits = s.substr(s[0] == '-' || s[0] == '+' ? 1 : 0);
+  digits.erase(std::remove(digits.begin(), digits.end(), '_'), digits.end());
+  int base = 10;
+  if (digits.rfind("0b", 0) == 0)
+    base = 2, digits = digits.substr(2);
+  else if (digits.rfind("0x", 0) == 0)
+    base = 16, digits = digits.substr(2);
+  else if (digits.size() > 1 && digits[0] == '0')
+    base = 8;
+  if (digits.empty()) return std::nullopt;
+  errno = 0;
+  char* end = nullptr;
+  long long v = std::strtoll(digits.c_str(), &end, base);
+  if (errno == ERANGE || *end) return std::nullopt;  // too large for a number: kept as text
+  return negative ? -v : v;
+}
+
+std::optional<double> yaml11_float(const std::string& s) {
+  static const std::regex re(R"([-+]?([0-9][0-9_]*)?\.[0-9_]*([eE][-+][0-9]+)?)");
+  if (!std::regex_match(s, re) || s.find_first_of("0123456789") == std::string::npos) return std::nullopt;
+  std::string t = s;
+  t.erase(std::remove(t.begin(), t.end(), '_'), t.end());
+  try {
+    return std::stod(t);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+json yaml11_scalar(const std::string& s) {
+  static const std::set<std::string> nulls{"", "~", "null", "Null", "NULL"};
+  static const std::set<std::string> trues{"yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"};
+  static const std::set<std::string> falses{"no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"};
+  if (nulls.count(s)) return nullptr;
+  if (trues.count(s)) return true;
+  if (falses.count(s)) return false;
+  if (auto i = yaml11_int(s)) return *i;
+  if (auto d = yaml11_float(s)) return *d;
+  return s;
+}
+
+// INI values: Ansible evaluates them as Python literals. Of those, inventories use integers and
+// booleans; true/false are taken in any case (Python wants True/False) since that is what people
+// write. A quoted value stays text: the one way to say "this is a string".
+json ini_scalar(const std::string& v, bool quoted) {
+  if (quoted) return v;
+  size_t sign = !v.empty() && (v[0] == '-' || v[0] == '+') ? 1 : 0;
+  const std::string digits = v.substr(sign);
+  // Python 3 refuses a leading zero ("010"), so such a value stays text, as in Ansible.
+  if (!digits.empty() && digits.size() <= 18 && digits.find_first_not_of("0123456789") == std::string::npos &&
+      (digits.size() == 1 || digits[0] != '0'))
+    return std::stoll(v);
+  const std::string l = lower(v);
+  if (l == "true") return true;
+  if (l == "false") return false;
+  return v;
+}
+
+std::optional<int> port_number(const json& v) {
+  long long p = -1;
+  if (v.is_number_integer()) {
+    p = v.get<long long>();
+  } else if (v.is_string()) {
+    const std::string s = std::string(trim(v.get<std::string>()));
+    if (s.empty() || s.size() > 5 || s.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    p = std::stoll(s);
+  }
+  if (p < 1 || p > 65535) return std::nullopt;
+  return static_cast<int>(p);
+}
+
+std::string text_of(const json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number() || v.is_boolean()) return v.dump();
+  return "";
+}
+
+// The first of these variables that is set (not null), or nullptr.
+const json* first_var(const json& vars, std::initializer_list<const char*> names) {
+  for (const char* n : names) {
+    auto it = vars.find(n);
+    if (it != vars.end() && !it->is_null()) return &*it;
+  }
+  return nullptr;
+}
+
+// ---- host names ----
+
+// "host:2222" -> ("host", 2222). A colon inside a range ("h[1:3]") is not a port, and a name with
+// several colons is an IPv6 address, not a name and a port.
+std::pair<std::string, std::optional<long long>> split_port(const std::string& pattern) {
+  size_t colon = std::string::npos, colons = 0;
+  int depth = 0;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] == '[')
+      ++depth;
+    else if (pattern[i] == ']')
+      --depth;
+    else if (pattern[i] == ':' && depth == 0)
+      colon = i, ++colons;
+  }
+  if (colons != 1) return {pattern, std::nullopt};
+  const std::string port = pattern.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
+    return {pattern, std::nullopt};
+  return {pattern.substr(0, colon), std::stoll(port)};
+}
+
+// ---- the inventory as written, before Ansible's rules are applied ----
+
+struct RawGroup {
+  json vars = json::object();
+  std::vector<std::string> children;  // in order, each once
+  std::vector<std::string> hosts;     // direct members, in order, each once
+  std::set<std::string> host_set;
+};
+
+struct Raw {
+  std::map<std::string, RawGroup> groups{{"all", {}}, {"ungrouped", {}}};
+  std::vector<std::string> host_order;
+  std::map<std::string, json> host_vars;
+
+  void add_host(const std::string& group, const std::string& host, const json& vars) {
+    if (host_vars.emplace(host, json::object()).second) host_order.push_back(host);
+    RawGroup& g = groups[group];
+    if (g.host_set.insert(host).second) g.hosts.push_back(host);
+    // A host listed under several groups is one host; its vars from every place merge, later wins.
+    host_vars[host].update(vars);
+  }
+
+  // The groups from `from` down to `to` through children, both included; empty when there is no way.
+  std::vector<std::string> path(const std::string& from, const std::string& to) const {
+    std::vector<std::string> trail;
+    std::set<std::string> seen;
+    std::function<bool(const std::string&)> walk = [&](const std::string& g) {
+      trail.push_back(g);
+      if (g == to) return true;
+      if (seen.insert(g).second) {
+        auto it = groups.find(g);
+        if (it != groups.end())
+          for (const auto& c : it->second.children)
+            if (walk(c)) return true;
+      }
+      trail.pop_back();
+      return false;
+    };
+    return walk(from) ? trail : std::vector<std::string>{};
+  }
+
+  // Ansible refuses an edge that makes a group its own ancestor; so do we, naming the loop.
+  std::optional<std::string> add_child(const std::string& parent, const std::string& child) {
+    if (child == "all") return "group 'all' cannot be a child of " + quote(parent) + ": every group is in it already";
+    if (child == parent) return "group " + quote(child) + " cannot be a child of itself";
+    auto loop = path(child, parent);
+    if (!loop.empty()) return "children form a cycle: " + parent + " -> " + join(loop, " -> ");
+    groups[child];
+    auto& kids = groups[parent].children;
+    if (std::find(kids.begin(), kids.end(), child) == kids.end()) kids.push_back(child);
+    return std::nullopt;
+  }
+};
+
+// group_vars/ and host_vars/ files, merged per name.
+struct VarsFiles {
+  std::map<std::string, json> groups, hosts;
+};
+
+// Applies Ansible's rules: implicit "all" and "ungrouped", membership through children, and the
+// variable precedence of its VariableManager.
+Expected<Inventory> finish(const Raw& raw, const std::string& source, const VarsFiles& files, Errors& errors) {
+  // A group nobody names as a child is a child of "all".
+  std::map<std::string, std::vector<std::string>> parents;
+  for (const auto& [name, g] : raw.groups)
+    for (const auto& c : g.children) parents[c].push_back(name);
+  for (const auto& [name, g] : raw.groups)
+    if (name != "all" && parents[name].empty()) parents[name].push_back("all");
+
+  // Depth: the longest way down from "all", as Ansible's Group.depth (children are acyclic here).
+  std::map<std::string, int> depth{{"all", 0}};
+  std::function<int(const std::string&)> depth_of = [&](const std::string& g) {
+    auto it = depth.find(g);
+    if (it != depth.end()) return it->second;
+    int d = 0;
+    for (const auto& p : parents[g]) d = std::max(d, depth_of(p) + 1);
+    return depth[g] = d;
+  };
+  std::map<std::string, std::set<std::string>> ancestors;  // a group and every group above it
+  std::function<const std::set<std::string>&(const std::string&)> ancestors_of =
+      [&](const std::string& g) -> const std::set<std::string>& {
+    auto it = ancestors.find(g);
+    if (it != ancestors.end()) return it->second;
+    std::set<std::string> up{g};
+    for (const auto& p : parents[g]) {
+      const auto& pa = ancestors_of(p);
+      up.insert(pa.begin(), pa.end());
+    }
+    return ancestors[g] = std::move(up);
+  };
+  std::map<std::string, long long> priority;
+  for (const auto& [name, g] : raw.groups) {
+    priority[name] = 1;
+    auto it = g.vars.find("ansible_group_priority");
+    if (it == g.vars.end()) continue;
+    if (it->is_number_integer())
+      priority[name] = it->get<long long>();
+    else if (it->is_string() && ini_scalar(it->get<std::string>(), false).is_number_integer())
+      priority[name] = ini_scalar(it->get<std::string>(), false).get<long long>();
+    else
+      errors.add(source + ": group " + quote(name) + ": ansible_group_priority must be an integer, not " + it->dump());
+  }
+  // Ansible's sort_groups: parents before children, then priority, then name.
+  auto before = [&](const std::string& a, const std::string& b) {
+    return std::make_tuple(depth_of(a), priority[a], a) < std::make_tuple(depth_of(b), priority[b], b);
+  };
+
+  std::map<std::string, std::vector<std::string>> direct;  // host -> groups listing it
+  for (const auto& [name, g] : raw.groups)
+    for (const auto& h : g.hosts) direct[h].push_back(name);
+
+  Inventory inv;
+  inv.source = source;
+  for (const auto& [name, g] : raw.groups) inv.groups[name];
+  for (const auto& name : raw.host_order) {
+    std::set<std::string> member;
+    for (const auto& g : direct[name]) {
+      if (g == "all" || g == "ungrouped") continue;  // neither makes a host grouped
+      const auto& up = ancestors_of(g);
+      member.insert(up.begin(), up.end());
+    }
+    member.erase("all");
+    // In no group but "all": "ungrouped", even when the file listed it there along with others.
+    if (member.empty()) member = ancestors_of("ungrouped");
+    member.erase("all");
+    std::vector<std::string> sorted(member.begin(), member.end());
+    std::sort(sorted.begin(), sorted.end(), before);
+
+    InventoryHost host;
+    host.name = name;
+    host.groups.push_back("all");
+    host.groups.insert(host.groups.end(), member.begin(), member.end());  // std::set: alphabetical
+    // VariableManager's order: inventory group vars (all, then the others) < group_vars files
+    // (all, then the others) < inventory host vars < host_vars files. Top-level keys replace.
+    host.vars = raw.groups.at("all").vars;
+    for (const auto& g : sorted) host.vars.update(raw.groups.at(g).vars);
+    if (auto it = files.groups.find("all"); it != files.groups.end()) host.vars.update(it->second);
+    for (const auto& g : sorted)
+      if (auto it = files.groups.find(g); it != files.groups.end()) host.vars.update(it->second);
+    host.vars.update(raw.host_vars.at(name));
+    if (auto it = files.hosts.find(name); it != files.hosts.end()) host.vars.update(it->second);
+
+    // A port that is not one would have the fleet connect to 22 instead: refuse it here.
+    for (const char* key : {"ansible_port", "ansible_ssh_port"}) {
+      auto it = host.vars.find(key);
+      if (it != host.vars.end() && !it->is_null() && !port_number(*it))
+        errors.add(source + ": host " + quote(name) + ": " + key + " must be a port number (1-65535), not " +
+                   it->dump());
+    }
+    inv.groups["all"].push_back(name);
+    for (const auto& g : member) inv.groups[g].push_back(name);
+    inv.hosts.push_back(std::move(host));
+  }
+  if (!errors.empty()) return errors.error();
+  return inv;
+}
+
+// ---- reading files ----
+
+Expected<std::string> read_text(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error{path + ": cannot read the " + what + ": " + std::strerror(errno)};
+  std::string text;
+  char buf[65536];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in.gcount()));
+    if (text.size() > kMaxBytes) return Error{path + ": the " + what + " is larger than " + size_text(kMaxBytes)};
+  }
+  if (text.find('\0') != std::string::npos)
+    return Error{path + ": the " + what + " contains NUL bytes: not a text file"};
+  return text;
+}
+
+// YAML nodes -> JSON, with "file:line:col" for every error.
+class YamlReader {
+ public:
+  YamlReader(std::string file, Errors& errors) : file_(std::move(file)), errors_(errors) {}
+
+  std::string where(const YAML::Mark& m) const {
+    return file_ + ":" + std::to_string(std::max(m.line, 0) + 1) + ":" + std::to_string(std::max(m.column, 0) + 1);
+  }
+  std::string where(const YAML::Node& n) const { return where(n.Mark()); }
+  void error(const YAML::Node& n, const std::string& msg) { errors_.add(where(n) + ": " + msg); }
+
+  std::optional<YAML::Node> load(const std::string& text) {
+    try {
+      return YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+      errors_.add(where(e.mark) + ": YAML syntax error: " + e.msg);
+      return std::nullopt;
+    }
+  }
+
+  static std::string kind(const YAML::Node& n) {
+    if (n.IsSequence()) return "a list";
+    if (n.IsMap()) return "a mapping";
+    if (n.IsNull()) return "null";
+    return "a scalar";
+  }
+
+  // A mapping key: a scalar, taken as text whatever it looks like (host "10.0.0.1", group "2024").
+  std::optional<std::string> key(const YAML::Node& k) {
+    if (!k.IsScalar()) {
+      error(k, "a mapping key must be a name, not " + kind(k));
+      return std::nullopt;
+    }
+    return k.Scalar();
+  }
+
+  // The entries of a mapping in document order; a key given twice is an error (PyYAML would keep
+  // the last one silently).
+  std::vector<std::pair<YAML::Node, YAML::Node>> entries(const YAML::Node& map) {
+    std::vector<std::pair<YAML::Node, YAML::Node>> out;
+    std::set<std::string> seen;
+    for (const auto& kv : map) {
+      auto k = key(kv.first);
+      if (!k) continue;
+      if (!seen.insert(*k).second) {
+        error(kv.first, "duplicate key " + quote(*k));
+        continue;
+      }
+      out.emplace_back(kv.first, kv.second);
+    }
+    return out;
+  }
+
+  bool to_json(const YAML::Node& node, json& out) {
+    if (++nodes_ > kMaxNodes) {
+      if (nodes_ == kMaxNodes + 1)
+        error(node, "the document expands to more than " + std::to_string(kMaxNodes) + " values (an alias bomb?)");
+      return false;
+    }
+    switch (node.Type()) {
+      case YAML::NodeType::Scalar:
+        // Only plain, untagged scalars are resolved: quoted ones and !unsafe / !vault / !!str stay text.
+        out = node.Tag() == "?" ? yaml11_scalar(node.Scalar()) : json(node.Scalar());
+        return true;
+      case YAML::NodeType::Sequence:
+        out = json::array();
+        for (const auto& item : node) {
+          json v;
+          if (!to_json(item, v)) return false;
+          out.push_back(std::move(v));
+        }
+        return true;
+      case YAML::NodeType::Map: {
+        out = json::object();
+        for (const auto& [k, v] : entries(node)) {
+          json value;
+          if (!to_json(v, value)) return false;
+          out[k.Scalar()] = std::move(value);
+        }
+        return true;
+      }
+      default:
+        out = nullptr;
+        return true;
+    }
+  }
+
+ private:
+  std::string file_;
+  Errors& errors_;
+  size_t nodes_ = 0;
+};
+
+// A vars file of group_vars/ or host_vars/: a mapping of variables, or nothing.
+void read_vars_file(const std::string& path, json& into, Errors& errors) {
+  auto text = read_text(path, "vars file");
+  if (!text) return errors.add(text.error());
+  YamlReader reader(path, errors);
+  auto doc = reader.load(*text);
+  if (!doc || !doc->IsDefined() || doc->IsNull()) return;
+  if (!doc->IsMap()) return reader.error(*doc, "a vars file is a mapping of variables, not " + YamlReader::kind(*doc));
+  json vars;
+  if (reader.to_json(*doc, vars)) into.update(vars);
+}
+
+// Ansible's DataLoader._get_dir_vars_files: sorted, hidden files and backups~ skipped, directories
+// without an extension walked into, files with no extension or .yml/.yaml/.json taken.
+void dir_vars_files(const fs::path& dir, std::vector<fs::path>& out) {
+  std::vector<fs::directory_entry> entries;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) entries.push_back(e);
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.path() < b.path(); });
+  for (const auto& e : entries) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || name[0] == '.' || name.back() == '~') continue;
+    const std::string ext = e.path().extension().string();
+    if (e.is_directory(ec) && ext.empty())
+      dir_vars_files(e.path(), out);
+    else if (e.is_regular_file(ec) && (ext.empty() || ext == ".yml" || ext == ".yaml" || ext == ".json"))
+      out.push_back(e.path());
+  }
+}
+
+// The files Ansible's host_group_vars plugin reads for `name` in `dir`: the first of name,
+// name.yml, name.yaml, name.json that exists (a directory is read whole).
+std::vector<fs::path> vars_files(const fs::path& dir, const std::string& name) {
+  std::vector<fs::path> out;
+  // Names come from the inventory: never let one reach outside the directory.
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) return out;
+  for (const char* ext : {"", ".yml", ".yaml", ".json"}) {
+    const fs::path p = dir / (name + ext);
+    std::error_code ec;
+    auto st = fs::status(p, ec);
+    if (!fs::exists(st)) continue;
+    if (fs::is_directory(st))
+      dir_vars_files(p, out);
+    else
+      out.push_back(p);
+    break;
+  }
+  return out;
+}
+
+VarsFiles read_vars_dirs(const Raw& raw, const fs::path& base, Errors& errors) {
+  VarsFiles files;
+  std::error_code ec;
+  if (fs::is_directory(base / "group_vars", ec))
+    for (const auto& [name, g] : raw.groups)
+      for (const auto& p : vars_files(base / "group_vars", name)) {
+        json& into = files.groups.emplace(name, json::object()).first->second;
+        read_vars_file(p.string(), into, errors);
+      }
+  if (fs::is_directory(base / "host_vars", ec))
+    for (const auto& name : raw.host_order)
+      for (const auto& p : vars_files(base / "host_vars", name)) {
+        json& into = files.hosts.emplace(name, json::object()).first->second;
+        read_vars_file(p.string(), into, errors);
+      }
+  return files;
+}
+
+// ---- INI ----
+
+struct Token {
+  std::string text;
+  bool quoted = false;
+};
+
+// Python's shlex.split(line, comments=True), which Ansible splits host lines with: blanks separate,
+// quotes group, a backslash escapes, '#' outside quotes ends the line.
+Expected<std::vector<Token>> shell_words(std::string_view line) {
+  std::vector<Token> out;
+  Token cur;
+  bool in_word = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    char c = line[i];
+    if (c == ' ' || c == '\t' || c == '\r') {
+      if (in_word) out.push_back(std::move(cur));
+      cur = {};
+      in_word = false;
+      continue;
+    }
+    if (c == '#') break;
+    in_word = true;
+    if (c == '\'' || c == '"') {
+      cur.quoted = true;
+      size_t j = i + 1;
+      for (; j < line.size() && line[j] != c; ++j) {
+        // In double quotes a backslash escapes only '"' and '\' (POSIX shell rules).
+        if (c == '"' && line[j] == '\\' && j + 1 < line.size() && (line[j + 1] == '"' || line[j + 1] == '\\')) ++j;
+        cur.text += line[j];
+      }
+      if (j >= line.size()) return Error{"no closing quotation"};
+      i = j;
+    } else if (c == '\\') {
+      if (i + 1 >= line.size()) return Error{"no escaped character after '\\'"};
+      cur.text += line[++i];
+    } else {
+      cur.text += c;
+    }
+  }
+  if (in_word) out.push_back(std::move(cur));
+  return out;
+}
+
+void add_host_pattern(Raw& raw, const std::string& group, const std::string& pattern, json vars,
+                      const std::function<void(const std::string&)>& fail) {
+  auto [name, port] = split_port(pattern);
+  auto names = expand_host_range(name);
+  if (!names) return fail(names.error());
+  if (port) vars.emplace("ansible_port", *port);  // `host:2222`, unless the line sets ansible_port itself
+  for (const auto& n : *names) raw.add_host(group, n, vars);
+}
+
+void parse_ini(Raw& raw, const std::string& text, const std::string& file, Errors& errors) {
+  // Ansible's own expressions for section headers and :children lines.
+  static const std::regex section_re(R"(^\[([^:\]\s]+)(?::(\w+))?\]\s*(?:#.*)?$)");
+  static const std::regex group_re(R"(^([^:\]\s]+)\s*(?:#.*)?$)");
+  enum class State { hosts, children, vars, skip };
+  State state = State::hosts;
+  std::string group = "ungrouped";  // hosts before any section
+  std::set<std::string> defined;
+  for (const auto& [name, g] : raw.groups) defined.insert(name);
+  std::vector<std::pair<std::string, size_t>> vars_sections;  // checked at the end: the group must exist
+  size_t lineno = 0;
+  for (std::string_view raw_line : lines(text)) {
+    ++lineno;
+    const std::string line(trim(raw_line));
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    auto fail = [&](const std::string& msg) { errors.add(file + ":" + std::to_string(lineno) + ": " + msg); };
+    std::smatch m;
+    if (line[0] == '[' && std::regex_match(line, m, section_re)) {
+      group = m[1].str();
+      const std::string kind = m[2].matched ? m[2].str() : "hosts";
+      if (kind == "hosts" || kind == "children") {
+        state = kind == "hosts" ? State::hosts : State::children;
+        raw.groups[group];
+        defined.insert(group);
+      } else if (kind == "vars") {
+        state = State::vars;
+        vars_sections.emplace_back(group, lineno);
+      } else {
+        fail("section [" + group + ":" + kind + "] has unknown type " + quote(kind) +
+             ": a section is [group], [group:vars] or [group:children]");
+        state = State::skip;
+      }
+      continue;
+    }
+    if (line[0] == '[' && line.back() == ']') {
+      fail("invalid section header " + quote(line) +
+           ": a section is [group], [group:vars] or [group:children], with no blanks in it");
+      state = State::skip;
+      continue;
+    }
+    switch (state) {
+      case State::skip:
+        break;
+      case State::hosts: {
+        auto words = shell_words(line);
+        if (!words) {
+          fail("cannot parse the host line " + quote(line) + ": " + words.error());
+          break;
+        }
+        json vars = json::object();
+        bool good = true;
+        for (size_t i = 1; i < words->size(); ++i) {
+          const Token& t = (*words)[i];
+          size_t eq = t.text.find('=');
+          if (eq == std::string::npos || eq == 0) {
+            fail("expected key=value after the host name, got " + quote(t.text));
+            good = false;
+            continue;
+          }
+          vars[t.text.substr(0, eq)] = ini_scalar(t.text.substr(eq + 1), t.quoted);
+        }
+        if (words->empty() || words->front().text.empty())
+          fail("a host line has no host name: " + quote(line));
+        else if (good)
+          add_host_pattern(raw, group, words->front().text, std::move(vars), fail);
+        break;
+      }
+      case State::children: {
+        std::smatch g;
+        if (!std::regex_match(line, g, group_re)) {
+          fail("expected a group name in [" + group + ":children], got " + quote(line));
+          break;
+        }
+        // A child never defined is an empty group (Ansible's INI_UNRESOLVED_REFERENCE=ignore).
+        defined.insert(g[1].str());
+        if (auto err = raw.add_child(group, g[1].str())) fail(*err);
+        break;
+      }
+      case State::vars: {
+        size_t eq = line.find('=');
+        const std::string key = eq == std::string::npos ? "" : std::string(trim(line.substr(0, eq)));
+        if (key.empty()) {
+          fail("expected key=value in [" + group + ":vars], got " + quote(line));
+          break;
+        }
+        std::string value(trim(std::string_view(line).substr(eq + 1)));
+        bool quoted = value.size() >= 2 && (value[0] == '"' || value[0] == '\'') && value.back() == value[0];
+        if (quoted) value = value.substr(1, value.size() - 2);
+        raw.groups[group].vars[key] = ini_scalar(value, quoted);
+        break;
+      }
+    }
+  }
+  // Vars for a group that is nowhere else would apply to no host: a typo, as Ansible says too.
+  for (const auto& [name, line] : vars_sections)
+    if (!defined.count(name))
+      errors.add(file + ":" + std::to_string(line) + ": section [" + name + ":vars] is for a group that is never " +
+                 "defined: add [" + name + "] with its hosts, or list it under a [parent:children]");
+}
+
+// ---- YAML ----
+
+class YamlInventory {
+ public:
+  YamlInventory(Raw& raw, const std::string& file, Errors& errors) : raw_(raw), reader_(file, errors) {}
+
+  void run(const std::string& text) {
+    auto loaded = reader_.load(text);
+    if (!loaded) return;
+    const YAML::Node& doc = *loaded;  // const: operator[] on a mutable node would add the key
+    if (!doc.IsDefined() || doc.IsNull()) return reader_.error(doc, "the inventory is empty");
+    if (!doc.IsMap())
+      return reader_.error(doc,
+                           "a YAML inventory is a mapping of groups (usually `all:`), not " + YamlReader::kind(doc));
+    if (doc["plugin"] && doc["plugin"].IsScalar())
+      return reader_.error(doc, "inventory plugins (plugin: " + doc["plugin"].Scalar() +
+                                    ") are not supported: give the hosts in a YAML or INI inventory");
+    for (const auto& [k, v] : reader_.entries(doc)) group(k.Scalar(), v);
+  }
+
+ private:
+  // A section of a group as (name node, value node) pairs. Ansible takes a bare name for a mapping
+  // of one: `hosts: web01` is `hosts: {web01: }`.
+  std::vector<std::pair<YAML::Node, YAML::Node>> section(const YAML::Node& n, const std::string& what,
+                                                         const std::string& group) {
+    if (n.IsNull()) return {};
+    if (n.IsScalar()) return {{n, YAML::Node()}};
+    if (!n.IsMap()) {
+      reader_.error(n,
+                    what + " of group " + quote(group) + " must be a mapping (name: ...), not " + YamlReader::kind(n));
+      return {};
+    }
+    return reader_.entries(n);
+  }
+
+  void group(const std::string& name, const YAML::Node& node) {
+    raw_.groups[name];
+    if (!node.IsDefined() || node.IsNull()) return;
+    if (!node.IsMap()) {
+      reader_.error(node, "group " + quote(name) + " must be a mapping with hosts, vars or children, not " +
+                              YamlReader::kind(node));
+      return;
+    }
+    for (const auto& [k, v] : reader_.entries(node)) {
+      const std::string key = k.Scalar();
+      if (key == "hosts") {
+        for (const auto& [hk, hv] : section(v, "hosts", name)) host(name, hk, hv);
+      } else if (key == "vars") {
+        for (const auto& [vk, vv] : section(v, "vars", name)) {
+          json value;
+          if (reader_.to_json(vv, value)) raw_.groups[name].vars[vk.Scalar()] = std::move(value);
+        }
+      } else if (key == "children") {
+        for (const auto& [ck, cv] : section(v, "children", name)) {
+          const std::string child = ck.Scalar();
+          if (auto err = raw_.add_child(name, child)) {
+            reader_.error(ck, *err);
+            continue;
+          }
+          group(child, cv);
+        }
+      } else {
+        // The singulars are the usual slip; anything else (host_vars, group_vars) belongs in files.
+        static const std::map<std::string, std::string> plural{
+            {"host", "hosts"}, {"var", "vars"}, {"child", "children"}};
+        auto hint = plural.find(key);
+        reader_.error(k, "unknown key " + quote(key) + " in group " + quote(name) +
+                             ": a group has hosts, vars and children" +
+                             (hint != plural.end() ? " (did you mean '" + hint->second + "'?)" : ""));
+      }
+    }
+  }
+
+  void host(const std::string& group, const YAML::Node& k, const YAML::Node& v) {
+    const std::string pattern = k.Scalar();
+    json vars = json::object();
+    if (v.IsDefined() && !v.IsNull()) {
+      if (!v.IsMap())
+        return reader_.error(
+            v, "the vars of host " + quote(pattern) + " must be a mapping (name: value), not " + YamlReader::kind(v));
+      if (!reader_.to_json(v, vars)) return;
+    }
+    if (pattern.empty()) return reader_.error(k, "a host name is empty");
+    add_host_pattern(raw_, group, pattern, std::move(vars), [&](const std::string& msg) { reader_.error(k, msg); });
+  }
+
+  Raw& raw_;
+  YamlReader reader_;
+};
+
+// ---- files, directories and host lists ----
+
+bool yaml_name(const std::string& path) {
+  const std::string ext = lower(fs::path(path).extension().string());
+  return ext == ".yml" || ext == ".yaml" || ext == ".json";
+}
+
+void parse_file(Raw& raw, const std::string& path, Errors& errors) {
+  auto text = read_text(path, "inventory");
+  if (!text) return errors.add(text.error());
+  if (text->rfind("#!", 0) == 0)
+    return errors.add(path + ": inventory scripts are not supported: save the hosts as a YAML or INI inventory");
+  bool yaml = yaml_name(path);
+  const std::string ext = lower(fs::path(path).extension().string());
+  if (!yaml && ext != ".ini") {
+    // No telling extension: YAML when it reads as a mapping, as Ansible tries its yaml plugin first.
+    try {
+      yaml = YAML::Load(*text).IsMap();
+    } catch (const YAML::Exception&) {
+    }
+  }
+  if (yaml)
+    YamlInventory(raw, path, errors).run(*text);
+  else
+    parse_ini(raw, *text, path, errors);
+}
+
+// Ansible's INVENTORY_IGNORE_EXTS and IGNORED_ALWAYS for the files of an inventory directory.
+bool ignored_in_directory(const std::string& name) {
+  static const char* exts[] = {".pyc", ".pyo", ".swp",  ".bak", "~",    ".rpm",  ".md",
+                               ".txt", ".rst", ".orig", ".ini", ".cfg", ".retry"};
+  if (name.empty() || name[0] == '.' || name == "host_vars" || name == "group_vars" || name == "vars_plugins")
+    return true;
+  return std::any_of(std::begin(exts), std::end(exts), [&](const char* e) { return ends_with(name, e); });
+}
+
+void parse_directory(Raw& raw, const fs::path& dir, Errors& errors) {
+  std::vector<fs::directory_entry> entries;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) entries.push_back(e);
+  if (ec) return errors.add(dir.string() + ": cannot read the inventory directory: " + ec.message());
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.path() < b.path(); });
+  for (const auto& e : entries) {
+    if (ignored_in_directory(e.path().filename().string())) continue;
+    if (e.is_directory(ec))
+      parse_directory(raw, e.path(), errors);
+    else
+      parse_file(raw, e.path().string(), errors);
+  }
+}
+
+Expected<Inventory> from_text(const std::string& text, const std::string& file, bool yaml) {
+  Raw raw;
+  Errors errors;
+  if (text.size() > kMaxBytes) return Error{file + ": the inventory is larger than " + size_text(kMaxBytes)};
+  if (text.find('\0') != std::string::npos) return Error{file + ": the inventory contains NUL bytes: not a text file"};
+  if (yaml)
+    YamlInventory(raw, file, errors).run(text);
+  else
+    parse_ini(raw, text, file, errors);
+  if (!errors.empty()) return errors.error();
+  return finish(raw, file, {}, errors);
+}
+
+// ---- host patterns ----
+
+// One element of a glob at p[i] against c: '?', a [class] (with ranges and '!'), or a literal, as
+// Python's fnmatch.translate reads them. Returns where the next element starts.
+size_t glob_element(std::string_view p, size_t i, char c, bool& match) {
+  if (p[i] == '?') {
+    match = true;
+    return i + 1;
+  }
+  if (p[i] == '[') {
+    size_t j = i + 1;
+    if (j < p.size() && p[j] == '!') ++j;
+    if (j < p.size() && p[j] == ']') ++j;  // a ']' first is a member
+    while (j < p.size() && p[j] != ']') ++j;
+    if (j < p.size()) {
+      size_t k = i + 1;
+      bool negate = p[k] == '!';
+      if (negate) ++k;
+      bool in = false;
+      while (k < j) {
+        if (k + 2 < j && p[k + 1] == '-') {
+          in = in || (p[k] <= c && c <= p[k + 2]);
+          k += 3;
+        } else {
+          in = in || p[k] == c;
+          ++k;
+        }
+      }
+      match = in != negate;
+      return j + 1;
+    }
+    // An unclosed '[' is itself.
+  }
+  match = p[i] == c;
+  return i + 1;
+}
+
+bool glob_match(std::string_view p, std::string_view s) {
+  size_t pi = 0, si = 0, star_p = std::string_view::npos, star_s = 0;
+  while (si < s.size()) {
+    if (pi < p.size() && p[pi] == '*') {
+      star_p = ++pi;
+      star_s = si;
+      continue;
+    }
+    if (pi < p.size()) {
+      bool m = false;
+      size_t next = glob_element(p, pi, s[si], m);
+      if (m) {
+        pi = next;
+        ++si;
+        continue;
+      }
+    }
+    if (star_p == std::string_view::npos) return false;
+    pi = star_p;  // let the last '*' take one more character
+    si = ++star_s;
+  }
+  while (pi < p.size() && p[pi] == '*') ++pi;
+  return pi == p.size();
+}
+
+// Ansible's split_host_pattern: on ',' when there is one, else on ':' outside brackets.
+std::vector<std::string> split_pattern(const std::string& pattern) {
+  std::vector<std::string> parts;
+  std::string cur;
+  const bool commas = pattern.find(',') != std::string::npos;
+  int depth = 0;
+  for (char c : pattern) {
+    if (c == '[') ++depth;
+    if (c == ']') --depth;
+    if (commas ? c == ',' : (c == ':' && depth <= 0)) {
+      parts.push_back(std::move(cur));
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  parts.push_back(std::move(cur));
+  std::vector<std::string> out;
+  for (const auto& p : parts)
+    if (!trim(p).empty()) out.emplace_back(trim(p));
+  return out;
+}
+
+// Python's hosts[start:end] on n hosts: negative indexes count from the end, both clamped.
+std::pair<long long, long long> slice_bounds(long long start, long long end, long long n) {
+  auto norm = [n](long long i) { return std::clamp(i < 0 ? i + n : i, 0LL, n); };
+  return {norm(start), norm(end)};
+}
+
+// The hosts (indexes into inv.hosts) one pattern names, as Ansible's _match_one_pattern.
+Expected<std::vector<size_t>> match_term(const Inventory& inv, const std::map<std::string, size_t>& index,
+                                         std::string term) {
+  // A pattern that is a host's name is that host, before any group of the same name.
+  if (auto it = index.find(term); it != index.end()) return std::vector<size_t>{it->second};
+  std::optional<std::pair<long long, std::optional<long long>>> subscript;
+  if (term[0] != '~') {
+    static const std::regex sub_re(R"(^(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]$)");
+    std::smatch m;
+    if (std::regex_match(term, m, sub_re)) {
+      if (m[2].matched)
+        subscript = {{std::stoll(m[2].str()), std::nullopt}};
+      else
+        subscript = {{std::stoll(m[3].str()), m[5].length() ? std::stoll(m[5].str()) : -1}};
+      term = m[1].str();
+    }
+  }
+  std::function<bool(const std::string&)> matches;
+  if (term[0] == '~') {
+    std::shared_ptr<std::regex> re;
+    try {
+      re = std::make_shared<std::regex>(term.substr(1));
+    } catch (const std::regex_error& e) {
+      return Error{"invalid regular expression in host pattern " + quote(term) + ": " + e.what()};
+    }
+    // Python's re.match: anchored at the start only.
+    matches = [re](const std::string& s) { return std::regex_search(s, *re, std::regex_constants::match_continuous); };
+  } else {
+    matches = [term](const std::string& s) { return glob_match(term, s); };
+  }
+  std::vector<size_t> out;
+  std::set<size_t> seen;
+  auto add = [&](size_t i) {
+    if (seen.insert(i).second) out.push_back(i);
+  };
+  bool any_group = false;
+  for (const auto& [group, hosts] : inv.groups)
+    if (matches(group)) {
+      any_group = true;
+      for (const auto& h : hosts) add(index.at(h));
+    }
+  if (!any_group || term[0] == '~' || term.find_first_of(".?*[") != std::string::npos)
+    for (size_t i = 0; i < inv.hosts.size(); ++i)
+      if (matches(inv.hosts[i].name)) add(i);
+  if (!subscript) return out;
+  const long long n = static_cast<long long>(out.size());
+  auto [start, end] = *subscript;
+  if (!end) {
+    long long i = start < 0 ? start + n : start;
+    if (i < 0 || i >= n) return std::vector<size_t>{};
+    return std::vector<size_t>{out[static_cast<size_t>(i)]};
+  }
+  auto [from, to] = slice_bounds(start, *end == -1 ? n : *end + 1, n);
+  if (from >= to) return std::vector<size_t>{};
+  return std::vector<size_t>(out.begin() + from, out.begin() + to);
+}
+
+}  // namespace
+
+// ---- public ----
+
+std::string InventoryHost::address() const {
+  // Ansible's ssh plugin takes the last variable set of its list, so the older name wins.
+  const json* v = first_var(vars, {"ansible_ssh_host", "ansible_host"});
+  std::string a = v ? text_of(*v) : "";
+  return a.empty() ? name : a;
+}
+
+int InventoryHost::port() const {
+  const json* v = first_var(vars, {"ansible_ssh_port", "ansible_port"});
+  if (!v) return 22;
+  return port_number(*v).value_or(22);
+}
+
+std::string InventoryHost::user() const {
+  const json* v = first_var(vars, {"ansible_ssh_user", "ansible_user"});
+  return v ? text_of(*v) : "";
+}
+
+bool InventoryHost::become() const {
+  const json* v = first_var(vars, {"ansible_become"});
+  if (!v) return false;
+  if (v->is_boolean()) return v->get<bool>();
+  if (v->is_number()) return v->get<double>() == 1;
+  if (!v->is_string()) return false;
+  // Ansible's boolean(): anything outside its true words is false.
+  static const std::set<std::string> yes{"true", "yes", "on", "y", "t", "1"};
+  return yes.count(lower(trim(v->get<std::string>()))) > 0;
+}
+
+std::string InventoryHost::key_file() const {
+  const json* v = first_var(vars, {"ansible_ssh_private_key_file", "ansible_private_key_file"});
+  return v ? text_of(*v) : "";
+}
+
+const InventoryHost* Inventory::find(const std::string& name) const {
+  for (const auto& h : hosts)
+    if (h.name == name) return &h;
+  return nullptr;
+}
+
+Expected<std::vector<std::string>> expand_host_range(const std::string& pattern) {
+  const size_t open = pattern.find('[');
+  if (open == std::string::npos) {
+    if (pattern.find(']') != std::string::npos) return Error{"host range " + quote(pattern) + " has a ']' with no '['"};
+    return std::vector<std::string>{pattern};
+  }
+  const size_t close = pattern.find(']', open);
+  if (close == std::string::npos) return Error{"host range " + quote(pattern) + " has a '[' with no ']'"};
+  if (pattern.find(']') < open) return Error{"host range " + quote(pattern) + " has a ']' before its '['"};
+  const std::string head = pattern.substr(0, open), tail = pattern.substr(close + 1);
+  auto bad = [&](const std::string& why) {
+    return Error{"host range " + quote(pattern.substr(open, close - open + 1)) + " in " + quote(pattern) + ": " + why};
+  };
+  std::vector<std::string> bounds;
+  for (std::string_view rest = std::string_view(pattern).substr(open + 1, close - open - 1);;) {
+    size_t c = rest.find(':');
+    bounds.emplace_back(rest.substr(0, c));
+    if (c == std::string_view::npos) break;
+    rest.remove_prefix(c + 1);
+  }
+  if (bounds.size() != 2 && bounds.size() != 3) return bad("a range is [begin:end] or [begin:end:step]");
+  std::string beg = bounds[0].empty() ? "0" : bounds[0];
+  const std::string& end = bounds[1];
+  if (end.empty()) return bad("the range has no end");
+  long long step = 1;
+  if (bounds.size() == 3) {
+    const std::string& s = bounds[2];
+    if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos || std::stoll(s) == 0)
+      return bad("the step must be a positive integer");
+    step = std::stoll(s);
+  }
+  auto digits = [](const std::string& s) {
+    return !s.empty() && s.size() <= 9 && s.find_first_not_of("0123456789") == std::string::npos;
+  };
+  auto letter = [](const std::string& s) { return s.size() == 1 && std::isalpha(static_cast<unsigned char>(s[0])); };
+  std::vector<std::string> items;
+  if (letter(beg) && letter(end)) {
+    // Python's string.ascii_letters order: a..z then A..Z, so [x:B] runs through the capitals.
+    static const std::string letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    size_t b = letters.find(beg[0]), e = letters.find(end[0]);
+    if (b > e) return bad("the begin comes after the end");
+    for (size_t i = b; i <= e; i += static_cast<size_t>(step)) items.emplace_back(1, letters[i]);
+  } else if (digits(beg) && digits(end)) {
+    // A leading zero asks for zero padding to its width, which the end must share ([01:20], not [01:100]).
+    const size_t width = beg.size() > 1 && beg[0] == '0' ? beg.size() : 0;
+    if (width && end.size() != width) return bad("a zero-padded range needs a begin and an end of the same width");
+    long long b = std::stoll(beg), e = std::stoll(end);
+    if (b > e) return bad("the begin comes after the end");
+    if ((e - b) / step + 1 > static_cast<long long>(kMaxHosts))
+      return bad("it makes more than " + std::to_string(kMaxHosts) + " hosts");
+    for (long long i = b; i <= e; i += step) {
+      std::string n = std::to_string(i);
+      if (n.size() < width) n.insert(0, width - n.size(), '0');
+      items.push_back(std::move(n));
+    }
+  } else {
+    return bad("begin and end must both be numbers or both be single letters");
+  }
+  auto rest = expand_host_range(tail);  // the next range of the name, if any
+  if (!rest) return rest;
+  if (items.size() * rest->size() > kMaxHosts)
+    return Error{"host range " + quote(pattern) + " makes more than " + std::to_string(kMaxHosts) + " hosts"};
+  std::vector<std::string> out;
+  for (const auto& i : items)
+    for (const auto& r : *rest) out.push_back(head + i + r);
+  return out;
+}
+
+Expected<Inventory> parse_inventory_ini(const std::string& text, const std::string& file) {
+  return from_text(text, file, false);
+}
+
+Expected<Inventory> parse_inventory_yaml(const std::string& text, const std::string& file) {
+  return from_text(text, file, true);
+}
+
+Expected<Inventory> load_inventory(const std::string& path) {
+  Raw raw;
+  Errors errors;
+  std::error_code ec;
+  const auto st = fs::status(path, ec);
+  if (!fs::exists(st)) {
+    // `-i web01,web02,`: Ansible's host_list, for a run against a few hosts without a file.
+    if (path.find(',') != std::string::npos) {
+      for (const auto& part : split_pattern(path))
+        add_host_pattern(raw, "ungrouped", part, json::object(),
+                         [&](const std::string& msg) { errors.add("host list " + quote(path) + ": " + msg); });
+      if (!errors.empty()) return errors.error();
+      return finish(raw, path, {}, errors);
+    }
+    return Error{path + ": cannot read the inventory: " + std::strerror(ENOENT)};
+  }
+  fs::path base;
+  if (fs::is_directory(st)) {
+    base = path;
+    parse_directory(raw, base, errors);
+  } else {
+    base = fs::path(path).parent_path();
+    if (base.empty()) base = ".";
+    parse_file(raw, path, errors);
+  }
+  if (!errors.empty()) return errors.error();
+  VarsFiles files = read_vars_dirs(raw, base, errors);
+  if (!errors.empty()) return errors.error();
+  return finish(raw, path, files, errors);
+}
+
+Expected<std::vector<const InventoryHost*>> select_hosts(const Inventory& inv, const std::string& pattern) {
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < inv.hosts.size(); ++i) index.emplace(inv.hosts[i].name, i);
+  std::vector<std::string> plain, intersect, exclude;
+  for (const auto& t : split_pattern(pattern)) {
+    if (t[0] == '!' || t[0] == '&') {
+      std::string rest(trim(std::string_view(t).substr(1)));
+      if (rest.empty()) return Error{"--limit " + quote(pattern) + ": " + quote(t) + " names no pattern"};
+      (t[0] == '!' ? exclude : intersect).push_back(rest);
+    } else {
+      plain.push_back(t);
+    }
+  }
+  // Ansible's order_patterns: the plain ones first, whatever their place; with none, "all".
+  if (plain.empty()) plain.push_back("all");
+  std::vector<bool> chosen(inv.hosts.size(), false);
+  for (const auto& t : plain) {
+    auto m = match_term(inv, index, t);
+    if (!m) return Error{"--limit " + quote(pattern) + ": " + m.error()};
+    for (size_t i : *m) chosen[i] = true;
+  }
+  for (const auto& t : intersect) {
+    auto m = match_term(inv, index, t);
+    if (!m) return Error{"--limit " + quote(pattern) + ": " + m.error()};
+    std::vector<bool> in(inv.hosts.size(), false);
+    for (size_t i : *m) in[i] = true;
+    for (size_t i = 0; i < chosen.size(); ++i) chosen[i] = chosen[i] && in[i];
+  }
+  for (const auto& t : exclude) {
+    auto m = match_term(inv, index, t);
+    if (!m) return Error{"--limit " + quote(pattern) + ": " + m.error()};
+    for (size_t i : *m) chosen[i] = false;
+  }
+  std::vector<const InventoryHost*> out;
+  for (size_t i = 0; i < inv.hosts.size(); ++i)
+    if (chosen[i]) out.push_back(&inv.hosts[i]);
+  if (out.empty())
+    return Error{"--limit " + quote(pattern) + " matches no host in " +
+                 (inv.source.empty() ? std::string("the inventory") : inv.source)};
+  return out;
+}
+
+}  // namespace gpt

@@ -1,0 +1,248 @@
+// Fleet mode through the binary, against real sshd instances on loopback ports: each "host" is a
+// sample tree given to its agent as gptagent_root, reached through its own sshd.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+
+#include "tests/support/sshd.hpp"
+
+namespace gpt {
+namespace {
+
+using test::run_agent;
+using test::slurp;
+namespace fs = std::filesystem;
+
+bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
+
+// Converges without a reboot: the kernel command line and the X11 configs.
+constexpr const char* kPlaybook = R"(stages:
+  - name: host
+    reboot: never
+    tasks:
+      - name: IOMMU on the kernel command line
+        grub_cmdline:
+          iommu: auto
+          present: ["{{ extra_param }}"]
+      - name: No X11 config may take the GPU
+        xorg_cleanup: {}
+)";
+
+struct Lab {
+  test::SshClient client;
+  test::TempDir files;
+  struct Node {
+    std::string name;
+    std::unique_ptr<test::LoopbackSshd> sshd;
+    std::unique_ptr<test::SampleHost> tree;
+    std::string remote_dir, remote_tmp;
+    int port = 0;
+  };
+  std::vector<Node> nodes;
+  std::string playbook = files / "host.yaml";
+  std::string inventory = files / "inventory.yml";
+
+  explicit Lab(int n, const std::string& playbook_text = kPlaybook) {
+    test::write(playbook, playbook_text);
+    for (int i = 1; i <= n; ++i) {
+      Node node;
+      node.name = "gpu0" + std::to_string(i);
+      node.sshd = std::make_unique<test::LoopbackSshd>(client);
+      node.port = node.sshd->port();
+      node.tree = std::make_unique<test::SampleHost>();
+      node.remote_dir = node.sshd->dir() + "/agent-cache";
+      node.remote_tmp = node.sshd->dir() + "/tmp";
+      fs::create_directories(node.remote_tmp);
+      nodes.push_back(std::move(node));
+    }
+    write_inventory();
+  }
+  void write_inventory(const std::string& extra_host_vars = "") {
+    std::string inv = "all:\n  vars:\n    ansible_host: 127.0.0.1\n    ansible_user: root\n    ansible_ssh_private_key_file: " +
+                      client.key() + "\n    ansible_ssh_common_args: \"" + client.common_args() +
+                      "\"\n    extra_param: iommu=pt\n  children:\n    gpus:\n      hosts:\n";
+    for (const auto& n : nodes)
+      inv += "        " + n.name + ":\n          ansible_port: " + std::to_string(n.port) + "\n          gptagent_root: " +
+             n.tree->root() + "\n          gptagent_remote_dir: " + n.remote_dir + "\n          gptagent_remote_tmp: " + n.remote_tmp + "\n" +
+             extra_host_vars;
+    test::write(inventory, inv);
+  }
+  test::ProcResult apply(std::vector<std::string> extra = {}) const {
+    std::vector<std::string> args{"apply", playbook, "-i", inventory, "--color", "never"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    fs::create_directories(control_tmp);
+    return run_agent(args, {"TMPDIR=" + control_tmp});  // where the controller keeps its ssh sockets
+  }
+  std::string control_tmp = files / "controller-tmp";
+  std::string grub(int i) const { return slurp(nodes[i].tree->file("/etc/default/grub")); }
+};
+
+std::vector<std::string> entries(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce) {
+  Lab lab(3);
+  auto first = lab.apply();
+  ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
+  for (const auto& n : lab.nodes) {
+    EXPECT_TRUE(has(first.out, "HOST [" + n.name + "]")) << first.out;
+    EXPECT_TRUE(has(first.out, "changed: [" + n.name + "] IOMMU on the kernel command line GRUB_CMDLINE_LINUX: added intel_iommu=on, iommu=pt"))
+        << first.out;
+    EXPECT_TRUE(has(first.out, n.name + std::string(26 - n.name.size(), ' ') +
+                                   " : ok=2    changed=2    unreachable=0    failed=0    skipped=1"))
+        << first.out;
+  }
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(has(lab.grub(i), "GRUB_CMDLINE_LINUX=\"intel_iommu=on iommu=pt\"")) << lab.grub(i);
+
+  // The agent was copied into each host's cache; the second run finds it and copies nothing.
+  struct stat first_copy{};
+  ASSERT_EQ(::stat((lab.nodes[0].remote_dir + "/gptagent").c_str(), &first_copy), 0);
+  EXPECT_EQ(first_copy.st_mode & 0777, 0700u);
+  auto second = lab.apply({"-v"});
+  ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
+  EXPECT_FALSE(has(second.err, "copying the agent")) << second.err;
+  for (const auto& n : lab.nodes)
+    EXPECT_TRUE(has(second.out, n.name + std::string(26 - n.name.size(), ' ') + " : ok=2    changed=0")) << second.out;
+  struct stat second_copy{};
+  ASSERT_EQ(::stat((lab.nodes[0].remote_dir + "/gptagent").c_str(), &second_copy), 0);
+  EXPECT_EQ(second_copy.st_ino, first_copy.st_ino);
+  EXPECT_EQ(second_copy.st_mtime, first_copy.st_mtime);
+
+  // Nothing left behind: no temporary directory on the hosts or for the control sockets, and
+  // only the cached agent in each cache.
+  EXPECT_EQ(entries(lab.control_tmp), std::vector<std::string>{});
+  for (const auto& n : lab.nodes) {
+    EXPECT_EQ(entries(n.remote_tmp), std::vector<std::string>{}) << n.name;
+    EXPECT_EQ(entries(n.remote_dir), std::vector<std::string>{"gptagent"}) << n.name;
+  }
+}
+
+TEST(Fleet, AnUnreachableHostIsReportedAndTheOthersConverge) {
+  Lab lab(3);
+  lab.nodes[1].sshd->stop();
+  auto r = lab.apply();
+  EXPECT_EQ(r.exit_code, 4) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "fatal: [gpu02]: UNREACHABLE! ")) << r.out;
+  EXPECT_TRUE(has(r.out, "Connection refused")) << r.out;
+  EXPECT_TRUE(has(r.out, "gpu02                      : ok=0    changed=0    unreachable=1    failed=0")) << r.out;
+  EXPECT_TRUE(has(lab.grub(0), "intel_iommu=on"));
+  EXPECT_FALSE(has(lab.grub(1), "intel_iommu=on"));
+  EXPECT_TRUE(has(lab.grub(2), "intel_iommu=on"));
+}
+
+TEST(Fleet, AFailingHostDoesNotStopTheOthers) {
+  Lab lab(3);
+  fs::remove(lab.nodes[0].tree->file("/etc/default/grub"));  // this host's grub file is gone
+  auto r = lab.apply();
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "failed: [gpu01] IOMMU on the kernel command line")) << r.out;
+  EXPECT_TRUE(has(r.out, "fatal: [gpu01]: FAILED! ")) << r.out;
+  EXPECT_TRUE(has(r.out, "gpu01                      : ok=0    changed=0    unreachable=0    failed=1")) << r.out;
+  EXPECT_TRUE(has(lab.grub(1), "intel_iommu=on"));
+  EXPECT_TRUE(has(lab.grub(2), "intel_iommu=on"));
+}
+
+TEST(Fleet, CheckReportsDriftOnEveryHostAndChangesNothing) {
+  Lab lab(3);
+  std::vector<std::map<std::string, std::string>> trees;
+  for (const auto& n : lab.nodes) trees.push_back(test::snapshot(n.tree->root()));
+  auto check = lab.apply({"--check", "--diff"});
+  EXPECT_EQ(check.exit_code, 2) << check.out << check.err;
+  EXPECT_TRUE(has(check.out, "3 of 3 hosts differ from the playbook")) << check.out;
+  EXPECT_TRUE(has(check.out, "+GRUB_CMDLINE_LINUX=\"intel_iommu=on iommu=pt\"")) << check.out;
+  for (size_t i = 0; i < lab.nodes.size(); ++i) {
+    auto now = test::snapshot(lab.nodes[i].tree->root());
+    now.erase("run/gptagent.lock");
+    trees[i].erase("run/gptagent.lock");
+    EXPECT_EQ(now, trees[i]) << lab.nodes[i].name;
+  }
+  ASSERT_EQ(lab.apply().exit_code, 0);
+  auto clean = lab.apply({"--check", "--json"});
+  EXPECT_EQ(clean.exit_code, 0) << clean.out;
+  auto doc = nlohmann::json::parse(clean.out);
+  EXPECT_EQ(doc["exit_code"], 0);
+  EXPECT_EQ(doc["hosts"].size(), 3u);
+  EXPECT_EQ(doc["hosts"]["gpu03"]["status"], "ok");
+  EXPECT_EQ(doc["hosts"]["gpu03"]["stats"]["changed"], 0);
+}
+
+TEST(Fleet, LimitAndSerialChooseAndOrderTheHosts) {
+  Lab lab(3);
+  auto limited = lab.apply({"--limit", "gpu02"});
+  EXPECT_EQ(limited.exit_code, 0) << limited.out << limited.err;
+  EXPECT_FALSE(has(limited.out, "HOST [gpu01]"));
+  EXPECT_FALSE(has(lab.grub(0), "intel_iommu=on"));
+  EXPECT_TRUE(has(lab.grub(1), "intel_iommu=on"));
+  EXPECT_FALSE(has(lab.grub(2), "intel_iommu=on"));
+  auto none = lab.apply({"--limit", "nosuch"});
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_TRUE(has(none.err, "nosuch")) << none.err;
+
+  auto serial = lab.apply({"--serial", "1", "--forks", "5"});
+  EXPECT_EQ(serial.exit_code, 0) << serial.out;
+  const auto a = serial.out.find("HOST [gpu01]"), b = serial.out.find("HOST [gpu02]"), c = serial.out.find("HOST [gpu03]");
+  ASSERT_NE(c, std::string::npos) << serial.out;
+  EXPECT_LT(a, b);
+  EXPECT_LT(b, c);
+  EXPECT_TRUE(has(serial.out, "ok: [gpu02] IOMMU on the kernel command line")) << serial.out;
+}
+
+TEST(Fleet, AChangedHostKeyIsRefused) {
+  Lab lab(2);
+  lab.nodes[0].sshd->change_host_key();
+  auto r = lab.apply();
+  EXPECT_EQ(r.exit_code, 4) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "fatal: [gpu01]: UNREACHABLE! the host key does not match known_hosts")) << r.out;
+  EXPECT_FALSE(has(lab.grub(0), "intel_iommu=on"));
+  EXPECT_FALSE(fs::exists(lab.nodes[0].remote_dir)) << "nothing may reach a host that failed its key check";
+  EXPECT_TRUE(has(lab.grub(1), "intel_iommu=on"));
+}
+
+TEST(Fleet, ABadPlaybookTouchesNoHost) {
+  Lab lab(2, "tasks:\n  - grub_cmdline: {presnt: [x]}\n");
+  auto r = lab.apply();
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(has(r.err, "host.yaml:2:")) << r.err;
+  EXPECT_TRUE(has(r.err, "no host was touched")) << r.err;
+  for (const auto& n : lab.nodes) EXPECT_FALSE(fs::exists(n.remote_dir)) << n.name;
+}
+
+TEST(Fleet, HostsThatNeedARebootAreRebootedWaitedForAndFinished) {
+  Lab lab(2, slurp(test::source_path("playbooks/demo.yaml")));
+  // Each host's reboot is its sandbox's simulated boot (a new boot_id, /proc/cmdline from grub).
+  std::string inv = slurp(lab.inventory);
+  for (const auto& n : lab.nodes) {
+    const std::string line = "          gptagent_root: " + n.tree->root() + "\n";
+    inv.replace(inv.find(line), line.size(),
+                line + "          gptagent_reboot_command: " + test::source_path("scripts/sandbox-reboot") + " " + n.tree->root() + "\n");
+  }
+  test::write(lab.inventory, inv);
+
+  auto without = lab.apply({"--limit", "gpu01"});
+  EXPECT_EQ(without.exit_code, 3) << without.out << without.err;
+  EXPECT_TRUE(has(without.out, "reboot: [gpu01] stopped for a reboot (run with --reboot")) << without.out;
+
+  auto r = lab.apply({"--reboot", "--reboot-timeout", "60"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  for (const auto& n : lab.nodes) {
+    EXPECT_TRUE(has(r.out, "rebooted: [" + n.name + "] 1 time")) << r.out;
+    EXPECT_TRUE(has(r.out, "ok: [" + n.name + "] the kernel command line has intel_iommu=on")) << r.out;
+    EXPECT_TRUE(has(r.out, "ok: [" + n.name + "] 0000:01:00.0 is bound to vfio-pci")) << r.out;
+    EXPECT_FALSE(fs::exists(n.tree->file("/var/lib/gptagent/state.json"))) << n.name;
+  }
+  auto again = lab.apply();
+  EXPECT_EQ(again.exit_code, 0) << again.out;
+  EXPECT_FALSE(has(again.out, "changed: ")) << again.out;
+}
+
+}  // namespace
+}  // namespace gpt

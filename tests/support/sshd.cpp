@@ -1,0 +1,113 @@
+#include "tests/support/sshd.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <stdexcept>
+#include <thread>
+
+namespace gpt::test {
+
+namespace {
+
+void keygen(const std::string& path) {
+  auto r = run_program("/usr/bin/ssh-keygen", {"-q", "-t", "ed25519", "-N", "", "-C", "gptagent-test", "-f", path});
+  if (r.exit_code != 0) throw std::runtime_error("ssh-keygen failed: " + r.err);
+}
+
+bool accepts(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+int unused_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+SshClient::SshClient() {
+  keygen(key());
+  write(known_hosts(), "");
+}
+
+std::string SshClient::common_args() const {
+  // The user's own ~/.ssh is never read: its config and known_hosts are not the test's.
+  return "-F /dev/null -o UserKnownHostsFile=" + known_hosts() + " -o StrictHostKeyChecking=yes";
+}
+
+LoopbackSshd::LoopbackSshd(const SshClient& client) {
+  // sshd needs its privilege separation directory, which the ssh service creates at boot.
+  ::mkdir("/run/sshd", 0755);
+  keygen(dir_ / "host_ed25519");
+  write(dir_ / "authorized_keys", slurp(client.key() + ".pub"));
+  port_ = unused_port();
+  write(dir_ / "sshd_config",
+        "Port " + std::to_string(port_) + "\nListenAddress 127.0.0.1\nHostKey " + (dir_ / "host_ed25519") +
+            "\nPidFile " + (dir_ / "sshd.pid") + "\nAuthorizedKeysFile " + (dir_ / "authorized_keys") +
+            "\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "UsePAM no\nStrictModes no\nPrintMotd no\nAcceptEnv none\nMaxSessions 50\nMaxStartups 100\nLogLevel ERROR\n");
+  write(client.known_hosts(), slurp(client.known_hosts()) + "[127.0.0.1]:" + std::to_string(port_) + " " +
+                                  slurp(dir_ / "host_ed25519.pub"));
+  start();
+}
+
+void LoopbackSshd::start() {
+  pid_ = ::fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    const std::string cfg = dir_ / "sshd_config", log = dir_ / "sshd.log";
+    const char* argv[] = {"/usr/sbin/sshd", "-D", "-f", cfg.c_str(), "-E", log.c_str(), nullptr};
+    ::execv(argv[0], const_cast<char* const*>(argv));
+    ::_exit(127);
+  }
+  for (int i = 0; i < 100; ++i) {
+    if (accepts(port_)) return;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      throw std::runtime_error("sshd exited at start: " + slurp(dir_ / "sshd.log"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  throw std::runtime_error("sshd did not listen on port " + std::to_string(port_));
+}
+
+void LoopbackSshd::stop() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGTERM);
+  ::waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+void LoopbackSshd::change_host_key() {
+  stop();
+  ::unlink((dir_ / "host_ed25519").c_str());
+  ::unlink((dir_ / "host_ed25519.pub").c_str());
+  keygen(dir_ / "host_ed25519");
+  start();
+}
+
+LoopbackSshd::~LoopbackSshd() { stop(); }
+
+}  // namespace gpt::test

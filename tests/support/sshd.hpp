@@ -1,0 +1,47 @@
+// Real sshd instances on loopback ports for fleet tests: each with its own host key and config
+// in a temporary directory, accepting one client key, listening on 127.0.0.1 only.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/support/sandbox.hpp"
+
+namespace gpt::test {
+
+// The client side shared by every sshd of a test: a user key and a known_hosts file.
+struct SshClient {
+  SshClient();
+  TempDir dir;
+  std::string key() const { return dir / "id_ed25519"; }
+  std::string known_hosts() const { return dir / "known_hosts"; }
+  // The ssh options a fleet test gives hosts through ansible_ssh_common_args.
+  std::string common_args() const;
+};
+
+class LoopbackSshd {
+ public:
+  // Starts sshd on a free port of 127.0.0.1, trusting `client`'s key; adds its host key to the
+  // client's known_hosts.
+  explicit LoopbackSshd(const SshClient& client);
+  ~LoopbackSshd();
+  LoopbackSshd(const LoopbackSshd&) = delete;
+  LoopbackSshd& operator=(const LoopbackSshd&) = delete;
+  int port() const { return port_; }
+  const std::string& dir() const { return dir_.path(); }
+  void stop();  // the port then refuses connections
+  // Replaces its host key (the known_hosts entry then no longer matches) and restarts it.
+  void change_host_key();
+
+ private:
+  void start();
+  TempDir dir_;
+  int port_ = 0;
+  int pid_ = -1;
+};
+
+// A port of 127.0.0.1 where nothing listens.
+int unused_port();
+
+}  // namespace gpt::test
