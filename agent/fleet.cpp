@@ -120,7 +120,7 @@ class Fleet {
   std::ostream& err_;
   std::mutex print_;
   std::string control_dir_;
-  std::string agent_bytes_, agent_sha_, playbook_bytes_;
+  std::string agent_bytes_, agent_sha_, agent_name_, playbook_bytes_;
   std::map<std::string, HostOutcome> results_;
 };
 
@@ -227,8 +227,10 @@ HostOutcome Fleet::converge(Host& h) {
   std::string boot_before;
   for (int attempt = 0;; ++attempt) {
     // One round trip: the cached agent's hash, a private temporary directory, the boot id.
-    auto info = ssh(h, "umask 077; d=" + D + "; mkdir -p \"$d\" || exit 90; s=$(sha256sum \"$d/gptagent\" 2>/dev/null); "
-                       "echo \"sha=${s%% *}\"; t=$(mktemp -d " + (h.remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(h.remote_tmp)) + "/gptagent.XXXXXXXX) || exit 91; "
+    // The cached agent is named by its SHA-256 (written whole, then renamed): finding the name
+    // is knowing the content, without hashing tens of megabytes on every host at every run.
+    auto info = ssh(h, "umask 077; d=" + D + "; mkdir -p \"$d\" || exit 90; "
+                       "[ -x \"$d/" + agent_name_ + "\" ] && echo \"sha=" + agent_sha_ + "\"; t=$(mktemp -d " + (h.remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(h.remote_tmp)) + "/gptagent.XXXXXXXX) || exit 91; "
                        "echo \"tmp=$t\"; echo \"boot=$(cat " + shell_quote(h.boot_path) + " 2>/dev/null)\"",
                     {}, 60);
     if (info.exit_code == 255) {
@@ -248,8 +250,10 @@ HostOutcome Fleet::converge(Host& h) {
     boot_before = kv["boot"];
     if (kv["sha"] != agent_sha_) {
       spdlog::info("{}: copying the agent ({} bytes)", h.inv->name, agent_bytes_.size());
+      // Other versions are removed once this one is in place.
       auto copy = ssh(h, "umask 077; d=" + D + "; cat > \"$d/.gptagent.new\" && chmod 700 \"$d/.gptagent.new\" && "
-                         "mv -f \"$d/.gptagent.new\" \"$d/gptagent\"",
+                         "mv -f \"$d/.gptagent.new\" \"$d/" + agent_name_ + "\" && "
+                         "for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
                       agent_bytes_, 600);
       if (!copy.ok()) {
         ssh(h, "rm -rf " + shell_quote(tmp), {}, 30);
@@ -266,7 +270,7 @@ HostOutcome Fleet::converge(Host& h) {
     if (!h.vars.empty()) args.insert(args.end(), {"-e", h.vars.dump()});
     for (const auto& e : o_.extra_vars) args.insert(args.end(), {"-e", e});  // -e wins over host vars, as in Ansible
     auto run = ssh(h, "t=" + shell_quote(tmp) + "; d=" + D + "; cat > \"$t/playbook.yaml\" || exit 92; " + become +
-                          "\"$d/gptagent\" " + remote_command(args) + "; rc=$?; rm -rf \"$t\"; exit $rc",
+                          "\"$d/" + agent_name_ + "\" " + remote_command(args) + "; rc=$?; rm -rf \"$t\"; exit $rc",
                    playbook_bytes_, 3600);
     if (run.exit_code == 255 && run.out.empty()) {
       r.kind = HostOutcome::unreachable;
@@ -370,6 +374,7 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
     playbook_bytes_.assign(std::istreambuf_iterator<char>(p), {});
   }
   agent_sha_ = sha256_hex(agent_bytes_);
+  agent_name_ = "gptagent-" + agent_sha_;
 
   std::vector<Host> all;
   for (size_t i = 0; i < hosts.size(); ++i) all.push_back(prepare(*hosts[i], i));

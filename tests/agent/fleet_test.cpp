@@ -104,8 +104,11 @@ TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(has(lab.grub(i), "GRUB_CMDLINE_LINUX=\"intel_iommu=on iommu=pt\"")) << lab.grub(i);
 
   // The agent was copied into each host's cache; the second run finds it and copies nothing.
+  const auto cached = entries(lab.nodes[0].remote_dir);
+  ASSERT_EQ(cached.size(), 1u);
+  EXPECT_TRUE(cached[0].starts_with("gptagent-")) << cached[0];  // named by its SHA-256
   struct stat first_copy{};
-  ASSERT_EQ(::stat((lab.nodes[0].remote_dir + "/gptagent").c_str(), &first_copy), 0);
+  ASSERT_EQ(::stat((lab.nodes[0].remote_dir + "/" + cached[0]).c_str(), &first_copy), 0);
   EXPECT_EQ(first_copy.st_mode & 0777, 0700u);
   auto second = lab.apply({"-v"});
   ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
@@ -113,7 +116,7 @@ TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce
   for (const auto& n : lab.nodes)
     EXPECT_TRUE(has(second.out, n.name + std::string(26 - n.name.size(), ' ') + " : ok=2    changed=0")) << second.out;
   struct stat second_copy{};
-  ASSERT_EQ(::stat((lab.nodes[0].remote_dir + "/gptagent").c_str(), &second_copy), 0);
+  ASSERT_EQ(::stat((lab.nodes[0].remote_dir + "/" + cached[0]).c_str(), &second_copy), 0);
   EXPECT_EQ(second_copy.st_ino, first_copy.st_ino);
   EXPECT_EQ(second_copy.st_mtime, first_copy.st_mtime);
 
@@ -122,7 +125,7 @@ TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce
   EXPECT_EQ(entries(lab.control_tmp), std::vector<std::string>{});
   for (const auto& n : lab.nodes) {
     EXPECT_EQ(entries(n.remote_tmp), std::vector<std::string>{}) << n.name;
-    EXPECT_EQ(entries(n.remote_dir), std::vector<std::string>{"gptagent"}) << n.name;
+    EXPECT_EQ(entries(n.remote_dir), cached) << n.name;
   }
 }
 
