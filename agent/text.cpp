@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 
 namespace gpt {
 
@@ -60,32 +61,43 @@ bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
-std::optional<uint64_t> parse_size(std::string_view text) {
+Expected<uint64_t> parse_size(std::string_view text) {
+  const std::string shown(text);
+  const Error bad{"must be a size such as 20G, 512M, 1T or 4096 (bytes), not '" + shown + "'"};
   text = trim(text);
   size_t digits = 0;
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
-  if (digits == 0 || digits > 19) return std::nullopt;
-  uint64_t n = std::stoull(std::string(text.substr(0, digits)));
+  if (digits == 0) return bad;
   std::string unit = lower(trim(text.substr(digits)));
-  if (unit.size() > 1 && ends_with(unit, "ib")) unit.resize(unit.size() - 2);
-  else if (unit.size() > 1 && unit.back() == 'b') unit.pop_back();
-  static const std::string units = "kmgtp";
   int shift = 0;
-  if (unit == "b" || unit.empty()) shift = 0;
-  else if (unit.size() == 1 && units.find(unit[0]) != std::string::npos) shift = 10 * (1 + static_cast<int>(units.find(unit[0])));
-  else return std::nullopt;
-  if (n == 0 || (shift > 0 && n > (UINT64_MAX >> shift))) return std::nullopt;
+  if (!unit.empty()) {
+    const auto pos = std::string_view("kmgtp").find(unit[0]);
+    if (pos != std::string_view::npos) {
+      shift = 10 * static_cast<int>(pos + 1);
+      unit.erase(0, 1);
+    }
+    if (!unit.empty() && unit != "b" && !(shift > 0 && unit == "ib")) return bad;  // "4096iB" is no size
+  }
+  const uint64_t limit = static_cast<uint64_t>(INT64_MAX) >> shift;
+  uint64_t n = 0;
+  for (size_t i = 0; i < digits; ++i) {
+    n = n * 10 + static_cast<uint64_t>(text[i] - '0');
+    if (n > limit) return Error{"'" + shown + "' is too large"};
+  }
+  if (n == 0) return Error{"must be larger than 0, not '" + shown + "'"};
   return n << shift;
 }
 
-std::string size_text(uint64_t bytes) {
-  static const char* names[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  int i = 0;
-  while (i < 5 && bytes >= 1024 && bytes % 1024 == 0) {
-    bytes /= 1024;
-    ++i;
-  }
-  return std::to_string(bytes) + " " + names[i];
+std::string size_text(uint64_t v) {
+  static const char* const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (u < 6 && v >= (uint64_t{1} << (10 * (u + 1)))) ++u;
+  if (u == 0) return std::to_string(v) + " bytes";
+  const uint64_t unit = uint64_t{1} << (10 * u);
+  if (v % unit == 0) return std::to_string(v / unit) + " " + units[u];
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", static_cast<double>(v) / static_cast<double>(unit));
+  return std::string(buf) + " " + units[u] + " (" + std::to_string(v) + " bytes)";
 }
 
 }  // namespace gpt

@@ -7,6 +7,8 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/expected.hpp"
+
 namespace gpt {
 
 std::string_view trim(std::string_view s);
@@ -17,10 +19,10 @@ std::vector<std::string> words(std::string_view text, bool comments = false);
 std::string lower(std::string_view s);
 std::string join(const std::vector<std::string>& items, std::string_view sep);
 bool ends_with(std::string_view s, std::string_view suffix);
-// "100G", "512M", "16GiB", "1T", "4096": bytes, with K/M/G/T/P as powers of 1024 (a trailing "B"
-// or "iB" allowed, any case). nullopt for anything else, zero, or an overflow.
-std::optional<uint64_t> parse_size(std::string_view text);
-// 17179869184 -> "16 GiB"; sizes that are not a whole number of a unit keep the smaller one.
+// "100G", "512M", "16GiB", "1T", "4096": bytes, with K/M/G/T/P as powers of 1024 (a trailing "B",
+// or "iB" after a unit, any case). An error for anything else, zero, or more than 2^63-1 bytes.
+Expected<uint64_t> parse_size(std::string_view text);
+// 17179869184 -> "16 GiB"; 1610612736 -> "1.5 GiB (1610612736 bytes)": for messages.
 std::string size_text(uint64_t bytes);
 
 }  // namespace gpt

@@ -33,7 +33,7 @@ constexpr const char* kDefaultUri = "qemu:///system";
 
 std::optional<std::string> size_check(const json& v) {
   if (v.is_number_integer() && v.get<long long>() > 0) return std::nullopt;
-  if (v.is_string() && parse_size(v.get<std::string>())) return std::nullopt;
+  if (v.is_string() && parse_size(v.get<std::string>()).ok()) return std::nullopt;
   return "'" + (v.is_string() ? v.get<std::string>() : v.dump()) + "' is not a size like 16G, 8192M or 4096 (MiB)";
 }
 

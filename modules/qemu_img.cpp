@@ -25,46 +25,13 @@ namespace {
 // `qemu-img info` reads a header: a minute means the storage under it is stuck.
 constexpr std::chrono::seconds kInfoTimeout{60};
 
-// "20G", "512MiB", "1t", "4096": bytes. K M G T P are powers of 1024, as qemu-img reads them.
-Expected<uint64_t> parse_size(const std::string& text) {
-  const Error bad{"must be a size such as 20G, 512M, 1T or 4096 (bytes), not '" + text + "'"};
-  size_t digits = 0;
-  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
-  if (digits == 0) return bad;
-  std::string suffix = lower(std::string_view(text).substr(digits));
-  int shift = 0;
-  if (!suffix.empty()) {
-    const auto unit = std::string_view("kmgtp").find(suffix[0]);
-    if (unit != std::string_view::npos) {
-      shift = 10 * static_cast<int>(unit + 1);
-      suffix.erase(0, 1);
-    }
-    if (!suffix.empty() && suffix != "b" && !(shift > 0 && suffix == "ib")) return bad;
-  }
-  const uint64_t limit = static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) >> shift;
-  uint64_t n = 0;
-  for (size_t i = 0; i < digits; ++i) {
-    n = n * 10 + static_cast<uint64_t>(text[i] - '0');
-    if (n > limit) return Error{"'" + text + "' is too large for a disk image"};
-  }
-  n <<= shift;
-  if (n == 0) return Error{"must be larger than 0, not '" + text + "'"};
+// "20G", "512MiB", "1t", "4096": bytes (gpt::parse_size), with what qemu-img adds to it.
+Expected<uint64_t> image_size(const std::string& text) {
+  auto n = parse_size(text);
+  if (!n) return Error{n.error() + (ends_with(n.error(), "too large") ? " for a disk image" : "")};
   // qemu rounds sizes up to whole 512-byte sectors: the image could never match what was asked.
-  if (n % 512 != 0) return Error{"'" + text + "' is not a multiple of 512 bytes (qemu sizes images in sectors)"};
-  return n;
-}
-
-// "20 GiB", "1.5 GiB (1610612736 bytes)", "512 bytes": for messages.
-std::string human_size(uint64_t v) {
-  static const char* const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  int u = 0;
-  while (u < 6 && v >= (uint64_t{1} << (10 * (u + 1)))) ++u;
-  if (u == 0) return std::to_string(v) + " bytes";
-  const uint64_t unit = uint64_t{1} << (10 * u);
-  if (v % unit == 0) return std::to_string(v / unit) + " " + units[u];
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f", static_cast<double>(v) / static_cast<double>(unit));
-  return std::string(buf) + " " + units[u] + " (" + std::to_string(v) + " bytes)";
+  if (*n % 512 != 0) return Error{"'" + text + "' is not a multiple of 512 bytes (qemu sizes images in sectors)"};
+  return *n;
 }
 
 // The size as qemu-img's argument: "20G" where that is exact, else bytes.
@@ -242,7 +209,7 @@ Status set_attrs(const std::string& real, const std::string& shown, const Attrs&
 
 // The image in one line, for messages.
 std::string describe(const std::string& format, uint64_t size, const std::string& backing, const std::string& bfmt) {
-  std::string out = format + ", " + human_size(size);
+  std::string out = format + ", " + size_text(size);
   if (!backing.empty()) out += ", backing " + backing + (bfmt.empty() ? "" : " (" + bfmt + ")");
   return out;
 }
@@ -250,7 +217,7 @@ std::string describe(const std::string& format, uint64_t size, const std::string
 // What --diff shows of an image: its format, size and backing file, and the attributes the task names.
 std::string state_text(const std::string& format, uint64_t size, const std::string& backing, const std::string& bfmt,
                        const std::optional<FileInfo>& file, const Attrs& want) {
-  std::string out = "format: " + format + "\nvirtual size: " + human_size(size) + "\n";
+  std::string out = "format: " + format + "\nvirtual size: " + size_text(size) + "\n";
   if (!backing.empty()) out += "backing: " + backing + (bfmt.empty() ? "" : " (" + bfmt + ")") + "\n";
   if (want.uid) out += "owner: " + std::to_string(file ? file->uid : *want.uid) + "\n";
   if (want.gid) out += "group: " + std::to_string(file ? file->gid : *want.gid) + "\n";
@@ -361,7 +328,7 @@ Result update(Context& ctx, const Wanted& w, const FileInfo& file, bool apply) {
   // Without a size (an overlay made with its backing file's), the image keeps the size it has.
   std::optional<uint64_t> grow_to;
   if (w.size && *w.size < info.virtual_size)
-    return refuse(w.path + " is " + human_size(info.virtual_size) + ", larger than the " + human_size(*w.size) +
+    return refuse(w.path + " is " + size_text(info.virtual_size) + ", larger than the " + size_text(*w.size) +
                   " asked for: images are never shrunk (the guest's data at the end would be lost)");
   if (w.size && *w.size > info.virtual_size) grow_to = *w.size;
   const auto attrs = attr_changes(&file, w.attrs);
@@ -373,10 +340,10 @@ Result update(Context& ctx, const Wanted& w, const FileInfo& file, bool apply) {
     return r;
   }
   std::vector<std::string> changes;
-  if (grow_to) changes.push_back("grow from " + human_size(info.virtual_size) + " to " + human_size(*grow_to));
+  if (grow_to) changes.push_back("grow from " + size_text(info.virtual_size) + " to " + size_text(*grow_to));
   changes.insert(changes.end(), attrs.begin(), attrs.end());
   if (grow_to && !w.allow_grow)
-    return refuse(w.path + " would grow from " + human_size(info.virtual_size) + " to " + human_size(*grow_to) +
+    return refuse(w.path + " would grow from " + size_text(info.virtual_size) + " to " + size_text(*grow_to) +
                   ": set allow_grow: true to let it grow (not changed)");
   if (info.in_use)
     return refuse(w.path + " is in use by a running VM: not touched (needed: " + join(changes, ", ") + ")");
@@ -390,8 +357,8 @@ Result update(Context& ctx, const Wanted& w, const FileInfo& file, bool apply) {
 
   std::string msg;
   if (grow_to) {
-    msg = (apply ? "grew " : "would grow ") + w.path + " from " + human_size(info.virtual_size) + " to " +
-          human_size(*grow_to) + " (the guest's partitions are not resized)";
+    msg = (apply ? "grew " : "would grow ") + w.path + " from " + size_text(info.virtual_size) + " to " +
+          size_text(*grow_to) + " (the guest's partitions are not resized)";
     if (!attrs.empty()) msg += ", and set " + join(attrs, ", ");
   } else {
     msg = (apply ? "set " : "would set ") + join(attrs, ", ") + " on " + w.path;
@@ -429,7 +396,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   w.path = args["path"].get<std::string>();
   w.format = args["format"].get<std::string>();
   if (args.contains("size")) {
-    auto size = parse_size(args["size"].get<std::string>());
+    auto size = image_size(args["size"].get<std::string>());
     if (!size) return Result::failed("size " + size.error());
     w.size = *size;
   }
@@ -489,7 +456,7 @@ const Registration registration{ModuleDef{
                         {.name = "format", .type = ArgType::str, .default_value = "qcow2", .choices = {"qcow2", "raw"}},
                         {.name = "size", .type = ArgType::str,
                          .check = [](const json& v) -> std::optional<std::string> {
-                           auto size = parse_size(v.get<std::string>());
+                           auto size = image_size(v.get<std::string>());
                            if (!size) return size.error();
                            return std::nullopt;
                          }},

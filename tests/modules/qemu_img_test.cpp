@@ -16,6 +16,7 @@
 #include "agent/facts.hpp"
 #include "agent/playbook.hpp"
 #include "agent/runner.hpp"
+#include "tests/support/converge.hpp"
 #include "tests/support/sandbox.hpp"
 
 extern char** environ;
@@ -23,6 +24,7 @@ extern char** environ;
 namespace gpt {
 namespace {
 
+using test::Collect;
 using test::TempDir;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
@@ -42,17 +44,6 @@ std::string tool(const std::string& name) {
   return "/usr/bin/" + name;
 }
 
-class Collect final : public Reporter {
- public:
-  explicit Collect(std::vector<TaskReport>& out) : out_(out) {}
-  void stage(const Stage&) override {}
-  void handlers(const Stage&) override {}
-  void task(const TaskReport& r) override { out_.push_back(r); }
-  void done(const RunStats&, int) override {}
-
- private:
-  std::vector<TaskReport>& out_;
-};
 
 struct Ran {
   std::vector<std::string> load_errors;  // "play.yaml:line:col: message"

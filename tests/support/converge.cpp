@@ -9,17 +9,6 @@
 namespace gpt::test {
 namespace {
 
-class Collect final : public Reporter {
- public:
-  explicit Collect(std::vector<TaskReport>& out) : out_(out) {}
-  void stage(const Stage&) override {}
-  void handlers(const Stage&) override {}
-  void task(const TaskReport& r) override { out_.push_back(r); }
-  void done(const RunStats&, int) override {}
-
- private:
-  std::vector<TaskReport>& out_;
-};
 
 }  // namespace
 

@@ -29,6 +29,19 @@ class SimulatedSysfs final : public gpt::SysfsWriter {
   std::vector<std::string> writes;  // "path=value"
 };
 
+// A reporter that keeps every task report.
+class Collect final : public Reporter {
+ public:
+  explicit Collect(std::vector<TaskReport>& out) : out_(out) {}
+  void stage(const Stage&) override {}
+  void handlers(const Stage&) override {}
+  void task(const TaskReport& r) override { out_.push_back(r); }
+  void done(const RunStats&, int) override {}
+
+ private:
+  std::vector<TaskReport>& out_;
+};
+
 Converged converge_root(const std::string& root, const std::string& playbook_yaml, bool check,
                         bool allow_system_commands = true, const nlohmann::json& extra_vars = nlohmann::json::object());
 
