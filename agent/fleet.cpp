@@ -225,58 +225,54 @@ HostOutcome Fleet::converge(Host& h) {
   const std::string D = remote_path(h.remote_dir);
   const std::string become = h.become ? "sudo -n -- " : "";
   std::string boot_before;
+  bool copied = false;
   for (int attempt = 0;; ++attempt) {
-    // One round trip: the cached agent's hash, a private temporary directory, the boot id.
-    // The cached agent is named by its SHA-256 (written whole, then renamed): finding the name
-    // is knowing the content, without hashing tens of megabytes on every host at every run.
-    auto info = ssh(h, "umask 077; d=" + D + "; mkdir -p \"$d\" || exit 90; "
-                       "[ -x \"$d/" + agent_name_ + "\" ] && echo \"sha=" + agent_sha_ + "\"; t=$(mktemp -d " + (h.remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(h.remote_tmp)) + "/gptagent.XXXXXXXX) || exit 91; "
-                       "echo \"tmp=$t\"; echo \"boot=$(cat " + shell_quote(h.boot_path) + " 2>/dev/null)\"",
-                    {}, 60);
-    if (info.exit_code == 255) {
-      r.kind = HostOutcome::unreachable;
-      r.message = info.failure();
-      return r;
-    }
-    std::map<std::string, std::string> kv;
-    for (auto line : lines(info.out))
-      if (auto eq = line.find('='); eq != std::string_view::npos) kv[std::string(line.substr(0, eq))] = std::string(line.substr(eq + 1));
-    if (!info.ok() || kv["tmp"].empty()) {
-      r.kind = HostOutcome::failed_;
-      r.message = "cannot prepare " + h.remote_dir + " and a temporary directory: " + info.failure();
-      return r;
-    }
-    const std::string tmp = kv["tmp"];
-    boot_before = kv["boot"];
-    if (kv["sha"] != agent_sha_) {
-      spdlog::info("{}: copying the agent ({} bytes)", h.inv->name, agent_bytes_.size());
-      // Other versions are removed once this one is in place.
-      auto copy = ssh(h, "umask 077; d=" + D + "; cat > \"$d/.gptagent.new\" && chmod 700 \"$d/.gptagent.new\" && "
-                         "mv -f \"$d/.gptagent.new\" \"$d/" + agent_name_ + "\" && "
-                         "for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
-                      agent_bytes_, 600);
-      if (!copy.ok()) {
-        ssh(h, "rm -rf " + shell_quote(tmp), {}, 30);
-        r.kind = copy.exit_code == 255 ? HostOutcome::unreachable : HostOutcome::failed_;
-        r.message = "cannot copy the agent to " + h.remote_dir + ": " + copy.failure();
-        return r;
-      }
-    }
-    std::vector<std::string> args{"apply", tmp + "/playbook.yaml", "--json", "--color", "never", "--root", h.root};
+    // One round trip on a host that has this agent: a private temporary directory (0700), the
+    // boot id (on stderr, for the reboot), the playbook from stdin, the run, the cleanup. The
+    // cached agent is named by its SHA-256 (written whole, then renamed): finding the name is
+    // knowing the content, without hashing tens of megabytes on every host at every run.
+    std::vector<std::string> args{"apply", "PLAYBOOK", "--json", "--color", "never", "--root", h.root};
     if (o_.check) args.push_back("--check");
     if (o_.diff) args.push_back("--diff");
     for (const auto& t : o_.tags) args.insert(args.end(), {"--tags", t});
     for (const auto& t : o_.skip_tags) args.insert(args.end(), {"--skip-tags", t});
     if (!h.vars.empty()) args.insert(args.end(), {"-e", h.vars.dump()});
     for (const auto& e : o_.extra_vars) args.insert(args.end(), {"-e", e});  // -e wins over host vars, as in Ansible
-    auto run = ssh(h, "t=" + shell_quote(tmp) + "; d=" + D + "; cat > \"$t/playbook.yaml\" || exit 92; " + become +
-                          "\"$d/" + agent_name_ + "\" " + remote_command(args) + "; rc=$?; rm -rf \"$t\"; exit $rc",
+    std::string command = remote_command(args);
+    command.replace(command.find("PLAYBOOK"), 8, "\"$t/playbook.yaml\"");
+    const std::string tmp_parent = h.remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(h.remote_tmp);
+    auto run = ssh(h, "umask 077; d=" + D + "; [ -x \"$d/" + agent_name_ + "\" ] || exit 93; t=$(mktemp -d " + tmp_parent +
+                          "/gptagent.XXXXXXXX) || exit 91; echo \"gptagent-boot=$(cat " + shell_quote(h.boot_path) +
+                          " 2>/dev/null)\" >&2; cat > \"$t/playbook.yaml\" || { rm -rf \"$t\"; exit 92; }; " + become + "\"$d/" +
+                          agent_name_ + "\" " + command + "; rc=$?; rm -rf \"$t\"; exit $rc",
                    playbook_bytes_, 3600);
+    if (run.exit_code == 93 && !copied) {
+      copied = true;
+      spdlog::info("{}: copying the agent ({} bytes)", h.inv->name, agent_bytes_.size());
+      // Other versions are removed once this one is in place.
+      auto copy = ssh(h, "umask 077; d=" + D + "; mkdir -p \"$d\" && cat > \"$d/.gptagent.new\" && chmod 700 \"$d/.gptagent.new\" && "
+                         "mv -f \"$d/.gptagent.new\" \"$d/" + agent_name_ + "\" && "
+                         "for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
+                      agent_bytes_, 600);
+      if (!copy.ok()) {
+        r.kind = copy.exit_code == 255 ? HostOutcome::unreachable : HostOutcome::failed_;
+        r.message = "cannot copy the agent to " + h.remote_dir + ": " + copy.failure();
+        return r;
+      }
+      continue;
+    }
     if (run.exit_code == 255 && run.out.empty()) {
       r.kind = HostOutcome::unreachable;
       r.message = run.failure();
       return r;
     }
+    if (run.exit_code >= 90 && run.exit_code <= 93) {
+      r.kind = HostOutcome::failed_;
+      r.message = "cannot prepare " + h.remote_dir + " and a private temporary directory: " + run.failure();
+      return r;
+    }
+    if (auto at = run.err.find("gptagent-boot="); at != std::string::npos)
+      boot_before = run.err.substr(at + 14, run.err.find('\n', at) - at - 14);
     json doc = json::parse(run.out, nullptr, false);
     if (doc.is_discarded() || !doc.is_object()) {
       r.kind = HostOutcome::failed_;
