@@ -104,7 +104,8 @@ struct ModuleDef {
   std::string summary;
   ModuleSchema schema;
   ConvergeFn converge = nullptr;
-  bool changes_boot = false;  // documents modules whose changes need a reboot
+  // Changes need a reboot or a handler: the runner records a stage's intent before making them.
+  bool changes_boot = false;
 };
 
 class Registry {

@@ -70,9 +70,10 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       if (!task.when) {
         rep = TaskReport{stage.name, task.name, task.module->name, false, false,
                          Result::skipped("condition is false: " + task.when_text), 0};
-      } else if (apply && opts.journal) {
+      } else if (apply && opts.journal && (task.module->changes_boot || !task.notify.empty())) {
         // Predict first: a task that will change records what its change sets in motion before
-        // making it; one that will not is done (check mode and apply agree on `ok`).
+        // making it; one that will not is done (check mode and apply agree on `ok`). Modules
+        // whose changes set nothing in motion (no handler, no reboot) need no prediction.
         rep = converge_task(stage, task.name, *task.module, task.args, ctx, false, false);
         if (rep.result.status == Outcome::changed) {
           StageIntent next = intent;
