@@ -231,21 +231,25 @@ HostOutcome Fleet::converge(Host& h) {
     // boot id (on stderr, for the reboot), the playbook from stdin, the run, the cleanup. The
     // cached agent is named by its SHA-256 (written whole, then renamed): finding the name is
     // knowing the content, without hashing tens of megabytes on every host at every run.
-    std::vector<std::string> args{"apply", "PLAYBOOK", "--json", "--color", "never", "--root", h.root};
+    std::vector<std::string> args{"--json", "--color", "never", "--root", h.root};
     if (o_.check) args.push_back("--check");
     if (o_.diff) args.push_back("--diff");
     for (const auto& t : o_.tags) args.insert(args.end(), {"--tags", t});
     for (const auto& t : o_.skip_tags) args.insert(args.end(), {"--skip-tags", t});
-    if (!h.vars.empty()) args.insert(args.end(), {"-e", h.vars.dump()});
-    for (const auto& e : o_.extra_vars) args.insert(args.end(), {"-e", e});  // -e wins over host vars, as in Ansible
-    std::string command = remote_command(args);
-    command.replace(command.find("PLAYBOOK"), 8, "\"$t/playbook.yaml\"");
+    std::vector<std::string> extra;
+    for (const auto& e : o_.extra_vars) extra.insert(extra.end(), {"-e", e});  // -e wins over host vars, as in Ansible
+    // Host variables travel in a file of the private directory, never on a command line that
+    // every user of the host can read in ps.
+    const std::string command = "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"" +
+                                (extra.empty() ? "" : " " + remote_command(extra));
+    const std::string vars = h.vars.dump();
     const std::string tmp_parent = h.remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(h.remote_tmp);
     auto run = ssh(h, "umask 077; d=" + D + "; [ -x \"$d/" + agent_name_ + "\" ] || exit 93; t=$(mktemp -d " + tmp_parent +
                           "/gptagent.XXXXXXXX) || exit 91; echo \"gptagent-boot=$(cat " + shell_quote(h.boot_path) +
-                          " 2>/dev/null)\" >&2; cat > \"$t/playbook.yaml\" || { rm -rf \"$t\"; exit 92; }; " + become + "\"$d/" +
+                          " 2>/dev/null)\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
+                          " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become + "\"$d/" +
                           agent_name_ + "\" " + command + "; rc=$?; rm -rf \"$t\"; exit $rc",
-                   playbook_bytes_, 3600);
+                   playbook_bytes_ + vars, 3600);
     if (run.exit_code == 93 && !copied) {
       copied = true;
       spdlog::info("{}: copying the agent ({} bytes)", h.inv->name, agent_bytes_.size());

@@ -664,9 +664,17 @@ LoadResult load_playbook(const std::string& path, const LoadOptions& opts) {
 }
 
 Expected<json> parse_extra_var(const std::string& arg) {
-  if (!arg.empty() && arg.front() == '{') {  // -e '{"key": value, ...}', as ansible-playbook takes it
-    json j = json::parse(arg, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return Error{"-e: '" + arg + "' is not a JSON object"};
+  if (!arg.empty() && (arg.front() == '{' || arg.front() == '@')) {
+    // -e '{"key": value, ...}' or -e @vars.json, as ansible-playbook takes them (JSON only).
+    std::string text = arg;
+    if (arg.front() == '@') {
+      std::ifstream in(arg.substr(1), std::ios::binary);
+      if (!in) return Error{"-e: cannot read " + arg.substr(1)};
+      text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    json j = json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      return Error{"-e: " + (arg.front() == '@' ? arg.substr(1) + " does not hold" : "'" + arg + "' is not") + " a JSON object"};
     if (j.contains("facts")) return Error{"-e: 'facts' is reserved for the host's facts"};
     return j;
   }

@@ -259,5 +259,26 @@ TEST(Cli, ExtraVarsReachThePlaybook) {
   EXPECT_EQ(doc["stages"][0]["tasks"][0]["data"]["added"], (nlohmann::json{"intel_iommu=on", "iommu=pt"}));
 }
 
+TEST(Cli, ExtraVarsAsJsonInlineOrFromAFileAndTheLastWins) {
+  SampleHost host;
+  test::TempDir d;
+  test::write(d / "vars.json", R"({"extra_params": ["iommu=pt", "pcie_acs_override=downstream"]})");
+  auto r = run_agent({"apply", kDemo, "--root", host.root(), "-e", "@" + (d / "vars.json"), "--check", "--json"});
+  auto doc = nlohmann::json::parse(r.out);
+  EXPECT_EQ(doc["stages"][0]["tasks"][0]["data"]["added"],
+            (nlohmann::json{"intel_iommu=on", "iommu=pt", "pcie_acs_override=downstream"}));
+  auto inline_json = run_agent({"apply", kDemo, "--root", host.root(), "-e", "@" + (d / "vars.json"), "-e",
+                                R"({"extra_params": ["iommu=pt"]})", "--check", "--json"});
+  EXPECT_EQ(nlohmann::json::parse(inline_json.out)["stages"][0]["tasks"][0]["data"]["added"],
+            (nlohmann::json{"intel_iommu=on", "iommu=pt"}));
+  auto missing = run_agent({"apply", kDemo, "--root", host.root(), "-e", "@" + (d / "nope.json")});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("-e: cannot read " + (d / "nope.json")), std::string::npos) << missing.err;
+  test::write(d / "list.json", "[1, 2]");
+  auto list = run_agent({"apply", kDemo, "--root", host.root(), "-e", "@" + (d / "list.json")});
+  EXPECT_EQ(list.exit_code, 1);
+  EXPECT_NE(list.err.find("does not hold a JSON object"), std::string::npos) << list.err;
+}
+
 }  // namespace
 }  // namespace gpt
