@@ -657,15 +657,15 @@ Result converge(Context& ctx, const json& args, bool apply) {
     r.diff = unified_diff(dom ? render(current) : "", render(desired), "domain " + name + " (libvirt XML)");
     done.push_back(dom ? "redefined domain " + name : "defined domain " + name);
   }
+  // The definition first: when libvirt refuses it, nothing at all has changed.
+  if (apply && redefine) {
+    auto defined = conn->define(render(desired));
+    if (!defined) return Result::failed(defined.error() + " (domain " + name + ", nothing was changed)");
+    dom.emplace(std::move(*defined));
+  }
   auto nvram = ensure_nvram(ctx, *want, apply);
   if (!nvram) return Result::failed(nvram.error());
   if (*nvram) done.push_back("created " + want->nvram + " from " + want->vars);
-
-  if (apply && redefine) {
-    auto defined = conn->define(render(desired));
-    if (!defined) return Result::failed(defined.error() + " (domain " + name + ", nothing else changed)");
-    dom.emplace(std::move(*defined));
-  }
 
   // Autostart and the run state, on the defined domain (in check mode: as it is, or would be).
   if (args.contains("autostart") && !args["autostart"].is_null()) {

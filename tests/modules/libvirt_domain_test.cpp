@@ -248,6 +248,16 @@ TEST_F(RealLibvirtd, AVmWithoutGpusStartsAndStopsUnderEmulation) {
   auto run = [&](const std::string& state) {
     return test::run_agent({"apply", pb(state), "--root", host.root(), "--connect", daemon->uri(), "--color", "never"});
   };
+  // A definition libvirt refuses (a machine type this QEMU does not have): nothing is changed.
+  const std::string refused_pb = plays / "refused.yaml";
+  test::write(refused_pb, slurp(pb("running")) + "      machine: pc-q35-99.0\n");
+  auto refused = test::run_agent({"apply", refused_pb, "--root", host.root(), "--connect", daemon->uri(), "--color", "never"});
+  EXPECT_EQ(refused.exit_code, 1) << refused.out;
+  EXPECT_TRUE(has(refused.out, "failed: [vm] libvirt refused the domain definition: ")) << refused.out;
+  EXPECT_TRUE(has(refused.out, "(domain tcgvm, nothing was changed)")) << refused.out;
+  EXPECT_FALSE(fs::exists(host.file(daemon->dir() + "/tcgvm_VARS.fd"))) << "the nvram was made for a domain never defined";
+  EXPECT_TRUE(has(daemon->virsh("list --all --name"), "tcgvm") == false);
+
   auto started = run("running");
   ASSERT_EQ(started.exit_code, 0) << started.out << started.err;
   EXPECT_TRUE(has(started.out, "defined domain tcgvm")) << started.out;
