@@ -545,6 +545,9 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
   w.machine = *machine;
   if (w.machine.find("i440fx") != std::string::npos || w.machine == "pc")
     return Error{"machine: " + w.machine + " is the i440FX chipset, which has no PCIe for a GPU: use q35 (pc-q35-4.2 or newer)"};
+  // The walkthrough's floor: older q35 machine types lack what GPU guests rely on.
+  if (w.machine.starts_with("pc-q35-") && machine_version(w.machine) < std::vector<int>{4, 2})
+    return Error{"machine: " + w.machine + " is older than pc-q35-4.2, the oldest q35 machine type for GPU passthrough"};
   auto fw = choose_firmware(ctx.root, args["firmware"]);
   if (!fw) return Error{fw.error()};
   w.loader = fw->first;

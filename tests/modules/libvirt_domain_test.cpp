@@ -146,6 +146,10 @@ TEST(LibvirtDomain, BadInputIsAClearErrorAndDefinesNothing) {
   EXPECT_EQ(i440fx.tasks.back().result.msg,
             "machine: pc-i440fx-7.2 is the i440FX chipset, which has no PCIe for a GPU: use q35 (pc-q35-4.2 or newer)");
 
+  auto old_q35 = test::converge_root(host.root(), play("").replace(play("").find("pc-q35-7.2"), 10, "pc-q35-2.12"), false);
+  EXPECT_EQ(old_q35.tasks.back().result.msg,
+            "machine: pc-q35-2.12 is older than pc-q35-4.2, the oldest q35 machine type for GPU passthrough");
+
   auto no_firmware = test::converge_root(test::SampleHost().root(), play(""), false);
   EXPECT_TRUE(has(no_firmware.tasks.back().result.msg, "no OVMF firmware found")) << no_firmware.tasks.back().result.msg;
 
