@@ -5,6 +5,8 @@
 #include <future>
 #include <spdlog/spdlog.h>
 
+#include "agent/text.hpp"
+
 namespace gpt {
 
 namespace bp = boost::process;
@@ -30,12 +32,21 @@ std::string Command::display() const {
   return out;
 }
 
-std::string ExecResult::failure() const {
+std::string ExecResult::failure(bool all_of_stderr) const {
   std::string msg = timed_out ? "timed out" : exit_code < 0 ? "could not run" : "exit code " + std::to_string(exit_code);
-  std::string_view e = err;
-  while (!e.empty() && (e.back() == '\n' || e.back() == ' ')) e.remove_suffix(1);
-  if (auto nl = e.find_last_of('\n'); nl != std::string_view::npos) e = e.substr(nl + 1);
-  if (!e.empty()) msg += ": " + std::string(e);
+  std::string text;
+  if (all_of_stderr) {
+    for (std::string_view line : lines(err)) {
+      line = trim(line);
+      if (!line.empty()) text += (text.empty() ? "" : " ") + std::string(line);
+    }
+  } else {
+    std::string_view e = err;
+    while (!e.empty() && (e.back() == '\n' || e.back() == ' ')) e.remove_suffix(1);
+    if (auto nl = e.find_last_of('\n'); nl != std::string_view::npos) e = e.substr(nl + 1);
+    text = e;
+  }
+  if (!text.empty()) msg += ": " + text;
   return msg;
 }
 

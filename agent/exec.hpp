@@ -21,8 +21,9 @@ struct ExecResult {
   std::string out;
   std::string err;
   bool ok() const { return exit_code == 0 && !timed_out; }
-  // A one-line explanation of a failure: exit code or timeout, and the last line of stderr.
-  std::string failure() const;
+  // A one-line explanation of a failure: exit code or timeout, and the last line of stderr (with
+  // `all_of_stderr`, every non-blank line of it joined: for tools that explain over several).
+  std::string failure(bool all_of_stderr = false) const;
 };
 
 class Exec {

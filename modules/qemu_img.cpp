@@ -47,19 +47,6 @@ std::string mode_text(mode_t m) {
   return buf;
 }
 
-// The exit status and the whole of stderr on one line: qemu-img explains itself over several.
-std::string failure_text(const ExecResult& res) {
-  std::string msg = res.timed_out      ? std::string("timed out")
-                    : res.exit_code < 0 ? std::string("could not run")
-                                        : "exit code " + std::to_string(res.exit_code);
-  std::string err;
-  for (std::string_view line : lines(res.err)) {
-    line = trim(line);
-    if (!line.empty()) err += (err.empty() ? "" : " ") + std::string(line);
-  }
-  return err.empty() ? msg : msg + ": " + err;
-}
-
 // A running QEMU holds the image's "write" lock; qemu-img refuses to open it and says so.
 bool lock_refused(const std::string& err) {
   return err.find("Is another process using the image") != std::string::npos ||
@@ -103,7 +90,7 @@ Expected<ImageInfo> read_info(Exec& exec, const std::string& real, const std::st
     cmd = qemu_img({"info", "-U", "--output=json", real}, kInfoTimeout);
     res = exec.run(cmd);
   }
-  if (!res.ok()) return Error{"qemu-img info " + shown + " failed: " + failure_text(res)};
+  if (!res.ok()) return Error{"qemu-img info " + shown + " failed: " + res.failure(/*all_of_stderr=*/true)};
   try {
     const json j = json::parse(res.out);
     info.format = j.at("format").get<std::string>();
@@ -270,7 +257,7 @@ Result create(Context& ctx, const Wanted& w, bool apply) {
     // A failed full preallocation (a full disk) can leave part of an image: never keep half of one.
     struct stat st{};
     const bool partial = ::lstat(w.real.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::unlink(w.real.c_str()) == 0;
-    Result f = Result::failed(cmd.display() + " failed: " + failure_text(res) +
+    Result f = Result::failed(cmd.display() + " failed: " + res.failure(/*all_of_stderr=*/true) +
                               (partial ? "; the partial " + w.path + " was removed" : ""));
     f.commands = r.commands;
     return f;
@@ -375,7 +362,7 @@ Result update(Context& ctx, const Wanted& w, const FileInfo& file, bool apply) {
   if (grow_to) {
     const ExecResult res = ctx.exec.run(cmd);
     if (!res.ok()) {
-      Result f = Result::failed(cmd.display() + " failed: " + failure_text(res));
+      Result f = Result::failed(cmd.display() + " failed: " + res.failure(/*all_of_stderr=*/true));
       f.data = data;
       f.commands = r.commands;
       return f;
