@@ -126,8 +126,8 @@ nlohmann::json to_json(const PciDevice& d) {
   return j;
 }
 
-ArgSpec gpus_arg() {
-  return {.name = "gpus", .type = ArgType::any, .check = [](const json& v) -> std::optional<std::string> {
+ArgSpec gpus_arg(const json& default_value) {
+  return {.name = "gpus", .type = ArgType::any, .default_value = default_value, .check = [](const json& v) -> std::optional<std::string> {
             if (v.is_string() && v.get<std::string>() == "auto") return std::nullopt;
             if (!v.is_array()) return "must be auto or a list of PCI addresses";
             for (const auto& a : v)

@@ -55,8 +55,9 @@ nlohmann::json to_json(const PciDevice& d);
 
 struct Facts;
 struct ArgSpec;
-// The `gpus` argument of modules that take GPUs: "auto" or a list of PCI addresses.
-ArgSpec gpus_arg();
+// The `gpus` argument of modules that take GPUs: "auto" or a list of PCI addresses; with a
+// `default_value` ("auto") when the module has one.
+ArgSpec gpus_arg(const nlohmann::json& default_value = {});
 // The GPUs a task's `gpus:` means: "auto" (every viable GPU that is not the boot VGA) or a list of
 // PCI addresses, each meaning its whole slot. An explicit GPU with a blocker fails with the reason
 // unless `force`. Addresses must exist.

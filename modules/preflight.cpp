@@ -34,11 +34,7 @@ Result converge(Context& ctx, const json& args, bool) {
 const Registration registration{ModuleDef{
     .name = "preflight",
     .summary = "check that the host can pass the GPUs through before anything changes",
-    .schema = {.args = {[] {
-                          ArgSpec a = gpus_arg();
-                          a.default_value = "auto";
-                          return a;
-                        }(),
+    .schema = {.args = {gpus_arg("auto"),
                         {.name = "force", .type = ArgType::boolean, .default_value = false}}},
     .converge = converge,
 }};

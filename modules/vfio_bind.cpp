@@ -72,11 +72,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
 const Registration registration{ModuleDef{
     .name = "vfio_bind",
     .summary = "bind the GPU's functions to vfio-pci now (driver_override, unbind, drivers_probe)",
-    .schema = {.args = {[] {
-                          ArgSpec a = gpus_arg();
-                          a.default_value = "auto";
-                          return a;
-                        }(),
+    .schema = {.args = {gpus_arg("auto"),
                         {.name = "force", .type = ArgType::boolean, .default_value = false}}},
     .converge = converge,
 }};
