@@ -43,32 +43,6 @@ std::string remote_command(const std::vector<std::string>& words) {
 
 namespace {
 
-// Words of ansible_ssh_common_args / ansible_ssh_extra_args: blanks separate, quotes group.
-std::vector<std::string> split_args(const std::string& text) {
-  std::vector<std::string> out;
-  std::string cur;
-  bool in_word = false;
-  char quote = 0;
-  for (char c : text) {
-    if (quote) {
-      if (c == quote) quote = 0;
-      else cur += c;
-    } else if (c == '\'' || c == '"') {
-      quote = c;
-      in_word = true;
-    } else if (c == ' ' || c == '\t' || c == '\n') {
-      if (in_word) out.push_back(cur);
-      cur.clear();
-      in_word = false;
-    } else {
-      cur += c;
-      in_word = true;
-    }
-  }
-  if (in_word) out.push_back(cur);
-  return out;
-}
-
 std::string var_string(const json& vars, const char* key, const std::string& fallback = "") {
   if (!vars.contains(key) || vars[key].is_null()) return fallback;
   return vars[key].is_string() ? vars[key].get<std::string>() : vars[key].dump();
@@ -107,7 +81,7 @@ class Fleet {
     json vars = json::object();  // host vars handed to the playbook
   };
 
-  Host prepare(const InventoryHost& h, size_t index) const;
+  Expected<Host> prepare(const InventoryHost& h, size_t index) const;
   HostOutcome converge(Host& h);
   ExecResult ssh(const Host& h, const std::string& command, std::string input = {}, int timeout_s = 600) const;
   std::optional<std::string> connect(const Host& h) const;  // an error when the host cannot be reached
@@ -124,7 +98,7 @@ class Fleet {
   std::map<std::string, HostOutcome> results_;
 };
 
-Fleet::Host Fleet::prepare(const InventoryHost& h, size_t index) const {
+Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const {
   Host host;
   host.inv = &h;
   host.control = control_dir_ + "/" + std::to_string(index);
@@ -138,8 +112,12 @@ Fleet::Host Fleet::prepare(const InventoryHost& h, size_t index) const {
     if (key[0] != '/' && key[0] != '~') key = (fs::absolute(o_.inventory).parent_path() / key).string();
     host.ssh.insert(host.ssh.end(), {"-i", key, "-o", "IdentitiesOnly=yes"});
   }
-  for (const char* key : {"ansible_ssh_common_args", "ansible_ssh_extra_args"})
-    for (auto& a : split_args(var_string(h.vars, key))) host.ssh.push_back(a);
+  // Split as Ansible's ssh connection splits them (shlex).
+  for (const char* key : {"ansible_ssh_common_args", "ansible_ssh_extra_args"}) {
+    auto words = shell_split(var_string(h.vars, key), /*comments=*/false);
+    if (!words) return Error{"host " + h.name + ": " + key + ": " + words.error()};
+    for (auto& w : *words) host.ssh.push_back(std::move(w.text));
+  }
   host.become = h.become();
   host.root = var_string(h.vars, "gptagent_root", "/");
   host.remote_dir = var_string(h.vars, "gptagent_remote_dir", "~/.cache/gptagent");
@@ -367,25 +345,26 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
     return 1;
   }
   control_dir_ = tmpl.c_str();
-  const std::string self = o_.agent.empty() ? fs::read_symlink("/proc/self/exe").string() : o_.agent;
-  {
-    std::ifstream a(self, std::ios::binary), p(o_.playbook, std::ios::binary);
-    agent_bytes_.assign(std::istreambuf_iterator<char>(a), {});
-    playbook_bytes_.assign(std::istreambuf_iterator<char>(p), {});
-  }
-  agent_sha_ = sha256_hex(agent_bytes_);
-  agent_name_ = "gptagent-" + agent_sha_;
-
   std::vector<Host> all;
-  for (size_t i = 0; i < hosts.size(); ++i) all.push_back(prepare(*hosts[i], i));
+  for (size_t i = 0; i < hosts.size(); ++i) {
+    auto host = prepare(*hosts[i], i);
+    if (!host) {
+      err_ << "gptagent: " << o_.inventory << ": " << host.error() << ", no host was touched\n";
+      fs::remove_all(control_dir_);
+      return 1;
+    }
+    all.push_back(std::move(*host));
+  }
 
   // The playbook is checked here, with each host's variables, before any host is touched: a
   // malformed playbook is one error, not one per host after half of them changed.
+  json extra = json::object();
+  for (const auto& e : o_.extra_vars) extra.update(*parse_extra_var(e));  // main.cpp checked them
   LoadOptions lo;
   lo.facts = gather_facts(Root("/")).to_json();
   for (const auto& h : all) {
     lo.extra_vars = h.vars;
-    for (const auto& e : o_.extra_vars) lo.extra_vars.update(*parse_extra_var(e));
+    lo.extra_vars.update(extra);
     auto loaded = load_playbook(o_.playbook, lo);
     if (!loaded.ok()) {
       for (const auto& e : loaded.errors) err_ << e << "\n";
@@ -395,6 +374,16 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
       return 1;
     }
   }
+
+  const std::string self = o_.agent.empty() ? fs::read_symlink("/proc/self/exe").string() : o_.agent;
+  {
+    std::ifstream a(self, std::ios::binary), p(o_.playbook, std::ios::binary);
+    agent_bytes_.assign(std::istreambuf_iterator<char>(a), {});
+    playbook_bytes_.assign(std::istreambuf_iterator<char>(p), {});
+  }
+  agent_sha_ = sha256_hex(agent_bytes_);
+  agent_name_ = "gptagent-" + agent_sha_;
+
   const size_t batch = o_.serial > 0 ? static_cast<size_t>(o_.serial) : all.size();
   for (size_t start = 0; start < all.size(); start += batch) {
     const size_t end = std::min(all.size(), start + batch);

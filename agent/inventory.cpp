@@ -505,48 +505,6 @@ VarsFiles read_vars_dirs(const Raw& raw, const fs::path& base, Errors& errors) {
 
 // ---- INI ----
 
-struct Token {
-  std::string text;
-  bool quoted = false;
-};
-
-// Python's shlex.split(line, comments=True), which Ansible splits host lines with: blanks separate,
-// quotes group, a backslash escapes, '#' outside quotes ends the line.
-Expected<std::vector<Token>> shell_words(std::string_view line) {
-  std::vector<Token> out;
-  Token cur;
-  bool in_word = false;
-  for (size_t i = 0; i < line.size(); ++i) {
-    char c = line[i];
-    if (c == ' ' || c == '\t' || c == '\r') {
-      if (in_word) out.push_back(std::move(cur));
-      cur = {};
-      in_word = false;
-      continue;
-    }
-    if (c == '#') break;
-    in_word = true;
-    if (c == '\'' || c == '"') {
-      cur.quoted = true;
-      size_t j = i + 1;
-      for (; j < line.size() && line[j] != c; ++j) {
-        // In double quotes a backslash escapes only '"' and '\' (POSIX shell rules).
-        if (c == '"' && line[j] == '\\' && j + 1 < line.size() && (line[j + 1] == '"' || line[j + 1] == '\\')) ++j;
-        cur.text += line[j];
-      }
-      if (j >= line.size()) return Error{"no closing quotation"};
-      i = j;
-    } else if (c == '\\') {
-      if (i + 1 >= line.size()) return Error{"no escaped character after '\\'"};
-      cur.text += line[++i];
-    } else {
-      cur.text += c;
-    }
-  }
-  if (in_word) out.push_back(std::move(cur));
-  return out;
-}
-
 void add_host_pattern(Raw& raw, const std::string& group, const std::string& pattern, json vars,
                       const std::function<void(const std::string&)>& fail) {
   auto [name, port] = split_port(pattern);
@@ -600,7 +558,7 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
       case State::skip:
         break;
       case State::hosts: {
-        auto words = shell_words(line);
+        auto words = shell_split(line, /*comments=*/true);
         if (!words) {
           fail("cannot parse the host line " + quote(line) + ": " + words.error());
           break;
@@ -608,7 +566,7 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
         json vars = json::object();
         bool good = true;
         for (size_t i = 1; i < words->size(); ++i) {
-          const Token& t = (*words)[i];
+          const ShellWord& t = (*words)[i];
           size_t eq = t.text.find('=');
           if (eq == std::string::npos || eq == 0) {
             fail("expected key=value after the host name, got " + quote(t.text));

@@ -100,4 +100,39 @@ std::string size_text(uint64_t v) {
   return std::string(buf) + " " + units[u] + " (" + std::to_string(v) + " bytes)";
 }
 
+Expected<std::vector<ShellWord>> shell_split(std::string_view line, bool comments) {
+  std::vector<ShellWord> out;
+  ShellWord cur;
+  bool in_word = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    char c = line[i];
+    if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+      if (in_word) out.push_back(std::move(cur));
+      cur = {};
+      in_word = false;
+      continue;
+    }
+    if (comments && c == '#') break;
+    in_word = true;
+    if (c == '\'' || c == '"') {
+      cur.quoted = true;
+      size_t j = i + 1;
+      for (; j < line.size() && line[j] != c; ++j) {
+        // In double quotes a backslash escapes only '"' and '\' (POSIX shell rules).
+        if (c == '"' && line[j] == '\\' && j + 1 < line.size() && (line[j + 1] == '"' || line[j + 1] == '\\')) ++j;
+        cur.text += line[j];
+      }
+      if (j >= line.size()) return Error{"no closing quotation"};
+      i = j;
+    } else if (c == '\\') {
+      if (i + 1 >= line.size()) return Error{"no escaped character after '\\'"};
+      cur.text += line[++i];
+    } else {
+      cur.text += c;
+    }
+  }
+  if (in_word) out.push_back(std::move(cur));
+  return out;
+}
+
 }  // namespace gpt

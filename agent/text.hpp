@@ -19,6 +19,16 @@ std::vector<std::string> words(std::string_view text, bool comments = false);
 std::string lower(std::string_view s);
 std::string join(const std::vector<std::string>& items, std::string_view sep);
 bool ends_with(std::string_view s, std::string_view suffix);
+// A word of a shell-like line, and whether any of it was quoted.
+struct ShellWord {
+  std::string text;
+  bool quoted = false;
+};
+// Splits a line as Python's shlex.split does, which Ansible uses for INI host lines and for
+// ansible_ssh_common_args: blanks separate, quotes group, a backslash escapes; with `comments`,
+// '#' outside quotes ends the line. An error for an unclosed quote or a trailing backslash.
+Expected<std::vector<ShellWord>> shell_split(std::string_view line, bool comments);
+
 // "100G", "512M", "16GiB", "1T", "4096": bytes, with K/M/G/T/P as powers of 1024 (a trailing "B",
 // or "iB" after a unit, any case). An error for anything else, zero, or more than 2^63-1 bytes.
 Expected<uint64_t> parse_size(std::string_view text);

@@ -219,6 +219,17 @@ TEST(Fleet, ABadPlaybookTouchesNoHost) {
   for (const auto& n : lab.nodes) EXPECT_FALSE(fs::exists(n.remote_dir)) << n.name;
 }
 
+TEST(Fleet, SshArgumentsAreSplitAsAnsibleSplitsThemAndAnUnclosedQuoteTouchesNoHost) {
+  Lab lab(2);
+  lab.write_inventory("          ansible_ssh_extra_args: \"-o 'ServerAliveCountMax 3'\"\n");
+  auto quoted = lab.apply();
+  EXPECT_EQ(quoted.exit_code, 0) << quoted.out << quoted.err;
+  lab.write_inventory("          ansible_ssh_extra_args: \"-o 'ServerAliveCountMax 3\"\n");
+  auto r = lab.apply();
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_TRUE(has(r.err, "host gpu01: ansible_ssh_extra_args: no closing quotation, no host was touched")) << r.err;
+}
+
 TEST(Fleet, HostsThatNeedARebootAreRebootedWaitedForAndFinished) {
   Lab lab(2, slurp(test::source_path("playbooks/demo.yaml")));
   // Each host's reboot is its sandbox's simulated boot (a new boot_id, /proc/cmdline from grub).

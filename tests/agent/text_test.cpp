@@ -31,5 +31,20 @@ TEST(Sizes, ShowWholeUnitsOrTheExactBytes) {
   EXPECT_EQ(size_text(1ull << 40), "1 TiB");
 }
 
+TEST(ShellSplit, WordsAsShlexSplitsThem) {
+  auto w = shell_split("-o 'ProxyJump a b' -o\tUser=\"x y\" a\\ b #c", false);
+  ASSERT_TRUE(w.ok());
+  std::vector<std::string> texts;
+  for (const auto& x : *w) texts.push_back(x.text);
+  EXPECT_EQ(texts, (std::vector<std::string>{"-o", "ProxyJump a b", "-o", "User=x y", "a b", "#c"}));
+  EXPECT_TRUE((*w)[1].quoted);
+  EXPECT_FALSE((*w)[0].quoted);
+  auto commented = shell_split("host a=1 # note", true);
+  ASSERT_TRUE(commented.ok());
+  EXPECT_EQ(commented->size(), 2u);
+  EXPECT_EQ(shell_split("-o 'open", false).error(), "no closing quotation");
+  EXPECT_EQ(shell_split("trailing\\", false).error(), "no escaped character after '\\'");
+}
+
 }  // namespace
 }  // namespace gpt
