@@ -1,7 +1,5 @@
 #include "agent/apply.hpp"
 
-#include <sys/stat.h>
-
 #include <climits>
 #include <cstdlib>
 #include <ctime>
@@ -20,11 +18,6 @@
 
 namespace gpt {
 namespace {
-
-bool is_directory(const std::string& path) {
-  struct stat st{};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
 
 std::string now_text() {
   std::time_t t = std::time(nullptr);
@@ -57,8 +50,8 @@ void add(RunStats& into, const RunStats& s) {
 }  // namespace
 
 int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream& err) {
-  if (!is_directory(o.root)) {
-    err << "gptagent: --root " << o.root << " is not a directory\n";
+  if (auto ok = Root::check(o.root); !ok) {
+    err << "gptagent: " << ok.error() << "\n";
     return 1;
   }
   Root root(o.root);
@@ -224,8 +217,8 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
 }
 
 int run_status(const std::string& root_dir, bool json, std::ostream& out, std::ostream& err) {
-  if (!is_directory(root_dir)) {
-    err << "gptagent: --root " << root_dir << " is not a directory\n";
+  if (auto ok = Root::check(root_dir); !ok) {
+    err << "gptagent: " << ok.error() << "\n";
     return 1;
   }
   Root root(root_dir);

@@ -99,6 +99,12 @@ std::string base_of(std::string_view p) {
 
 }  // namespace
 
+Status Root::check(const std::string& dir) {
+  struct stat st{};
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return Error{"--root " + dir + " is not a directory"};
+  return {};
+}
+
 Root::Root(std::string dir) : dir_(std::move(dir)) {
   char buf[PATH_MAX];
   if (::realpath(dir_.c_str(), buf) != nullptr) dir_ = buf;

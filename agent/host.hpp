@@ -18,6 +18,8 @@ namespace gpt {
 class Root {
  public:
   explicit Root(std::string dir);
+  // What --root may name: an existing directory (an error saying so otherwise).
+  static Status check(const std::string& dir);
 
   const std::string& dir() const { return dir_; }
   // True when the root is not "/": commands that change the running system must not run.

@@ -1,5 +1,4 @@
 // gptagent: prepares Linux hosts for GPU passthrough to libvirt/KVM virtual machines.
-#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <iostream>
@@ -24,11 +23,6 @@ struct Common {
   std::vector<std::string> extra;
   int verbosity = 0;
 };
-
-bool is_directory(const std::string& path) {
-  struct stat st{};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
 
 // Loads the playbook against the root's facts; prints the errors and returns nullopt on failure.
 std::optional<gpt::Playbook> load(const std::string& path, const Common& c, const gpt::Facts& facts, bool json_out) {
@@ -73,8 +67,8 @@ int cmd_validate(const std::string& playbook, const Common& c) {
 }
 
 int cmd_facts(const Common& c, bool json_out, const std::string& capture) {
-  if (!is_directory(c.root)) {
-    std::cerr << "gptagent: --root " << c.root << " is not a directory\n";
+  if (auto ok = gpt::Root::check(c.root); !ok) {
+    std::cerr << "gptagent: " << ok.error() << "\n";
     return 1;
   }
   gpt::Root root(c.root);

@@ -3,7 +3,6 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
-#include <mutex>
 
 // Only the declarations: the library itself is opened with dlopen, never linked.
 #include <libvirt/libvirt.h>
@@ -86,10 +85,8 @@ Expected<std::string> take(const Api* api, char* text, const std::string& what) 
 }  // namespace
 
 Expected<const Api*> load() {
-  static std::once_flag once;
-  static std::optional<Expected<const Api*>> loaded;
-  std::call_once(once, [] { loaded.emplace(load_once()); });
-  return *loaded;
+  static const Expected<const Api*> loaded = load_once();  // once per process, thread-safe
+  return loaded;
 }
 
 std::string state_name(State s) {
