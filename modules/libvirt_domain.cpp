@@ -123,24 +123,26 @@ struct Offer {
 };
 
 // x86_64 hvm guests; a driver that offers none (libvirt's test:/// driver emulates only i686)
-// is read for whatever hvm guests it has.
-Offer read_capabilities(const std::string& caps_xml, bool any_arch = false) {
-  Offer o;
+// is read for whatever hvm guests it has. One pass over the document fills both.
+Offer read_capabilities(const std::string& caps_xml) {
+  Offer x86, any;
   pugi::xml_document doc;
-  if (!doc.load_string(caps_xml.c_str())) return o;
+  if (!doc.load_string(caps_xml.c_str())) return x86;
   for (auto guest : doc.child("capabilities").children("guest")) {
     if (std::string(guest.child_value("os_type")) != "hvm") continue;
     auto arch = guest.child("arch");
-    if (!any_arch && std::string(arch.attribute("name").value()) != "x86_64") continue;
-    for (auto m : arch.children("machine")) o.machines.emplace_back(m.child_value(), m.attribute("canonical").value());
-    for (auto d : arch.children("domain")) {
-      std::string t = d.attribute("type").value();
-      if (std::find(o.types.begin(), o.types.end(), t) == o.types.end()) o.types.push_back(t);
-      for (auto m : d.children("machine")) o.machines.emplace_back(m.child_value(), m.attribute("canonical").value());
+    const bool is_x86 = std::string(arch.attribute("name").value()) == "x86_64";
+    for (Offer* o : {&any, is_x86 ? &x86 : nullptr}) {
+      if (!o) continue;
+      for (auto m : arch.children("machine")) o->machines.emplace_back(m.child_value(), m.attribute("canonical").value());
+      for (auto d : arch.children("domain")) {
+        std::string t = d.attribute("type").value();
+        if (std::find(o->types.begin(), o->types.end(), t) == o->types.end()) o->types.push_back(t);
+        for (auto m : d.children("machine")) o->machines.emplace_back(m.child_value(), m.attribute("canonical").value());
+      }
     }
   }
-  if (o.types.empty() && !any_arch) return read_capabilities(caps_xml, true);
-  return o;
+  return x86.types.empty() ? any : x86;
 }
 
 // pc-q35-7.2 -> {7, 2}; for choosing the newest.
