@@ -100,13 +100,18 @@ std::string PciDevice::class_name() const {
     case 0x0604: return "PCI bridge";
     case 0x0108: return "Non-Volatile memory controller";
     case 0x0106: return "SATA controller";
+    case 0x0500: return "RAM memory";
+    case 0x0c05: return "SMBus";
+    case 0x1180: return "Signal processing controller";
   }
   switch (base_class()) {
     case 0x01: return "Mass storage controller";
     case 0x02: return "Network controller";
     case 0x03: return "Display controller";
     case 0x04: return "Multimedia controller";
+    case 0x05: return "Memory controller";
     case 0x06: return "Bridge";
+    case 0x08: return "System peripheral";
     case 0x0c: return "Serial bus controller";
   }
   return "Device";
@@ -164,7 +169,7 @@ void name_pci_devices(std::vector<PciDevice>& devices, std::string_view pci_ids)
     if (line[0] == 'C' && line.size() > 1 && line[1] == ' ') break;  // the class list follows the vendors
     if (line[0] != '\t') {
       vendor = std::string(line.substr(0, 4));
-      vendor_name = std::string(trim(line.substr(4)));
+      vendor_name = std::string(trim(line.substr(std::min<size_t>(4, line.size()))));  // a cut line: no name
       for (auto& d : devices)
         if (d.vendor == vendor && d.name.empty()) d.name = vendor_name;
       continue;

@@ -280,5 +280,18 @@ TEST(Cli, ExtraVarsAsJsonInlineOrFromAFileAndTheLastWins) {
   EXPECT_NE(list.err.find("does not hold a JSON object"), std::string::npos) << list.err;
 }
 
+// Every playbook shipped in playbooks/ is an example users copy: each one must validate.
+TEST(Cli, EveryShippedPlaybookValidates) {
+  int seen = 0;
+  for (const auto& e : std::filesystem::directory_iterator(test::source_path("playbooks"))) {
+    if (e.path().extension() != ".yaml") continue;
+    ++seen;
+    auto r = run_agent({"validate", e.path().string()});
+    EXPECT_EQ(r.exit_code, 0) << e.path() << "\n" << r.out << r.err;
+    EXPECT_NE(r.out.find(": valid ("), std::string::npos) << r.out;
+  }
+  EXPECT_GE(seen, 5);
+}
+
 }  // namespace
 }  // namespace gpt
