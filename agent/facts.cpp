@@ -186,6 +186,8 @@ Facts gather_facts(const Root& root) {
   f.kvm = path_exists(root, "/dev/kvm");
   if (auto groups = list_dir(root, "/sys/kernel/iommu_groups"); groups) f.iommu.groups = static_cast<int>(groups->size());
   if (auto units = list_dir(root, "/sys/class/iommu"); units) f.iommu.units = *units;
+  if (auto tables = list_dir(root, "/sys/firmware/acpi/tables"); tables && !tables->empty())
+    f.iommu.firmware_table = std::any_of(tables->begin(), tables->end(), [](const std::string& t) { return t == "DMAR" || t == "IVRS"; });
   f.iommu_verdicts = iommu_verdicts(f.cpu, f.cmdline, f.iommu);
   f.pci = read_pci_devices(root);
   f.gpus = discover_gpus(f.pci, f.iommu, f.iommu_verdicts);
@@ -200,6 +202,7 @@ nlohmann::json Facts::to_json() const {
   nlohmann::json iommu_json = {{"on", iommu.on()}, {"groups", iommu.groups}, {"units", iommu.units},
                                {"verdicts", nlohmann::json::array()}};
   for (const auto& v : iommu_verdicts) iommu_json["verdicts"].push_back(gpt::to_json(v));
+  iommu_json["firmware_table"] = iommu.firmware_table ? nlohmann::json(*iommu.firmware_table) : nlohmann::json(nullptr);
   nlohmann::json pci_json = nlohmann::json::array(), gpus_json = nlohmann::json::array();
   for (const auto& d : pci) pci_json.push_back(gpt::to_json(d));
   for (const auto& g : gpus) gpus_json.push_back(gpt::to_json(g));

@@ -131,6 +131,14 @@ Expected<int> capture_facts(const Root& root, const std::string& dest) {
       std::ofstream(dest + *p) << "#!/bin/sh\n# captured by gptagent facts --capture: the host has " << tool << "\nexit 1\n";
       ::chmod((dest + *p).c_str(), 0755);
     }
+  // ACPI tables: their names only (whether the firmware describes an IOMMU), never their content.
+  if (auto tables = list_dir(root, "/sys/firmware/acpi/tables"); tables)
+    for (const auto& t : *tables) {
+      if (t.find('/') != std::string::npos) continue;
+      std::filesystem::create_directories(dest + "/sys/firmware/acpi/tables", ec);
+      std::ofstream(dest + "/sys/firmware/acpi/tables/" + t) << "";
+      ++count;
+    }
   if (path_exists(root, "/dev/kvm")) {
     std::filesystem::create_directories(dest + "/dev", ec);
     std::ofstream(dest + "/dev/kvm") << "";

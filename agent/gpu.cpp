@@ -53,10 +53,15 @@ std::vector<Verdict> iommu_verdicts(const CpuInfo& cpu, const std::vector<std::s
       return {warning("intel_iommu=off on the kernel command line: replace it with intel_iommu=on (grub_cmdline iommu: auto)")};
     if (has_param(cmdline, "intel_iommu=on"))
       return {blocker("the kernel runs with intel_iommu=on but found no IOMMU: enable VT-d in the firmware setup")};
+    // No DMAR table: the firmware describes no IOMMU, and no kernel parameter can help.
+    if (iommu.firmware_table == false)
+      return {blocker("the firmware offers no IOMMU (no ACPI DMAR table): enable VT-d in the firmware setup")};
     return {warning("the IOMMU is off in the kernel: add intel_iommu=on to the kernel command line (grub_cmdline iommu: auto) and reboot")};
   }
   if (cpu.vendor == "amd") {
     if (has_param(cmdline, "amd_iommu=off")) return {warning("amd_iommu=off on the kernel command line turns the IOMMU off: remove it")};
+    if (iommu.firmware_table == false)
+      return {blocker("the firmware offers no IOMMU (no ACPI IVRS table): enable IOMMU / AMD-Vi in the firmware setup")};
     return {blocker("the kernel found no IOMMU (AMD enables it by default): enable IOMMU / AMD-Vi in the firmware setup")};
   }
   return {blocker("no IOMMU groups: enable the IOMMU in the firmware and on the kernel command line")};

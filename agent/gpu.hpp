@@ -2,6 +2,7 @@
 // groups, and verdicts with the reason in words.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,9 @@ struct CpuInfo;
 struct IommuState {
   int groups = 0;                  // entries of /sys/kernel/iommu_groups
   std::vector<std::string> units;  // /sys/class/iommu: dmar0, ivhd0...
+  // The firmware's IOMMU table (ACPI DMAR on Intel, IVRS on AMD) in /sys/firmware/acpi/tables:
+  // true or false when the tables are readable, unknown when they are not (no ACPI, a sample tree).
+  std::optional<bool> firmware_table;
   bool on() const { return groups > 0; }
 };
 

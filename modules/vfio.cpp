@@ -129,15 +129,21 @@ Result converge(Context& ctx, const json& args, bool apply) {
       chosen.push_back(f);
     }
   }
-  // `options vfio-pci ids=` takes every device with those ids: with two identical cards, the
-  // host's own would go to vfio-pci at the next boot.
+  // `options vfio-pci ids=` takes every device with those ids: with two identical cards (or a
+  // common audio id), the host's own would go to vfio-pci at the next boot. Then vfio-pci gets the
+  // chosen functions by address: an install hook sets their driver_override just before the
+  // module loads (at boot from the initramfs, or whenever it is loaded), and no ids are given.
+  std::vector<std::string> sharing;  // "0000:00:01.0 (VGA compatible controller, the boot VGA, 10de:1b81)"
   for (const auto& d : ctx.facts.pci) {
     if (chosen.empty() || std::find(chosen.begin(), chosen.end(), d.address) != chosen.end()) continue;
     if (std::find(ids.begin(), ids.end(), d.id()) == ids.end()) continue;
-    return Result::failed("vfio-pci ids=" + d.id() + " would also take " + d.address + " (" + d.class_name() +
-                          (d.driver.empty() ? "" : ", on " + d.driver) + (d.boot_vga ? ", the boot VGA" : "") +
-                          "), which is not being passed through: identical devices must be bound by address");
+    sharing.push_back(d.address + " (" + d.class_name() + (d.driver.empty() ? "" : ", on " + d.driver) +
+                      (d.boot_vga ? ", the boot VGA" : "") + ", " + d.id() + ")");
   }
+  const bool by_address = !sharing.empty();
+  if (by_address && !args["ids"].empty())
+    return Result::failed("ids: " + join(args["ids"].get<std::vector<std::string>>(), ",") + " would also give vfio-pci " +
+                          join(sharing, ", ") + ", which is not being passed through: leave ids out, and the GPU's functions are bound by address");
   const std::string modprobe_path = args["modprobe_conf"].get<std::string>();
   if (!ids.empty()) {
     if (auto conflict = foreign_ids_option(ctx, modprobe_path)) return Result::failed(*conflict);
@@ -146,7 +152,14 @@ Result converge(Context& ctx, const json& args, bool apply) {
   FileChanges boot(ctx.root), load_conf(ctx.root);
   std::vector<HandlerRequest> grub_requests;
   std::string modprobe = kHeader;
-  if (!ids.empty()) modprobe += "options vfio-pci ids=" + join(ids, ",") + "\n";
+  if (by_address) {
+    modprobe += "# By address, not by id: " + join(sharing, ", ") + " has the id of a function passed through.\n" +
+                "install vfio-pci /bin/sh -c 'for d in " + join(chosen, " ") +
+                "; do echo vfio-pci > /sys/bus/pci/devices/$d/driver_override; done 2>/dev/null; "
+                "exec /sbin/modprobe --ignore-install vfio-pci $CMDLINE_OPTS'\n";
+  } else if (!ids.empty()) {
+    modprobe += "options vfio-pci ids=" + join(ids, ",") + "\n";
+  }
   if (args["softdep"].get<bool>()) {
     // vfio-pci must claim the GPU before its display driver and the audio function before HDA.
     for (const char* drv : {"nouveau", "nvidia", "snd_hda_intel"}) modprobe += std::string("softdep ") + drv + " pre: vfio-pci\n";
@@ -181,7 +194,11 @@ Result converge(Context& ctx, const json& args, bool apply) {
   const bool builtin = std::find(ctx.facts.builtin_modules.begin(), ctx.facts.builtin_modules.end(), "vfio_pci") !=
                        ctx.facts.builtin_modules.end();
   std::string cmdline_param;
-  if (!ids.empty() && (cmdline_mode == "always" || (cmdline_mode == "auto" && builtin))) {
+  if (by_address && (cmdline_mode == "always" || builtin))
+    return Result::failed("vfio-pci " + std::string(builtin ? "is built into this kernel" : "is set to take its ids from the kernel command line") +
+                          ", where only vfio-pci.ids= claims devices at boot, and that would also take " + join(sharing, ", ") +
+                          ": bind the GPU after boot with vfio_bind (by address) instead");
+  if (!by_address && !ids.empty() && (cmdline_mode == "always" || (cmdline_mode == "auto" && builtin))) {
     const std::string param = "vfio-pci.ids=" + join(ids, ",");
     cmdline_param = param;
     const bool debian_like = ctx.facts.os.id == "debian" || ctx.facts.os.id == "ubuntu" ||
@@ -198,10 +215,11 @@ Result converge(Context& ctx, const json& args, bool apply) {
         boot.write(dropin, *before, after);
         edit.added = {param};
       }
-      auto main = read_file_if_exists(ctx.root, "/etc/default/grub");
-      grub_text = main && *main ? **main : "";
+      auto main = read_file_if_exists(ctx.root, "/etc/default/grub", kMaxGrubFileBytes);
+      if (!main) return Result::failed(main.error());
+      grub_text = main->value_or("");
     } else {
-      auto text = read_file(ctx.root, "/etc/default/grub");
+      auto text = read_file(ctx.root, "/etc/default/grub", kMaxGrubFileBytes);
       if (!text) return Result::failed(text.error() + " (vfio_pci is built into this kernel: its ids go on the kernel command line)");
       CmdlineEdit e;
       e.present = {param};
@@ -226,8 +244,12 @@ Result converge(Context& ctx, const json& args, bool apply) {
     for (const auto& m : mods)
       if (!ctx.facts.module_available(m)) missing.push_back(module_name(m));
 
-  Result r = Result::ok("vfio modules " + join(mods, ", ") + (ids.empty() ? "" : "; vfio-pci ids " + join(ids, ",")));
-  r.data = {{"modules", mods}, {"ids", ids}};
+  Result r = Result::ok("vfio modules " + join(mods, ", ") +
+                        (by_address ? "; vfio-pci takes " + join(chosen, ", ") + " by address (" + join(sharing, ", ") +
+                                          " has the same id)"
+                                    : ids.empty() ? "" : "; vfio-pci ids " + join(ids, ",")));
+  r.data = {{"modules", mods}, {"ids", by_address ? std::vector<std::string>{} : ids}};
+  if (by_address) r.data["by_address"] = chosen;
   r.expect = {{"modules", mods}, {"vfio_devices", chosen}};
   if (!cmdline_param.empty()) r.expect["cmdline_present"] = json::array({cmdline_param});
   std::vector<std::string> changed = boot.paths();

@@ -106,7 +106,18 @@ TEST(GpuFacts, IommuVerdictsSayWhatToDo) {
   CpuInfo amd;
   amd.vendor = "amd";
   EXPECT_TRUE(says(iommu_verdicts(amd, {"amd_iommu=off"}, off), Verdict::Level::warning, "amd_iommu=off"));
-  IommuState on{3, {}};
+  // No DMAR table: the firmware has VT-d off, and no parameter can help (seen in the lab on a real
+  // kernel); with the table, the missing parameter is the fix.
+  IommuState no_table;
+  no_table.firmware_table = false;
+  EXPECT_TRUE(says(iommu_verdicts(intel, {"ro"}, no_table), Verdict::Level::blocker,
+                   "the firmware offers no IOMMU (no ACPI DMAR table): enable VT-d in the firmware setup"));
+  EXPECT_TRUE(says(iommu_verdicts(amd, {"ro"}, no_table), Verdict::Level::blocker, "no ACPI IVRS table"));
+  IommuState table;
+  table.firmware_table = true;
+  EXPECT_TRUE(says(iommu_verdicts(intel, {"ro"}, table), Verdict::Level::warning, "add intel_iommu=on"));
+  IommuState on;
+  on.groups = 3;
   EXPECT_TRUE(says(iommu_verdicts(intel, {"pcie_acs_override=downstream,multifunction"}, on), Verdict::Level::warning,
                    "groups may look isolated"));
 }
@@ -208,15 +219,55 @@ TEST(VfioGpus, AutoTakesEveryFunctionOfTheViableGpu) {
             std::string::npos);
 }
 
-TEST(VfioGpus, IdenticalCardsAreRefusedNotHandedToVfioPci) {
+TEST(VfioGpus, IdenticalCardsAreBoundByAddressNotById) {
+  // Two GTX 1070s: the boot VGA at 01:00 stays with the host, 02:00 goes to VMs. ids= would take
+  // both (and both audio functions), so vfio-pci gets 02:00.0 and 02:00.1 by address.
   test::SampleHost host("two-gpus-boot-vga");
-  const auto pristine = test::snapshot(host.root());
-  auto r = test::converge_root(host.root(), "tasks:\n  - vfio: {gpus: auto}\n", false);
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.tasks.back().result.msg,
-            "vfio-pci ids=10de:1b81 would also take 0000:01:00.0 (VGA compatible controller, on nouveau, the boot VGA), "
-            "which is not being passed through: identical devices must be bound by address");
-  EXPECT_EQ(test::snapshot(host.root()), pristine);
+  const std::string pb = "stages:\n  - name: host\n    reboot: when_needed\n    tasks:\n      - vfio: {gpus: auto}\n";
+  auto check = test::converge_root(host.root(), pb, true);
+  auto first = test::converge_root(host.root(), pb, false);
+  ASSERT_EQ(first.tasks.size(), 3u);  // the automatic preflight, vfio, the initramfs handler
+  ASSERT_EQ(first.tasks[1].result.status, Outcome::changed) << first.tasks[1].result.msg;
+  EXPECT_EQ(first.changes(), check.changes());
+  EXPECT_TRUE(first.tasks[1].result.msg.starts_with(
+      "vfio modules vfio, vfio_iommu_type1, vfio_pci; vfio-pci takes 0000:02:00.0, 0000:02:00.1 by address "
+      "(0000:01:00.0 (VGA compatible controller, on nouveau, the boot VGA, 10de:1b81), 0000:01:00.1 (Audio device, on "
+      "snd_hda_intel, 10de:10f0) has the same id)"))
+      << first.tasks[1].result.msg;
+  const std::string conf = test::slurp(host.file("/etc/modprobe.d/vfio.conf"));
+  EXPECT_EQ(conf.find("ids="), std::string::npos) << conf;
+  EXPECT_NE(conf.find("install vfio-pci /bin/sh -c 'for d in 0000:02:00.0 0000:02:00.1; do echo vfio-pci > "
+                      "/sys/bus/pci/devices/$d/driver_override; done 2>/dev/null; exec /sbin/modprobe --ignore-install "
+                      "vfio-pci $CMDLINE_OPTS'\n"),
+            std::string::npos)
+      << conf;
+  EXPECT_NE(conf.find("softdep nouveau pre: vfio-pci\n"), std::string::npos) << conf;
+  auto second = test::converge_root(host.root(), pb, false);
+  EXPECT_EQ(second.stats.changed, 0) << second.tasks[1].result.msg;
+
+  // After the reboot only the chosen card is on vfio-pci; the host keeps its own.
+  auto boot = test::sandbox_reboot(host.root());
+  ASSERT_EQ(boot.exit_code, 0) << boot.err;
+  auto driver = [&](const std::string& a) {
+    return std::filesystem::path(std::filesystem::read_symlink(host.file("/sys/bus/pci/devices/" + a) + "/driver")).filename().string();
+  };
+  EXPECT_EQ(driver("0000:02:00.0"), "vfio-pci");
+  EXPECT_EQ(driver("0000:02:00.1"), "vfio-pci");
+  EXPECT_EQ(driver("0000:01:00.0"), "nouveau");
+  EXPECT_EQ(driver("0000:01:00.1"), "snd_hda_intel");
+
+  // Explicit ids that would take the host's card are refused, and so is a vfio-pci that only the
+  // command line can configure.
+  test::SampleHost again("two-gpus-boot-vga");
+  const auto pristine = test::snapshot(again.root());
+  auto ids = test::converge_root(again.root(), "tasks:\n  - vfio: {gpus: auto, ids: ['10de:1b81']}\n", false);
+  EXPECT_EQ(ids.exit_code, 1);
+  EXPECT_TRUE(ids.tasks.back().result.msg.starts_with("ids: 10de:1b81 would also give vfio-pci 0000:01:00.0")) << ids.tasks.back().result.msg;
+  auto cmdline = test::converge_root(again.root(), "tasks:\n  - vfio: {gpus: auto, kernel_cmdline: always}\n", false);
+  EXPECT_EQ(cmdline.exit_code, 1);
+  EXPECT_TRUE(cmdline.tasks.back().result.msg.find("bind the GPU after boot with vfio_bind (by address) instead") != std::string::npos)
+      << cmdline.tasks.back().result.msg;
+  EXPECT_EQ(test::snapshot(again.root()), pristine);
 }
 
 TEST(Preflight, FailsEarlyOnWhatCannotWork) {

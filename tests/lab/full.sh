@@ -1,0 +1,484 @@
+# shellcheck shell=bash
+# pass and say never fail, so `test && pass || fail` is an if-then-else; KEEP is run's; single-quoted
+# commands run in the guest.
+# shellcheck disable=SC2015,SC2034,SC2016,SC2001
+# The lab's full tier, sourced by tests/lab/run (which defines say, die, now, since, CLEANUP,
+# CACHE_ROOT, GPTAGENT, REPO, LAB and the QEMU device arrays HOST_CONSOLE, IOMMU and
+# GPU_BEHIND_ROOT_PORT).
+#
+# A Debian 12 host built with debootstrap, booted through OVMF and a real GRUB that reads the
+# guest's own /boot/grub/grub.cfg, reachable only over SSH on a loopback port. From this machine,
+# as a user would: `gptagent apply tests/lab/playbooks/full.yaml -i INVENTORY --reboot`, then the
+# checks below, each an assertion.
+
+# QEMU's own syntax separates a device's properties with commas.
+# shellcheck disable=SC2054
+
+# Bump when what goes into the cached image changes: the key then changes with it.
+FULL_RECIPE=2
+FULL_SUITE=bookworm
+FULL_MIRROR=${GPTAGENT_LAB_MIRROR:-http://deb.debian.org/debian}
+# What the guest is made of: a kernel, GRUB's tools (update-grub), initramfs-tools, sshd, and the
+# VM stage's libvirt daemon, QEMU and OVMF.
+FULL_PACKAGES=(
+  linux-image-cloud-amd64 grub2-common initramfs-tools openssh-server kmod udev systemd-sysv
+  ifupdown isc-dhcp-client libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf
+  # debootstrap resolves no virtual packages: polkitd and systemd-container (libvirt's) need
+  # default-dbus-system-bus and default-logind, which these provide.
+  dbus libpam-systemd
+  # initramfs-tools compresses with zstd by default and falls back to gzip, slower, without it.
+  zstd
+)
+# The tools of this machine whose output goes into the image.
+FULL_HOST_PACKAGES=(debootstrap grub-efi-amd64-bin e2fsprogs)
+FULL_GPU=0000:01:00.0
+FULL_GPU_AUDIO=0000:01:00.1
+FULL_PARAMS=(intel_iommu=on iommu=pt nouveau.modeset=0)
+
+fail() {
+  echo "[lab] FAIL: $*" >&2
+  FULL_FAILED+=("$*")
+}
+pass() { say "ok: $*"; }
+
+# ---- the cache: the disk image, the EFI system partition, the keys ----
+
+full_versions() {
+  {
+    echo "recipe=$FULL_RECIPE"
+    echo "suite=$FULL_SUITE"
+    echo "mirror=$FULL_MIRROR"
+    # The candidates of the guest's packages in this machine's apt lists (apt-get update moves
+    # them), and the versions of the tools that build the image.
+    # shellcheck disable=SC2016
+    apt-cache show --no-all-versions "${FULL_PACKAGES[@]}" 2>/dev/null |
+      awk '/^Package:/ { p = $2 } /^Version:/ { print "guest:" p "=" $2 }'
+    # shellcheck disable=SC2016
+    dpkg-query -W -f='host:${Package}=${Version}\n' "${FULL_HOST_PACKAGES[@]}"
+  } | sort -u
+}
+
+# The files the image gets beyond what debootstrap installs.
+full_configure_root() {
+  local root=$1 dir=$2
+  echo lab >"$root/etc/hostname"
+  printf '127.0.0.1 localhost\n127.0.1.1 lab\n' >"$root/etc/hosts"
+  echo '/dev/vda / ext4 errors=remount-ro 0 1' >"$root/etc/fstab"
+  printf 'auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n' >"$root/etc/network/interfaces"
+  # /etc/default/grub as grub-pc and grub-efi-amd64 install it (their template), with the serial
+  # console. no_timer_check: under TCG on a busy machine the kernel's timer test through the
+  # remapped IO-APIC can miss its ticks and panic (see the quick tier).
+  cp "$root/usr/share/grub/default/grub" "$root/etc/default/grub"
+  sed -i -e 's/^GRUB_TIMEOUT=.*/GRUB_TIMEOUT=1/' \
+    -e 's/^GRUB_CMDLINE_LINUX=.*/GRUB_CMDLINE_LINUX="console=ttyS0,115200 net.ifnames=0 no_timer_check"/' \
+    -e 's/^#\{0,1\}GRUB_TERMINAL=.*/GRUB_TERMINAL=serial/' "$root/etc/default/grub"
+  grep -q '^GRUB_TERMINAL=serial' "$root/etc/default/grub" || echo GRUB_TERMINAL=serial >>"$root/etc/default/grub"
+  echo 'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"' >>"$root/etc/default/grub"
+  # The first grub.cfg, by hand: the guest's own update-grub replaces it on the first apply.
+  mkdir -p "$root/boot/grub"
+  cat >"$root/boot/grub/grub.cfg" <<'EOF'
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+set timeout=1
+menuentry 'Debian (lab, first boot)' {
+  linux /vmlinuz root=/dev/vda ro console=ttyS0,115200 net.ifnames=0 no_timer_check quiet
+  initrd /initrd.img
+}
+EOF
+  [ -e "$root/vmlinuz" ] && [ -e "$root/initrd.img" ] || die "debootstrap left no /vmlinuz or /initrd.img"
+  # The guest's update-initramfs puts in what its own root device needs (MODULES=dep) rather than
+  # most of the kernel's drivers: under TCG on a loaded 2-core machine `-u -k all` took 9.5 min
+  # with MODULES=most and 2.8 min with dep. The initrd debootstrap made (most) boots the first time.
+  echo MODULES=dep >"$root/etc/initramfs-tools/conf.d/lab.conf"
+  # SSH: root with the lab's key only, and a host key made here (the controller verifies it).
+  rm -f "$root"/etc/ssh/ssh_host_*
+  ssh-keygen -q -t ed25519 -N '' -C lab-host -f "$root/etc/ssh/ssh_host_ed25519_key"
+  cp "$root/etc/ssh/ssh_host_ed25519_key.pub" "$dir/host_key.pub"
+  ssh-keygen -q -t ed25519 -N '' -C lab-controller -f "$dir/id_ed25519"
+  install -d -m 700 "$root/root/.ssh"
+  install -m 600 "$dir/id_ed25519.pub" "$root/root/.ssh/authorized_keys"
+  printf 'HostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n' \
+    >"$root/etc/ssh/sshd_config.d/lab.conf"
+  # Nothing on the guest's boot that the lab does not need: apt's timers, libvirt's NAT network
+  # (no dnsmasq here).
+  local unit
+  for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
+    ln -sf /dev/null "$root/etc/systemd/system/$unit"
+  done
+  rm -f "$root/etc/libvirt/qemu/networks/autostart/default.xml"
+  # Smaller: the downloaded packages, apt's lists, documentation.
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/*
+}
+
+# GRUB for EFI as one file: its memdisk holds every module and an early config that finds the
+# root file system by a file only it has and reads that file system's /boot/grub/grub.cfg (the one
+# the guest's update-grub writes). Searching for /boot/grub/grub.cfg would find the memdisk's own.
+full_build_esp() {
+  local dir=$1
+  mkdir -p "$dir/esp/EFI/BOOT"
+  cat >"$dir/early.cfg" <<'EOF'
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+search --no-floppy --file --set=root /etc/debian_version
+configfile ($root)/boot/grub/grub.cfg
+EOF
+  grub-mkstandalone -O x86_64-efi -o "$dir/esp/EFI/BOOT/BOOTX64.EFI" "boot/grub/grub.cfg=$dir/early.cfg"
+  rm "$dir/early.cfg"
+}
+
+full_build() {
+  local dest=$1 tmp t
+  tmp=$(mktemp -d "$CACHE_ROOT/.build-full.XXXXXX")
+  CLEANUP+=("$tmp")
+  chmod 755 "$tmp"
+  mkdir -p "$tmp/out"
+  t=$(now)
+  local include
+  include=$(
+    IFS=,
+    echo "${FULL_PACKAGES[*]}"
+  )
+  debootstrap --variant=minbase --include="$include" "$FULL_SUITE" "$tmp/root" "$FULL_MIRROR" >"$tmp/debootstrap.log" 2>&1 ||
+    {
+      tail -20 "$tmp/debootstrap.log" >&2
+      die "debootstrap failed"
+    }
+  say "  debootstrap: $(since "$t")"
+  t=$(now)
+  full_configure_root "$tmp/root" "$tmp/out"
+  # shellcheck disable=SC2016
+  dpkg-query --admindir="$tmp/root/var/lib/dpkg" -W -f='${Package}=${Version}\n' >"$tmp/out/guest-packages.txt"
+  mkfs.ext4 -q -F -L lab-root -d "$tmp/root" "$tmp/out/base.raw" 4G
+  say "  image: $(since "$t") ($(du -m "$tmp/out/base.raw" | cut -f1) MB used of 4096)"
+  t=$(now)
+  full_build_esp "$tmp/out"
+  say "  GRUB for EFI: $(since "$t")"
+  echo "$FULL_VERSIONS" >"$tmp/out/versions.txt"
+  rm -rf "$tmp/root"
+  mv -T "$tmp/out" "$dest" 2>/dev/null || [ -f "$dest/base.raw" ] || die "cannot move the new cache entry to $dest"
+  rm -rf "$tmp"
+}
+
+# Sets FULL_DIR, building the cache entry when it is missing.
+full_cached() {
+  FULL_VERSIONS=$(full_versions)
+  echo "$FULL_VERSIONS" | grep -q '^guest:linux-image-cloud-amd64=' ||
+    die "apt-cache knows no linux-image-cloud-amd64: run apt-get update"
+  FULL_DIR=$CACHE_ROOT/full-$(echo "$FULL_VERSIONS" | sha256sum | cut -c1-16)
+  if [ -f "$FULL_DIR/base.raw" ]; then
+    say "cache: $FULL_DIR"
+  else
+    mkdir -p "$CACHE_ROOT" || die "cannot create $CACHE_ROOT (set GPTAGENT_LAB_CACHE to a writable directory)"
+    [ "$(id -u)" -eq 0 ] || die "building the full tier's image needs root (debootstrap); a warm cache does not"
+    say "cache: building $FULL_DIR (debootstrap $FULL_SUITE from $FULL_MIRROR)"
+    full_build "$FULL_DIR"
+  fi
+}
+
+# ---- the guest ----
+
+full_stop_vm() {
+  if [ -n "${FULL_QEMU_PID:-}" ] && kill -0 "$FULL_QEMU_PID" 2>/dev/null; then
+    kill "$FULL_QEMU_PID" 2>/dev/null || true
+    wait "$FULL_QEMU_PID" 2>/dev/null || true
+  fi
+  FULL_QEMU_PID=
+}
+
+full_free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+full_start_vm() {
+  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/OVMF_VARS.fd"
+  qemu-img create -q -f qcow2 -b "$FULL_DIR/base.raw" -F raw "$WORK/root.qcow2"
+  cp -r "$FULL_DIR/esp" "$WORK/esp"
+  PORT=$(full_free_port)
+  # The whole guest's life under one timeout: every boot and reboot of the run.
+  timeout --kill-after=10 "$FULL_TIMEOUT" qemu-system-x86_64 \
+    -accel tcg -M q35,kernel-irqchip=split -cpu max,vendor=GenuineIntel -smp "$FULL_SMP" -m 2048 \
+    -nodefaults -display none -monitor none -serial "file:$WORK/console.log" \
+    "${IOMMU[@]}" "${HOST_CONSOLE[@]}" "${GPU_BEHIND_ROOT_PORT[@]}" \
+    -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+    -drive if=pflash,format=raw,unit=1,file="$WORK/OVMF_VARS.fd" \
+    -drive file="$WORK/root.qcow2",format=qcow2,if=virtio \
+    -drive file="fat:$WORK/esp",format=raw,if=virtio,readonly=on \
+    -netdev user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:"$PORT"-:22 -device virtio-net-pci,netdev=n0 \
+    -device virtio-rng-pci \
+    </dev/null >"$WORK/qemu.log" 2>&1 &
+  FULL_QEMU_PID=$!
+  echo "[127.0.0.1]:$PORT $(cut -d' ' -f1,2 "$FULL_DIR/host_key.pub")" >"$WORK/known_hosts"
+  SSH=(ssh -F /dev/null -i "$FULL_DIR/id_ed25519" -p "$PORT" -o BatchMode=yes -o ConnectTimeout=10
+    -o UserKnownHostsFile="$WORK/known_hosts" -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes
+    -o LogLevel=ERROR root@127.0.0.1)
+}
+
+guest() { timeout 120 "${SSH[@]}" "$@"; }
+
+# Waits until sshd answers; prints the guest's boot_id.
+full_wait_ssh() {
+  local deadline=$(($(date +%s) + $1)) id
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    kill -0 "$FULL_QEMU_PID" 2>/dev/null || {
+      tail -5 "$WORK/console.log" >&2
+      die "QEMU ended before SSH came up (see $WORK/console.log; --keep keeps it)"
+    }
+    if id=$(timeout 20 "${SSH[@]}" cat /proc/sys/kernel/random/boot_id 2>/dev/null) && [ -n "$id" ]; then
+      echo "$id"
+      return 0
+    fi
+    sleep 2
+  done
+  tail -20 "$WORK/console.log" >&2
+  die "no SSH on 127.0.0.1:$PORT within $1 s"
+}
+
+full_inventory() {
+  cat >"$WORK/inventory.yml" <<EOF
+# The lab's guest: a Debian 12 host under QEMU, SSH forwarded to a loopback port.
+all:
+  hosts:
+    lab:
+      ansible_host: 127.0.0.1
+      ansible_port: $PORT
+      ansible_user: root
+      ansible_ssh_private_key_file: $FULL_DIR/id_ed25519
+      ansible_ssh_common_args: "-o UserKnownHostsFile=$WORK/known_hosts -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes"
+EOF
+}
+
+# Runs the agent against the lab inventory: `agent NAME ARGS...`; output in $WORK/NAME.out, exit
+# code in RC, time in the phase line.
+agent() {
+  local name=$1 t
+  shift
+  t=$(now)
+  RC=0
+  TMPDIR=$WORK/control timeout 1800 "$AGENT" apply "$PLAYBOOK" -i "$WORK/inventory.yml" --color never "$@" \
+    >"$WORK/$name.out" 2>"$WORK/$name.err" || RC=$?
+  say "phase $name: $(since "$t") (gptagent apply ${*:-}: exit $RC)"
+  # The human report when asked for (a --json run's document stays in the work directory).
+  if [ "${GPTAGENT_LAB_VERBOSE:-0}" = 1 ] && [ "$(head -c1 "$WORK/$name.out")" != "{" ]; then
+    sed 's/^/    /' "$WORK/$name.out"
+  fi
+}
+
+expect_rc() {
+  local name=$1 want=$2
+  if [ "$RC" -eq "$want" ]; then
+    pass "$name exits $want"
+  else
+    fail "$name exits $RC, not $want"
+    sed 's/^/    | /' "$WORK/$name.out" "$WORK/$name.err" | tail -40 >&2
+  fi
+}
+
+# The JSON report's field for the lab host: `json_field NAME .stats.changed`
+json_field() {
+  python3 -c 'import json, sys
+d = json.load(open(sys.argv[1]))["hosts"]["lab"]
+for k in sys.argv[2].strip(".").split("."): d = d[k]
+print(d)' "$WORK/$1.out" "$2" 2>/dev/null || echo "?"
+}
+
+check_cmdline() {
+  local when=$1 cmdline p
+  cmdline=$(guest cat /proc/cmdline) || {
+    fail "$when: cannot read /proc/cmdline"
+    return
+  }
+  say "  /proc/cmdline ($when): $cmdline"
+  for p in "${FULL_PARAMS[@]}" no_timer_check; do
+    case " $cmdline " in
+      *" $p "*) pass "$when: /proc/cmdline has $p" ;;
+      *) fail "$when: /proc/cmdline lacks $p" ;;
+    esac
+  done
+  # The guest's own update-grub wrote the entry GRUB booted: it names the kernel with BOOT_IMAGE
+  # and the root by UUID, the hand-written first grub.cfg does neither.
+  case $cmdline in
+    *BOOT_IMAGE=/boot/vmlinuz-*root=UUID=*) pass "$when: booted from the grub.cfg update-grub wrote" ;;
+    *) fail "$when: the command line is not from a grub.cfg update-grub wrote" ;;
+  esac
+}
+
+check_vfio() {
+  local when=$1 dev drv
+  for dev in "$FULL_GPU" "$FULL_GPU_AUDIO"; do
+    drv=$(guest "basename \"\$(readlink /sys/bus/pci/devices/$dev/driver)\"" 2>/dev/null || true)
+    if [ "$drv" = vfio-pci ]; then
+      pass "$when: $dev is on vfio-pci"
+    else
+      fail "$when: $dev is on '${drv:-no driver}', not vfio-pci"
+    fi
+  done
+}
+
+# What put the GPU on vfio-pci at boot: the initramfs the guest's update-initramfs built holds the
+# vfio modules and the agent's modprobe.d file, and the kernel's log has vfio_pci taking the ids
+# at load, before any agent ran.
+check_initramfs() {
+  local listing log
+  listing=$(guest 'lsinitramfs /boot/initrd.img-$(uname -r)' 2>/dev/null || true)
+  echo "$listing" | grep -q '/vfio-pci\.ko' && pass "the initramfs holds vfio-pci.ko" || fail "the initramfs has no vfio-pci.ko"
+  echo "$listing" | grep -q 'etc/modprobe.d/vfio.conf$' && pass "the initramfs holds /etc/modprobe.d/vfio.conf" ||
+    fail "the initramfs has no etc/modprobe.d/vfio.conf"
+  log=$(guest 'dmesg | grep -E "vfio_pci: add \[1234:1111|vfio-pci 0000:01:00" | head -3' 2>/dev/null || true)
+  echo "$log" | sed 's/^/    dmesg: /'
+  echo "$log" | grep -q 'vfio_pci: add \[1234:1111' && pass "the kernel log has vfio_pci taking 1234:1111 at boot" ||
+    fail "no 'vfio_pci: add [1234:1111' in the kernel log"
+}
+
+full() {
+  local keep=0 start_vm=${GPTAGENT_LAB_START_VM:-1}
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --keep) keep=1 ;;
+      --no-start) start_vm=0 ;;
+      *) usage ;;
+    esac
+    shift
+  done
+  FULL_TIMEOUT=${GPTAGENT_LAB_FULL_TIMEOUT:-2400}
+  FULL_SMP=${GPTAGENT_LAB_SMP:-2}
+  FULL_FAILED=()
+  local t0 t tool
+  t0=$(now)
+  for tool in qemu-system-x86_64 qemu-img debootstrap grub-mkstandalone mkfs.ext4 ssh ssh-keygen python3 timeout ldd strip; do
+    command -v "$tool" >/dev/null || die "$tool is missing: run ./scripts/deps"
+  done
+  [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || die "no OVMF: run ./scripts/deps"
+  [ -x "$GPTAGENT" ] || die "no agent at $GPTAGENT: build it (./scripts/build) or set GPTAGENT"
+  GPTAGENT=$(readlink -f "$GPTAGENT")
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/gptagent-lab-full.XXXXXX")
+  CLEANUP+=("$WORK")
+  KEEP=$keep
+  mkdir -p "$WORK/control"
+  # QEMU goes first, then the files.
+  trap 'full_stop_vm; cleanup' EXIT
+
+  # The agent the controller runs and copies to the guest: stripped (the debug info is most of the
+  # binary), statically linked but for glibc.
+  AGENT=$WORK/gptagent
+  strip -o "$AGENT" "$GPTAGENT"
+  local ldd_out bad
+  ldd_out=$(ldd "$AGENT" 2>&1 || true)
+  say "agent: $AGENT ($(stat -c %s "$AGENT") bytes stripped, $(stat -c %s "$GPTAGENT") unstripped)"
+  # shellcheck disable=SC2001
+  echo "$ldd_out" | sed 's/^/    ldd: /'
+  bad=$(echo "$ldd_out" | awk '{ print $1 }' | grep -vE '^(linux-vdso\.so\.1|/lib64/ld-linux-x86-64\.so\.2|lib(c|m|pthread|dl|rt|resolv|util|anl)\.so\.[0-9]+)$' || true)
+  if [ -n "$bad" ]; then
+    fail "the agent links more than glibc: $(echo "$bad" | tr '\n' ' ')"
+    die "a Debian host without those libraries cannot run it"
+  fi
+  pass "ldd lists only glibc"
+  PLAYBOOK=$LAB/playbooks/full.yaml
+
+  t=$(now)
+  full_cached
+  say "phase cache: $(since "$t")"
+
+  t=$(now)
+  full_start_vm
+  local boot0 boot1 boot2
+  boot0=$(full_wait_ssh 600)
+  say "phase boot (OVMF, GRUB, Debian, sshd on 127.0.0.1:$PORT): $(since "$t")"
+  full_inventory
+
+  # 1. The whole playbook with --reboot: host stage, reboot, checks, VM stage.
+  agent apply-reboot --reboot --reboot-timeout 600
+  expect_rc apply-reboot 0
+  grep -q 'rebooted: \[lab\] 1 time' "$WORK/apply-reboot.out" && pass "the controller rebooted the guest once" ||
+    fail "no 'rebooted: [lab] 1 time' in the report"
+  # The expectations the host stage recorded, checked by the agent in the guest after the reboot
+  # (fleet mode prints no stage names: the tasks are the checks' own).
+  grep -q 'ok: \[lab\] the kernel command line has iommu=pt' "$WORK/apply-reboot.out" &&
+    grep -q "ok: \[lab\] $FULL_GPU is bound to vfio-pci" "$WORK/apply-reboot.out" &&
+    pass "the agent checked its expectations after the reboot (command line, vfio-pci)" ||
+    fail "the report shows no post-reboot checks of the command line and of vfio-pci"
+  boot1=$(guest cat /proc/sys/kernel/random/boot_id || true)
+  [ -n "$boot1" ] && [ "$boot1" != "$boot0" ] && pass "new boot_id ($boot0 -> $boot1)" || fail "boot_id did not change ($boot0 -> $boot1)"
+  check_cmdline "after the reboot"
+  check_vfio "after the reboot"
+  check_initramfs
+  local xml
+  xml=$(guest virsh -c qemu:///system dumpxml lab 2>&1 || true)
+  echo "$xml" >"$WORK/domain-defined.xml"
+  if echo "$xml" | grep -q "<hostdev mode='subsystem' type='pci' managed='yes'>" &&
+    echo "$xml" | grep -qE "<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>" &&
+    echo "$xml" | grep -qE "<address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/>"; then
+    pass "the domain 'lab' in the guest's libvirtd has 01:00.0 and 01:00.1 as hostdevs"
+  else
+    fail "virsh dumpxml lab shows no hostdevs for 01:00.0/01:00.1"
+  fi
+  echo "$xml" | grep -q "<domain type='qemu'" && pass "the domain is type qemu" || fail "the domain is not type qemu"
+  guest qemu-img info /var/lib/libvirt/images/lab.qcow2 2>/dev/null | grep -q '^file format: qcow2' &&
+    pass "/var/lib/libvirt/images/lab.qcow2 is a qcow2 image" || fail "no qcow2 image at /var/lib/libvirt/images/lab.qcow2"
+  local sha_local sha_remote
+  sha_local=$(sha256sum "$AGENT" | cut -c1-64)
+  sha_remote=$(guest 'sha256sum ~/.cache/gptagent/gptagent-* 2>/dev/null' | cut -c1-64 || true)
+  [ "$sha_local" = "$sha_remote" ] && pass "the guest runs the agent the controller copied (sha256 $(echo "$sha_local" | cut -c1-12))" ||
+    fail "the guest's cached agent ($sha_remote) is not the controller's ($sha_local)"
+
+  # 2. A second run changes nothing.
+  agent apply-again --json
+  expect_rc apply-again 0
+  local changed status
+  changed=$(json_field apply-again .stats.changed)
+  status=$(json_field apply-again .status)
+  [ "$changed" = 0 ] && [ "$status" = ok ] && pass "second run: status ok, changed=0" ||
+    fail "second run: status $status, changed=$changed"
+
+  # 3. --check finds nothing.
+  agent check --check
+  expect_rc check 0
+
+  # 4. An edit by hand: iommu=pt removed from /etc/default/grub. --check sees it, apply repairs it
+  # (update-grub, a reboot, the checks), --check is clean again.
+  guest "sed -i -E 's/ iommu=pt\b//; s/\biommu=pt //' /etc/default/grub"
+  if guest grep -q 'iommu=pt' /etc/default/grub; then
+    fail "the drift edit did not remove iommu=pt"
+  else
+    pass "drift: iommu=pt removed from the guest's /etc/default/grub by hand"
+  fi
+  agent check-drift --check --diff
+  expect_rc check-drift 2
+  grep -q 'iommu=pt' "$WORK/check-drift.out" && pass "--check --diff names iommu=pt" || fail "--check --diff does not mention iommu=pt"
+  agent repair --reboot --reboot-timeout 600
+  expect_rc repair 0
+  guest grep -q '^GRUB_CMDLINE_LINUX=.*iommu=pt' /etc/default/grub && pass "repair: iommu=pt back in /etc/default/grub" ||
+    fail "repair: iommu=pt not back in /etc/default/grub"
+  boot2=$(guest cat /proc/sys/kernel/random/boot_id || true)
+  [ -n "$boot2" ] && [ "$boot2" != "$boot1" ] && pass "repair rebooted the guest (new boot_id)" || fail "repair: boot_id did not change"
+  check_cmdline "after the repair"
+  check_vfio "after the repair"
+  agent check-repaired --check
+  expect_rc check-repaired 0
+
+  # 5. The domain started: running, with the device attached.
+  if [ "$start_vm" = 1 ]; then
+    agent start -e vm_state=running
+    expect_rc start 0
+    local state
+    state=$(guest virsh -c qemu:///system domstate lab 2>&1 | head -1 || true)
+    [ "$state" = running ] && pass "the domain is running" || fail "the domain is '$state', not running"
+    xml=$(guest virsh -c qemu:///system dumpxml lab 2>&1 || true)
+    echo "$xml" >"$WORK/domain-running.xml"
+    echo "$xml" | grep -q "<hostdev mode='subsystem' type='pci' managed='yes'>" && pass "the running domain has the hostdevs" ||
+      fail "the running domain's XML has no hostdev"
+    # shellcheck disable=SC2016 # $(...) runs in the guest
+    guest 'ls -l /proc/$(pgrep -f "guest=lab" | head -1)/fd 2>/dev/null' | grep -q '/dev/vfio/' &&
+      pass "the domain's QEMU holds /dev/vfio/<group> open" || fail "the domain's QEMU has no /dev/vfio file open"
+    check_vfio "with the domain running"
+  fi
+
+  say "total: $(since "$t0")"
+  if [ ${#FULL_FAILED[@]} -gt 0 ]; then
+    say "FAILED: ${#FULL_FAILED[@]} checks"
+    printf '[lab]   %s\n' "${FULL_FAILED[@]}"
+    return 1
+  fi
+  say "full: every check passed"
+}
