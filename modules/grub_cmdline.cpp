@@ -56,7 +56,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
     note = " (the AMD IOMMU is on by default: nothing to add for it)";
   }
 
-  auto text = read_file(ctx.root, path);
+  auto text = read_file(ctx.root, path, kMaxGrubFileBytes);
   if (!text) return Result::failed(text.error());
   auto res = edit_grub_cmdline(*text, edit);
   if (!res) return Result::failed(path + ": " + res.error());

@@ -44,9 +44,20 @@ struct Scan {
   std::optional<size_t> after_commented_line;  // offset just past the last `#KEY=` line
 };
 
-int line_of(std::string_view text, size_t pos) {
-  return 1 + static_cast<int>(std::count(text.begin(), text.begin() + static_cast<long>(std::min(pos, text.size())), '\n'));
-}
+// The line number of `pos`, counted on from the last call's position: scan() asks in file order,
+// so a file is counted once (counting from the start each time made large files quadratic).
+struct LineCounter {
+  std::string_view text;
+  size_t pos = 0;
+  int line = 1;
+  int at(size_t to) {
+    to = std::min(to, text.size());
+    if (to < pos) pos = 0, line = 1;
+    line += static_cast<int>(std::count(text.begin() + static_cast<long>(pos), text.begin() + static_cast<long>(to), '\n'));
+    pos = to;
+    return line;
+  }
+};
 
 bool refers_to(std::string_view param, std::string_view key) {
   for (size_t at = param.find('$'); at != std::string_view::npos; at = param.find('$', at + 1)) {
@@ -156,6 +167,7 @@ Expected<Scan> scan(std::string_view text, std::string_view key) {
   Scan out;
   size_t pos = 0;
   const size_t n = text.size();
+  LineCounter lines{text};
   auto next_line = [&](size_t from) {
     size_t nl = text.find('\n', from);
     return nl == std::string_view::npos ? n : nl + 1;
@@ -181,7 +193,7 @@ Expected<Scan> scan(std::string_view text, std::string_view key) {
     }
     if (name_end > p && name_end < n && text[name_end] == '=') {
       Assignment a;
-      a.line = line_of(text, p);
+      a.line = lines.at(p);
       a.value_begin = name_end + 1;
       auto end = lex_word(text, a.value_begin, a);
       if (!end) return Error{end.error()};
@@ -297,11 +309,36 @@ Expected<std::vector<std::string>> grub_cmdline_params(std::string_view text, st
   return out;
 }
 
+Expected<GrubKeyValue> grub_key_value(std::string_view text, std::string_view key) {
+  auto s = scan(text, key);
+  if (!s) return Error{s.error()};
+  GrubKeyValue out;
+  const std::vector<size_t> chain = contributing(*s);
+  if (chain.empty()) return out;
+  out.assigned = true;
+  out.inherits = s->assigns[chain.front()].self_ref;
+  out.line = s->assigns[chain.back()].line;
+  for (size_t i : chain)
+    for (const auto& p : s->assigns[i].params)
+      if (!refers_to(p.text, key) || !p.opaque) out.params.push_back(p.text);
+  return out;
+}
+
 Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const CmdlineEdit& edit) {
   for (const auto& p : edit.present)
     if (!valid_kernel_param(p)) return Error{"'" + p + "' is not a kernel parameter this module writes"};
   for (const auto& p : edit.absent)
     if (!valid_kernel_param(p)) return Error{"'" + p + "' is not a kernel parameter this module writes"};
+
+  // Bytes sh reads differently from what an editor shows: a NUL (a binary file, not shell), a
+  // carriage return (DOS line ends: sh keeps it as part of the value on that line).
+  if (size_t at = text.find_first_of(std::string_view("\0\r", 2)); at != std::string_view::npos) {
+    LineCounter lines{text};
+    const std::string line = "line " + std::to_string(lines.at(at));
+    if (text[at] == '\0') return Error{line + ": a NUL byte: this is not a text file"};
+    return Error{line + (at + 1 < text.size() && text[at + 1] == '\n' ? " ends in a carriage return (CRLF)" : " has a carriage return") +
+                 ": sh would read it as part of the value; convert the file to Unix line ends (dos2unix)"};
+  }
 
   auto s = scan(text, edit.key);
   if (!s) return Error{s.error()};

@@ -11,6 +11,10 @@
 
 namespace gpt {
 
+// What a module reads of a grub defaults file at most: real ones are a few KiB, and the editor
+// holds about a hundred bytes per byte of a value.
+constexpr size_t kMaxGrubFileBytes = 1u << 20;
+
 struct CmdlineEdit {
   std::string key = "GRUB_CMDLINE_LINUX";
   std::vector<std::string> present;  // parameters that must be there; name=value replaces other values
@@ -36,6 +40,18 @@ Expected<std::vector<std::string>> grub_cmdline_params(std::string_view text, st
 // The handlers that make a change of GRUB_CMDLINE_LINUX take effect: grub_config, and on
 // BootLoaderSpec hosts (GRUB_ENABLE_BLSCFG=true, grubby installed) grubby for the existing entries.
 std::vector<HandlerRequest> grub_handlers(const Facts& facts, std::string_view grub_default, const CmdlineEditResult& edit);
+
+// What one file says about `key` when it is sourced after others (GRUB's /etc/default/grub.d
+// drop-ins): whether it assigns the key, whether its value starts from the value the key had
+// before the file ($KEY in its first contributing assignment), the line of its last assignment,
+// and its own parameters as grub_cmdline_params gives them.
+struct GrubKeyValue {
+  bool assigned = false;
+  bool inherits = false;
+  int line = 0;
+  std::vector<std::string> params;
+};
+Expected<GrubKeyValue> grub_key_value(std::string_view text, std::string_view key);
 
 // True when a parameter is safe to write into a quoted shell value and a kernel command line.
 bool valid_kernel_param(std::string_view param);

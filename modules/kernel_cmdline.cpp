@@ -1,0 +1,711 @@
+// kernel_cmdline: kernel parameters wherever this host's boot path keeps them — GRUB's
+// /etc/default/grub and its /etc/default/grub.d/*.cfg drop-ins, BootLoaderSpec entries through
+// grubby, /etc/kernel/cmdline for kernel-install and proxmox-boot-tool, Pop!_OS's kernelstub.
+// grub_cmdline stays the primitive for one GRUB file; this module finds the right place.
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <map>
+#include <functional>
+#include <set>
+
+#include "agent/changes.hpp"
+#include "agent/module.hpp"
+#include "agent/text.hpp"
+#include "modules/grub_default.hpp"
+
+namespace gpt {
+namespace {
+
+// ---- the wanted parameters ----
+
+struct Want {
+  std::vector<std::string> present, absent;
+  std::string note;  // said in the message (the AMD IOMMU needs no parameter)
+};
+
+std::optional<std::string> check_params(const json& list) {
+  for (const auto& p : list) {
+    const std::string s = p.get<std::string>();
+    if (!valid_kernel_param(s))
+      return "'" + s + "' is not a kernel parameter: letters, digits and _.,:/+@%=~^[]- only, no blanks or quotes";
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> check_args(const json& args) {
+  std::set<std::string> present;
+  for (const auto& p : args["present"]) present.insert(p.get<std::string>());
+  for (const auto& a : args["absent"]) {
+    const std::string s = a.get<std::string>();
+    for (const auto& p : present)
+      if (p == s || (s.find('=') == std::string::npos && param_name(p) == param_name(s)))
+        return "'" + p + "' is both present and absent";
+  }
+  return std::nullopt;
+}
+
+// grub_cmdline's iommu semantics: Intel's IOMMU is off unless intel_iommu=on; AMD's is on by
+// default and the kernel has no amd_iommu=on, so on AMD only the switches that turn it off go.
+Expected<Want> wanted(const Context& ctx, const json& args) {
+  Want w;
+  w.present = args["present"].get<std::vector<std::string>>();
+  w.absent = args["absent"].get<std::vector<std::string>>();
+  std::string iommu = args["iommu"].get<std::string>();
+  if (iommu == "auto") {
+    iommu = ctx.facts.cpu.vendor;
+    if (iommu != "intel" && iommu != "amd")
+      return Error{"iommu: auto cannot tell the CPU vendor from /proc/cpuinfo (vendor_id '" + ctx.facts.cpu.vendor_id +
+                   "'); set iommu: intel or amd"};
+  }
+  if (iommu == "intel") {
+    w.present.insert(w.present.begin(), "intel_iommu=on");
+    w.absent.push_back("iommu=off");
+  } else if (iommu == "amd") {
+    w.absent.push_back("amd_iommu=off");
+    w.absent.push_back("iommu=off");
+    w.note = " (the AMD IOMMU is on by default: nothing to add for it)";
+  }
+  return w;
+}
+
+// ---- editing a list of parameters the way edit_grub_cmdline edits a value ----
+
+bool has_value(std::string_view p) { return p.find('=') != std::string_view::npos; }
+std::string value_of(std::string_view p) {
+  auto eq = p.find('=');
+  return eq == std::string_view::npos ? "" : std::string(p.substr(eq + 1));
+}
+bool same_param(std::string_view a, std::string_view b) {
+  return param_name(a) == param_name(b) && has_value(a) == has_value(b) && value_of(a) == value_of(b);
+}
+bool opaque(std::string_view p) { return p.find('$') != std::string_view::npos; }
+std::optional<std::string> opaque_name(std::string_view p) {
+  auto eq = p.find('=');
+  if (eq == std::string_view::npos || p.substr(0, eq).find('$') != std::string_view::npos) return std::nullopt;
+  return param_name(p);
+}
+
+struct Item {
+  std::string text;
+  int origin = -1;  // where it is written (path-specific); -1: an addition
+  bool removed = false;
+  std::optional<std::string> replacement;
+  std::string current() const { return replacement ? *replacement : text; }
+};
+
+struct ListEdit {
+  std::vector<Item> items;
+  CmdlineEditResult res;  // added, removed, replaced (res.text unused)
+  std::vector<std::string> result() const {
+    std::vector<std::string> out;
+    for (const auto& i : items)
+      if (!i.removed) out.push_back(i.current());
+    return out;
+  }
+};
+
+// Absent entries go (by name, or only that value); a present name=value takes the place of the
+// first other value of the name when in_place(origin) allows (else that one goes and the wanted
+// one is added), and later other values go: the kernel reads left to right, the last one wins.
+// Names compare the kernel's way ('-' is '_'); a parameter whose value is a shell variable and
+// whose name is wanted is an error.
+Expected<ListEdit> edit_list(std::vector<Item> items, const Want& w, const std::function<bool(int)>& in_place) {
+  ListEdit out;
+  auto& res = out.res;
+  auto conflict = [&](const std::string& entry) -> std::optional<std::string> {
+    for (const auto& m : items)
+      if (!m.removed && opaque(m.text) && opaque_name(m.text) == param_name(entry))
+        return m.text + " takes its value from a shell variable: cannot tell whether it is " + entry + "; edit it by hand";
+    return std::nullopt;
+  };
+  for (const auto& entry : w.absent) {
+    if (auto msg = conflict(entry)) return Error{*msg};
+    for (auto& m : items) {
+      if (m.removed || opaque(m.text)) continue;
+      bool match = has_value(entry) ? same_param(m.current(), entry) : param_name(m.current()) == param_name(entry);
+      if (!match) continue;
+      m.removed = true;
+      res.removed.push_back(m.current());
+    }
+  }
+  for (const auto& entry : w.present) {
+    if (auto msg = conflict(entry)) return Error{*msg};
+    auto add = [&] {
+      items.push_back({entry, -1, false, std::nullopt});
+      res.added.push_back(entry);
+    };
+    std::vector<size_t> same_name;
+    for (size_t k = 0; k < items.size(); ++k)
+      if (!items[k].removed && !opaque(items[k].text) && param_name(items[k].current()) == param_name(entry))
+        same_name.push_back(k);
+    if (!has_value(entry)) {
+      if (std::none_of(same_name.begin(), same_name.end(), [&](size_t k) { return same_param(items[k].current(), entry); }))
+        add();
+      continue;
+    }
+    if (same_name.empty()) {
+      add();
+      continue;
+    }
+    for (size_t n = 1; n < same_name.size(); ++n) {
+      Item& m = items[same_name[n]];
+      if (same_param(m.current(), entry)) continue;
+      m.removed = true;
+      res.removed.push_back(m.current());
+    }
+    Item& first = items[same_name.front()];
+    if (same_param(first.current(), entry)) continue;
+    if (first.origin < 0) {
+      std::replace(res.added.begin(), res.added.end(), first.text, entry);
+      first.text = entry;
+    } else if (in_place(first.origin)) {
+      res.replaced.push_back(first.current() + " with " + entry);
+      res.replaced_old.push_back(first.current());
+      res.replaced_new.push_back(entry);
+      first.replacement = entry;
+    } else {
+      first.removed = true;
+      res.removed.push_back(first.current());
+      add();
+    }
+  }
+  // An addition that was removed again in the same edit is no addition at all.
+  for (const auto& m : items)
+    if (m.origin < 0 && m.removed)
+      if (auto it = std::find(res.added.begin(), res.added.end(), m.text); it != res.added.end()) res.added.erase(it);
+  items.erase(std::remove_if(items.begin(), items.end(), [](const Item& m) { return m.origin < 0 && m.removed; }),
+              items.end());
+  out.items = std::move(items);
+  return out;
+}
+
+std::vector<Item> items_of(const std::vector<std::string>& params, int origin = 0) {
+  std::vector<Item> out;
+  for (const auto& p : params) out.push_back({p, origin, false, std::nullopt});
+  return out;
+}
+
+std::string join(const std::vector<std::string>& v, const std::string& sep = " ") {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
+  return out;
+}
+
+void add_unique(std::vector<std::string>& to, const std::vector<std::string>& from) {
+  for (const auto& s : from)
+    if (std::find(to.begin(), to.end(), s) == to.end()) to.push_back(s);
+}
+
+// What a tool that adds and removes parameters is told: removals (also the old values of
+// replacements), then additions (also the new values).
+std::vector<std::string> to_remove(const CmdlineEditResult& r) {
+  std::vector<std::string> out;
+  add_unique(out, r.removed);
+  add_unique(out, r.replaced_old);
+  return out;
+}
+std::vector<std::string> to_add(const CmdlineEditResult& r) {
+  std::vector<std::string> out;
+  add_unique(out, r.added);
+  add_unique(out, r.replaced_new);
+  return out;
+}
+
+// ---- GRUB: /etc/default/grub and /etc/default/grub.d/*.cfg ----
+
+const char* const kGrubDefault = "/etc/default/grub";
+const char* const kGrubDropins = "/etc/default/grub.d";
+const std::array<std::string, 2> kKeys = {"GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"};
+
+struct GrubFile {
+  std::string path, text;
+};
+
+// A file that is a shell program rather than assignments (functions, sourcing other files,
+// control flow) cannot be edited as values: its parameters are whatever it computes.
+std::optional<std::string> shell_program(const GrubFile& f) {
+  const std::string& t = f.text;
+  bool dq = false, sq = false;
+  int line = 1;
+  size_t i = 0;
+  while (i < t.size()) {
+    // At the start of a line, outside quotes: what kind of statement is it?
+    if (!dq && !sq) {
+      size_t p = i;
+      while (p < t.size() && (t[p] == ' ' || t[p] == '\t')) ++p;
+      size_t w = p;
+      while (w < t.size() && (std::isalnum(static_cast<unsigned char>(t[w])) || t[w] == '_' || t[w] == '.')) ++w;
+      const std::string word = t.substr(p, w - p);
+      size_t after = w;
+      while (after < t.size() && (t[after] == ' ' || t[after] == '\t')) ++after;
+      const char next = after < t.size() ? t[after] : '\n';
+      std::string what;
+      if ((word == "." || word == "source") && (next != '=' && w > p)) what = "sources another file (" + word + ")";
+      else if (word == "function") what = "defines a shell function";
+      else if (!word.empty() && next == '(' && t.compare(after, 2, "()") == 0) what = "defines a shell function (" + word + "())";
+      else if (word == "if" || word == "for" || word == "while" || word == "until" || word == "case" || word == "eval" ||
+               word == "exec")
+        what = "is a shell program ('" + word + "')";
+      if (!what.empty())
+        return f.path + ":" + std::to_string(line) + ": " + what +
+               ": gptagent edits assignments, not shell programs; left untouched, edit the kernel parameters by hand";
+    }
+    // To the end of the line, following quotes (a value may span lines) and comments.
+    for (; i < t.size(); ++i) {
+      const char c = t[i];
+      if (c == '\n') {
+        ++line;
+        ++i;
+        break;
+      }
+      if (sq) {
+        if (c == '\'') sq = false;
+      } else if (dq) {
+        if (c == '\\') ++i, line += (i < t.size() && t[i] == '\n');
+        else if (c == '"') dq = false;
+      } else if (c == '\\') {
+        ++i;
+        if (i < t.size() && t[i] == '\n') ++line;
+      } else if (c == '\'') {
+        sq = true;
+      } else if (c == '"') {
+        dq = true;
+      } else if (c == '#' && (i == 0 || t[i - 1] == ' ' || t[i - 1] == '\t' || t[i - 1] == '\n' || t[i - 1] == ';')) {
+        i = t.find('\n', i);
+        if (i == std::string::npos) i = t.size();
+        --i;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+// The main file, then the drop-ins in the order grub-mkconfig sources them.
+Expected<std::vector<GrubFile>> read_grub_files(const Root& root) {
+  std::vector<GrubFile> files;
+  auto main = read_file(root, kGrubDefault);
+  if (!main) return Error{main.error()};
+  files.push_back({kGrubDefault, std::move(*main)});
+  auto names = list_dir(root, kGrubDropins);
+  if (!names) return Error{names.error()};
+  for (const auto& n : *names) {
+    if (n.size() < 4 || n.substr(n.size() - 4) != ".cfg") continue;
+    const std::string path = std::string(kGrubDropins) + "/" + n;
+    auto text = read_file(root, path);
+    if (!text) return Error{text.error()};
+    files.push_back({path, std::move(*text)});
+  }
+  for (const auto& f : files)
+    if (auto msg = shell_program(f)) return Error{*msg};
+  return files;
+}
+
+int origin_of(size_t file, size_t key) { return static_cast<int>(file * 2 + key); }
+
+struct GrubModel {
+  std::vector<Item> items;       // GRUB_CMDLINE_LINUX then GRUB_CMDLINE_LINUX_DEFAULT, as sourced
+  std::array<size_t, 2> last{};  // per key: the file with its last assignment (0 when none)
+};
+
+// The command line GRUB gives a normal boot entry: each key's value after every file is sourced
+// (the last assignment wins; one that starts with $KEY extends the value before it).
+Expected<GrubModel> grub_model(const std::vector<GrubFile>& files) {
+  GrubModel m;
+  for (size_t k = 0; k < kKeys.size(); ++k) {
+    std::vector<Item> value;
+    for (size_t f = 0; f < files.size(); ++f) {
+      auto kv = grub_key_value(files[f].text, kKeys[k]);
+      if (!kv) return Error{files[f].path + ": " + kv.error()};
+      if (!kv->assigned) continue;
+      m.last[k] = f;
+      if (!kv->inherits) value.clear();
+      for (const auto& p : kv->params) value.push_back({p, origin_of(f, k), false, std::nullopt});
+    }
+    m.items.insert(m.items.end(), value.begin(), value.end());
+  }
+  return m;
+}
+
+struct PathResult {
+  Result r;
+  CmdlineEditResult edit;            // for the message
+  std::vector<std::string> current;  // the command line after the change
+};
+
+std::string grub_label(const std::vector<GrubFile>& files) {
+  const size_t n = files.size() - 1;
+  return n == 0 ? "" : " (+ " + std::to_string(n) + " drop-in" + (n == 1 ? "" : "s") + " in " + kGrubDropins + ")";
+}
+
+Expected<PathResult> converge_grub(Context& ctx, const json& args, const Want& w, bool apply) {
+  auto files = read_grub_files(ctx.root);
+  if (!files) return Error{files.error()};
+  // Refuse a value that runs a command, in any file, before anything is planned.
+  for (const auto& f : *files)
+    for (const auto& key : kKeys)
+      if (auto e = edit_grub_cmdline(f.text, {key, {}, {}}); !e) return Error{f.path + ": " + e.error()};
+  auto model = grub_model(*files);
+  if (!model) return Error{model.error()};
+  // A wrong value in GRUB_CMDLINE_LINUX is replaced where it is; one in _DEFAULT goes and the
+  // wanted value is added to GRUB_CMDLINE_LINUX, which recovery entries get too.
+  auto edit = edit_list(model->items, w, [](int origin) { return origin % 2 == 0; });
+  if (!edit) return Error{edit.error()};
+
+  std::map<int, CmdlineEdit> groups;
+  auto group = [&](int origin) -> CmdlineEdit& {
+    auto [it, fresh] = groups.try_emplace(origin);
+    if (fresh) it->second.key = kKeys[static_cast<size_t>(origin % 2)];
+    return it->second;
+  };
+  for (const auto& m : edit->items) {
+    if (m.origin < 0) group(origin_of(model->last[0], 0)).present.push_back(m.text);
+    else if (m.replacement) group(m.origin).present.push_back(*m.replacement);
+  }
+  // Removed items: edit_list keeps them, marked.
+  for (const auto& m : edit->items)
+    if (m.removed && m.origin >= 0) group(m.origin).absent.push_back(m.text);
+
+  std::vector<GrubFile> after = *files;
+  std::vector<std::string> edited;
+  for (const auto& [origin, e] : groups) {
+    const size_t f = static_cast<size_t>(origin / 2);
+    auto res = edit_grub_cmdline(after[f].text, e);
+    if (!res) return Error{after[f].path + ": " + res.error()};
+    if (res->changed()) edited.push_back(after[f].path + ": " + e.key);
+    after[f].text = std::move(res->text);
+  }
+  // The files as edited must give the wanted command line: nothing left to change.
+  auto check_model = grub_model(after);
+  if (!check_model) return Error{check_model.error()};
+  auto again = edit_list(check_model->items, w, [](int origin) { return origin % 2 == 0; });
+  if (!again || again->res.changed())
+    return Error{"internal error: the edited GRUB files would still need " + (again ? again->res.summary() : again.error()) +
+                 "; nothing written"};
+
+  PathResult out;
+  out.edit = edit->res;
+  for (const auto& m : check_model->items) out.current.push_back(m.text);
+  FileChanges changes(ctx.root);
+  for (size_t f = 0; f < files->size(); ++f) changes.write((*files)[f].path, (*files)[f].text, after[f].text);
+  out.r.data["files"] = json::array();
+  for (const auto& f : *files) out.r.data["files"].push_back(f.path);
+  out.r.data["edited"] = edited;
+  if (changes.empty()) {
+    out.r.msg = "GRUB" + grub_label(*files) + ": the command line is as wanted";
+    return out;
+  }
+  out.r.status = Outcome::changed;
+  out.r.msg = "GRUB" + grub_label(*files) + ": " + edit->res.summary() + " (edited " + join(edited, ", ") + ")";
+  out.r.diff = changes.diff();
+  if (args["regenerate"].get<bool>()) out.r.handlers = grub_handlers(ctx.facts, (*files)[0].text, edit->res);
+  if (apply)
+    if (auto st = changes.apply(out.r.data); !st) return Error{st.error()};
+  return out;
+}
+
+// ---- BootLoaderSpec entries through grubby (Fedora, RHEL) ----
+
+const std::array<std::string, 3> kEntryDirs = {"/boot/loader/entries", "/efi/loader/entries", "/boot/efi/loader/entries"};
+
+struct Entry {
+  std::string path;
+  std::vector<std::string> options;
+};
+
+// `options` of each entry; Fedora 30-32 entries say `options $kernelopts`, kept in grubenv.
+Expected<std::vector<Entry>> loader_entries(const Root& root, const std::string& dir) {
+  std::vector<Entry> out;
+  auto names = list_dir(root, dir);
+  if (!names) return Error{names.error()};
+  std::optional<std::string> kernelopts;
+  for (const auto& n : *names) {
+    if (n.size() < 5 || n.substr(n.size() - 5) != ".conf") continue;
+    Entry e{dir + "/" + n, {}};
+    auto text = read_file(root, e.path);
+    if (!text) return Error{text.error()};
+    for (std::string_view line : lines(*text)) {
+      line = trim(line);
+      if (line.substr(0, 7) != "options" || (line.size() > 7 && line[7] != ' ' && line[7] != '\t')) continue;
+      for (auto& p : parse_cmdline(line.substr(7))) {
+        if (p == "$kernelopts") {
+          if (!kernelopts) {
+            kernelopts = "";
+            if (auto env = read_file_if_exists(root, "/boot/grub2/grubenv"); env && *env)
+              for (std::string_view l : lines(**env))
+                if (l.substr(0, 11) == "kernelopts=") kernelopts = std::string(l.substr(11));
+          }
+          for (auto& k : parse_cmdline(*kernelopts)) e.options.push_back(k);
+        } else {
+          e.options.push_back(p);
+        }
+      }
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+Expected<PathResult> converge_grubby(Context& ctx, const json& args, const Want& w, bool apply) {
+  std::vector<Entry> entries;
+  for (const auto& dir : kEntryDirs) {
+    auto e = loader_entries(ctx.root, dir);
+    if (!e) return Error{e.error()};
+    if (!e->empty()) {
+      entries = std::move(*e);
+      break;
+    }
+  }
+  if (entries.empty()) return Error{"no BootLoaderSpec entries (*.conf) in /boot/loader/entries: nothing for grubby to update"};
+  PathResult out;
+  CmdlineEditResult all;
+  for (const auto& e : entries) {
+    auto ed = edit_list(items_of(e.options), w, [](int) { return true; });
+    if (!ed) return Error{e.path + ": " + ed.error()};
+    add_unique(all.added, ed->res.added);
+    add_unique(all.removed, ed->res.removed);
+    add_unique(all.replaced, ed->res.replaced);
+    add_unique(all.replaced_old, ed->res.replaced_old);
+    add_unique(all.replaced_new, ed->res.replaced_new);
+    if (out.current.empty()) out.current = ed->result();
+  }
+  // /etc/default/grub's GRUB_CMDLINE_LINUX is what entries of future kernels get: kept in step.
+  FileChanges changes(ctx.root);
+  auto grub = read_file_if_exists(ctx.root, kGrubDefault);
+  if (!grub) return Error{grub.error()};
+  if (*grub) {
+    if (auto msg = shell_program({kGrubDefault, **grub})) return Error{*msg};
+    auto res = edit_grub_cmdline(**grub, {kKeys[0], w.present, w.absent});
+    if (!res) return Error{std::string(kGrubDefault) + ": " + res.error()};
+    changes.write(kGrubDefault, **grub, res->text);
+  }
+  out.edit = all;
+  out.r.data["entries"] = json::array();
+  for (const auto& e : entries) out.r.data["entries"].push_back(e.path);
+  const std::string label = "grubby (" + std::to_string(entries.size()) + " boot entr" + (entries.size() == 1 ? "y" : "ies") + ")";
+  const auto add = to_add(all), remove = to_remove(all);
+  if (add.empty() && remove.empty() && changes.empty()) {
+    out.r.msg = label + ": the command line is as wanted";
+    return out;
+  }
+  out.r.status = Outcome::changed;
+  out.r.msg = label + ": " + (all.changed() ? all.summary() : std::string("the boot entries are as wanted")) +
+              (changes.empty() ? "" : "; GRUB_CMDLINE_LINUX of /etc/default/grub kept in step");
+  out.r.diff = changes.diff();
+  if (!add.empty() || !remove.empty()) {
+    Command cmd{{"grubby", "--update-kernel=ALL"}};
+    if (!add.empty()) cmd.argv.push_back("--args=" + join(add));
+    if (!remove.empty()) cmd.argv.push_back("--remove-args=" + join(remove));
+    Result run = ctx.run_system(cmd, apply, "updated the boot entries");
+    out.r.commands = run.commands;
+    if (run.status == Outcome::failed) return Error{run.msg};
+    if (run.status == Outcome::skipped) out.r.msg += "; " + run.msg;
+  }
+  (void)args;
+  if (apply)
+    if (auto st = changes.apply(out.r.data); !st) return Error{st.error()};
+  return out;
+}
+
+// ---- /etc/kernel/cmdline: kernel-install (systemd-boot) and proxmox-boot-tool ----
+
+const char* const kKernelCmdline = "/etc/kernel/cmdline";
+
+Expected<PathResult> converge_kernel_cmdline(Context& ctx, const json& args, const Want& w, bool apply, bool proxmox) {
+  auto text = read_file_if_exists(ctx.root, kKernelCmdline);
+  if (!text) return Error{text.error()};
+  std::vector<std::string> base;
+  std::string from;
+  if (*text) {
+    base = parse_cmdline(**text);
+  } else if (proxmox) {
+    return Error{std::string(kKernelCmdline) +
+                 " does not exist: a Proxmox host without it boots through GRUB (use boot_path: grub)"};
+  } else if (auto lib = read_file_if_exists(ctx.root, "/usr/lib/kernel/cmdline"); lib && *lib) {
+    base = parse_cmdline(**lib);
+    from = " (created from /usr/lib/kernel/cmdline)";
+  } else {
+    // What kernel-install itself falls back to: the running kernel's, without the loader's own.
+    for (const auto& p : ctx.facts.cmdline)
+      if (p.rfind("BOOT_IMAGE=", 0) != 0 && p.rfind("initrd=", 0) != 0) base.push_back(p);
+    from = " (created from /proc/cmdline)";
+  }
+  auto ed = edit_list(items_of(base), w, [](int) { return true; });
+  if (!ed) return Error{std::string(kKernelCmdline) + ": " + ed.error()};
+  PathResult out;
+  out.edit = ed->res;
+  out.current = ed->result();
+  const std::string label = proxmox ? "proxmox-boot-tool (/etc/kernel/cmdline)" : "kernel-install (/etc/kernel/cmdline)";
+  FileChanges changes(ctx.root);
+  const std::string after = join(out.current) + "\n";
+  changes.write(kKernelCmdline, *text, after);
+  if (changes.empty()) {
+    out.r.msg = label + ": the command line is as wanted";
+    return out;
+  }
+  out.r.status = Outcome::changed;
+  out.r.msg = label + ": " + (ed->res.changed() ? ed->res.summary() : std::string("written")) + from;
+  out.r.diff = changes.diff();
+  if (apply)
+    if (auto st = changes.apply(out.r.data); !st) return Error{st.error()};
+  if (!args["regenerate"].get<bool>()) return out;
+  // The boot entries are made from the file: proxmox-boot-tool copies it to every ESP;
+  // kernel-install writes the running kernel's entry again (new kernels read the file anyway).
+  std::optional<Command> cmd;
+  if (proxmox) {
+    cmd = Command{{"proxmox-boot-tool", "refresh"}};
+  } else if (find_program(ctx.root, "kernel-install") && !ctx.facts.kernel_release.empty()) {
+    const std::string& rel = ctx.facts.kernel_release;
+    for (const std::string& image : {"/usr/lib/modules/" + rel + "/vmlinuz", "/boot/vmlinuz-" + rel})
+      if (path_exists(ctx.root, image)) {
+        cmd = Command{{"kernel-install", "add", rel, image}};
+        break;
+      }
+  }
+  if (!cmd) {
+    out.r.msg += "; no kernel-install or no image of the running kernel " + ctx.facts.kernel_release +
+                 ": kernels installed from now on get it, run `kernel-install add` for the installed ones";
+    out.r.data["regenerated"] = false;
+    return out;
+  }
+  Result run = ctx.run_system(*cmd, apply, "regenerated the boot entries");
+  out.r.commands = run.commands;
+  if (run.status == Outcome::failed) return Error{std::string(kKernelCmdline) + " written; " + run.msg};
+  if (run.status == Outcome::skipped) out.r.msg += "; " + run.msg;
+  return out;
+}
+
+// ---- Pop!_OS: kernelstub ----
+
+const char* const kKernelstubConfig = "/etc/kernelstub/configuration";
+
+Expected<PathResult> converge_kernelstub(Context& ctx, const json&, const Want& w, bool apply) {
+  auto text = read_file(ctx.root, kKernelstubConfig);
+  if (!text) return Error{text.error()};
+  json conf = json::parse(*text, nullptr, false);
+  if (conf.is_discarded() || !conf.is_object() || !conf.contains("user") || !conf["user"].is_object() ||
+      !conf["user"].contains("kernel_options") || !conf["user"]["kernel_options"].is_array())
+    return Error{std::string(kKernelstubConfig) + ": not JSON with user.kernel_options, as kernelstub writes it"};
+  std::vector<std::string> options;
+  for (const auto& o : conf["user"]["kernel_options"])
+    if (o.is_string()) options.push_back(o.get<std::string>());
+  auto ed = edit_list(items_of(options), w, [](int) { return true; });
+  if (!ed) return Error{std::string(kKernelstubConfig) + ": " + ed.error()};
+  PathResult out;
+  out.edit = ed->res;
+  out.current = ed->result();
+  if (!ed->res.changed()) {
+    out.r.msg = "kernelstub: the command line is as wanted";
+    return out;
+  }
+  out.r.status = Outcome::changed;
+  out.r.msg = "kernelstub: " + ed->res.summary();
+  std::vector<Command> cmds;
+  for (const auto& p : to_remove(ed->res)) cmds.push_back({{"kernelstub", "-d", p}});
+  for (const auto& p : to_add(ed->res)) cmds.push_back({{"kernelstub", "-a", p}});
+  bool skipped = false;
+  for (const auto& c : cmds) {
+    Result run = ctx.run_system(c, apply, "updated the boot entry");
+    out.r.commands.insert(out.r.commands.end(), run.commands.begin(), run.commands.end());
+    if (run.status == Outcome::failed) return Error{run.msg};
+    skipped = skipped || run.status == Outcome::skipped;
+  }
+  if (skipped) out.r.msg += "; not run under --root " + ctx.root.dir() + ": " + join(out.r.commands, "; ");
+  return out;
+}
+
+// ---- which boot path ----
+
+bool any_entries(const Root& root) {
+  for (const auto& dir : kEntryDirs)
+    if (auto names = list_dir(root, dir); names)
+      for (const auto& n : *names)
+        if (n.size() > 5 && n.substr(n.size() - 5) == ".conf") return true;
+  return false;
+}
+
+bool bls_enabled(const Root& root) {
+  auto text = read_file_if_exists(root, kGrubDefault);
+  if (!text || !*text) return false;
+  auto v = grub_cmdline_params(**text, "GRUB_ENABLE_BLSCFG");
+  return v && !v->empty() && v->back() == "true";
+}
+
+Expected<std::string> detect(const Context& ctx) {
+  const Root& root = ctx.root;
+  if (find_program(root, "kernelstub") && path_exists(root, kKernelstubConfig)) return std::string("kernelstub");
+  if (find_program(root, "proxmox-boot-tool") && path_exists(root, "/etc/kernel/proxmox-boot-uuids") &&
+      path_exists(root, kKernelCmdline))
+    return std::string("proxmox");
+  if (ctx.facts.boot.grubby && bls_enabled(root)) return std::string("grubby");
+  if (!ctx.facts.boot.grub.empty() && path_exists(root, kGrubDefault)) return std::string("grub");
+  if (path_exists(root, kKernelCmdline) || any_entries(root)) return std::string("kernel-install");
+  return Error{"cannot tell how this host boots: looked for kernelstub with /etc/kernelstub/configuration (Pop!_OS), "
+               "proxmox-boot-tool with /etc/kernel/proxmox-boot-uuids and /etc/kernel/cmdline (Proxmox), grubby with "
+               "GRUB_ENABLE_BLSCFG=true in /etc/default/grub (Fedora, RHEL), update-grub, grub2-mkconfig or "
+               "grub-mkconfig with /etc/default/grub (GRUB), /etc/kernel/cmdline or loader entries (systemd-boot, "
+               "kernel-install); set boot_path to say which"};
+}
+
+Result converge(Context& ctx, const json& args, bool apply) {
+  auto w = wanted(ctx, args);
+  if (!w) return Result::failed(w.error());
+  std::string path = args["boot_path"].get<std::string>();
+  const bool detected = path == "auto";
+  if (detected) {
+    auto d = detect(ctx);
+    if (!d) return Result::failed(d.error());
+    path = *d;
+  }
+  Expected<PathResult> res = Error{"unknown boot path " + path};
+  if (path == "grub") res = converge_grub(ctx, args, *w, apply);
+  else if (path == "grubby") res = converge_grubby(ctx, args, *w, apply);
+  else if (path == "kernel-install") res = converge_kernel_cmdline(ctx, args, *w, apply, false);
+  else if (path == "proxmox") res = converge_kernel_cmdline(ctx, args, *w, apply, true);
+  else if (path == "kernelstub") res = converge_kernelstub(ctx, args, *w, apply);
+  const std::string how = "boot path " + path + (detected ? " (detected)" : "") + ": ";
+  if (!res) {
+    Result f = Result::failed(how + res.error());
+    f.data["boot_path"] = path;
+    return f;
+  }
+  Result r = std::move(res->r);
+  r.msg = how + r.msg + w->note;
+  r.data["boot_path"] = path;
+  r.data["cmdline"] = res->current;
+  r.data["added"] = res->edit.added;
+  r.data["removed"] = res->edit.removed;
+  r.data["replaced"] = res->edit.replaced;
+  r.expect = {{"cmdline_present", w->present}, {"cmdline_absent", w->absent}};
+  if (r.status == Outcome::changed) r.reboot_required = true;
+  return r;
+}
+
+const Registration registration{ModuleDef{
+    .name = "kernel_cmdline",
+    .summary = "kernel parameters wherever the host's boot path keeps them (GRUB and drop-ins, grubby, "
+               "kernel-install, proxmox-boot-tool, kernelstub)",
+    .schema =
+        {
+            .args =
+                {
+                    {.name = "present", .type = ArgType::list, .default_value = json::array(), .check = check_params},
+                    {.name = "absent", .type = ArgType::list, .default_value = json::array(), .check = check_params},
+                    {.name = "iommu",
+                     .type = ArgType::str,
+                     .default_value = "none",
+                     .choices = {"auto", "intel", "amd", "none"}},
+                    {.name = "boot_path",
+                     .type = ArgType::str,
+                     .default_value = "auto",
+                     .choices = {"auto", "grub", "grubby", "kernel-install", "proxmox", "kernelstub"}},
+                    {.name = "regenerate", .type = ArgType::boolean, .default_value = true},
+                },
+            .check = check_args,
+        },
+    .converge = converge,
+    .changes_boot = true,
+}};
+
+}  // namespace
+}  // namespace gpt
