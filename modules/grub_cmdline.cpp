@@ -8,53 +8,15 @@
 namespace gpt {
 namespace {
 
-std::optional<std::string> check_params(const json& list) {
-  for (const auto& p : list) {
-    const std::string s = p.get<std::string>();
-    if (!valid_kernel_param(s))
-      return "'" + s + "' is not a kernel parameter: letters, digits and _.,:/+@%=~^[]- only, no blanks or quotes";
-  }
-  return std::nullopt;
-}
-
-std::optional<std::string> check_args(const json& args) {
-  std::set<std::string> present;
-  for (const auto& p : args["present"]) present.insert(p.get<std::string>());
-  for (const auto& a : args["absent"]) {
-    const std::string s = a.get<std::string>();
-    for (const auto& p : present) {
-      if (p == s || (s.find('=') == std::string::npos && param_name(p) == param_name(s)))
-        return "'" + p + "' is both present and absent";
-    }
-  }
-  return std::nullopt;
-}
-
 Result converge(Context& ctx, const json& args, bool apply) {
+  auto wanted = wanted_cmdline(ctx.facts, args);
+  if (!wanted) return Result::failed(wanted.error());
   CmdlineEdit edit;
   edit.key = args["key"].get<std::string>();
-  edit.present = args["present"].get<std::vector<std::string>>();
-  edit.absent = args["absent"].get<std::vector<std::string>>();
+  edit.present = wanted->present;
+  edit.absent = wanted->absent;
+  const std::string& note = wanted->note;
   const std::string path = args["path"].get<std::string>();
-
-  // The IOMMU switch from the CPU vendor. Intel's IOMMU is off unless intel_iommu=on; AMD's is on
-  // by default and the kernel has no amd_iommu=on, so on AMD only the switches that turn it off go.
-  std::string iommu = args["iommu"].get<std::string>();
-  std::string note;
-  if (iommu == "auto") {
-    iommu = ctx.facts.cpu.vendor;
-    if (iommu != "intel" && iommu != "amd")
-      return Result::failed("iommu: auto cannot tell the CPU vendor from /proc/cpuinfo (vendor_id '" +
-                            ctx.facts.cpu.vendor_id + "'); set iommu: intel or amd");
-  }
-  if (iommu == "intel") {
-    edit.present.insert(edit.present.begin(), "intel_iommu=on");
-    edit.absent.push_back("iommu=off");
-  } else if (iommu == "amd") {
-    edit.absent.push_back("amd_iommu=off");
-    edit.absent.push_back("iommu=off");
-    note = " (the AMD IOMMU is on by default: nothing to add for it)";
-  }
 
   auto text = read_file(ctx.root, path, kMaxGrubFileBytes);
   if (!text) return Result::failed(text.error());
@@ -90,8 +52,8 @@ const Registration registration{ModuleDef{
         {
             .args =
                 {
-                    {.name = "present", .type = ArgType::list, .default_value = json::array(), .check = check_params},
-                    {.name = "absent", .type = ArgType::list, .default_value = json::array(), .check = check_params},
+                    {.name = "present", .type = ArgType::list, .default_value = json::array(), .check = check_kernel_params},
+                    {.name = "absent", .type = ArgType::list, .default_value = json::array(), .check = check_kernel_params},
                     {.name = "iommu",
                      .type = ArgType::str,
                      .default_value = "none",
@@ -108,7 +70,7 @@ const Registration registration{ModuleDef{
                     {.name = "regenerate", .type = ArgType::boolean, .default_value = true},
                     {.name = "backup", .type = ArgType::boolean, .default_value = true},
                 },
-            .check = check_args,
+            .check = check_present_absent,
         },
     .converge = converge,
     .changes_boot = true,

@@ -309,6 +309,49 @@ Expected<std::vector<std::string>> grub_cmdline_params(std::string_view text, st
   return out;
 }
 
+std::optional<std::string> check_kernel_params(const nlohmann::json& list) {
+  for (const auto& p : list) {
+    const std::string s = p.get<std::string>();
+    if (!valid_kernel_param(s))
+      return "'" + s + "' is not a kernel parameter: letters, digits and _.,:/+@%=~^[]- only, no blanks or quotes";
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> check_present_absent(const nlohmann::json& args) {
+  for (const auto& a : args["absent"]) {
+    const std::string s = a.get<std::string>();
+    for (const auto& pj : args["present"]) {
+      const std::string p = pj.get<std::string>();
+      if (p == s || (s.find('=') == std::string::npos && param_name(p) == param_name(s)))
+        return "'" + p + "' is both present and absent";
+    }
+  }
+  return std::nullopt;
+}
+
+Expected<WantedCmdline> wanted_cmdline(const Facts& facts, const nlohmann::json& args) {
+  WantedCmdline w;
+  w.present = args["present"].get<std::vector<std::string>>();
+  w.absent = args["absent"].get<std::vector<std::string>>();
+  std::string iommu = args["iommu"].get<std::string>();
+  if (iommu == "auto") {
+    iommu = facts.cpu.vendor;
+    if (iommu != "intel" && iommu != "amd")
+      return Error{"iommu: auto cannot tell the CPU vendor from /proc/cpuinfo (vendor_id '" + facts.cpu.vendor_id +
+                   "'); set iommu: intel or amd"};
+  }
+  if (iommu == "intel") {
+    w.present.insert(w.present.begin(), "intel_iommu=on");
+    w.absent.push_back("iommu=off");
+  } else if (iommu == "amd") {
+    w.absent.push_back("amd_iommu=off");
+    w.absent.push_back("iommu=off");
+    w.note = " (the AMD IOMMU is on by default: nothing to add for it)";
+  }
+  return w;
+}
+
 Expected<GrubKeyValue> grub_key_value(std::string_view text, std::string_view key) {
   auto s = scan(text, key);
   if (!s) return Error{s.error()};

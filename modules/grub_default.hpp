@@ -53,6 +53,18 @@ struct GrubKeyValue {
 };
 Expected<GrubKeyValue> grub_key_value(std::string_view text, std::string_view key);
 
+// The `present`, `absent` and `iommu` arguments that grub_cmdline and kernel_cmdline share: the
+// schema checks, and what they mean on this host. Intel's IOMMU is off unless intel_iommu=on;
+// AMD's is on by default and the kernel has no amd_iommu=on, so on AMD only the switches that
+// turn it off go (and `note` says so).
+std::optional<std::string> check_kernel_params(const nlohmann::json& list);
+std::optional<std::string> check_present_absent(const nlohmann::json& args);
+struct WantedCmdline {
+  std::vector<std::string> present, absent;
+  std::string note;
+};
+Expected<WantedCmdline> wanted_cmdline(const Facts& facts, const nlohmann::json& args);
+
 // True when a parameter is safe to write into a quoted shell value and a kernel command line.
 bool valid_kernel_param(std::string_view param);
 

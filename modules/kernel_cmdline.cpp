@@ -19,55 +19,7 @@ namespace {
 
 // ---- the wanted parameters ----
 
-struct Want {
-  std::vector<std::string> present, absent;
-  std::string note;  // said in the message (the AMD IOMMU needs no parameter)
-};
-
-std::optional<std::string> check_params(const json& list) {
-  for (const auto& p : list) {
-    const std::string s = p.get<std::string>();
-    if (!valid_kernel_param(s))
-      return "'" + s + "' is not a kernel parameter: letters, digits and _.,:/+@%=~^[]- only, no blanks or quotes";
-  }
-  return std::nullopt;
-}
-
-std::optional<std::string> check_args(const json& args) {
-  std::set<std::string> present;
-  for (const auto& p : args["present"]) present.insert(p.get<std::string>());
-  for (const auto& a : args["absent"]) {
-    const std::string s = a.get<std::string>();
-    for (const auto& p : present)
-      if (p == s || (s.find('=') == std::string::npos && param_name(p) == param_name(s)))
-        return "'" + p + "' is both present and absent";
-  }
-  return std::nullopt;
-}
-
-// grub_cmdline's iommu semantics: Intel's IOMMU is off unless intel_iommu=on; AMD's is on by
-// default and the kernel has no amd_iommu=on, so on AMD only the switches that turn it off go.
-Expected<Want> wanted(const Context& ctx, const json& args) {
-  Want w;
-  w.present = args["present"].get<std::vector<std::string>>();
-  w.absent = args["absent"].get<std::vector<std::string>>();
-  std::string iommu = args["iommu"].get<std::string>();
-  if (iommu == "auto") {
-    iommu = ctx.facts.cpu.vendor;
-    if (iommu != "intel" && iommu != "amd")
-      return Error{"iommu: auto cannot tell the CPU vendor from /proc/cpuinfo (vendor_id '" + ctx.facts.cpu.vendor_id +
-                   "'); set iommu: intel or amd"};
-  }
-  if (iommu == "intel") {
-    w.present.insert(w.present.begin(), "intel_iommu=on");
-    w.absent.push_back("iommu=off");
-  } else if (iommu == "amd") {
-    w.absent.push_back("amd_iommu=off");
-    w.absent.push_back("iommu=off");
-    w.note = " (the AMD IOMMU is on by default: nothing to add for it)";
-  }
-  return w;
-}
+using Want = WantedCmdline;
 
 // ---- editing a list of parameters the way edit_grub_cmdline edits a value ----
 
@@ -648,7 +600,7 @@ Expected<std::string> detect(const Context& ctx) {
 }
 
 Result converge(Context& ctx, const json& args, bool apply) {
-  auto w = wanted(ctx, args);
+  auto w = wanted_cmdline(ctx.facts, args);
   if (!w) return Result::failed(w.error());
   std::string path = args["boot_path"].get<std::string>();
   const bool detected = path == "auto";
@@ -689,8 +641,8 @@ const Registration registration{ModuleDef{
         {
             .args =
                 {
-                    {.name = "present", .type = ArgType::list, .default_value = json::array(), .check = check_params},
-                    {.name = "absent", .type = ArgType::list, .default_value = json::array(), .check = check_params},
+                    {.name = "present", .type = ArgType::list, .default_value = json::array(), .check = check_kernel_params},
+                    {.name = "absent", .type = ArgType::list, .default_value = json::array(), .check = check_kernel_params},
                     {.name = "iommu",
                      .type = ArgType::str,
                      .default_value = "none",
@@ -701,7 +653,7 @@ const Registration registration{ModuleDef{
                      .choices = {"auto", "grub", "grubby", "kernel-install", "proxmox", "kernelstub"}},
                     {.name = "regenerate", .type = ArgType::boolean, .default_value = true},
                 },
-            .check = check_args,
+            .check = check_present_absent,
         },
     .converge = converge,
     .changes_boot = true,
