@@ -1,7 +1,9 @@
 #include "agent/apply.hpp"
 
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -57,6 +59,11 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   Root root(o.root);
   Facts facts = gather_facts(root);
   for (const auto& w : facts.warnings) spdlog::info("facts: {}", w);
+  if (!facts.errors.empty()) {  // what the modules decide from must not be a guess
+    for (const auto& e : facts.errors) err << "gptagent: " << e << "\n";
+    err << "gptagent: cannot read the host's facts, nothing was changed\n";
+    return 1;
+  }
   spdlog::debug("facts: cpu {}, distro {} {}, kernel {}, boot {}", facts.cpu.vendor, facts.os.id, facts.os.version_id,
                 facts.kernel_release, facts.boot_id);
 
@@ -65,7 +72,7 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   lo.extra_vars = o.extra_vars;
   auto loaded = load_playbook(o.playbook, lo);
   if (!loaded.ok()) {
-    if (o.json) out << nlohmann::json{{"playbook", o.playbook}, {"errors", loaded.errors}, {"exit_code", 1}}.dump(2) << "\n";
+    if (o.json) out << nlohmann::json{{"playbook", o.playbook}, {"errors", loaded.errors}, {"exit_code", 1}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     for (const auto& e : loaded.errors) err << e << "\n";
     err << "gptagent: " << o.playbook << ": " << loaded.errors.size() << (loaded.errors.size() == 1 ? " error" : " errors")
         << ", nothing was changed\n";
@@ -74,11 +81,13 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   const Playbook& pb = loaded.playbook;
   // The playbook's identity, hashed only when a state is compared or recorded (a converged run
   // needs none, and OpenSSL's start-up costs about 2 ms).
-  std::string sha_cache;
+  std::string sha_cache, sha_error;  // empty with an error when the playbook cannot be read again
   auto sha = [&]() -> const std::string& {
     if (sha_cache.empty()) {
       std::ifstream in(o.playbook, std::ios::binary);
-      sha_cache = sha256_hex(std::string(std::istreambuf_iterator<char>(in), {}));
+      std::string text(std::istreambuf_iterator<char>(in), {});
+      if (!in.is_open() || in.bad()) sha_error = "cannot read " + o.playbook + " again to record it: " + std::strerror(errno);
+      else sha_cache = sha256_hex(text);
     }
     return sha_cache;
   };
@@ -137,7 +146,7 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
       if (o.json) {
         out << nlohmann::json{{"playbook", o.playbook}, {"root", root.dir()}, {"check", o.check}, {"waiting_for_reboot", true},
                               {"state", state->to_json()}, {"exit_code", code}}
-                   .dump(2)
+                   .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
             << "\n";
       } else {
         out << "waiting for reboot: stage " << state->stage << " of " << state->playbook << " asked for one at "
@@ -180,6 +189,7 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   if (!o.check) {
     ro.journal = [&](const StageIntent* intent) -> Status {
       if (!intent) return clear_state(root);
+      if (sha().empty()) return Error{sha_error};
       RunState running;
       running.waiting = false;
       running.playbook = pb_path;
@@ -193,7 +203,10 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   }
   add(stats, run_playbook(pb, ctx, ro, *reporter));
 
-  if (stats.stopped_for_reboot && !o.check && stats.failed == 0) {
+  if (stats.stopped_for_reboot && !o.check && stats.failed == 0 && sha().empty()) {
+    err << "gptagent: " << sha_error << "\n";
+    stats.failed++;
+  } else if (stats.stopped_for_reboot && !o.check && stats.failed == 0) {
     RunState s;
     s.playbook = pb_path;
     s.playbook_sha256 = sha();
@@ -234,7 +247,7 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
       j["state"] = (*state)->to_json();
       j["rebooted"] = (*state)->boot_id != boot;
     }
-    out << j.dump(2) << "\n";
+    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return 0;
   }
   if (!*state) {

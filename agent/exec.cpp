@@ -68,20 +68,26 @@ ExecResult ProcessExec::run(const Command& cmd) {
     boost::asio::io_context ios;
     std::future<std::string> out, err;
     std::vector<std::string> args(cmd.argv.begin() + 1, cmd.argv.end());
+    // Its own process group: a timeout kills what the command started too (a child that kept
+    // stdout or stderr open would keep its output from us, and run on after the agent).
+    bp::group group;
     bp::child child = cmd.input.empty()
-                          ? bp::child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out, bp::std_err > err, ios)
+                          ? bp::child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out, bp::std_err > err, ios,
+                                      group)
                           : bp::child(exe, bp::args(args), bp::std_in < boost::asio::buffer(cmd.input), bp::std_out > out,
-                                      bp::std_err > err, ios);
+                                      bp::std_err > err, ios, group);
     ios.run_for(cmd.timeout);
     if (!ios.stopped()) {
       res.timed_out = true;
       std::error_code ec;
+      group.terminate(ec);
       child.terminate(ec);
       ios.run_for(std::chrono::seconds(2));
       res.exit_code = -1;
     } else {
       child.wait();
       res.exit_code = child.exit_code();
+      group.detach();  // what it left running on purpose (an ssh ControlMaster) stays
     }
     if (out.wait_for(std::chrono::seconds(0)) == std::future_status::ready) res.out = out.get();
     if (err.wait_for(std::chrono::seconds(0)) == std::future_status::ready) res.err = err.get();

@@ -162,19 +162,30 @@ bool Facts::module_available(std::string_view name) const {
 
 Facts gather_facts(const Root& root) {
   Facts f;
+  // An absent file is a warning; one that is there and cannot be read is an error as well.
+  auto unread = [&](const std::string& error) {
+    f.warnings.push_back(error);
+    f.errors.push_back(error);
+  };
   auto read = [&](std::string_view path) -> std::string {
     auto text = read_file(root, path, 4u << 20);
     if (!text) {
-      f.warnings.push_back(text.error());
+      auto info = stat_file(root, path);
+      if (!info || info->exists) unread(text.error());
+      else f.warnings.push_back(text.error());
       return {};
     }
     return std::move(*text);
   };
   f.cpu = parse_cpuinfo(read("/proc/cpuinfo"));
-  if (auto os = read_file_if_exists(root, "/etc/os-release"); os && *os) {
+  auto os = read_file_if_exists(root, "/etc/os-release");
+  if (!os) unread(os.error());
+  if (os && *os) {
     f.os = parse_os_release(**os);
   } else if (auto usr = read_file_if_exists(root, "/usr/lib/os-release"); usr && *usr) {
     f.os = parse_os_release(**usr);
+  } else if (!usr) {
+    unread(usr.error());
   } else {
     f.warnings.push_back("no /etc/os-release or /usr/lib/os-release");
   }
@@ -183,6 +194,7 @@ Facts gather_facts(const Root& root) {
   f.cmdline = parse_cmdline(trim(read("/proc/cmdline")));
   f.boot = detect_boot_tools(root);
   if (auto mods = read_file_if_exists(root, "/proc/modules"); mods && *mods) f.modules = parse_proc_modules(**mods);
+  else if (!mods) unread(mods.error());
   f.kvm = path_exists(root, "/dev/kvm");
   if (auto groups = list_dir(root, "/sys/kernel/iommu_groups"); groups) f.iommu.groups = static_cast<int>(groups->size());
   if (auto units = list_dir(root, "/sys/class/iommu"); units) f.iommu.units = *units;
@@ -194,6 +206,7 @@ Facts gather_facts(const Root& root) {
   if (!f.kernel_release.empty()) {
     if (auto b = read_file_if_exists(root, "/lib/modules/" + f.kernel_release + "/modules.builtin"); b && *b)
       f.builtin_modules = parse_modules_builtin(**b);
+    else if (!b) unread(b.error());
   }
   return f;
 }

@@ -54,6 +54,9 @@ struct Facts {
   std::vector<PciDevice> pci;
   std::vector<Gpu> gpus;
   std::vector<std::string> warnings;  // what could not be read, in words
+  // Files that exist but could not be read (an I/O error, no permission): facts a run must not
+  // guess at (each is among the warnings too).
+  std::vector<std::string> errors;
   nlohmann::json to_json() const;
 };
 
@@ -75,7 +78,8 @@ std::pair<int, int> kernel_version(std::string_view release);
 std::string module_name(std::string_view name);
 BootTools detect_boot_tools(const Root& root);
 
-// Reads the facts this release knows of. Missing files become warnings, never errors.
+// Reads the facts this release knows of. Missing files become warnings, never errors; files that
+// exist and cannot be read become errors too.
 Facts gather_facts(const Root& root);
 
 }  // namespace gpt

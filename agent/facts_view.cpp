@@ -86,13 +86,26 @@ void print_facts_table(std::ostream& out, const Facts& f) {
 
 namespace {
 
+// Where `path` lands in the copy: resolved in dest as in a root (the links copied so far are
+// followed inside it), so that a link the tree holds can never lead a write out of dest. A link
+// itself is made where its parent resolves.
+std::string in_dest(const std::string& dest, const std::string& path, bool link) {
+  const Root copy(dest);
+  const size_t slash = path.find_last_of('/');
+  auto real = copy.resolve(link ? (slash == 0 ? "/" : path.substr(0, slash)) : path);
+  if (!real) return {};
+  return link ? (*real == "/" ? "" : *real) + path.substr(slash) : *real;
+}
+
 // Copies one path (file or symlink) from the root into dest, keeping links as links.
 bool copy_one(const Root& root, const std::string& path, const std::string& dest, int& count) {
   namespace fs = std::filesystem;
-  const std::string target = dest + path;
+  const auto link = read_link(root, path);
+  const std::string target = in_dest(dest, path, link.has_value());
+  if (target.empty()) return false;
   std::error_code ec;
   fs::create_directories(fs::path(target).parent_path(), ec);
-  if (auto link = read_link(root, path)) {
+  if (link) {
     fs::remove(target, ec);
     fs::create_symlink(*link, target, ec);
     if (!ec) ++count;
@@ -108,8 +121,9 @@ bool copy_one(const Root& root, const std::string& path, const std::string& dest
 // The directory a sysfs link points to, made to exist in the copy so the link resolves there.
 void copy_link_target_dir(const std::string& dest, const std::string& link_path, const std::string& link) {
   std::error_code ec;
-  std::filesystem::path base = std::filesystem::path(dest + link_path).parent_path();
-  std::filesystem::create_directories((base / link).lexically_normal(), ec);
+  const std::string parent = link_path.substr(0, link_path.find_last_of('/'));
+  const std::string target = in_dest(dest, link.starts_with("/") ? link : parent + "/" + link, false);
+  if (!target.empty()) std::filesystem::create_directories(target, ec);
 }
 
 }  // namespace

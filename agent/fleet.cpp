@@ -220,7 +220,7 @@ HostOutcome Fleet::converge(Host& h) {
     // every user of the host can read in ps.
     const std::string command = "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"" +
                                 (extra.empty() ? "" : " " + remote_command(extra));
-    const std::string vars = h.vars.dump();
+    const std::string vars = h.vars.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     const std::string tmp_parent = h.remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(h.remote_tmp);
     auto run = ssh(h, "umask 077; d=" + D + "; [ -x \"$d/" + agent_name_ + "\" ] || exit 93; t=$(mktemp -d " + tmp_parent +
                           "/gptagent.XXXXXXXX) || exit 91; echo \"gptagent-boot=$(cat " + shell_quote(h.boot_path) +
@@ -423,7 +423,7 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   }
   const int code = failed ? 1 : unreachable ? 4 : waiting ? 3 : drift ? 2 : 0;
   doc["exit_code"] = code;
-  if (o_.json) out_ << doc.dump(2) << "\n";
+  if (o_.json) out_ << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   else if (o_.check) out_ << (drift ? std::to_string(drift) + " of " + std::to_string(all.size()) + " hosts differ from the playbook (check mode, nothing changed)" : "no drift on any host") << "\n";
   return code;
 }

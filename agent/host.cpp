@@ -113,17 +113,21 @@ Root::Root(std::string dir) : dir_(std::move(dir)) {
 
 Expected<std::string> Root::resolve(std::string_view path) const {
   if (path.empty() || path.front() != '/') return Error{"not an absolute path: " + std::string(path)};
+  // The kernel would read the path only up to a NUL: "/..\0x" would name the root's parent.
+  if (path.find('\0') != std::string_view::npos) return Error{"a path with a NUL byte: " + std::string(path.substr(0, path.find('\0')))};
   std::vector<std::string> done;
   std::deque<std::string> todo;
   for (auto& c : split_path(path)) todo.push_back(std::move(c));
   int links = 0;
-  bool missing = false;  // once a component is missing, the rest cannot be links
+  bool missing = false;  // once a component is missing, the rest cannot be links...
+  size_t missing_at = 0;  // ...until a ".." climbs back above it (done[missing_at] is the missing one)
   while (!todo.empty()) {
     std::string comp = std::move(todo.front());
     todo.pop_front();
     if (comp == ".") continue;
     if (comp == "..") {
       if (!done.empty()) done.pop_back();
+      if (missing && done.size() <= missing_at) missing = false;
       continue;
     }
     if (!missing) {
@@ -132,6 +136,7 @@ Expected<std::string> Root::resolve(std::string_view path) const {
       struct stat st{};
       if (::lstat(real.c_str(), &st) != 0) {
         missing = true;
+        missing_at = done.size();
       } else if (S_ISLNK(st.st_mode)) {
         if (++links > 40) return Error{"too many levels of symbolic links: " + std::string(path)};
         char target[PATH_MAX];

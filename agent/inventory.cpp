@@ -269,7 +269,8 @@ Expected<Inventory> finish(const Raw& raw, const std::string& source, const Vars
     else if (it->is_string() && ini_scalar(it->get<std::string>(), false).is_number_integer())
       priority[name] = ini_scalar(it->get<std::string>(), false).get<long long>();
     else
-      errors.add(source + ": group " + quote(name) + ": ansible_group_priority must be an integer, not " + it->dump());
+      errors.add(source + ": group " + quote(name) + ": ansible_group_priority must be an integer, not " +
+                 it->dump(-1, ' ', false, json::error_handler_t::replace));
   }
   // Ansible's sort_groups: parents before children, then priority, then name.
   auto before = [&](const std::string& a, const std::string& b) {
@@ -316,7 +317,7 @@ Expected<Inventory> finish(const Raw& raw, const std::string& source, const Vars
       auto it = host.vars.find(key);
       if (it != host.vars.end() && !it->is_null() && !port_number(*it))
         errors.add(source + ": host " + quote(name) + ": " + key + " must be a port number (1-65535), not " +
-                   it->dump());
+                   it->dump(-1, ' ', false, json::error_handler_t::replace));
     }
     inv.groups["all"].push_back(name);
     for (const auto& g : member) inv.groups[g].push_back(name);
@@ -868,11 +869,13 @@ Expected<std::vector<size_t>> match_term(const Inventory& inv, const std::map<st
   if (term[0] != '~') {
     static const std::regex sub_re(R"(^(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]$)");
     std::smatch m;
+    // An index with more digits than a long long holds is past any inventory all the same.
+    auto number = [](const std::string& s) { return s.size() > 15 ? (s[0] == '-' ? -1 : 1) * (1LL << 50) : std::stoll(s); };
     if (std::regex_match(term, m, sub_re)) {
       if (m[2].matched)
-        subscript = {{std::stoll(m[2].str()), std::nullopt}};
+        subscript = {{number(m[2].str()), std::nullopt}};
       else
-        subscript = {{std::stoll(m[3].str()), m[5].length() ? std::stoll(m[5].str()) : -1}};
+        subscript = {{number(m[3].str()), m[5].length() ? number(m[5].str()) : -1}};
       term = m[1].str();
     }
   }

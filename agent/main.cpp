@@ -38,7 +38,7 @@ std::optional<gpt::Playbook> load(const std::string& path, const Common& c, cons
   }
   auto res = gpt::load_playbook(path, opts);
   if (!res.ok()) {
-    if (json_out) std::cout << json{{"playbook", path}, {"errors", res.errors}, {"exit_code", 1}}.dump(2) << "\n";
+    if (json_out) std::cout << json{{"playbook", path}, {"errors", res.errors}, {"exit_code", 1}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     for (const auto& e : res.errors) std::cerr << e << "\n";
     std::cerr << "gptagent: " << path << ": " << res.errors.size() << (res.errors.size() == 1 ? " error" : " errors")
               << ", nothing was changed\n";
@@ -84,7 +84,7 @@ int cmd_facts(const Common& c, bool json_out, const std::string& capture) {
   }
   gpt::Facts facts = gpt::gather_facts(root);
   gpt::name_devices_from_host(root, facts);
-  if (json_out) std::cout << facts.to_json().dump(2) << "\n";
+  if (json_out) std::cout << facts.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   else gpt::print_facts_table(std::cout, facts);
   return 0;
 }

@@ -1,9 +1,11 @@
 #include "agent/playbook.hpp"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -23,6 +25,27 @@ std::string SourceMark::str() const {
 namespace {
 
 constexpr size_t kMaxNodes = 200000;  // a YAML alias bomb expands past this long before it hurts
+// The same for bytes: a few aliases of a long string (or of a mapping with a long key) are few
+// values but many bytes. An 8 MiB playbook without aliases holds far less than this.
+constexpr size_t kMaxExpandedBytes = 32u << 20;
+
+// The offset of the first byte that is not part of well-formed UTF-8, or npos.
+size_t invalid_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    size_t len = b < 0x80 ? 1 : (b & 0xe0) == 0xc0 ? 2 : (b & 0xf0) == 0xe0 ? 3 : (b & 0xf8) == 0xf0 ? 4 : 0;
+    if (len == 0 || i + len > s.size() || (len == 2 && b < 0xc2) || (len == 4 && b > 0xf4)) return i;
+    for (size_t k = 1; k < len; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return i;
+    const auto b1 = static_cast<unsigned char>(s[i + 1 < s.size() ? i + 1 : i]);
+    if ((len == 3 && b == 0xe0 && b1 < 0xa0) || (len == 3 && b == 0xed && b1 > 0x9f) ||  // overlong, surrogates
+        (len == 4 && b == 0xf0 && b1 < 0x90) || (len == 4 && b == 0xf4 && b1 > 0x8f))    // overlong, > U+10FFFF
+      return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
 
 // Where each value came from: JSON pointer -> the marks of its key and value, and the scalar text.
 struct Origin {
@@ -105,6 +128,10 @@ class Loader {
     YAML::Node doc;
     try {
       doc = YAML::Load(text);
+    } catch (const YAML::DeepRecursion& e) {
+      result.errors.push_back(mark_at(e.mark.line, e.mark.column).str() + ": the document is nested deeper than " +
+                              std::to_string(e.depth() - 1) + " levels");
+      return result;
     } catch (const YAML::Exception& e) {
       result.errors.push_back(mark_at(e.mark.line, e.mark.column).str() + ": YAML syntax error: " + e.msg);
       return result;
@@ -148,7 +175,16 @@ class Loader {
   }
   SourceMark mark_of(const YAML::Node& n) const { return mark_at(n.Mark().line, n.Mark().column); }
 
-  void error(const SourceMark& m, const std::string& msg) { errors_.push_back(m.str() + ": " + msg); }
+  void error(const SourceMark& m, const std::string& msg) {
+    // A message quotes what it is about: a 7 MiB value is shown by its ends.
+    constexpr size_t kHead = 400, kTail = 200;
+    if (msg.size() <= kHead + kTail + 100) {
+      errors_.push_back(m.str() + ": " + msg);
+      return;
+    }
+    errors_.push_back(m.str() + ": " + msg.substr(0, kHead) + "[... " + std::to_string(msg.size() - kHead - kTail) +
+                      " bytes ...]" + msg.substr(msg.size() - kTail));
+  }
 
   // The mark for a pointer: its own, or the nearest parent's.
   SourceMark where(std::string ptr, bool key = false) const {
@@ -166,6 +202,14 @@ class Loader {
       if (nodes_ == kMaxNodes + 1)
         error(mark_of(node), "the document expands to more than " + std::to_string(kMaxNodes) +
                                  " values (an alias bomb?)");
+      return false;
+    }
+    // What this value costs to hold: its path, and its text (keys are counted below).
+    bytes_ += ptr.size() + (node.Type() == YAML::NodeType::Scalar ? node.Scalar().size() : 0);
+    if (bytes_ > kMaxExpandedBytes) {
+      error(mark_of(node), "the document expands to more than " + std::to_string(kMaxExpandedBytes) +
+                               " bytes (an alias bomb?)");
+      nodes_ = kMaxNodes + 1;  // one message, and every caller stops
       return false;
     }
     Origin origin{mark_of(node), key_mark, {}, false};
@@ -197,6 +241,7 @@ class Loader {
             return false;
           }
           const std::string key = kv.first.Scalar();
+          bytes_ += key.size();
           if (out.contains(key)) {
             error(km, "duplicate key '" + key + "'");
             continue;
@@ -628,6 +673,7 @@ class Loader {
   std::vector<std::string> errors_;
   std::map<std::string, Origin> origins_;
   size_t nodes_ = 0;
+  size_t bytes_ = 0;
   std::optional<VarScope> scope_;
 };
 
@@ -642,6 +688,21 @@ LoadResult load_playbook_text(const std::string& text, const std::string& path, 
   if (text.find('\0') != std::string::npos) {
     LoadResult r;
     r.errors.push_back(path + ":1:1: the playbook contains NUL bytes: not a text file");
+    return r;
+  }
+  if (size_t bad = invalid_utf8(text); bad != std::string::npos) {
+    // Every name and value ends up in reports, JSON and the state file: they must be text.
+    LoadResult r;
+    const size_t line_start = text.rfind('\n', bad == 0 ? 0 : bad - 1);
+    const size_t col = line_start == std::string::npos || bad == 0 ? bad + 1 : bad - line_start;
+    r.errors.push_back(path + ":" + std::to_string(1 + std::count(text.begin(), text.begin() + static_cast<long>(bad), '\n')) +
+                       ":" + std::to_string(col) + ": the playbook is not UTF-8 text (byte " +
+                       [&] {
+                         char hex[8];
+                         std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[bad]));
+                         return std::string(hex);
+                       }() +
+                       ")");
     return r;
   }
   return Loader(path, opts).run(text);

@@ -134,7 +134,7 @@ class JsonReporter final : public Reporter {
       doc_["expect_after_reboot"] = s.expect.to_json();
     }
     doc_["exit_code"] = exit_code;
-    out_ << doc_.dump(2) << "\n";
+    out_ << doc_.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     out_.flush();
   }
 

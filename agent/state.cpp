@@ -123,7 +123,7 @@ Expected<std::optional<RunState>> load_state(const Root& root) {
 Status save_state(const Root& root, const RunState& state) {
   WriteOptions wo;
   wo.backup = false;  // the state is the agent's own; an interrupted write leaves the old one whole
-  auto w = write_file_atomic(root, kStatePath, state.to_json().dump(2) + "\n", wo);
+  auto w = write_file_atomic(root, kStatePath, state.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", wo);
   if (!w) return Error{w.error()};
   return {};
 }

@@ -364,7 +364,10 @@ void set_attr(pugi::xml_node n, const char* name, const std::string& value) {
 // old one was, so that the XML diff shows a change in place rather than a move.
 struct Managed {
   pugi::xml_node devices;
-  pugi::xml_node anchor;  // insert before this (null: append)
+  // Insert before this (null: append): a comment where the first old one was, removed with the
+  // Managed. Not the device after it, which another kind's Managed may remove (freeing the node:
+  // found by fuzzing, the new root ports then silently went missing).
+  pugi::xml_node anchor;
   std::map<std::string, pugi::xml_document> addresses;
 
   Managed(pugi::xml_node devs, const std::function<bool(pugi::xml_node)>& managed,
@@ -372,15 +375,18 @@ struct Managed {
       : devices(devs) {
     std::vector<pugi::xml_node> gone;
     for (auto d : devices.children()) {
-      if (managed(d)) {
-        if (auto a = d.child("address"); a && key) addresses[key(d)].append_copy(a);
-        gone.push_back(d);
-      } else if (!gone.empty() && !anchor) {
-        anchor = d;
-      }
+      if (!managed(d)) continue;
+      if (auto a = d.child("address"); a && key) addresses[key(d)].append_copy(a);
+      gone.push_back(d);
     }
+    if (!gone.empty()) anchor = devices.insert_child_before(pugi::node_comment, gone.front());
     for (auto d : gone) devices.remove_child(d);
   }
+  ~Managed() {
+    if (anchor) devices.remove_child(anchor);
+  }
+  Managed(const Managed&) = delete;
+  Managed& operator=(const Managed&) = delete;
   pugi::xml_node add(const char* name) { return anchor ? devices.insert_child_before(name, anchor) : devices.append_child(name); }
   void keep_address(pugi::xml_node dev, const std::string& key) {
     auto it = addresses.find(key);

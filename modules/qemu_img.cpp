@@ -94,6 +94,9 @@ Expected<ImageInfo> read_info(Exec& exec, const std::string& real, const std::st
   try {
     const json j = json::parse(res.out);
     info.format = j.at("format").get<std::string>();
+    // A float past 2^64 converted to uint64_t is undefined, a negative number wraps (fuzz_qemu_img_info).
+    if (!j.at("virtual-size").is_number_unsigned())
+      return Error{"cannot read the output of qemu-img info " + shown + ": virtual-size is not a number of bytes"};
     info.virtual_size = j.at("virtual-size").get<uint64_t>();
     if (j.contains("full-backing-filename")) {
       info.backing = j["full-backing-filename"].get<std::string>();
