@@ -43,7 +43,8 @@ class BootToolsExec final : public Exec {
     namespace fs = std::filesystem;
     for (const auto& e : fs::directory_iterator(root_ + "/boot/loader/entries")) {
       std::string out;
-      for (std::string_view line : lines(test::slurp(e.path().string()))) {
+      const std::string text = test::slurp(e.path().string());  // lines() views it: keep it alive
+      for (std::string_view line : lines(text)) {
         std::string l(line);
         if (l.rfind("options ", 0) == 0) {
           std::vector<std::string> args = words(l.substr(8)), kept;
