@@ -89,6 +89,7 @@ TEST(ChaosFault, EveryFailingWriteRenameOrOpenIsAFailedRunWithTheCauseAndAWholeT
     std::string message;
   };
   std::vector<Outcome> outcomes(points.size() * errnos.size());
+  std::atomic<int> kept_originals{0};  // failures where the file being replaced was checked
   auto verdicts = chaos::parallel(outcomes.size(), [&](size_t i) -> std::string {
     const Call& c = points[i / errnos.size()];
     const auto& [errname, err] = errnos[i % errnos.size()];
@@ -122,11 +123,14 @@ TEST(ChaosFault, EveryFailingWriteRenameOrOpenIsAFailedRunWithTheCauseAndAWholeT
     outcomes[i].failed = true;
     outcomes[i].message = message;
     // The file the failing call was writing is still the original (the temporary file is gone).
-    if (c.syscall != "fsync" || has(c.line, "gptagent-tmp")) {
-      static const std::regex tmp_name(R"re(ROOT/([^"<>]*)/\.([^/"<>]+)\.gptagent-tmp)re");
+    {  // its temporary file, as a path (write, fchmod, fsync, openat's result) or as a name in a directory (renameat)
+      static const std::regex tmp_path(R"re(ROOT/([^"<>]*)/\.([^/"<>]+)\.gptagent-tmp)re");
+      static const std::regex tmp_in_dir(R"re(ROOT/([^"<>]*)>, "\.([^/"]+)\.gptagent-tmp")re");
       std::smatch m;
-      if (std::regex_search(c.line, m, tmp_name) && m[2].str() != "state.json") {  // the run's own journal aside
+      if ((std::regex_search(c.line, m, tmp_path) || std::regex_search(c.line, m, tmp_in_dir)) &&
+          m[2].str() != "state.json") {  // the run's own journal aside
         const std::string target = m[1].str() + "/" + m[2].str();
+        ++kept_originals;
         const auto now = chaos::snapshot(host.root());
         const bool was = original.count(target), is = now.count(target);
         if (was != is || (was && original.at(target) != now.at(target)))
@@ -154,6 +158,7 @@ TEST(ChaosFault, EveryFailingWriteRenameOrOpenIsAFailedRunWithTheCauseAndAWholeT
   }
   EXPECT_EQ(failures, 0) << failures << " of " << tried << " faults went wrong";
   EXPECT_GT(failed_runs, chaos::kAsan ? 25 : 200);
+  EXPECT_GT(kept_originals.load(), chaos::kAsan ? 5 : 100) << "too few failures checked the file they were replacing";
   std::cout << "[chaos] injected " << tried << " faults (" << points.size() << " calls x " << errnos.size()
             << " errnos" << (chaos::kAsan ? ", sampled" : "") << "): " << failed_runs << " failed runs with the cause named, "
             << tried - failed_runs << " done without\n";
