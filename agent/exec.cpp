@@ -33,7 +33,7 @@ std::string Command::display() const {
 }
 
 std::string ExecResult::failure(bool all_of_stderr) const {
-  std::string msg = timed_out ? "timed out" : exit_code < 0 ? "could not run" : "exit code " + std::to_string(exit_code);
+  std::string msg = timed_out ? "timed out" : cancelled ? "interrupted" : exit_code < 0 ? "could not run" : "exit code " + std::to_string(exit_code);
   std::string text;
   if (all_of_stderr) {
     for (std::string_view line : lines(err)) {
@@ -76,9 +76,17 @@ ExecResult ProcessExec::run(const Command& cmd) {
                                       group)
                           : bp::child(exe, bp::args(args), bp::std_in < boost::asio::buffer(cmd.input), bp::std_out > out,
                                       bp::std_err > err, ios, group);
-    ios.run_for(cmd.timeout);
+    const auto deadline = std::chrono::steady_clock::now() + cmd.timeout;
+    if (!cmd.cancel) {
+      ios.run_for(cmd.timeout);
+    } else {  // looked at ten times a second
+      while (!ios.stopped() && !cmd.cancel->load() && std::chrono::steady_clock::now() < deadline)
+        ios.run_for(std::min<std::chrono::steady_clock::duration>(std::chrono::milliseconds(100),
+                                                                  deadline - std::chrono::steady_clock::now()));
+    }
     if (!ios.stopped()) {
-      res.timed_out = true;
+      res.cancelled = cmd.cancel && cmd.cancel->load();
+      res.timed_out = !res.cancelled;
       std::error_code ec;
       group.terminate(ec);
       child.terminate(ec);

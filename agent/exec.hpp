@@ -1,6 +1,7 @@
 // The host boundary for processes: modules describe commands, an Exec runs (or records) them.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -12,6 +13,7 @@ struct Command {
   std::vector<std::string> argv;          // never through a shell
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
   std::string input = {};                 // written to its stdin (closed when empty)
+  const std::atomic<bool>* cancel = nullptr;  // when it turns true the process is killed, as on a timeout
   std::string display() const;            // the command line as a user would type it
 };
 
@@ -20,6 +22,7 @@ struct ExecResult {
   bool timed_out = false;
   std::string out;
   std::string err;
+  bool cancelled = false;  // killed because Command::cancel turned true
   bool ok() const { return exit_code == 0 && !timed_out; }
   // A one-line explanation of a failure: exit code or timeout, and the last line of stderr (with
   // `all_of_stderr`, every non-blank line of it joined: for tools that explain over several).

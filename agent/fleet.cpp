@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -43,9 +45,41 @@ std::string remote_command(const std::vector<std::string>& words) {
 
 namespace {
 
+// Ctrl-C (SIGINT), SIGTERM or SIGHUP during a fleet run: no host is started any more, the running
+// ones are stopped and cleaned up. A second Ctrl-C leaves at once (the handler resets itself).
+std::atomic<bool> g_interrupted{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+extern "C" void on_interrupt(int) { g_interrupted.store(true); }
+
+class InterruptHandlers {
+ public:
+  InterruptHandlers() {
+    g_interrupted = false;
+    struct sigaction sa{};
+    sa.sa_handler = on_interrupt;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < kSignals.size(); ++i) ::sigaction(kSignals[i], &sa, &old_[i]);
+  }
+  ~InterruptHandlers() {
+    for (size_t i = 0; i < kSignals.size(); ++i) ::sigaction(kSignals[i], &old_[i], nullptr);
+  }
+  InterruptHandlers(const InterruptHandlers&) = delete;
+  InterruptHandlers& operator=(const InterruptHandlers&) = delete;
+
+ private:
+  static constexpr std::array<int, 3> kSignals{SIGINT, SIGTERM, SIGHUP};
+  std::array<struct sigaction, 3> old_{};
+};
+
 std::string var_string(const json& vars, const char* key, const std::string& fallback = "") {
   if (!vars.contains(key) || vars[key].is_null()) return fallback;
   return vars[key].is_string() ? vars[key].get<std::string>() : vars[key].dump();
+}
+
+// Where the temporary directories go on a host: gptagent_remote_tmp, else its $TMPDIR, else /tmp.
+std::string remote_tmp_parent(const std::string& remote_tmp) {
+  return remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(remote_tmp);
 }
 
 // A path in the remote shell: "~/x" becomes "$HOME"/'x' so that the shell expands the home.
@@ -56,7 +90,7 @@ std::string remote_path(const std::string& path) {
 }
 
 struct HostOutcome {
-  enum Kind { ok, changed_, failed_, unreachable, drift, waiting } kind = ok;  // trailing _: not the counters
+  enum Kind { ok, changed_, failed_, unreachable, drift, waiting, interrupted } kind = ok;  // trailing _: not the counters
   std::string message;
   std::vector<json> runs;  // the agent's JSON document of each run on this host
   int reboots = 0;
@@ -83,7 +117,9 @@ class Fleet {
 
   Expected<Host> prepare(const InventoryHost& h, size_t index) const;
   HostOutcome converge(Host& h);
-  ExecResult ssh(const Host& h, const std::string& command, std::string input = {}, int timeout_s = 600) const;
+  ExecResult ssh(const Host& h, const std::string& command, std::string input = {}, int timeout_s = 600,
+                 bool interruptible = true) const;
+  std::string stop_and_clean(const Host& h) const;  // after an interruption: what was removed, in words
   std::optional<std::string> connect(const Host& h) const;  // an error when the host cannot be reached
   void disconnect(const Host& h) const;
   void report(const Host& h, const HostOutcome& r);
@@ -95,6 +131,7 @@ class Fleet {
   std::mutex print_;
   std::string control_dir_;
   std::string agent_bytes_, agent_sha_, agent_name_, playbook_bytes_;
+  std::string run_id_;  // in the names of this run's temporary directories on the hosts
   std::map<std::string, HostOutcome> results_;
 };
 
@@ -130,8 +167,10 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const
   return host;
 }
 
-ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string input, int timeout_s) const {
+ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string input, int timeout_s,
+                      bool interruptible) const {
   Command c;
+  if (interruptible) c.cancel = &g_interrupted;
   c.argv = h.ssh;
   c.argv.insert(c.argv.end(), {"-o", "ControlMaster=no", "--", h.destination, command});
   c.input = std::move(input);
@@ -165,6 +204,11 @@ std::optional<std::string> Fleet::connect(const Host& h) const {
   int status = 0;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(40);
   while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (g_interrupted) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return std::string("interrupted while connecting");
+    }
     if (std::chrono::steady_clock::now() > deadline) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
@@ -195,20 +239,27 @@ void Fleet::disconnect(const Host& h) const {
 
 HostOutcome Fleet::converge(Host& h) {
   HostOutcome r;
+  if (g_interrupted) {
+    r.kind = HostOutcome::interrupted;
+    r.message = "not started: the run was interrupted";
+    return r;
+  }
   if (auto e = connect(h)) {
-    r.kind = HostOutcome::unreachable;
+    r.kind = g_interrupted ? HostOutcome::interrupted : HostOutcome::unreachable;
     r.message = *e;
     return r;
   }
   const std::string D = remote_path(h.remote_dir);
   const std::string become = h.become ? "sudo -n -- " : "";
+  // The agent is checked against its SHA-256 on the host before every run: the name of the
+  // cached copy says what it should be, sha256sum says what it is.
+  const std::string verify = "printf '%s  %s\\n' " + agent_sha_ + " \"$a\" | sha256sum -c --status";
   std::string boot_before;
   bool copied = false;
   for (int attempt = 0;; ++attempt) {
-    // One round trip on a host that has this agent: a private temporary directory (0700), the
-    // boot id (on stderr, for the reboot), the playbook from stdin, the run, the cleanup. The
-    // cached agent is named by its SHA-256 (written whole, then renamed): finding the name is
-    // knowing the content, without hashing tens of megabytes on every host at every run.
+    // One round trip on a host that has this agent: the hash check, a private temporary directory
+    // (mktemp -d, 0700) named after this run, the boot id (on stderr, for the reboot), the playbook
+    // from stdin, the run (its pid recorded, for an interruption), the cleanup.
     std::vector<std::string> args{"--json", "--color", "never", "--root", h.root};
     if (o_.check) args.push_back("--check");
     if (o_.diff) args.push_back("--diff");
@@ -221,27 +272,50 @@ HostOutcome Fleet::converge(Host& h) {
     const std::string command = "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"" +
                                 (extra.empty() ? "" : " " + remote_command(extra));
     const std::string vars = h.vars.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    const std::string tmp_parent = h.remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(h.remote_tmp);
-    auto run = ssh(h, "umask 077; d=" + D + "; [ -x \"$d/" + agent_name_ + "\" ] || exit 93; t=$(mktemp -d " + tmp_parent +
-                          "/gptagent.XXXXXXXX) || exit 91; echo \"gptagent-boot=$(cat " + shell_quote(h.boot_path) +
+    auto run = ssh(h, "umask 077; a=" + D + "/" + agent_name_ + "; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; " +
+                          verify + " || exit 95; t=$(mktemp -d " + remote_tmp_parent(h.remote_tmp) + "/gptagent." + run_id_ +
+                          ".XXXXXXXX) || exit 91; echo \"gptagent-boot=$(cat " + shell_quote(h.boot_path) +
                           " 2>/dev/null)\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
-                          " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become + "\"$d/" +
-                          agent_name_ + "\" " + command + "; rc=$?; rm -rf \"$t\"; exit $rc",
+                          " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become +
+                          "\"$a\" " + command + " </dev/null & echo $! > \"$t/pid\"; wait $!; rc=$?; rm -rf \"$t\"; exit $rc",
                    playbook_bytes_ + vars, 3600);
-    if (run.exit_code == 93 && !copied) {
+    if (run.cancelled) {
+      r.kind = HostOutcome::interrupted;
+      r.message = stop_and_clean(h);
+      break;
+    }
+    if ((run.exit_code == 93 || run.exit_code == 95) && !copied) {
       copied = true;
       spdlog::info("{}: copying the agent ({} bytes)", h.inv->name, agent_bytes_.size());
-      // Other versions are removed once this one is in place.
-      auto copy = ssh(h, "umask 077; d=" + D + "; mkdir -p \"$d\" && cat > \"$d/.gptagent.new\" && chmod 700 \"$d/.gptagent.new\" && "
-                         "mv -f \"$d/.gptagent.new\" \"$d/" + agent_name_ + "\" && "
-                         "for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
+      // Written whole under a private name, its hash checked, then renamed: the cached name
+      // always holds that content. Other versions are removed once this one is in place.
+      auto copy = ssh(h, "umask 077; d=" + D + "; mkdir -p \"$d\" && a=\"$d/.gptagent.new.$$\" && cat > \"$a\" || exit 90; " +
+                             verify + " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" + agent_name_ +
+                             "\" && for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
                       agent_bytes_, 600);
+      if (copy.cancelled) {
+        r.kind = HostOutcome::interrupted;
+        r.message = "interrupted while copying the agent";
+        break;
+      }
       if (!copy.ok()) {
         r.kind = copy.exit_code == 255 ? HostOutcome::unreachable : HostOutcome::failed_;
-        r.message = "cannot copy the agent to " + h.remote_dir + ": " + copy.failure();
+        r.message = copy.exit_code == 95 ? "the agent copied to " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ +
+                                               " on the host: the copy was corrupted, nothing was run"
+                                         : "cannot copy the agent to " + h.remote_dir + ": " + copy.failure();
         return r;
       }
       continue;
+    }
+    if (run.exit_code == 94) {
+      r.kind = HostOutcome::failed_;
+      r.message = "sha256sum was not found on the host: the copied agent cannot be checked, nothing was run";
+      return r;
+    }
+    if (run.exit_code == 95) {
+      r.kind = HostOutcome::failed_;
+      r.message = "the agent in " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ + " even after a new copy: nothing was run";
+      return r;
     }
     if (run.exit_code == 255 && run.out.empty()) {
       r.kind = HostOutcome::unreachable;
@@ -279,7 +353,7 @@ HostOutcome Fleet::converge(Host& h) {
       ++r.reboots;
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o_.reboot_timeout);
       bool back = false;
-      while (std::chrono::steady_clock::now() < deadline) {
+      while (std::chrono::steady_clock::now() < deadline && !g_interrupted) {
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         if (connect(h)) continue;
         auto b = ssh(h, "cat " + shell_quote(h.boot_path), {}, 30);
@@ -288,6 +362,11 @@ HostOutcome Fleet::converge(Host& h) {
           break;
         }
         disconnect(h);
+      }
+      if (!back && g_interrupted) {
+        r.kind = HostOutcome::interrupted;
+        r.message = "interrupted while waiting for the host to come back from its reboot";
+        return r;
       }
       if (!back) {
         r.kind = HostOutcome::unreachable;
@@ -313,6 +392,35 @@ HostOutcome Fleet::converge(Host& h) {
   return r;
 }
 
+// The run on this host was interrupted: its agent is stopped (SIGTERM: a run killed at any point
+// leaves every file whole, and the next run finishes its work) and its temporary directory removed.
+// The remote shell would do both when the agent ends; this does it now, on a connection of its own.
+std::string Fleet::stop_and_clean(const Host& h) const {
+  const std::string script = "for t in " + remote_tmp_parent(h.remote_tmp) + "/gptagent." + run_id_ +
+                             ".*; do [ -d \"$t\" ] || continue; p=$(cat \"$t/pid\" 2>/dev/null); "
+                             "if [ -n \"$p\" ] && kill -TERM \"$p\" 2>/dev/null; then i=0; "
+                             "while kill -0 \"$p\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+                             "echo \"stopped $p\"; fi; rm -rf \"$t\" && echo \"removed $t\"; done";
+  std::vector<std::string> ssh_argv = h.ssh;
+  Host fresh = h;  // the shared connection may be going away with the interrupted client
+  fresh.ssh.clear();
+  for (size_t i = 0; i < ssh_argv.size(); ++i) {
+    if (ssh_argv[i] == "-o" && i + 1 < ssh_argv.size() && ssh_argv[i + 1].starts_with("ControlPath=")) {
+      ++i;
+      continue;
+    }
+    fresh.ssh.push_back(ssh_argv[i]);
+  }
+  fresh.ssh.insert(fresh.ssh.end(), {"-o", "ControlPath=none"});
+  auto res = ssh(fresh, script, {}, 30, /*interruptible=*/false);
+  std::vector<std::string> done;
+  for (auto line : lines(res.out))
+    if (!trim(line).empty()) done.emplace_back(trim(line));
+  if (!res.ok()) return "interrupted; cleaning up failed (" + res.failure() + "): the run's temporary directory (gptagent." + run_id_ + ".*) may be left";
+  if (done.empty()) return "interrupted; no temporary directory of this run was left";
+  return "interrupted; " + join(done, ", ");
+}
+
 void Fleet::report(const Host& h, const HostOutcome& r) {
   std::lock_guard<std::mutex> lock(print_);
   results_[h.inv->name] = r;
@@ -333,10 +441,12 @@ void Fleet::report(const Host& h, const HostOutcome& r) {
   if (r.kind == HostOutcome::unreachable) out_ << "fatal: [" << name << "]: UNREACHABLE! " << r.message << "\n";
   else if (r.kind == HostOutcome::failed_) out_ << "fatal: [" << name << "]: FAILED! " << r.message << "\n";
   else if (r.kind == HostOutcome::waiting) out_ << "reboot: [" << name << "] " << r.message << "\n";
+  else if (r.kind == HostOutcome::interrupted) out_ << "fatal: [" << name << "]: INTERRUPTED! " << r.message << "\n";
   out_.flush();
 }
 
 int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
+  InterruptHandlers interrupts;
   // Control sockets: short paths (a socket path has 108 bytes at most), private to this run.
   const char* tmpdir = std::getenv("TMPDIR");
   std::string tmpl = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/gptagent-ssh.XXXXXX";
@@ -383,6 +493,12 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   }
   agent_sha_ = sha256_hex(agent_bytes_);
   agent_name_ = "gptagent-" + agent_sha_;
+  {
+    std::random_device random;
+    char id[17];
+    std::snprintf(id, sizeof id, "%08x%08x", random(), random());
+    run_id_ = id;
+  }
 
   const size_t batch = o_.serial > 0 ? static_cast<size_t>(o_.serial) : all.size();
   for (size_t start = 0; start < all.size(); start += batch) {
@@ -398,7 +514,7 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   }
   fs::remove_all(control_dir_);
 
-  int failed = 0, unreachable = 0, drift = 0, waiting = 0;
+  int failed = 0, unreachable = 0, drift = 0, waiting = 0, interrupted = 0;
   json doc = {{"playbook", o_.playbook}, {"inventory", o_.inventory}, {"check", o_.check}, {"hosts", json::object()}};
   if (!o_.json) out_ << "\n" << banner("PLAY RECAP") << "\n";
   for (const auto& h : all) {
@@ -407,8 +523,10 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
     unreachable += r.kind == HostOutcome::unreachable;
     drift += r.kind == HostOutcome::drift;
     waiting += r.kind == HostOutcome::waiting;
-    const int failed_tasks = r.failed_count + (r.kind == HostOutcome::failed_ && r.failed_count == 0 ? 1 : 0);
-    static const char* kinds[] = {"ok", "changed", "failed", "unreachable", "drift", "waiting_for_reboot"};
+    interrupted += r.kind == HostOutcome::interrupted;
+    const bool failed_host = r.kind == HostOutcome::failed_ || r.kind == HostOutcome::interrupted;
+    const int failed_tasks = r.failed_count + (failed_host && r.failed_count == 0 ? 1 : 0);
+    static const char* kinds[] = {"ok", "changed", "failed", "unreachable", "drift", "waiting_for_reboot", "interrupted"};
     doc["hosts"][h.inv->name] = {{"status", kinds[r.kind]},
                                  {"message", r.message},
                                  {"reboots", r.reboots},
@@ -421,8 +539,9 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
                          r.ignored)
            << "\n";
   }
-  const int code = failed ? 1 : unreachable ? 4 : waiting ? 3 : drift ? 2 : 0;
+  const int code = interrupted ? 130 : failed ? 1 : unreachable ? 4 : waiting ? 3 : drift ? 2 : 0;
   doc["exit_code"] = code;
+  if (interrupted) err_ << "gptagent: interrupted: " << interrupted << " of " << all.size() << " hosts did not finish\n";
   if (o_.json) out_ << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   else if (o_.check) out_ << (drift ? std::to_string(drift) + " of " + std::to_string(all.size()) + " hosts differ from the playbook (check mode, nothing changed)" : "no drift on any host") << "\n";
   return code;

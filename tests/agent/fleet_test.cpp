@@ -3,11 +3,16 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <boost/process.hpp>
+#include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <thread>
 
 #include "tests/support/sshd.hpp"
 
@@ -87,6 +92,15 @@ std::vector<std::string> entries(const std::string& dir) {
   for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename());
   std::sort(out.begin(), out.end());
   return out;
+}
+
+bool wait_until(const std::function<bool()>& done, std::chrono::seconds limit = std::chrono::seconds(60)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
 }
 
 TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce) {
@@ -256,6 +270,88 @@ TEST(Fleet, HostsThatNeedARebootAreRebootedWaitedForAndFinished) {
   auto again = lab.apply();
   EXPECT_EQ(again.exit_code, 0) << again.out;
   EXPECT_FALSE(has(again.out, "changed: ")) << again.out;
+}
+
+}  // namespace
+}  // namespace gpt
+
+namespace gpt {
+namespace {
+
+TEST(Fleet, TheCachedAgentIsCheckedAgainstItsHashBeforeEveryRunAndReplacedWhenItDiffers) {
+  Lab lab(1);
+  ASSERT_EQ(lab.apply().exit_code, 0);
+  const auto cached = entries(lab.nodes[0].remote_dir);
+  ASSERT_EQ(cached.size(), 1u);
+  const std::string agent = lab.nodes[0].remote_dir + "/" + cached[0];
+  // Someone replaced the cached agent, keeping its name and mode: it must never run.
+  const std::string ran = lab.files / "tampered-agent-ran";
+  test::write(agent, "#!/bin/sh\necho ran > " + ran + "\necho '{}'\n");
+  fs::permissions(agent, fs::perms::owner_all, fs::perm_options::replace);
+  auto r = lab.apply({"-v"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(has(r.err, "gpu01: copying the agent")) << r.err;
+  EXPECT_FALSE(fs::exists(ran)) << "the tampered agent ran";
+  EXPECT_EQ(entries(lab.nodes[0].remote_dir), cached);
+  EXPECT_TRUE(slurp(agent) == slurp(GPTAGENT_BIN)) << "the cached agent was not replaced by the real one";
+  EXPECT_TRUE(has(r.out, "gpu01                      : ok=2    changed=0")) << r.out;
+}
+
+TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsNoOtherHost) {
+  Lab lab(2);
+  // gpu01's run waits for its run lock, held here by another process: it is in the middle of its
+  // run when Ctrl-C comes. With one fork, gpu02 has not started then.
+  const std::string lock = lab.nodes[0].tree->file("/run/gptagent.lock");
+  fs::create_directories(fs::path(lock).parent_path());
+  namespace bp = boost::process;
+  bp::child holder(bp::search_path("flock"), bp::args({"--no-fork", "-x", lock, "sleep", "300"}), bp::std_in.close());
+  fs::create_directories(lab.control_tmp);
+  const std::string out = lab.files / "out", err = lab.files / "err";
+  bp::child controller(GPTAGENT_BIN, bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "--forks", "1"}),
+                       bp::env["TMPDIR"] = lab.control_tmp, bp::std_in.close(), bp::std_out > out, bp::std_err > err);
+  std::string run_dir;
+  long agent_pid = 0;
+  ASSERT_TRUE(wait_until([&] {
+    for (const auto& d : entries(lab.nodes[0].remote_tmp)) {
+      const std::string pid_file = lab.nodes[0].remote_tmp + "/" + d + "/pid";
+      if (!fs::exists(pid_file)) continue;
+      agent_pid = std::atol(slurp(pid_file).c_str());
+      run_dir = d;
+      // The agent runs and waits for the lock.
+      return agent_pid > 0 && has(slurp("/proc/" + std::to_string(agent_pid) + "/cmdline"), "apply");
+    }
+    return false;
+  })) << slurp(out) << slurp(err);
+  EXPECT_TRUE(run_dir.starts_with("gptagent.")) << run_dir;
+  struct stat st{};
+  ASSERT_EQ(::stat((lab.nodes[0].remote_tmp + "/" + run_dir).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u) << "mktemp -d makes it private";
+
+  ASSERT_EQ(::kill(controller.id(), SIGINT), 0);  // what Ctrl-C sends it
+  ASSERT_TRUE(wait_until([&] { return !controller.running(); })) << "the controller did not stop";
+  controller.wait();
+  const std::string text = slurp(out), errors = slurp(err);
+  EXPECT_EQ(controller.exit_code(), 130) << text << errors;
+  EXPECT_TRUE(has(text, "fatal: [gpu01]: INTERRUPTED! interrupted; stopped " + std::to_string(agent_pid) + ", removed " +
+                            lab.nodes[0].remote_tmp + "/" + run_dir))
+      << text;
+  EXPECT_TRUE(has(text, "fatal: [gpu02]: INTERRUPTED! not started: the run was interrupted")) << text;
+  EXPECT_TRUE(has(errors, "gptagent: interrupted: 2 of 2 hosts did not finish")) << errors;
+  // The agent is gone, nothing is left behind, nothing was changed, gpu02 was never touched.
+  EXPECT_TRUE(wait_until([&] { return ::kill(static_cast<pid_t>(agent_pid), 0) != 0; }, std::chrono::seconds(10)))
+      << "the agent still runs";
+  EXPECT_EQ(entries(lab.nodes[0].remote_tmp), std::vector<std::string>{});
+  EXPECT_EQ(entries(lab.control_tmp), std::vector<std::string>{});
+  EXPECT_FALSE(has(lab.grub(0), "intel_iommu=on"));
+  EXPECT_FALSE(fs::exists(lab.nodes[1].remote_dir));
+  EXPECT_TRUE(holder.running()) << "the lock's holder was disturbed";
+
+  // The next run finishes the work.
+  holder.terminate();
+  holder.wait();
+  auto again = lab.apply();
+  EXPECT_EQ(again.exit_code, 0) << again.out << again.err;
+  for (int i = 0; i < 2; ++i) EXPECT_TRUE(has(lab.grub(i), "intel_iommu=on iommu=pt")) << lab.grub(i);
 }
 
 }  // namespace
