@@ -112,6 +112,7 @@ class Fleet {
     std::string destination;
     std::string remote_dir, remote_tmp, root, boot_path, reboot_command;
     bool become = false;
+    std::string become_exe;  // ansible_become_exe, default sudo (always run with -n: never a password prompt)
     json vars = json::object();  // host vars handed to the playbook
   };
 
@@ -156,6 +157,7 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const
     for (auto& w : *words) host.ssh.push_back(std::move(w.text));
   }
   host.become = h.become();
+  host.become_exe = var_string(h.vars, "ansible_become_exe", "sudo");
   host.root = var_string(h.vars, "gptagent_root", "/");
   host.remote_dir = var_string(h.vars, "gptagent_remote_dir", "~/.cache/gptagent");
   host.remote_tmp = var_string(h.vars, "gptagent_remote_tmp");  // "": the remote $TMPDIR, else /tmp
@@ -249,8 +251,14 @@ HostOutcome Fleet::converge(Host& h) {
     r.message = *e;
     return r;
   }
+  // Whatever way this ends, the shared connection ends with it (not ControlPersist later).
+  struct Disconnect {
+    const Fleet& fleet;
+    const Host& host;
+    ~Disconnect() { fleet.disconnect(host); }
+  } disconnect_at_end{*this, h};
   const std::string D = remote_path(h.remote_dir);
-  const std::string become = h.become ? "sudo -n -- " : "";
+  const std::string become = h.become ? shell_quote(h.become_exe) + " -n -- " : "";
   // The agent is checked against its SHA-256 on the host before every run: the name of the
   // cached copy says what it should be, sha256sum says what it is.
   const std::string verify = "printf '%s  %s\\n' " + agent_sha_ + " \"$a\" | sha256sum -c --status";
@@ -333,8 +341,8 @@ HostOutcome Fleet::converge(Host& h) {
     if (doc.is_discarded() || !doc.is_object()) {
       r.kind = HostOutcome::failed_;
       r.message = "the agent did not answer with JSON (" + run.failure() + ")";
-      if (run.err.find("sudo") != std::string::npos && run.err.find("password") != std::string::npos)
-        r.message = "sudo needs a password on this host (ansible_become runs sudo -n): " + run.failure();
+      if (h.become && run.err.find("password") != std::string::npos)
+        r.message = h.become_exe + " needs a password on this host (ansible_become runs " + h.become_exe + " -n): " + run.failure();
       return r;
     }
     r.runs.push_back(doc);
@@ -388,7 +396,6 @@ HostOutcome Fleet::converge(Host& h) {
     }
     break;
   }
-  disconnect(h);
   return r;
 }
 

@@ -356,3 +356,43 @@ TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsN
 
 }  // namespace
 }  // namespace gpt
+
+namespace gpt {
+namespace {
+
+// ansible_become runs the agent through sudo -n: a host whose sudo wants a password fails at once
+// with that said, never waiting at a prompt. The hosts' sudo is played by ansible_become_exe.
+TEST(Fleet, BecomeNeverWaitsForAPasswordPrompt) {
+  Lab lab(2);
+  const std::string prompted = lab.files / "prompted", log = lab.files / "sudo.log";
+  const std::string wants_password = lab.files / "sudo-wants-password", passwordless = lab.files / "sudo-nopasswd";
+  test::write(wants_password, "#!/bin/sh\nif [ \"$1\" = -n ]; then echo 'sudo: a password is required' >&2; exit 1; fi\n"
+                              "echo prompted > " + prompted + "; sleep 5; exit 1\n");
+  test::write(passwordless, "#!/bin/sh\n[ \"$1\" = -n ] || { echo prompted > " + prompted + "; exit 1; }\nshift\n"
+                            "[ \"$1\" = -- ] && shift\necho \"$1 $2\" >> " + log + "\nexec \"$@\"\n");
+  for (const auto& f : {wants_password, passwordless}) fs::permissions(f, fs::perms::owner_all, fs::perm_options::replace);
+  std::string inv = slurp(lab.inventory);
+  for (size_t i = 0; i < lab.nodes.size(); ++i) {
+    const std::string line = "          gptagent_root: " + lab.nodes[i].tree->root() + "\n";
+    inv.replace(inv.find(line), line.size(),
+                line + "          ansible_become: yes\n          ansible_become_exe: " + (i == 0 ? wants_password : passwordless) + "\n");
+  }
+  test::write(lab.inventory, inv);
+
+  auto r = lab.apply();
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "fatal: [gpu01]: FAILED! " + wants_password + " needs a password on this host (ansible_become runs " +
+                             wants_password + " -n): "))
+      << r.out;
+  EXPECT_TRUE(has(r.out, "sudo: a password is required")) << r.out;
+  EXPECT_FALSE(fs::exists(prompted)) << "sudo was run without -n";
+  EXPECT_FALSE(has(lab.grub(0), "intel_iommu=on"));
+  EXPECT_EQ(entries(lab.nodes[0].remote_tmp), std::vector<std::string>{});
+  // The other host's agent ran through its sudo and converged.
+  EXPECT_TRUE(has(lab.grub(1), "intel_iommu=on iommu=pt")) << lab.grub(1);
+  EXPECT_TRUE(has(slurp(log), "gptagent-")) << slurp(log);
+  EXPECT_TRUE(has(slurp(log), " apply")) << slurp(log);
+}
+
+}  // namespace
+}  // namespace gpt
