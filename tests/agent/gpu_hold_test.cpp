@@ -322,5 +322,16 @@ TEST(ExpertChecks, CaptureKeepsWhatTheChecksRead) {
   EXPECT_FALSE(test::exists(capture / "host/proc/2100"));
 }
 
+TEST(ExpertChecks, PreflightWarnsAndGoesOn) {
+  Desktop d;
+  test::write(d.h.file(kSecureBootVar), kSecureBootOn);
+  auto r = test::converge_root(d.h.root(), "tasks:\n  - preflight: {gpus: ['0000:01:00.0']}\n", true);
+  EXPECT_EQ(r.exit_code, 0);
+  const std::string& msg = r.tasks[0].result.msg;
+  EXPECT_NE(msg.find("passthrough possible for 0000:01:00.0"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("Secure Boot is on"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("GPU 0000:01:00.0 is in use by gnome-remote-desktop-daemon (pid 1234), Xorg (pid 999)"), std::string::npos) << msg;
+}
+
 }  // namespace
 }  // namespace gpt
