@@ -333,5 +333,59 @@ TEST(ExpertChecks, PreflightWarnsAndGoesOn) {
   EXPECT_NE(msg.find("GPU 0000:01:00.0 is in use by gnome-remote-desktop-daemon (pid 1234), Xorg (pid 999)"), std::string::npos) << msg;
 }
 
+// ---- vfio_bind and a GPU in use ----
+
+TEST(VfioBindInUse, RefusesToUnbindAGpuInUseUnlessForced) {
+  // Fedora's RTX 2070 on nouveau, with Xorg on its card node.
+  test::SampleHost h("fedora-40");
+  test::write(h.file("/sys/bus/pci/drivers_probe"), "");
+  add_drm(h, "0000:01:00.0", {"card1", "renderD129"});
+  add_process(h, 999, "Xorg", {{14, "/dev/dri/card1"}});
+  const auto pristine = test::snapshot(h.root());
+  const std::string pb = "tasks:\n  - vfio_bind: {gpus: ['0000:01:00.0']}\n";
+  auto check = test::converge_root(h.root(), pb, true);
+  auto refused = test::converge_root(h.root(), pb, false);
+  for (const auto* r : {&check, &refused}) {
+    EXPECT_EQ(r->exit_code, 1);
+    EXPECT_TRUE(r->sysfs_writes.empty());
+    EXPECT_TRUE(r->commands.empty());
+    EXPECT_EQ(r->tasks.back().result.status, Outcome::failed);
+    EXPECT_EQ(r->tasks.back().result.msg,
+              "GPU 0000:01:00.0 is in use by Xorg (pid 999): stop them before binding (nothing was unbound; force: true "
+              "unbinds it anyway)");
+  }
+  EXPECT_EQ(test::snapshot(h.root()), pristine);
+
+  const std::string forced = "tasks:\n  - vfio_bind: {gpus: ['0000:01:00.0'], force: true}\n";
+  auto fcheck = test::converge_root(h.root(), forced, true);
+  EXPECT_EQ(fcheck.exit_code, 2);
+  EXPECT_TRUE(fcheck.sysfs_writes.empty());
+  auto first = test::converge_root(h.root(), forced, false);
+  ASSERT_EQ(first.exit_code, 0) << first.tasks.back().result.msg;
+  EXPECT_EQ(first.changes(), fcheck.changes());
+  EXPECT_EQ(first.sysfs_writes.size(), 12u);
+  EXPECT_EQ(first.tasks.back().result.msg,
+            "bound 0000:01:00.0 (from nouveau), 0000:01:00.1 (from snd_hda_intel), 0000:01:00.2 (from xhci_hcd), "
+            "0000:01:00.3 (from nvidia-gpu) to vfio-pci (forced: it was in use by Xorg (pid 999))");
+  EXPECT_FALSE(test::exists(h.file("/sys/bus/pci/devices/0000:01:00.0/drm"))) << "nouveau's DRM nodes go with it";
+  auto second = test::converge_root(h.root(), forced, false);
+  EXPECT_EQ(second.stats.changed, 0);
+  EXPECT_TRUE(second.sysfs_writes.empty());
+  EXPECT_EQ(second.tasks.back().result.status, Outcome::ok);
+  // Bound: no DRM node is left to hold, and the unforced task is ok too.
+  EXPECT_EQ(test::converge_root(h.root(), pb, false).exit_code, 0);
+}
+
+TEST(VfioBindInUse, AProcessOnAnotherGpuDoesNotStopIt) {
+  test::SampleHost h("fedora-40");
+  test::write(h.file("/sys/bus/pci/drivers_probe"), "");
+  add_drm(h, "0000:00:02.0", {"card0", "renderD128"});
+  add_drm(h, "0000:01:00.0", {"card1", "renderD129"});
+  add_process(h, 999, "gnome-shell", {{14, "/dev/dri/card0"}, {15, "/dev/dri/renderD128"}});
+  auto r = test::converge_root(h.root(), "tasks:\n  - vfio_bind: {gpus: ['0000:01:00.0']}\n", false);
+  EXPECT_EQ(r.exit_code, 0) << r.tasks.back().result.msg;
+  EXPECT_EQ(r.tasks.back().result.status, Outcome::changed);
+}
+
 }  // namespace
 }  // namespace gpt
