@@ -1,6 +1,6 @@
 // What holds a GPU on the running host, looked at the way an expert does before unbinding it:
-// processes with its device nodes open, a boot framebuffer inside its memory, and Secure Boot,
-// which decides whether out-of-tree modules (vendor-reset, nvidia) load at all.
+// processes with its device nodes open, a boot framebuffer inside its memory, a reset it lacks,
+// and Secure Boot, which decides whether out-of-tree modules (vendor-reset, nvidia) load at all.
 #pragma once
 
 #include <cstdint>
