@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "agent/gpu_hold.hpp"
 #include "agent/host.hpp"
 #include "agent/text.hpp"
 
@@ -208,6 +209,7 @@ Facts gather_facts(const Root& root) {
       f.builtin_modules = parse_modules_builtin(**b);
     else if (!b) unread(b.error());
   }
+  expert_checks(root, f);
   return f;
 }
 
@@ -219,6 +221,8 @@ nlohmann::json Facts::to_json() const {
   nlohmann::json pci_json = nlohmann::json::array(), gpus_json = nlohmann::json::array();
   for (const auto& d : pci) pci_json.push_back(gpt::to_json(d));
   for (const auto& g : gpus) gpus_json.push_back(gpt::to_json(g));
+  nlohmann::json host = nlohmann::json::array();
+  for (const auto& v : host_verdicts) host.push_back(gpt::to_json(v));
   return {
       {"iommu", iommu_json},
       {"pci", pci_json},
@@ -237,6 +241,8 @@ nlohmann::json Facts::to_json() const {
       {"boot", {{"grub_tool", boot.grub}, {"initramfs_tool", boot.initramfs}, {"grubby", boot.grubby}}},
       {"modules", modules},
       {"kvm", kvm},
+      {"secure_boot", secure_boot ? nlohmann::json(*secure_boot) : nlohmann::json(nullptr)},
+      {"host_verdicts", host},
       {"warnings", warnings},
   };
 }

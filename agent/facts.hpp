@@ -3,6 +3,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -53,6 +54,8 @@ struct Facts {
   std::vector<Verdict> iommu_verdicts;
   std::vector<PciDevice> pci;
   std::vector<Gpu> gpus;
+  std::optional<bool> secure_boot;     // from efivars; nullopt when not booted through UEFI or unreadable
+  std::vector<Verdict> host_verdicts;  // Secure Boot, and what the expert checks could not look at
   std::vector<std::string> warnings;  // what could not be read, in words
   // Files that exist but could not be read (an I/O error, no permission): facts a run must not
   // guess at (each is among the warnings too).

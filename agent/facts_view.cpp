@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "agent/gpu_hold.hpp"
 #include "agent/host.hpp"
 #include "agent/text.hpp"
 
@@ -52,6 +53,9 @@ void print_facts_table(std::ostream& out, const Facts& f) {
                              : "off");
   for (const auto& v : f.iommu_verdicts)
     if (v.level != Verdict::Level::info) row("", v.level_name() + ": " + v.reason);
+  row("Secure Boot", !f.secure_boot ? "unknown (no efivars)" : *f.secure_boot ? "on" : "off");
+  for (const auto& v : f.host_verdicts)
+    if (v.level != Verdict::Level::info) row("", v.level_name() + ": " + v.reason);
   row("Boot", "grub: " + (f.boot.grub.empty() ? std::string("none found") : f.boot.grub) +
                   ", initramfs: " + (f.boot.initramfs.empty() ? std::string("none found") : f.boot.initramfs));
   for (const auto& w : f.warnings) row("Unread", w);
@@ -80,6 +84,9 @@ void print_facts_table(std::ostream& out, const Facts& f) {
       out << ", IOMMU group " << join(groups, " ");
     }
     out << "\n";
+    out << "    reset " << (!g.reset_method ? "unknown" : g.reset_method->empty() ? "none" : *g.reset_method)
+        << (g.framebuffer.empty() ? "" : ", boot framebuffer " + g.framebuffer)
+        << (g.in_use.empty() ? "" : ", in use by " + g.users()) << "\n";
     for (const auto& v : g.verdicts) out << "    " << v.level_name() << ": " << v.reason << "\n";
   }
 }
@@ -134,7 +141,8 @@ Expected<int> capture_facts(const Root& root, const std::string& dest) {
   if (ec) return Error{"cannot create " + dest + ": " + ec.message()};
   int count = 0;
   for (const char* p : {"/proc/cpuinfo", "/proc/cmdline", "/proc/modules", "/proc/sys/kernel/osrelease",
-                        "/proc/sys/kernel/random/boot_id", "/proc/iomem", "/usr/lib/os-release", "/etc/os-release"})
+                        "/proc/sys/kernel/random/boot_id", "/proc/iomem", "/usr/lib/os-release", "/etc/os-release",
+                        kSecureBootVar})
     copy_one(root, p, dest, count);
   if (auto rel = read_file(root, "/proc/sys/kernel/osrelease", 256))
     copy_one(root, "/lib/modules/" + std::string(trim(*rel)) + "/modules.builtin", dest, count);
@@ -179,8 +187,11 @@ Expected<int> capture_facts(const Root& root, const std::string& dest) {
       copy_link_target_dir(dest, link_path, *link);
       copy_one(root, link_path, dest, count);
       for (const char* attr : {"vendor", "device", "class", "subsystem_vendor", "subsystem_device", "boot_vga",
-                               "driver_override", "reset_method", "enable"})
+                               "driver_override", "reset_method", "enable", "resource"})
         copy_one(root, link_path + "/" + attr, dest, count);
+      if (auto drm = list_dir(root, link_path + "/drm"); drm)
+        for (const auto& n : *drm) copy_one(root, link_path + "/drm/" + n + "/dev", dest, count);
+      copy_one(root, "/proc/driver/nvidia/gpus/" + d + "/information", dest, count);
       for (const char* l : {"driver", "iommu_group"}) {
         const std::string lp = link_path + "/" + l;
         auto target = read_link(root, lp);
@@ -191,6 +202,19 @@ Expected<int> capture_facts(const Root& root, const std::string& dest) {
         copy_link_target_dir(dest, rel_dir + "/" + l, *target);
         copy_one(root, lp, dest, count);
       }
+    }
+  // The processes that hold a GPU: their names and their GPU files only, nothing else of /proc.
+  for (const auto& g : gather_facts(root).gpus)
+    for (const auto& u : g.in_use) {
+      const std::string proc = "/proc/" + std::to_string(u.pid);
+      copy_one(root, proc + "/comm", dest, count);
+      // argv[0] alone (the name when comm is cut short): the arguments may hold anything.
+      if (auto cmdline = read_file(root, proc + "/cmdline", 4096))
+        if (const std::string target = in_dest(dest, proc + "/cmdline", false); !target.empty()) {
+          std::ofstream(target, std::ios::binary | std::ios::trunc) << cmdline->substr(0, cmdline->find('\0') + 1);
+          ++count;
+        }
+      for (const auto& fd : u.fds) copy_one(root, fd, dest, count);
     }
   return count;
 }

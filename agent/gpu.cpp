@@ -39,6 +39,12 @@ std::string Gpu::blockers() const {
   return join(out, "; ");
 }
 
+std::string Gpu::users() const {
+  std::vector<std::string> out;
+  for (const auto& u : in_use) out.push_back(u.comm + " (pid " + std::to_string(u.pid) + ")");
+  return join(out, ", ");
+}
+
 std::vector<Verdict> iommu_verdicts(const CpuInfo& cpu, const std::vector<std::string>& cmdline, const IommuState& iommu) {
   if (iommu.on()) {
     std::vector<Verdict> out = {info("the IOMMU is on: " + std::to_string(iommu.groups) + " groups")};
@@ -114,9 +120,16 @@ nlohmann::json to_json(const Verdict& v) { return {{"level", v.level_name()}, {"
 nlohmann::json to_json(const Gpu& g) {
   nlohmann::json verdicts = nlohmann::json::array();
   for (const auto& v : g.verdicts) verdicts.push_back(to_json(v));
-  return {{"address", g.address}, {"id", g.id},         {"name", g.name},       {"driver", g.driver},
-          {"boot_vga", g.boot_vga}, {"functions", g.functions}, {"iommu_groups", g.groups}, {"group_peers", g.peers},
-          {"viable", g.viable()}, {"verdicts", verdicts}};
+  nlohmann::json users = nlohmann::json::array();
+  for (const auto& u : g.in_use) users.push_back({{"pid", u.pid}, {"comm", u.comm}, {"nodes", u.nodes}});
+  auto or_null = [](const auto& v) { return v.empty() ? nlohmann::json(nullptr) : nlohmann::json(v); };
+  nlohmann::json j = {{"address", g.address}, {"id", g.id},         {"name", g.name},       {"driver", g.driver},
+                      {"boot_vga", g.boot_vga}, {"functions", g.functions}, {"iommu_groups", g.groups}, {"group_peers", g.peers},
+                      {"viable", g.viable()}, {"verdicts", verdicts}, {"in_use", users}, {"reset_bug", or_null(g.reset_bug)}};
+  j["reset_method"] = g.reset_method ? nlohmann::json(*g.reset_method) : nlohmann::json(nullptr);
+  j["framebuffer"] = g.framebuffer.empty() ? nlohmann::json(nullptr)
+                                           : nlohmann::json{{"name", g.framebuffer}, {"release_param", g.framebuffer_param}};
+  return j;
 }
 
 nlohmann::json to_json(const PciDevice& d) {

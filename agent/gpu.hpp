@@ -31,6 +31,14 @@ struct Verdict {
   std::string level_name() const;
 };
 
+// A process with the GPU's device nodes open.
+struct GpuUser {
+  long pid = 0;
+  std::string comm;
+  std::vector<std::string> nodes;  // /dev/dri/card1, /dev/nvidia0...
+  std::vector<std::string> fds;    // /proc/PID/fd/N
+};
+
 struct Gpu {
   std::string address;                 // the display function
   std::string id;                      // vendor:device of that function
@@ -41,7 +49,13 @@ struct Gpu {
   std::vector<int> groups;             // IOMMU groups of those functions
   std::vector<std::string> peers;      // other devices in those groups, bridges excepted
   std::vector<Verdict> verdicts;
+  std::vector<GpuUser> in_use;         // processes holding it
+  std::string framebuffer;             // the boot framebuffer in its memory (efifb, simpledrm...), or empty
+  std::string framebuffer_param;       // the kernel parameter that releases it
+  std::optional<std::string> reset_method;  // as sysfs says; nullopt where the kernel does not say
+  std::string reset_bug;               // the AMD family vendor-reset is for, or empty
   bool viable() const;                 // no blocker
+  std::string users() const;           // "Xorg (pid 999), ..."
   std::string blockers() const;        // the blockers' reasons, joined
 };
 

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cstdio>
 
+#include "agent/gpu_hold.hpp"
 #include "agent/host.hpp"
 #include "agent/text.hpp"
 
@@ -150,6 +151,11 @@ std::vector<PciDevice> read_pci_devices(const Root& root) {
     if (auto sd = attr("subsystem_device", false)) d.subsystem_device = hex4(sd);
     if (auto bv = read_file(root, dir + "/boot_vga", 16); bv) d.boot_vga = trim(*bv) == "1";
     if (auto drv = read_link(root, dir + "/driver")) d.driver = drv->substr(drv->find_last_of('/') + 1);
+    if (auto res = read_file(root, dir + "/resource", 4096)) d.bars = parse_pci_resource(*res);
+    if (auto rm = read_file_if_exists(root, dir + "/reset_method", 256); rm && *rm) d.reset_method = std::string(trim(**rm));
+    if (auto drm = list_dir(root, dir + "/drm"); drm)
+      for (const auto& n : *drm)
+        if ((n.starts_with("card") || n.starts_with("renderD")) && n.find('-') == std::string::npos) d.drm.push_back(n);
     if (auto grp = read_link(root, dir + "/iommu_group")) {
       std::string g = grp->substr(grp->find_last_of('/') + 1);
       if (!g.empty() && g.find_first_not_of("0123456789") == std::string::npos && g.size() < 9) d.iommu_group = std::stoi(g);

@@ -31,6 +31,14 @@ Expected<std::string> pci_device_id(const Root& root, std::string_view address);
 
 namespace gpt {
 
+// A range of physical addresses (both ends included) as /proc/iomem and sysfs `resource` give them;
+// `name` and `depth` (the nesting) only for iomem.
+struct MemRange {
+  uint64_t start = 0, end = 0;
+  std::string name;
+  int depth = 0;
+};
+
 // One PCI function as sysfs shows it.
 struct PciDevice {
   std::string address;         // 0000:01:00.0
@@ -41,6 +49,9 @@ struct PciDevice {
   std::optional<int> iommu_group;
   bool boot_vga = false;
   std::string name;                   // from pci.ids when the host has it
+  std::vector<MemRange> bars;         // memory BARs (sysfs `resource`)
+  std::optional<std::string> reset_method;  // "flr bus"; nullopt on kernels without the file (before 5.15)
+  std::vector<std::string> drm;       // the DRM nodes its driver made: card1, renderD129
   std::vector<std::string> problems;  // what could not be read, in words
 
   std::string id() const { return vendor + ":" + device; }

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "agent/changes.hpp"
+#include "agent/gpu.hpp"
 #include "agent/module.hpp"
 #include "agent/text.hpp"
 #include "modules/grub_default.hpp"
@@ -599,9 +600,46 @@ Expected<std::string> detect(const Context& ctx) {
                "kernel-install); set boot_path to say which"};
 }
 
+// framebuffer: release — the parameter that keeps the boot framebuffer (efifb, simpledrm...) off
+// the GPUs to pass through, when one of them is held by it; added to `w` with a note saying why
+// (or why nothing is added).
+Status release_framebuffer(const Facts& facts, const json& spec, Want& w) {
+  auto gpus = select_gpus(facts, spec, /*force=*/true);  // blockers are preflight's business
+  if (!gpus) {
+    if (!spec.is_string()) return Error{"framebuffer: release: " + gpus.error()};
+    w.note += " (framebuffer: release: no GPU to pass through, nothing to add)";
+    return {};
+  }
+  std::vector<std::string> held, clear, params;
+  for (const auto& g : *gpus) {
+    if (g.framebuffer.empty()) {
+      clear.push_back(g.address);
+      continue;
+    }
+    held.push_back(g.framebuffer + " holds " + g.address);
+    if (std::find(params.begin(), params.end(), g.framebuffer_param) == params.end()) params.push_back(g.framebuffer_param);
+  }
+  if (held.empty()) {
+    w.note += " (framebuffer: release: no boot framebuffer holds memory of " + join(clear, ", ") + ", nothing to add)";
+    return {};
+  }
+  // The kernel reads every video= (one per output or driver): replacing the user's own is not ours to do.
+  for (const auto& p : params)
+    for (const auto& c : facts.cmdline)
+      if (param_name(p) == "video" && param_name(c) == "video" && c != p)
+        return Error{"framebuffer: release would replace " + c + " with " + p +
+                     " (the kernel reads every video= parameter): add " + p + " to present by hand if both are wanted"};
+  w.present.insert(w.present.end(), params.begin(), params.end());
+  w.note += " (framebuffer: release: " + join(held, ", ") + ": " + join(params, " ") + ")";
+  return {};
+}
+
 Result converge(Context& ctx, const json& args, bool apply) {
   auto w = wanted_cmdline(ctx.facts, args);
   if (!w) return Result::failed(w.error());
+  if (args["framebuffer"].get<std::string>() == "release")
+    if (auto st = release_framebuffer(ctx.facts, args.contains("gpus") ? args["gpus"] : json("auto"), *w); !st)
+      return Result::failed(st.error());
   std::string path = args["boot_path"].get<std::string>();
   const bool detected = path == "auto";
   if (detected) {
@@ -652,6 +690,10 @@ const Registration registration{ModuleDef{
                      .default_value = "auto",
                      .choices = {"auto", "grub", "grubby", "kernel-install", "proxmox", "kernelstub"}},
                     {.name = "regenerate", .type = ArgType::boolean, .default_value = true},
+                    // keep: the boot framebuffer stays; release: its parameter is added when it
+                    // holds one of the GPUs to pass through (`gpus`, auto when not given).
+                    {.name = "framebuffer", .type = ArgType::str, .default_value = "keep", .choices = {"keep", "release"}},
+                    gpus_arg(),
                 },
             .check = check_present_absent,
         },

@@ -9,10 +9,11 @@ namespace {
 
 Result converge(Context& ctx, const json& args, bool) {
   std::vector<std::string> warnings;
-  for (const auto& v : ctx.facts.iommu_verdicts) {
-    if (v.level == Verdict::Level::blocker) return Result::failed(v.reason);
-    if (v.level == Verdict::Level::warning) warnings.push_back(v.reason);
-  }
+  for (const auto* host : {&ctx.facts.iommu_verdicts, &ctx.facts.host_verdicts})
+    for (const auto& v : *host) {
+      if (v.level == Verdict::Level::blocker) return Result::failed(v.reason);
+      if (v.level == Verdict::Level::warning) warnings.push_back(v.reason);
+    }
   auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
   if (!gpus) return Result::failed(gpus.error());
   std::vector<std::string> chosen;

@@ -12,7 +12,8 @@ struct Step {
 };
 
 Result converge(Context& ctx, const json& args, bool apply) {
-  auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
+  const bool force = args["force"].get<bool>();
+  auto gpus = select_gpus(ctx.facts, args["gpus"], force);
   if (!gpus) return Result::failed(gpus.error());
   // Without IOMMU groups vfio-pci refuses the device: unbinding it first would leave it with no
   // driver at all.
@@ -21,9 +22,21 @@ Result converge(Context& ctx, const json& args, bool apply) {
     return Result::failed("vfio-pci can only take a device when the IOMMU is on, and it is off" + why);
   }
 
-  std::vector<std::string> to_bind, done;
+  std::vector<std::string> to_bind, done, forced;
   std::vector<Step> steps;
-  for (const auto& g : *gpus)
+  for (const auto& g : *gpus) {
+    // Unbinding a driver whose device is open waits for every user to let go (nvidia), or pulls
+    // the display from under them (a desktop session, the remote-desktop server).
+    const bool bound = std::all_of(g.functions.begin(), g.functions.end(), [&](const std::string& f) {
+      return std::any_of(ctx.facts.pci.begin(), ctx.facts.pci.end(),
+                         [&](const PciDevice& d) { return d.address == f && d.driver == "vfio-pci"; });
+    });
+    if (!g.in_use.empty() && !bound) {
+      if (!force)
+        return Result::failed("GPU " + g.address + " is in use by " + g.users() +
+                              ": stop them before binding (nothing was unbound; force: true unbinds it anyway)");
+      forced.push_back(g.users());
+    }
     for (const auto& f : g.functions) {
       auto dev = std::find_if(ctx.facts.pci.begin(), ctx.facts.pci.end(), [&](const PciDevice& d) { return d.address == f; });
       const std::string driver = dev == ctx.facts.pci.end() ? "" : dev->driver;
@@ -37,6 +50,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
       if (!driver.empty()) steps.push_back({dir + "/driver/unbind", f});
       steps.push_back({"/sys/bus/pci/drivers_probe", f});
     }
+  }
   if (to_bind.empty()) return Result::ok(join(done, ", ") + " bound to vfio-pci");
 
   Result r = Result::changed("bind " + join(to_bind, ", ") + " to vfio-pci");
@@ -65,7 +79,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
         return Result::failed(f + " is on " + (now.empty() ? std::string("no driver") : now) +
                               " after binding, not vfio-pci: see the kernel log (dmesg) for why");
     }
-  r.msg = "bound " + join(to_bind, ", ") + " to vfio-pci";
+  r.msg = "bound " + join(to_bind, ", ") + " to vfio-pci" +
+          (forced.empty() ? "" : " (forced: it was in use by " + join(forced, ", ") + ")");
   return r;
 }
 

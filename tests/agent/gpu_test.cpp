@@ -6,26 +6,19 @@
 #include "agent/facts.hpp"
 #include "agent/host.hpp"
 #include "tests/support/converge.hpp"
+#include "tests/support/verdicts.hpp"
 
 namespace gpt {
 namespace {
+
+using test::gpu;
+using test::says;
 
 using Lines = std::vector<std::string>;
 
 Facts facts_of(const std::string& tree) {
   test::SampleHost host(tree);
   return gather_facts(Root(host.root()));
-}
-
-const Gpu& gpu(const Facts& f, const std::string& address) {
-  for (const auto& g : f.gpus)
-    if (g.address == address) return g;
-  throw std::runtime_error("no GPU " + address);
-}
-
-bool says(const std::vector<Verdict>& verdicts, Verdict::Level level, const std::string& text) {
-  return std::any_of(verdicts.begin(), verdicts.end(),
-                     [&](const Verdict& v) { return v.level == level && v.reason.find(text) != std::string::npos; });
 }
 
 std::vector<std::string> addresses(const std::vector<Gpu>& gpus) {

@@ -10,9 +10,13 @@
 #include "agent/facts.hpp"
 #include "agent/host.hpp"
 #include "tests/support/converge.hpp"
+#include "tests/support/verdicts.hpp"
 
 namespace gpt {
 namespace {
+
+using test::gpu;
+using test::says;
 
 using Lines = std::vector<std::string>;
 
@@ -29,12 +33,6 @@ const PciDevice& dev(const Facts& f, const std::string& address) {
   throw std::runtime_error("no PCI device " + address);
 }
 
-const Gpu& gpu(const Facts& f, const std::string& address) {
-  for (const auto& g : f.gpus)
-    if (g.address == address) return g;
-  throw std::runtime_error("no GPU " + address);
-}
-
 Lines gpu_addresses(const std::vector<Gpu>& gpus) {
   Lines out;
   for (const auto& g : gpus) out.push_back(g.address);
@@ -47,11 +45,6 @@ Lines group_members(const Facts& f, const std::string& address) {
   for (const auto& d : f.pci)
     if (d.iommu_group && d.iommu_group == dev(f, address).iommu_group) out.push_back(d.address);
   return out;
-}
-
-bool says(const std::vector<Verdict>& verdicts, Verdict::Level level, const std::string& text) {
-  return std::any_of(verdicts.begin(), verdicts.end(),
-                     [&](const Verdict& v) { return v.level == level && v.reason.find(text) != std::string::npos; });
 }
 
 // A capture holds /proc and /sys; a Debian host also has the directory vfio writes into.

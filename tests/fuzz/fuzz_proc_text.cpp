@@ -1,7 +1,7 @@
 // The pure parsers of /proc, /sys and /etc text (agent/facts.hpp, agent/pci.hpp, agent/text.hpp),
 // each given the whole input: /proc/cpuinfo, /etc/os-release, /proc/cmdline, /proc/modules,
 // modules.builtin, the kernel release, sysfs hex attributes, PCI addresses and ids, pci.ids,
-// sizes, shell words. Properties: no crash; a kernel command line split, joined with blanks and
+// sizes, shell words, /proc/iomem, sysfs resource, the SecureBoot efivar. Properties: no crash; a kernel command line split, joined with blanks and
 // split again is the same; a PCI address or id parsed is parsed to itself; a size read is read
 // again from its number of bytes; the facts they make serialise as JSON (`gptagent facts --json`).
 #include <cstdint>
@@ -11,6 +11,7 @@
 #include "agent/facts.hpp"
 #include "agent/facts_view.hpp"
 #include "agent/gpu.hpp"
+#include "agent/gpu_hold.hpp"
 #include "agent/pci.hpp"
 #include "agent/text.hpp"
 #include "tests/fuzz/fuzz_common.hpp"
@@ -56,6 +57,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   devs[2].address = "0000:00:02.0", devs[2].vendor = "8086", devs[2].device = "3e92", devs[2].class_code = 0x030000;
   devs[0].iommu_group = devs[1].iommu_group = 1;
   gpt::name_pci_devices(devs, text);
+
+  // /proc/iomem and BARs: ranges are ordered, a framebuffer found is one inside a BAR.
+  const gpt::Iomem iomem = gpt::parse_iomem(text);
+  for (const auto& r : iomem.ranges) check(r.start <= r.end && r.depth >= 0, "an iomem range out of order: " + r.name);
+  devs[0].bars = gpt::parse_pci_resource(text);
+  for (const auto& b : devs[0].bars) check(b.start < b.end, "an empty or reversed BAR");
+  if (auto fb = gpt::framebuffer_in(iomem, devs[0].bars)) {
+    check(gpt::boot_framebuffer_name(*fb), "a framebuffer that is none: " + *fb);
+    (void)gpt::framebuffer_release_param(iomem, f.kernel_release, *fb);
+  }
+  (void)gpt::parse_secure_boot(text);
+  (void)gpt::amd_reset_bug("1002", text.substr(0, 4));
 
   // Sizes (qemu_img, libvirt_domain memory).
   if (auto n = gpt::parse_size(text)) {

@@ -332,6 +332,82 @@ TEST(KernelCmdlineGrubRules, DashAndUnderscoreAreOneParameterAcrossFilesAndKeys)
   EXPECT_EQ(task(r.first).data["cmdline"], line);
 }
 
+// ---- framebuffer: release ----
+
+// A GRUB host with a GTX 1080 at 01:00.0 (not the boot VGA) whose 256 MiB BAR1 the boot
+// framebuffer may sit in, and the running kernel's release.
+Files framebuffer_host(const std::string& kernel, const std::string& framebuffer_range) {
+  return {{"/etc/default/grub", "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"\"\n"},
+          {"/proc/sys/kernel/osrelease", kernel + "\n"},
+          {"/proc/cmdline", "BOOT_IMAGE=/boot/vmlinuz-" + kernel + " root=/dev/sda1 ro quiet\n"},
+          {"/proc/iomem", "c0000000-fec2ffff : PCI Bus 0000:00\n  e0000000-efffffff : 0000:01:00.0\n  " + framebuffer_range +
+                              "\n  f6000000-f6ffffff : 0000:01:00.0\n"},
+          {"/sys/bus/pci/devices/0000:01:00.0/class", "0x030000\n"},
+          {"/sys/bus/pci/devices/0000:01:00.0/vendor", "0x10de\n"},
+          {"/sys/bus/pci/devices/0000:01:00.0/device", "0x1b80\n"},
+          {"/sys/bus/pci/devices/0000:01:00.0/boot_vga", "0\n"},
+          {"/sys/bus/pci/devices/0000:01:00.0/resource",
+           "0x00000000f6000000 0x00000000f6ffffff 0x0000000000040200\n"
+           "0x00000000e0000000 0x00000000efffffff 0x000000000014220c\n"}};
+}
+
+TEST(KernelCmdlineFramebuffer, ReleaseOnASysfbKernelBlacklistsSysfbInit) {
+  GrubTree t(framebuffer_host("6.1.0-18-amd64", "  e0000000-e07e8fff : BOOTFB\n    e0000000-e07e8fff : simpledrm"));
+  auto r = check_apply_twice(t, "tasks:\n  - kernel_cmdline: {framebuffer: release}\n");
+  EXPECT_EQ(test::slurp(t.file("/etc/default/grub")),
+            "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"initcall_blacklist=sysfb_init\"\n");
+  EXPECT_EQ(task(r.first).msg,
+            "boot path grub (detected): GRUB: added initcall_blacklist=sysfb_init (edited /etc/default/grub: GRUB_CMDLINE_LINUX) "
+            "(framebuffer: release: simpledrm holds 0000:01:00.0: initcall_blacklist=sysfb_init)");
+  EXPECT_EQ(task(r.first).expect["cmdline_present"], std::vector<std::string>{"initcall_blacklist=sysfb_init"});
+  EXPECT_EQ(task(r.second).status, Outcome::ok);
+}
+
+TEST(KernelCmdlineFramebuffer, ReleaseOnAnOldKernelTurnsEfifbOff) {
+  GrubTree t(framebuffer_host("5.10.0-28-amd64", "  e0000000-e07e8fff : efifb"));
+  auto r = check_apply_twice(t, "tasks:\n  - kernel_cmdline: {iommu: intel, framebuffer: release}\n");
+  EXPECT_EQ(test::slurp(t.file("/etc/default/grub")),
+            "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"intel_iommu=on video=efifb:off\"\n");
+  EXPECT_EQ(grub_linux_line(t.root()), (std::vector<std::string>{"intel_iommu=on", "video=efifb:off", "quiet"}));
+  EXPECT_NE(task(r.first).msg.find("(framebuffer: release: efifb holds 0000:01:00.0: video=efifb:off)"), std::string::npos)
+      << task(r.first).msg;
+}
+
+TEST(KernelCmdlineFramebuffer, NothingIsAddedWhenNoFramebufferHoldsTheGpu) {
+  // efifb in another device's window; and `keep`, the default, never looks.
+  GrubTree t(framebuffer_host("6.1.0-18-amd64", "d0000000-d07e8fff : efifb"));
+  const auto before = test::snapshot(t.root());
+  for (const char* pb : {"tasks:\n  - kernel_cmdline: {framebuffer: release}\n", "tasks:\n  - kernel_cmdline: {}\n"}) {
+    for (bool check : {true, false}) {
+      auto r = converge(t.root(), pb, check);
+      EXPECT_EQ(r.exit_code, 0) << task(r).msg;
+      EXPECT_EQ(task(r).status, Outcome::ok);
+      EXPECT_TRUE(r.commands.empty());
+    }
+  }
+  EXPECT_EQ(task(converge(t.root(), "tasks:\n  - kernel_cmdline: {framebuffer: release}\n", false)).msg,
+            "boot path grub (detected): GRUB: the command line is as wanted (framebuffer: release: no boot framebuffer "
+            "holds memory of 0000:01:00.0, nothing to add)");
+  EXPECT_EQ(test::snapshot(t.root()), before);
+}
+
+TEST(KernelCmdlineFramebuffer, TheUsersOwnVideoParameterIsNotReplaced) {
+  GrubTree t(framebuffer_host("5.10.0-28-amd64", "  e0000000-e07e8fff : efifb"));
+  test::write(t.file("/proc/cmdline"), "BOOT_IMAGE=/boot/vmlinuz-5.10.0-28-amd64 ro video=HDMI-A-1:1920x1080@60\n");
+  const auto before = test::snapshot(t.root());
+  auto r = converge(t.root(), "tasks:\n  - kernel_cmdline: {framebuffer: release}\n", false);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(task(r).msg, "framebuffer: release would replace video=HDMI-A-1:1920x1080@60 with video=efifb:off (the kernel "
+                         "reads every video= parameter): add video=efifb:off to present by hand if both are wanted");
+  EXPECT_EQ(test::snapshot(t.root()), before);
+  // An explicit GPU that does not exist is an error, not "nothing to add": `gpus:` brings the
+  // automatic preflight, which says so first.
+  auto missing = converge(t.root(), "tasks:\n  - kernel_cmdline: {framebuffer: release, gpus: ['0000:09:00.0']}\n", false);
+  EXPECT_EQ(missing.exit_code, 1);
+  ASSERT_EQ(missing.tasks.size(), 1u);
+  EXPECT_EQ(task(missing).msg, "PCI device 0000:09:00.0 does not exist on this host");
+}
+
 // ---- grubby (Fedora, RHEL) ----
 
 TEST(KernelCmdlineGrubby, FedoraBlsEntriesThroughGrubby) {

@@ -37,7 +37,9 @@ Status SimulatedSysfs::write(const Root& root, const std::string& path, const st
   const std::string dev_dir = root.dir() + "/sys/bus/pci/devices/" + value;
   std::error_code ec;
   if (path.size() > 14 && path.substr(path.size() - 14) == "/driver/unbind") {
+    // The driver goes, and the DRM nodes it made with it.
     fs::remove(fs::path(*root.resolve("/sys/bus/pci/devices/" + value)) / "driver", ec);
+    fs::remove_all(fs::path(*root.resolve("/sys/bus/pci/devices/" + value)) / "drm", ec);
   } else if (path == "/sys/bus/pci/drivers_probe") {
     std::string override_drv = slurp(*root.resolve("/sys/bus/pci/devices/" + value + "/driver_override"));
     while (!override_drv.empty() && override_drv.back() == '\n') override_drv.pop_back();
