@@ -20,6 +20,7 @@ namespace gpt {
 namespace {
 
 using test::run_agent;
+using test::wait_until;
 using test::slurp;
 namespace fs = std::filesystem;
 
@@ -92,15 +93,6 @@ std::vector<std::string> entries(const std::string& dir) {
   for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename());
   std::sort(out.begin(), out.end());
   return out;
-}
-
-bool wait_until(const std::function<bool()>& done, std::chrono::seconds limit = std::chrono::seconds(60)) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return true;
 }
 
 TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce) {

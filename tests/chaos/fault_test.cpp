@@ -196,7 +196,9 @@ TEST(ChaosFault, AQemuImgThatHangsIsAFailedTaskWithItsStderrBoundedByItsTimeout)
   EXPECT_EQ(chaos::without_lock(chaos::snapshot(root.path())), before);
   const pid_t left = sleeper(stubs);
   ASSERT_GT(left, 0) << "the stand-in never ran";
-  EXPECT_TRUE(chaos::process_gone(left)) << "the hung tool's child (pid " << left << ") outlived the agent";
+  // SIGKILL was sent to its process group; it is gone once the kernel has torn it down.
+  EXPECT_TRUE(test::wait_until([&] { return chaos::process_gone(left); }, std::chrono::seconds(5)))
+      << "the hung tool's child (pid " << left << ") outlived the agent";
   if (!chaos::process_gone(left)) ::kill(left, SIGKILL);
 }
 
@@ -256,7 +258,9 @@ TEST(ChaosFault, AnUpdateGrubThatHangsIsAFailedTaskWithItsStderrBoundedByItsTime
   EXPECT_LT(r.seconds, 30);
   const pid_t left = sleeper(stubs);
   ASSERT_GT(left, 0) << "the stand-in never ran";
-  EXPECT_TRUE(chaos::process_gone(left)) << "the hung tool's child (pid " << left << ") outlived its timeout";
+  // SIGKILL was sent to its process group; it is gone once the kernel has torn it down.
+  EXPECT_TRUE(test::wait_until([&] { return chaos::process_gone(left); }, std::chrono::seconds(5)))
+      << "the hung tool's child (pid " << left << ") outlived its timeout";
   if (!chaos::process_gone(left)) ::kill(left, SIGKILL);
 }
 

@@ -15,6 +15,8 @@
 namespace gpt {
 namespace {
 
+using test::wait_until;
+
 namespace bp = boost::process;
 namespace fs = std::filesystem;
 using chaos::has;
@@ -31,15 +33,6 @@ std::map<std::string, std::string> finished_tree() {
   auto r = chaos::agent(apply_args(reference.root()));
   EXPECT_EQ(r.exit_code, 3) << r.all();
   return chaos::normalised(reference.root());
-}
-
-bool wait_until(const std::function<bool()>& done, std::chrono::seconds limit = std::chrono::seconds(60)) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return true;
 }
 
 // Kills a process that outlives its time, so that a test waiting on its output cannot hang.

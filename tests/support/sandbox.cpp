@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 #include <stdexcept>
 
 namespace gpt::test {
@@ -93,6 +94,15 @@ ProcResult run_program(const std::string& program, const std::vector<std::string
 
 ProcResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env) {
   return run_program(GPTAGENT_BIN, args, env);
+}
+
+bool wait_until(const std::function<bool()>& done, std::chrono::seconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
 }
 
 ProcResult sandbox_reboot(const std::string& root) {

@@ -1,6 +1,8 @@
 // Test support: throw-away host trees, a recording process runner, and the agent run as a process.
 #pragma once
 
+#include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -49,6 +51,8 @@ ProcResult run_program(const std::string& program, const std::vector<std::string
                        const std::vector<std::string>& env = {});
 // Runs the built gptagent binary.
 ProcResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+// Polls `done` until it holds (true) or `limit` has passed (false).
+bool wait_until(const std::function<bool()>& done, std::chrono::seconds limit = std::chrono::seconds(60));
 // Boots a sample host tree the way scripts/sandbox-reboot does: new boot_id, /proc/cmdline
 // from its grub files, modules and vfio-pci bindings from its configuration.
 ProcResult sandbox_reboot(const std::string& root);
