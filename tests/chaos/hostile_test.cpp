@@ -9,6 +9,8 @@
 // (CRLF YAML, a long comment, latin-1 in a grub comment), the same run as a clean input makes.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <iostream>
 #include <random>
 
 #include "agent/facts.hpp"
@@ -28,6 +30,19 @@ constexpr size_t kGiB = size_t{1} << 30;
 const chaos::Limits kBounded{.wall = std::chrono::seconds(60), .address_space = kGiB};
 // Peak resident memory a refused input may cost (the sanitizers' own memory counts too).
 constexpr long kMaxRssKb = chaos::kAsan ? 1536L << 10 : 256L << 10;
+
+// Every run of the agent on a hostile input, counted for the figure printed at the end.
+std::atomic<int> g_runs{0};
+chaos::Run hostile_run(const std::vector<std::string>& args) {
+  ++g_runs;
+  return chaos::agent(args, {}, kBounded);
+}
+struct PrintRuns : ::testing::Environment {
+  void TearDown() override {
+    if (g_runs) std::cout << "[chaos] hostile inputs: " << g_runs << " runs of the agent, each bounded and checked\n";
+  }
+};
+[[maybe_unused]] auto* const g_print_runs = ::testing::AddGlobalTestEnvironment(new PrintRuns);
 
 std::string apply_out(const chaos::Run& r) { return r.all().substr(0, 4000); }
 
@@ -54,7 +69,7 @@ struct Case {
   chaos::Run apply_file(const std::string& playbook, std::vector<std::string> extra = {}) const {
     std::vector<std::string> args{"apply", playbook, "--root", host.root(), "--color", "never"};
     args.insert(args.end(), extra.begin(), extra.end());
-    return chaos::agent(args, {}, kBounded);
+    return hostile_run(args);
   }
   std::string playbook() const { return plays / "play.yaml"; }
 };
@@ -257,7 +272,7 @@ TEST(ChaosHostile, BrokenGrubFilesAreClearErrorsAndStayUntouched) {
     Host host;
     make(host.file("/etc/default/grub"));
     const auto before = chaos::snapshot(host.root());
-    auto r = chaos::agent({"apply", demo, "--root", host.root(), "--color", "never", "--diff"}, {}, kBounded);
+    auto r = hostile_run({"apply", demo, "--root", host.root(), "--color", "never", "--diff"});
     expect_refused(r, before, host.root(), {failed + message}, name);
   }
   EXPECT_FALSE(test::exists("/tmp/gptagent-chaos-pwned-grub")) << "a command in the grub file ran";
@@ -272,7 +287,7 @@ TEST(ChaosHostile, OddButValidGrubFilesAreEditedWithinBounds) {
       while (s.size() < (900u << 10)) s += "opt" + std::to_string(s.size()) + "=1 ";
       return s;
     }() + "\"\n");
-    auto r = chaos::agent({"apply", demo, "--root", host.root(), "--color", "never"}, {}, kBounded);
+    auto r = hostile_run({"apply", demo, "--root", host.root(), "--color", "never"});
     EXPECT_EQ(r.exit_code, 3) << apply_out(r);
     EXPECT_LT(r.seconds, 30);
     EXPECT_LT(r.max_rss_kb, chaos::kAsan ? kMaxRssKb : 512L << 10);
@@ -283,14 +298,14 @@ TEST(ChaosHostile, OddButValidGrubFilesAreEditedWithinBounds) {
     std::string text;
     for (int i = 0; i < 250000; ++i) text += "A=1\n";
     test::write(host.file("/etc/default/grub"), text + "GRUB_CMDLINE_LINUX=\"\"\n");
-    auto r = chaos::agent({"apply", demo, "--root", host.root(), "--color", "never"}, {}, kBounded);
+    auto r = hostile_run({"apply", demo, "--root", host.root(), "--color", "never"});
     EXPECT_EQ(r.exit_code, 3) << apply_out(r);
     EXPECT_LT(r.seconds, 30) << "lexing is not linear";
   }
   {  // latin-1 in a comment and a value: sh does not care, and neither do the report nor --json
     Host host;
     test::write(host.file("/etc/default/grub"), "# Gr\xfc\xdf Gott\nGRUB_CMDLINE_LINUX=\"quiet caf\xe9=1\"\n");
-    auto r = chaos::agent({"apply", demo, "--root", host.root(), "--json", "--diff"}, {}, kBounded);
+    auto r = hostile_run({"apply", demo, "--root", host.root(), "--json", "--diff"});
     EXPECT_EQ(r.exit_code, 3) << apply_out(r);
     auto doc = nlohmann::json::parse(r.out, nullptr, false);
     ASSERT_FALSE(doc.is_discarded()) << r.out.substr(0, 2000);
@@ -467,12 +482,12 @@ TEST(ChaosHostile, SymlinksOutOfTheRootResolveInsideIt) {
       fs::create_directories(fs::path(at).parent_path());
       const std::string target = absolute ? out.path(link.target_rel) : out.climb(link.at, link.target_rel);
       ASSERT_EQ(::symlink(target.c_str(), at.c_str()), 0) << at;
-      auto r = chaos::agent({"apply", demo, "--root", host.root(), "--color", "never", "--diff"}, {}, kBounded);
+      auto r = hostile_run({"apply", demo, "--root", host.root(), "--color", "never", "--diff"});
       const std::string what = link.at + " -> " + target;
       SCOPED_TRACE(what);
       link.check(r, host);
       out.expect_untouched_and_unread(r, host.root(), what);
-      auto j = chaos::agent({"apply", demo, "--root", host.root(), "--json", "--check", "--diff"}, {}, kBounded);
+      auto j = hostile_run({"apply", demo, "--root", host.root(), "--json", "--check", "--diff"});
       out.expect_untouched_and_unread(j, host.root(), what + " (--json --check)");
     }
 }
@@ -487,13 +502,13 @@ TEST(ChaosHostile, FactsCaptureOfAHostileTreeWritesOnlyIntoItsDestination) {
                       (devices + "/0000:0a:00.0").c_str()),
             0);
   test::TempDir capture;
-  auto r = chaos::agent({"facts", "--root", host.root(), "--capture", capture / "c"}, {}, kBounded);
+  auto r = hostile_run({"facts", "--root", host.root(), "--capture", capture / "c"});
   EXPECT_EQ(r.exit_code, 0) << apply_out(r);
   out.expect_untouched_and_unread(r, host.root(), "facts --capture");
   EXPECT_FALSE(test::exists(out.path("escape-abs"))) << "--capture wrote outside its destination";
   EXPECT_FALSE(test::exists(out.path("escape-rel"))) << "--capture wrote outside its destination";
   // The capture is still a usable tree.
-  auto replay = chaos::agent({"facts", "--root", capture / "c", "--json"}, {}, kBounded);
+  auto replay = hostile_run({"facts", "--root", capture / "c", "--json"});
   EXPECT_EQ(replay.exit_code, 0) << apply_out(replay);
 }
 
