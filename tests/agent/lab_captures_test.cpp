@@ -227,5 +227,55 @@ TEST(LabCaptures, IntelIommuOffOnTheCommandLineIsAWarningTheVfioConfigurationWai
             std::string::npos);
 }
 
+TEST(LabCaptures, AProcessHoldingTheGpusCardNodeIsNamedAndVfioBindWaitsForIt) {
+  // gpu-alone's machine on Debian's generic kernel: bochs drives the stand-in GPU, and busybox's
+  // sleep (pid 106) holds its card node open; the Cirrus console has no driver.
+  test::SampleHost host("lab-gpu-in-use");
+  Facts f = facts_of(host);
+  EXPECT_TRUE(f.warnings.empty()) << f.warnings.front();
+  EXPECT_TRUE(f.kernel_release.ends_with("-amd64") && !f.kernel_release.ends_with("-cloud-amd64")) << f.kernel_release;
+  EXPECT_TRUE(f.module_available("bochs"));
+  EXPECT_FALSE(f.module_available("vfio_pci"));
+  EXPECT_TRUE(f.iommu.on());
+  EXPECT_EQ(gpu_addresses(f.gpus), (Lines{kConsole, kGpu}));
+  EXPECT_TRUE(dev(f, kConsole).driver.empty());
+  EXPECT_TRUE(gpu(f, kConsole).in_use.empty());
+  const Gpu& g = gpu(f, kGpu);
+  EXPECT_EQ(g.driver, "bochs-drm");
+  EXPECT_EQ(dev(f, kGpu).drm, Lines{"card0"});  // bochs has no render node; controlD64 is no node
+  EXPECT_EQ(group_members(f, kGpu), (Lines{kGpu, kAudio}));
+  ASSERT_EQ(g.in_use.size(), 1u);
+  EXPECT_EQ(g.in_use[0].pid, 106);
+  EXPECT_EQ(g.in_use[0].comm, "sleep");
+  EXPECT_EQ(g.in_use[0].nodes, Lines{"/dev/dri/card0"});
+  EXPECT_EQ(g.in_use[0].fds, Lines{"/proc/106/fd/3"});
+  EXPECT_TRUE(says(g.verdicts, Verdict::Level::warning,
+                   "GPU 0000:01:00.0 is in use by sleep (pid 106): stop them before binding"));
+  EXPECT_TRUE(g.viable()) << g.blockers();  // a warning: the user can stop it
+
+  add_etc(host);
+  test::write(host.file("/sys/bus/pci/drivers_probe"), "");
+  test::write(host.file("/sys/bus/pci/drivers/bochs-drm/unbind"), "");
+  const auto pristine = test::snapshot(host.root());
+  const std::string pb = "tasks:\n  - vfio_bind: {gpus: auto}\n";
+  auto refused = test::converge_root(host.root(), pb, false);
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_TRUE(refused.sysfs_writes.empty());
+  EXPECT_EQ(refused.tasks.back().result.msg,
+            "GPU 0000:01:00.0 is in use by sleep (pid 106): stop them before binding (nothing was unbound; force: true "
+            "unbinds it anyway)");
+  EXPECT_EQ(test::snapshot(host.root()), pristine);
+
+  auto forced = test::converge_root(host.root(), "tasks:\n  - vfio_bind: {gpus: auto, force: true}\n", false);
+  ASSERT_EQ(forced.exit_code, 0) << forced.tasks.back().result.msg;
+  EXPECT_EQ(forced.tasks.back().result.msg,
+            "bound 0000:01:00.0 (from bochs-drm), 0000:01:00.1 to vfio-pci (forced: it was in use by sleep (pid 106))");
+  // As in the guest: bochs-drm's card node went with it, so the sleep that still holds its fd
+  // holds no GPU, and the unforced task is ok.
+  Facts after = facts_of(host);
+  EXPECT_TRUE(gpu(after, kGpu).in_use.empty());
+  EXPECT_EQ(test::converge_root(host.root(), pb, false).exit_code, 0);
+}
+
 }  // namespace
 }  // namespace gpt

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -469,6 +470,88 @@ def iommu_off_cmdline(lay, facts, release):
     check_iommu_off_in_kernel(lay)
 
 
+def holder(lay, step):
+    """(pid, comm) of the process the guest started to hold the GPU's card node, from STEP.holder."""
+    first = (lay.text(step + ".holder") or "").split("\n")[0].split()
+    return (int(first[0]), first[1]) if len(first) == 2 and first[0].isdigit() else (None, None)
+
+
+def gpu_in_use(lay, facts, release):
+    """The generic kernel's bochs drives the stand-in GPU and a process holds its card node: facts
+    name the process, vfio_bind refuses until it is gone, and force: true unbinds it anyway."""
+    lay.check(facts["iommu"]["on"] and facts["iommu"]["units"] == ["dmar0"], "facts: IOMMU on (dmar0)", json.dumps(facts["iommu"]))
+    lay.check(release.endswith("-amd64") and not release.endswith("-cloud-amd64"), f"the generic kernel {release}", release)
+    expected_gpus(lay, facts, [CONSOLE, GPU])
+    check_boot_vga_console(lay, facts, "1013:00b8")
+    g = check_gpu_alone(lay, facts) or {}
+    lay.check(lay.rc("modprobe-bochs") == 0 and "bochs" in (lay.modules("boot") or []), "modprobe bochs: loaded",
+              f"exit {lay.rc('modprobe-bochs')}: {lay.text('modprobe-bochs.err')!r}")
+    base = lay.bound("boot") or {}
+    lay.check(base.get(GPU) == "bochs-drm" and base.get(AUDIO) == "", f"kernel: {GPU} on bochs-drm, {AUDIO} on no driver",
+              f"{GPU} {base.get(GPU)!r}, {AUDIO} {base.get(AUDIO)!r}")
+    pid, comm = holder(lay, "boot")
+    card = next((w.split("/dev/dri/")[1] for w in (lay.text("boot.holder") or "").split() if w.startswith("/dev/dri/")), None)
+    lay.check(pid and comm == "sleep" and card and card.startswith("card"), "the guest: sleep holds the GPU's card node",
+              lay.text("boot.holder"))
+    lay.notes.append(f"holder: {comm} (pid {pid}) on /dev/dri/{card}")
+    users = [{"pid": pid, "comm": "sleep", "nodes": [f"/dev/dri/{card}"]}]
+    warning = f"GPU {GPU} is in use by sleep (pid {pid}): stop them before binding"
+    lay.check(g.get("driver") == "bochs-drm" and g.get("in_use") == users, f"facts: {GPU} on bochs-drm, in use by sleep (pid {pid}) on /dev/dri/{card}",
+              json.dumps({k: g.get(k) for k in ("driver", "in_use")}))
+    lay.check(says(g.get("verdicts"), "warning", warning) and g.get("viable"), f"facts: warning '{warning}', passthrough still possible",
+              json.dumps(g.get("verdicts")))
+    lay.check((gpu(facts, CONSOLE) or {}).get("in_use") == [], f"facts: {CONSOLE} in use by nobody", json.dumps(gpu(facts, CONSOLE)))
+    lay.check(f"in use by sleep (pid {pid})" in (lay.text("facts-table") or ""), "facts (table): names sleep and its pid",
+              lay.text("facts-table"))
+
+    # The holder alive: vfio_bind refuses, and nothing is unbound.
+    r = expect_apply(lay, "held", 1)
+    t = task(r, "vfio_bind") or {}
+    refusal = f"GPU {GPU} is in use by sleep (pid {pid}): stop them before binding (nothing was unbound; force: true unbinds it anyway)"
+    lay.check(t.get("status") == "failed" and t.get("msg") == refusal, f"held: vfio_bind refuses: '{refusal}'", summary(r))
+    lay.notes.append(f"held: {summary(r)}")
+    expect_drivers(lay, "held", base, f"held: {GPU} still on bochs-drm, nothing unbound")
+    lay.check(lay.vfio_groups("held") == [], "held: no /dev/vfio group", lay.text("held.vfio"))
+
+    # The holder gone: nobody uses it, the same apply binds it, a second is ok.
+    free = gpu(lay.json("facts-free") or {}, GPU) or {}
+    lay.check(free.get("in_use") == [] and free.get("driver") == "bochs-drm" and not says(free.get("verdicts"), "warning", "in use by"),
+              f"facts after the holder ended: {GPU} on bochs-drm, in use by nobody", json.dumps(free))
+    r = expect_apply(lay, "bind1", 0, "some")
+    t = task(r, "vfio_bind") or {}
+    lay.check(f"{GPU} (from bochs-drm)" in t.get("msg", ""), "bind1: vfio_bind unbinds bochs-drm", summary(r))
+    lay.notes.append(f"bind1: {summary(r)}")
+    bound = dict(base, **{GPU: "vfio-pci", AUDIO: "vfio-pci"})
+    expect_drivers(lay, "bind1", bound, f"bind1: {GPU} {AUDIO} on vfio-pci, nothing else changed")
+    group = (lay.drivers("boot") or {}).get(GPU, ("", ""))[1]
+    lay.check(group in (lay.vfio_groups("bind1") or []), f"bind1: /dev/vfio/{group} appeared", lay.text("bind1.vfio"))
+    expect_apply(lay, "bind2", 0, 0)
+
+    # force: true with a holder alive: bochs-drm is unbound under it.
+    expect_drivers(lay, "released", base, f"lab: {GPU} back on bochs-drm")
+    pid2, comm2 = holder(lay, "forced")
+    lay.check(pid2 and comm2 == "sleep", "the guest: a new sleep holds the card node", lay.text("forced.holder"))
+    r = expect_apply(lay, "forced", 0, "some")
+    t = task(r, "vfio_bind") or {}
+    lay.check(f"(forced: it was in use by sleep (pid {pid2}))" in t.get("msg", ""), "forced: vfio_bind binds it and says whom it was in use by",
+              summary(r))
+    lay.notes.append(f"forced: {summary(r)}")
+    expect_drivers(lay, "forced", bound, f"forced: {GPU} {AUDIO} on vfio-pci")
+    after = (lay.text("forced.after") or "").split("\n")
+    lay.check(after[0].strip() == "sleep", "forced: the holder lives on", lay.text("forced.after"))
+    links = [re.sub(r".* (\d+ -> )", r"fd \1", line.strip()) for line in after if "/dev/dri/" in line]
+    lay.notes.append(f"the holder after the forced unbind: {'; '.join(links) or 'no fd on /dev/dri'}"
+                     + f", /dev/dri: {'gone' if 'No such file' in (lay.text('forced.dri') or '') else 'still there'}"
+                     + f", killed at the end: {(lay.text('forced.exit') or '').strip()}")
+    final = gpu(lay.json("facts-final") or {}, GPU) or {}
+    lay.check(final.get("driver") == "vfio-pci" and final.get("in_use") == [],
+              f"facts at the end: {GPU} on vfio-pci, in use by nobody (its DRM nodes went with bochs-drm)", json.dumps(final))
+    # What the kernel said of bochs, its console and vfio-pci (the unbind under an open fd included).
+    for line in (lay.text("dmesg") or "").splitlines():
+        if any(w in line for w in ("bochs-drm", "Console: switching", "vfio-pci", "WARNING", "BUG", "Call Trace")):
+            lay.notes.append("dmesg: " + line.strip())
+
+
 LAYOUTS = {
     "gpu-alone": gpu_alone,
     "gpu-shares-nic": gpu_shares_nic,
@@ -476,6 +559,7 @@ LAYOUTS = {
     "iommu-off": iommu_off,
     "iommu-off-no-param": iommu_off_no_param,
     "iommu-off-cmdline": iommu_off_cmdline,
+    "gpu-in-use": gpu_in_use,
 }
 
 
