@@ -436,13 +436,15 @@ void Fleet::report(const Host& h, const HostOutcome& r) {
   out_ << "\n" << banner("HOST [" + name + "]") << "\n";
   for (const auto& doc : r.runs) {
     if (doc.value("waiting_for_reboot", false)) out_ << "waiting: [" << name << "] waiting for a reboot\n";
-    for (const auto& stage : doc.value("stages", json::array()))
+    for (const auto& stage : doc.value("stages", json::array())) {
+      if (!stage.value("tasks", json::array()).empty()) out_ << banner("STAGE [" + stage.value("name", "") + "]") << "\n";
       for (const auto& t : stage["tasks"]) {
         out_ << t.value("status", "") << ": [" << name << "] " << t.value("name", "");
         if (!t.value("msg", "").empty()) out_ << " " << t.value("msg", "");
         out_ << "\n";
         if (o_.diff && !t.value("diff", "").empty()) out_ << t.value("diff", "");
       }
+    }
   }
   if (r.reboots > 0) out_ << "rebooted: [" << name << "] " << r.reboots << (r.reboots == 1 ? " time" : " times") << "\n";
   if (r.kind == HostOutcome::unreachable) out_ << "fatal: [" << name << "]: UNREACHABLE! " << r.message << "\n";

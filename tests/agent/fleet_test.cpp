@@ -255,6 +255,7 @@ TEST(Fleet, HostsThatNeedARebootAreRebootedWaitedForAndFinished) {
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   for (const auto& n : lab.nodes) {
     EXPECT_TRUE(has(r.out, "rebooted: [" + n.name + "] 1 time")) << r.out;
+    EXPECT_TRUE(has(r.out, "STAGE [after the reboot (stage host)]")) << r.out;  // the checks say when they ran
     EXPECT_TRUE(has(r.out, "ok: [" + n.name + "] the kernel command line has intel_iommu=on")) << r.out;
     EXPECT_TRUE(has(r.out, "ok: [" + n.name + "] 0000:01:00.0 is bound to vfio-pci")) << r.out;
     EXPECT_FALSE(fs::exists(n.tree->file("/var/lib/gptagent/state.json"))) << n.name;
