@@ -10,18 +10,8 @@
 namespace gpt {
 namespace {
 
-// Up to 16 hex digits, with or without 0x; nullopt for anything else.
-std::optional<uint64_t> hex64(std::string_view s) {
-  if (s.substr(0, 2) == "0x" || s.substr(0, 2) == "0X") s.remove_prefix(2);
-  if (s.empty() || s.size() > 16) return std::nullopt;
-  uint64_t v = 0;
-  for (char c : s) {
-    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-    if (d < 0) return std::nullopt;
-    v = v << 4 | static_cast<uint64_t>(d);
-  }
-  return v;
-}
+// Up to 16 hex digits, with or without 0x (as /proc/iomem and sysfs resource write them).
+std::optional<uint64_t> hex64(std::string_view s) { return parse_hex(s, 16); }
 
 bool digits(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });

@@ -70,19 +70,9 @@ Expected<std::string> pci_device_id(const Root& root, std::string_view address) 
 namespace gpt {
 
 std::optional<uint32_t> parse_sysfs_hex(std::string_view text) {
-  text = trim(text);
-  if (text.substr(0, 2) == "0x") text.remove_prefix(2);
-  if (text.empty() || text.size() > 8) return std::nullopt;
-  uint32_t v = 0;
-  for (char c : text) {
-    int d = std::isdigit(static_cast<unsigned char>(c)) ? c - '0'
-            : (c >= 'a' && c <= 'f')                    ? c - 'a' + 10
-            : (c >= 'A' && c <= 'F')                    ? c - 'A' + 10
-                                                        : -1;
-    if (d < 0) return std::nullopt;
-    v = v * 16 + static_cast<uint32_t>(d);
-  }
-  return v;
+  auto v = parse_hex(trim(text), 8);
+  if (!v) return std::nullopt;
+  return static_cast<uint32_t>(*v);
 }
 
 std::string PciDevice::class_name() const {

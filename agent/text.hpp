@@ -29,6 +29,10 @@ struct ShellWord {
 // '#' outside quotes ends the line. An error for an unclosed quote or a trailing backslash.
 Expected<std::vector<ShellWord>> shell_split(std::string_view line, bool comments);
 
+// Hex digits with an optional "0x", at most `max_digits` of them: "0x030000" -> 0x030000; nullopt
+// for anything else (blanks included).
+std::optional<uint64_t> parse_hex(std::string_view text, size_t max_digits);
+
 // "100G", "512M", "16GiB", "1T", "4096": bytes, with K/M/G/T/P as powers of 1024 (a trailing "B",
 // or "iB" after a unit, any case). An error for anything else, zero, or more than 2^63-1 bytes.
 Expected<uint64_t> parse_size(std::string_view text);
