@@ -76,14 +76,13 @@ ExecResult ProcessExec::run(const Command& cmd) {
                                       group)
                           : bp::child(exe, bp::args(args), bp::std_in < boost::asio::buffer(cmd.input), bp::std_out > out,
                                       bp::std_err > err, ios, group);
+    // Until it ends or its time is up; a cancel flag is looked at ten times a second.
     const auto deadline = std::chrono::steady_clock::now() + cmd.timeout;
-    if (!cmd.cancel) {
-      ios.run_for(cmd.timeout);
-    } else {  // looked at ten times a second
-      while (!ios.stopped() && !cmd.cancel->load() && std::chrono::steady_clock::now() < deadline)
-        ios.run_for(std::min<std::chrono::steady_clock::duration>(std::chrono::milliseconds(100),
-                                                                  deadline - std::chrono::steady_clock::now()));
-    }
+    const std::chrono::steady_clock::duration step =
+        cmd.cancel ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100)) : cmd.timeout;
+    for (auto now = std::chrono::steady_clock::now(); !ios.stopped() && !(cmd.cancel && cmd.cancel->load()) && now < deadline;
+         now = std::chrono::steady_clock::now())
+      ios.run_for(std::min(step, deadline - now));
     if (!ios.stopped()) {
       res.cancelled = cmd.cancel && cmd.cancel->load();
       res.timed_out = !res.cancelled;
