@@ -65,16 +65,7 @@ struct StagedHost : SampleHost {
 
 bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
 
-// The paths where two snapshots differ (the snapshots themselves are too long to print).
-std::string differences(const std::map<std::string, std::string>& a, const std::map<std::string, std::string>& b) {
-  std::string out;
-  for (const auto& [path, content] : a)
-    if (!b.count(path)) out += "only before: " + path + "\n";
-    else if (b.at(path) != content) out += "differs: " + path + "\n";
-  for (const auto& [path, content] : b)
-    if (!a.count(path)) out += "only after: " + path + "\n";
-  return out;
-}
+using test::differences;
 
 TEST(Stages, TheWholeCycleStopsWaitsVerifiesAndGoesOn) {
   StagedHost host;

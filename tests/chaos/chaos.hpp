@@ -254,16 +254,7 @@ inline std::map<std::string, std::string> normalised(const std::string& root) {
   return out;
 }
 
-// The paths where two snapshots differ (the snapshots themselves are too long to print).
-inline std::string differences(const std::map<std::string, std::string>& a, const std::map<std::string, std::string>& b) {
-  std::string out;
-  for (const auto& [path, content] : a)
-    if (!b.count(path)) out += "  only before: " + path + "\n";
-    else if (b.at(path) != content) out += "  differs: " + path + "\n";
-  for (const auto& [path, content] : b)
-    if (!a.count(path)) out += "  only after: " + path + "\n";
-  return out;
-}
+using test::differences;
 
 // Whether another process holds the run lock of this root (a free or absent lock: false).
 inline bool lock_held(const std::string& root) {

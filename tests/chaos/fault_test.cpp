@@ -173,9 +173,15 @@ std::string hanging_tool(const std::string& dir, const std::string& says) {
          "/sleeper.pid\nwait\nwait\n";
 }
 
-pid_t sleeper(const chaos::Stubs& stubs) {
+// The hanging tool's sleeping child is gone `when`: SIGKILL went to its process group, and the kernel
+// tears it down (given up to 5 s). Killed here if not, so that no test leaves it behind.
+void expect_sleeper_killed(const chaos::Stubs& stubs, const std::string& when) {
   const std::string file = stubs.dir / "sleeper.pid";
-  return test::exists(file) ? static_cast<pid_t>(std::stol(test::slurp(file))) : 0;
+  const pid_t left = test::exists(file) ? static_cast<pid_t>(std::stol(test::slurp(file))) : 0;
+  ASSERT_GT(left, 0) << "the stand-in never ran";
+  EXPECT_TRUE(test::wait_until([&] { return chaos::process_gone(left); }, std::chrono::seconds(5)))
+      << "the hung tool's child (pid " << left << ") outlived " << when;
+  if (!chaos::process_gone(left)) ::kill(left, SIGKILL);
 }
 
 TEST(ChaosFault, AQemuImgThatHangsIsAFailedTaskWithItsStderrBoundedByItsTimeout) {
@@ -194,12 +200,7 @@ TEST(ChaosFault, AQemuImgThatHangsIsAFailedTaskWithItsStderrBoundedByItsTimeout)
                              "/images/vm.qcow2 1G failed: timed out: qemu-img: waiting for a lock on /images"))
       << r.out;
   EXPECT_EQ(chaos::without_lock(chaos::snapshot(root.path())), before);
-  const pid_t left = sleeper(stubs);
-  ASSERT_GT(left, 0) << "the stand-in never ran";
-  // SIGKILL was sent to its process group; it is gone once the kernel has torn it down.
-  EXPECT_TRUE(test::wait_until([&] { return chaos::process_gone(left); }, std::chrono::seconds(5)))
-      << "the hung tool's child (pid " << left << ") outlived the agent";
-  if (!chaos::process_gone(left)) ::kill(left, SIGKILL);
+  expect_sleeper_killed(stubs, "the agent");
 }
 
 TEST(ChaosFault, AQemuImgThatFailsIsAFailedTaskWithItsStderrAndNoPartialImage) {
@@ -256,12 +257,7 @@ TEST(ChaosFault, AnUpdateGrubThatHangsIsAFailedTaskWithItsStderrBoundedByItsTime
   EXPECT_EQ(r.tasks[0].result.status, Outcome::failed);
   EXPECT_EQ(r.tasks[0].result.msg, "update-grub failed: timed out: grub-probe: stuck reading /dev/sda");
   EXPECT_LT(r.seconds, 30);
-  const pid_t left = sleeper(stubs);
-  ASSERT_GT(left, 0) << "the stand-in never ran";
-  // SIGKILL was sent to its process group; it is gone once the kernel has torn it down.
-  EXPECT_TRUE(test::wait_until([&] { return chaos::process_gone(left); }, std::chrono::seconds(5)))
-      << "the hung tool's child (pid " << left << ") outlived its timeout";
-  if (!chaos::process_gone(left)) ::kill(left, SIGKILL);
+  expect_sleeper_killed(stubs, "its timeout");
 }
 
 TEST(ChaosFault, AnUpdateGrubThatFailsIsAFailedHandlerWithItsStderrAndTheEditKept) {

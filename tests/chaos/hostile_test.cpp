@@ -77,31 +77,24 @@ struct Case {
 // ---- playbooks ----
 
 TEST(ChaosHostile, AliasBombsAreRefusedInBoundedTimeAndMemory) {
-  // Billion laughs: 10^10 values from 11 lines.
-  std::string laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
-  for (char c = 'b', prev = 'a'; c <= 'k'; ++c, ++prev) {
-    laughs += std::string(1, c) + ": &" + c + " [";
-    for (int i = 0; i < 10; ++i) laughs += std::string(i ? ", " : "") + "*" + prev;
-    laughs += "]\n";
-  }
-  laughs += "tasks: []\n";
+  // NAME0 (given), then NAME1 ... NAME<levels>, each a list of ten aliases of the one before: NAME0
+  // seen 10^levels times. Then an empty task list.
+  auto bomb = [](const std::string& name, const std::string& first, int levels) {
+    std::string text = name + "0: &" + name + "0 " + first + "\n";
+    for (int level = 1; level <= levels; ++level) {
+      text += name + std::to_string(level) + ": &" + name + std::to_string(level) + " [";
+      for (int i = 0; i < 10; ++i) text += std::string(i ? ", " : "") + "*" + name + std::to_string(level - 1);
+      text += "]\n";
+    }
+    return text + "tasks: []\n";
+  };
+  // Billion laughs: ten values seen 10^10 times, from 11 lines.
+  const std::string laughs = bomb("l", "[x, x, x, x, x, x, x, x, x, x]", 10);
   // Few values, many bytes: a 4 MiB string seen 10^5 times is 400 GiB.
-  std::string bytes = "s0: &s0 \"" + std::string(4 << 20, 'x') + "\"\n";
-  for (int level = 1; level <= 5; ++level) {
-    bytes += "s" + std::to_string(level) + ": &s" + std::to_string(level) + " [";
-    for (int i = 0; i < 10; ++i) bytes += std::string(i ? ", " : "") + "*s" + std::to_string(level - 1);
-    bytes += "]\n";
-  }
-  bytes += "tasks: []\n";
+  const std::string bytes = bomb("s", "\"" + std::string(4 << 20, 'x') + "\"", 5);
   // The same with a 1 MiB mapping key (an explicit key: implicit ones stop at 1024 characters):
   // keys are copied with every alias too.
-  std::string keys = "k0: &k0\n  ? \"" + std::string(1 << 20, 'k') + "\"\n  : 1\n";
-  for (int level = 1; level <= 5; ++level) {
-    keys += "k" + std::to_string(level) + ": &k" + std::to_string(level) + " [";
-    for (int i = 0; i < 10; ++i) keys += std::string(i ? ", " : "") + "*k" + std::to_string(level - 1);
-    keys += "]\n";
-  }
-  keys += "tasks: []\n";
+  const std::string keys = bomb("k", "\n  ? \"" + std::string(1 << 20, 'k') + "\"\n  : 1", 5);
   for (const auto& [name, text] : std::vector<std::pair<std::string, std::string>>{
            {"values", laughs}, {"bytes", bytes}, {"keys", keys}}) {
     Case c;

@@ -66,6 +66,16 @@ std::map<std::string, std::string> snapshot(const std::string& dir) {
   return out;
 }
 
+std::string differences(const std::map<std::string, std::string>& a, const std::map<std::string, std::string>& b) {
+  std::string out;
+  for (const auto& [path, content] : a)
+    if (!b.count(path)) out += "  only before: " + path + "\n";
+    else if (b.at(path) != content) out += "  differs: " + path + "\n";
+  for (const auto& [path, content] : b)
+    if (!a.count(path)) out += "  only after: " + path + "\n";
+  return out;
+}
+
 SampleHost::SampleHost(const std::string& name) {
   const std::string demo = source_path("playbooks/sandbox/" + name);
   copy_tree(exists(demo) ? demo : source_path("tests/fixtures/hosts/" + name), dir.path());

@@ -33,6 +33,9 @@ std::string source_path(const std::string& rel);  // a file of the source tree
 
 // Every regular file and link under `dir`: relative path -> mode and content (or link target).
 std::map<std::string, std::string> snapshot(const std::string& dir);
+// The paths where two snapshots differ, a line each ("" when equal): the snapshots themselves are
+// too long to print.
+std::string differences(const std::map<std::string, std::string>& a, const std::map<std::string, std::string>& b);
 
 // A sample host tree (see playbooks/sandbox/) copied into a fresh temp dir.
 struct SampleHost {
