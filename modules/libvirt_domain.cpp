@@ -1,16 +1,22 @@
 // libvirt_domain: a VM for GPU passthrough, the walkthrough's domain XML from a few YAML keys.
 //
-// The module owns some fields of the domain and leaves the rest to libvirt and to the people who
-// use it: the desired XML is the domain's current inactive XML with the managed fields replaced
-// (uuid, PCI addresses, controllers, devices we do not manage are kept). Drift is decided on a
-// projection of the managed fields read the same way from both documents, so what libvirt adds
-// (defaults, addresses, aliases) never counts; --diff shows the XML change that will be defined.
+// The module manages only what the playbook declares. A new domain is made whole (q35, OVMF,
+// defaults for every key left out); of an existing one, only the declared keys are ensured and
+// the rest stays byte for byte as libvirt has it. Lists (disks, interfaces, host devices, evdev
+// inputs, ROMs) are managed item by item by identity. What the agent took over is recorded in the
+// domain's own <metadata> with what was there before, so that a key or item the playbook drops is
+// given back. Each part is written only where it differs, so the document changes exactly where
+// a change is needed: drift is a difference between the current and the merged XML, and --diff
+// shows that very change.
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <functional>
 #include <map>
+#include <memory>
+#include <set>
+#include <tuple>
 #include <sstream>
 
 #include <pugixml.hpp>
@@ -110,18 +116,18 @@ ModuleSchema schema() {
          return std::nullopt;
        }},
       {.name = "connect"},
-      {.name = "type", .default_value = "auto", .choices = {"auto", "kvm", "qemu"}},
+      {.name = "type", .choices = {"auto", "kvm", "qemu"}},
       {.name = "memory", .type = ArgType::any, .required = true, .check = size_check},
-      {.name = "vcpus", .type = ArgType::integer, .default_value = 2, .check = [](const json& v) -> std::optional<std::string> {
+      {.name = "vcpus", .type = ArgType::integer, .check = [](const json& v) -> std::optional<std::string> {
          if (v.get<long long>() < 1 || v.get<long long>() > 4096) return "must be between 1 and 4096";
          return std::nullopt;
        }},
-      {.name = "machine", .default_value = "auto"},
-      {.name = "firmware", .type = ArgType::dict, .default_value = json::object(),
+      {.name = "machine"},
+      {.name = "firmware", .type = ArgType::dict,
        .fields = {{.name = "code"}, {.name = "vars"}}},
       {.name = "nvram"},
-      {.name = "cpu_mode", .default_value = "auto", .choices = {"auto", "host-passthrough", "host-model", "maximum"}},
-      {.name = "hide_kvm", .type = ArgType::boolean, .default_value = true},
+      {.name = "cpu_mode", .choices = {"auto", "host-passthrough", "host-model", "maximum"}},
+      {.name = "hide_kvm", .type = ArgType::boolean},
       {.name = "hyperv_vendor_id", .check = [](const json& v) -> std::optional<std::string> {
          const auto id = v.get<std::string>();
          if (id.empty() || id.size() > 12) return "must be 1 to 12 characters (libvirt's vendor_id limit)";
@@ -129,22 +135,23 @@ ModuleSchema schema() {
        }},
       gpus_arg(),
       {.name = "force", .type = ArgType::boolean, .default_value = false},
-      {.name = "disks", .type = ArgType::list, .default_value = json::array(), .elements = ArgType::any},
-      {.name = "interfaces", .type = ArgType::list, .default_value = json::array(), .elements = ArgType::dict,
-       .fields = {{.name = "bridge"}, {.name = "network"}, {.name = "mac"}, {.name = "model", .default_value = "virtio"}}},
-      {.name = "graphics", .type = ArgType::dict, .default_value = json::object({{"type", "spice"}}),
+      {.name = "disks", .type = ArgType::list, .elements = ArgType::any},
+      {.name = "interfaces", .type = ArgType::list, .elements = ArgType::dict,
+       .fields = {{.name = "bridge"}, {.name = "network"}, {.name = "mac"}, {.name = "model"},
+                  {.name = "state", .default_value = "present", .choices = {"present", "absent"}}}},
+      {.name = "graphics", .type = ArgType::dict,
        .fields = {{.name = "type", .default_value = "spice", .choices = {"spice", "vnc", "none"}},
                   {.name = "port", .type = ArgType::integer},
                   {.name = "listen"}}},
-      {.name = "video", .default_value = "vga", .choices = {"vga", "qxl", "virtio", "bochs", "ramfb", "none"}},
-      {.name = "boot", .type = ArgType::list, .default_value = json::array({"hd"})},
+      {.name = "video", .choices = {"vga", "qxl", "virtio", "bochs", "ramfb", "none"}},
+      {.name = "boot", .type = ArgType::list},
       {.name = "state", .default_value = "defined", .choices = {"defined", "running", "shutoff", "absent"}},
       {.name = "autostart", .type = ArgType::boolean},
       {.name = "shutdown_timeout", .type = ArgType::integer, .default_value = 120},
       {.name = "force_shutoff", .type = ArgType::boolean, .default_value = false},
       {.name = "keep_nvram", .type = ArgType::boolean, .default_value = true},
       // VM tuning (see the module's documentation in README.md).
-      {.name = "rom", .type = ArgType::list, .default_value = json::array(), .elements = ArgType::dict,
+      {.name = "rom", .type = ArgType::list, .elements = ArgType::dict,
        .fields = {{.name = "gpu", .check = pci_address_check},
                   {.name = "file", .required = true},
                   {.name = "bar", .type = ArgType::boolean, .default_value = true}}},
@@ -161,8 +168,8 @@ ModuleSchema schema() {
        .fields = {{.name = "resolution", .required = true, .check = resolution_check},
                   {.name = "user", .required = true},
                   {.name = "group", .default_value = "kvm"}}},
-      {.name = "hyperv", .type = ArgType::boolean, .default_value = false},
-      {.name = "evdev", .type = ArgType::list, .default_value = json::array(), .check = [](const json& v) -> std::optional<std::string> {
+      {.name = "hyperv", .type = ArgType::boolean},
+      {.name = "evdev", .type = ArgType::list, .check = [](const json& v) -> std::optional<std::string> {
          for (const auto& p : v)
            if (!p.get<std::string>().starts_with("/dev/input/")) return "'" + p.get<std::string>() + "' is not a /dev/input/ path";
          return std::nullopt;
@@ -174,17 +181,30 @@ ModuleSchema schema() {
            if (auto bad = pci_address_check(a)) return bad;
          return std::nullopt;
        }},
+      {.name = "exclusive", .type = ArgType::any, .check = [](const json& v) -> std::optional<std::string> {
+         const std::vector<std::string> lists = {"disks", "interfaces", "hostdevs", "evdev"};
+         if (v.is_boolean()) return std::nullopt;
+         if (!v.is_array()) return "must be true, false or a list of disks, interfaces, hostdevs, evdev";
+         for (const auto& l : v)
+           if (!l.is_string() || std::find(lists.begin(), lists.end(), l.get<std::string>()) == lists.end())
+             return "'" + (l.is_string() ? l.get<std::string>() : l.dump()) + "' is not one of disks, interfaces, hostdevs, evdev";
+         return std::nullopt;
+       }},
   };
   s.check = [](const json& a) -> std::optional<std::string> {
-    for (const auto& d : a["disks"]) {
+    for (const auto& d : a.value("disks", json::array())) {
       if (d.is_string()) continue;
       if (!d.is_object() || !d.contains("path") || !d["path"].is_string())
-        return "disks: each disk is a path or {path, format, bus, target}";
-      for (auto it = d.begin(); it != d.end(); ++it)
-        if (it.key() != "path" && it.key() != "format" && it.key() != "bus" && it.key() != "target")
-          return "disks: unknown key '" + it.key() + "' (path, format, bus, target)";
+        return "disks: each disk is a path or {path, format, bus, target, state}";
+      for (auto it = d.begin(); it != d.end(); ++it) {
+        if (it.key() != "path" && it.key() != "format" && it.key() != "bus" && it.key() != "target" && it.key() != "state")
+          return "disks: unknown key '" + it.key() + "' (path, format, bus, target, state)";
+        if (!it.value().is_string()) return "disks: " + it.key() + " must be a string";
+      }
+      if (d.contains("state") && d["state"] != "present" && d["state"] != "absent")
+        return "disks: state '" + d["state"].get<std::string>() + "' is not present or absent";
     }
-    for (const auto& i : a["interfaces"]) {
+    for (const auto& i : a.value("interfaces", json::array())) {
       if (i.contains("bridge") == i.contains("network")) return "interfaces: each interface has either bridge or network";
       if (i.contains("mac")) {
         const auto mac = i["mac"].get<std::string>();
@@ -193,23 +213,23 @@ ModuleSchema schema() {
         if (!ok) return "interfaces: '" + mac + "' is not a MAC address like 52:54:00:12:34:56";
       }
     }
-    if (a["firmware"].contains("code") != a["firmware"].contains("vars"))
+    if (a.contains("firmware") && a["firmware"].contains("code") != a["firmware"].contains("vars"))
       return "firmware: give both code and vars, or neither (found on the host)";
     if (a.contains("cpu")) {
       const auto& c = a["cpu"];
       const long long n = c["sockets"].get<long long>() * c["cores"].get<long long>() * c["threads"].get<long long>();
-      if (n != a["vcpus"].get<long long>())
+      if (n != a.value("vcpus", 2LL))
         return "cpu: " + std::to_string(c["sockets"].get<long long>()) + " sockets x " + std::to_string(c["cores"].get<long long>()) +
                " cores x " + std::to_string(c["threads"].get<long long>()) + " threads is " + std::to_string(n) +
-               " vCPUs, but vcpus is " + std::to_string(a["vcpus"].get<long long>());
+               " vCPUs, but vcpus is " + std::to_string(a.value("vcpus", 2LL));
     }
     if (a.contains("pin")) {
       const size_t n = vm::parse_cpuset(a["pin"]["vcpus"].get<std::string>())->size();
-      if (n != a["vcpus"].get<size_t>())
-        return "pin: vcpus names " + std::to_string(n) + " host CPUs for " + std::to_string(a["vcpus"].get<long long>()) +
+      if (n != a.value("vcpus", size_t{2}))
+        return "pin: vcpus names " + std::to_string(n) + " host CPUs for " + std::to_string(a.value("vcpus", 2LL)) +
                " vCPUs: give one host CPU per vCPU";
     }
-    for (const auto& b : a["boot"]) {
+    for (const auto& b : a.value("boot", json::array())) {
       const auto dev = b.get<std::string>();
       if (dev != "hd" && dev != "cdrom" && dev != "network" && dev != "fd") return "boot: '" + dev + "' is not hd, cdrom, network or fd";
     }
@@ -304,22 +324,252 @@ Expected<std::pair<std::string, std::string>> choose_firmware(const Root& root, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The managed fields, written into a domain document
+// What the agent set: a record inside the domain's own <metadata>
+//
+// The agent manages only what the playbook declares. Each key it manages (a "part" of the domain)
+// and each list item it ensures (a disk, an interface, a host device...) is written down in the
+// domain itself, with what the domain had there before the agent first took it over. A key the
+// playbook no longer declares, or an item it no longer lists, is given back: the user's prior
+// version is restored, or what the agent created is removed. Like kubectl's last-applied
+// configuration, the record travels with the object, so any controller sees the same ownership.
 
-struct Disk {
-  std::string path, format, bus, target;
+constexpr const char* kRecordNs = "https://gptagent.dev/xmlns/libvirt_domain/1";
+constexpr const char* kRecord = "gptagent:managed";
+
+std::string attr(pugi::xml_node n, const char* name) { return n.attribute(name).value(); }
+
+void set_attr(pugi::xml_node n, const char* name, const std::string& value) {
+  auto a = n.attribute(name);
+  if (!a) a = n.append_attribute(name);
+  if (value != a.value()) a.set_value(value.c_str());
+}
+
+void set_text(pugi::xml_node n, const std::string& text) {
+  if (text != n.text().get()) n.text().set(text.c_str());
+}
+
+pugi::xml_node child_or_add(pugi::xml_node parent, const char* name) {
+  auto n = parent.child(name);
+  return n ? n : parent.append_child(name);
+}
+
+bool named(pugi::xml_node n, const char* name) { return std::string_view(n.name()) == name; }
+
+std::string raw(pugi::xml_node n) {
+  std::ostringstream out;
+  n.print(out, "", pugi::format_raw);
+  return out.str();
+}
+
+// Where the nodes of a managed part live: the children of `parent` that `match` takes, or (with
+// `attribute`) one attribute of `parent`.
+struct Slot {
+  std::vector<const char*> parent;
+  std::function<bool(pugi::xml_node)> match = {};
+  const char* attribute = nullptr;
+};
+
+Slot children_named(std::vector<const char*> parent, std::vector<std::string> names) {
+  return {std::move(parent), [names = std::move(names)](pugi::xml_node n) {
+            return std::find(names.begin(), names.end(), n.name()) != names.end();
+          }};
+}
+Slot attribute_of(std::vector<const char*> parent, const char* name) { return {std::move(parent), {}, name}; }
+
+pugi::xml_node navigate(pugi::xml_node dom, const std::vector<const char*>& path, bool create) {
+  for (const char* step : path) {
+    if (!dom) return {};
+    auto next = dom.child(step);
+    if (!next && create) next = dom.append_child(step);
+    dom = next;
+  }
+  return dom;
+}
+
+// Removes the elements of `path` (deepest first) that hold nothing any more.
+void prune(pugi::xml_node dom, const std::vector<const char*>& path) {
+  for (size_t depth = path.size(); depth > 0; --depth) {
+    auto n = navigate(dom, std::vector<const char*>(path.begin(), path.begin() + static_cast<long>(depth)), false);
+    if (!n || n.first_child() || n.first_attribute()) return;
+    n.parent().remove_child(n);
+  }
+}
+
+// The slots of each part (a playbook key), in the order their priors are kept.
+const std::vector<std::string> kHyperv = {"relaxed", "vapic", "spinlocks", "vpindex", "runtime", "synic", "stimer", "reset", "frequencies"};
+
+bool is_hypervclock(pugi::xml_node n) { return named(n, "timer") && attr(n, "name") == "hypervclock"; }
+bool is_looking_glass(pugi::xml_node d) { return named(d, "shmem") && attr(d, "name") == "looking-glass"; }
+bool is_evdev(pugi::xml_node d) { return named(d, "input") && attr(d, "type") == "evdev"; }
+bool is_spice_channel(pugi::xml_node d) { return named(d, "channel") && attr(d, "type") == "spicevmc"; }
+bool is_virtio_serial(pugi::xml_node d) { return named(d, "controller") && attr(d, "type") == "virtio-serial"; }
+
+std::vector<Slot> part_slots(const std::string& key) {
+  if (key == "type") return {attribute_of({}, "type")};
+  if (key == "memory") return {children_named({}, {"memory", "currentMemory"})};
+  if (key == "vcpus") return {children_named({}, {"vcpu"})};
+  if (key == "machine") return {attribute_of({"os", "type"}, "machine")};
+  if (key == "firmware") return {attribute_of({"os"}, "firmware"), children_named({"os"}, {"loader", "nvram"})};
+  if (key == "cpu_mode") return {attribute_of({"cpu"}, "mode"), attribute_of({"cpu"}, "check")};
+  if (key == "hide_kvm") return {children_named({"features", "kvm"}, {"hidden"})};
+  if (key == "hyperv_vendor_id") return {children_named({"features", "hyperv"}, {"vendor_id"})};
+  if (key == "hyperv")
+    return {attribute_of({"features", "hyperv"}, "mode"), children_named({"features", "hyperv"}, kHyperv),
+            children_named({"features", "hyperv"}, {"vendor_id"}), attribute_of({"clock"}, "offset"),
+            {{"clock"}, is_hypervclock}};
+  if (key == "cpu") return {children_named({"cpu"}, {"topology"})};
+  if (key == "pin") return {children_named({"cputune"}, {"vcpupin", "emulatorpin", "iothreadpin"}), children_named({}, {"iothreads"})};
+  if (key == "hugepages") return {children_named({"memoryBacking"}, {"hugepages"})};
+  if (key == "looking_glass") return {{{"devices"}, is_looking_glass}};
+  if (key == "graphics")
+    return {children_named({"devices"}, {"graphics"}), {{"devices"}, is_spice_channel}, {{"devices"}, is_virtio_serial}};
+  if (key == "video") return {children_named({"devices"}, {"video"})};
+  if (key == "boot") return {children_named({"os"}, {"boot"})};
+  return {};
+}
+
+// Keys whose part the agent records; the list keys are recorded item by item.
+const std::vector<std::string> kParts = {"type", "memory", "vcpus", "machine", "firmware", "cpu_mode", "hide_kvm", "hyperv_vendor_id",
+                                         "hyperv", "cpu", "pin", "hugepages", "looking_glass", "graphics", "video", "boot"};
+
+using Fragment = std::shared_ptr<pugi::xml_document>;  // a <prior> element and what it holds
+
+Fragment capture(pugi::xml_node dom, const std::vector<Slot>& slots) {
+  auto doc = std::make_shared<pugi::xml_document>();
+  auto prior = doc->append_child("gptagent:prior");
+  for (size_t i = 0; i < slots.size(); ++i) {
+    auto slot = prior.append_child("gptagent:slot");
+    set_attr(slot, "i", std::to_string(i));
+    auto parent = navigate(dom, slots[i].parent, false);
+    if (!parent) continue;
+    if (slots[i].attribute) {
+      if (auto a = parent.attribute(slots[i].attribute)) set_attr(slot, "value", a.value());
+      continue;
+    }
+    for (auto c : parent.children())
+      if (c.type() == pugi::node_element && slots[i].match(c)) slot.append_copy(c);
+  }
+  return doc;
+}
+
+void restore(pugi::xml_node dom, const std::vector<Slot>& slots, const Fragment& prior) {
+  auto saved = prior ? prior->first_child() : pugi::xml_node();
+  for (size_t i = 0; i < slots.size(); ++i) {
+    auto slot = saved.find_child_by_attribute("gptagent:slot", "i", std::to_string(i).c_str());
+    if (slots[i].attribute) {
+      if (auto v = slot.attribute("value")) {
+        set_attr(navigate(dom, slots[i].parent, true), slots[i].attribute, v.value());
+      } else if (auto parent = navigate(dom, slots[i].parent, false)) {
+        parent.remove_attribute(slots[i].attribute);
+      }
+    } else {
+      auto parent = navigate(dom, slots[i].parent, slot.first_child() != nullptr);
+      if (!parent) continue;
+      std::vector<pugi::xml_node> now;
+      for (auto c : parent.children())
+        if (c.type() == pugi::node_element && slots[i].match(c)) now.push_back(c);
+      for (auto c : slot.children()) now.empty() ? parent.append_copy(c) : parent.insert_copy_before(c, now.front());
+      for (auto c : now) parent.remove_child(c);
+    }
+    prune(dom, slots[i].parent);
+  }
+}
+
+struct Owned {
+  std::string kind;  // "part", or an item kind: disk, interface, hostdev, port, evdev, rom
+  std::string id;    // the key, or the item's identity
+  Fragment prior;    // what was there before the agent took it over; null: the agent created it
+};
+
+struct Record {
+  std::vector<Owned> owned;
+  Owned* find(const std::string& kind, const std::string& id) {
+    for (auto& o : owned)
+      if (o.kind == kind && o.id == id) return &o;
+    return nullptr;
+  }
+  void drop(const std::string& kind, const std::string& id) {
+    owned.erase(std::remove_if(owned.begin(), owned.end(), [&](const Owned& o) { return o.kind == kind && o.id == id; }), owned.end());
+  }
+};
+
+pugi::xml_node record_node(pugi::xml_node dom) { return dom.child("metadata").child(kRecord); }
+
+Record read_record(pugi::xml_node dom) {
+  Record r;
+  for (auto e : record_node(dom).children()) {
+    Owned o;
+    if (named(e, "gptagent:part")) {
+      o.kind = "part";
+      o.id = attr(e, "key");
+    } else if (named(e, "gptagent:item")) {
+      o.kind = attr(e, "kind");
+      o.id = attr(e, "id");
+    } else {
+      continue;
+    }
+    if (auto p = e.child("gptagent:prior")) {
+      o.prior = std::make_shared<pugi::xml_document>();
+      o.prior->append_copy(p);
+    }
+    r.owned.push_back(std::move(o));
+  }
+  return r;
+}
+
+// Writes the record into the domain; the element is replaced only when what it says changed.
+void write_record(pugi::xml_node dom, const Record& r) {
+  pugi::xml_document fresh;
+  auto managed = fresh.append_child(kRecord);
+  set_attr(managed, "xmlns:gptagent", kRecordNs);
+  for (const auto& o : r.owned) {
+    auto e = managed.append_child(o.kind == "part" ? "gptagent:part" : "gptagent:item");
+    if (o.kind == "part") {
+      set_attr(e, "key", o.id);
+    } else {
+      set_attr(e, "kind", o.kind);
+      set_attr(e, "id", o.id);
+    }
+    if (o.prior) e.append_copy(o.prior->first_child());
+  }
+  auto old = record_node(dom);
+  if (old && raw(old) == raw(managed)) return;
+  auto metadata = dom.child("metadata");
+  if (old) metadata.remove_child(old);
+  if (r.owned.empty()) {
+    if (metadata && !metadata.first_child()) dom.remove_child(metadata);
+    return;
+  }
+  if (!metadata) metadata = dom.insert_child_after("metadata", dom.child("uuid") ? dom.child("uuid") : dom.child("name"));
+  metadata.append_copy(managed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the playbook asks for
+
+struct DiskWant {
+  std::string path, format, bus, target;  // format, bus, target: empty when not given
+  bool absent = false;
+};
+
+struct NicWant {
+  std::string type, source, mac, model;  // mac, model: empty when not given
+  bool absent = false;
 };
 
 struct Want {
+  std::set<std::string> declared;  // the keys the playbook gives: the only parts of an existing domain managed
+  bool creating = false;           // no domain yet: the parts not declared get the defaults too
   std::string type, name, machine, loader, vars, nvram, cpu_mode, hyperv_vendor_id, video;
   uint64_t memory_kib = 0;
   int vcpus = 0;
   bool hide_kvm = true;
   std::vector<std::string> boot;
   std::vector<Gpu> gpus;
-  int gpu_bus_base = 0;  // the first pcie-root-port index the GPUs sit behind
-  std::vector<Disk> disks;
-  json interfaces, graphics;
+  std::vector<DiskWant> disks;
+  std::vector<NicWant> interfaces;
+  json graphics;
+  std::set<std::string> exclusive;  // lists that hold only what the playbook lists
   // Tuning.
   std::map<std::string, std::pair<std::string, bool>> roms;  // GPU display function -> file, bar
   int sockets = 0, cores = 0, threads = 0;                    // 0: no topology
@@ -331,7 +581,7 @@ struct Want {
   std::vector<std::string> evdev;
   std::vector<std::string> usb;                               // USB controllers passed whole
   std::vector<std::string> warnings;
-  int managed_ports() const { return static_cast<int>(gpus.size() + usb.size()); }
+  bool manages(const std::string& key) const { return creating || declared.count(key); }
 };
 
 std::string hex(int v, int width) {
@@ -340,199 +590,144 @@ std::string hex(int v, int width) {
   return buf;
 }
 
-void set_text(pugi::xml_node parent, const char* name, const std::string& text) {
-  auto n = parent.child(name);
-  if (!n) n = parent.append_child(name);
-  n.text().set(text.c_str());
+// "0000:01:00.0" of a <source><address .../> or a guest <address .../>.
+std::string pci_text(pugi::xml_node a) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%04x:%02x:%02x.%x", a.attribute("domain").as_uint() & 0xffff, a.attribute("bus").as_uint() & 0xff,
+                a.attribute("slot").as_uint() & 0x1f, a.attribute("function").as_uint() & 0x7);
+  return buf;
 }
 
-pugi::xml_node child_or_add(pugi::xml_node parent, const char* name) {
-  auto n = parent.child(name);
-  return n ? n : parent.append_child(name);
+std::optional<uint64_t> kib_of(pugi::xml_node n, const char* default_unit) {
+  std::string unit = attr(n, "unit");
+  if (unit.empty()) unit = default_unit;
+  if (unit == "b" || unit == "bytes") unit = "B";
+  auto bytes = parse_size(std::string(trim(n.text().get())) + unit);
+  if (!bytes) return std::nullopt;
+  return *bytes / 1024;
 }
 
-std::string attr(pugi::xml_node n, const char* name) { return n.attribute(name).value(); }
+// ---------------------------------------------------------------------------------------------
+// The parts, each written only where the domain differs from what is wanted
 
-void set_attr(pugi::xml_node n, const char* name, const std::string& value) {
-  auto a = n.attribute(name);
-  if (!a) a = n.append_attribute(name);
-  a.set_value(value.c_str());
-}
-
-// A kind of device the module manages: the old ones are taken out (their <address> kept by key,
-// so that devices defined again keep their guest address) and the new ones go where the first
-// old one was, so that the XML diff shows a change in place rather than a move.
-struct Managed {
-  pugi::xml_node devices;
-  // Insert before this (null: append): a comment where the first old one was, removed with the
-  // Managed. Not the device after it, which another kind's Managed may remove (freeing the node:
-  // found by fuzzing, the new root ports then silently went missing).
-  pugi::xml_node anchor;
-  std::map<std::string, pugi::xml_document> addresses;
-
-  Managed(pugi::xml_node devs, const std::function<bool(pugi::xml_node)>& managed,
-          const std::function<std::string(pugi::xml_node)>& key = {})
-      : devices(devs) {
-    std::vector<pugi::xml_node> gone;
-    for (auto d : devices.children()) {
-      if (!managed(d)) continue;
-      if (auto a = d.child("address"); a && key) addresses[key(d)].append_copy(a);
-      gone.push_back(d);
-    }
-    if (!gone.empty()) anchor = devices.insert_child_before(pugi::node_comment, gone.front());
-    for (auto d : gone) devices.remove_child(d);
-  }
-  ~Managed() {
-    if (anchor) devices.remove_child(anchor);
-  }
-  Managed(const Managed&) = delete;
-  Managed& operator=(const Managed&) = delete;
-  pugi::xml_node add(const char* name) { return anchor ? devices.insert_child_before(name, anchor) : devices.append_child(name); }
-  void keep_address(pugi::xml_node dev, const std::string& key) {
-    auto it = addresses.find(key);
-    if (it != addresses.end()) dev.append_copy(it->second.first_child());
-  }
-};
-
-// The pcie-root-ports the module adds: one per GPU, then one per USB controller.
-bool is_managed_port(pugi::xml_node c, const Want& w) {
-  if (std::string(c.name()) != "controller" || std::string(c.attribute("type").value()) != "pci" ||
-      std::string(c.attribute("model").value()) != "pcie-root-port")
-    return false;
-  const int index = c.attribute("index").as_int(-1);
-  return index >= w.gpu_bus_base && index < w.gpu_bus_base + w.managed_ports();
-}
-
-bool is_looking_glass(pugi::xml_node d) {
-  return std::string(d.name()) == "shmem" && std::string(d.attribute("name").value()) == "looking-glass";
-}
-bool is_evdev(pugi::xml_node d) { return std::string(d.name()) == "input" && std::string(d.attribute("type").value()) == "evdev"; }
-
-// A host PCI function as a hostdev on guest bus `bus`, slot 0, with the host's function number.
-pugi::xml_node add_hostdev(Managed& hostdevs, const std::string& addr, int bus, int guest_function, bool multifunction) {
-  auto hd = hostdevs.add("hostdev");
-  set_attr(hd, "mode", "subsystem");
-  set_attr(hd, "type", "pci");
-  set_attr(hd, "managed", "yes");
-  set_attr(hd.append_child("driver"), "name", "vfio");
-  auto src = hd.append_child("source").append_child("address");
-  set_attr(src, "domain", "0x" + addr.substr(0, 4));
-  set_attr(src, "bus", "0x" + addr.substr(5, 2));
-  set_attr(src, "slot", "0x" + addr.substr(8, 2));
-  set_attr(src, "function", "0x" + addr.substr(11, 1));
-  auto guest = hd.append_child("address");
-  set_attr(guest, "type", "pci");
-  set_attr(guest, "domain", "0x0000");
-  set_attr(guest, "bus", hex(bus, 2));
-  set_attr(guest, "slot", "0x00");
-  set_attr(guest, "function", hex(guest_function, 1));
-  if (multifunction) set_attr(guest, "multifunction", "on");
-  return hd;
-}
-
-// The Hyper-V enlightenments libvirt users give Windows guests (virt-manager's set and the
-// passthrough guides'), in libvirt's order.
-const std::vector<std::string> kHyperv = {"relaxed", "vapic", "spinlocks", "vpindex", "runtime", "synic", "stimer", "reset", "frequencies"};
-
-// Writes the managed fields into `doc` (the current inactive XML, or an empty one).
-void apply_want(pugi::xml_document& doc, const Want& w) {
-  auto dom = child_or_add(doc, "domain");
-  set_attr(dom, "type", w.type);
-  // Element order matters only to people reading the XML: libvirt reorders on define.
-  set_text(dom, "name", w.name);
+void ensure_memory(pugi::xml_node dom, const Want& w) {
   auto mem = child_or_add(dom, "memory");
-  set_attr(mem, "unit", "KiB");
-  mem.text().set(std::to_string(w.memory_kib).c_str());
-  if (auto cur = dom.child("currentMemory")) {
-    set_attr(cur, "unit", "KiB");
-    cur.text().set(std::to_string(w.memory_kib).c_str());
+  const auto old = kib_of(mem, "KiB");
+  if (old != w.memory_kib) {
+    set_attr(mem, "unit", "KiB");
+    set_text(mem, std::to_string(w.memory_kib));
   }
+  // The current (balloon) size follows when it followed the maximum, or would exceed it.
+  if (auto cur = dom.child("currentMemory")) {
+    const auto kib = kib_of(cur, "KiB");
+    if (kib != w.memory_kib && (kib == old || !kib || *kib > w.memory_kib)) {
+      set_attr(cur, "unit", "KiB");
+      set_text(cur, std::to_string(w.memory_kib));
+    }
+  }
+}
+
+void ensure_vcpus(pugi::xml_node dom, const Want& w) {
   auto vcpu = child_or_add(dom, "vcpu");
   if (!vcpu.attribute("placement")) set_attr(vcpu, "placement", "static");
-  vcpu.text().set(std::to_string(w.vcpus).c_str());
+  if (vcpu.text().as_int() != w.vcpus) set_text(vcpu, std::to_string(w.vcpus));
+  if (vcpu.attribute("current") && vcpu.attribute("current").as_int() > w.vcpus) vcpu.remove_attribute("current");
+}
 
+void ensure_firmware(pugi::xml_node dom, const Want& w) {
   auto os = child_or_add(dom, "os");
   os.remove_attribute("firmware");  // firmware autoselection and an explicit loader exclude each other
-  auto type = child_or_add(os, "type");
-  set_attr(type, "arch", "x86_64");
-  set_attr(type, "machine", w.machine);
-  type.text().set("hvm");
-  os.remove_child("loader");
-  auto loader = os.append_child("loader");
+  auto loader = os.child("loader");
+  if (!loader) loader = os.append_child("loader");
   set_attr(loader, "readonly", "yes");
   set_attr(loader, "type", "pflash");
-  loader.text().set(w.loader.c_str());
-  os.remove_child("nvram");
-  auto nvram = os.append_child("nvram");
+  set_text(loader, w.loader);
+  auto nvram = os.child("nvram");
+  if (!nvram) nvram = os.append_child("nvram");
   set_attr(nvram, "template", w.vars);
-  nvram.text().set(w.nvram.c_str());
-  while (os.remove_child("boot")) {
-  }
-  for (const auto& b : w.boot) set_attr(os.append_child("boot"), "dev", b);
+  set_text(nvram, w.nvram);
+}
 
+void ensure_hyperv(pugi::xml_node dom, const Want& w) {
   auto features = child_or_add(dom, "features");
-  child_or_add(features, "acpi");
-  child_or_add(features, "apic");
-  if (w.hide_kvm) {
-    set_attr(child_or_add(child_or_add(features, "kvm"), "hidden"), "state", "on");
-  } else if (auto kvm = features.child("kvm")) {
-    kvm.remove_child("hidden");
-    if (!kvm.first_child()) features.remove_child(kvm);
-  }
-  // Hyper-V: the enlightenments (all or none) and the vendor_id, each owned by the module.
-  {
-    auto hv = child_or_add(features, "hyperv");
-    for (const auto& e : kHyperv) hv.remove_child(e.c_str());
-    hv.remove_child("vendor_id");
-    if (w.hyperv) {
-      for (const auto& e : kHyperv) {
-        auto n = hv.append_child(e.c_str());
-        set_attr(n, "state", "on");
+  auto hv = features.child("hyperv");
+  if (w.hyperv) {
+    if (!hv) hv = features.append_child("hyperv");
+    for (const auto& e : kHyperv) {
+      auto n = hv.child(e.c_str());
+      if (!n) {
+        n = hv.append_child(e.c_str());
         if (e == "spinlocks") set_attr(n, "retries", "8191");
       }
+      set_attr(n, "state", "on");
+      if (e == "spinlocks" && !n.attribute("retries")) set_attr(n, "retries", "8191");
     }
-    if (!w.hyperv_vendor_id.empty()) {
+    // NVIDIA's drivers before 465 stop with code 43 on Hyper-V's vendor id: another one hides it.
+    const bool nvidia = std::any_of(w.gpus.begin(), w.gpus.end(), [](const Gpu& g) { return g.id.starts_with("10de:"); });
+    if (nvidia && w.hide_kvm && !w.declared.count("hyperv_vendor_id") && !hv.child("vendor_id")) {
       auto vid = hv.append_child("vendor_id");
       set_attr(vid, "state", "on");
-      set_attr(vid, "value", w.hyperv_vendor_id);
+      set_attr(vid, "value", "gptagent");
     }
-    if (hv.first_child() && !hv.attribute("mode")) set_attr(hv, "mode", "custom");
-    if (!hv.first_child() && attr(hv, "mode") != "passthrough") features.remove_child(hv);
-  }
-  {
+    if (!hv.attribute("mode")) set_attr(hv, "mode", "custom");
     // Windows keeps its clock in local time; the Hyper-V clock source goes with the enlightenments.
     auto clock = dom.child("clock");
-    if (w.hyperv && !clock) {
+    if (!clock) {
       clock = dom.append_child("clock");
       set_attr(clock, "offset", "localtime");
     }
-    if (clock) {
-      for (auto t = clock.find_child_by_attribute("timer", "name", "hypervclock"); t;
-           t = clock.find_child_by_attribute("timer", "name", "hypervclock"))
-        clock.remove_child(t);
-      if (w.hyperv) {
-        auto t = clock.append_child("timer");
-        set_attr(t, "name", "hypervclock");
-        set_attr(t, "present", "yes");
-      }
+    if (!clock.find_child(is_hypervclock)) {
+      auto t = clock.append_child("timer");
+      set_attr(t, "name", "hypervclock");
+      set_attr(t, "present", "yes");
     }
+  } else {
+    for (const auto& e : kHyperv)
+      if (hv) hv.remove_child(e.c_str());
+    if (auto clock = dom.child("clock"))
+      while (auto t = clock.find_child(is_hypervclock)) clock.remove_child(t);
+    if (hv && !hv.first_child() && attr(hv, "mode") != "passthrough") features.remove_child(hv);
   }
+}
 
+void ensure_vendor_id(pugi::xml_node dom, const Want& w) {
+  auto features = child_or_add(dom, "features");
+  auto hv = child_or_add(features, "hyperv");
+  auto vid = child_or_add(hv, "vendor_id");
+  set_attr(vid, "state", "on");
+  set_attr(vid, "value", w.hyperv_vendor_id);
+  if (!hv.attribute("mode")) set_attr(hv, "mode", "custom");
+}
+
+void ensure_topology(pugi::xml_node dom, const Want& w) {
   auto cpu = child_or_add(dom, "cpu");
-  set_attr(cpu, "mode", w.cpu_mode);
-  set_attr(cpu, "check", w.cpu_mode == "host-passthrough" ? "partial" : "none");
-  cpu.remove_child("topology");
-  if (w.cores) {
-    auto t = cpu.prepend_child("topology");
+  auto t = cpu.child("topology");
+  if (!t) {
+    t = cpu.prepend_child("topology");
     set_attr(t, "sockets", std::to_string(w.sockets));
     set_attr(t, "dies", "1");
-    set_attr(t, "cores", std::to_string(w.cores));
-    set_attr(t, "threads", std::to_string(w.threads));
   }
+  set_attr(t, "sockets", std::to_string(w.sockets));
+  set_attr(t, "cores", std::to_string(w.cores));
+  set_attr(t, "threads", std::to_string(w.threads));
+}
 
-  // Pinning: vcpupin, emulatorpin and iothreadpin are the module's; other <cputune> settings stay.
-  {
-    auto tune = child_or_add(dom, "cputune");
+std::string cpuset_of(pugi::xml_node n) {
+  auto set = vm::parse_cpuset(attr(n, "cpuset"));
+  return set ? vm::format_cpuset(*set) : attr(n, "cpuset");
+}
+
+// Pinning: vcpupin, emulatorpin and iothreadpin; other <cputune> settings stay.
+void ensure_pins(pugi::xml_node dom, const Want& w) {
+  auto tune = child_or_add(dom, "cputune");
+  std::string have, want;
+  for (auto p : tune.children())
+    if (named(p, "vcpupin") || named(p, "emulatorpin") || named(p, "iothreadpin"))
+      have += std::string(p.name()) + attr(p, "vcpu") + attr(p, "iothread") + "=" + cpuset_of(p) + ";";
+  for (size_t v = 0; v < w.vcpu_pins.size(); ++v) want += "vcpupin" + std::to_string(v) + "=" + std::to_string(w.vcpu_pins[v]) + ";";
+  if (!w.emulator_pin.empty()) want += "emulatorpin=" + w.emulator_pin + ";";
+  if (!w.iothread_pin.empty()) want += "iothreadpin1=" + w.iothread_pin + ";";
+  if (have != want) {
     for (const char* n : {"vcpupin", "emulatorpin", "iothreadpin"})
       while (tune.remove_child(n)) {
       }
@@ -546,254 +741,610 @@ void apply_want(pugi::xml_document& doc, const Want& w) {
       auto pin = tune.append_child("iothreadpin");
       set_attr(pin, "iothread", "1");
       set_attr(pin, "cpuset", w.iothread_pin);
-      auto n = child_or_add(dom, "iothreads");
-      if (n.text().as_int() < 1) n.text().set("1");
     }
-    if (!tune.first_child()) dom.remove_child(tune);
   }
+  if (!w.iothread_pin.empty()) {
+    auto n = child_or_add(dom, "iothreads");
+    if (n.text().as_int() < 1) set_text(n, "1");
+  }
+  if (!tune.first_child()) dom.remove_child(tune);
+}
 
-  // Hugepages: <memoryBacking><hugepages> is the module's; other backing settings stay.
-  {
-    auto backing = child_or_add(dom, "memoryBacking");
-    backing.remove_child("hugepages");
-    if (w.hugepage_kib) {
-      auto hp = backing.prepend_child("hugepages");
+void ensure_hugepages(pugi::xml_node dom, const Want& w) {
+  auto backing = child_or_add(dom, "memoryBacking");
+  auto hp = backing.child("hugepages");
+  if (!w.hugepage_kib) {
+    backing.remove_child(hp);
+  } else {
+    std::optional<uint64_t> have;
+    if (hp) have = 0;
+    if (auto page = hp.child("page")) {
+      auto kib = parse_size(attr(page, "size") + (attr(page, "unit").empty() ? "KiB" : attr(page, "unit")));
+      have = kib ? *kib / 1024 : 0;
+    }
+    if (have != *w.hugepage_kib) {
+      backing.remove_child(hp);
+      hp = backing.prepend_child("hugepages");
       if (*w.hugepage_kib) {
         auto page = hp.append_child("page");
         set_attr(page, "size", std::to_string(*w.hugepage_kib));
         set_attr(page, "unit", "KiB");
       }
     }
-    if (!backing.first_child()) dom.remove_child(backing);
   }
+  if (!backing.first_child()) dom.remove_child(backing);
+}
 
-  auto devices = child_or_add(dom, "devices");
-  // Disks (device='disk' only: CD-ROMs and others are the user's), by target.
-  Managed disks(
-      devices, [](pugi::xml_node d) { return std::string(d.name()) == "disk" && std::string(d.attribute("device").value()) == "disk"; },
-      [](pugi::xml_node d) { return std::string(d.child("target").attribute("dev").value()); });
-  for (const auto& d : w.disks) {
-    auto disk = disks.add("disk");
-    set_attr(disk, "type", "file");
-    set_attr(disk, "device", "disk");
-    auto drv = disk.append_child("driver");
-    set_attr(drv, "name", "qemu");
-    set_attr(drv, "type", d.format);
-    if (!w.iothread_pin.empty() && d.bus == "virtio") set_attr(drv, "iothread", "1");
-    set_attr(disk.append_child("source"), "file", d.path);
-    auto target = disk.append_child("target");
-    set_attr(target, "dev", d.target);
-    set_attr(target, "bus", d.bus);
-    disks.keep_address(disk, d.target);
+// Looking Glass's frame buffer, shared with the host through /dev/shm/looking-glass.
+void ensure_looking_glass(pugi::xml_node devices, const Want& w) {
+  auto m = devices.find_child(is_looking_glass);
+  if (!w.looking_glass_mib) {
+    devices.remove_child(m);
+    return;
   }
-  // Interfaces, by position (their MAC is kept when the playbook gives none).
-  std::vector<std::string> macs;
-  for (auto i : devices.children("interface")) macs.push_back(i.child("mac").attribute("address").value());
-  int position = 0;
-  Managed nics(
-      devices, [](pugi::xml_node d) { return std::string(d.name()) == "interface"; },
-      [&](pugi::xml_node) { return std::to_string(position++); });
-  for (size_t k = 0; k < w.interfaces.size(); ++k) {
-    const json& i = w.interfaces[k];
-    auto nic = nics.add("interface");
-    const bool bridge = i.contains("bridge");
-    set_attr(nic, "type", bridge ? "bridge" : "network");
-    std::string mac = i.contains("mac") ? lower(i["mac"].get<std::string>()) : (k < macs.size() ? macs[k] : "");
-    if (!mac.empty()) set_attr(nic.append_child("mac"), "address", mac);
-    set_attr(nic.append_child("source"), bridge ? "bridge" : "network", i[bridge ? "bridge" : "network"].get<std::string>());
-    set_attr(nic.append_child("model"), "type", i["model"].get<std::string>());
-    nics.keep_address(nic, std::to_string(k));
+  if (!m) {
+    m = devices.append_child("shmem");
+    set_attr(m, "name", "looking-glass");
   }
-  // GPUs: each behind its own pcie-root-port, its functions together on one multifunction slot
-  // with the host's function numbers (display .0, audio .1...), as the walkthrough lays them out.
-  Managed ports(devices, [&](pugi::xml_node d) { return is_managed_port(d, w); });
-  Managed hostdevs(devices, [](pugi::xml_node d) {
-    return std::string(d.name()) == "hostdev" && std::string(d.attribute("type").value()) == "pci";
-  });
-  for (size_t g = 0; g < w.gpus.size(); ++g) {
-    const int bus = w.gpu_bus_base + static_cast<int>(g);
-    auto port = ports.add("controller");
-    set_attr(port, "type", "pci");
-    set_attr(port, "index", std::to_string(bus));
-    set_attr(port, "model", "pcie-root-port");
-    const auto& fns = w.gpus[g].functions;
-    for (const auto& f : fns) {
-      const std::string addr = *parse_pci_address(f);  // DDDD:BB:SS.F
-      const int function = addr[11] - '0';
-      auto hd = add_hostdev(hostdevs, addr, bus, function, function == 0 && fns.size() > 1);
-      if (auto rom = w.roms.find(addr); rom != w.roms.end()) {
-        auto r = hd.insert_child_before("rom", hd.child("address"));
-        set_attr(r, "bar", rom->second.second ? "on" : "off");
-        set_attr(r, "file", rom->second.first);
+  set_attr(child_or_add(m, "model"), "type", "ivshmem-plain");
+  auto size = m.child("size");
+  const auto kib = size ? kib_of(size, "M") : std::nullopt;
+  if (kib != w.looking_glass_mib * 1024) {
+    if (!size) size = m.insert_child_after("size", m.child("model"));
+    set_attr(size, "unit", "M");
+    set_text(size, std::to_string(w.looking_glass_mib));
+  }
+}
+
+// Graphics, and the spice agent's channel with spice.
+void ensure_graphics(pugi::xml_node devices, const Want& w) {
+  const std::string type = w.graphics["type"].get<std::string>();
+  std::vector<pugi::xml_node> all;
+  for (auto g : devices.children("graphics")) all.push_back(g);
+  auto fits = [&](pugi::xml_node g) {
+    if (attr(g, "type") != type) return false;
+    if (w.graphics.contains("port") && (attr(g, "autoport") != "no" || attr(g, "port") != std::to_string(w.graphics["port"].get<int>())))
+      return false;
+    if (!w.graphics.contains("port") && attr(g, "autoport") == "no") return false;
+    if (w.graphics.contains("listen")) {
+      std::string listen = attr(g, "listen");
+      if (listen.empty()) listen = attr(g.child("listen"), "address");
+      if (listen != w.graphics["listen"].get<std::string>()) return false;
+    }
+    return true;
+  };
+  const bool as_wanted = type == "none" ? all.empty() : all.size() == 1 && fits(all[0]);
+  if (!as_wanted) {
+    for (auto g : all) devices.remove_child(g);
+    if (type != "none") {
+      auto gfx = devices.append_child("graphics");
+      set_attr(gfx, "type", type);
+      if (w.graphics.contains("port")) {
+        set_attr(gfx, "port", std::to_string(w.graphics["port"].get<int>()));
+        set_attr(gfx, "autoport", "no");
+      } else {
+        set_attr(gfx, "autoport", "yes");
+      }
+      if (w.graphics.contains("listen")) {
+        const auto listen = w.graphics["listen"].get<std::string>();
+        set_attr(gfx, "listen", listen);
+        auto l = gfx.append_child("listen");
+        set_attr(l, "type", "address");
+        set_attr(l, "address", listen);
       }
     }
   }
-  // Whole USB controllers, each behind a root port of its own after the GPUs'.
-  for (size_t u = 0; u < w.usb.size(); ++u) {
-    const int bus = w.gpu_bus_base + static_cast<int>(w.gpus.size() + u);
-    auto port = ports.add("controller");
-    set_attr(port, "type", "pci");
-    set_attr(port, "index", std::to_string(bus));
-    set_attr(port, "model", "pcie-root-port");
-    add_hostdev(hostdevs, w.usb[u], bus, 0, false);
-  }
-  // Graphics, video, console and the spice agent's channel.
-  Managed graphics(devices, [](pugi::xml_node d) { return std::string(d.name()) == "graphics"; });
-  const std::string gtype = w.graphics["type"].get<std::string>();
-  if (gtype != "none") {
-    auto gfx = graphics.add("graphics");
-    set_attr(gfx, "type", gtype);
-    if (w.graphics.contains("port")) {
-      set_attr(gfx, "port", std::to_string(w.graphics["port"].get<int>()));
-      set_attr(gfx, "autoport", "no");
-    } else {
-      set_attr(gfx, "autoport", "yes");
-    }
-    if (w.graphics.contains("listen")) {
-      const auto listen = w.graphics["listen"].get<std::string>();
-      set_attr(gfx, "listen", listen);
-      auto l = gfx.append_child("listen");
-      set_attr(l, "type", "address");
-      set_attr(l, "address", listen);
-    }
-  }
-  Managed videos(devices, [](pugi::xml_node d) { return std::string(d.name()) == "video"; },
-                 [](pugi::xml_node) { return std::string("video"); });
-  if (w.video != "none") {
-    auto video = videos.add("video");
-    set_attr(video.append_child("model"), "type", w.video);
-    videos.keep_address(video, "video");
-  }
-  if (!devices.child("console")) set_attr(devices.append_child("console"), "type", "pty");
-  Managed channels(devices, [](pugi::xml_node d) {
-    return std::string(d.name()) == "channel" && std::string(d.attribute("type").value()) == "spicevmc";
-  });
-  if (gtype == "spice") {
-    bool serial = false;
-    for (auto c : devices.children("controller")) serial = serial || std::string(c.attribute("type").value()) == "virtio-serial";
-    if (!serial) {
+  if (type == "spice") {
+    if (!devices.find_child(is_virtio_serial)) {
       auto c = devices.append_child("controller");
       set_attr(c, "type", "virtio-serial");
       set_attr(c, "index", "0");
     }
-    auto ch = channels.add("channel");
-    set_attr(ch, "type", "spicevmc");
-    auto t = ch.append_child("target");
-    set_attr(t, "type", "virtio");
-    set_attr(t, "name", "com.redhat.spice.0");
-  }
-  // Looking Glass's frame buffer, shared with the host through /dev/shm/looking-glass.
-  Managed shmem(devices, is_looking_glass, [](pugi::xml_node) { return std::string("lg"); });
-  if (w.looking_glass_mib) {
-    auto m = shmem.add("shmem");
-    set_attr(m, "name", "looking-glass");
-    set_attr(m.append_child("model"), "type", "ivshmem-plain");
-    auto size = m.append_child("size");
-    set_attr(size, "unit", "M");
-    size.text().set(std::to_string(w.looking_glass_mib).c_str());
-    shmem.keep_address(m, "lg");
-  }
-  // Keyboard and mouse handed over whole (evdev); the keyboard's grab takes every input device
-  // and toggles with both Ctrl keys, as libvirt defines it.
-  Managed inputs(devices, is_evdev);
-  for (const auto& path : w.evdev) {
-    auto in = inputs.add("input");
-    set_attr(in, "type", "evdev");
-    auto src = in.append_child("source");
-    set_attr(src, "dev", path);
-    if (ends_with(path, "-event-kbd")) {
-      set_attr(src, "grab", "all");
-      set_attr(src, "repeat", "on");
+    if (!devices.find_child(is_spice_channel)) {
+      auto ch = devices.append_child("channel");
+      set_attr(ch, "type", "spicevmc");
+      auto t = ch.append_child("target");
+      set_attr(t, "type", "virtio");
+      set_attr(t, "name", "com.redhat.spice.0");
     }
+  } else {
+    while (auto ch = devices.find_child(is_spice_channel)) devices.remove_child(ch);
   }
 }
 
-// The managed fields of a domain document as lines of text: what drift is decided on.
-std::string projection(const pugi::xml_document& doc, const Want& w) {
-  std::ostringstream out;
-  auto dom = doc.child("domain");
-  auto os = dom.child("os");
-  out << "type " << attr(dom, "type") << "\nname " << dom.child_value("name") << "\nmemory "
-      << dom.child("memory").text().as_ullong() << " " << attr(dom.child("memory"), "unit") << "\nvcpus " << dom.child("vcpu").text().as_int() << "\nmachine " << attr(os.child("type"), "machine") << "\nloader "
-      << attr(os.child("loader"), "type") << " " << attr(os.child("loader"), "readonly") << " " << os.child_value("loader")
-      << "\nnvram " << attr(os.child("nvram"), "template") << " " << os.child_value("nvram") << "\nboot";
-  for (auto b : os.children("boot")) out << " " << attr(b, "dev");
-  auto f = dom.child("features");
-  out << "\nfeatures" << (f.child("acpi") ? " acpi" : "") << (f.child("apic") ? " apic" : "")
-      << " kvm-hidden=" << attr(f.child("kvm").child("hidden"), "state") << " hyperv-vendor="
-      << attr(f.child("hyperv").child("vendor_id"), "value") << "\ncpu " << attr(dom.child("cpu"), "mode") << " "
-      << attr(dom.child("cpu"), "check") << "\n";
-  // Tuning: only what the module writes; libvirt's additions (dies, clusters, units) do not count.
-  out << "hyperv";
-  for (const auto& e : kHyperv)
-    if (auto n = f.child("hyperv").child(e.c_str())) out << " " << e << "=" << attr(n, "state") << attr(n, "retries");
-  out << "\nhypervclock " << (dom.child("clock").find_child_by_attribute("timer", "name", "hypervclock") ? "yes" : "no");
-  auto topo = dom.child("cpu").child("topology");
-  out << "\ntopology " << attr(topo, "sockets") << "/" << attr(topo, "cores") << "/" << attr(topo, "threads") << "\npins";
-  auto tune = dom.child("cputune");
-  auto cpuset = [](pugi::xml_node n) {
-    auto set = vm::parse_cpuset(attr(n, "cpuset"));
-    return set ? vm::format_cpuset(*set) : attr(n, "cpuset");
-  };
-  for (auto p : tune.children("vcpupin")) out << " " << attr(p, "vcpu") << ":" << cpuset(p);
-  for (auto p : tune.children("emulatorpin")) out << " emulator:" << cpuset(p);
-  for (auto p : tune.children("iothreadpin")) out << " iothread" << attr(p, "iothread") << ":" << cpuset(p);
-  out << "\nhugepages";
-  if (auto hp = dom.child("memoryBacking").child("hugepages")) {
-    out << " on";
-    for (auto page : hp.children("page")) {
-      auto kib = parse_size(attr(page, "size") + (attr(page, "unit").empty() ? "K" : attr(page, "unit")));
-      out << " " << (kib ? *kib / 1024 : 0) << "KiB";
-    }
+// One video device of the model; "none" is libvirt's <model type='none'/>: no emulated display
+// beside a passed-through GPU, and none added by libvirt either.
+void ensure_video(pugi::xml_node devices, const Want& w) {
+  std::vector<pugi::xml_node> all;
+  for (auto v : devices.children("video")) all.push_back(v);
+  if (all.size() == 1 && attr(all[0].child("model"), "type") == w.video) return;
+  auto video = all.empty() ? devices.append_child("video") : devices.insert_child_before("video", all.front());
+  set_attr(video.append_child("model"), "type", w.video);
+  if (!all.empty() && all.front().child("address") && w.video != "none") video.append_copy(all.front().child("address"));
+  for (auto v : all) devices.remove_child(v);
+}
+
+void ensure_boot(pugi::xml_node dom, const Want& w) {
+  auto os = child_or_add(dom, "os");
+  std::vector<std::string> have;
+  for (auto b : os.children("boot")) have.push_back(attr(b, "dev"));
+  if (have == w.boot) return;
+  while (os.remove_child("boot")) {
   }
-  out << "\n";
-  // Devices as a sorted list: libvirt keeps them in an order of its own.
-  std::vector<std::string> lines;
-  auto devices = dom.child("devices");
+  for (const auto& b : w.boot) set_attr(os.append_child("boot"), "dev", b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lists, item by item: an item the playbook lists is ensured (the user's own, when the domain
+// has it, is adopted: its prior form is kept in the record); an item the agent recorded that the
+// playbook no longer lists is given back; the user's other items stay unless the list is exclusive.
+
+Fragment item_prior(pugi::xml_node node) {
+  auto doc = std::make_shared<pugi::xml_document>();
+  doc->append_child("gptagent:prior").append_copy(node);
+  return doc;
+}
+
+// Gives an item back: the user's prior form in its place, or nothing where the agent created it.
+void give_back(pugi::xml_node node, const Owned& o) {
+  if (!node) return;
+  if (o.prior && o.prior->first_child().first_child()) node.parent().insert_copy_before(o.prior->first_child().first_child(), node);
+  node.parent().remove_child(node);
+}
+
+// Takes an item over: records its prior form the first time.
+void own(Record& rec, const std::string& kind, const std::string& id, pugi::xml_node existing) {
+  if (rec.find(kind, id)) return;
+  rec.owned.push_back({kind, id, existing ? item_prior(existing) : nullptr});
+}
+
+struct Items {
+  pugi::xml_node devices;
+  Record& rec;
+  const char* kind;
+  std::function<bool(pugi::xml_node)> is;
+  std::function<std::string(pugi::xml_node)> id;
+  std::vector<std::string> claimed = {};
+
+  pugi::xml_node find(const std::string& key) const {
+    for (auto n : devices.children())
+      if (is(n) && id(n) == key) return n;
+    return {};
+  }
+  void claim(const std::string& key) { claimed.push_back(key); }
+  bool is_claimed(const std::string& key) const { return std::find(claimed.begin(), claimed.end(), key) != claimed.end(); }
+  // After the listed items: the recorded ones not listed go back; with exclusive, the rest go.
+  void finish(bool exclusive) {
+    std::vector<Owned> gone;
+    for (const auto& o : rec.owned)
+      if (o.kind == kind && !is_claimed(o.id)) gone.push_back(o);
+    for (const auto& o : gone) {
+      give_back(find(o.id), o);
+      rec.drop(kind, o.id);
+    }
+    if (!exclusive) return;
+    std::vector<pugi::xml_node> rest;
+    for (auto n : devices.children())
+      if (is(n) && !is_claimed(id(n))) rest.push_back(n);
+    for (auto n : rest) devices.remove_child(n);
+  }
+};
+
+// A new child before the first one `before` takes (libvirt's own order of device kinds), or last.
+pugi::xml_node insert_before(pugi::xml_node parent, const char* name, const std::function<bool(pugi::xml_node)>& before) {
+  auto next = parent.find_child(before);
+  return next ? parent.insert_child_before(name, next) : parent.append_child(name);
+}
+
+bool is_disk(pugi::xml_node d) { return named(d, "disk") && attr(d, "device") == "disk"; }
+std::string disk_source(pugi::xml_node d) {
+  auto s = d.child("source");
+  for (const char* a : {"file", "dev", "name", "volume"})
+    if (s.attribute(a)) return attr(s, a);
+  return "";
+}
+bool is_pci_hostdev(pugi::xml_node d) { return named(d, "hostdev") && attr(d, "type") == "pci"; }
+std::string hostdev_source(pugi::xml_node d) { return pci_text(d.child("source").child("address")); }
+std::string mac_of(pugi::xml_node d) { return lower(attr(d.child("mac"), "address")); }
+
+// A MAC in QEMU's range that stays the same for the same domain and interface: --check and the
+// run that follows agree on it, and so does a run on another controller.
+std::string stable_mac(const std::string& seed) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : seed) h = (h ^ c) * 16777619u;
+  char buf[18];
+  std::snprintf(buf, sizeof buf, "52:54:00:%02x:%02x:%02x", (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff);
+  return buf;
+}
+
+Status merge_disks(pugi::xml_node devices, Want& w, Record& rec) {
+  Items disks{devices, rec, "disk", is_disk, disk_source};
+  std::set<std::string> targets;
+  for (auto d : devices.children("disk")) targets.insert(attr(d.child("target"), "dev"));
+  for (const auto& d : w.disks) {
+    auto node = disks.find(d.path);
+    if (d.absent) {
+      if (node) devices.remove_child(node);
+      rec.drop("disk", d.path);
+      continue;
+    }
+    disks.claim(d.path);
+    if (node && !d.target.empty() && attr(node.child("target"), "dev") != d.target && targets.count(d.target))
+      return Error{"disks: target " + d.target + " of " + d.path + " is already another disk's in domain " + w.name};
+    if (!node) {
+      std::string target = d.target;
+      const std::string bus = d.bus.empty() ? "virtio" : d.bus;
+      if (target.empty()) {
+        const std::string prefix = bus == "virtio" ? "vd" : bus == "ide" ? "hd" : "sd";
+        for (char letter = 'a'; letter <= 'z' && target.empty(); ++letter)
+          if (!targets.count(prefix + letter)) target = prefix + letter;
+        if (target.empty()) return Error{"disks: no free " + prefix + "? target left for " + d.path};
+      } else if (targets.count(target)) {
+        return Error{"disks: target " + target + " of " + d.path + " is already another disk's in domain " + w.name};
+      }
+      targets.insert(target);
+      node = insert_before(devices, "disk", [](pugi::xml_node n) { return !is_disk(n) && !named(n, "emulator"); });
+      set_attr(node, "type", "file");
+      set_attr(node, "device", "disk");
+      auto drv = node.append_child("driver");
+      set_attr(drv, "name", "qemu");
+      set_attr(drv, "type", d.format.empty() ? (ends_with(d.path, ".qcow2") ? "qcow2" : "raw") : d.format);
+      set_attr(node.append_child("source"), "file", d.path);
+      auto t = node.append_child("target");
+      set_attr(t, "dev", target);
+      set_attr(t, "bus", bus);
+      own(rec, "disk", d.path, {});
+    } else {
+      own(rec, "disk", d.path, node);
+      if (!d.format.empty()) {
+        auto drv = node.child("driver");
+        if (!drv) set_attr(drv = node.prepend_child("driver"), "name", "qemu");
+        set_attr(drv, "type", d.format);
+      }
+      if (!d.target.empty()) set_attr(child_or_add(node, "target"), "dev", d.target);
+      if (!d.bus.empty()) set_attr(child_or_add(node, "target"), "bus", d.bus);
+    }
+    if (!w.iothread_pin.empty() && attr(node.child("target"), "bus") == "virtio") set_attr(child_or_add(node, "driver"), "iothread", "1");
+  }
+  disks.finish(w.exclusive.count("disks"));
+  return {};
+}
+
+void merge_interfaces(pugi::xml_node devices, Want& w, Record& rec) {
+  Items nics{devices, rec, "interface", [](pugi::xml_node n) { return named(n, "interface"); }, mac_of};
+  auto source_of = [](pugi::xml_node n) { return attr(n, "type") + ":" + attr(n.child("source"), attr(n, "type") == "bridge" ? "bridge" : "network"); };
+  for (size_t k = 0; k < w.interfaces.size(); ++k) {
+    const auto& i = w.interfaces[k];
+    pugi::xml_node node;
+    if (!i.mac.empty()) {
+      node = nics.find(i.mac);
+    } else {
+      // No MAC given: the agent's own interface on that source first, then the user's.
+      for (int pass = 0; pass < 2 && !node; ++pass)
+        for (auto n : devices.children("interface"))
+          if (source_of(n) == i.type + ":" + i.source && !nics.is_claimed(mac_of(n)) && (pass == 1 || rec.find("interface", mac_of(n)))) {
+            node = n;
+            break;
+          }
+    }
+    if (i.absent) {
+      if (node) {
+        rec.drop("interface", mac_of(node));
+        devices.remove_child(node);
+      }
+      continue;
+    }
+    if (!node) {
+      const std::string mac = !i.mac.empty() ? i.mac : stable_mac(w.name + "/" + i.type + ":" + i.source + "/" + std::to_string(k));
+      node = insert_before(devices, "interface", [](pugi::xml_node n) {
+        return !named(n, "disk") && !named(n, "controller") && !named(n, "filesystem") && !named(n, "emulator") && !named(n, "interface");
+      });
+      set_attr(node, "type", i.type);
+      set_attr(node.append_child("mac"), "address", mac);
+      set_attr(node.append_child("source"), i.type.c_str(), i.source);
+      set_attr(node.append_child("model"), "type", i.model.empty() ? "virtio" : i.model);
+      own(rec, "interface", mac, {});
+      nics.claim(mac);
+      continue;
+    }
+    if (mac_of(node).empty()) set_attr(child_or_add(node, "mac"), "address", stable_mac(w.name + "/" + std::to_string(k)));
+    own(rec, "interface", mac_of(node), node);
+    nics.claim(mac_of(node));
+    if (source_of(node) != i.type + ":" + i.source) {
+      set_attr(node, "type", i.type);
+      auto src = node.child("source");
+      if (src) node.remove_child(src);
+      src = node.child("mac") ? node.insert_child_after("source", node.child("mac")) : node.prepend_child("source");
+      set_attr(src, i.type.c_str(), i.source);
+    }
+    if (!i.model.empty()) set_attr(child_or_add(node, "model"), "type", i.model);
+  }
+  nics.finish(w.exclusive.count("interfaces"));
+}
+
+// A host PCI function as a vfio hostdev at a guest address.
+pugi::xml_node make_hostdev(pugi::xml_node devices, const std::string& addr, int bus, int slot, int function, bool multifunction) {
+  pugi::xml_node last;
+  for (auto n : devices.children("hostdev")) last = n;
+  auto hd = last ? devices.insert_child_after("hostdev", last) : devices.append_child("hostdev");
+  set_attr(hd, "mode", "subsystem");
+  set_attr(hd, "type", "pci");
+  set_attr(hd, "managed", "yes");
+  set_attr(hd.append_child("driver"), "name", "vfio");
+  auto src = hd.append_child("source").append_child("address");
+  set_attr(src, "domain", "0x" + addr.substr(0, 4));
+  set_attr(src, "bus", "0x" + addr.substr(5, 2));
+  set_attr(src, "slot", "0x" + addr.substr(8, 2));
+  set_attr(src, "function", "0x" + addr.substr(11, 1));
+  auto guest = hd.append_child("address");
+  set_attr(guest, "type", "pci");
+  set_attr(guest, "domain", "0x0000");
+  set_attr(guest, "bus", hex(bus, 2));
+  set_attr(guest, "slot", hex(slot, 2));
+  set_attr(guest, "function", hex(function, 1));
+  if (multifunction) set_attr(guest, "multifunction", "on");
+  return hd;
+}
+
+bool is_pci_controller(pugi::xml_node n) { return named(n, "controller") && attr(n, "type") == "pci"; }
+
+// The guest PCI addresses in use: bus, slot, function.
+std::set<std::tuple<unsigned, unsigned, unsigned>> used_addresses(pugi::xml_node devices) {
+  std::set<std::tuple<unsigned, unsigned, unsigned>> used;
   for (auto d : devices.children()) {
-    std::ostringstream out;
-    const std::string name = d.name();
-    if (name == "disk" && attr(d, "device") == "disk") {
-      out << "disk " << attr(d.child("source"), "file") << " " << attr(d.child("driver"), "type") << " "
-          << attr(d.child("target"), "dev") << " " << attr(d.child("target"), "bus") << " iothread="
-          << attr(d.child("driver"), "iothread") << "\n";
-    } else if (name == "interface") {
-      out << "interface " << attr(d, "type") << " " << attr(d.child("source"), "bridge") << attr(d.child("source"), "network")
-          << " " << attr(d.child("mac"), "address") << " " << attr(d.child("model"), "type") << "\n";
-    } else if (name == "hostdev" && attr(d, "type") == "pci") {
-      auto s = d.child("source").child("address");
-      auto g = d.child("address");
-      out << "hostdev " << attr(d, "managed") << " " << attr(d.child("driver"), "name") << " "
-          << s.attribute("domain").as_int() << ":" << s.attribute("bus").as_int() << ":" << s.attribute("slot").as_int() << "."
-          << s.attribute("function").as_int() << " -> " << g.attribute("bus").as_int() << ":" << g.attribute("slot").as_int()
-          << "." << g.attribute("function").as_int() << (attr(g, "multifunction") == "on" ? " multifunction" : "");
-      if (auto rom = d.child("rom")) out << " rom=" << attr(rom, "file") << " bar=" << attr(rom, "bar");
-      out << "\n";
-    } else if (is_managed_port(d, w)) {
-      out << "pcie-root-port " << attr(d, "index") << "\n";
-    } else if (name == "graphics") {
-      std::string listen = attr(d, "listen");
-      if (listen.empty()) listen = attr(d.child("listen"), "address");
-      out << "graphics " << attr(d, "type") << " autoport=" << (attr(d, "autoport") == "no" ? "no port=" + attr(d, "port") : "yes")
-          << " listen=" << listen << "\n";
-    } else if (name == "video") {
-      out << "video " << attr(d.child("model"), "type") << "\n";
-    } else if (name == "console") {
-      out << "console " << attr(d, "type") << "\n";
-    } else if (name == "channel" && attr(d, "type") == "spicevmc") {
-      out << "channel spicevmc\n";
-    } else if (is_looking_glass(d)) {
-      auto size = parse_size(std::string(d.child_value("size")) + (attr(d.child("size"), "unit").empty() ? "M" : attr(d.child("size"), "unit")));
-      out << "shmem looking-glass " << attr(d.child("model"), "type") << " " << (size ? *size >> 20 : 0) << "MiB\n";
-    } else if (is_evdev(d)) {
-      auto src = d.child("source");
-      out << "input evdev " << attr(src, "dev") << " grab=" << attr(src, "grab") << " repeat=" << attr(src, "repeat") << "\n";
-    }
-    lines.push_back(out.str());
+    auto a = d.child("address");
+    if (attr(a, "type") == "pci")
+      used.insert({a.attribute("bus").as_uint(), a.attribute("slot").as_uint(), a.attribute("function").as_uint()});
   }
-  std::sort(lines.begin(), lines.end());
-  for (const auto& l : lines) out << l;
-  return out.str();
+  return used;
+}
+
+bool is_i440fx(const std::string& machine) { return machine.find("i440fx") != std::string::npos || machine == "pc"; }
+
+// GPUs and USB controllers: each a group of host functions that goes to the guest together.
+Status merge_hostdevs(pugi::xml_node dom, pugi::xml_node devices, Want& w, Record& rec) {
+  Items hostdevs{devices, rec, "hostdev", is_pci_hostdev, hostdev_source};
+  std::vector<std::vector<std::string>> groups;
+  for (const auto& g : w.gpus) groups.push_back(g.functions);
+  for (const auto& u : w.usb) groups.push_back({u});
+  // A new bus after every bus the domain names, as a controller or in a device's address (index 0
+  // is the root bus itself).
+  int next_index = 1;
+  for (auto c : devices.children("controller"))
+    if (is_pci_controller(c)) next_index = std::max(next_index, c.attribute("index").as_int() + 1);
+  for (const auto& [bus, slot, function] : used_addresses(devices)) next_index = std::max(next_index, static_cast<int>(bus) + 1);
+  // On a new domain the ports libvirt adds for the other devices come first (one each for disks,
+  // NICs, the virtio-serial and USB controllers and the balloon): no gap of empty ports between.
+  if (w.creating) next_index = std::max(next_index, 1 + static_cast<int>(w.disks.size() + w.interfaces.size()) + 3);
+  for (const auto& functions : groups) {
+    std::vector<std::string> missing;
+    pugi::xml_node present;  // a function of the group the domain has
+    for (const auto& f : functions) {
+      hostdevs.claim(f);
+      if (auto n = hostdevs.find(f)) {
+        own(rec, "hostdev", f, n);
+        if (!present || f.back() == '0') present = n;
+      } else {
+        missing.push_back(f);
+      }
+    }
+    if (missing.empty()) continue;
+    const std::string machine = attr(dom.child("os").child("type"), "machine");
+    if (is_i440fx(machine))
+      return Error{"domain " + w.name + " uses the i440FX chipset (" + machine + "), which has no PCIe root port for " + missing.front() +
+                   ": gptagent does not move an existing domain to q35 (the guest would see a new chipset, and Windows its devices "
+                   "as new hardware); define a new domain with machine: q35 and the same disks instead. Nothing was changed"};
+    // Beside a function the domain already has, on its slot, when those addresses are free;
+    // otherwise behind a new root port of their own.
+    auto used = used_addresses(devices);
+    int bus = -1, slot = 0;
+    if (present && attr(present.child("address"), "type") == "pci") {
+      auto a = present.child("address");
+      bus = a.attribute("bus").as_int();
+      slot = a.attribute("slot").as_int();
+      for (const auto& f : missing)
+        if (used.count({static_cast<unsigned>(bus), static_cast<unsigned>(slot), static_cast<unsigned>(f.back() - '0')})) bus = -1;
+      if (bus >= 0 && functions.size() > 1) {
+        for (const auto& f : functions)
+          if (auto n = hostdevs.find(f); n && f.back() == '0') set_attr(n.child("address"), "multifunction", "on");
+      }
+    }
+    if (bus < 0) {
+      bus = next_index++;
+      slot = 0;
+      auto last_pci = pugi::xml_node();
+      for (auto c : devices.children("controller"))
+        if (is_pci_controller(c)) last_pci = c;
+      auto port = last_pci ? devices.insert_child_after("controller", last_pci) : devices.append_child("controller");
+      set_attr(port, "type", "pci");
+      set_attr(port, "index", std::to_string(bus));
+      set_attr(port, "model", "pcie-root-port");
+      own(rec, "port", std::to_string(bus), {});
+    }
+    const bool whole = present == pugi::xml_node();
+    for (const auto& f : missing) {
+      const int function = f.back() - '0';
+      make_hostdev(devices, f, bus, slot, function, whole && function == 0 && functions.size() > 1);
+      own(rec, "hostdev", f, {});
+    }
+  }
+  hostdevs.finish(w.exclusive.count("hostdevs"));
+  // The root ports the agent added that no device sits behind any more.
+  std::vector<Owned> ports;
+  for (const auto& o : rec.owned)
+    if (o.kind == "port") ports.push_back(o);
+  auto used = used_addresses(devices);
+  for (const auto& o : ports) {
+    const unsigned index = static_cast<unsigned>(std::stoi(o.id));
+    if (std::any_of(used.begin(), used.end(), [&](const auto& a) { return std::get<0>(a) == index; })) continue;
+    for (auto c : devices.children("controller"))
+      if (is_pci_controller(c) && attr(c, "index") == o.id && attr(c, "model") == "pcie-root-port") {
+        devices.remove_child(c);
+        break;
+      }
+    rec.drop("port", o.id);
+  }
+  return {};
+}
+
+// A GPU's ROM file: on its display function's hostdev.
+void merge_roms(pugi::xml_node devices, const Want& w, Record& rec) {
+  Items hostdevs{devices, rec, "hostdev", is_pci_hostdev, hostdev_source};
+  for (const auto& [function, rom] : w.roms) {
+    auto hd = hostdevs.find(function);
+    if (!hd) continue;
+    if (!rec.find("rom", function)) rec.owned.push_back({"rom", function, hd.child("rom") ? item_prior(hd.child("rom")) : nullptr});
+    auto r = hd.child("rom");
+    if (!r) r = hd.child("address") ? hd.insert_child_before("rom", hd.child("address")) : hd.append_child("rom");
+    set_attr(r, "bar", rom.second ? "on" : "off");
+    set_attr(r, "file", rom.first);
+  }
+  std::vector<Owned> gone;
+  for (const auto& o : rec.owned)
+    if (o.kind == "rom" && !w.roms.count(o.id)) gone.push_back(o);
+  for (const auto& o : gone) {
+    if (auto hd = hostdevs.find(o.id)) give_back(hd.child("rom"), o);
+    if (auto hd = hostdevs.find(o.id); hd && o.prior && !hd.child("rom"))
+      hd.child("address") ? hd.insert_copy_before(o.prior->first_child().first_child(), hd.child("address"))
+                          : hd.append_copy(o.prior->first_child().first_child());
+    rec.drop("rom", o.id);
+  }
+}
+
+// Keyboard and mouse handed over whole (evdev); the keyboard's grab takes every input device
+// and toggles with both Ctrl keys, as libvirt defines it.
+void merge_evdev(pugi::xml_node devices, const Want& w, Record& rec) {
+  Items inputs{devices, rec, "evdev", is_evdev, [](pugi::xml_node n) { return attr(n.child("source"), "dev"); }};
+  for (const auto& path : w.evdev) {
+    inputs.claim(path);
+    auto in = inputs.find(path);
+    if (in) {
+      own(rec, "evdev", path, in);
+      if (rec.find("evdev", path)->prior) continue;  // the user's: as they set it
+    } else {
+      pugi::xml_node last;
+      for (auto n : devices.children("input")) last = n;
+      in = last ? devices.insert_child_after("input", last) : devices.append_child("input");
+      set_attr(in, "type", "evdev");
+      set_attr(in.append_child("source"), "dev", path);
+      own(rec, "evdev", path, {});
+    }
+    if (ends_with(path, "-event-kbd")) {
+      set_attr(in.child("source"), "grab", "all");
+      set_attr(in.child("source"), "repeat", "on");
+    }
+  }
+  inputs.finish(w.exclusive.count("evdev"));
+}
+
+// Everything the playbook declares, merged into `doc` (the current inactive XML, or an empty one
+// for a new domain), with the record of what the agent owns updated. Fails before any change
+// where the domain cannot take what is asked.
+Status merge(pugi::xml_document& doc, Want& w) {
+  auto dom = child_or_add(doc, "domain");
+  Record rec = read_record(dom);
+  // Parts given back first, then the priors of newly declared parts, before any part is written
+  // (two parts may share a slot: hyperv and hyperv_vendor_id both hold the vendor_id).
+  for (const auto& key : kParts)
+    if (auto o = rec.find("part", key); o && !w.declared.count(key)) {
+      restore(dom, part_slots(key), o->prior);
+      rec.drop("part", key);
+    }
+  for (const auto& key : kParts) {
+    if (!w.declared.count(key) || rec.find("part", key)) continue;
+    Fragment prior = w.creating ? nullptr : capture(dom, part_slots(key));
+    bool empty = true;
+    if (prior)
+      for (auto s : prior->first_child().children()) empty = empty && !s.first_child() && !s.attribute("value");
+    rec.owned.push_back({"part", key, empty ? nullptr : prior});
+  }
+
+  // With NUMA cells libvirt takes the domain's memory from their sum: another size would be drift
+  // on every run.
+  if (auto numa = dom.child("cpu").child("numa"); numa.child("cell")) {
+    uint64_t kib = 0, cells = 0;
+    for (auto c : numa.children("cell")) {
+      auto bytes = parse_size(attr(c, "memory") + (attr(c, "unit").empty() ? "KiB" : attr(c, "unit")));
+      kib += bytes ? *bytes / 1024 : 0;
+      ++cells;
+    }
+    if (kib != w.memory_kib)
+      return Error{"memory: domain " + w.name + " sets its memory per NUMA node (" + std::to_string(cells) + " <numa> cells, " +
+                   size_text(kib * 1024) + " in all), and libvirt takes that over <memory>: give memory: " + std::to_string(kib / 1024) +
+                   "M, or change the cells in the domain"};
+  }
+  if (w.manages("type")) set_attr(dom, "type", w.type);
+  if (w.creating) set_text(child_or_add(dom, "name"), w.name);
+  ensure_memory(dom, w);
+  if (w.manages("vcpus")) ensure_vcpus(dom, w);
+  auto os = child_or_add(dom, "os");
+  if (w.creating) {
+    auto type = child_or_add(os, "type");
+    set_attr(type, "arch", "x86_64");
+    set_text(type, "hvm");
+  }
+  if (w.manages("machine")) set_attr(child_or_add(os, "type"), "machine", w.machine);
+  if (w.manages("firmware")) {
+    // The nvram stays where it is: the VM's UEFI boot entries and keys live in it.
+    if (!w.declared.count("nvram") && os.child("nvram") && !std::string_view(os.child("nvram").text().get()).empty())
+      w.nvram = std::string(trim(os.child("nvram").text().get()));
+    ensure_firmware(dom, w);
+  }
+  if (w.creating) {
+    auto features = child_or_add(dom, "features");
+    child_or_add(features, "acpi");
+    child_or_add(features, "apic");
+  }
+  if (w.manages("hide_kvm")) {
+    auto features = child_or_add(dom, "features");
+    if (w.hide_kvm) {
+      set_attr(child_or_add(child_or_add(features, "kvm"), "hidden"), "state", "on");
+    } else if (auto kvm = features.child("kvm")) {
+      kvm.remove_child("hidden");
+      if (!kvm.first_child()) features.remove_child(kvm);
+    }
+  }
+  if (w.manages("cpu_mode")) {
+    auto cpu = child_or_add(dom, "cpu");
+    set_attr(cpu, "mode", w.cpu_mode);
+    set_attr(cpu, "check", w.cpu_mode == "host-passthrough" ? "partial" : "none");
+  }
+  if (w.declared.count("cpu")) ensure_topology(dom, w);
+  if (w.declared.count("pin")) ensure_pins(dom, w);
+  if (w.declared.count("hugepages")) ensure_hugepages(dom, w);
+
+  auto devices = child_or_add(dom, "devices");
+  if (auto s = merge_disks(devices, w, rec); !s) return s;
+  merge_interfaces(devices, w, rec);
+  if (auto s = merge_hostdevs(dom, devices, w, rec); !s) return s;
+  merge_roms(devices, w, rec);
+  merge_evdev(devices, w, rec);
+  // hyperv after the hostdevs: the vendor_id it may add depends on the GPUs.
+  if (w.manages("hyperv")) ensure_hyperv(dom, w);
+  if (w.declared.count("hyperv_vendor_id")) ensure_vendor_id(dom, w);
+  if (w.declared.count("looking_glass")) ensure_looking_glass(devices, w);
+  if (w.manages("graphics")) ensure_graphics(devices, w);
+  if (w.manages("video")) ensure_video(devices, w);
+  if (w.creating && !devices.child("console")) set_attr(devices.append_child("console"), "type", "pty");
+  if (w.manages("boot")) {
+    // libvirt refuses <os><boot> beside per-device <boot order>: such a domain orders itself.
+    std::vector<std::string> ordered;
+    for (auto d : devices.children())
+      if (d.child("boot")) {
+        std::string what = attr(d.child("target"), "dev");
+        if (what.empty()) what = attr(d.child("mac"), "address");
+        if (what.empty() && is_pci_hostdev(d)) what = hostdev_source(d);
+        ordered.push_back(std::string(d.name()) + (what.empty() ? "" : " " + what) + " (order " + attr(d.child("boot"), "order") + ")");
+      }
+    if (ordered.empty()) {
+      ensure_boot(dom, w);
+    } else if (w.declared.count("boot")) {
+      return Error{"boot: domain " + w.name + " orders its devices itself (" + join(ordered, ", ") +
+                   "), and libvirt refuses <os><boot> beside that: leave boot: out, or set the order in the domain"};
+    }
+  }
+  write_record(dom, rec);
+  return {};
 }
 
 std::string render(const pugi::xml_document& doc) {
@@ -807,7 +1358,7 @@ std::string render(const pugi::xml_document& doc) {
 // The tuning keys into `w`, checked against the host.
 Status tuning(Context& ctx, const json& args, Want& w) {
   // ROMs: on a GPU's display function; `gpu` may be left out when there is one GPU.
-  for (const auto& r : args["rom"]) {
+  for (const auto& r : args.value("rom", json::array())) {
     std::string gpu;
     if (r.contains("gpu")) {
       gpu = *parse_pci_address(r["gpu"].get<std::string>());
@@ -856,15 +1407,14 @@ Status tuning(Context& ctx, const json& args, Want& w) {
     auto [width, height] = *resolution(args["looking_glass"]["resolution"].get<std::string>());
     w.looking_glass_mib = vm::looking_glass_mib(width, height);
   }
-  w.hyperv = args["hyperv"].get<bool>();
+  w.hyperv = args.value("hyperv", false);
   const bool nvidia = std::any_of(w.gpus.begin(), w.gpus.end(), [](const Gpu& g) { return g.id.starts_with("10de:"); });
-  if (w.hyperv && nvidia && w.hide_kvm && w.hyperv_vendor_id.empty()) w.hyperv_vendor_id = "gptagent";
   if (w.hyperv && nvidia && !w.hide_kvm)
     w.warnings.push_back("hyperv: NVIDIA drivers older than 465 stop with code 43 when they see a hypervisor: "
                          "hide_kvm: false shows KVM to them");
   if (!w.hyperv_vendor_id.empty() && !w.hide_kvm)
     w.warnings.push_back("hyperv_vendor_id hides the hypervisor from NVIDIA drivers only together with hide_kvm: true");
-  for (const auto& p : args["evdev"]) {
+  for (const auto& p : args.value("evdev", json::array())) {
     const std::string path = p.get<std::string>();
     if (!path_exists(ctx.root, path)) return Error{"evdev: " + path + " does not exist (list them: ls /dev/input/by-id/)"};
     w.evdev.push_back(path);
@@ -879,83 +1429,106 @@ Status tuning(Context& ctx, const json& args, Want& w) {
   return {};
 }
 
-Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, const std::string& uri) {
+// What the playbook asks for. `current` is the domain as libvirt has it (empty: none yet): the keys
+// the playbook leaves out are its own, and only a new domain gets their defaults.
+Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, const std::string& uri, const pugi::xml_document& current) {
   Want w;
+  w.creating = !current.child("domain");
+  for (const auto& [key, value] : args.items())
+    if (!value.is_null()) w.declared.insert(key);
+  if (w.declared.count("nvram")) w.declared.insert("firmware");
+  if (w.declared.count("gpus") || w.declared.count("usb_controllers")) w.declared.insert("hostdevs");
+  auto given = [&](const char* key, json fallback) { return args.contains(key) && !args[key].is_null() ? args[key] : fallback; };
   w.name = args["name"].get<std::string>();
-  const std::string type = args["type"].get<std::string>();
-  auto offered = [&](const std::string& t) { return std::find(offer.types.begin(), offer.types.end(), t) != offer.types.end(); };
-  if (type == "auto") {
-    if (ctx.facts.kvm && offered("kvm")) {
-      w.type = "kvm";
-    } else if (offered("qemu")) {
-      w.type = "qemu";
-      spdlog::warn("{}: no /dev/kvm on this host: the domain is defined with type qemu (emulation, slow)", w.name);
-    } else if (!offer.types.empty()) {
-      w.type = offer.types.front();  // a driver with one type of its own, such as test:///
+  if (w.manages("type")) {
+    const std::string type = given("type", "auto").get<std::string>();
+    auto offered = [&](const std::string& t) { return std::find(offer.types.begin(), offer.types.end(), t) != offer.types.end(); };
+    if (type == "auto") {
+      if (ctx.facts.kvm && offered("kvm")) {
+        w.type = "kvm";
+      } else if (offered("qemu")) {
+        w.type = "qemu";
+        spdlog::warn("{}: no /dev/kvm on this host: the domain is defined with type qemu (emulation, slow)", w.name);
+      } else if (!offer.types.empty()) {
+        w.type = offer.types.front();  // a driver with one type of its own, such as test:///
+      } else {
+        return Error{"type: auto: the hypervisor at " + uri + " offers no x86_64 hvm guests"};
+      }
     } else {
-      return Error{"type: auto: the hypervisor at " + uri + " offers no x86_64 hvm guests"};
+      if (!offer.types.empty() && !offered(type))
+        return Error{"type: " + type + ": the hypervisor at " + uri + " offers " + join(offer.types, ", ")};
+      w.type = type;
     }
   } else {
-    if (!offer.types.empty() && !offered(type))
-      return Error{"type: " + type + ": the hypervisor at " + uri + " offers " + join(offer.types, ", ")};
-    w.type = type;
+    w.type = attr(current.child("domain"), "type");
   }
-  auto machine = choose_machine(args["machine"].get<std::string>(), offer, uri);
-  if (!machine) return Error{machine.error()};
-  w.machine = *machine;
-  if (w.machine.find("i440fx") != std::string::npos || w.machine == "pc")
-    return Error{"machine: " + w.machine + " is the i440FX chipset, which has no PCIe for a GPU: use q35 (pc-q35-4.2 or newer)"};
-  // The walkthrough's floor: older q35 machine types lack what GPU guests rely on.
-  if (w.machine.starts_with("pc-q35-") && machine_version(w.machine) < std::vector<int>{4, 2})
-    return Error{"machine: " + w.machine + " is older than pc-q35-4.2, the oldest q35 machine type for GPU passthrough"};
-  auto fw = choose_firmware(ctx.root, args["firmware"]);
-  if (!fw) return Error{fw.error()};
-  w.loader = fw->first;
-  w.vars = fw->second;
-  w.nvram = args.contains("nvram") && !args["nvram"].is_null() ? args["nvram"].get<std::string>()
-                                                               : "/var/lib/libvirt/qemu/nvram/" + w.name + "_VARS.fd";
+  if (w.manages("machine")) {
+    auto machine = choose_machine(given("machine", "auto").get<std::string>(), offer, uri);
+    if (!machine) return Error{machine.error()};
+    w.machine = *machine;
+    if (is_i440fx(w.machine))
+      return Error{"machine: " + w.machine + " is the i440FX chipset, which has no PCIe for a GPU: use q35 (pc-q35-4.2 or newer)"};
+    // The walkthrough's floor: older q35 machine types lack what GPU guests rely on.
+    if (w.machine.starts_with("pc-q35-") && machine_version(w.machine) < std::vector<int>{4, 2})
+      return Error{"machine: " + w.machine + " is older than pc-q35-4.2, the oldest q35 machine type for GPU passthrough"};
+  }
+  if (w.manages("firmware")) {
+    auto fw = choose_firmware(ctx.root, given("firmware", json::object()));
+    if (!fw) return Error{fw.error()};
+    w.loader = fw->first;
+    w.vars = fw->second;
+    w.nvram = given("nvram", "/var/lib/libvirt/qemu/nvram/" + w.name + "_VARS.fd").get<std::string>();
+  }
   w.memory_kib = size_kib(args["memory"]);
-  w.vcpus = args["vcpus"].get<int>();
-  std::string mode = args["cpu_mode"].get<std::string>();
+  w.vcpus = given("vcpus", 2).get<int>();
+  std::string mode = given("cpu_mode", "auto").get<std::string>();
   if (mode == "auto") mode = w.type == "qemu" ? "maximum" : "host-passthrough";  // TCG has no host CPU to pass
   w.cpu_mode = mode;
-  w.hide_kvm = args["hide_kvm"].get<bool>();
-  if (args.contains("hyperv_vendor_id") && !args["hyperv_vendor_id"].is_null())
-    w.hyperv_vendor_id = args["hyperv_vendor_id"].get<std::string>();
-  for (const auto& b : args["boot"]) w.boot.push_back(b.get<std::string>());
-  if (args.contains("gpus") && !args["gpus"].is_null()) {
+  w.hide_kvm = given("hide_kvm", true).get<bool>();
+  if (w.declared.count("hyperv_vendor_id")) w.hyperv_vendor_id = args["hyperv_vendor_id"].get<std::string>();
+  for (const auto& b : given("boot", json::array({"hd"}))) w.boot.push_back(b.get<std::string>());
+  if (w.declared.count("gpus")) {
     auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
     if (!gpus) return Error{gpus.error()};
     w.gpus = *gpus;
   }
-  int letter = 0;
-  for (const auto& d : args["disks"]) {
-    Disk disk;
+  for (const auto& d : given("disks", json::array())) {
+    DiskWant disk;
     disk.path = d.is_string() ? d.get<std::string>() : d["path"].get<std::string>();
     if (disk.path.empty() || disk.path[0] != '/') return Error{"disks: '" + disk.path + "' is not an absolute path"};
-    disk.format = d.is_object() && d.contains("format") ? d["format"].get<std::string>() : (ends_with(disk.path, ".qcow2") ? "qcow2" : "raw");
-    disk.bus = d.is_object() && d.contains("bus") ? d["bus"].get<std::string>() : "virtio";
-    const std::string prefix = disk.bus == "virtio" ? "vd" : "sd";
-    disk.target = d.is_object() && d.contains("target") ? d["target"].get<std::string>() : prefix + static_cast<char>('a' + letter);
-    ++letter;
+    if (d.is_object()) {
+      disk.format = d.value("format", "");
+      disk.bus = d.value("bus", "");
+      disk.target = d.value("target", "");
+      disk.absent = d.value("state", "present") == "absent";
+    }
     w.disks.push_back(disk);
   }
-  w.interfaces = args["interfaces"];
-  w.graphics = args["graphics"];
+  for (const auto& i : given("interfaces", json::array())) {
+    NicWant nic;
+    nic.type = i.contains("bridge") ? "bridge" : "network";
+    nic.source = i[nic.type].get<std::string>();
+    nic.mac = lower(i.value("mac", ""));
+    nic.model = i.value("model", "");
+    nic.absent = i.value("state", "present") == "absent";
+    w.interfaces.push_back(nic);
+  }
+  w.graphics = given("graphics", json::object());
   if (!w.graphics.contains("type")) w.graphics["type"] = "spice";
-  w.video = args["video"].get<std::string>();
+  w.video = given("video", "vga").get<std::string>();
+  const json exclusive = given("exclusive", false);
+  for (const char* list : {"disks", "interfaces", "hostdevs", "evdev"})
+    if ((exclusive.is_boolean() && exclusive.get<bool>() && w.declared.count(list)) ||
+        (exclusive.is_array() && std::find(exclusive.begin(), exclusive.end(), list) != exclusive.end()))
+      w.exclusive.insert(list);
   if (auto t = tuning(ctx, args, w); !t) return Error{t.error()};
-  // Root ports libvirt adds for the other devices come first (one each for disks, NICs, the
-  // virtio-serial and USB controllers and the balloon); the GPUs' ports follow them, so that no
-  // gap of empty ports is filled in between.
-  w.gpu_bus_base = 1 + static_cast<int>(w.disks.size() + w.interfaces.size()) + 3;
   return w;
 }
 
-// The nvram file, from the template, when it does not exist yet (never replaced: the VM's UEFI
-// settings live in it).
+// The nvram file, from the template, when the agent sets the domain's nvram and the file does not
+// exist yet (never replaced: the VM's UEFI settings live in it).
 Expected<bool> ensure_nvram(Context& ctx, const Want& w, bool apply) {
-  if (path_exists(ctx.root, w.nvram)) return false;
+  if (!w.manages("firmware") || path_exists(ctx.root, w.nvram)) return false;
   if (!apply) return true;
   auto vars = read_file(ctx.root, w.vars, 64u << 20);
   if (!vars) return Error{"cannot read the firmware variables template: " + vars.error()};
@@ -1041,24 +1614,22 @@ Result converge(Context& ctx, const json& args, bool apply) {
 
   auto caps = conn->capabilities();
   if (!caps) return Result::failed(caps.error());
-  auto want = want_from(ctx, args, read_capabilities(*caps), conn->uri());
-  if (!want) return Result::failed(want.error());
-
   pugi::xml_document current;
   if (dom) {
     auto xml = dom->xml(true);
     if (!xml) return Result::failed(xml.error());
     if (!current.load_string(xml->c_str())) return Result::failed("libvirt returned XML that does not parse for domain " + name);
   }
+  auto want = want_from(ctx, args, read_capabilities(*caps), conn->uri(), current);
+  if (!want) return Result::failed(want.error());
   pugi::xml_document desired;
   desired.reset(current);
-  apply_want(desired, *want);
+  if (auto merged = merge(desired, *want); !merged) return Result::failed(merged.error());
 
   std::vector<std::string> done;
   Result r = Result::ok();
-  const std::string before = dom ? projection(current, *want) : "";
-  const std::string after = projection(desired, *want);
-  const bool redefine = before != after;
+  // Every node the merge leaves alone renders as it was: any difference is a change it made.
+  const bool redefine = !dom || render(current) != render(desired);
   virt::State run = virt::State::shutoff;
   if (dom) {
     auto st = dom->state();
@@ -1159,8 +1730,19 @@ Result converge(Context& ctx, const json& args, bool apply) {
     done.push_back("the running domain keeps its old configuration until it is shut down");
   }
 
-  r.data = {{"name", name},      {"uri", conn->uri()},     {"type", want->type},   {"machine", want->machine},
-            {"loader", want->loader}, {"nvram", want->nvram}, {"state", state}};
+  // As defined (or to be): the values the domain keeps where the playbook leaves them out.
+  auto os = desired.child("domain").child("os");
+  const std::string machine = attr(os.child("type"), "machine");
+  r.data = {{"name", name},
+            {"uri", conn->uri()},
+            {"type", attr(desired.child("domain"), "type")},
+            {"machine", machine},
+            {"loader", std::string(trim(os.child_value("loader")))},
+            {"nvram", std::string(trim(os.child_value("nvram")))},
+            {"state", state},
+            {"managed", json::array()}};
+  for (const auto& o : read_record(desired.child("domain")).owned)
+    r.data["managed"].push_back(o.kind == "part" ? o.id : o.kind + " " + o.id);
   json hostdevs = json::array();
   for (const auto& g : want->gpus)
     for (const auto& f : g.functions) hostdevs.push_back(f);
@@ -1170,7 +1752,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   if (!want->warnings.empty()) r.data["warnings"] = want->warnings;
   for (const auto& w : want->warnings) spdlog::warn("domain {}: {}", name, w);
   if (done.empty()) {
-    r.msg = "domain " + name + " is as wanted (" + want->machine + ", " + std::to_string(hostdevs.size()) + " host devices, " +
+    r.msg = "domain " + name + " is as wanted (" + machine + ", " + std::to_string(hostdevs.size()) + " host devices, " +
             virt::state_name(run) + ")" + warnings;
     return r;
   }

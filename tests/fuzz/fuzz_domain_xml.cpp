@@ -1,14 +1,17 @@
-// libvirt_domain's XML side (modules/libvirt_domain.cpp): the managed fields written into the
-// domain's current XML (apply_want), the projection drift is decided on, and the capabilities
+// libvirt_domain's XML side (modules/libvirt_domain.cpp): the declared keys merged into the
+// domain's current XML (merge, with the ownership record in <metadata>) and the capabilities
 // reader. Those functions live in the module's anonymous namespace, so this target compiles the
 // module's source itself (tests/fuzz/CMakeLists.txt links every other object of the core).
 //
-// The first input byte picks the wanted domain (GPUs, disks, NICs, graphics, tuning); the rest is
-// the current inactive XML as libvirt would return it, and also a capabilities document.
-// Properties, for an XML that parses (converge refuses others with a message):
+// The first input byte picks the wanted domain (GPUs, disks, NICs, graphics, tuning), its last byte
+// which keys the playbook declares; the rest is the current inactive XML as libvirt would return
+// it, and also a capabilities document. Properties, for an XML that parses (converge refuses
+// others with a message):
 //  - the desired document renders as XML that parses again;
-//  - once that is defined, the next run sees no drift: writing the managed fields into the
-//    re-parsed desired document leaves its projection as it was, and equal to the desired one;
+//  - once that is defined, the next run sees no drift: merging again into the re-parsed desired
+//    document renders exactly as it;
+//  - giving every key back (a playbook that declares none of them) and merging again is also
+//    stable;
 //  - nothing crashes: the diff, the capabilities, the machine type chosen from them.
 #include "modules/libvirt_domain.cpp"
 
@@ -18,7 +21,7 @@
 
 namespace {
 
-gpt::Want wanted(uint8_t b) {
+gpt::Want wanted(uint8_t b, uint8_t keys) {
   gpt::Want w;
   w.type = (b & 1) ? "kvm" : "qemu";
   w.name = "gpuvm";
@@ -35,17 +38,17 @@ gpt::Want wanted(uint8_t b) {
   for (int g = 0; g < gpus && g < 2; ++g) {
     gpt::Gpu gpu;
     gpu.address = g == 0 ? "0000:01:00.0" : "0000:02:00.0";
+    gpu.id = "10de:1b80";
     gpu.functions = {gpu.address, gpu.address.substr(0, 11) + "1"};
     w.gpus.push_back(gpu);
   }
   if (b & 0x20) {
-    w.disks.push_back({"/var/lib/libvirt/images/gpuvm.qcow2", "qcow2", "virtio", "vda"});
-    w.disks.push_back({"/dev/sdb", "raw", "sata", "sdb"});
+    w.disks.push_back({"/var/lib/libvirt/images/gpuvm.qcow2", "qcow2", "virtio", "", false});
+    w.disks.push_back({"/dev/sdb", "raw", "sata", "sdb", false});
   }
-  w.interfaces = nlohmann::json::array();
   if (b & 0x40) {
-    w.interfaces.push_back({{"network", "default"}, {"model", "virtio"}});
-    w.interfaces.push_back({{"bridge", "br0"}, {"model", "e1000e"}, {"mac", "52:54:00:12:34:56"}});
+    w.interfaces.push_back({"network", "default", "", "virtio", false});
+    w.interfaces.push_back({"bridge", "br0", "52:54:00:12:34:56", "e1000e", false});
   }
   w.graphics = (b & 0x80) ? nlohmann::json{{"type", "vnc"}, {"port", 5901}, {"listen", "127.0.0.1"}}
                           : nlohmann::json{{"type", (b & 4) ? "none" : "spice"}};
@@ -62,8 +65,27 @@ gpt::Want wanted(uint8_t b) {
     w.evdev = {"/dev/input/by-id/usb-kbd-event-kbd"};
     if (!w.gpus.empty()) w.roms[w.gpus[0].address] = {"/usr/share/vgabios/gpu.rom", false};
   }
-  w.gpu_bus_base = 1 + static_cast<int>(w.disks.size() + w.interfaces.size()) + 3;
+  // Which keys are declared: all of them, or a part picked by the second byte.
+  const std::vector<std::vector<std::string>> groups = {
+      {"type", "machine", "firmware", "cpu_mode"}, {"vcpus", "hide_kvm", "boot"},    {"gpus", "hostdevs", "rom"},
+      {"disks", "interfaces"},                     {"graphics", "video"},            {"hyperv", "hyperv_vendor_id"},
+      {"cpu", "pin", "hugepages"},                 {"looking_glass", "evdev"}};
+  w.declared = {"memory"};
+  for (size_t g = 0; g < groups.size(); ++g)
+    if (keys & (1u << g)) w.declared.insert(groups[g].begin(), groups[g].end());
+  if (!w.declared.count("gpus")) w.gpus.clear(), w.roms.clear();
+  if (!w.declared.count("disks")) w.disks.clear(), w.interfaces.clear();
+  if (!w.declared.count("looking_glass")) w.looking_glass_mib = 0, w.evdev.clear();
+  if (b & 0x04) w.exclusive = {"disks", "hostdevs"};
   return w;
+}
+
+std::string merged(const std::string& xml, gpt::Want w) {
+  pugi::xml_document doc;
+  if (!doc.load_string(xml.c_str())) return "";
+  w.creating = !doc.child("domain");
+  if (!gpt::merge(doc, w)) return "";
+  return gpt::render(doc);
 }
 
 }  // namespace
@@ -71,7 +93,6 @@ gpt::Want wanted(uint8_t b) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using gpt::fuzz::check;
   if (size < 1) return 0;
-  const gpt::Want w = wanted(data[0]);
   const std::string xml = gpt::fuzz::text_of(data + 1, size - 1);
 
   // The capabilities reader and the machine type chosen from them.
@@ -81,30 +102,34 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)gpt::choose_machine("auto", offer, "test:///default");
   (void)gpt::choose_machine("q35", offer, "test:///default");
 
-  // As converge does: the current XML, the desired one, their projections and the diff.
+  // As converge does: the current XML, the desired one, the diff.
   pugi::xml_document current;
   if (!current.load_string(xml.c_str())) return 0;
+  gpt::Want w = wanted(data[0], data[size - 1]);
+  w.creating = !current.child("domain");
   pugi::xml_document desired;
   desired.reset(current);
-  gpt::apply_want(desired, w);
-  const std::string before = gpt::projection(current, w);
-  const std::string after = gpt::projection(desired, w);
+  if (!gpt::merge(desired, w)) return 0;  // refused, with a message: nothing to define
   const std::string rendered = gpt::render(desired);
   (void)gpt::unified_diff(gpt::render(current), rendered, "domain gpuvm (libvirt XML)");
 
-  // Defined, then converged again.
+  // Defined, then converged again: no drift.
   pugi::xml_document defined;
   const auto parsed = defined.load_string(rendered.c_str());
   check(bool(parsed), std::string("the desired XML does not parse: ") + parsed.description() + "\n" + rendered);
-  const std::string defined_projection = gpt::projection(defined, w);
-  check(defined_projection == after, "the desired XML reads differently once rendered:\n--- desired\n" + after +
-                                         "--- rendered and parsed\n" + defined_projection);
-  pugi::xml_document again;
-  again.reset(defined);
-  gpt::apply_want(again, w);
-  const std::string again_projection = gpt::projection(again, w);
-  check(again_projection == defined_projection, "a defined domain drifts on the next run:\n--- defined\n" +
-                                                    defined_projection + "--- wanted again\n" + again_projection);
-  (void)before;
+  const std::string again = merged(rendered, w);
+  check(again == rendered, "a defined domain drifts on the next run:\n--- defined\n" + rendered + "--- merged again\n" + again);
+
+  // Every key given back, then again: stable too.
+  gpt::Want none = w;
+  none.declared = {"memory"};
+  none.gpus.clear(), none.roms.clear(), none.disks.clear(), none.interfaces.clear(), none.evdev.clear(), none.exclusive.clear();
+  none.looking_glass_mib = 0;
+  const std::string released = merged(rendered, none);
+  if (!released.empty()) {
+    const std::string released_again = merged(released, none);
+    check(released_again == released, "a released domain drifts on the next run:\n--- released\n" + released +
+                                          "--- merged again\n" + released_again);
+  }
   return 0;
 }

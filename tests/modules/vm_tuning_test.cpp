@@ -327,8 +327,18 @@ TEST(VmTuning, ATunedDomainConvergesAndEachManagedFieldIsRepaired) {
       {"<stimer state='on'/>", ""},
       {"<timer name='hypervclock' present='yes'/>", ""},
       {" grab='all' repeat='on'/>", "/>"},
-      {"<vendor_id state='on' value='gptagent'/>", "<vendor_id state='on' value='other'/>"},
   };
+  // The vendor_id hyperv: true chose is a default, not a key of the playbook: the user's own stays.
+  {
+    const std::string now = lv.xml("gamevm");
+    std::string edited = now;
+    const std::string from = "<vendor_id state='on' value='gptagent'/>";
+    ASSERT_TRUE(has(now, from)) << now;
+    edited.replace(edited.find(from), from.size(), "<vendor_id state='on' value='other'/>");
+    ASSERT_TRUE(lv.conn.define(edited).ok());
+    EXPECT_EQ(test::converge_root(host.root(), pb, true).exit_code, 0);
+    ASSERT_TRUE(lv.conn.define(now).ok());
+  }
   for (const auto& [from, to] : edits) {
     const std::string now = lv.xml("gamevm");
     ASSERT_TRUE(has(now, from)) << from << "\n" << now;
