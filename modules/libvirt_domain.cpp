@@ -1539,6 +1539,47 @@ Expected<bool> ensure_nvram(Context& ctx, const Want& w, bool apply) {
   return true;
 }
 
+// Looking Glass's tmpfiles.d entry. The file the client's documentation tells users to write has
+// this very name: theirs is merged (their other lines kept, the /dev/shm/looking-glass line made to
+// give the declared user and group, and said), ours is written whole.
+struct TmpfilesMerge {
+  std::string text, note;
+};
+TmpfilesMerge looking_glass_tmpfiles(const std::string& text, const std::string& domain, const std::string& user,
+                                     const std::string& group) {
+  const std::string header = "# Managed by gptagent: Looking Glass's shared memory";
+  const std::string line = "f /dev/shm/looking-glass 0660 " + user + " " + group + " -";
+  if (text.empty() || text.starts_with(header))
+    return {header + " for domain " + domain + ", readable by its client\n" + line + "\n", ""};
+  std::string out, note;
+  bool found = false;
+  int number = 0;
+  for (std::string_view l : lines(text)) {
+    ++number;
+    const auto w = words(l, true);
+    if (w.size() >= 2 && w[1] == "/dev/shm/looking-glass") {
+      const bool same = w.size() >= 5 && w[0] == "f" && w[2] == "0660" && w[3] == user && w[4] == group;
+      if (found) {
+        note += (note.empty() ? "" : "; ") + std::string("dropped the duplicate line ") + std::to_string(number) + " '" + std::string(l) + "'";
+        continue;
+      }
+      found = true;
+      if (!same) {
+        note += (note.empty() ? "" : "; ") + std::string("line ") + std::to_string(number) + " '" + std::string(l) + "' now gives " + user + ":" + group;
+        out += line + "\n";
+        continue;
+      }
+    }
+    out += std::string(l) + "\n";
+  }
+  if (!found) {
+    out += line + "\n";
+    note = "added '" + line + "' to the user's file";
+  }
+  if (note.empty()) return {text, ""};  // theirs already says it: byte for byte as it is
+  return {out, note};
+}
+
 // Hugepages for the domain: the memory in whole pages; enough of them free when the domain is
 // (re)defined or started while not running; with reserve, vm.nr_hugepages raised by what is
 // missing, persisted in sysctl.d and applied now.
@@ -1649,10 +1690,11 @@ Result converge(Context& ctx, const json& args, bool apply) {
     const std::string user = lg["user"].get<std::string>(), group = lg["group"].get<std::string>();
     if (auto ok = vm::check_owner(ctx.root, user, group); !ok) return Result::failed("looking_glass: " + ok.error());
     const std::string conf = "/etc/tmpfiles.d/10-looking-glass.conf";
-    if (auto s = host_files.write(conf, "# Managed by gptagent: Looking Glass's shared memory for domain " + name +
-                                            ", readable by its client\nf /dev/shm/looking-glass 0660 " + user + " " + group + " -\n");
-        !s)
-      return Result::failed("looking_glass: " + s.error());
+    auto text = read_file_if_exists(ctx.root, conf);
+    if (!text) return Result::failed("looking_glass: " + text.error());
+    auto merged = looking_glass_tmpfiles(text->value_or(""), name, user, group);
+    host_files.write(conf, *text, merged.text);
+    if (!merged.note.empty()) want->warnings.push_back(conf + ": " + merged.note);
     host_commands.push_back({Command{{"systemd-tmpfiles", "--create", conf}}, "created /dev/shm/looking-glass"});
   }
   if (redefine) {

@@ -366,6 +366,31 @@ TEST(VmTuning, ATunedDomainConvergesAndEachManagedFieldIsRepaired) {
   EXPECT_EQ(test::converge_root(host.root(), tuned("test:///default", ""), false).tasks.back().result.status, Outcome::ok);
 }
 
+TEST(VmTuning, TheUsersLookingGlassTmpfilesLineIsMergedNeverReplaced) {
+  TunedHost host;
+  TestDriver lv;
+  const std::string pb = tuned("test:///default", "      looking_glass: {resolution: 1920x1080, user: alice}\n");
+  const std::string conf = host.file("/etc/tmpfiles.d/10-looking-glass.conf");
+  // The file Looking Glass's documentation has users write, for another user, among their lines.
+  test::write(conf, "# Looking Glass\nd /run/lg-logs 0755 root root -\nf /dev/shm/looking-glass 0660 bob kvm -\n");
+  auto first = test::converge_root(host.root(), pb, false);
+  ASSERT_EQ(first.tasks.back().result.status, Outcome::changed) << first.tasks.back().result.msg;
+  EXPECT_EQ(slurp(conf), "# Looking Glass\nd /run/lg-logs 0755 root root -\nf /dev/shm/looking-glass 0660 alice kvm -\n");
+  EXPECT_TRUE(has(first.tasks.back().result.msg,
+                  "/etc/tmpfiles.d/10-looking-glass.conf: line 3 'f /dev/shm/looking-glass 0660 bob kvm -' now gives alice:kvm"))
+      << first.tasks.back().result.msg;
+  EXPECT_EQ(test::converge_root(host.root(), pb, false).tasks.back().result.status, Outcome::ok);
+
+  // A user's file that already says it is left byte for byte (no final newline either).
+  TunedHost other;
+  const std::string theirs = "f /dev/shm/looking-glass 0660 alice kvm -";
+  test::write(other.file("/etc/tmpfiles.d/10-looking-glass.conf"), theirs);
+  auto r = test::converge_root(other.root(), pb, false);
+  ASSERT_NE(r.tasks.back().result.status, Outcome::failed) << r.tasks.back().result.msg;
+  EXPECT_EQ(slurp(other.file("/etc/tmpfiles.d/10-looking-glass.conf")), theirs);
+  EXPECT_FALSE(has(r.tasks.back().result.msg, "10-looking-glass.conf")) << r.tasks.back().result.msg;
+}
+
 TEST(VmTuning, EachCheckRefusesWithItsReasonAndDefinesNothing) {
   TunedHost host;
   TestDriver lv;
