@@ -1,7 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+
 #include <boost/process.hpp>
 
+#include "agent/facts.hpp"
+#include "agent/text.hpp"
 #include "tests/support/converge.hpp"
 
 namespace gpt {
@@ -405,6 +412,116 @@ TEST(Vfio, NoInitramfsToolIsSaidNotHidden) {
   Host h("6.1.0-18-amd64", "");
   auto r = test::converge_root(h.d.path(), "tasks:\n  - vfio: {load: false}\n", false);
   EXPECT_NE(r.tasks[0].result.msg.find("no update-initramfs, dracut or mkinitcpio found"), std::string::npos);
+}
+
+// ---- the corpus: real modprobe.d files (tests/fixtures/modprobe/SOURCES.md says whose) ----
+
+// The lines of a text without their '\n', the agent's marked block left out.
+std::vector<std::string> user_lines(const std::string& text) {
+  std::vector<std::string> out;
+  bool block = false;
+  for (std::string_view l : lines(text)) {
+    if (trim(l).starts_with("# BEGIN gptagent")) block = true;
+    if (!block) out.emplace_back(l);
+    if (trim(l).starts_with("# END gptagent")) block = false;
+  }
+  return out;
+}
+
+bool vfio_pci_options(std::string_view line) {
+  auto w = words(line, true);
+  return w.size() >= 2 && w[0] == "options" && module_name(w[1]) == "vfio_pci";
+}
+
+// The ids of every `options vfio-pci ... ids=` command in force in a modprobe.d text, as modprobe
+// reads it (a backslash joins lines; '#' lines are none), one list per command, lowercased.
+std::vector<std::vector<std::string>> ids_commands(const std::string& text) {
+  std::vector<std::vector<std::string>> out;
+  std::string joined;
+  for (std::string_view l : lines(text)) {
+    if (l.ends_with('\\')) {
+      joined += l.substr(0, l.size() - 1);
+      continue;
+    }
+    joined += l;
+    auto w = words(joined, true);
+    joined.clear();
+    if (w.size() < 3 || w[0] != "options" || module_name(w[1]) != "vfio_pci") continue;
+    std::optional<std::vector<std::string>> ids;
+    for (std::string word : w) {
+      word.erase(std::remove(word.begin(), word.end(), '"'), word.end());
+      if (!word.starts_with("ids=")) continue;
+      ids.emplace();  // the last ids= of a line is the one the kernel keeps
+      std::string list = word.substr(4);
+      std::replace(list.begin(), list.end(), ',', ' ');
+      for (const auto& id : words(list)) ids->push_back(lower(id));
+    }
+    if (ids) out.push_back(*ids);
+  }
+  return out;
+}
+
+TEST(Vfio, CorpusEveryUserLineSurvives) {
+  namespace fs = std::filesystem;
+  const std::string dir = SOURCE_DIR "/tests/fixtures/modprobe";
+  std::vector<std::string> names;
+  if (fs::is_directory(dir))
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".conf") names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  ASSERT_GE(names.size(), 10u) << dir << " should hold at least 10 real modprobe.d files";
+  // The files that must be refused, and what the message says after "FILE:LINE".
+  const std::map<std::string, std::string> refused = {
+      // Five ids lines meant as one list: only the last one counts, which the refusal says.
+      {"05-vfio-commented-multi-options-proxmox.conf", ": one of 5 lines that give vfio-pci a list of ids: "},
+  };
+  const std::vector<std::string> task_ids = {"10de:1b80", "10de:10f0"};
+  const std::string pb = "tasks:\n  - vfio: {devices: ['01:00.0'], load: false}\n";
+  std::set<std::string> seen_refused;
+  for (const auto& name : names) {
+    const std::string original = test::slurp(dir + "/" + name);
+    for (const std::string& placed : std::set<std::string>{"vfio.conf", name}) {
+      SCOPED_TRACE(name + " as /etc/modprobe.d/" + placed);
+      Host h;
+      const std::string path = "/etc/modprobe.d/" + placed;
+      test::write(h.d.path() + path, original);
+      if (auto it = refused.find(name); it != refused.end()) {
+        seen_refused.insert(name);
+        const auto before = test::snapshot(h.d.path());
+        auto r = test::converge_root(h.d.path(), pb, false);
+        EXPECT_EQ(r.exit_code, 1);
+        ASSERT_FALSE(r.tasks.empty());
+        const std::string& msg = r.tasks[0].result.msg;
+        EXPECT_TRUE(msg.starts_with(path + ":")) << msg;
+        EXPECT_NE(msg.find(it->second), std::string::npos) << msg;
+        EXPECT_EQ(test::differences(test::snapshot(h.d.path()), before), "");
+        continue;
+      }
+      converge_twice(h.d.path(), pb);
+      // Every line of the user's is where it was; only an `options vfio-pci` line may differ.
+      const auto was = user_lines(original), is = user_lines(h.read(path));
+      ASSERT_EQ(is.size(), was.size()) << h.read(path);
+      int changed = 0;
+      for (size_t i = 0; i < was.size(); ++i) {
+        if (is[i] == was[i]) continue;
+        ++changed;
+        EXPECT_TRUE(vfio_pci_options(was[i]))
+            << "line " << i + 1 << " changed: '" << was[i] << "' -> '" << is[i] << "'";
+      }
+      EXPECT_LE(changed, 1);
+      // One ids list in force across the .conf files, with the user's ids and the task's.
+      std::vector<std::vector<std::string>> in_force;
+      for (const auto& e : fs::directory_iterator(h.d / "etc/modprobe.d"))
+        if (e.path().extension() == ".conf")
+          for (auto& ids : ids_commands(test::slurp(e.path().string()))) in_force.push_back(ids);
+      ASSERT_EQ(in_force.size(), 1u);
+      std::vector<std::string> wanted = task_ids;
+      for (const auto& ids : ids_commands(original)) wanted.insert(wanted.end(), ids.begin(), ids.end());
+      for (const auto& id : wanted)
+        EXPECT_NE(std::find(in_force[0].begin(), in_force[0].end(), id), in_force[0].end()) << id << " not in force";
+    }
+  }
+  for (const auto& [name, why] : refused) EXPECT_TRUE(seen_refused.count(name)) << name << " is not in the corpus";
 }
 
 }  // namespace
