@@ -76,26 +76,310 @@ Expected<std::string> ensure_mkinitcpio_modules(std::string text, const std::vec
   return text;
 }
 
-// An `options vfio-pci ids=` line in another modprobe.d file: writing ours too would double it.
-std::optional<std::string> foreign_ids_option(const Context& ctx, const std::string& ours) {
-  auto names = list_dir(ctx.root, "/etc/modprobe.d");
-  if (!names) return names.error();
-  for (const auto& n : *names) {
-    const std::string path = "/etc/modprobe.d/" + n;
-    if (path == ours || !ends_with(n, ".conf")) continue;
-    auto text = read_file(ctx.root, path, 1u << 20);
-    if (!text) continue;
-    int line_no = 0;
-    for (std::string_view line : lines(*text)) {
-      ++line_no;
-      auto w = words(line, true);
-      if (w.size() >= 3 && w[0] == "options" && module_name(w[1]) == "vfio_pci" &&
-          std::any_of(w.begin() + 2, w.end(), [](const std::string& o) { return o.rfind("ids=", 0) == 0; }))
-        return path + ":" + std::to_string(line_no) + " already sets '" + std::string(line) +
-               "': remove it (or this task's ids) so vfio-pci gets one list of ids";
+// ---- /etc/modprobe.d: the user's lines kept, one `options vfio-pci ids=` line in force ----
+//
+// A modprobe_conf file whose first line is the header (the agent's files, old and new, have it) is
+// the agent's and rewritten whole. Any other file is the user's: every line of it is kept, and the
+// agent's own lines go between these markers at its end, where later runs find and replace them.
+// Only modprobe_conf is looked at this way: in any other file every line counts as the user's, as
+// modprobe reads it whoever wrote it.
+const char* kBlockBegin =
+    "# BEGIN gptagent vfio: the lines up to END are the agent's; the rest of this file is yours and kept\n";
+const char* kBlockEnd = "# END gptagent vfio\n";
+
+bool agent_file(std::string_view text) { return text.starts_with("# Managed by gptagent"); }
+
+// One modprobe.d file as its physical lines, each with its '\n' (the last may have none), so that
+// joining them gives the file back byte for byte.
+struct ConfFile {
+  std::string path;
+  std::vector<std::string> lines;
+  bool managed = false;                            // the agent's whole file
+  std::optional<std::pair<size_t, size_t>> block;  // the agent's BEGIN and END lines in a user's file
+  std::string text() const {
+    std::string out;
+    for (const auto& l : lines) out += l;
+    return out;
+  }
+};
+
+Expected<ConfFile> conf_file(std::string path, std::string_view text, bool target) {
+  ConfFile f{std::move(path), {}, target && agent_file(text), std::nullopt};
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    nl = nl == std::string_view::npos ? text.size() : nl + 1;
+    f.lines.emplace_back(text.substr(pos, nl - pos));
+    pos = nl;
+  }
+  if (f.managed || !target) return f;
+  std::optional<size_t> begin;
+  for (size_t i = 0; i < f.lines.size(); ++i) {
+    const std::string_view t = trim(f.lines[i]);
+    if (t.starts_with("# BEGIN gptagent") && !begin) begin = i;
+    if (t.starts_with("# END gptagent") && begin && !f.block) f.block = {{*begin, i}};
+  }
+  if (begin && !f.block)
+    return Error{
+        f.path + ":" + std::to_string(*begin + 1) +
+        " opens the agent's lines with '# BEGIN gptagent' but no '# END gptagent' closes them: put the END line "
+        "back where they end (nothing written)"};
+  return f;
+}
+
+// A command as kmod reads it: a backslash before the newline joins the next line, then blank and
+// comment lines are none. `ours`: in the agent's own file or block.
+struct ConfCommand {
+  const ConfFile* file;
+  size_t first, last;  // its physical lines
+  std::vector<std::string> words;
+  bool ours;
+  std::string where(size_t line) const { return file->path + ":" + std::to_string(line + 1); }
+  std::string text() const { return join(words, " "); }
+};
+
+std::vector<ConfCommand> conf_commands(const ConfFile& f) {
+  std::vector<ConfCommand> out;
+  for (size_t i = 0; i < f.lines.size(); ++i) {
+    const size_t first = i;
+    std::string joined;
+    for (;; ++i) {
+      std::string_view l = f.lines[i];
+      const bool continued = l.ends_with("\\\n") && i + 1 < f.lines.size();
+      if (l.ends_with('\n')) l.remove_suffix(1);
+      if (continued) l.remove_suffix(1);
+      joined += l;
+      if (!continued) break;
     }
+    auto w = words(joined, true);
+    if (w.empty()) continue;
+    const bool ours = f.managed || (f.block && first > f.block->first && first < f.block->second);
+    out.push_back({&f, first, i, std::move(w), ours});
+  }
+  return out;
+}
+
+bool is_vfio_pci(std::string_view name) { return module_name(name) == "vfio_pci"; }
+
+// The ids of an `options vfio-pci ... ids=...` command: the last ids= word is the one the kernel
+// keeps. Found in its physical line, so that only that word's value is rewritten.
+struct IdsOption {
+  const ConfCommand* command;
+  size_t line;                    // the physical line holding the ids= word
+  size_t value_begin, value_end;  // the value in that line, quotes left out
+  std::vector<std::string> ids;   // as written
+  std::string where() const { return command->where(line); }
+};
+
+std::optional<IdsOption> ids_option(const ConfCommand& c) {
+  if (c.words.size() < 3 || c.words[0] != "options" || !is_vfio_pci(c.words[1])) return std::nullopt;
+  for (size_t i = c.last + 1; i-- > c.first;) {
+    const std::string& l = c.file->lines[i];
+    const size_t comment = l.find('#');
+    std::optional<size_t> at;
+    auto blank_before = [&](size_t p) { return p == 0 || l[p - 1] == ' ' || l[p - 1] == '\t'; };
+    bool quoted = false;  // the kernel takes "ids=a,b" and ids="a,b" alike
+    for (size_t p = l.find("ids="); p != std::string::npos && p < comment; p = l.find("ids=", p + 1)) {
+      const bool quote_first = p > 0 && l[p - 1] == '"' && blank_before(p - 1);
+      if (blank_before(p) || quote_first) {
+        at = p;
+        quoted = quote_first || (p + 4 < l.size() && l[p + 4] == '"');
+      }
+    }
+    if (!at) continue;
+    size_t begin = *at + 4, end = begin;
+    if (quoted) {
+      if (l[begin] == '"') ++begin;
+      end = l.find('"', begin);
+      if (end == std::string::npos) end = begin;
+    } else {
+      while (end < l.size() && l[end] != ' ' && l[end] != '\t' && l[end] != '\r' && l[end] != '\n' && l[end] != '\\')
+        ++end;
+    }
+    IdsOption o{&c, i, begin, end, {}};
+    for (size_t p = begin; p <= end;) {
+      size_t comma = l.find(',', p);
+      if (comma == std::string::npos || comma > end) comma = end;
+      if (auto id = trim(std::string_view(l).substr(p, comma - p)); !id.empty()) o.ids.emplace_back(id);
+      p = comma + 1;
+    }
+    return o;
   }
   return std::nullopt;
+}
+
+// "10DE:1B81:1458:3702" -> "10de:1b81": the vendor and device an ids entry takes (subsystem and
+// class fields narrow it further, never widen it).
+std::string entry_id(std::string_view entry) {
+  const size_t first = entry.find(':');
+  const size_t second = first == std::string_view::npos ? first : entry.find(':', first + 1);
+  return lower(entry.substr(0, second));
+}
+
+std::string device_text(const PciDevice& d) {
+  return d.address + " (" + d.class_name() + (d.driver.empty() ? "" : ", on " + d.driver) +
+         (d.boot_vga ? ", the boot VGA" : "") + ", " + d.id() + ")";
+}
+
+// What the agent wants in modprobe.d, apart from where the ids go.
+struct ModprobeWanted {
+  std::vector<std::string> ids;               // the task's, in order
+  std::vector<std::string> chosen;            // functions passed through by address or id
+  std::vector<const PciDevice*> sharing;      // by address: not passed through, the id of one that is
+  std::vector<std::string> by_address_lines;  // the install hook and its comment
+  std::vector<std::string> softdeps;          // modules vfio-pci goes before
+  std::vector<std::string> blacklist;
+};
+
+// A user's softdep or blacklist that already does what our line would.
+bool user_has(const std::vector<ConfCommand>& user, std::string_view verb, const std::string& mod) {
+  for (const auto& c : user) {
+    if (c.words.size() < 2 || c.words[0] != verb || module_name(c.words[1]) != module_name(mod)) continue;
+    if (verb == "blacklist") return true;
+    // softdep M pre: A B post: C: vfio-pci among the pre: modules.
+    bool pre = false;
+    for (size_t i = 2; i < c.words.size(); ++i) {
+      if (c.words[i] == "pre:" || c.words[i] == "post:")
+        pre = c.words[i] == "pre:";
+      else if (pre && is_vfio_pci(c.words[i]))
+        return true;
+    }
+  }
+  return false;
+}
+
+// Plans modprobe_conf (and the user's ids line, wherever it is) into `boot`; returns what the
+// result says about it, or why nothing may be written.
+Expected<std::string> plan_modprobe(const Context& ctx, const ModprobeWanted& want, const std::string& target,
+                                    FileChanges& boot) {
+  auto names = list_dir(ctx.root, "/etc/modprobe.d");
+  if (!names) return Error{names.error()};
+  std::vector<std::string> paths;
+  for (const auto& n : *names)
+    if (ends_with(n, ".conf")) paths.push_back("/etc/modprobe.d/" + n);
+  if (std::find(paths.begin(), paths.end(), target) == paths.end()) paths.push_back(target);
+  std::vector<ConfFile> files;
+  files.reserve(paths.size());  // commands point into them
+  auto target_text = read_file_if_exists(ctx.root, target);
+  if (!target_text) return Error{target_text.error()};
+  for (const auto& p : paths) {
+    std::optional<std::string> text;
+    if (p == target)
+      text = *target_text;
+    else if (auto t = read_file(ctx.root, p, 1u << 20))
+      text = std::move(*t);
+    if (!text) continue;  // absent, or a file modprobe could not read either
+    auto f = conf_file(p, *text, p == target);
+    if (!f) return Error{f.error()};
+    files.push_back(std::move(*f));
+  }
+  std::vector<ConfCommand> all, user;
+  for (const auto& f : files)
+    for (auto& c : conf_commands(f)) all.push_back(std::move(c));
+  for (const auto& c : all)
+    if (!c.ours) user.push_back(c);
+  std::vector<IdsOption> user_ids;
+  for (const auto& c : user)
+    if (auto o = ids_option(c)) user_ids.push_back(*o);
+  const bool by_address = !want.by_address_lines.empty();
+
+  // The user's ids line is refused, with nothing written, where no merge makes it right.
+  if (!want.ids.empty()) {
+    if (user_ids.size() > 1) {
+      std::vector<std::string> at;
+      for (const auto& o : user_ids) at.push_back(o.where() + " '" + o.command->text() + "'");
+      return Error{user_ids[0].where() + ": one of " + std::to_string(user_ids.size()) +
+                   " lines that give vfio-pci a list of ids: " + join(at, ", ") +
+                   " (modprobe passes them all, and only the last one counts): keep one line of ids (nothing written)"};
+    }
+    for (const auto& o : user_ids)
+      for (const auto& entry : o.ids)
+        for (const auto& d : ctx.facts.pci) {
+          if (entry_id(entry) != d.id() ||
+              std::find(want.chosen.begin(), want.chosen.end(), d.address) != want.chosen.end())
+            continue;
+          const bool shared = std::find(want.sharing.begin(), want.sharing.end(), &d) != want.sharing.end();
+          const bool boot_gpu = d.boot_vga && std::find(want.ids.begin(), want.ids.end(), d.id()) == want.ids.end();
+          if (!shared && !boot_gpu) continue;
+          return Error{o.where() + ": the user's vfio-pci ids include " + entry + ", which is " + device_text(d) +
+                       (shared ? ", not passed through: vfio-pci must take this task's GPU by address, not by id"
+                               : ", the host's boot GPU: vfio-pci would take it at the next boot") +
+                       "; take " + entry + " out of '" + o.command->text() + "' (nothing written)"};
+        }
+    if (by_address)
+      for (const auto& c : user)
+        if (c.words.size() >= 2 && c.words[0] == "install" && is_vfio_pci(c.words[1]))
+          return Error{
+              c.where(c.first) + " has the user's own '" + c.text() +
+              "', and binding by address needs this task's install line for vfio-pci, of which modprobe runs one: "
+              "fold the two together by hand, or pass the GPU by id (nothing written)"};
+  }
+
+  // The agent's own lines, less what the user's lines already do.
+  std::vector<std::string> own = want.by_address_lines;
+  if (!by_address && !want.ids.empty() && user_ids.empty())
+    own.push_back("options vfio-pci ids=" + join(want.ids, ",") + "\n");
+  for (const auto& m : want.softdeps)
+    if (!user_has(user, "softdep", m)) own.push_back("softdep " + m + " pre: vfio-pci\n");
+  for (const auto& m : want.blacklist)
+    if (!user_has(user, "blacklist", m)) own.push_back("blacklist " + m + "\n");
+
+  // The user's ids line takes the task's ids after its own; the rest of its line stays as it is.
+  std::string note;
+  std::optional<std::pair<const ConfFile*, ConfFile>> edited;  // the user's file with the ids merged
+  if (!by_address && !want.ids.empty() && user_ids.size() == 1) {
+    const IdsOption& o = user_ids[0];
+    std::vector<std::string> added, kept;
+    for (const auto& id : want.ids)
+      if (std::none_of(o.ids.begin(), o.ids.end(), [&](const std::string& e) { return lower(e) == id; }))
+        added.push_back(id);
+    for (const auto& e : o.ids)
+      if (std::find(want.ids.begin(), want.ids.end(), lower(e)) == want.ids.end()) kept.push_back(e);
+    if (added.empty()) {
+      note = "; the ids are in the user's " + o.where() + (kept.empty() ? "" : " beside the user's " + join(kept, ","));
+    } else {
+      ConfFile f = *o.command->file;
+      std::string& l = f.lines[o.line];
+      const std::string_view value = trim(std::string_view(l).substr(o.value_begin, o.value_end - o.value_begin));
+      const std::string sep = value.empty() || value.ends_with(',') ? "" : ",";
+      l.insert(o.value_end, sep + join(added, ","));
+      edited = {{o.command->file, std::move(f)}};
+      note = "; merged ids " + join(added, ",") + " into " + o.where() +
+             (kept.empty() ? "" : " (kept the user's " + join(kept, ",") + ")");
+    }
+  }
+
+  for (const auto& f : files)
+    if (edited && edited->first == &f && f.path != target) boot.write(f.path, f.text(), edited->second.text());
+
+  const ConfFile* current = nullptr;
+  for (const auto& f : files)
+    if (f.path == target) current = &f;
+  if (!current || current->managed || (*target_text)->empty()) {
+    if (own.empty() && !current) return note;  // nothing of the agent's to write, no file for it
+    std::string text = kHeader;
+    for (const auto& l : own) text += l;
+    boot.write(target, *target_text, text);
+    return note;
+  }
+  // The user's file: all of it kept, the agent's block replaced, dropped when empty, or added at the end.
+  std::vector<std::string> lines = edited && edited->first == current ? edited->second.lines : current->lines;
+  size_t at = lines.size();
+  if (current->block) {
+    at = current->block->first;
+    lines.erase(lines.begin() + static_cast<std::ptrdiff_t>(current->block->first),
+                lines.begin() + static_cast<std::ptrdiff_t>(current->block->second + 1));
+  }
+  if (!own.empty()) {
+    if (at == lines.size() && !lines.empty() && !lines.back().ends_with('\n')) lines.back() += '\n';
+    own.insert(own.begin(), kBlockBegin);
+    own.push_back(kBlockEnd);
+    lines.insert(lines.begin() + static_cast<std::ptrdiff_t>(at), own.begin(), own.end());
+  }
+  std::string text;
+  for (const auto& l : lines) text += l;
+  boot.write(target, *target_text, text);
+  if (!own.empty()) note += "; the agent's own lines in a marked block of the user's " + target;
+  return note;
 }
 
 Result converge(Context& ctx, const json& args, bool apply) {
@@ -133,39 +417,32 @@ Result converge(Context& ctx, const json& args, bool apply) {
   // common audio id), the host's own would go to vfio-pci at the next boot. Then vfio-pci gets the
   // chosen functions by address: an install hook sets their driver_override just before the
   // module loads (at boot from the initramfs, or whenever it is loaded), and no ids are given.
+  ModprobeWanted want{ids, chosen, {}, {}, {}, {}};
   std::vector<std::string> sharing;  // "0000:00:01.0 (VGA compatible controller, the boot VGA, 10de:1b81)"
   for (const auto& d : ctx.facts.pci) {
     if (chosen.empty() || std::find(chosen.begin(), chosen.end(), d.address) != chosen.end()) continue;
     if (std::find(ids.begin(), ids.end(), d.id()) == ids.end()) continue;
-    sharing.push_back(d.address + " (" + d.class_name() + (d.driver.empty() ? "" : ", on " + d.driver) +
-                      (d.boot_vga ? ", the boot VGA" : "") + ", " + d.id() + ")");
+    want.sharing.push_back(&d);
+    sharing.push_back(device_text(d));
   }
   const bool by_address = !sharing.empty();
   if (by_address && !args["ids"].empty())
     return Result::failed("ids: " + join(args["ids"].get<std::vector<std::string>>(), ",") + " would also give vfio-pci " +
                           join(sharing, ", ") + ", which is not being passed through: leave ids out, and the GPU's functions are bound by address");
-  const std::string modprobe_path = args["modprobe_conf"].get<std::string>();
-  if (!ids.empty()) {
-    if (auto conflict = foreign_ids_option(ctx, modprobe_path)) return Result::failed(*conflict);
-  }
+  if (by_address)
+    want.by_address_lines = {
+        "# By address, not by id: " + join(sharing, ", ") + " has the id of a function passed through.\n",
+        "install vfio-pci /bin/sh -c 'for d in " + join(chosen, " ") +
+            "; do echo vfio-pci > /sys/bus/pci/devices/$d/driver_override; done 2>/dev/null; "
+            "exec /sbin/modprobe --ignore-install vfio-pci $CMDLINE_OPTS'\n"};
+  // vfio-pci must claim the GPU before its display driver and the audio function before HDA.
+  if (args["softdep"].get<bool>()) want.softdeps = {"nouveau", "nvidia", "snd_hda_intel"};
+  want.blacklist = args["blacklist"].get<std::vector<std::string>>();
 
   FileChanges boot(ctx.root), load_conf(ctx.root);
   std::vector<HandlerRequest> grub_requests;
-  std::string modprobe = kHeader;
-  if (by_address) {
-    modprobe += "# By address, not by id: " + join(sharing, ", ") + " has the id of a function passed through.\n" +
-                "install vfio-pci /bin/sh -c 'for d in " + join(chosen, " ") +
-                "; do echo vfio-pci > /sys/bus/pci/devices/$d/driver_override; done 2>/dev/null; "
-                "exec /sbin/modprobe --ignore-install vfio-pci $CMDLINE_OPTS'\n";
-  } else if (!ids.empty()) {
-    modprobe += "options vfio-pci ids=" + join(ids, ",") + "\n";
-  }
-  if (args["softdep"].get<bool>()) {
-    // vfio-pci must claim the GPU before its display driver and the audio function before HDA.
-    for (const char* drv : {"nouveau", "nvidia", "snd_hda_intel"}) modprobe += std::string("softdep ") + drv + " pre: vfio-pci\n";
-  }
-  for (const auto& b : args["blacklist"]) modprobe += "blacklist " + b.get<std::string>() + "\n";
-  if (auto s = boot.write(modprobe_path, modprobe); !s) return Result::failed(s.error());
+  auto modprobe_note = plan_modprobe(ctx, want, args["modprobe_conf"].get<std::string>(), boot);
+  if (!modprobe_note) return Result::failed(modprobe_note.error());
 
   std::string note;
   if (args["initramfs"].get<bool>()) {
@@ -247,7 +524,9 @@ Result converge(Context& ctx, const json& args, bool apply) {
   Result r = Result::ok("vfio modules " + join(mods, ", ") +
                         (by_address ? "; vfio-pci takes " + join(chosen, ", ") + " by address (" + join(sharing, ", ") +
                                           " has the same id)"
-                                    : ids.empty() ? "" : "; vfio-pci ids " + join(ids, ",")));
+                         : ids.empty() ? ""
+                                       : "; vfio-pci ids " + join(ids, ",")) +
+                        *modprobe_note);
   r.data = {{"modules", mods}, {"ids", by_address ? std::vector<std::string>{} : ids}};
   if (by_address) r.data["by_address"] = chosen;
   r.expect = {{"modules", mods}, {"vfio_devices", chosen}};

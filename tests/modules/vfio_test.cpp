@@ -1,7 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+
 #include <boost/process.hpp>
 
+#include "agent/facts.hpp"
+#include "agent/text.hpp"
 #include "tests/support/converge.hpp"
 
 namespace gpt {
@@ -120,18 +127,200 @@ TEST(Vfio, BadIdsAndAddressesAreLoadErrorsWithPositions) {
   ASSERT_EQ(mod.load_errors.size(), 1u);
 }
 
-TEST(Vfio, AnotherFilesIdsOptionIsReportedNotDoubled) {
+TEST(Vfio, ForeignLineWithExactlyTheWantedIdsIsOk) {
+  // Another file's line already gives vfio-pci the task's ids: nothing to merge, nothing doubled.
   Host h;
-  test::write(h.d / "etc/modprobe.d/gpu.conf", "# mine\noptions vfio_pci ids=10de:1b80 disable_vga=1\n");
-  auto before = test::snapshot(h.d.path());
-  auto r = test::converge_root(h.d.path(), "tasks:\n  - vfio: {ids: [10de:1b80]}\n", false);
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.tasks[0].result.msg,
-            "/etc/modprobe.d/gpu.conf:2 already sets 'options vfio_pci ids=10de:1b80 disable_vga=1': remove it (or this "
-            "task's ids) so vfio-pci gets one list of ids");
-  EXPECT_EQ(test::snapshot(h.d.path()), before);
-  // Without ids of its own, the task leaves that line alone.
+  const std::string mine = "# mine\noptions vfio_pci ids=10de:1b80 disable_vga=1\n";
+  test::write(h.d / "etc/modprobe.d/gpu.conf", mine);
+  auto r = converge_twice(h.d.path(), "tasks:\n  - vfio: {ids: [10de:1b80], load: false}\n");
+  EXPECT_EQ(h.read("/etc/modprobe.d/gpu.conf"), mine);
+  EXPECT_EQ(h.read("/etc/modprobe.d/vfio.conf").find("ids="), std::string::npos);
+  EXPECT_NE(r.tasks[0].result.msg.find("; the ids are in the user's /etc/modprobe.d/gpu.conf:2"), std::string::npos)
+      << r.tasks[0].result.msg;
+
+  // The same set in another order, in the user's own vfio.conf that has the softdeps too: the task
+  // is ok as it stands, and nothing at all is written.
+  Host same;
+  const std::string user =
+      "options vfio-pci ids=10de:10f0,10DE:1B80\nsoftdep nouveau pre: vfio-pci\n"
+      "softdep nvidia pre: vfio_pci\nsoftdep snd_hda_intel pre: vfio-pci\n";
+  test::write(same.d / "etc/modprobe.d/vfio.conf", user);
+  test::write(same.d / "etc/modules-load.d/vfio.conf",
+              "# Managed by gptagent (GPU passthrough): changes made here by hand are replaced.\n"
+              "vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n");
+  const auto before = test::snapshot(same.d.path());
+  auto ok = test::converge_root(same.d.path(),
+                                "tasks:\n  - vfio: {devices: ['01:00.0'], load: false, initramfs: false}\n", false);
+  EXPECT_EQ(ok.exit_code, 0);
+  ASSERT_EQ(ok.tasks.size(), 1u);
+  EXPECT_EQ(ok.tasks[0].result.status, Outcome::ok) << ok.tasks[0].result.msg;
+  EXPECT_EQ(test::differences(test::snapshot(same.d.path()), before), "");
+}
+
+TEST(Vfio, KeepsEveryUserLineAndMergesTheIdsIntoOneOptionsLine) {
+  Host h;
+  const std::string user =
+      "# My passthrough setup, see the wiki\n"
+      "\n"
+      "options vfio-pci ids=10de:1b81,10de:10f0 disable_vga=1\n"
+      "install vfio-pci /sbin/vfio-pci-override.sh\n"
+      "softdep nvidia pre: vfio-pci\n"
+      "\tblacklist nouveau   # old habits\n";
+  test::write(h.d / "etc/modprobe.d/vfio.conf", user);
+  auto r = converge_twice(h.d.path(), "tasks:\n  - vfio: {devices: ['01:00.0'], blacklist: [nouveau], load: false}\n");
+  EXPECT_EQ(h.read("/etc/modprobe.d/vfio.conf"),
+            "# My passthrough setup, see the wiki\n"
+            "\n"
+            "options vfio-pci ids=10de:1b81,10de:10f0,10de:1b80 disable_vga=1\n"
+            "install vfio-pci /sbin/vfio-pci-override.sh\n"
+            "softdep nvidia pre: vfio-pci\n"
+            "\tblacklist nouveau   # old habits\n"
+            "# BEGIN gptagent vfio: the lines up to END are the agent's; the rest of this file is yours and kept\n"
+            "softdep nouveau pre: vfio-pci\n"
+            "softdep snd_hda_intel pre: vfio-pci\n"
+            "# END gptagent vfio\n");
+  const Result& res = r.tasks[0].result;
+  EXPECT_NE(res.msg.find("; merged ids 10de:1b80 into /etc/modprobe.d/vfio.conf:3 (kept the user's 10de:1b81)"),
+            std::string::npos)
+      << res.msg;
+  EXPECT_NE(res.diff.find("-options vfio-pci ids=10de:1b81,10de:10f0 disable_vga=1\n"
+                          "+options vfio-pci ids=10de:1b81,10de:10f0,10de:1b80 disable_vga=1\n"),
+            std::string::npos)
+      << res.diff;
+  EXPECT_EQ(r.commands, (Lines{"update-initramfs -u -k all"}));
+}
+
+TEST(Vfio, MergesIntoTheUsersLineInAnotherFileNotASecondLine) {
+  Host h;
+  const std::string user = "# GTX 1080 for the VM\noptions vfio_pci disable_vga=1 \"ids=10de:1b81\" # the card\n";
+  test::write(h.d / "etc/modprobe.d/gpu-passthrough.conf", user);
+  // An ids line the agent wrote in its own file before the user's line came: it goes.
+  test::write(h.d / "etc/modprobe.d/vfio.conf",
+              "# Managed by gptagent (GPU passthrough): changes made here by hand are replaced.\n"
+              "options vfio-pci ids=10de:1b80\n");
+  auto r = converge_twice(h.d.path(), "tasks:\n  - vfio: {devices: ['01:00.0'], load: false}\n");
+  EXPECT_EQ(h.read("/etc/modprobe.d/gpu-passthrough.conf"),
+            "# GTX 1080 for the VM\noptions vfio_pci disable_vga=1 \"ids=10de:1b81,10de:1b80,10de:10f0\" # the card\n");
+  EXPECT_EQ(h.read("/etc/modprobe.d/vfio.conf"),
+            "# Managed by gptagent (GPU passthrough): changes made here by hand are replaced.\n"
+            "softdep nouveau pre: vfio-pci\nsoftdep nvidia pre: vfio-pci\nsoftdep snd_hda_intel pre: vfio-pci\n");
+  EXPECT_NE(r.tasks[0].result.msg.find(
+                "; merged ids 10de:1b80,10de:10f0 into /etc/modprobe.d/gpu-passthrough.conf:2 (kept the "
+                "user's 10de:1b81); wrote /etc/modprobe.d/gpu-passthrough.conf, /etc/modprobe.d/vfio.conf"),
+            std::string::npos)
+      << r.tasks[0].result.msg;
+}
+
+TEST(Vfio, TheAgentsBlockInAUserFileIsReplacedNotDoubled) {
+  Host h;
+  const std::string user = "# mine\nblacklist radeon";  // no newline at the end
+  test::write(h.d / "etc/modprobe.d/vfio.conf", user);
+  converge_twice(h.d.path(),
+                 "tasks:\n  - vfio: {ids: [10de:1b80], softdep: false, blacklist: [nouveau], load: false}\n");
+  const std::string begin =
+      "# BEGIN gptagent vfio: the lines up to END are the agent's; the rest of this file is yours and kept\n";
+  EXPECT_EQ(h.read("/etc/modprobe.d/vfio.conf"),
+            user + "\n" + begin + "options vfio-pci ids=10de:1b80\nblacklist nouveau\n# END gptagent vfio\n");
+  // The user adds a line after the block; the task changes: only the block follows it.
+  test::write(h.d / "etc/modprobe.d/vfio.conf",
+              h.read("/etc/modprobe.d/vfio.conf") + "options snd_hda_intel power_save=0\n");
+  converge_twice(h.d.path(), "tasks:\n  - vfio: {ids: [10de:1b80, 10de:10f0], softdep: false, load: false}\n");
+  EXPECT_EQ(h.read("/etc/modprobe.d/vfio.conf"),
+            user + "\n" + begin +
+                "options vfio-pci ids=10de:1b80,10de:10f0\n# END gptagent vfio\noptions snd_hda_intel power_save=0\n");
+  // Nothing left of the agent's: the block goes, the user's lines stay.
+  converge_twice(h.d.path(), "tasks:\n  - vfio: {softdep: false, load: false}\n");
+  EXPECT_EQ(h.read("/etc/modprobe.d/vfio.conf"), user + "\noptions snd_hda_intel power_save=0\n");
+}
+
+TEST(Vfio, TheAgentsOwnFileIsStillReplacedWhole) {
+  Host h;
+  test::write(h.d / "etc/modprobe.d/vfio.conf",
+              "# Managed by gptagent (GPU passthrough): changes made here by hand are replaced.\n"
+              "options vfio-pci ids=1234:5678\nsoftdep nouveau pre: vfio-pci\nblacklist nouveau\n");
+  converge_twice(h.d.path(), "tasks:\n  - vfio: {ids: [10de:1b80], load: false}\n");
+  EXPECT_EQ(h.read("/etc/modprobe.d/vfio.conf"),
+            "# Managed by gptagent (GPU passthrough): changes made here by hand are replaced.\n"
+            "options vfio-pci ids=10de:1b80\nsoftdep nouveau pre: vfio-pci\nsoftdep nvidia pre: vfio-pci\n"
+            "softdep snd_hda_intel pre: vfio-pci\n");
+}
+
+// Runs a task that must be refused: exit 1, this message, the tree as it was.
+void expect_refused(const std::string& root, const std::string& pb, const std::string& msg) {
+  const auto before = test::snapshot(root);
+  for (const bool check : {true, false}) {
+    auto r = test::converge_root(root, pb, check);
+    EXPECT_EQ(r.exit_code, 1);
+    ASSERT_FALSE(r.tasks.empty());
+    EXPECT_EQ(r.tasks.back().result.msg, msg);
+    EXPECT_EQ(test::differences(test::snapshot(root), before), "");
+  }
+}
+
+TEST(Vfio, RefusesUserIdsNamingTheBootGpuWithFileAndLine) {
+  Host h;
+  h.pci("0000:00:02.0", "0x8086", "0x3e92");
+  test::write(h.d / "sys/bus/pci/devices/0000:00:02.0/class", "0x030000\n");
+  test::write(h.d / "sys/bus/pci/devices/0000:00:02.0/boot_vga", "1\n");
+  test::write(h.d / "etc/modprobe.d/vfio.conf", "# both GPUs\noptions vfio-pci ids=10de:1b80,8086:3E92\n");
+  expect_refused(
+      h.d.path(), "tasks:\n  - vfio: {devices: ['01:00.0'], load: false}\n",
+      "/etc/modprobe.d/vfio.conf:2: the user's vfio-pci ids include 8086:3E92, which is 0000:00:02.0 (VGA compatible "
+      "controller, the boot VGA, 8086:3e92), the host's boot GPU: vfio-pci would take it at the next boot; take "
+      "8086:3E92 out of 'options vfio-pci ids=10de:1b80,8086:3E92' (nothing written)");
+}
+
+TEST(Vfio, RefusesTwoUserIdsLinesInDifferentFiles) {
+  Host h;
+  test::write(h.d / "etc/modprobe.d/a-gpu.conf", "options vfio-pci ids=10de:1b81\n");
+  test::write(h.d / "etc/modprobe.d/vfio.conf", "# mine\noptions vfio_pci ids=10de:1b80 disable_vga=1\n");
+  expect_refused(
+      h.d.path(), "tasks:\n  - vfio: {ids: [10de:1b80], load: false}\n",
+      "/etc/modprobe.d/a-gpu.conf:1: one of 2 lines that give vfio-pci a list of ids: /etc/modprobe.d/a-gpu.conf:1 "
+      "'options vfio-pci ids=10de:1b81', /etc/modprobe.d/vfio.conf:2 'options vfio_pci ids=10de:1b80 disable_vga=1' "
+      "(modprobe passes them all, and only the last one counts): keep one line of ids (nothing written)");
+  // Without ids of its own, the task leaves those lines alone.
   EXPECT_EQ(test::converge_root(h.d.path(), "tasks:\n  - vfio: {load: false}\n", false).exit_code, 0);
+  EXPECT_EQ(h.read("/etc/modprobe.d/a-gpu.conf"), "options vfio-pci ids=10de:1b81\n");
+}
+
+TEST(Vfio, RefusesWhatTheByAddressModeCannotMerge) {
+  // Two GTX 1070s, the boot VGA's the host's: 02:00 goes by address, so neither an ids entry of
+  // the shared ids nor an install hook of the user's can stay.
+  const std::string pb = "tasks:\n  - vfio: {gpus: auto, load: false}\n";
+  test::SampleHost ids("two-gpus-boot-vga");
+  test::write(ids.file("/etc/modprobe.d/vfio.conf"), "options vfio-pci ids=10de:10f0\n");
+  expect_refused(
+      ids.root(), pb,
+      "/etc/modprobe.d/vfio.conf:1: the user's vfio-pci ids include 10de:10f0, which is 0000:01:00.1 (Audio device, "
+      "on snd_hda_intel, 10de:10f0), not passed through: vfio-pci must take this task's GPU by address, not by id; "
+      "take 10de:10f0 out of 'options vfio-pci ids=10de:10f0' (nothing written)");
+  test::SampleHost hook("two-gpus-boot-vga");
+  test::write(hook.file("/etc/modprobe.d/gpu.conf"), "# bind early\n\ninstall vfio_pci /usr/local/bin/vfio-early.sh\n");
+  expect_refused(
+      hook.root(), pb,
+      "/etc/modprobe.d/gpu.conf:3 has the user's own 'install vfio_pci /usr/local/bin/vfio-early.sh', and binding by "
+      "address needs this task's install line for vfio-pci, of which modprobe runs one: fold the two together by "
+      "hand, or pass the GPU by id (nothing written)");
+  // A user's line naming another card entirely is kept beside the install line.
+  test::SampleHost other("two-gpus-boot-vga");
+  test::write(other.file("/etc/modprobe.d/vfio.conf"), "options vfio-pci ids=1002:67df disable_idle_d3=1\n");
+  converge_twice(other.root(), pb);
+  const std::string conf = test::slurp(other.file("/etc/modprobe.d/vfio.conf"));
+  EXPECT_TRUE(conf.starts_with("options vfio-pci ids=1002:67df disable_idle_d3=1\n# BEGIN gptagent vfio")) << conf;
+  EXPECT_NE(conf.find("\ninstall vfio-pci /bin/sh -c 'for d in 0000:02:00.0 0000:02:00.1;"), std::string::npos) << conf;
+}
+
+TEST(Vfio, RefusesABlockWhoseEndLineIsGone) {
+  Host h;
+  test::write(
+      h.d / "etc/modprobe.d/vfio.conf",
+      "# mine\n# BEGIN gptagent vfio: the lines up to END are the agent's; the rest of this file is yours and kept\n"
+      "options vfio-pci ids=10de:1b80\nblacklist nouveau\n");
+  expect_refused(
+      h.d.path(), "tasks:\n  - vfio: {ids: [10de:1b80], load: false}\n",
+      "/etc/modprobe.d/vfio.conf:2 opens the agent's lines with '# BEGIN gptagent' but no '# END gptagent' closes "
+      "them: put the END line back where they end (nothing written)");
 }
 
 TEST(Vfio, DracutGetsADropIn) {
@@ -223,6 +412,116 @@ TEST(Vfio, NoInitramfsToolIsSaidNotHidden) {
   Host h("6.1.0-18-amd64", "");
   auto r = test::converge_root(h.d.path(), "tasks:\n  - vfio: {load: false}\n", false);
   EXPECT_NE(r.tasks[0].result.msg.find("no update-initramfs, dracut or mkinitcpio found"), std::string::npos);
+}
+
+// ---- the corpus: real modprobe.d files (tests/fixtures/modprobe/SOURCES.md says whose) ----
+
+// The lines of a text without their '\n', the agent's marked block left out.
+std::vector<std::string> user_lines(const std::string& text) {
+  std::vector<std::string> out;
+  bool block = false;
+  for (std::string_view l : lines(text)) {
+    if (trim(l).starts_with("# BEGIN gptagent")) block = true;
+    if (!block) out.emplace_back(l);
+    if (trim(l).starts_with("# END gptagent")) block = false;
+  }
+  return out;
+}
+
+bool vfio_pci_options(std::string_view line) {
+  auto w = words(line, true);
+  return w.size() >= 2 && w[0] == "options" && module_name(w[1]) == "vfio_pci";
+}
+
+// The ids of every `options vfio-pci ... ids=` command in force in a modprobe.d text, as modprobe
+// reads it (a backslash joins lines; '#' lines are none), one list per command, lowercased.
+std::vector<std::vector<std::string>> ids_commands(const std::string& text) {
+  std::vector<std::vector<std::string>> out;
+  std::string joined;
+  for (std::string_view l : lines(text)) {
+    if (l.ends_with('\\')) {
+      joined += l.substr(0, l.size() - 1);
+      continue;
+    }
+    joined += l;
+    auto w = words(joined, true);
+    joined.clear();
+    if (w.size() < 3 || w[0] != "options" || module_name(w[1]) != "vfio_pci") continue;
+    std::optional<std::vector<std::string>> ids;
+    for (std::string word : w) {
+      word.erase(std::remove(word.begin(), word.end(), '"'), word.end());
+      if (!word.starts_with("ids=")) continue;
+      ids.emplace();  // the last ids= of a line is the one the kernel keeps
+      std::string list = word.substr(4);
+      std::replace(list.begin(), list.end(), ',', ' ');
+      for (const auto& id : words(list)) ids->push_back(lower(id));
+    }
+    if (ids) out.push_back(*ids);
+  }
+  return out;
+}
+
+TEST(Vfio, CorpusEveryUserLineSurvives) {
+  namespace fs = std::filesystem;
+  const std::string dir = SOURCE_DIR "/tests/fixtures/modprobe";
+  std::vector<std::string> names;
+  if (fs::is_directory(dir))
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".conf") names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  ASSERT_GE(names.size(), 10u) << dir << " should hold at least 10 real modprobe.d files";
+  // The files that must be refused, and what the message says after "FILE:LINE".
+  const std::map<std::string, std::string> refused = {
+      // Five ids lines meant as one list: only the last one counts, which the refusal says.
+      {"05-vfio-commented-multi-options-proxmox.conf", ": one of 5 lines that give vfio-pci a list of ids: "},
+  };
+  const std::vector<std::string> task_ids = {"10de:1b80", "10de:10f0"};
+  const std::string pb = "tasks:\n  - vfio: {devices: ['01:00.0'], load: false}\n";
+  std::set<std::string> seen_refused;
+  for (const auto& name : names) {
+    const std::string original = test::slurp(dir + "/" + name);
+    for (const std::string& placed : std::set<std::string>{"vfio.conf", name}) {
+      SCOPED_TRACE(name + " as /etc/modprobe.d/" + placed);
+      Host h;
+      const std::string path = "/etc/modprobe.d/" + placed;
+      test::write(h.d.path() + path, original);
+      if (auto it = refused.find(name); it != refused.end()) {
+        seen_refused.insert(name);
+        const auto before = test::snapshot(h.d.path());
+        auto r = test::converge_root(h.d.path(), pb, false);
+        EXPECT_EQ(r.exit_code, 1);
+        ASSERT_FALSE(r.tasks.empty());
+        const std::string& msg = r.tasks[0].result.msg;
+        EXPECT_TRUE(msg.starts_with(path + ":")) << msg;
+        EXPECT_NE(msg.find(it->second), std::string::npos) << msg;
+        EXPECT_EQ(test::differences(test::snapshot(h.d.path()), before), "");
+        continue;
+      }
+      converge_twice(h.d.path(), pb);
+      // Every line of the user's is where it was; only an `options vfio-pci` line may differ.
+      const auto was = user_lines(original), is = user_lines(h.read(path));
+      ASSERT_EQ(is.size(), was.size()) << h.read(path);
+      int changed = 0;
+      for (size_t i = 0; i < was.size(); ++i) {
+        if (is[i] == was[i]) continue;
+        ++changed;
+        EXPECT_TRUE(vfio_pci_options(was[i]))
+            << "line " << i + 1 << " changed: '" << was[i] << "' -> '" << is[i] << "'";
+      }
+      EXPECT_LE(changed, 1);
+      // One ids list in force across the .conf files, with the user's ids and the task's.
+      std::vector<std::vector<std::string>> in_force;
+      for (const auto& e : fs::directory_iterator(h.d / "etc/modprobe.d"))
+        if (e.path().extension() == ".conf")
+          for (auto& ids : ids_commands(test::slurp(e.path().string()))) in_force.push_back(ids);
+      ASSERT_EQ(in_force.size(), 1u);
+      std::vector<std::string> wanted = task_ids;
+      for (const auto& ids : ids_commands(original)) wanted.insert(wanted.end(), ids.begin(), ids.end());
+      for (const auto& id : wanted)
+        EXPECT_NE(std::find(in_force[0].begin(), in_force[0].end(), id), in_force[0].end()) << id << " not in force";
+    }
+  }
+  for (const auto& [name, why] : refused) EXPECT_TRUE(seen_refused.count(name)) << name << " is not in the corpus";
 }
 
 }  // namespace
