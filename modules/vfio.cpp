@@ -38,6 +38,34 @@ std::string ensure_module_lines(std::string text, const std::vector<std::string>
   return text;
 }
 
+// dracut: the agent's drop-in whole; in a user's own one (same name) every line is kept and a
+// force_drivers line is added for the modules none of its force_drivers/add_drivers lines name.
+bool agent_file(std::string_view text) { return text.starts_with("# Managed by gptagent"); }
+
+std::string ensure_dracut_drivers(const std::string& text, const std::vector<std::string>& mods) {
+  const std::string whole = std::string(kHeader) + "force_drivers+=\" " + join(mods, " ") + " \"\n";
+  if (text.empty() || agent_file(text)) return whole;
+  std::set<std::string> have;
+  for (std::string_view line : lines(text)) {
+    line = trim(line);
+    for (const char* key : {"force_drivers", "add_drivers"}) {
+      if (!line.starts_with(key)) continue;
+      const size_t eq = line.find('=');
+      if (eq == std::string_view::npos) continue;
+      std::string value(line.substr(eq + 1));
+      value.erase(std::remove(value.begin(), value.end(), '"'), value.end());
+      for (const auto& w : words(value, true)) have.insert(module_name(w));
+    }
+  }
+  std::vector<std::string> missing;
+  for (const auto& m : mods)
+    if (!have.count(module_name(m))) missing.push_back(m);
+  if (missing.empty()) return text;
+  std::string out = text;
+  if (out.back() != '\n') out += '\n';
+  return out + "force_drivers+=\" " + join(missing, " ") + " \"  # added by gptagent (vfio)\n";
+}
+
 // mkinitcpio: the modules go first in MODULES=(...) of /etc/mkinitcpio.conf.
 Expected<std::string> ensure_mkinitcpio_modules(std::string text, const std::vector<std::string>& mods) {
   size_t line_start = std::string::npos;
@@ -87,7 +115,6 @@ const char* kBlockBegin =
     "# BEGIN gptagent vfio: the lines up to END are the agent's; the rest of this file is yours and kept\n";
 const char* kBlockEnd = "# END gptagent vfio\n";
 
-bool agent_file(std::string_view text) { return text.starts_with("# Managed by gptagent"); }
 
 // One modprobe.d file as its physical lines, each with its '\n' (the last may have none), so that
 // joining them gives the file back byte for byte.
@@ -452,8 +479,10 @@ Result converge(Context& ctx, const json& args, bool apply) {
       if (!text) return Result::failed(text.error());
       boot.write("/etc/initramfs-tools/modules", *text, ensure_module_lines(text->value_or(""), mods));
     } else if (tool == "dracut") {
-      if (auto s = boot.write("/etc/dracut.conf.d/vfio.conf", std::string(kHeader) + "force_drivers+=\" " + join(mods, " ") + " \"\n"); !s)
-        return Result::failed(s.error());
+      const std::string dropin = "/etc/dracut.conf.d/vfio.conf";
+      auto text = read_file_if_exists(ctx.root, dropin);
+      if (!text) return Result::failed(text.error());
+      boot.write(dropin, *text, ensure_dracut_drivers(text->value_or(""), mods));
     } else if (tool == "mkinitcpio") {
       auto text = read_file(ctx.root, "/etc/mkinitcpio.conf");
       if (!text) return Result::failed(text.error());
@@ -510,10 +539,16 @@ Result converge(Context& ctx, const json& args, bool apply) {
     note += "; vfio_pci is built into this kernel, so its ids are on the kernel command line (" + param + ")";
   }
 
+  // modules-load.d: the agent's file whole; a user's own (a wiki's vfio.conf, with kvmfr, say) keeps
+  // every line, and only the modules it lacks are added.
+  const std::string load_path = args["modules_load_conf"].get<std::string>();
+  auto load_text = read_file_if_exists(ctx.root, load_path);
+  if (!load_text) return Result::failed(load_text.error());
   std::string modules_load = std::string(kHeader);
   for (const auto& m : mods) modules_load += m + "\n";
-  if (auto s = load_conf.write(args["modules_load_conf"].get<std::string>(), modules_load); !s)
-    return Result::failed(s.error());
+  if (load_text->has_value() && !(*load_text)->empty() && !agent_file(**load_text))
+    modules_load = ensure_module_lines(**load_text, mods);
+  load_conf.write(load_path, *load_text, modules_load);
 
   // Loading now: only what is neither loaded nor built in.
   std::vector<std::string> missing;

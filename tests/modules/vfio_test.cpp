@@ -323,6 +323,28 @@ TEST(Vfio, RefusesABlockWhoseEndLineIsGone) {
       "them: put the END line back where they end (nothing written)");
 }
 
+TEST(Vfio, AUsersModulesLoadFileAndDracutDropInKeepTheirLinesAndGetOnlyWhatTheyLack) {
+  // The wiki's /etc/modules-load.d/vfio.conf, with Looking Glass's kvmfr beside the vfio modules.
+  Host h;
+  const std::string wiki = "# from the Arch wiki\nvfio_pci\nvfio\nkvmfr\n";
+  test::write(h.d / "etc/modules-load.d/vfio.conf", wiki);
+  converge_twice(h.d.path(), "tasks:\n  - vfio: {load: false}\n");
+  EXPECT_EQ(h.read("/etc/modules-load.d/vfio.conf"), wiki + "vfio_iommu_type1\nvfio_virqfd\n");
+  // One that already names them all is left byte for byte.
+  Host all;
+  const std::string complete = "vfio\nvfio_iommu_type1\nvfio-pci\nvfio_virqfd";
+  test::write(all.d / "etc/modules-load.d/vfio.conf", complete);
+  test::converge_root(all.d.path(), "tasks:\n  - vfio: {load: false}\n", false);
+  EXPECT_EQ(all.read("/etc/modules-load.d/vfio.conf"), complete);
+
+  // A user's dracut drop-in of that name: kept, one force_drivers line for what it lacks.
+  Host fedora("6.8.5-301.fc40.x86_64", "usr/bin/dracut");
+  const std::string dropin = "# mine\nadd_drivers+=\" vfio vfio_pci \"\nhostonly=\"yes\"\n";
+  test::write(fedora.d / "etc/dracut.conf.d/vfio.conf", dropin);
+  converge_twice(fedora.d.path(), "tasks:\n  - vfio: {load: false}\n");
+  EXPECT_EQ(fedora.read("/etc/dracut.conf.d/vfio.conf"), dropin + "force_drivers+=\" vfio_iommu_type1 \"  # added by gptagent (vfio)\n");
+}
+
 TEST(Vfio, DracutGetsADropIn) {
   Host h("6.8.5-301.fc40.x86_64", "usr/bin/dracut");
   auto r = converge_twice(h.d.path(), "tasks:\n  - vfio: {load: false}\n");
