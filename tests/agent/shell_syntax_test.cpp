@@ -1,15 +1,125 @@
 // The shell syntax check the editors of shell files run: its verdicts are dash's (`sh -n`) and
-// bash's (`bash -n`).
+// bash's (`bash -n`), which the corpus test asks at test time.
 #include "agent/shell_syntax.hpp"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <regex>
+
+#include "tests/support/sandbox.hpp"
+
 namespace gpt {
 namespace {
+
+namespace fs = std::filesystem;
+using test::TempDir;
 
 std::optional<ShellSyntaxError> posix(std::string_view text) { return find_shell_syntax_error(text); }
 std::optional<ShellSyntaxError> bash(std::string_view text) {
   return find_shell_syntax_error(text, ShellDialect::bash);
+}
+
+// ---- the corpus: real files, broken ones derived from them, and the project's own fixtures ----
+
+struct ShellVerdict {
+  bool ok = false;
+  int line = 0;  // dash's, when it names one
+  std::string said;
+};
+
+ShellVerdict ask(const std::string& shell, const std::string& file) {
+  auto r = test::run_program(shell, {"-n", file});
+  ShellVerdict v{r.exit_code == 0, 0, r.err};
+  // dash: "FILE: LINE: Syntax error: ..."
+  std::smatch m;
+  if (std::regex_search(r.err, m, std::regex(": ([0-9]+): "))) v.line = std::stoi(m[1]);
+  return v;
+}
+
+enum class Expect { agree, bash_only, dash_only };
+
+struct CorpusFile {
+  std::string path, name;
+  Expect expect = Expect::agree;
+};
+
+// tests/fixtures/grub/shell/ (see its SOURCES.md), then every other shell file the fixtures hold:
+// the grub editor's cases, the kernel_cmdline trees and the sample hosts.
+std::vector<CorpusFile> corpus() {
+  std::vector<CorpusFile> out;
+  auto add = [&](const fs::path& p, const std::string& name) {
+    CorpusFile f{p.string(), name};
+    const std::string base = p.filename().string();
+    if (base.rfind("bash-only-", 0) == 0 || base.find("mkinitcpio") != std::string::npos) f.expect = Expect::bash_only;
+    if (base.rfind("dash-only-", 0) == 0) f.expect = Expect::dash_only;
+    out.push_back(f);
+  };
+  const fs::path fixtures = test::source_path("tests/fixtures");
+  for (const auto& e : fs::directory_iterator(fixtures / "grub/shell"))
+    if (e.path().filename() != "SOURCES.md") add(e.path(), "shell/" + e.path().filename().string());
+  std::sort(out.begin(), out.end(), [](const CorpusFile& a, const CorpusFile& b) { return a.name < b.name; });
+  for (const char* tree : {"grub", "kernel_cmdline", "hosts"})
+    for (const auto& e : fs::recursive_directory_iterator(fixtures / tree)) {
+      if (!e.is_regular_file()) continue;
+      const std::string rel = fs::relative(e.path(), fixtures).string();
+      const std::string base = e.path().filename().string();
+      const bool grub_case =
+          std::string(tree) == "grub" && rel.rfind("grub/shell/", 0) != 0 && (base == "input" || base == "expected");
+      const bool etc_file = (rel.find("/etc/default/grub") != std::string::npos && base != "README") ||
+                            rel.find("/etc/mkinitcpio.conf") != std::string::npos;
+      if (grub_case || etc_file) add(e.path(), rel);
+    }
+  return out;
+}
+
+TEST(ShellSyntax, VerdictEqualsDashAndBashOnTheCorpus) {
+  const auto files = corpus();
+  auto count = [&](const std::string& prefix) {
+    return std::count_if(files.begin(), files.end(), [&](const CorpusFile& f) { return f.name.rfind(prefix, 0) == 0; });
+  };
+  const auto derived =
+      count("shell/broken-") + count("shell/valid-") + count("shell/bash-only-") + count("shell/dash-only-");
+  ASSERT_GE(count("shell/") - derived, 10) << "real files, as SOURCES.md lists them";
+  ASSERT_GE(count("shell/broken-"), 10);
+  int valid = 0, invalid = 0, disagree = 0, lines = 0;
+  for (const auto& f : files) {
+    SCOPED_TRACE(f.name);
+    const std::string text = test::slurp(f.path);
+    const ShellVerdict dash = ask("/bin/sh", f.path), bash_says = ask("/bin/bash", f.path);
+    const auto ours = posix(text), ours_bash = bash(text);
+
+    switch (f.expect) {
+      case Expect::agree:
+        EXPECT_EQ(dash.ok, bash_says.ok) << "dash and bash disagree on a file not marked so:\n"
+                                         << dash.said << bash_says.said;
+        break;
+      case Expect::bash_only:  // bash's syntax: the checker refuses it as sh, takes it as bash
+        EXPECT_FALSE(dash.ok);
+        EXPECT_TRUE(bash_says.ok) << bash_says.said;
+        ++disagree;
+        break;
+      case Expect::dash_only:  // POSIX allows what bash does not
+        EXPECT_TRUE(dash.ok) << dash.said;
+        EXPECT_FALSE(bash_says.ok);
+        ++disagree;
+        break;
+    }
+    EXPECT_EQ(!ours, dash.ok) << "dash: " << (dash.ok ? "valid" : dash.said)
+                              << "checker: " << (ours ? std::to_string(ours->line) + ": " + ours->message : "valid");
+    EXPECT_EQ(!ours_bash, bash_says.ok) << "bash: " << (bash_says.ok ? "valid" : bash_says.said) << "checker (bash): "
+                                        << (ours_bash ? std::to_string(ours_bash->line) + ": " + ours_bash->message
+                                                      : "valid");
+    if (!dash.ok && ours && dash.line > 0) {
+      EXPECT_EQ(ours->line, dash.line) << "dash: " << dash.said << "checker: " << ours->message;
+      ++lines;
+    }
+    (dash.ok ? valid : invalid)++;
+  }
+  std::printf(
+      "[ corpus   ] %zu files: %d valid to dash, %d refused (%d lines compared), %d on which dash and bash differ\n",
+      files.size(), valid, invalid, lines, disagree);
 }
 
 // ---- what the messages say ----
