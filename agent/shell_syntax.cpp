@@ -1119,9 +1119,14 @@ class Parser {
   // NAME=( word... ): words, newlines and comments up to the `)`.
   void read_array() {
     const int start = line();
+    const int kwd = checkkwd_;
+    checkkwd_ = 0;  // its words are no assignments: another array inside is refused
     for (;;) {
       const int t = xxreadtoken();
-      if (t == TRP) return;
+      if (t == TRP) {
+        checkkwd_ = kwd;
+        return;
+      }
       if (t == TNL) continue;
       if (t == TEOF) unexpected(TRP, "array's \"(\"", start);
       if (t != TWORD) unexpected();

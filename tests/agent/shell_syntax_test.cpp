@@ -222,7 +222,8 @@ TEST(ShellSyntax, BashFilesMayUseBashsSyntax) {
                          "f-g() { :; }\n", "for ((i = 0; i < 3; i++)); do :; done\n",
                          "select x in a b; do break; done\n", "time ! a | b\n", "case $x in a) ;& b) ;;& esac\n"})
     EXPECT_FALSE(bash(ok)) << ok << " -> " << bash(ok)->message;
-  for (const char* bad : {"MODULES=(vfio\n", "A=(a;b)\n", "echo A=(x)\n", "A=$'x\n", "f() echo\n", "[[ a\n", "]]\n"})
+  for (const char* bad : {"MODULES=(vfio\n", "A=(a;b)\n", "MODULES=(vfio\nHOOKS=(base)\n", "echo A=(x)\n", "A=$'x\n",
+                          "f() echo\n", "[[ a\n", "]]\n"})
     EXPECT_TRUE(bash(bad)) << bad;
 }
 
