@@ -3,6 +3,7 @@
 
 #include "agent/diff.hpp"
 #include "agent/module.hpp"
+#include "agent/shell_syntax.hpp"
 #include "modules/grub_default.hpp"
 
 namespace gpt {
@@ -20,6 +21,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
 
   auto text = read_file(ctx.root, path, kMaxGrubFileBytes);
   if (!text) return Result::failed(text.error());
+  // A file sh refuses fails update-grub, edited or not: it is not ours to edit further.
+  if (auto valid = check_shell_file(path, *text); !valid) return Result::failed(valid.error());
   auto res = edit_grub_cmdline(*text, edit);
   if (!res) return Result::failed(path + ": " + res.error());
   const json expect = {{"cmdline_present", edit.present}, {"cmdline_absent", edit.absent}};

@@ -12,6 +12,7 @@
 #include "agent/changes.hpp"
 #include "agent/gpu.hpp"
 #include "agent/module.hpp"
+#include "agent/shell_syntax.hpp"
 #include "agent/text.hpp"
 #include "modules/grub_default.hpp"
 
@@ -249,6 +250,9 @@ Expected<std::vector<GrubFile>> read_grub_files(const Root& root) {
     if (!text) return Error{text.error()};
     files.push_back({path, std::move(*text)});
   }
+  // grub-mkconfig sources every one of them: one that sh refuses fails it, whichever is edited.
+  for (const auto& f : files)
+    if (auto valid = check_shell_file(f.path, f.text); !valid) return Error{valid.error()};
   for (const auto& f : files)
     if (auto msg = shell_program(f)) return Error{*msg};
   return files;
@@ -427,6 +431,7 @@ Expected<PathResult> converge_grubby(Context& ctx, const json& args, const Want&
   auto grub = read_file_if_exists(ctx.root, kGrubDefault);
   if (!grub) return Error{grub.error()};
   if (*grub) {
+    if (auto valid = check_shell_file(kGrubDefault, **grub); !valid) return Error{valid.error()};
     if (auto msg = shell_program({kGrubDefault, **grub})) return Error{*msg};
     auto res = edit_grub_cmdline(**grub, {kKeys[0], w.present, w.absent});
     if (!res) return Error{std::string(kGrubDefault) + ": " + res.error()};

@@ -7,6 +7,7 @@
 #include "agent/gpu.hpp"
 #include "agent/module.hpp"
 #include "agent/pci.hpp"
+#include "agent/shell_syntax.hpp"
 #include "agent/text.hpp"
 #include "modules/grub_default.hpp"
 
@@ -486,6 +487,9 @@ Result converge(Context& ctx, const json& args, bool apply) {
     } else if (tool == "mkinitcpio") {
       auto text = read_file(ctx.root, "/etc/mkinitcpio.conf");
       if (!text) return Result::failed(text.error());
+      // mkinitcpio sources it with bash: bash's syntax (its arrays) is the file's.
+      if (auto valid = check_shell_file("/etc/mkinitcpio.conf", *text, ShellDialect::bash); !valid)
+        return Result::failed(valid.error());
       auto edited = ensure_mkinitcpio_modules(*text, mods);
       if (!edited) return Result::failed(edited.error());
       boot.write("/etc/mkinitcpio.conf", *text, *edited);
@@ -524,9 +528,12 @@ Result converge(Context& ctx, const json& args, bool apply) {
       auto main = read_file_if_exists(ctx.root, "/etc/default/grub", kMaxGrubFileBytes);
       if (!main) return Result::failed(main.error());
       grub_text = main->value_or("");
+      // update-grub sources it before the drop-in: one sh refuses would fail the regeneration.
+      if (auto valid = check_shell_file("/etc/default/grub", grub_text); !valid) return Result::failed(valid.error());
     } else {
       auto text = read_file(ctx.root, "/etc/default/grub", kMaxGrubFileBytes);
       if (!text) return Result::failed(text.error() + " (vfio_pci is built into this kernel: its ids go on the kernel command line)");
+      if (auto valid = check_shell_file("/etc/default/grub", *text); !valid) return Result::failed(valid.error());
       CmdlineEdit e;
       e.present = {param};
       auto res = edit_grub_cmdline(*text, e);

@@ -246,7 +246,7 @@ TEST(ChaosHostile, BrokenGrubFilesAreClearErrorsAndStayUntouched) {
                                                      std::string(1 << 20, 'b') + "\"\n"); },
        "cannot read /etc/default/grub: larger than 1048576 bytes"},
       {"binary garbage", [&](const std::string& f) { test::write(f, garbage); },
-       "/etc/default/grub: line "},
+       "/etc/default/grub:2: not valid shell (sh -n refuses it): "},  // sh's verdict comes first
       {"a NUL byte",
        [](const std::string& f) { test::write(f, std::string("GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX=\"quiet\0\"\n", 42)); },
        "/etc/default/grub: line 2: a NUL byte: this is not a text file"},

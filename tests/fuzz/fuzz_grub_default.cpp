@@ -1,8 +1,11 @@
-// /etc/default/grub: the shell-aware lexer and the kernel-parameter editor (modules/grub_default).
+// /etc/default/grub: the shell syntax check the modules run first (agent/shell_syntax), the
+// shell-aware lexer and the kernel-parameter editor (modules/grub_default).
 //
 // The first input byte picks the edit (which of a few real parameters must be present or absent,
-// and which variable), the rest is the file. When the editor accepts the file, these must hold:
-//  - the output is still shell the same lexer reads (no unterminated quote, nothing it refuses);
+// and which variable), the rest is the file. The syntax check takes any file in either dialect and
+// an error it reports has a line. When the editor accepts the file, these must hold:
+//  - the output is still shell the same lexer reads (no unterminated quote, nothing it refuses),
+//    and sh takes it (to the syntax check) when it took the input;
 //  - editing the output again changes nothing, byte for byte;
 //  - the bytes outside the values of the variable's assignments are kept: with every value of the
 //    variable cut out (by an independent, quote-aware statement splitter below), input and output
@@ -18,6 +21,7 @@
 #include <vector>
 
 #include "agent/facts.hpp"
+#include "agent/shell_syntax.hpp"
 #include "modules/grub_default.hpp"
 #include "tests/fuzz/fuzz_common.hpp"
 
@@ -157,6 +161,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string in = gpt::fuzz::text_of(data + 1, size - 1);
   const std::string ctx = " (edit " + show(edit.present) + " -" + show(edit.absent) + " on " + edit.key + ")";
 
+  for (auto dialect : {gpt::ShellDialect::posix, gpt::ShellDialect::bash})
+    if (auto e = gpt::find_shell_syntax_error(in, dialect))
+      check(e->line >= 1 && !e->message.empty(),
+            "a syntax error without a line or a message: " + std::to_string(e->line) + " '" + e->message + "'");
+  const bool valid_shell = !gpt::find_shell_syntax_error(in);
+
   auto before = gpt::grub_cmdline_params(in, edit.key);
   auto res = gpt::edit_grub_cmdline(in, edit);
   if (!res) {
@@ -168,9 +178,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check(res->changed() || out == in, "no change reported, but the text changed" + ctx);
   (void)res->summary();
 
-  // The output is shell the lexer reads.
+  // The output is shell the lexer reads, and sh's syntax where the input was.
   auto after = gpt::grub_cmdline_params(out, edit.key);
   check(after.ok(), "the edited file does not lex: " + (after ? "" : after.error()) + ctx);
+  if (valid_shell) {
+    auto e = gpt::find_shell_syntax_error(out);
+    check(!e, "the edit made a file sh takes into one it refuses: line " +
+                  (e ? std::to_string(e->line) + ": " + e->message : "") + ctx);
+  }
 
   // Editing again is a no-op.
   auto again = gpt::edit_grub_cmdline(out, edit);

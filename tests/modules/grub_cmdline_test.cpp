@@ -43,6 +43,7 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (const auto& entry : fs::directory_iterator(test::source_path("tests/fixtures/grub"))) {
+    if (entry.path().filename() == "shell") continue;  // the shell-syntax corpus (tests/agent/shell_syntax_test.cpp)
     Case c;
     c.name = entry.path().filename().string();
     c.dir = entry.path().string();
@@ -258,8 +259,29 @@ TEST(GrubCmdline, BrokenShellFailsAndChangesNothing) {
   auto before = test::snapshot(h.d.path());
   auto r = test::converge_root(h.d.path(), "tasks:\n  - grub_cmdline: {present: [iommu=pt]}\n", false);
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.tasks[0].result.msg.find("/etc/default/grub: unterminated double quote"), std::string::npos);
+  EXPECT_EQ(r.tasks[0].result.msg,
+            "/etc/default/grub:2: not valid shell (sh -n refuses it): unterminated quoted string: the \" at line 1 is not "
+            "closed; nothing was changed");
   EXPECT_EQ(test::snapshot(h.d.path()), before);
+}
+
+// A merge left its conflict markers in the file (tests/fixtures/grub/shell/broken-merge-conflict:
+// `<<<<<<< HEAD` at line 9, where sh -n stops). update-grub would fail on it, edited or not.
+TEST(GrubCmdline, AFileShRefusesFailsWithItsLineInCheckAndApplyAndChangesNothing) {
+  Host h(test::slurp(test::source_path("tests/fixtures/grub/shell/broken-merge-conflict")));
+  test::write(h.d / "usr/sbin/update-grub", "#!/bin/sh\n", 0755);
+  auto before = test::snapshot(h.d.path());
+  for (bool check : {true, false}) {
+    auto r = test::converge_root(h.d.path(), "tasks:\n  - grub_cmdline: {iommu: intel, present: [iommu=pt]}\n", check);
+    EXPECT_EQ(r.exit_code, 1) << check;
+    ASSERT_EQ(r.tasks.size(), 1u) << "no handler runs";
+    EXPECT_EQ(r.tasks[0].result.status, Outcome::failed);
+    EXPECT_EQ(r.tasks[0].result.msg,
+              "/etc/default/grub:9: not valid shell (sh -n refuses it): redirection unexpected (line 9 is a merge-conflict "
+              "marker); nothing was changed");
+    EXPECT_TRUE(r.commands.empty());
+    EXPECT_EQ(test::differences(test::snapshot(h.d.path()), before), "");
+  }
 }
 
 TEST(GrubCmdline, BadArgumentsAreLoadErrors) {

@@ -271,6 +271,46 @@ TEST(KernelCmdlineGrub, AShellProgramIsRefusedAndLeftUntouched) {
   EXPECT_EQ(test::slurp(t.file("/etc/default/grub")), main_grub);
 }
 
+// A GRUB file sh refuses, the main one or a drop-in: grub-mkconfig sources them all, so the task
+// fails naming the file and sh's line, in --check too, and no file is touched.
+TEST(KernelCmdlineGrub, AFileShRefusesFailsWithItsLineAndNothingIsWritten) {
+  struct Case {
+    std::string tree, file, text, path_line;
+  };
+  const std::string conflict = test::slurp(test::source_path("tests/fixtures/grub/shell/broken-merge-conflict"));
+  const std::vector<Case> cases = {
+      {"debian-12", "/etc/default/grub", conflict, "/etc/default/grub:9: "},
+      {"ubuntu-cloud", "/etc/default/grub.d/50-cloudimg-settings.cfg",
+       "# cloud-init\nGRUB_TERMINAL=console\nGRUB_CMDLINE_LINUX_DEFAULT=\"console=tty1 console=ttyS0\n",
+       "/etc/default/grub.d/50-cloudimg-settings.cfg:4: "},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.tree);
+    Tree t(c.tree, {"usr/sbin/update-grub"});
+    test::write(t.file(c.file), c.text);
+    auto before = test::snapshot(t.root());
+    for (bool check : {true, false}) {
+      auto r = converge(t.root(), "tasks:\n  - kernel_cmdline: {iommu: intel, present: [iommu=pt]}\n", check);
+      EXPECT_EQ(r.exit_code, 1);
+      EXPECT_TRUE(r.commands.empty());
+      EXPECT_EQ(task(r).msg.rfind("boot path grub (detected): " + c.path_line + "not valid shell (sh -n refuses it): ", 0), 0u)
+          << task(r).msg;
+    }
+    EXPECT_EQ(test::differences(test::snapshot(t.root()), before), "");
+  }
+  // grubby keeps GRUB_CMDLINE_LINUX of /etc/default/grub in step: that file is checked too.
+  Tree fedora("fedora-40", {"usr/sbin/grubby", "usr/sbin/grub2-mkconfig"});
+  test::write(fedora.file("/etc/default/grub"), test::slurp(fedora.file("/etc/default/grub")) + "if true; then\n");
+  auto before = test::snapshot(fedora.root());
+  auto r = converge(fedora.root(), "tasks:\n  - kernel_cmdline: {boot_path: grubby, present: [iommu=pt]}\n", false);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(r.commands.empty());
+  EXPECT_EQ(task(r).msg,
+            "boot path grubby: /etc/default/grub:10: not valid shell (sh -n refuses it): end of file unexpected "
+            "(expecting \"fi\"): the \"if\" at line 9 is not closed; nothing was changed");
+  EXPECT_EQ(test::differences(test::snapshot(fedora.root()), before), "");
+}
+
 // The effective-command-line rules on small trees: main file plus drop-ins, conflicts in either key.
 using Files = std::vector<std::pair<std::string, std::string>>;
 struct GrubTree {

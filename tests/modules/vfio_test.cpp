@@ -375,6 +375,54 @@ TEST(Vfio, MkinitcpioModulesGoFirstInTheArray) {
   }
 }
 
+// mkinitcpio sources its configuration with bash: a file bash refuses fails the task with its
+// line, and nothing is written (not the modprobe.d or modules-load.d files either).
+TEST(Vfio, AMkinitcpioConfBashRefusesFailsWithItsLine) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"<<<<<<< HEAD\nMODULES=(nvidia)\n=======\nMODULES=()\n>>>>>>> b\nHOOKS=(base udev)\n",
+       "/etc/mkinitcpio.conf:1: not valid shell (bash -n refuses it): redirection unexpected (line 1 is a merge-conflict "
+       "marker); nothing was changed"},
+      {"MODULES=(vfio vfio_pci\nHOOKS=(base udev)\n",
+       "/etc/mkinitcpio.conf:2: not valid shell (bash -n refuses it): \"(\" unexpected; nothing was changed"},
+  };
+  for (const auto& [text, msg] : cases) {
+    Host h("6.9.7-arch1-1", "usr/bin/mkinitcpio");
+    test::write(h.d / "etc/mkinitcpio.conf", text);
+    auto before = test::snapshot(h.d.path());
+    for (bool check : {true, false}) {
+      auto r = test::converge_root(h.d.path(), "tasks:\n  - vfio: {load: false}\n", check);
+      EXPECT_EQ(r.exit_code, 1);
+      EXPECT_EQ(r.tasks[0].result.msg, msg);
+      EXPECT_TRUE(r.commands.empty());
+    }
+    EXPECT_EQ(test::differences(test::snapshot(h.d.path()), before), "");
+  }
+}
+
+// Where vfio-pci is built in, its ids go on the kernel command line through GRUB: a main GRUB file
+// sh refuses fails the task, whether vfio would edit it (Arch) or only add a drop-in (Debian).
+TEST(Vfio, ABuiltInVfioPciWithAGrubFileShRefusesFails) {
+  const std::string conflict = test::slurp(test::source_path("tests/fixtures/grub/shell/broken-merge-conflict"));
+  Host arch("6.9.7-arch1-1", "usr/bin/mkinitcpio");
+  test::write(arch.d / "etc/os-release", "ID=arch\n");
+  test::write(arch.d / "etc/mkinitcpio.conf", "MODULES=()\n");
+  test::write(arch.d / "lib/modules/6.9.7-arch1-1/modules.builtin", "kernel/drivers/vfio/pci/vfio-pci.ko\n");
+  Host ubuntu("5.15.0-105-generic");
+  test::write(ubuntu.d / "etc/os-release", "ID=ubuntu\nID_LIKE=debian\n");
+  test::write(ubuntu.d / "lib/modules/5.15.0-105-generic/modules.builtin", "kernel/drivers/vfio/pci/vfio-pci.ko\n");
+  for (Host* h : {&arch, &ubuntu}) {
+    test::write(h->d / "etc/default/grub", conflict);
+    auto before = test::snapshot(h->d.path());
+    for (bool check : {true, false}) {
+      auto r = test::converge_root(h->d.path(), "tasks:\n  - vfio: {ids: [10de:2684], load: false}\n", check);
+      EXPECT_EQ(r.exit_code, 1);
+      EXPECT_EQ(r.tasks[0].result.msg.rfind("/etc/default/grub:9: not valid shell (sh -n refuses it): ", 0), 0u)
+          << r.tasks[0].result.msg;
+    }
+    EXPECT_EQ(test::differences(test::snapshot(h->d.path()), before), "");
+  }
+}
+
 TEST(Vfio, TheInitramfsIsRebuiltOnceForTwoChangingTasks) {
   Host h;
   auto r = test::converge_root(h.d.path(), R"(stages:
