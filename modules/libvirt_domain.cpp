@@ -1283,7 +1283,16 @@ Status merge(pugi::xml_document& doc, Want& w) {
     set_attr(type, "arch", "x86_64");
     set_text(type, "hvm");
   }
-  if (w.manages("machine")) set_attr(child_or_add(os, "type"), "machine", w.machine);
+  if (w.manages("machine")) {
+    // A chipset is not changed under a guest: libvirt would refuse the controllers it has, and the
+    // guest would see all its devices as new.
+    const std::string machine = attr(os.child("type"), "machine");
+    if (!w.creating && is_i440fx(machine) && !is_i440fx(w.machine))
+      return Error{"machine: domain " + w.name + " uses the i440FX chipset (" + machine + "), and gptagent does not move an existing domain to " +
+                   w.machine + " (the guest would see a new chipset, and Windows its devices as new hardware); define a new domain with "
+                   "machine: q35 and the same disks instead. Nothing was changed"};
+    set_attr(child_or_add(os, "type"), "machine", w.machine);
+  }
   if (w.manages("firmware")) {
     // The nvram stays where it is: the VM's UEFI boot entries and keys live in it.
     if (!w.declared.count("nvram") && os.child("nvram") && !std::string_view(os.child("nvram").text().get()).empty())

@@ -12,22 +12,19 @@
 
 #include "agent/virt.hpp"
 #include "tests/support/converge.hpp"
+#include "tests/support/libvirt_test_driver.hpp"
 #include "tests/support/libvirtd.hpp"
 
 namespace gpt {
 namespace {
 
+using test::TestDriver;
+using test::VmHost;
+
 namespace fs = std::filesystem;
 using test::slurp;
 
 bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
-
-struct VmHost : test::SampleHost {
-  VmHost() : SampleHost("ubuntu-22.04") {
-    test::write(file("/usr/share/OVMF/OVMF_CODE_4M.fd"), "OVMF code\n");
-    test::write(file("/usr/share/OVMF/OVMF_VARS_4M.fd"), "OVMF variables template\n");
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Comparing two domain documents element by element, children matched by identity
@@ -165,14 +162,6 @@ const std::string kUserDomain = R"(<domain type='test'>
   </devices>
 </domain>
 )";
-
-struct TestDriver {
-  virt::Connection conn = std::move(*virt::Connection::open("test:///default"));
-  std::string xml(const std::string& name) const {
-    auto d = conn.lookup(name);
-    return d.ok() && d->has_value() ? *(*d)->xml(true) : "";
-  }
-};
 
 std::string adopt(const std::string& extra) {
   return "tasks:\n  - name: vm\n    libvirt_domain:\n      name: win10\n      connect: test:///default\n"
@@ -312,6 +301,12 @@ TEST(LibvirtDomainAdopts, RefusesWhatWouldBreakTheDomainAndChangesNothing) {
   EXPECT_TRUE(has(refused.tasks.back().result.msg, "domain oldvm uses the i440FX chipset (pc-i440fx-7.2), which has no PCIe root port for 0000:01:00.0"))
       << refused.tasks.back().result.msg;
   EXPECT_TRUE(has(refused.tasks.back().result.msg, "Nothing was changed")) << refused.tasks.back().result.msg;
+  EXPECT_EQ(lv.xml("oldvm"), old);
+  // Nor is it moved to q35 when the playbook names one.
+  auto q35 = test::converge_root(host.root(), pb + "      machine: pc-q35-7.2\n", false);
+  EXPECT_EQ(q35.tasks.back().result.status, Outcome::failed);
+  EXPECT_TRUE(has(q35.tasks.back().result.msg, "domain oldvm uses the i440FX chipset (pc-i440fx-7.2), and gptagent does not move an existing domain to pc-q35-7.2"))
+      << q35.tasks.back().result.msg;
   EXPECT_EQ(lv.xml("oldvm"), old);
 }
 

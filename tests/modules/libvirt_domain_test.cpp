@@ -9,32 +9,19 @@
 
 #include "agent/virt.hpp"
 #include "tests/support/converge.hpp"
+#include "tests/support/libvirt_test_driver.hpp"
 #include "tests/support/libvirtd.hpp"
 
 namespace gpt {
 namespace {
 
+using test::TestDriver;
+using test::VmHost;
+
 using test::slurp;
 namespace fs = std::filesystem;
 
 bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
-
-// A sample host with OVMF installed where Debian puts it.
-struct VmHost : test::SampleHost {
-  explicit VmHost(const std::string& name = "ubuntu-22.04") : SampleHost(name) {
-    test::write(file("/usr/share/OVMF/OVMF_CODE_4M.fd"), "OVMF code\n");
-    test::write(file("/usr/share/OVMF/OVMF_VARS_4M.fd"), "OVMF variables template\n");
-  }
-};
-
-// The test driver keeps its domains while a connection to it is open: the test holds one.
-struct TestDriver {
-  virt::Connection conn = std::move(*virt::Connection::open("test:///default"));
-  std::string xml(const std::string& name) const {
-    auto d = conn.lookup(name);
-    return d.ok() && d->has_value() ? *(*d)->xml(true) : "";
-  }
-};
 
 std::string play(const std::string& extra) {
   return "tasks:\n  - name: vm\n    libvirt_domain:\n      name: gpuvm\n      connect: test:///default\n"

@@ -13,10 +13,13 @@
 #include "agent/virt.hpp"
 #include "modules/vm_tuning.hpp"
 #include "tests/support/converge.hpp"
+#include "tests/support/libvirt_test_driver.hpp"
 #include "tests/support/libvirtd.hpp"
 
 namespace gpt {
 namespace {
+
+using test::TestDriver;
 
 namespace fs = std::filesystem;
 using test::slurp;
@@ -226,10 +229,8 @@ void add_pci(const std::string& root, const std::string& addr, const std::string
 
 // Ubuntu 24.04 with an NVIDIA GPU at 01:00 (IOMMU on), OVMF, 8 CPUs, hugepages, a ROM file, input
 // devices, users, and two USB controllers (the chipset's, and a card alone in its group).
-struct TunedHost : test::SampleHost {
-  TunedHost() : SampleHost("ubuntu-24.04") {
-    test::write(file("/usr/share/OVMF/OVMF_CODE_4M.fd"), "OVMF code\n");
-    test::write(file("/usr/share/OVMF/OVMF_VARS_4M.fd"), "OVMF variables template\n");
+struct TunedHost : test::VmHost {
+  TunedHost() : VmHost("ubuntu-24.04") {
     write_cpus(root(), 8);
     write_hugepages(root(), 0, 0, 0, 0);
     write_accounts(root());
@@ -258,14 +259,6 @@ std::string tuned(const std::string& uri, const std::string& extra = kTuning) {
          "      disks: [/var/lib/libvirt/images/gamevm.qcow2]\n" +
          extra;
 }
-
-struct TestDriver {
-  virt::Connection conn = std::move(*virt::Connection::open("test:///default"));
-  std::string xml(const std::string& name) const {
-    auto d = conn.lookup(name);
-    return d.ok() && d->has_value() ? *(*d)->xml(true) : "";
-  }
-};
 
 TEST(VmTuning, ATunedDomainConvergesAndEachManagedFieldIsRepaired) {
   TunedHost host;
