@@ -525,6 +525,11 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
   std::set<std::string> defined;
   for (const auto& [name, g] : raw.groups) defined.insert(name);
   std::vector<std::pair<std::string, size_t>> vars_sections;  // checked at the end: the group must exist
+  struct ChildReference {
+    std::string parent, child;
+    size_t line;
+  };
+  std::vector<ChildReference> undefined_children;  // named before any section defines them; checked at the end
   size_t lineno = 0;
   for (std::string_view raw_line : lines(text)) {
     ++lineno;
@@ -588,8 +593,9 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
           fail("expected a group name in [" + group + ":children], got " + quote(line));
           break;
         }
-        // A child never defined is an empty group (Ansible's INI_UNRESOLVED_REFERENCE=ignore).
-        defined.insert(g[1].str());
+        // A child may be defined further down; one never defined is an error at the end, as in
+        // Ansible's ini plugin (a [child:vars] section does not define it).
+        if (!defined.count(g[1].str())) undefined_children.push_back({group, g[1].str(), lineno});
         if (auto err = raw.add_child(group, g[1].str())) fail(*err);
         break;
       }
@@ -608,11 +614,16 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
       }
     }
   }
+  std::set<std::string> reported;
+  for (const auto& ref : undefined_children)
+    if (!defined.count(ref.child) && reported.insert(ref.child).second)
+      errors.add(file + ":" + std::to_string(ref.line) + ": Section [" + ref.parent +
+                 ":children] includes undefined group: " + ref.child);
   // Vars for a group that is nowhere else would apply to no host: a typo, as Ansible says too.
   for (const auto& [name, line] : vars_sections)
-    if (!defined.count(name))
+    if (!defined.count(name) && !reported.count(name))
       errors.add(file + ":" + std::to_string(line) + ": section [" + name + ":vars] is for a group that is never " +
-                 "defined: add [" + name + "] with its hosts, or list it under a [parent:children]");
+                 "defined: add [" + name + "] with its hosts, or [" + name + ":children]");
 }
 
 // ---- YAML ----
