@@ -45,6 +45,38 @@ std::string remote_command(const std::vector<std::string>& words) {
 
 namespace {
 
+std::string var_string(const json& vars, const char* key, const std::string& fallback = "") {
+  if (!vars.contains(key) || vars[key].is_null()) return fallback;
+  return vars[key].is_string() ? vars[key].get<std::string>() : vars[key].dump();
+}
+
+}  // namespace
+
+Expected<std::vector<std::string>> ssh_command(const InventoryHost& h, const std::string& inventory,
+                                               const std::string& control_path) {
+  std::string exe = var_string(h.vars, "ansible_ssh_executable", "ssh");
+  if (exe.empty()) exe = "ssh";
+  std::vector<std::string> ssh{exe, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ControlPath=" + control_path,
+                               "-o", "ServerAliveInterval=15"};
+  if (auto port = h.port()) ssh.insert(ssh.end(), {"-p", std::to_string(*port)});
+  if (!h.user().empty()) ssh.insert(ssh.end(), {"-l", h.user()});
+  if (!h.key_file().empty()) {
+    std::string key = h.key_file();
+    // A relative key path is read from the inventory's directory (where Vagrant writes them).
+    if (key[0] != '/' && key[0] != '~') key = (fs::absolute(inventory).parent_path() / key).string();
+    ssh.insert(ssh.end(), {"-i", key, "-o", "IdentitiesOnly=yes"});
+  }
+  // Split as Ansible's ssh connection splits them (shlex).
+  for (const char* key : {"ansible_ssh_common_args", "ansible_ssh_extra_args"}) {
+    auto words = shell_split(var_string(h.vars, key), /*comments=*/false);
+    if (!words) return Error{"host " + h.name + ": " + key + ": " + words.error()};
+    for (auto& w : *words) ssh.push_back(std::move(w.text));
+  }
+  return ssh;
+}
+
+namespace {
+
 // Ctrl-C (SIGINT), SIGTERM or SIGHUP during a fleet run: no host is started any more, the running
 // ones are stopped and cleaned up. A second Ctrl-C leaves at once (the handler resets itself).
 std::atomic<bool> g_interrupted{false};
@@ -71,11 +103,6 @@ class InterruptHandlers {
   static constexpr std::array<int, 3> kSignals{SIGINT, SIGTERM, SIGHUP};
   std::array<struct sigaction, 3> old_{};
 };
-
-std::string var_string(const json& vars, const char* key, const std::string& fallback = "") {
-  if (!vars.contains(key) || vars[key].is_null()) return fallback;
-  return vars[key].is_string() ? vars[key].get<std::string>() : vars[key].dump();
-}
 
 // Where the temporary directories go on a host: gptagent_remote_tmp, else its $TMPDIR, else /tmp.
 std::string remote_tmp_parent(const std::string& remote_tmp) {
@@ -141,21 +168,9 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const
   host.inv = &h;
   host.control = control_dir_ + "/" + std::to_string(index);
   host.destination = h.address();
-  host.ssh = {"ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ControlPath=" + host.control,
-              "-o", "ServerAliveInterval=15", "-p", std::to_string(h.port())};
-  if (!h.user().empty()) host.ssh.insert(host.ssh.end(), {"-l", h.user()});
-  if (!h.key_file().empty()) {
-    std::string key = h.key_file();
-    // A relative key path is read from the inventory's directory (where Vagrant writes them).
-    if (key[0] != '/' && key[0] != '~') key = (fs::absolute(o_.inventory).parent_path() / key).string();
-    host.ssh.insert(host.ssh.end(), {"-i", key, "-o", "IdentitiesOnly=yes"});
-  }
-  // Split as Ansible's ssh connection splits them (shlex).
-  for (const char* key : {"ansible_ssh_common_args", "ansible_ssh_extra_args"}) {
-    auto words = shell_split(var_string(h.vars, key), /*comments=*/false);
-    if (!words) return Error{"host " + h.name + ": " + key + ": " + words.error()};
-    for (auto& w : *words) host.ssh.push_back(std::move(w.text));
-  }
+  auto ssh = ssh_command(h, o_.inventory, host.control);
+  if (!ssh) return Error{ssh.error()};
+  host.ssh = std::move(*ssh);
   host.become = h.become();
   host.become_exe = var_string(h.vars, "ansible_become_exe", "sudo");
   host.root = var_string(h.vars, "gptagent_root", "/");
@@ -186,9 +201,7 @@ ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string inp
 // to a log, read back when it fails.
 std::optional<std::string> Fleet::connect(const Host& h) const {
   const std::string log = h.control + ".log";
-  std::vector<std::string> args = h.ssh;
-  args[0] = "/usr/bin/ssh";
-  if (::access(args[0].c_str(), X_OK) != 0) args[0] = "ssh";
+  std::vector<std::string> args = h.ssh;  // the same ssh as every other call (ansible_ssh_executable)
   args.insert(args.end(), {"-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-E", log, "-f", "-N", "--", h.destination});
   ::unlink(log.c_str());
   // posix_spawn and waitpid on this one child: Boost.Process's wait_for spins when several

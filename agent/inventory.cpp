@@ -941,10 +941,10 @@ std::string InventoryHost::address() const {
   return a.empty() ? name : a;
 }
 
-int InventoryHost::port() const {
+std::optional<int> InventoryHost::port() const {
   const json* v = first_var(vars, {"ansible_ssh_port", "ansible_port"});
-  if (!v) return 22;
-  return port_number(*v).value_or(22);
+  if (!v) return std::nullopt;
+  return port_number(*v);  // finish() refused a port that is no port
 }
 
 std::string InventoryHost::user() const {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,9 @@ struct InventoryHost {
   nlohmann::json vars = nlohmann::json::object();
 
   std::string address() const;   // ansible_host (or ansible_ssh_host), else name
-  int port() const;              // ansible_port (or ansible_ssh_port), number or numeric string, else 22
+  // ansible_port (or ansible_ssh_port), number or numeric string; none when unset, as Ansible then
+  // passes no port to ssh and ~/.ssh/config (or ssh's 22) decides.
+  std::optional<int> port() const;
   std::string user() const;      // ansible_user (or ansible_ssh_user), else ""
   bool become() const;           // ansible_become: true/yes/on/y/t/1 in any case, bool, string or number
   std::string key_file() const;  // ansible_ssh_private_key_file (or ansible_private_key_file), else ""

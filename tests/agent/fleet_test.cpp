@@ -14,6 +14,9 @@
 #include <memory>
 #include <thread>
 
+#include "agent/fleet.hpp"
+#include "agent/inventory.hpp"
+#include "agent/text.hpp"
 #include "tests/support/sshd.hpp"
 
 namespace gpt {
@@ -385,6 +388,58 @@ TEST(Fleet, BecomeNeverWaitsForAPasswordPrompt) {
   EXPECT_TRUE(has(lab.grub(1), "intel_iommu=on iommu=pt")) << lab.grub(1);
   EXPECT_TRUE(has(slurp(log), "gptagent-")) << slurp(log);
   EXPECT_TRUE(has(slurp(log), " apply")) << slurp(log);
+}
+
+}  // namespace
+}  // namespace gpt
+
+namespace gpt {
+namespace {
+
+Inventory parsed_inventory(const std::string& ini) {
+  auto inv = parse_inventory_ini(ini, "ssh.ini");
+  EXPECT_TRUE(inv.ok()) << inv.error();
+  return inv.ok() ? *inv : Inventory{};
+}
+
+bool has_words(const std::vector<std::string>& argv, const std::vector<std::string>& words) {
+  return std::search(argv.begin(), argv.end(), words.begin(), words.end()) != argv.end();
+}
+
+// Ansible passes no port when the inventory sets none, so that ~/.ssh/config (Port) decides.
+TEST(FleetSsh, APortIsPassedOnlyWhenTheInventoryGivesOne) {
+  const auto inv = parsed_inventory("plain\nported:2222\nbyvar ansible_port=2200\n");
+  auto plain = ssh_command(*inv.find("plain"), "ssh.ini", "/tmp/c/0");
+  ASSERT_TRUE(plain.ok()) << plain.error();
+  EXPECT_EQ(plain->front(), "ssh");
+  EXPECT_EQ(std::find(plain->begin(), plain->end(), "-p"), plain->end()) << join(*plain, " ");
+  for (const auto& w : *plain) EXPECT_FALSE(w.starts_with("Port=")) << w;
+  EXPECT_TRUE(has_words(*plain, {"-o", "ControlPath=/tmp/c/0"}));
+  auto ported = ssh_command(*inv.find("ported"), "ssh.ini", "/tmp/c/1");
+  ASSERT_TRUE(ported.ok());
+  EXPECT_TRUE(has_words(*ported, {"-p", "2222"})) << join(*ported, " ");
+  auto byvar = ssh_command(*inv.find("byvar"), "ssh.ini", "/tmp/c/2");
+  ASSERT_TRUE(byvar.ok());
+  EXPECT_TRUE(has_words(*byvar, {"-p", "2200"})) << join(*byvar, " ");
+}
+
+TEST(FleetSsh, AnsibleSshExecutableIsTheSshOfEveryCall) {
+  const auto inv = parsed_inventory("h ansible_ssh_executable=/opt/openssh/bin/ssh\n");
+  auto argv = ssh_command(*inv.find("h"), "ssh.ini", "/tmp/c/0");
+  ASSERT_TRUE(argv.ok());
+  EXPECT_EQ(argv->front(), "/opt/openssh/bin/ssh");
+
+  // Through the binary: the shared connection, the runs and its end all go through that one ssh.
+  Lab lab(1);
+  const std::string log = lab.files / "ssh.log", wrapper = lab.files / "my-ssh";
+  test::write(wrapper, "#!/bin/sh\necho \"$*\" >> " + log + "\nexec ssh \"$@\"\n", 0755);
+  lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n");
+  auto r = lab.apply();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const std::string calls = slurp(log);
+  EXPECT_TRUE(has(calls, "ControlMaster=yes")) << calls;  // the shared connection
+  EXPECT_TRUE(has(calls, "ControlMaster=no")) << calls;   // a run on it
+  EXPECT_TRUE(has(calls, "-O exit")) << calls;            // its end
 }
 
 }  // namespace

@@ -366,7 +366,7 @@ d ansible_become=1
   EXPECT_TRUE(b.become());
   EXPECT_EQ(b.key_file(), "/k/b");
   EXPECT_FALSE(host(*inv, "c").become());
-  EXPECT_EQ(host(*inv, "c").port(), 22);
+  EXPECT_EQ(host(*inv, "c").port(), std::nullopt);  // none: ssh and ~/.ssh/config decide
   EXPECT_TRUE(host(*inv, "d").become());
 
   auto y = parse_inventory_yaml(R"(all:
