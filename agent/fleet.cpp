@@ -137,6 +137,7 @@ class Fleet {
     std::string control;  // ControlPath of its shared connection
     std::vector<std::string> ssh;  // ssh and its options, without the destination
     std::string destination;
+    bool local = false;  // ansible_connection=local: the agent runs on the controller, no ssh
     std::string remote_dir, remote_tmp, root, boot_path, reboot_command;
     bool become = false;
     std::string become_exe;  // ansible_become_exe, default sudo (always run with -n: never a password prompt)
@@ -168,10 +169,18 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const
   host.inv = &h;
   host.control = control_dir_ + "/" + std::to_string(index);
   host.destination = h.address();
+  // Ansible's default ("smart") is ssh; any connection plugin other than ssh and local would be
+  // run as ssh to the wrong place: refused before any host runs.
+  const std::string connection = var_string(h.vars, "ansible_connection", "ssh");
+  host.local = connection == "local";
+  if (!host.local && connection != "ssh" && connection != "smart")
+    return Error{"host " + h.name + ": ansible_connection=" + connection +
+                 " is not supported (gptagent reaches a host with ssh, or runs on the controller with local)"};
   auto ssh = ssh_command(h, o_.inventory, host.control);
   if (!ssh) return Error{ssh.error()};
   host.ssh = std::move(*ssh);
-  host.become = h.become();
+  // Privileges as on a host reached by ssh: sudo -n when become is asked, unless already root.
+  host.become = h.become() && !(host.local && ::geteuid() == 0);
   host.become_exe = var_string(h.vars, "ansible_become_exe", "sudo");
   host.root = var_string(h.vars, "gptagent_root", "/");
   host.remote_dir = var_string(h.vars, "gptagent_remote_dir", "~/.cache/gptagent");
@@ -188,8 +197,12 @@ ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string inp
                       bool interruptible) const {
   Command c;
   if (interruptible) c.cancel = &g_interrupted;
-  c.argv = h.ssh;
-  c.argv.insert(c.argv.end(), {"-o", "ControlMaster=no", "--", h.destination, command});
+  if (h.local) {
+    c.argv = {"/bin/sh", "-c", command};
+  } else {
+    c.argv = h.ssh;
+    c.argv.insert(c.argv.end(), {"-o", "ControlMaster=no", "--", h.destination, command});
+  }
   c.input = std::move(input);
   c.timeout = std::chrono::seconds(timeout_s);
   ProcessExec exec;
@@ -200,6 +213,7 @@ ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string inp
 // /dev/null (a master holding our pipes would keep every later read waiting); its messages go
 // to a log, read back when it fails.
 std::optional<std::string> Fleet::connect(const Host& h) const {
+  if (h.local) return std::nullopt;
   const std::string log = h.control + ".log";
   std::vector<std::string> args = h.ssh;  // the same ssh as every other call (ansible_ssh_executable)
   args.insert(args.end(), {"-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-E", log, "-f", "-N", "--", h.destination});
@@ -244,6 +258,7 @@ std::optional<std::string> Fleet::connect(const Host& h) const {
 }
 
 void Fleet::disconnect(const Host& h) const {
+  if (h.local) return;
   Command c;
   c.argv = h.ssh;
   c.argv.insert(c.argv.end(), {"-O", "exit", "--", h.destination});
@@ -366,6 +381,12 @@ HostOutcome Fleet::converge(Host& h) {
       r.failed_count += s.value("failed", 0);
       r.skipped += s.value("skipped", 0);
       r.ignored += s.value("ignored", 0);
+    }
+    if (run.exit_code == 3 && o_.reboot && !o_.check && h.local) {
+      // As Ansible's reboot module: a local connection would reboot the controller itself.
+      r.kind = HostOutcome::waiting;
+      r.message = "stopped for a reboot: not rebooted, it is the controller (ansible_connection=local)";
+      break;
     }
     if (run.exit_code == 3 && o_.reboot && !o_.check && attempt < 5) {
       // Reboot it and wait for a new boot id; the other hosts go on meanwhile.

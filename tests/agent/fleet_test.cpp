@@ -444,3 +444,64 @@ TEST(FleetSsh, AnsibleSshExecutableIsTheSshOfEveryCall) {
 
 }  // namespace
 }  // namespace gpt
+
+namespace gpt {
+namespace {
+
+// A controller whose PATH has an ssh that only records that it ran.
+struct NoSsh {
+  test::TempDir dir;
+  std::string bin = dir / "bin", marker = dir / "ssh-ran";
+  NoSsh() {
+    fs::create_directories(bin);
+    test::write(bin + "/ssh", "#!/bin/sh\necho \"$*\" >> " + marker + "\nexit 255\n", 0755);
+  }
+  std::string path() const { return "PATH=" + bin + ":" + std::getenv("PATH"); }
+};
+
+TEST(FleetLocal, ALocalHostConvergesOnTheControllerWithoutSsh) {
+  test::TempDir files;
+  test::SampleHost tree;
+  NoSsh no_ssh;
+  const std::string playbook = files / "host.yaml", inventory = files / "inventory.yml", cache = files / "cache",
+                    tmp = files / "tmp", control_tmp = files / "controller-tmp";
+  fs::create_directories(tmp);
+  fs::create_directories(control_tmp);
+  test::write(playbook, kPlaybook);
+  test::write(inventory, "all:\n  hosts:\n    controller:\n      ansible_connection: local\n      extra_param: iommu=pt\n"
+                         "      gptagent_root: " + tree.root() + "\n      gptagent_remote_dir: " + cache +
+                         "\n      gptagent_remote_tmp: " + tmp + "\n");
+  auto apply = [&] {
+    return run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {"TMPDIR=" + control_tmp, no_ssh.path()});
+  };
+  auto first = apply();
+  ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
+  EXPECT_TRUE(has(first.out, "changed: [controller] IOMMU on the kernel command line")) << first.out;
+  EXPECT_TRUE(has(slurp(tree.file("/etc/default/grub")), "intel_iommu=on iommu=pt"));
+  auto second = apply();
+  ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
+  EXPECT_TRUE(has(second.out, "controller" + std::string(16, ' ') + " : ok=2    changed=0")) << second.out;
+  EXPECT_FALSE(fs::exists(no_ssh.marker)) << "ssh was run";
+  EXPECT_EQ(entries(tmp), std::vector<std::string>{});
+  EXPECT_EQ(entries(control_tmp), std::vector<std::string>{});
+}
+
+TEST(FleetLocal, AConnectionTypeThatIsNotSupportedIsRefusedBeforeAnyHostRuns) {
+  test::TempDir files;
+  test::SampleHost tree;
+  NoSsh no_ssh;
+  const std::string playbook = files / "host.yaml", inventory = files / "hosts.ini";
+  test::write(playbook, kPlaybook);
+  test::write(inventory, "[gpus]\nhere ansible_connection=local gptagent_root=" + tree.root() +
+                             " gptagent_remote_dir=" + (files / "cache") + "\nbox ansible_connection=docker\n[all:vars]\nextra_param=x\n");
+  auto r = run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {no_ssh.path()});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_TRUE(has(r.err, "host box: ansible_connection=docker is not supported")) << r.err;
+  EXPECT_TRUE(has(r.err, "no host was touched")) << r.err;
+  EXPECT_FALSE(has(slurp(tree.file("/etc/default/grub")), "intel_iommu=on"));
+  EXPECT_FALSE(fs::exists(files / "cache"));
+  EXPECT_FALSE(fs::exists(no_ssh.marker));
+}
+
+}  // namespace
+}  // namespace gpt
