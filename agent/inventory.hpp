@@ -37,8 +37,15 @@ struct Inventory {
   std::vector<InventoryHost> hosts;                          // each host once, in first-appearance order
   std::map<std::string, std::vector<std::string>> groups;    // group -> its hosts (direct and through
                                                              // children) in host order; with "all", "ungrouped"
+  // As written: each group's own hosts and child groups, in order ("all" has no hosts of its own
+  // here, its children are "ungrouped" and every group that has no parent), as ansible-inventory lists them.
+  std::map<std::string, std::vector<std::string>> own_hosts, child_groups;
   const InventoryHost* find(const std::string& name) const;  // nullptr when there is no such host
 };
+
+// The inventory as `ansible-inventory --list` prints it: "_meta": {"hostvars": {host: vars}}, then
+// each group that has hosts or children: {"hosts": [...], "children": [...]}, "all" with children only.
+nlohmann::json inventory_list(const Inventory& inv);
 
 // Reads an inventory: a YAML file (.yml/.yaml/.json, or any other name whose content is a YAML
 // mapping), an INI file (anything else), a directory (every file in it, sorted, as Ansible does:

@@ -505,3 +505,36 @@ TEST(FleetLocal, AConnectionTypeThatIsNotSupportedIsRefusedBeforeAnyHostRuns) {
 
 }  // namespace
 }  // namespace gpt
+
+namespace gpt {
+namespace {
+
+TEST(FleetCli, InventoryListAndListHostsTouchNoHost) {
+  test::TempDir files;
+  NoSsh no_ssh;
+  const std::string inventory = files / "hosts.ini", playbook = files / "host.yaml";
+  test::write(playbook, kPlaybook);
+  test::write(inventory, "[gpus]\ngpu[01:03] ansible_port=2222\n[web]\nweb01\n");
+  auto list = run_agent({"inventory", "-i", inventory, "--list"}, {no_ssh.path()});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  auto doc = nlohmann::json::parse(list.out);
+  EXPECT_EQ(doc["gpus"]["hosts"], (nlohmann::json{"gpu01", "gpu02", "gpu03"}));
+  EXPECT_EQ(doc["all"]["children"], (nlohmann::json{"ungrouped", "gpus", "web"}));
+  EXPECT_EQ(doc["_meta"]["hostvars"]["gpu02"]["ansible_port"], 2222);
+
+  auto hosts = run_agent({"apply", playbook, "-i", inventory, "--limit", "gpus:!gpu02", "--list-hosts"}, {no_ssh.path()});
+  EXPECT_EQ(hosts.exit_code, 0) << hosts.err;
+  EXPECT_EQ(hosts.out, "  hosts (2):\n    gpu01\n    gpu03\n");
+  auto none = run_agent({"apply", playbook, "-i", inventory, "--limit", "nosuch", "--list-hosts"}, {no_ssh.path()});
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_TRUE(has(none.err, "nosuch")) << none.err;
+  EXPECT_FALSE(fs::exists(no_ssh.marker)) << "ssh was run";
+
+  test::write(inventory, "[fleet:children]\nnfs\n");
+  auto bad = run_agent({"inventory", "-i", inventory, "--list"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_TRUE(has(bad.err, inventory + ":2: Section [fleet:children] includes undefined group: nfs")) << bad.err;
+}
+
+}  // namespace
+}  // namespace gpt

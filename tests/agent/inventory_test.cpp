@@ -640,5 +640,82 @@ TEST(InventoryLoad, ACommaSeparatedHostList) {
   EXPECT_EQ(host(*inv, "web02").port(), 2222);
 }
 
+// What ansible-inventory 2.14 --list printed for this inventory, byte for byte.
+TEST(InventoryList, IsWhatAnsibleInventoryListPrints) {
+  auto inv = parse_inventory_yaml(R"(all:
+  vars: {v: 1}
+  hosts:
+    lone:
+  children:
+    gpus:
+      hosts:
+        gpu01: {ansible_port: 2222}
+      children:
+        big:
+          hosts:
+            gpu02:
+    empty:
+      children:
+        nfs:
+)",
+                                  "l.yml");
+  ASSERT_TRUE(inv.ok()) << inv.error();
+  EXPECT_EQ(inventory_list(*inv).dump(4), R"({
+    "_meta": {
+        "hostvars": {
+            "gpu01": {
+                "ansible_port": 2222,
+                "v": 1
+            },
+            "gpu02": {
+                "v": 1
+            },
+            "lone": {
+                "v": 1
+            }
+        }
+    },
+    "all": {
+        "children": [
+            "ungrouped",
+            "gpus",
+            "empty"
+        ]
+    },
+    "big": {
+        "hosts": [
+            "gpu02"
+        ]
+    },
+    "empty": {
+        "children": [
+            "nfs"
+        ]
+    },
+    "gpus": {
+        "children": [
+            "big"
+        ],
+        "hosts": [
+            "gpu01"
+        ]
+    },
+    "ungrouped": {
+        "hosts": [
+            "lone"
+        ]
+    }
+})");
+
+  // INI: groups that no section names as a child are children of "all", after "ungrouped"
+  // (ansible-inventory 2.14 printed these too).
+  auto ini = parse_inventory_ini("solo\n[web]\nweb01\n[gpus]\ngpu01\n[fleet:children]\ngpus\n", "l.ini");
+  ASSERT_TRUE(ini.ok()) << ini.error();
+  const auto list = inventory_list(*ini);
+  EXPECT_EQ(list["all"]["children"], (nlohmann::json{"ungrouped", "web", "fleet"}));  // in the order first named, as ansible-inventory
+  EXPECT_EQ(list["fleet"], (nlohmann::json{{"children", {"gpus"}}}));
+  EXPECT_EQ(list["ungrouped"]["hosts"], (nlohmann::json{"solo"}));
+}
+
 }  // namespace
 }  // namespace gpt
