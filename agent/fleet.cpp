@@ -45,6 +45,38 @@ std::string remote_command(const std::vector<std::string>& words) {
 
 namespace {
 
+std::string var_string(const json& vars, const char* key, const std::string& fallback = "") {
+  if (!vars.contains(key) || vars[key].is_null()) return fallback;
+  return vars[key].is_string() ? vars[key].get<std::string>() : vars[key].dump();
+}
+
+}  // namespace
+
+Expected<std::vector<std::string>> ssh_command(const InventoryHost& h, const std::string& inventory,
+                                               const std::string& control_path) {
+  std::string exe = var_string(h.vars, "ansible_ssh_executable", "ssh");
+  if (exe.empty()) exe = "ssh";
+  std::vector<std::string> ssh{exe, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ControlPath=" + control_path,
+                               "-o", "ServerAliveInterval=15"};
+  if (auto port = h.port()) ssh.insert(ssh.end(), {"-p", std::to_string(*port)});
+  if (!h.user().empty()) ssh.insert(ssh.end(), {"-l", h.user()});
+  if (!h.key_file().empty()) {
+    std::string key = h.key_file();
+    // A relative key path is read from the inventory's directory (where Vagrant writes them).
+    if (key[0] != '/' && key[0] != '~') key = (fs::absolute(inventory).parent_path() / key).string();
+    ssh.insert(ssh.end(), {"-i", key, "-o", "IdentitiesOnly=yes"});
+  }
+  // Split as Ansible's ssh connection splits them (shlex).
+  for (const char* key : {"ansible_ssh_common_args", "ansible_ssh_extra_args"}) {
+    auto words = shell_split(var_string(h.vars, key), /*comments=*/false);
+    if (!words) return Error{"host " + h.name + ": " + key + ": " + words.error()};
+    for (auto& w : *words) ssh.push_back(std::move(w.text));
+  }
+  return ssh;
+}
+
+namespace {
+
 // Ctrl-C (SIGINT), SIGTERM or SIGHUP during a fleet run: no host is started any more, the running
 // ones are stopped and cleaned up. A second Ctrl-C leaves at once (the handler resets itself).
 std::atomic<bool> g_interrupted{false};
@@ -71,11 +103,6 @@ class InterruptHandlers {
   static constexpr std::array<int, 3> kSignals{SIGINT, SIGTERM, SIGHUP};
   std::array<struct sigaction, 3> old_{};
 };
-
-std::string var_string(const json& vars, const char* key, const std::string& fallback = "") {
-  if (!vars.contains(key) || vars[key].is_null()) return fallback;
-  return vars[key].is_string() ? vars[key].get<std::string>() : vars[key].dump();
-}
 
 // Where the temporary directories go on a host: gptagent_remote_tmp, else its $TMPDIR, else /tmp.
 std::string remote_tmp_parent(const std::string& remote_tmp) {
@@ -110,6 +137,7 @@ class Fleet {
     std::string control;  // ControlPath of its shared connection
     std::vector<std::string> ssh;  // ssh and its options, without the destination
     std::string destination;
+    bool local = false;  // ansible_connection=local: the agent runs on the controller, no ssh
     std::string remote_dir, remote_tmp, root, boot_path, reboot_command;
     bool become = false;
     std::string become_exe;  // ansible_become_exe, default sudo (always run with -n: never a password prompt)
@@ -141,22 +169,18 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const
   host.inv = &h;
   host.control = control_dir_ + "/" + std::to_string(index);
   host.destination = h.address();
-  host.ssh = {"ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ControlPath=" + host.control,
-              "-o", "ServerAliveInterval=15", "-p", std::to_string(h.port())};
-  if (!h.user().empty()) host.ssh.insert(host.ssh.end(), {"-l", h.user()});
-  if (!h.key_file().empty()) {
-    std::string key = h.key_file();
-    // A relative key path is read from the inventory's directory (where Vagrant writes them).
-    if (key[0] != '/' && key[0] != '~') key = (fs::absolute(o_.inventory).parent_path() / key).string();
-    host.ssh.insert(host.ssh.end(), {"-i", key, "-o", "IdentitiesOnly=yes"});
-  }
-  // Split as Ansible's ssh connection splits them (shlex).
-  for (const char* key : {"ansible_ssh_common_args", "ansible_ssh_extra_args"}) {
-    auto words = shell_split(var_string(h.vars, key), /*comments=*/false);
-    if (!words) return Error{"host " + h.name + ": " + key + ": " + words.error()};
-    for (auto& w : *words) host.ssh.push_back(std::move(w.text));
-  }
-  host.become = h.become();
+  // Ansible's default ("smart") is ssh; any connection plugin other than ssh and local would be
+  // run as ssh to the wrong place: refused before any host runs.
+  const std::string connection = var_string(h.vars, "ansible_connection", "ssh");
+  host.local = connection == "local";
+  if (!host.local && connection != "ssh" && connection != "smart")
+    return Error{"host " + h.name + ": ansible_connection=" + connection +
+                 " is not supported (gptagent reaches a host with ssh, or runs on the controller with local)"};
+  auto ssh = ssh_command(h, o_.inventory, host.control);
+  if (!ssh) return Error{ssh.error()};
+  host.ssh = std::move(*ssh);
+  // Privileges as on a host reached by ssh: sudo -n when become is asked, unless already root.
+  host.become = h.become() && !(host.local && ::geteuid() == 0);
   host.become_exe = var_string(h.vars, "ansible_become_exe", "sudo");
   host.root = var_string(h.vars, "gptagent_root", "/");
   host.remote_dir = var_string(h.vars, "gptagent_remote_dir", "~/.cache/gptagent");
@@ -173,8 +197,12 @@ ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string inp
                       bool interruptible) const {
   Command c;
   if (interruptible) c.cancel = &g_interrupted;
-  c.argv = h.ssh;
-  c.argv.insert(c.argv.end(), {"-o", "ControlMaster=no", "--", h.destination, command});
+  if (h.local) {
+    c.argv = {"/bin/sh", "-c", command};
+  } else {
+    c.argv = h.ssh;
+    c.argv.insert(c.argv.end(), {"-o", "ControlMaster=no", "--", h.destination, command});
+  }
   c.input = std::move(input);
   c.timeout = std::chrono::seconds(timeout_s);
   ProcessExec exec;
@@ -185,10 +213,9 @@ ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string inp
 // /dev/null (a master holding our pipes would keep every later read waiting); its messages go
 // to a log, read back when it fails.
 std::optional<std::string> Fleet::connect(const Host& h) const {
+  if (h.local) return std::nullopt;
   const std::string log = h.control + ".log";
-  std::vector<std::string> args = h.ssh;
-  args[0] = "/usr/bin/ssh";
-  if (::access(args[0].c_str(), X_OK) != 0) args[0] = "ssh";
+  std::vector<std::string> args = h.ssh;  // the same ssh as every other call (ansible_ssh_executable)
   args.insert(args.end(), {"-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-E", log, "-f", "-N", "--", h.destination});
   ::unlink(log.c_str());
   // posix_spawn and waitpid on this one child: Boost.Process's wait_for spins when several
@@ -231,6 +258,7 @@ std::optional<std::string> Fleet::connect(const Host& h) const {
 }
 
 void Fleet::disconnect(const Host& h) const {
+  if (h.local) return;
   Command c;
   c.argv = h.ssh;
   c.argv.insert(c.argv.end(), {"-O", "exit", "--", h.destination});
@@ -353,6 +381,12 @@ HostOutcome Fleet::converge(Host& h) {
       r.failed_count += s.value("failed", 0);
       r.skipped += s.value("skipped", 0);
       r.ignored += s.value("ignored", 0);
+    }
+    if (run.exit_code == 3 && o_.reboot && !o_.check && h.local) {
+      // As Ansible's reboot module: a local connection would reboot the controller itself.
+      r.kind = HostOutcome::waiting;
+      r.message = "stopped for a reboot: not rebooted, it is the controller (ansible_connection=local)";
+      break;
     }
     if (run.exit_code == 3 && o_.reboot && !o_.check && attempt < 5) {
       // Reboot it and wait for a new boot id; the other hosts go on meanwhile.

@@ -15,6 +15,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/expected.hpp"
+#include "agent/inventory.hpp"
+
 namespace gpt {
 
 struct FleetOptions {
@@ -35,6 +38,14 @@ struct FleetOptions {
 // Exit codes as Ansible's: 0 every host converged, 1 a host failed, 2 drift in --check,
 // 3 a host waits for a reboot (without --reboot), 4 a host was unreachable.
 int run_fleet(const FleetOptions& opts, std::ostream& out, std::ostream& err);
+
+// The ssh command line for a host, up to the destination: ansible_ssh_executable (else "ssh", found
+// in PATH) with the fleet's options (batch mode, the shared connection at `control_path`), then -p
+// only when the inventory gives a port (else ~/.ssh/config decides, as with Ansible), -l, -i (a
+// relative key is read from the inventory's directory) and ansible_ssh_common_args and
+// ansible_ssh_extra_args split as Ansible splits them. An error when those do not split.
+Expected<std::vector<std::string>> ssh_command(const InventoryHost& h, const std::string& inventory,
+                                               const std::string& control_path);
 
 // A command line for the remote POSIX shell, every word quoted.
 std::string remote_command(const std::vector<std::string>& words);

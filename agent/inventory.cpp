@@ -180,12 +180,19 @@ struct RawGroup {
 
 struct Raw {
   std::map<std::string, RawGroup> groups{{"all", {}}, {"ungrouped", {}}};
+  std::vector<std::string> group_order{"all", "ungrouped"};  // as first named: Ansible lists them so
+
+  RawGroup& group_named(const std::string& name) {
+    auto [it, added] = groups.try_emplace(name);
+    if (added) group_order.push_back(name);
+    return it->second;
+  }
   std::vector<std::string> host_order;
   std::map<std::string, json> host_vars;
 
   void add_host(const std::string& group, const std::string& host, const json& vars) {
     if (host_vars.emplace(host, json::object()).second) host_order.push_back(host);
-    RawGroup& g = groups[group];
+    RawGroup& g = group_named(group);
     if (g.host_set.insert(host).second) g.hosts.push_back(host);
     // A host listed under several groups is one host; its vars from every place merge, later wins.
     host_vars[host].update(vars);
@@ -216,8 +223,8 @@ struct Raw {
     if (child == parent) return "group " + quote(child) + " cannot be a child of itself";
     auto loop = path(child, parent);
     if (!loop.empty()) return "children form a cycle: " + parent + " -> " + join(loop, " -> ");
-    groups[child];
-    auto& kids = groups[parent].children;
+    group_named(child);
+    auto& kids = group_named(parent).children;
     if (std::find(kids.begin(), kids.end(), child) == kids.end()) kids.push_back(child);
     return std::nullopt;
   }
@@ -323,6 +330,23 @@ Expected<Inventory> finish(const Raw& raw, const std::string& source, const Vars
     for (const auto& g : member) inv.groups[g].push_back(name);
     inv.hosts.push_back(std::move(host));
   }
+  for (const auto& [name, g] : raw.groups) {
+    if (name == "all") continue;
+    if (name == "ungrouped")
+      inv.own_hosts[name] = inv.groups["ungrouped"];  // hosts in no other group, whatever the file said
+    else
+      inv.own_hosts[name] = g.hosts;
+    inv.child_groups[name] = g.children;
+  }
+  // "all": "ungrouped", its children as written, then the other groups that have no parent.
+  auto& top = inv.child_groups["all"];
+  top.push_back("ungrouped");
+  for (const auto& c : raw.groups.at("all").children)
+    if (c != "ungrouped") top.push_back(c);
+  for (const auto& name : raw.group_order)
+    if (name != "all" && name != "ungrouped" && parents[name] == std::vector<std::string>{"all"} &&
+        std::find(top.begin(), top.end(), name) == top.end())
+      top.push_back(name);
   if (!errors.empty()) return errors.error();
   return inv;
 }
@@ -525,6 +549,11 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
   std::set<std::string> defined;
   for (const auto& [name, g] : raw.groups) defined.insert(name);
   std::vector<std::pair<std::string, size_t>> vars_sections;  // checked at the end: the group must exist
+  struct ChildReference {
+    std::string parent, child;
+    size_t line;
+  };
+  std::vector<ChildReference> undefined_children;  // named before any section defines them; checked at the end
   size_t lineno = 0;
   for (std::string_view raw_line : lines(text)) {
     ++lineno;
@@ -537,7 +566,7 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
       const std::string kind = m[2].matched ? m[2].str() : "hosts";
       if (kind == "hosts" || kind == "children") {
         state = kind == "hosts" ? State::hosts : State::children;
-        raw.groups[group];
+        raw.group_named(group);
         defined.insert(group);
       } else if (kind == "vars") {
         state = State::vars;
@@ -588,8 +617,9 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
           fail("expected a group name in [" + group + ":children], got " + quote(line));
           break;
         }
-        // A child never defined is an empty group (Ansible's INI_UNRESOLVED_REFERENCE=ignore).
-        defined.insert(g[1].str());
+        // A child may be defined further down; one never defined is an error at the end, as in
+        // Ansible's ini plugin (a [child:vars] section does not define it).
+        if (!defined.count(g[1].str())) undefined_children.push_back({group, g[1].str(), lineno});
         if (auto err = raw.add_child(group, g[1].str())) fail(*err);
         break;
       }
@@ -603,16 +633,21 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
         std::string value(trim(std::string_view(line).substr(eq + 1)));
         bool quoted = value.size() >= 2 && (value[0] == '"' || value[0] == '\'') && value.back() == value[0];
         if (quoted) value = value.substr(1, value.size() - 2);
-        raw.groups[group].vars[key] = ini_scalar(value, quoted);
+        raw.group_named(group).vars[key] = ini_scalar(value, quoted);
         break;
       }
     }
   }
+  std::set<std::string> reported;
+  for (const auto& ref : undefined_children)
+    if (!defined.count(ref.child) && reported.insert(ref.child).second)
+      errors.add(file + ":" + std::to_string(ref.line) + ": Section [" + ref.parent +
+                 ":children] includes undefined group: " + ref.child);
   // Vars for a group that is nowhere else would apply to no host: a typo, as Ansible says too.
   for (const auto& [name, line] : vars_sections)
-    if (!defined.count(name))
+    if (!defined.count(name) && !reported.count(name))
       errors.add(file + ":" + std::to_string(line) + ": section [" + name + ":vars] is for a group that is never " +
-                 "defined: add [" + name + "] with its hosts, or list it under a [parent:children]");
+                 "defined: add [" + name + "] with its hosts, or [" + name + ":children]");
 }
 
 // ---- YAML ----
@@ -651,7 +686,7 @@ class YamlInventory {
   }
 
   void group(const std::string& name, const YAML::Node& node) {
-    raw_.groups[name];
+    raw_.group_named(name);
     if (!node.IsDefined() || node.IsNull()) return;
     if (!node.IsMap()) {
       reader_.error(node, "group " + quote(name) + " must be a mapping with hosts, vars or children, not " +
@@ -665,7 +700,7 @@ class YamlInventory {
       } else if (key == "vars") {
         for (const auto& [vk, vv] : section(v, "vars", name)) {
           json value;
-          if (reader_.to_json(vv, value)) raw_.groups[name].vars[vk.Scalar()] = std::move(value);
+          if (reader_.to_json(vv, value)) raw_.group_named(name).vars[vk.Scalar()] = std::move(value);
         }
       } else if (key == "children") {
         for (const auto& [ck, cv] : section(v, "children", name)) {
@@ -930,10 +965,10 @@ std::string InventoryHost::address() const {
   return a.empty() ? name : a;
 }
 
-int InventoryHost::port() const {
+std::optional<int> InventoryHost::port() const {
   const json* v = first_var(vars, {"ansible_ssh_port", "ansible_port"});
-  if (!v) return 22;
-  return port_number(*v).value_or(22);
+  if (!v) return std::nullopt;
+  return port_number(*v);  // finish() refused a port that is no port
 }
 
 std::string InventoryHost::user() const {
@@ -955,6 +990,26 @@ bool InventoryHost::become() const {
 std::string InventoryHost::key_file() const {
   const json* v = first_var(vars, {"ansible_ssh_private_key_file", "ansible_private_key_file"});
   return v ? text_of(*v) : "";
+}
+
+json inventory_list(const Inventory& inv) {
+  json out = json::object();
+  out["_meta"]["hostvars"] = json::object();
+  for (const auto& h : inv.hosts) out["_meta"]["hostvars"][h.name] = h.vars;
+  std::set<std::string> seen{"all"};
+  std::function<void(const std::string&)> add = [&](const std::string& group) {
+    json entry = json::object();
+    if (auto it = inv.own_hosts.find(group); it != inv.own_hosts.end() && !it->second.empty())
+      entry["hosts"] = it->second;
+    if (auto it = inv.child_groups.find(group); it != inv.child_groups.end() && !it->second.empty()) {
+      entry["children"] = it->second;
+      for (const auto& c : it->second)
+        if (seen.insert(c).second) add(c);
+    }
+    if (!entry.empty()) out[group] = std::move(entry);
+  };
+  add("all");
+  return out;
 }
 
 const InventoryHost* Inventory::find(const std::string& name) const {

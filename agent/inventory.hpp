@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,9 @@ struct InventoryHost {
   nlohmann::json vars = nlohmann::json::object();
 
   std::string address() const;   // ansible_host (or ansible_ssh_host), else name
-  int port() const;              // ansible_port (or ansible_ssh_port), number or numeric string, else 22
+  // ansible_port (or ansible_ssh_port), number or numeric string; none when unset, as Ansible then
+  // passes no port to ssh and ~/.ssh/config (or ssh's 22) decides.
+  std::optional<int> port() const;
   std::string user() const;      // ansible_user (or ansible_ssh_user), else ""
   bool become() const;           // ansible_become: true/yes/on/y/t/1 in any case, bool, string or number
   std::string key_file() const;  // ansible_ssh_private_key_file (or ansible_private_key_file), else ""
@@ -34,8 +37,15 @@ struct Inventory {
   std::vector<InventoryHost> hosts;                          // each host once, in first-appearance order
   std::map<std::string, std::vector<std::string>> groups;    // group -> its hosts (direct and through
                                                              // children) in host order; with "all", "ungrouped"
+  // As written: each group's own hosts and child groups, in order ("all" has no hosts of its own
+  // here, its children are "ungrouped" and every group that has no parent), as ansible-inventory lists them.
+  std::map<std::string, std::vector<std::string>> own_hosts, child_groups;
   const InventoryHost* find(const std::string& name) const;  // nullptr when there is no such host
 };
+
+// The inventory as `ansible-inventory --list` prints it: "_meta": {"hostvars": {host: vars}}, then
+// each group that has hosts or children: {"hosts": [...], "children": [...]}, "all" with children only.
+nlohmann::json inventory_list(const Inventory& inv);
 
 // Reads an inventory: a YAML file (.yml/.yaml/.json, or any other name whose content is a YAML
 // mapping), an INI file (anything else), a directory (every file in it, sorted, as Ansible does:

@@ -10,6 +10,7 @@
 #include "agent/facts.hpp"
 #include "agent/facts_view.hpp"
 #include "agent/host.hpp"
+#include "agent/inventory.hpp"
 #include "agent/playbook.hpp"
 #include "agent/report.hpp"
 #include "agent/runner.hpp"
@@ -89,6 +90,34 @@ int cmd_facts(const Common& c, bool json_out, const std::string& capture) {
   return 0;
 }
 
+// `gptagent inventory -i INV --list`: the inventory as ansible-inventory --list shows it.
+int cmd_inventory(const std::string& path) {
+  auto inv = gpt::load_inventory(path);
+  if (!inv) {
+    std::cerr << "gptagent: " << inv.error() << "\n";
+    return 1;
+  }
+  std::cout << gpt::inventory_list(*inv).dump(4, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  return 0;
+}
+
+// `gptagent apply PLAYBOOK -i INV --list-hosts`: the hosts a run would reach, as Ansible lists them.
+int cmd_list_hosts(const std::string& path, const std::string& limit) {
+  auto inv = gpt::load_inventory(path);
+  if (!inv) {
+    std::cerr << "gptagent: " << inv.error() << "\n";
+    return 1;
+  }
+  auto hosts = gpt::select_hosts(*inv, limit.empty() ? "all" : limit);
+  if (!hosts) {
+    std::cerr << "gptagent: " << hosts.error() << "\n";
+    return 1;
+  }
+  std::cout << "  hosts (" << hosts->size() << "):\n";
+  for (const auto* h : *hosts) std::cout << "    " << h->name << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -128,8 +157,18 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   apply->add_option("--reboot-timeout", fo.reboot_timeout, "Seconds to wait for a rebooted host (default 600)")
       ->check(CLI::Range(1, 86400));
+  bool list_hosts = false;
+  apply->add_flag("--list-hosts", list_hosts, "With -i: list the hosts the run would reach (after --limit) and stop");
   apply->add_option("-c,--connect", ao.connect, "libvirt URI for libvirt tasks without connect: (default qemu:///system)")
       ->type_name("URI");
+
+  std::string inventory_path;
+  auto* inventory = app.add_subcommand("inventory", "Show an Ansible inventory as ansible-inventory --list does");
+  inventory->add_option("-i,--inventory", inventory_path, "The inventory (YAML, INI, directory or host list)")
+      ->required()
+      ->type_name("INVENTORY");
+  bool inventory_list = false;  // the one output there is, required as by ansible-inventory
+  inventory->add_flag("--list", inventory_list, "Every group and host with its variables, as JSON")->required();
 
   bool status_json = false;
   auto* status = app.add_subcommand("status", "Show whether a run waits for a reboot, and what it will check");
@@ -155,6 +194,14 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 1;
   }
   setup_logging(c.verbosity);
+  if (*inventory) return cmd_inventory(inventory_path);
+  if (*apply && list_hosts) {
+    if (fo.inventory.empty()) {
+      std::cerr << "gptagent: --list-hosts lists the hosts of an inventory: give it with -i\n";
+      return 1;
+    }
+    return cmd_list_hosts(fo.inventory, fo.limit);
+  }
   if (*apply && !fo.inventory.empty()) {
     if (c.root != "/") {
       std::cerr << "gptagent: --root and -i exclude each other: a host's root is its gptagent_root inventory variable\n";

@@ -14,6 +14,9 @@
 #include <memory>
 #include <thread>
 
+#include "agent/fleet.hpp"
+#include "agent/inventory.hpp"
+#include "agent/text.hpp"
 #include "tests/support/sshd.hpp"
 
 namespace gpt {
@@ -385,6 +388,152 @@ TEST(Fleet, BecomeNeverWaitsForAPasswordPrompt) {
   EXPECT_TRUE(has(lab.grub(1), "intel_iommu=on iommu=pt")) << lab.grub(1);
   EXPECT_TRUE(has(slurp(log), "gptagent-")) << slurp(log);
   EXPECT_TRUE(has(slurp(log), " apply")) << slurp(log);
+}
+
+}  // namespace
+}  // namespace gpt
+
+namespace gpt {
+namespace {
+
+Inventory parsed_inventory(const std::string& ini) {
+  auto inv = parse_inventory_ini(ini, "ssh.ini");
+  EXPECT_TRUE(inv.ok()) << inv.error();
+  return inv.ok() ? *inv : Inventory{};
+}
+
+bool has_words(const std::vector<std::string>& argv, const std::vector<std::string>& words) {
+  return std::search(argv.begin(), argv.end(), words.begin(), words.end()) != argv.end();
+}
+
+// Ansible passes no port when the inventory sets none, so that ~/.ssh/config (Port) decides.
+TEST(FleetSsh, APortIsPassedOnlyWhenTheInventoryGivesOne) {
+  const auto inv = parsed_inventory("plain\nported:2222\nbyvar ansible_port=2200\n");
+  auto plain = ssh_command(*inv.find("plain"), "ssh.ini", "/tmp/c/0");
+  ASSERT_TRUE(plain.ok()) << plain.error();
+  EXPECT_EQ(plain->front(), "ssh");
+  EXPECT_EQ(std::find(plain->begin(), plain->end(), "-p"), plain->end()) << join(*plain, " ");
+  for (const auto& w : *plain) EXPECT_FALSE(w.starts_with("Port=")) << w;
+  EXPECT_TRUE(has_words(*plain, {"-o", "ControlPath=/tmp/c/0"}));
+  auto ported = ssh_command(*inv.find("ported"), "ssh.ini", "/tmp/c/1");
+  ASSERT_TRUE(ported.ok());
+  EXPECT_TRUE(has_words(*ported, {"-p", "2222"})) << join(*ported, " ");
+  auto byvar = ssh_command(*inv.find("byvar"), "ssh.ini", "/tmp/c/2");
+  ASSERT_TRUE(byvar.ok());
+  EXPECT_TRUE(has_words(*byvar, {"-p", "2200"})) << join(*byvar, " ");
+}
+
+TEST(FleetSsh, AnsibleSshExecutableIsTheSshOfEveryCall) {
+  const auto inv = parsed_inventory("h ansible_ssh_executable=/opt/openssh/bin/ssh\n");
+  auto argv = ssh_command(*inv.find("h"), "ssh.ini", "/tmp/c/0");
+  ASSERT_TRUE(argv.ok());
+  EXPECT_EQ(argv->front(), "/opt/openssh/bin/ssh");
+
+  // Through the binary: the shared connection, the runs and its end all go through that one ssh.
+  Lab lab(1);
+  const std::string log = lab.files / "ssh.log", wrapper = lab.files / "my-ssh";
+  test::write(wrapper, "#!/bin/sh\necho \"$*\" >> " + log + "\nexec ssh \"$@\"\n", 0755);
+  lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n");
+  auto r = lab.apply();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const std::string calls = slurp(log);
+  EXPECT_TRUE(has(calls, "ControlMaster=yes")) << calls;  // the shared connection
+  EXPECT_TRUE(has(calls, "ControlMaster=no")) << calls;   // a run on it
+  EXPECT_TRUE(has(calls, "-O exit")) << calls;            // its end
+}
+
+}  // namespace
+}  // namespace gpt
+
+namespace gpt {
+namespace {
+
+// A controller whose PATH has an ssh that only records that it ran.
+struct NoSsh {
+  test::TempDir dir;
+  std::string bin = dir / "bin", marker = dir / "ssh-ran";
+  NoSsh() {
+    fs::create_directories(bin);
+    test::write(bin + "/ssh", "#!/bin/sh\necho \"$*\" >> " + marker + "\nexit 255\n", 0755);
+  }
+  std::string path() const { return "PATH=" + bin + ":" + std::getenv("PATH"); }
+};
+
+TEST(FleetLocal, ALocalHostConvergesOnTheControllerWithoutSsh) {
+  test::TempDir files;
+  test::SampleHost tree;
+  NoSsh no_ssh;
+  const std::string playbook = files / "host.yaml", inventory = files / "inventory.yml", cache = files / "cache",
+                    tmp = files / "tmp", control_tmp = files / "controller-tmp";
+  fs::create_directories(tmp);
+  fs::create_directories(control_tmp);
+  test::write(playbook, kPlaybook);
+  test::write(inventory, "all:\n  hosts:\n    controller:\n      ansible_connection: local\n      extra_param: iommu=pt\n"
+                         "      gptagent_root: " + tree.root() + "\n      gptagent_remote_dir: " + cache +
+                         "\n      gptagent_remote_tmp: " + tmp + "\n");
+  auto apply = [&] {
+    return run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {"TMPDIR=" + control_tmp, no_ssh.path()});
+  };
+  auto first = apply();
+  ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
+  EXPECT_TRUE(has(first.out, "changed: [controller] IOMMU on the kernel command line")) << first.out;
+  EXPECT_TRUE(has(slurp(tree.file("/etc/default/grub")), "intel_iommu=on iommu=pt"));
+  auto second = apply();
+  ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
+  EXPECT_TRUE(has(second.out, "controller" + std::string(16, ' ') + " : ok=2    changed=0")) << second.out;
+  EXPECT_FALSE(fs::exists(no_ssh.marker)) << "ssh was run";
+  EXPECT_EQ(entries(tmp), std::vector<std::string>{});
+  EXPECT_EQ(entries(control_tmp), std::vector<std::string>{});
+}
+
+TEST(FleetLocal, AConnectionTypeThatIsNotSupportedIsRefusedBeforeAnyHostRuns) {
+  test::TempDir files;
+  test::SampleHost tree;
+  NoSsh no_ssh;
+  const std::string playbook = files / "host.yaml", inventory = files / "hosts.ini";
+  test::write(playbook, kPlaybook);
+  test::write(inventory, "[gpus]\nhere ansible_connection=local gptagent_root=" + tree.root() +
+                             " gptagent_remote_dir=" + (files / "cache") + "\nbox ansible_connection=docker\n[all:vars]\nextra_param=x\n");
+  auto r = run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {no_ssh.path()});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_TRUE(has(r.err, "host box: ansible_connection=docker is not supported")) << r.err;
+  EXPECT_TRUE(has(r.err, "no host was touched")) << r.err;
+  EXPECT_FALSE(has(slurp(tree.file("/etc/default/grub")), "intel_iommu=on"));
+  EXPECT_FALSE(fs::exists(files / "cache"));
+  EXPECT_FALSE(fs::exists(no_ssh.marker));
+}
+
+}  // namespace
+}  // namespace gpt
+
+namespace gpt {
+namespace {
+
+TEST(FleetCli, InventoryListAndListHostsTouchNoHost) {
+  test::TempDir files;
+  NoSsh no_ssh;
+  const std::string inventory = files / "hosts.ini", playbook = files / "host.yaml";
+  test::write(playbook, kPlaybook);
+  test::write(inventory, "[gpus]\ngpu[01:03] ansible_port=2222\n[web]\nweb01\n");
+  auto list = run_agent({"inventory", "-i", inventory, "--list"}, {no_ssh.path()});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  auto doc = nlohmann::json::parse(list.out);
+  EXPECT_EQ(doc["gpus"]["hosts"], (nlohmann::json{"gpu01", "gpu02", "gpu03"}));
+  EXPECT_EQ(doc["all"]["children"], (nlohmann::json{"ungrouped", "gpus", "web"}));
+  EXPECT_EQ(doc["_meta"]["hostvars"]["gpu02"]["ansible_port"], 2222);
+
+  auto hosts = run_agent({"apply", playbook, "-i", inventory, "--limit", "gpus:!gpu02", "--list-hosts"}, {no_ssh.path()});
+  EXPECT_EQ(hosts.exit_code, 0) << hosts.err;
+  EXPECT_EQ(hosts.out, "  hosts (2):\n    gpu01\n    gpu03\n");
+  auto none = run_agent({"apply", playbook, "-i", inventory, "--limit", "nosuch", "--list-hosts"}, {no_ssh.path()});
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_TRUE(has(none.err, "nosuch")) << none.err;
+  EXPECT_FALSE(fs::exists(no_ssh.marker)) << "ssh was run";
+
+  test::write(inventory, "[fleet:children]\nnfs\n");
+  auto bad = run_agent({"inventory", "-i", inventory, "--list"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_TRUE(has(bad.err, inventory + ":2: Section [fleet:children] includes undefined group: nfs")) << bad.err;
 }
 
 }  // namespace

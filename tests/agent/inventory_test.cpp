@@ -366,7 +366,7 @@ d ansible_become=1
   EXPECT_TRUE(b.become());
   EXPECT_EQ(b.key_file(), "/k/b");
   EXPECT_FALSE(host(*inv, "c").become());
-  EXPECT_EQ(host(*inv, "c").port(), 22);
+  EXPECT_EQ(host(*inv, "c").port(), std::nullopt);  // none: ssh and ~/.ssh/config decide
   EXPECT_TRUE(host(*inv, "d").become());
 
   auto y = parse_inventory_yaml(R"(all:
@@ -525,12 +525,33 @@ a=1
   EXPECT_EQ(e.find("bad.ini:6:"), std::string::npos);  // the lines of a bad section are not reported again
 }
 
-TEST(InventoryErrors, AnUndefinedChildIsAnEmptyGroup) {
-  auto inv = parse_inventory_ini("[parent:children]\nmissing\n[missing:vars]\nx=1\n", "c.ini");
-  ASSERT_TRUE(inv.ok()) << inv.error();
-  EXPECT_TRUE(inv->groups.at("missing").empty());
-  EXPECT_TRUE(inv->groups.at("parent").empty());
-  EXPECT_TRUE(inv->hosts.empty());
+// Ansible's ini plugin: "FILE:LINE: Section [OSEv3:children] includes undefined group: nfs".
+TEST(InventoryErrors, AnIniChildThatIsNeverDefinedIsAnErrorWithTheLine) {
+  auto inv = parse_inventory_ini("[OSEv3:children]\nmasters\nnfs\n[masters]\nm1\n[nfs:vars]\nx=1\n", "osev3.ini");
+  ASSERT_FALSE(inv.ok());
+  EXPECT_TRUE(HasError(inv.error(), "osev3.ini:3: Section [OSEv3:children] includes undefined group: nfs")) << inv.error();
+  EXPECT_EQ(inv.error().find("masters"), std::string::npos) << "masters is defined further down: " << inv.error();
+  EXPECT_EQ(inv.error().find("osev3.ini:6:"), std::string::npos) << "one error for nfs: " << inv.error();
+
+  // Defined after the reference, by a section of its own (even an empty one), it is fine.
+  auto later = parse_inventory_ini("[parent:children]\nkid\n[kid]\n", "later.ini");
+  ASSERT_TRUE(later.ok()) << later.error();
+  EXPECT_TRUE(later->groups.at("kid").empty());
+
+  // In YAML, naming a group under children defines it (ansible-core 2.14 does the same).
+  auto yaml = parse_inventory_yaml("all:\n  children:\n    OSEv3:\n      children:\n        nfs:\n", "osev3.yml");
+  ASSERT_TRUE(yaml.ok()) << yaml.error();
+  EXPECT_TRUE(yaml->groups.at("nfs").empty());
+}
+
+TEST(InventoryLoad, AChildDefinedInAnEarlierFileOfTheDirectoryIsDefined) {
+  TempDir d;
+  test::write(d / "inv/01-gpus.yml", "gpus:\n  hosts:\n    gpu01:\n");
+  test::write(d / "inv/02-fleet", "[fleet:children]\ngpus\nnfs\n");
+  auto inv = load_inventory(d / "inv");
+  ASSERT_FALSE(inv.ok());
+  EXPECT_TRUE(HasError(inv.error(), d / "inv/02-fleet:3: Section [fleet:children] includes undefined group: nfs")) << inv.error();
+  EXPECT_EQ(inv.error().find("gpus"), std::string::npos) << inv.error();
 }
 
 TEST(InventoryErrors, ChildrenCyclesAreErrors) {
@@ -617,6 +638,83 @@ TEST(InventoryLoad, ACommaSeparatedHostList) {
   EXPECT_EQ(names(*inv), (Names{"web01", "web02", "gpu1", "gpu2"}));
   EXPECT_EQ(inv->groups.at("ungrouped"), names(*inv));
   EXPECT_EQ(host(*inv, "web02").port(), 2222);
+}
+
+// What ansible-inventory 2.14 --list printed for this inventory, byte for byte.
+TEST(InventoryList, IsWhatAnsibleInventoryListPrints) {
+  auto inv = parse_inventory_yaml(R"(all:
+  vars: {v: 1}
+  hosts:
+    lone:
+  children:
+    gpus:
+      hosts:
+        gpu01: {ansible_port: 2222}
+      children:
+        big:
+          hosts:
+            gpu02:
+    empty:
+      children:
+        nfs:
+)",
+                                  "l.yml");
+  ASSERT_TRUE(inv.ok()) << inv.error();
+  EXPECT_EQ(inventory_list(*inv).dump(4), R"({
+    "_meta": {
+        "hostvars": {
+            "gpu01": {
+                "ansible_port": 2222,
+                "v": 1
+            },
+            "gpu02": {
+                "v": 1
+            },
+            "lone": {
+                "v": 1
+            }
+        }
+    },
+    "all": {
+        "children": [
+            "ungrouped",
+            "gpus",
+            "empty"
+        ]
+    },
+    "big": {
+        "hosts": [
+            "gpu02"
+        ]
+    },
+    "empty": {
+        "children": [
+            "nfs"
+        ]
+    },
+    "gpus": {
+        "children": [
+            "big"
+        ],
+        "hosts": [
+            "gpu01"
+        ]
+    },
+    "ungrouped": {
+        "hosts": [
+            "lone"
+        ]
+    }
+})");
+
+  // INI: groups that no section names as a child are children of "all", after "ungrouped"
+  // (ansible-inventory 2.14 printed these too).
+  auto ini = parse_inventory_ini("solo\n[web]\nweb01\n[gpus]\ngpu01\n[fleet:children]\ngpus\n", "l.ini");
+  ASSERT_TRUE(ini.ok()) << ini.error();
+  const auto list = inventory_list(*ini);
+  EXPECT_EQ(list["all"]["children"], (nlohmann::json{"ungrouped", "web", "fleet"}));  // in the order first named, as ansible-inventory
+  EXPECT_EQ(list["fleet"], (nlohmann::json{{"children", {"gpus"}}}));
+  EXPECT_EQ(list["ungrouped"]["hosts"], (nlohmann::json{"solo"}));
 }
 
 }  // namespace
