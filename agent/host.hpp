@@ -22,6 +22,10 @@ class Root {
   // What --root may name: an existing directory (an error saying so otherwise).
   static Status check(const std::string& dir);
 
+  // A root at a directory already open, named by its /proc/self/fd link and kept so (never resolved
+  // to a path that whoever may write its parent could swap for a symlink). `fd` stays open meanwhile.
+  static Root at_fd(int fd) { return Root("/proc/self/fd/" + std::to_string(fd), Verbatim{}); }
+
   const std::string& dir() const { return dir_; }
   // True when the root is not "/": commands that change the running system must not run.
   bool sandboxed() const { return dir_ != "/"; }
@@ -33,6 +37,8 @@ class Root {
   static std::string display(std::string_view path) { return std::string(path); }
 
  private:
+  struct Verbatim {};
+  Root(std::string dir, Verbatim) : dir_(std::move(dir)) {}
   std::string dir_;
 };
 
