@@ -116,6 +116,30 @@ std::string remote_path(const std::string& path) {
   return shell_quote(path);
 }
 
+// Shell that makes $d physical and refuses it (exit 96, the reason on stderr after
+// "gptagent-unsafe=") unless it and every directory above it belong to the ssh user or root and no
+// one else may write them, as OpenSSH's StrictModes asks of ~/.ssh: root runs what is cached there.
+// A sticky directory of root's (/tmp) may be above it: no other user can rename or remove our
+// entries in it.
+std::string refuse_unsafe_dir() {
+  return "d=$(cd -P -- \"$d\" && pwd -P) || exit 90; u=$(id -u); p=$d; while :; do "
+         "s=$(stat -c '%u %a' -- \"$p\") || exit 90; o=${s% *}; m=$((0${s#* })); "
+         "if [ \"$o\" != 0 ] && [ \"$o\" != \"$u\" ]; then echo \"gptagent-unsafe=$p belongs to uid $o\" >&2; exit 96; fi; "
+         "if [ $((m & 022)) -ne 0 ] && { [ \"$p\" = \"$d\" ] || [ \"$o\" != 0 ] || [ $((m & 01000)) -eq 0 ]; }; then "
+         "echo \"gptagent-unsafe=$p is writable by group or others\" >&2; exit 96; fi; "
+         "[ \"$p\" = / ] && break; p=${p%/*}; [ -n \"$p\" ] || p=/; done; ";
+}
+
+// The message for an exit 96 of refuse_unsafe_dir.
+std::string unsafe_dir_message(const std::string& remote_dir, const std::string& err) {
+  std::string why = remote_dir + " is not safe";
+  if (auto at = err.find("gptagent-unsafe="); at != std::string::npos)
+    why = err.substr(at + 16, err.find('\n', at) == std::string::npos ? std::string::npos : err.find('\n', at) - at - 16);
+  return "refused the agent cache " + remote_dir + ": " + why +
+         " (it and every directory above it must belong to the ssh user or root and be writable by no one else, "
+         "as OpenSSH's StrictModes asks): nothing was copied or run";
+}
+
 struct HostOutcome {
   enum Kind { ok, changed_, failed_, unreachable, drift, waiting, interrupted } kind = ok;  // trailing _: not the counters
   std::string message;
@@ -308,9 +332,13 @@ HostOutcome Fleet::converge(Host& h) {
     const std::string command = "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"" +
                                 (extra.empty() ? "" : " " + remote_command(extra));
     const std::string vars = h.vars.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    auto run = ssh(h, "umask 077; a=" + D + "/" + agent_name_ + "; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; " +
-                          verify + " || exit 95; t=$(mktemp -d " + remote_tmp_parent(h.remote_tmp) + "/gptagent." + run_id_ +
-                          ".XXXXXXXX) || exit 91; echo \"gptagent-boot=$(cat " + shell_quote(h.boot_path) +
+    // What runs is a copy in the run's private directory, hashed there: nobody can swap it
+    // between the check and the exec.
+    auto run = ssh(h, "umask 077; d=" + D + "; [ -d \"$d\" ] || exit 93; " + refuse_unsafe_dir() + "a=\"$d/" +
+                          agent_name_ + "\"; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; t=$(mktemp -d " +
+                          remote_tmp_parent(h.remote_tmp) + "/gptagent." + run_id_ +
+                          ".XXXXXXXX) || exit 91; { cat \"$a\" > \"$t/" + agent_name_ + "\" && chmod 700 \"$t/" + agent_name_ +
+                          "\"; } || { rm -rf \"$t\"; exit 91; }; a=\"$t/" + agent_name_ + "\"; " + verify + " || { rm -rf \"$t\"; exit 95; }; echo \"gptagent-boot=$(cat " + shell_quote(h.boot_path) +
                           " 2>/dev/null)\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
                           " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become +
                           "\"$a\" " + command + " </dev/null & echo $! > \"$t/pid\"; wait $!; rc=$?; rm -rf \"$t\"; exit $rc",
@@ -320,12 +348,19 @@ HostOutcome Fleet::converge(Host& h) {
       r.message = stop_and_clean(h);
       break;
     }
+    if (run.exit_code == 96) {
+      r.kind = HostOutcome::failed_;
+      r.message = unsafe_dir_message(h.remote_dir, run.err);
+      return r;
+    }
     if ((run.exit_code == 93 || run.exit_code == 95) && !copied) {
       copied = true;
       spdlog::info("{}: copying the agent ({} bytes)", h.inv->name, agent_bytes_.size());
-      // Written whole under a private name, its hash checked, then renamed: the cached name
-      // always holds that content. Other versions are removed once this one is in place.
-      auto copy = ssh(h, "umask 077; d=" + D + "; mkdir -p \"$d\" && a=\"$d/.gptagent.new.$$\" && cat > \"$a\" || exit 90; " +
+      // Written whole under a new name mktemp makes (O_EXCL: never through a planted file or
+      // link), its hash checked, then renamed: the cached name always holds that content. Other
+      // versions are removed once this one is in place.
+      auto copy = ssh(h, "umask 077; d=" + D + "; mkdir -p -- \"$d\" || exit 90; " + refuse_unsafe_dir() +
+                             "a=$(mktemp \"$d/.gptagent.new.XXXXXXXX\") || exit 90; cat > \"$a\" || { rm -f \"$a\"; exit 90; }; " +
                              verify + " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" + agent_name_ +
                              "\" && for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
                       agent_bytes_, 600);
@@ -333,6 +368,11 @@ HostOutcome Fleet::converge(Host& h) {
         r.kind = HostOutcome::interrupted;
         r.message = "interrupted while copying the agent";
         break;
+      }
+      if (copy.exit_code == 96) {
+        r.kind = HostOutcome::failed_;
+        r.message = unsafe_dir_message(h.remote_dir, copy.err);
+        return r;
       }
       if (!copy.ok()) {
         r.kind = copy.exit_code == 255 ? HostOutcome::unreachable : HostOutcome::failed_;

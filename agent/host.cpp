@@ -39,25 +39,7 @@ std::string join_under(const std::string& dir, const std::vector<std::string>& p
   return out.empty() ? "/" : out;
 }
 
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  Fd(Fd&& other) noexcept : fd_(other.release()) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 Status write_all(int fd, std::string_view data) {
   while (!data.empty()) {
@@ -210,6 +192,26 @@ Expected<FileInfo> stat_file(const Root& root, std::string_view path) {
   info.gid = st.st_gid;
   return info;
 }
+
+UniqueFd::~UniqueFd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Expected<ParentDir> open_dir_of(const Root& root, std::string_view path) {
+  ParentDir out;
+  out.name = base_of(path);
+  if (out.name.empty() || out.name == "." || out.name == "..")
+    return Error{std::string(path) + " does not name a file"};
+  auto real = root.resolve(parent_of(path));
+  if (!real) return Error{real.error()};
+  out.real = *real;
+  out.fd = UniqueFd(::open(out.real.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (out.fd.get() < 0 && errno != ENOENT && errno != ENOTDIR)
+    return Error{"cannot open the directory of " + std::string(path) + ": " + errno_text(errno)};
+  return out;
+}
+
+std::string ParentDir::real_path() const { return (real == "/" ? "" : real) + "/" + name; }
 
 bool path_exists(const Root& root, std::string_view path) {
   auto info = stat_file(root, path);

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "agent/expected.hpp"
@@ -21,6 +22,10 @@ class Root {
   // What --root may name: an existing directory (an error saying so otherwise).
   static Status check(const std::string& dir);
 
+  // A root at a directory already open, named by its /proc/self/fd link and kept so (never resolved
+  // to a path that whoever may write its parent could swap for a symlink). `fd` stays open meanwhile.
+  static Root at_fd(int fd) { return Root("/proc/self/fd/" + std::to_string(fd), Verbatim{}); }
+
   const std::string& dir() const { return dir_; }
   // True when the root is not "/": commands that change the running system must not run.
   bool sandboxed() const { return dir_ != "/"; }
@@ -32,6 +37,8 @@ class Root {
   static std::string display(std::string_view path) { return std::string(path); }
 
  private:
+  struct Verbatim {};
+  Root(std::string dir, Verbatim) : dir_(std::move(dir)) {}
   std::string dir_;
 };
 
@@ -51,6 +58,42 @@ Expected<std::string> read_file(const Root& root, std::string_view path,
 Expected<std::optional<std::string>> read_file_if_exists(const Root& root, std::string_view path,
                                                          size_t max_bytes = 16u << 20);
 Expected<FileInfo> stat_file(const Root& root, std::string_view path);
+
+// An open file descriptor, closed when the object goes.
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd = -1) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) UniqueFd(other.release()).swap(*this);
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd();
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void swap(UniqueFd& other) noexcept { std::swap(fd_, other.fd_); }
+
+ private:
+  int fd_;
+};
+
+// The directory holding `path` (a host path), resolved in the root and opened O_PATH, and the
+// path's last component. What is at that name is then looked at with openat(O_NOFOLLOW) from the
+// descriptor, never by path again: a symlink another user swaps in there is seen, not followed.
+// `fd` is -1 when the directory does not exist.
+struct ParentDir {
+  UniqueFd fd;
+  std::string real;  // the directory's real path (under the root)
+  std::string name;  // the last component
+  std::string real_path() const;
+};
+Expected<ParentDir> open_dir_of(const Root& root, std::string_view path);
 bool path_exists(const Root& root, std::string_view path);
 
 struct WriteOptions {

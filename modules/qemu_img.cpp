@@ -3,6 +3,7 @@
 // guest's data), and an image a running VM holds is never touched. The image lives in the managed
 // root and qemu-img writes nothing else, so it runs under --root too; check mode runs only the
 // read-only `qemu-img info`.
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <sys/stat.h>
@@ -186,15 +187,60 @@ std::vector<std::string> attr_changes(const FileInfo* now, const Attrs& want) {
   return out;
 }
 
-Status set_attrs(const std::string& real, const std::string& shown, const Attrs& want) {
+// Sets owner, group and mode on the file an O_PATH descriptor holds, never on what its path names
+// by then: whoever may write the image's directory could have put a symlink there.
+Status set_attrs(int fd, const std::string& shown, const Attrs& want) {
   const uid_t uid = want.uid ? *want.uid : static_cast<uid_t>(-1);  // -1: left as it is
   const gid_t gid = want.gid ? *want.gid : static_cast<gid_t>(-1);
-  if ((want.uid || want.gid) && ::chown(real.c_str(), uid, gid) != 0)
+  if ((want.uid || want.gid) && ::fchownat(fd, "", uid, gid, AT_EMPTY_PATH) != 0)
     return Error{"cannot change the owner of " + shown + ": " + std::strerror(errno)};
-  // After chown, which clears set-id bits a mode may ask for.
-  if (want.mode && ::chmod(real.c_str(), *want.mode) != 0)
+  // After chown, which clears set-id bits a mode may ask for. fchmod refuses an O_PATH descriptor;
+  // its /proc/self/fd link names the same inode, whatever the directory holds now.
+  const std::string held = "/proc/self/fd/" + std::to_string(fd);
+  if (want.mode && ::chmod(held.c_str(), *want.mode) != 0)
     return Error{"cannot change the mode of " + shown + ": " + std::strerror(errno)};
   return {};
+}
+
+// What is at the image's name now, not followed if it is a symlink.
+struct Entry {
+  bool exists = false;
+  struct stat st{};
+};
+
+Expected<Entry> look_at(const ParentDir& dir, const std::string& shown) {
+  Entry e;
+  if (dir.fd.get() < 0) return e;
+  if (::fstatat(dir.fd.get(), dir.name.c_str(), &e.st, AT_SYMLINK_NOFOLLOW) == 0) {
+    e.exists = true;
+    return e;
+  }
+  if (errno == ENOENT) return e;
+  return Error{"cannot stat " + shown + ": " + std::strerror(errno)};
+}
+
+// Opens the image qemu-img just made or resized (O_PATH, never through a symlink) and checks it is
+// that file: a regular file, the inode seen before (`before`) or, for a new one, ours with a single
+// link. Anything else was put there by someone else meanwhile and gets no owner or mode from us.
+Expected<UniqueFd> open_made(const ParentDir& dir, const std::string& shown, const struct stat* before) {
+  UniqueFd fd(::openat(dir.fd.get(), dir.name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  struct stat st{};
+  if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0)
+    return Error{"cannot open " + shown + " again: " + std::strerror(errno)};
+  if (S_ISLNK(st.st_mode))
+    return Error{shown + " was replaced by a symlink meanwhile: its owner and mode were not set (nothing followed it)"};
+  if (!S_ISREG(st.st_mode)) return Error{shown + " was replaced by something else than a regular file meanwhile: its owner and mode were not set"};
+  const bool same = before ? st.st_dev == before->st_dev && st.st_ino == before->st_ino
+                           : st.st_uid == ::geteuid() && st.st_nlink == 1;
+  if (!same) return Error{shown + " was replaced by another file meanwhile: its owner and mode were not set"};
+  return fd;
+}
+
+Status set_attrs_on_made(const ParentDir& dir, const std::string& shown, const Attrs& want, const struct stat* before) {
+  if (!want.uid && !want.gid && !want.mode) return {};
+  auto fd = open_made(dir, shown, before);
+  if (!fd) return Error{fd.error()};
+  return set_attrs(fd->get(), shown, want);
 }
 
 // The image in one line, for messages.
@@ -217,6 +263,7 @@ std::string state_text(const std::string& format, uint64_t size, const std::stri
 
 struct Wanted {
   std::string path, real;
+  const ParentDir* dir = nullptr;  // the image's directory, opened; dir->fd is -1 when it is missing
   std::string format;
   std::optional<uint64_t> size;
   std::string backing, backing_real, backing_format;
@@ -228,9 +275,7 @@ struct Wanted {
 };
 
 Result create(Context& ctx, const Wanted& w, bool apply) {
-  const std::string parent = w.real.substr(0, w.real.find_last_of('/'));
-  struct stat ps{};
-  if (::stat(parent.empty() ? "/" : parent.c_str(), &ps) != 0 || !S_ISDIR(ps.st_mode)) {
+  if (w.dir->fd.get() < 0) {
     const std::string host_parent = w.path.substr(0, w.path.find_last_of('/'));
     return Result::failed("cannot create " + w.path + ": the directory " + (host_parent.empty() ? "/" : host_parent) +
                           " does not exist");
@@ -259,13 +304,14 @@ Result create(Context& ctx, const Wanted& w, bool apply) {
   if (!res.ok()) {
     // A failed full preallocation (a full disk) can leave part of an image: never keep half of one.
     struct stat st{};
-    const bool partial = ::lstat(w.real.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::unlink(w.real.c_str()) == 0;
+    const bool partial = ::fstatat(w.dir->fd.get(), w.dir->name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                         S_ISREG(st.st_mode) && ::unlinkat(w.dir->fd.get(), w.dir->name.c_str(), 0) == 0;
     Result f = Result::failed(cmd.display() + " failed: " + res.failure(/*all_of_stderr=*/true) +
                               (partial ? "; the partial " + w.path + " was removed" : ""));
     f.commands = r.commands;
     return f;
   }
-  if (auto s = set_attrs(w.real, w.path, w.attrs); !s) {
+  if (auto s = set_attrs_on_made(*w.dir, w.path, w.attrs, nullptr); !s) {
     Result f = Result::failed("created " + w.path + ", but " + s.error());
     f.commands = r.commands;
     return f;
@@ -289,7 +335,7 @@ bool same_backing(const Root& root, const std::string& recorded, const std::stri
   return real && *real == wanted_real;
 }
 
-Result update(Context& ctx, const Wanted& w, const FileInfo& file, bool apply) {
+Result update(Context& ctx, const Wanted& w, const FileInfo& file, const struct stat& seen, bool apply) {
   auto found = read_info(ctx.exec, w.real, w.path);
   if (!found) return Result::failed(found.error());
   const ImageInfo& info = *found;
@@ -372,7 +418,7 @@ Result update(Context& ctx, const Wanted& w, const FileInfo& file, bool apply) {
     }
     r.data["virtual_size"] = *grow_to;
   }
-  if (auto s = set_attrs(w.real, w.path, w.attrs); !s) {
+  if (auto s = set_attrs_on_made(*w.dir, w.path, w.attrs, &seen); !s) {
     Result f = Result::failed(s.error());
     f.data = r.data;
     f.commands = r.commands;
@@ -395,16 +441,28 @@ Result converge(Context& ctx, const json& args, bool apply) {
   w.preallocation = args.value("preallocation", "");
   w.allow_grow = args.value("allow_grow", false);
   w.timeout = std::chrono::seconds(args.value("timeout", 3600));
-  auto real = ctx.root.resolve(w.path);
-  if (!real) return Result::failed(real.error());
-  w.real = *real;
+  // The directory is resolved in the root; the image's own name never through a symlink.
+  auto dir = open_dir_of(ctx.root, w.path);
+  if (!dir) return Result::failed(dir.error());
+  w.dir = &*dir;
+  w.real = dir->real_path();
   auto attrs = wanted_attrs(ctx.root, args);
   if (!attrs) return Result::failed(attrs.error());
   w.attrs = *attrs;
 
-  auto file = stat_file(ctx.root, w.path);
-  if (!file) return Result::failed(file.error());
-  if (file->exists && !file->regular) return Result::failed(w.path + " exists and is not a regular file: not touched");
+  auto entry = look_at(*dir, w.path);
+  if (!entry) return Result::failed(entry.error());
+  if (entry->exists && S_ISLNK(entry->st.st_mode))
+    return Result::failed(w.path + " is a symlink: not touched (an image is managed at its own path, never through a link)");
+  if (entry->exists && !S_ISREG(entry->st.st_mode))
+    return Result::failed(w.path + " exists and is not a regular file: not touched");
+  FileInfo file_info;
+  file_info.exists = entry->exists;
+  file_info.regular = entry->exists;
+  file_info.mode = entry->st.st_mode & 07777;
+  file_info.uid = entry->st.st_uid;
+  file_info.gid = entry->st.st_gid;
+  const FileInfo* file = &file_info;
 
   // The backing file first: a missing or different one fails before anything is created.
   if (!w.backing.empty()) {
@@ -423,7 +481,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
                             w.backing_format + " as backing_format says");
     w.backing_size = binfo->virtual_size;
   }
-  return file->exists ? update(ctx, w, *file, apply) : create(ctx, w, apply);
+  return file->exists ? update(ctx, w, *file, entry->st, apply) : create(ctx, w, apply);
 }
 
 std::optional<std::string> absolute_file(const json& v) {
