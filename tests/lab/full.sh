@@ -7,9 +7,10 @@
 # GPU_BEHIND_ROOT_PORT).
 #
 # A Debian 12 host built with debootstrap, booted through OVMF and a real GRUB that reads the
-# guest's own /boot/grub/grub.cfg, reachable only over SSH on a loopback port. From this machine,
-# as a user would: `gptagent apply tests/lab/playbooks/full.yaml -i INVENTORY --reboot`, then the
-# checks below, each an assertion.
+# guest's own /boot/grub/grub.cfg, reachable only over SSH on a loopback port. A domain `lab` is
+# defined there by hand (`virsh define`) first; then from this machine, as a user would:
+# `gptagent apply tests/lab/playbooks/full.yaml -i INVENTORY --reboot` (its VM stage adopts `lab`),
+# then the checks below, each an assertion.
 
 # QEMU's own syntax separates a device's properties with commas.
 # shellcheck disable=SC2054
@@ -331,6 +332,80 @@ check_initramfs() {
     fail "no 'vfio_pci: add [1234:1111' in the kernel log"
 }
 
+# The domain `lab` as a user writes it before any agent runs, defined with `virsh define` in the
+# guest's own libvirtd: q35 under TCG, OVMF with an nvram of its own path, the disk the playbook's
+# qemu_img makes (by then it does not exist: libvirt defines it anyway), a NIC on QEMU's user
+# network (no bridge, no libvirt network), a Hyper-V block. The VM stage must adopt it: add the
+# GPU, keep the rest.
+FULL_MAC=52:54:00:1a:b0:19
+FULL_VENDOR_ID=LabByHand01
+FULL_NVRAM=/var/lib/libvirt/qemu/nvram/lab-by-hand_VARS.fd
+full_define_by_hand() {
+  guest 'cat >/root/lab-by-hand.xml' <<EOF
+<domain type='qemu'>
+  <name>lab</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>
+    <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>$FULL_NVRAM</nvram>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+    <hyperv mode='custom'>
+      <relaxed state='on'/>
+      <vapic state='on'/>
+      <spinlocks state='on' retries='8191'/>
+      <vendor_id state='on' value='$FULL_VENDOR_ID'/>
+    </hyperv>
+  </features>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/lab.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+      <boot order='1'/>
+    </disk>
+    <interface type='user'>
+      <mac address='$FULL_MAC'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='pty'/>
+    <console type='pty'/>
+  </devices>
+</domain>
+EOF
+  guest virsh -c qemu:///system define /root/lab-by-hand.xml >"$WORK/define-by-hand.out" 2>&1
+}
+
+# One part of a domain's XML, each element on a line as libvirt wrote it (without the whitespace
+# after it): `domain_part FILE nvram|hyperv|interface|disk`. Nothing when the file is no domain.
+domain_part() {
+  python3 -c 'import sys, xml.etree.ElementTree as ET
+paths = {"nvram": "./os/nvram", "hyperv": "./features/hyperv", "interface": "./devices/interface",
+         "disk": "./devices/disk"}
+for e in ET.parse(sys.argv[1]).getroot().findall(paths[sys.argv[2]]):
+    e.tail = None
+    print(" ".join(ET.tostring(e, encoding="unicode").split()))' "$1" "$2" 2>/dev/null || true
+}
+
+# The hand-made domain's parts in $WORK/domain-by-hand.xml against FILE: `check_kept WHEN FILE`.
+check_kept() {
+  local when=$1 file=$2 part before after
+  for part in nvram hyperv interface disk; do
+    before=$(domain_part "$WORK/domain-by-hand.xml" "$part")
+    after=$(domain_part "$file" "$part")
+    if [ -n "$before" ] && [ "$before" = "$after" ]; then
+      pass "$when: the hand-made domain's $part is unchanged"
+    else
+      fail "$when: the hand-made domain's $part changed"
+      diff <(echo "$before") <(echo "$after") | sed 's/^/    | /' >&2 || true
+    fi
+  done
+}
+
 full() {
   local keep=0 start_vm=${GPTAGENT_LAB_START_VM:-1}
   while [ $# -gt 0 ]; do
@@ -387,7 +462,23 @@ full() {
   say "phase boot (OVMF, GRUB, Debian, sshd on 127.0.0.1:$PORT): $(since "$t")"
   full_inventory
 
-  # 1. The whole playbook with --reboot: host stage, reboot, checks, VM stage.
+  # 0. A domain defined by hand before gptagent ever ran (libvirtd starts on its socket).
+  t=$(now)
+  if full_define_by_hand; then
+    pass "the domain 'lab' defined by hand with virsh define (a disk, a NIC, a Hyper-V block)"
+  else
+    fail "virsh define of the hand-made domain 'lab' failed"
+    sed 's/^/    | /' "$WORK/define-by-hand.out" >&2
+  fi
+  guest virsh -c qemu:///system dumpxml --inactive lab >"$WORK/domain-by-hand.xml" 2>&1 || true
+  grep -q "<mac address='$FULL_MAC'/>" "$WORK/domain-by-hand.xml" &&
+    grep -q "<vendor_id state='on' value='$FULL_VENDOR_ID'/>" "$WORK/domain-by-hand.xml" &&
+    ! grep -q '<hostdev' "$WORK/domain-by-hand.xml" && ! grep -q 'gptagent' "$WORK/domain-by-hand.xml" &&
+    pass "virsh dumpxml --inactive lab: the MAC, the vendor_id, no hostdev, no record of the agent" ||
+    fail "the hand-made domain's XML is not as defined (see $WORK/domain-by-hand.xml)"
+  say "phase define by hand: $(since "$t")"
+
+  # 1. The whole playbook with --reboot: host stage, reboot, checks, VM stage (which adopts 'lab').
   agent apply-reboot --reboot --reboot-timeout 600
   expect_rc apply-reboot 0
   grep -q 'rebooted: \[lab\] 1 time' "$WORK/apply-reboot.out" && pass "the controller rebooted the guest once" ||
@@ -414,6 +505,13 @@ full() {
     fail "virsh dumpxml lab shows no hostdevs for 01:00.0/01:00.1"
   fi
   echo "$xml" | grep -q "<domain type='qemu'" && pass "the domain is type qemu" || fail "the domain is not type qemu"
+  # Adopted, not replaced: what the playbook does not declare is the user's, byte for byte (the
+  # disk is declared by its path only: adopted as it was), and the agent's record is in the
+  # domain's own metadata.
+  check_kept "adopted" "$WORK/domain-defined.xml"
+  sed -n '/<metadata>/,/<\/metadata>/p' "$WORK/domain-defined.xml" | grep -q '<gptagent:managed' &&
+    pass "the domain's <metadata> holds the agent's record <gptagent:managed>" ||
+    fail "no <gptagent:managed> record in the domain's <metadata>"
   guest qemu-img info /var/lib/libvirt/images/lab.qcow2 2>/dev/null | grep -q '^file format: qcow2' &&
     pass "/var/lib/libvirt/images/lab.qcow2 is a qcow2 image" || fail "no qcow2 image at /var/lib/libvirt/images/lab.qcow2"
   local sha_local sha_remote
@@ -468,6 +566,14 @@ full() {
     echo "$xml" >"$WORK/domain-running.xml"
     echo "$xml" | grep -q "<hostdev mode='subsystem' type='pci' managed='yes'>" && pass "the running domain has the hostdevs" ||
       fail "the running domain's XML has no hostdev"
+    grep -q "<mac address='$FULL_MAC'/>" "$WORK/domain-running.xml" && pass "the running domain has the hand-made NIC ($FULL_MAC)" ||
+      fail "the running domain has no NIC with $FULL_MAC"
+    grep -q "<vendor_id state='on' value='$FULL_VENDOR_ID'/>" "$WORK/domain-running.xml" &&
+      grep -q "<relaxed state='on'/>" "$WORK/domain-running.xml" &&
+      pass "the running domain has the hand-made Hyper-V block (vendor_id $FULL_VENDOR_ID)" ||
+      fail "the running domain has lost the hand-made Hyper-V block"
+    grep -q ">$FULL_NVRAM</nvram>" "$WORK/domain-running.xml" && pass "the running domain uses the hand-made nvram $FULL_NVRAM" ||
+      fail "the running domain's nvram is not $FULL_NVRAM"
     # shellcheck disable=SC2016 # $(...) runs in the guest
     guest 'ls -l /proc/$(pgrep -f "guest=lab" | head -1)/fd 2>/dev/null' | grep -q '/dev/vfio/' &&
       pass "the domain's QEMU holds /dev/vfio/<group> open" || fail "the domain's QEMU has no /dev/vfio file open"
