@@ -332,16 +332,7 @@ TEST(LibvirtDomainAdopts, ANewDomainGetsTheDefaultsButOnlyDeclaredKeysAreRecorde
 // ---------------------------------------------------------------------------------------------
 // The corpus: real passthrough domains, on a private libvirtd
 
-class RealDomains : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { daemon = new test::PrivateLibvirtd(); }
-  static void TearDownTestSuite() {
-    delete daemon;
-    daemon = nullptr;
-  }
-  static test::PrivateLibvirtd* daemon;
-};
-test::PrivateLibvirtd* RealDomains::daemon = nullptr;
+class RealDomains : public test::WithPrivateLibvirtd<RealDomains> {};
 
 // What this machine's libvirtd (Debian 12's 9.0, QEMU 7.2, no KVM for the test daemon) needs to
 // define a domain written for another host, and nothing else: the domain type, the emulator's

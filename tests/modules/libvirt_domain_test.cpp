@@ -159,16 +159,7 @@ TEST(LibvirtDomain, UnderASandboxRootOnlyAnExplicitConnectionIsUsed) {
 }
 
 // A private libvirtd with the QEMU driver, started for this suite.
-class RealLibvirtd : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { daemon = new test::PrivateLibvirtd(); }
-  static void TearDownTestSuite() {
-    delete daemon;
-    daemon = nullptr;
-  }
-  static test::PrivateLibvirtd* daemon;
-};
-test::PrivateLibvirtd* RealLibvirtd::daemon = nullptr;
+class RealLibvirtd : public test::WithPrivateLibvirtd<RealLibvirtd> {};
 
 TEST_F(RealLibvirtd, TheSeedExampleValidatesDefinesAndConverges) {
   // Two GTX 1070s at 01:00 and 02:00, as in the walkthrough; the host console moved off the first

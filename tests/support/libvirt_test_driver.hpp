@@ -1,9 +1,13 @@
-// libvirt's test:/// driver for the libvirt module tests, and a sample host with OVMF installed.
+// libvirt for the libvirt module tests: the test:/// driver, a private libvirtd per suite, and a
+// sample host with OVMF installed.
 #pragma once
+
+#include <gtest/gtest.h>
 
 #include <string>
 
 #include "agent/virt.hpp"
+#include "tests/support/libvirtd.hpp"
 #include "tests/support/sandbox.hpp"
 
 namespace gpt::test {
@@ -24,6 +28,18 @@ struct VmHost : SampleHost {
     write(file("/usr/share/OVMF/OVMF_CODE_4M.fd"), "OVMF code\n");
     write(file("/usr/share/OVMF/OVMF_VARS_4M.fd"), "OVMF variables template\n");
   }
+};
+
+// A private libvirtd (QEMU driver) started once for a suite: `class X : public WithPrivateLibvirtd<X> {};`.
+template <class Suite>
+class WithPrivateLibvirtd : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { daemon = new PrivateLibvirtd(); }
+  static void TearDownTestSuite() {
+    delete daemon;
+    daemon = nullptr;
+  }
+  static inline PrivateLibvirtd* daemon = nullptr;
 };
 
 }  // namespace gpt::test
