@@ -598,11 +598,13 @@ std::string pci_text(pugi::xml_node a) {
   return buf;
 }
 
-std::optional<uint64_t> kib_of(pugi::xml_node n, const char* default_unit) {
+// A size in libvirt's form: the element's text (or its attribute `value_attr`) in `unit` units.
+std::optional<uint64_t> kib_of(pugi::xml_node n, const char* default_unit, const char* value_attr = nullptr) {
   std::string unit = attr(n, "unit");
   if (unit.empty()) unit = default_unit;
   if (unit == "b" || unit == "bytes") unit = "B";
-  auto bytes = parse_size(std::string(trim(n.text().get())) + unit);
+  const std::string value = value_attr ? attr(n, value_attr) : std::string(trim(n.text().get()));
+  auto bytes = parse_size(value + unit);
   if (!bytes) return std::nullopt;
   return *bytes / 1024;
 }
@@ -758,10 +760,7 @@ void ensure_hugepages(pugi::xml_node dom, const Want& w) {
   } else {
     std::optional<uint64_t> have;
     if (hp) have = 0;
-    if (auto page = hp.child("page")) {
-      auto kib = parse_size(attr(page, "size") + (attr(page, "unit").empty() ? "KiB" : attr(page, "unit")));
-      have = kib ? *kib / 1024 : 0;
-    }
+    if (auto page = hp.child("page")) have = kib_of(page, "KiB", "size").value_or(0);
     if (have != *w.hugepage_kib) {
       backing.remove_child(hp);
       hp = backing.prepend_child("hugepages");
@@ -930,6 +929,14 @@ struct Items {
   }
 };
 
+// A new child after the last one `like` takes (beside its kind), or last.
+pugi::xml_node insert_after_last(pugi::xml_node parent, const char* name, const std::function<bool(pugi::xml_node)>& like) {
+  pugi::xml_node last;
+  for (auto n : parent.children())
+    if (like(n)) last = n;
+  return last ? parent.insert_child_after(name, last) : parent.append_child(name);
+}
+
 // A new child before the first one `before` takes (libvirt's own order of device kinds), or last.
 pugi::xml_node insert_before(pugi::xml_node parent, const char* name, const std::function<bool(pugi::xml_node)>& before) {
   auto next = parent.find_child(before);
@@ -1064,9 +1071,7 @@ void merge_interfaces(pugi::xml_node devices, Want& w, Record& rec) {
 
 // A host PCI function as a vfio hostdev at a guest address.
 pugi::xml_node make_hostdev(pugi::xml_node devices, const std::string& addr, int bus, int slot, int function, bool multifunction) {
-  pugi::xml_node last;
-  for (auto n : devices.children("hostdev")) last = n;
-  auto hd = last ? devices.insert_child_after("hostdev", last) : devices.append_child("hostdev");
+  auto hd = insert_after_last(devices, "hostdev", [](pugi::xml_node n) { return named(n, "hostdev"); });
   set_attr(hd, "mode", "subsystem");
   set_attr(hd, "type", "pci");
   set_attr(hd, "managed", "yes");
@@ -1152,10 +1157,7 @@ Status merge_hostdevs(pugi::xml_node dom, pugi::xml_node devices, Want& w, Recor
     if (bus < 0) {
       bus = next_index++;
       slot = 0;
-      auto last_pci = pugi::xml_node();
-      for (auto c : devices.children("controller"))
-        if (is_pci_controller(c)) last_pci = c;
-      auto port = last_pci ? devices.insert_child_after("controller", last_pci) : devices.append_child("controller");
+      auto port = insert_after_last(devices, "controller", is_pci_controller);
       set_attr(port, "type", "pci");
       set_attr(port, "index", std::to_string(bus));
       set_attr(port, "model", "pcie-root-port");
@@ -1203,10 +1205,12 @@ void merge_roms(pugi::xml_node devices, const Want& w, Record& rec) {
   for (const auto& o : rec.owned)
     if (o.kind == "rom" && !w.roms.count(o.id)) gone.push_back(o);
   for (const auto& o : gone) {
-    if (auto hd = hostdevs.find(o.id)) give_back(hd.child("rom"), o);
-    if (auto hd = hostdevs.find(o.id); hd && o.prior && !hd.child("rom"))
-      hd.child("address") ? hd.insert_copy_before(o.prior->first_child().first_child(), hd.child("address"))
-                          : hd.append_copy(o.prior->first_child().first_child());
+    // The user's ROM back where the agent's was (or before the address), or none.
+    if (auto hd = hostdevs.find(o.id)) {
+      hd.remove_child(hd.child("rom"));
+      if (auto prior = o.prior ? o.prior->first_child().first_child() : pugi::xml_node())
+        hd.child("address") ? hd.insert_copy_before(prior, hd.child("address")) : hd.append_copy(prior);
+    }
     rec.drop("rom", o.id);
   }
 }
@@ -1222,9 +1226,7 @@ void merge_evdev(pugi::xml_node devices, const Want& w, Record& rec) {
       own(rec, "evdev", path, in);
       if (rec.find("evdev", path)->prior) continue;  // the user's: as they set it
     } else {
-      pugi::xml_node last;
-      for (auto n : devices.children("input")) last = n;
-      in = last ? devices.insert_child_after("input", last) : devices.append_child("input");
+      in = insert_after_last(devices, "input", [](pugi::xml_node n) { return named(n, "input"); });
       set_attr(in, "type", "evdev");
       set_attr(in.append_child("source"), "dev", path);
       own(rec, "evdev", path, {});
@@ -1264,8 +1266,7 @@ Status merge(pugi::xml_document& doc, Want& w) {
   if (auto numa = dom.child("cpu").child("numa"); numa.child("cell")) {
     uint64_t kib = 0, cells = 0;
     for (auto c : numa.children("cell")) {
-      auto bytes = parse_size(attr(c, "memory") + (attr(c, "unit").empty() ? "KiB" : attr(c, "unit")));
-      kib += bytes ? *bytes / 1024 : 0;
+      kib += kib_of(c, "KiB", "memory").value_or(0);
       ++cells;
     }
     if (kib != w.memory_kib)
