@@ -195,6 +195,7 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const
   host.destination = h.address();
   // Ansible's default ("smart") is ssh; any connection plugin other than ssh and local would be
   // run as ssh to the wrong place: refused before any host runs.
+  if (auto e = h.connection_error()) return Error{*e};
   const std::string connection = var_string(h.vars, "ansible_connection", "ssh");
   host.local = connection == "local";
   if (!host.local && connection != "ssh" && connection != "smart")
@@ -647,6 +648,10 @@ int run_fleet(const FleetOptions& o, std::ostream& out, std::ostream& err) {
   if (!probe) {
     err << "gptagent: cannot read the playbook " << o.playbook << "\n";
     return 1;
+  }
+  if (hosts->empty()) {  // as ansible-playbook: a warning, nothing to do
+    err << "gptagent: warning: the inventory " << o.inventory << " has no host: nothing to do\n";
+    return 0;
   }
   Fleet fleet(o, *inv, out, err);
   return fleet.run(*hosts);

@@ -102,20 +102,44 @@ json yaml11_scalar(const std::string& s) {
   return s;
 }
 
-// INI values: Ansible evaluates them as Python literals. Of those, inventories use integers and
-// booleans; true/false are taken in any case (Python wants True/False) since that is what people
-// write. A quoted value stays text: the one way to say "this is a string".
-json ini_scalar(const std::string& v, bool quoted) {
-  if (quoted) return v;
-  size_t sign = !v.empty() && (v[0] == '-' || v[0] == '+') ? 1 : 0;
-  const std::string digits = v.substr(sign);
-  // Python 3 refuses a leading zero ("010"), so such a value stays text, as in Ansible.
-  if (!digits.empty() && digits.size() <= 18 && digits.find_first_not_of("0123456789") == std::string::npos &&
-      (digits.size() == 1 || digits[0] != '0'))
-    return std::stoll(v);
-  const std::string l = lower(v);
-  if (l == "true") return true;
-  if (l == "false") return false;
+// INI values: Ansible's ini plugin gives each to Python's ast.literal_eval and keeps the text when
+// that fails. Of the literals, these are what inventories hold: True/False/None (capitalised:
+// `true` stays text), integers (a sign, `_` between digits, 0x/0o/0b), floats, a quoted string
+// (the way to say "this is text" in a [group:vars] section: on a host line shlex has already taken
+// the quotes away, so `s="5"` there is the integer 5, as in Ansible), and lists or dicts written
+// as JSON.
+json ini_scalar(const std::string& v) {
+  if (v == "True") return true;
+  if (v == "False") return false;
+  if (v == "None") return nullptr;
+  if (v.size() >= 2 && (v[0] == '"' || v[0] == '\'') && v.back() == v[0] && v.find(v[0], 1) == v.size() - 1)
+    return v.substr(1, v.size() - 2);
+  const size_t sign = !v.empty() && (v[0] == '-' || v[0] == '+') ? 1 : 0;
+  std::string digits;  // the digits without their `_` separators, which must sit between two digits
+  int base = 10;
+  std::string_view body = std::string_view(v).substr(sign);
+  if (body.size() > 2 && body[0] == '0' && std::string_view("xXoObB").find(body[1]) != std::string_view::npos) {
+    base = body[1] == 'x' || body[1] == 'X' ? 16 : body[1] == 'o' || body[1] == 'O' ? 8 : 2;
+    body.remove_prefix(2);
+  }
+  bool integer = !body.empty();
+  for (size_t i = 0; i < body.size() && integer; ++i) {
+    const char c = body[i];
+    if (c == '_' && i > 0 && i + 1 < body.size() && body[i - 1] != '_') continue;
+    integer = base == 16 ? std::isxdigit(static_cast<unsigned char>(c)) != 0 : c >= '0' && c < '0' + std::min(base, 10);
+    digits += c;
+  }
+  // Python 3 refuses a leading zero in a decimal ("010"): such a value stays text, as in Ansible.
+  if (integer && (base != 10 || digits.size() == 1 || digits[0] != '0') && digits.size() <= 15) {
+    const long long n = std::stoll(digits, nullptr, base);
+    return v[0] == '-' ? -n : n;
+  }
+  static const std::regex float_re(R"([-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))(?:[eE][-+]?[0-9]+)?)");
+  if (std::regex_match(v, float_re)) return std::stod(v);
+  if (!v.empty() && (v[0] == '[' || v[0] == '{')) {
+    json parsed = json::parse(v, nullptr, false);
+    if (!parsed.is_discarded()) return parsed;
+  }
   return v;
 }
 
@@ -273,8 +297,8 @@ Expected<Inventory> finish(const Raw& raw, const std::string& source, const Vars
     if (it == g.vars.end()) continue;
     if (it->is_number_integer())
       priority[name] = it->get<long long>();
-    else if (it->is_string() && ini_scalar(it->get<std::string>(), false).is_number_integer())
-      priority[name] = ini_scalar(it->get<std::string>(), false).get<long long>();
+    else if (it->is_string() && ini_scalar(it->get<std::string>()).is_number_integer())
+      priority[name] = ini_scalar(it->get<std::string>()).get<long long>();
     else
       errors.add(source + ": group " + quote(name) + ": ansible_group_priority must be an integer, not " +
                  it->dump(-1, ' ', false, json::error_handler_t::replace));
@@ -319,13 +343,6 @@ Expected<Inventory> finish(const Raw& raw, const std::string& source, const Vars
     host.vars.update(raw.host_vars.at(name));
     if (auto it = files.hosts.find(name); it != files.hosts.end()) host.vars.update(it->second);
 
-    // A port that is not one would have the fleet connect to 22 instead: refuse it here.
-    for (const char* key : {"ansible_port", "ansible_ssh_port"}) {
-      auto it = host.vars.find(key);
-      if (it != host.vars.end() && !it->is_null() && !port_number(*it))
-        errors.add(source + ": host " + quote(name) + ": " + key + " must be a port number (1-65535), not " +
-                   it->dump(-1, ' ', false, json::error_handler_t::replace));
-    }
     inv.groups["all"].push_back(name);
     for (const auto& g : member) inv.groups[g].push_back(name);
     inv.hosts.push_back(std::move(host));
@@ -347,6 +364,25 @@ Expected<Inventory> finish(const Raw& raw, const std::string& source, const Vars
     if (name != "all" && name != "ungrouped" && parents[name] == std::vector<std::string>{"all"} &&
         std::find(top.begin(), top.end(), name) == top.end())
       top.push_back(name);
+  // Each group's hosts in Ansible's order (Group.get_hosts): its own, then its children's, then
+  // theirs, a level at a time (Ansible takes a level's groups in set order, so below the first
+  // level its order is not fixed; this takes them in the order of their parents). For "all" that
+  // is the order a run reaches its hosts, and a subscript such as gpus[0:1] counts in it.
+  for (auto& [name, hosts] : inv.groups) {
+    std::vector<std::string> walk{name};
+    std::set<std::string> seen_groups{name}, seen_hosts;
+    hosts.clear();
+    for (size_t i = 0; i < walk.size(); ++i) {
+      const std::string& g = walk[i];
+      for (const auto& h : g == "all" ? raw.groups.at("all").hosts : inv.own_hosts[g])
+        if (seen_hosts.insert(h).second) hosts.push_back(h);
+      for (const auto& c : inv.child_groups[g])
+        if (seen_groups.insert(c).second) walk.push_back(c);
+    }
+    if (name == "all")  // every host is under "all" one way or another; should one not be reached, it still counts
+      for (const auto& h : inv.hosts)
+        if (seen_hosts.insert(h.name).second) hosts.push_back(h.name);
+  }
   if (!errors.empty()) return errors.error();
   return inv;
 }
@@ -548,6 +584,8 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
   std::string group = "ungrouped";  // hosts before any section
   std::set<std::string> defined;
   for (const auto& [name, g] : raw.groups) defined.insert(name);
+  std::set<std::string> exists = defined;  // Ansible's inventory.groups: a [group:vars] header makes one too
+  std::map<std::string, std::vector<std::pair<std::string, size_t>>> pending;  // child -> (parent, line)
   std::vector<std::pair<std::string, size_t>> vars_sections;  // checked at the end: the group must exist
   struct ChildReference {
     std::string parent, child;
@@ -564,10 +602,18 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
     if (line[0] == '[' && std::regex_match(line, m, section_re)) {
       group = m[1].str();
       const std::string kind = m[2].matched ? m[2].str() : "hosts";
+      exists.insert(group);
       if (kind == "hosts" || kind == "children") {
         state = kind == "hosts" ? State::hosts : State::children;
         raw.group_named(group);
         defined.insert(group);
+        // Parents that named this group before it existed get it now, as Ansible adds them: a
+        // group's children are in the order they came to exist.
+        if (auto it = pending.find(group); it != pending.end()) {
+          for (const auto& [parent, line] : it->second)
+            if (auto err = raw.add_child(parent, group)) errors.add(file + ":" + std::to_string(line) + ": " + *err);
+          pending.erase(it);
+        }
       } else if (kind == "vars") {
         state = State::vars;
         vars_sections.emplace_back(group, lineno);
@@ -603,7 +649,7 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
             good = false;
             continue;
           }
-          vars[t.text.substr(0, eq)] = ini_scalar(t.text.substr(eq + 1), t.quoted);
+          vars[t.text.substr(0, eq)] = ini_scalar(t.text.substr(eq + 1));
         }
         if (words->empty() || words->front().text.empty())
           fail("a host line has no host name: " + quote(line));
@@ -620,7 +666,10 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
         // A child may be defined further down; one never defined is an error at the end, as in
         // Ansible's ini plugin (a [child:vars] section does not define it).
         if (!defined.count(g[1].str())) undefined_children.push_back({group, g[1].str(), lineno});
-        if (auto err = raw.add_child(group, g[1].str())) fail(*err);
+        if (!exists.count(g[1].str()))
+          pending[g[1].str()].emplace_back(group, lineno);
+        else if (auto err = raw.add_child(group, g[1].str()))
+          fail(*err);
         break;
       }
       case State::vars: {
@@ -630,10 +679,7 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
           fail("expected key=value in [" + group + ":vars], got " + quote(line));
           break;
         }
-        std::string value(trim(std::string_view(line).substr(eq + 1)));
-        bool quoted = value.size() >= 2 && (value[0] == '"' || value[0] == '\'') && value.back() == value[0];
-        if (quoted) value = value.substr(1, value.size() - 2);
-        raw.group_named(group).vars[key] = ini_scalar(value, quoted);
+        raw.group_named(group).vars[key] = ini_scalar(std::string(trim(std::string_view(line).substr(eq + 1))));
         break;
       }
     }
@@ -733,6 +779,9 @@ class YamlInventory {
       if (!reader_.to_json(v, vars)) return;
     }
     if (pattern.empty()) return reader_.error(k, "a host name is empty");
+    // PyYAML makes a plain 1234 or 1.5 a number, which Ansible refuses as a host name.
+    if (k.Tag() == "?" && yaml11_scalar(pattern).is_number())
+      return reader_.error(k, "Host pattern " + pattern + " must be a string. Enclose integers/floats in quotation marks.");
     add_host_pattern(raw_, group, pattern, std::move(vars), [&](const std::string& msg) { reader_.error(k, msg); });
   }
 
@@ -968,7 +1017,33 @@ std::string InventoryHost::address() const {
 std::optional<int> InventoryHost::port() const {
   const json* v = first_var(vars, {"ansible_ssh_port", "ansible_port"});
   if (!v) return std::nullopt;
-  return port_number(*v);  // finish() refused a port that is no port
+  return port_number(*v);  // connection_error() refuses a port that is no port
+}
+
+std::optional<std::string> InventoryHost::connection_error() const {
+  // Ansible reads a variable as it is written and templates it when it connects ("{{ 22 | int }}"
+  // is text in ansible-inventory's listing); gptagent does not evaluate Jinja2. Such a variable is
+  // refused for the hosts a run reaches, never guessed at.
+  for (const char* key : {"ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port", "ansible_user",
+                          "ansible_ssh_user", "ansible_connection", "ansible_become", "ansible_become_exe",
+                          "ansible_become_method", "ansible_become_user", "ansible_become_flags",
+                          "ansible_ssh_private_key_file", "ansible_private_key_file", "ansible_ssh_common_args",
+                          "ansible_ssh_extra_args", "ansible_ssh_executable"}) {
+    auto it = vars.find(key);
+    if (it == vars.end() || !it->is_string()) continue;
+    const std::string& v = it->get_ref<const std::string&>();
+    if (v.find("{{") != std::string::npos || v.find("{%") != std::string::npos)
+      return "host " + quote(name) + ": " + key + " is a Jinja2 template (" + quote(v) +
+             "), which gptagent does not evaluate: give the value itself";
+  }
+  // A port that is not one would have ssh connect to 22 instead.
+  for (const char* key : {"ansible_port", "ansible_ssh_port"}) {
+    auto it = vars.find(key);
+    if (it != vars.end() && !it->is_null() && !port_number(*it))
+      return "host " + quote(name) + ": " + key + " must be a port number (1-65535), not " +
+             it->dump(-1, ' ', false, json::error_handler_t::replace);
+  }
+  return std::nullopt;
 }
 
 std::string InventoryHost::user() const {
@@ -1158,11 +1233,14 @@ Expected<std::vector<const InventoryHost*>> select_hosts(const Inventory& inv, c
     if (!m) return Error{"--limit " + quote(pattern) + ": " + m.error()};
     for (size_t i : *m) chosen[i] = false;
   }
+  // In the order a run of Ansible reaches them: that of "all".
   std::vector<const InventoryHost*> out;
-  for (size_t i = 0; i < inv.hosts.size(); ++i)
-    if (chosen[i]) out.push_back(&inv.hosts[i]);
-  if (out.empty())
-    return Error{"--limit " + quote(pattern) + " matches no host in " +
+  for (const auto& name : inv.groups.at("all"))
+    if (size_t i = index.at(name); chosen[i]) out.push_back(&inv.hosts[i]);
+  // An inventory without hosts selects none, without an error (Ansible warns and plays nothing);
+  // a pattern that leaves none of its hosts is an error, as ansible-playbook's.
+  if (out.empty() && !inv.hosts.empty())
+    return Error{(pattern == "all" ? std::string("no host") : "--limit " + quote(pattern) + " matches no host") + " in " +
                  (inv.source.empty() ? std::string("the inventory") : inv.source)};
   return out;
 }

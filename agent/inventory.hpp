@@ -30,6 +30,10 @@ struct InventoryHost {
   std::string user() const;      // ansible_user (or ansible_ssh_user), else ""
   bool become() const;           // ansible_become: true/yes/on/y/t/1 in any case, bool, string or number
   std::string key_file() const;  // ansible_ssh_private_key_file (or ansible_private_key_file), else ""
+  // Why this host cannot be reached as written (a port that is no port, a connection variable that
+  // is a Jinja2 template), or none. Checked for the hosts a run reaches, before any host runs:
+  // Ansible too lists such an inventory and fails only when it connects.
+  std::optional<std::string> connection_error() const;
 };
 
 struct Inventory {

@@ -86,10 +86,10 @@ gpu04:2222 ansible_user=admin
 
 [gpus:vars]
 level=gpus
-vfio=true
+vfio=True
 
 [web]
-web01 http_port=8080 tls=false
+web01 http_port=8080 tls=False
 gpu01
 
 ; children after their groups, as usual in INI
@@ -114,7 +114,7 @@ TEST(InventoryFormats, YamlAndIniGiveTheSameInventory) {
   EXPECT_EQ(y->groups.at("all"), names(*y));
   EXPECT_EQ(y->groups.at("ungrouped"), (Names{"bastion"}));
   EXPECT_EQ(y->groups.at("gpus"), (Names{"gpu01", "gpu02", "gpu03", "gpu04"}));
-  EXPECT_EQ(y->groups.at("web"), (Names{"gpu01", "web01"}));
+  EXPECT_EQ(y->groups.at("web"), (Names{"web01", "gpu01"}));  // a group's own order, as Ansible's Group.get_hosts
   EXPECT_EQ(y->groups.at("datacenter"), (Names{"gpu01", "gpu02", "gpu03", "gpu04", "web01"}));
   for (const auto& h : y->hosts) {
     SCOPED_TRACE(h.name);
@@ -167,27 +167,39 @@ TEST(InventoryFormats, YamlVarsKeepTheirTypesAsAnsibleReadsThem) {
   EXPECT_TRUE(v.contains("nothing") && v["nothing"].is_null());
 }
 
-TEST(InventoryFormats, IniValuesAreIntegersBooleansOrText) {
+// What ansible-inventory 2.14 --list shows for each value: Python's ast.literal_eval, else the text.
+TEST(InventoryFormats, IniValuesArePythonLiteralsOrText) {
   auto inv = parse_inventory_ini(R"([g]
-h n=5 s="5" z=007 t=TRUE f=false neg=-3 words='a b c' path=/x#comment
+h n=5 s="5" z=007 t=TRUE f=false T=True F=False N=None x=1.5 e=1e3 hx=0x10 u=1_000 neg=-3 words='a b c' path=/x#comment
 [g:vars]
 motd="hello world"
 count=22
+quoted="22"
+yes=True
 raw=a b c
 )",
                                  "t.ini");
   ASSERT_TRUE(inv.ok()) << inv.error();
   const json& v = inv->hosts.at(0).vars;
   EXPECT_EQ(v["n"], 5);
-  EXPECT_EQ(v["s"], "5");    // quoted: the way to keep a string
+  EXPECT_EQ(v["s"], 5);      // on a host line shlex takes the quotes away before Ansible evaluates it
   EXPECT_EQ(v["z"], "007");  // not a Python integer
-  EXPECT_EQ(v["t"], true);
-  EXPECT_EQ(v["f"], false);
+  EXPECT_EQ(v["t"], "TRUE");  // not Python's True
+  EXPECT_EQ(v["f"], "false");
+  EXPECT_EQ(v["T"], true);
+  EXPECT_EQ(v["F"], false);
+  EXPECT_EQ(v["N"], nullptr);
+  EXPECT_EQ(v["x"], 1.5);
+  EXPECT_EQ(v["e"], 1000.0);
+  EXPECT_EQ(v["hx"], 16);
+  EXPECT_EQ(v["u"], 1000);
   EXPECT_EQ(v["neg"], -3);
   EXPECT_EQ(v["words"], "a b c");
   EXPECT_EQ(v["path"], "/x");  // '#' starts a comment on a host line, as in shlex
   EXPECT_EQ(v["motd"], "hello world");
   EXPECT_EQ(v["count"], 22);
+  EXPECT_EQ(v["quoted"], "22");  // in a [g:vars] section the quotes make a Python string
+  EXPECT_EQ(v["yes"], true);
   EXPECT_EQ(v["raw"], "a b c");
 }
 
@@ -385,13 +397,20 @@ d ansible_become=1
   EXPECT_FALSE(host(*y, "g").become());
 }
 
-TEST(InventoryHost, APortThatIsNoPortIsAnError) {
-  auto inv = parse_inventory_ini("[g]\nh ansible_port=ssh\n", "p.ini");
-  ASSERT_FALSE(inv.ok());
-  EXPECT_TRUE(HasError(inv.error(), "p.ini: host 'h': ansible_port must be a port number (1-65535), not \"ssh\""));
+// Ansible lists such hosts and fails when it connects to one: the inventory loads, and the host
+// cannot be reached (the fleet refuses it before any host runs).
+TEST(InventoryHost, APortThatIsNoPortOrATemplateCannotBeReached) {
+  auto inv = parse_inventory_ini("[g]\nh ansible_port=ssh\nok ansible_port=2222\nt ansible_port=\"{{ 22 | int }}\"\n", "p.ini");
+  ASSERT_TRUE(inv.ok()) << inv.error();
+  EXPECT_EQ(host(*inv, "h").connection_error().value_or(""),
+            "host 'h': ansible_port must be a port number (1-65535), not \"ssh\"");
+  EXPECT_EQ(host(*inv, "ok").connection_error(), std::nullopt);
+  EXPECT_EQ(host(*inv, "t").connection_error().value_or(""),
+            "host 't': ansible_port is a Jinja2 template ('{{ 22 | int }}'), which gptagent does not evaluate: give the "
+            "value itself");
   auto big = parse_inventory_yaml("all:\n  hosts:\n    h: {ansible_port: 70000}\n", "p.yml");
-  ASSERT_FALSE(big.ok());
-  EXPECT_TRUE(HasError(big.error(), "ansible_port must be a port number"));
+  ASSERT_TRUE(big.ok()) << big.error();
+  EXPECT_NE(host(*big, "h").connection_error().value_or("").find("ansible_port must be a port number"), std::string::npos);
 }
 
 class InventoryLimit : public ::testing::Test {
@@ -422,9 +441,12 @@ web02
 TEST_F(InventoryLimit, NamesGroupsAndGlobs) {
   EXPECT_EQ(limit(inv, "web01"), (Names{"web01"}));
   EXPECT_EQ(limit(inv, "gpus"), (Names{"gpu01", "gpu02", "gpu10"}));
-  EXPECT_EQ(limit(inv, "all"), names(inv));
-  EXPECT_EQ(limit(inv, "*"), names(inv));
-  EXPECT_EQ(limit(inv, ""), names(inv));  // no --limit
+  // In the order a run of Ansible reaches them: "all" walked a level at a time (web and staging
+  // sit right under "all", gpus and db under prod).
+  const Names all{"web01", "web02", "gpu01", "gpu02", "gpu10", "db01"};
+  EXPECT_EQ(limit(inv, "all"), all);
+  EXPECT_EQ(limit(inv, "*"), all);
+  EXPECT_EQ(limit(inv, ""), all);  // no --limit
   EXPECT_EQ(limit(inv, "gpu0*"), (Names{"gpu01", "gpu02"}));
   EXPECT_EQ(limit(inv, "gpu?0"), (Names{"gpu10"}));
   EXPECT_EQ(limit(inv, "p*d"), (Names{"gpu01", "gpu02", "gpu10", "db01"}));  // a glob over group names
@@ -715,6 +737,46 @@ TEST(InventoryList, IsWhatAnsibleInventoryListPrints) {
   EXPECT_EQ(list["all"]["children"], (nlohmann::json{"ungrouped", "web", "fleet"}));  // in the order first named, as ansible-inventory
   EXPECT_EQ(list["fleet"], (nlohmann::json{{"children", {"gpus"}}}));
   EXPECT_EQ(list["ungrouped"]["hosts"], (nlohmann::json{"solo"}));
+}
+
+// Orders and refusals as ansible-core 2.14 shows them (ansible-inventory --list, and the hosts a
+// play reaches under --limit).
+TEST(InventoryOrder, SubscriptsCountInTheGroupsOwnOrderAndARunFollowsAll) {
+  auto inv = parse_inventory_ini(
+      "[mongo_servers]\nmongo1\nmongo2\nmongo3\nmongo4\n[replication_servers]\nmongo4\nmongo3\nmongo1\nmongo2\n", "m.ini");
+  ASSERT_TRUE(inv.ok()) << inv.error();
+  EXPECT_EQ(inv->groups.at("replication_servers"), (Names{"mongo4", "mongo3", "mongo1", "mongo2"}));
+  EXPECT_EQ(limit(*inv, "replication_servers[0]"), (Names{"mongo4"}));
+  EXPECT_EQ(limit(*inv, "replication_servers[0:1]"), (Names{"mongo3", "mongo4"}));  // picked in its order, run in all's
+}
+
+TEST(InventoryOrder, IniChildrenComeInTheOrderTheyComeToExist) {
+  auto inv = parse_inventory_ini("[top:children]\nlater\nearly\n[early]\ne1\n[later]\nl1\n[other]\no1\n[top2:children]\nother\n",
+                                 "c.ini");
+  ASSERT_TRUE(inv.ok()) << inv.error();
+  EXPECT_EQ(inv->child_groups.at("top"), (Names{"early", "later"}));  // named before either existed
+  EXPECT_EQ(inv->child_groups.at("top2"), (Names{"other"}));
+  EXPECT_EQ(inventory_list(*inv)["top"]["children"], json({"early", "later"}));
+}
+
+TEST(InventoryErrors, AYamlHostNameThatIsANumberIsRefusedAsAnsibleDoes) {
+  auto inv = parse_inventory_yaml("all:\n  hosts:\n    1234: {}\n    '5678': {}\n", "int.yml");
+  ASSERT_FALSE(inv.ok());
+  EXPECT_TRUE(HasError(inv.error(), "int.yml:3:5: Host pattern 1234 must be a string. Enclose integers/floats in quotation marks."));
+  EXPECT_EQ(inv.error().find("5678"), std::string::npos) << "quoted, it is a name";
+}
+
+TEST(InventoryLoad, AnInventoryWithoutHostsSelectsNoneWithoutAnError) {
+  auto inv = parse_inventory_ini("[etcd]\n# node1\n[k8s:children]\netcd\n", "empty.ini");
+  ASSERT_TRUE(inv.ok()) << inv.error();
+  auto all = select_hosts(*inv, "all");
+  ASSERT_TRUE(all.ok()) << all.error();
+  EXPECT_TRUE(all->empty());
+  auto some = parse_inventory_ini("[g]\nh1\n", "some.ini");
+  ASSERT_TRUE(some.ok());
+  auto none = select_hosts(*some, "nothere*");
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error(), "--limit 'nothere*' matches no host in some.ini");
 }
 
 }  // namespace
