@@ -453,6 +453,15 @@ TEST(FleetSsh, APortIsPassedOnlyWhenTheInventoryGivesOne) {
   EXPECT_TRUE(has_words(*byvar, {"-p", "2200"})) << join(*byvar, " ");
 }
 
+// What ssh says before its -E log applies (here: an option it does not know) is the reason shown.
+TEST(FleetSsh, SshsOwnMessageIsShownWhenItFailsBeforeItLogs) {
+  Lab lab(1);
+  lab.write_inventory("          ansible_ssh_extra_args: \"-o NoSuchOption=1\"\n");
+  auto r = lab.apply();
+  EXPECT_EQ(r.exit_code, 4) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "fatal: [gpu01]: UNREACHABLE! command-line: line 0: Bad configuration option: nosuchoption")) << r.out;
+}
+
 TEST(FleetSsh, AnsibleSshExecutableIsTheSshOfEveryCall) {
   const auto inv = parsed_inventory("h ansible_ssh_executable=/opt/openssh/bin/ssh\n");
   auto argv = ssh_command(*inv.find("h"), "ssh.ini", "/tmp/c/0");
