@@ -2,7 +2,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/process.hpp>
-#include <future>
+#include <limits>
 #include <spdlog/spdlog.h>
 
 #include "agent/text.hpp"
@@ -33,7 +33,7 @@ std::string Command::display() const {
 }
 
 std::string ExecResult::failure(bool all_of_stderr) const {
-  std::string msg = timed_out ? "timed out" : cancelled ? "interrupted" : exit_code < 0 ? "could not run" : "exit code " + std::to_string(exit_code);
+  std::string msg = timed_out ? "timed out" : overflowed ? "more output than it may send" : cancelled ? "interrupted" : exit_code < 0 ? "could not run" : "exit code " + std::to_string(exit_code);
   std::string text;
   if (all_of_stderr) {
     for (std::string_view line : lines(err)) {
@@ -49,6 +49,24 @@ std::string ExecResult::failure(bool all_of_stderr) const {
   if (!text.empty()) msg += ": " + text;
   return msg;
 }
+
+namespace {
+
+// Reads a pipe to its end, or until `cap` bytes are in `text` (then stops reading).
+struct PipeReader {
+  bp::async_pipe& pipe;
+  size_t cap;
+  std::string text;
+  std::vector<char> chunk = std::vector<char>(65536);
+  void start() {
+    pipe.async_read_some(boost::asio::buffer(chunk), [this](const boost::system::error_code& ec, size_t n) {
+      text.append(chunk.data(), std::min(n, cap - text.size()));
+      if (!ec && text.size() < cap) start();
+    });
+  }
+};
+
+}  // namespace
 
 ExecResult ProcessExec::run(const Command& cmd) {
   ExecResult res;
@@ -66,26 +84,38 @@ ExecResult ProcessExec::run(const Command& cmd) {
   spdlog::debug("run: {}", cmd.display());
   try {
     boost::asio::io_context ios;
-    std::future<std::string> out, err;
+    // Read into strings that stop growing one byte past the cap: a command that sends more is
+    // killed, never buffered whole (a hostile host could send without end).
+    const size_t cap = cmd.max_output > 0 ? cmd.max_output + 1 : std::numeric_limits<size_t>::max();
+    bp::async_pipe out_pipe(ios), err_pipe(ios);
+    PipeReader out_reader{out_pipe, cap, {}}, err_reader{err_pipe, cap, {}};
+    std::string& out = out_reader.text;
+    std::string& err = err_reader.text;
+    auto overflowed = [&] { return cmd.max_output > 0 && (out.size() > cmd.max_output || err.size() > cmd.max_output); };
+    out_reader.start();
+    err_reader.start();
     std::vector<std::string> args(cmd.argv.begin() + 1, cmd.argv.end());
     // Its own process group: a timeout kills what the command started too (a child that kept
     // stdout or stderr open would keep its output from us, and run on after the agent).
     bp::group group;
     bp::child child = cmd.input.empty()
-                          ? bp::child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out, bp::std_err > err, ios,
-                                      group)
-                          : bp::child(exe, bp::args(args), bp::std_in < boost::asio::buffer(cmd.input), bp::std_out > out,
-                                      bp::std_err > err, ios, group);
+                          ? bp::child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out_pipe, bp::std_err > err_pipe,
+                                      ios, group)
+                          : bp::child(exe, bp::args(args), bp::std_in < boost::asio::buffer(cmd.input), bp::std_out > out_pipe,
+                                      bp::std_err > err_pipe, ios, group);
     // Until it ends or its time is up; a cancel flag is looked at ten times a second.
     const auto deadline = std::chrono::steady_clock::now() + cmd.timeout;
-    const std::chrono::steady_clock::duration step =
-        cmd.cancel ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100)) : cmd.timeout;
-    for (auto now = std::chrono::steady_clock::now(); !ios.stopped() && !(cmd.cancel && cmd.cancel->load()) && now < deadline;
+    const std::chrono::steady_clock::duration step = cmd.cancel || cmd.max_output > 0
+                                                         ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100))
+                                                         : cmd.timeout;
+    for (auto now = std::chrono::steady_clock::now();
+         !ios.stopped() && !(cmd.cancel && cmd.cancel->load()) && !overflowed() && now < deadline;
          now = std::chrono::steady_clock::now())
       ios.run_for(std::min(step, deadline - now));
+    res.overflowed = overflowed();  // a command may also have ended after sending too much
     if (!ios.stopped()) {
-      res.cancelled = cmd.cancel && cmd.cancel->load();
-      res.timed_out = !res.cancelled;
+      res.cancelled = !res.overflowed && cmd.cancel && cmd.cancel->load();
+      res.timed_out = !res.cancelled && !res.overflowed;
       std::error_code ec;
       group.terminate(ec);
       child.terminate(ec);
@@ -96,8 +126,12 @@ ExecResult ProcessExec::run(const Command& cmd) {
       res.exit_code = child.exit_code();
       group.detach();  // what it left running on purpose (an ssh ControlMaster) stays
     }
-    if (out.wait_for(std::chrono::seconds(0)) == std::future_status::ready) res.out = out.get();
-    if (err.wait_for(std::chrono::seconds(0)) == std::future_status::ready) res.err = err.get();
+    if (cmd.max_output > 0) {
+      out.resize(std::min(out.size(), cmd.max_output));
+      err.resize(std::min(err.size(), cmd.max_output));
+    }
+    res.out = std::move(out);
+    res.err = std::move(err);
   } catch (const std::exception& e) {
     res.exit_code = -1;
     res.err = cmd.argv[0] + ": " + e.what();

@@ -14,6 +14,7 @@ struct Command {
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
   std::string input = {};                 // written to its stdin (closed when empty)
   const std::atomic<bool>* cancel = nullptr;  // when it turns true the process is killed, as on a timeout
+  size_t max_output = 0;  // >0: more than this on stdout or stderr kills the process (what it sent past it is not kept)
   std::string display() const;            // the command line as a user would type it
 };
 
@@ -23,7 +24,8 @@ struct ExecResult {
   std::string out;
   std::string err;
   bool cancelled = false;  // killed because Command::cancel turned true
-  bool ok() const { return exit_code == 0 && !timed_out; }
+  bool overflowed = false;  // killed because it wrote more than Command::max_output
+  bool ok() const { return exit_code == 0 && !timed_out && !overflowed; }
   // A one-line explanation of a failure: exit code or timeout, and the last line of stderr (with
   // `all_of_stderr`, every non-blank line of it joined: for tools that explain over several).
   std::string failure(bool all_of_stderr = false) const;

@@ -104,11 +104,6 @@ class InterruptHandlers {
   std::array<struct sigaction, 3> old_{};
 };
 
-// Where the temporary directories go on a host: gptagent_remote_tmp, else its $TMPDIR, else /tmp.
-std::string remote_tmp_parent(const std::string& remote_tmp) {
-  return remote_tmp.empty() ? std::string("\"${TMPDIR:-/tmp}\"") : shell_quote(remote_tmp);
-}
-
 // A path in the remote shell: "~/x" becomes "$HOME"/'x' so that the shell expands the home.
 std::string remote_path(const std::string& path) {
   if (path == "~") return "\"$HOME\"";
@@ -116,28 +111,90 @@ std::string remote_path(const std::string& path) {
   return shell_quote(path);
 }
 
-// Shell that makes $d physical and refuses it (exit 96, the reason on stderr after
-// "gptagent-unsafe=") unless it and every directory above it belong to the ssh user or root and no
-// one else may write them, as OpenSSH's StrictModes asks of ~/.ssh: root runs what is cached there.
-// A sticky directory of root's (/tmp) may be above it: no other user can rename or remove our
-// entries in it.
-std::string refuse_unsafe_dir() {
-  return "d=$(cd -P -- \"$d\" && pwd -P) || exit 90; u=$(id -u); p=$d; while :; do "
+// Shell that makes the directory in $var physical and refuses it (exit `code`, the reason on
+// stderr after "gptagent-unsafe=") unless it and every directory above it belong to the ssh user
+// or root and no one else may write them, as OpenSSH's StrictModes asks of ~/.ssh: root runs what
+// is cached there, and the run's temporary directories hold its agent and its pid. A sticky
+// directory of root's (/tmp) may be above it: no other user can rename or remove our entries in it.
+std::string refuse_unsafe_dir(const std::string& var = "d", int code = 96) {
+  const std::string v = "\"$" + var + "\"", exit = "exit " + std::to_string(code);
+  return var + "=$(cd -P -- " + v + " && pwd -P) || exit 90; u=$(id -u); p=$" + var + "; while :; do "
          "s=$(stat -c '%u %a' -- \"$p\") || exit 90; o=${s% *}; m=$((0${s#* })); "
-         "if [ \"$o\" != 0 ] && [ \"$o\" != \"$u\" ]; then echo \"gptagent-unsafe=$p belongs to uid $o\" >&2; exit 96; fi; "
-         "if [ $((m & 022)) -ne 0 ] && { [ \"$p\" = \"$d\" ] || [ \"$o\" != 0 ] || [ $((m & 01000)) -eq 0 ]; }; then "
-         "echo \"gptagent-unsafe=$p is writable by group or others\" >&2; exit 96; fi; "
+         "if [ \"$o\" != 0 ] && [ \"$o\" != \"$u\" ]; then echo \"gptagent-unsafe=$p belongs to uid $o\" >&2; " + exit + "; fi; "
+         "if [ $((m & 022)) -ne 0 ] && { [ \"$p\" = " + v + " ] || [ \"$o\" != 0 ] || [ $((m & 01000)) -eq 0 ]; }; then "
+         "echo \"gptagent-unsafe=$p is writable by group or others\" >&2; " + exit + "; fi; "
          "[ \"$p\" = / ] && break; p=${p%/*}; [ -n \"$p\" ] || p=/; done; ";
 }
 
-// The message for an exit 96 of refuse_unsafe_dir.
-std::string unsafe_dir_message(const std::string& remote_dir, const std::string& err) {
-  std::string why = remote_dir + " is not safe";
-  if (auto at = err.find("gptagent-unsafe="); at != std::string::npos)
-    why = err.substr(at + 16, err.find('\n', at) == std::string::npos ? std::string::npos : err.find('\n', at) - at - 16);
-  return "refused the agent cache " + remote_dir + ": " + why +
+// The text after "gptagent-NAME=" in a remote shell's stderr, to the end of its line ("" if none).
+std::string remote_said(const std::string& err, const std::string& name) {
+  const std::string key = "gptagent-" + name + "=";
+  const auto at = err.find(key);
+  if (at == std::string::npos) return "";
+  const auto end = err.find('\n', at);
+  return err.substr(at + key.size(), end == std::string::npos ? std::string::npos : end - at - key.size());
+}
+
+// The message for an exit 96 (the agent cache) or 97 (gptagent_remote_tmp) of refuse_unsafe_dir.
+std::string unsafe_dir_message(const std::string& what, const std::string& dir, const std::string& err) {
+  std::string why = remote_said(err, "unsafe");
+  if (why.empty()) why = dir + " is not safe";
+  return "refused " + what + " " + dir + ": " + why +
          " (it and every directory above it must belong to the ssh user or root and be writable by no one else, "
-         "as OpenSSH's StrictModes asks): nothing was copied or run";
+         "as OpenSSH's StrictModes asks): " + (what == "the agent cache" ? "nothing was copied or run" : "nothing was run");
+}
+
+// The most a host may send back (its report, its stderr): past it the ssh is killed and that host fails.
+constexpr size_t kMaxReport = size_t{16} << 20;
+
+// A short excerpt of what a host sent, escaped (JSON string rules, ASCII only) for one line.
+std::string excerpt(const std::string& text) {
+  constexpr size_t kMax = 160;
+  const std::string head = json(text.substr(0, kMax)).dump(-1, ' ', true, json::error_handler_t::replace);
+  return text.size() > kMax ? head + "..." : head;
+}
+
+// What is wrong with a host's report, or nullopt when it has every field the controller reads,
+// with its type, and says what the exit status of its run says. A hostile or broken host makes
+// its own run fail, never the controller.
+std::optional<std::string> malformed_report(const json& doc, int exit_status, bool check) {
+  constexpr int64_t kMaxCount = int64_t{1} << 24;
+  auto count = [&](const json& j) { return j.is_number_integer() && j.get<int64_t>() >= 0 && j.get<int64_t>() <= kMaxCount; };
+  auto strings = [](const json& obj, std::initializer_list<const char*> keys) -> std::optional<std::string> {
+    for (const char* k : keys)
+      if (!obj.contains(k) || !obj[k].is_string()) return std::string(k) + " is not a string";
+    return std::nullopt;
+  };
+  if (!doc.is_object()) return "not a JSON object";
+  if (!doc.contains("exit_code") || !doc["exit_code"].is_number_integer()) return "exit_code is not an integer";
+  const int64_t code = doc["exit_code"].get<int64_t>();
+  if (code != exit_status)
+    return "its exit_code " + std::to_string(code) + " is not the exit status of its run, " + std::to_string(exit_status);
+  if (doc.contains("waiting_for_reboot") && !doc["waiting_for_reboot"].is_boolean()) return "waiting_for_reboot is not true or false";
+  if (doc.contains("errors")) {  // the playbook was refused there
+    if (!doc["errors"].is_array() || std::any_of(doc["errors"].begin(), doc["errors"].end(), [](const json& e) { return !e.is_string(); }))
+      return "errors is not a list of strings";
+    return code == 1 ? std::nullopt : std::optional<std::string>("errors with an exit_code other than 1");
+  }
+  if (doc.value("waiting_for_reboot", false))  // the host still waits for the reboot it asked for
+    return code == (check ? 2 : 3) ? std::nullopt : std::optional<std::string>("waiting_for_reboot with exit_code " + std::to_string(code));
+  if (!doc.contains("stats") || !doc["stats"].is_object()) return "stats is not an object";
+  for (const char* k : {"ok", "changed", "failed", "skipped", "ignored"})
+    if (!doc["stats"].contains(k) || !count(doc["stats"][k]))
+      return std::string("stats.") + k + " is not an integer from 0 to " + std::to_string(kMaxCount);
+  if ((doc["stats"]["failed"].get<int64_t>() > 0) != (code == 1))
+    return "stats.failed is " + doc["stats"]["failed"].dump() + " with exit_code " + std::to_string(code);
+  if (!doc.contains("stages") || !doc["stages"].is_array()) return "stages is not a list";
+  for (const auto& stage : doc["stages"]) {
+    if (!stage.is_object()) return "a stage is not an object";
+    if (auto bad = strings(stage, {"name"})) return "a stage's " + *bad;
+    if (!stage.contains("tasks") || !stage["tasks"].is_array()) return "a stage's tasks is not a list";
+    for (const auto& task : stage["tasks"]) {
+      if (!task.is_object()) return "a task is not an object";
+      if (auto bad = strings(task, {"status", "name", "msg", "diff"})) return "a task's " + *bad;
+    }
+  }
+  return std::nullopt;
 }
 
 struct HostOutcome {
@@ -165,14 +222,17 @@ class Fleet {
     std::string remote_dir, remote_tmp, root, boot_path, reboot_command;
     bool become = false;
     std::string become_exe;  // ansible_become_exe, default sudo (always run with -n: never a password prompt)
-    json vars = json::object();  // host vars handed to the playbook
+    std::vector<std::string> become_flags;  // ansible_become_flags, split as Ansible splits them
+    json vars = json::object();  // what the host's vars.json gives the playbook: host vars, -e over them
   };
 
   Expected<Host> prepare(const InventoryHost& h, size_t index) const;
   HostOutcome converge(Host& h);
   ExecResult ssh(const Host& h, const std::string& command, std::string input = {}, int timeout_s = 600,
                  bool interruptible = true) const;
-  std::string stop_and_clean(const Host& h) const;  // after an interruption: what was removed, in words
+  // After an interruption: the run's temporary directory `tmp` (as the host said it) stopped and
+  // removed; what was done, in words.
+  std::string stop_and_clean(const Host& h, const std::string& tmp) const;
   std::optional<std::string> connect(const Host& h) const;  // an error when the host cannot be reached
   void disconnect(const Host& h) const;
   void report(const Host& h, const HostOutcome& r);
@@ -207,9 +267,23 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const
   // Privileges as on a host reached by ssh: sudo -n when become is asked, unless already root.
   host.become = h.become() && !(host.local && ::geteuid() == 0);
   host.become_exe = var_string(h.vars, "ansible_become_exe", "sudo");
+  if (h.become()) {
+    // Only sudo is run the way the agent needs (-n, never a prompt; the agent's own argv after --).
+    const std::string method = var_string(h.vars, "ansible_become_method", "sudo");
+    if (method != "sudo")
+      return Error{"host " + h.name + ": ansible_become_method=" + method +
+                   " is not supported (gptagent becomes root with sudo -n, or ansible_become_exe run as sudo)"};
+    const std::string user = var_string(h.vars, "ansible_become_user", "root");
+    if (user != "root")
+      return Error{"host " + h.name + ": ansible_become_user=" + user +
+                   " is refused: the agent must run as root (it writes the boot configuration and binds devices)"};
+    auto flags = shell_split(var_string(h.vars, "ansible_become_flags"), /*comments=*/false);
+    if (!flags) return Error{"host " + h.name + ": ansible_become_flags: " + flags.error()};
+    for (auto& w : *flags) host.become_flags.push_back(std::move(w.text));
+  }
   host.root = var_string(h.vars, "gptagent_root", "/");
   host.remote_dir = var_string(h.vars, "gptagent_remote_dir", "~/.cache/gptagent");
-  host.remote_tmp = var_string(h.vars, "gptagent_remote_tmp");  // "": the remote $TMPDIR, else /tmp
+  host.remote_tmp = var_string(h.vars, "gptagent_remote_tmp");  // "": tmp in the agent cache
   host.boot_path = (host.root == "/" ? std::string() : host.root) + "/proc/sys/kernel/random/boot_id";
   host.reboot_command = var_string(h.vars, "gptagent_reboot_command", "systemctl reboot || /sbin/reboot");
   for (auto it = h.vars.begin(); it != h.vars.end(); ++it)
@@ -230,13 +304,14 @@ ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string inp
   }
   c.input = std::move(input);
   c.timeout = std::chrono::seconds(timeout_s);
+  c.max_output = kMaxReport;
   ProcessExec exec;
   return exec.run(c);
 }
 
 // Starts the host's shared connection. The master runs in the background with its output on
-// /dev/null (a master holding our pipes would keep every later read waiting); its messages go
-// to a log, read back when it fails.
+// /dev/null and a log (a master holding our pipes would keep every later read waiting); the log
+// is read back when it fails.
 std::optional<std::string> Fleet::connect(const Host& h) const {
   if (h.local) return std::nullopt;
   const std::string log = h.control + ".log";
@@ -250,7 +325,11 @@ std::optional<std::string> Fleet::connect(const Host& h) const {
   argv.push_back(nullptr);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  for (int fd : {0, 1, 2}) posix_spawn_file_actions_addopen(&fa, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0);
+  // Its stderr goes to the log too: what ssh says before -E applies (a bad option, a config it
+  // cannot read) is the reason it failed.
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
   pid_t pid = -1;
   const int rc = ::posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
@@ -311,7 +390,12 @@ HostOutcome Fleet::converge(Host& h) {
     ~Disconnect() { fleet.disconnect(host); }
   } disconnect_at_end{*this, h};
   const std::string D = remote_path(h.remote_dir);
-  const std::string become = h.become ? shell_quote(h.become_exe) + " -n -- " : "";
+  std::string become;
+  if (h.become) {
+    std::vector<std::string> words{h.become_exe, "-n"};
+    words.insert(words.end(), h.become_flags.begin(), h.become_flags.end());
+    become = remote_command(words) + " -- ";
+  }
   // The agent is checked against its SHA-256 on the host before every run: the name of the
   // cached copy says what it should be, sha256sum says what it is.
   const std::string verify = "printf '%s  %s\\n' " + agent_sha_ + " \"$a\" | sha256sum -c --status";
@@ -326,19 +410,25 @@ HostOutcome Fleet::converge(Host& h) {
     if (o_.diff) args.push_back("--diff");
     for (const auto& t : o_.tags) args.insert(args.end(), {"--tags", t});
     for (const auto& t : o_.skip_tags) args.insert(args.end(), {"--skip-tags", t});
-    std::vector<std::string> extra;
-    for (const auto& e : o_.extra_vars) extra.insert(extra.end(), {"-e", e});  // -e wins over host vars, as in Ansible
-    // Host variables travel in a file of the private directory, never on a command line that
-    // every user of the host can read in ps.
-    const std::string command = "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"" +
-                                (extra.empty() ? "" : " " + remote_command(extra));
+    if (o_.no_wait) args.push_back("--no-wait");
+    if (!o_.connect.empty()) args.insert(args.end(), {"--connect", o_.connect});
+    if (r.runs.empty() && o_.reset_state) args.push_back("--reset-state");
+    if (r.runs.empty() && !o_.from_stage.empty()) args.insert(args.end(), {"--from-stage", o_.from_stage});
+    // The variables (the host's, and -e read here over them) travel in a file of the private
+    // directory, never on a command line that every user of the host can read in ps.
+    const std::string command = "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"";
     const std::string vars = h.vars.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     // What runs is a copy in the run's private directory, hashed there: nobody can swap it
     // between the check and the exec.
+    // The temporary directories' parent is private: tmp in the checked cache (as Ansible's
+    // ~/.ansible/tmp), or gptagent_remote_tmp checked as the cache is. The host says which
+    // directory it made, so that an interruption cleans that one alone.
+    const std::string tmp_parent = h.remote_tmp.empty()
+                                       ? "r=\"$d/tmp\"; { [ -d \"$r\" ] && [ ! -L \"$r\" ]; } || mkdir -- \"$r\" || exit 91; "
+                                       : "r=" + remote_path(h.remote_tmp) + "; [ -d \"$r\" ] || exit 91; " + refuse_unsafe_dir("r", 97);
     auto run = ssh(h, "umask 077; d=" + D + "; [ -d \"$d\" ] || exit 93; " + refuse_unsafe_dir() + "a=\"$d/" +
-                          agent_name_ + "\"; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; t=$(mktemp -d " +
-                          remote_tmp_parent(h.remote_tmp) + "/gptagent." + run_id_ +
-                          ".XXXXXXXX) || exit 91; { cat \"$a\" > \"$t/" + agent_name_ + "\" && chmod 700 \"$t/" + agent_name_ +
+                          agent_name_ + "\"; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; " + tmp_parent +
+                          "t=$(mktemp -d \"$r/gptagent." + run_id_ + ".XXXXXXXX\") || exit 91; echo \"gptagent-tmp=$t\" >&2; { cat \"$a\" > \"$t/" + agent_name_ + "\" && chmod 700 \"$t/" + agent_name_ +
                           "\"; } || { rm -rf \"$t\"; exit 91; }; a=\"$t/" + agent_name_ + "\"; " + verify + " || { rm -rf \"$t\"; exit 95; }; echo \"gptagent-boot=$(cat " + shell_quote(h.boot_path) +
                           " 2>/dev/null)\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
                           " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become +
@@ -346,12 +436,18 @@ HostOutcome Fleet::converge(Host& h) {
                    playbook_bytes_ + vars, 3600);
     if (run.cancelled) {
       r.kind = HostOutcome::interrupted;
-      r.message = stop_and_clean(h);
+      r.message = stop_and_clean(h, remote_said(run.err, "tmp"));
       break;
     }
-    if (run.exit_code == 96) {
+    if (run.overflowed) {
       r.kind = HostOutcome::failed_;
-      r.message = unsafe_dir_message(h.remote_dir, run.err);
+      r.message = "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + ": refused, nothing more was read";
+      return r;
+    }
+    if (run.exit_code == 96 || run.exit_code == 97) {
+      r.kind = HostOutcome::failed_;
+      r.message = run.exit_code == 96 ? unsafe_dir_message("the agent cache", h.remote_dir, run.err)
+                                      : unsafe_dir_message("gptagent_remote_tmp", h.remote_tmp, run.err);
       return r;
     }
     if ((run.exit_code == 93 || run.exit_code == 95) && !copied) {
@@ -365,6 +461,11 @@ HostOutcome Fleet::converge(Host& h) {
                              verify + " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" + agent_name_ +
                              "\" && for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
                       agent_bytes_, 600);
+      if (copy.overflowed) {
+        r.kind = HostOutcome::failed_;
+        r.message = "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + " while the agent was copied";
+        return r;
+      }
       if (copy.cancelled) {
         r.kind = HostOutcome::interrupted;
         r.message = "interrupted while copying the agent";
@@ -372,7 +473,7 @@ HostOutcome Fleet::converge(Host& h) {
       }
       if (copy.exit_code == 96) {
         r.kind = HostOutcome::failed_;
-        r.message = unsafe_dir_message(h.remote_dir, copy.err);
+        r.message = unsafe_dir_message("the agent cache", h.remote_dir, copy.err);
         return r;
       }
       if (!copy.ok()) {
@@ -404,24 +505,28 @@ HostOutcome Fleet::converge(Host& h) {
       r.message = "cannot prepare " + h.remote_dir + " and a private temporary directory: " + run.failure();
       return r;
     }
-    if (auto at = run.err.find("gptagent-boot="); at != std::string::npos)
-      boot_before = run.err.substr(at + 14, run.err.find('\n', at) - at - 14);
+    if (run.err.find("gptagent-boot=") != std::string::npos) boot_before = remote_said(run.err, "boot");
     json doc = json::parse(run.out, nullptr, false);
-    if (doc.is_discarded() || !doc.is_object()) {
+    if (doc.is_discarded()) {
       r.kind = HostOutcome::failed_;
-      r.message = "the agent did not answer with JSON (" + run.failure() + ")";
+      r.message = "MODULE FAILURE: the agent did not answer with JSON (" + run.failure() + "): " + excerpt(run.out);
       if (h.become && run.err.find("password") != std::string::npos)
         r.message = h.become_exe + " needs a password on this host (ansible_become runs " + h.become_exe + " -n): " + run.failure();
       return r;
     }
+    if (auto bad = malformed_report(doc, run.exit_code, o_.check)) {
+      r.kind = HostOutcome::failed_;
+      r.message = "MODULE FAILURE: the agent's report is malformed (" + *bad + "): " + excerpt(run.out);
+      return r;
+    }
     r.runs.push_back(doc);
-    if (doc.contains("stats")) {
+    if (doc.contains("stats")) {  // checked above: integers from 0 to 2^24
       const auto& s = doc["stats"];
-      r.ok_count += s.value("ok", 0);
-      r.changed += s.value("changed", 0);
-      r.failed_count += s.value("failed", 0);
-      r.skipped += s.value("skipped", 0);
-      r.ignored += s.value("ignored", 0);
+      r.ok_count += s["ok"].get<int>();
+      r.changed += s["changed"].get<int>();
+      r.failed_count += s["failed"].get<int>();
+      r.skipped += s["skipped"].get<int>();
+      r.ignored += s["ignored"].get<int>();
     }
     if (run.exit_code == 3 && o_.reboot && !o_.check && h.local) {
       // As Ansible's reboot module: a local connection would reboot the controller itself.
@@ -477,12 +582,15 @@ HostOutcome Fleet::converge(Host& h) {
 // The run on this host was interrupted: its agent is stopped (SIGTERM: a run killed at any point
 // leaves every file whole, and the next run finishes its work) and its temporary directory removed.
 // The remote shell would do both when the agent ends; this does it now, on a connection of its own.
-std::string Fleet::stop_and_clean(const Host& h) const {
-  const std::string script = "for t in " + remote_tmp_parent(h.remote_tmp) + "/gptagent." + run_id_ +
-                             ".*; do [ -d \"$t\" ] || continue; p=$(cat \"$t/pid\" 2>/dev/null); "
+// Only the directory the host said this run made is touched, and only while it is a directory
+// (no link) of the ssh user's: never a pid file someone else left under a name like it.
+std::string Fleet::stop_and_clean(const Host& h, const std::string& tmp) const {
+  if (tmp.empty()) return "interrupted; the host had not made the run's temporary directory yet";
+  const std::string script = "t=" + shell_quote(tmp) +
+                             "; [ -d \"$t\" ] && [ ! -L \"$t\" ] && [ -O \"$t\" ] || exit 0; p=$(cat \"$t/pid\" 2>/dev/null); "
                              "if [ -n \"$p\" ] && kill -TERM \"$p\" 2>/dev/null; then i=0; "
                              "while kill -0 \"$p\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
-                             "echo \"stopped $p\"; fi; rm -rf \"$t\" && echo \"removed $t\"; done";
+                             "echo \"stopped $p\"; fi; rm -rf \"$t\" && echo \"removed $t\"";
   std::vector<std::string> ssh_argv = h.ssh;
   Host fresh = h;  // the shared connection may be going away with the interrupted client
   fresh.ssh.clear();
@@ -498,7 +606,7 @@ std::string Fleet::stop_and_clean(const Host& h) const {
   std::vector<std::string> done;
   for (auto line : lines(res.out))
     if (!trim(line).empty()) done.emplace_back(trim(line));
-  if (!res.ok()) return "interrupted; cleaning up failed (" + res.failure() + "): the run's temporary directory (gptagent." + run_id_ + ".*) may be left";
+  if (!res.ok()) return "interrupted; cleaning up failed (" + res.failure() + "): the run's temporary directory " + tmp + " may be left";
   if (done.empty()) return "interrupted; no temporary directory of this run was left";
   return "interrupted; " + join(done, ", ");
 }
@@ -539,41 +647,67 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
     return 1;
   }
   control_dir_ = tmpl.c_str();
+  struct RemoveAtEnd {  // the control sockets' directory, whichever way the run ends
+    const std::string& dir;
+    ~RemoveAtEnd() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } remove_control_dir{control_dir_};
   std::vector<Host> all;
   for (size_t i = 0; i < hosts.size(); ++i) {
     auto host = prepare(*hosts[i], i);
     if (!host) {
       err_ << "gptagent: " << o_.inventory << ": " << host.error() << ", no host was touched\n";
-      fs::remove_all(control_dir_);
       return 1;
     }
     all.push_back(std::move(*host));
   }
 
-  // The playbook is checked here, with each host's variables, before any host is touched: a
-  // malformed playbook is one error, not one per host after half of them changed.
+  // Each host is given one vars.json: its variables with -e over them (as in Ansible, extra vars
+  // win), -e @FILE read here, on the controller. What a host will be given is checked here, as
+  // the agent there checks it, and the playbook with it, before any host is touched: one error,
+  // not one per host after half of them changed.
   json extra = json::object();
   for (const auto& e : o_.extra_vars) extra.update(*parse_extra_var(e));  // main.cpp checked them
   LoadOptions lo;
   lo.facts = gather_facts(Root("/")).to_json();
-  for (const auto& h : all) {
-    lo.extra_vars = h.vars;
-    lo.extra_vars.update(extra);
+  for (auto& h : all) {
+    h.vars.update(extra);
+    auto given = parse_extra_vars_text(h.vars.dump(-1, ' ', false, json::error_handler_t::replace), "vars.json does not hold");
+    if (!given) {
+      err_ << "gptagent: " << o_.inventory << ": host " << h.inv->name << ": " << given.error()
+           << " (a variable of this host, from the inventory or -e), no host was touched\n";
+      return 1;
+    }
+    lo.extra_vars = *given;
     auto loaded = load_playbook(o_.playbook, lo);
     if (!loaded.ok()) {
       for (const auto& e : loaded.errors) err_ << e << "\n";
       err_ << "gptagent: " << o_.playbook << " (with the variables of " << h.inv->name << "): " << loaded.errors.size()
            << (loaded.errors.size() == 1 ? " error" : " errors") << ", no host was touched\n";
-      fs::remove_all(control_dir_);
+      return 1;
+    }
+    const auto& stages = loaded.playbook.stages;
+    if (!o_.from_stage.empty() &&
+        std::none_of(stages.begin(), stages.end(), [&](const Stage& st) { return st.name == o_.from_stage; })) {
+      err_ << "gptagent: --from-stage: " << o_.playbook << " has no stage '" << o_.from_stage << "', no host was touched\n";
       return 1;
     }
   }
 
-  const std::string self = o_.agent.empty() ? fs::read_symlink("/proc/self/exe").string() : o_.agent;
+  // /proc/self/exe itself, never the path it names: that path may since have been replaced, or
+  // deleted (it then reads "... (deleted)"), while /proc/self/exe still opens what runs.
+  const std::string self = o_.agent.empty() ? "/proc/self/exe" : o_.agent;
   {
     std::ifstream a(self, std::ios::binary), p(o_.playbook, std::ios::binary);
     agent_bytes_.assign(std::istreambuf_iterator<char>(a), {});
     playbook_bytes_.assign(std::istreambuf_iterator<char>(p), {});
+  }
+  if (!agent_bytes_.starts_with("\x7f" "ELF")) {
+    err_ << "gptagent: the agent to copy (" << self << ", " << agent_bytes_.size()
+         << " bytes read) is not an ELF executable: nothing is shipped, no host was touched\n";
+    return 1;
   }
   agent_sha_ = sha256_hex(agent_bytes_);
   agent_name_ = "gptagent-" + agent_sha_;
@@ -596,7 +730,6 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
       });
     for (auto& w : workers) w.join();
   }
-  fs::remove_all(control_dir_);
 
   int failed = 0, unreachable = 0, drift = 0, waiting = 0, interrupted = 0;
   json doc = {{"playbook", o_.playbook}, {"inventory", o_.inventory}, {"check", o_.check}, {"hosts", json::object()}};

@@ -33,6 +33,10 @@ struct FleetOptions {
   int reboot_timeout = 600;          // seconds to wait for a rebooted host's new boot_id
   std::string color = "auto";
   std::string agent;                 // the binary to copy ("" : this one)
+  // Passed on to the agent on every host (--reset-state and --from-stage to its first run only: a
+  // run after a reboot goes on from where the reboot was asked for).
+  bool reset_state = false, no_wait = false;
+  std::string from_stage, connect;
 };
 
 // Exit codes as Ansible's: 0 every host converged, 1 a host failed, 2 drift in --check,

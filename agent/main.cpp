@@ -220,6 +220,10 @@ int main(int argc, char** argv) {
     fo.tags = ao.tags;
     fo.skip_tags = ao.skip_tags;
     fo.reboot = ao.reboot;
+    fo.reset_state = ao.reset_state;
+    fo.from_stage = ao.from_stage;
+    fo.connect = ao.connect;
+    fo.no_wait = ao.no_wait;
     fo.extra_vars = c.extra;
     return gpt::run_fleet(fo, std::cout, std::cerr);
   }

@@ -724,6 +724,13 @@ LoadResult load_playbook(const std::string& path, const LoadOptions& opts) {
   return load_playbook_text(text, path, opts);
 }
 
+Expected<json> parse_extra_vars_text(const std::string& text, const std::string& what) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Error{what + " a JSON object"};
+  if (j.contains("facts")) return Error{"'facts' is reserved for the host's facts"};
+  return j;
+}
+
 Expected<json> parse_extra_var(const std::string& arg) {
   if (!arg.empty() && (arg.front() == '{' || arg.front() == '@')) {
     // -e '{"key": value, ...}' or -e @vars.json, as ansible-playbook takes them (JSON only).
@@ -733,10 +740,8 @@ Expected<json> parse_extra_var(const std::string& arg) {
       if (!in) return Error{"-e: cannot read " + arg.substr(1)};
       text.assign(std::istreambuf_iterator<char>(in), {});
     }
-    json j = json::parse(text, nullptr, false);
-    if (j.is_discarded() || !j.is_object())
-      return Error{"-e: " + (arg.front() == '@' ? arg.substr(1) + " does not hold" : "'" + arg + "' is not") + " a JSON object"};
-    if (j.contains("facts")) return Error{"-e: 'facts' is reserved for the host's facts"};
+    auto j = parse_extra_vars_text(text, arg.front() == '@' ? arg.substr(1) + " does not hold" : "'" + arg + "' is not");
+    if (!j) return Error{"-e: " + j.error()};
     return j;
   }
   auto eq = arg.find('=');

@@ -68,5 +68,9 @@ LoadResult load_playbook_text(const std::string& text, const std::string& path, 
 
 // Parses `-e key=value` (value as YAML scalar: numbers and booleans typed) or `-e @file.yaml`.
 Expected<nlohmann::json> parse_extra_var(const std::string& arg);
+// The variables a JSON object text gives, as `-e @file` takes them (a fleet's controller checks
+// with it each host's vars.json before any host runs); `what` starts the message for a text that
+// is no JSON object ("vars.json does not hold").
+Expected<nlohmann::json> parse_extra_vars_text(const std::string& text, const std::string& what);
 
 }  // namespace gpt

@@ -32,6 +32,29 @@ TEST(ProcessExec, AHangingCommandIsKilledAtItsTimeout) {
   EXPECT_EQ(r.failure(), "timed out");
 }
 
+TEST(ProcessExec, ACommandSendingMoreThanItsCapIsKilledAndNotBuffered) {
+  ProcessExec exec;
+  Command endless{{"yes"}};  // never ends by itself
+  endless.max_output = 1 << 20;
+  const auto start = std::chrono::steady_clock::now();
+  auto r = exec.run(endless);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  EXPECT_TRUE(r.overflowed);
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.out.size(), size_t{1} << 20);
+  EXPECT_EQ(r.failure(), "more output than it may send");
+  // Ending after too much is the same; at the cap is not.
+  Command burst{{"sh", "-c", "head -c 1025 /dev/zero"}};
+  burst.max_output = 1024;
+  EXPECT_TRUE(exec.run(burst).overflowed);
+  burst.max_output = 1025;
+  auto fits = exec.run(burst);
+  EXPECT_FALSE(fits.overflowed);
+  EXPECT_TRUE(fits.ok());
+  EXPECT_EQ(fits.out.size(), 1025u);
+}
+
 TEST(ProcessExec, AMissingProgramIsAClearFailure) {
   ProcessExec exec;
   auto r = exec.run({{"gptagent-no-such-program"}});

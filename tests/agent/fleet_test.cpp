@@ -18,86 +18,20 @@
 #include "agent/fleet.hpp"
 #include "agent/inventory.hpp"
 #include "agent/text.hpp"
+#include "tests/support/fleet_lab.hpp"
 #include "tests/support/sshd.hpp"
 
 namespace gpt {
 namespace {
 
+using test::entries;
+using test::has;
+using test::kPlaybook;
+using test::Lab;
 using test::run_agent;
 using test::wait_until;
 using test::slurp;
 namespace fs = std::filesystem;
-
-bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
-
-// Converges without a reboot: the kernel command line and the X11 configs.
-constexpr const char* kPlaybook = R"(stages:
-  - name: host
-    reboot: never
-    tasks:
-      - name: IOMMU on the kernel command line
-        grub_cmdline:
-          iommu: auto
-          present: ["{{ extra_param }}"]
-      - name: No X11 config may take the GPU
-        xorg_cleanup: {}
-)";
-
-struct Lab {
-  test::SshClient client;
-  test::TempDir files;
-  struct Node {
-    std::string name;
-    std::unique_ptr<test::LoopbackSshd> sshd;
-    std::unique_ptr<test::SampleHost> tree;
-    std::string remote_dir, remote_tmp;
-    int port = 0;
-  };
-  std::vector<Node> nodes;
-  std::string playbook = files / "host.yaml";
-  std::string inventory = files / "inventory.yml";
-
-  explicit Lab(int n, const std::string& playbook_text = kPlaybook) {
-    test::write(playbook, playbook_text);
-    for (int i = 1; i <= n; ++i) {
-      Node node;
-      node.name = "gpu0" + std::to_string(i);
-      node.sshd = std::make_unique<test::LoopbackSshd>(client);
-      node.port = node.sshd->port();
-      node.tree = std::make_unique<test::SampleHost>();
-      node.remote_dir = node.sshd->dir() + "/agent-cache";
-      node.remote_tmp = node.sshd->dir() + "/tmp";
-      fs::create_directories(node.remote_tmp);
-      nodes.push_back(std::move(node));
-    }
-    write_inventory();
-  }
-  void write_inventory(const std::string& extra_host_vars = "") {
-    std::string inv = "all:\n  vars:\n    ansible_host: 127.0.0.1\n    ansible_user: root\n    ansible_ssh_private_key_file: " +
-                      client.key() + "\n    ansible_ssh_common_args: \"" + client.common_args() +
-                      "\"\n    extra_param: iommu=pt\n  children:\n    gpus:\n      hosts:\n";
-    for (const auto& n : nodes)
-      inv += "        " + n.name + ":\n          ansible_port: " + std::to_string(n.port) + "\n          gptagent_root: " +
-             n.tree->root() + "\n          gptagent_remote_dir: " + n.remote_dir + "\n          gptagent_remote_tmp: " + n.remote_tmp + "\n" +
-             extra_host_vars;
-    test::write(inventory, inv);
-  }
-  test::ProcResult apply(std::vector<std::string> extra = {}) const {
-    std::vector<std::string> args{"apply", playbook, "-i", inventory, "--color", "never"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    fs::create_directories(control_tmp);
-    return run_agent(args, {"TMPDIR=" + control_tmp});  // where the controller keeps its ssh sockets
-  }
-  std::string control_tmp = files / "controller-tmp";
-  std::string grub(int i) const { return slurp(nodes[i].tree->file("/etc/default/grub")); }
-};
-
-std::vector<std::string> entries(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename());
-  std::sort(out.begin(), out.end());
-  return out;
-}
 
 TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce) {
   Lab lab(3);
@@ -306,19 +240,11 @@ TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsN
   const std::string out = lab.files / "out", err = lab.files / "err";
   bp::child controller(GPTAGENT_BIN, bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "--forks", "1"}),
                        bp::env["TMPDIR"] = lab.control_tmp, bp::std_in.close(), bp::std_out > out, bp::std_err > err);
-  std::string run_dir;
-  long agent_pid = 0;
-  ASSERT_TRUE(wait_until([&] {
-    for (const auto& d : entries(lab.nodes[0].remote_tmp)) {
-      const std::string pid_file = lab.nodes[0].remote_tmp + "/" + d + "/pid";
-      if (!fs::exists(pid_file)) continue;
-      agent_pid = std::atol(slurp(pid_file).c_str());
-      run_dir = d;
-      // The agent runs and waits for the lock.
-      return agent_pid > 0 && has(slurp("/proc/" + std::to_string(agent_pid) + "/cmdline"), "apply");
-    }
-    return false;
-  })) << slurp(out) << slurp(err);
+  // The agent runs and waits for the lock.
+  const auto agent = test::wait_for_running_agent(lab.nodes[0].remote_tmp);
+  ASSERT_TRUE(agent) << slurp(out) << slurp(err);
+  const std::string run_dir = agent->dir;
+  const long agent_pid = agent->pid;
   EXPECT_TRUE(run_dir.starts_with("gptagent.")) << run_dir;
   struct stat st{};
   ASSERT_EQ(::stat((lab.nodes[0].remote_tmp + "/" + run_dir).c_str(), &st), 0);
@@ -525,6 +451,15 @@ TEST(FleetSsh, APortIsPassedOnlyWhenTheInventoryGivesOne) {
   auto byvar = ssh_command(*inv.find("byvar"), "ssh.ini", "/tmp/c/2");
   ASSERT_TRUE(byvar.ok());
   EXPECT_TRUE(has_words(*byvar, {"-p", "2200"})) << join(*byvar, " ");
+}
+
+// What ssh says before its -E log applies (here: an option it does not know) is the reason shown.
+TEST(FleetSsh, SshsOwnMessageIsShownWhenItFailsBeforeItLogs) {
+  Lab lab(1);
+  lab.write_inventory("          ansible_ssh_extra_args: \"-o NoSuchOption=1\"\n");
+  auto r = lab.apply();
+  EXPECT_EQ(r.exit_code, 4) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "fatal: [gpu01]: UNREACHABLE! command-line: line 0: Bad configuration option: nosuchoption")) << r.out;
 }
 
 TEST(FleetSsh, AnsibleSshExecutableIsTheSshOfEveryCall) {

@@ -100,6 +100,12 @@ void LoopbackSshd::stop() {
   pid_ = -1;
 }
 
+void LoopbackSshd::force_command(const std::string& program) {
+  std::string key = slurp(dir_ / "authorized_keys");
+  if (key.starts_with("command=")) key = key.substr(key.find("\" ") + 2);
+  write(dir_ / "authorized_keys", "command=\"" + program + "\" " + key);
+}
+
 void LoopbackSshd::change_host_key() {
   stop();
   ::unlink((dir_ / "host_ed25519").c_str());

@@ -31,6 +31,9 @@ class LoopbackSshd {
   int port() const { return port_; }
   const std::string& dir() const { return dir_.path(); }
   void stop();  // the port then refuses connections
+  // Every session of the client runs `program` instead (authorized_keys command=, as a host that
+  // answers what it likes); the command asked for is in its $SSH_ORIGINAL_COMMAND.
+  void force_command(const std::string& program);
   // Replaces its host key (the known_hosts entry then no longer matches) and restarts it.
   void change_host_key();
 

@@ -1,0 +1,119 @@
+// Fleet tests' lab: n "hosts", each a sample tree given to its agent as gptagent_root and reached
+// through its own real sshd on loopback, with an inventory naming them and a playbook.
+#pragma once
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tests/support/sandbox.hpp"
+#include "tests/support/sshd.hpp"
+
+namespace gpt::test {
+
+namespace fs = std::filesystem;
+
+inline bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
+
+// Converges without a reboot: the kernel command line and the X11 configs.
+inline constexpr const char* kPlaybook = R"(stages:
+  - name: host
+    reboot: never
+    tasks:
+      - name: IOMMU on the kernel command line
+        grub_cmdline:
+          iommu: auto
+          present: ["{{ extra_param }}"]
+      - name: No X11 config may take the GPU
+        xorg_cleanup: {}
+)";
+
+struct Lab {
+  SshClient client;
+  TempDir files;
+  struct Node {
+    std::string name;
+    std::unique_ptr<LoopbackSshd> sshd;
+    std::unique_ptr<SampleHost> tree;
+    std::string remote_dir, remote_tmp;
+    int port = 0;
+  };
+  std::vector<Node> nodes;
+  std::string playbook = files / "host.yaml";
+  std::string inventory = files / "inventory.yml";
+
+  explicit Lab(int n, const std::string& playbook_text = kPlaybook) {
+    write(playbook, playbook_text);
+    for (int i = 1; i <= n; ++i) {
+      Node node;
+      node.name = "gpu0" + std::to_string(i);
+      node.sshd = std::make_unique<LoopbackSshd>(client);
+      node.port = node.sshd->port();
+      node.tree = std::make_unique<SampleHost>();
+      node.remote_dir = node.sshd->dir() + "/agent-cache";
+      node.remote_tmp = node.sshd->dir() + "/tmp";
+      fs::create_directories(node.remote_tmp);
+      nodes.push_back(std::move(node));
+    }
+    write_inventory();
+  }
+  void write_inventory(const std::string& extra_host_vars = "") {
+    std::string inv = "all:\n  vars:\n    ansible_host: 127.0.0.1\n    ansible_user: root\n    ansible_ssh_private_key_file: " +
+                      client.key() + "\n    ansible_ssh_common_args: \"" + client.common_args() +
+                      "\"\n    extra_param: iommu=pt\n  children:\n    gpus:\n      hosts:\n";
+    for (const auto& n : nodes)
+      inv += "        " + n.name + ":\n          ansible_port: " + std::to_string(n.port) + "\n          gptagent_root: " +
+             n.tree->root() + "\n          gptagent_remote_dir: " + n.remote_dir + "\n          gptagent_remote_tmp: " + n.remote_tmp + "\n" +
+             extra_host_vars;
+    write(inventory, inv);
+  }
+  // Adds YAML lines ("          key: value\n") to the variables of host i alone.
+  void add_host_vars(size_t i, const std::string& lines) const {
+    std::string inv = slurp(inventory);
+    const std::string line = "          gptagent_root: " + nodes[i].tree->root() + "\n";
+    inv.replace(inv.find(line), line.size(), line + lines);
+    write(inventory, inv);
+  }
+  ProcResult apply(std::vector<std::string> extra = {}) const {
+    std::vector<std::string> args{"apply", playbook, "-i", inventory, "--color", "never"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    fs::create_directories(control_tmp);
+    return run_agent(args, {"TMPDIR=" + control_tmp});  // where the controller keeps its ssh sockets
+  }
+  std::string control_tmp = files / "controller-tmp";
+  std::string grub(int i) const { return slurp(nodes[i].tree->file("/etc/default/grub")); }
+};
+
+inline std::vector<std::string> entries(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The agent of a run, mid-run: its directory under `parent` (named gptagent.<run id>.XXXXXXXX) and
+// the pid its pid file gives, once that process runs `apply` (within a minute), else nullopt.
+struct RunningAgent {
+  std::string dir;
+  long pid = 0;
+};
+inline std::optional<RunningAgent> wait_for_running_agent(const std::string& parent) {
+  RunningAgent found;
+  const bool running = wait_until([&] {
+    if (!fs::exists(parent)) return false;
+    for (const auto& d : entries(parent)) {
+      const std::string pid_file = parent + "/" + d + "/pid";
+      if (!fs::exists(pid_file)) continue;
+      found = {d, std::atol(slurp(pid_file).c_str())};
+      return found.pid > 0 && has(slurp("/proc/" + std::to_string(found.pid) + "/cmdline"), "apply");
+    }
+    return false;
+  });
+  return running ? std::optional<RunningAgent>(found) : std::nullopt;
+}
+
+}  // namespace gpt::test
