@@ -1,5 +1,6 @@
 #include "agent/apply.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -133,6 +134,16 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   // An interrupted run's intent: its handlers and reboot are carried into this run.
   std::optional<StageIntent> carried;
   if (state && !state->waiting) {
+    for (const auto& d : state->dropped) err << "gptagent: warning: " << kStatePath << ": " << d << ": dropped, not run\n";
+    // Handlers the user notified are named only, and run as the playbook of this run defines them.
+    std::erase_if(state->intent.notified, [&](const std::string& name) {
+      const bool known = std::any_of(pb.handlers.begin(), pb.handlers.end(), [&](const Task& h) { return h.name == name; }) ||
+                         std::any_of(pb.stages.begin(), pb.stages.end(), [&](const Stage& st) {
+                           return std::any_of(st.handlers.begin(), st.handlers.end(), [&](const Task& h) { return h.name == name; });
+                         });
+      if (!known) err << "gptagent: warning: " << kStatePath << ": pending handler '" << name << "' is not in the playbook: dropped\n";
+      return !known;
+    });
     carried = state->intent;
     out << "an interrupted run (" << state->recorded_at << ") left work for stage " << state->stage
         << ": it is finished in this run\n";

@@ -112,8 +112,13 @@ Expected<std::optional<RunState>> load_state(const Root& root) {
     } else {
       const json& p = j.at("pending");
       s.intent.stage = s.stage;
-      for (const auto& h : p.at("handlers"))
-        s.intent.handlers.push_back({h.at("name").get<std::string>(), h.at("module").get<std::string>(), h.value("args", json::object())});
+      for (const auto& h : p.at("handlers")) {
+        HandlerRequest req{h.at("name").get<std::string>(), h.at("module").get<std::string>(), h.value("args", json::object())};
+        if (auto why = unsafe_handler_request(req))
+          s.dropped.push_back("pending handler '" + req.name + "': " + *why);
+        else
+          s.intent.handlers.push_back(std::move(req));
+      }
       s.intent.notified = p.value("notified", std::vector<std::string>{});
       s.intent.reboot = p.value("reboot", false);
     }
