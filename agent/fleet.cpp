@@ -511,11 +511,14 @@ void Fleet::report(const Host& h, const HostOutcome& r) {
   for (const auto& doc : r.runs) {
     if (doc.value("waiting_for_reboot", false)) out_ << "waiting: [" << name << "] waiting for a reboot\n";
     for (const auto& stage : doc.value("stages", json::array())) {
-      if (!stage.value("tasks", json::array()).empty()) out_ << banner("STAGE [" + stage.value("name", "") + "]") << "\n";
+      // A host's report is the remote agent's: a line break in its names or messages is escaped
+      // with the rest (out_ escapes every other control character), never a line of ours.
+      if (!stage.value("tasks", json::array()).empty())
+        out_ << terminal_safe(banner("STAGE [" + stage.value("name", "") + "]"), false) << "\n";
       for (const auto& t : stage["tasks"]) {
-        out_ << t.value("status", "") << ": [" << name << "] " << t.value("name", "");
-        if (!t.value("msg", "").empty()) out_ << " " << t.value("msg", "");
-        out_ << "\n";
+        std::string line = t.value("status", "") + ": [" + name + "] " + t.value("name", "");
+        if (!t.value("msg", "").empty()) line += " " + t.value("msg", "");
+        out_ << terminal_safe(line, false) << "\n";
         if (o_.diff && !t.value("diff", "").empty()) out_ << t.value("diff", "");
       }
     }
