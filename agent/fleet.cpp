@@ -29,6 +29,7 @@
 #include "agent/inventory.hpp"
 #include "agent/playbook.hpp"
 #include "agent/report.hpp"
+#include "agent/signals.hpp"
 #include "agent/state.hpp"
 #include "agent/text.hpp"
 
@@ -82,27 +83,6 @@ namespace {
 std::atomic<bool> g_interrupted{false};
 static_assert(std::atomic<bool>::is_always_lock_free);
 extern "C" void on_interrupt(int) { g_interrupted.store(true); }
-
-class InterruptHandlers {
- public:
-  InterruptHandlers() {
-    g_interrupted = false;
-    struct sigaction sa{};
-    sa.sa_handler = on_interrupt;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < kSignals.size(); ++i) ::sigaction(kSignals[i], &sa, &old_[i]);
-  }
-  ~InterruptHandlers() {
-    for (size_t i = 0; i < kSignals.size(); ++i) ::sigaction(kSignals[i], &old_[i], nullptr);
-  }
-  InterruptHandlers(const InterruptHandlers&) = delete;
-  InterruptHandlers& operator=(const InterruptHandlers&) = delete;
-
- private:
-  static constexpr std::array<int, 3> kSignals{SIGINT, SIGTERM, SIGHUP};
-  std::array<struct sigaction, 3> old_{};
-};
 
 // Where the temporary directories go on a host: gptagent_remote_tmp, else its $TMPDIR, else /tmp.
 std::string remote_tmp_parent(const std::string& remote_tmp) {
@@ -532,7 +512,8 @@ void Fleet::report(const Host& h, const HostOutcome& r) {
 }
 
 int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
-  InterruptHandlers interrupts;
+  g_interrupted = false;
+  ScopedSignalHandlers interrupts({SIGINT, SIGTERM, SIGHUP}, on_interrupt, SA_RESETHAND);
   // Control sockets: short paths (a socket path has 108 bytes at most), private to this run.
   const char* tmpdir = std::getenv("TMPDIR");
   std::string tmpl = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/gptagent-ssh.XXXXXX";

@@ -259,7 +259,7 @@ int main(int argc, char** argv) {
       }
       ao.extra_vars.update(*kv);
     }
-    gpt::ProcessExec exec;
+    gpt::ProcessExec exec(&gpt::apply_interrupt());
     return gpt::run_apply(ao, exec, std::cout, std::cerr);
   }
   if (*status) return gpt::run_status(c.root, status_json, std::cout, std::cerr);

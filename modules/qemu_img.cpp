@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -300,14 +301,22 @@ Result create(Context& ctx, const Wanted& w, bool apply) {
             {"backing", w.backing.empty() ? json() : json(w.backing)}, {"in_use", false}};
   if (!apply) return r;
 
-  const ExecResult res = ctx.exec.run(cmd);
-  if (!res.ok()) {
-    // A failed full preallocation (a full disk) can leave part of an image: never keep half of one.
+  // qemu-img makes a name of its own beside the image, renamed to the image only once it exited 0:
+  // a run interrupted or killed in a long full preallocation (or a full disk) never leaves half an
+  // image that the next run would take for a finished one. A leftover of a killed run is replaced.
+  const std::string part = "." + w.dir->name + ".gptagent-part";
+  ::unlinkat(w.dir->fd.get(), part.c_str(), 0);
+  Command making = cmd;
+  *std::find(making.argv.begin(), making.argv.end(), w.real) = (w.dir->real == "/" ? "" : w.dir->real) + "/" + part;
+  const ExecResult res = ctx.exec.run(making);
+  if (!res.ok() || ::renameat(w.dir->fd.get(), part.c_str(), w.dir->fd.get(), w.dir->name.c_str()) != 0) {
+    const std::string why = res.ok() ? std::string("cannot rename it into place: ") + std::strerror(errno)
+                                     : res.failure(/*all_of_stderr=*/true);
     struct stat st{};
-    const bool partial = ::fstatat(w.dir->fd.get(), w.dir->name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-                         S_ISREG(st.st_mode) && ::unlinkat(w.dir->fd.get(), w.dir->name.c_str(), 0) == 0;
-    Result f = Result::failed(cmd.display() + " failed: " + res.failure(/*all_of_stderr=*/true) +
-                              (partial ? "; the partial " + w.path + " was removed" : ""));
+    const bool partial = ::fstatat(w.dir->fd.get(), part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                         ::unlinkat(w.dir->fd.get(), part.c_str(), 0) == 0;
+    Result f = Result::failed(cmd.display() + " failed: " + why +
+                              (partial && !res.ok() ? "; the partial " + w.path + " was removed" : ""));
     f.commands = r.commands;
     return f;
   }
