@@ -307,11 +307,14 @@ Result create(Context& ctx, const Wanted& w, bool apply) {
   const std::string part = "." + w.dir->name + ".gptagent-part";
   ::unlinkat(w.dir->fd.get(), part.c_str(), 0);
   Command making = cmd;
-  *std::find(making.argv.begin(), making.argv.end(), w.real) = (w.dir->real == "/" ? "" : w.dir->real) + "/" + part;
+  const std::string part_real = (w.dir->real == "/" ? "" : w.dir->real) + "/" + part;
+  *std::find(making.argv.begin(), making.argv.end(), w.real) = part_real;
   const ExecResult res = ctx.exec.run(making);
   if (!res.ok() || ::renameat(w.dir->fd.get(), part.c_str(), w.dir->fd.get(), w.dir->name.c_str()) != 0) {
-    const std::string why = res.ok() ? std::string("cannot rename it into place: ") + std::strerror(errno)
-                                     : res.failure(/*all_of_stderr=*/true);
+    std::string why = res.ok() ? std::string("cannot rename it into place: ") + std::strerror(errno)
+                               : res.failure(/*all_of_stderr=*/true);
+    // qemu-img's words name the image the user asked for, not the name it was made under.
+    for (size_t at; (at = why.find(part_real)) != std::string::npos;) why.replace(at, part_real.size(), w.real);
     struct stat st{};
     const bool partial = ::fstatat(w.dir->fd.get(), part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
                          ::unlinkat(w.dir->fd.get(), part.c_str(), 0) == 0;
