@@ -114,7 +114,9 @@ TEST(TerminalEscapes, AnotherUsersProcessNameAndTaskNamesReachTheTerminalEscaped
     EXPECT_EQ(stray_controls(apply.out), "") << apply.out;
     EXPECT_TRUE(has(apply.out, "look \\x1b]0;owned\\x07\\x1b[2K\\x0dok: [fake]")) << apply.out;
     EXPECT_TRUE(has(apply.out, escaped_name)) << apply.out;
-    if (color == "never") EXPECT_FALSE(has(apply.out, "\x1b")) << apply.out;
+    if (color == "never") {
+      EXPECT_FALSE(has(apply.out, "\x1b")) << apply.out;
+    }
   }
   auto facts = in_terminal({"facts", "--root", h.root()});
   EXPECT_EQ(facts.exit_code, 0) << facts.out;
