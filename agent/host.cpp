@@ -326,7 +326,8 @@ Expected<std::string> backup_in_dir(const Root& root, int dirfd, const std::stri
   const std::string backup = base_of(backup_name(host_path));
   std::string candidate = backup;
   for (int i = 2; ::linkat(dirfd, name.c_str(), dirfd, candidate.c_str(), 0) != 0; ++i) {
-    if (errno == EEXIST && i < 100) {
+    // Every backup made in the same second gets a name of its own (linkat never replaces one).
+    if (errno == EEXIST) {
       candidate = backup + "-" + std::to_string(i);
       continue;
     }
