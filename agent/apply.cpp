@@ -1,5 +1,6 @@
 #include "agent/apply.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include "agent/playbook.hpp"
 #include "agent/report.hpp"
 #include "agent/runner.hpp"
+#include "agent/signals.hpp"
 #include "agent/state.hpp"
 #include "agent/text.hpp"
 
@@ -49,7 +51,16 @@ void add(RunStats& into, const RunStats& s) {
   into.expect = s.expect;
 }
 
+// SIGINT and SIGTERM during an apply's changes: noted here, the running command gets the signal
+// from its Exec and is waited for, and no task starts after it.
+std::atomic<int> g_interrupt{0};
+static_assert(std::atomic<int>::is_always_lock_free);  // stored from a signal handler
+
+extern "C" void on_apply_signal(int sig) { g_interrupt.store(sig); }
+
 }  // namespace
+
+const std::atomic<int>& apply_interrupt() { return g_interrupt; }
 
 int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream& err) {
   if (auto ok = Root::check(o.root); !ok) {
@@ -99,6 +110,9 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
     err << "gptagent: " << lock.error() << "\n";
     return 1;
   }
+  // Once the lock is held: a run still waiting for it has changed nothing and just ends.
+  g_interrupt = 0;
+  ScopedSignalHandlers signals({SIGINT, SIGTERM}, on_apply_signal);
 
   size_t start = 0;
   if (!o.from_stage.empty()) {
@@ -133,6 +147,16 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   // An interrupted run's intent: its handlers and reboot are carried into this run.
   std::optional<StageIntent> carried;
   if (state && !state->waiting) {
+    for (const auto& d : state->dropped) err << "gptagent: warning: " << kStatePath << ": " << d << ": dropped, not run\n";
+    // Handlers the user notified are named only, and run as the playbook of this run defines them.
+    std::erase_if(state->intent.notified, [&](const std::string& name) {
+      const bool known = std::any_of(pb.handlers.begin(), pb.handlers.end(), [&](const Task& h) { return h.name == name; }) ||
+                         std::any_of(pb.stages.begin(), pb.stages.end(), [&](const Stage& st) {
+                           return std::any_of(st.handlers.begin(), st.handlers.end(), [&](const Task& h) { return h.name == name; });
+                         });
+      if (!known) err << "gptagent: warning: " << kStatePath << ": pending handler '" << name << "' is not in the playbook: dropped\n";
+      return !known;
+    });
     carried = state->intent;
     out << "an interrupted run (" << state->recorded_at << ") left work for stage " << state->stage
         << ": it is finished in this run\n";
@@ -185,7 +209,7 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   }
 
   Context ctx{root, exec, facts, !root.sandboxed(), nullptr, o.connect};
-  RunOptions ro{o.check, o.tags, o.skip_tags, true, start, carried, {}};
+  RunOptions ro{o.check, o.tags, o.skip_tags, true, start, carried, {}, &g_interrupt};
   if (!o.check) {
     ro.journal = [&](const StageIntent* intent) -> Status {
       if (!intent) return clear_state(root);
@@ -202,6 +226,14 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
     };
   }
   add(stats, run_playbook(pb, ctx, ro, *reporter));
+  if (const int sig = g_interrupt.load()) {
+    // What was recorded stays (the next run finishes the stage's handlers); the lock is let go
+    // only now, after the command the signal reached has ended.
+    reporter->done(stats, 128 + sig);
+    err << "gptagent: interrupted (" << ::strsignal(sig) << "): the command running was stopped and waited for; "
+        << "run again to finish\n";
+    return 128 + sig;
+  }
 
   if (stats.stopped_for_reboot && !o.check && stats.failed == 0 && sha().empty()) {
     err << "gptagent: " << sha_error << "\n";

@@ -1,6 +1,7 @@
 // `gptagent apply` and `gptagent status`: a run over the stages, with the reboot cycle around it.
 #pragma once
 
+#include <atomic>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -26,7 +27,11 @@ struct ApplyOptions {
 
 // Exit codes: 0 converged, 1 failure or bad input, 2 drift (check), 3 stopped for (or waiting
 // for) a reboot.
+// An apply interrupted by SIGINT or SIGTERM exits 128 + the signal, as shells say (130 for Ctrl-C),
+// once the command it was running has ended.
 int run_apply(const ApplyOptions& opts, Exec& exec, std::ostream& out, std::ostream& err);
+// The signal that interrupted the apply running (0: none): what its ProcessExec watches.
+const std::atomic<int>& apply_interrupt();
 int run_status(const std::string& root, bool json, std::ostream& out, std::ostream& err);
 
 }  // namespace gpt

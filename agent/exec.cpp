@@ -2,6 +2,8 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/process.hpp>
+#include <signal.h>
+
 #include <limits>
 #include <spdlog/spdlog.h>
 
@@ -81,6 +83,10 @@ ExecResult ProcessExec::run(const Command& cmd) {
     res.err = cmd.argv[0] + ": command not found";
     return res;
   }
+  if (interrupt_ && interrupt_->load() != 0) {
+    res.cancelled = true;
+    return res;
+  }
   spdlog::debug("run: {}", cmd.display());
   try {
     boost::asio::io_context ios;
@@ -105,15 +111,31 @@ ExecResult ProcessExec::run(const Command& cmd) {
                                       bp::std_err > err_pipe, ios, group);
     // Until it ends or its time is up; a cancel flag is looked at ten times a second.
     const auto deadline = std::chrono::steady_clock::now() + cmd.timeout;
-    const std::chrono::steady_clock::duration step = cmd.cancel || cmd.max_output > 0
+    const std::chrono::steady_clock::duration step = cmd.cancel || interrupt_ || cmd.max_output > 0
                                                          ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100))
                                                          : cmd.timeout;
+    const auto signalled = [&] { return interrupt_ ? interrupt_->load() : 0; };
     for (auto now = std::chrono::steady_clock::now();
-         !ios.stopped() && !(cmd.cancel && cmd.cancel->load()) && !overflowed() && now < deadline;
+         !ios.stopped() && !(cmd.cancel && cmd.cancel->load()) && !signalled() && !overflowed() && now < deadline;
          now = std::chrono::steady_clock::now())
       ios.run_for(std::min(step, deadline - now));
     res.overflowed = overflowed();  // a command may also have ended after sending too much
-    if (!ios.stopped()) {
+    if (!ios.stopped() && signalled()) {
+      // Ctrl-C or SIGTERM on the agent: its command gets the same and is waited for, so that
+      // nothing it writes goes on after the run (and its lock) ended. One that ignores it for
+      // half a minute is killed.
+      ::kill(-group.native_handle(), signalled());
+      const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!ios.stopped() && std::chrono::steady_clock::now() < grace) ios.run_for(std::chrono::milliseconds(100));
+      std::error_code ec;
+      if (!ios.stopped()) {
+        group.terminate(ec);
+        ios.run_for(std::chrono::seconds(2));
+      }
+      child.wait(ec);
+      res.cancelled = true;
+      res.exit_code = -1;
+    } else if (!ios.stopped()) {
       res.cancelled = !res.overflowed && cmd.cancel && cmd.cancel->load();
       res.timed_out = !res.cancelled && !res.overflowed;
       std::error_code ec;

@@ -41,7 +41,14 @@ class Exec {
 // bounded by the command's timeout after which the process is killed.
 class ProcessExec final : public Exec {
  public:
+  // `interrupt`: a signal number that an apply's SIGINT/SIGTERM handler sets. The running command's
+  // process group gets that signal and is waited for (the run keeps its lock until it is gone);
+  // no command starts once it is set. Both end with ExecResult::cancelled.
+  explicit ProcessExec(const std::atomic<int>* interrupt = nullptr) : interrupt_(interrupt) {}
   ExecResult run(const Command& cmd) override;
+
+ private:
+  const std::atomic<int>* interrupt_;
 };
 
 // Quotes one argument for display the way a POSIX shell would need it.

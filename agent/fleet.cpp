@@ -29,6 +29,7 @@
 #include "agent/inventory.hpp"
 #include "agent/playbook.hpp"
 #include "agent/report.hpp"
+#include "agent/signals.hpp"
 #include "agent/state.hpp"
 #include "agent/text.hpp"
 
@@ -83,26 +84,6 @@ std::atomic<bool> g_interrupted{false};
 static_assert(std::atomic<bool>::is_always_lock_free);
 extern "C" void on_interrupt(int) { g_interrupted.store(true); }
 
-class InterruptHandlers {
- public:
-  InterruptHandlers() {
-    g_interrupted = false;
-    struct sigaction sa{};
-    sa.sa_handler = on_interrupt;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < kSignals.size(); ++i) ::sigaction(kSignals[i], &sa, &old_[i]);
-  }
-  ~InterruptHandlers() {
-    for (size_t i = 0; i < kSignals.size(); ++i) ::sigaction(kSignals[i], &old_[i], nullptr);
-  }
-  InterruptHandlers(const InterruptHandlers&) = delete;
-  InterruptHandlers& operator=(const InterruptHandlers&) = delete;
-
- private:
-  static constexpr std::array<int, 3> kSignals{SIGINT, SIGTERM, SIGHUP};
-  std::array<struct sigaction, 3> old_{};
-};
 
 // A path in the remote shell: "~/x" becomes "$HOME"/'x' so that the shell expands the home.
 std::string remote_path(const std::string& path) {
@@ -620,11 +601,14 @@ void Fleet::report(const Host& h, const HostOutcome& r) {
   for (const auto& doc : r.runs) {
     if (doc.value("waiting_for_reboot", false)) out_ << "waiting: [" << name << "] waiting for a reboot\n";
     for (const auto& stage : doc.value("stages", json::array())) {
-      if (!stage.value("tasks", json::array()).empty()) out_ << banner("STAGE [" + stage.value("name", "") + "]") << "\n";
+      // A host's report is the remote agent's: a line break in its names or messages is escaped
+      // with the rest (out_ escapes every other control character), never a line of ours.
+      if (!stage.value("tasks", json::array()).empty())
+        out_ << terminal_safe(banner("STAGE [" + stage.value("name", "") + "]"), false) << "\n";
       for (const auto& t : stage["tasks"]) {
-        out_ << t.value("status", "") << ": [" << name << "] " << t.value("name", "");
-        if (!t.value("msg", "").empty()) out_ << " " << t.value("msg", "");
-        out_ << "\n";
+        std::string line = t.value("status", "") + ": [" + name + "] " + t.value("name", "");
+        if (!t.value("msg", "").empty()) line += " " + t.value("msg", "");
+        out_ << terminal_safe(line, false) << "\n";
         if (o_.diff && !t.value("diff", "").empty()) out_ << t.value("diff", "");
       }
     }
@@ -638,7 +622,8 @@ void Fleet::report(const Host& h, const HostOutcome& r) {
 }
 
 int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
-  InterruptHandlers interrupts;
+  g_interrupted = false;
+  ScopedSignalHandlers interrupts({SIGINT, SIGTERM, SIGHUP}, on_interrupt, SA_RESETHAND);
   // Control sockets: short paths (a socket path has 108 bytes at most), private to this run.
   const char* tmpdir = std::getenv("TMPDIR");
   std::string tmpl = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/gptagent-ssh.XXXXXX";

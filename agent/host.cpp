@@ -142,8 +142,13 @@ Expected<std::string> read_file(const Root& root, std::string_view path, size_t 
   const std::string where = std::string(path);
   Fd fd(::open(real->c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (fd.get() < 0) return Error{"cannot read " + where + ": " + errno_text(errno)};
+  return read_open_file(fd.get(), where, max_bytes);
+}
+
+Expected<std::string> read_open_file(int fd, std::string_view where_view, size_t max_bytes) {
+  const std::string where(where_view);
   struct stat st{};
-  if (::fstat(fd.get(), &st) != 0) return Error{"cannot read " + where + ": " + errno_text(errno)};
+  if (::fstat(fd, &st) != 0) return Error{"cannot read " + where + ": " + errno_text(errno)};
   if (S_ISDIR(st.st_mode)) return Error{"cannot read " + where + ": it is a directory"};
   if (!S_ISREG(st.st_mode)) return Error{"cannot read " + where + ": not a regular file"};
   // No check of st_size up front: sysfs attributes claim 4096 bytes and /proc files 0. What is
@@ -151,7 +156,7 @@ Expected<std::string> read_file(const Root& root, std::string_view path, size_t 
   std::string out;
   char buf[65536];
   for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    ssize_t n = ::read(fd, buf, sizeof buf);
     if (n < 0) {
       if (errno == EINTR) continue;
       return Error{"cannot read " + where + ": " + errno_text(errno)};
@@ -209,6 +214,42 @@ Expected<ParentDir> open_dir_of(const Root& root, std::string_view path) {
   if (out.fd.get() < 0 && errno != ENOENT && errno != ENOTDIR)
     return Error{"cannot open the directory of " + std::string(path) + ": " + errno_text(errno)};
   return out;
+}
+
+Expected<UniqueFd> open_own_file(const Root& root, std::string_view path, int flags, mode_t create_mode) {
+  const std::string where(path);
+  if (flags & O_CREAT) {
+    auto dir = root.resolve(parent_of(path));
+    if (!dir) return Error{dir.error()};
+    if (auto s = make_dirs(*dir); !s) return Error{"cannot create " + parent_of(path) + ": " + s.error()};
+  }
+  auto parent = open_dir_of(root, path);
+  if (!parent) return Error{parent.error()};
+  if (parent->fd.get() < 0) return UniqueFd();
+  // O_NONBLOCK: a FIFO planted at the name must not hang the open before fstat refuses it.
+  UniqueFd fd(::openat(parent->fd.get(), parent->name.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC,
+                       create_mode));
+  if (fd.get() < 0) {
+    if (errno == ENOENT && !(flags & O_CREAT)) return UniqueFd();
+    if (errno == ELOOP)
+      return Error{"refusing " + where + ": it is a symbolic link, not a file of gptagent's (remove it)"};
+    return Error{"cannot open " + where + ": " + errno_text(errno)};
+  }
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0) return Error{"cannot open " + where + ": " + errno_text(errno)};
+  if (!S_ISREG(st.st_mode)) return Error{"refusing " + where + ": not a regular file (remove it)"};
+  const int fl = ::fcntl(fd.get(), F_GETFL);
+  if (fl >= 0) ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK);
+  return fd;
+}
+
+Status remove_own_file(const Root& root, std::string_view path) {
+  auto parent = open_dir_of(root, path);
+  if (!parent) return Error{parent.error()};
+  if (parent->fd.get() < 0) return {};
+  if (::unlinkat(parent->fd.get(), parent->name.c_str(), 0) != 0 && errno != ENOENT)
+    return Error{"cannot remove " + std::string(path) + ": " + errno_text(errno)};
+  return {};
 }
 
 std::string ParentDir::real_path() const { return (real == "/" ? "" : real) + "/" + name; }
@@ -285,7 +326,8 @@ Expected<std::string> backup_in_dir(const Root& root, int dirfd, const std::stri
   const std::string backup = base_of(backup_name(host_path));
   std::string candidate = backup;
   for (int i = 2; ::linkat(dirfd, name.c_str(), dirfd, candidate.c_str(), 0) != 0; ++i) {
-    if (errno == EEXIST && i < 100) {
+    // Every backup made in the same second gets a name of its own (linkat never replaces one).
+    if (errno == EEXIST) {
       candidate = backup + "-" + std::to_string(i);
       continue;
     }
@@ -302,8 +344,9 @@ Expected<std::string> backup_in_dir(const Root& root, int dirfd, const std::stri
 Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path,
                                          std::string_view content, const WriteOptions& opts) {
   const std::string where(path);
-  auto real = root.resolve(path);
+  Expected<std::string> real = opts.no_follow ? root.resolve(parent_of(path)) : root.resolve(path);
   if (!real) return Error{real.error()};
+  if (opts.no_follow) *real = (*real == "/" ? "" : *real) + "/" + base_of(path);
   const std::string dir = parent_of(*real);
   const std::string name = base_of(*real);
   if (auto s = make_dirs(dir); !s)
@@ -314,7 +357,7 @@ Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path
   struct stat st{};
   const bool existed = ::fstatat(dirfd.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
   if (existed && !S_ISREG(st.st_mode))
-    return Error{"cannot write " + where + ": not a regular file"};
+    return Error{"cannot write " + where + (S_ISLNK(st.st_mode) ? ": it is a symbolic link" : ": not a regular file")};
 
   WriteOutcome outcome;
   if (existed && opts.backup) {
@@ -453,36 +496,30 @@ RunLock::~RunLock() {
 
 Expected<RunLock> RunLock::acquire(const Root& root, Mode mode, bool wait, void (*on_wait)(long)) {
   const std::string host_path = "/run/gptagent.lock";
-  auto real = root.resolve(host_path);
-  if (!real) return Error{real.error()};
-  int fd;
-  if (mode == Mode::exclusive) {
-    if (auto s = make_dirs(parent_of(*real)); !s)
-      return Error{"cannot create /run for the lock: " + s.error()};
-    fd = ::open(real->c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-  } else {
-    fd = ::open(real->c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0 && errno == ENOENT) return RunLock{};
-  }
-  if (fd < 0) return Error{"cannot open the lock " + *real + ": " + errno_text(errno)};
+  auto opened = open_own_file(root, host_path, mode == Mode::exclusive ? O_RDWR | O_CREAT : O_RDONLY);
+  if (!opened) return Error{opened.error()};
+  if (opened->get() < 0) return RunLock{};  // shared_if_exists: no lock file, no run holds it
+  const std::string real = root.dir() == "/" ? host_path : root.dir() + host_path;
+  const int fd = opened->release();
   RunLock lock(fd);
   const int op = mode == Mode::exclusive ? LOCK_EX : LOCK_SH;
   if (::flock(fd, op | LOCK_NB) != 0) {
-    if (errno != EWOULDBLOCK) return Error{"cannot lock " + *real + ": " + errno_text(errno)};
+    if (errno != EWOULDBLOCK) return Error{"cannot lock " + real + ": " + errno_text(errno)};
     char buf[32] = {};
     long pid = 0;
     if (::pread(fd, buf, sizeof buf - 1, 0) > 0) pid = std::strtol(buf, nullptr, 10);
     const std::string holder = pid > 0 ? "pid " + std::to_string(pid) : "another process";
-    if (!wait) return Error{"another gptagent run (" + holder + ") holds the lock " + *real};
+    if (!wait) return Error{"another gptagent run (" + holder + ") holds the lock " + real};
     if (on_wait) on_wait(pid);
     while (::flock(fd, op) != 0) {
-      if (errno != EINTR) return Error{"cannot lock " + *real + ": " + errno_text(errno)};
+      if (errno != EINTR) return Error{"cannot lock " + real + ": " + errno_text(errno)};
     }
   }
   if (mode == Mode::exclusive) {
     std::string pid = std::to_string(::getpid()) + "\n";
-    if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
-      // The pid is only for messages; the flock is what excludes.
+    // Written over the old pid, then cut to its length: a waiting run reading it meanwhile never
+    // sees an empty file (it said "pid 0"). The pid is only for messages; the flock excludes.
+    if (::pwrite(fd, pid.data(), pid.size(), 0) < 0 || ::ftruncate(fd, static_cast<off_t>(pid.size())) != 0) {
     }
   }
   return lock;

@@ -57,6 +57,8 @@ Expected<std::string> read_file(const Root& root, std::string_view path,
 // Reads a file if it exists; an absent file is an empty optional, other failures are errors.
 Expected<std::optional<std::string>> read_file_if_exists(const Root& root, std::string_view path,
                                                          size_t max_bytes = 16u << 20);
+// Reads the rest of an open regular file, `where` naming it in errors.
+Expected<std::string> read_open_file(int fd, std::string_view where, size_t max_bytes = 16u << 20);
 Expected<FileInfo> stat_file(const Root& root, std::string_view path);
 
 // An open file descriptor, closed when the object goes.
@@ -94,11 +96,23 @@ struct ParentDir {
   std::string real_path() const;
 };
 Expected<ParentDir> open_dir_of(const Root& root, std::string_view path);
+
+// Opens one of the agent's own files (the run lock, the state) with `flags` (O_CREAT: its
+// directories are made too): the directory is resolved in the root, the last component never.
+// A symlink there (another user's, to /etc/default/grub say) or anything but a regular file is
+// refused with an error naming the path. Without O_CREAT a missing file is a descriptor of -1.
+Expected<UniqueFd> open_own_file(const Root& root, std::string_view path, int flags, mode_t create_mode = 0644);
+// Removes one of the agent's own files: a symlink at its name is removed itself, never its target.
+Status remove_own_file(const Root& root, std::string_view path);
+
 bool path_exists(const Root& root, std::string_view path);
 
 struct WriteOptions {
   bool backup = true;           // keep the previous content as FILE.gptagent-YYYYmmddTHHMMSS
   mode_t create_mode = 0644;    // for a file that did not exist
+  // The last component is taken as it is, never followed: a symlink there is refused (for the
+  // agent's own files, where no link is ours).
+  bool no_follow = false;
 };
 struct WriteOutcome {
   std::optional<std::string> backup_path;  // host path of the backup, when one was made

@@ -2,7 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <iostream>
-#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
 #include "agent/apply.hpp"
@@ -48,8 +48,31 @@ std::optional<gpt::Playbook> load(const std::string& path, const Common& c, cons
   return std::move(res.playbook);
 }
 
+// std::cerr, and std::cout unless it carries JSON (which escapes its own, and must stay JSON), escape
+// what people would otherwise get raw (see TerminalSafeBuf) until main ends (exit() included: a
+// static goes before the standard streams' last flush).
+class TerminalSafeStreams {
+ public:
+  explicit TerminalSafeStreams(bool json_out) : out_(std::cout.rdbuf()), err_(std::cerr.rdbuf()) {
+    if (!json_out) std::cout.rdbuf(&out_);
+    std::cerr.rdbuf(&err_);
+  }
+  ~TerminalSafeStreams() {
+    std::cout.flush();
+    std::cerr.flush();
+    std::cout.rdbuf(out_sink_);
+    std::cerr.rdbuf(err_sink_);
+  }
+
+ private:
+  std::streambuf* out_sink_ = std::cout.rdbuf();
+  std::streambuf* err_sink_ = std::cerr.rdbuf();
+  gpt::TerminalSafeBuf out_, err_;
+};
+
 void setup_logging(int verbosity) {
-  auto logger = spdlog::stderr_logger_st("gptagent");
+  // Through std::cerr, so that log lines are escaped like everything else people read.
+  auto logger = std::make_shared<spdlog::logger>("gptagent", std::make_shared<spdlog::sinks::ostream_sink_st>(std::cerr, true));
   logger->set_pattern("[%l] %v");
   spdlog::set_default_logger(logger);
   spdlog::set_level(verbosity >= 2 ? spdlog::level::debug : verbosity == 1 ? spdlog::level::info : spdlog::level::warn);
@@ -193,6 +216,8 @@ int main(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : 1;
   }
+  static TerminalSafeStreams terminal_safe((*apply && ao.json) || (*status && status_json) || (*facts && facts_json) ||
+                                           *inventory);
   setup_logging(c.verbosity);
   if (*inventory) return cmd_inventory(inventory_path);
   if (*apply && list_hosts) {
@@ -238,7 +263,7 @@ int main(int argc, char** argv) {
       }
       ao.extra_vars.update(*kv);
     }
-    gpt::ProcessExec exec;
+    gpt::ProcessExec exec(&gpt::apply_interrupt());
     return gpt::run_apply(ao, exec, std::cout, std::cerr);
   }
   if (*status) return gpt::run_status(c.root, status_json, std::cout, std::cerr);

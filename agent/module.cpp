@@ -1,5 +1,6 @@
 #include "agent/module.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace gpt {
@@ -97,6 +98,40 @@ json with_defaults(const ModuleSchema& schema, json args) {
   for (const auto& spec : schema.args)
     if (!args.contains(spec.name) && !spec.default_value.is_null()) args[spec.name] = spec.default_value;
   return args;
+}
+
+namespace {
+
+bool fits(const ArgSpec& spec, ArgType type, const json& v) {
+  switch (type) {
+    case ArgType::any: return true;
+    case ArgType::str:
+      return v.is_string() &&
+             (spec.choices.empty() || std::find(spec.choices.begin(), spec.choices.end(), v.get<std::string>()) != spec.choices.end());
+    case ArgType::boolean: return v.is_boolean();
+    case ArgType::integer: return v.is_number_integer();
+    case ArgType::list:
+      return v.is_array() && std::all_of(v.begin(), v.end(), [&](const json& e) { return fits(spec, spec.elements, e); });
+    case ArgType::dict: return v.is_object() && spec.fields.empty();
+  }
+  return false;
+}
+
+}  // namespace
+
+std::optional<std::string> unsafe_handler_request(const HandlerRequest& h) {
+  const ModuleDef* def = Registry::instance().find(h.module);
+  if (!def || !def->handler_args) return "module '" + h.module + "' is not one modules request as a handler";
+  if (!h.args.is_object()) return "its arguments are not a mapping";
+  for (const auto& [key, value] : h.args.items()) {
+    if (std::find(def->handler_args->begin(), def->handler_args->end(), key) == def->handler_args->end())
+      return "module " + h.module + " is never requested with argument '" + key + "'";
+    auto spec = std::find_if(def->schema.args.begin(), def->schema.args.end(), [&](const ArgSpec& a) { return a.name == key; });
+    if (spec == def->schema.args.end() || !fits(*spec, spec->type, value)) return "argument '" + key + "' is not " + std::string(arg_type_name(spec == def->schema.args.end() ? ArgType::any : spec->type));
+    if (spec->check)
+      if (auto msg = spec->check(value)) return "argument '" + key + "': " + *msg;
+  }
+  return std::nullopt;
 }
 
 Result converge_module(const ModuleDef& def, Context& ctx, const json& args, bool apply) {

@@ -106,6 +106,10 @@ struct ModuleDef {
   ConvergeFn converge = nullptr;
   // Changes need a reboot or a handler: the runner records a stage's intent before making them.
   bool changes_boot = false;
+  // Modules request this one as a handler (HandlerRequest) with at most these arguments. A pending
+  // request read back from the state file may name only such a module, with only these arguments
+  // and of their declared types: never `command`, which only a playbook's author may give.
+  std::optional<std::vector<std::string>> handler_args = std::nullopt;
 };
 
 class Registry {
@@ -133,6 +137,10 @@ Result run_command_module(Context& ctx, const json& args, bool apply, std::vecto
 
 // The arguments with the schema's defaults filled in, for handlers that modules request in code.
 json with_defaults(const ModuleSchema& schema, json args);
+
+// Why a handler request read back from the state file must not run (see ModuleDef::handler_args);
+// nullopt when it is one a module would make.
+std::optional<std::string> unsafe_handler_request(const HandlerRequest& h);
 
 // Runs one module with exceptions caught at the module edge.
 Result converge_module(const ModuleDef& def, Context& ctx, const json& args, bool apply);

@@ -14,7 +14,106 @@ const char* kRed = "\033[0;31m";
 const char* kCyan = "\033[0;36m";
 const char* kReset = "\033[0m";
 
+// The length of the valid UTF-8 sequence at the start of `s` (1 to 4), 0 when there is none; -1
+// when `s` ends inside what could still become one.
+int utf8_length(std::string_view s) {
+  const auto b = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char lead = b(0);
+  if (lead < 0xc2 || lead > 0xf4) return 0;
+  const int n = lead <= 0xdf ? 2 : lead <= 0xef ? 3 : 4;
+  // The second byte's range: no overlong form (E0, F0), no surrogate (ED), nothing past U+10FFFF (F4).
+  const unsigned char lo = lead == 0xe0 ? 0xa0 : lead == 0xf0 ? 0x90 : 0x80;
+  const unsigned char hi = lead == 0xed ? 0x9f : lead == 0xf4 ? 0x8f : 0xbf;
+  for (int i = 1; i < n; ++i) {
+    if (static_cast<size_t>(i) >= s.size()) return -1;
+    if (b(i) < (i == 1 ? lo : 0x80) || b(i) > (i == 1 ? hi : 0xbf)) return 0;
+  }
+  return n;
+}
+
+void escape_byte(std::string& out, unsigned char c) {
+  static const char* hex = "0123456789abcdef";
+  out += "\\x";
+  out += hex[c >> 4];
+  out += hex[c & 15];
+}
+
+// The escaped text of `s`, up to an unfinished UTF-8 sequence at its end unless `all`; `used`
+// says how many bytes that was.
+std::string escape(std::string_view s, bool keep_line_breaks, bool all, size_t& used) {
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      if ((c < 0x20 && c != '\t' && !(c == '\n' && keep_line_breaks)) || c == 0x7f) escape_byte(out, c);
+      else out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    const int n = utf8_length(s.substr(i));
+    if (n < 0 && !all) break;
+    // U+0080..U+009F is C2 80..C2 9F: C1 controls, escaped like the stray bytes.
+    if (n <= 0 || (n == 2 && c == 0xc2 && static_cast<unsigned char>(s[i + 1]) <= 0x9f)) {
+      const size_t k = n == 2 ? 2 : 1;
+      for (size_t j = 0; j < k; ++j) escape_byte(out, static_cast<unsigned char>(s[i + j]));
+      i += k;
+      continue;
+    }
+    out.append(s.substr(i, static_cast<size_t>(n)));
+    i += static_cast<size_t>(n);
+  }
+  used = i;
+  return out;
+}
+
 }  // namespace
+
+std::string terminal_safe(std::string_view text, bool keep_line_breaks) {
+  size_t used = 0;
+  return escape(text, keep_line_breaks, true, used);
+}
+
+void TerminalSafeBuf::flush(bool all) {
+  if (pending_.empty()) return;
+  size_t used = 0;
+  const std::string out = escape(pending_, true, all, used);
+  sink_->sputn(out.data(), static_cast<std::streamsize>(out.size()));
+  pending_.erase(0, used);
+}
+
+TerminalSafeBuf::int_type TerminalSafeBuf::overflow(int_type c) {
+  if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
+  pending_ += traits_type::to_char_type(c);
+  if (c == '\n') flush(false);
+  return c;
+}
+
+std::streamsize TerminalSafeBuf::xsputn(const char* s, std::streamsize n) {
+  pending_.append(s, static_cast<size_t>(n));
+  if (pending_.find('\n') != std::string::npos) flush(false);
+  return n;
+}
+
+int TerminalSafeBuf::sync() {
+  flush(false);
+  return sink_->pubsync();
+}
+
+void TerminalSafeBuf::raw(std::string_view bytes) {
+  flush(true);
+  sink_->sputn(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+void write_raw(std::ostream& out, std::string_view bytes) {
+  if (auto* safe = dynamic_cast<TerminalSafeBuf*>(out.rdbuf())) {
+    out.flush();
+    safe->raw(bytes);
+  } else {
+    out << bytes;
+  }
+}
 
 std::string banner(const std::string& text) {
   std::string line = text + " ";
@@ -39,11 +138,10 @@ class HumanReporter final : public Reporter {
   HumanReporter(std::ostream& out, ReportOptions opts) : out_(out), opts_(std::move(opts)) {}
 
   void stage(const Stage& stage) override {
-    out_ << "\n" << banner("STAGE [" + stage.name + "]") << "\n";
+    out_ << "\n";
+    line(banner("STAGE [" + stage.name + "]"));
   }
-  void handlers(const Stage& stage) override {
-    out_ << banner("RUNNING HANDLERS [" + stage.name + "]") << "\n";
-  }
+  void handlers(const Stage& stage) override { line(banner("RUNNING HANDLERS [" + stage.name + "]")); }
   void task(const TaskReport& r) override {
     const char* color = kGreen;
     std::string word;
@@ -57,10 +155,11 @@ class HumanReporter final : public Reporter {
     if (!r.result.msg.empty()) line += " " + r.result.msg;
     if (r.ignored) line += " ...ignoring";
     paint(color, line);
-    if (opts_.diff && !r.result.diff.empty()) out_ << r.result.diff;
+    if (opts_.diff && !r.result.diff.empty()) out_ << terminal_safe(r.result.diff, true);
   }
   void done(const RunStats& s, int exit_code) override {
-    out_ << "\n" << banner("RECAP") << "\n";
+    out_ << "\n";
+    line(banner("RECAP"));
     paint(s.failed ? kRed : s.changed ? kYellow : kGreen, recap_line(opts_.host, s.ok, s.changed, 0, s.failed, s.skipped, s.ignored));
     if (s.stopped_for_reboot && !opts_.check) {
       paint(kYellow, "stopped for a reboot after stage " + s.stop_stage +
@@ -84,10 +183,15 @@ class HumanReporter final : public Reporter {
   }
 
  private:
+  // Every line of the report is written here: escaped whole (a line break in a name or message
+  // would fake a line of ours), with our colour around it.
   void paint(const char* color, const std::string& text) {
-    if (opts_.color) out_ << color << text << kReset << "\n";
-    else out_ << text << "\n";
+    if (opts_.color) write_raw(out_, color);
+    out_ << terminal_safe(text, false);
+    if (opts_.color) write_raw(out_, kReset);
+    out_ << "\n";
   }
+  void line(const std::string& text) { out_ << terminal_safe(text, false) << "\n"; }
   std::ostream& out_;
   ReportOptions opts_;
 };

@@ -64,7 +64,12 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
     }
     bool stop = false;
 
+    const auto interrupted = [&] { return opts.interrupt && opts.interrupt->load() != 0; };
     for (const Task& task : stage.tasks) {
+      if (interrupted()) {
+        stop = true;
+        break;
+      }
       if (!selected(task, opts)) continue;
       TaskReport rep;
       if (!task.when) {
@@ -116,6 +121,10 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
           user.push_back(&h);
     if (!builtin.empty() || !user.empty()) reporter.handlers(stage);
     for (const auto& h : builtin) {
+      if (interrupted()) {
+        stop = true;
+        break;
+      }
       const ModuleDef* def = Registry::instance().find(h.module);
       TaskReport rep = def ? converge_task(stage, h.name, *def, with_defaults(def->schema, h.args), ctx, apply, true)
                            : TaskReport{stage.name, h.name, h.module, true, false,
@@ -129,7 +138,10 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       }
     }
     for (const Task* h : user) {
-      if (stop) break;
+      if (stop || interrupted()) {
+        stop = true;
+        break;
+      }
       TaskReport rep = h->when ? converge_task(stage, h->name, *h->module, h->args, ctx, apply, true)
                                : TaskReport{stage.name, h->name, h->module->name, true, false,
                                             Result::skipped("condition is false: " + h->when_text), 0};

@@ -2,6 +2,7 @@
 // the first failure stops the run unless the task ignores errors.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <optional>
 #include <string>
@@ -26,6 +27,9 @@ struct RunOptions {
   // once the stage's handlers have run. A failure to record stops the task before it changes
   // anything.
   std::function<Status(const StageIntent*)> journal;
+  // Apply's SIGINT/SIGTERM: once non-zero no task or handler starts (the one running is ended by
+  // the Exec, which forwards the signal to its command).
+  const std::atomic<int>* interrupt = nullptr;
 };
 
 struct TaskReport {

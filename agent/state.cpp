@@ -1,5 +1,6 @@
 #include "agent/state.hpp"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <unistd.h>
 
@@ -86,11 +87,13 @@ json RunState::to_json() const {
 }
 
 Expected<std::optional<RunState>> load_state(const Root& root) {
-  auto text = read_file_if_exists(root, kStatePath, 1u << 20);
-  if (!text) return Error{text.error()};
-  if (!*text) return std::optional<RunState>{};
   const std::string fix = ": run with --reset-state to start over";
-  json j = json::parse(**text, nullptr, false);
+  auto fd = open_own_file(root, kStatePath, O_RDONLY);
+  if (!fd) return Error{fd.error() + fix};
+  if (fd->get() < 0) return std::optional<RunState>{};
+  auto text = read_open_file(fd->get(), kStatePath, 1u << 20);
+  if (!text) return Error{text.error()};
+  json j = json::parse(*text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return Error{std::string(kStatePath) + " is not valid JSON" + fix};
   try {
     RunState s;
@@ -109,8 +112,13 @@ Expected<std::optional<RunState>> load_state(const Root& root) {
     } else {
       const json& p = j.at("pending");
       s.intent.stage = s.stage;
-      for (const auto& h : p.at("handlers"))
-        s.intent.handlers.push_back({h.at("name").get<std::string>(), h.at("module").get<std::string>(), h.value("args", json::object())});
+      for (const auto& h : p.at("handlers")) {
+        HandlerRequest req{h.at("name").get<std::string>(), h.at("module").get<std::string>(), h.value("args", json::object())};
+        if (auto why = unsafe_handler_request(req))
+          s.dropped.push_back("pending handler '" + req.name + "': " + *why);
+        else
+          s.intent.handlers.push_back(std::move(req));
+      }
       s.intent.notified = p.value("notified", std::vector<std::string>{});
       s.intent.reboot = p.value("reboot", false);
     }
@@ -123,17 +131,13 @@ Expected<std::optional<RunState>> load_state(const Root& root) {
 Status save_state(const Root& root, const RunState& state) {
   WriteOptions wo;
   wo.backup = false;  // the state is the agent's own; an interrupted write leaves the old one whole
+  wo.no_follow = true;
   auto w = write_file_atomic(root, kStatePath, state.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", wo);
   if (!w) return Error{w.error()};
   return {};
 }
 
-Status clear_state(const Root& root) {
-  auto real = root.resolve(kStatePath);
-  if (!real) return Error{real.error()};
-  if (::unlink(real->c_str()) != 0 && errno != ENOENT) return Error{std::string("cannot remove ") + kStatePath + ": " + std::strerror(errno)};
-  return {};
-}
+Status clear_state(const Root& root) { return remove_own_file(root, kStatePath); }
 
 std::vector<Check> verify_after_reboot(const RebootExpectations& e, const Facts& f) {
   std::vector<Check> out;

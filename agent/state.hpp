@@ -55,6 +55,9 @@ struct RunState {
   std::string recorded_at;      // local time, for people
   RebootExpectations expect;
   StageIntent intent;           // running only
+  // What load_state dropped from the recorded intent and why: the file is not trusted to name
+  // commands (see unsafe_handler_request); nothing of a dropped handler runs.
+  std::vector<std::string> dropped;
   nlohmann::json to_json() const;
 };
 

@@ -1,6 +1,7 @@
 // grubby: adds and removes kernel parameters on every boot entry of a BootLoaderSpec host
 // (Fedora, RHEL). The handler grub_cmdline asks for on such hosts.
 #include "agent/module.hpp"
+#include "modules/grub_default.hpp"
 
 namespace gpt {
 namespace {
@@ -9,6 +10,12 @@ std::string join(const json& list) {
   std::string out;
   for (const auto& p : list) out += (out.empty() ? "" : " ") + p.get<std::string>();
   return out;
+}
+
+std::optional<std::string> kernel_params(const json& list) {
+  for (const auto& p : list)
+    if (!valid_kernel_param(p.get<std::string>())) return "'" + p.get<std::string>() + "' is not a kernel parameter";
+  return std::nullopt;
 }
 
 Result converge(Context& ctx, const json& args, bool apply) {
@@ -25,10 +32,11 @@ Result converge(Context& ctx, const json& args, bool apply) {
 const Registration registration{ModuleDef{
     .name = "grubby",
     .summary = "add and remove kernel parameters on every boot entry (grubby --update-kernel=ALL)",
-    .schema = {.args = {{.name = "add", .type = ArgType::list, .default_value = json::array()},
-                        {.name = "remove", .type = ArgType::list, .default_value = json::array()}}},
+    .schema = {.args = {{.name = "add", .type = ArgType::list, .default_value = json::array(), .check = kernel_params},
+                        {.name = "remove", .type = ArgType::list, .default_value = json::array(), .check = kernel_params}}},
     .converge = converge,
     .changes_boot = true,
+    .handler_args = std::vector<std::string>{"add", "remove"},
 }};
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -80,16 +81,29 @@ Command qemu_img(std::vector<std::string> args, std::chrono::seconds timeout) {
   return cmd;
 }
 
-Expected<ImageInfo> read_info(Exec& exec, const std::string& real, const std::string& shown) {
-  Command cmd = qemu_img({"info", "--output=json", real}, kInfoTimeout);
-  ExecResult res = exec.run(cmd);
+// The image read as `format`, the one the playbook declares: a raw disk's first bytes are its
+// guest's, and a qcow2 header a guest wrote there must not make it a qcow2 image (with a backing
+// file of the guest's choosing) to qemu-img's probe. Only when the image is not that format at all
+// is it probed, to say what it is instead (the task then refuses it).
+Expected<ImageInfo> read_info(Exec& exec, const std::string& real, const std::string& shown, const std::string& format) {
+  const auto info_of = [&](std::vector<std::string> opts) {
+    std::vector<std::string> args{"info"};
+    args.insert(args.end(), opts.begin(), opts.end());
+    args.insert(args.end(), {"--output=json", real});
+    return exec.run(qemu_img(std::move(args), kInfoTimeout));
+  };
+  ExecResult res = info_of({"-f", format});
   ImageInfo info;
   if (!res.ok() && lock_refused(res.err)) {
     // -U (force share) reads the header of an image a VM is running on. What it says is reported
     // and compared, never acted on: the image stays the VM's until it stops.
     info.in_use = true;
-    cmd = qemu_img({"info", "-U", "--output=json", real}, kInfoTimeout);
-    res = exec.run(cmd);
+    res = info_of({"-U", "-f", format});
+  }
+  if (!res.ok()) {
+    ExecResult probed = info_of(info.in_use ? std::vector<std::string>{"-U"} : std::vector<std::string>{});
+    const json j = probed.ok() ? json::parse(probed.out, nullptr, false) : json();
+    if (j.is_object() && j.contains("format") && j["format"].is_string() && j["format"] != format) res = probed;
   }
   if (!res.ok()) return Error{"qemu-img info " + shown + " failed: " + res.failure(/*all_of_stderr=*/true)};
   try {
@@ -300,14 +314,25 @@ Result create(Context& ctx, const Wanted& w, bool apply) {
             {"backing", w.backing.empty() ? json() : json(w.backing)}, {"in_use", false}};
   if (!apply) return r;
 
-  const ExecResult res = ctx.exec.run(cmd);
-  if (!res.ok()) {
-    // A failed full preallocation (a full disk) can leave part of an image: never keep half of one.
+  // qemu-img makes a name of its own beside the image, renamed to the image only once it exited 0:
+  // a run interrupted or killed in a long full preallocation (or a full disk) never leaves half an
+  // image that the next run would take for a finished one. A leftover of a killed run is replaced.
+  const std::string part = "." + w.dir->name + ".gptagent-part";
+  ::unlinkat(w.dir->fd.get(), part.c_str(), 0);
+  Command making = cmd;
+  const std::string part_real = (w.dir->real == "/" ? "" : w.dir->real) + "/" + part;
+  *std::find(making.argv.begin(), making.argv.end(), w.real) = part_real;
+  const ExecResult res = ctx.exec.run(making);
+  if (!res.ok() || ::renameat(w.dir->fd.get(), part.c_str(), w.dir->fd.get(), w.dir->name.c_str()) != 0) {
+    std::string why = res.ok() ? std::string("cannot rename it into place: ") + std::strerror(errno)
+                               : res.failure(/*all_of_stderr=*/true);
+    // qemu-img's words name the image the user asked for, not the name it was made under.
+    for (size_t at; (at = why.find(part_real)) != std::string::npos;) why.replace(at, part_real.size(), w.real);
     struct stat st{};
-    const bool partial = ::fstatat(w.dir->fd.get(), w.dir->name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-                         S_ISREG(st.st_mode) && ::unlinkat(w.dir->fd.get(), w.dir->name.c_str(), 0) == 0;
-    Result f = Result::failed(cmd.display() + " failed: " + res.failure(/*all_of_stderr=*/true) +
-                              (partial ? "; the partial " + w.path + " was removed" : ""));
+    const bool partial = ::fstatat(w.dir->fd.get(), part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                         ::unlinkat(w.dir->fd.get(), part.c_str(), 0) == 0;
+    Result f = Result::failed(cmd.display() + " failed: " + why +
+                              (partial && !res.ok() ? "; the partial " + w.path + " was removed" : ""));
     f.commands = r.commands;
     return f;
   }
@@ -317,7 +342,7 @@ Result create(Context& ctx, const Wanted& w, bool apply) {
     return f;
   }
   // What qemu-img made, for the report.
-  auto made = read_info(ctx.exec, w.real, w.path);
+  auto made = read_info(ctx.exec, w.real, w.path, w.format);
   if (!made) {
     Result f = Result::failed("created " + w.path + ", but " + made.error());
     f.commands = r.commands;
@@ -336,7 +361,7 @@ bool same_backing(const Root& root, const std::string& recorded, const std::stri
 }
 
 Result update(Context& ctx, const Wanted& w, const FileInfo& file, const struct stat& seen, bool apply) {
-  auto found = read_info(ctx.exec, w.real, w.path);
+  auto found = read_info(ctx.exec, w.real, w.path, w.format);
   if (!found) return Result::failed(found.error());
   const ImageInfo& info = *found;
   const std::string backing = info.backing.empty() ? "" : host_view(ctx.root, info.backing);
@@ -474,7 +499,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
     if (!bfile->exists)
       return Result::failed("the backing file " + w.backing + " does not exist" +
                             (file->exists ? "" : ": " + w.path + " was not created"));
-    auto binfo = read_info(ctx.exec, w.backing_real, w.backing);
+    auto binfo = read_info(ctx.exec, w.backing_real, w.backing, w.backing_format);
     if (!binfo) return Result::failed(binfo.error());
     if (binfo->format != w.backing_format)
       return Result::failed("the backing file " + w.backing + " is a " + binfo->format + " image, not " +

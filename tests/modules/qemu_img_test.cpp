@@ -609,7 +609,9 @@ struct SharedImages {
 TEST(QemuImg, ASymlinkSwappedInAfterCreateGetsNoOwnerOrMode) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user and to chown";
   SharedImages s;
-  DirOwner attacker(s.h.file("/images"), "vm.qcow2", s.secret);
+  // qemu-img creates the image under a name of the agent's, renamed to vm.qcow2 once it exited 0:
+  // that name is the one swapped, and the symlink is what the rename then moves into place.
+  DirOwner attacker(s.h.file("/images"), ".vm.qcow2.gptagent-part", s.secret);
   ASSERT_TRUE(attacker.ready()) << "could not start a process as uid " << DirOwner::kUid;
   SwapAfterTool exec(attacker);
   Ran r = run(s.h.root, task("path: /images/vm.qcow2, size: 1G, owner: \"12345\", mode: \"0660\""), false, &exec);
