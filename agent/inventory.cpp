@@ -1036,6 +1036,14 @@ std::optional<std::string> InventoryHost::connection_error() const {
       return "host " + quote(name) + ": " + key + " is a Jinja2 template (" + quote(v) +
              "), which gptagent does not evaluate: give the value itself";
   }
+  // Ansible logs in with it through sshpass; gptagent runs ssh in batch mode, keys only.
+  for (const char* key : {"ansible_password", "ansible_ssh_pass", "ansible_ssh_password"}) {
+    auto it = vars.find(key);
+    if (it != vars.end() && !it->is_null())
+      return "host " + quote(name) + ": " + key +
+             " is set, but gptagent logs in with ssh keys only (batch mode, never a password): give the host a key "
+             "and remove " + key;
+  }
   // A port that is not one would have ssh connect to 22 instead.
   for (const char* key : {"ansible_port", "ansible_ssh_port"}) {
     auto it = vars.find(key);
