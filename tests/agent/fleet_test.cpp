@@ -30,18 +30,7 @@ namespace fs = std::filesystem;
 
 bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
 
-// Converges without a reboot: the kernel command line and the X11 configs.
-constexpr const char* kPlaybook = R"(stages:
-  - name: host
-    reboot: never
-    tasks:
-      - name: IOMMU on the kernel command line
-        grub_cmdline:
-          iommu: auto
-          present: ["{{ extra_param }}"]
-      - name: No X11 config may take the GPU
-        xorg_cleanup: {}
-)";
+using test::kFleetPlaybook;
 
 struct Lab {
   test::SshClient client;
@@ -57,7 +46,7 @@ struct Lab {
   std::string playbook = files / "host.yaml";
   std::string inventory = files / "inventory.yml";
 
-  explicit Lab(int n, const std::string& playbook_text = kPlaybook) {
+  explicit Lab(int n, const std::string& playbook_text = kFleetPlaybook) {
     test::write(playbook, playbook_text);
     for (int i = 1; i <= n; ++i) {
       Node node;
@@ -571,7 +560,7 @@ TEST(FleetLocal, ALocalHostConvergesOnTheControllerWithoutSsh) {
                     tmp = files / "tmp", control_tmp = files / "controller-tmp";
   fs::create_directories(tmp);
   fs::create_directories(control_tmp);
-  test::write(playbook, kPlaybook);
+  test::write(playbook, kFleetPlaybook);
   test::write(inventory, "all:\n  hosts:\n    controller:\n      ansible_connection: local\n      extra_param: iommu=pt\n"
                          "      gptagent_root: " + tree.root() + "\n      gptagent_remote_dir: " + cache +
                          "\n      gptagent_remote_tmp: " + tmp + "\n");
@@ -595,7 +584,7 @@ TEST(FleetLocal, AConnectionTypeThatIsNotSupportedIsRefusedBeforeAnyHostRuns) {
   test::SampleHost tree;
   NoSsh no_ssh;
   const std::string playbook = files / "host.yaml", inventory = files / "hosts.ini";
-  test::write(playbook, kPlaybook);
+  test::write(playbook, kFleetPlaybook);
   test::write(inventory, "[gpus]\nhere ansible_connection=local gptagent_root=" + tree.root() +
                              " gptagent_remote_dir=" + (files / "cache") + "\nbox ansible_connection=docker\n[all:vars]\nextra_param=x\n");
   auto r = run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {no_ssh.path()});
@@ -617,7 +606,7 @@ TEST(FleetCli, InventoryListAndListHostsTouchNoHost) {
   test::TempDir files;
   NoSsh no_ssh;
   const std::string inventory = files / "hosts.ini", playbook = files / "host.yaml";
-  test::write(playbook, kPlaybook);
+  test::write(playbook, kFleetPlaybook);
   test::write(inventory, "[gpus]\ngpu[01:03] ansible_port=2222\n[web]\nweb01\n");
   auto list = run_agent({"inventory", "-i", inventory, "--list"}, {no_ssh.path()});
   ASSERT_EQ(list.exit_code, 0) << list.err;
