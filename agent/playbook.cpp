@@ -119,6 +119,16 @@ json plain_scalar(const std::string& s) {
   return s;
 }
 
+// yaml-cpp 0.7 (Debian 12) names it depth(), 0.6.3 (Debian 11, where the agent to ship is built:
+// scripts/build-portable) AtDepth().
+template <class DeepRecursion>
+int recursion_depth(const DeepRecursion& e) {
+  if constexpr (requires { e.depth(); })
+    return e.depth();
+  else
+    return e.AtDepth();
+}
+
 class Loader {
  public:
   Loader(std::string file, const LoadOptions& opts) : file_(std::move(file)), opts_(opts) {}
@@ -130,7 +140,7 @@ class Loader {
       doc = YAML::Load(text);
     } catch (const YAML::DeepRecursion& e) {
       result.errors.push_back(mark_at(e.mark.line, e.mark.column).str() + ": the document is nested deeper than " +
-                              std::to_string(e.depth() - 1) + " levels");
+                              std::to_string(recursion_depth(e) - 1) + " levels");
       return result;
     } catch (const YAML::Exception& e) {
       result.errors.push_back(mark_at(e.mark.line, e.mark.column).str() + ": YAML syntax error: " + e.msg);

@@ -26,7 +26,7 @@ namespace {
 
 using test::entries;
 using test::has;
-using test::kPlaybook;
+using test::kFleetPlaybook;
 using test::Lab;
 using test::run_agent;
 using test::wait_until;
@@ -506,7 +506,7 @@ TEST(FleetLocal, ALocalHostConvergesOnTheControllerWithoutSsh) {
                     tmp = files / "tmp", control_tmp = files / "controller-tmp";
   fs::create_directories(tmp);
   fs::create_directories(control_tmp);
-  test::write(playbook, kPlaybook);
+  test::write(playbook, kFleetPlaybook);
   test::write(inventory, "all:\n  hosts:\n    controller:\n      ansible_connection: local\n      extra_param: iommu=pt\n"
                          "      gptagent_root: " + tree.root() + "\n      gptagent_remote_dir: " + cache +
                          "\n      gptagent_remote_tmp: " + tmp + "\n");
@@ -530,7 +530,7 @@ TEST(FleetLocal, AConnectionTypeThatIsNotSupportedIsRefusedBeforeAnyHostRuns) {
   test::SampleHost tree;
   NoSsh no_ssh;
   const std::string playbook = files / "host.yaml", inventory = files / "hosts.ini";
-  test::write(playbook, kPlaybook);
+  test::write(playbook, kFleetPlaybook);
   test::write(inventory, "[gpus]\nhere ansible_connection=local gptagent_root=" + tree.root() +
                              " gptagent_remote_dir=" + (files / "cache") + "\nbox ansible_connection=docker\n[all:vars]\nextra_param=x\n");
   auto r = run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {no_ssh.path()});
@@ -552,7 +552,7 @@ TEST(FleetCli, InventoryListAndListHostsTouchNoHost) {
   test::TempDir files;
   NoSsh no_ssh;
   const std::string inventory = files / "hosts.ini", playbook = files / "host.yaml";
-  test::write(playbook, kPlaybook);
+  test::write(playbook, kFleetPlaybook);
   test::write(inventory, "[gpus]\ngpu[01:03] ansible_port=2222\n[web]\nweb01\n");
   auto list = run_agent({"inventory", "-i", inventory, "--list"}, {no_ssh.path()});
   ASSERT_EQ(list.exit_code, 0) << list.err;

@@ -19,19 +19,6 @@ namespace fs = std::filesystem;
 
 inline bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
 
-// Converges without a reboot: the kernel command line and the X11 configs.
-inline constexpr const char* kPlaybook = R"(stages:
-  - name: host
-    reboot: never
-    tasks:
-      - name: IOMMU on the kernel command line
-        grub_cmdline:
-          iommu: auto
-          present: ["{{ extra_param }}"]
-      - name: No X11 config may take the GPU
-        xorg_cleanup: {}
-)";
-
 struct Lab {
   SshClient client;
   TempDir files;
@@ -46,7 +33,7 @@ struct Lab {
   std::string playbook = files / "host.yaml";
   std::string inventory = files / "inventory.yml";
 
-  explicit Lab(int n, const std::string& playbook_text = kPlaybook) {
+  explicit Lab(int n, const std::string& playbook_text = kFleetPlaybook) {
     write(playbook, playbook_text);
     for (int i = 1; i <= n; ++i) {
       Node node;

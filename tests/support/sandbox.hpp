@@ -15,6 +15,7 @@ namespace gpt::test {
 class TempDir {
  public:
   TempDir();
+  explicit TempDir(const std::string& parent);  // made in `parent` (a chroot's /tmp) instead
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;

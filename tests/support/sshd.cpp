@@ -56,7 +56,7 @@ std::string SshClient::common_args() const {
   return "-F /dev/null -o UserKnownHostsFile=" + known_hosts() + " -o StrictHostKeyChecking=yes";
 }
 
-LoopbackSshd::LoopbackSshd(const SshClient& client) {
+LoopbackSshd::LoopbackSshd(const SshClient& client, const std::string& extra_config) {
   // sshd needs its privilege separation directory, which the ssh service creates at boot.
   ::mkdir("/run/sshd", 0755);
   keygen(dir_ / "host_ed25519");
@@ -66,7 +66,8 @@ LoopbackSshd::LoopbackSshd(const SshClient& client) {
         "Port " + std::to_string(port_) + "\nListenAddress 127.0.0.1\nHostKey " + (dir_ / "host_ed25519") +
             "\nPidFile " + (dir_ / "sshd.pid") + "\nAuthorizedKeysFile " + (dir_ / "authorized_keys") +
             "\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            "UsePAM no\nStrictModes no\nPrintMotd no\nAcceptEnv none\nMaxSessions 50\nMaxStartups 100\nLogLevel ERROR\n");
+            "UsePAM no\nStrictModes no\nPrintMotd no\nAcceptEnv none\nMaxSessions 50\nMaxStartups 100\nLogLevel ERROR\n" +
+            extra_config);
   write(client.known_hosts(), slurp(client.known_hosts()) + "[127.0.0.1]:" + std::to_string(port_) + " " +
                                   slurp(dir_ / "host_ed25519.pub"));
   start();

@@ -23,8 +23,8 @@ struct SshClient {
 class LoopbackSshd {
  public:
   // Starts sshd on a free port of 127.0.0.1, trusting `client`'s key; adds its host key to the
-  // client's known_hosts.
-  explicit LoopbackSshd(const SshClient& client);
+  // client's known_hosts. `extra_config`: more sshd_config lines (e.g. ChrootDirectory).
+  explicit LoopbackSshd(const SshClient& client, const std::string& extra_config = "");
   ~LoopbackSshd();
   LoopbackSshd(const LoopbackSshd&) = delete;
   LoopbackSshd& operator=(const LoopbackSshd&) = delete;
@@ -43,6 +43,20 @@ class LoopbackSshd {
   int port_ = 0;
   int pid_ = -1;
 };
+
+// What fleet tests converge their hosts with, without a reboot: the kernel command line (with the
+// host variable extra_param) and the X11 configs.
+inline constexpr const char* kFleetPlaybook = R"(stages:
+  - name: host
+    reboot: never
+    tasks:
+      - name: IOMMU on the kernel command line
+        grub_cmdline:
+          iommu: auto
+          present: ["{{ extra_param }}"]
+      - name: No X11 config may take the GPU
+        xorg_cleanup: {}
+)";
 
 // A port of 127.0.0.1 where nothing listens.
 int unused_port();
