@@ -346,24 +346,30 @@ TEST_P(RealInventories, EachHostIsReachedWithTheSshSettingsAnsibleUses) {
   if (listed.exit_code != 0) GTEST_SKIP() << "Ansible refuses this inventory (the listing test checks gptagent does too)";
   const Listing l = listing(json::parse(listed.out));
   // Hosts Ansible reaches with ssh: not the local ones (neither tool runs ssh for those), nor those
-  // with a password, which gptagent refuses (Ansible would log in through sshpass).
-  std::vector<std::string> remote, with_password;
+  // gptagent refuses before any host runs: with a password (Ansible would log in through sshpass)
+  // or a connection variable that is a Jinja2 template (Ansible templates it, gptagent does not).
+  std::vector<std::string> remote, refused_hosts;
   for (const auto& h : l.all_hosts) {
     const json v = connection_vars(l.hostvars, h);
     const std::string conn = v.value("ansible_connection", "ssh");
     const json& all_vars = l.hostvars.contains(h) ? l.hostvars[h] : json::object();
-    const bool password = all_vars.contains("ansible_password") || all_vars.contains("ansible_ssh_pass");
-    if (conn == "ssh" || conn == "smart") (password ? with_password : remote).push_back(h);
+    bool refused = all_vars.contains("ansible_password") || all_vars.contains("ansible_ssh_pass");
+    for (const auto& [k, value] : v.items()) refused = refused || (value.is_string() && value.get<std::string>().find("{{") != std::string::npos);
+    if (conn == "ssh" || conn == "smart") (refused ? refused_hosts : remote).push_back(h);
   }
   RecordedSsh ssh;  // whatever happens, no packet leaves
-  if (!with_password.empty()) {
+  for (const auto& h : refused_hosts) {
     auto refused = ssh.run({GPTAGENT_BIN, "apply", test::source_path("playbooks/demo.yaml"), "-i", c.inventory.string(),
-                            "-l", with_password.front(), "--check"});
+                            "-l", h, "--check"});
     EXPECT_EQ(refused.exit_code, 1) << refused.out;
-    EXPECT_NE(refused.err.find("gptagent logs in with ssh keys only"), std::string::npos) << refused.err;
+    EXPECT_NE(refused.err.find("host '" + h + "': "), std::string::npos) << refused.err;
+    EXPECT_NE(refused.err.find("no host was touched"), std::string::npos) << refused.err;
     EXPECT_TRUE(ssh.calls().empty()) << "refused before any ssh";
   }
-  if (remote.empty()) GTEST_SKIP() << "every host of this inventory is local";
+  if (remote.empty()) {
+    if (refused_hosts.empty()) GTEST_SKIP() << "every host of this inventory is local";
+    return;  // each was refused, as checked above
+  }
   // Ansible takes a few seconds per ten unreachable hosts: of a large inventory, every n-th host
   // (40 of them, the ones with their own settings among them as much as any other).
   if (remote.size() > 40) {
