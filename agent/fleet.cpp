@@ -745,7 +745,15 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   doc["exit_code"] = code;
   if (interrupted) err_ << "gptagent: interrupted: " << interrupted << " of " << all.size() << " hosts did not finish\n";
   if (o_.json) out_ << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-  else if (o_.check) out_ << (drift ? std::to_string(drift) + " of " + std::to_string(all.size()) + " hosts differ from the playbook (check mode, nothing changed)" : "no drift on any host") << "\n";
+  else if (o_.check) {
+    // A host that failed or could not be reached was not checked: its drift is unknown, not none.
+    const int unchecked = failed + unreachable + interrupted;
+    const std::string of_all = " of " + std::to_string(all.size()) + " hosts";
+    if (drift) out_ << drift << of_all << " differ from the playbook (check mode, nothing changed)";
+    if (unchecked) out_ << (drift ? "; " : "") << unchecked << of_all << " could not be checked (failed or unreachable)";
+    if (!drift && !unchecked) out_ << "no drift on any host";
+    out_ << "\n";
+  }
   return code;
 }
 

@@ -84,6 +84,11 @@ TEST(Fleet, AnUnreachableHostIsReportedAndTheOthersConverge) {
   EXPECT_TRUE(has(lab.grub(0), "intel_iommu=on"));
   EXPECT_FALSE(has(lab.grub(1), "intel_iommu=on"));
   EXPECT_TRUE(has(lab.grub(2), "intel_iommu=on"));
+  // Checked again: the two converged hosts have no drift, the unreachable one is unknown, not "no drift".
+  auto check = lab.apply({"--check"});
+  EXPECT_EQ(check.exit_code, 4) << check.out << check.err;
+  EXPECT_TRUE(has(check.out, "1 of 3 hosts could not be checked (failed or unreachable)\n")) << check.out;
+  EXPECT_FALSE(has(check.out, "no drift on any host")) << check.out;
 }
 
 TEST(Fleet, AFailingHostDoesNotStopTheOthers) {
