@@ -87,15 +87,16 @@ ProcResult run_program(const std::string& program, const std::vector<std::string
                        const std::vector<std::string>& env) {
   namespace bp = boost::process;
   ProcResult r;
-  bp::environment e = boost::this_process::environment();
-  e.erase("NO_COLOR");
-  for (const auto& kv : env) {
-    auto eq = kv.find('=');
-    e[kv.substr(0, eq)] = kv.substr(eq + 1);
-  }
+  // The environment changes go to env(1): Boost.Process 1.74's environment lookup reads past an
+  // entry shorter than the name it looks for (ASan: heap-buffer-overflow in
+  // basic_environment_impl::find, with ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED).
+  std::vector<std::string> words{"-u", "NO_COLOR"};
+  words.insert(words.end(), env.begin(), env.end());
+  words.push_back(program);
+  words.insert(words.end(), args.begin(), args.end());
   std::future<std::string> fout, ferr;
   boost::asio::io_context ios;
-  bp::child c(program, bp::args(args), e, bp::std_in.close(), bp::std_out > fout, bp::std_err > ferr, ios);
+  bp::child c("/usr/bin/env", bp::args(words), bp::std_in.close(), bp::std_out > fout, bp::std_err > ferr, ios);
   ios.run();
   c.wait();
   r.exit_code = c.exit_code();
