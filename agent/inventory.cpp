@@ -297,8 +297,8 @@ Expected<Inventory> finish(const Raw& raw, const std::string& source, const Vars
     if (it == g.vars.end()) continue;
     if (it->is_number_integer())
       priority[name] = it->get<long long>();
-    else if (it->is_string() && ini_scalar(it->get<std::string>()).is_number_integer())
-      priority[name] = ini_scalar(it->get<std::string>()).get<long long>();
+    else if (const json v = it->is_string() ? ini_scalar(it->get<std::string>()) : json(); v.is_number_integer())
+      priority[name] = v.get<long long>();
     else
       errors.add(source + ": group " + quote(name) + ": ansible_group_priority must be an integer, not " +
                  it->dump(-1, ' ', false, json::error_handler_t::replace));
