@@ -29,6 +29,7 @@
 #include "agent/inventory.hpp"
 #include "agent/playbook.hpp"
 #include "agent/report.hpp"
+#include "agent/ship.hpp"
 #include "agent/signals.hpp"
 #include "agent/state.hpp"
 #include "agent/text.hpp"
@@ -183,6 +184,7 @@ struct HostOutcome {
   std::string message;
   std::vector<json> runs;  // the agent's JSON document of each run on this host
   int reboots = 0;
+  size_t bytes_sent = 0;  // commands and their input, over ssh
   int ok_count = 0, changed = 0, failed_count = 0, skipped = 0, ignored = 0;
 };
 
@@ -205,6 +207,7 @@ class Fleet {
     std::string become_exe;  // ansible_become_exe, default sudo (always run with -n: never a password prompt)
     std::vector<std::string> become_flags;  // ansible_become_flags, split as Ansible splits them
     json vars = json::object();  // what the host's vars.json gives the playbook: host vars, -e over them
+    mutable size_t bytes_sent = 0;  // what ssh() sent it: commands and their input
   };
 
   Expected<Host> prepare(const InventoryHost& h, size_t index) const;
@@ -224,7 +227,12 @@ class Fleet {
   std::ostream& err_;
   std::mutex print_;
   std::string control_dir_;
+  // The agent's loadable image (ship::loadable_image), its SHA-256, the cache's name for it; gzip
+  // of it made once, when a host first needs a copy.
   std::string agent_bytes_, agent_sha_, agent_name_, playbook_bytes_;
+  const std::string& agent_gzip();
+  std::once_flag gzip_once_;
+  std::string agent_gzip_;
   std::string run_id_;  // in the names of this run's temporary directories on the hosts
   std::map<std::string, HostOutcome> results_;
 };
@@ -283,6 +291,7 @@ ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string inp
     c.argv = h.ssh;
     c.argv.insert(c.argv.end(), {"-o", "ControlMaster=no", "--", h.destination, command});
   }
+  h.bytes_sent += command.size() + input.size();
   c.input = std::move(input);
   c.timeout = std::chrono::seconds(timeout_s);
   c.max_output = kMaxReport;
@@ -433,15 +442,23 @@ HostOutcome Fleet::converge(Host& h) {
     }
     if ((run.exit_code == 93 || run.exit_code == 95) && !copied) {
       copied = true;
-      spdlog::info("{}: copying the agent ({} bytes)", h.inv->name, agent_bytes_.size());
       // Written whole under a new name mktemp makes (O_EXCL: never through a planted file or
-      // link), its hash checked, then renamed: the cached name always holds that content. Other
-      // versions are removed once this one is in place.
-      auto copy = ssh(h, "umask 077; d=" + D + "; mkdir -p -- \"$d\" || exit 90; " + refuse_unsafe_dir() +
-                             "a=$(mktemp \"$d/.gptagent.new.XXXXXXXX\") || exit 90; cat > \"$a\" || { rm -f \"$a\"; exit 90; }; " +
-                             verify + " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" + agent_name_ +
-                             "\" && for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
-                      agent_bytes_, 600);
+      // link), decompressed there, its hash checked, then renamed: the cached name always holds
+      // that content. Other versions are removed once this one is in place. gzip is on every
+      // target; a host without it is sent the image as it is.
+      auto copy_with = [&](bool compressed) {
+        const std::string& payload = compressed ? agent_gzip() : agent_bytes_;
+        spdlog::info("{}: copying the agent ({} bytes{})", h.inv->name, payload.size(),
+                     compressed ? ", gzip-compressed from " + std::to_string(agent_bytes_.size()) : std::string());
+        return ssh(h, "umask 077; d=" + D + "; mkdir -p -- \"$d\" || exit 90; " + refuse_unsafe_dir() +
+                          (compressed ? "command -v gzip >/dev/null || exit 89; " : "") +
+                          "a=$(mktemp \"$d/.gptagent.new.XXXXXXXX\") || exit 90; " + (compressed ? "gzip -dc" : "cat") +
+                          " > \"$a\" || { rm -f \"$a\"; exit 90; }; " + verify + " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" +
+                          agent_name_ + "\" && for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
+                   payload, 600);
+      };
+      auto copy = copy_with(true);
+      if (copy.exit_code == 89) copy = copy_with(false);
       if (copy.overflowed) {
         r.kind = HostOutcome::failed_;
         r.message = "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + " while the agent was copied";
@@ -592,9 +609,16 @@ std::string Fleet::stop_and_clean(const Host& h, const std::string& tmp) const {
   return "interrupted; " + join(done, ", ");
 }
 
-void Fleet::report(const Host& h, const HostOutcome& r) {
+const std::string& Fleet::agent_gzip() {
+  std::call_once(gzip_once_, [&] { agent_gzip_ = ship::gzip(agent_bytes_); });
+  return agent_gzip_;
+}
+
+void Fleet::report(const Host& h, const HostOutcome& r_in) {
   std::lock_guard<std::mutex> lock(print_);
-  results_[h.inv->name] = r;
+  HostOutcome& r = results_[h.inv->name] = r_in;
+  r.bytes_sent = h.bytes_sent;
+  spdlog::info("{}: {} bytes sent", h.inv->name, h.bytes_sent);
   if (o_.json) return;
   const std::string& name = h.inv->name;
   out_ << "\n" << banner("HOST [" + name + "]") << "\n";
@@ -689,11 +713,14 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
     agent_bytes_.assign(std::istreambuf_iterator<char>(a), {});
     playbook_bytes_.assign(std::istreambuf_iterator<char>(p), {});
   }
-  if (!agent_bytes_.starts_with("\x7f" "ELF")) {
-    err_ << "gptagent: the agent to copy (" << self << ", " << agent_bytes_.size()
-         << " bytes read) is not an ELF executable: nothing is shipped, no host was touched\n";
+  // What is shipped is the loadable image alone: the debug information and symbol tables stay here.
+  auto image = ship::loadable_image(agent_bytes_);
+  if (!image) {
+    err_ << "gptagent: the agent to copy (" << self << ", " << agent_bytes_.size() << " bytes read) is not an ELF executable ("
+         << image.error() << "): nothing is shipped, no host was touched\n";
     return 1;
   }
+  agent_bytes_ = std::move(*image);
   agent_sha_ = sha256_hex(agent_bytes_);
   agent_name_ = "gptagent-" + agent_sha_;
   {
@@ -732,6 +759,7 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
     doc["hosts"][h.inv->name] = {{"status", kinds[r.kind]},
                                  {"message", r.message},
                                  {"reboots", r.reboots},
+                                 {"bytes_sent", r.bytes_sent},
                                  {"runs", r.runs},
                                  {"stats",
                                   {{"ok", r.ok_count}, {"changed", r.changed}, {"unreachable", r.kind == HostOutcome::unreachable ? 1 : 0},

@@ -13,10 +13,12 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <regex>
 #include <thread>
 
 #include "agent/fleet.hpp"
 #include "agent/inventory.hpp"
+#include "agent/ship.hpp"
 #include "agent/text.hpp"
 #include "tests/support/fleet_lab.hpp"
 #include "tests/support/sshd.hpp"
@@ -26,6 +28,7 @@ namespace {
 
 using test::entries;
 using test::has;
+using test::shipped;
 using test::kFleetPlaybook;
 using test::Lab;
 using test::run_agent;
@@ -229,8 +232,46 @@ TEST(Fleet, TheCachedAgentIsCheckedAgainstItsHashBeforeEveryRunAndReplacedWhenIt
   EXPECT_TRUE(has(r.err, "gpu01: copying the agent")) << r.err;
   EXPECT_FALSE(fs::exists(ran)) << "the tampered agent ran";
   EXPECT_EQ(entries(lab.nodes[0].remote_dir), cached);
-  EXPECT_TRUE(slurp(agent) == slurp(GPTAGENT_BIN)) << "the cached agent was not replaced by the real one";
+  EXPECT_TRUE(slurp(agent) == shipped(GPTAGENT_BIN)) << "the cached agent was not replaced by the real one";
   EXPECT_TRUE(has(r.out, "gpu01                      : ok=2    changed=0")) << r.out;
+  // What went over the wire: the image gzip-compressed (-v says both sizes), and in all.
+  const std::string image = shipped(GPTAGENT_BIN), compressed = ship::gzip(image);
+  EXPECT_TRUE(has(r.err, "gpu01: copying the agent (" + std::to_string(compressed.size()) + " bytes, gzip-compressed from " +
+                             std::to_string(image.size()) + ")"))
+      << r.err;
+  std::smatch sent;
+  ASSERT_TRUE(std::regex_search(r.err, sent, std::regex("gpu01: ([0-9]+) bytes sent"))) << r.err;
+  EXPECT_GT(std::stoul(sent[1]), compressed.size());
+  EXPECT_LT(std::stoul(sent[1]), compressed.size() + 64 * 1024);
+  auto json = lab.apply({"--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.out << json.err;
+  const auto doc = nlohmann::json::parse(json.out);
+  const size_t converged = doc["hosts"]["gpu01"]["bytes_sent"].get<size_t>();
+  EXPECT_GT(converged, slurp(lab.playbook).size());
+  EXPECT_LT(converged, 16u * 1024) << "a converged run sends the playbook, its variables and the commands";
+}
+
+// A host without gzip is sent the image as it is, and runs it.
+TEST(Fleet, AHostWithoutGzipIsSentTheAgentUncompressed) {
+  Lab lab(1);
+  // The host's commands run with a PATH that has every program of /usr/bin and /bin but gzip.
+  const std::string bin = lab.files / "bin-without-gzip", wrapper = lab.files / "no-gzip";
+  fs::create_directories(bin);
+  for (const char* dir : {"/usr/sbin", "/usr/bin", "/sbin", "/bin"})
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const std::string name = e.path().filename();
+      if (name != "gzip" && !fs::exists(fs::symlink_status(bin + "/" + name))) fs::create_symlink(e.path(), bin + "/" + name);
+    }
+  test::write(wrapper, "#!/bin/sh\nPATH=" + bin + " exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n", 0755);
+  lab.nodes[0].sshd->force_command(wrapper);
+  auto r = lab.apply({"-v"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const std::string image = shipped(GPTAGENT_BIN);
+  EXPECT_TRUE(has(r.err, "gpu01: copying the agent (" + std::to_string(image.size()) + " bytes)")) << r.err;
+  const auto cached = entries(lab.nodes[0].remote_dir);
+  ASSERT_EQ(cached.size(), 1u);
+  EXPECT_TRUE(slurp(lab.nodes[0].remote_dir + "/" + cached[0]) == image);
+  EXPECT_TRUE(has(lab.grub(0), "intel_iommu=on iommu=pt"));
 }
 
 TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsNoOtherHost) {
@@ -393,7 +434,7 @@ TEST(Fleet, LinksPlantedWhereTheAgentIsCopiedAreNotFollowed) {
     if (fs::is_symlink(e.symlink_status())) ++links;
     if (e.path().filename().string().starts_with("gptagent-")) {
       ++agents;
-      EXPECT_TRUE(slurp(e.path()) == slurp(GPTAGENT_BIN)) << "the cached agent is not the real one";
+      EXPECT_TRUE(slurp(e.path()) == shipped(GPTAGENT_BIN)) << "the cached agent is not the real one";
     }
   }
   EXPECT_EQ(links, 5000u);

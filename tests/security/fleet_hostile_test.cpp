@@ -25,6 +25,7 @@ namespace fs = std::filesystem;
 namespace bp = boost::process;
 using test::entries;
 using test::has;
+using test::shipped;
 using test::Lab;
 using test::slurp;
 
@@ -149,7 +150,7 @@ TEST(FleetHostileHost, AControllerWhoseBinaryWasDeletedShipsTheAgentThatRuns) {
   EXPECT_FALSE(fs::exists(ran)) << "root ran the planted file";
   const auto cached = entries(lab.nodes[0].remote_dir);
   ASSERT_EQ(cached.size(), 1u);
-  EXPECT_TRUE(slurp(lab.nodes[0].remote_dir + "/" + cached[0]) == slurp(GPTAGENT_BIN))
+  EXPECT_TRUE(slurp(lab.nodes[0].remote_dir + "/" + cached[0]) == shipped(GPTAGENT_BIN))
       << "the host did not receive the whole running agent (" << fs::file_size(lab.nodes[0].remote_dir + "/" + cached[0])
       << " bytes)";
 }
@@ -170,7 +171,7 @@ TEST(FleetHostileHost, AnEmptyOrNonElfAgentIsNeverShipped) {
     std::ostringstream out, err;
     EXPECT_EQ(run_fleet(o, out, err), 1);
     EXPECT_TRUE(has(err.str(), "the agent to copy (" + fake + ", " + std::to_string(content.size()) +
-                                   " bytes read) is not an ELF executable: nothing is shipped, no host was touched"))
+                                   " bytes read) is not an ELF executable (not an ELF file): nothing is shipped, no host was touched"))
         << err.str();
     EXPECT_EQ(out.str(), "");
     EXPECT_EQ(entries(lab.nodes[0].remote_dir), cached) << "the good cached copy was replaced";

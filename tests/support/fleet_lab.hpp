@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/ship.hpp"
 #include "tests/support/sandbox.hpp"
 #include "tests/support/sshd.hpp"
 
@@ -18,6 +19,12 @@ namespace gpt::test {
 namespace fs = std::filesystem;
 
 inline bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
+
+// What the fleet ships of the agent at `path`, as a host must have it: its loadable image.
+inline std::string shipped(const std::string& path) {
+  auto image = ship::loadable_image(slurp(path));
+  return image ? *image : "not an agent: " + image.error();
+}
 
 struct Lab {
   SshClient client;
