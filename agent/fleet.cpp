@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -709,15 +710,15 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   // deleted (it then reads "... (deleted)"), while /proc/self/exe still opens what runs.
   const std::string self = o_.agent.empty() ? "/proc/self/exe" : o_.agent;
   {
-    std::ifstream a(self, std::ios::binary), p(o_.playbook, std::ios::binary);
-    agent_bytes_.assign(std::istreambuf_iterator<char>(a), {});
+    std::ifstream p(o_.playbook, std::ios::binary);
     playbook_bytes_.assign(std::istreambuf_iterator<char>(p), {});
   }
-  // What is shipped is the loadable image alone: the debug information and symbol tables stay here.
-  auto image = ship::loadable_image(agent_bytes_);
+  // What is shipped is the loadable image alone: the debug information and symbol tables stay here
+  // (and are never read).
+  auto image = ship::read_loadable_image(self);
   if (!image) {
-    err_ << "gptagent: the agent to copy (" << self << ", " << agent_bytes_.size() << " bytes read) is not an ELF executable ("
-         << image.error() << "): nothing is shipped, no host was touched\n";
+    err_ << "gptagent: the agent to copy (" << self << ") cannot be shipped: " << image.error()
+         << ": nothing is shipped, no host was touched\n";
     return 1;
   }
   agent_bytes_ = std::move(*image);
@@ -771,6 +772,11 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   }
   const int code = interrupted ? 130 : failed ? 1 : unreachable ? 4 : waiting ? 3 : drift ? 2 : 0;
   doc["exit_code"] = code;
+  size_t sent = 0;
+  for (const auto& [name, r] : results_) sent += r.bytes_sent;
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  spdlog::info("{} bytes sent to {} hosts; the controller's peak memory: {} KiB", sent, all.size(), usage.ru_maxrss);
   if (interrupted) err_ << "gptagent: interrupted: " << interrupted << " of " << all.size() << " hosts did not finish\n";
   if (o_.json) out_ << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   else if (o_.check) {

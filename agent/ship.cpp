@@ -1,9 +1,13 @@
 #include "agent/ship.hpp"
 
 #include <elf.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -22,43 +26,94 @@ T read_at(std::string_view bytes, uint64_t offset) {
 // `offset + size` ends inside `limit`, without overflowing.
 bool fits(uint64_t offset, uint64_t size, uint64_t limit) { return offset <= limit && size <= limit - offset; }
 
+// How many bytes at the start of an ELF file of `file_size` bytes, which starts with `head`, hold
+// its header, program headers and segments.
 template <class Ehdr, class Phdr>
-Expected<std::string> strip(std::string_view elf) {
-  if (elf.size() < sizeof(Ehdr)) return Error{"an ELF file shorter than its header"};
-  auto header = read_at<Ehdr>(elf, 0);
+Expected<uint64_t> image_size(std::string_view head, uint64_t file_size) {
+  if (head.size() < sizeof(Ehdr)) return Error{"an ELF file shorter than its header"};
+  const auto header = read_at<Ehdr>(head, 0);
   if (header.e_type != ET_EXEC && header.e_type != ET_DYN) return Error{"not an ELF executable"};
   if (header.e_phnum == 0 || header.e_phentsize != sizeof(Phdr) ||
-      !fits(header.e_phoff, uint64_t{header.e_phnum} * sizeof(Phdr), elf.size()))
+      !fits(header.e_phoff, uint64_t{header.e_phnum} * sizeof(Phdr), head.size()))
     return Error{"its program headers are not inside the file"};
   uint64_t end = std::max<uint64_t>(sizeof(Ehdr), header.e_phoff + uint64_t{header.e_phnum} * sizeof(Phdr));
   bool loads = false;
   for (unsigned i = 0; i < header.e_phnum; ++i) {
-    auto ph = read_at<Phdr>(elf, header.e_phoff + uint64_t{i} * sizeof(Phdr));
+    auto ph = read_at<Phdr>(head, header.e_phoff + uint64_t{i} * sizeof(Phdr));
     if (ph.p_filesz == 0) continue;
-    if (!fits(ph.p_offset, ph.p_filesz, elf.size())) return Error{"segment " + std::to_string(i) + " is not inside the file"};
+    if (!fits(ph.p_offset, ph.p_filesz, file_size)) return Error{"segment " + std::to_string(i) + " is not inside the file"};
     end = std::max<uint64_t>(end, ph.p_offset + ph.p_filesz);
     loads = loads || ph.p_type == PT_LOAD;
   }
   if (!loads) return Error{"no loadable segment"};
-  std::string image(elf.substr(0, end));
+  return end;
+}
+
+// The image (the first image_size() bytes) with the header's section fields zeroed.
+template <class Ehdr>
+void drop_sections(std::string& image) {
+  auto header = read_at<Ehdr>(image, 0);
   header.e_shoff = 0;
   header.e_shnum = 0;
   header.e_shstrndx = SHN_UNDEF;
   std::memcpy(image.data(), &header, sizeof header);
+}
+
+Expected<uint64_t> checked_image_size(std::string_view head, uint64_t file_size) {
+  if (head.size() < EI_NIDENT || std::memcmp(head.data(), ELFMAG, SELFMAG) != 0) return Error{"not an ELF file"};
+  const unsigned char native = std::endian::native == std::endian::little ? ELFDATA2LSB : ELFDATA2MSB;
+  if (static_cast<unsigned char>(head[EI_DATA]) != native) return Error{"an ELF file of the other byte order"};
+  switch (head[EI_CLASS]) {
+    case ELFCLASS64: return image_size<Elf64_Ehdr, Elf64_Phdr>(head, file_size);
+    case ELFCLASS32: return image_size<Elf32_Ehdr, Elf32_Phdr>(head, file_size);
+    default: return Error{"an ELF file of an unknown class"};
+  }
+}
+
+std::string image_of(std::string image) {
+  if (image[EI_CLASS] == ELFCLASS64) drop_sections<Elf64_Ehdr>(image);
+  else drop_sections<Elf32_Ehdr>(image);
   return image;
 }
 
 }  // namespace
 
 Expected<std::string> loadable_image(std::string_view elf) {
-  if (elf.size() < EI_NIDENT || std::memcmp(elf.data(), ELFMAG, SELFMAG) != 0) return Error{"not an ELF file"};
-  const unsigned char native = std::endian::native == std::endian::little ? ELFDATA2LSB : ELFDATA2MSB;
-  if (static_cast<unsigned char>(elf[EI_DATA]) != native) return Error{"an ELF file of the other byte order"};
-  switch (elf[EI_CLASS]) {
-    case ELFCLASS64: return strip<Elf64_Ehdr, Elf64_Phdr>(elf);
-    case ELFCLASS32: return strip<Elf32_Ehdr, Elf32_Phdr>(elf);
-    default: return Error{"an ELF file of an unknown class"};
-  }
+  auto size = checked_image_size(elf, elf.size());
+  if (!size) return Error{size.error()};
+  return image_of(std::string(elf.substr(0, *size)));
+}
+
+Expected<std::string> read_loadable_image(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Error{"cannot open " + path + ": " + std::strerror(errno)};
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } closing{fd};
+  // Reads [0, n) whole, or says why not.
+  auto read_start = [&](uint64_t n) -> Expected<std::string> {
+    std::string bytes(n, '\0');
+    for (size_t done = 0; done < n;) {
+      const ssize_t got = ::pread(fd, bytes.data() + done, n - done, static_cast<off_t>(done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) return Error{"cannot read " + path + ": " + std::strerror(errno)};
+      if (got == 0) return Error{path + " became shorter while it was read"};
+      done += static_cast<size_t>(got);
+    }
+    return bytes;
+  };
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) return Error{"cannot read " + path + ": " + std::strerror(errno)};
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  // The program headers follow the ELF header in every executable a linker makes.
+  auto head = read_start(std::min<uint64_t>(file_size, 64 * 1024));
+  if (!head) return Error{head.error()};
+  auto size = checked_image_size(*head, file_size);
+  if (!size) return Error{size.error()};
+  auto image = read_start(*size);
+  if (!image) return Error{image.error()};
+  return image_of(std::move(*image));
 }
 
 std::string gzip(std::string_view data) {

@@ -15,6 +15,9 @@ namespace gpt::ship {
 // executable without sections. An error for anything that is not a well-formed ELF executable of
 // this machine's byte order.
 Expected<std::string> loadable_image(std::string_view elf);
+// The same, read from the file at `path` (the whole file is never read: only its headers, then
+// the image).
+Expected<std::string> read_loadable_image(const std::string& path);
 
 // `data` as a gzip stream (RFC 1952), as `gzip -6` writes it; `gzip -dc` restores it.
 std::string gzip(std::string_view data);

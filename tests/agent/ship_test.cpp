@@ -44,6 +44,14 @@ TEST(Ship, TheLoadableImageRunsAsTheAgentDoesWithoutSectionsOrDebugInformation) 
   EXPECT_EQ(shipped.exit_code, 0) << shipped.err;
   EXPECT_EQ(shipped.out, built.out);
   EXPECT_TRUE(shipped.out.starts_with("gptagent ")) << shipped.out;
+  // Read from the file, the image is the same.
+  auto read = ship::read_loadable_image(GPTAGENT_BIN);
+  ASSERT_TRUE(read.ok()) << read.error();
+  EXPECT_TRUE(*read == *image);
+  EXPECT_EQ(ship::read_loadable_image(dir / "missing").error(), "cannot open " + (dir / "missing") + ": No such file or directory");
+  test::write(dir / "cut", agent.substr(0, 200000));
+  EXPECT_EQ(ship::read_loadable_image(dir / "cut").error().find("is not inside the file") != std::string::npos, true)
+      << ship::read_loadable_image(dir / "cut").error();
   // Stripping the image again changes nothing.
   auto again = ship::loadable_image(*image);
   ASSERT_TRUE(again.ok()) << again.error();

@@ -62,11 +62,15 @@ LoopbackSshd::LoopbackSshd(const SshClient& client, const std::string& extra_con
   keygen(dir_ / "host_ed25519");
   write(dir_ / "authorized_keys", slurp(client.key() + ".pub"));
   port_ = unused_port();
+  // SetEnv SHLVL=1: the session's bash is then not a top-level shell and does not read root's
+  // ~/.bashrc, which Debian's bash reads for every ssh command; a machine whose .bashrc starts
+  // pyenv or conda otherwise adds about a second to every command the tests send.
   write(dir_ / "sshd_config",
         "Port " + std::to_string(port_) + "\nListenAddress 127.0.0.1\nHostKey " + (dir_ / "host_ed25519") +
             "\nPidFile " + (dir_ / "sshd.pid") + "\nAuthorizedKeysFile " + (dir_ / "authorized_keys") +
             "\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            "UsePAM no\nStrictModes no\nPrintMotd no\nAcceptEnv none\nMaxSessions 50\nMaxStartups 100\nLogLevel ERROR\n" +
+            "UsePAM no\nStrictModes no\nPrintMotd no\nAcceptEnv none\nMaxSessions 50\nMaxStartups 100\nLogLevel ERROR\n"
+            "SetEnv SHLVL=1\n" +
             extra_config);
   write(client.known_hosts(), slurp(client.known_hosts()) + "[127.0.0.1]:" + std::to_string(port_) + " " +
                                   slurp(dir_ / "host_ed25519.pub"));
