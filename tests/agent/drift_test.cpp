@@ -14,6 +14,7 @@
 #include <map>
 #include <optional>
 #include <regex>
+#include <thread>
 
 #include "agent/metrics.hpp"
 #include "agent/state.hpp"
@@ -309,6 +310,28 @@ TEST(Drift, TextfileIsReplacedAtomicallyAndNeverThroughALink) {
   auto relative = run_agent({"apply", kDemo, "--root", h.host.root(), "--check", "--textfile", "gptagent.prom"});
   EXPECT_EQ(relative.exit_code, 1);
   EXPECT_TRUE(has(relative.err, "give an absolute path")) << relative.err;
+  auto fleet = run_agent({"apply", kDemo, "-i", "inventory.yaml", "--check", "--textfile", kTextfile});
+  EXPECT_EQ(fleet.exit_code, 1);
+  EXPECT_TRUE(has(fleet.err, "--textfile is for a run on this host")) << fleet.err;
+}
+
+// Check runs share the lock, so several may end at once: each writes under a temporary name of its
+// own, and what is left is one whole textfile and one whole record.
+TEST(Drift, ConcurrentChecksLeaveOneWholeTextfile) {
+  DriftHost h;
+  std::vector<std::thread> runs;
+  std::vector<int> codes(6, -1);
+  for (size_t i = 0; i < codes.size(); ++i) runs.emplace_back([&, i] { codes[i] = h.check().exit_code; });
+  for (auto& t : runs) t.join();
+  EXPECT_EQ(codes, std::vector<int>(6, 2));
+  const auto e = parse_exposition(slurp(h.textfile()));
+  EXPECT_TRUE(e.errors.empty()) << ::testing::PrintToString(e.errors);
+  EXPECT_EQ(e.samples.size(), 9u);
+  EXPECT_EQ(h.textfile_dir(), std::vector<std::string>{"gptagent.prom"});
+  EXPECT_EQ(nlohmann::json::parse(slurp(h.host.file(kLastRunPath)))["exit_code"], 2);
+  std::vector<std::string> state_dir;
+  for (const auto& f : fs::directory_iterator(h.host.file("/var/lib/gptagent"))) state_dir.push_back(f.path().filename());
+  EXPECT_EQ(state_dir, std::vector<std::string>{"last-run.json"});
 }
 
 TEST(Drift, StatusSaysWhenTheLastCheckRanAndWhatItFound) {
