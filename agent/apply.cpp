@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +14,7 @@
 
 #include "agent/facts.hpp"
 #include "agent/host.hpp"
+#include "agent/metrics.hpp"
 #include "agent/playbook.hpp"
 #include "agent/report.hpp"
 #include "agent/runner.hpp"
@@ -58,11 +60,88 @@ static_assert(std::atomic<int>::is_always_lock_free);  // stored from a signal h
 
 extern "C" void on_apply_signal(int sig) { g_interrupt.store(sig); }
 
+// What a run found, beyond its exit code: for --textfile.
+struct RunSeen {
+  RunStats stats;
+  bool waiting_for_reboot = false;
+};
+
+// "drift check of /etc/gptagent/host.yaml: 3 tasks would change, exit 2": one line for the journal
+// and for `gptagent status`.
+std::string run_summary(const LastRun& r) {
+  auto tasks = [](int n) { return std::to_string(n) + (n == 1 ? " task" : " tasks"); };
+  std::string what;
+  if (r.failed > 0) what = tasks(r.failed) + " failed";
+  else if (r.waiting_for_reboot) what = "waiting for a reboot, nothing was checked";
+  else if (r.exit_code == 1) what = "failed";
+  else if (r.changed > 0) what = tasks(r.changed) + (r.check ? " would change" : " changed");
+  else what = r.check ? "no drift" : "converged";
+  if (!r.check && r.exit_code == 3) what += ", stopped for a reboot";
+  // One line whatever the path holds: a line feed in it is escaped too.
+  return std::string(r.check ? "drift check of " : "run of ") + terminal_safe(r.playbook, false) + ": " + what +
+         ", exit " + std::to_string(r.exit_code);
+}
+
+std::string local_time_text(std::time_t t) {
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S %Z", &tm);
+  return buf;
+}
+
+std::string age_text(int64_t seconds) {
+  if (seconds < 0) return "in the future: check the clock";
+  if (seconds < 120) return std::to_string(seconds) + " seconds ago";
+  if (seconds < 2 * 3600) return std::to_string(seconds / 60) + " minutes ago";
+  if (seconds < 2 * 86400) return std::to_string(seconds / 3600) + " hours ago";
+  return std::to_string(seconds / 86400) + " days ago";
+}
+
+int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream& err, RunSeen& seen);
+
 }  // namespace
 
 const std::atomic<int>& apply_interrupt() { return g_interrupt; }
 
 int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream& err) {
+  RunSeen seen;
+  if (o.textfile.empty()) return apply_playbook(o, exec, out, err, seen);
+  if (o.textfile.front() != '/') {
+    err << "gptagent: --textfile " << o.textfile << ": give an absolute path (under --root when one is given)\n";
+    return 1;
+  }
+  const auto started = std::chrono::steady_clock::now();
+  int code = apply_playbook(o, exec, out, err, seen);
+  if (!Root::check(o.root)) return code;  // said already, and there is nowhere to write
+  const Root root(o.root);
+  LastRun run;
+  run.playbook = absolute(o.playbook);
+  run.check = o.check;
+  run.finished_at = std::time(nullptr);
+  run.duration_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  run.ok = seen.stats.ok;
+  run.changed = seen.stats.changed;
+  run.failed = seen.stats.failed;
+  run.skipped = seen.stats.skipped;
+  run.waiting_for_reboot = seen.waiting_for_reboot;
+  run.exit_code = code;
+  // A run that ends here unrecorded, or that Prometheus cannot see, has failed at what it was for.
+  if (auto s = save_last_run(root, run); !s) {
+    err << "gptagent: " << s.error() << "\n";
+    run.exit_code = code = 1;
+  }
+  if (auto s = write_textfile(root, o.textfile, run); !s) {
+    err << "gptagent: " << s.error() << "\n";
+    run.exit_code = code = 1;
+  }
+  if (o.json) err << "gptagent: " << run_summary(run) << "\n";  // the journal's line; stdout is the document
+  return code;
+}
+
+namespace {
+
+int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream& err, RunSeen& seen) {
   if (auto ok = Root::check(o.root); !ok) {
     err << "gptagent: " << ok.error() << "\n";
     return 1;
@@ -163,9 +242,10 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
     state.reset();
   }
 
-  RunStats stats;
+  RunStats& stats = seen.stats;
   if (state) {
     if (state->boot_id == facts.boot_id) {
+      seen.waiting_for_reboot = true;
       const int code = o.check ? 2 : 3;
       if (o.json) {
         out << nlohmann::json{{"playbook", o.playbook}, {"root", root.dir()}, {"check", o.check}, {"waiting_for_reboot", true},
@@ -258,35 +338,16 @@ int run_apply(const ApplyOptions& o, Exec& exec, std::ostream& out, std::ostream
   }
   const int code = exit_code_for(stats, o.check);
   reporter->done(stats, code);
+  seen.waiting_for_reboot = stats.stopped_for_reboot && !o.check && stats.failed == 0;
   return code;
 }
 
-int run_status(const std::string& root_dir, bool json, std::ostream& out, std::ostream& err) {
-  if (auto ok = Root::check(root_dir); !ok) {
-    err << "gptagent: " << ok.error() << "\n";
-    return 1;
-  }
-  Root root(root_dir);
-  auto state = load_state(root);
+void print_run_state(std::ostream& out, const std::optional<RunState>& state, const std::string& boot) {
   if (!state) {
-    err << "gptagent: " << state.error() << "\n";
-    return 1;
-  }
-  const std::string boot = gather_facts(root).boot_id;
-  if (json) {
-    nlohmann::json j = {{"waiting_for_reboot", state->has_value() && (*state)->waiting}, {"boot_id", boot}};
-    if (*state) {
-      j["state"] = (*state)->to_json();
-      j["rebooted"] = (*state)->boot_id != boot;
-    }
-    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-    return 0;
-  }
-  if (!*state) {
     out << "no run is waiting for a reboot\n";
-    return 0;
+    return;
   }
-  const RunState& s = **state;
+  const RunState& s = *state;
   if (!s.waiting) {
     std::vector<std::string> work;
     for (const auto& h : s.intent.handlers) work.push_back(h.name);
@@ -295,7 +356,7 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
         << "); the next apply finishes its work:\n";
     if (!work.empty()) out << "  handlers: " << join(work, ", ") << "\n";
     if (s.intent.reboot) out << "  a reboot\n";
-    return 0;
+    return;
   }
   out << "stage " << s.stage << " of " << s.playbook << " asked for a reboot at " << s.recorded_at << "\n"
       << (s.boot_id == boot ? "the host has not rebooted since (boot " + boot + ")"
@@ -308,6 +369,47 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
   list("kernel command line must not have", s.expect.cmdline_absent);
   list("modules loaded", s.expect.modules);
   list("bound to vfio-pci", s.expect.vfio_devices);
+}
+
+void print_last_run(std::ostream& out, const std::optional<LastRun>& run) {
+  if (!run) {
+    out << "no drift check recorded (apply --textfile records one; gptagent-drift.timer runs it)\n";
+    return;
+  }
+  out << (run->check ? "last drift check: " : "last recorded run: ") << local_time_text(run->finished_at) << " ("
+      << age_text(std::time(nullptr) - run->finished_at) << "): " << run_summary(*run) << "\n";
+}
+
+}  // namespace
+
+int run_status(const std::string& root_dir, bool json, std::ostream& out, std::ostream& err) {
+  if (auto ok = Root::check(root_dir); !ok) {
+    err << "gptagent: " << ok.error() << "\n";
+    return 1;
+  }
+  Root root(root_dir);
+  auto state = load_state(root);
+  if (!state) {
+    err << "gptagent: " << state.error() << "\n";
+    return 1;
+  }
+  // A broken record of the last check is said, and the rest of the status still shown.
+  auto last = load_last_run(root);
+  if (!last) err << "gptagent: warning: " << last.error() << "\n";
+  const std::optional<LastRun> last_run = last ? *last : std::nullopt;
+  const std::string boot = gather_facts(root).boot_id;
+  if (json) {
+    nlohmann::json j = {{"waiting_for_reboot", state->has_value() && (*state)->waiting}, {"boot_id", boot}};
+    if (*state) {
+      j["state"] = (*state)->to_json();
+      j["rebooted"] = (*state)->boot_id != boot;
+    }
+    j["last_run"] = last_run ? last_run->to_json() : nlohmann::json(nullptr);
+    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    return 0;
+  }
+  print_run_state(out, *state, boot);
+  print_last_run(out, last_run);
   return 0;
 }
 

@@ -23,6 +23,9 @@ struct ApplyOptions {
   bool reset_state = false;  // forget a recorded reboot and start from the first stage
   std::string from_stage;    // start at this stage, whatever was recorded
   std::string connect;       // libvirt URI for libvirt modules that give none
+  // After the run: its metrics for node_exporter's textfile collector at this host path (under
+  // the root), and the run recorded for `gptagent status` (kLastRunPath).
+  std::string textfile;
 };
 
 // Exit codes: 0 converged, 1 failure or bad input, 2 drift (check), 3 stopped for (or waiting

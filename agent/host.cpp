@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -270,14 +271,33 @@ std::string backup_name(std::string_view path) {
 
 namespace {
 
+// A temp file of its own in dirfd, for `name`: ".NAME.gptagent-tmp-XXXXXXXX", made O_EXCL.
+Fd create_unique_temp(int dirfd, const std::string& name, std::string& tmp) {
+  static const char* digits = "0123456789abcdefghijklmnopqrstuvwxyz";
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    unsigned char bytes[8];
+    if (::getrandom(bytes, sizeof bytes, 0) != static_cast<ssize_t>(sizeof bytes)) break;
+    tmp = "." + name + ".gptagent-tmp-";
+    for (unsigned char b : bytes) tmp += digits[b % 36];
+    Fd fd(::openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (fd.get() >= 0 || errno != EEXIST) return fd;
+  }
+  return Fd();
+}
+
 // Writes `content` to a fresh temp file in dirfd and renames it to `name`. The temp file has a
-// fixed name per target: only one run holds the root lock, and a leftover from a killed run is
-// replaced.
+// fixed name per target (only one run holds the root lock, and a leftover from a killed run is
+// replaced) unless `unique`.
 Status replace_in_dir(int dirfd, const std::string& name, std::string_view content, mode_t mode,
-                      std::optional<std::pair<uid_t, gid_t>> owner) {
-  const std::string tmp = "." + name + ".gptagent-tmp";
-  ::unlinkat(dirfd, tmp.c_str(), 0);
-  Fd fd(::openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+                      std::optional<std::pair<uid_t, gid_t>> owner, bool unique = false) {
+  std::string tmp = "." + name + ".gptagent-tmp";
+  Fd fd;
+  if (unique) {
+    fd = create_unique_temp(dirfd, name, tmp);
+  } else {
+    ::unlinkat(dirfd, tmp.c_str(), 0);
+    fd = Fd(::openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+  }
   if (fd.get() < 0) return Error{"cannot create a temporary file: " + errno_text(errno)};
   auto fail = [&](const std::string& what) -> Status {
     int err = errno;
@@ -349,10 +369,22 @@ Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path
   if (opts.no_follow) *real = (*real == "/" ? "" : *real) + "/" + base_of(path);
   const std::string dir = parent_of(*real);
   const std::string name = base_of(*real);
-  if (auto s = make_dirs(dir); !s)
-    return Error{"cannot write " + where + ": cannot create " + parent_of(where) + ": " + s.error()};
-  Fd dirfd(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-  if (dirfd.get() < 0) return Error{"cannot write " + where + ": " + errno_text(errno)};
+  if (opts.create_dirs) {
+    if (auto s = make_dirs(dir); !s)
+      return Error{"cannot write " + where + ": cannot create " + parent_of(where) + ": " + s.error()};
+  }
+  Fd dirfd(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC | (opts.guarded_dir ? O_NOFOLLOW : 0)));
+  if (dirfd.get() < 0) {
+    if (errno == ENOENT) return Error{"cannot write " + where + ": the directory " + parent_of(where) + " does not exist"};
+    return Error{"cannot write " + where + ": " + errno_text(errno)};
+  }
+  if (opts.guarded_dir) {
+    struct stat dst{};
+    if (::fstat(dirfd.get(), &dst) != 0) return Error{"cannot write " + where + ": " + errno_text(errno)};
+    if ((dst.st_mode & (S_IWGRP | S_IWOTH)) && !(dst.st_mode & S_ISVTX))
+      return Error{"refusing to write " + where + ": its directory " + parent_of(where) +
+                   " is writable by its group or others and not sticky (chmod go-w, or chmod +t)"};
+  }
 
   struct stat st{};
   const bool existed = ::fstatat(dirfd.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
@@ -370,7 +402,7 @@ Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path
   std::optional<std::pair<uid_t, gid_t>> owner;
   if (existed && (st.st_uid != ::geteuid() || st.st_gid != ::getegid()))
     owner = std::make_pair(st.st_uid, st.st_gid);
-  if (auto s = replace_in_dir(dirfd.get(), name, content, mode, owner); !s)
+  if (auto s = replace_in_dir(dirfd.get(), name, content, mode, owner, opts.unique_temp); !s)
     return Error{"cannot write " + where + ": " + s.error()};
   spdlog::info("wrote {} ({} bytes){}", *real, content.size(),
                outcome.backup_path ? ", backup " + *outcome.backup_path : std::string());

@@ -113,6 +113,13 @@ struct WriteOptions {
   // The last component is taken as it is, never followed: a symlink there is refused (for the
   // agent's own files, where no link is ours).
   bool no_follow = false;
+  bool create_dirs = true;  // make missing parent directories (0755); else a missing one is an error
+  // A temporary name of its own (random, O_EXCL) instead of the one fixed per target: for files that
+  // runs holding the lock shared (--check) may write at the same time.
+  bool unique_temp = false;
+  // The directory is not the agent's (node_exporter's textfile directory): it is opened
+  // O_NOFOLLOW and refused when its group or others may write into it without the sticky bit.
+  bool guarded_dir = false;
 };
 struct WriteOutcome {
   std::optional<std::string> backup_path;  // host path of the backup, when one was made

@@ -171,6 +171,10 @@ int main(int argc, char** argv) {
   apply->add_flag("--reboot", ao.reboot, "Reboot the host when a stage stops for a reboot (never under --root)");
   apply->add_flag("--reset-state", ao.reset_state, "Forget a recorded reboot and start from the first stage");
   apply->add_option("--from-stage", ao.from_stage, "Start at this stage, whatever was recorded")->type_name("NAME");
+  apply->add_option("--textfile", ao.textfile,
+                    "After the run, write its metrics for node_exporter's textfile collector to PATH (under --root) "
+                    "and record it for gptagent status")
+      ->type_name("PATH");
   gpt::FleetOptions fo;
   apply->add_option("-i,--inventory", fo.inventory, "Provision the hosts of this Ansible inventory (YAML or INI) over SSH")
       ->type_name("INVENTORY");
@@ -194,7 +198,7 @@ int main(int argc, char** argv) {
   inventory->add_flag("--list", inventory_list, "Every group and host with its variables, as JSON")->required();
 
   bool status_json = false;
-  auto* status = app.add_subcommand("status", "Show whether a run waits for a reboot, and what it will check");
+  auto* status = app.add_subcommand("status", "Show whether a run waits for a reboot, and the last drift check");
   add_common(status, false);
   status->add_flag("--json", status_json, "As JSON");
 
@@ -230,6 +234,10 @@ int main(int argc, char** argv) {
   if (*apply && !fo.inventory.empty()) {
     if (c.root != "/") {
       std::cerr << "gptagent: --root and -i exclude each other: a host's root is its gptagent_root inventory variable\n";
+      return 1;
+    }
+    if (!ao.textfile.empty()) {
+      std::cerr << "gptagent: --textfile is for a run on this host; each host of a fleet writes its own (see the README)\n";
       return 1;
     }
     for (const auto& e : c.extra)

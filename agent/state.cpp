@@ -31,6 +31,30 @@ std::vector<std::string> strings(const json& j, const char* key) {
   return out;
 }
 
+// One of the agent's own JSON files (an object): nullopt when there is none.
+Expected<std::optional<json>> read_own_json(const Root& root, const char* path, size_t max_bytes) {
+  auto fd = open_own_file(root, path, O_RDONLY);
+  if (!fd) return Error{fd.error()};
+  if (fd->get() < 0) return std::optional<json>{};
+  auto text = read_open_file(fd->get(), path, max_bytes);
+  if (!text) return Error{text.error()};
+  json j = json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Error{std::string(path) + " is not valid JSON"};
+  return std::optional<json>{std::move(j)};
+}
+
+// An interrupted write leaves the old file whole; the files are the agent's own, so no backup and
+// no link followed.
+Status write_own_json(const Root& root, const char* path, const json& j, bool unique_temp) {
+  WriteOptions wo;
+  wo.backup = false;
+  wo.no_follow = true;
+  wo.unique_temp = unique_temp;
+  auto w = write_file_atomic(root, path, j.dump(2, ' ', false, json::error_handler_t::replace) + "\n", wo);
+  if (!w) return Error{w.error()};
+  return {};
+}
+
 }  // namespace
 
 void RebootExpectations::merge(const json& e) {
@@ -88,13 +112,10 @@ json RunState::to_json() const {
 
 Expected<std::optional<RunState>> load_state(const Root& root) {
   const std::string fix = ": run with --reset-state to start over";
-  auto fd = open_own_file(root, kStatePath, O_RDONLY);
-  if (!fd) return Error{fd.error() + fix};
-  if (fd->get() < 0) return std::optional<RunState>{};
-  auto text = read_open_file(fd->get(), kStatePath, 1u << 20);
-  if (!text) return Error{text.error()};
-  json j = json::parse(*text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return Error{std::string(kStatePath) + " is not valid JSON" + fix};
+  auto file = read_own_json(root, kStatePath, 1u << 20);
+  if (!file) return Error{file.error() + fix};
+  if (!*file) return std::optional<RunState>{};
+  const json& j = **file;
   try {
     RunState s;
     const std::string phase = j.value("phase", "waiting_for_reboot");
@@ -129,15 +150,50 @@ Expected<std::optional<RunState>> load_state(const Root& root) {
 }
 
 Status save_state(const Root& root, const RunState& state) {
-  WriteOptions wo;
-  wo.backup = false;  // the state is the agent's own; an interrupted write leaves the old one whole
-  wo.no_follow = true;
-  auto w = write_file_atomic(root, kStatePath, state.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", wo);
-  if (!w) return Error{w.error()};
-  return {};
+  return write_own_json(root, kStatePath, state.to_json(), false);
 }
 
 Status clear_state(const Root& root) { return remove_own_file(root, kStatePath); }
+
+json LastRun::to_json() const {
+  return {{"version", 1},
+          {"playbook", playbook},
+          {"check", check},
+          {"finished_at", finished_at},
+          {"duration_seconds", duration_seconds},
+          {"exit_code", exit_code},
+          {"drift", drift()},
+          {"stats", {{"ok", ok}, {"changed", changed}, {"failed", failed}, {"skipped", skipped}}},
+          {"waiting_for_reboot", waiting_for_reboot}};
+}
+
+Expected<std::optional<LastRun>> load_last_run(const Root& root) {
+  auto file = read_own_json(root, kLastRunPath, 1u << 16);
+  if (!file) return Error{file.error()};
+  if (!*file) return std::optional<LastRun>{};
+  const json& j = **file;
+  try {
+    LastRun r;
+    r.playbook = j.at("playbook").get<std::string>();
+    r.check = j.at("check").get<bool>();
+    r.finished_at = j.at("finished_at").get<int64_t>();
+    r.duration_seconds = j.value("duration_seconds", 0.0);
+    r.exit_code = j.at("exit_code").get<int>();
+    const json& st = j.at("stats");
+    r.ok = st.value("ok", 0);
+    r.changed = st.value("changed", 0);
+    r.failed = st.value("failed", 0);
+    r.skipped = st.value("skipped", 0);
+    r.waiting_for_reboot = j.value("waiting_for_reboot", false);
+    return std::optional<LastRun>{std::move(r)};
+  } catch (const json::exception& e) {
+    return Error{std::string(kLastRunPath) + " lacks what a run records (" + e.what() + ")"};
+  }
+}
+
+Status save_last_run(const Root& root, const LastRun& run) {
+  return write_own_json(root, kLastRunPath, run.to_json(), true);  // check runs share the lock
+}
 
 std::vector<Check> verify_after_reboot(const RebootExpectations& e, const Facts& f) {
   std::vector<Check> out;

@@ -2,6 +2,7 @@
 // first run after the reboot makes before it goes on.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -67,6 +68,27 @@ constexpr const char* kStatePath = "/var/lib/gptagent/state.json";
 Expected<std::optional<RunState>> load_state(const Root& root);
 Status save_state(const Root& root, const RunState& state);
 Status clear_state(const Root& root);
+
+// The last run made with --textfile (the drift timer's `apply --check`), for `gptagent status`:
+// /var/lib/gptagent/last-run.json, beside the state and apart from it (the state exists only while
+// a run is unfinished, and a check changes no run's state).
+struct LastRun {
+  std::string playbook;  // absolute path
+  bool check = false;
+  int64_t finished_at = 0;  // Unix time
+  double duration_seconds = 0;
+  int exit_code = 1;
+  int ok = 0, changed = 0, failed = 0, skipped = 0;
+  bool waiting_for_reboot = false;  // a recorded reboot not yet made (the run changed nothing)
+  bool drift() const { return changed > 0 || waiting_for_reboot; }
+  nlohmann::json to_json() const;
+};
+
+constexpr const char* kLastRunPath = "/var/lib/gptagent/last-run.json";
+
+// nullopt when no run was recorded; an error naming the file when it does not parse.
+Expected<std::optional<LastRun>> load_last_run(const Root& root);
+Status save_last_run(const Root& root, const LastRun& run);
 
 struct Check {
   bool ok;

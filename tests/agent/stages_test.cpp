@@ -140,7 +140,9 @@ TEST(Stages, TheWholeCycleStopsWaitsVerifiesAndGoesOn) {
   auto no_drift = host.apply({"--check"});
   EXPECT_EQ(no_drift.exit_code, 0) << no_drift.out;
   auto idle = run_agent({"status", "--root", host.root()});
-  EXPECT_EQ(idle.out, "no run is waiting for a reboot\n");
+  EXPECT_EQ(idle.out,
+            "no run is waiting for a reboot\n"
+            "no drift check recorded (apply --textfile records one; gptagent-drift.timer runs it)\n");
 }
 
 TEST(Stages, AParameterMissingAfterTheRebootIsDiagnosedAndTheWaitKept) {
