@@ -2,6 +2,8 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/process.hpp>
+#include <boost/process/extend.hpp>
+#include <pthread.h>
 #include <signal.h>
 
 #include <limits>
@@ -12,6 +14,43 @@
 namespace gpt {
 
 namespace bp = boost::process;
+
+namespace {
+
+// While a command runs, SIGPIPE is blocked in the thread that feeds its input: a command that
+// exits before reading all of it (a host's shell that refuses a copy) makes that write fail with
+// EPIPE instead of killing the agent. Its pending SIGPIPE is taken back and the mask restored at
+// the end; the command itself starts with SIGPIPE unblocked (sigpipe_unblocked_in_child).
+class SigpipeBlocked {
+ public:
+  SigpipeBlocked() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    ::pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+  }
+  ~SigpipeBlocked() {
+    const timespec now{0, 0};
+    sigset_t pending;
+    while (::sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1 && ::sigtimedwait(&pipe_, nullptr, &now) == SIGPIPE) {
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  SigpipeBlocked(const SigpipeBlocked&) = delete;
+  SigpipeBlocked& operator=(const SigpipeBlocked&) = delete;
+
+ private:
+  sigset_t pipe_, old_;
+};
+
+// In the child, between fork and exec (async-signal-safe calls only).
+void unblock_sigpipe() {
+  sigset_t pipe;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  ::sigprocmask(SIG_UNBLOCK, &pipe, nullptr);
+}
+
+}  // namespace
 
 std::string shell_quote(const std::string& arg) {
   if (!arg.empty() && arg.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -104,11 +143,13 @@ ExecResult ProcessExec::run(const Command& cmd) {
     // Its own process group: a timeout kills what the command started too (a child that kept
     // stdout or stderr open would keep its output from us, and run on after the agent).
     bp::group group;
+    SigpipeBlocked sigpipe_blocked;
+    const auto sigpipe_unblocked_in_child = bp::extend::on_exec_setup = [](auto&) { unblock_sigpipe(); };
     bp::child child = cmd.input.empty()
                           ? bp::child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out_pipe, bp::std_err > err_pipe,
-                                      ios, group)
+                                      ios, group, sigpipe_unblocked_in_child)
                           : bp::child(exe, bp::args(args), bp::std_in < boost::asio::buffer(cmd.input), bp::std_out > out_pipe,
-                                      bp::std_err > err_pipe, ios, group);
+                                      bp::std_err > err_pipe, ios, group, sigpipe_unblocked_in_child);
     // Until it ends or its time is up; a cancel flag is looked at ten times a second.
     const auto deadline = std::chrono::steady_clock::now() + cmd.timeout;
     const std::chrono::steady_clock::duration step = cmd.cancel || interrupt_ || cmd.max_output > 0

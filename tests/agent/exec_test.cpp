@@ -2,6 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <string>
+
 namespace gpt {
 namespace {
 
@@ -53,6 +59,38 @@ TEST(ProcessExec, ACommandSendingMoreThanItsCapIsKilledAndNotBuffered) {
   EXPECT_FALSE(fits.overflowed);
   EXPECT_TRUE(fits.ok());
   EXPECT_EQ(fits.out.size(), 1025u);
+}
+
+// A command that exits without reading its input (a host's shell refusing a copy of the agent)
+// is a result, never a SIGPIPE that kills the agent; the command itself starts with SIGPIPE
+// neither blocked nor ignored, and the caller's signal mask is as it was.
+TEST(ProcessExec, ACommandThatDoesNotReadItsInputIsAResultNotASigpipe) {
+  sigset_t before, after;
+  ASSERT_EQ(::pthread_sigmask(SIG_SETMASK, nullptr, &before), 0);
+  ProcessExec exec;
+  Command c;
+  c.argv = {"/bin/sh", "-c", "exec 0<&-; sleep 0.2; exit 3"};
+  c.input.assign(32u << 20, 'x');  // far more than a pipe holds
+  c.timeout = std::chrono::seconds(30);
+  auto r = exec.run(c);
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  ASSERT_EQ(::pthread_sigmask(SIG_SETMASK, nullptr, &after), 0);
+  EXPECT_EQ(sigismember(&after, SIGPIPE), sigismember(&before, SIGPIPE));
+  sigset_t pending;
+  ASSERT_EQ(::sigpending(&pending), 0);
+  EXPECT_EQ(sigismember(&pending, SIGPIPE), 0) << "a SIGPIPE was left pending";
+
+  Command status;
+  status.argv = {"/bin/sh", "-c", "grep -E '^Sig(Blk|Ign):' /proc/self/status"};
+  auto s = exec.run(status);
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  // SIGPIPE is signal 13: bit 0x1000 of the masks.
+  for (const char* mask : {"SigBlk:", "SigIgn:"}) {
+    const auto at = s.out.find(mask);
+    ASSERT_NE(at, std::string::npos) << s.out;
+    const unsigned long long bits = std::stoull(s.out.substr(at + std::string(mask).size()), nullptr, 16);
+    EXPECT_EQ(bits & 0x1000u, 0u) << mask << " of the command has SIGPIPE: " << s.out;
+  }
 }
 
 TEST(ProcessExec, AMissingProgramIsAClearFailure) {

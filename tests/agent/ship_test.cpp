@@ -34,7 +34,9 @@ TEST(Ship, TheLoadableImageRunsAsTheAgentDoesWithoutSectionsOrDebugInformation) 
   // headers, every segment.
   EXPECT_EQ(after.e_entry, before.e_entry);
   EXPECT_EQ(image->substr(sizeof(Elf64_Ehdr)), agent.substr(sizeof(Elf64_Ehdr), image->size() - sizeof(Elf64_Ehdr)));
-  EXPECT_LT(image->size(), agent.size() / 2) << "the debug information of the build was shipped";
+  // (How much smaller depends on the build: 4.6 of 91 MB with RelWithDebInfo, 154 of 209 MB under
+  // ASan at -O0, whose instrumented code is most of it.)
+  EXPECT_LT(image->size(), agent.size()) << "the debug information of the build was shipped";
   EXPECT_EQ(image->find(".debug_info"), std::string::npos);
 
   test::TempDir dir;
