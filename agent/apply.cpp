@@ -237,8 +237,9 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
       return !known;
     });
     carried = state->intent;
-    out << "an interrupted run (" << state->recorded_at << ") left work for stage " << state->stage
-        << ": it is finished in this run\n";
+    // A note, never a line in --json's stdout, which is the report alone (a fleet parses it).
+    (o.json ? err << "gptagent: " : out) << "an interrupted run (" << state->recorded_at << ") left work for stage "
+                                          << state->stage << ": it is finished in this run\n";
     state.reset();
   }
 
@@ -283,7 +284,7 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     if (state->playbook_sha256 == sha()) {
       start = state->next_stage;
     } else {
-      out << "the playbook changed since the reboot was asked for: converging it from the first stage\n";
+      (o.json ? err << "gptagent: " : out) << "the playbook changed since the reboot was asked for: converging it from the first stage\n";
       start = 0;
     }
   }

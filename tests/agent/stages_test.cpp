@@ -251,6 +251,41 @@ std::map<std::string, std::string> normalised(const std::string& root) {
 // Kills the run at the Nth call of each syscall that changes the tree (strace counts the calls of
 // each syscall apart), for every N the run makes, then runs apply again: the tree must be what an
 // uninterrupted run leaves, and the state file must parse whenever it exists.
+// With --json, stdout is the report alone, whatever the run has to say about the run before it
+// (a fleet parses it): an interrupted run that left work, a playbook changed since the reboot.
+TEST(Stages, JsonOutputIsTheReportAloneAfterAnInterruptedRunOrAChangedPlaybook) {
+  auto expect_report_alone = [](const test::ProcResult& r, const std::string& note) {
+    const auto doc = nlohmann::json::parse(r.out, nullptr, false);
+    EXPECT_FALSE(doc.is_discarded()) << "stdout is not one JSON document:\n" << r.out;
+    EXPECT_TRUE(doc.is_object() && doc.contains("exit_code")) << r.out;
+    EXPECT_TRUE(has(r.err, "gptagent: " + note)) << r.err;
+  };
+  {
+    // Killed by strace at a write once the run's intent is recorded: the state says so.
+    StagedHost host;
+    for (int n = 1; n < 60 && !test::exists(host.file(kState)); ++n) {
+      auto killed = test::run_program("/usr/bin/strace", {"-f", "-o", "/dev/null", "-e", "trace=renameat,rename",
+                                                          "-e", "inject=renameat,rename:signal=SIGKILL:when=" + std::to_string(n),
+                                                          GPTAGENT_BIN, "apply", host.playbook, "--root", host.root()},
+                                      {"ASAN_OPTIONS=detect_leaks=0"});
+      if (killed.exit_code != SIGKILL && killed.exit_code != 128 + SIGKILL) break;
+    }
+    ASSERT_TRUE(test::exists(host.file(kState))) << "no kill point left an interrupted run";
+    ASSERT_NE(host.state().value("phase", ""), "waiting_for_reboot") << host.state().dump();
+    auto r = host.apply({"--json"});
+    EXPECT_EQ(r.exit_code, 3) << r.out << r.err;
+    expect_report_alone(r, "an interrupted run (");
+  }
+  {
+    StagedHost host;
+    ASSERT_EQ(host.apply().exit_code, 3);
+    host.reboot();
+    test::write(host.playbook, slurp(host.playbook) + "# edited after the reboot was asked for\n");
+    auto r = host.apply({"--json"});
+    expect_report_alone(r, "the playbook changed since the reboot was asked for");
+  }
+}
+
 TEST(Stages, ARunKilledAtAnyPointAndRunAgainEndsLikeAnUninterruptedOne) {
   const std::string strace = "/usr/bin/strace";
   if (::access(strace.c_str(), X_OK) != 0) GTEST_FAIL() << "strace is needed (scripts/deps installs it)";
