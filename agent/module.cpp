@@ -123,7 +123,9 @@ std::optional<std::string> unsafe_handler_request(const HandlerRequest& h) {
   const ModuleDef* def = Registry::instance().find(h.module);
   if (!def || !def->handler_args) return "module '" + h.module + "' is not one modules request as a handler";
   if (!h.args.is_object()) return "its arguments are not a mapping";
-  for (const auto& [key, value] : h.args.items()) {
+  for (const auto& item : h.args.items()) {
+    const std::string& key = item.key();  // a named variable: clang 14 cannot capture a structured binding
+    const json& value = item.value();
     if (std::find(def->handler_args->begin(), def->handler_args->end(), key) == def->handler_args->end())
       return "module " + h.module + " is never requested with argument '" + key + "'";
     auto spec = std::find_if(def->schema.args.begin(), def->schema.args.end(), [&](const ArgSpec& a) { return a.name == key; });
