@@ -228,7 +228,7 @@ class Fleet {
   std::ostream& err_;
   std::mutex print_;
   std::string control_dir_;
-  // The agent's loadable image (ship::loadable_image), its SHA-256, the cache's name for it; gzip
+  // The agent's loadable image (ship::read_loadable_image), its SHA-256, the cache's name for it; gzip
   // of it made once, when a host first needs a copy.
   std::string agent_bytes_, agent_sha_, agent_name_, playbook_bytes_;
   const std::string& agent_gzip();
