@@ -1,9 +1,14 @@
 #include "agent/fleet.hpp"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/file.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -127,6 +132,99 @@ std::string unsafe_dir_message(const std::string& what, const std::string& dir, 
          "as OpenSSH's StrictModes asks): " + (what == "the agent cache" ? "nothing was copied or run" : "nothing was run");
 }
 
+// The directory of the shared connections' control sockets, kept between runs as Ansible keeps
+// ~/.ansible/cp: ANSIBLE_SSH_CONTROL_PATH_DIR (Ansible's variable for it), else
+// ~/.cache/gptagent/cp.
+Expected<std::string> control_dir_path() {
+  std::string dir, home;
+  if (const char* e = std::getenv("ANSIBLE_SSH_CONTROL_PATH_DIR"); e && *e) dir = e;
+  if (const char* h = std::getenv("HOME"); h && *h) home = h;
+  else if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_dir) home = pw->pw_dir;
+  if (dir.empty()) {
+    if (home.empty()) return Error{"no home directory to keep the ssh control sockets in: set ANSIBLE_SSH_CONTROL_PATH_DIR"};
+    dir = home + "/.cache/gptagent/cp";
+  } else if (dir == "~" || dir.starts_with("~/")) {
+    dir = home + dir.substr(1);
+  }
+  std::error_code ec;
+  fs::path path = fs::absolute(dir, ec).lexically_normal();
+  if (ec) return Error{"the ssh control sockets' directory " + dir + ": " + ec.message()};
+  if (!path.has_filename()) path = path.parent_path();  // "dir/" is "dir"
+  return path.string();
+}
+
+// Makes the control sockets' directory (private, 0700) where it is missing. Whoever can connect
+// to a socket there has a shell on that host as the ssh user: refused, with the reason, unless it
+// is a directory of this user's (not a link) that no one else may enter, below directories of
+// this user or root that no one else may write (or sticky ones, as /tmp), so that no one can swap
+// a part of its path either.
+Status secure_control_dir(const fs::path& path) {
+  const std::string where = "the ssh control sockets' directory " + path.string();
+  fs::path made;
+  for (const auto& part : path) {
+    made /= part;
+    if (::mkdir(made.c_str(), 0700) != 0 && errno != EEXIST) return Error{"cannot create " + where + ": " + std::strerror(errno)};
+  }
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) != 0) return Error{where + ": " + std::strerror(errno)};
+  if (S_ISLNK(st.st_mode)) return Error{"refusing " + where + ": it is a symbolic link"};
+  if (!S_ISDIR(st.st_mode)) return Error{"refusing " + where + ": not a directory"};
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  if (st.st_uid != ::geteuid() || (st.st_mode & 077))
+    return Error{"refusing " + where + ": a socket there opens a shell on a host, so it must belong to uid " +
+                 std::to_string(::geteuid()) + " alone (it belongs to uid " + std::to_string(st.st_uid) + ", mode " + mode +
+                 "; chmod 700)"};
+  for (fs::path up = path.parent_path();; up = up.parent_path()) {
+    if (::stat(up.c_str(), &st) != 0) return Error{where + ": " + up.string() + ": " + std::strerror(errno)};
+    if ((st.st_uid != 0 && st.st_uid != ::geteuid()) || ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)))
+      return Error{"refusing " + where + ": " + up.string() +
+                   " above it belongs to another user or may be written by others (it and every directory above it "
+                   "must belong to this user or root and be writable by no one else, or be sticky as /tmp is)"};
+    if (up == up.root_path()) break;
+  }
+  return {};
+}
+
+// Whether a master listens on the control socket `path` (connecting is all it takes; a socket
+// whose master has gone refuses the connection).
+bool master_listens(const std::string& path) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof addr.sun_path) return false;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  return s.get() >= 0 && ::connect(s.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
+}
+
+// Held while a host's shared connection is looked for and started: two runs (or two inventory
+// names of one host) never start two masters on one socket (the second finds the name taken, gives
+// up sharing and stays connected in the background for no one). The lock file is removed before it
+// is unlocked; whoever locked it meanwhile sees that and locks the new one. Nothing is left.
+class ControlLock {
+ public:
+  static Expected<ControlLock> acquire(const std::string& path) {
+    for (;;) {
+      UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+      if (fd.get() < 0) return Error{"cannot lock " + path + ": " + std::strerror(errno)};
+      if (::flock(fd.get(), LOCK_EX) != 0) return Error{"cannot lock " + path + ": " + std::strerror(errno)};
+      struct stat held{}, named{};
+      if (::fstat(fd.get(), &held) == 0 && ::lstat(path.c_str(), &named) == 0 && held.st_ino == named.st_ino &&
+          held.st_dev == named.st_dev)
+        return ControlLock(path, std::move(fd));
+    }
+  }
+  ControlLock(ControlLock&&) = default;
+  ~ControlLock() {
+    if (fd_.get() >= 0) ::unlink(path_.c_str());
+  }
+
+ private:
+  ControlLock(std::string path, UniqueFd fd) : path_(std::move(path)), fd_(std::move(fd)) {}
+  std::string path_;
+  UniqueFd fd_;
+};
+
 // The most a host may send back (its report, its stderr): past it the ssh is killed and that host fails.
 constexpr size_t kMaxReport = size_t{16} << 20;
 
@@ -203,6 +301,8 @@ class Fleet {
     std::vector<std::string> ssh;  // ssh and its options, without the destination
     std::string destination;
     bool local = false;  // ansible_connection=local: the agent runs on the controller, no ssh
+    int persist = 60;  // seconds its shared connection stays after the run (gptagent_ssh_persist; 0: closed at its end)
+    mutable bool reused = false;  // its shared connection was there before this run
     std::string remote_dir, remote_tmp, root, boot_path, reboot_command;
     bool become = false;
     std::string become_exe;  // ansible_become_exe, default sudo (always run with -n: never a password prompt)
@@ -211,7 +311,7 @@ class Fleet {
     mutable size_t bytes_sent = 0;  // what ssh() sent it: commands and their input
   };
 
-  Expected<Host> prepare(const InventoryHost& h, size_t index) const;
+  Expected<Host> prepare(const InventoryHost& h) const;
   HostOutcome converge(Host& h);
   ExecResult ssh(const Host& h, const std::string& command, std::string input = {}, int timeout_s = 600,
                  bool interruptible = true) const;
@@ -238,10 +338,9 @@ class Fleet {
   std::map<std::string, HostOutcome> results_;
 };
 
-Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const {
+Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h) const {
   Host host;
   host.inv = &h;
-  host.control = control_dir_ + "/" + std::to_string(index);
   host.destination = h.address();
   // Ansible's default ("smart") is ssh; any connection plugin other than ssh and local would be
   // run as ssh to the wrong place: refused before any host runs.
@@ -251,8 +350,15 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const
   if (!host.local && connection != "ssh" && connection != "smart")
     return Error{"host " + h.name + ": ansible_connection=" + connection +
                  " is not supported (gptagent reaches a host with ssh, or runs on the controller with local)"};
-  auto ssh = ssh_command(h, o_.inventory, host.control);
+  // The shared connection is found again by what it connects to and how: its socket is named
+  // after the ssh command line (options, key, user, port) and the destination.
+  auto ssh = ssh_command(h, o_.inventory, "");
   if (!ssh) return Error{ssh.error()};
+  host.control = control_dir_ + "/gptagent-" + sha256_hex(join(*ssh, std::string(1, '\0')) + '\0' + host.destination).substr(0, 16);
+  if (host.control.size() >= sizeof(sockaddr_un{}.sun_path))
+    return Error{"host " + h.name + ": the ssh control socket " + host.control + " would be longer than " +
+                 std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes: set ANSIBLE_SSH_CONTROL_PATH_DIR to a shorter directory"};
+  ssh = ssh_command(h, o_.inventory, host.control);
   host.ssh = std::move(*ssh);
   // Privileges as on a host reached by ssh: sudo -n when become is asked, unless already root.
   host.become = h.become() && !(host.local && ::geteuid() == 0);
@@ -276,6 +382,11 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h, size_t index) const
   host.remote_tmp = var_string(h.vars, "gptagent_remote_tmp");  // "": tmp in the agent cache
   host.boot_path = (host.root == "/" ? std::string() : host.root) + "/proc/sys/kernel/random/boot_id";
   host.reboot_command = var_string(h.vars, "gptagent_reboot_command", "systemctl reboot || /sbin/reboot");
+  const std::string persist = var_string(h.vars, "gptagent_ssh_persist", "60");
+  if (persist.empty() || persist.size() > 6 || persist.find_first_not_of("0123456789") != std::string::npos)
+    return Error{"host " + h.name + ": gptagent_ssh_persist=" + persist +
+                 " is not a number of seconds (how long its shared connection stays open after the run; 0: closed at its end)"};
+  host.persist = std::stoi(persist);
   for (auto it = h.vars.begin(); it != h.vars.end(); ++it)
     if (!it.key().starts_with("ansible_") && !it.key().starts_with("gptagent_")) host.vars[it.key()] = it.value();
   host.vars["inventory_hostname"] = h.name;
@@ -300,14 +411,25 @@ ExecResult Fleet::ssh(const Host& h, const std::string& command, std::string inp
   return exec.run(c);
 }
 
-// Starts the host's shared connection. The master runs in the background with its output on
-// /dev/null and a log (a master holding our pipes would keep every later read waiting); the log
-// is read back when it fails.
+// The host's shared connection: the one a run before left (ControlPersist), or a new one. The
+// master runs in the background with its output on /dev/null and a log (a master holding our pipes
+// would keep every later read waiting); the log is read back when it fails, and removed.
 std::optional<std::string> Fleet::connect(const Host& h) const {
   if (h.local) return std::nullopt;
+  auto lock = ControlLock::acquire(h.control + ".lock");
+  if (!lock) return lock.error();
+  h.reused = master_listens(h.control);
+  if (h.reused) return std::nullopt;
+  // A socket whose master has gone would make the new master give up sharing: removed.
+  ::unlink(h.control.c_str());
   const std::string log = h.control + ".log";
+  struct RemoveLog {
+    const std::string& path;
+    ~RemoveLog() { ::unlink(path.c_str()); }
+  } remove_log{log};
   std::vector<std::string> args = h.ssh;  // the same ssh as every other call (ansible_ssh_executable)
-  args.insert(args.end(), {"-o", "ControlMaster=yes", "-o", "ControlPersist=120", "-E", log, "-f", "-N", "--", h.destination});
+  args.insert(args.end(), {"-o", "ControlMaster=yes", "-o", "ControlPersist=" + std::to_string(h.persist > 0 ? h.persist : 120),
+                           "-E", log, "-f", "-N", "--", h.destination});
   ::unlink(log.c_str());
   // posix_spawn and waitpid on this one child: Boost.Process's wait_for spins when several
   // threads wait for children at once.
@@ -374,12 +496,17 @@ HostOutcome Fleet::converge(Host& h) {
     r.message = *e;
     return r;
   }
-  // Whatever way this ends, the shared connection ends with it (not ControlPersist later).
+  // The shared connection stays for the next run (gptagent_ssh_persist seconds, as Ansible's
+  // ControlPersist), unless it is asked to end with the run, or the run was interrupted and had
+  // started it (one an earlier run left may serve another run now).
   struct Disconnect {
     const Fleet& fleet;
     const Host& host;
-    ~Disconnect() { fleet.disconnect(host); }
+    ~Disconnect() {
+      if (host.persist == 0 || (g_interrupted && !host.reused)) fleet.disconnect(host);
+    }
   } disconnect_at_end{*this, h};
+  bool reconnected = false;
   const std::string D = remote_path(h.remote_dir);
   std::string become;
   if (h.become) {
@@ -493,6 +620,18 @@ HostOutcome Fleet::converge(Host& h) {
       r.kind = HostOutcome::failed_;
       r.message = "the agent in " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ + " even after a new copy: nothing was run";
       return r;
+    }
+    if (run.exit_code == 255 && run.out.empty() && h.reused && !reconnected) {
+      // A shared connection left by an earlier run, whose host has since gone away (rebooted,
+      // its sshd restarted): once more on a new one.
+      reconnected = true;
+      disconnect(h);
+      if (auto e = connect(h)) {
+        r.kind = g_interrupted ? HostOutcome::interrupted : HostOutcome::unreachable;
+        r.message = *e;
+        return r;
+      }
+      continue;
     }
     if (run.exit_code == 255 && run.out.empty()) {
       r.kind = HostOutcome::unreachable;
@@ -649,24 +788,18 @@ void Fleet::report(const Host& h, const HostOutcome& r_in) {
 int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   g_interrupted = false;
   ScopedSignalHandlers interrupts({SIGINT, SIGTERM, SIGHUP}, on_interrupt, SA_RESETHAND);
-  // Control sockets: short paths (a socket path has 108 bytes at most), private to this run.
-  const char* tmpdir = std::getenv("TMPDIR");
-  std::string tmpl = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/gptagent-ssh.XXXXXX";
-  if (!::mkdtemp(tmpl.data())) {
-    err_ << "gptagent: cannot create a directory for the ssh control sockets\n";
-    return 1;
-  }
-  control_dir_ = tmpl.c_str();
-  struct RemoveAtEnd {  // the control sockets' directory, whichever way the run ends
-    const std::string& dir;
-    ~RemoveAtEnd() {
-      std::error_code ec;
-      fs::remove_all(dir, ec);
+  const bool any_ssh = std::any_of(hosts.begin(), hosts.end(), [](const InventoryHost* h) { return var_string(h->vars, "ansible_connection") != "local"; });
+  if (any_ssh) {
+    auto dir = control_dir_path();
+    if (!dir) {
+      err_ << "gptagent: " << dir.error() << ", no host was touched\n";
+      return 1;
     }
-  } remove_control_dir{control_dir_};
+    control_dir_ = *dir;
+  }
   std::vector<Host> all;
   for (size_t i = 0; i < hosts.size(); ++i) {
-    auto host = prepare(*hosts[i], i);
+    auto host = prepare(*hosts[i]);
     if (!host) {
       err_ << "gptagent: " << o_.inventory << ": " << host.error() << ", no host was touched\n";
       return 1;
@@ -729,6 +862,13 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
     char id[17];
     std::snprintf(id, sizeof id, "%08x%08x", random(), random());
     run_id_ = id;
+  }
+
+  if (any_ssh) {
+    if (auto s = secure_control_dir(control_dir_); !s) {
+      err_ << "gptagent: " << s.error() << ", no host was touched\n";
+      return 1;
+    }
   }
 
   const size_t batch = o_.serial > 0 ? static_cast<size_t>(o_.serial) : all.size();

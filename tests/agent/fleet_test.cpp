@@ -31,6 +31,7 @@ using test::has;
 using test::shipped;
 using test::kFleetPlaybook;
 using test::Lab;
+using test::recap;
 using test::run_agent;
 using test::wait_until;
 using test::slurp;
@@ -61,15 +62,15 @@ TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce
   ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
   EXPECT_FALSE(has(second.err, "copying the agent")) << second.err;
   for (const auto& n : lab.nodes)
-    EXPECT_TRUE(has(second.out, n.name + std::string(26 - n.name.size(), ' ') + " : ok=2    changed=0")) << second.out;
+    EXPECT_TRUE(has(second.out, recap(n.name, "ok=2    changed=0"))) << second.out;
   struct stat second_copy{};
   ASSERT_EQ(::stat((lab.nodes[0].remote_dir + "/" + cached[0]).c_str(), &second_copy), 0);
   EXPECT_EQ(second_copy.st_ino, first_copy.st_ino);
   EXPECT_EQ(second_copy.st_mtime, first_copy.st_mtime);
 
-  // Nothing left behind: no temporary directory on the hosts or for the control sockets, and
-  // only the cached agent in each cache.
-  EXPECT_EQ(entries(lab.control_tmp), std::vector<std::string>{});
+  // Nothing left behind: no temporary directory on the hosts, only the cached agent in each cache,
+  // and on the controller only the shared connections kept for the next run.
+  EXPECT_EQ(test::unexpected_control_entries(lab.control_dir, lab.nodes.size()), "");
   for (const auto& n : lab.nodes) {
     EXPECT_EQ(entries(n.remote_tmp), std::vector<std::string>{}) << n.name;
     EXPECT_EQ(entries(n.remote_dir), cached) << n.name;
@@ -282,10 +283,9 @@ TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsN
   fs::create_directories(fs::path(lock).parent_path());
   namespace bp = boost::process;
   bp::child holder(bp::search_path("flock"), bp::args({"--no-fork", "-x", lock, "sleep", "300"}), bp::std_in.close());
-  fs::create_directories(lab.control_tmp);
   const std::string out = lab.files / "out", err = lab.files / "err";
   bp::child controller(GPTAGENT_BIN, bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "--forks", "1"}),
-                       bp::env["TMPDIR"] = lab.control_tmp, bp::std_in.close(), bp::std_out > out, bp::std_err > err);
+                       bp::env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = lab.control_dir, bp::std_in.close(), bp::std_out > out, bp::std_err > err);
   // The agent runs and waits for the lock.
   const auto agent = test::wait_for_running_agent(lab.nodes[0].remote_tmp);
   ASSERT_TRUE(agent) << slurp(out) << slurp(err);
@@ -310,7 +310,7 @@ TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsN
   EXPECT_TRUE(wait_until([&] { return ::kill(static_cast<pid_t>(agent_pid), 0) != 0; }, std::chrono::seconds(10)))
       << "the agent still runs";
   EXPECT_EQ(entries(lab.nodes[0].remote_tmp), std::vector<std::string>{});
-  EXPECT_EQ(entries(lab.control_tmp), std::vector<std::string>{});
+  EXPECT_EQ(entries(lab.control_dir), std::vector<std::string>{}) << "the shared connection this run started was left";
   EXPECT_FALSE(has(lab.grub(0), "intel_iommu=on"));
   EXPECT_FALSE(fs::exists(lab.nodes[1].remote_dir));
   EXPECT_TRUE(holder.running()) << "the lock's holder was disturbed";
@@ -415,7 +415,94 @@ TEST(FleetSsh, AnsibleSshExecutableIsTheSshOfEveryCall) {
   const std::string calls = slurp(log);
   EXPECT_TRUE(has(calls, "ControlMaster=yes")) << calls;  // the shared connection
   EXPECT_TRUE(has(calls, "ControlMaster=no")) << calls;   // a run on it
-  EXPECT_TRUE(has(calls, "-O exit")) << calls;            // its end
+  lab.add_host_vars(0, "          gptagent_ssh_persist: 0\n");
+  test::write(log, "");
+  r = lab.apply();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(has(slurp(log), "-O exit")) << slurp(log);  // its end
+}
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// Issue 24 item 2: as Ansible's ControlPersist, a run leaves each host's shared connection for the
+// next (60 s by default, gptagent_ssh_persist), which then costs no ssh handshake. 0 ends it with
+// the run.
+TEST(FleetSsh, ASecondRunReusesTheSharedConnectionTheFirstLeft) {
+  Lab lab(2);
+  const std::string log = lab.files / "ssh.log", wrapper = lab.files / "my-ssh";
+  test::write(wrapper, "#!/bin/sh\necho \"$*\" >> " + log + "\nexec ssh \"$@\"\n", 0755);
+  lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n");
+  auto first = lab.apply();
+  ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
+  EXPECT_EQ(count(slurp(log), "ControlMaster=yes"), 2u) << slurp(log);
+  EXPECT_FALSE(has(slurp(log), "-O exit")) << slurp(log);
+  EXPECT_EQ(test::unexpected_control_entries(lab.control_dir, 2), "");
+  struct stat st{};
+  ASSERT_EQ(::stat(lab.control_dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u) << "made private";
+
+  test::write(log, "");
+  auto second = lab.apply();
+  ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
+  EXPECT_TRUE(has(second.out, recap("gpu01", "ok=2    changed=0"))) << second.out;
+  EXPECT_TRUE(has(second.out, recap("gpu02", "ok=2    changed=0"))) << second.out;
+  EXPECT_EQ(count(slurp(log), "ControlMaster=yes"), 0u) << "a new connection where one was left: " << slurp(log);
+  EXPECT_EQ(count(slurp(log), "ControlMaster=no"), 2u) << slurp(log);  // one command per converged host
+
+  // A master that died without removing its socket (killed): a new one replaces it.
+  const std::string socket = lab.control_dir + "/" + entries(lab.control_dir)[0];
+  auto check = test::run_program("/usr/bin/ssh", {"-o", "ControlPath=" + socket, "-O", "check", "--", "x"});
+  const auto at = check.err.find("pid=");
+  ASSERT_NE(at, std::string::npos) << check.err;
+  const pid_t master = std::stoi(check.err.substr(at + 4));
+  ASSERT_EQ(::kill(master, SIGKILL), 0);
+  ASSERT_TRUE(wait_until([&] { return ::kill(master, 0) != 0; }));
+  ASSERT_TRUE(fs::is_socket(socket)) << "the killed master's socket is left";
+  test::write(log, "");
+  auto third = lab.apply();
+  ASSERT_EQ(third.exit_code, 0) << third.out << third.err;
+  EXPECT_EQ(count(slurp(log), "ControlMaster=yes"), 1u) << slurp(log);
+  EXPECT_EQ(test::unexpected_control_entries(lab.control_dir, 2), "");
+
+  // gptagent_ssh_persist: 0 ends the connection with the run, here the one left by the run before.
+  lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n          gptagent_ssh_persist: 0\n");
+  auto last = lab.apply();
+  ASSERT_EQ(last.exit_code, 0) << last.out << last.err;
+  EXPECT_EQ(entries(lab.control_dir), std::vector<std::string>{});
+}
+
+// A shared connection left by a run before, whose host has since gone away (rebooted, its sshd
+// restarted with the connection): the command on it fails as ssh fails (255, nothing on stdout);
+// the run then connects anew, once, and converges.
+TEST(FleetSsh, ASharedConnectionThatNoLongerReachesItsHostIsReplaced) {
+  Lab lab(1);
+  const std::string log = lab.files / "ssh.log", wrapper = lab.files / "my-ssh", broken = lab.files / "broken";
+  test::write(wrapper,
+              "#!/bin/sh\necho \"$*\" >> " + log + "\ncase \"$*\" in *ControlMaster=no*) if [ -e " + broken + " ]; then rm " +
+                  broken + "; echo 'mux_client_request_session: read from master failed: Broken pipe' >&2; exit 255; fi;; esac\n"
+                  "exec ssh \"$@\"\n",
+              0755);
+  lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n");
+  ASSERT_EQ(lab.apply().exit_code, 0);
+  test::write(broken, "");
+  test::write(log, "");
+  auto r = lab.apply();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, recap("gpu01", "ok=2    changed=0"))) << r.out;
+  const std::string calls = slurp(log);
+  EXPECT_EQ(count(calls, "-O exit"), 1u) << calls;
+  EXPECT_EQ(count(calls, "ControlMaster=yes"), 1u) << calls;
+  EXPECT_EQ(count(calls, "ControlMaster=no"), 2u) << calls;
+
+  // Once only: a host that fails that way again is unreachable.
+  test::write(wrapper, "#!/bin/sh\ncase \"$*\" in *ControlMaster=no*) exit 255;; esac\nexec ssh \"$@\"\n", 0755);
+  auto down = lab.apply();
+  EXPECT_EQ(down.exit_code, 4) << down.out << down.err;
+  EXPECT_TRUE(has(down.out, "fatal: [gpu01]: UNREACHABLE!")) << down.out;
 }
 
 }  // namespace
@@ -440,15 +527,14 @@ TEST(FleetLocal, ALocalHostConvergesOnTheControllerWithoutSsh) {
   test::SampleHost tree;
   NoSsh no_ssh;
   const std::string playbook = files / "host.yaml", inventory = files / "inventory.yml", cache = files / "cache",
-                    tmp = files / "tmp", control_tmp = files / "controller-tmp";
+                    tmp = files / "tmp", control_dir = files / "controller-cp";
   fs::create_directories(tmp);
-  fs::create_directories(control_tmp);
   test::write(playbook, kFleetPlaybook);
   test::write(inventory, "all:\n  hosts:\n    controller:\n      ansible_connection: local\n      extra_param: iommu=pt\n"
                          "      gptagent_root: " + tree.root() + "\n      gptagent_remote_dir: " + cache +
                          "\n      gptagent_remote_tmp: " + tmp + "\n");
   auto apply = [&] {
-    return run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {"TMPDIR=" + control_tmp, no_ssh.path()});
+    return run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {"ANSIBLE_SSH_CONTROL_PATH_DIR=" + control_dir, no_ssh.path()});
   };
   auto first = apply();
   ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
@@ -459,7 +545,7 @@ TEST(FleetLocal, ALocalHostConvergesOnTheControllerWithoutSsh) {
   EXPECT_TRUE(has(second.out, "controller" + std::string(16, ' ') + " : ok=2    changed=0")) << second.out;
   EXPECT_FALSE(fs::exists(no_ssh.marker)) << "ssh was run";
   EXPECT_EQ(entries(tmp), std::vector<std::string>{});
-  EXPECT_EQ(entries(control_tmp), std::vector<std::string>{});
+  EXPECT_FALSE(fs::exists(control_dir)) << "a run without ssh made a directory for ssh control sockets";
 }
 
 TEST(FleetLocal, AConnectionTypeThatIsNotSupportedIsRefusedBeforeAnyHostRuns) {

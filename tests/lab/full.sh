@@ -250,6 +250,14 @@ all:
 EOF
 }
 
+# Ends the ssh masters the runs left for the next (gptagent_ssh_persist).
+full_close_masters() {
+  local s
+  for s in "$WORK"/control/*; do
+    [ -S "$s" ] && ssh -o ControlPath="$s" -O exit -- lab >/dev/null 2>&1 || true
+  done
+}
+
 # Runs the agent against the lab inventory: `agent NAME ARGS...`; output in $WORK/NAME.out, exit
 # code in RC, time in the phase line.
 agent() {
@@ -257,7 +265,7 @@ agent() {
   shift
   t=$(now)
   RC=0
-  TMPDIR=$WORK/control timeout 1800 "$AGENT" apply "$PLAYBOOK" -i "$WORK/inventory.yml" --color never "$@" \
+  ANSIBLE_SSH_CONTROL_PATH_DIR=$WORK/control timeout 1800 "$AGENT" apply "$PLAYBOOK" -i "$WORK/inventory.yml" --color never "$@" \
     >"$WORK/$name.out" 2>"$WORK/$name.err" || RC=$?
   say "phase $name: $(since "$t") (gptagent apply ${*:-}: exit $RC)"
   # The human report when asked for (a --json run's document stays in the work directory).
@@ -430,9 +438,8 @@ full() {
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/gptagent-lab-full.XXXXXX")
   CLEANUP+=("$WORK")
   KEEP=$keep
-  mkdir -p "$WORK/control"
-  # QEMU goes first, then the files.
-  trap 'full_stop_vm; cleanup' EXIT
+  # QEMU goes first (the shared connections to it end with it), then the files.
+  trap 'full_stop_vm; full_close_masters; cleanup' EXIT
 
   # The agent the controller runs and copies to the guest: stripped (the debug info is most of the
   # binary), statically linked but for glibc.

@@ -27,11 +27,8 @@ using test::entries;
 using test::has;
 using test::shipped;
 using test::Lab;
+using test::recap;
 using test::slurp;
-
-std::string recap(const std::string& host, const std::string& counts) {
-  return host + std::string(26 - host.size(), ' ') + " : " + counts;
-}
 
 // Issue 20, item 4: one host answering a malformed report (wrong types, {}, no JSON, without end,
 // or what its exit status contradicts) fails alone, as Ansible's MODULE FAILURE; the controller
@@ -96,7 +93,7 @@ TEST(FleetHostileHost, AMalformedReportFailsThatHostAloneAndTheOthersConverge) {
     EXPECT_TRUE(has(lab.grub(2), "intel_iommu=on iommu=pt"));
     EXPECT_EQ(lab.grub(1), untouched);
     EXPECT_FALSE(fs::exists(lab.nodes[1].remote_dir)) << "the hostile host was given the agent";
-    EXPECT_EQ(entries(lab.control_tmp), std::vector<std::string>{}) << "the control sockets' directory was left";
+    EXPECT_EQ(test::unexpected_control_entries(lab.control_dir, lab.nodes.size()), "");
   }
 }
 
@@ -115,7 +112,7 @@ TEST(FleetHostileHost, AHostVariableTheAgentWouldRefuseIsRefusedBeforeAnyHostIsT
     EXPECT_FALSE(has(lab.grub(i), "intel_iommu=on")) << lab.nodes[i].name;
     EXPECT_FALSE(fs::exists(lab.nodes[i].remote_dir)) << lab.nodes[i].name;
   }
-  EXPECT_EQ(entries(lab.control_tmp), std::vector<std::string>{});
+  EXPECT_FALSE(fs::exists(lab.control_dir)) << "no ssh was to be started";
 }
 
 // Issue 20, item 11: the controller's own binary deleted while it runs (a rebuild), with a file
@@ -130,9 +127,8 @@ TEST(FleetHostileHost, AControllerWhoseBinaryWasDeletedShipsTheAgentThatRuns) {
   test::write(planted, "#!/bin/sh\necho ran > " + ran + "\n", 0755);
   const std::string fifo = lab.files / "fifo-inventory.yml";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
-  fs::create_directories(lab.control_tmp);
   const std::string out = lab.files / "out", err = lab.files / "err";
-  bp::child controller(copy, bp::args({"apply", lab.playbook, "-i", fifo, "--color", "never"}), bp::env["TMPDIR"] = lab.control_tmp,
+  bp::child controller(copy, bp::args({"apply", lab.playbook, "-i", fifo, "--color", "never"}), bp::env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = lab.control_dir,
                        bp::std_in.close(), bp::std_out > out, bp::std_err > err);
   int w = -1;  // opens once the controller opened it to read
   ASSERT_TRUE(test::wait_until([&] { return (w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK)) >= 0 || !controller.running(); }))
@@ -197,10 +193,9 @@ TEST(FleetHostileHost, CtrlCStopsOnlyWhatTheRunMadeNeverAProcessAPlantedPidFileN
   bp::child theirs(bp::search_path("setpriv"),
                    bp::args({"--reuid", std::to_string(kOther), "--regid", std::to_string(kOther), "--clear-groups", "sleep", "300"}),
                    bp::std_in.close());
-  fs::create_directories(lab.control_tmp);
   const std::string out = lab.files / "out", err = lab.files / "err";
   bp::child controller(GPTAGENT_BIN, bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never"}),
-                       bp::env["TMPDIR"] = lab.control_tmp, bp::std_in.close(), bp::std_out > out, bp::std_err > err);
+                       bp::env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = lab.control_dir, bp::std_in.close(), bp::std_out > out, bp::std_err > err);
   const auto agent = test::wait_for_running_agent(parent);
   ASSERT_TRUE(agent) << slurp(out) << slurp(err);
   const std::string run_dir = agent->dir;

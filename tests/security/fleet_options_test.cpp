@@ -31,12 +31,11 @@ TEST(FleetForwardedOptions, EveryApplyOptionReachesTheAgentOnEachHost) {
   lab.write_inventory("          ansible_become: yes\n          ansible_become_exe: " + sudo +
                       "\n          ansible_become_flags: \"-H --preserve-env='A B'\"\n");
   test::write(lab.files / "extra.json", R"({"extra_param": "iommu=soft"})");
-  fs::create_directories(lab.control_tmp);
   const std::string out = lab.files / "out", err = lab.files / "err";
   bp::child controller(GPTAGENT_BIN,
                        bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "-e", "@extra.json", "--reset-state",
                                  "--from-stage", "host", "--connect", "test:///default", "--no-wait"}),
-                       bp::start_dir(lab.files.path()), bp::env["TMPDIR"] = lab.control_tmp, bp::std_in.close(), bp::std_out > out,
+                       bp::start_dir(lab.files.path()), bp::env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = lab.control_dir, bp::std_in.close(), bp::std_out > out,
                        bp::std_err > err);
   controller.wait();
   ASSERT_EQ(controller.exit_code(), 0) << test::slurp(out) << test::slurp(err);

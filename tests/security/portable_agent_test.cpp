@@ -68,10 +68,8 @@ TEST(PortableAgent, AFleetRunConvergesAHostWhoseAgentRunsOnDebian11) {
                   client.key() + "\n      ansible_ssh_common_args: \"" + client.common_args() +
                   "\"\n      extra_param: iommu=pt\n      gptagent_root: " + inside + "/tree\n      gptagent_remote_dir: " + inside +
                   "/cache\n      gptagent_remote_tmp: " + inside + "/tmp\n");
-  fs::create_directories(files / "controller-tmp");
-  const std::vector<std::string> env{"TMPDIR=" + (files / "controller-tmp")};
   auto apply = [&](const std::string& controller) {
-    return run_program(controller, {"apply", files / "host.yaml", "-i", files / "inventory.yml", "--color", "never"}, env);
+    return run_program(controller, {"apply", files / "host.yaml", "-i", files / "inventory.yml", "--color", "never"});
   };
 
   // The Debian 12 build, copied to that host, cannot run there: the problem this item solves.

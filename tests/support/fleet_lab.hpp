@@ -20,6 +20,11 @@ namespace fs = std::filesystem;
 
 inline bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
 
+// A host's line of the PLAY RECAP, up to the counts given ("ok=2    changed=0").
+inline std::string recap(const std::string& host, const std::string& counts) {
+  return host + std::string(26 - host.size(), ' ') + " : " + counts;
+}
+
 // What the fleet ships of the agent at `path`, as a host must have it: its loadable image.
 inline std::string shipped(const std::string& path) {
   auto image = ship::loadable_image(slurp(path));
@@ -40,6 +45,10 @@ struct Lab {
   std::string playbook = files / "host.yaml";
   std::string inventory = files / "inventory.yml";
 
+  // The shared connections its runs left (gptagent_ssh_persist) end with it.
+  ~Lab() { close_ssh_masters(control_dir); }
+  Lab(const Lab&) = delete;
+  Lab& operator=(const Lab&) = delete;
   explicit Lab(int n, const std::string& playbook_text = kFleetPlaybook) {
     write(playbook, playbook_text);
     for (int i = 1; i <= n; ++i) {
@@ -75,10 +84,11 @@ struct Lab {
   ProcResult apply(std::vector<std::string> extra = {}) const {
     std::vector<std::string> args{"apply", playbook, "-i", inventory, "--color", "never"};
     args.insert(args.end(), extra.begin(), extra.end());
-    fs::create_directories(control_tmp);
-    return run_agent(args, {"TMPDIR=" + control_tmp});  // where the controller keeps its ssh sockets
+    return run_agent(args, {control_env()});
   }
-  std::string control_tmp = files / "controller-tmp";
+  // Where the controller keeps its ssh control sockets (made by the run, private).
+  std::string control_dir = files / "controller-cp";
+  std::string control_env() const { return "ANSIBLE_SSH_CONTROL_PATH_DIR=" + control_dir; }
   std::string grub(int i) const { return slurp(nodes[i].tree->file("/etc/default/grub")); }
 };
 
@@ -87,6 +97,22 @@ inline std::vector<std::string> entries(const std::string& dir) {
   for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename());
   std::sort(out.begin(), out.end());
   return out;
+}
+
+// What a fleet run leaves in its control sockets' directory: the shared connections it keeps for
+// the next run, one socket (gptagent-<16 hex digits>) per host, no lock or log; "" when so.
+inline std::string unexpected_control_entries(const std::string& dir, size_t sockets) {
+  std::string bad;
+  size_t found = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename();
+    const bool named = name.size() == 25 && name.starts_with("gptagent-") &&
+                       name.find_first_not_of("0123456789abcdef", 9) == std::string::npos;
+    if (named && e.is_socket()) ++found;
+    else bad += name + " ";
+  }
+  if (found != sockets) bad += std::to_string(found) + " sockets, not " + std::to_string(sockets);
+  return bad;
 }
 
 // The agent of a run, mid-run: its directory under `parent` (named gptagent.<run id>.XXXXXXXX) and

@@ -9,12 +9,21 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
 namespace gpt::test {
 
 namespace {
+
+std::string slurp_if_exists(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
 
 void keygen(const std::string& path) {
   auto r = run_program("/usr/bin/ssh-keygen", {"-q", "-t", "ed25519", "-N", "", "-C", "gptagent-test", "-f", path});
@@ -100,6 +109,18 @@ void LoopbackSshd::start() {
 
 void LoopbackSshd::stop() {
   if (pid_ <= 0) return;
+  // Its sessions are its children (sshd forks one per connection); they outlive it otherwise.
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string pid = e.path().filename();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string stat = slurp_if_exists(e.path() / "stat");
+    const auto close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 2));
+    char state = 0;
+    int ppid = 0;
+    if (rest >> state >> ppid && ppid == pid_) ::kill(std::stoi(pid), SIGTERM);
+  }
   ::kill(pid_, SIGTERM);
   ::waitpid(pid_, nullptr, 0);
   pid_ = -1;
@@ -120,5 +141,32 @@ void LoopbackSshd::change_host_key() {
 }
 
 LoopbackSshd::~LoopbackSshd() { stop(); }
+
+void close_ssh_masters(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+    if (e.is_socket(ec)) run_program("/usr/bin/ssh", {"-o", "ControlPath=" + e.path().string(), "-O", "exit", "--", "gptagent-test"});
+}
+
+namespace {
+
+// A fleet run a test starts without choosing (ANSIBLE_SSH_CONTROL_PATH_DIR) keeps its shared
+// connections in a directory of the test process, never in the user's ~/.cache; they end with it.
+struct TestControlDir {
+  std::string dir;
+  TestControlDir() {
+    char tmpl[] = "/tmp/gptagent-test-cp.XXXXXX";
+    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+    dir = tmpl;
+    ::setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", tmpl, 1);
+  }
+  ~TestControlDir() {
+    close_ssh_masters(dir);
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+} test_control_dir;
+
+}  // namespace
 
 }  // namespace gpt::test

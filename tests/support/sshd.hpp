@@ -30,7 +30,9 @@ class LoopbackSshd {
   LoopbackSshd& operator=(const LoopbackSshd&) = delete;
   int port() const { return port_; }
   const std::string& dir() const { return dir_.path(); }
-  void stop();  // the port then refuses connections
+  // The port then refuses connections, and the sessions it served end (as when the host goes
+  // down): a shared connection to it is gone too.
+  void stop();
   // Every session of the client runs `program` instead (authorized_keys command=, as a host that
   // answers what it likes); the command asked for is in its $SSH_ORIGINAL_COMMAND.
   void force_command(const std::string& program);
@@ -60,5 +62,9 @@ inline constexpr const char* kFleetPlaybook = R"(stages:
 
 // A port of 127.0.0.1 where nothing listens.
 int unused_port();
+
+// Ends every ssh master whose control socket is in `dir` (the shared connections a fleet run left
+// for the next, gptagent_ssh_persist): what a test started ends with it.
+void close_ssh_masters(const std::string& dir);
 
 }  // namespace gpt::test
