@@ -99,19 +99,22 @@ std::string remote_path(const std::string& path) {
   return shell_quote(path);
 }
 
-// Shell that makes the directory in $var physical and refuses it (exit `code`, the reason on
+// Shell that makes the directory in $var physical (cd -P sets $PWD so) and refuses it (exit `code`, the reason on
 // stderr after "gptagent-unsafe=") unless it and every directory above it belong to the ssh user
 // or root and no one else may write them, as OpenSSH's StrictModes asks of ~/.ssh: root runs what
 // is cached there, and the run's temporary directories hold its agent and its pid. A sticky
 // directory of root's (/tmp) may be above it: no other user can rename or remove our entries in it.
+// One stat for the whole path (a process per directory made most of a converged run's cost): the
+// walk up from the directory lists them, stat answers owner and mode of each in that order, and
+// the same walk reads the answers back.
 std::string refuse_unsafe_dir(const std::string& var = "d", int code = 96) {
   const std::string v = "\"$" + var + "\"", exit = "exit " + std::to_string(code);
-  return var + "=$(cd -P -- " + v + " && pwd -P) || exit 90; u=$(id -u); p=$" + var + "; while :; do "
-         "s=$(stat -c '%u %a' -- \"$p\") || exit 90; o=${s% *}; m=$((0${s#* })); "
+  const std::string walk = "p=$" + var + "; while :; do ", up = "[ \"$p\" = / ] && break; p=${p%/*}; [ -n \"$p\" ] || p=/; done; ";
+  return "w=$PWD; cd -P -- " + v + " || exit 90; " + var + "=$PWD; cd -- \"$w\" || exit 90; u=$(id -u); set --; " + walk + "set -- \"$@\" \"$p\"; " + up +
+         "s=$(stat -c '%u %a' -- \"$@\") || exit 90; set -- $s; " + walk + "o=$1; m=$((0$2)); shift 2; "
          "if [ \"$o\" != 0 ] && [ \"$o\" != \"$u\" ]; then echo \"gptagent-unsafe=$p belongs to uid $o\" >&2; " + exit + "; fi; "
          "if [ $((m & 022)) -ne 0 ] && { [ \"$p\" = " + v + " ] || [ \"$o\" != 0 ] || [ $((m & 01000)) -eq 0 ]; }; then "
-         "echo \"gptagent-unsafe=$p is writable by group or others\" >&2; " + exit + "; fi; "
-         "[ \"$p\" = / ] && break; p=${p%/*}; [ -n \"$p\" ] || p=/; done; ";
+         "echo \"gptagent-unsafe=$p is writable by group or others\" >&2; " + exit + "; fi; " + up;
 }
 
 // The text after "gptagent-NAME=" in a remote shell's stderr, to the end of its line ("" if none).
@@ -516,7 +519,7 @@ HostOutcome Fleet::converge(Host& h) {
   }
   // The agent is checked against its SHA-256 on the host before every run: the name of the
   // cached copy says what it should be, sha256sum says what it is.
-  const std::string verify = "printf '%s  %s\\n' " + agent_sha_ + " \"$a\" | sha256sum -c --status";
+  const std::string verify = "set -- $(sha256sum -- \"$a\") && [ \"$1\" = " + agent_sha_ + " ]";
   std::string boot_before;
   bool copied = false;
   for (int attempt = 0;; ++attempt) {
@@ -546,9 +549,7 @@ HostOutcome Fleet::converge(Host& h) {
                                        : "r=" + remote_path(h.remote_tmp) + "; [ -d \"$r\" ] || exit 91; " + refuse_unsafe_dir("r", 97);
     auto run = ssh(h, "umask 077; d=" + D + "; [ -d \"$d\" ] || exit 93; " + refuse_unsafe_dir() + "a=\"$d/" +
                           agent_name_ + "\"; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; " + tmp_parent +
-                          "t=$(mktemp -d \"$r/gptagent." + run_id_ + ".XXXXXXXX\") || exit 91; echo \"gptagent-tmp=$t\" >&2; { cat \"$a\" > \"$t/" + agent_name_ + "\" && chmod 700 \"$t/" + agent_name_ +
-                          "\"; } || { rm -rf \"$t\"; exit 91; }; a=\"$t/" + agent_name_ + "\"; " + verify + " || { rm -rf \"$t\"; exit 95; }; echo \"gptagent-boot=$(cat " + shell_quote(h.boot_path) +
-                          " 2>/dev/null)\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
+                          "t=$(mktemp -d \"$r/gptagent." + run_id_ + ".XXXXXXXX\") || exit 91; echo \"gptagent-tmp=$t\" >&2; { cp -- \"$a\" \"$t/" + agent_name_ + "\" && [ -x \"$t/" + agent_name_ + "\" ]; } || { rm -rf \"$t\"; exit 91; }; a=\"$t/" + agent_name_ + "\"; " + verify + " || { rm -rf \"$t\"; exit 95; }; b=; read -r b < " + shell_quote(h.boot_path) + " 2>/dev/null; echo \"gptagent-boot=$b\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
                           " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become +
                           "\"$a\" " + command + " </dev/null & echo $! > \"$t/pid\"; wait $!; rc=$?; rm -rf \"$t\"; exit $rc",
                    playbook_bytes_ + vars, 3600);
