@@ -22,7 +22,7 @@ import shutil
 import tempfile
 
 from ansible import constants as C
-from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.action import ActionBase
 from ansible_collections.gptagent.passthrough.plugins.plugin_utils.agent_image import NotAnAgent, read_loadable_image
@@ -60,6 +60,10 @@ EXIT_CODES = {
 
 _CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f]')
 _CONTROL_OR_BREAK = re.compile('[\x00-\x08\x0a-\x1f\x7f-\x9f]')
+
+
+class Refused(Exception):
+    """The task fails with this message (a result, not an exception with a traceback for Ansible to show)."""
 
 
 def printable(text, keep_breaks=False):
@@ -180,17 +184,17 @@ def outcome(doc, exit_status, check, diff):
     if exit_status == 1:
         where = "task '%s' of stage '%s'" % (failed['name'], failed['stage']) if failed else 'a task'
         result.update(failed=True, msg='%s failed: %s' % (where, failed['msg'] if failed else 'see tasks'))
-        return result
-    result['changed'] = stats['changed'] > 0 or (check and exit_status == 2)
-    if exit_status == 3:
-        stage = printable(doc.get('stop_stage') or '')
-        result.update(reboot_required=True,
+    elif exit_status == 3 and not check:
+        result.update(changed=stats['changed'] > 0, reboot_required=True,
                       msg="stopped for a reboot after stage '%s': reboot the host, then run this task again for the "
-                          "checks after it" % stage)
+                          "checks after it" % printable(doc.get('stop_stage') or ''))
+    elif exit_status == 2 and check:
+        result.update(changed=True, msg='%d tasks would change, %d ok' % (stats['changed'], stats['ok']))
+    elif exit_status == 0:
+        result.update(changed=stats['changed'] > 0, msg='%d tasks changed, %d ok' % (stats['changed'], stats['ok'])
+                      if stats['changed'] else '%d tasks ok' % stats['ok'])
     else:
-        what = 'would change' if check else 'changed'
-        result['msg'] = '%d tasks %s, %d ok' % (stats['changed'], what, stats['ok']) if result['changed'] else \
-            '%d tasks ok' % stats['ok']
+        result.update(failed=True, msg='the agent exited %d%s' % (exit_status, ' in check mode' if check else ''))
     return result
 
 
@@ -203,14 +207,21 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         del tmp
-        task_vars = task_vars or {}
+        try:
+            result.update(self._apply(task_vars or {}))
+        except Refused as e:
+            result.update(failed=True, msg=str(e))
+        return result
+
+    def _apply(self, task_vars):
+        result = {}
         _, args = self.validate_argument_spec(
             argument_spec=ARGUMENT_SPEC,
             mutually_exclusive=[('playbook', 'module')],
             required_one_of=[('playbook', 'module')],
         )
         if self._connection.become and self.get_become_option('become_user') not in (None, '', 'root'):
-            raise AnsibleActionFail('become_user %s is refused: the agent must run as root (it writes the boot '
+            raise Refused('become_user %s is refused: the agent must run as root (it writes the boot '
                                     'configuration and binds devices)' % self.get_become_option('become_user'))
 
         def host_var(name, default):
@@ -219,11 +230,11 @@ class ActionModule(ActionBase):
 
         agent = args['agent'] or host_var('gptagent_agent', None) or shutil.which('gptagent')
         if not agent:
-            raise AnsibleActionFail('no agent: give agent (the controller path of the portable gptagent) or put gptagent on PATH')
+            raise Refused('no agent: give agent (the controller path of the portable gptagent) or put gptagent on PATH')
         try:
             image = read_loadable_image(agent)
         except (OSError, NotAnAgent) as e:
-            raise AnsibleActionFail('the agent %s cannot be shipped: %s' % (agent, e))
+            raise Refused('the agent %s cannot be shipped: %s' % (agent, e))
         sha = hashlib.sha256(image).hexdigest()
 
         check, diff = bool(self._task.check_mode), bool(self._task.diff)
@@ -288,7 +299,8 @@ class _HostRun:
         self.tmp, self.cached, self.gzip, self.tmp_removed = None, False, False, False
 
     def _shell(self, script, sudoable=False):
-        res = self.action._low_level_execute_command(script, sudoable=sudoable, encoding_errors='surrogate_then_replace')
+        # Bytes that are no UTF-8 become U+FFFD, as in gptagent -i's reports.
+        res = self.action._low_level_execute_command(script, sudoable=sudoable, encoding_errors='replace')
         return res['rc'], res.get('stdout', ''), res.get('stderr', '')
 
     def _verify(self, path):
@@ -298,14 +310,14 @@ class _HostRun:
         if rc == 96 or rc == 97:
             what, where = ('the agent cache', self.remote_dir) if rc == 96 else ('remote_tmp', self.remote_tmp)
             why = said(err, 'unsafe') or where + ' is not safe'
-            raise AnsibleActionFail(
+            raise Refused(
                 'refused %s %s: %s (it and every directory above it must belong to the remote user or root and be '
                 'writable by no one else, as OpenSSH\'s StrictModes asks): nothing was copied or run'
                 % (what, printable(where), printable(why)))
         if rc == 95:
-            raise AnsibleActionFail('the agent copied to %s does not have its SHA-256 %s on the host: nothing was run'
+            raise Refused('the agent copied to %s does not have its SHA-256 %s on the host: nothing was run'
                                     % (printable(self.remote_dir), self.sha))
-        raise AnsibleActionFail('%s: %s (exit %d): %s' % (when, EXIT_CODES.get(rc, 'the remote shell failed'), rc, excerpt(err)))
+        raise Refused('%s: %s (exit %d): %s' % (when, EXIT_CODES.get(rc, 'the remote shell failed'), rc, excerpt(err)))
 
     def prepare(self):
         """The cache checked, a private directory made, and the cached agent copied there if it is the right one."""
@@ -324,7 +336,7 @@ class _HostRun:
         rc, out, err = self._shell(script)
         tmp = said(out, 'tmp')
         if rc == 0 and (not tmp or not re.match(r'^/[^\n]*/gptagent\.ansible\.[A-Za-z0-9]+$', tmp)):
-            raise AnsibleActionFail('the host did not say which private directory it made: %s' % excerpt(out))
+            raise Refused('the host did not say which private directory it made: %s' % excerpt(out))
         if rc != 0:
             self._fail(rc, err, 'cannot prepare %s and a private temporary directory' % printable(self.remote_dir))
         self.tmp, self.cached, self.gzip = tmp, said(out, 'cached') == 'yes', said(out, 'gzip') == 'yes'
