@@ -187,5 +187,30 @@ TEST_F(AnsibleCollection, ARebootPlayStopsRebootsVerifiesAndThenStaysOk) {
     EXPECT_TRUE(has(AnsibleLab::recap(again.out, n.name), ": ok=2    changed=0    unreachable=0    failed=0    skipped=2")) << again.out;
 }
 
+// A host that answers for the agent what it likes (authorized_keys command=: every other command
+// runs as asked): its report is data, checked, and what a person reads of it is escaped.
+TEST_F(AnsibleCollection, AHostileReportFailsThatHostWithItsControlCharactersEscaped) {
+  AnsibleLab lab(2);
+  const char* answers[] = {
+      R"({"exit_code": 1, "errors": ["\u001b]0;owned\u0007 retitled \u001b[2J"]})",
+      R"({"exit_code": 0, "stats": {"ok": 1, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0}, "stages": []})"};
+  for (size_t i = 0; i < 2; ++i) {
+    const std::string script = lab.files / ("host" + std::to_string(i) + ".sh");
+    test::write(script,
+                std::string("#!/bin/sh\ncase \"$SSH_ORIGINAL_COMMAND\" in\n  *'apply \"$t/playbook.yaml\"'*) printf '%s' '") + answers[i] +
+                    "'; exit 1;;\nesac\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
+                0755);
+    lab.nodes[i].sshd->force_command(script);
+    lab.add_host_vars(i, "          ansible_ssh_transfer_method: piped\n");  // no sftp subsystem behind command=
+  }
+  auto r = lab.play(converge_play(lab.playbook));
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "the playbook was refused on the host, nothing was changed: \\\\x1b]0;owned\\\\x07 retitled")) << r.out;
+  EXPECT_FALSE(has(r.out + r.err, "\x1b")) << "a control character of the host's reached the terminal";
+  EXPECT_TRUE(has(r.out, "MODULE FAILURE: the agent's report is malformed (its exit_code 0 is not the exit status of its run, 1)"))
+      << r.out;
+  for (const auto& n : lab.nodes) EXPECT_TRUE(has(AnsibleLab::recap(r.out, n.name), "failed=1")) << r.out;
+}
+
 }  // namespace
 }  // namespace gpt
