@@ -59,12 +59,16 @@ struct AnsibleLab : Lab {
     write_inventory("          ansible_python_interpreter: /usr/bin/python3\n          gptagent_agent: " GPTAGENT_BIN "\n");
   }
   // ansible-playbook on this inventory with `play` (YAML) and these options.
-  test::ProcResult play(const std::string& yaml, const std::vector<std::string>& options = {}) const {
+  test::ProcResult play(const std::string& yaml, const std::vector<std::string>& options = {},
+                        std::vector<std::string> env = {}) const {
     test::write(files / "play.yml", yaml);
     std::vector<std::string> args{"-i", inventory, files / "play.yml"};
     args.insert(args.end(), options.begin(), options.end());
-    return ansible.run("/usr/bin/ansible-playbook", args, files.path(),
-                       {"ANSIBLE_COLLECTIONS_PATH=" + installed_collection().path, "ANSIBLE_PIPELINING=True"});
+    // The reboot module's Python modules run through pipelining; anything Ansible would put on a
+    // host goes to the test's directory, not root's ~/.ansible of this machine.
+    env.insert(env.end(), {"ANSIBLE_COLLECTIONS_PATH=" + installed_collection().path, "ANSIBLE_PIPELINING=True",
+                           "ANSIBLE_REMOTE_TMP=" + files / "ansible-remote-tmp"});
+    return ansible.run("/usr/bin/ansible-playbook", args, files.path(), env);
   }
   // The host's line of the PLAY RECAP, from its " : ok=".
   static std::string recap(const std::string& out, const std::string& host) {
@@ -210,6 +214,28 @@ TEST_F(AnsibleCollection, AHostileReportFailsThatHostWithItsControlCharactersEsc
   EXPECT_TRUE(has(r.out, "MODULE FAILURE: the agent's report is malformed (its exit_code 0 is not the exit status of its run, 1)"))
       << r.out;
   for (const auto& n : lab.nodes) EXPECT_TRUE(has(AnsibleLab::recap(r.out, n.name), "failed=1")) << r.out;
+}
+
+// With become, the agent alone runs through it (the cache and the private directory are the remote
+// user's, as with gptagent -i), and a become_user other than root is refused. The "sudo" here logs
+// its arguments and runs the command it was given (ansible-core's sudo plugin: FLAGS -u USER CMD...).
+TEST_F(AnsibleCollection, BecomeRunsTheAgentAloneAndOnlyAsRoot) {
+  AnsibleLab lab(2);
+  const std::string sudo = lab.files / "sudo", log = lab.files / "sudo.log";
+  test::write(sudo, "#!/bin/sh\nprintf '%s\\n' \"$*\" >> " + log + "\nwhile [ \"$1\" != -u ]; do shift; done\nshift 2\nexec \"$@\"\n", 0755);
+  lab.add_host_vars(0, "          ansible_become: true\n          ansible_become_exe: " + sudo + "\n");
+  lab.add_host_vars(1, "          ansible_become: true\n          ansible_become_exe: " + sudo + "\n          ansible_become_user: nobody\n");
+  // ansible-core otherwise skips become when the remote user is already the become user.
+  auto r = lab.play(converge_play(lab.playbook), {}, {"ANSIBLE_BECOME_ALLOW_SAME_USER=True"});
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_TRUE(has(AnsibleLab::recap(r.out, "gpu01"), ": ok=1    changed=1    unreachable=0    failed=0")) << r.out;
+  const std::string logged = slurp(log);
+  const auto calls = lines(logged);
+  ASSERT_EQ(calls.size(), 1u) << slurp(log);
+  EXPECT_TRUE(has(std::string(calls[0]), "-u root ")) << calls[0];
+  EXPECT_TRUE(has(std::string(calls[0]), " apply ")) << calls[0];
+  EXPECT_TRUE(has(r.out, "become_user nobody is refused: the agent must run as root")) << r.out;
+  EXPECT_FALSE(fs::exists(lab.nodes[1].remote_dir)) << "a refused host was touched";
 }
 
 }  // namespace

@@ -155,6 +155,10 @@ def malformed(doc, exit_status, check):
     return None
 
 
+def tasks_text(n):
+    return '%d task%s' % (n, '' if n == 1 else 's')
+
+
 def outcome(doc, exit_status, check, diff):
     """Ansible's result for a checked report: changed, failed, msg, diff, reboot_required, tasks."""
     result = dict(changed=False, reboot_required=False, exit_code=exit_status)
@@ -189,17 +193,17 @@ def outcome(doc, exit_status, check, diff):
                       msg="stopped for a reboot after stage '%s': reboot the host, then run this task again for the "
                           "checks after it" % printable(doc.get('stop_stage') or ''))
     elif exit_status == 2 and check:
-        result.update(changed=True, msg='%d tasks would change, %d ok' % (stats['changed'], stats['ok']))
+        result.update(changed=True, msg='%s would change, %d ok' % (tasks_text(stats['changed']), stats['ok']))
     elif exit_status == 0:
-        result.update(changed=stats['changed'] > 0, msg='%d tasks changed, %d ok' % (stats['changed'], stats['ok'])
-                      if stats['changed'] else '%d tasks ok' % stats['ok'])
+        result.update(changed=stats['changed'] > 0, msg='%s changed, %d ok' % (tasks_text(stats['changed']), stats['ok'])
+                      if stats['changed'] else '%s ok' % tasks_text(stats['ok']))
     else:
         result.update(failed=True, msg='the agent exited %d%s' % (exit_status, ' in check mode' if check else ''))
     return result
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = True
+    TRANSFERS_FILES = False  # into its own private directory: Ansible need not make its remote tmp
     _requires_connection = True
     _supports_check_mode = True
     _supports_async = False
@@ -221,8 +225,8 @@ class ActionModule(ActionBase):
             required_one_of=[('playbook', 'module')],
         )
         if self._connection.become and self.get_become_option('become_user') not in (None, '', 'root'):
-            raise Refused('become_user %s is refused: the agent must run as root (it writes the boot '
-                                    'configuration and binds devices)' % self.get_become_option('become_user'))
+            raise Refused('become_user %s is refused: the agent must run as root (it writes the boot configuration '
+                          'and binds devices)' % printable(self.get_become_option('become_user')))
 
         def host_var(name, default):
             value = task_vars.get(name, default)
@@ -285,9 +289,11 @@ class ActionModule(ActionBase):
             task = {'name': args['name'] or args['module'], args['module']: args['args']}
             return json.dumps({'stages': [{'name': args['module'], 'reboot': 'when_needed', 'tasks': [task]}]},
                               sort_keys=True) + '\n'
-        path = self._find_needle('files', args['playbook'])
-        with open(path, 'rb') as f:
-            return f.read()
+        try:
+            with open(self._find_needle('files', args['playbook']), 'rb') as f:
+                return f.read()
+        except (AnsibleError, OSError) as e:
+            raise Refused('cannot read the playbook %s: %s' % (args['playbook'], e))
 
 
 class _HostRun:
