@@ -244,5 +244,19 @@ TEST_F(AnsibleCollection, BecomeRunsTheAgentAloneAndOnlyAsRoot) {
   EXPECT_FALSE(fs::exists(lab.nodes[1].remote_dir)) << "a refused host was touched";
 }
 
+TEST_F(AnsibleCollection, OneModuleRunsAloneChangedThenOk) {
+  AnsibleLab lab(1);
+  const std::string play = "- hosts: gpus\n  gather_facts: false\n  tasks:\n    - gptagent.passthrough.apply:\n"
+                           "        module: xorg_cleanup\n        args: {mode: disable}\n      register: r\n"
+                           "    - ansible.builtin.debug: {msg: \"{{ r.msg }} / {{ r.tasks | map(attribute='status') | join(',') }}\"}\n";
+  auto first = lab.play(play);
+  ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
+  EXPECT_TRUE(has(first.out, "\"1 task changed, 1 ok / changed\"")) << first.out;
+  EXPECT_TRUE(fs::exists(lab.nodes[0].tree->file("/usr/share/X11/xorg.conf.d/10-nvidia.conf.disabled")));
+  auto second = lab.play(play);
+  EXPECT_TRUE(has(second.out, "\"1 task ok / ok\"")) << second.out;
+  EXPECT_TRUE(has(AnsibleLab::recap(second.out, "gpu01"), "changed=0 ")) << second.out;
+}
+
 }  // namespace
 }  // namespace gpt
