@@ -244,7 +244,7 @@ TEST_F(AnsibleCollection, BecomeRunsTheAgentAloneAndOnlyAsRoot) {
   EXPECT_FALSE(fs::exists(lab.nodes[1].remote_dir)) << "a refused host was touched";
 }
 
-TEST_F(AnsibleCollection, OneModuleRunsAloneChangedThenOk) {
+TEST_F(AnsibleCollection, OneModuleRunsAloneChangedThenOkAndAnUnknownOneIsRefused) {
   AnsibleLab lab(1);
   const std::string play = "- hosts: gpus\n  gather_facts: false\n  tasks:\n    - gptagent.passthrough.apply:\n"
                            "        module: xorg_cleanup\n        args: {mode: disable}\n      register: r\n"
@@ -256,6 +256,13 @@ TEST_F(AnsibleCollection, OneModuleRunsAloneChangedThenOk) {
   auto second = lab.play(play);
   EXPECT_TRUE(has(second.out, "\"1 task ok / ok\"")) << second.out;
   EXPECT_TRUE(has(AnsibleLab::recap(second.out, "gpu01"), "changed=0 ")) << second.out;
+
+  // What the agent refuses (on stderr too, which ssh's terminal mixes into the report's stream) is
+  // the task's message, with the place in what the user wrote.
+  auto unknown = lab.play("- hosts: gpus\n  gather_facts: false\n  tasks:\n    - gptagent.passthrough.apply: {module: nosuch}\n");
+  EXPECT_EQ(unknown.exit_code, 2) << unknown.out;
+  EXPECT_TRUE(has(unknown.out, "the playbook was refused on the host, nothing was changed: (module nosuch):1:")) << unknown.out;
+  EXPECT_TRUE(has(unknown.out, "unknown module or task keyword 'nosuch'")) << unknown.out;
 }
 
 }  // namespace

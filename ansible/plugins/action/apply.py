@@ -73,7 +73,8 @@ def printable(text, keep_breaks=False):
 
 
 def excerpt(text, limit=300):
-    text = printable(text).strip()
+    """Up to `limit` characters of what a host said, on one line."""
+    text = printable(' '.join(to_text(text, errors='surrogate_then_replace').split('\n')).replace('\r', '')).strip()
     return text if len(text) <= limit else text[:limit] + '...'
 
 
@@ -280,6 +281,9 @@ class ActionModule(ActionBase):
         if bad:
             result.update(failed=True, exit_code=status, msg="MODULE FAILURE: the agent's report is malformed (%s)" % bad)
             return result
+        if 'errors' in doc:  # file:line:col of the copy on the host: the user's file is the controller's
+            shown = args['playbook'] or '(module %s)' % args['module']
+            doc['errors'] = [e.replace(run.tmp + '/playbook.yaml', shown) for e in doc['errors']]
         result.update(outcome(doc, status, check, diff))
         return result
 
@@ -376,24 +380,28 @@ class _HostRun:
         t = shlex.quote(self.tmp)
         command = ' '.join(shlex.quote(a) for a in agent_args)
         # What runs is the copy in the private directory, hashed again right before it runs. The report
-        # goes to a file so that no more than MAX_REPORT bytes of it come back.
+        # goes to a file so that no more than MAX_REPORT bytes of it come back, then the end of the
+        # agent's stderr after a line of its own: with become, ssh gives the command a terminal, which
+        # sends stderr down the same stream.
         script = (
             't=%(t)s; a="$t/%(name)s"; %(verify)s || exit 95; cd / && "$a" apply "$t/playbook.yaml" %(command)s '
             '-e @"$t/vars.json" </dev/null >"$t/report.json" 2>"$t/stderr"; rc=$?; head -c %(max)d "$t/report.json"; '
-            'tail -c %(max_err)d "$t/stderr" >&2; rm -rf -- "$t"; exit $rc'
+            'printf \'\\ngptagent-stderr=\'; tail -c %(max_err)d "$t/stderr"; rm -rf -- "$t"; exit $rc'
             % dict(t=t, name=self.name, verify=self._verify('"$a"'), command=command, max=MAX_REPORT + 1,
                    max_err=MAX_STDERR))
         rc, out, err = self._shell(script, sudoable=True)
         self.tmp_removed = True
-        if rc == 95 and not out:
+        if rc == 95 and 'gptagent-stderr=' not in out:
             self._fail(rc, err, 'cannot run the agent')
-        if len(to_bytes(out, errors='surrogate_or_replace')) > MAX_REPORT:
+        marker = re.search(r'\r?\ngptagent-stderr=', out)
+        report, stderr = (out[:marker.start()], out[marker.end():]) if marker else (out, err)
+        if len(to_bytes(report, errors='surrogate_or_replace')) > MAX_REPORT:
             return rc, None, 'the host sent more than 16 MiB: refused'
         try:
-            doc = json.loads(out)
+            doc = json.loads(report)
         except ValueError:
-            return rc, None, excerpt(err or out)
-        return rc, doc, excerpt(err)
+            return rc, None, excerpt(stderr or report)
+        return rc, doc, excerpt(stderr)
 
     def cleanup(self):
         """The private directory removed when the run did not remove it (a failure before or during it)."""
