@@ -381,8 +381,8 @@ class _HostRun:
         command = ' '.join(shlex.quote(a) for a in agent_args)
         # What runs is the copy in the private directory, hashed again right before it runs. The report
         # goes to a file so that no more than MAX_REPORT bytes of it come back, then the end of the
-        # agent's stderr after a line of its own: with become, ssh gives the command a terminal, which
-        # sends stderr down the same stream.
+        # agent's stderr after a line of its own: ansible's ssh gives a command that may become a
+        # terminal (-tt), become or not, and stderr then comes down the same stream.
         script = (
             't=%(t)s; a="$t/%(name)s"; %(verify)s || exit 95; cd / && "$a" apply "$t/playbook.yaml" %(command)s '
             '-e @"$t/vars.json" </dev/null >"$t/report.json" 2>"$t/stderr"; rc=$?; head -c %(max)d "$t/report.json"; '
