@@ -15,6 +15,7 @@
 #include <set>
 
 #include "agent/text.hpp"
+#include "tests/support/ansible.hpp"
 #include "tests/support/sandbox.hpp"
 
 namespace fs = std::filesystem;
@@ -46,36 +47,7 @@ std::vector<InventoryCase> inventory_cases() {
   return cases;
 }
 
-// Ansible run in a scratch home and directory: no ansible.cfg, cache or control socket of the
-// machine's is read or written.
-class Ansible {
- public:
-  Ansible() { fs::create_directories(home_ / "cp"); }
-  test::ProcResult run(const std::string& program, const std::vector<std::string>& args, const std::string& cwd,
-                       const std::vector<std::string>& extra_env = {}) const {
-    std::vector<std::string> env{"HOME=" + home_.path(),
-                                 "ANSIBLE_CONFIG=" + home_ / "none.cfg",
-                                 "ANSIBLE_LOCAL_TEMP=" + home_ / "tmp",
-                                 "ANSIBLE_SSH_CONTROL_PATH_DIR=" + home_ / "cp",
-                                 "ANSIBLE_INVENTORY_UNPARSED_WARNING=False",
-                                 "ANSIBLE_LOCALHOST_WARNING=False",
-                                 "ANSIBLE_NOCOLOR=1",
-                                 "ANSIBLE_FORCE_COLOR=0",
-                                 "ANSIBLE_RETRY_FILES_ENABLED=False",
-                                 // A file no plugin parses is skipped with a warning by default;
-                                 // gptagent refuses such an inventory, so here it is fatal too.
-                                 "ANSIBLE_INVENTORY_UNPARSED_FAILED=True",
-                                 "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED=True"};
-    env.insert(env.end(), extra_env.begin(), extra_env.end());
-    std::vector<std::string> a{"-C", cwd, program};
-    a.insert(a.end(), args.begin(), args.end());
-    return test::run_program("/usr/bin/env", a, env);
-  }
-  const test::TempDir& home() const { return home_; }
-
- private:
-  test::TempDir home_;
-};
+using test::Ansible;
 
 // "  hosts (2):\n    a\n    b\n" as both print it.
 std::vector<std::string> listed_hosts(const std::string& out) {

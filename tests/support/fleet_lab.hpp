@@ -49,12 +49,13 @@ struct Lab {
   ~Lab() { close_ssh_masters(control_dir); }
   Lab(const Lab&) = delete;
   Lab& operator=(const Lab&) = delete;
-  explicit Lab(int n, const std::string& playbook_text = kFleetPlaybook) {
+  // `sshd_config`: more lines for every host's sshd (Ansible's file transfers want sftp).
+  explicit Lab(int n, const std::string& playbook_text = kFleetPlaybook, const std::string& sshd_config = "") {
     write(playbook, playbook_text);
     for (int i = 1; i <= n; ++i) {
       Node node;
       node.name = "gpu0" + std::to_string(i);
-      node.sshd = std::make_unique<LoopbackSshd>(client);
+      node.sshd = std::make_unique<LoopbackSshd>(client, sshd_config);
       node.port = node.sshd->port();
       node.tree = std::make_unique<SampleHost>();
       node.remote_dir = node.sshd->dir() + "/agent-cache";
