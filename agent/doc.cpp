@@ -12,12 +12,18 @@ namespace {
 
 std::string_view type_word(ArgType t) {
   switch (t) {
-    case ArgType::str: return "string";
-    case ArgType::boolean: return "boolean";
-    case ArgType::integer: return "integer";
-    case ArgType::list: return "list";
-    case ArgType::dict: return "mapping";
-    case ArgType::any: return "any";
+    case ArgType::str:
+      return "string";
+    case ArgType::boolean:
+      return "boolean";
+    case ArgType::integer:
+      return "integer";
+    case ArgType::list:
+      return "list";
+    case ArgType::dict:
+      return "mapping";
+    case ArgType::any:
+      return "any";
   }
   return "?";
 }
@@ -27,7 +33,8 @@ std::string describe(const ArgSpec& a) {
   std::string s(type_word(a.type));
   if (a.type == ArgType::list) s += " of " + std::string(type_word(a.elements));
   if (a.required) s += ", required";
-  if (!a.default_value.is_null()) s += ", default: " + a.default_value.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (!a.default_value.is_null())
+    s += ", default: " + a.default_value.dump(-1, ' ', false, json::error_handler_t::replace);
   if (!a.choices.empty()) {
     s += ", one of: ";
     for (size_t i = 0; i < a.choices.size(); ++i) s += (i ? ", " : "") + a.choices[i];
@@ -51,8 +58,10 @@ std::vector<const CLI::App*> subcommands(const CLI::App& app) {
 // "-C, --check", or "-t, --tags TEXT" for an option that takes a value.
 std::string roff_option_names(const CLI::Option& o) {
   std::string s;
-  for (const auto& n : o.get_snames()) s += (s.empty() ? "" : ", ") + std::string("\\fB") + roff_escape("-" + n) + "\\fR";
-  for (const auto& n : o.get_lnames()) s += (s.empty() ? "" : ", ") + std::string("\\fB") + roff_escape("--" + n) + "\\fR";
+  for (const auto& n : o.get_snames())
+    s += (s.empty() ? "" : ", ") + std::string("\\fB") + roff_escape("-" + n) + "\\fR";
+  for (const auto& n : o.get_lnames())
+    s += (s.empty() ? "" : ", ") + std::string("\\fB") + roff_escape("--" + n) + "\\fR";
   // CLI11 appends its validators' descriptions (":{auto,always,never}"); the description says them.
   std::string type = o.get_type_name().substr(0, o.get_type_name().find(':'));
   if (o.get_type_size() != 0 && !type.empty()) s += " \\fI" + roff_escape(type) + "\\fR";
@@ -64,9 +73,12 @@ std::string roff_option_names(const CLI::Option& o) {
 std::string roff_escape(std::string_view text) {
   std::string out;
   for (char ch : text) {
-    if (ch == '\\') out += "\\e";
-    else if (ch == '-') out += "\\-";
-    else out += ch;
+    if (ch == '\\')
+      out += "\\e";
+    else if (ch == '-')
+      out += "\\-";
+    else
+      out += ch;
   }
   if (!out.empty() && (out[0] == '.' || out[0] == '\'')) out.insert(0, "\\&");
   return out;
@@ -85,9 +97,8 @@ bool write_module_doc(std::ostream& out, std::string_view name) {
   if (!def) return false;
   out << def->name << ": " << def->summary << "\n";
   if (def->schema.args.empty()) out << "  (no arguments)\n";
-  walk_args(def->schema.args, "", [&](const std::string& path, const ArgSpec& a) {
-    out << "  " << path << " (" << describe(a) << ")\n";
-  });
+  walk_args(def->schema.args, "",
+            [&](const std::string& path, const ArgSpec& a) { out << "  " << path << " (" << describe(a) << ")\n"; });
   for (const auto& group : def->schema.mutually_exclusive) {
     out << "  mutually exclusive:";
     for (const auto& n : group) out << " " << n;

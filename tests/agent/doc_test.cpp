@@ -1,10 +1,11 @@
 // gptagent doc: the generated parts of the manual pages and the completion words follow the code.
+#include "agent/doc.hpp"
+
 #include <gtest/gtest.h>
 
 #include <functional>
 #include <sstream>
 
-#include "agent/doc.hpp"
 #include "agent/module.hpp"
 #include "tests/support/sandbox.hpp"
 
@@ -27,9 +28,11 @@ TEST(Doc, RoffModulesNamesEveryModuleAndEveryArgument) {
   size_t args = 0;
   for (const auto& name : Registry::instance().names()) {
     EXPECT_TRUE(contains(roff, ".SS " + roff_escape(name) + "\n")) << name;
-    std::function<void(const std::vector<ArgSpec>&, const std::string&)> walk = [&](const auto& specs, const std::string& prefix) {
+    std::function<void(const std::vector<ArgSpec>&, const std::string&)> walk = [&](const auto& specs,
+                                                                                    const std::string& prefix) {
       for (const auto& a : specs) {
-        EXPECT_TRUE(contains(roff, ".TP\n\\fB" + roff_escape(prefix + a.name) + "\\fR\n")) << name << " " << prefix + a.name;
+        EXPECT_TRUE(contains(roff, ".TP\n\\fB" + roff_escape(prefix + a.name) + "\\fR\n"))
+            << name << " " << prefix + a.name;
         ++args;
         walk(a.fields, prefix + a.name + ".");
       }
