@@ -118,7 +118,10 @@ void write_roff_commands(std::ostream& out, const CLI::App& app) {
     for (const auto* o : sub->get_options([](const CLI::Option* o) { return !o->nonpositional(); })) {
       std::string name = o->get_name();
       for (auto& ch : name) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-      out << " \\fI" << roff_escape(name) << "\\fR";
+      if (o->get_required())
+        out << " \\fI" << roff_escape(name) << "\\fR";
+      else
+        out << " [\\fI" << roff_escape(name) << "\\fR]";
     }
     out << "\"\n" << roff_escape(sub->get_description()) << ".\n";
     for (const auto* o : sub->get_options()) {

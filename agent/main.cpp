@@ -145,17 +145,20 @@ int cmd_list_hosts(const std::string& path, const std::string& limit) {
 // `gptagent doc [MODULE]`, and the generated parts of the manual pages and completion words.
 int cmd_doc(const CLI::App& app, const std::string& module, const std::string& roff, const std::string& words) {
   if (roff == "commands") gpt::write_roff_commands(std::cout, app);
-  else if (roff == "modules") gpt::write_roff_modules(std::cout);
-  else if (!words.empty()) {
+  if (roff == "modules") gpt::write_roff_modules(std::cout);
+  if (!roff.empty()) return 0;
+  if (!words.empty()) {
     if (gpt::write_completion_words(std::cout, app, words)) return 0;
     std::cerr << "gptagent: --words takes commands, modules or a subcommand, not " << words << "\n";
     return 1;
-  } else if (module.empty()) gpt::write_module_list(std::cout);
-  else if (!gpt::write_module_doc(std::cout, module)) {
-    std::cerr << "gptagent: no module is named " << module << " (gptagent doc lists them)\n";
-    return 1;
   }
-  return 0;
+  if (module.empty()) {
+    gpt::write_module_list(std::cout);
+    return 0;
+  }
+  if (gpt::write_module_doc(std::cout, module)) return 0;
+  std::cerr << "gptagent: no module is named " << module << " (gptagent doc lists them)\n";
+  return 1;
 }
 
 }  // namespace
