@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/apply.hpp"
+#include "agent/doc.hpp"
 #include "agent/fleet.hpp"
 #include "agent/facts.hpp"
 #include "agent/facts_view.hpp"
@@ -141,6 +142,25 @@ int cmd_list_hosts(const std::string& path, const std::string& limit) {
   return 0;
 }
 
+// `gptagent doc [MODULE]`, and the generated parts of the manual pages and completion words.
+int cmd_doc(const CLI::App& app, const std::string& module, const std::string& roff, const std::string& words) {
+  if (roff == "commands") gpt::write_roff_commands(std::cout, app);
+  if (roff == "modules") gpt::write_roff_modules(std::cout);
+  if (!roff.empty()) return 0;
+  if (!words.empty()) {
+    if (gpt::write_completion_words(std::cout, app, words)) return 0;
+    std::cerr << "gptagent: --words takes commands, modules or a subcommand, not " << words << "\n";
+    return 1;
+  }
+  if (module.empty()) {
+    gpt::write_module_list(std::cout);
+    return 0;
+  }
+  if (gpt::write_module_doc(std::cout, module)) return 0;
+  std::cerr << "gptagent: no module is named " << module << " (gptagent doc lists them)\n";
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -164,10 +184,11 @@ int main(int argc, char** argv) {
   apply->add_flag("-D,--diff", ao.diff, "Show unified diffs of file changes");
   apply->add_flag("--json", ao.json, "Print one JSON document instead of the human report");
   apply->add_option("--color", ao.color, "Colour: auto (terminal, no NO_COLOR), always, never")
-      ->check(CLI::IsMember({"auto", "always", "never"}));
+      ->check(CLI::IsMember({"auto", "always", "never"}))
+      ->type_name("WHEN");
   apply->add_flag("--no-wait", ao.no_wait, "Fail at once when another run holds the lock");
-  apply->add_option("-t,--tags", ao.tags, "Run only tasks with these tags")->delimiter(',');
-  apply->add_option("--skip-tags", ao.skip_tags, "Skip tasks with these tags")->delimiter(',');
+  apply->add_option("-t,--tags", ao.tags, "Run only tasks with these tags")->delimiter(',')->type_name("TAGS");
+  apply->add_option("--skip-tags", ao.skip_tags, "Skip tasks with these tags")->delimiter(',')->type_name("TAGS");
   apply->add_flag("--reboot", ao.reboot, "Reboot the host when a stage stops for a reboot (never under --root)");
   apply->add_flag("--reset-state", ao.reset_state, "Forget a recorded reboot and start from the first stage");
   apply->add_option("--from-stage", ao.from_stage, "Start at this stage, whatever was recorded")->type_name("NAME");
@@ -179,11 +200,13 @@ int main(int argc, char** argv) {
   apply->add_option("-i,--inventory", fo.inventory, "Provision the hosts of this Ansible inventory (YAML or INI) over SSH")
       ->type_name("INVENTORY");
   apply->add_option("-l,--limit", fo.limit, "Only the inventory hosts this pattern selects")->type_name("PATTERN");
-  apply->add_option("-f,--forks", fo.forks, "Hosts at once (default 5)")->check(CLI::Range(1, 1000));
+  apply->add_option("-f,--forks", fo.forks, "Hosts at once (default 5)")->check(CLI::Range(1, 1000))->type_name("N");
   apply->add_option("--serial", fo.serial, "Hosts per batch, each batch finished before the next (default: all)")
-      ->check(CLI::Range(1, 100000));
+      ->check(CLI::Range(1, 100000))
+      ->type_name("N");
   apply->add_option("--reboot-timeout", fo.reboot_timeout, "Seconds to wait for a rebooted host (default 600)")
-      ->check(CLI::Range(1, 86400));
+      ->check(CLI::Range(1, 86400))
+      ->type_name("SECONDS");
   bool list_hosts = false;
   apply->add_flag("--list-hosts", list_hosts, "With -i: list the hosts the run would reach (after --limit) and stop");
   apply->add_option("-c,--connect", ao.connect, "libvirt URI for libvirt tasks without connect: (default qemu:///system)")
@@ -214,6 +237,15 @@ int main(int argc, char** argv) {
   facts->add_option("--capture", capture, "Copy what the agent reads of /proc and /sys into DIR (for bug reports)")
       ->type_name("DIR");
 
+  std::string doc_module, doc_roff, doc_words;
+  auto* doc = app.add_subcommand("doc", "List the modules, or show a module's arguments");
+  doc->add_option("module", doc_module, "The module to show")->type_name("MODULE");
+  doc->add_option("--roff", doc_roff, "Print the generated part of a manual page: commands (gptagent(1)) or modules (gptagent-playbook(5))")
+      ->check(CLI::IsMember({"commands", "modules"}))
+      ->type_name("PART");
+  doc->add_option("--words", doc_words, "Print words for shell completion, one a line: commands, modules, or a subcommand's options")
+      ->type_name("WHAT");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -221,9 +253,10 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 1;
   }
   static TerminalSafeStreams terminal_safe((*apply && ao.json) || (*status && status_json) || (*facts && facts_json) ||
-                                           *inventory);
+                                           *inventory || *doc);
   setup_logging(c.verbosity);
   if (*inventory) return cmd_inventory(inventory_path);
+  if (*doc) return cmd_doc(app, doc_module, doc_roff, doc_words);
   if (*apply && list_hosts) {
     if (fo.inventory.empty()) {
       std::cerr << "gptagent: --list-hosts lists the hosts of an inventory: give it with -i\n";

@@ -1,0 +1,176 @@
+#include "agent/doc.hpp"
+
+#include <cctype>
+#include <string>
+#include <vector>
+
+#include "agent/module.hpp"
+
+namespace gpt {
+
+namespace {
+
+std::string_view type_word(ArgType t) {
+  switch (t) {
+    case ArgType::str:
+      return "string";
+    case ArgType::boolean:
+      return "boolean";
+    case ArgType::integer:
+      return "integer";
+    case ArgType::list:
+      return "list";
+    case ArgType::dict:
+      return "mapping";
+    case ArgType::any:
+      return "any";
+  }
+  return "?";
+}
+
+// "list of string, required, default: [], one of: a, b": what a playbook's author must know.
+std::string describe(const ArgSpec& a) {
+  std::string s(type_word(a.type));
+  if (a.type == ArgType::list) s += " of " + std::string(type_word(a.elements));
+  if (a.required) s += ", required";
+  if (!a.default_value.is_null())
+    s += ", default: " + a.default_value.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (!a.choices.empty()) {
+    s += ", one of: ";
+    for (size_t i = 0; i < a.choices.size(); ++i) s += (i ? ", " : "") + a.choices[i];
+  }
+  return s;
+}
+
+// Each argument and, under a mapping (or list of mappings), its fields as PARENT.FIELD.
+template <typename Fn>
+void walk_args(const std::vector<ArgSpec>& args, const std::string& prefix, Fn&& fn) {
+  for (const auto& a : args) {
+    fn(prefix + a.name, a);
+    walk_args(a.fields, prefix + a.name + ".", fn);
+  }
+}
+
+std::vector<const CLI::App*> subcommands(const CLI::App& app) {
+  return app.get_subcommands([](const CLI::App*) { return true; });
+}
+
+// "-C, --check", or "-t, --tags TEXT" for an option that takes a value.
+std::string roff_option_names(const CLI::Option& o) {
+  std::string s;
+  for (const auto& n : o.get_snames())
+    s += (s.empty() ? "" : ", ") + std::string("\\fB") + roff_escape("-" + n) + "\\fR";
+  for (const auto& n : o.get_lnames())
+    s += (s.empty() ? "" : ", ") + std::string("\\fB") + roff_escape("--" + n) + "\\fR";
+  // CLI11 appends its validators' descriptions (":{auto,always,never}"); the description says them.
+  std::string type = o.get_type_name().substr(0, o.get_type_name().find(':'));
+  if (o.get_type_size() != 0 && !type.empty()) s += " \\fI" + roff_escape(type) + "\\fR";
+  return s;
+}
+
+}  // namespace
+
+std::string roff_escape(std::string_view text) {
+  std::string out;
+  for (char ch : text) {
+    if (ch == '\\')
+      out += "\\e";
+    else if (ch == '-')
+      out += "\\-";
+    else
+      out += ch;
+  }
+  if (!out.empty() && (out[0] == '.' || out[0] == '\'')) out.insert(0, "\\&");
+  return out;
+}
+
+void write_module_list(std::ostream& out) {
+  const auto& reg = Registry::instance();
+  size_t width = 0;
+  for (const auto& name : reg.names()) width = std::max(width, name.size());
+  for (const auto& name : reg.names())
+    out << name << std::string(width + 2 - name.size(), ' ') << reg.find(name)->summary << "\n";
+}
+
+bool write_module_doc(std::ostream& out, std::string_view name) {
+  const ModuleDef* def = Registry::instance().find(name);
+  if (!def) return false;
+  out << def->name << ": " << def->summary << "\n";
+  if (def->schema.args.empty()) out << "  (no arguments)\n";
+  walk_args(def->schema.args, "",
+            [&](const std::string& path, const ArgSpec& a) { out << "  " << path << " (" << describe(a) << ")\n"; });
+  for (const auto& group : def->schema.mutually_exclusive) {
+    out << "  mutually exclusive:";
+    for (const auto& n : group) out << " " << n;
+    out << "\n";
+  }
+  for (const auto& group : def->schema.required_one_of) {
+    out << "  one of these is required:";
+    for (const auto& n : group) out << " " << n;
+    out << "\n";
+  }
+  return true;
+}
+
+void write_roff_commands(std::ostream& out, const CLI::App& app) {
+  for (const auto* sub : subcommands(app)) {
+    out << ".SS \"gptagent " << roff_escape(sub->get_name()) << " [\\fIOPTIONS\\fR]";
+    for (const auto* o : sub->get_options([](const CLI::Option* o) { return !o->nonpositional(); })) {
+      std::string name = o->get_name();
+      for (auto& ch : name) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+      if (o->get_required())
+        out << " \\fI" << roff_escape(name) << "\\fR";
+      else
+        out << " [\\fI" << roff_escape(name) << "\\fR]";
+    }
+    out << "\"\n" << roff_escape(sub->get_description()) << ".\n";
+    for (const auto* o : sub->get_options()) {
+      if (!o->nonpositional()) continue;
+      out << ".TP\n" << roff_option_names(*o) << "\n" << roff_escape(o->get_description()) << "\n";
+    }
+  }
+}
+
+void write_roff_modules(std::ostream& out) {
+  const auto& reg = Registry::instance();
+  for (const auto& name : reg.names()) {
+    const ModuleDef* def = reg.find(name);
+    out << ".SS " << roff_escape(name) << "\n" << roff_escape(def->summary) << ".\n";
+    if (def->schema.args.empty()) out << "It takes no arguments.\n";
+    walk_args(def->schema.args, "", [&](const std::string& path, const ArgSpec& a) {
+      out << ".TP\n\\fB" << roff_escape(path) << "\\fR\n" << roff_escape(describe(a)) << ".\n";
+    });
+    for (const auto& group : def->schema.mutually_exclusive) {
+      out << ".PP\nMutually exclusive:";
+      for (const auto& n : group) out << " \\fB" << roff_escape(n) << "\\fR";
+      out << ".\n";
+    }
+    for (const auto& group : def->schema.required_one_of) {
+      out << ".PP\nOne of these is required:";
+      for (const auto& n : group) out << " \\fB" << roff_escape(n) << "\\fR";
+      out << ".\n";
+    }
+  }
+}
+
+bool write_completion_words(std::ostream& out, const CLI::App& app, std::string_view what) {
+  if (what == "commands") {
+    for (const auto* sub : subcommands(app)) out << sub->get_name() << "\n";
+    return true;
+  }
+  if (what == "modules") {
+    for (const auto& name : Registry::instance().names()) out << name << "\n";
+    return true;
+  }
+  for (const auto* sub : subcommands(app)) {
+    if (sub->get_name() != what) continue;
+    for (const auto* o : sub->get_options()) {
+      for (const auto& n : o->get_lnames()) out << "--" << n << "\n";
+      for (const auto& n : o->get_snames()) out << "-" << n << "\n";
+    }
+    return true;
+  }
+  return false;
+}
+
+}  // namespace gpt

@@ -1,0 +1,29 @@
+// `gptagent doc`: the modules and their arguments, and the generated parts of the manual pages and
+// of shell completion, read from the code (the CLI and the modules' ArgSpec lists) so they cannot drift.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <ostream>
+#include <string_view>
+
+namespace gpt {
+
+// Every module with its one-line summary.
+void write_module_list(std::ostream& out);
+// One module's arguments (type, required, default, choices); false when no module has that name.
+bool write_module_doc(std::ostream& out, std::string_view name);
+
+// The COMMANDS section of gptagent(1): each subcommand of `app` with its positionals and options.
+void write_roff_commands(std::ostream& out, const CLI::App& app);
+// The MODULES section of gptagent-playbook(5): each module with its arguments.
+void write_roff_modules(std::ostream& out);
+
+// Words for shell completion, one a line: `commands` (the subcommands), `modules`, or a subcommand's
+// name (its options). False when `what` is none of these.
+bool write_completion_words(std::ostream& out, const CLI::App& app, std::string_view what);
+
+// Text made safe for a roff line: backslashes, hyphens (as \-, what man pages want for options) and a
+// leading control character escaped.
+std::string roff_escape(std::string_view text);
+
+}  // namespace gpt
