@@ -399,6 +399,15 @@ TEST(FleetSsh, SshsOwnMessageIsShownWhenItFailsBeforeItLogs) {
   EXPECT_TRUE(has(r.out, "fatal: [gpu01]: UNREACHABLE! command-line: line 0: Bad configuration option: nosuchoption")) << r.out;
 }
 
+// The lab's hosts reached through an ansible_ssh_executable that logs each call's arguments to
+// the file returned, a line each, and runs ssh.
+std::string log_ssh_calls(Lab& lab) {
+  const std::string log = lab.files / "ssh.log", wrapper = lab.files / "my-ssh";
+  test::write(wrapper, "#!/bin/sh\necho \"$*\" >> " + log + "\nexec ssh \"$@\"\n", 0755);
+  lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n");
+  return log;
+}
+
 TEST(FleetSsh, AnsibleSshExecutableIsTheSshOfEveryCall) {
   const auto inv = parsed_inventory("h ansible_ssh_executable=/opt/openssh/bin/ssh\n");
   auto argv = ssh_command(*inv.find("h"), "ssh.ini", "/tmp/c/0");
@@ -407,9 +416,7 @@ TEST(FleetSsh, AnsibleSshExecutableIsTheSshOfEveryCall) {
 
   // Through the binary: the shared connection, the runs and its end all go through that one ssh.
   Lab lab(1);
-  const std::string log = lab.files / "ssh.log", wrapper = lab.files / "my-ssh";
-  test::write(wrapper, "#!/bin/sh\necho \"$*\" >> " + log + "\nexec ssh \"$@\"\n", 0755);
-  lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n");
+  const std::string log = log_ssh_calls(lab);
   auto r = lab.apply();
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   const std::string calls = slurp(log);
@@ -433,9 +440,7 @@ size_t count(const std::string& text, const std::string& what) {
 // the run.
 TEST(FleetSsh, ASecondRunReusesTheSharedConnectionTheFirstLeft) {
   Lab lab(2);
-  const std::string log = lab.files / "ssh.log", wrapper = lab.files / "my-ssh";
-  test::write(wrapper, "#!/bin/sh\necho \"$*\" >> " + log + "\nexec ssh \"$@\"\n", 0755);
-  lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n");
+  const std::string log = log_ssh_calls(lab);
   auto first = lab.apply();
   ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
   EXPECT_EQ(count(slurp(log), "ControlMaster=yes"), 2u) << slurp(log);
@@ -469,7 +474,7 @@ TEST(FleetSsh, ASecondRunReusesTheSharedConnectionTheFirstLeft) {
   EXPECT_EQ(test::unexpected_control_entries(lab.control_dir, 2), "");
 
   // gptagent_ssh_persist: 0 ends the connection with the run, here the one left by the run before.
-  lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n          gptagent_ssh_persist: 0\n");
+  lab.write_inventory("          ansible_ssh_executable: " + lab.files / "my-ssh" + "\n          gptagent_ssh_persist: 0\n");
   auto last = lab.apply();
   ASSERT_EQ(last.exit_code, 0) << last.out << last.err;
   EXPECT_EQ(entries(lab.control_dir), std::vector<std::string>{});
