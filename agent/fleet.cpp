@@ -99,18 +99,19 @@ std::string remote_path(const std::string& path) {
   return shell_quote(path);
 }
 
-// Shell that makes the directory in $var physical (cd -P sets $PWD so) and refuses it (exit `code`, the reason on
-// stderr after "gptagent-unsafe=") unless it and every directory above it belong to the ssh user
-// or root and no one else may write them, as OpenSSH's StrictModes asks of ~/.ssh: root runs what
-// is cached there, and the run's temporary directories hold its agent and its pid. A sticky
-// directory of root's (/tmp) may be above it: no other user can rename or remove our entries in it.
-// One stat for the whole path (a process per directory made most of a converged run's cost): the
-// walk up from the directory lists them, stat answers owner and mode of each in that order, and
-// the same walk reads the answers back.
+// Shell that makes the directory in $var physical (cd -P sets $PWD so) and refuses it (exit
+// `code`, the reason on stderr after "gptagent-unsafe=") unless it and every directory above it
+// belong to the ssh user or root and no one else may write them, as OpenSSH's StrictModes asks of
+// ~/.ssh: root runs what is cached there, and the run's temporary directories hold its agent and
+// its pid. A sticky directory of root's (/tmp) may be above it: no other user can rename or remove
+// our entries in it. Each process costs a converged run on the host: the user's id is asked once
+// per script (which starts with u=), and one stat answers for the whole path (the walk up from the
+// directory lists its directories, stat gives owner and mode of each in that order, and the same
+// walk reads them back).
 std::string refuse_unsafe_dir(const std::string& var = "d", int code = 96) {
   const std::string v = "\"$" + var + "\"", exit = "exit " + std::to_string(code);
   const std::string walk = "p=$" + var + "; while :; do ", up = "[ \"$p\" = / ] && break; p=${p%/*}; [ -n \"$p\" ] || p=/; done; ";
-  return "w=$PWD; cd -P -- " + v + " || exit 90; " + var + "=$PWD; cd -- \"$w\" || exit 90; u=$(id -u); set --; " + walk + "set -- \"$@\" \"$p\"; " + up +
+  return "w=$PWD; cd -P -- " + v + " || exit 90; " + var + "=$PWD; cd -- \"$w\" || exit 90; [ -n \"$u\" ] || u=$(id -u); set --; " + walk + "set -- \"$@\" \"$p\"; " + up +
          "s=$(stat -c '%u %a' -- \"$@\") || exit 90; set -- $s; " + walk + "o=$1; m=$((0$2)); shift 2; "
          "if [ \"$o\" != 0 ] && [ \"$o\" != \"$u\" ]; then echo \"gptagent-unsafe=$p belongs to uid $o\" >&2; " + exit + "; fi; "
          "if [ $((m & 022)) -ne 0 ] && { [ \"$p\" = " + v + " ] || [ \"$o\" != 0 ] || [ $((m & 01000)) -eq 0 ]; }; then "
@@ -547,7 +548,7 @@ HostOutcome Fleet::converge(Host& h) {
     const std::string tmp_parent = h.remote_tmp.empty()
                                        ? "r=\"$d/tmp\"; { [ -d \"$r\" ] && [ ! -L \"$r\" ]; } || mkdir -- \"$r\" || exit 91; "
                                        : "r=" + remote_path(h.remote_tmp) + "; [ -d \"$r\" ] || exit 91; " + refuse_unsafe_dir("r", 97);
-    auto run = ssh(h, "umask 077; d=" + D + "; [ -d \"$d\" ] || exit 93; " + refuse_unsafe_dir() + "a=\"$d/" +
+    auto run = ssh(h, "umask 077; u=; d=" + D + "; [ -d \"$d\" ] || exit 93; " + refuse_unsafe_dir() + "a=\"$d/" +
                           agent_name_ + "\"; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; " + tmp_parent +
                           "t=$(mktemp -d \"$r/gptagent." + run_id_ + ".XXXXXXXX\") || exit 91; echo \"gptagent-tmp=$t\" >&2; { cp -- \"$a\" \"$t/" + agent_name_ + "\" && [ -x \"$t/" + agent_name_ + "\" ]; } || { rm -rf \"$t\"; exit 91; }; a=\"$t/" + agent_name_ + "\"; " + verify + " || { rm -rf \"$t\"; exit 95; }; b=; read -r b < " + shell_quote(h.boot_path) + " 2>/dev/null; echo \"gptagent-boot=$b\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
                           " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become +
@@ -579,7 +580,7 @@ HostOutcome Fleet::converge(Host& h) {
         const std::string& payload = compressed ? agent_gzip() : agent_bytes_;
         spdlog::info("{}: copying the agent ({} bytes{})", h.inv->name, payload.size(),
                      compressed ? ", gzip-compressed from " + std::to_string(agent_bytes_.size()) : std::string());
-        return ssh(h, "umask 077; d=" + D + "; mkdir -p -- \"$d\" || exit 90; " + refuse_unsafe_dir() +
+        return ssh(h, "umask 077; u=; d=" + D + "; mkdir -p -- \"$d\" || exit 90; " + refuse_unsafe_dir() +
                           (compressed ? "command -v gzip >/dev/null || exit 89; " : "") +
                           "a=$(mktemp \"$d/.gptagent.new.XXXXXXXX\") || exit 90; " + (compressed ? "gzip -dc" : "cat") +
                           " > \"$a\" || { rm -f \"$a\"; exit 90; }; " + verify + " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" +
