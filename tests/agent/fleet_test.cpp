@@ -284,8 +284,9 @@ TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsN
   namespace bp = boost::process;
   bp::child holder(bp::search_path("flock"), bp::args({"--no-fork", "-x", lock, "sleep", "300"}), bp::std_in.close());
   const std::string out = lab.files / "out", err = lab.files / "err";
+  lab.export_control_dir();
   bp::child controller(GPTAGENT_BIN, bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "--forks", "1"}),
-                       bp::env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = lab.control_dir, bp::std_in.close(), bp::std_out > out, bp::std_err > err);
+                       bp::std_in.close(), bp::std_out > out, bp::std_err > err);
   // The agent runs and waits for the lock.
   const auto agent = test::wait_for_running_agent(lab.nodes[0].remote_tmp);
   ASSERT_TRUE(agent) << slurp(out) << slurp(err);

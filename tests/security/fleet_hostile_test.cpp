@@ -128,7 +128,8 @@ TEST(FleetHostileHost, AControllerWhoseBinaryWasDeletedShipsTheAgentThatRuns) {
   const std::string fifo = lab.files / "fifo-inventory.yml";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   const std::string out = lab.files / "out", err = lab.files / "err";
-  bp::child controller(copy, bp::args({"apply", lab.playbook, "-i", fifo, "--color", "never"}), bp::env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = lab.control_dir,
+  lab.export_control_dir();
+  bp::child controller(copy, bp::args({"apply", lab.playbook, "-i", fifo, "--color", "never"}),
                        bp::std_in.close(), bp::std_out > out, bp::std_err > err);
   int w = -1;  // opens once the controller opened it to read
   ASSERT_TRUE(test::wait_until([&] { return (w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK)) >= 0 || !controller.running(); }))
@@ -194,8 +195,9 @@ TEST(FleetHostileHost, CtrlCStopsOnlyWhatTheRunMadeNeverAProcessAPlantedPidFileN
                    bp::args({"--reuid", std::to_string(kOther), "--regid", std::to_string(kOther), "--clear-groups", "sleep", "300"}),
                    bp::std_in.close());
   const std::string out = lab.files / "out", err = lab.files / "err";
+  lab.export_control_dir();
   bp::child controller(GPTAGENT_BIN, bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never"}),
-                       bp::env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = lab.control_dir, bp::std_in.close(), bp::std_out > out, bp::std_err > err);
+                       bp::std_in.close(), bp::std_out > out, bp::std_err > err);
   const auto agent = test::wait_for_running_agent(parent);
   ASSERT_TRUE(agent) << slurp(out) << slurp(err);
   const std::string run_dir = agent->dir;

@@ -32,10 +32,11 @@ TEST(FleetForwardedOptions, EveryApplyOptionReachesTheAgentOnEachHost) {
                       "\n          ansible_become_flags: \"-H --preserve-env='A B'\"\n");
   test::write(lab.files / "extra.json", R"({"extra_param": "iommu=soft"})");
   const std::string out = lab.files / "out", err = lab.files / "err";
+  lab.export_control_dir();
   bp::child controller(GPTAGENT_BIN,
                        bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "-e", "@extra.json", "--reset-state",
                                  "--from-stage", "host", "--connect", "test:///default", "--no-wait"}),
-                       bp::start_dir(lab.files.path()), bp::env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = lab.control_dir, bp::std_in.close(), bp::std_out > out,
+                       bp::start_dir(lab.files.path()), bp::std_in.close(), bp::std_out > out,
                        bp::std_err > err);
   controller.wait();
   ASSERT_EQ(controller.exit_code(), 0) << test::slurp(out) << test::slurp(err);
