@@ -362,7 +362,8 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h) const {
   if (host.control.size() >= sizeof(sockaddr_un{}.sun_path))
     return Error{"host " + h.name + ": the ssh control socket " + host.control + " would be longer than " +
                  std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes: set ANSIBLE_SSH_CONTROL_PATH_DIR to a shorter directory"};
-  ssh = ssh_command(h, o_.inventory, host.control);
+  // ssh_command's own ControlPath (before any of the inventory's ssh arguments) is given its value.
+  *std::find(ssh->begin(), ssh->end(), "ControlPath=") += host.control;
   host.ssh = std::move(*ssh);
   // Privileges as on a host reached by ssh: sudo -n when become is asked, unless already root.
   host.become = h.become() && !(host.local && ::geteuid() == 0);
