@@ -521,11 +521,28 @@ full() {
     fail "no <gptagent:managed> record in the domain's <metadata>"
   guest qemu-img info /var/lib/libvirt/images/lab.qcow2 2>/dev/null | grep -q '^file format: qcow2' &&
     pass "/var/lib/libvirt/images/lab.qcow2 is a qcow2 image" || fail "no qcow2 image at /var/lib/libvirt/images/lab.qcow2"
-  local sha_local sha_remote
-  sha_local=$(sha256sum "$AGENT" | cut -c1-64)
+  # The fleet ships the agent's loadable image (agent/ship.hpp): the file up to the end of its last
+  # segment, the ELF header's section fields zeroed. Computed here independently, from the program
+  # headers, and compared with the guest's cached copy, whose name carries its SHA-256.
+  local sha_local sha_remote name_remote
+  sha_local=$(python3 - "$AGENT" <<'PY'
+import hashlib, struct, sys
+elf = open(sys.argv[1], "rb").read()
+phoff, = struct.unpack_from("<Q", elf, 0x20)
+phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+end = max(off + filesz for off, filesz in
+          (struct.unpack_from("<8xQ16xQ", elf, phoff + i * phentsize) for i in range(phnum)))
+image = bytearray(elf[:end])
+image[0x28:0x30] = bytes(8)  # e_shoff
+image[0x3C:0x40] = bytes(4)  # e_shnum, e_shstrndx
+print(hashlib.sha256(image).hexdigest())
+PY
+  )
   sha_remote=$(guest 'sha256sum ~/.cache/gptagent/gptagent-* 2>/dev/null' | cut -c1-64 || true)
-  [ "$sha_local" = "$sha_remote" ] && pass "the guest runs the agent the controller copied (sha256 $(echo "$sha_local" | cut -c1-12))" ||
-    fail "the guest's cached agent ($sha_remote) is not the controller's ($sha_local)"
+  name_remote=$(guest 'cd ~/.cache/gptagent && ls -d gptagent-*' 2>/dev/null || true)
+  [ -n "$sha_local" ] && [ "$sha_local" = "$sha_remote" ] && [ "$name_remote" = "gptagent-$sha_local" ] &&
+    pass "the guest runs the agent the controller copied: its loadable image (sha256 $(echo "$sha_local" | cut -c1-12))" ||
+    fail "the guest's cached agent ($name_remote, sha256 $sha_remote) is not the controller's loadable image ($sha_local)"
 
   # 2. A second run changes nothing.
   agent apply-again --json
