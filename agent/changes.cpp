@@ -16,6 +16,27 @@ Status FileChanges::write(std::string path, std::string after, mode_t mode) {
   return {};
 }
 
+Status FileChanges::write(std::string path, std::string after, const FileAttrs& attrs) {
+  auto before = read_file_if_exists(root_, path);
+  if (!before) return Error{before.error()};
+  std::vector<std::string> differs;
+  if (*before) {
+    auto now = stat_file(root_, path);
+    if (!now) return Error{now.error()};
+    differs = attr_changes(&*now, attrs);
+  } else {
+    differs = attr_changes(nullptr, attrs);
+  }
+  const bool same_content = *before && **before == after;
+  if (same_content && differs.empty()) return {};
+  const mode_t create_mode = attrs.mode ? *attrs.mode : 0644;
+  if (same_content)
+    planned_.push_back({Kind::attrs, std::move(path), {}, std::move(*before), {}, 0, attrs, std::move(differs)});
+  else
+    planned_.push_back({Kind::write, std::move(path), {}, std::move(*before), std::move(after), create_mode, attrs, std::move(differs)});
+  return {};
+}
+
 void FileChanges::remove(std::string path, std::string before) {
   planned_.push_back({Kind::remove, std::move(path), {}, std::move(before), {}, 0});
 }
@@ -43,7 +64,10 @@ std::string FileChanges::diff() const {
       case Kind::rename:
         out += "renamed " + p.path + " to " + p.to + "\n";
         break;
+      case Kind::attrs:
+        break;
     }
+    for (const auto& change : p.attr_changes) out += p.path + ": " + change + "\n";
   }
   return out;
 }
@@ -55,6 +79,7 @@ Status FileChanges::apply(nlohmann::json& data) const {
       case Kind::write: {
         WriteOptions wo;
         wo.create_mode = p.mode;
+        wo.attrs = p.attrs;
         auto w = write_file_atomic(root_, p.path, p.after, wo);
         if (!w) return Error{w.error()};
         backup = w->backup_path;
@@ -72,6 +97,9 @@ Status FileChanges::apply(nlohmann::json& data) const {
         backup = *r;
         break;
       }
+      case Kind::attrs:
+        if (auto s = set_file_attrs(root_, p.path, p.attrs); !s) return s;
+        break;
     }
     if (backup) data["backups"][p.path] = *backup;
   }

@@ -22,6 +22,10 @@ class FileChanges {
   void write(std::string path, std::optional<std::string> before, std::string after, mode_t create_mode = 0644);
   // Reads `path` and plans it to hold `after`.
   Status write(std::string path, std::string after, mode_t create_mode = 0644);
+  // Reads `path` and plans it to hold `after` with the owner, group and mode `attrs` declares: a
+  // file with that content and another mode (say) is a change too, its own line in the diff, made
+  // through a descriptor of the file (a symlink at the path is refused, never followed).
+  Status write(std::string path, std::string after, const FileAttrs& attrs);
   void remove(std::string path, std::string before);
   void rename(std::string from, std::string to, std::string before);
 
@@ -33,13 +37,15 @@ class FileChanges {
   Status apply(nlohmann::json& data) const;
 
  private:
-  enum class Kind { write, remove, rename };
+  enum class Kind { write, remove, rename, attrs };
   struct Planned {
     Kind kind;
     std::string path, to;
     std::optional<std::string> before;
     std::string after;
     mode_t mode;
+    FileAttrs attrs = {};
+    std::vector<std::string> attr_changes = {};  // what differs, for the diff
   };
   const Root& root_;
   std::vector<Planned> planned_;

@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -9,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +19,8 @@
 #include <deque>
 #include <memory>
 #include <spdlog/spdlog.h>
+
+#include "agent/text.hpp"
 
 namespace gpt {
 namespace {
@@ -361,6 +366,87 @@ Expected<std::string> backup_in_dir(const Root& root, int dirfd, const std::stri
 
 }  // namespace
 
+std::string mode_text(mode_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+Expected<unsigned> lookup_id(const Root& root, const std::string& name, bool group) {
+  const std::string what = group ? "group" : "user";
+  if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos) {
+    if (name.size() > 10 || std::stoull(name) >= 0xffffffffull) return Error{what + " id " + name + " is out of range"};
+    return static_cast<unsigned>(std::stoull(name));
+  }
+  if (!root.sandboxed()) {
+    std::vector<char> buf(1 << 16);
+    if (group) {
+      struct group g{}, *found = nullptr;
+      if (::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found) == 0 && found) return found->gr_gid;
+    } else {
+      struct passwd p{}, *found = nullptr;
+      if (::getpwnam_r(name.c_str(), &p, buf.data(), buf.size(), &found) == 0 && found) return found->pw_uid;
+    }
+    return Error{"no " + what + " named '" + name + "' on this host"};
+  }
+  const std::string file = group ? "/etc/group" : "/etc/passwd";
+  auto text = read_file_if_exists(root, file);
+  if (!text) return Error{text.error()};
+  if (*text) {
+    for (std::string_view line : lines(**text)) {
+      std::vector<std::string> fields;
+      size_t start = 0;
+      for (size_t colon; (colon = line.find(':', start)) != std::string_view::npos; start = colon + 1)
+        fields.emplace_back(line.substr(start, colon - start));
+      fields.emplace_back(line.substr(start));
+      if (fields.size() >= 3 && fields[0] == name && !fields[2].empty() && fields[2].size() <= 10 &&
+          fields[2].find_first_not_of("0123456789") == std::string::npos)
+        return static_cast<unsigned>(std::stoull(fields[2]));
+    }
+  }
+  return Error{"no " + what + " named '" + name + "' in " + file + " under " + root.dir()};
+}
+
+std::vector<std::string> attr_changes(const FileInfo* now, const FileAttrs& want) {
+  std::vector<std::string> out;
+  if (want.uid && (!now || now->uid != *want.uid))
+    out.push_back("owner " + (now ? std::to_string(now->uid) + " → " : "") + std::to_string(*want.uid));
+  if (want.gid && (!now || now->gid != *want.gid))
+    out.push_back("group " + (now ? std::to_string(now->gid) + " → " : "") + std::to_string(*want.gid));
+  if (want.mode && (!now || (now->mode & 07777) != *want.mode))
+    out.push_back("mode " + (now ? mode_text(now->mode) + " → " : "") + mode_text(*want.mode));
+  return out;
+}
+
+Status set_attrs(int fd, const std::string& shown, const FileAttrs& want) {
+  const uid_t uid = want.uid ? *want.uid : static_cast<uid_t>(-1);  // -1: left as it is
+  const gid_t gid = want.gid ? *want.gid : static_cast<gid_t>(-1);
+  if ((want.uid || want.gid) && ::fchownat(fd, "", uid, gid, AT_EMPTY_PATH) != 0)
+    return Error{"cannot change the owner of " + shown + ": " + errno_text(errno)};
+  // fchmod refuses an O_PATH descriptor; its /proc/self/fd link names the same inode, whatever
+  // the directory holds by now.
+  const std::string held = "/proc/self/fd/" + std::to_string(fd);
+  if (want.mode && ::chmod(held.c_str(), *want.mode) != 0)
+    return Error{"cannot change the mode of " + shown + ": " + errno_text(errno)};
+  return {};
+}
+
+Status set_file_attrs(const Root& root, std::string_view path, const FileAttrs& want) {
+  const std::string shown(path);
+  // Resolved as write_file_atomic resolves what it writes; the last component is then opened
+  // without following, so a symlink swapped in after the resolution gets nothing.
+  auto real = root.resolve(path);
+  if (!real) return Error{real.error()};
+  Fd dirfd(::open(parent_of(*real).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (dirfd.get() < 0) return Error{"cannot change " + shown + ": " + errno_text(errno)};
+  UniqueFd fd(::openat(dirfd.get(), base_of(*real).c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  struct stat st{};
+  if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0) return Error{"cannot open " + shown + ": " + errno_text(errno)};
+  if (S_ISLNK(st.st_mode)) return Error{"refusing to change " + shown + ": it became a symbolic link (not followed)"};
+  if (!S_ISREG(st.st_mode)) return Error{"refusing to change " + shown + ": not a regular file"};
+  return set_attrs(fd.get(), shown, want);
+}
+
 Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path,
                                          std::string_view content, const WriteOptions& opts) {
   const std::string where(path);
@@ -398,10 +484,11 @@ Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path
     outcome.backup_path = parent_of(where) + "/" + *backup;
   }
 
-  const mode_t mode = existed ? (st.st_mode & 07777) : opts.create_mode;
+  const mode_t mode = opts.attrs.mode ? *opts.attrs.mode : existed ? (st.st_mode & 07777) : opts.create_mode;
+  const uid_t uid = opts.attrs.uid ? *opts.attrs.uid : existed ? st.st_uid : ::geteuid();
+  const gid_t gid = opts.attrs.gid ? *opts.attrs.gid : existed ? st.st_gid : ::getegid();
   std::optional<std::pair<uid_t, gid_t>> owner;
-  if (existed && (st.st_uid != ::geteuid() || st.st_gid != ::getegid()))
-    owner = std::make_pair(st.st_uid, st.st_gid);
+  if (uid != ::geteuid() || gid != ::getegid()) owner = std::make_pair(uid, gid);
   if (auto s = replace_in_dir(dirfd.get(), name, content, mode, owner, opts.unique_temp); !s)
     return Error{"cannot write " + where + ": " + s.error()};
   spdlog::info("wrote {} ({} bytes){}", *real, content.size(),

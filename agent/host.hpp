@@ -107,9 +107,34 @@ Status remove_own_file(const Root& root, std::string_view path);
 
 bool path_exists(const Root& root, std::string_view path);
 
+// A file's owner, group and mode as a task declares them: each one given is managed (set on a new
+// file, and an existing file that differs is changed), each one left out stays as the file has it.
+struct FileAttrs {
+  std::optional<uid_t> uid = std::nullopt;
+  std::optional<gid_t> gid = std::nullopt;
+  std::optional<mode_t> mode = std::nullopt;  // the permission bits, 07777
+  bool empty() const { return !uid && !gid && !mode; }
+};
+// "0644"
+std::string mode_text(mode_t mode);
+// A user or group: a number, or a name in the managed host's /etc/passwd (/etc/group). Under
+// --root those are the tree's own files; on the host itself NSS also knows directory users.
+Expected<unsigned> lookup_id(const Root& root, const std::string& name, bool group);
+// What differs between a file (nullptr: a new one) and the attributes asked for, one phrase each:
+// "mode 0644 → 0755", "owner 1000 → 0", "group 0" (for a new file).
+std::vector<std::string> attr_changes(const FileInfo* now, const FileAttrs& want);
+// Sets the attributes asked for on the file `fd` holds (an O_PATH descriptor will do), never on
+// what a path names by then; chown first, as it clears set-id bits a mode may ask for.
+Status set_attrs(int fd, const std::string& shown, const FileAttrs& want);
+// Sets them on the regular file at `path`, resolved in the root as write_file_atomic resolves it;
+// what is at the resolved name is opened without following (a symlink swapped in there is
+// refused, nothing changed).
+Status set_file_attrs(const Root& root, std::string_view path, const FileAttrs& want);
+
 struct WriteOptions {
   bool backup = true;           // keep the previous content as FILE.gptagent-YYYYmmddTHHMMSS
   mode_t create_mode = 0644;    // for a file that did not exist
+  FileAttrs attrs = {};         // declared owner, group and mode: they win over the file's and create_mode
   // The last component is taken as it is, never followed: a symlink there is refused (for the
   // agent's own files, where no link is ours).
   bool no_follow = false;

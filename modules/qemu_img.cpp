@@ -4,8 +4,6 @@
 // root and qemu-img writes nothing else, so it runs under --root too; check mode runs only the
 // read-only `qemu-img info`.
 #include <fcntl.h>
-#include <grp.h>
-#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -41,12 +39,6 @@ std::string qemu_size(uint64_t v) {
   for (int shift = 50; shift >= 10; shift -= 10)
     if (v % (uint64_t{1} << shift) == 0) return std::to_string(v >> shift) + "PTGMK"[(50 - shift) / 10];
   return std::to_string(v);
-}
-
-std::string mode_text(mode_t m) {
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(m & 07777));
-  return buf;
 }
 
 // A running QEMU holds the image's "write" lock; qemu-img refuses to open it and says so.
@@ -128,53 +120,8 @@ Expected<ImageInfo> read_info(Exec& exec, const std::string& real, const std::st
   return info;
 }
 
-// A user or group: a number, or a name in the managed host's /etc/passwd (/etc/group). Under
-// --root those are the tree's own files, not this machine's; on the host itself NSS also knows
-// directory users (LDAP, sssd).
-Expected<unsigned> lookup_id(const Root& root, const std::string& name, bool group) {
-  const std::string what = group ? "group" : "user";
-  if (name.find_first_not_of("0123456789") == std::string::npos) {
-    if (name.size() > 10 || std::stoull(name) >= 0xffffffffull) return Error{what + " id " + name + " is out of range"};
-    return static_cast<unsigned>(std::stoull(name));
-  }
-  if (!root.sandboxed()) {
-    std::vector<char> buf(1 << 16);
-    if (group) {
-      struct group g{}, *found = nullptr;
-      if (::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found) == 0 && found) return found->gr_gid;
-    } else {
-      struct passwd p{}, *found = nullptr;
-      if (::getpwnam_r(name.c_str(), &p, buf.data(), buf.size(), &found) == 0 && found) return found->pw_uid;
-    }
-    return Error{"no " + what + " named '" + name + "' on this host"};
-  }
-  const std::string file = group ? "/etc/group" : "/etc/passwd";
-  auto text = read_file_if_exists(root, file);
-  if (!text) return Error{text.error()};
-  if (*text) {
-    for (std::string_view line : lines(**text)) {
-      std::vector<std::string> fields;
-      size_t start = 0;
-      for (size_t colon; (colon = line.find(':', start)) != std::string_view::npos; start = colon + 1)
-        fields.emplace_back(line.substr(start, colon - start));
-      fields.emplace_back(line.substr(start));
-      if (fields.size() >= 3 && fields[0] == name && !fields[2].empty() && fields[2].size() <= 10 &&
-          fields[2].find_first_not_of("0123456789") == std::string::npos)
-        return static_cast<unsigned>(std::stoull(fields[2]));
-    }
-  }
-  return Error{"no " + what + " named '" + name + "' in " + file + " under " + root.dir()};
-}
-
-// The owner, group and mode asked for; unset ones are left as they are.
-struct Attrs {
-  std::optional<uid_t> uid;
-  std::optional<gid_t> gid;
-  std::optional<mode_t> mode;
-};
-
-Expected<Attrs> wanted_attrs(const Root& root, const json& args) {
-  Attrs a;
+Expected<FileAttrs> wanted_attrs(const Root& root, const json& args) {
+  FileAttrs a;
   if (args.contains("owner")) {
     auto id = lookup_id(root, args["owner"].get<std::string>(), false);
     if (!id) return Error{id.error()};
@@ -187,33 +134,6 @@ Expected<Attrs> wanted_attrs(const Root& root, const json& args) {
   }
   if (args.contains("mode")) a.mode = static_cast<mode_t>(std::stoul(args["mode"].get<std::string>(), nullptr, 8));
   return a;
-}
-
-// What differs between a file and the attributes asked for; for a new file (nullptr), all of them.
-std::vector<std::string> attr_changes(const FileInfo* now, const Attrs& want) {
-  std::vector<std::string> out;
-  if (want.uid && (!now || now->uid != *want.uid))
-    out.push_back("owner " + (now ? std::to_string(now->uid) + " → " : "") + std::to_string(*want.uid));
-  if (want.gid && (!now || now->gid != *want.gid))
-    out.push_back("group " + (now ? std::to_string(now->gid) + " → " : "") + std::to_string(*want.gid));
-  if (want.mode && (!now || (now->mode & 07777) != *want.mode))
-    out.push_back("mode " + (now ? mode_text(now->mode) + " → " : "") + mode_text(*want.mode));
-  return out;
-}
-
-// Sets owner, group and mode on the file an O_PATH descriptor holds, never on what its path names
-// by then: whoever may write the image's directory could have put a symlink there.
-Status set_attrs(int fd, const std::string& shown, const Attrs& want) {
-  const uid_t uid = want.uid ? *want.uid : static_cast<uid_t>(-1);  // -1: left as it is
-  const gid_t gid = want.gid ? *want.gid : static_cast<gid_t>(-1);
-  if ((want.uid || want.gid) && ::fchownat(fd, "", uid, gid, AT_EMPTY_PATH) != 0)
-    return Error{"cannot change the owner of " + shown + ": " + std::strerror(errno)};
-  // After chown, which clears set-id bits a mode may ask for. fchmod refuses an O_PATH descriptor;
-  // its /proc/self/fd link names the same inode, whatever the directory holds now.
-  const std::string held = "/proc/self/fd/" + std::to_string(fd);
-  if (want.mode && ::chmod(held.c_str(), *want.mode) != 0)
-    return Error{"cannot change the mode of " + shown + ": " + std::strerror(errno)};
-  return {};
 }
 
 // What is at the image's name now, not followed if it is a symlink.
@@ -250,7 +170,7 @@ Expected<UniqueFd> open_made(const ParentDir& dir, const std::string& shown, con
   return fd;
 }
 
-Status set_attrs_on_made(const ParentDir& dir, const std::string& shown, const Attrs& want, const struct stat* before) {
+Status set_attrs_on_made(const ParentDir& dir, const std::string& shown, const FileAttrs& want, const struct stat* before) {
   if (!want.uid && !want.gid && !want.mode) return {};
   auto fd = open_made(dir, shown, before);
   if (!fd) return Error{fd.error()};
@@ -266,7 +186,7 @@ std::string describe(const std::string& format, uint64_t size, const std::string
 
 // What --diff shows of an image: its format, size and backing file, and the attributes the task names.
 std::string state_text(const std::string& format, uint64_t size, const std::string& backing, const std::string& bfmt,
-                       const std::optional<FileInfo>& file, const Attrs& want) {
+                       const std::optional<FileInfo>& file, const FileAttrs& want) {
   std::string out = "format: " + format + "\nvirtual size: " + size_text(size) + "\n";
   if (!backing.empty()) out += "backing: " + backing + (bfmt.empty() ? "" : " (" + bfmt + ")") + "\n";
   if (want.uid) out += "owner: " + std::to_string(file ? file->uid : *want.uid) + "\n";
@@ -285,7 +205,7 @@ struct Wanted {
   std::string preallocation;
   bool allow_grow = false;
   std::chrono::seconds timeout{3600};
-  Attrs attrs;
+  FileAttrs attrs;
 };
 
 Result create(Context& ctx, const Wanted& w, bool apply) {
