@@ -236,6 +236,11 @@ Result converge(Context& ctx, const json& args, bool apply) {
   Result r = Result::ok();
   std::vector<std::string> done;
   const bool redefine = !net || render_xml(current) != render_xml(desired);
+  // A network to stop is stopped before it is redefined: the new definition is then the one in
+  // force at once (drivers differ in when a pending one takes over).
+  const bool stop = state == "inactive" && active;
+  if (apply && stop)
+    if (auto s = net->destroy(); !s) return Result::failed(s.error());
   if (redefine) {
     r.diff = unified_diff(net ? render_xml(current) : "", render_xml(desired), "network " + name + " (libvirt XML)");
     done.push_back(net ? "redefined network " + name : "defined network " + name);
@@ -249,10 +254,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
     done.push_back("started");
     if (apply)
       if (auto s = net->start(); !s) return Result::failed(s.error());
-  } else if (state == "inactive" && active) {
+  } else if (stop) {
     done.push_back("stopped");
-    if (apply)
-      if (auto s = net->destroy(); !s) return Result::failed(s.error());
   } else if (redefine && active) {
     done.push_back("the active network keeps its old configuration until it is restarted (virsh net-destroy, net-start)");
   }

@@ -67,7 +67,9 @@ Result converge(Context& ctx, const json& args, bool apply) {
   const bool user_scope = args["scope"].get<std::string>() == "user";
   const std::string who = user_scope ? " (user " + args["user"].get<std::string>() + ")" : "";
   const bool offline = ctx.root.sandboxed();
-  const std::optional<bool> enabled = args.contains("enabled") ? std::optional<bool>(args["enabled"].get<bool>()) : std::nullopt;
+  // Two bools, not an optional: GCC 12 takes an optional<bool> here for maybe uninitialised.
+  const bool declares_enabled = args.contains("enabled");
+  const bool want_enabled = declares_enabled && args["enabled"].get<bool>();
   const std::string state = args.value("state", "");
 
   if (offline && user_scope)
@@ -84,9 +86,9 @@ Result converge(Context& ctx, const json& args, bool apply) {
   if (enablement.empty() || enablement == "not-found")
     return Result::failed("unit " + unit + who + " is not known to systemd: " + said(res));
   if (enablement == "masked" || enablement == "masked-runtime") {
-    if (enabled.value_or(false) || state == "started" || state == "restarted")
+    if (want_enabled || state == "started" || state == "restarted")
       return Result::failed("unit " + unit + who + " is masked (" + enablement + "): it cannot be " +
-                            (enabled.value_or(false) ? "enabled" : "started") + " until it is unmasked (systemctl " +
+                            (want_enabled ? "enabled" : "started") + " until it is unmasked (systemctl " +
                             (user_scope ? "--user " : "") + "unmask " + unit + "); the agent does not unmask units");
   }
   const bool is_enabled = one_of(enablement, kEnabledStates);
@@ -103,11 +105,11 @@ Result converge(Context& ctx, const json& args, bool apply) {
     if (ran.status == Outcome::failed || ran.status == Outcome::skipped) return ran;
     return std::nullopt;
   };
-  if (enabled && *enabled != is_enabled && !(enablement == "masked" || enablement == "masked-runtime")) {
+  if (declares_enabled && want_enabled != is_enabled && !(enablement == "masked" || enablement == "masked-runtime")) {
     if (one_of(enablement, kFixedStates)) {
-      notes.push_back(enablement + ": nothing to " + (*enabled ? "enable" : "disable"));
+      notes.push_back(enablement + ": nothing to " + (want_enabled ? "enable" : "disable"));
     } else {
-      const std::string verb = *enabled ? "enable" : "disable";
+      const std::string verb = want_enabled ? "enable" : "disable";
       if (auto failed = change(sc.command({verb, unit}), verb + "d " + unit)) return *failed;
       done.push_back(verb + "d");
     }
