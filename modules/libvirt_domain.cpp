@@ -1657,12 +1657,9 @@ Status check_interfaces(const Context& ctx, const virt::Connection& conn, const 
 
 Result converge(Context& ctx, const json& args, bool apply) {
   const std::string name = args["name"].get<std::string>();
-  const auto uri = libvirt_uri(ctx, args);
-  if (!uri)
-    return Result::skipped("not run under --root " + ctx.root.dir() + ": domain " + name + " would be defined at " +
-                           kSystemLibvirtUri + " (give connect: or --connect to manage another hypervisor)");
-  auto conn = virt::Connection::open(*uri);
-  if (!conn) return Result::failed(conn.error());
+  auto opened = open_libvirt(ctx, args, "domain " + name);
+  if (auto* skip = std::get_if<Result>(&opened)) return *skip;
+  virt::Connection* conn = &std::get<virt::Connection>(opened);
   auto found = conn->lookup(name);
   if (!found) return Result::failed(found.error());
   std::optional<virt::Domain>& dom = *found;
@@ -1761,20 +1758,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
   if (*nvram) done.push_back("created " + want->nvram + " from " + want->vars);
 
   // Autostart and the run state, on the defined domain (in check mode: as it is, or would be).
-  if (args.contains("autostart") && !args["autostart"].is_null()) {
-    const bool on = args["autostart"].get<bool>();
-    bool is_on = false;
-    if (dom) {
-      auto a = dom->autostart();
-      if (!a) return Result::failed(a.error());
-      is_on = *a;
-    }
-    if (is_on != on) {
-      done.push_back(on ? "autostart on" : "autostart off");
-      if (apply)
-        if (auto s = dom->set_autostart(on); !s) return Result::failed(s.error());
-    }
-  }
+  if (args.contains("autostart") && !args["autostart"].is_null())
+    if (auto s = converge_autostart(dom, args["autostart"].get<bool>(), apply, done); !s) return Result::failed(s.error());
   if (state == "running" && run != virt::State::running) {
     done.push_back("started");
     if (apply)

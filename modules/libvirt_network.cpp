@@ -188,12 +188,9 @@ void merge(pugi::xml_document& doc, const json& args) {
 Result converge(Context& ctx, const json& args, bool apply) {
   const std::string name = args["name"].get<std::string>();
   const std::string state = args["state"].get<std::string>();
-  const auto uri = libvirt_uri(ctx, args);
-  if (!uri)
-    return Result::skipped("not run under --root " + ctx.root.dir() + ": network " + name + " would be defined at " +
-                           kSystemLibvirtUri + " (give connect: or --connect to manage another hypervisor)");
-  auto conn = virt::Connection::open(*uri);
-  if (!conn) return Result::failed(conn.error());
+  auto opened = open_libvirt(ctx, args, "network " + name);
+  if (auto* skip = std::get_if<Result>(&opened)) return *skip;
+  virt::Connection* conn = &std::get<virt::Connection>(opened);
   auto found = conn->lookup_network(name);
   if (!found) return Result::failed(found.error());
   std::optional<virt::Network>& net = *found;
@@ -259,20 +256,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
   } else if (redefine && active) {
     done.push_back("the active network keeps its old configuration until it is restarted (virsh net-destroy, net-start)");
   }
-  if (args.contains("autostart")) {
-    const bool on = args["autostart"].get<bool>();
-    bool is_on = false;
-    if (net) {
-      auto a = net->autostart();
-      if (!a) return Result::failed(a.error());
-      is_on = *a;
-    }
-    if (is_on != on) {
-      done.push_back(on ? "autostart on" : "autostart off");
-      if (apply)
-        if (auto s = net->set_autostart(on); !s) return Result::failed(s.error());
-    }
-  }
+  if (args.contains("autostart"))
+    if (auto s = converge_autostart(net, args["autostart"].get<bool>(), apply, done); !s) return Result::failed(s.error());
   if (state == "active") ctx.provided.insert(key);
   else ctx.provided.erase(key);
 

@@ -4,11 +4,17 @@
 
 namespace gpt {
 
-std::optional<std::string> libvirt_uri(const Context& ctx, const json& args) {
-  if (args.contains("connect") && !args["connect"].is_null()) return args["connect"].get<std::string>();
-  if (!ctx.libvirt_uri.empty()) return ctx.libvirt_uri;
-  if (!ctx.system_commands_allowed) return std::nullopt;
-  return std::string(kSystemLibvirtUri);
+std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const json& args, const std::string& what) {
+  std::string uri = args.contains("connect") && !args["connect"].is_null() ? args["connect"].get<std::string>() : ctx.libvirt_uri;
+  if (uri.empty()) {
+    if (!ctx.system_commands_allowed)
+      return Result::skipped("not run under --root " + ctx.root.dir() + ": " + what + " would be defined at " + kSystemLibvirtUri +
+                             " (give connect: or --connect to manage another hypervisor)");
+    uri = kSystemLibvirtUri;
+  }
+  auto conn = virt::Connection::open(uri);
+  if (!conn) return Result::failed(conn.error());
+  return std::move(*conn);
 }
 
 std::string render_xml(const pugi::xml_document& doc) {
