@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,6 +66,9 @@ struct Context {
   bool system_commands_allowed = false;
   SysfsWriter* sysfs = nullptr;  // nullptr: the kernel's files themselves
   std::string libvirt_uri = {};  // --connect: the hypervisor for libvirt modules without connect:
+  // What earlier tasks of this run made, or in check mode would have made, as "kind:name" (e.g.
+  // "libvirt_network:URI#default"): a later task that needs it finds it here before it exists.
+  std::set<std::string> provided = {};
 
   // Runs a command that changes the running system when apply is set and that is allowed;
   // otherwise says what would run. Returns changed, skipped (not allowed here) or failed.
@@ -110,6 +114,9 @@ struct ModuleDef {
   // request read back from the state file may name only such a module, with only these arguments
   // and of their declared types: never `command`, which only a playbook's author may give.
   std::optional<std::vector<std::string>> handler_args = std::nullopt;
+  // Arguments that make sense only in a handler (a restart on every run is never converged): a
+  // message when these ones are given to a task.
+  std::function<std::optional<std::string>(const json&)> handler_only = {};
 };
 
 class Registry {

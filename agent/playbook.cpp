@@ -513,6 +513,11 @@ class Loader {
           good = false;
         }
       }
+      if (good && !handler && out.module->handler_only)
+        if (auto msg = out.module->handler_only(args)) {
+          error(where(mp, true), mod + ": " + *msg);
+          good = false;
+        }
       out.args = std::move(args);
     }
     if (t.contains("when")) {

@@ -26,6 +26,16 @@ struct Api {
   decltype(&virDomainDestroy) destroy;
   decltype(&virDomainUndefineFlags) undefine;
   decltype(&virDomainFree) free_domain;
+  decltype(&virNetworkLookupByName) network_lookup;
+  decltype(&virNetworkDefineXML) network_define;
+  decltype(&virNetworkGetXMLDesc) network_xml;
+  decltype(&virNetworkIsActive) network_active;
+  decltype(&virNetworkGetAutostart) network_get_autostart;
+  decltype(&virNetworkSetAutostart) network_set_autostart;
+  decltype(&virNetworkCreate) network_create;
+  decltype(&virNetworkDestroy) network_destroy;
+  decltype(&virNetworkUndefine) network_undefine;
+  decltype(&virNetworkFree) free_network;
   decltype(&virGetLastError) last_error;
   decltype(&virSetErrorFunc) set_error_func;
 };
@@ -57,6 +67,13 @@ Expected<const Api*> load_once() {
             resolve(lib, "virDomainSetAutostart", api.set_autostart) && resolve(lib, "virDomainCreate", api.create) &&
             resolve(lib, "virDomainShutdown", api.shutdown) && resolve(lib, "virDomainDestroy", api.destroy) &&
             resolve(lib, "virDomainUndefineFlags", api.undefine) && resolve(lib, "virDomainFree", api.free_domain) &&
+            resolve(lib, "virNetworkLookupByName", api.network_lookup) &&
+            resolve(lib, "virNetworkDefineXML", api.network_define) && resolve(lib, "virNetworkGetXMLDesc", api.network_xml) &&
+            resolve(lib, "virNetworkIsActive", api.network_active) &&
+            resolve(lib, "virNetworkGetAutostart", api.network_get_autostart) &&
+            resolve(lib, "virNetworkSetAutostart", api.network_set_autostart) &&
+            resolve(lib, "virNetworkCreate", api.network_create) && resolve(lib, "virNetworkDestroy", api.network_destroy) &&
+            resolve(lib, "virNetworkUndefine", api.network_undefine) && resolve(lib, "virNetworkFree", api.free_network) &&
             resolve(lib, "virGetLastError", api.last_error) && resolve(lib, "virSetErrorFunc", api.set_error_func);
   if (!ok) return Error{"libvirt.so.0 lacks a function the agent needs (libvirt 2.3 or newer is required)"};
   api.set_error_func(nullptr, quiet);
@@ -149,6 +166,40 @@ Status Domain::undefine(bool keep_nvram) {
   return first;
 }
 
+Network::~Network() {
+  if (handle_) api_->free_network(static_cast<virNetworkPtr>(handle_));
+}
+
+Expected<std::string> Network::xml(bool inactive) const {
+  auto net = static_cast<virNetworkPtr>(handle_);
+  if (char* text = api_->network_xml(net, inactive ? VIR_NETWORK_XML_INACTIVE : 0)) return take(api_, text, "cannot read the network's XML");
+  // The test:/// driver keeps one definition and refuses the flag.
+  virErrorPtr e = api_->last_error();
+  if (inactive && e && e->code == VIR_ERR_INVALID_ARG)
+    return take(api_, api_->network_xml(net, 0), "cannot read the network's XML");
+  return fail(api_, "cannot read the network's XML");
+}
+
+Expected<bool> Network::active() const {
+  const int on = api_->network_active(static_cast<virNetworkPtr>(handle_));
+  if (on < 0) return fail(api_, "cannot read whether the network is active");
+  return on != 0;
+}
+
+Expected<bool> Network::autostart() const {
+  int on = 0;
+  if (api_->network_get_autostart(static_cast<virNetworkPtr>(handle_), &on) < 0) return fail(api_, "cannot read the network's autostart");
+  return on != 0;
+}
+
+Status Network::set_autostart(bool on) {
+  return status(api_, api_->network_set_autostart(static_cast<virNetworkPtr>(handle_), on ? 1 : 0),
+                "cannot set the network's autostart");
+}
+Status Network::start() { return status(api_, api_->network_create(static_cast<virNetworkPtr>(handle_)), "cannot start the network"); }
+Status Network::destroy() { return status(api_, api_->network_destroy(static_cast<virNetworkPtr>(handle_)), "cannot stop the network"); }
+Status Network::undefine() { return status(api_, api_->network_undefine(static_cast<virNetworkPtr>(handle_)), "cannot undefine the network"); }
+
 Expected<Connection> Connection::open(const std::string& uri) {
   auto api = load();
   if (!api) return Error{api.error()};
@@ -182,6 +233,29 @@ Expected<Domain> Connection::define(const std::string& xml) {
   virDomainPtr d = api_->define(static_cast<virConnectPtr>(handle_), xml.c_str());
   if (!d) return fail(api_, "libvirt refused the domain definition");
   return Domain(api_, d);
+}
+
+Expected<std::optional<Network>> Connection::lookup_network(const std::string& name) const {
+  virNetworkPtr n = api_->network_lookup(static_cast<virConnectPtr>(handle_), name.c_str());
+  if (n) return std::optional<Network>(Network(api_, n));
+  virErrorPtr e = api_->last_error();
+  if (e && e->code == VIR_ERR_NO_NETWORK) return std::optional<Network>{};
+  return fail(api_, "cannot look up network " + name);
+}
+
+Expected<Network> Connection::define_network(const std::string& xml) {
+  virNetworkPtr n = api_->network_define(static_cast<virConnectPtr>(handle_), xml.c_str());
+  if (!n) return fail(api_, "libvirt refused the network definition");
+  return Network(api_, n);
+}
+
+bool Connection::local() const {
+  // scheme[+transport]://[user@]host/path: a host part means another machine.
+  const auto sep = uri_.find("://");
+  if (sep == std::string::npos) return true;
+  const auto rest = uri_.substr(sep + 3);
+  const auto host = rest.substr(0, rest.find('/'));
+  return host.empty() || host == "localhost";
 }
 
 }  // namespace gpt::virt

@@ -41,6 +41,29 @@ class Domain {
   void* handle_;
 };
 
+// A libvirt virtual network (virsh net-*).
+class Network {
+ public:
+  Network(const Api* api, void* handle) : api_(api), handle_(handle) {}
+  ~Network();
+  Network(Network&& o) noexcept : api_(o.api_), handle_(o.handle_) { o.handle_ = nullptr; }
+  Network& operator=(Network&&) = delete;
+  Network(const Network&) = delete;
+
+  // The persistent definition when `inactive` (drivers that keep no separate one give the live one).
+  Expected<std::string> xml(bool inactive) const;
+  Expected<bool> active() const;
+  Expected<bool> autostart() const;
+  Status set_autostart(bool on);
+  Status start();
+  Status destroy();
+  Status undefine();
+
+ private:
+  const Api* api_;
+  void* handle_;
+};
+
 class Connection {
  public:
   // Opens `uri` ("" lets libvirt choose its default).
@@ -55,6 +78,11 @@ class Connection {
   // nullopt when no domain has this name.
   Expected<std::optional<Domain>> lookup(const std::string& name) const;
   Expected<Domain> define(const std::string& xml);
+  // nullopt when no network has this name.
+  Expected<std::optional<Network>> lookup_network(const std::string& name) const;
+  Expected<Network> define_network(const std::string& xml);
+  // False for an URI that names a host (qemu+ssh://host/system): the hypervisor is elsewhere.
+  bool local() const;
 
  private:
   Connection(const Api* api, void* handle, std::string uri) : api_(api), handle_(handle), uri_(std::move(uri)) {}

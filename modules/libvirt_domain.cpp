@@ -29,12 +29,11 @@
 #include "agent/pci.hpp"
 #include "agent/text.hpp"
 #include "agent/virt.hpp"
+#include "modules/libvirt_shared.hpp"
 #include "modules/vm_tuning.hpp"
 
 namespace gpt {
 namespace {
-
-constexpr const char* kDefaultUri = "qemu:///system";
 
 // ---------------------------------------------------------------------------------------------
 // Arguments
@@ -1357,11 +1356,7 @@ Status merge(pugi::xml_document& doc, Want& w) {
   return {};
 }
 
-std::string render(const pugi::xml_document& doc) {
-  std::ostringstream out;
-  doc.save(out, "  ", pugi::format_indent | pugi::format_no_declaration);
-  return out.str();
-}
+std::string render(const pugi::xml_document& doc) { return render_xml(doc); }
 
 // ---------------------------------------------------------------------------------------------
 
@@ -1632,18 +1627,39 @@ Status hugepages(Context& ctx, const json& args, Want& w, bool needs_free, FileC
   return {};
 }
 
+// Each interface's bridge exists on the host and each network is defined and active: a domain
+// defined on a missing one would not start. In check mode a network that a libvirt_network task
+// before this one would start counts as there.
+Status check_interfaces(const Context& ctx, const virt::Connection& conn, const std::vector<NicWant>& nics, bool apply) {
+  for (const auto& nic : nics) {
+    if (nic.absent) continue;
+    if (nic.type == "bridge") {
+      // A remote hypervisor's bridges are not this host's to look at.
+      if (conn.local() && !host_bridge_exists(ctx.root, nic.source))
+        return Error{"bridge " + nic.source + " does not exist on this host (no /sys/class/net/" + nic.source +
+                     "/bridge): create it (netplan, NetworkManager or ifupdown) or use `network: default`"};
+      continue;
+    }
+    if (!apply && ctx.provided.count(provided_network(conn.uri(), nic.source))) continue;
+    auto net = conn.lookup_network(nic.source);
+    if (!net) return Error{net.error()};
+    if (!*net)
+      return Error{"network " + nic.source + " is not defined at " + conn.uri() +
+                   ": define it with a libvirt_network task before this one, or use a bridge"};
+    auto active = (*net)->active();
+    if (!active) return Error{active.error()};
+    if (!*active)
+      return Error{"network " + nic.source + " is defined but not active: start it (virsh net-start " + nic.source +
+                   "; net-autostart for boots), or add a libvirt_network task"};
+  }
+  return {};
+}
+
 Result converge(Context& ctx, const json& args, bool apply) {
   const std::string name = args["name"].get<std::string>();
-  std::string uri = args.contains("connect") && !args["connect"].is_null() ? args["connect"].get<std::string>() : ctx.libvirt_uri;
-  if (uri.empty()) {
-    // A sandbox root manages files, not this machine's hypervisor: only an explicit connection.
-    if (!ctx.system_commands_allowed)
-      return Result::skipped("not run under --root " + ctx.root.dir() + ": domain " + name + " would be defined at " +
-                             kDefaultUri + " (give connect: or --connect to manage another hypervisor)");
-    uri = kDefaultUri;
-  }
-  auto conn = virt::Connection::open(uri);
-  if (!conn) return Result::failed(conn.error());
+  auto opened = open_libvirt(ctx, args, "domain " + name);
+  if (auto* skip = std::get_if<Result>(&opened)) return *skip;
+  virt::Connection* conn = &std::get<virt::Connection>(opened);
   auto found = conn->lookup(name);
   if (!found) return Result::failed(found.error());
   std::optional<virt::Domain>& dom = *found;
@@ -1673,6 +1689,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
   }
   auto want = want_from(ctx, args, read_capabilities(*caps), conn->uri(), current);
   if (!want) return Result::failed(want.error());
+  if (auto plugged = check_interfaces(ctx, *conn, want->interfaces, apply); !plugged)
+    return Result::failed(plugged.error() + " (domain " + name + ", nothing was changed)");
   pugi::xml_document desired;
   desired.reset(current);
   if (auto merged = merge(desired, *want); !merged) return Result::failed(merged.error());
@@ -1740,20 +1758,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
   if (*nvram) done.push_back("created " + want->nvram + " from " + want->vars);
 
   // Autostart and the run state, on the defined domain (in check mode: as it is, or would be).
-  if (args.contains("autostart") && !args["autostart"].is_null()) {
-    const bool on = args["autostart"].get<bool>();
-    bool is_on = false;
-    if (dom) {
-      auto a = dom->autostart();
-      if (!a) return Result::failed(a.error());
-      is_on = *a;
-    }
-    if (is_on != on) {
-      done.push_back(on ? "autostart on" : "autostart off");
-      if (apply)
-        if (auto s = dom->set_autostart(on); !s) return Result::failed(s.error());
-    }
-  }
+  if (args.contains("autostart") && !args["autostart"].is_null())
+    if (auto s = converge_autostart(dom, args["autostart"].get<bool>(), apply, done); !s) return Result::failed(s.error());
   if (state == "running" && run != virt::State::running) {
     done.push_back("started");
     if (apply)

@@ -240,6 +240,7 @@ TEST(LibvirtDomainAdopts, ListsAreManagedItemByItem) {
   TestDriver lv;
   ASSERT_TRUE(lv.conn.define(kUserDomain).ok());
   const std::string original = lv.xml("win10");
+  fs::create_directories(host.file("/sys/class/net/br0/bridge"));  // the host's bridge the NIC plugs into
   // A second disk and a bridge NIC: added beside the user's, on free targets; the user's sata disk
   // is adopted by its path and its bus changed, as the playbook says.
   const std::string lists = adopt(

@@ -166,6 +166,7 @@ TEST_F(RealLibvirtd, TheSeedExampleValidatesDefinesAndConverges) {
   // one (in this tree it is the boot VGA, which the preflight rightly refuses).
   VmHost host("two-gpus-boot-vga");
   test::write(fs::canonical(host.file("/sys/bus/pci/devices/0000:01:00.0")) / "boot_vga", "0\n");
+  fs::create_directories(host.file("/sys/class/net/VMBridge/bridge"));  // the walkthrough's bridge
   test::TempDir work;
   const std::string pb = test::source_path("playbooks/seed-example.yaml");
   fs::create_directories(host.file("/var/lib/libvirt/images"));

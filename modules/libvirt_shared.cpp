@@ -1,0 +1,34 @@
+#include "modules/libvirt_shared.hpp"
+
+#include <sstream>
+
+namespace gpt {
+
+std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const json& args, const std::string& what) {
+  std::string uri = args.contains("connect") && !args["connect"].is_null() ? args["connect"].get<std::string>() : ctx.libvirt_uri;
+  if (uri.empty()) {
+    if (!ctx.system_commands_allowed)
+      return Result::skipped("not run under --root " + ctx.root.dir() + ": " + what + " would be defined at " + kSystemLibvirtUri +
+                             " (give connect: or --connect to manage another hypervisor)");
+    uri = kSystemLibvirtUri;
+  }
+  auto conn = virt::Connection::open(uri);
+  if (!conn) return Result::failed(conn.error());
+  return std::move(*conn);
+}
+
+std::string render_xml(const pugi::xml_document& doc) {
+  std::ostringstream out;
+  doc.save(out, "  ", pugi::format_indent | pugi::format_no_declaration);
+  return out.str();
+}
+
+bool host_bridge_exists(const Root& root, const std::string& name) {
+  // A name with a slash or a dot-dot would look elsewhere in /sys.
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") return false;
+  return path_exists(root, "/sys/class/net/" + name + "/bridge");
+}
+
+std::string provided_network(const std::string& uri, const std::string& name) { return "libvirt_network:" + uri + "#" + name; }
+
+}  // namespace gpt

@@ -1,0 +1,206 @@
+// service: a systemd unit enabled or not, started or stopped (restarted in handlers), for the
+// system manager or a user's (`systemctl --user --machine=USER@`).
+//
+// The state is read with `systemctl is-enabled` and `is-active`; only what differs is changed. A
+// service with a socket of its own that is listening counts as started (libvirtd.socket,
+// virtqemud.socket): the daemon starts on the first connection, and starting it by hand would
+// only defeat the socket's idle exit. Under --root there is no running manager to ask: enabling is
+// done offline (`systemctl --root=DIR`), starting and stopping are reported as what would run.
+#include <algorithm>
+#include <array>
+
+#include "agent/module.hpp"
+#include "agent/text.hpp"
+
+namespace gpt {
+namespace {
+
+// `systemctl is-enabled` answers that exit 0: the unit starts at boot or needs no enabling.
+constexpr std::array kEnabledStates = {"enabled", "enabled-runtime", "alias", "static", "indirect", "generated", "transient"};
+// Units that have no [Install] section to enable or disable.
+constexpr std::array kFixedStates = {"static", "generated", "transient", "alias"};
+
+bool one_of(std::string_view s, const auto& set) { return std::find(set.begin(), set.end(), s) != set.end(); }
+
+std::string unit_name(const json& args) {
+  std::string name = args["name"].get<std::string>();
+  // A bare name is a service, as systemctl itself takes it.
+  if (name.find('.') == std::string::npos) name += ".service";
+  return name;
+}
+
+struct Systemctl {
+  Context& ctx;
+  std::vector<std::string> scope;  // --user --machine=USER@, or --root=DIR
+  std::vector<std::string>* ran;   // every command asked, for the result
+
+  Command command(std::initializer_list<std::string> words) const {
+    Command cmd;
+    cmd.argv = {"systemctl"};
+    cmd.argv.insert(cmd.argv.end(), scope.begin(), scope.end());
+    cmd.argv.insert(cmd.argv.end(), words);
+    cmd.timeout = std::chrono::seconds(120);
+    return cmd;
+  }
+  // A query: its first line of output, its exit code.
+  std::pair<std::string, ExecResult> ask(std::initializer_list<std::string> words) const {
+    Command cmd = command(words);
+    ran->push_back(cmd.display());
+    ExecResult res = ctx.exec.run(cmd);
+    std::string answer(trim(res.out.substr(0, res.out.find('\n'))));
+    return {answer, res};
+  }
+};
+
+// What systemctl said when it did not answer with a state: its exit code and its own words.
+std::string said(const ExecResult& res) { return res.failure(true); }
+
+std::optional<std::string> check_args(const json& args) {
+  const bool user_scope = args["scope"].get<std::string>() == "user";
+  if (user_scope != args.contains("user"))
+    return user_scope ? "scope: user needs user: (whose manager runs the unit)" : "user: is only for scope: user";
+  return std::nullopt;
+}
+
+Result converge(Context& ctx, const json& args, bool apply) {
+  const std::string unit = unit_name(args);
+  const bool user_scope = args["scope"].get<std::string>() == "user";
+  const std::string who = user_scope ? " (user " + args["user"].get<std::string>() + ")" : "";
+  const bool offline = ctx.root.sandboxed();
+  // Two bools, not an optional: GCC 12 takes an optional<bool> here for maybe uninitialised.
+  const bool declares_enabled = args.contains("enabled");
+  const bool want_enabled = declares_enabled && args["enabled"].get<bool>();
+  const std::string state = args.value("state", "");
+
+  if (offline && user_scope)
+    return Result::skipped("user units are not managed under --root " + ctx.root.dir() + ": " + unit + who);
+
+  Result r = Result::ok();
+  std::vector<std::string> done, notes;
+  Systemctl sc{ctx, {}, &r.commands};
+  if (user_scope) sc.scope = {"--user", "--machine=" + args["user"].get<std::string>() + "@"};
+  if (offline) sc.scope = {"--root=" + ctx.root.dir()};
+
+  // Enabling: read always, for an unknown or masked unit fails whatever is asked.
+  auto [enablement, res] = sc.ask({"is-enabled", unit});
+  if (enablement.empty() || enablement == "not-found")
+    return Result::failed("unit " + unit + who + " is not known to systemd: " + said(res));
+  if (enablement == "masked" || enablement == "masked-runtime") {
+    if (want_enabled || state == "started" || state == "restarted")
+      return Result::failed("unit " + unit + who + " is masked (" + enablement + "): it cannot be " +
+                            (want_enabled ? "enabled" : "started") + " until it is unmasked (systemctl " +
+                            (user_scope ? "--user " : "") + "unmask " + unit + "); the agent does not unmask units");
+  }
+  const bool is_enabled = one_of(enablement, kEnabledStates);
+  auto change = [&](const Command& cmd, const std::string& what) -> std::optional<Result> {
+    if (offline) {  // files under the root only: allowed wherever the root is
+      r.commands.push_back(cmd.display());
+      if (!apply) return std::nullopt;
+      ExecResult ran = ctx.exec.run(cmd);
+      if (!ran.ok()) return Result::failed(cmd.display() + " failed: " + said(ran));
+      return std::nullopt;
+    }
+    Result ran = ctx.run_system(cmd, apply, what);
+    r.commands.insert(r.commands.end(), ran.commands.begin(), ran.commands.end());
+    if (ran.status == Outcome::failed || ran.status == Outcome::skipped) return ran;
+    return std::nullopt;
+  };
+  if (declares_enabled && want_enabled != is_enabled && !(enablement == "masked" || enablement == "masked-runtime")) {
+    if (one_of(enablement, kFixedStates)) {
+      notes.push_back(enablement + ": nothing to " + (want_enabled ? "enable" : "disable"));
+    } else {
+      const std::string verb = want_enabled ? "enable" : "disable";
+      if (auto failed = change(sc.command({verb, unit}), verb + "d " + unit)) return *failed;
+      done.push_back(verb + "d");
+    }
+  }
+
+  if (!state.empty()) {
+    if (offline) {
+      // No manager to ask under --root: what would run, as run_system says it.
+      const std::string verb = state == "started" ? "start" : state == "stopped" ? "stop" : "restart";
+      Command cmd;
+      cmd.argv = {"systemctl", verb, unit};
+      r.commands.push_back(cmd.display());
+      notes.push_back("not run under --root " + ctx.root.dir() + ": " + cmd.display());
+      if (done.empty()) {
+        Result skipped = Result::skipped(unit + " " + join(notes, "; "));
+        skipped.commands = r.commands;
+        return skipped;
+      }
+    } else if (state == "restarted") {
+      if (auto failed = change(sc.command({"restart", unit}), "restarted " + unit)) return *failed;
+      done.push_back("restarted");
+    } else {
+      auto [activity, act_res] = sc.ask({"is-active", unit});
+      if (activity.empty()) return Result::failed("cannot read whether " + unit + who + " is active: " + said(act_res));
+      // activating: on its way up (Ansible counts it as running too); reloading: running.
+      bool running = activity == "active" || activity == "reloading" || activity == "activating";
+      if (activity == "activating") notes.push_back("activating");
+      const std::string socket = unit.ends_with(".service") ? unit.substr(0, unit.size() - 8) + ".socket" : "";
+      if (state == "started" && !running && !socket.empty()) {
+        auto [listening, sock_res] = sc.ask({"is-active", socket});
+        if (listening == "active") {
+          running = true;
+          notes.push_back("socket-activated: " + socket + " is active, the service starts on the first connection");
+        }
+      }
+      if (state == "started" && !running) {
+        if (auto failed = change(sc.command({"start", unit}), "started " + unit)) return *failed;
+        done.push_back(activity == "failed" ? "started (it had failed)" : "started");
+      } else if (state == "stopped" && running) {
+        if (auto failed = change(sc.command({"stop", unit}), "stopped " + unit)) return *failed;
+        done.push_back("stopped");
+      } else if (state == "stopped" && activity == "failed") {
+        notes.push_back("failed, not running");
+      }
+      r.data["active"] = activity;
+    }
+  }
+
+  r.data["unit"] = unit;
+  r.data["enabled"] = enablement;
+  if (user_scope) r.data["user"] = args["user"];
+  const std::string tail = notes.empty() ? "" : " (" + join(notes, "; ") + ")";
+  if (done.empty()) {
+    r.msg = unit + who + " is as wanted: " + enablement + (r.data.contains("active") ? ", " + r.data["active"].get<std::string>() : "") + tail;
+    return r;
+  }
+  r.status = Outcome::changed;
+  r.msg = (apply ? "" : "would be ") + join(done, ", ") + ": " + unit + who + tail;
+  return r;
+}
+
+const Registration registration{ModuleDef{
+    .name = "service",
+    .summary = "a systemd unit enabled, started, stopped or (in a handler) restarted; system or user scope",
+    .schema = {.args = {{.name = "name",
+                         .required = true,
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           const std::string s = v.get<std::string>();
+                           if (s.empty() || s[0] == '-' || s.find_first_of("/ \t\n") != std::string::npos)
+                             return "'" + s + "' is not a unit name";
+                           return std::nullopt;
+                         }},
+                        {.name = "state", .choices = {"started", "stopped", "restarted"}},
+                        {.name = "enabled", .type = ArgType::boolean},
+                        {.name = "scope", .default_value = "system", .choices = {"system", "user"}},
+                        {.name = "user",
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           const std::string s = v.get<std::string>();
+                           if (s.empty() || s[0] == '-' || s.find_first_of("@/: \t\n") != std::string::npos)
+                             return "'" + s + "' is not a user name";
+                           return std::nullopt;
+                         }}},
+               .required_one_of = {{"state", "enabled"}},
+               .check = check_args},
+    .converge = converge,
+    .handler_only = [](const json& args) -> std::optional<std::string> {
+      if (args.value("state", "") == "restarted")
+        return "state: restarted restarts on every run: use it in a handler that a task notifies";
+      return std::nullopt;
+    },
+}};
+
+}  // namespace
+}  // namespace gpt
