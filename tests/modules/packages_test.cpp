@@ -393,6 +393,14 @@ class FakeRpmTools final : public Exec {
 
 const std::string kRpmQuery = "rpm --root ";
 
+// An rpm-based host with gpt-old installed, and the stand-ins for its dnf or zypper.
+struct RpmWithOld {
+  explicit RpmWithOld(const std::string& os_release) : host(os_release), tools(host) { host.install("gpt-old"); }
+  Ran run(const std::string& yaml, bool check) { return gpt::run(host, yaml, tools, check); }
+  RpmHost host;
+  FakeRpmTools tools;
+};
+
 TEST(PackagesRpm, ReadsRpmsOwnDatabaseWithProvides) {
   RpmHost h(kFedora);
   h.install("gpt-old");
@@ -414,42 +422,37 @@ TEST(PackagesRpm, ReadsRpmsOwnDatabaseWithProvides) {
 }
 
 TEST(PackagesRpm, DnfInstallsTheFedoraSetThenRemoves) {
-  RpmHost h(kFedora);
-  h.install("gpt-old");
-  FakeRpmTools tools(h);
+  RpmWithOld fedora(kFedora);
   const std::string pb = task("{present: [virtualization], absent: [gpt-old]}");
-  Ran check = run(h, pb, tools, true);
+  Ran check = fedora.run(pb, true);
   EXPECT_EQ(check.exit_code, 2);
   EXPECT_EQ(check.result().commands, (Lines{"dnf -y install qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client edk2-ovmf",
                                             "dnf -y remove gpt-old"}));
-  EXPECT_EQ(tools.commands.size(), 1u) << "check mode only reads rpm's database";
-  tools.commands.clear();
-  Ran first = run(h, pb, tools, false);
+  EXPECT_EQ(fedora.tools.commands.size(), 1u) << "check mode only reads rpm's database";
+  fedora.tools.commands.clear();
+  Ran first = fedora.run(pb, false);
   EXPECT_EQ(first.result().status, Outcome::changed) << first.result().msg;
   EXPECT_EQ(first.result().diff, check.result().diff);
   EXPECT_EQ(first.result().msg,
             "installed edk2-ovmf libvirt-client libvirt-daemon-kvm qemu-img qemu-kvm; removed gpt-old; "
             "virtualization: qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client edk2-ovmf");
-  tools.commands.clear();
-  EXPECT_EQ(run(h, pb, tools, false).result().status, Outcome::ok);
-  ASSERT_EQ(tools.commands.size(), 1u);
-  EXPECT_EQ(tools.commands[0].rfind(kRpmQuery, 0), 0u) << "a converged run reads rpm's database, runs no dnf";
-  Ran arch = run(h, task("{present: [gpt-new:x86_64]}"), tools, true);
-  EXPECT_EQ(arch.result().commands, Lines{"dnf -y install gpt-new.x86_64"});
+  fedora.tools.commands.clear();
+  EXPECT_EQ(fedora.run(pb, false).result().status, Outcome::ok);
+  ASSERT_EQ(fedora.tools.commands.size(), 1u);
+  EXPECT_EQ(fedora.tools.commands[0].rfind(kRpmQuery, 0), 0u) << "a converged run reads rpm's database, runs no dnf";
+  EXPECT_EQ(fedora.run(task("{present: [gpt-new:x86_64]}"), true).result().commands, Lines{"dnf -y install gpt-new.x86_64"});
 }
 
 TEST(PackagesRpm, ZypperTakesInstallsAndRemovalsInOneTransaction) {
-  RpmHost h(kLeap);
-  h.install("gpt-old");
-  FakeRpmTools tools(h);
+  RpmWithOld leap(kLeap);
   const std::string pb = task("{present: [tpm], absent: [gpt-old], lock_timeout: 60}");
-  Ran first = run(h, pb, tools, false);
-  EXPECT_EQ(first.result().status, Outcome::changed) << first.result().msg;
-  EXPECT_EQ(first.result().commands,
+  EXPECT_EQ(leap.run(pb, false).result().commands,
             Lines{"env ZYPP_LOCK_TIMEOUT=60 zypper --non-interactive install --auto-agree-with-licenses swtpm '!gpt-old'"});
-  tools.commands.clear();
-  EXPECT_EQ(run(h, pb, tools, false).result().status, Outcome::ok);
-  EXPECT_EQ(tools.commands.size(), 1u);
+  leap.tools.commands.clear();
+  Ran again = leap.run(pb, false);
+  EXPECT_EQ(again.result().status, Outcome::ok) << again.result().msg;
+  EXPECT_EQ(again.result().msg, "1 present, 1 absent; tpm: swtpm");
+  EXPECT_EQ(leap.tools.commands.size(), 1u);
 }
 
 TEST(Packages, AnUnknownDistributionFailsNamingIt) {
