@@ -21,10 +21,14 @@ const char* const kRpmQueryFormat = "%{NAME}\\t%{ARCH}\\t[%{PROVIDENAME} ]\\n";
 
 std::string_view package_manager_name(PackageManager m) {
   switch (m) {
-    case PackageManager::apt: return "apt";
-    case PackageManager::dnf: return "dnf";
-    case PackageManager::pacman: return "pacman";
-    case PackageManager::zypper: return "zypper";
+    case PackageManager::apt:
+      return "apt";
+    case PackageManager::dnf:
+      return "dnf";
+    case PackageManager::pacman:
+      return "pacman";
+    case PackageManager::zypper:
+      return "zypper";
   }
   return "?";
 }
@@ -98,9 +102,12 @@ std::vector<DpkgEntry> parse_dpkg_status(std::string_view text) {
     if (colon == std::string_view::npos) continue;
     field = lower(line.substr(0, colon));
     const std::string_view value = trim(line.substr(colon + 1));
-    if (field == "package") cur.name = std::string(value);
-    else if (field == "architecture") cur.arch = std::string(value);
-    else if (field == "provides") provides = std::string(value);
+    if (field == "package")
+      cur.name = std::string(value);
+    else if (field == "architecture")
+      cur.arch = std::string(value);
+    else if (field == "provides")
+      provides = std::string(value);
     else if (field == "status") {
       auto w = words(value);
       cur.state = w.size() == 3 ? w[2] : "";
@@ -120,9 +127,12 @@ std::optional<InstalledPackage> parse_pacman_desc(std::string_view text) {
       section = std::string(line);
       continue;
     }
-    if (section == "%NAME%") p.name = std::string(line);
-    else if (section == "%ARCH%") p.arch = std::string(line);
-    else if (section == "%PROVIDES%") p.provides.push_back(relation_name(line));
+    if (section == "%NAME%")
+      p.name = std::string(line);
+    else if (section == "%ARCH%")
+      p.arch = std::string(line);
+    else if (section == "%PROVIDES%")
+      p.provides.push_back(relation_name(line));
   }
   if (p.name.empty()) return std::nullopt;
   return p;
@@ -134,7 +144,8 @@ std::vector<InstalledPackage> parse_rpm_query(std::string_view text) {
     const size_t t1 = line.find('\t');
     const size_t t2 = t1 == std::string_view::npos ? t1 : line.find('\t', t1 + 1);
     if (t2 == std::string_view::npos) continue;
-    InstalledPackage p{std::string(line.substr(0, t1)), std::string(line.substr(t1 + 1, t2 - t1 - 1)), words(line.substr(t2 + 1))};
+    InstalledPackage p{std::string(line.substr(0, t1)), std::string(line.substr(t1 + 1, t2 - t1 - 1)),
+                       words(line.substr(t2 + 1))};
     if (p.name.empty() || p.name == "gpg-pubkey") continue;  // rpm's keyring entries are no packages
     out.push_back(std::move(p));
   }
@@ -167,7 +178,8 @@ std::optional<std::string> PackageDb::satisfied_by(std::string_view request) con
 
 bool PackageDb::has(std::string_view request) const {
   const auto [name, arch] = split_arch(request);
-  return std::any_of(pkgs_.begin(), pkgs_.end(), [&](const InstalledPackage& p) { return p.name == name && arch_fits(p.arch, arch); });
+  return std::any_of(pkgs_.begin(), pkgs_.end(),
+                     [&](const InstalledPackage& p) { return p.name == name && arch_fits(p.arch, arch); });
 }
 
 std::vector<std::string> PackageDb::names() const {
@@ -181,8 +193,10 @@ AptSimulation parse_apt_simulation(std::string_view text) {
   for (std::string_view line : lines(text)) {
     auto w = words(line);
     if (w.size() < 2) continue;
-    if (w[0] == "Inst") (w.size() > 2 && w[2].starts_with("[") ? sim.upgrade : sim.install).push_back(w[1]);
-    else if (w[0] == "Remv") sim.remove.push_back(w[1]);
+    if (w[0] == "Inst")
+      (w.size() > 2 && w[2].starts_with("[") ? sim.upgrade : sim.install).push_back(w[1]);
+    else if (w[0] == "Remv")
+      sim.remove.push_back(w[1]);
   }
   return sim;
 }
@@ -192,13 +206,13 @@ std::optional<std::string> bad_package_name(std::string_view name) {
   const std::string shown = "'" + std::string(name) + "'";
   if (name.find_first_of("=<>") != std::string_view::npos)
     return shown + ": versions are not supported; name the package alone (the package manager installs its candidate)";
-  if (name.front() == '-' || name.front() == '.' || name.front() == ':')
-    return shown + " is not a package name";
+  if (name.front() == '-' || name.front() == '.' || name.front() == ':') return shown + " is not a package name";
   for (char c : name)
     if (!std::isalnum(static_cast<unsigned char>(c)) && std::string_view("+-._@:").find(c) == std::string_view::npos)
       return shown + " is not a package name (a package's name alone, or name:arch)";
   const auto [base, arch] = split_arch(name);
-  if (name.find(':') != std::string_view::npos && (base.empty() || arch.empty() || arch.find(':') != std::string_view::npos))
+  if (name.find(':') != std::string_view::npos &&
+      (base.empty() || arch.empty() || arch.find(':') != std::string_view::npos))
     return shown + " is not a package name (name:arch has one colon)";
   return std::nullopt;
 }
@@ -313,8 +327,9 @@ Command command(std::vector<std::string> argv, const Limits& lim) {
 // apt-get as nobody is asked anything: no debconf question, no conffile prompt (the local file
 // is kept, a new default taken), needrestart only lists; dpkg's lock is waited for.
 std::vector<std::string> apt_get(const Limits& lim, bool simulate) {
-  std::vector<std::string> argv{"env", "DEBIAN_FRONTEND=noninteractive", "NEEDRESTART_MODE=l", "APT_LISTCHANGES_FRONTEND=none",
-                                "apt-get", "-q", "-y"};
+  std::vector<std::string> argv{
+      "env", "DEBIAN_FRONTEND=noninteractive", "NEEDRESTART_MODE=l", "APT_LISTCHANGES_FRONTEND=none", "apt-get", "-q",
+      "-y"};
   if (simulate) argv.push_back("-s");
   argv.insert(argv.end(), {"-o", "DPkg::Lock::Timeout=" + std::to_string(lim.lock_seconds), "-o",
                            "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"});
@@ -366,10 +381,14 @@ std::vector<Command> transaction(PackageManager m, const std::vector<std::string
 
 std::optional<Command> cache_update(PackageManager m, const Limits& lim) {
   switch (m) {
-    case PackageManager::apt: return command(plus(apt_get(lim, false), {"update"}), lim);
-    case PackageManager::dnf: return command({"dnf", "-y", "makecache"}, lim);
-    case PackageManager::zypper: return command(plus(zypper(lim), {"refresh"}), lim);
-    case PackageManager::pacman: return std::nullopt;
+    case PackageManager::apt:
+      return command(plus(apt_get(lim, false), {"update"}), lim);
+    case PackageManager::dnf:
+      return command({"dnf", "-y", "makecache"}, lim);
+    case PackageManager::zypper:
+      return command(plus(zypper(lim), {"refresh"}), lim);
+    case PackageManager::pacman:
+      return std::nullopt;
   }
   return std::nullopt;
 }
@@ -421,11 +440,13 @@ std::vector<std::string> strings(const json& list) {
 Result converge(Context& ctx, const json& args, bool apply) {
   const auto manager = package_manager_for(ctx.facts.os);
   if (!manager)
-    return Result::failed("no package manager known for os id '" + ctx.facts.os.id + "'" +
-                          (ctx.facts.os.id_like.empty() ? "" : " (like " + join(ctx.facts.os.id_like, ", ") + ")") +
-                          ": apt, dnf, pacman and zypper are known, on Debian, Ubuntu, Fedora, RHEL, Arch and openSUSE");
+    return Result::failed(
+        "no package manager known for os id '" + ctx.facts.os.id + "'" +
+        (ctx.facts.os.id_like.empty() ? "" : " (like " + join(ctx.facts.os.id_like, ", ") + ")") +
+        ": apt, dnf, pacman and zypper are known, on Debian, Ubuntu, Fedora, RHEL, Arch and openSUSE");
   const PackageManager m = *manager;
-  const Limits lim{static_cast<int>(args.value("lock_timeout", 300)), std::chrono::seconds(args.value("timeout", 1800))};
+  const Limits lim{static_cast<int>(args.value("lock_timeout", 300)),
+                   std::chrono::seconds(args.value("timeout", 1800))};
 
   // The sets, resolved for this distribution; the names in the order asked, once each.
   json sets = json::object();
@@ -441,7 +462,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
       return Result::failed("'" + p + "' is both present (in a set) and absent");
   if (m == PackageManager::pacman)
     for (const auto& p : present)
-      if (!split_arch(p).second.empty()) return Result::failed("'" + p + "': pacman has no name:arch, name the package alone");
+      if (!split_arch(p).second.empty())
+        return Result::failed("'" + p + "': pacman has no name:arch, name the package alone");
 
   auto db = read_db(ctx, m);
   if (!db) return Result::failed(db.error());
@@ -456,13 +478,15 @@ Result converge(Context& ctx, const json& args, bool apply) {
   std::string sets_text;
   for (const auto& [name, members] : sets.items()) sets_text += "; " + name + ": " + join(strings(members), " ");
   if (install.empty() && remove.empty()) {
-    Result r = Result::ok(std::to_string(present.size()) + " present, " + std::to_string(absent.size()) + " absent" + sets_text);
+    Result r = Result::ok(std::to_string(present.size()) + " present, " + std::to_string(absent.size()) + " absent" +
+                          sets_text);
     r.data = std::move(data);
     return r;
   }
   if (m == PackageManager::pacman && args.value("update_cache", false) && !install.empty())
-    return Result::failed("update_cache on Arch would be a partial upgrade (pacman -Sy without -u), which Arch does not "
-                          "support: upgrade with pacman -Syu, then run the task without update_cache");
+    return Result::failed(
+        "update_cache on Arch would be a partial upgrade (pacman -Sy without -u), which Arch does not "
+        "support: upgrade with pacman -Syu, then run the task without update_cache");
 
   std::vector<Command> cmds;
   if (args.value("update_cache", false) && !install.empty())
@@ -508,7 +532,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
   const std::vector<std::string> before = db->names();
   for (const auto& c : cmds) {
     if (m == PackageManager::pacman && !wait_for_pacman_lock(ctx.root, lim.lock_seconds)) {
-      r = Result::failed("pacman's lock /var/lib/pacman/db.lck is still there after " + std::to_string(lim.lock_seconds) +
+      r = Result::failed("pacman's lock /var/lib/pacman/db.lck is still there after " +
+                         std::to_string(lim.lock_seconds) +
                          " s (lock_timeout): another pacman runs, or one died and left it");
       break;
     }
@@ -546,7 +571,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
     if (after->has(p)) left.push_back(p);
   if (!missing.empty() || !left.empty()) {
     r.status = Outcome::failed;
-    r.msg = command_lines.back() + " succeeded, yet" + (missing.empty() ? "" : " not installed: " + join(missing, " ")) +
+    r.msg = command_lines.back() + " succeeded, yet" +
+            (missing.empty() ? "" : " not installed: " + join(missing, " ")) +
             (left.empty() ? "" : std::string(missing.empty() ? "" : ";") + " still installed: " + join(left, " "));
     return r;
   }

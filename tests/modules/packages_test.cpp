@@ -2,6 +2,8 @@
 // database, rpm's own database built here with rpmbuild), and each package manager's commands
 // recorded by a stand-in that changes the database as the real tool would. The real apt and dpkg
 // run in scripts/prove-packages.
+#include "modules/packages.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,7 +11,6 @@
 #include <filesystem>
 
 #include "agent/facts.hpp"
-#include "modules/packages.hpp"
 #include "tests/support/converge.hpp"
 #include "tests/support/sandbox.hpp"
 
@@ -26,7 +27,8 @@ const std::string kArch = "ID=arch\n";
 const std::string kLeap = "ID=\"opensuse-leap\"\nID_LIKE=\"suse opensuse\"\nVERSION_ID=\"15.6\"\n";
 const std::string kAptGet =
     "env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l APT_LISTCHANGES_FRONTEND=none apt-get -q -y";
-const std::string kAptOptions = " -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold";
+const std::string kAptOptions =
+    " -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold";
 
 std::string fixture(const std::string& name) { return test::source_path("tests/fixtures/packages/" + name); }
 
@@ -96,11 +98,13 @@ class FakeApt final : public Exec {
       size_t end = text.find("\n\n", start);
       end = end == std::string::npos ? text.size() : end + 2;
       const std::string stanza = text.substr(start, end - start);
-      const bool gone = std::any_of(remove.begin(), remove.end(), [&](const std::string& p) { return stanza.starts_with("Package: " + p + "\n"); });
+      const bool gone = std::any_of(remove.begin(), remove.end(),
+                                    [&](const std::string& p) { return stanza.starts_with("Package: " + p + "\n"); });
       if (!gone) kept += stanza;
       start = end;
     }
-    for (const auto& p : add) kept += "Package: " + p + "\nStatus: install ok installed\nArchitecture: all\nVersion: 1.0\n\n";
+    for (const auto& p : add)
+      kept += "Package: " + p + "\nStatus: install ok installed\nArchitecture: all\nVersion: 1.0\n\n";
     test::write(status_, kept);
     return {0, false, "", ""};
   }
@@ -160,11 +164,13 @@ TEST(PackagesDpkg, AnInstalledProviderSatisfiesAVirtualNameAsAptTakesIt) {
 TEST(PackagesApt, ReadsARealSimulation) {
   const AptSimulation sim = parse_apt_simulation(test::slurp(fixture("apt-get-s-install-virtualization")));
   EXPECT_EQ(sim.install.size(), 439u);
-  for (const char* p : {"qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "ovmf", "swtpm", "swtpm-tools"})
+  for (const char* p :
+       {"qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "ovmf", "swtpm", "swtpm-tools"})
     EXPECT_NE(std::find(sim.install.begin(), sim.install.end(), p), sim.install.end()) << p;
   EXPECT_EQ(sim.remove, (Lines{"zsh", "zsh-common"}));
   EXPECT_TRUE(sim.upgrade.empty());
-  EXPECT_EQ(parse_apt_simulation(test::slurp(fixture("apt-get-s-remove-zsh-common"))).remove, (Lines{"zsh", "zsh-common"}));
+  EXPECT_EQ(parse_apt_simulation(test::slurp(fixture("apt-get-s-remove-zsh-common"))).remove,
+            (Lines{"zsh", "zsh-common"}));
   EXPECT_EQ(parse_apt_simulation("Inst libc6 [2.36-9] (2.36-9+deb12u4 Debian:12.5 [amd64])\n").upgrade, Lines{"libc6"});
 }
 
@@ -193,7 +199,8 @@ TEST(PackagesApt, CheckPredictsApplyInstallsOneTransactionThenNothingRuns) {
   EXPECT_EQ(apt.commands, Lines{transaction});
   EXPECT_EQ(first.result().msg, "installed gpt-conf gpt-new gpt-new-lib; removed base-files");
   EXPECT_EQ(first.result().diff, check.result().diff);
-  EXPECT_EQ(first.result().diff, "--- packages (before)\n+++ packages (after)\n-base-files\n+gpt-conf\n+gpt-new\n+gpt-new-lib\n");
+  EXPECT_EQ(first.result().diff,
+            "--- packages (before)\n+++ packages (after)\n-base-files\n+gpt-conf\n+gpt-new\n+gpt-new-lib\n");
 
   apt.commands.clear();
   Ran second = run(h, pb, apt, false);
@@ -213,7 +220,8 @@ TEST(PackagesApt, AHalfInstalledPackageInDpkgsJournalIsInstalledAgain) {
   Ran check = run(h, task("{present: [gpt-half, gpt-unpacked, gpt-failconf, mawk]}"), apt, true);
   EXPECT_EQ(check.result().data["install"], (Lines{"gpt-failconf", "gpt-half", "gpt-unpacked"}));
   // A journal record replaces the status file's: an installed package the journal marks removed is gone.
-  test::write(h.d / "var/lib/dpkg/updates/0001", "Package: mawk\nStatus: deinstall ok config-files\nArchitecture: amd64\n");
+  test::write(h.d / "var/lib/dpkg/updates/0001",
+              "Package: mawk\nStatus: deinstall ok config-files\nArchitecture: amd64\n");
   apt.commands.clear();
   EXPECT_EQ(run(h, task("{present: [mawk]}"), apt, true).result().data["install"], Lines{"mawk"});
 }
@@ -227,7 +235,8 @@ TEST(PackagesApt, UpdatesTheCacheOnlyWhenSomethingIsInstalled) {
   apt.commands.clear();
   Ran install = run(h, task("{present: [gpt-new], update_cache: true, lock_timeout: 5}"), apt, false);
   EXPECT_EQ(install.result().status, Outcome::changed) << install.result().msg;
-  const std::string opts = " -o DPkg::Lock::Timeout=5 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold";
+  const std::string opts =
+      " -o DPkg::Lock::Timeout=5 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold";
   EXPECT_EQ(apt.commands, (Lines{kAptGet + opts + " update", kAptGet + opts + " install gpt-new"}));
   apt.commands.clear();
   EXPECT_EQ(run(h, task("{present: [gpt-new], update_cache: true}"), apt, false).result().status, Outcome::ok);
@@ -238,13 +247,13 @@ TEST(PackagesApt, AFailureCarriesAptsOwnMessageAndChangesNothing) {
   Host h(kDebian);
   h.dpkg();
   FakeApt apt(h.root());
-  apt.fail = ExecResult{100, false, "Reading package lists...\n",
-                        "E: Unable to locate package gpt-no-such-package\n"};
+  apt.fail = ExecResult{100, false, "Reading package lists...\n", "E: Unable to locate package gpt-no-such-package\n"};
   const std::string before = test::slurp(h.d / "var/lib/dpkg/status");
   Ran r = run(h, task("{present: [gpt-no-such-package]}"), apt, false);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.result().status, Outcome::failed);
-  EXPECT_NE(r.result().msg.find("failed: exit code 100: E: Unable to locate package gpt-no-such-package"), std::string::npos)
+  EXPECT_NE(r.result().msg.find("failed: exit code 100: E: Unable to locate package gpt-no-such-package"),
+            std::string::npos)
       << r.result().msg;
   EXPECT_EQ(test::slurp(h.d / "var/lib/dpkg/status"), before);
   Ran check = run(h, task("{present: [gpt-no-such-package]}"), apt, true);
@@ -262,8 +271,10 @@ TEST(PackagesApt, UnderRootTheCommandsAreReportedNeverRun) {
   EXPECT_EQ(r.result().commands,
             Lines{kAptGet + kAptOptions +
                   " install qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients ovmf swtpm swtpm-tools"});
-  EXPECT_NE(r.result().msg.find("virtualization: qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients ovmf"),
-            std::string::npos) << r.result().msg;
+  EXPECT_NE(
+      r.result().msg.find("virtualization: qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients ovmf"),
+      std::string::npos)
+      << r.result().msg;
   EXPECT_EQ(r.result().data["sets"]["tpm"], (Lines{"swtpm", "swtpm-tools"}));
 }
 
@@ -275,7 +286,8 @@ class FakePacman final : public Exec {
   Lines commands;
   ExecResult run(const Command& cmd) override {
     commands.push_back(cmd.display());
-    for (const auto& p : after(cmd, "--needed")) test::write(local_ + p + "-1.0-1/desc", "%NAME%\n" + p + "\n\n%VERSION%\n1.0-1\n\n");
+    for (const auto& p : after(cmd, "--needed"))
+      test::write(local_ + p + "-1.0-1/desc", "%NAME%\n" + p + "\n\n%VERSION%\n1.0-1\n\n");
     if (has(cmd, "-R"))
       for (const auto& p : after(cmd, "--noconfirm"))
         for (const auto& e : fs::directory_iterator(local_))
@@ -301,12 +313,14 @@ TEST(PackagesPacman, ReadsARealLocalDatabase) {
   EXPECT_EQ(gawk->arch, "x86_64");
   EXPECT_EQ(gawk->provides, Lines{"awk"});
   EXPECT_EQ(parse_pacman_desc(test::slurp(fixture("pacman-local/ca-certificates-utils-20181109-1/desc")))->arch, "any");
-  EXPECT_EQ(parse_pacman_desc(test::slurp(fixture("pacman-local/expac-git-8.1.g5ae006f-1/desc")))->provides, Lines{"expac"});
+  EXPECT_EQ(parse_pacman_desc(test::slurp(fixture("pacman-local/expac-git-8.1.g5ae006f-1/desc")))->provides,
+            Lines{"expac"});
   EXPECT_FALSE(parse_pacman_desc(test::slurp(fixture("pacman-local/ALPM_DB_VERSION"))));
 
   ArchHost h;
   FakePacman pacman(h.root());
-  Ran r = run(h, task("{present: [gawk, awk, sh, expac, glibc, filesystem, ca-certificates], absent: [gpt-none]}"), pacman, false);
+  Ran r = run(h, task("{present: [gawk, awk, sh, expac, glibc, filesystem, ca-certificates], absent: [gpt-none]}"),
+              pacman, false);
   EXPECT_EQ(r.result().status, Outcome::ok) << r.result().msg;
   EXPECT_EQ(r.result().msg, "7 present, 1 absent");
   EXPECT_EQ(run(h, task("{present: [filesystem:x86_64]}"), pacman, false).result().msg,
@@ -336,9 +350,13 @@ TEST(PackagesPacman, WaitsForPacmansLockWithinTheBound) {
   Ran r = run(h, task("{present: [swtpm], lock_timeout: 1}"), pacman, false);
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
   EXPECT_EQ(r.result().status, Outcome::failed);
-  EXPECT_NE(r.result().msg.find("/var/lib/pacman/db.lck is still there after 1 s"), std::string::npos) << r.result().msg;
+  EXPECT_NE(r.result().msg.find("/var/lib/pacman/db.lck is still there after 1 s"), std::string::npos)
+      << r.result().msg;
   EXPECT_TRUE(pacman.commands.empty());
-  EXPECT_EQ(run(h, task("{present: [swtpm], update_cache: true}"), pacman, false).result().msg.rfind("update_cache on Arch", 0), 0u);
+  EXPECT_EQ(run(h, task("{present: [swtpm], update_cache: true}"), pacman, false)
+                .result()
+                .msg.rfind("update_cache on Arch", 0),
+            0u);
 }
 
 // rpm's real database in the root (rpm --dbpath /var/lib/rpm), packages built with rpmbuild; dnf and
@@ -355,7 +373,8 @@ class RpmHost : public Host {
   // Builds NAME (noarch, with `provides`) and records it in the database, as its installation would.
   void install(const std::string& name, const Lines& provides = {}) const {
     const std::string top = build_.path(), spec = top + "/" + name + ".spec";
-    std::string text = "Name: " + name + "\nVersion: 1.0\nRelease: 1\nSummary: gptagent test\nLicense: MIT\nBuildArch: noarch\n";
+    std::string text =
+        "Name: " + name + "\nVersion: 1.0\nRelease: 1\nSummary: gptagent test\nLicense: MIT\nBuildArch: noarch\n";
     for (const auto& p : provides) text += "Provides: " + p + "\n";
     test::write(spec, text + "%description\ngptagent test\n%files\n");
     auto built = test::run_program("rpmbuild", {"--define", "_topdir " + top, "-bb", spec});
@@ -377,7 +396,8 @@ class FakeRpmTools final : public Exec {
     commands.push_back(cmd.display());
     if (cmd.argv[0] == "rpm") return real_.run(cmd);
     Lines install, remove;
-    if (has(cmd, "dnf")) (has(cmd, "install") ? install : remove) = after(cmd, has(cmd, "install") ? "install" : "remove");
+    if (has(cmd, "dnf"))
+      (has(cmd, "install") ? install : remove) = after(cmd, has(cmd, "install") ? "install" : "remove");
     if (has(cmd, "zypper"))
       for (const auto& w : has(cmd, "install") ? after(cmd, "--auto-agree-with-licenses") : after(cmd, "remove"))
         (w[0] == '!' || has(cmd, "remove") ? remove : install).push_back(w[0] == '!' ? w.substr(1) : w);
@@ -415,10 +435,12 @@ TEST(PackagesRpm, ReadsRpmsOwnDatabaseWithProvides) {
   EXPECT_TRUE(parse_rpm_query("gpg-pubkey\t(none)\tgpg(Fedora) \n").empty());
 
   FakeRpmTools tools(h);
-  Ran r = run(h, task("{present: [gpt-old, gpt-virtual, gpt-capability, gpt-provider:x86_64], absent: [gpt-gone]}"), tools, false);
+  Ran r = run(h, task("{present: [gpt-old, gpt-virtual, gpt-capability, gpt-provider:x86_64], absent: [gpt-gone]}"),
+              tools, false);
   EXPECT_EQ(r.result().status, Outcome::ok) << r.result().msg;
   ASSERT_EQ(tools.commands.size(), 1u);
-  EXPECT_EQ(tools.commands[0], "rpm --root " + h.root() + " --dbpath /var/lib/rpm -qa --qf '%{NAME}\\t%{ARCH}\\t[%{PROVIDENAME} ]\\n'");
+  EXPECT_EQ(tools.commands[0],
+            "rpm --root " + h.root() + " --dbpath /var/lib/rpm -qa --qf '%{NAME}\\t%{ARCH}\\t[%{PROVIDENAME} ]\\n'");
 }
 
 TEST(PackagesRpm, DnfInstallsTheFedoraSetThenRemoves) {
@@ -426,8 +448,9 @@ TEST(PackagesRpm, DnfInstallsTheFedoraSetThenRemoves) {
   const std::string pb = task("{present: [virtualization], absent: [gpt-old]}");
   Ran check = fedora.run(pb, true);
   EXPECT_EQ(check.exit_code, 2);
-  EXPECT_EQ(check.result().commands, (Lines{"dnf -y install qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client edk2-ovmf",
-                                            "dnf -y remove gpt-old"}));
+  EXPECT_EQ(
+      check.result().commands,
+      (Lines{"dnf -y install qemu-kvm qemu-img libvirt-daemon-kvm libvirt-client edk2-ovmf", "dnf -y remove gpt-old"}));
   EXPECT_EQ(fedora.tools.commands.size(), 1u) << "check mode only reads rpm's database";
   fedora.tools.commands.clear();
   Ran first = fedora.run(pb, false);
@@ -440,14 +463,16 @@ TEST(PackagesRpm, DnfInstallsTheFedoraSetThenRemoves) {
   EXPECT_EQ(fedora.run(pb, false).result().status, Outcome::ok);
   ASSERT_EQ(fedora.tools.commands.size(), 1u);
   EXPECT_EQ(fedora.tools.commands[0].rfind(kRpmQuery, 0), 0u) << "a converged run reads rpm's database, runs no dnf";
-  EXPECT_EQ(fedora.run(task("{present: [gpt-new:x86_64]}"), true).result().commands, Lines{"dnf -y install gpt-new.x86_64"});
+  EXPECT_EQ(fedora.run(task("{present: [gpt-new:x86_64]}"), true).result().commands,
+            Lines{"dnf -y install gpt-new.x86_64"});
 }
 
 TEST(PackagesRpm, ZypperTakesInstallsAndRemovalsInOneTransaction) {
   RpmWithOld leap(kLeap);
   const std::string pb = task("{present: [tpm], absent: [gpt-old], lock_timeout: 60}");
-  EXPECT_EQ(leap.run(pb, false).result().commands,
-            Lines{"env ZYPP_LOCK_TIMEOUT=60 zypper --non-interactive install --auto-agree-with-licenses swtpm '!gpt-old'"});
+  EXPECT_EQ(
+      leap.run(pb, false).result().commands,
+      Lines{"env ZYPP_LOCK_TIMEOUT=60 zypper --non-interactive install --auto-agree-with-licenses swtpm '!gpt-old'"});
   leap.tools.commands.clear();
   Ran again = leap.run(pb, false);
   EXPECT_EQ(again.result().status, Outcome::ok) << again.result().msg;
