@@ -20,17 +20,8 @@ namespace gpt {
 const char* const kRpmQueryFormat = "%{NAME}\\t%{ARCH}\\t[%{PROVIDENAME} ]\\n";
 
 std::string_view package_manager_name(PackageManager m) {
-  switch (m) {
-    case PackageManager::apt:
-      return "apt";
-    case PackageManager::dnf:
-      return "dnf";
-    case PackageManager::pacman:
-      return "pacman";
-    case PackageManager::zypper:
-      return "zypper";
-  }
-  return "?";
+  static constexpr std::string_view kNames[] = {"apt", "dnf", "pacman", "zypper"};  // in the enum's order
+  return kNames[static_cast<size_t>(m)];
 }
 
 std::optional<PackageManager> package_manager_for(const OsRelease& os) {
