@@ -80,25 +80,9 @@ class BootToolsExec final : public Exec {
 
 // converge_root's run with BootToolsExec: the commands change the tree as the tools would.
 test::Converged converge(const std::string& root_dir, const std::string& yaml, bool check) {
-  test::Converged c;
-  Root root(root_dir);
-  Facts facts = gather_facts(root);
-  LoadOptions opts;
-  opts.facts = facts.to_json();
-  auto loaded = load_playbook_text(yaml, "test.yaml", opts);
-  if (!loaded.ok()) {
-    c.load_errors = loaded.errors;
-    c.exit_code = 1;
-    return c;
-  }
   BootToolsExec exec(root_dir);
-  Context ctx{root, exec, facts, true};
-  test::Collect rep(c.tasks);
-  RunOptions ro;
-  ro.check = check;
-  c.stats = run_playbook(loaded.playbook, ctx, ro, rep);
+  test::Converged c = test::converge_root_with(exec, root_dir, yaml, check);
   c.commands = exec.commands;
-  c.exit_code = exit_code_for(c.stats, check);
   return c;
 }
 

@@ -54,8 +54,10 @@ Status SimulatedSysfs::write(const Root& root, const std::string& path, const st
   return {};
 }
 
-Converged converge_root(const std::string& root_dir, const std::string& yaml, bool check, bool allow_system,
-                        const nlohmann::json& extra_vars) {
+namespace {
+
+Converged run_on_root(Exec& exec, SimulatedSysfs* sysfs, const std::string& root_dir, const std::string& yaml, bool check,
+                      bool allow_system, const nlohmann::json& extra_vars) {
   Converged c;
   Root root(root_dir);
   Facts facts = gather_facts(root);
@@ -68,17 +70,30 @@ Converged converge_root(const std::string& root_dir, const std::string& yaml, bo
     c.exit_code = 1;
     return c;
   }
-  SimulatedKernelExec exec(root_dir);
-  SimulatedSysfs sysfs;
-  Context ctx{root, exec, facts, allow_system, &sysfs};
+  Context ctx{root, exec, facts, allow_system, sysfs};
   Collect rep(c.tasks);
   RunOptions ro;
   ro.check = check;
   c.stats = run_playbook(loaded.playbook, ctx, ro, rep);
-  c.commands = exec.commands;
-  c.sysfs_writes = sysfs.writes;
   c.exit_code = exit_code_for(c.stats, check);
   return c;
+}
+
+}  // namespace
+
+Converged converge_root(const std::string& root_dir, const std::string& yaml, bool check, bool allow_system,
+                        const nlohmann::json& extra_vars) {
+  SimulatedKernelExec exec(root_dir);
+  SimulatedSysfs sysfs;
+  Converged c = run_on_root(exec, &sysfs, root_dir, yaml, check, allow_system, extra_vars);
+  c.commands = exec.commands;
+  c.sysfs_writes = sysfs.writes;
+  return c;
+}
+
+Converged converge_root_with(Exec& exec, const std::string& root_dir, const std::string& yaml, bool check,
+                             bool allow_system) {
+  return run_on_root(exec, nullptr, root_dir, yaml, check, allow_system, nlohmann::json::object());
 }
 
 }  // namespace gpt::test

@@ -44,6 +44,10 @@ class Collect final : public Reporter {
 
 Converged converge_root(const std::string& root, const std::string& playbook_yaml, bool check,
                         bool allow_system_commands = true, const nlohmann::json& extra_vars = nlohmann::json::object());
+// The same run with another process runner: one that changes the tree as the real tools would.
+// Converged::commands stays empty (the runner keeps its own record).
+Converged converge_root_with(Exec& exec, const std::string& root, const std::string& playbook_yaml, bool check,
+                             bool allow_system_commands = true);
 
 // The kernel's side of a command, faked at the host boundary: records every command and, for
 // `modprobe -a M...`, lists the modules in the root's /proc/modules as the kernel would.
