@@ -134,7 +134,7 @@ inline std::optional<RunningAgent> wait_for_running_agent(const std::string& par
       const std::string pid_file = parent + "/" + d + "/pid";
       if (!fs::exists(pid_file)) continue;
       found = {d, std::atol(slurp(pid_file).c_str())};
-      return found.pid > 0 && has(slurp("/proc/" + std::to_string(found.pid) + "/cmdline"), "apply");
+      return found.pid > 0 && has(slurp_or_empty("/proc/" + std::to_string(found.pid) + "/cmdline"), "apply");
     }
     return false;
   });

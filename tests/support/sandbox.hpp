@@ -28,6 +28,11 @@ class TempDir {
 
 void write(const std::string& path, const std::string& content, int mode = 0644);
 std::string slurp(const std::string& path);
+// What the file holds, or "" when it cannot be read. With read(2), not a stream: /proc/PID/* of a
+// process that exits between the open and the read fails with ESRCH, which libstdc++'s
+// istreambuf_iterator throws out of underflow (a test aborted in LoopbackSshd's destructor, and
+// its orphaned sshd kept ctest's pipe open).
+std::string slurp_or_empty(const std::string& path);
 bool exists(const std::string& path);
 void copy_tree(const std::string& from, const std::string& to);
 std::string source_path(const std::string& rel);  // a file of the source tree

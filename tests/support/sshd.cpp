@@ -20,11 +20,6 @@ namespace gpt::test {
 
 namespace {
 
-std::string slurp_if_exists(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 void keygen(const std::string& path) {
   auto r = run_program("/usr/bin/ssh-keygen", {"-q", "-t", "ed25519", "-N", "", "-C", "gptagent-test", "-f", path});
   if (r.exit_code != 0) throw std::runtime_error("ssh-keygen failed: " + r.err);
@@ -113,7 +108,7 @@ void LoopbackSshd::stop() {
   for (const auto& e : std::filesystem::directory_iterator("/proc")) {
     const std::string pid = e.path().filename();
     if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
-    const std::string stat = slurp_if_exists(e.path() / "stat");
+    const std::string stat = slurp_or_empty(e.path() / "stat");
     const auto close = stat.rfind(')');
     if (close == std::string::npos) continue;
     std::istringstream rest(stat.substr(close + 2));
