@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -87,6 +88,13 @@ void LoopbackSshd::start() {
   if (pid_ == 0) {
     const std::string cfg = dir_ / "sshd_config", log = dir_ / "sshd.log";
     const char* argv[] = {"/usr/sbin/sshd", "-D", "-f", cfg.c_str(), "-E", log.c_str(), nullptr};
+    // Not the test's stdout and stderr (ctest's pipe): an sshd a crashed test leaves behind would
+    // keep ctest waiting for that test's output. sshd logs to its -E file.
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+      ::dup2(null, STDOUT_FILENO);
+      ::dup2(null, STDERR_FILENO);
+    }
     ::execv(argv[0], const_cast<char* const*>(argv));
     ::_exit(127);
   }
