@@ -1356,8 +1356,6 @@ Status merge(pugi::xml_document& doc, Want& w) {
   return {};
 }
 
-std::string render(const pugi::xml_document& doc) { return render_xml(doc); }
-
 // ---------------------------------------------------------------------------------------------
 
 // The tuning keys into `w`, checked against the host.
@@ -1698,7 +1696,9 @@ Result converge(Context& ctx, const json& args, bool apply) {
   std::vector<std::string> done;
   Result r = Result::ok();
   // Every node the merge leaves alone renders as it was: any difference is a change it made.
-  const bool redefine = !dom || render(current) != render(desired);
+  // Rendered once: compared, shown, defined and reported below.
+  const std::string before = dom ? render_xml(current) : "", after = render_xml(desired);
+  const bool redefine = !dom || before != after;
   virt::State run = virt::State::shutoff;
   if (dom) {
     auto st = dom->state();
@@ -1726,12 +1726,12 @@ Result converge(Context& ctx, const json& args, bool apply) {
     host_commands.push_back({Command{{"systemd-tmpfiles", "--create", conf}}, "created /dev/shm/looking-glass"});
   }
   if (redefine) {
-    r.diff = unified_diff(dom ? render(current) : "", render(desired), "domain " + name + " (libvirt XML)");
+    r.diff = unified_diff(before, after, "domain " + name + " (libvirt XML)");
     done.push_back(dom ? "redefined domain " + name : "defined domain " + name);
   }
   // The definition first: when libvirt refuses it, nothing at all has changed.
   if (apply && redefine) {
-    auto defined = conn->define(render(desired));
+    auto defined = conn->define(after);
     if (!defined) return Result::failed(defined.error() + " (domain " + name + ", nothing was changed)");
     dom.emplace(std::move(*defined));
   }
@@ -1805,7 +1805,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   for (const auto& g : want->gpus)
     for (const auto& f : g.functions) hostdevs.push_back(f);
   r.data["hostdevs"] = hostdevs;
-  if (redefine) r.data["xml"] = render(desired);  // what is (or would be) defined
+  if (redefine) r.data["xml"] = after;  // what is (or would be) defined
   const std::string warnings = want->warnings.empty() ? "" : " [warning: " + join(want->warnings, "; ") + "]";
   if (!want->warnings.empty()) r.data["warnings"] = want->warnings;
   for (const auto& w : want->warnings) spdlog::warn("domain {}: {}", name, w);

@@ -232,17 +232,19 @@ Result converge(Context& ctx, const json& args, bool apply) {
 
   Result r = Result::ok();
   std::vector<std::string> done;
-  const bool redefine = !net || render_xml(current) != render_xml(desired);
+  // Rendered once: compared, shown, defined and reported below.
+  const std::string before = net ? render_xml(current) : "", after = render_xml(desired);
+  const bool redefine = !net || before != after;
   // A network to stop is stopped before it is redefined: the new definition is then the one in
   // force at once (drivers differ in when a pending one takes over).
   const bool stop = state == "inactive" && active;
   if (apply && stop)
     if (auto s = net->destroy(); !s) return Result::failed(s.error());
   if (redefine) {
-    r.diff = unified_diff(net ? render_xml(current) : "", render_xml(desired), "network " + name + " (libvirt XML)");
+    r.diff = unified_diff(before, after, "network " + name + " (libvirt XML)");
     done.push_back(net ? "redefined network " + name : "defined network " + name);
     if (apply) {
-      auto defined = conn->define_network(render_xml(desired));
+      auto defined = conn->define_network(after);
       if (!defined) return Result::failed(defined.error() + " (network " + name + ", nothing was changed)");
       net.emplace(std::move(*defined));
     }
@@ -267,7 +269,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
             {"state", state},
             {"mode", node.child("forward").attribute("mode").value()},
             {"bridge", node.child("bridge").attribute("name").value()}};
-  if (redefine) r.data["xml"] = render_xml(desired);
+  if (redefine) r.data["xml"] = after;
   if (done.empty()) {
     r.msg = "network " + name + " is as wanted (" + (active ? "active" : "inactive") + ")";
     return r;
