@@ -293,8 +293,8 @@ struct HostOutcome {
 
 class Fleet {
  public:
-  Fleet(const FleetOptions& o, const Inventory& inv, std::ostream& out, std::ostream& err)
-      : o_(o), inv_(inv), out_(out), err_(err) {}
+  Fleet(const FleetOptions& o, std::ostream& out, std::ostream& err)
+      : o_(o), out_(out), err_(err) {}
 
   int run(const std::vector<const InventoryHost*>& hosts);
 
@@ -327,7 +327,6 @@ class Fleet {
   void report(const Host& h, const HostOutcome& r);
 
   const FleetOptions& o_;
-  const Inventory& inv_;
   std::ostream& out_;
   std::ostream& err_;
   std::mutex print_;
@@ -956,7 +955,7 @@ int run_fleet(const FleetOptions& o, std::ostream& out, std::ostream& err) {
     err << "gptagent: warning: the inventory " << o.inventory << " has no host: nothing to do\n";
     return 0;
   }
-  Fleet fleet(o, *inv, out, err);
+  Fleet fleet(o, out, err);
   return fleet.run(*hosts);
 }
 

@@ -169,8 +169,9 @@ std::optional<std::string> PackageDb::satisfied_by(std::string_view request) con
 
 bool PackageDb::has(std::string_view request) const {
   const auto [name, arch] = split_arch(request);
-  return std::any_of(pkgs_.begin(), pkgs_.end(),
-                     [&](const InstalledPackage& p) { return p.name == name && arch_fits(p.arch, arch); });
+  for (const auto& p : pkgs_)
+    if (p.name == name && arch_fits(p.arch, arch)) return true;
+  return false;
 }
 
 std::vector<std::string> PackageDb::names() const {

@@ -85,7 +85,7 @@ std::string merged(const std::string& xml, gpt::Want w) {
   if (!doc.load_string(xml.c_str())) return "";
   w.creating = !doc.child("domain");
   if (!gpt::merge(doc, w)) return "";
-  return gpt::render(doc);
+  return gpt::render_xml(doc);
 }
 
 }  // namespace
@@ -110,8 +110,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   pugi::xml_document desired;
   desired.reset(current);
   if (!gpt::merge(desired, w)) return 0;  // refused, with a message: nothing to define
-  const std::string rendered = gpt::render(desired);
-  (void)gpt::unified_diff(gpt::render(current), rendered, "domain gpuvm (libvirt XML)");
+  const std::string rendered = gpt::render_xml(desired);
+  (void)gpt::unified_diff(gpt::render_xml(current), rendered, "domain gpuvm (libvirt XML)");
 
   // Defined, then converged again: no drift.
   pugi::xml_document defined;
