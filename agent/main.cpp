@@ -7,6 +7,7 @@
 
 #include "agent/apply.hpp"
 #include "agent/doc.hpp"
+#include "agent/schema.hpp"
 #include "agent/fleet.hpp"
 #include "agent/facts.hpp"
 #include "agent/facts_view.hpp"
@@ -246,6 +247,8 @@ int main(int argc, char** argv) {
   doc->add_option("--words", doc_words, "Print words for shell completion, one a line: commands, modules, or a subcommand's options")
       ->type_name("WHAT");
 
+  auto* schema = app.add_subcommand("schema", "Print the JSON Schema of the playbook format (for editors)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -253,10 +256,14 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 1;
   }
   static TerminalSafeStreams terminal_safe((*apply && ao.json) || (*status && status_json) || (*facts && facts_json) ||
-                                           *inventory || *doc);
+                                           *inventory || *doc || *schema);
   setup_logging(c.verbosity);
   if (*inventory) return cmd_inventory(inventory_path);
   if (*doc) return cmd_doc(app, doc_module, doc_roff, doc_words);
+  if (*schema) {
+    std::cout << gpt::playbook_schema().dump(2) << "\n";
+    return 0;
+  }
   if (*apply && list_hosts) {
     if (fo.inventory.empty()) {
       std::cerr << "gptagent: --list-hosts lists the hosts of an inventory: give it with -i\n";
