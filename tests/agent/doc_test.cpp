@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <regex>
+#include <set>
 #include <sstream>
 
 #include "agent/module.hpp"
+#include "agent/playbook.hpp"
 #include "tests/support/sandbox.hpp"
 
 namespace gpt {
@@ -62,6 +65,60 @@ TEST(Doc, WordsAreTheSubcommandsModulesAndOptions) {
   auto modules = test::run_agent({"doc", "--words", "modules"});
   EXPECT_TRUE(contains(modules.out, "grub_cmdline\n")) << modules.out;
   EXPECT_EQ(test::run_agent({"doc", "--words", "nosuch"}).exit_code, 1);
+}
+
+
+// Every `name:` the README's module tables show (a module's row, and the VM tuning keys' table of
+// libvirt_domain) is an argument of that module, or a field of one: a renamed or removed argument
+// cannot linger in the documentation.
+TEST(Doc, TheReadmeNamesOnlyArgumentsThatExist) {
+  std::istringstream readme(test::slurp(test::source_path("README.md")));
+  const auto& reg = Registry::instance();
+  std::string line, table_module;
+  bool in_table = false;
+  std::set<std::pair<std::string, std::string>> unverified;  // module, a name it does not declare
+  size_t rows = 0, named = 0;
+  const std::regex row(R"(^\| `([a-z_]+)` \|)"), key(R"(`([a-z_]+):( [^`]*)?`)");
+  while (std::getline(readme, line)) {
+    // The tuning table starts after the paragraph that names it and ends at its first non-row.
+    if (line.starts_with("VM tuning keys of `libvirt_domain`")) table_module = "libvirt_domain", in_table = false;
+    if (line.starts_with("|")) in_table = true;
+    else if (in_table) table_module.clear(), in_table = false;
+    std::string module;
+    std::smatch m;
+    if (std::regex_search(line, m, row) && reg.find(m[1].str()))
+      module = m[1].str();
+    else if (line.starts_with("| `") && !table_module.empty())
+      module = table_module;
+    if (module.empty()) continue;
+    ++rows;
+    std::set<std::string> names;
+    std::function<void(const std::vector<ArgSpec>&)> collect = [&](const auto& specs) {
+      for (const auto& a : specs) {
+        names.insert(a.name);
+        collect(a.fields);
+      }
+    };
+    collect(reg.find(module)->schema.args);
+    for (auto it = std::sregex_iterator(line.begin(), line.end(), key); it != std::sregex_iterator(); ++it) {
+      ++named;
+      if (!names.count((*it)[1].str())) unverified.insert({module, (*it)[1].str()});
+    }
+  }
+  // Keys inside an argument declared as `any` (its check reads them): the declaration cannot list
+  // them yet, so the loader shows each one is taken there, and that a misspelling is not.
+  for (const auto& [right, wrong] : {std::pair{"reserve", "reserv"}}) {
+    const std::string yaml = std::string("tasks:\n  - libvirt_domain: {name: vm, memory: 4G, vcpus: 1, hugepages: {size: 2M, ") +
+                             "%s: true}}\n";
+    auto with = [&](const std::string& k) { return std::regex_replace(yaml, std::regex("%s"), k); };
+    EXPECT_TRUE(load_playbook_text(with(right), "t.yaml", {}).errors.empty()) << right;
+    EXPECT_FALSE(load_playbook_text(with(wrong), "t.yaml", {}).errors.empty()) << wrong;
+    unverified.erase({"libvirt_domain", right});
+  }
+  for (const auto& [module, name] : unverified)
+    ADD_FAILURE() << module << " has no argument " << name << ", which the README names";
+  EXPECT_GE(rows, 20u) << "the README's module tables were not found";
+  EXPECT_GE(named, 40u);
 }
 
 }  // namespace
