@@ -27,6 +27,11 @@ std::string_view arg_type_name(ArgType t) {
   return "?";
 }
 
+bool Context::packages_pending() const {
+  const auto it = provided.lower_bound("package:");
+  return it != provided.end() && it->starts_with("package:");
+}
+
 Result Context::run_system(const Command& cmd, bool apply, std::string_view what) {
   const std::string line = cmd.display();
   if (!system_commands_allowed) {

@@ -69,6 +69,10 @@ struct Context {
   // What earlier tasks of this run made, or in check mode would have made, as "kind:name" (e.g.
   // "libvirt_network:URI#default"): a later task that needs it finds it here before it exists.
   std::set<std::string> provided = {};
+  // An earlier task of this run installs packages ("package:NAME" above) that it has not installed
+  // (check mode, or not run under --root): a unit, or libvirt itself, may come with them, so a later
+  // task predicts what it would do instead of failing on what is not there yet.
+  bool packages_pending() const;
 
   // Runs a command that changes the running system when apply is set and that is allowed;
   // otherwise says what would run. Returns changed, skipped (not allowed here) or failed.

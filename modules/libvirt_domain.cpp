@@ -1655,7 +1655,7 @@ Status check_interfaces(const Context& ctx, const virt::Connection& conn, const 
 
 Result converge(Context& ctx, const json& args, bool apply) {
   const std::string name = args["name"].get<std::string>();
-  auto opened = open_libvirt(ctx, args, "domain " + name);
+  auto opened = open_libvirt(ctx, args, "domain " + name, apply);
   if (auto* skip = std::get_if<Result>(&opened)) return *skip;
   virt::Connection* conn = &std::get<virt::Connection>(opened);
   auto found = conn->lookup(name);

@@ -188,7 +188,7 @@ void merge(pugi::xml_document& doc, const json& args) {
 Result converge(Context& ctx, const json& args, bool apply) {
   const std::string name = args["name"].get<std::string>();
   const std::string state = args["state"].get<std::string>();
-  auto opened = open_libvirt(ctx, args, "network " + name);
+  auto opened = open_libvirt(ctx, args, "network " + name, apply);
   if (auto* skip = std::get_if<Result>(&opened)) return *skip;
   virt::Connection* conn = &std::get<virt::Connection>(opened);
   auto found = conn->lookup_network(name);

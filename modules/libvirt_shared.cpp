@@ -4,7 +4,8 @@
 
 namespace gpt {
 
-std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const json& args, const std::string& what) {
+std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const json& args, const std::string& what,
+                                                    bool apply) {
   std::string uri = args.contains("connect") && !args["connect"].is_null() ? args["connect"].get<std::string>() : ctx.libvirt_uri;
   if (uri.empty()) {
     if (!ctx.system_commands_allowed)
@@ -13,7 +14,17 @@ std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const js
     uri = kSystemLibvirtUri;
   }
   auto conn = virt::Connection::open(uri);
-  if (!conn) return Result::failed(conn.error());
+  if (!conn) {
+    // In check mode, libvirt that an earlier task would install or start is not there yet: the
+    // object would be made then, with what this task says.
+    const auto service = ctx.provided.lower_bound("service:");
+    const bool service_pending = service != ctx.provided.end() && service->starts_with("service:");
+    if (!apply && (ctx.packages_pending() || service_pending))
+      return Result::changed(what + " would be defined at " + uri + ": libvirt cannot be reached yet (" + conn.error() +
+                             "), and an earlier task would " + (ctx.packages_pending() ? "install packages" : "start a service") +
+                             " first");
+    return Result::failed(conn.error());
+  }
   return std::move(*conn);
 }
 

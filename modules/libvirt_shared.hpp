@@ -18,9 +18,11 @@ inline constexpr const char* kSystemLibvirtUri = "qemu:///system";
 
 // Opens the task's hypervisor: its connect:, else --connect, else qemu:///system — the last only
 // when the root is "/" (a sandbox root manages files, not this machine's hypervisor). Otherwise the
-// task's Result: skipped there, failed when libvirt cannot be reached. `what` names the object
-// the task manages ("domain win10").
-std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const json& args, const std::string& what);
+// task's Result: skipped there, failed when libvirt cannot be reached — in check mode, changed
+// when an earlier task would install packages or start a service first (Context::provided).
+// `what` names the object the task manages ("domain win10").
+std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const json& args, const std::string& what,
+                                                    bool apply);
 
 // A libvirt document as the modules show and compare it: two-space indents, no declaration.
 std::string render_xml(const pugi::xml_document& doc);

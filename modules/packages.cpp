@@ -511,6 +511,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
     data["install"] = would_install;
     data["remove"] = would_remove;
     const std::string what = what_changes(would_install, would_remove, false) + sets_text;
+    for (const auto& p : would_install) ctx.provided.insert("package:" + p);
     Result r = ctx.system_commands_allowed ? Result::changed(what)
                                            : Result::skipped("not run under --root " + ctx.root.dir() + ": " + what);
     r.diff = package_diff(would_install, would_remove);

@@ -83,8 +83,30 @@ Result converge(Context& ctx, const json& args, bool apply) {
 
   // Enabling: read always, for an unknown or masked unit fails whatever is asked.
   auto [enablement, res] = sc.ask({"is-enabled", unit});
-  if (enablement.empty() || enablement == "not-found")
+  if (enablement.empty() || enablement == "not-found") {
+    // Packages an earlier task would install (check mode) or did not install (--root) may bring the
+    // unit: what would be done once they are there, rather than a failure the run would not have.
+    if (ctx.packages_pending() && (!apply || offline)) {
+      std::vector<std::string> would;
+      if (declares_enabled) would.push_back(want_enabled ? "enabled" : "disabled");
+      if (!state.empty()) would.push_back(state);
+      const std::string why = unit + who + " is not known to systemd yet; an earlier task " +
+                              (apply ? "has packages to install that are not installed under --root " + ctx.root.dir()
+                                     : "would install packages") +
+                              ", which may bring it";
+      if (apply) {
+        Result skipped = Result::skipped(why);
+        skipped.commands = r.commands;
+        return skipped;
+      }
+      Result predicted = Result::changed("would be " + join(would, ", ") + ": " + why);
+      predicted.commands = r.commands;
+      predicted.data["unit"] = unit;
+      if (want_enabled || state == "started" || state == "restarted") ctx.provided.insert("service:" + unit);
+      return predicted;
+    }
     return Result::failed("unit " + unit + who + " is not known to systemd: " + said(res));
+  }
   if (enablement == "masked" || enablement == "masked-runtime") {
     if (want_enabled || state == "started" || state == "restarted")
       return Result::failed("unit " + unit + who + " is masked (" + enablement + "): it cannot be " +
@@ -168,6 +190,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
   }
   r.status = Outcome::changed;
   r.msg = (apply ? "" : "would be ") + join(done, ", ") + ": " + unit + who + tail;
+  // A later task that needs the service running (a libvirt daemon) knows it would be.
+  if (!apply && (want_enabled || state == "started" || state == "restarted")) ctx.provided.insert("service:" + unit);
   return r;
 }
 

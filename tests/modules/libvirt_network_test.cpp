@@ -65,6 +65,51 @@ TEST(LibvirtNetwork, DefinesStartsAndIsOkTheSecondTimeWithCheckExact) {
 // the networks whose definitions are edited here are inactive.
 const std::string kLabInactive = kLab + "      state: inactive\n";
 
+// A bare host: libvirt not installed (its hypervisor cannot be opened), its daemon's unit unknown.
+// In check mode, after a packages task that would install libvirt, the service and network tasks
+// say what they would do; without that task, each fails as a real run would.
+TEST(LibvirtNetwork, CheckModeOnAHostWithoutLibvirtPredictsWhatPackagesWouldBring) {
+  test::SampleHost host;
+  test::write(host.file("/var/lib/dpkg/status"),
+              "Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4\n\n");
+  const std::string absent_hypervisor = "test:///" + host.root() + "/no-such-libvirt.xml";
+  const std::string later = "  - service: {name: libvirtd, enabled: true, state: started}\n"
+                            "  - libvirt_network: {name: lab, connect: '" + absent_hypervisor +
+                            "', mode: nat, address: 192.168.100.1/24}\n";
+  auto check = test::converge_root(host.root(), "tasks:\n  - packages: {present: [libvirt-daemon-system]}\n" + later, true);
+  ASSERT_EQ(check.tasks.size(), 3u) << (check.load_errors.empty() ? "" : check.load_errors[0]);
+  EXPECT_EQ(check.tasks[0].result.status, Outcome::changed) << check.tasks[0].result.msg;
+  EXPECT_EQ(check.tasks[1].result.status, Outcome::changed) << check.tasks[1].result.msg;
+  EXPECT_EQ(check.tasks[1].result.msg,
+            "would be enabled, started: libvirtd.service is not known to systemd yet; an earlier task would install "
+            "packages, which may bring it");
+  EXPECT_EQ(check.tasks[2].result.status, Outcome::changed) << check.tasks[2].result.msg;
+  EXPECT_TRUE(has(check.tasks[2].result.msg, "network lab would be defined at " + absent_hypervisor +
+                                                 ": libvirt cannot be reached yet (")) << check.tasks[2].result.msg;
+  EXPECT_TRUE(has(check.tasks[2].result.msg, "), and an earlier task would install packages first")) << check.tasks[2].result.msg;
+  EXPECT_EQ(check.exit_code, 2);
+
+  // Under --root nothing is installed: the service task says why it cannot tell, and fails nothing.
+  auto sandboxed = test::converge_root(host.root(),
+                                       "tasks:\n  - packages: {present: [libvirt-daemon-system]}\n"
+                                       "  - service: {name: libvirtd, enabled: true, state: started}\n",
+                                       false, /*allow_system_commands=*/false);
+  ASSERT_EQ(sandboxed.tasks.size(), 2u);
+  EXPECT_EQ(sandboxed.tasks[1].result.status, Outcome::skipped) << sandboxed.tasks[1].result.msg;
+  EXPECT_EQ(sandboxed.tasks[1].result.msg, "libvirtd.service is not known to systemd yet; an earlier task has packages to "
+                                           "install that are not installed under --root " + host.root() + ", which may bring it");
+  EXPECT_EQ(sandboxed.exit_code, 0);
+
+  auto alone = test::converge_root(host.root(), "tasks:\n" + later, true);
+  ASSERT_EQ(alone.tasks.size(), 1u) << "the failed service task stops the run";
+  EXPECT_EQ(alone.tasks[0].result.status, Outcome::failed) << alone.tasks[0].result.msg;
+  EXPECT_TRUE(has(alone.tasks[0].result.msg, "unit libvirtd.service is not known to systemd")) << alone.tasks[0].result.msg;
+  auto network_alone = test::converge_root(
+      host.root(), "tasks:\n  - libvirt_network: {name: lab, connect: '" + absent_hypervisor + "', mode: nat}\n", true);
+  ASSERT_EQ(network_alone.tasks.size(), 1u);
+  EXPECT_EQ(network_alone.tasks[0].result.status, Outcome::failed) << network_alone.tasks[0].result.msg;
+}
+
 TEST(LibvirtNetwork, AHandEditOfADeclaredPartIsDriftAndOfAnUndeclaredOneIsNot) {
   test::SampleHost host;
   TestDriver lv;
