@@ -232,10 +232,12 @@ std::vector<std::string> package_set(PackageManager m, std::string_view set) {
 
 namespace {
 
-// A wait on the package manager's lock is bounded by lock_timeout, the transaction by timeout.
+// A wait on the package manager's lock is bounded by lock_timeout, the transaction by timeout;
+// `recommends` is install_recommends (unset: the package manager's own configuration decides).
 struct Limits {
   int lock_seconds = 300;
   std::chrono::seconds timeout{1800};
+  std::optional<bool> recommends = std::nullopt;
 };
 
 Expected<std::vector<InstalledPackage>> read_dpkg(const Root& root) {
@@ -348,16 +350,26 @@ std::vector<Command> transaction(PackageManager m, const std::vector<std::string
     case PackageManager::apt: {
       if (in.empty()) return {command(plus(plus(apt_get(lim, simulate), {"remove"}), out), lim)};
       for (auto& p : out) p += "-";
-      return {command(plus(plus(plus(apt_get(lim, simulate), {"install"}), in), out), lim)};
+      // Options before the verb, the packages after it.
+      std::vector<std::string> verb;
+      if (lim.recommends) verb.push_back(*lim.recommends ? "--install-recommends" : "--no-install-recommends");
+      verb.push_back("install");
+      return {command(plus(plus(plus(apt_get(lim, simulate), verb), in), out), lim)};
     }
     case PackageManager::zypper: {
       if (in.empty()) return {command(plus(plus(zypper(lim), {"remove"}), out), lim)};
       for (auto& p : out) p = "!" + p;
-      return {command(plus(plus(plus(zypper(lim), {"install", "--auto-agree-with-licenses"}), in), out), lim)};
+      std::vector<std::string> verb = {"install"};
+      if (lim.recommends) verb.push_back(*lim.recommends ? "--recommends" : "--no-recommends");
+      verb.push_back("--auto-agree-with-licenses");
+      return {command(plus(plus(plus(zypper(lim), verb), in), out), lim)};
     }
     case PackageManager::dnf: {
       std::vector<Command> cmds;
-      if (!in.empty()) cmds.push_back(command(plus({"dnf", "-y", "install"}, in), lim));
+      std::vector<std::string> install_cmd = {"dnf", "-y"};
+      if (lim.recommends) install_cmd.push_back(*lim.recommends ? "--setopt=install_weak_deps=True" : "--setopt=install_weak_deps=False");
+      install_cmd.push_back("install");
+      if (!in.empty()) cmds.push_back(command(plus(install_cmd, in), lim));
       if (!out.empty()) cmds.push_back(command(plus({"dnf", "-y", "remove"}, out), lim));
       return cmds;
     }
@@ -437,8 +449,9 @@ Result converge(Context& ctx, const json& args, bool apply) {
         (ctx.facts.os.id_like.empty() ? "" : " (like " + join(ctx.facts.os.id_like, ", ") + ")") +
         ": apt, dnf, pacman and zypper are known, on Debian, Ubuntu, Fedora, RHEL, Arch and openSUSE");
   const PackageManager m = *manager;
-  const Limits lim{static_cast<int>(args.value("lock_timeout", 300)),
-                   std::chrono::seconds(args.value("timeout", 1800))};
+  const Limits lim{static_cast<int>(args.value("lock_timeout", 300)), std::chrono::seconds(args.value("timeout", 1800)),
+                   args.contains("install_recommends") ? std::optional<bool>(args["install_recommends"].get<bool>())
+                                                       : std::nullopt};
 
   // The sets, resolved for this distribution; the names in the order asked, once each.
   json sets = json::object();
@@ -602,6 +615,9 @@ const Registration registration{ModuleDef{
                          .default_value = json::array(),
                          .check = [](const json& v) { return check_names(v, false); }},
                         {.name = "update_cache", .type = ArgType::boolean, .default_value = false},
+                        // Whether an install takes the packages' recommendations (weak dependencies)
+                        // too; unset: as the package manager is configured. pacman has none.
+                        {.name = "install_recommends", .type = ArgType::boolean},
                         {.name = "lock_timeout",
                          .type = ArgType::integer,
                          .default_value = 300,

@@ -480,6 +480,34 @@ TEST(PackagesRpm, ZypperTakesInstallsAndRemovalsInOneTransaction) {
   EXPECT_EQ(leap.tools.commands.size(), 1u);
 }
 
+// install_recommends: each package manager's own switch, in the simulation too; unset, none (the
+// package manager's configuration decides).
+TEST(Packages, InstallRecommendsIsEachPackageManagersOwnSwitch) {
+  Host h(kDebian);
+  h.dpkg();
+  FakeApt apt(h.root());
+  Ran no = run(h, task("{present: [gpt-new], install_recommends: false}"), apt, true);
+  EXPECT_EQ(apt.commands, Lines{kAptGet + " -s" + kAptOptions + " --no-install-recommends install gpt-new"});
+  EXPECT_EQ(no.result().commands, Lines{kAptGet + kAptOptions + " --no-install-recommends install gpt-new"});
+  apt.commands.clear();
+  Ran yes = run(h, task("{present: [gpt-new], install_recommends: true}"), apt, false);
+  EXPECT_EQ(yes.result().status, Outcome::changed) << yes.result().msg;
+  EXPECT_EQ(apt.commands, Lines{kAptGet + kAptOptions + " --install-recommends install gpt-new"});
+  apt.commands.clear();
+  EXPECT_EQ(run(h, task("{present: [gpt-other]}"), apt, true).result().commands,
+            Lines{kAptGet + kAptOptions + " install gpt-other"});
+
+  RpmWithOld fedora(kFedora);
+  EXPECT_EQ(fedora.run(task("{present: [gpt-new], install_recommends: false}"), true).result().commands,
+            Lines{"dnf -y --setopt=install_weak_deps=False install gpt-new"});
+  RpmWithOld leap(kLeap);
+  EXPECT_EQ(leap.run(task("{present: [gpt-new], install_recommends: false}"), true).result().commands,
+            Lines{"env ZYPP_LOCK_TIMEOUT=300 zypper --non-interactive install --no-recommends --auto-agree-with-licenses gpt-new"});
+  // Removals take no recommendations.
+  EXPECT_EQ(leap.run(task("{absent: [gpt-old], install_recommends: false}"), true).result().commands,
+            Lines{"env ZYPP_LOCK_TIMEOUT=300 zypper --non-interactive remove gpt-old"});
+}
+
 TEST(Packages, AnUnknownDistributionFailsNamingIt) {
   Host h("ID=gentoo\nNAME=Gentoo\n");
   test::RecordingExec exec;
