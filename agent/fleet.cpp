@@ -772,8 +772,10 @@ void Fleet::report(const Host& h, const HostOutcome& r_in) {
       if (!stage.value("tasks", json::array()).empty())
         out_ << terminal_safe(banner("STAGE [" + stage.value("name", "") + "]"), false) << "\n";
       for (const auto& t : stage["tasks"]) {
-        std::string line = t.value("status", "") + ": [" + name + "] " + t.value("name", "");
-        if (!t.value("msg", "").empty()) line += " " + t.value("msg", "");
+        std::string text = t.value("name", "");
+        if (!t.value("msg", "").empty()) text += " " + t.value("msg", "");
+        std::string line = task_line(t.value("status", ""), name, text);
+        if (t.contains("ignored") && t["ignored"].is_boolean() && t["ignored"].get<bool>()) line += " ...ignoring";
         out_ << terminal_safe(line, false) << "\n";
         if (o_.diff && !t.value("diff", "").empty()) out_ << t.value("diff", "");
       }

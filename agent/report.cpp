@@ -121,6 +121,11 @@ std::string banner(const std::string& text) {
   return line;
 }
 
+std::string task_line(std::string_view status, const std::string& where, const std::string& text) {
+  const std::string word = status == "skipped" ? "skipping" : std::string(status);
+  return word + ": [" + where + "]" + (text.empty() ? "" : " " + text);
+}
+
 std::string recap_line(const std::string& host, int ok, int changed, int unreachable, int failed, int skipped, int ignored) {
   char buf[256];
   std::snprintf(buf, sizeof buf,
@@ -144,15 +149,13 @@ class HumanReporter final : public Reporter {
   void handlers(const Stage& stage) override { line(banner("RUNNING HANDLERS [" + stage.name + "]")); }
   void task(const TaskReport& r) override {
     const char* color = kGreen;
-    std::string word;
     switch (r.result.status) {
-      case Outcome::ok: word = "ok"; break;
-      case Outcome::changed: word = "changed"; color = kYellow; break;
-      case Outcome::skipped: word = "skipping"; color = kCyan; break;
-      case Outcome::failed: word = "failed"; color = kRed; break;
+      case Outcome::ok: break;
+      case Outcome::changed: color = kYellow; break;
+      case Outcome::skipped: color = kCyan; break;
+      case Outcome::failed: color = kRed; break;
     }
-    std::string line = word + ": [" + r.name + "]";
-    if (!r.result.msg.empty()) line += " " + r.result.msg;
+    std::string line = task_line(outcome_name(r.result.status), r.name, r.result.msg);
     if (r.ignored) line += " ...ignoring";
     paint(color, line);
     if (opts_.diff && !r.result.diff.empty()) out_ << terminal_safe(r.result.diff, true);

@@ -58,6 +58,11 @@ void write_raw(std::ostream& out, std::string_view bytes);
 
 // "TEXT ****..." to 79 columns, as Ansible's banners.
 std::string banner(const std::string& text);
+// One task's line, for a local run and for each host of a fleet alike: "WORD: [WHERE] TEXT", the
+// word as Ansible prints it (ok, changed, skipping, failed) for a status named as in the JSON
+// report (ok, changed, skipped, failed; any other status as it is). WHERE is the task for a local
+// run, the host for a fleet's.
+std::string task_line(std::string_view status, const std::string& where, const std::string& text);
 // One RECAP line, Ansible's columns.
 std::string recap_line(const std::string& host, int ok, int changed, int unreachable, int failed, int skipped, int ignored);
 

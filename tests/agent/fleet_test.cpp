@@ -545,6 +545,9 @@ TEST(FleetLocal, ALocalHostConvergesOnTheControllerWithoutSsh) {
   auto first = apply();
   ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
   EXPECT_TRUE(has(first.out, "changed: [controller] IOMMU on the kernel command line")) << first.out;
+  // The same task line as a local run's (report.cpp's task_line): Ansible's `skipping:`.
+  EXPECT_TRUE(has(first.out, "\nskipping: [controller] regenerate the grub config not run under --root")) << first.out;
+  EXPECT_FALSE(has(first.out, "skipped: [")) << first.out;
   EXPECT_TRUE(has(slurp(tree.file("/etc/default/grub")), "intel_iommu=on iommu=pt"));
   auto second = apply();
   ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
