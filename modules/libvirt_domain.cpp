@@ -467,9 +467,9 @@ std::vector<Slot> part_slots(const std::string& key) {
 }
 
 // Keys whose part the agent records; the list keys are recorded item by item.
-const std::vector<std::string> kParts = {"type",  "memory", "vcpus",     "machine",   "firmware",      "secure_boot", "cpu_mode",
-                                         "hide_kvm", "hyperv_vendor_id", "hyperv", "cpu", "pin", "hugepages", "looking_glass",
-                                         "graphics", "video", "boot", "tpm"};
+const std::vector<std::string> kParts = {"type", "memory", "vcpus", "machine", "firmware", "secure_boot", "cpu_mode", "hide_kvm",
+                                         "hyperv_vendor_id", "hyperv", "cpu", "pin", "hugepages", "looking_glass", "graphics", "video",
+                                         "boot", "tpm"};
 
 using Fragment = std::shared_ptr<pugi::xml_document>;  // a <prior> element and what it holds
 
