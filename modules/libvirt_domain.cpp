@@ -990,6 +990,18 @@ struct Items {
     return {};
   }
   void claim(const std::string& key) { claimed.push_back(key); }
+  // A listed item: the domain's node of that identity (claimed), or, for `state: absent`, none
+  // after removing it and its record.
+  pugi::xml_node listed(const std::string& key, bool absent) {
+    auto node = find(key);
+    if (!absent) {
+      claim(key);
+      return node;
+    }
+    if (node) devices.remove_child(node);
+    rec.drop(kind, key);
+    return {};
+  }
   bool is_claimed(const std::string& key) const { return std::find(claimed.begin(), claimed.end(), key) != claimed.end(); }
   // After the listed items: the recorded ones not listed go back; with exclusive, the rest go.
   void finish(bool exclusive) {
@@ -1043,18 +1055,26 @@ std::string stable_mac(const std::string& seed) {
   return buf;
 }
 
-Status merge_disks(pugi::xml_node devices, Want& w, Record& rec) {
-  Items disks{devices, rec, "disk", is_disk, disk_source};
+// The targets of the domain's disks and CD-ROMs (vda, sdb...).
+std::set<std::string> disk_targets(pugi::xml_node devices) {
   std::set<std::string> targets;
   for (auto d : devices.children("disk")) targets.insert(attr(d.child("target"), "dev"));
+  return targets;
+}
+
+// The first free target of a bus's prefix (vd, sd, hd), taken; empty when a to z are all in use.
+std::string take_target(std::set<std::string>& targets, const std::string& prefix) {
+  for (char letter = 'a'; letter <= 'z'; ++letter)
+    if (targets.insert(prefix + letter).second) return prefix + letter;
+  return "";
+}
+
+Status merge_disks(pugi::xml_node devices, Want& w, Record& rec) {
+  Items disks{devices, rec, "disk", is_disk, disk_source};
+  std::set<std::string> targets = disk_targets(devices);
   for (const auto& d : w.disks) {
-    auto node = disks.find(d.path);
-    if (d.absent) {
-      if (node) devices.remove_child(node);
-      rec.drop("disk", d.path);
-      continue;
-    }
-    disks.claim(d.path);
+    auto node = disks.listed(d.path, d.absent);
+    if (d.absent) continue;
     if (node && !d.target.empty() && attr(node.child("target"), "dev") != d.target && targets.count(d.target))
       return Error{"disks: target " + d.target + " of " + d.path + " is already another disk's in domain " + w.name};
     if (!node) {
@@ -1062,13 +1082,11 @@ Status merge_disks(pugi::xml_node devices, Want& w, Record& rec) {
       const std::string bus = d.bus.empty() ? "virtio" : d.bus;
       if (target.empty()) {
         const std::string prefix = bus == "virtio" ? "vd" : bus == "ide" ? "hd" : "sd";
-        for (char letter = 'a'; letter <= 'z' && target.empty(); ++letter)
-          if (!targets.count(prefix + letter)) target = prefix + letter;
+        target = take_target(targets, prefix);
         if (target.empty()) return Error{"disks: no free " + prefix + "? target left for " + d.path};
-      } else if (targets.count(target)) {
+      } else if (!targets.insert(target).second) {
         return Error{"disks: target " + target + " of " + d.path + " is already another disk's in domain " + w.name};
       }
-      targets.insert(target);
       node = insert_before(devices, "disk", [](pugi::xml_node n) { return !is_disk(n) && !named(n, "emulator"); });
       set_attr(node, "type", "file");
       set_attr(node, "device", "disk");
@@ -1101,25 +1119,16 @@ bool is_cdrom(pugi::xml_node d) { return named(d, "disk") && attr(d, "device") =
 // CD-ROMs by their ISO: a new one is a read-only SATA drive on the first free sdX, after the disks.
 Status merge_cdroms(pugi::xml_node devices, const Want& w, Record& rec) {
   Items drives{devices, rec, "cdrom", is_cdrom, disk_source};
-  std::set<std::string> targets;
-  for (auto d : devices.children("disk")) targets.insert(attr(d.child("target"), "dev"));
+  std::set<std::string> targets = disk_targets(devices);
   for (const auto& c : w.cdroms) {
-    auto node = drives.find(c.path);
-    if (c.absent) {
-      if (node) devices.remove_child(node);
-      rec.drop("cdrom", c.path);
-      continue;
-    }
-    drives.claim(c.path);
+    auto node = drives.listed(c.path, c.absent);
+    if (c.absent) continue;
     if (node) {
       own(rec, "cdrom", c.path, node);
       continue;
     }
-    std::string target;
-    for (char letter = 'a'; letter <= 'z' && target.empty(); ++letter)
-      if (!targets.count(std::string("sd") + letter)) target = std::string("sd") + letter;
+    const std::string target = take_target(targets, "sd");
     if (target.empty()) return Error{"cdrom: no free sd? target left for " + c.path};
-    targets.insert(target);
     node = insert_before(devices, "disk", [](pugi::xml_node n) { return !named(n, "disk") && !named(n, "emulator"); });
     set_attr(node, "type", "file");
     set_attr(node, "device", "cdrom");

@@ -101,20 +101,7 @@ TEST(LibvirtWindows11, ANewDomainGetsTheTpmSecureBootAndTheIsosThenOk) {
       {"OVMF_CODE_4M.ms.fd", "OVMF_CODE_4M.fd"},
       {"<source file='" + kDrivers + "'/>", "<source file='/var/lib/libvirt/images/other.iso'/>"},
   };
-  for (const auto& [from, to] : edits) {
-    const std::string now = lv.xml("win11");
-    ASSERT_TRUE(has(now, from)) << from << "\n" << now;
-    std::string edited = now;
-    edited.replace(edited.find(from), from.size(), to);
-    auto defined = lv.conn.define(edited);
-    ASSERT_TRUE(defined.ok()) << defined.error();
-    auto drift = test::converge_root(host.root(), pb, true);
-    EXPECT_EQ(last(drift).msg, "redefined domain win11") << from;
-    auto fixed = test::converge_root(host.root(), pb, false);
-    EXPECT_EQ(fixed.changes(), drift.changes()) << from;
-    EXPECT_TRUE(has(lv.xml("win11"), from)) << from << "\n" << lv.xml("win11");
-    EXPECT_EQ(last(test::converge_root(host.root(), pb, false)).status, Outcome::ok) << from;
-  }
+  test::expect_edits_repaired(lv, host.root(), "win11", pb, edits);
   // The ISO put in by hand in place of the drivers' stays: the user's drive, not the playbook's.
   EXPECT_TRUE(has(lv.xml("win11"), "other.iso")) << lv.xml("win11");
 
