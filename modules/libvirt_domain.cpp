@@ -2,8 +2,8 @@
 //
 // The module manages only what the playbook declares. A new domain is made whole (q35, OVMF,
 // defaults for every key left out); of an existing one, only the declared keys are ensured and
-// the rest stays byte for byte as libvirt has it. Lists (disks, interfaces, host devices, evdev
-// inputs, ROMs) are managed item by item by identity. What the agent took over is recorded in the
+// the rest stays byte for byte as libvirt has it. Lists (disks, CD-ROMs, interfaces, host devices,
+// evdev inputs, ROMs) are managed item by item by identity. What the agent took over is recorded in the
 // domain's own <metadata> with what was there before, so that a key or item the playbook drops is
 // given back. Each part is written only where it differs, so the document changes exactly where
 // a change is needed: drift is a difference between the current and the merged XML, and --diff
@@ -149,6 +149,10 @@ ModuleSchema schema() {
       {.name = "shutdown_timeout", .type = ArgType::integer, .default_value = 120},
       {.name = "force_shutoff", .type = ArgType::boolean, .default_value = false},
       {.name = "keep_nvram", .type = ArgType::boolean, .default_value = true},
+      // What Windows 11 setup requires: an emulated TPM 2.0 and Secure Boot; its ISOs as CD-ROMs.
+      {.name = "tpm", .type = ArgType::boolean},
+      {.name = "secure_boot", .type = ArgType::boolean},
+      {.name = "cdrom", .type = ArgType::list, .elements = ArgType::any},
       // VM tuning (see the module's documentation in README.md).
       {.name = "rom", .type = ArgType::list, .elements = ArgType::dict,
        .fields = {{.name = "gpu", .check = pci_address_check},
@@ -181,12 +185,12 @@ ModuleSchema schema() {
          return std::nullopt;
        }},
       {.name = "exclusive", .type = ArgType::any, .check = [](const json& v) -> std::optional<std::string> {
-         const std::vector<std::string> lists = {"disks", "interfaces", "hostdevs", "evdev"};
+         const std::vector<std::string> lists = {"disks", "cdrom", "interfaces", "hostdevs", "evdev"};
          if (v.is_boolean()) return std::nullopt;
-         if (!v.is_array()) return "must be true, false or a list of disks, interfaces, hostdevs, evdev";
+         if (!v.is_array()) return "must be true, false or a list of disks, cdrom, interfaces, hostdevs, evdev";
          for (const auto& l : v)
            if (!l.is_string() || std::find(lists.begin(), lists.end(), l.get<std::string>()) == lists.end())
-             return "'" + (l.is_string() ? l.get<std::string>() : l.dump()) + "' is not one of disks, interfaces, hostdevs, evdev";
+             return "'" + (l.is_string() ? l.get<std::string>() : l.dump()) + "' is not one of disks, cdrom, interfaces, hostdevs, evdev";
          return std::nullopt;
        }},
   };
@@ -202,6 +206,14 @@ ModuleSchema schema() {
       }
       if (d.contains("state") && d["state"] != "present" && d["state"] != "absent")
         return "disks: state '" + d["state"].get<std::string>() + "' is not present or absent";
+    }
+    for (const auto& c : a.value("cdrom", json::array())) {
+      if (c.is_string()) continue;
+      if (!c.is_object() || !c.contains("path") || !c["path"].is_string()) return "cdrom: each CD-ROM is an ISO's path or {path, state}";
+      for (auto it = c.begin(); it != c.end(); ++it)
+        if (it.key() != "path" && it.key() != "state") return "cdrom: unknown key '" + it.key() + "' (path, state)";
+      if (c.contains("state") && c["state"] != "present" && c["state"] != "absent")
+        return "cdrom: state '" + (c["state"].is_string() ? c["state"].get<std::string>() : c["state"].dump()) + "' is not present or absent";
     }
     for (const auto& i : a.value("interfaces", json::array())) {
       if (i.contains("bridge") == i.contains("network")) return "interfaces: each interface has either bridge or network";
@@ -307,19 +319,41 @@ const std::vector<std::pair<std::string, std::string>> kFirmware = {
     {"/usr/share/edk2-ovmf/x64/OVMF_CODE.fd", "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"},  // older Arch
 };
 
-Expected<std::pair<std::string, std::string>> choose_firmware(const Root& root, const json& fw) {
+// The Secure Boot builds (SMM required) with the variables template that holds Microsoft's keys,
+// as the distributions pair them in their QEMU firmware descriptors (/usr/share/qemu/firmware/).
+// Arch ships no template with keys enrolled: its guests start in Secure Boot's setup mode, which
+// Windows 11 setup accepts (it asks for a machine capable of Secure Boot).
+const std::vector<std::pair<std::string, std::string>> kSecureFirmware = {
+    {"/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"},  // Debian 12 (40-edk2-x86_64-secure-enrolled.json), Ubuntu 22.04+
+    {"/usr/share/OVMF/OVMF_CODE.ms.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"},        // older Debian and Ubuntu
+    {"/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd", "/usr/share/edk2/ovmf/OVMF_VARS.secboot.fd"},  // Fedora, RHEL
+    {"/usr/share/edk2/x64/OVMF_CODE.secboot.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"},      // Arch (no keys enrolled)
+    {"/usr/share/edk2-ovmf/x64/OVMF_CODE.secboot.fd", "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"},  // older Arch (no keys enrolled)
+};
+
+bool keys_enrolled(const std::string& vars) { return vars.find("/edk2/x64/") == std::string::npos && vars.find("/edk2-ovmf/") == std::string::npos; }
+
+Expected<std::pair<std::string, std::string>> choose_firmware(const Root& root, const json& fw, bool secure) {
   if (fw.contains("code")) {
     for (const char* key : {"code", "vars"})
       if (!path_exists(root, fw[key].get<std::string>()))
         return Error{std::string("firmware: ") + key + " " + fw[key].get<std::string>() + " does not exist"};
     return std::make_pair(fw["code"].get<std::string>(), fw["vars"].get<std::string>());
   }
-  for (const auto& [code, vars] : kFirmware)
+  const auto& table = secure ? kSecureFirmware : kFirmware;
+  for (const auto& [code, vars] : table)
     if (path_exists(root, code) && path_exists(root, vars)) return std::make_pair(code, vars);
   std::vector<std::string> tried;
-  for (const auto& f : kFirmware) tried.push_back(f.first);
-  return Error{"no OVMF firmware found (looked for " + join(tried, ", ") +
-               "): install ovmf (Debian, Ubuntu), edk2-ovmf (Fedora, Arch), or give firmware: {code, vars}"};
+  for (const auto& f : table) tried.push_back(f.first);
+  if (!secure)
+    return Error{"no OVMF firmware found (looked for " + join(tried, ", ") +
+                 "): install ovmf (Debian, Ubuntu), edk2-ovmf (Fedora, Arch), or give firmware: {code, vars}"};
+  std::string plain;
+  for (const auto& f : kFirmware)
+    if (plain.empty() && path_exists(root, f.first)) plain = " (this host has " + f.first + ", which has no Secure Boot)";
+  return Error{"secure_boot: no Secure Boot build of OVMF found" + plain + " (looked for " + join(tried, ", ") +
+               "): install ovmf (Debian, Ubuntu) or edk2-ovmf (Fedora, Arch), or give firmware: {code, vars} of a Secure Boot "
+               "build; nothing was changed"};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,6 +443,11 @@ std::vector<Slot> part_slots(const std::string& key) {
   if (key == "vcpus") return {children_named({}, {"vcpu"})};
   if (key == "machine") return {attribute_of({"os", "type"}, "machine")};
   if (key == "firmware") return {attribute_of({"os"}, "firmware"), children_named({"os"}, {"loader", "nvram"})};
+  // The loader and the nvram's template change with it, and the autoselection (with its feature
+  // list) gives way to them.
+  if (key == "secure_boot")
+    return {attribute_of({"os"}, "firmware"), children_named({"os"}, {"loader", "nvram", "firmware"}), children_named({"features"}, {"smm"})};
+  if (key == "tpm") return {children_named({"devices"}, {"tpm"})};
   if (key == "cpu_mode") return {attribute_of({"cpu"}, "mode"), attribute_of({"cpu"}, "check")};
   if (key == "hide_kvm") return {children_named({"features", "kvm"}, {"hidden"})};
   if (key == "hyperv_vendor_id") return {children_named({"features", "hyperv"}, {"vendor_id"})};
@@ -428,8 +467,9 @@ std::vector<Slot> part_slots(const std::string& key) {
 }
 
 // Keys whose part the agent records; the list keys are recorded item by item.
-const std::vector<std::string> kParts = {"type", "memory", "vcpus", "machine", "firmware", "cpu_mode", "hide_kvm", "hyperv_vendor_id",
-                                         "hyperv", "cpu", "pin", "hugepages", "looking_glass", "graphics", "video", "boot"};
+const std::vector<std::string> kParts = {"type", "memory", "vcpus", "machine", "firmware", "secure_boot", "cpu_mode", "hide_kvm",
+                                         "hyperv_vendor_id", "hyperv", "cpu", "pin", "hugepages", "looking_glass", "graphics", "video",
+                                         "boot", "tpm"};
 
 using Fragment = std::shared_ptr<pugi::xml_document>;  // a <prior> element and what it holds
 
@@ -475,7 +515,7 @@ void restore(pugi::xml_node dom, const std::vector<Slot>& slots, const Fragment&
 }
 
 struct Owned {
-  std::string kind;  // "part", or an item kind: disk, interface, hostdev, port, evdev, rom
+  std::string kind;  // "part", or an item kind: disk, cdrom, interface, hostdev, port, evdev, rom
   std::string id;    // the key, or the item's identity
   Fragment prior;    // what was there before the agent took it over; null: the agent created it
 };
@@ -551,6 +591,11 @@ struct DiskWant {
   bool absent = false;
 };
 
+struct CdromWant {
+  std::string path;
+  bool absent = false;
+};
+
 struct NicWant {
   std::string type, source, mac, model;  // mac, model: empty when not given
   bool absent = false;
@@ -560,6 +605,10 @@ struct Want {
   std::set<std::string> declared;  // the keys the playbook gives: the only parts of an existing domain managed
   bool creating = false;           // no domain yet: the parts not declared get the defaults too
   std::string type, name, machine, loader, vars, nvram, cpu_mode, hyperv_vendor_id, video;
+  bool secure_boot = false;               // the loader is a Secure Boot build (declared, or the domain's own)
+  std::string plain_loader, plain_vars;   // a new domain's firmware without secure_boot: what giving it back returns to
+  bool tpm = false;
+  std::vector<CdromWant> cdroms;
   uint64_t memory_kib = 0;
   int vcpus = 0;
   bool hide_kvm = true;
@@ -635,18 +684,49 @@ void ensure_vcpus(pugi::xml_node dom, const Want& w) {
   if (vcpu.attribute("current") && vcpu.attribute("current").as_int() > w.vcpus) vcpu.remove_attribute("current");
 }
 
-void ensure_firmware(pugi::xml_node dom, const Want& w) {
+// The loader and the nvram; `secure` (when secure_boot is declared) sets or removes the loader's
+// secure attribute and the autoselection's feature list, which names another firmware.
+void ensure_firmware(pugi::xml_node dom, const std::string& code, const std::string& vars, const std::string& nvram_path,
+                     std::optional<bool> secure) {
   auto os = child_or_add(dom, "os");
   os.remove_attribute("firmware");  // firmware autoselection and an explicit loader exclude each other
+  if (secure) os.remove_child("firmware");
   auto loader = os.child("loader");
   if (!loader) loader = os.append_child("loader");
   set_attr(loader, "readonly", "yes");
+  if (secure && *secure) set_attr(loader, "secure", "yes");
+  if (secure && !*secure) loader.remove_attribute("secure");
   set_attr(loader, "type", "pflash");
-  set_text(loader, w.loader);
+  set_text(loader, code);
   auto nvram = os.child("nvram");
   if (!nvram) nvram = os.append_child("nvram");
-  set_attr(nvram, "template", w.vars);
-  set_text(nvram, w.nvram);
+  set_attr(nvram, "template", vars);
+  set_text(nvram, nvram_path);
+}
+
+// An emulated TPM 2.0 (swtpm): a domain's own emulated TPM 2.0 keeps its model (tpm-tis or
+// tpm-crb, both TPM 2.0 interfaces) and whatever else it sets; any other TPM gives way to one.
+bool is_tpm2_emulator(pugi::xml_node t) {
+  const std::string model = attr(t, "model");
+  return attr(t.child("backend"), "type") == "emulator" && attr(t.child("backend"), "version") == "2.0" &&
+         (model == "tpm-crb" || model == "tpm-tis");
+}
+
+void ensure_tpm(pugi::xml_node devices, const Want& w) {
+  std::vector<pugi::xml_node> all;
+  for (auto t : devices.children("tpm")) all.push_back(t);
+  if (w.tpm && all.size() == 1 && is_tpm2_emulator(all[0])) return;
+  for (auto t : all) devices.remove_child(t);
+  if (!w.tpm) return;
+  // Where libvirt keeps it: after the inputs, before graphics, sound, video and host devices.
+  const std::set<std::string> after = {"graphics", "sound", "audio", "video", "hostdev", "redirdev", "smartcard", "hub", "watchdog",
+                                       "memballoon", "rng", "panic", "shmem", "memory", "iommu", "vsock"};
+  auto next = devices.find_child([&](pugi::xml_node n) { return after.count(n.name()) > 0; });
+  auto tpm = next ? devices.insert_child_before("tpm", next) : devices.append_child("tpm");
+  set_attr(tpm, "model", "tpm-crb");
+  auto backend = tpm.append_child("backend");
+  set_attr(backend, "type", "emulator");
+  set_attr(backend, "version", "2.0");
 }
 
 void ensure_hyperv(pugi::xml_node dom, const Want& w) {
@@ -910,6 +990,18 @@ struct Items {
     return {};
   }
   void claim(const std::string& key) { claimed.push_back(key); }
+  // A listed item: the domain's node of that identity (claimed), or, for `state: absent`, none
+  // after removing it and its record.
+  pugi::xml_node listed(const std::string& key, bool absent) {
+    auto node = find(key);
+    if (!absent) {
+      claim(key);
+      return node;
+    }
+    if (node) devices.remove_child(node);
+    rec.drop(kind, key);
+    return {};
+  }
   bool is_claimed(const std::string& key) const { return std::find(claimed.begin(), claimed.end(), key) != claimed.end(); }
   // After the listed items: the recorded ones not listed go back; with exclusive, the rest go.
   void finish(bool exclusive) {
@@ -963,18 +1055,26 @@ std::string stable_mac(const std::string& seed) {
   return buf;
 }
 
-Status merge_disks(pugi::xml_node devices, Want& w, Record& rec) {
-  Items disks{devices, rec, "disk", is_disk, disk_source};
+// The targets of the domain's disks and CD-ROMs (vda, sdb...).
+std::set<std::string> disk_targets(pugi::xml_node devices) {
   std::set<std::string> targets;
   for (auto d : devices.children("disk")) targets.insert(attr(d.child("target"), "dev"));
+  return targets;
+}
+
+// The first free target of a bus's prefix (vd, sd, hd), taken; empty when a to z are all in use.
+std::string take_target(std::set<std::string>& targets, const std::string& prefix) {
+  for (char letter = 'a'; letter <= 'z'; ++letter)
+    if (targets.insert(prefix + letter).second) return prefix + letter;
+  return "";
+}
+
+Status merge_disks(pugi::xml_node devices, Want& w, Record& rec) {
+  Items disks{devices, rec, "disk", is_disk, disk_source};
+  std::set<std::string> targets = disk_targets(devices);
   for (const auto& d : w.disks) {
-    auto node = disks.find(d.path);
-    if (d.absent) {
-      if (node) devices.remove_child(node);
-      rec.drop("disk", d.path);
-      continue;
-    }
-    disks.claim(d.path);
+    auto node = disks.listed(d.path, d.absent);
+    if (d.absent) continue;
     if (node && !d.target.empty() && attr(node.child("target"), "dev") != d.target && targets.count(d.target))
       return Error{"disks: target " + d.target + " of " + d.path + " is already another disk's in domain " + w.name};
     if (!node) {
@@ -982,13 +1082,11 @@ Status merge_disks(pugi::xml_node devices, Want& w, Record& rec) {
       const std::string bus = d.bus.empty() ? "virtio" : d.bus;
       if (target.empty()) {
         const std::string prefix = bus == "virtio" ? "vd" : bus == "ide" ? "hd" : "sd";
-        for (char letter = 'a'; letter <= 'z' && target.empty(); ++letter)
-          if (!targets.count(prefix + letter)) target = prefix + letter;
+        target = take_target(targets, prefix);
         if (target.empty()) return Error{"disks: no free " + prefix + "? target left for " + d.path};
-      } else if (targets.count(target)) {
+      } else if (!targets.insert(target).second) {
         return Error{"disks: target " + target + " of " + d.path + " is already another disk's in domain " + w.name};
       }
-      targets.insert(target);
       node = insert_before(devices, "disk", [](pugi::xml_node n) { return !is_disk(n) && !named(n, "emulator"); });
       set_attr(node, "type", "file");
       set_attr(node, "device", "disk");
@@ -1013,6 +1111,38 @@ Status merge_disks(pugi::xml_node devices, Want& w, Record& rec) {
     if (!w.iothread_pin.empty() && attr(node.child("target"), "bus") == "virtio") set_attr(child_or_add(node, "driver"), "iothread", "1");
   }
   disks.finish(w.exclusive.count("disks"));
+  return {};
+}
+
+bool is_cdrom(pugi::xml_node d) { return named(d, "disk") && attr(d, "device") == "cdrom"; }
+
+// CD-ROMs by their ISO: a new one is a read-only SATA drive on the first free sdX, after the disks.
+Status merge_cdroms(pugi::xml_node devices, const Want& w, Record& rec) {
+  Items drives{devices, rec, "cdrom", is_cdrom, disk_source};
+  std::set<std::string> targets = disk_targets(devices);
+  for (const auto& c : w.cdroms) {
+    auto node = drives.listed(c.path, c.absent);
+    if (c.absent) continue;
+    if (node) {
+      own(rec, "cdrom", c.path, node);
+      continue;
+    }
+    const std::string target = take_target(targets, "sd");
+    if (target.empty()) return Error{"cdrom: no free sd? target left for " + c.path};
+    node = insert_before(devices, "disk", [](pugi::xml_node n) { return !named(n, "disk") && !named(n, "emulator"); });
+    set_attr(node, "type", "file");
+    set_attr(node, "device", "cdrom");
+    auto drv = node.append_child("driver");
+    set_attr(drv, "name", "qemu");
+    set_attr(drv, "type", "raw");
+    set_attr(node.append_child("source"), "file", c.path);
+    auto t = node.append_child("target");
+    set_attr(t, "dev", target);
+    set_attr(t, "bus", "sata");
+    node.append_child("readonly");
+    own(rec, "cdrom", c.path, {});
+  }
+  drives.finish(w.exclusive.count("cdrom"));
   return {};
 }
 
@@ -1254,6 +1384,13 @@ Status merge(pugi::xml_document& doc, Want& w) {
   for (const auto& key : kParts) {
     if (!w.declared.count(key) || rec.find("part", key)) continue;
     Fragment prior = w.creating ? nullptr : capture(dom, part_slots(key));
+    if (w.creating && key == "secure_boot" && !w.plain_loader.empty()) {
+      // A new domain starts from the default firmware: without secure_boot it goes back to that
+      // (not to no loader at all, which would leave a UEFI guest unbootable).
+      pugi::xml_document start;
+      ensure_firmware(start.append_child("domain"), w.plain_loader, w.plain_vars, w.nvram, false);
+      prior = capture(start.child("domain"), part_slots(key));
+    }
     bool empty = true;
     if (prior)
       for (auto s : prior->first_child().children()) empty = empty && !s.first_child() && !s.attribute("value");
@@ -1293,16 +1430,25 @@ Status merge(pugi::xml_document& doc, Want& w) {
                    "machine: q35 and the same disks instead. Nothing was changed"};
     set_attr(child_or_add(os, "type"), "machine", w.machine);
   }
-  if (w.manages("firmware")) {
+  if (w.manages("firmware") || w.declared.count("secure_boot")) {
     // The nvram stays where it is: the VM's UEFI boot entries and keys live in it.
     if (!w.declared.count("nvram") && os.child("nvram") && !std::string_view(os.child("nvram").text().get()).empty())
       w.nvram = std::string(trim(os.child("nvram").text().get()));
-    ensure_firmware(dom, w);
+    ensure_firmware(dom, w.loader, w.vars, w.nvram, w.declared.count("secure_boot") ? std::optional<bool>(w.secure_boot) : std::nullopt);
   }
   if (w.creating) {
     auto features = child_or_add(dom, "features");
     child_or_add(features, "acpi");
     child_or_add(features, "apic");
+  }
+  if (w.declared.count("secure_boot") && w.secure_boot) {
+    // Secure Boot's variables are guarded by SMM, which only q35 has; libvirt refuses it elsewhere.
+    const std::string machine = attr(os.child("type"), "machine");
+    if (is_i440fx(machine))
+      return Error{"secure_boot: domain " + w.name + " uses the i440FX chipset (" + machine +
+                   "), and Secure Boot needs q35 (SMM guards its keys): define a new domain with machine: q35 and the same disks "
+                   "instead. Nothing was changed"};
+    set_attr(child_or_add(child_or_add(dom, "features"), "smm"), "state", "on");
   }
   if (w.manages("hide_kvm")) {
     auto features = child_or_add(dom, "features");
@@ -1324,6 +1470,7 @@ Status merge(pugi::xml_document& doc, Want& w) {
 
   auto devices = child_or_add(dom, "devices");
   if (auto s = merge_disks(devices, w, rec); !s) return s;
+  if (auto s = merge_cdroms(devices, w, rec); !s) return s;
   merge_interfaces(devices, w, rec);
   if (auto s = merge_hostdevs(dom, devices, w, rec); !s) return s;
   merge_roms(devices, w, rec);
@@ -1334,6 +1481,7 @@ Status merge(pugi::xml_document& doc, Want& w) {
   if (w.declared.count("looking_glass")) ensure_looking_glass(devices, w);
   if (w.manages("graphics")) ensure_graphics(devices, w);
   if (w.manages("video")) ensure_video(devices, w);
+  if (w.declared.count("tpm")) ensure_tpm(devices, w);
   if (w.creating && !devices.child("console")) set_attr(devices.append_child("console"), "type", "pty");
   if (w.manages("boot")) {
     // libvirt refuses <os><boot> beside per-device <boot order>: such a domain orders itself.
@@ -1475,12 +1623,43 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
     if (w.machine.starts_with("pc-q35-") && machine_version(w.machine) < std::vector<int>{4, 2})
       return Error{"machine: " + w.machine + " is older than pc-q35-4.2, the oldest q35 machine type for GPU passthrough"};
   }
-  if (w.manages("firmware")) {
-    auto fw = choose_firmware(ctx.root, given("firmware", json::object()));
+  // Without secure_boot the firmware stays of the kind the domain has: its own Secure Boot loader
+  // is not swapped for a plain one when only firmware: or nvram: is declared (one the agent set
+  // for secure_boot goes with that key).
+  if (w.declared.count("secure_boot"))
+    w.secure_boot = args["secure_boot"].get<bool>();
+  else if (!read_record(current.child("domain")).find("part", "secure_boot"))
+    w.secure_boot = attr(current.child("domain").child("os").child("loader"), "secure") == "yes";
+  if (w.manages("firmware") || w.declared.count("secure_boot")) {
+    const json fw_arg = given("firmware", json::object());
+    auto fw = choose_firmware(ctx.root, fw_arg, w.secure_boot);
+    if (!fw && w.secure_boot && !w.declared.count("secure_boot")) fw = choose_firmware(ctx.root, fw_arg, false);
     if (!fw) return Error{fw.error()};
     w.loader = fw->first;
     w.vars = fw->second;
     w.nvram = given("nvram", "/var/lib/libvirt/qemu/nvram/" + w.name + "_VARS.fd").get<std::string>();
+    if (w.creating && w.secure_boot && !fw_arg.contains("code"))
+      if (auto plain = choose_firmware(ctx.root, fw_arg, false)) std::tie(w.plain_loader, w.plain_vars) = *plain;
+    if (w.declared.count("secure_boot") && w.secure_boot && !fw_arg.contains("code") && !keys_enrolled(w.vars))
+      w.warnings.push_back("secure_boot: " + w.vars + " has no Secure Boot keys enrolled (Arch ships none): the guest starts in "
+                           "setup mode, which Windows 11 setup accepts; Secure Boot is enforced once keys are enrolled");
+  }
+  if (w.declared.count("tpm") && args["tpm"].get<bool>()) {
+    // libvirt starts swtpm for the domain and makes its state with swtpm_setup (swtpm-tools).
+    for (const char* bin : {"/usr/bin/swtpm", "/usr/bin/swtpm_setup"})
+      if (!path_exists(ctx.root, bin))
+        return Error{std::string("tpm: the emulated TPM needs swtpm, and this host has no ") + bin +
+                     ": install swtpm and swtpm-tools (the packages module's set tpm). Nothing was changed"};
+    w.tpm = true;
+  }
+  for (const auto& c : given("cdrom", json::array())) {
+    CdromWant drive;
+    drive.path = c.is_string() ? c.get<std::string>() : c["path"].get<std::string>();
+    drive.absent = c.is_object() && c.value("state", "present") == "absent";
+    if (drive.path.empty() || drive.path[0] != '/') return Error{"cdrom: '" + drive.path + "' is not an absolute path"};
+    if (!drive.absent && !path_exists(ctx.root, drive.path))
+      return Error{"cdrom: " + drive.path + " does not exist: download the ISO there first, or correct the path. Nothing was changed"};
+    w.cdroms.push_back(drive);
   }
   w.memory_kib = size_kib(args["memory"]);
   w.vcpus = given("vcpus", 2).get<int>();
@@ -1489,7 +1668,10 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
   w.cpu_mode = mode;
   w.hide_kvm = given("hide_kvm", true).get<bool>();
   if (w.declared.count("hyperv_vendor_id")) w.hyperv_vendor_id = args["hyperv_vendor_id"].get<std::string>();
-  for (const auto& b : given("boot", json::array({"hd"}))) w.boot.push_back(b.get<std::string>());
+  // A new domain with an installation ISO boots from the disk first: a blank disk falls through to
+  // the ISO, and once the system is installed the disk boots with the ISO still inserted.
+  const bool installs = std::any_of(w.cdroms.begin(), w.cdroms.end(), [](const CdromWant& c) { return !c.absent; });
+  for (const auto& b : given("boot", installs ? json::array({"hd", "cdrom"}) : json::array({"hd"}))) w.boot.push_back(b.get<std::string>());
   if (w.declared.count("gpus")) {
     auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
     if (!gpus) return Error{gpus.error()};
@@ -1520,7 +1702,7 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
   if (!w.graphics.contains("type")) w.graphics["type"] = "spice";
   w.video = given("video", "vga").get<std::string>();
   const json exclusive = given("exclusive", false);
-  for (const char* list : {"disks", "interfaces", "hostdevs", "evdev"})
+  for (const char* list : {"disks", "cdrom", "interfaces", "hostdevs", "evdev"})
     if ((exclusive.is_boolean() && exclusive.get<bool>() && w.declared.count(list)) ||
         (exclusive.is_array() && std::find(exclusive.begin(), exclusive.end(), list) != exclusive.end()))
       w.exclusive.insert(list);
@@ -1531,7 +1713,7 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
 // The nvram file, from the template, when the agent sets the domain's nvram and the file does not
 // exist yet (never replaced: the VM's UEFI settings live in it).
 Expected<bool> ensure_nvram(Context& ctx, const Want& w, bool apply) {
-  if (!w.manages("firmware") || path_exists(ctx.root, w.nvram)) return false;
+  if ((!w.manages("firmware") && !w.declared.count("secure_boot")) || path_exists(ctx.root, w.nvram)) return false;
   if (!apply) return true;
   auto vars = read_file(ctx.root, w.vars, 64u << 20);
   if (!vars) return Error{"cannot read the firmware variables template: " + vars.error()};
@@ -1653,6 +1835,20 @@ Status check_interfaces(const Context& ctx, const virt::Connection& conn, const 
   return {};
 }
 
+// An existing nvram file is never remade (the guest's boot entries and keys live in it): when the
+// domain's variables template changes under it (secure_boot turned on or off, another firmware),
+// the file keeps the variables of the old one, and the user is told how to start afresh.
+std::optional<std::string> kept_nvram(const Context& ctx, const pugi::xml_document& current, const pugi::xml_document& desired,
+                                      const std::string& name) {
+  auto was = current.child("domain").child("os").child("nvram"), now = desired.child("domain").child("os").child("nvram");
+  const std::string path(trim(now.text().get()));
+  if (!was || attr(was, "template") == attr(now, "template") || path.empty() || !path_exists(ctx.root, path)) return std::nullopt;
+  const std::string from = attr(was, "template").empty() ? "" : " (made from " + attr(was, "template") + ")";
+  return "nvram: " + path + " is kept" + from + ": its variables, Secure Boot keys included, are not re-enrolled from " +
+         attr(now, "template") + "; to start it afresh from that template (its boot entries are lost): virsh start " + name +
+         " --reset-nvram";
+}
+
 Result converge(Context& ctx, const json& args, bool apply) {
   const std::string name = args["name"].get<std::string>();
   auto opened = open_libvirt(ctx, args, "domain " + name, apply);
@@ -1692,6 +1888,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   pugi::xml_document desired;
   desired.reset(current);
   if (auto merged = merge(desired, *want); !merged) return Result::failed(merged.error());
+  if (auto kept = kept_nvram(ctx, current, desired, name)) want->warnings.push_back(*kept);
 
   std::vector<std::string> done;
   Result r = Result::ok();

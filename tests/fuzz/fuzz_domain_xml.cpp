@@ -46,6 +46,7 @@ gpt::Want wanted(uint8_t b, uint8_t keys) {
     w.disks.push_back({"/var/lib/libvirt/images/gpuvm.qcow2", "qcow2", "virtio", "", false});
     w.disks.push_back({"/dev/sdb", "raw", "sata", "sdb", false});
   }
+  if (b & 0x20) w.cdroms = {{"/var/lib/libvirt/images/Win11.iso", false}, {"/var/lib/libvirt/images/virtio-win.iso", (b & 1) != 0}};
   if (b & 0x40) {
     w.interfaces.push_back({"network", "default", "", "virtio", false});
     w.interfaces.push_back({"bridge", "br0", "52:54:00:12:34:56", "e1000e", false});
@@ -56,6 +57,12 @@ gpt::Want wanted(uint8_t b, uint8_t keys) {
   if (b & 0x10) {  // the tuning of a gaming VM
     w.hyperv_vendor_id = "1234567890ab";
     w.hyperv = true;
+    w.tpm = true;  // Windows 11's TPM and Secure Boot
+    w.secure_boot = true;
+    w.plain_loader = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+    w.plain_vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+    w.loader = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+    w.vars = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
     w.sockets = 1, w.cores = 2, w.threads = 2;
     w.vcpu_pins = {2, 3, 4, 5};
     w.emulator_pin = "0-1";
@@ -68,13 +75,13 @@ gpt::Want wanted(uint8_t b, uint8_t keys) {
   // Which keys are declared: all of them, or a part picked by the second byte.
   const std::vector<std::vector<std::string>> groups = {
       {"type", "machine", "firmware", "cpu_mode"}, {"vcpus", "hide_kvm", "boot"},    {"gpus", "hostdevs", "rom"},
-      {"disks", "interfaces"},                     {"graphics", "video"},            {"hyperv", "hyperv_vendor_id"},
+      {"disks", "interfaces", "cdrom"},            {"graphics", "video"},            {"hyperv", "hyperv_vendor_id", "tpm", "secure_boot"},
       {"cpu", "pin", "hugepages"},                 {"looking_glass", "evdev"}};
   w.declared = {"memory"};
   for (size_t g = 0; g < groups.size(); ++g)
     if (keys & (1u << g)) w.declared.insert(groups[g].begin(), groups[g].end());
   if (!w.declared.count("gpus")) w.gpus.clear(), w.roms.clear();
-  if (!w.declared.count("disks")) w.disks.clear(), w.interfaces.clear();
+  if (!w.declared.count("disks")) w.disks.clear(), w.interfaces.clear(), w.cdroms.clear();
   if (!w.declared.count("looking_glass")) w.looking_glass_mib = 0, w.evdev.clear();
   if (b & 0x04) w.exclusive = {"disks", "hostdevs"};
   return w;

@@ -332,21 +332,7 @@ TEST(VmTuning, ATunedDomainConvergesAndEachManagedFieldIsRepaired) {
     EXPECT_EQ(test::converge_root(host.root(), pb, true).exit_code, 0);
     ASSERT_TRUE(lv.conn.define(now).ok());
   }
-  for (const auto& [from, to] : edits) {
-    const std::string now = lv.xml("gamevm");
-    ASSERT_TRUE(has(now, from)) << from << "\n" << now;
-    std::string edited = now;
-    edited.replace(edited.find(from), from.size(), to);
-    auto defined = lv.conn.define(edited);
-    ASSERT_TRUE(defined.ok()) << defined.error();
-    auto drift = test::converge_root(host.root(), pb, true);
-    EXPECT_EQ(drift.tasks.back().result.msg, "redefined domain gamevm") << from;
-    auto fixed = test::converge_root(host.root(), pb, false);
-    EXPECT_EQ(fixed.tasks.back().result.status, Outcome::changed) << from;
-    EXPECT_EQ(fixed.changes(), drift.changes()) << from;
-    EXPECT_TRUE(has(lv.xml("gamevm"), from)) << from;
-    EXPECT_EQ(test::converge_root(host.root(), pb, false).tasks.back().result.status, Outcome::ok) << from;
-  }
+  test::expect_edits_repaired(lv, host.root(), "gamevm", pb, edits);
 
   // Tuning taken out of the playbook goes out of the domain; the host files stay.
   auto plain = test::converge_root(host.root(), tuned("test:///default", ""), false);
