@@ -247,6 +247,26 @@ TEST(LibvirtWindows11, AUsersDomainTakesTheKeysAndGetsItsOwnBackExactly) {
   EXPECT_FALSE(has(lv.xml("win11"), "device='cdrom'")) << lv.xml("win11");
 }
 
+// In check mode a packages task before the VM that would install swtpm counts: the VM is what
+// would be defined, not a refusal (the apply installs swtpm first, then defines it).
+TEST(LibvirtWindows11, CheckModeCountsTheSwtpmAnEarlierTaskWouldInstall) {
+  TestDriver lv;
+  Win11Host host;
+  fs::remove(host.file("/usr/bin/swtpm"));
+  fs::remove(host.file("/usr/bin/swtpm_setup"));
+  test::write(host.file("/var/lib/dpkg/status"), "Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4\n\n");
+  auto check = test::converge_root(host.root(), "tasks:\n  - packages: {present: [tpm]}\n" + win11(kWindows11).substr(7), true);
+  ASSERT_TRUE(check.load_errors.empty()) << check.load_errors[0];
+  ASSERT_EQ(check.tasks.size(), 2u);
+  EXPECT_EQ(check.tasks[0].result.msg, "would install swtpm swtpm-tools; tpm: swtpm swtpm-tools") << check.tasks[0].result.msg;
+  EXPECT_EQ(check.tasks[1].result.status, Outcome::changed) << check.tasks[1].result.msg;
+  EXPECT_EQ(check.exit_code, 2);
+  EXPECT_EQ(lv.xml("win11"), "");
+  // Without that task, the same check is refused.
+  auto alone = test::converge_root(host.root(), win11(kWindows11), true);
+  EXPECT_EQ(last(alone).status, Outcome::failed) << last(alone).msg;
+}
+
 TEST(LibvirtWindows11, RefusalsNameWhatIsMissingAndChangeNothing) {
   TestDriver lv;
   auto refused = [&](const test::VmHost& host, const std::string& pb) {
