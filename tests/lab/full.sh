@@ -6,9 +6,13 @@
 # CACHE_ROOT, GPTAGENT, REPO, LAB and the QEMU device arrays HOST_CONSOLE, IOMMU and
 # GPU_BEHIND_ROOT_PORT).
 #
-# A Debian 12 host built with debootstrap, booted through OVMF and a real GRUB that reads the
-# guest's own /boot/grub/grub.cfg, reachable only over SSH on a loopback port. A domain `lab` is
-# defined there by hand (`virsh define`) first; then from this machine, as a user would:
+# A minimal Debian 12 host built with debootstrap, booted through OVMF and a real GRUB that reads
+# the guest's own /boot/grub/grub.cfg, reachable only over SSH on a loopback port. It has no QEMU,
+# libvirt or OVMF, and no network: its only package source is a local repository in the image
+# (`file:/srv/gptagent-repo`, the .deb files of the virtualization packages and their dependencies,
+# fetched when the image is built and indexed with dpkg-scanpackages). From this machine, as a user
+# would: `gptagent apply tests/lab/playbooks/software.yaml` installs them, starts libvirtd and
+# defines a network; a domain `lab` is then defined there by hand (`virsh define`); then
 # `gptagent apply tests/lab/playbooks/full.yaml -i INVENTORY --reboot` (its VM stage adopts `lab`),
 # then the checks below, each an assertion.
 
@@ -16,22 +20,25 @@
 # shellcheck disable=SC2054
 
 # Bump when what goes into the cached image changes: the key then changes with it.
-FULL_RECIPE=2
+FULL_RECIPE=3
 FULL_SUITE=bookworm
 FULL_MIRROR=${GPTAGENT_LAB_MIRROR:-http://deb.debian.org/debian}
-# What the guest is made of: a kernel, GRUB's tools (update-grub), initramfs-tools, sshd, and the
-# VM stage's libvirt daemon, QEMU and OVMF.
+# What the guest is made of: a kernel, GRUB's tools (update-grub), initramfs-tools, sshd.
 FULL_PACKAGES=(
   linux-image-cloud-amd64 grub2-common initramfs-tools openssh-server kmod udev systemd-sysv
-  ifupdown isc-dhcp-client libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf
-  # debootstrap resolves no virtual packages: polkitd and systemd-container (libvirt's) need
-  # default-dbus-system-bus and default-logind, which these provide.
+  ifupdown isc-dhcp-client
+  # What a Debian server installed from its installer has and debootstrap's minbase has not.
   dbus libpam-systemd
   # initramfs-tools compresses with zstd by default and falls back to gzip, slower, without it.
   zstd
 )
+# The guest's local repository: what the packages module's `virtualization` and `tpm` sets are on
+# Debian 12 (modules/packages.cpp), with every dependency and recommendation apt would install
+# with them on that guest. None of it is installed in the image.
+FULL_REPO=/srv/gptagent-repo
+FULL_REPO_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients ovmf swtpm swtpm-tools)
 # The tools of this machine whose output goes into the image.
-FULL_HOST_PACKAGES=(debootstrap grub-efi-amd64-bin e2fsprogs)
+FULL_HOST_PACKAGES=(debootstrap grub-efi-amd64-bin e2fsprogs dpkg-dev)
 FULL_GPU=0000:01:00.0
 FULL_GPU_AUDIO=0000:01:00.1
 FULL_PARAMS=(intel_iommu=on iommu=pt nouveau.modeset=0)
@@ -52,7 +59,7 @@ full_versions() {
     # The candidates of the guest's packages in this machine's apt lists (apt-get update moves
     # them), and the versions of the tools that build the image.
     # shellcheck disable=SC2016
-    apt-cache show --no-all-versions "${FULL_PACKAGES[@]}" 2>/dev/null |
+    apt-cache show --no-all-versions "${FULL_PACKAGES[@]}" "${FULL_REPO_PACKAGES[@]}" 2>/dev/null |
       awk '/^Package:/ { p = $2 } /^Version:/ { print "guest:" p "=" $2 }'
     # shellcheck disable=SC2016
     dpkg-query -W -f='host:${Package}=${Version}\n' "${FULL_HOST_PACKAGES[@]}"
@@ -112,6 +119,33 @@ EOF
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/*
 }
 
+# The guest's only package source: FULL_REPO_PACKAGES and what apt would install with them on this
+# root (dependencies and recommendations), downloaded by the root's own apt from the mirror while
+# the image is built, indexed with dpkg-scanpackages, apt's lists made from it. Nothing installed.
+full_build_repo() {
+  local root=$1 repo=$1$FULL_REPO
+  mkdir -p "$repo/partial"
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  chroot "$root" apt-get update -qq >/dev/null || die "apt-get update in the image's root failed"
+  chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --download-only \
+    -o Dir::Cache::archives="$FULL_REPO/" "${FULL_REPO_PACKAGES[@]}" >/dev/null ||
+    die "apt-get install --download-only ${FULL_REPO_PACKAGES[*]} in the image's root failed"
+  rm -rf "$repo/partial" "$repo/lock"
+  (cd "$repo" && dpkg-scanpackages --multiversion . /dev/null 2>/dev/null >Packages) || die "dpkg-scanpackages failed"
+  echo "deb [trusted=yes] file:$FULL_REPO ./" >"$root/etc/apt/sources.list"
+  rm -rf "$root"/var/lib/apt/lists/*
+  chroot "$root" apt-get update -qq >/dev/null || die "apt-get update from the local repository failed"
+  rm -f "$root"/var/cache/apt/*.bin
+  : >"$root/etc/resolv.conf"
+  local p
+  for p in "${FULL_REPO_PACKAGES[@]}"; do
+    grep -q "^Package: $p\$" "$repo/Packages" || die "the local repository has no $p"
+    if dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+      die "$p is installed in the image: the guest must start without it"
+    fi
+  done
+}
+
 # GRUB for EFI as one file: its memdisk holds every module and an early config that finds the
 # root file system by a file only it has and reads that file system's /boot/grub/grub.cfg (the one
 # the guest's update-grub writes). Searching for /boot/grub/grub.cfg would find the memdisk's own.
@@ -149,6 +183,11 @@ full_build() {
   say "  debootstrap: $(since "$t")"
   t=$(now)
   full_configure_root "$tmp/root" "$tmp/out"
+  say "  configured: $(since "$t")"
+  t=$(now)
+  full_build_repo "$tmp/root"
+  say "  local repository: $(since "$t") ($(find "$tmp/root$FULL_REPO" -name '*.deb' | wc -l) packages, $(du -sm "$tmp/root$FULL_REPO" | cut -f1) MB)"
+  t=$(now)
   # shellcheck disable=SC2016
   dpkg-query --admindir="$tmp/root/var/lib/dpkg" -W -f='${Package}=${Version}\n' >"$tmp/out/guest-packages.txt"
   mkfs.ext4 -q -F -L lab-root -d "$tmp/root" "$tmp/out/base.raw" 4G
@@ -414,6 +453,86 @@ check_kept() {
   done
 }
 
+# apt-get and dpkg in the guest replaced by wrappers that log each call to /root/pkg-calls (and
+# then run the real one), or put back: `full_pkg_shims on|off`.
+full_pkg_shims() {
+  local t
+  for t in /usr/bin/apt-get /usr/bin/dpkg; do
+    if [ "$1" = on ]; then
+      guest "mv $t $t.lab-real && cat >$t && chmod 755 $t" <<EOF
+#!/bin/sh
+echo "$t \$*" >>/root/pkg-calls
+exec $t.lab-real "\$@"
+EOF
+    else
+      guest "mv -f $t.lab-real $t"
+    fi
+  done
+}
+
+# Installed (dpkg's status says `install ok installed`) or not: `full_installed PACKAGE`.
+full_installed() { guest "dpkg-query -W -f='\${Status}' $1 2>/dev/null" | grep -q 'install ok installed'; }
+
+full_software() {
+  local t p bare=1 changed
+  t=$(now)
+  for p in "${FULL_REPO_PACKAGES[@]}"; do full_installed "$p" && bare=0; done
+  guest 'command -v virsh qemu-system-x86_64 >/dev/null' && bare=0
+  [ "$bare" = 1 ] && pass "the guest starts without QEMU, libvirt or OVMF (${FULL_REPO_PACKAGES[*]} not installed)" ||
+    fail "the guest already has some of ${FULL_REPO_PACKAGES[*]}"
+  PLAYBOOK=$LAB/playbooks/software.yaml
+  agent software-check --check --diff
+  expect_rc software-check 2
+  grep -q 'qemu-system-x86' "$WORK/software-check.out" && grep -q 'libvirt-daemon-system' "$WORK/software-check.out" &&
+    pass "--check names the packages it would install (apt's simulation)" ||
+    fail "--check does not name qemu-system-x86 and libvirt-daemon-system"
+  full_installed qemu-system-x86 && fail "--check installed qemu-system-x86" || pass "--check installed nothing"
+  agent software --json
+  expect_rc software 0
+  changed=$(json_field software .stats.changed)
+  [ "$changed" -ge 2 ] 2>/dev/null && pass "first run: $changed tasks changed" || fail "first run: changed=$changed"
+  local missing=()
+  for p in "${FULL_REPO_PACKAGES[@]}"; do full_installed "$p" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && pass "installed from the local repository: ${FULL_REPO_PACKAGES[*]}" ||
+    fail "not installed: ${missing[*]}"
+  [ "$(guest systemctl is-enabled libvirtd.service 2>/dev/null)" = enabled ] &&
+    [ "$(guest systemctl is-active libvirtd.service libvirtd.socket 2>/dev/null | grep -c '^active$')" -ge 1 ] &&
+    pass "libvirtd is enabled and running (or listening on its socket)" || fail "libvirtd is not enabled and running"
+  guest virsh -c qemu:///system net-info lab-nat >"$WORK/net-info.out" 2>&1 || true
+  grep -qE '^Active: +yes' "$WORK/net-info.out" && grep -qE '^Autostart: +yes' "$WORK/net-info.out" &&
+    pass "the network lab-nat is defined, active and started at boot" ||
+    { fail "the network lab-nat is not active with autostart"; sed 's/^/    | /' "$WORK/net-info.out" >&2; }
+
+  # The second run reads dpkg's database only: neither apt-get nor dpkg runs.
+  full_pkg_shims on
+  agent software-again --json
+  expect_rc software-again 0
+  changed=$(json_field software-again .stats.changed)
+  [ "$changed" = 0 ] && pass "second run: changed=0" || fail "second run: changed=$changed"
+  guest 'test ! -s /root/pkg-calls' && pass "second run: no apt-get or dpkg call" ||
+    fail "second run called the package manager: $(guest cat /root/pkg-calls | tr '\n' ';')"
+  agent software-check-again --check
+  expect_rc software-check-again 0
+  guest 'test ! -s /root/pkg-calls' && pass "--check after it: no apt-get or dpkg call" ||
+    fail "--check called the package manager: $(guest cat /root/pkg-calls | tr '\n' ';')"
+  full_pkg_shims off
+  say "phase software (bare Debian 12 to libvirt): $(since "$t")"
+}
+
+# `packages: {absent: [swtpm-tools]}` removes it, and the next run is ok.
+full_software_absent() {
+  PLAYBOOK=$LAB/playbooks/software-absent.yaml
+  agent software-absent
+  expect_rc software-absent 0
+  full_installed swtpm-tools && fail "swtpm-tools is still installed" || pass "packages absent: swtpm-tools removed"
+  full_installed swtpm && pass "swtpm (which swtpm-tools needs, not the reverse) stays" || fail "swtpm went with swtpm-tools"
+  agent software-absent-again --json
+  expect_rc software-absent-again 0
+  [ "$(json_field software-absent-again .stats.changed)" = 0 ] && pass "absent again: changed=0" ||
+    fail "absent again: changed=$(json_field software-absent-again .stats.changed)"
+  PLAYBOOK=$LAB/playbooks/full.yaml
+}
+
 full() {
   local keep=0 start_vm=${GPTAGENT_LAB_START_VM:-1}
   while [ $# -gt 0 ]; do
@@ -424,7 +543,7 @@ full() {
     esac
     shift
   done
-  FULL_TIMEOUT=${GPTAGENT_LAB_FULL_TIMEOUT:-2400}
+  FULL_TIMEOUT=${GPTAGENT_LAB_FULL_TIMEOUT:-3600}
   FULL_SMP=${GPTAGENT_LAB_SMP:-2}
   FULL_FAILED=()
   local t0 t tool
@@ -469,7 +588,12 @@ full() {
   say "phase boot (OVMF, GRUB, Debian, sshd on 127.0.0.1:$PORT): $(since "$t")"
   full_inventory
 
-  # 0. A domain defined by hand before gptagent ever ran (libvirtd starts on its socket).
+  # 0. From a bare Debian 12: QEMU, libvirt and OVMF from the guest's local repository, libvirtd
+  # enabled and running, a NAT network, all from tests/lab/playbooks/software.yaml.
+  full_software
+  PLAYBOOK=$LAB/playbooks/full.yaml
+
+  # 1. A domain defined by hand before gptagent managed it (libvirtd starts on its socket).
   t=$(now)
   if full_define_by_hand; then
     pass "the domain 'lab' defined by hand with virsh define (a disk, a NIC, a Hyper-V block)"
@@ -485,7 +609,7 @@ full() {
     fail "the hand-made domain's XML is not as defined (see $WORK/domain-by-hand.xml)"
   say "phase define by hand: $(since "$t")"
 
-  # 1. The whole playbook with --reboot: host stage, reboot, checks, VM stage (which adopts 'lab').
+  # 2. The whole playbook with --reboot: host stage, reboot, checks, VM stage (which adopts 'lab').
   agent apply-reboot --reboot --reboot-timeout 600
   expect_rc apply-reboot 0
   grep -q 'rebooted: \[lab\] 1 time' "$WORK/apply-reboot.out" && pass "the controller rebooted the guest once" ||
@@ -544,7 +668,7 @@ PY
     pass "the guest runs the agent the controller copied: its loadable image (sha256 $(echo "$sha_local" | cut -c1-12))" ||
     fail "the guest's cached agent ($name_remote, sha256 $sha_remote) is not the controller's loadable image ($sha_local)"
 
-  # 2. A second run changes nothing.
+  # 3. A second run changes nothing.
   agent apply-again --json
   expect_rc apply-again 0
   local changed status
@@ -553,11 +677,11 @@ PY
   [ "$changed" = 0 ] && [ "$status" = ok ] && pass "second run: status ok, changed=0" ||
     fail "second run: status $status, changed=$changed"
 
-  # 3. --check finds nothing.
+  # 4. --check finds nothing.
   agent check --check
   expect_rc check 0
 
-  # 4. An edit by hand: iommu=pt removed from /etc/default/grub. --check sees it, apply repairs it
+  # 5. An edit by hand: iommu=pt removed from /etc/default/grub. --check sees it, apply repairs it
   # (update-grub, a reboot, the checks), --check is clean again.
   guest "sed -i -E 's/ iommu=pt\b//; s/\biommu=pt //' /etc/default/grub"
   if guest grep -q 'iommu=pt' /etc/default/grub; then
@@ -579,7 +703,7 @@ PY
   agent check-repaired --check
   expect_rc check-repaired 0
 
-  # 5. The domain started: running, with the device attached.
+  # 6. The domain started: running, with the device attached.
   if [ "$start_vm" = 1 ]; then
     agent start -e vm_state=running
     expect_rc start 0
@@ -603,6 +727,8 @@ PY
       pass "the domain's QEMU holds /dev/vfio/<group> open" || fail "the domain's QEMU has no /dev/vfio file open"
     check_vfio "with the domain running"
   fi
+
+  full_software_absent
 
   say "total: $(since "$t0")"
   if [ ${#FULL_FAILED[@]} -gt 0 ]; then
