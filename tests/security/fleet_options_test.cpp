@@ -23,10 +23,13 @@ using test::has;
 // over the host's variables. Each host's sudo is a wrapper recording what it was given.
 TEST(FleetForwardedOptions, EveryApplyOptionReachesTheAgentOnEachHost) {
   test::Lab lab(2);
-  const std::string log = lab.files / "sudo.log", sudo = lab.files / "recording-sudo";
+  // One file per call (named by the wrapper's pid): the two hosts' calls run at once, and lines
+  // appended to one file by several writes each could interleave.
+  const std::string calls_dir = lab.files / "sudo-calls", sudo = lab.files / "recording-sudo";
+  fs::create_directories(calls_dir);
   test::write(sudo,
-              "#!/bin/sh\n{ printf argv; for a in \"$@\"; do printf '|%s' \"$a\"; done; echo; } >> " + log +
-                  "\nwhile [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n",
+              "#!/bin/sh\n{ printf argv; for a in \"$@\"; do printf '|%s' \"$a\"; done; echo; } >> " + calls_dir +
+                  "/$$\nwhile [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n",
               0755);
   lab.write_inventory("          ansible_become: yes\n          ansible_become_exe: " + sudo +
                       "\n          ansible_become_flags: \"-H --preserve-env='A B'\"\n");
@@ -44,7 +47,8 @@ TEST(FleetForwardedOptions, EveryApplyOptionReachesTheAgentOnEachHost) {
     EXPECT_TRUE(has(lab.grub(i), "iommu=soft")) << lab.grub(i);  // -e over the inventory's extra_param
     EXPECT_FALSE(has(lab.grub(i), "iommu=pt")) << lab.grub(i);
   }
-  const std::string calls = test::slurp(log);
+  std::string calls;
+  for (const auto& e : fs::directory_iterator(calls_dir)) calls += test::slurp(e.path().string());
   std::vector<std::string> runs;
   for (auto line : lines(calls))
     if (!line.empty()) runs.emplace_back(line);
