@@ -27,9 +27,9 @@ std::string_view arg_type_name(ArgType t) {
   return "?";
 }
 
-bool Context::packages_pending() const {
-  const auto it = provided.lower_bound("package:");
-  return it != provided.end() && it->starts_with("package:");
+bool Context::provided_any(std::string_view kind) const {
+  const auto it = provided.lower_bound(std::string(kind));
+  return it != provided.end() && it->starts_with(kind);
 }
 
 Result Context::run_system(const Command& cmd, bool apply, std::string_view what) {

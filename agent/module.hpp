@@ -72,7 +72,9 @@ struct Context {
   // An earlier task of this run installs packages ("package:NAME" above) that it has not installed
   // (check mode, or not run under --root): a unit, or libvirt itself, may come with them, so a later
   // task predicts what it would do instead of failing on what is not there yet.
-  bool packages_pending() const;
+  bool packages_pending() const { return provided_any("package:"); }
+  // Some entry of `provided` starts with `kind` ("package:", "service:").
+  bool provided_any(std::string_view kind) const;
 
   // Runs a command that changes the running system when apply is set and that is allowed;
   // otherwise says what would run. Returns changed, skipped (not allowed here) or failed.

@@ -17,9 +17,7 @@ std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const js
   if (!conn) {
     // In check mode, libvirt that an earlier task would install or start is not there yet: the
     // object would be made then, with what this task says.
-    const auto service = ctx.provided.lower_bound("service:");
-    const bool service_pending = service != ctx.provided.end() && service->starts_with("service:");
-    if (!apply && (ctx.packages_pending() || service_pending))
+    if (!apply && (ctx.packages_pending() || ctx.provided_any("service:")))
       return Result::changed(what + " would be defined at " + uri + ": libvirt cannot be reached yet (" + conn.error() +
                              "), and an earlier task would " + (ctx.packages_pending() ? "install packages" : "start a service") +
                              " first");
