@@ -6,6 +6,7 @@
 #include "modules/packages.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <chrono>
 #include <map>
@@ -282,10 +283,19 @@ Expected<std::vector<InstalledPackage>> read_pacman(const Root& root) {
   return out;
 }
 
+// rpm's database files by backend: sqlite (rpm 4.16 on), ndb (openSUSE), Berkeley DB (before).
+constexpr std::array kRpmDbFiles = {"rpmdb.sqlite", "Packages.db", "Packages"};
+
 // rpm's database (sqlite, Berkeley DB or ndb by release) is read by rpm itself: a query, never
 // dnf or zypper. Under --root this machine's rpm reads the tree's database where rpm-based
 // distributions keep it (/var/lib/rpm), whatever its own default is.
 Expected<std::vector<InstalledPackage>> read_rpm(Context& ctx) {
+  // A query of a tree without a database is no answer: rpm would make an empty one there.
+  if (ctx.root.sandboxed() && !std::any_of(kRpmDbFiles.begin(), kRpmDbFiles.end(), [&](const char* f) {
+        return path_exists(ctx.root, std::string("/var/lib/rpm/") + f);
+      }))
+    return Error{"no rpm database in /var/lib/rpm under " + ctx.root.dir() +
+                 " (rpmdb.sqlite, Packages.db or Packages)"};
   Command cmd;
   cmd.argv = {"rpm"};
   if (ctx.root.sandboxed()) cmd.argv.insert(cmd.argv.end(), {"--root", ctx.root.dir(), "--dbpath", "/var/lib/rpm"});

@@ -90,11 +90,14 @@ Result converge(Context& ctx, const json& args, bool apply) {
       std::vector<std::string> would;
       if (declares_enabled) would.push_back(want_enabled ? "enabled" : "disabled");
       if (!state.empty()) would.push_back(state);
+      // Where the package manager may not run (--root), the apply will not have them either.
+      const bool installed_later = !apply && ctx.system_commands_allowed;
       const std::string why = unit + who + " is not known to systemd yet; an earlier task " +
-                              (apply ? "has packages to install that are not installed under --root " + ctx.root.dir()
-                                     : "would install packages") +
+                              (installed_later ? "would install packages"
+                                               : "has packages to install that are not installed under --root " +
+                                                     ctx.root.dir()) +
                               ", which may bring it";
-      if (apply) {
+      if (!installed_later) {
         Result skipped = Result::skipped(why);
         skipped.commands = r.commands;
         return skipped;

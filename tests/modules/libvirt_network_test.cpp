@@ -99,6 +99,15 @@ TEST(LibvirtNetwork, CheckModeOnAHostWithoutLibvirtPredictsWhatPackagesWouldBrin
   EXPECT_EQ(sandboxed.tasks[1].result.msg, "libvirtd.service is not known to systemd yet; an earlier task has packages to "
                                            "install that are not installed under --root " + host.root() + ", which may bring it");
   EXPECT_EQ(sandboxed.exit_code, 0);
+  // And --check under --root predicts just that: the package manager will not run there either.
+  auto sandboxed_check = test::converge_root(host.root(),
+                                             "tasks:\n  - packages: {present: [libvirt-daemon-system]}\n"
+                                             "  - service: {name: libvirtd, enabled: true, state: started}\n",
+                                             true, /*allow_system_commands=*/false);
+  ASSERT_EQ(sandboxed_check.tasks.size(), 2u);
+  EXPECT_EQ(sandboxed_check.tasks[1].result.status, Outcome::skipped) << sandboxed_check.tasks[1].result.msg;
+  EXPECT_EQ(sandboxed_check.tasks[1].result.msg, sandboxed.tasks[1].result.msg);
+  EXPECT_EQ(sandboxed_check.exit_code, 0);
 
   auto alone = test::converge_root(host.root(), "tasks:\n" + later, true);
   ASSERT_EQ(alone.tasks.size(), 1u) << "the failed service task stops the run";

@@ -54,65 +54,6 @@ Ran run(const Host& h, const std::string& yaml, Exec& exec, bool check, bool all
 
 std::string task(const std::string& args) { return "tasks:\n  - packages: " + args + "\n"; }
 
-// The words of argv after `verb`.
-Lines after(const Command& cmd, const std::string& verb) {
-  auto it = std::find(cmd.argv.begin(), cmd.argv.end(), verb);
-  return it == cmd.argv.end() ? Lines{} : Lines(it + 1, cmd.argv.end());
-}
-bool has(const Command& cmd, const std::string& word) {
-  return std::find(cmd.argv.begin(), cmd.argv.end(), word) != cmd.argv.end();
-}
-
-// apt-get and dpkg as far as the status file shows them: an install writes an installed stanza for
-// each package and its dependencies (`depends`), `name-` and a removal take stanzas out; -s prints
-// what apt's simulation would, without touching anything. `fail` answers everything with a failure.
-class FakeApt final : public Exec {
- public:
-  explicit FakeApt(std::string root) : status_(std::move(root) + "/var/lib/dpkg/status") {}
-  std::map<std::string, Lines> depends;
-  std::optional<ExecResult> fail;
-  Lines commands;
-
-  ExecResult run(const Command& cmd) override {
-    commands.push_back(cmd.display());
-    if (fail) return *fail;
-    if (has(cmd, "update")) return {0, false, "Reading package lists...\n", ""};
-    Lines add, remove;
-    for (const auto& w : has(cmd, "install") ? after(cmd, "install") : Lines{}) {
-      if (w.back() == '-') {
-        remove.push_back(w.substr(0, w.size() - 1));
-        continue;
-      }
-      add.push_back(w);
-      for (const auto& dep : depends[w]) add.push_back(dep);
-    }
-    for (const auto& w : after(cmd, "remove")) remove.push_back(w);
-    std::string out;
-    if (has(cmd, "-s")) {
-      for (const auto& p : add) out += "Inst " + p + " (1.0 fake [all])\n";
-      for (const auto& p : remove) out += "Remv " + p + " [1.0]\n";
-      return {0, false, out, ""};
-    }
-    std::string text = test::slurp(status_), kept;
-    for (size_t start = 0; start < text.size();) {
-      size_t end = text.find("\n\n", start);
-      end = end == std::string::npos ? text.size() : end + 2;
-      const std::string stanza = text.substr(start, end - start);
-      const bool gone = std::any_of(remove.begin(), remove.end(),
-                                    [&](const std::string& p) { return stanza.starts_with("Package: " + p + "\n"); });
-      if (!gone) kept += stanza;
-      start = end;
-    }
-    for (const auto& p : add)
-      kept += "Package: " + p + "\nStatus: install ok installed\nArchitecture: all\nVersion: 1.0\n\n";
-    test::write(status_, kept);
-    return {0, false, "", ""};
-  }
-
- private:
-  std::string status_;
-};
-
 TEST(PackagesDpkg, ReadsOnlyInstalledStatesFromARealStatusFile) {
   const auto entries = parse_dpkg_status(test::slurp(fixture("dpkg-status")));
   std::map<std::string, std::string> state;
@@ -177,7 +118,7 @@ TEST(PackagesApt, ReadsARealSimulation) {
 TEST(PackagesApt, CheckPredictsApplyInstallsOneTransactionThenNothingRuns) {
   Host h(kDebian);
   h.dpkg();
-  FakeApt apt(h.root());
+  test::PackageManagers apt(h.root());
   apt.depends["gpt-new"] = {"gpt-new-lib"};
   const std::string pb = task("{present: [gpt-new, awk, libc6:amd64, gpt-conf], absent: [mawk-not-there, base-files]}");
   const std::string before = test::slurp(h.d / "var/lib/dpkg/status");
@@ -216,7 +157,7 @@ TEST(PackagesApt, AHalfInstalledPackageInDpkgsJournalIsInstalledAgain) {
   Host h(kDebian);
   h.dpkg();
   test::write(h.d / "var/lib/dpkg/updates/0000", test::slurp(fixture("dpkg-updates-0000")));
-  FakeApt apt(h.root());
+  test::PackageManagers apt(h.root());
   Ran check = run(h, task("{present: [gpt-half, gpt-unpacked, gpt-failconf, mawk]}"), apt, true);
   EXPECT_EQ(check.result().data["install"], (Lines{"gpt-failconf", "gpt-half", "gpt-unpacked"}));
   // A journal record replaces the status file's: an installed package the journal marks removed is gone.
@@ -229,7 +170,7 @@ TEST(PackagesApt, AHalfInstalledPackageInDpkgsJournalIsInstalledAgain) {
 TEST(PackagesApt, UpdatesTheCacheOnlyWhenSomethingIsInstalled) {
   Host h(kDebian);
   h.dpkg();
-  FakeApt apt(h.root());
+  test::PackageManagers apt(h.root());
   Ran removal = run(h, task("{absent: [mawk], update_cache: true}"), apt, false);
   EXPECT_EQ(apt.commands, Lines{kAptGet + kAptOptions + " remove mawk"});
   apt.commands.clear();
@@ -246,7 +187,7 @@ TEST(PackagesApt, UpdatesTheCacheOnlyWhenSomethingIsInstalled) {
 TEST(PackagesApt, AFailureCarriesAptsOwnMessageAndChangesNothing) {
   Host h(kDebian);
   h.dpkg();
-  FakeApt apt(h.root());
+  test::PackageManagers apt(h.root());
   apt.fail = ExecResult{100, false, "Reading package lists...\n", "E: Unable to locate package gpt-no-such-package\n"};
   const std::string before = test::slurp(h.d / "var/lib/dpkg/status");
   Ran r = run(h, task("{present: [gpt-no-such-package]}"), apt, false);
@@ -278,27 +219,6 @@ TEST(PackagesApt, UnderRootTheCommandsAreReportedNeverRun) {
   EXPECT_EQ(r.result().data["sets"]["tpm"], (Lines{"swtpm", "swtpm-tools"}));
 }
 
-// pacman's side of a transaction on the root's local database: -S writes a desc per package,
-// -R removes its directory.
-class FakePacman final : public Exec {
- public:
-  explicit FakePacman(std::string root) : local_(std::move(root) + "/var/lib/pacman/local/") {}
-  Lines commands;
-  ExecResult run(const Command& cmd) override {
-    commands.push_back(cmd.display());
-    for (const auto& p : after(cmd, "--needed"))
-      test::write(local_ + p + "-1.0-1/desc", "%NAME%\n" + p + "\n\n%VERSION%\n1.0-1\n\n");
-    if (has(cmd, "-R"))
-      for (const auto& p : after(cmd, "--noconfirm"))
-        for (const auto& e : fs::directory_iterator(local_))
-          if (e.path().filename().string().rfind(p + "-", 0) == 0) fs::remove_all(e.path());
-    return {0, false, "", ""};
-  }
-
- private:
-  std::string local_;
-};
-
 struct ArchHost : Host {
   ArchHost() : Host(kArch) {
     fs::create_directories(d / "var/lib/pacman");
@@ -318,7 +238,7 @@ TEST(PackagesPacman, ReadsARealLocalDatabase) {
   EXPECT_FALSE(parse_pacman_desc(test::slurp(fixture("pacman-local/ALPM_DB_VERSION"))));
 
   ArchHost h;
-  FakePacman pacman(h.root());
+  test::PackageManagers pacman(h.root());
   Ran r = run(h, task("{present: [gawk, awk, sh, expac, glibc, filesystem, ca-certificates], absent: [gpt-none]}"),
               pacman, false);
   EXPECT_EQ(r.result().status, Outcome::ok) << r.result().msg;
@@ -330,7 +250,7 @@ TEST(PackagesPacman, ReadsARealLocalDatabase) {
 
 TEST(PackagesPacman, InstallsAndRemovesWithoutAQuestion) {
   ArchHost h;
-  FakePacman pacman(h.root());
+  test::PackageManagers pacman(h.root());
   const std::string pb = task("{present: [virtualization, tpm, bash], absent: [acl, expac-git]}");
   Ran first = run(h, pb, pacman, false);
   EXPECT_EQ(first.result().status, Outcome::changed) << first.result().msg;
@@ -344,7 +264,7 @@ TEST(PackagesPacman, InstallsAndRemovesWithoutAQuestion) {
 
 TEST(PackagesPacman, WaitsForPacmansLockWithinTheBound) {
   ArchHost h;
-  FakePacman pacman(h.root());
+  test::PackageManagers pacman(h.root());
   test::write(h.d / "var/lib/pacman/db.lck", "");
   const auto start = std::chrono::steady_clock::now();
   Ran r = run(h, task("{present: [swtpm], lock_timeout: 1}"), pacman, false);
@@ -363,69 +283,29 @@ TEST(PackagesPacman, WaitsForPacmansLockWithinTheBound) {
 // zypper are stood in for by rpm --justdb installs and removals of such packages. rpm queries run.
 class RpmHost : public Host {
  public:
-  explicit RpmHost(const std::string& os_release) : Host(os_release) {
-    EXPECT_EQ(rpm({"--initdb"}).exit_code, 0) << "rpm and rpmbuild come with scripts/deps";
+  explicit RpmHost(const std::string& os_release) : Host(os_release), tools(root()) {
+    EXPECT_EQ(tools.rpm({"--initdb"}).exit_code, 0) << "rpm and rpmbuild come with scripts/deps";
   }
-  test::ProcResult rpm(Lines args) const {
-    args.insert(args.begin(), {"--root", root(), "--dbpath", "/var/lib/rpm"});
-    return test::run_program("rpm", args);
-  }
-  // Builds NAME (noarch, with `provides`) and records it in the database, as its installation would.
-  void install(const std::string& name, const Lines& provides = {}) const {
-    const std::string top = build_.path(), spec = top + "/" + name + ".spec";
-    std::string text =
-        "Name: " + name + "\nVersion: 1.0\nRelease: 1\nSummary: gptagent test\nLicense: MIT\nBuildArch: noarch\n";
-    for (const auto& p : provides) text += "Provides: " + p + "\n";
-    test::write(spec, text + "%description\ngptagent test\n%files\n");
-    auto built = test::run_program("rpmbuild", {"--define", "_topdir " + top, "-bb", spec});
-    ASSERT_EQ(built.exit_code, 0) << built.err;
-    auto done = rpm({"-i", "--nodeps", "--justdb", top + "/RPMS/noarch/" + name + "-1.0-1.noarch.rpm"});
-    ASSERT_EQ(done.exit_code, 0) << done.err;
-  }
-  void erase(const std::string& name) const { EXPECT_EQ(rpm({"-e", "--nodeps", "--justdb", name}).exit_code, 0); }
-
- private:
-  TempDir build_;
-};
-
-class FakeRpmTools final : public Exec {
- public:
-  explicit FakeRpmTools(const RpmHost& host) : host_(host) {}
-  Lines commands;
-  ExecResult run(const Command& cmd) override {
-    commands.push_back(cmd.display());
-    if (cmd.argv[0] == "rpm") return real_.run(cmd);
-    Lines install, remove;
-    if (has(cmd, "dnf"))
-      (has(cmd, "install") ? install : remove) = after(cmd, has(cmd, "install") ? "install" : "remove");
-    if (has(cmd, "zypper"))
-      for (const auto& w : has(cmd, "install") ? after(cmd, "--auto-agree-with-licenses") : after(cmd, "remove"))
-        (w[0] == '!' || has(cmd, "remove") ? remove : install).push_back(w[0] == '!' ? w.substr(1) : w);
-    for (const auto& p : install) host_.install(p);
-    for (const auto& p : remove) host_.erase(p);
-    return {0, false, "", ""};
-  }
-
- private:
-  const RpmHost& host_;
-  ProcessExec real_;
+  test::PackageManagers tools;
 };
 
 const std::string kRpmQuery = "rpm --root ";
 
 // An rpm-based host with gpt-old installed, and the stand-ins for its dnf or zypper.
 struct RpmWithOld {
-  explicit RpmWithOld(const std::string& os_release) : host(os_release), tools(host) { host.install("gpt-old"); }
+  explicit RpmWithOld(const std::string& os_release) : host(os_release), tools(host.tools) {
+    tools.rpm_install("gpt-old");
+  }
   Ran run(const std::string& yaml, bool check) { return gpt::run(host, yaml, tools, check); }
   RpmHost host;
-  FakeRpmTools tools;
+  test::PackageManagers& tools;
 };
 
 TEST(PackagesRpm, ReadsRpmsOwnDatabaseWithProvides) {
   RpmHost h(kFedora);
-  h.install("gpt-old");
-  h.install("gpt-provider", {"gpt-capability = 2.0", "gpt-virtual"});
-  auto q = h.rpm({"-qa", "--qf", "%{NAME}\t%{ARCH}\t[%{PROVIDENAME} ]\n"});
+  h.tools.rpm_install("gpt-old");
+  h.tools.rpm_install("gpt-provider", {"gpt-capability = 2.0", "gpt-virtual"});
+  auto q = h.tools.rpm({"-qa", "--qf", "%{NAME}\t%{ARCH}\t[%{PROVIDENAME} ]\n"});
   auto pkgs = parse_rpm_query(q.out);
   std::sort(pkgs.begin(), pkgs.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   ASSERT_EQ(pkgs.size(), 2u) << q.out;
@@ -434,13 +314,27 @@ TEST(PackagesRpm, ReadsRpmsOwnDatabaseWithProvides) {
   EXPECT_EQ(pkgs[1].provides, (Lines{"gpt-capability", "gpt-provider", "gpt-virtual"}));
   EXPECT_TRUE(parse_rpm_query("gpg-pubkey\t(none)\tgpg(Fedora) \n").empty());
 
-  FakeRpmTools tools(h);
+  test::PackageManagers& tools = h.tools;
+  tools.commands.clear();
   Ran r = run(h, task("{present: [gpt-old, gpt-virtual, gpt-capability, gpt-provider:x86_64], absent: [gpt-gone]}"),
               tools, false);
   EXPECT_EQ(r.result().status, Outcome::ok) << r.result().msg;
   ASSERT_EQ(tools.commands.size(), 1u);
   EXPECT_EQ(tools.commands[0],
             "rpm --root " + h.root() + " --dbpath /var/lib/rpm -qa --qf '%{NAME}\\t%{ARCH}\\t[%{PROVIDENAME} ]\\n'");
+}
+
+// rpm, asked about a tree without a database, makes an empty one there (and answers "none"): the
+// module asks only where one exists.
+TEST(PackagesRpm, ATreeWithoutItsDatabaseFailsAndIsNotGivenOne) {
+  Host h(kFedora);
+  test::PackageManagers tools(h.root());
+  Ran r = run(h, task("{present: [qemu-kvm]}"), tools, true);
+  EXPECT_EQ(r.result().status, Outcome::failed);
+  EXPECT_EQ(r.result().msg,
+            "no rpm database in /var/lib/rpm under " + h.root() + " (rpmdb.sqlite, Packages.db or Packages)");
+  EXPECT_TRUE(tools.commands.empty()) << tools.commands[0];
+  EXPECT_FALSE(test::exists(h.d / "var/lib/rpm"));
 }
 
 TEST(PackagesRpm, DnfInstallsTheFedoraSetThenRemoves) {
@@ -485,7 +379,7 @@ TEST(PackagesRpm, ZypperTakesInstallsAndRemovalsInOneTransaction) {
 TEST(Packages, InstallRecommendsIsEachPackageManagersOwnSwitch) {
   Host h(kDebian);
   h.dpkg();
-  FakeApt apt(h.root());
+  test::PackageManagers apt(h.root());
   Ran no = run(h, task("{present: [gpt-new], install_recommends: false}"), apt, true);
   EXPECT_EQ(apt.commands, Lines{kAptGet + " -s" + kAptOptions + " --no-install-recommends install gpt-new"});
   EXPECT_EQ(no.result().commands, Lines{kAptGet + kAptOptions + " --no-install-recommends install gpt-new"});

@@ -7,10 +7,6 @@
 #include <fstream>
 
 namespace gpt::test {
-namespace {
-
-
-}  // namespace
 
 std::vector<std::string> Converged::changes() const {
   std::vector<std::string> out;
@@ -26,6 +22,9 @@ ExecResult SimulatedKernelExec::run(const Command& cmd) {
     for (size_t i = 2; i < cmd.argv.size(); ++i) modules += cmd.argv[i] + " 16384 0 - Live 0x0000000000000000\n";
     write(root_ + "/proc/modules", modules);
   }
+  if (PackageManagers::handles(cmd)) return packages_.run(cmd);
+  if (cmd.argv.size() > 1 && cmd.argv[0] == "systemctl" && cmd.argv[1] == "--root=" + Root(root_).dir())
+    return real_.run(cmd);
   return {0, false, "", ""};
 }
 

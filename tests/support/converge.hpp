@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "agent/runner.hpp"
+#include "tests/support/package_managers.hpp"
 #include "tests/support/sandbox.hpp"
 
 namespace gpt::test {
@@ -49,16 +50,20 @@ Converged converge_root(const std::string& root, const std::string& playbook_yam
 Converged converge_root_with(Exec& exec, const std::string& root, const std::string& playbook_yaml, bool check,
                              bool allow_system_commands = true);
 
-// The kernel's side of a command, faked at the host boundary: records every command and, for
-// `modprobe -a M...`, lists the modules in the root's /proc/modules as the kernel would.
+// The host's side of a command, faked at the host boundary: records every command; for
+// `modprobe -a M...` lists the modules in the root's /proc/modules as the kernel would; hands the
+// package managers' commands to their stand-ins (tests/support/package_managers.hpp); and runs
+// the real systemctl where it works on the root's files only (`systemctl --root=ROOT`).
 class SimulatedKernelExec final : public gpt::Exec {
  public:
-  explicit SimulatedKernelExec(std::string root) : root_(std::move(root)) {}
+  explicit SimulatedKernelExec(std::string root) : root_(std::move(root)), packages_(root_) {}
   ExecResult run(const Command& cmd) override;
   std::vector<std::string> commands;
 
  private:
   std::string root_;
+  PackageManagers packages_;
+  ProcessExec real_;
 };
 
 }  // namespace gpt::test
