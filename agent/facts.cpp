@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "agent/gpu_hold.hpp"
+#include "agent/handoff.hpp"
 #include "agent/host.hpp"
 #include "agent/text.hpp"
 
@@ -210,6 +211,23 @@ Facts gather_facts(const Root& root) {
     else if (!b) unread(b.error());
   }
   expert_checks(root, f);
+  if (auto plans = list_dir(root, kHandoffPlanDir)) {
+    for (const auto& name : *plans) {
+      if (!name.ends_with(".json")) continue;
+      const std::string path = std::string(kHandoffPlanDir) + "/" + name;
+      auto text = read_file(root, path, 1u << 20);
+      const auto j = text ? nlohmann::json::parse(*text, nullptr, false) : nlohmann::json();
+      auto plan = j.is_discarded() || j.is_null() ? Expected<HandoffPlan>(Error{path + ": unreadable or not JSON"})
+                                                  : handoff_plan_from_json(j, path);
+      if (!plan) {
+        unread(plan.error());
+        continue;
+      }
+      nlohmann::json one = to_json(*plan);
+      one["stopped"] = to_json(HandoffPlan{plan->vm, {}, handoff_stopped(root, plan->vm), 1})["units"];
+      f.handoff.push_back(std::move(one));
+    }
+  }
   return f;
 }
 
@@ -244,6 +262,7 @@ nlohmann::json Facts::to_json() const {
       {"secure_boot", secure_boot ? nlohmann::json(*secure_boot) : nlohmann::json(nullptr)},
       {"host_verdicts", host},
       {"warnings", warnings},
+      {"handoff", handoff},
   };
 }
 

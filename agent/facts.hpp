@@ -60,6 +60,9 @@ struct Facts {
   // Files that exist but could not be read (an I/O error, no permission): facts a run must not
   // guess at (each is among the warnings too).
   std::vector<std::string> errors;
+  // The VMs' GPU hand-off plans (gpu_handoff), each with `stopped`: the units its hook stopped and
+  // has not started again (the VM runs, or its release never came).
+  nlohmann::json handoff = nlohmann::json::array();
   nlohmann::json to_json() const;
 };
 

@@ -5,13 +5,13 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
-
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "agent/gpu_hold.hpp"
+#include "agent/handoff.hpp"
 #include "agent/host.hpp"
 #include "agent/text.hpp"
 
@@ -92,6 +92,18 @@ void print_facts_table(std::ostream& out, const Facts& f) {
         << (g.framebuffer.empty() ? "" : ", boot framebuffer " + g.framebuffer)
         << (g.in_use.empty() ? "" : ", in use by " + g.users()) << "\n";
     for (const auto& v : g.verdicts) out << "    " << v.level_name() << ": " << v.reason << "\n";
+  }
+  for (const auto& h : f.handoff) {
+    std::vector<std::string> units, stopped;
+    for (const auto& u : h["units"])
+      units.push_back(describe(HandoffUnit{u["name"].get<std::string>(), u.value("user", "")}));
+    for (const auto& u : h["stopped"])
+      stopped.push_back(describe(HandoffUnit{u["name"].get<std::string>(), u.value("user", "")}));
+    out << "Hand-off for VM " << h["vm"].get<std::string>() << ": "
+        << join(h["gpus"].get<std::vector<std::string>>(), " ") << "; its hook stops "
+        << (units.empty() ? "no unit" : join(units, ", ")) << ", then waits up to " << h["timeout"].get<int>()
+        << " s for the GPU\n";
+    if (!stopped.empty()) out << "    stopped now, started again when the VM stops: " << join(stopped, ", ") << "\n";
   }
 }
 

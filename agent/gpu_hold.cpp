@@ -162,7 +162,9 @@ ProcScan scan_gpu_nodes(const Root& root, size_t max_fds) {
       if (looked++ == max_fds) break;
       const std::string path = proc + "/fd/" + fd;
       auto link = read_link(root, path);
-      if (!link || !(link->starts_with("/dev/dri/") || link->starts_with("/dev/nvidia"))) continue;
+      if (!link ||
+          !(link->starts_with("/dev/dri/") || link->starts_with("/dev/nvidia") || link->starts_with("/dev/i2c-")))
+        continue;
       found.push_back({std::stol(pid), "", path, *link});
     }
     if (found.empty() && fds->size() <= max_fds) continue;
@@ -186,6 +188,20 @@ bool GpuNodes::match(std::string_view node) const {
 GpuNodes gpu_nodes(const Root& root, const PciDevice& display) {
   GpuNodes out;
   for (const auto& n : display.drm) out.nodes.push_back("/dev/dri/" + n);
+  // Its I2C adapters (DDC, where a monitor's brightness is set): the device's own, and its DRM
+  // connectors' (DisplayPort AUX), each /dev/i2c-N once i2c-dev is loaded.
+  const std::string dir = "/sys/bus/pci/devices/" + display.address;
+  auto i2c_in = [&](const std::string& d) {
+    if (auto entries = list_dir(root, d))
+      for (const auto& e : *entries)
+        if (e.starts_with("i2c-") && digits(e.substr(4))) out.nodes.push_back("/dev/" + e);
+  };
+  i2c_in(dir);
+  for (const auto& card : display.drm)
+    if (card.starts_with("card"))
+      if (auto connectors = list_dir(root, dir + "/drm/" + card))
+        for (const auto& c : *connectors)
+          if (c.starts_with(card + "-")) i2c_in(dir + "/drm/" + card + "/" + c);
   if (display.driver != "nvidia") return out;
   out.nodes.insert(out.nodes.end(), {"/dev/nvidiactl", "/dev/nvidia-modeset"});
   out.any_nvidia_minor = true;

@@ -58,13 +58,14 @@ struct ProcScan {
   std::vector<std::string> capped;  // "chrome (pid 4242)": processes whose fds were not all looked at
 };
 // The open files of every process under the root's /proc whose link text is a GPU device node
-// (/dev/dri/..., /dev/nvidia...): the links are read, never followed. Processes that end during
-// the walk and fds that cannot be read are left out; at most `max_fds` of a process are looked at.
+// (/dev/dri/..., /dev/nvidia..., /dev/i2c-N): the links are read, never followed. Processes that
+// end during the walk and fds that cannot be read are left out; at most `max_fds` of a process are
+// looked at.
 ProcScan scan_gpu_nodes(const Root& root, size_t max_fds = 4096);
 
 // The device nodes by which a process holds the GPU whose display function is `display`: its DRM
-// nodes, and when nvidia drives it /dev/nvidiaN (the minor from /proc/driver/nvidia, any N when
-// that is unknown), /dev/nvidiactl and /dev/nvidia-modeset.
+// nodes, its I2C adapters' /dev/i2c-N, and when nvidia drives it /dev/nvidiaN (the minor from
+// /proc/driver/nvidia, any N when that is unknown), /dev/nvidiactl and /dev/nvidia-modeset.
 struct GpuNodes {
   std::vector<std::string> nodes;
   bool any_nvidia_minor = false;

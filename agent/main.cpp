@@ -1,21 +1,25 @@
 // gptagent: prepares Linux hosts for GPU passthrough to libvirt/KVM virtual machines.
 
-#include <CLI/CLI.hpp>
-#include <iostream>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
 
 #include "agent/apply.hpp"
 #include "agent/doc.hpp"
-#include "agent/schema.hpp"
-#include "agent/fleet.hpp"
 #include "agent/facts.hpp"
 #include "agent/facts_view.hpp"
+#include "agent/fleet.hpp"
+#include "agent/handoff.hpp"
 #include "agent/host.hpp"
 #include "agent/inventory.hpp"
 #include "agent/playbook.hpp"
 #include "agent/report.hpp"
 #include "agent/runner.hpp"
+#include "agent/schema.hpp"
 
 namespace {
 
@@ -78,6 +82,51 @@ void setup_logging(int verbosity) {
   logger->set_pattern("[%l] %v");
   spdlog::set_default_logger(logger);
   spdlog::set_level(verbosity >= 2 ? spdlog::level::debug : verbosity == 1 ? spdlog::level::info : spdlog::level::warn);
+}
+
+// Under --root no unit of the running system is stopped or started: each command is said as not
+// run, and answered as a unit that is not active would be (nothing to stop).
+class NotRunExec final : public gpt::Exec {
+ public:
+  explicit NotRunExec(std::string root) : root_(std::move(root)) {}
+  gpt::ExecResult run(const gpt::Command& cmd) override {
+    std::cerr << "gptagent handoff: not run under --root " << root_ << ": " << cmd.display() << "\n";
+    return {3, false, "", ""};
+  }
+
+ private:
+  std::string root_;
+};
+
+// What libvirt's qemu hook runs (modules/gpu_handoff.cpp installs it): the hand-off for the VM
+// when it has a plan. Standard output stays empty (libvirt reads it as the domain's XML); what it
+// does goes to the journal and to standard error, which libvirt logs when the hook fails.
+int cmd_handoff(const Common& c, const std::vector<std::string>& hook) {
+  // The domain XML libvirt writes to the hook's standard input: read, and left unused.
+  char buf[65536];
+  for (size_t total = 0; total < (64u << 20);) {
+    const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
+    if (n <= 0) break;
+    total += static_cast<size_t>(n);
+  }
+  if (auto ok = gpt::Root::check(c.root); !ok) {
+    std::cerr << "gptagent: " << ok.error() << "\n";
+    return 1;
+  }
+  gpt::Root root(c.root);
+  ::openlog("gptagent-handoff", LOG_PID, LOG_DAEMON);
+  // Under --root nothing of the running system is stopped or started: the commands are only said.
+  gpt::ProcessExec system;
+  NotRunExec not_run(root.dir());
+  gpt::Exec& exec = root.sandboxed() ? static_cast<gpt::Exec&>(not_run) : system;
+  gpt::HandoffIo io{exec, [](const std::string& line) {
+                      const std::string shown = gpt::terminal_safe(line, false);
+                      ::syslog(LOG_INFO, "%s", shown.c_str());
+                      std::cerr << "gptagent handoff: " << line << "\n";
+                    }};
+  const int rc = gpt::run_handoff(root, io, hook[0], hook[1], hook[2]);
+  ::closelog();
+  return rc;
 }
 
 int cmd_validate(const std::string& playbook, const Common& c) {
@@ -249,6 +298,15 @@ int main(int argc, char** argv) {
 
   auto* schema = app.add_subcommand("schema", "Print the JSON Schema of the playbook format (for editors)");
 
+  std::vector<std::string> hook_args;
+  auto* handoff =
+      app.add_subcommand("handoff", "Hand a VM's GPU over or back: what libvirt's hook from gpu_handoff runs");
+  handoff->add_option("hook", hook_args, "libvirt's hook arguments: VM OPERATION SUB-OPERATION [EXTRA]")
+      ->expected(3, 4)
+      ->required()
+      ->type_name("ARG");
+  add_common(handoff, false);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -316,6 +374,7 @@ int main(int argc, char** argv) {
   }
   if (*status) return gpt::run_status(c.root, status_json, std::cout, std::cerr);
   if (*validate) return cmd_validate(playbook, c);
+  if (*handoff) return cmd_handoff(c, hook_args);
   if (*facts) return cmd_facts(c, facts_json, capture);
   return 1;
 }

@@ -222,6 +222,8 @@ const Registration registration{ModuleDef{
                .required_one_of = {{"state", "enabled"}},
                .check = check_args},
     .converge = converge,
+    // gpu_handoff restarts libvirt's daemon so that it reads a new hook.
+    .handler_args = std::vector<std::string>{"name", "state"},
     .handler_only = [](const json& args) -> std::optional<std::string> {
       if (args.value("state", "") == "restarted")
         return "state: restarted restarts on every run: use it in a handler that a task notifies";

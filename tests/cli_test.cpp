@@ -293,5 +293,33 @@ TEST(Cli, EveryShippedPlaybookValidates) {
   EXPECT_GE(seen, 5);
 }
 
+// What libvirt's hook from gpu_handoff runs: its standard output stays empty (libvirt would take
+// it for the domain's XML), and under --root no unit of this machine is asked or touched.
+TEST(Cli, HandoffPrintsNothingAndUnderRootTouchesNoUnit) {
+  SampleHost host("ubuntu-24.04");
+  test::write(
+      host.file("/etc/gptagent/handoff/win11.json"),
+      R"({"vm": "win11", "gpus": ["0000:01:00.0"], "units": [{"name": "display-manager.service"}], "timeout": 1})");
+  auto r = run_agent({"handoff", "win11", "prepare", "begin", "-", "--root", host.root()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(
+      r.err.find("not run under --root " + Root(host.root()).dir() + ": systemctl is-active display-manager.service"),
+      std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("win11: GPU 0000:01:00.0 free after"), std::string::npos) << r.err;
+  for (const auto& step :
+       std::vector<std::vector<std::string>>{{"win11", "started", "begin", "-"}, {"other", "prepare", "begin", "-"}}) {
+    std::vector<std::string> args = {"handoff"};
+    args.insert(args.end(), step.begin(), step.end());
+    args.insert(args.end(), {"--root", host.root()});
+    auto quiet = run_agent(args);
+    EXPECT_EQ(quiet.exit_code, 0);
+    EXPECT_EQ(quiet.out + quiet.err, "") << step[0] << " " << step[1];
+  }
+  EXPECT_EQ(run_agent({"handoff", "win11", "prepare", "--root", host.root()}).exit_code, 1)
+      << "three arguments at least";
+}
+
 }  // namespace
 }  // namespace gpt

@@ -8,6 +8,7 @@
 #include "agent/gpu_hold.hpp"
 #include "agent/host.hpp"
 #include "tests/support/converge.hpp"
+#include "tests/support/desktop.hpp"
 #include "tests/support/verdicts.hpp"
 
 namespace gpt {
@@ -22,20 +23,8 @@ bool mentions(const std::vector<Verdict>& verdicts, const std::string& text) {
   return std::any_of(verdicts.begin(), verdicts.end(), [&](const Verdict& v) { return v.reason.find(text) != std::string::npos; });
 }
 
-// A process as /proc shows it: comm (15 characters at most), argv, fds linking to what it opened.
-void add_process(const test::SampleHost& h, long pid, const std::string& comm, const std::map<int, std::string>& fds,
-                 const std::string& argv0 = "") {
-  const std::string dir = h.file("/proc/" + std::to_string(pid));
-  test::write(dir + "/comm", comm + "\n");
-  test::write(dir + "/cmdline", (argv0.empty() ? comm : argv0) + std::string("\0--flag\0", 8));
-  std::filesystem::create_directories(dir + "/fd");
-  for (const auto& [fd, target] : fds) std::filesystem::create_symlink(target, dir + "/fd/" + std::to_string(fd));
-}
-
-// The DRM nodes a driver made for a device: sysfs directories named after /dev/dri's nodes.
-void add_drm(const test::SampleHost& h, const std::string& address, const Lines& nodes) {
-  for (const auto& n : nodes) test::write(h.file("/sys/bus/pci/devices/" + address + "/drm/" + n + "/dev"), "226:0\n");
-}
+using test::add_drm;
+using test::add_process;
 
 // Ubuntu 24.04's desktop: the RTX 3080 (nvidia, minor 0) and the iGPU (amdgpu) with their DRM
 // nodes; Xorg on both, the remote-desktop server on the RTX's render node, Firefox on the iGPU's.
@@ -79,6 +68,29 @@ TEST(GpuInUse, ProcessesHoldingTheGpusNodesAreNamed) {
   EXPECT_EQ(igpu.in_use[1].comm, "Xorg");
   EXPECT_EQ(igpu.in_use[1].nodes, Lines{"/dev/dri/card0"});
   EXPECT_TRUE(f.host_verdicts.empty() || !mentions(f.host_verdicts, "open files"));
+}
+
+// powerdevil (KDE) and ddcutil set a monitor's brightness over the GPU's I2C buses (DDC): a
+// process with one of the card's /dev/i2c-N open holds the card too. Adapters are the device's
+// own (nvidia, amdgpu) or its DRM connectors' (DisplayPort AUX); another device's are not its.
+TEST(GpuInUse, TheGpusI2cAdaptersCountAsHoldingIt) {
+  Desktop d;
+  std::filesystem::create_directories(d.h.file("/sys/bus/pci/devices/0000:01:00.0/i2c-4"));
+  std::filesystem::create_directories(d.h.file("/sys/bus/pci/devices/0000:01:00.0/drm/card1/card1-DP-1/i2c-7"));
+  std::filesystem::create_directories(d.h.file("/sys/bus/pci/devices/0000:0c:00.0/i2c-2"));
+  add_process(d.h, 5000, "powerdevil", {{9, "/dev/i2c-4"}, {10, "/dev/i2c-2"}});
+  add_process(d.h, 5100, "ddcutil", {{3, "/dev/i2c-7"}});
+  Facts f = gather_facts(Root(d.h.root()));
+  const auto& users = gpu(f, "0000:01:00.0").in_use;
+  ASSERT_EQ(users.size(), 4u);  // in /proc's order: 1234, 5000, 5100, 999
+  EXPECT_EQ(users[1].comm, "powerdevil");
+  EXPECT_EQ(users[1].nodes, Lines{"/dev/i2c-4"});
+  EXPECT_EQ(users[2].comm, "ddcutil");
+  EXPECT_EQ(users[2].nodes, Lines{"/dev/i2c-7"});
+  const auto& igpu = gpu(f, "0000:0c:00.0").in_use;
+  ASSERT_EQ(igpu.size(), 3u);
+  EXPECT_EQ(igpu[1].comm, "powerdevil");
+  EXPECT_EQ(igpu[1].nodes, Lines{"/dev/i2c-2"});
 }
 
 TEST(GpuInUse, WithoutItsMinorAnyNvidiaNodeCountsAndOtherDriversNeverDo) {

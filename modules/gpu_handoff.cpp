@@ -1,0 +1,224 @@
+// gpu_handoff: hands a VM's GPU over from the host around each run of the VM. It writes the VM's
+// plan (/etc/gptagent/handoff/VM.json: the GPU's functions, the units to stop in order, the
+// bound) and owns libvirt's qemu hook /etc/libvirt/hooks/qemu.d/gptagent-handoff, which runs the
+// installed agent's `gptagent handoff` (agent/handoff.hpp) at every step of every QEMU guest;
+// that acts for the VMs with a plan only. libvirt reads its hooks when its daemon starts: a new
+// hook restarts the daemon (a handler; running VMs keep running).
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <array>
+
+#include "agent/changes.hpp"
+#include "agent/gpu.hpp"
+#include "agent/handoff.hpp"
+#include "agent/module.hpp"
+#include "agent/text.hpp"
+
+namespace gpt {
+namespace {
+
+constexpr std::array kAgentPaths = {"/usr/bin/gptagent", "/usr/sbin/gptagent", "/usr/local/bin/gptagent",
+                                    "/usr/local/sbin/gptagent"};
+
+std::string hook_text(const std::string& agent) {
+  return "#!/bin/sh\n"
+         "# gptagent gpu_handoff: hands GPUs over around the VMs planned in /etc/gptagent/handoff/.\n"
+         "# libvirt runs it at each step of every QEMU guest's life, the domain XML on standard input;\n"
+         "# it prints nothing, which libvirt takes for that XML unchanged. Written by gptagent: an edit\n"
+         "# here is undone by its next run.\n"
+         "exec " +
+         agent + " handoff \"$1\" \"$2\" \"$3\" >/dev/null\n";
+}
+
+// Why root must not run `path` from a hook: it, or a directory above it, belongs to another user
+// or may be written by one (who could then swap what root runs). nullopt when it may run.
+std::optional<std::string> untrusted(const Root& root, const std::string& path) {
+  auto real = root.resolve(path);
+  if (!real) return real.error();
+  struct stat st {};
+  if (::stat(real->c_str(), &st) != 0 || !S_ISREG(st.st_mode) || !(st.st_mode & S_IXUSR))
+    return path + " is not an executable file";
+  // From the file up to the root's top, every step as it is (resolve() took the links).
+  const std::string& top = root.dir();
+  for (std::string at = *real;;) {
+    if (::lstat(at.c_str(), &st) != 0) return "cannot look at " + at;
+    const bool sticky_dir = S_ISDIR(st.st_mode) && (st.st_mode & S_ISVTX);
+    if (st.st_uid != 0 || ((st.st_mode & (S_IWGRP | S_IWOTH)) && !sticky_dir))
+      return (at == *real ? path : at) + " belongs to uid " + std::to_string(st.st_uid) + " with mode " +
+             mode_text(st.st_mode & 07777) +
+             ": root would run what another user can swap (it and each directory above must be root's, "
+             "writable by root alone)";
+    if (at == top || at == "/") break;
+    const size_t slash = at.find_last_of('/');
+    at = slash == 0 ? "/" : at.substr(0, slash);
+  }
+  return std::nullopt;
+}
+
+Expected<std::string> agent_path(const Context& ctx, const json& args) {
+  std::string path = args.value("agent", "");
+  if (path.empty()) {
+    for (const char* p : kAgentPaths)
+      if (path_exists(ctx.root, p)) {
+        path = p;
+        break;
+      }
+    if (path.empty())
+      return Error{"no installed agent for the hook to run (" +
+                   join(std::vector<std::string>(kAgentPaths.begin(), kAgentPaths.end()), ", ") +
+                   "): install gptagent's package, or name a root-owned copy with agent:"};
+  }
+  if (auto why = untrusted(ctx.root, path)) return Error{"agent " + path + ": " + *why};
+  return path;
+}
+
+// libvirt's daemon for QEMU here: the modular virtqemud where it is enabled, else libvirtd;
+// nullopt when libvirt is not installed (its daemon will read the hook when it first starts).
+std::optional<std::string> libvirt_daemon(const Root& root) {
+  for (const char* p : {"/etc/systemd/system/multi-user.target.wants/virtqemud.service",
+                        "/etc/systemd/system/sockets.target.wants/virtqemud.socket"})
+    if (path_exists(root, p)) return "virtqemud";
+  for (const char* dir : {"/etc/systemd/system/", "/usr/lib/systemd/system/", "/lib/systemd/system/"})
+    if (path_exists(root, std::string(dir) + "libvirtd.service")) return "libvirtd";
+  return std::nullopt;
+}
+
+HandoffPlan plan_for(const Context& ctx, const json& args, std::vector<std::string> functions) {
+  HandoffPlan plan;
+  plan.vm = args["vm"].get<std::string>();
+  plan.gpus = std::move(functions);
+  plan.timeout = args["timeout"].get<int>();
+  auto add = [&](HandoffUnit u) {
+    if (u.name.find('.') == std::string::npos) u.name += ".service";
+    if (std::find(plan.units.begin(), plan.units.end(), u) == plan.units.end()) plan.units.push_back(std::move(u));
+  };
+  for (const auto& u : args["units"]) add({u.get<std::string>(), ""});
+  for (const auto& u : args["user_units"]) add({u["name"].get<std::string>(), u["user"].get<std::string>()});
+  if (args["known_units"].get<bool>())
+    for (auto& u : known_gpu_units(ctx.root, args["display_manager"].get<bool>())) add(std::move(u));
+  else if (args["display_manager"].get<bool>())
+    add({"display-manager.service", ""});
+  return plan;
+}
+
+Result converge(Context& ctx, const json& args, bool apply) {
+  const std::string vm = args["vm"].get<std::string>();
+  const std::string plan_path = std::string(kHandoffPlanDir) + "/" + vm + ".json";
+  FileChanges files(ctx.root);
+  Result r = Result::ok();
+
+  if (args["state"].get<std::string>() == "absent") {
+    auto plan = read_file_if_exists(ctx.root, plan_path);
+    if (!plan) return Result::failed(plan.error());
+    if (*plan) files.remove(plan_path, **plan);
+    // The hook goes with the last plan.
+    auto others = list_dir(ctx.root, kHandoffPlanDir);
+    if (!others) return Result::failed(others.error());
+    const bool last = std::none_of(others->begin(), others->end(),
+                                   [&](const std::string& n) { return n.ends_with(".json") && n != vm + ".json"; });
+    auto hook = read_file_if_exists(ctx.root, kHandoffHook);
+    if (!hook) return Result::failed(hook.error());
+    if (last && *hook) files.remove(kHandoffHook, **hook);
+    r.msg = "no hand-off for VM " + vm;
+  } else {
+    auto gpus = select_gpus(ctx.facts, args["gpus"], true);
+    if (!gpus) return Result::failed(gpus.error());
+    std::vector<std::string> functions;
+    for (const auto& g : *gpus)
+      for (const auto& f : g.functions)
+        if (std::find(functions.begin(), functions.end(), f) == functions.end()) functions.push_back(f);
+    const HandoffPlan plan = plan_for(ctx, args, functions);
+    if (args["display_manager"].get<bool>() && !path_exists(ctx.root, "/etc/systemd/system/display-manager.service"))
+      return Result::failed("display_manager: this host has no display manager (no display-manager.service)");
+    auto agent = agent_path(ctx, args);
+    if (!agent) return Result::failed(agent.error());
+    auto hook_before = read_file_if_exists(ctx.root, kHandoffHook);
+    if (!hook_before) return Result::failed(hook_before.error());
+    if (auto s = files.write(plan_path, to_json(plan).dump(2) + "\n", FileAttrs{.uid = 0, .gid = 0, .mode = 0644}); !s)
+      return Result::failed(s.error());
+    if (auto s = files.write(kHandoffHook, hook_text(*agent), FileAttrs{.uid = 0, .gid = 0, .mode = 0755}); !s)
+      return Result::failed(s.error());
+    std::vector<std::string> units;
+    for (const auto& u : plan.units) units.push_back(describe(u));
+    r.msg = "VM " + vm + " takes " + join(plan.gpus, ", ") + "; the hook stops " +
+            (units.empty() ? std::string("no unit") : join(units, ", ")) + " and waits up to " +
+            std::to_string(plan.timeout) + " s for the GPU to be free";
+    r.data = {{"plan", to_json(plan)}, {"hook", kHandoffHook}, {"agent", *agent}};
+    if (!*hook_before) {
+      if (const auto daemon = libvirt_daemon(ctx.root))
+        r.handlers.push_back({"restart " + *daemon + " (it reads its hooks when it starts)",
+                              "service",
+                              {{"name", *daemon}, {"state", "restarted"}}});
+      else
+        r.msg += " (libvirt's daemon is not installed: it reads the hook when it first starts)";
+    }
+  }
+  if (files.empty()) return r;
+  r.status = Outcome::changed;
+  r.diff = files.diff();
+  r.data["files"] = files.paths();
+  if (apply)
+    if (auto s = files.apply(r.data); !s) return Result::failed(s.error());
+  return r;
+}
+
+std::optional<std::string> name_check(const json& v, bool user) {
+  const std::string s = v.get<std::string>();
+  if (user && s == "*") return std::nullopt;
+  if (s.empty() || s[0] == '-' || s.find_first_of(user ? "@/: \t\n\\" : "/ \t\n\\") != std::string::npos)
+    return "'" + s + "' is not a " + (user ? "user" : "unit") + " name";
+  return std::nullopt;
+}
+
+const Registration registration{ModuleDef{
+    .name = "gpu_handoff",
+    .summary = "a libvirt hook that stops what holds a VM's GPU before the VM starts and starts it again after",
+    .schema = {.args = {{.name = "vm",
+                         .required = true,
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           if (handoff_vm_name_ok(v.get<std::string>())) return std::nullopt;
+                           return "'" + v.get<std::string>() +
+                                  "': a domain name of letters, digits, '.', '_', '+' and '-' (not led by '.')";
+                         }},
+                        gpus_arg(),
+                        {.name = "force", .type = ArgType::boolean, .default_value = false},
+                        {.name = "units",
+                         .type = ArgType::list,
+                         .default_value = json::array(),
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           for (const auto& u : v)
+                             if (auto why = name_check(u, false)) return why;
+                           return std::nullopt;
+                         }},
+                        {.name = "user_units",
+                         .type = ArgType::list,
+                         .default_value = json::array(),
+                         .elements = ArgType::dict,
+                         .fields = {{.name = "name",
+                                     .required = true,
+                                     .check = [](const json& v) { return name_check(v, false); }},
+                                    {.name = "user",
+                                     .default_value = "*",
+                                     .check = [](const json& v) { return name_check(v, true); }}}},
+                        {.name = "known_units", .type = ArgType::boolean, .default_value = true},
+                        {.name = "display_manager", .type = ArgType::boolean, .default_value = false},
+                        {.name = "timeout",
+                         .type = ArgType::integer,
+                         .default_value = 30,
+                         .check = [](const json& v) -> std::optional<std::string> {
+                           if (v.get<long>() < 1 || v.get<long>() > 600) return "must be 1 to 600 seconds";
+                           return std::nullopt;
+                         }},
+                        {.name = "agent"},
+                        {.name = "state", .default_value = "present", .choices = {"present", "absent"}}},
+               .check = [](const json& args) -> std::optional<std::string> {
+                 if (args.value("state", "present") == "present" && !args.contains("gpus"))
+                   return "gpus: the VM's GPUs are required (unless state: absent)";
+                 return std::nullopt;
+               }},
+    .converge = converge,
+}};
+
+}  // namespace
+}  // namespace gpt
