@@ -20,12 +20,14 @@
 # shellcheck disable=SC2054
 
 # Bump when what goes into the cached image changes: the key then changes with it.
-FULL_RECIPE=3
+FULL_RECIPE=4
 FULL_SUITE=bookworm
 FULL_MIRROR=${GPTAGENT_LAB_MIRROR:-http://deb.debian.org/debian}
-# What the guest is made of: a kernel, GRUB's tools (update-grub), initramfs-tools, sshd.
+# What the guest is made of: a kernel, GRUB's tools (update-grub), initramfs-tools, sshd. The
+# kernel a Debian server installs (generic, not cloud: the cloud kernel has no DRM driver, and the
+# GPU hand-off needs the stand-in GPU's own, bochs, with its /dev/dri node).
 FULL_PACKAGES=(
-  linux-image-cloud-amd64 grub2-common initramfs-tools openssh-server kmod udev systemd-sysv
+  linux-image-amd64 grub2-common initramfs-tools openssh-server kmod udev systemd-sysv
   ifupdown isc-dhcp-client
   # What a Debian server installed from its installer has and debootstrap's minbase has not.
   dbus libpam-systemd
@@ -204,8 +206,8 @@ full_build() {
 # Sets FULL_DIR, building the cache entry when it is missing.
 full_cached() {
   FULL_VERSIONS=$(full_versions)
-  echo "$FULL_VERSIONS" | grep -q '^guest:linux-image-cloud-amd64=' ||
-    die "apt-cache knows no linux-image-cloud-amd64: run apt-get update"
+  echo "$FULL_VERSIONS" | grep -q '^guest:linux-image-amd64=' ||
+    die "apt-cache knows no linux-image-amd64: run apt-get update"
   FULL_DIR=$CACHE_ROOT/full-$(echo "$FULL_VERSIONS" | sha256sum | cut -c1-16)
   if [ -f "$FULL_DIR/base.raw" ]; then
     say "cache: $FULL_DIR"
@@ -533,6 +535,100 @@ full_software_absent() {
   PLAYBOOK=$LAB/playbooks/full.yaml
 }
 
+# The driver a PCI device of the guest is bound to, or nothing.
+full_driver() { guest "d=\$(readlink /sys/bus/pci/devices/$1/driver) && basename \$d" 2>/dev/null || true; }
+full_unit_state() { guest "systemctl is-active $1" 2>/dev/null || true; }
+
+# 7. The GPU hand-off (gpu_handoff, tests/lab/playbooks/handoff.yaml): the stand-in GPU back on
+# its own driver (bochs-drm, whose /dev/dri node a system unit holds open); starting the domain
+# `lab` stops the unit, libvirt hands the GPU to vfio-pci; stopping it gives the GPU back and starts
+# the unit again. A holder the plan does not name makes the hook fail: the domain does not start
+# and the host stays as it was.
+full_handoff() {
+  local t drv state by_path=/dev/dri/by-path/pci-$FULL_GPU-card i
+  t=$(now)
+  guest "virsh -c qemu:///system destroy lab" >/dev/null 2>&1 || true
+  # The installed agent the hook runs: root's, in a directory only root writes.
+  guest 'cat >/usr/local/bin/gptagent.new && chmod 755 /usr/local/bin/gptagent.new && mv /usr/local/bin/gptagent.new /usr/local/bin/gptagent' <"$AGENT"
+  # vfio-pci took the stand-in's functions at boot by their ids: without the ids, each goes back to
+  # its own driver, as on a host whose GPU is the desktop's until a VM takes it.
+  guest "modprobe -a bochs snd_hda_intel; echo 1234 1111 >/sys/bus/pci/drivers/vfio-pci/remove_id;
+    echo 8086 2668 >/sys/bus/pci/drivers/vfio-pci/remove_id;
+    for f in $FULL_GPU $FULL_GPU_AUDIO; do echo \$f >/sys/bus/pci/drivers/vfio-pci/unbind; echo \$f >/sys/bus/pci/drivers_probe; done;
+    udevadm settle" >"$WORK/handoff-rebind.out" 2>&1 || true
+  drv=$(full_driver $FULL_GPU)
+  [ "$drv" = bochs-drm ] && pass "hand-off: $FULL_GPU back on its own driver, bochs-drm" ||
+    fail "hand-off: $FULL_GPU is on '$drv', not bochs-drm"
+  guest "printf '[Unit]\nDescription=holds the stand-in GPU (lab)\n[Service]\nExecStart=/bin/sh -c \"exec sleep infinity 3<$by_path\"\n' \
+    >/etc/systemd/system/gpu-holder.service && systemctl daemon-reload && systemctl start gpu-holder" ||
+    fail "hand-off: gpu-holder.service did not start"
+  guest "/usr/local/bin/gptagent facts" >"$WORK/handoff-facts-before.txt" 2>&1 || true
+  grep -q "in use by sleep (pid" "$WORK/handoff-facts-before.txt" && pass "hand-off: facts names sleep (gpu-holder) as holding $FULL_GPU" ||
+    fail "hand-off: facts does not see gpu-holder's sleep holding $FULL_GPU"
+
+  PLAYBOOK=$LAB/playbooks/handoff.yaml
+  agent handoff-apply
+  expect_rc handoff-apply 0
+  grep -q 'restart libvirtd (it reads its hooks when it starts)' "$WORK/handoff-apply.out" &&
+    pass "hand-off: the new hook restarted libvirtd" || fail "hand-off: no restart of libvirtd in the report"
+  guest test -x /etc/libvirt/hooks/qemu.d/gptagent-handoff && pass "hand-off: the hook is installed" ||
+    fail "hand-off: no executable /etc/libvirt/hooks/qemu.d/gptagent-handoff"
+
+  # The domain starts: the hook stops gpu-holder, libvirt moves the GPU to vfio-pci.
+  if guest "virsh -c qemu:///system start lab" >"$WORK/handoff-start.out" 2>&1; then
+    pass "hand-off: virsh start lab"
+  else
+    fail "hand-off: virsh start lab failed"
+    sed 's/^/    | /' "$WORK/handoff-start.out" >&2
+  fi
+  state=$(guest "virsh -c qemu:///system domstate lab" 2>/dev/null | head -1 || true)
+  [ "$state" = running ] && pass "hand-off: lab is running" || fail "hand-off: lab is '$state'"
+  [ "$(full_unit_state gpu-holder)" = inactive ] && pass "hand-off: the hook stopped gpu-holder.service" ||
+    fail "hand-off: gpu-holder.service is $(full_unit_state gpu-holder) while lab runs"
+  drv=$(full_driver $FULL_GPU)
+  [ "$drv" = vfio-pci ] && pass "hand-off: $FULL_GPU on vfio-pci while lab runs" || fail "hand-off: $FULL_GPU is on '$drv' while lab runs"
+  guest "/usr/local/bin/gptagent facts" >"$WORK/handoff-facts-running.txt" 2>&1 || true
+  grep -q "stopped now, started again when the VM stops: gpu-holder.service" "$WORK/handoff-facts-running.txt" &&
+    pass "hand-off: facts shows gpu-holder.service stopped for lab" || fail "hand-off: facts does not show what is stopped for lab"
+
+  # The domain stops: the GPU goes back to bochs-drm, gpu-holder runs again.
+  guest "virsh -c qemu:///system destroy lab" >"$WORK/handoff-destroy.out" 2>&1 || fail "hand-off: virsh destroy lab failed"
+  for i in $(seq 30); do
+    [ "$(full_unit_state gpu-holder)" = active ] && break
+    sleep 1
+  done
+  [ "$(full_unit_state gpu-holder)" = active ] && pass "hand-off: gpu-holder.service runs again after lab stopped" ||
+    fail "hand-off: gpu-holder.service is $(full_unit_state gpu-holder) after lab stopped"
+  drv=$(full_driver $FULL_GPU)
+  [ "$drv" = bochs-drm ] && pass "hand-off: $FULL_GPU back on bochs-drm" || fail "hand-off: $FULL_GPU is on '$drv' after lab stopped"
+  guest "journalctl -t gptagent-handoff --no-pager -o cat" >"$WORK/handoff-journal.txt" 2>&1 || true
+  grep -q "lab: stopped gpu-holder.service" "$WORK/handoff-journal.txt" &&
+    grep -q "lab: every unit stopped for it runs again" "$WORK/handoff-journal.txt" &&
+    pass "hand-off: the journal has what the hook did at the start and at the stop" ||
+    fail "hand-off: the journal lacks the hook's lines (see $WORK/handoff-journal.txt)"
+
+  # A holder the plan does not name: the hook waits 3 s, starts gpu-holder again and fails.
+  guest "systemd-run --unit=gpu-stubborn /bin/sh -c 'exec sleep infinity 3<$by_path'" >/dev/null 2>&1 ||
+    fail "hand-off: gpu-stubborn did not start"
+  agent handoff-short -e holder_timeout=3
+  expect_rc handoff-short 0
+  if guest "virsh -c qemu:///system start lab" >"$WORK/handoff-refused.out" 2>&1; then
+    fail "hand-off: lab started while gpu-stubborn held the GPU"
+  else
+    pass "hand-off: virsh start lab fails while a holder outside the plan stays"
+  fi
+  grep -q "still held after 3 s: sleep (pid" "$WORK/handoff-refused.out" &&
+    pass "hand-off: virsh says who still holds the GPU" || fail "hand-off: virsh's error does not name the holder"
+  state=$(guest "virsh -c qemu:///system domstate lab" 2>/dev/null | head -1 || true)
+  [ "$state" = "shut off" ] && pass "hand-off: lab did not start" || fail "hand-off: lab is '$state'"
+  [ "$(full_unit_state gpu-holder)" = active ] && [ "$(full_driver $FULL_GPU)" = bochs-drm ] &&
+    [ "$(full_unit_state gpu-stubborn)" = active ] &&
+    pass "hand-off: as before: gpu-holder runs again, the GPU on bochs-drm, gpu-stubborn untouched" ||
+    fail "hand-off: the host is not as before (gpu-holder $(full_unit_state gpu-holder), GPU on $(full_driver $FULL_GPU))"
+  guest "systemctl stop gpu-stubborn gpu-holder" >/dev/null 2>&1 || true
+  say "phase handoff: $(since "$t")"
+}
+
 full() {
   local keep=0 start_vm=${GPTAGENT_LAB_START_VM:-1}
   while [ $# -gt 0 ]; do
@@ -728,6 +824,7 @@ PY
     check_vfio "with the domain running"
   fi
 
+  full_handoff
   full_software_absent
 
   say "total: $(since "$t0")"
