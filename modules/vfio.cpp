@@ -1,5 +1,7 @@
 // vfio: the vfio modules loaded at boot and now, vfio-pci claiming the GPU's ids before its display
 // driver, and the modules in the initramfs (initramfs-tools, dracut or mkinitcpio).
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <set>
 
@@ -410,6 +412,35 @@ Expected<std::string> plan_modprobe(const Context& ctx, const ModprobeWanted& wa
   return note;
 }
 
+// The modules of the running kernel that would drive `functions` (their sysfs modalias matched
+// against the kernel's modules.alias, as udev's modprobe does), vfio-pci aside: the drivers that
+// udev may load before vfio-pci at boot, in the initramfs included (bochs for QEMU's VGA, amdgpu,
+// xhci_pci for a GPU's USB-C controller). Nothing where the kernel's modules.alias is not there.
+Expected<std::vector<std::string>> driver_modules(const Root& root, std::string_view release,
+                                                  const std::vector<std::string>& functions) {
+  std::vector<std::string> out;
+  auto aliases = read_file_if_exists(root, "/lib/modules/" + std::string(release) + "/modules.alias", 64u << 20);
+  if (!aliases) return Error{aliases.error()};
+  if (!*aliases || functions.empty()) return out;
+  std::vector<std::string> modaliases;
+  for (const auto& f : functions)
+    if (auto m = read_file_if_exists(root, "/sys/bus/pci/devices/" + f + "/modalias", 4096); m && *m)
+      modaliases.emplace_back(trim(**m));
+  for (std::string_view line : lines(**aliases)) {
+    if (!line.starts_with("alias pci:")) continue;
+    const size_t sp = line.find(' ', 6);
+    if (sp == std::string_view::npos) continue;
+    const std::string pattern(line.substr(6, sp - 6)), module(trim(line.substr(sp + 1)));
+    if (module.empty() || module == "vfio_pci" || std::find(out.begin(), out.end(), module) != out.end()) continue;
+    for (const auto& m : modaliases)
+      if (::fnmatch(pattern.c_str(), m.c_str(), 0) == 0) {
+        out.push_back(module);
+        break;
+      }
+  }
+  return out;
+}
+
 Result converge(Context& ctx, const json& args, bool apply) {
   const std::vector<std::string> mods = args.contains("modules") ? args["modules"].get<std::vector<std::string>>()
                                                                   : default_modules(ctx.facts.kernel_release);
@@ -463,8 +494,15 @@ Result converge(Context& ctx, const json& args, bool apply) {
         "install vfio-pci /bin/sh -c 'for d in " + join(chosen, " ") +
             "; do echo vfio-pci > /sys/bus/pci/devices/$d/driver_override; done 2>/dev/null; "
             "exec /sbin/modprobe --ignore-install vfio-pci $CMDLINE_OPTS'\n"};
-  // vfio-pci must claim the GPU before its display driver and the audio function before HDA.
-  if (args["softdep"].get<bool>()) want.softdeps = {"nouveau", "nvidia", "snd_hda_intel"};
+  // vfio-pci must claim the GPU before its display driver and the audio function before HDA: the
+  // NVIDIA drivers and HDA always, and whatever else this kernel has for the chosen functions.
+  if (args["softdep"].get<bool>()) {
+    want.softdeps = {"nouveau", "nvidia", "snd_hda_intel"};
+    auto found = driver_modules(ctx.root, ctx.facts.kernel_release, chosen);
+    if (!found) return Result::failed(found.error());
+    for (const auto& m : *found)
+      if (std::find(want.softdeps.begin(), want.softdeps.end(), m) == want.softdeps.end()) want.softdeps.push_back(m);
+  }
   want.blacklist = args["blacklist"].get<std::vector<std::string>>();
 
   FileChanges boot(ctx.root), load_conf(ctx.root);

@@ -538,6 +538,7 @@ full_software_absent() {
 # The driver a PCI device of the guest is bound to, or nothing.
 full_driver() { guest "d=\$(readlink /sys/bus/pci/devices/$1/driver) && basename \$d" 2>/dev/null || true; }
 full_unit_state() { guest "systemctl is-active $1" 2>/dev/null || true; }
+full_user_unit_state() { guest "systemctl --user --machine=alice@ is-active $1" 2>/dev/null || true; }
 
 # 7. The GPU hand-off (gpu_handoff, tests/lab/playbooks/handoff.yaml): the stand-in GPU back on
 # its own driver (bochs-drm, whose /dev/dri node a system unit holds open); starting the domain
@@ -562,6 +563,16 @@ full_handoff() {
   guest "printf '[Unit]\nDescription=holds the stand-in GPU (lab)\n[Service]\nExecStart=/bin/sh -c \"exec sleep infinity 3<$by_path\"\n' \
     >/etc/systemd/system/gpu-holder.service && systemctl daemon-reload && systemctl start gpu-holder" ||
     fail "hand-off: gpu-holder.service did not start"
+  # A user's session holds it too: alice (in group video, which may open the card), her user
+  # manager kept running (linger), a user unit of hers with the card open.
+  guest "useradd -m -G video alice && loginctl enable-linger alice && for i in \$(seq 60); do
+      systemctl --user --machine=alice@ is-system-running >/dev/null 2>&1 && break; sleep 1; done;
+    printf '[Unit]\nDescription=holds the stand-in GPU in a user session (lab)\n[Service]\nExecStart=/bin/sh -c \"exec sleep infinity 4<$by_path\"\n' \
+      >/etc/systemd/user/gpu-user-holder.service &&
+    systemctl --user --machine=alice@ daemon-reload && systemctl --user --machine=alice@ start gpu-user-holder" \
+    >"$WORK/handoff-user.out" 2>&1 || fail "hand-off: alice's gpu-user-holder.service did not start"
+  [ "$(full_user_unit_state gpu-user-holder)" = active ] && pass "hand-off: alice's user manager runs gpu-user-holder.service" ||
+    fail "hand-off: alice's gpu-user-holder.service is $(full_user_unit_state gpu-user-holder)"
   guest "/usr/local/bin/gptagent facts" >"$WORK/handoff-facts-before.txt" 2>&1 || true
   grep -q "in use by sleep (pid" "$WORK/handoff-facts-before.txt" && pass "hand-off: facts names sleep (gpu-holder) as holding $FULL_GPU" ||
     fail "hand-off: facts does not see gpu-holder's sleep holding $FULL_GPU"
@@ -585,6 +596,8 @@ full_handoff() {
   [ "$state" = running ] && pass "hand-off: lab is running" || fail "hand-off: lab is '$state'"
   [ "$(full_unit_state gpu-holder)" = inactive ] && pass "hand-off: the hook stopped gpu-holder.service" ||
     fail "hand-off: gpu-holder.service is $(full_unit_state gpu-holder) while lab runs"
+  [ "$(full_user_unit_state gpu-user-holder)" = inactive ] && pass "hand-off: the hook stopped alice's gpu-user-holder.service" ||
+    fail "hand-off: alice's gpu-user-holder.service is $(full_user_unit_state gpu-user-holder) while lab runs"
   drv=$(full_driver $FULL_GPU)
   [ "$drv" = vfio-pci ] && pass "hand-off: $FULL_GPU on vfio-pci while lab runs" || fail "hand-off: $FULL_GPU is on '$drv' while lab runs"
   guest "/usr/local/bin/gptagent facts" >"$WORK/handoff-facts-running.txt" 2>&1 || true
@@ -599,6 +612,8 @@ full_handoff() {
   done
   [ "$(full_unit_state gpu-holder)" = active ] && pass "hand-off: gpu-holder.service runs again after lab stopped" ||
     fail "hand-off: gpu-holder.service is $(full_unit_state gpu-holder) after lab stopped"
+  [ "$(full_user_unit_state gpu-user-holder)" = active ] && pass "hand-off: alice's gpu-user-holder.service runs again" ||
+    fail "hand-off: alice's gpu-user-holder.service is $(full_user_unit_state gpu-user-holder) after lab stopped"
   drv=$(full_driver $FULL_GPU)
   [ "$drv" = bochs-drm ] && pass "hand-off: $FULL_GPU back on bochs-drm" || fail "hand-off: $FULL_GPU is on '$drv' after lab stopped"
   guest "journalctl -t gptagent-handoff --no-pager -o cat" >"$WORK/handoff-journal.txt" 2>&1 || true
@@ -622,10 +637,10 @@ full_handoff() {
   state=$(guest "virsh -c qemu:///system domstate lab" 2>/dev/null | head -1 || true)
   [ "$state" = "shut off" ] && pass "hand-off: lab did not start" || fail "hand-off: lab is '$state'"
   [ "$(full_unit_state gpu-holder)" = active ] && [ "$(full_driver $FULL_GPU)" = bochs-drm ] &&
-    [ "$(full_unit_state gpu-stubborn)" = active ] &&
-    pass "hand-off: as before: gpu-holder runs again, the GPU on bochs-drm, gpu-stubborn untouched" ||
+    [ "$(full_unit_state gpu-stubborn)" = active ] && [ "$(full_user_unit_state gpu-user-holder)" = active ] &&
+    pass "hand-off: as before: gpu-holder and alice's unit run again, the GPU on bochs-drm, gpu-stubborn untouched" ||
     fail "hand-off: the host is not as before (gpu-holder $(full_unit_state gpu-holder), GPU on $(full_driver $FULL_GPU))"
-  guest "systemctl stop gpu-stubborn gpu-holder" >/dev/null 2>&1 || true
+  guest "systemctl stop gpu-stubborn gpu-holder; systemctl --user --machine=alice@ stop gpu-user-holder" >/dev/null 2>&1 || true
   say "phase handoff: $(since "$t")"
 }
 

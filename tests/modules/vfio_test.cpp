@@ -14,6 +14,7 @@
 namespace gpt {
 namespace {
 
+namespace fs = std::filesystem;
 using test::TempDir;
 using Lines = std::vector<std::string>;
 
@@ -70,6 +71,35 @@ TEST(Vfio, WritesModulesOptionsSoftdepsAndTheInitramfsList) {
   EXPECT_EQ(h.read("/etc/initramfs-tools/modules"), kInitramfsModules + "vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n");
   EXPECT_EQ(r.commands, (Lines{"update-initramfs -u -k all"}));  // all loaded already: no modprobe
   EXPECT_TRUE(r.stats.reboot_required);
+}
+
+// udev loads a device's drivers by its modalias, in the initramfs too, possibly before vfio-pci:
+// each module of the running kernel whose alias matches a chosen function gets its softdep (the
+// kernel's real modules.alias). Bound to vfio-pci after the reboot, the functions keep them.
+TEST(Vfio, TheKernelsOwnDriversForTheChosenFunctionsGoAfterVfioPci) {
+  const std::string aliases = test::slurp(test::source_path("tests/fixtures/modules-alias/debian-12-6.1.0-50-amd64"));
+  test::SampleHost fedora("fedora-40");  // an RTX 2070: VGA, HD audio, USB-C (xhci), UCSI
+  test::write(fedora.file("/lib/modules/6.8.5-301.fc40.x86_64/modules.alias"), aliases);
+  converge_twice(fedora.root(), "tasks:\n  - vfio: {gpus: ['0000:01:00.0'], load: false}\n");
+  EXPECT_NE(test::slurp(fedora.file("/etc/modprobe.d/vfio.conf"))
+                .find("softdep nouveau pre: vfio-pci\nsoftdep nvidia pre: vfio-pci\nsoftdep snd_hda_intel pre: vfio-pci\n"
+                      "softdep xhci_pci pre: vfio-pci\n"),
+            std::string::npos)
+      << test::slurp(fedora.file("/etc/modprobe.d/vfio.conf"));
+
+  // QEMU's VGA (the lab's stand-in GPU): bochs, which Debian's generic kernel has.
+  Host h;
+  h.pci("0000:03:00.0", "0x1234", "0x1111");
+  test::write(h.d / "sys/bus/pci/devices/0000:03:00.0/modalias", "pci:v00001234d00001111sv00001AF4sd00001100bc03sc00i00\n");
+  test::write(h.d / "lib/modules/6.1.0-18-amd64/modules.alias", aliases);
+  const std::string pb = "tasks:\n  - vfio: {devices: ['0000:03:00.0'], load: false}\n";
+  converge_twice(h.d.path(), pb);
+  EXPECT_NE(h.read("/etc/modprobe.d/vfio.conf").find("softdep snd_hda_intel pre: vfio-pci\nsoftdep bochs pre: vfio-pci\n"),
+            std::string::npos)
+      << h.read("/etc/modprobe.d/vfio.conf");
+  fs::create_directories(h.d / "sys/bus/pci/drivers/vfio-pci");
+  fs::create_symlink("../../../bus/pci/drivers/vfio-pci", h.d / "sys/bus/pci/devices/0000:03:00.0/driver");
+  EXPECT_EQ(test::converge_root(h.d.path(), pb, false).stats.changed, 0) << "on vfio-pci after the reboot: as it was";
 }
 
 TEST(Vfio, DefaultModulesFollowTheRunningKernel) {
