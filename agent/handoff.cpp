@@ -1,5 +1,7 @@
 #include "agent/handoff.hpp"
 
+#include <pwd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <map>
@@ -130,14 +132,24 @@ std::vector<std::string> gpu_holders(const Root& root, const std::vector<std::st
 
 namespace {
 
-// The users whose manager runs now (/run/user/UID), by name from the root's /etc/passwd.
+// The users whose manager runs now (/run/user/UID), by name: from the root's /etc/passwd, and on
+// the host itself from NSS too (users of a directory, LDAP or sssd).
 std::vector<std::string> running_user_managers(const Root& root) {
   std::vector<std::string> out;
   auto uids = list_dir(root, "/run/user");
+  if (!uids) return out;
   auto passwd = read_file_if_exists(root, "/etc/passwd", 4u << 20);
-  if (!uids || !passwd || !*passwd) return out;
   std::map<std::string, std::string> name_of;
-  for (std::string_view line : lines(**passwd)) {
+  if (!root.sandboxed())
+    for (const auto& uid : *uids) {
+      if (uid.empty() || uid.size() > 9 || uid.find_first_not_of("0123456789") != std::string::npos) continue;
+      struct passwd pw{}, *found = nullptr;
+      char buf[4096];
+      if (::getpwuid_r(static_cast<uid_t>(std::stoul(uid)), &pw, buf, sizeof buf, &found) == 0 && found &&
+          user_name_ok(found->pw_name))
+        name_of.emplace(uid, found->pw_name);
+    }
+  for (std::string_view line : lines(passwd && *passwd ? std::string_view(**passwd) : std::string_view())) {
     std::vector<std::string> f;
     size_t start = 0;
     for (size_t i = 0; i <= line.size(); ++i)
