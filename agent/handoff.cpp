@@ -10,6 +10,7 @@
 #include "agent/gpu_hold.hpp"
 #include "agent/host.hpp"
 #include "agent/pci.hpp"
+#include "agent/systemctl.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -165,26 +166,34 @@ std::vector<std::string> running_user_managers(const Root& root) {
 }
 
 struct Systemctl {
+  const Root& root;
   HandoffIo& io;
   std::chrono::seconds timeout;
-  Command command(const HandoffUnit& u, const std::string& verb) const {
+  Expected<Command> command(const HandoffUnit& u, const std::string& verb) const {
     Command cmd;
     cmd.argv = {"systemctl"};
-    if (!u.user.empty()) cmd.argv.insert(cmd.argv.end(), {"--user", "--machine=" + u.user + "@"});
+    if (!u.user.empty()) {
+      auto user = user_systemctl(root, u.user);
+      if (!user) return Error{user.error()};
+      cmd.argv = std::move(*user);
+    }
     cmd.argv.insert(cmd.argv.end(), {verb, u.name});
     cmd.timeout = timeout;
     return cmd;
   }
   bool active(const HandoffUnit& u) const {
-    ExecResult r = io.exec.run(command(u, "is-active"));
+    auto cmd = command(u, "is-active");
+    if (!cmd) return false;  // no such user: nothing of theirs runs
+    ExecResult r = io.exec.run(*cmd);
     const std::string state(trim(r.out.substr(0, r.out.find('\n'))));
     return state == "active" || state == "activating" || state == "reloading";
   }
   // "" when done, else why not.
   std::string change(const HandoffUnit& u, const std::string& verb) const {
-    const Command cmd = command(u, verb);
-    ExecResult r = io.exec.run(cmd);
-    return r.ok() ? "" : cmd.display() + " failed: " + r.failure(true);
+    auto cmd = command(u, verb);
+    if (!cmd) return verb + " " + describe(u) + ": " + cmd.error();
+    ExecResult r = io.exec.run(*cmd);
+    return r.ok() ? "" : cmd->display() + " failed: " + r.failure(true);
   }
 };
 
@@ -216,14 +225,14 @@ Status write_record(const Root& root, const std::string& vm, const std::vector<H
 }
 
 // Starts what was stopped, last first; what did not come back, in words.
-std::vector<std::string> start_again(const Systemctl& sc, const std::vector<HandoffUnit>& stopped) {
+std::vector<std::string> start_again(const Systemctl& sc, const std::string& vm, const std::vector<HandoffUnit>& stopped) {
   std::vector<std::string> down;
   for (auto it = stopped.rbegin(); it != stopped.rend(); ++it) {
     const std::string why = sc.change(*it, "start");
     if (why.empty())
-      sc.io.log("started " + describe(*it) + " again");
+      sc.io.log(vm + ": started " + describe(*it) + " again");
     else {
-      sc.io.log(why);
+      sc.io.log(vm + ": " + why);
       down.push_back(describe(*it));
     }
   }
@@ -237,7 +246,7 @@ std::string driver_of(const Root& root, const std::string& address) {
 }
 
 int prepare(const Root& root, HandoffIo& io, const HandoffPlan& plan) {
-  const Systemctl sc{io, std::chrono::seconds(plan.timeout)};
+  const Systemctl sc{root, io, std::chrono::seconds(plan.timeout)};
   // A prepare whose release never came (libvirt died in between) left its record: those units
   // stay recorded, to be started at this VM's next release.
   std::vector<HandoffUnit> stopped = handoff_stopped(root, plan.vm);
@@ -251,7 +260,7 @@ int prepare(const Root& root, HandoffIo& io, const HandoffPlan& plan) {
   }
   auto give_up = [&](const std::string& why) {
     io.log(plan.vm + ": " + why);
-    const auto down = start_again(sc, stopped);
+    const auto down = start_again(sc, plan.vm, stopped);
     if (!down.empty()) io.log(plan.vm + ": still down after the failed hand-off: " + join(down, ", "));
     (void)remove_own_file(root, record_path(plan.vm));
     return 1;
@@ -284,7 +293,7 @@ int prepare(const Root& root, HandoffIo& io, const HandoffPlan& plan) {
 }
 
 int release(const Root& root, HandoffIo& io, const HandoffPlan& plan) {
-  const Systemctl sc{io, std::chrono::seconds(plan.timeout)};
+  const Systemctl sc{root, io, std::chrono::seconds(plan.timeout)};
   int rc = 0;
   // libvirt gives managed devices back to their host drivers before this call; one it left on
   // vfio-pci (managed='no') is given back here, so the units find their GPU.
@@ -306,7 +315,7 @@ int release(const Root& root, HandoffIo& io, const HandoffPlan& plan) {
     }
   }
   const std::vector<HandoffUnit> stopped = handoff_stopped(root, plan.vm);
-  const auto down = start_again(sc, stopped);
+  const auto down = start_again(sc, plan.vm, stopped);
   (void)remove_own_file(root, record_path(plan.vm));
   if (!down.empty()) {
     io.log(plan.vm + ": still down: " + join(down, ", "));

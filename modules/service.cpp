@@ -1,5 +1,5 @@
 // service: a systemd unit enabled or not, started or stopped (restarted in handlers), for the
-// system manager or a user's (`systemctl --user --machine=USER@`).
+// system manager or a user's (through the user's own manager, agent/systemctl.hpp).
 //
 // The state is read with `systemctl is-enabled` and `is-active`; only what differs is changed. A
 // service with a socket of its own that is listening counts as started (libvirtd.socket,
@@ -10,6 +10,7 @@
 #include <array>
 
 #include "agent/module.hpp"
+#include "agent/systemctl.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -31,13 +32,12 @@ std::string unit_name(const json& args) {
 
 struct Systemctl {
   Context& ctx;
-  std::vector<std::string> scope;  // --user --machine=USER@, or --root=DIR
-  std::vector<std::string>* ran;   // every command asked, for the result
+  std::vector<std::string> base;  // systemctl (--root=DIR), or a user's (agent/systemctl.hpp)
+  std::vector<std::string>* ran;  // every command asked, for the result
 
   Command command(std::initializer_list<std::string> words) const {
     Command cmd;
-    cmd.argv = {"systemctl"};
-    cmd.argv.insert(cmd.argv.end(), scope.begin(), scope.end());
+    cmd.argv = base;
     cmd.argv.insert(cmd.argv.end(), words);
     cmd.timeout = std::chrono::seconds(120);
     return cmd;
@@ -77,9 +77,13 @@ Result converge(Context& ctx, const json& args, bool apply) {
 
   Result r = Result::ok();
   std::vector<std::string> done, notes;
-  Systemctl sc{ctx, {}, &r.commands};
-  if (user_scope) sc.scope = {"--user", "--machine=" + args["user"].get<std::string>() + "@"};
-  if (offline) sc.scope = {"--root=" + ctx.root.dir()};
+  Systemctl sc{ctx, {"systemctl"}, &r.commands};
+  if (user_scope) {
+    auto user = user_systemctl(ctx.root, args["user"].get<std::string>());
+    if (!user) return Result::failed("unit " + unit + who + ": " + user.error());
+    sc.base = std::move(*user);
+  }
+  if (offline) sc.base = {"systemctl", "--root=" + ctx.root.dir()};
 
   // Enabling: read always, for an unknown or masked unit fails whatever is asked.
   auto [enablement, res] = sc.ask({"is-enabled", unit});

@@ -44,8 +44,7 @@ class FakeSystemd final : public Exec {
     commands.push_back(cmd.display());
     const std::string verb = cmd.argv[cmd.argv.size() - 2];
     std::string key = cmd.argv.back();
-    for (const auto& a : cmd.argv)
-      if (a.starts_with("--machine=")) key += "@" + a.substr(10, a.size() - 11);
+    if (cmd.argv[0] == "runuser") key += "@" + cmd.argv[2];  // runuser -u USER -- env ... systemctl --user
     auto it = units.find(key);
     if (verb == "is-active") {
       const bool active = it != units.end() && it->second.active;
@@ -129,9 +128,9 @@ TEST(Handoff, PrepareStopsWhatHoldsTheGpuInOrderAndReleaseStartsExactlyThatInRev
 
   ASSERT_EQ(d.hook("prepare", "begin"), 0) << testing::PrintToString(d.log);
   EXPECT_EQ(d.systemd.commands, (Lines{
-                                    "systemctl --user --machine=alice@ is-active gnome-remote-desktop.service",
-                                    "systemctl --user --machine=alice@ stop gnome-remote-desktop.service",
-                                    "systemctl --user --machine=alice@ is-active gnome-remote-desktop-headless.service",
+                                    "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user is-active gnome-remote-desktop.service",
+                                    "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user stop gnome-remote-desktop.service",
+                                    "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user is-active gnome-remote-desktop-headless.service",
                                     "systemctl is-active gnome-remote-desktop.service",
                                     "systemctl is-active display-manager.service",
                                     "systemctl stop display-manager.service",
@@ -172,7 +171,7 @@ TEST(Handoff, PrepareStopsWhatHoldsTheGpuInOrderAndReleaseStartsExactlyThatInRev
   EXPECT_EQ(d.systemd.commands, (Lines{
                                     "systemctl start nvidia-persistenced.service",
                                     "systemctl start display-manager.service",
-                                    "systemctl --user --machine=alice@ start gnome-remote-desktop.service",
+                                    "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user start gnome-remote-desktop.service",
                                 }));
   EXPECT_EQ(d.holders().size(), 3u);
   EXPECT_EQ(d.record(), "") << "the record goes with the release";
@@ -196,7 +195,7 @@ TEST(Handoff, AHolderThatStaysFailsThePrepareAndEverythingStoppedRunsAgain) {
       << testing::PrintToString(d.log);
   const Lines starts(d.systemd.commands.end() - 3, d.systemd.commands.end());
   EXPECT_EQ(starts, (Lines{"systemctl start nvidia-persistenced.service", "systemctl start display-manager.service",
-                           "systemctl --user --machine=alice@ start gnome-remote-desktop.service"}));
+                           "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user start gnome-remote-desktop.service"}));
   EXPECT_EQ(d.holders().size(), 4u) << "the host is as it was";
   EXPECT_EQ(d.record(), "");
 }
@@ -208,7 +207,7 @@ TEST(Handoff, AUnitThatWillNotStopFailsThePrepareAndWhatStoppedBeforeItRunsAgain
   EXPECT_TRUE(logged(
       d.log, "systemctl stop display-manager.service failed: exit code 1: Job for display-manager.service failed."))
       << testing::PrintToString(d.log);
-  EXPECT_EQ(d.systemd.commands.back(), "systemctl --user --machine=alice@ start gnome-remote-desktop.service");
+  EXPECT_EQ(d.systemd.commands.back(), "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user start gnome-remote-desktop.service");
   EXPECT_EQ(std::count_if(d.systemd.commands.begin(), d.systemd.commands.end(),
                           [](const std::string& c) { return c.find(" stop ") != std::string::npos; }),
             2);
