@@ -89,6 +89,44 @@ handlers:
                             "changed h1", "changed h2", "stage two", "ok e"}));
 }
 
+class MessageReporter final : public Reporter {
+ public:
+  void stage(const Stage&) override {}
+  void handlers(const Stage&) override {}
+  void task(const TaskReport& r) override { lines.push_back(r.name + ": " + r.result.msg); }
+  void done(const RunStats&, int) override {}
+  std::vector<std::string> lines;
+};
+
+TEST(Runner, AHandlerRequestIsCheckedAgainstItsModulesDeclaration) {
+  // A module that asks for a handler with wrong arguments fails there, with the validator's message,
+  // instead of running the handler on arguments no playbook could give.
+  auto loaded = load_playbook_text(R"(tasks:
+  - {name: a, probe: {id: a, outcome: changed, handler: h, handler_outcome: sideways}}
+  - {name: b, probe: {id: b}}
+)",
+                                   "t.yaml", {});
+  ASSERT_TRUE(loaded.ok()) << loaded.errors.front();
+  probe_calls().clear();
+  test::TempDir dir;
+  Root root(dir.path());
+  test::RecordingExec exec;
+  Facts facts;
+  Context ctx{root, exec, facts, true};
+  MessageReporter rep;
+  RunStats stats = run_playbook(loaded.playbook, ctx, {}, rep);
+  EXPECT_EQ(stats.failed, 1);
+  ASSERT_EQ(probe_calls().size(), 2u);  // a, b; never h
+  EXPECT_EQ(rep.lines.back(),
+            "h: handler 'h': probe argument 'outcome' must be one of ok, changed, failed, skipped, not 'sideways'");
+
+  // The same request with a right outcome runs, with the declaration's defaults filled in.
+  auto good = run(R"(tasks:
+  - {name: a, probe: {id: a, outcome: changed, handler: h, handler_outcome: ok}}
+)");
+  EXPECT_EQ(good.lines, (Lines{"stage main", "changed a", "handlers main", "ok h"}));
+}
+
 TEST(Runner, FirstFailureStopsTheRunAndItsHandlers) {
   auto r = run(R"(stages:
   - name: one
