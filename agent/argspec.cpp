@@ -11,12 +11,18 @@ using json = nlohmann::json;
 
 std::string_view arg_type_name(ArgType t) {
   switch (t) {
-    case ArgType::str: return "a string";
-    case ArgType::boolean: return "a boolean";
-    case ArgType::integer: return "an integer";
-    case ArgType::list: return "a list";
-    case ArgType::dict: return "a mapping";
-    case ArgType::any: return "a value";
+    case ArgType::str:
+      return "a string";
+    case ArgType::boolean:
+      return "a boolean";
+    case ArgType::integer:
+      return "an integer";
+    case ArgType::list:
+      return "a list";
+    case ArgType::dict:
+      return "a mapping";
+    case ArgType::any:
+      return "a value";
   }
   return "?";
 }
@@ -34,8 +40,7 @@ json plain_scalar(const std::string& s) {
   if (s == "false" || s == "False" || s == "FALSE") return false;
   // YAML 1.2 core integers and floats; anything else stays text.
   size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
-  if (i < s.size() && s.find_first_not_of("0123456789", i) == std::string::npos && s.size() < 19)
-    return std::stoll(s);
+  if (i < s.size() && s.find_first_not_of("0123456789", i) == std::string::npos && s.size() < 19) return std::stoll(s);
   if (s.find_first_not_of("0123456789.eE+-") == std::string::npos && std::count(s.begin(), s.end(), '.') == 1 &&
       std::isdigit(static_cast<unsigned char>(s.back()))) {
     try {
@@ -263,7 +268,8 @@ Expected<json> check_args_strictly(const ModuleSchema& schema, const json& args,
   LabelSource source(label);
   ArgChecker checker(source, Typing::strict);
   json out;
-  if (!args.is_object()) return Error{label + ": the arguments of " + name + " must be a mapping, not " + json_type_phrase(args)};
+  if (!args.is_object())
+    return Error{label + ": the arguments of " + name + " must be a mapping, not " + json_type_phrase(args)};
   if (checker.module_args(schema, args, "", name, out)) return out;
   std::string msg;
   for (const auto& e : checker.errors()) msg += (msg.empty() ? "" : "\n") + e.str();

@@ -96,9 +96,10 @@ std::optional<std::string> unsafe_handler_request(const HandlerRequest& h) {
     const std::string& key = item.key();  // a named variable: clang 14 cannot capture a structured binding
     if (std::find(def->handler_args->begin(), def->handler_args->end(), key) == def->handler_args->end())
       return "module " + h.module + " is never requested with argument '" + key + "'";
-    auto spec = std::find_if(def->schema.args.begin(), def->schema.args.end(),
-                             [&](const ArgSpec& a) { return a.name == key; });
-    if (spec == def->schema.args.end()) return "argument '" + key + "' is not " + std::string(arg_type_name(ArgType::any));
+    auto spec =
+        std::find_if(def->schema.args.begin(), def->schema.args.end(), [&](const ArgSpec& a) { return a.name == key; });
+    if (spec == def->schema.args.end())
+      return "argument '" + key + "' is not " + std::string(arg_type_name(ArgType::any));
     json typed;
     if (!checker.coerce(*spec, spec->type, item.value(), "", key, typed))
       return "argument '" + key + "' is not " + std::string(arg_type_name(spec->type));

@@ -268,7 +268,8 @@ class Loader final : public ArgSource {
       return std::nullopt;
     }
     if (modules.empty()) {
-      if (good) error(where(ptr), "the task names no module; known modules: " + join(Registry::instance().names(), ", "));
+      if (good)
+        error(where(ptr), "the task names no module; known modules: " + join(Registry::instance().names(), ", "));
       return std::nullopt;
     }
     const std::string& mod = modules.front();
@@ -292,7 +293,8 @@ class Loader final : public ArgSource {
     const std::string mp = child_ptr(ptr, mod);
     const json& raw_args = t[mod];
     if (!raw_args.is_null() && !raw_args.is_object()) {
-      error(where(mp), "the arguments of " + mod + " must be a mapping (key: value), not " + json_type_phrase(raw_args));
+      error(where(mp),
+            "the arguments of " + mod + " must be a mapping (key: value), not " + json_type_phrase(raw_args));
       good = false;
     } else {
       json in = raw_args.is_null() ? json::object() : raw_args;
@@ -362,8 +364,8 @@ class Loader final : public ArgSource {
                   const std::string& what) {
     for (const auto& [key, value] : obj.items()) {
       if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
-        error(where(child_ptr(ptr, key), true), "unknown " + what + " key '" + key + "'" +
-                                                    did_you_mean(key, allowed) + "; allowed: " + join(allowed, ", "));
+        error(where(child_ptr(ptr, key), true), "unknown " + what + " key '" + key + "'" + did_you_mean(key, allowed) +
+                                                    "; allowed: " + join(allowed, ", "));
     }
   }
 

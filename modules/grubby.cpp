@@ -17,7 +17,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
   if (!ctx.facts.boot.grubby) return Result::failed("grubby is not installed on this host");
   Command cmd{{"grubby", "--update-kernel=ALL"}};
   if (!args["add"].empty()) cmd.argv.push_back("--args=" + join(args["add"].get<std::vector<std::string>>(), " "));
-  if (!args["remove"].empty()) cmd.argv.push_back("--remove-args=" + join(args["remove"].get<std::vector<std::string>>(), " "));
+  if (!args["remove"].empty())
+    cmd.argv.push_back("--remove-args=" + join(args["remove"].get<std::vector<std::string>>(), " "));
   if (cmd.argv.size() == 2) return Result::ok("no parameters to change");
   Result r = ctx.run_system(cmd, apply, "updated the boot entries");
   if (r.status == Outcome::changed) r.reboot_required = true;

@@ -20,9 +20,7 @@ ModuleSchema sample_schema() {
             {.name = "limits",
              .type = ArgType::dict,
              .fields = {{.name = "cpu", .type = ArgType::integer, .default_value = 1}}},
-            {.name = "label",
-             .type = ArgType::str,
-             .check = [](const json& v) -> std::optional<std::string> {
+            {.name = "label", .type = ArgType::str, .check = [](const json& v) -> std::optional<std::string> {
                if (v.get<std::string>().find(' ') != std::string::npos) return "must be one word";
                return std::nullopt;
              }}};
@@ -46,9 +44,9 @@ TEST(Argspec, TypesYamlScalarsAndFillsDefaults) {
   LabelSource src("-e");
   ArgChecker c(src);
   json out;
-  ASSERT_TRUE(c.module_args(sample_schema(),
-                            {{"name", 8}, {"enabled", "yes"}, {"timeout", "12"}, {"limits", json::object()}, {"label", "x"}},
-                            "", "svc", out))
+  ASSERT_TRUE(c.module_args(
+      sample_schema(), {{"name", 8}, {"enabled", "yes"}, {"timeout", "12"}, {"limits", json::object()}, {"label", "x"}},
+      "", "svc", out))
       << ::testing::PrintToString(messages(c));
   EXPECT_EQ(out, (json{{"name", "8"},
                        {"state", "started"},
@@ -88,13 +86,10 @@ TEST(Argspec, PointsEachErrorAtItsValueOrKey) {
   PointerSource src;
   ArgChecker c(src);
   json out;
-  EXPECT_FALSE(c.module_args(sample_schema(),
-                             {{"state", "gone"},
-                              {"ports", {1, "x"}},
-                              {"limits", {{"cpu", true}}},
-                              {"label", "two words"},
-                              {"enabled", false}},
-                             "/tasks/0/svc", "svc", out));
+  EXPECT_FALSE(c.module_args(
+      sample_schema(),
+      {{"state", "gone"}, {"ports", {1, "x"}}, {"limits", {{"cpu", true}}}, {"label", "two words"}, {"enabled", false}},
+      "/tasks/0/svc", "svc", out));
   EXPECT_EQ(messages(c), (std::vector<std::string>{
                              "key /tasks/0/svc: svc is missing the required argument 'name'",
                              "/tasks/0/svc/state: svc argument 'state' must be one of started, stopped, not 'gone'",
@@ -109,14 +104,15 @@ TEST(Argspec, StrictTypingTakesOnlyTheDeclaredJsonTypes) {
   LabelSource src("handler 'restart'");
   ArgChecker c(src, Typing::strict);
   json out;
-  EXPECT_FALSE(
-      c.module_args(sample_schema(), {{"name", 8}, {"enabled", "yes"}, {"timeout", "12"}, {"ports", 22}}, "", "svc", out));
-  EXPECT_EQ(messages(c), (std::vector<std::string>{
-                             "handler 'restart': svc argument 'name' must be a string, not a number",
-                             "handler 'restart': svc argument 'enabled' must be a boolean (true or false), not a string",
-                             "handler 'restart': svc argument 'timeout' must be an integer, not a string",
-                             "handler 'restart': svc argument 'ports' must be a list, not a number",
-                             "handler 'restart': svc takes only one of enabled, ports"}));
+  EXPECT_FALSE(c.module_args(sample_schema(), {{"name", 8}, {"enabled", "yes"}, {"timeout", "12"}, {"ports", 22}}, "",
+                             "svc", out));
+  EXPECT_EQ(messages(c),
+            (std::vector<std::string>{
+                "handler 'restart': svc argument 'name' must be a string, not a number",
+                "handler 'restart': svc argument 'enabled' must be a boolean (true or false), not a string",
+                "handler 'restart': svc argument 'timeout' must be an integer, not a string",
+                "handler 'restart': svc argument 'ports' must be a list, not a number",
+                "handler 'restart': svc takes only one of enabled, ports"}));
 }
 
 TEST(Argspec, ModuleCheckRunsAfterEachArgumentPassed) {
@@ -178,14 +174,16 @@ TEST(Argspec, ModuleHandlerRequestsPassTheirOwnDeclaration) {
 
 TEST(Argspec, AStateFilesHandlerRequestKeepsItsMessages) {
   // What `unsafe_handler_request` said before it typed values with the checker, word for word.
-  auto why = [](std::string module, json args) { return unsafe_handler_request({"h", std::move(module), std::move(args)}); };
+  auto why = [](std::string module, json args) {
+    return unsafe_handler_request({"h", std::move(module), std::move(args)});
+  };
   EXPECT_EQ(why("nosuch", json::object()), "module 'nosuch' is not one modules request as a handler");
   EXPECT_EQ(why("grub_config", json::array()), "its arguments are not a mapping");
   EXPECT_EQ(why("grub_config", {{"command", {"rm", "-rf", "/"}}}),
             "module grub_config is never requested with argument 'command'");
   EXPECT_EQ(why("service", {{"name", 5}}), "argument 'name' is not a string");
   EXPECT_EQ(why("service", {{"state", "enabled"}}), "argument 'state' is not a string");  // not one of its choices
-  EXPECT_EQ(why("grubby", {{"add", "quiet"}}), "argument 'add' is not a list");  // strictly: no list of one
+  EXPECT_EQ(why("grubby", {{"add", "quiet"}}), "argument 'add' is not a list");           // strictly: no list of one
   EXPECT_EQ(why("grubby", {{"add", {"quiet", 1}}}), "argument 'add' is not a list");
   EXPECT_EQ(why("grubby", {{"add", {"a b"}}}), "argument 'add': 'a b' is not a kernel parameter");
   EXPECT_EQ(why("grubby", {{"add", {"quiet"}}, {"remove", json::array()}}), std::nullopt);

@@ -70,8 +70,11 @@ TEST(Doc, JsonShowsAModuleWithEachArgumentsTypeDefaultChoicesAndFields) {
       if (a["name"] == name) return a;
     return nlohmann::json();
   };
-  EXPECT_EQ(arg("devices"), (nlohmann::json{
-                                {"name", "devices"}, {"type", "list"}, {"elements", "string"}, {"required", false}, {"default", nlohmann::json::array()}}));
+  EXPECT_EQ(arg("devices"), (nlohmann::json{{"name", "devices"},
+                                            {"type", "list"},
+                                            {"elements", "string"},
+                                            {"required", false},
+                                            {"default", nlohmann::json::array()}}));
   EXPECT_EQ(arg("force")["type"], "boolean");
   EXPECT_EQ(arg("force")["default"], false);
   EXPECT_FALSE(arg("force").contains("elements"));

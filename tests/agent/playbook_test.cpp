@@ -155,9 +155,9 @@ TEST(Playbook, ExtraVarsThatReachAnArgumentAreCheckedAtTheTemplate) {
   // argument checker types them, and the message points at the template.
   auto r = load("tasks:\n  - typed: {path: /x, count: \"{{ n }}\", mode: \"{{ m }}\"}\n",
                 {{"n", {{"not", "a number"}}}, {"m", "slow"}});
-  EXPECT_EQ(r.errors, (std::vector<std::string>{
-                          "host.yaml:2:30: typed argument 'count' must be an integer, not a mapping",
-                          "host.yaml:2:47: typed argument 'mode' must be one of fast, safe, not 'slow'"}));
+  EXPECT_EQ(r.errors,
+            (std::vector<std::string>{"host.yaml:2:30: typed argument 'count' must be an integer, not a mapping",
+                                      "host.yaml:2:47: typed argument 'mode' must be one of fast, safe, not 'slow'"}));
 }
 
 TEST(Playbook, UndefinedVariableIsAnErrorAtTheValue) {

@@ -27,7 +27,7 @@ struct Run {
   std::vector<std::string> calls;
 };
 
-Run run(const std::string& yaml, RunOptions opts = {}) {
+RunStats run_to(const std::string& yaml, Reporter& rep, RunOptions opts = {}) {
   auto loaded = load_playbook_text(yaml, "t.yaml", {});
   EXPECT_TRUE(loaded.ok()) << (loaded.errors.empty() ? "" : loaded.errors.front());
   probe_calls().clear();
@@ -36,9 +36,13 @@ Run run(const std::string& yaml, RunOptions opts = {}) {
   test::RecordingExec exec;
   Facts facts;
   Context ctx{root, exec, facts, true};
+  return run_playbook(loaded.playbook, ctx, opts, rep);
+}
+
+Run run(const std::string& yaml, RunOptions opts = {}) {
   CollectingReporter rep;
   Run out;
-  out.stats = run_playbook(loaded.playbook, ctx, opts, rep);
+  out.stats = run_to(yaml, rep, opts);
   out.lines = rep.lines;
   for (const auto& c : probe_calls()) out.calls.push_back(c.id + (c.apply ? "" : " (check)"));
   return out;
@@ -101,20 +105,12 @@ class MessageReporter final : public Reporter {
 TEST(Runner, AHandlerRequestIsCheckedAgainstItsModulesDeclaration) {
   // A module that asks for a handler with wrong arguments fails there, with the validator's message,
   // instead of running the handler on arguments no playbook could give.
-  auto loaded = load_playbook_text(R"(tasks:
+  MessageReporter rep;
+  RunStats stats = run_to(R"(tasks:
   - {name: a, probe: {id: a, outcome: changed, handler: h, handler_outcome: sideways}}
   - {name: b, probe: {id: b}}
 )",
-                                   "t.yaml", {});
-  ASSERT_TRUE(loaded.ok()) << loaded.errors.front();
-  probe_calls().clear();
-  test::TempDir dir;
-  Root root(dir.path());
-  test::RecordingExec exec;
-  Facts facts;
-  Context ctx{root, exec, facts, true};
-  MessageReporter rep;
-  RunStats stats = run_playbook(loaded.playbook, ctx, {}, rep);
+                          rep);
   EXPECT_EQ(stats.failed, 1);
   ASSERT_EQ(probe_calls().size(), 2u);  // a, b; never h
   EXPECT_EQ(rep.lines.back(),

@@ -21,7 +21,8 @@ Result probe(Context&, const json& args, bool apply) {
              : outcome == "skipped" ? Result::skipped("probe skipped")
                                     : Result::ok("probe ok");
   if (args.contains("handler"))
-    r.handlers.push_back({args["handler"].get<std::string>(), "probe",
+    r.handlers.push_back({args["handler"].get<std::string>(),
+                          "probe",
                           {{"id", args["handler"]}, {"outcome", args.value("handler_outcome", "changed")}}});
   r.reboot_required = args["reboot"].get<bool>();
   return r;
