@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "agent/module.hpp"
+#include "agent/text.hpp"
 
 namespace gpt {
 
@@ -35,10 +36,7 @@ std::string describe(const ArgSpec& a) {
   if (a.required) s += ", required";
   if (!a.default_value.is_null())
     s += ", default: " + a.default_value.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (!a.choices.empty()) {
-    s += ", one of: ";
-    for (size_t i = 0; i < a.choices.size(); ++i) s += (i ? ", " : "") + a.choices[i];
-  }
+  if (!a.choices.empty()) s += ", one of: " + join(a.choices, ", ");
   return s;
 }
 
@@ -109,6 +107,47 @@ bool write_module_doc(std::ostream& out, std::string_view name) {
     for (const auto& n : group) out << " " << n;
     out << "\n";
   }
+  return true;
+}
+
+namespace {
+
+json arg_doc_json(const ArgSpec& a) {
+  json j = {{"name", a.name}, {"type", type_word(a.type)}, {"required", a.required}};
+  if (a.type == ArgType::list) j["elements"] = type_word(a.elements);
+  if (!a.default_value.is_null()) j["default"] = a.default_value;
+  if (!a.choices.empty()) j["choices"] = a.choices;
+  if (!a.fields.empty()) {
+    j["fields"] = json::array();
+    for (const auto& f : a.fields) j["fields"].push_back(arg_doc_json(f));
+  }
+  return j;
+}
+
+}  // namespace
+
+json module_doc_json(const ModuleDef& def) {
+  json args = json::array();
+  for (const auto& a : def.schema.args) args.push_back(arg_doc_json(a));
+  json j = {{"name", def.name}, {"summary", def.summary}, {"arguments", std::move(args)}};
+  if (!def.schema.mutually_exclusive.empty()) j["mutually_exclusive"] = def.schema.mutually_exclusive;
+  if (!def.schema.required_one_of.empty()) j["required_one_of"] = def.schema.required_one_of;
+  if (def.handler_args) j["handler_arguments"] = *def.handler_args;
+  return j;
+}
+
+bool write_module_doc_json(std::ostream& out, std::string_view name) {
+  const auto& reg = Registry::instance();
+  json doc;
+  if (name.empty()) {
+    doc = json::array();
+    for (const auto& n : reg.names()) doc.push_back(module_doc_json(*reg.find(n)));
+  } else if (const ModuleDef* def = reg.find(name)) {
+    doc = module_doc_json(*def);
+  } else {
+    return false;
+  }
+  out << doc.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
   return true;
 }
 

@@ -6,12 +6,21 @@
 #include <ostream>
 #include <string_view>
 
+#include <nlohmann/json.hpp>
+
 namespace gpt {
+
+struct ModuleDef;
 
 // Every module with its one-line summary.
 void write_module_list(std::ostream& out);
 // One module's arguments (type, required, default, choices); false when no module has that name.
 bool write_module_doc(std::ostream& out, std::string_view name);
+// The same as JSON for programs (`gptagent doc --json [MODULE]`): the module's name, summary, each
+// argument (name, type, elements, required, default, choices, fields) and the argument groups; every
+// module, in an array, when `name` is empty. False when no module has that name.
+bool write_module_doc_json(std::ostream& out, std::string_view name);
+nlohmann::json module_doc_json(const ModuleDef& def);
 
 // The COMMANDS section of gptagent(1): each subcommand of `app` with its positionals and options.
 void write_roff_commands(std::ostream& out, const CLI::App& app);

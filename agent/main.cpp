@@ -193,7 +193,8 @@ int cmd_list_hosts(const std::string& path, const std::string& limit) {
 }
 
 // `gptagent doc [MODULE]`, and the generated parts of the manual pages and completion words.
-int cmd_doc(const CLI::App& app, const std::string& module, const std::string& roff, const std::string& words) {
+int cmd_doc(const CLI::App& app, const std::string& module, const std::string& roff, const std::string& words,
+            bool json) {
   if (roff == "commands") gpt::write_roff_commands(std::cout, app);
   if (roff == "modules") gpt::write_roff_modules(std::cout);
   if (!roff.empty()) return 0;
@@ -202,11 +203,14 @@ int cmd_doc(const CLI::App& app, const std::string& module, const std::string& r
     std::cerr << "gptagent: --words takes commands, modules or a subcommand, not " << words << "\n";
     return 1;
   }
-  if (module.empty()) {
+  if (json) {
+    if (gpt::write_module_doc_json(std::cout, module)) return 0;
+  } else if (module.empty()) {
     gpt::write_module_list(std::cout);
     return 0;
+  } else if (gpt::write_module_doc(std::cout, module)) {
+    return 0;
   }
-  if (gpt::write_module_doc(std::cout, module)) return 0;
   std::cerr << "gptagent: no module is named " << module << " (gptagent doc lists them)\n";
   return 1;
 }
@@ -288,6 +292,7 @@ int main(int argc, char** argv) {
       ->type_name("DIR");
 
   std::string doc_module, doc_roff, doc_words;
+  bool doc_json = false;
   auto* doc = app.add_subcommand("doc", "List the modules, or show a module's arguments");
   doc->add_option("module", doc_module, "The module to show")->type_name("MODULE");
   doc->add_option("--roff", doc_roff, "Print the generated part of a manual page: commands (gptagent(1)) or modules (gptagent-playbook(5))")
@@ -295,6 +300,7 @@ int main(int argc, char** argv) {
       ->type_name("PART");
   doc->add_option("--words", doc_words, "Print words for shell completion, one a line: commands, modules, or a subcommand's options")
       ->type_name("WHAT");
+  doc->add_flag("--json", doc_json, "Print the module's (or every module's) arguments as JSON, for programs");
 
   auto* schema = app.add_subcommand("schema", "Print the JSON Schema of the playbook format (for editors)");
 
@@ -317,7 +323,7 @@ int main(int argc, char** argv) {
                                            *inventory || *doc || *schema);
   setup_logging(c.verbosity);
   if (*inventory) return cmd_inventory(inventory_path);
-  if (*doc) return cmd_doc(app, doc_module, doc_roff, doc_words);
+  if (*doc) return cmd_doc(app, doc_module, doc_roff, doc_words, doc_json);
   if (*schema) {
     std::cout << gpt::playbook_schema().dump(2) << "\n";
     return 0;

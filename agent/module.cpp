@@ -15,18 +15,6 @@ std::string_view outcome_name(Outcome o) {
   return "?";
 }
 
-std::string_view arg_type_name(ArgType t) {
-  switch (t) {
-    case ArgType::str: return "a string";
-    case ArgType::boolean: return "a boolean";
-    case ArgType::integer: return "an integer";
-    case ArgType::list: return "a list";
-    case ArgType::dict: return "a mapping";
-    case ArgType::any: return "a value";
-  }
-  return "?";
-}
-
 bool Context::provided_any(std::string_view kind) const {
   const auto it = provided.lower_bound(std::string(kind));
   return it != provided.end() && it->starts_with(kind);
@@ -98,47 +86,31 @@ std::vector<std::string> Registry::names() const {
   return out;
 }
 
-json with_defaults(const ModuleSchema& schema, json args) {
-  if (!args.is_object()) args = json::object();
-  for (const auto& spec : schema.args)
-    if (!args.contains(spec.name) && !spec.default_value.is_null()) args[spec.name] = spec.default_value;
-  return args;
-}
-
-namespace {
-
-bool fits(const ArgSpec& spec, ArgType type, const json& v) {
-  switch (type) {
-    case ArgType::any: return true;
-    case ArgType::str:
-      return v.is_string() &&
-             (spec.choices.empty() || std::find(spec.choices.begin(), spec.choices.end(), v.get<std::string>()) != spec.choices.end());
-    case ArgType::boolean: return v.is_boolean();
-    case ArgType::integer: return v.is_number_integer();
-    case ArgType::list:
-      return v.is_array() && std::all_of(v.begin(), v.end(), [&](const json& e) { return fits(spec, spec.elements, e); });
-    case ArgType::dict: return v.is_object() && spec.fields.empty();
-  }
-  return false;
-}
-
-}  // namespace
-
 std::optional<std::string> unsafe_handler_request(const HandlerRequest& h) {
   const ModuleDef* def = Registry::instance().find(h.module);
   if (!def || !def->handler_args) return "module '" + h.module + "' is not one modules request as a handler";
   if (!h.args.is_object()) return "its arguments are not a mapping";
+  const LabelSource state("state.json");
+  ArgChecker checker(state, Typing::strict);  // what the agent wrote: JSON of the declared types
   for (const auto& item : h.args.items()) {
     const std::string& key = item.key();  // a named variable: clang 14 cannot capture a structured binding
-    const json& value = item.value();
     if (std::find(def->handler_args->begin(), def->handler_args->end(), key) == def->handler_args->end())
       return "module " + h.module + " is never requested with argument '" + key + "'";
-    auto spec = std::find_if(def->schema.args.begin(), def->schema.args.end(), [&](const ArgSpec& a) { return a.name == key; });
-    if (spec == def->schema.args.end() || !fits(*spec, spec->type, value)) return "argument '" + key + "' is not " + std::string(arg_type_name(spec == def->schema.args.end() ? ArgType::any : spec->type));
+    auto spec =
+        std::find_if(def->schema.args.begin(), def->schema.args.end(), [&](const ArgSpec& a) { return a.name == key; });
+    if (spec == def->schema.args.end())
+      return "argument '" + key + "' is not " + std::string(arg_type_name(ArgType::any));
+    json typed;
+    if (!checker.coerce(*spec, spec->type, item.value(), "", key, typed))
+      return "argument '" + key + "' is not " + std::string(arg_type_name(spec->type));
     if (spec->check)
-      if (auto msg = spec->check(value)) return "argument '" + key + "': " + *msg;
+      if (auto msg = spec->check(typed)) return "argument '" + key + "': " + *msg;
   }
   return std::nullopt;
+}
+
+Expected<json> handler_request_args(const ModuleDef& def, const HandlerRequest& h) {
+  return check_args_strictly(def.schema, h.args, def.name, "handler '" + h.name + "'");
 }
 
 Result converge_module(const ModuleDef& def, Context& ctx, const json& args, bool apply) {

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/argspec.hpp"
 #include "agent/exec.hpp"
 #include "agent/facts.hpp"
 #include "agent/host.hpp"
@@ -83,30 +84,6 @@ struct Context {
   Status write_sysfs(const std::string& path, const std::string& value);
 };
 
-enum class ArgType { str, boolean, integer, list, dict, any };
-std::string_view arg_type_name(ArgType t);
-
-// One declared argument, in the spirit of Ansible's argument_spec.
-struct ArgSpec {
-  std::string name;
-  ArgType type = ArgType::str;
-  bool required = false;
-  json default_value = {};           // null: no default
-  std::vector<std::string> choices = {};  // for str
-  ArgType elements = ArgType::str;   // for list
-  std::vector<ArgSpec> fields = {};  // for dict (and list of dict); empty: any keys
-  // A semantic check of the typed value: a message when it is wrong.
-  std::function<std::optional<std::string>(const json&)> check = {};
-};
-
-struct ModuleSchema {
-  std::vector<ArgSpec> args = {};
-  std::vector<std::vector<std::string>> mutually_exclusive = {};
-  std::vector<std::vector<std::string>> required_one_of = {};
-  // A check of the arguments together (after each one passed its own): a message when wrong.
-  std::function<std::optional<std::string>(const json&)> check = {};
-};
-
 using ConvergeFn = Result (*)(Context& ctx, const json& args, bool apply);
 
 struct ModuleDef {
@@ -148,12 +125,13 @@ std::vector<ArgSpec> command_args(int default_timeout_seconds);
 Result run_command_module(Context& ctx, const json& args, bool apply, std::vector<std::string> argv,
                           std::string_view what);
 
-// The arguments with the schema's defaults filled in, for handlers that modules request in code.
-json with_defaults(const ModuleSchema& schema, json args);
-
 // Why a handler request read back from the state file must not run (see ModuleDef::handler_args);
 // nullopt when it is one a module would make.
 std::optional<std::string> unsafe_handler_request(const HandlerRequest& h);
+
+// A handler request's arguments checked against its module's declaration as the agent writes them
+// (strictly typed JSON), with the defaults filled in; messages start "handler 'NAME': ".
+Expected<json> handler_request_args(const ModuleDef& def, const HandlerRequest& h);
 
 // Runs one module with exceptions caught at the module edge.
 Result converge_module(const ModuleDef& def, Context& ctx, const json& args, bool apply);

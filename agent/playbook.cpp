@@ -12,7 +12,9 @@
 #include <set>
 #include <sstream>
 
+#include "agent/argspec.hpp"
 #include "agent/module.hpp"
+#include "agent/text.hpp"
 
 namespace gpt {
 
@@ -55,70 +57,6 @@ struct Origin {
   bool plain = false;  // an unquoted scalar
 };
 
-std::string child_ptr(const std::string& ptr, const std::string& key) {
-  std::string esc;
-  for (char c : key) {
-    if (c == '~') esc += "~0";
-    else if (c == '/') esc += "~1";
-    else esc += c;
-  }
-  return ptr + "/" + esc;
-}
-
-size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
-
-std::string did_you_mean(std::string_view word, const std::vector<std::string>& candidates) {
-  std::string best;
-  size_t best_d = 3;
-  for (const auto& c : candidates) {
-    size_t d = edit_distance(word, c);
-    if (d < best_d) {
-      best_d = d;
-      best = c;
-    }
-  }
-  return best.empty() ? "" : " (did you mean '" + best + "'?)";
-}
-
-std::string join(const std::vector<std::string>& items, std::string_view sep = ", ") {
-  std::string out;
-  for (const auto& i : items) {
-    if (!out.empty()) out += sep;
-    out += i;
-  }
-  return out;
-}
-
-json plain_scalar(const std::string& s) {
-  if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
-  if (s == "true" || s == "True" || s == "TRUE") return true;
-  if (s == "false" || s == "False" || s == "FALSE") return false;
-  // YAML 1.2 core integers and floats; anything else stays text.
-  size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
-  if (i < s.size() && s.find_first_not_of("0123456789", i) == std::string::npos && s.size() < 19)
-    return std::stoll(s);
-  if (s.find_first_not_of("0123456789.eE+-") == std::string::npos &&
-      std::count(s.begin(), s.end(), '.') == 1 && std::isdigit(static_cast<unsigned char>(s.back()))) {
-    try {
-      size_t used = 0;
-      double d = std::stod(s, &used);
-      if (used == s.size()) return d;
-    } catch (const std::exception&) {
-    }
-  }
-  return s;
-}
-
 // yaml-cpp 0.7 (Debian 12) names it depth(), 0.6.3 (Debian 11, where the agent to ship is built:
 // scripts/build-portable) AtDepth().
 template <class DeepRecursion>
@@ -129,7 +67,7 @@ int recursion_depth(const DeepRecursion& e) {
     return e.AtDepth();
 }
 
-class Loader {
+class Loader final : public ArgSource {
  public:
   Loader(std::string file, const LoadOptions& opts) : file_(std::move(file)), opts_(opts) {}
 
@@ -185,14 +123,15 @@ class Loader {
   }
   SourceMark mark_of(const YAML::Node& n) const { return mark_at(n.Mark().line, n.Mark().column); }
 
-  void error(const SourceMark& m, const std::string& msg) {
+  void error(const SourceMark& m, const std::string& msg) { error(m.str(), msg); }
+  void error(const std::string& where, const std::string& msg) {
     // A message quotes what it is about: a 7 MiB value is shown by its ends.
     constexpr size_t kHead = 400, kTail = 200;
     if (msg.size() <= kHead + kTail + 100) {
-      errors_.push_back(m.str() + ": " + msg);
+      errors_.push_back(where + ": " + msg);
       return;
     }
-    errors_.push_back(m.str() + ": " + msg.substr(0, kHead) + "[... " + std::to_string(msg.size() - kHead - kTail) +
+    errors_.push_back(where + ": " + msg.substr(0, kHead) + "[... " + std::to_string(msg.size() - kHead - kTail) +
                       " bytes ...]" + msg.substr(msg.size() - kTail));
   }
 
@@ -205,6 +144,21 @@ class Loader {
       ptr = ptr.substr(0, ptr.find_last_of('/'));
       key = false;
     }
+  }
+
+  // ArgSource: the checker's messages carry the playbook's file:line:col.
+  std::string locate(const std::string& ptr, bool key) const override { return where(ptr, key).str(); }
+  std::optional<std::string> plain_text(const std::string& ptr) const override {
+    auto it = origins_.find(ptr);
+    if (it == origins_.end() || !it->second.plain) return std::nullopt;
+    return it->second.raw;
+  }
+  Expected<json> render(const json& value) const override { return scope_->render(value); }
+
+  // The checker's errors, in the order it found them, as the loader's own.
+  bool drain(ArgChecker& checker, bool good) {
+    for (auto& e : checker.take_errors()) error(e.where, e.msg);
+    return good;
   }
 
   bool to_json(const YAML::Node& node, const std::string& ptr, json& out, const SourceMark& key_mark) {
@@ -269,167 +223,6 @@ class Loader {
     return true;
   }
 
-  // ---- argument validation against a declared schema ----
-
-  std::string type_of(const json& v) const {
-    if (v.is_null()) return "null";
-    if (v.is_boolean()) return "a boolean";
-    if (v.is_number()) return "a number";
-    if (v.is_string()) return "a string";
-    if (v.is_array()) return "a list";
-    return "a mapping";
-  }
-
-  // Coerces `in` to the spec's type; false (with an error) when it cannot.
-  bool coerce(const ArgSpec& spec, ArgType type, const json& in, const std::string& ptr,
-              const std::string& label, json& out) {
-    auto raw = [&]() -> std::string {
-      auto it = origins_.find(ptr);
-      if (it != origins_.end() && it->second.plain && !in.is_string()) return it->second.raw;
-      return in.is_string() ? in.get<std::string>() : in.dump();
-    };
-    auto wrong = [&](std::string_view want) {
-      error(where(ptr), label + " must be " + std::string(want) + ", not " + type_of(in));
-      return false;
-    };
-    switch (type) {
-      case ArgType::any:
-        out = in;
-        return true;
-      case ArgType::str:
-        if (in.is_array() || in.is_object() || in.is_null()) return wrong("a string");
-        out = raw();
-        if (!spec.choices.empty() &&
-            std::find(spec.choices.begin(), spec.choices.end(), out.get<std::string>()) == spec.choices.end()) {
-          error(where(ptr), label + " must be one of " + join(spec.choices) + ", not '" +
-                                out.get<std::string>() + "'");
-          return false;
-        }
-        return true;
-      case ArgType::boolean: {
-        if (in.is_boolean()) {
-          out = in;
-          return true;
-        }
-        if (in.is_string()) {
-          std::string s = in.get<std::string>();
-          std::transform(s.begin(), s.end(), s.begin(), ::tolower);
-          if (s == "yes" || s == "on" || s == "true" || s == "1") return out = true, true;
-          if (s == "no" || s == "off" || s == "false" || s == "0") return out = false, true;
-        }
-        return wrong("a boolean (true or false)");
-      }
-      case ArgType::integer:
-        if (in.is_number_integer()) {
-          out = in;
-          return true;
-        }
-        if (in.is_string()) {
-          const std::string s = in.get<std::string>();
-          if (!s.empty() && s.find_first_not_of("0123456789") == std::string::npos && s.size() < 19) {
-            out = std::stoll(s);
-            return true;
-          }
-        }
-        return wrong("an integer");
-      case ArgType::list: {
-        json items = in.is_array() ? in : json::array({in});  // one value is a list of one
-        if (in.is_null()) items = json::array();
-        out = json::array();
-        bool good = true;
-        for (size_t i = 0; i < items.size(); ++i) {
-          const std::string ip = in.is_array() ? ptr + "/" + std::to_string(i) : ptr;
-          json v;
-          if (coerce(spec, spec.elements, items[i], ip, label + " item " + std::to_string(i + 1), v))
-            out.push_back(std::move(v));
-          else
-            good = false;
-        }
-        return good;
-      }
-      case ArgType::dict:
-        if (in.is_null()) {
-          out = json::object();
-        } else if (!in.is_object()) {
-          return wrong("a mapping");
-        } else {
-          out = in;
-        }
-        if (spec.fields.empty()) return true;
-        return validate_fields(spec.fields, {}, {}, out, ptr, label + " ", out);
-    }
-    return false;
-  }
-
-  bool validate_fields(const std::vector<ArgSpec>& fields,
-                       const std::vector<std::vector<std::string>>& exclusive,
-                       const std::vector<std::vector<std::string>>& one_of, const json& in,
-                       const std::string& ptr, const std::string& prefix, json& out) {
-    bool good = true;
-    json result = json::object();
-    std::vector<std::string> known;
-    for (const auto& f : fields) known.push_back(f.name);
-    for (const auto& [key, value] : in.items()) {
-      if (std::find(known.begin(), known.end(), key) == known.end()) {
-        error(where(child_ptr(ptr, key), true),
-              prefix + "has no argument '" + key + "'" + did_you_mean(key, known) +
-                  "; it takes: " + join(known));
-        good = false;
-      }
-    }
-    for (const auto& f : fields) {
-      const std::string fp = child_ptr(ptr, f.name);
-      const std::string label = prefix + "argument '" + f.name + "'";
-      if (!in.contains(f.name) || in[f.name].is_null()) {
-        if (f.required) {
-          error(where(ptr, true), prefix + "is missing the required argument '" + f.name + "'");
-          good = false;
-        } else if (!f.default_value.is_null()) {
-          result[f.name] = f.default_value;
-        }
-        continue;
-      }
-      auto rendered = scope_->render(in[f.name]);
-      if (!rendered) {
-        error(where(fp), rendered.error());
-        good = false;
-        continue;
-      }
-      json v;
-      if (!coerce(f, f.type, *rendered, fp, label, v)) {
-        good = false;
-        continue;
-      }
-      if (f.check) {
-        if (auto msg = f.check(v)) {
-          error(where(fp), label + ": " + *msg);
-          good = false;
-          continue;
-        }
-      }
-      result[f.name] = std::move(v);
-    }
-    for (const auto& group : exclusive) {
-      std::vector<std::string> given;
-      for (const auto& n : group)
-        if (in.contains(n) && !in[n].is_null()) given.push_back(n);
-      if (given.size() > 1) {
-        error(where(ptr, true), prefix + "takes only one of " + join(given));
-        good = false;
-      }
-    }
-    for (const auto& group : one_of) {
-      bool any = std::any_of(group.begin(), group.end(),
-                             [&](const auto& n) { return result.contains(n); });
-      if (!any) {
-        error(where(ptr, true), prefix + "needs one of " + join(group));
-        good = false;
-      }
-    }
-    out = std::move(result);
-    return good;
-  }
-
   // ---- playbook structure ----
 
   std::vector<std::string> string_list(const json& v, const std::string& ptr, const std::string& what) {
@@ -471,11 +264,12 @@ class Loader {
       good = false;
     }
     if (modules.size() > 1) {
-      error(where(ptr), "a task runs one module, this one names " + join(modules));
+      error(where(ptr), "a task runs one module, this one names " + join(modules, ", "));
       return std::nullopt;
     }
     if (modules.empty()) {
-      if (good) error(where(ptr), "the task names no module; known modules: " + join(Registry::instance().names()));
+      if (good)
+        error(where(ptr), "the task names no module; known modules: " + join(Registry::instance().names(), ", "));
       return std::nullopt;
     }
     const std::string& mod = modules.front();
@@ -499,20 +293,14 @@ class Loader {
     const std::string mp = child_ptr(ptr, mod);
     const json& raw_args = t[mod];
     if (!raw_args.is_null() && !raw_args.is_object()) {
-      error(where(mp), "the arguments of " + mod + " must be a mapping (key: value), not " + type_of(raw_args));
+      error(where(mp),
+            "the arguments of " + mod + " must be a mapping (key: value), not " + json_type_phrase(raw_args));
       good = false;
     } else {
       json in = raw_args.is_null() ? json::object() : raw_args;
       json args;
-      if (!validate_fields(out.module->schema.args, out.module->schema.mutually_exclusive,
-                           out.module->schema.required_one_of, in, mp, mod + " ", args)) {
-        good = false;
-      } else if (out.module->schema.check) {
-        if (auto msg = out.module->schema.check(args)) {
-          error(where(mp, true), mod + ": " + *msg);
-          good = false;
-        }
-      }
+      ArgChecker checker(*this);
+      if (!drain(checker, checker.module_args(out.module->schema, in, mp, mod, args))) good = false;
       if (good && !handler && out.module->handler_only)
         if (auto msg = out.module->handler_only(args)) {
           error(where(mp, true), mod + ": " + *msg);
@@ -549,8 +337,9 @@ class Loader {
     if (t.contains("ignore_errors")) {
       ArgSpec spec{.name = "ignore_errors", .type = ArgType::boolean};
       json v;
-      if (coerce(spec, ArgType::boolean, t["ignore_errors"], child_ptr(ptr, "ignore_errors"),
-                 "ignore_errors", v))
+      ArgChecker checker(*this);
+      if (drain(checker, checker.coerce(spec, ArgType::boolean, t["ignore_errors"], child_ptr(ptr, "ignore_errors"),
+                                        "ignore_errors", v)))
         out.ignore_errors = v.get<bool>();
       else
         good = false;
@@ -575,8 +364,8 @@ class Loader {
                   const std::string& what) {
     for (const auto& [key, value] : obj.items()) {
       if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
-        error(where(child_ptr(ptr, key), true), "unknown " + what + " key '" + key + "'" +
-                                                    did_you_mean(key, allowed) + "; allowed: " + join(allowed));
+        error(where(child_ptr(ptr, key), true), "unknown " + what + " key '" + key + "'" + did_you_mean(key, allowed) +
+                                                    "; allowed: " + join(allowed, ", "));
     }
   }
 

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "agent/text.hpp"
+
 namespace gpt {
 namespace {
 
@@ -171,10 +173,8 @@ class HumanReporter final : public Reporter {
     } else if (s.stopped_for_reboot) {
       paint(kYellow, "a run would stop for a reboot after stage " + s.stop_stage);
     } else if (s.reboot_required) {
-      std::string stages;
-      for (const auto& st : s.reboot_stages) stages += (stages.empty() ? "" : ", ") + st;
       paint(kYellow, std::string(opts_.check ? "a reboot would be needed" : "a reboot is needed") +
-                         " for the changes of stage " + stages + " to take effect");
+                         " for the changes of stage " + join(s.reboot_stages, ", ") + " to take effect");
     }
     if (opts_.check) {
       out_ << (exit_code == 2 ? "drift: the host differs from the playbook (check mode, nothing changed)"

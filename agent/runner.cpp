@@ -126,9 +126,10 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
         break;
       }
       const ModuleDef* def = Registry::instance().find(h.module);
-      TaskReport rep = def ? converge_task(stage, h.name, *def, with_defaults(def->schema, h.args), ctx, apply, true)
-                           : TaskReport{stage.name, h.name, h.module, true, false,
-                                        Result::failed("no module " + h.module), 0};
+      // A request is checked like a task's arguments: a module that asks for a wrong one fails here.
+      const auto args = def ? handler_request_args(*def, h) : Expected<json>(Error{"no module " + h.module});
+      TaskReport rep = args ? converge_task(stage, h.name, *def, *args, ctx, apply, true)
+                            : TaskReport{stage.name, h.name, h.module, true, false, Result::failed(args.error()), 0};
       if (rep.result.status == Outcome::changed && rep.result.reboot_required) stage_reboot = true;
       count(stats, rep);
       reporter.task(rep);

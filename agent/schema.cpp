@@ -14,14 +14,6 @@ json def_ref(const std::string& def) { return {{"$ref", "#/$defs/" + def}}; }
 // The loader renders a `{{ ... }}` template before it types the value: any argument may be one.
 json any_of_or_template(json typed) { return {{"anyOf", json::array({std::move(typed), def_ref("template")})}}; }
 
-// A choice as the YAML 1.2 core schema reads it unquoted: `1` is a number, `true` a boolean.
-json typed_choice(const std::string& c) {
-  if (c == "true" || c == "True" || c == "TRUE") return true;
-  if (c == "false" || c == "False" || c == "FALSE") return false;
-  if (!c.empty() && c.size() < 19 && c.find_first_not_of("0123456789") == std::string::npos) return std::stoll(c);
-  return c;
-}
-
 json value_schema(const ArgSpec& a, ArgType type);
 
 // A mapping with declared fields: only those, the required ones present; a null field is one
@@ -56,7 +48,8 @@ json value_schema(const ArgSpec& a, ArgType type) {
       json choices = json::array();
       for (const auto& c : a.choices) {
         choices.push_back(c);
-        if (json t = typed_choice(c); !t.is_string()) choices.push_back(t);
+        // Unquoted, `1` is a number and `true` a boolean, which the loader takes as their text.
+        if (json t = plain_scalar(c); !t.is_string() && !t.is_null()) choices.push_back(t);
       }
       return any_of_or_template({{"enum", choices}});
     }

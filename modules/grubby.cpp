@@ -1,16 +1,11 @@
 // grubby: adds and removes kernel parameters on every boot entry of a BootLoaderSpec host
 // (Fedora, RHEL). The handler grub_cmdline asks for on such hosts.
 #include "agent/module.hpp"
+#include "agent/text.hpp"
 #include "modules/grub_default.hpp"
 
 namespace gpt {
 namespace {
-
-std::string join(const json& list) {
-  std::string out;
-  for (const auto& p : list) out += (out.empty() ? "" : " ") + p.get<std::string>();
-  return out;
-}
 
 std::optional<std::string> kernel_params(const json& list) {
   for (const auto& p : list)
@@ -21,8 +16,9 @@ std::optional<std::string> kernel_params(const json& list) {
 Result converge(Context& ctx, const json& args, bool apply) {
   if (!ctx.facts.boot.grubby) return Result::failed("grubby is not installed on this host");
   Command cmd{{"grubby", "--update-kernel=ALL"}};
-  if (!args["add"].empty()) cmd.argv.push_back("--args=" + join(args["add"]));
-  if (!args["remove"].empty()) cmd.argv.push_back("--remove-args=" + join(args["remove"]));
+  if (!args["add"].empty()) cmd.argv.push_back("--args=" + join(args["add"].get<std::vector<std::string>>(), " "));
+  if (!args["remove"].empty())
+    cmd.argv.push_back("--remove-args=" + join(args["remove"].get<std::vector<std::string>>(), " "));
   if (cmd.argv.size() == 2) return Result::ok("no parameters to change");
   Result r = ctx.run_system(cmd, apply, "updated the boot entries");
   if (r.status == Outcome::changed) r.reboot_required = true;

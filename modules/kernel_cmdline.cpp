@@ -140,12 +140,6 @@ std::vector<Item> items_of(const std::vector<std::string>& params, int origin = 
   return out;
 }
 
-std::string join(const std::vector<std::string>& v, const std::string& sep = " ") {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
-  return out;
-}
-
 void add_unique(std::vector<std::string>& to, const std::vector<std::string>& from) {
   for (const auto& s : from)
     if (std::find(to.begin(), to.end(), s) == to.end()) to.push_back(s);
@@ -452,8 +446,8 @@ Expected<PathResult> converge_grubby(Context& ctx, const json& args, const Want&
   out.r.diff = changes.diff();
   if (!add.empty() || !remove.empty()) {
     Command cmd{{"grubby", "--update-kernel=ALL"}};
-    if (!add.empty()) cmd.argv.push_back("--args=" + join(add));
-    if (!remove.empty()) cmd.argv.push_back("--remove-args=" + join(remove));
+    if (!add.empty()) cmd.argv.push_back("--args=" + join(add, " "));
+    if (!remove.empty()) cmd.argv.push_back("--remove-args=" + join(remove, " "));
     Result run = ctx.run_system(cmd, apply, "updated the boot entries");
     out.r.commands = run.commands;
     if (run.status == Outcome::failed) return Error{run.msg};
@@ -495,7 +489,7 @@ Expected<PathResult> converge_kernel_cmdline(Context& ctx, const json& args, con
   out.current = ed->result();
   const std::string label = proxmox ? "proxmox-boot-tool (/etc/kernel/cmdline)" : "kernel-install (/etc/kernel/cmdline)";
   FileChanges changes(ctx.root);
-  const std::string after = join(out.current) + "\n";
+  const std::string after = join(out.current, " ") + "\n";
   changes.write(kKernelCmdline, *text, after);
   if (changes.empty()) {
     out.r.msg = label + ": the command line is as wanted";

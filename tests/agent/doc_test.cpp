@@ -56,6 +56,61 @@ TEST(Doc, ShowsAModuleAndRefusesAnUnknownOne) {
   EXPECT_TRUE(contains(unknown.err, "no module is named vfoi")) << unknown.err;
 }
 
+TEST(Doc, JsonShowsAModuleWithEachArgumentsTypeDefaultChoicesAndFields) {
+  auto r = test::run_agent({"doc", "--json", "vfio"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto doc = nlohmann::json::parse(r.out);
+  EXPECT_EQ(doc["name"], "vfio");
+  EXPECT_EQ(doc["summary"], Registry::instance().find("vfio")->summary);
+  const auto& args = doc["arguments"];
+  ASSERT_EQ(args.size(), Registry::instance().find("vfio")->schema.args.size());
+  EXPECT_EQ(args[0]["name"], "modules");  // in declaration order
+  auto arg = [&](const std::string& name) {
+    for (const auto& a : args)
+      if (a["name"] == name) return a;
+    return nlohmann::json();
+  };
+  EXPECT_EQ(arg("devices"), (nlohmann::json{{"name", "devices"},
+                                            {"type", "list"},
+                                            {"elements", "string"},
+                                            {"required", false},
+                                            {"default", nlohmann::json::array()}}));
+  EXPECT_EQ(arg("force")["type"], "boolean");
+  EXPECT_EQ(arg("force")["default"], false);
+  EXPECT_FALSE(arg("force").contains("elements"));
+
+  // Choices, and a mapping's fields, nested as arguments are.
+  auto domain = nlohmann::json::parse(test::run_agent({"doc", "--json", "libvirt_domain"}).out);
+  size_t with_choices = 0, with_fields = 0;
+  std::function<void(const nlohmann::json&)> walk = [&](const nlohmann::json& list) {
+    for (const auto& a : list) {
+      with_choices += a.contains("choices");
+      if (a.contains("fields")) {
+        ++with_fields;
+        walk(a["fields"]);
+      }
+    }
+  };
+  walk(domain["arguments"]);
+  EXPECT_GT(with_choices, 0u) << domain.dump(2);
+  EXPECT_GT(with_fields, 0u) << domain.dump(2);
+}
+
+TEST(Doc, JsonWithoutAModuleListsEveryModuleAndRefusesAnUnknownOne) {
+  auto all = test::run_agent({"doc", "--json"});
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  const auto doc = nlohmann::json::parse(all.out);
+  ASSERT_TRUE(doc.is_array());
+  std::string names;
+  for (const auto& m : doc) names += m["name"].get<std::string>() + "\n";
+  EXPECT_EQ(names, test::run_agent({"doc", "--words", "modules"}).out);
+
+  auto unknown = test::run_agent({"doc", "--json", "vfoi"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_EQ(unknown.out, "");
+  EXPECT_TRUE(contains(unknown.err, "no module is named vfoi")) << unknown.err;
+}
+
 TEST(Doc, WordsAreTheSubcommandsModulesAndOptions) {
   auto commands = test::run_agent({"doc", "--words", "commands"});
   EXPECT_EQ(commands.out, "apply\ninventory\nstatus\nvalidate\nfacts\ndoc\nschema\nhandoff\n");

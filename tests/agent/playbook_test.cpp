@@ -150,6 +150,16 @@ tasks:
   EXPECT_EQ(t.args["names"], nlohmann::json::array({"iommu=pt"}));  // a whole {{ }} keeps its type
 }
 
+TEST(Playbook, ExtraVarsThatReachAnArgumentAreCheckedAtTheTemplate) {
+  // -e values reach module arguments only through templates: the loader renders them, then the
+  // argument checker types them, and the message points at the template.
+  auto r = load("tasks:\n  - typed: {path: /x, count: \"{{ n }}\", mode: \"{{ m }}\"}\n",
+                {{"n", {{"not", "a number"}}}, {"m", "slow"}});
+  EXPECT_EQ(r.errors,
+            (std::vector<std::string>{"host.yaml:2:30: typed argument 'count' must be an integer, not a mapping",
+                                      "host.yaml:2:47: typed argument 'mode' must be one of fast, safe, not 'slow'"}));
+}
+
 TEST(Playbook, UndefinedVariableIsAnErrorAtTheValue) {
   auto r = load("tasks:\n  - typed: {path: \"/x/{{ nope }}\"}\n");
   EXPECT_TRUE(HasError(r, "host.yaml:2:19: undefined variable 'nope'"));

@@ -27,7 +27,7 @@ struct Run {
   std::vector<std::string> calls;
 };
 
-Run run(const std::string& yaml, RunOptions opts = {}) {
+RunStats run_to(const std::string& yaml, Reporter& rep, RunOptions opts = {}) {
   auto loaded = load_playbook_text(yaml, "t.yaml", {});
   EXPECT_TRUE(loaded.ok()) << (loaded.errors.empty() ? "" : loaded.errors.front());
   probe_calls().clear();
@@ -36,9 +36,13 @@ Run run(const std::string& yaml, RunOptions opts = {}) {
   test::RecordingExec exec;
   Facts facts;
   Context ctx{root, exec, facts, true};
+  return run_playbook(loaded.playbook, ctx, opts, rep);
+}
+
+Run run(const std::string& yaml, RunOptions opts = {}) {
   CollectingReporter rep;
   Run out;
-  out.stats = run_playbook(loaded.playbook, ctx, opts, rep);
+  out.stats = run_to(yaml, rep, opts);
   out.lines = rep.lines;
   for (const auto& c : probe_calls()) out.calls.push_back(c.id + (c.apply ? "" : " (check)"));
   return out;
@@ -87,6 +91,36 @@ handlers:
   EXPECT_EQ(r.calls, (Lines{"a", "b", "c", "d", "builtin", "h1", "h2", "e"}));
   EXPECT_EQ(r.lines, (Lines{"stage one", "changed a", "changed b", "changed c", "ok d", "handlers one", "changed builtin",
                             "changed h1", "changed h2", "stage two", "ok e"}));
+}
+
+class MessageReporter final : public Reporter {
+ public:
+  void stage(const Stage&) override {}
+  void handlers(const Stage&) override {}
+  void task(const TaskReport& r) override { lines.push_back(r.name + ": " + r.result.msg); }
+  void done(const RunStats&, int) override {}
+  std::vector<std::string> lines;
+};
+
+TEST(Runner, AHandlerRequestIsCheckedAgainstItsModulesDeclaration) {
+  // A module that asks for a handler with wrong arguments fails there, with the validator's message,
+  // instead of running the handler on arguments no playbook could give.
+  MessageReporter rep;
+  RunStats stats = run_to(R"(tasks:
+  - {name: a, probe: {id: a, outcome: changed, handler: h, handler_outcome: sideways}}
+  - {name: b, probe: {id: b}}
+)",
+                          rep);
+  EXPECT_EQ(stats.failed, 1);
+  ASSERT_EQ(probe_calls().size(), 2u);  // a, b; never h
+  EXPECT_EQ(rep.lines.back(),
+            "h: handler 'h': probe argument 'outcome' must be one of ok, changed, failed, skipped, not 'sideways'");
+
+  // The same request with a right outcome runs, with the declaration's defaults filled in.
+  auto good = run(R"(tasks:
+  - {name: a, probe: {id: a, outcome: changed, handler: h, handler_outcome: ok}}
+)");
+  EXPECT_EQ(good.lines, (Lines{"stage main", "changed a", "handlers main", "ok h"}));
 }
 
 TEST(Runner, FirstFailureStopsTheRunAndItsHandlers) {

@@ -21,7 +21,9 @@ Result probe(Context&, const json& args, bool apply) {
              : outcome == "skipped" ? Result::skipped("probe skipped")
                                     : Result::ok("probe ok");
   if (args.contains("handler"))
-    r.handlers.push_back({args["handler"].get<std::string>(), "probe", {{"id", args["handler"]}, {"outcome", "changed"}}});
+    r.handlers.push_back({args["handler"].get<std::string>(),
+                          "probe",
+                          {{"id", args["handler"]}, {"outcome", args.value("handler_outcome", "changed")}}});
   r.reboot_required = args["reboot"].get<bool>();
   return r;
 }
@@ -33,6 +35,8 @@ const Registration probe_registration{ModuleDef{
                         {.name = "outcome", .type = ArgType::str, .default_value = "ok",
                          .choices = {"ok", "changed", "failed", "skipped"}},
                         {.name = "handler", .type = ArgType::str},
+                        // The outcome the handler request asks for: any text, so a test can make a wrong request.
+                        {.name = "handler_outcome", .type = ArgType::str},
                         {.name = "reboot", .type = ArgType::boolean, .default_value = false}}},
     .converge = probe,
 }};
