@@ -84,7 +84,18 @@ std::optional<std::string> libvirt_daemon(const Root& root) {
   return std::nullopt;
 }
 
-HandoffPlan plan_for(const Context& ctx, const json& args, std::vector<std::string> functions) {
+// display_manager: as declared; unset, whether the VM takes the GPU the host boots on (a single-GPU
+// host's display manager holds it) and the host has a display manager.
+bool stops_display_manager(const Context& ctx, const json& args, const std::vector<Gpu>& gpus) {
+  if (args.contains("display_manager")) return args["display_manager"].get<bool>();
+  const bool boot_gpu = std::any_of(gpus.begin(), gpus.end(), [&](const Gpu& g) {
+    return std::any_of(ctx.facts.pci.begin(), ctx.facts.pci.end(),
+                       [&](const PciDevice& d) { return d.address == g.address && d.boot_vga; });
+  });
+  return boot_gpu && path_exists(ctx.root, "/etc/systemd/system/display-manager.service");
+}
+
+HandoffPlan plan_for(const Context& ctx, const json& args, std::vector<std::string> functions, bool display_manager) {
   HandoffPlan plan;
   plan.vm = args["vm"].get<std::string>();
   plan.gpus = std::move(functions);
@@ -96,8 +107,8 @@ HandoffPlan plan_for(const Context& ctx, const json& args, std::vector<std::stri
   for (const auto& u : args["units"]) add({u.get<std::string>(), ""});
   for (const auto& u : args["user_units"]) add({u["name"].get<std::string>(), u["user"].get<std::string>()});
   if (args["known_units"].get<bool>())
-    for (auto& u : known_gpu_units(ctx.root, args["display_manager"].get<bool>())) add(std::move(u));
-  else if (args["display_manager"].get<bool>())
+    for (auto& u : known_gpu_units(ctx.root, display_manager)) add(std::move(u));
+  else if (display_manager)
     add({"display-manager.service", ""});
   return plan;
 }
@@ -128,8 +139,9 @@ Result converge(Context& ctx, const json& args, bool apply) {
     for (const auto& g : *gpus)
       for (const auto& f : g.functions)
         if (std::find(functions.begin(), functions.end(), f) == functions.end()) functions.push_back(f);
-    const HandoffPlan plan = plan_for(ctx, args, functions);
-    if (args["display_manager"].get<bool>() && !path_exists(ctx.root, "/etc/systemd/system/display-manager.service"))
+    const bool display_manager = stops_display_manager(ctx, args, *gpus);
+    const HandoffPlan plan = plan_for(ctx, args, functions, display_manager);
+    if (display_manager && !path_exists(ctx.root, "/etc/systemd/system/display-manager.service"))
       return Result::failed("display_manager: this host has no display manager (no display-manager.service)");
     auto agent = agent_path(ctx, args);
     if (!agent) return Result::failed(agent.error());
@@ -202,7 +214,8 @@ const Registration registration{ModuleDef{
                                      .default_value = "*",
                                      .check = [](const json& v) { return name_check(v, true); }}}},
                         {.name = "known_units", .type = ArgType::boolean, .default_value = true},
-                        {.name = "display_manager", .type = ArgType::boolean, .default_value = false},
+                        // Unset: when the VM takes the GPU the host boots on.
+                        {.name = "display_manager", .type = ArgType::boolean},
                         {.name = "timeout",
                          .type = ArgType::integer,
                          .default_value = 30,

@@ -149,6 +149,25 @@ TEST(GpuHandoff, UbuntuJammyPlansItsUserUnitAndHasNoDisplayManagerToStop) {
   EXPECT_EQ(dm.tasks[1].result.msg, "display_manager: this host has no display manager (no display-manager.service)");
 }
 
+// A single-GPU host: the VM takes the GPU the host boots on, whose display manager holds it. Unset,
+// display_manager follows that; a second card leaves the display manager alone.
+TEST(GpuHandoff, TheDisplayManagerStopsWhenTheVmTakesTheBootGpu) {
+  Host host("two-gpus-boot-vga");
+  fs::create_directories(host.h.file("/etc/systemd/system"));
+  fs::create_symlink("/usr/lib/systemd/system/gdm.service", host.h.file("/etc/systemd/system/display-manager.service"));
+  test::write(host.h.file("/usr/lib/systemd/system/gdm.service"), "[Service]\nExecStart=/usr/sbin/gdm\n");
+  auto boot = host.run("tasks:\n  - gpu_handoff: {vm: single, gpus: ['0000:01:00.0'], known_units: false, force: true}\n", false);
+  ASSERT_EQ(boot.exit_code, 0) << boot.tasks.back().result.msg;
+  EXPECT_NE(boot.tasks[1].result.msg.find("the hook stops display-manager.service and waits"), std::string::npos)
+      << boot.tasks[1].result.msg;
+  auto other = host.run("tasks:\n  - gpu_handoff: {vm: second, gpus: ['0000:02:00.0'], known_units: false}\n", false);
+  ASSERT_EQ(other.exit_code, 0) << other.tasks.back().result.msg;
+  EXPECT_NE(other.tasks[1].result.msg.find("the hook stops no unit"), std::string::npos) << other.tasks[1].result.msg;
+  auto declared = host.run(
+      "tasks:\n  - gpu_handoff: {vm: single, gpus: ['0000:01:00.0'], known_units: false, display_manager: false, force: true}\n", false);
+  EXPECT_NE(declared.tasks[1].result.msg.find("the hook stops no unit"), std::string::npos) << declared.tasks[1].result.msg;
+}
+
 TEST(GpuHandoff, AbsentTakesThePlanAndTheHookGoesWithTheLastOne) {
   Host host;
   const std::string two = kTask + "  - gpu_handoff: {vm: linux-ml, gpus: ['0000:01:00.0'], known_units: false}\n";
