@@ -156,7 +156,8 @@ TEST(GpuHandoff, TheDisplayManagerStopsWhenTheVmTakesTheBootGpu) {
   fs::create_directories(host.h.file("/etc/systemd/system"));
   fs::create_symlink("/usr/lib/systemd/system/gdm.service", host.h.file("/etc/systemd/system/display-manager.service"));
   test::write(host.h.file("/usr/lib/systemd/system/gdm.service"), "[Service]\nExecStart=/usr/sbin/gdm\n");
-  auto boot = host.run("tasks:\n  - gpu_handoff: {vm: single, gpus: ['0000:01:00.0'], known_units: false, force: true}\n", false);
+  auto boot = host.run(
+      "tasks:\n  - gpu_handoff: {vm: single, gpus: ['0000:01:00.0'], known_units: false, force: true}\n", false);
   ASSERT_EQ(boot.exit_code, 0) << boot.tasks.back().result.msg;
   EXPECT_NE(boot.tasks[1].result.msg.find("the hook stops display-manager.service and waits"), std::string::npos)
       << boot.tasks[1].result.msg;
@@ -164,8 +165,11 @@ TEST(GpuHandoff, TheDisplayManagerStopsWhenTheVmTakesTheBootGpu) {
   ASSERT_EQ(other.exit_code, 0) << other.tasks.back().result.msg;
   EXPECT_NE(other.tasks[1].result.msg.find("the hook stops no unit"), std::string::npos) << other.tasks[1].result.msg;
   auto declared = host.run(
-      "tasks:\n  - gpu_handoff: {vm: single, gpus: ['0000:01:00.0'], known_units: false, display_manager: false, force: true}\n", false);
-  EXPECT_NE(declared.tasks[1].result.msg.find("the hook stops no unit"), std::string::npos) << declared.tasks[1].result.msg;
+      "tasks:\n  - gpu_handoff: {vm: single, gpus: ['0000:01:00.0'], known_units: false, display_manager: false, "
+      "force: true}\n",
+      false);
+  EXPECT_NE(declared.tasks[1].result.msg.find("the hook stops no unit"), std::string::npos)
+      << declared.tasks[1].result.msg;
 }
 
 TEST(GpuHandoff, AbsentTakesThePlanAndTheHookGoesWithTheLastOne) {
