@@ -224,7 +224,7 @@ Facts gather_facts(const Root& root) {
         continue;
       }
       nlohmann::json one = to_json(*plan);
-      one["stopped"] = to_json(HandoffPlan{plan->vm, {}, handoff_stopped(root, plan->vm), 1})["units"];
+      one["stopped"] = units_to_json(handoff_stopped(root, plan->vm));
       f.handoff.push_back(std::move(one));
     }
   }

@@ -22,25 +22,29 @@ std::string describe(const HandoffUnit& u) {
   return u.name + (u.user == "*" ? " (every user)" : " (user " + u.user + ")");
 }
 
-json to_json(const HandoffPlan& p) {
-  json units = json::array();
-  for (const auto& u : p.units) {
+json units_to_json(const std::vector<HandoffUnit>& units) {
+  json out = json::array();
+  for (const auto& u : units) {
     json one = {{"name", u.name}};
     if (!u.user.empty()) one["user"] = u.user;
-    units.push_back(std::move(one));
+    out.push_back(std::move(one));
   }
-  return {{"vm", p.vm}, {"gpus", p.gpus}, {"units", units}, {"timeout", p.timeout}};
+  return out;
 }
 
-namespace {
+json to_json(const HandoffPlan& p) {
+  return {{"vm", p.vm}, {"gpus", p.gpus}, {"units", units_to_json(p.units)}, {"timeout", p.timeout}};
+}
 
-bool unit_name_ok(std::string_view s) {
+bool handoff_unit_name_ok(std::string_view s) {
   return !s.empty() && s.size() <= 256 && s[0] != '-' && s.find_first_of("/ \t\n\\") == std::string_view::npos;
 }
-bool user_name_ok(std::string_view s) {
+bool handoff_user_name_ok(std::string_view s) {
   return s == "*" ||
          (!s.empty() && s.size() <= 64 && s[0] != '-' && s.find_first_of("@/: \t\n\\") == std::string_view::npos);
 }
+
+namespace {
 
 Expected<std::vector<HandoffUnit>> units_from_json(const json& j, const std::string& where) {
   std::vector<HandoffUnit> out;
@@ -49,7 +53,7 @@ Expected<std::vector<HandoffUnit>> units_from_json(const json& j, const std::str
     if (!u.is_object() || !u.contains("name") || !u["name"].is_string())
       return Error{where + ": a unit without a name"};
     HandoffUnit unit{u["name"].get<std::string>(), u.value("user", std::string())};
-    if (!unit_name_ok(unit.name) || (!unit.user.empty() && !user_name_ok(unit.user)))
+    if (!handoff_unit_name_ok(unit.name) || (!unit.user.empty() && !handoff_user_name_ok(unit.user)))
       return Error{where + ": '" + describe(unit) + "' is not a unit"};
     out.push_back(std::move(unit));
   }
@@ -144,10 +148,11 @@ std::vector<std::string> running_user_managers(const Root& root) {
   if (!root.sandboxed())
     for (const auto& uid : *uids) {
       if (uid.empty() || uid.size() > 9 || uid.find_first_not_of("0123456789") != std::string::npos) continue;
-      struct passwd pw{}, *found = nullptr;
+      struct passwd pw {
+      }, *found = nullptr;
       char buf[4096];
       if (::getpwuid_r(static_cast<uid_t>(std::stoul(uid)), &pw, buf, sizeof buf, &found) == 0 && found &&
-          user_name_ok(found->pw_name))
+          handoff_user_name_ok(found->pw_name))
         name_of.emplace(uid, found->pw_name);
     }
   for (std::string_view line : lines(passwd && *passwd ? std::string_view(**passwd) : std::string_view())) {
@@ -158,7 +163,7 @@ std::vector<std::string> running_user_managers(const Root& root) {
         f.emplace_back(line.substr(start, i - start));
         start = i + 1;
       }
-    if (f.size() >= 3 && user_name_ok(f[0]) && f[0] != "*") name_of.emplace(f[2], f[0]);
+    if (f.size() >= 3 && handoff_user_name_ok(f[0]) && f[0] != "*") name_of.emplace(f[2], f[0]);
   }
   for (const auto& uid : *uids)
     if (auto n = name_of.find(uid); n != name_of.end() && uid != "0") out.push_back(n->second);
@@ -213,8 +218,7 @@ std::vector<HandoffUnit> handoff_stopped(const Root& root, const std::string& vm
 namespace {
 
 Status write_record(const Root& root, const std::string& vm, const std::vector<HandoffUnit>& stopped) {
-  HandoffPlan as_plan{vm, {}, stopped, 30};
-  json j = {{"vm", vm}, {"stopped", to_json(as_plan)["units"]}};
+  json j = {{"vm", vm}, {"stopped", units_to_json(stopped)}};
   WriteOptions opts;
   opts.backup = false;
   opts.no_follow = true;
@@ -225,7 +229,8 @@ Status write_record(const Root& root, const std::string& vm, const std::vector<H
 }
 
 // Starts what was stopped, last first; what did not come back, in words.
-std::vector<std::string> start_again(const Systemctl& sc, const std::string& vm, const std::vector<HandoffUnit>& stopped) {
+std::vector<std::string> start_again(const Systemctl& sc, const std::string& vm,
+                                     const std::vector<HandoffUnit>& stopped) {
   std::vector<std::string> down;
   for (auto it = stopped.rbegin(); it != stopped.rend(); ++it) {
     const std::string why = sc.change(*it, "start");

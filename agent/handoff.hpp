@@ -31,6 +31,12 @@ struct HandoffUnit {
 };
 // "nvidia-persistenced.service", "gnome-remote-desktop.service (user alice)", "(every user)".
 std::string describe(const HandoffUnit& u);
+// What a plan may name: a unit (no '/', blank or backslash, not led by '-'), a user (nor '@' or
+// ':'; or "*").
+bool handoff_unit_name_ok(std::string_view s);
+bool handoff_user_name_ok(std::string_view s);
+// [{"name": ..., "user": ...}]: the form of a plan's units and of the hook's record.
+nlohmann::json units_to_json(const std::vector<HandoffUnit>& units);
 
 struct HandoffPlan {
   std::string vm;

@@ -175,12 +175,11 @@ Result converge(Context& ctx, const json& args, bool apply) {
   return r;
 }
 
+// The runtime's own rule (agent/handoff.hpp): a plan it would refuse is refused at load.
 std::optional<std::string> name_check(const json& v, bool user) {
   const std::string s = v.get<std::string>();
-  if (user && s == "*") return std::nullopt;
-  if (s.empty() || s[0] == '-' || s.find_first_of(user ? "@/: \t\n\\" : "/ \t\n\\") != std::string::npos)
-    return "'" + s + "' is not a " + (user ? "user" : "unit") + " name";
-  return std::nullopt;
+  if (user ? handoff_user_name_ok(s) : handoff_unit_name_ok(s)) return std::nullopt;
+  return "'" + s + "' is not a " + (user ? "user" : "unit") + " name";
 }
 
 const Registration registration{ModuleDef{
