@@ -21,6 +21,7 @@
 #include "agent/signals.hpp"
 #include "agent/state.hpp"
 #include "agent/text.hpp"
+#include "agent/trial.hpp"
 
 namespace gpt {
 namespace {
@@ -51,6 +52,9 @@ void add(RunStats& into, const RunStats& s) {
   into.stop_stage = s.stop_stage;
   into.next_stage = s.next_stage;
   into.expect = s.expect;
+  into.deferred = s.deferred;
+  into.deferred_notified = s.deferred_notified;
+  into.written = s.written;
 }
 
 // SIGINT and SIGTERM during an apply's changes: noted here, the running command gets the signal
@@ -204,6 +208,9 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     }
     start = static_cast<size_t>(it - pb.stages.begin());
   }
+  Context ctx{root, exec, facts, !root.sandboxed() || o.system_commands, nullptr, o.connect};
+  // A trial boot is armed where this run, or its caller, reboots the host for a stage's change.
+  const bool trial_mode = !o.check && !o.no_trial && (o.reboot || o.trial) && ctx.system_commands_allowed;
   std::optional<RunState> state;
   if (!o.reset_state && o.from_stage.empty()) {
     auto loaded_state = load_state(root);
@@ -213,7 +220,17 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     }
     state = std::move(*loaded_state);
   } else if (!o.check) {
-    // The operator knows better: whatever was recorded is forgotten.
+    // The operator knows better: whatever was recorded is forgotten. A trial armed for it is taken
+    // back first (its stage's files too, so that this run makes the change, and its regeneration,
+    // again): forgetting it would leave the next boot booting it.
+    if (auto old = load_state(root); old && *old && (*old)->trial) {
+      Result undone = undo_trial(ctx, *(*old)->trial);
+      if (undone.status == Outcome::failed) {
+        err << "gptagent: the recorded trial boot: " << undone.msg << "\n";
+        return 1;
+      }
+      (o.json ? err << "gptagent: " : out) << "the recorded trial boot is forgotten: " << undone.msg << "\n";
+    }
     if (auto s = clear_state(root); !s) {
       err << "gptagent: " << s.error() << "\n";
       return 1;
@@ -257,6 +274,9 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
         out << "waiting for reboot: stage " << state->stage << " of " << state->playbook << " asked for one at "
             << state->recorded_at << " and the host has not rebooted since (boot " << facts.boot_id
             << "). Reboot it, then run again; nothing was changed.\n";
+        if (state->trial)
+          out << "the next boot boots the trial entry " << kTrialEntry << " once; the default entry is unchanged until "
+              << "that boot passes the stage's checks\n";
       }
       return code;
     }
@@ -264,14 +284,80 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     Stage verify;
     verify.name = "after the reboot (stage " + state->stage + ")";
     reporter->stage(verify);
-    for (const auto& c : verify_after_reboot(state->expect, facts)) {
-      TaskReport r{verify.name, c.what, "reboot check", false, false, c.ok ? Result::ok() : Result::failed(c.why), 0};
-      c.ok ? ++stats.ok : ++stats.failed;
-      reporter->task(r);
+    const auto report = [&](const std::string& what, const std::string& module, Result r, bool handler) {
+      TaskReport t{verify.name, what, module, handler, false, std::move(r), 0};
+      if (t.result.status == Outcome::failed) ++stats.failed;
+      else ++stats.ok;
+      if (t.result.status == Outcome::changed) ++stats.changed;
+      reporter->task(t);
+    };
+    std::vector<std::string> diagnosis;
+    if (state->trial && !booted_trial(*state->trial, facts)) {
+      diagnosis.push_back("the trial boot did not come up: the host fell back to the previous entry (its command line "
+                          "lacks gptagent.trial=" + state->trial->id + ")");
+      report("the trial boot came up", "reboot check", Result::failed(diagnosis.back()), false);
+    } else {
+      for (const auto& c : verify_after_reboot(state->expect, facts)) {
+        if (!c.ok) diagnosis.push_back(c.why);
+        report(c.what, "reboot check", c.ok ? Result::ok() : Result::failed(c.why), false);
+      }
+    }
+    if (stats.failed > 0 && state->trial && !o.check) {
+      // Nothing is committed: the trial goes, the stage's files come back, the default entry
+      // boots as before (the running trial boot until the next reboot).
+      Result undone = undo_trial(ctx, *state->trial);
+      if (booted_trial(*state->trial, facts)) undone.msg += "; this boot is the trial's: the next reboot boots the previous default entry";
+      report("undo the trial boot", "trial", undone, false);
+      if (undone.status != Outcome::failed) {
+        if (auto s = save_trial_result(root, {state->stage, "failed", now_text(), diagnosis}); !s)
+          err << "gptagent: " << s.error() << "\n";
+        if (auto s = clear_state(root); !s) err << "gptagent: " << s.error() << "\n";
+      }
     }
     if (stats.failed > 0) {
       reporter->done(stats, 1);
       return 1;  // the state stays: fix the cause, reboot or rerun, and the checks run again
+    }
+    if (state->trial) {
+      // The trial passed: what the stage deferred makes it the default, then the trial goes.
+      bool committed = true;
+      for (const auto& h : state->trial->deferred) {
+        const ModuleDef* def = Registry::instance().find(h.module);
+        auto args = def ? handler_request_args(*def, h) : Expected<nlohmann::json>(Error{"no module " + h.module});
+        Result r = args ? converge_module(*def, ctx, *args, !o.check) : Result::failed(args.error());
+        committed = committed && r.status != Outcome::failed;
+        report(h.name, h.module, std::move(r), true);
+        if (!committed) break;
+      }
+      const Stage* stopped = nullptr;
+      for (const auto& st : pb.stages)
+        if (st.name == state->stage) stopped = &st;
+      for (const auto& name : state->trial->deferred_notified) {
+        if (!committed) break;
+        const Task* task = nullptr;
+        for (const auto* list : {stopped ? &stopped->handlers : nullptr, &pb.handlers})
+          if (list && !task)
+            for (const Task& h : *list)
+              if (h.name == name) task = &h;
+        Result r = task ? converge_module(*task->module, ctx, task->args, !o.check)
+                        : Result::failed("handler '" + name + "' is not in the playbook any more: run it by hand, then --reset-state");
+        committed = r.status != Outcome::failed;
+        report(name, task ? task->module->name : "handler", std::move(r), true);
+      }
+      if (committed && !o.check) {
+        Status removed = remove_trial(ctx, *state->trial);
+        report("remove the trial entry", "trial",
+               removed ? Result::changed("committed: the default entry boots the stage's change; the trial entry" +
+                                         (state->trial->initrd.empty() ? std::string() : " and " + state->trial->initrd) + " removed")
+                       : Result::failed(removed.error()),
+               false);
+        if (removed)
+          if (auto s = save_trial_result(root, {state->stage, "committed", now_text(), {}}); !s) err << "gptagent: " << s.error() << "\n";
+      }
+      if (stats.failed > 0) {
+        reporter->done(stats, 1);
+        return 1;  // the state stays: the next run (the trial still booted) commits again
+      }
     }
     if (!o.check) {
       if (auto s = clear_state(root); !s) {
@@ -289,8 +375,7 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     }
   }
 
-  Context ctx{root, exec, facts, !root.sandboxed(), nullptr, o.connect};
-  RunOptions ro{o.check, o.tags, o.skip_tags, true, start, carried, {}, &g_interrupt};
+  RunOptions ro{o.check, o.tags, o.skip_tags, true, start, carried, {}, &g_interrupt, trial_mode, [&] { return trial_possible(ctx); }};
   if (!o.check) {
     ro.journal = [&](const StageIntent* intent) -> Status {
       if (!intent) return clear_state(root);
@@ -328,13 +413,45 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     s.boot_id = facts.boot_id;
     s.recorded_at = now_text();
     s.expect = stats.expect;
-    if (auto st = save_state(root, s); !st) {
-      err << "gptagent: " << st.error() << "\n";
-      stats.failed++;
-    } else if (o.reboot) {
-      Result r = ctx.run_system(Command{{"reboot"}}, true, "rebooting");
-      if (r.status == Outcome::failed) err << "gptagent: " << r.msg << "\n";
-      else out << (r.status == Outcome::skipped ? "not rebooting: " : "") << r.msg << "\n";
+    if (trial_mode && (!stats.deferred.empty() || !stats.deferred_notified.empty())) {
+      Stage arm;
+      arm.name = "trial boot (stage " + stats.stop_stage + ")";
+      reporter->stage(arm);
+      auto trial = prepare_trial(ctx, stats.stop_stage, stats.deferred);
+      TaskReport t{arm.name, "arm the trial boot", "trial", false, false, {}, 0};
+      if (trial) {
+        trial->deferred_notified = stats.deferred_notified;
+        trial->written = stats.written;
+        s.trial = *trial;
+        t.result = Result::changed("the next boot boots " + std::string(kTrialEntry) + " once (gptagent.trial=" + trial->id +
+                                   "), the default entry stays as it was until that boot passes the stage's checks. A panic "
+                                   "resets it into the previous default after 10 s (panic=10); a boot that hangs is brought "
+                                   "back only by a hardware watchdog, a BMC or a person at the console resetting it");
+        ++stats.ok;
+        ++stats.changed;
+      } else {
+        // Nothing of the stage stays: its files are put back, and the intent recorded while it ran
+        // (whose handlers would commit the change directly) is dropped.
+        TrialRecord undo;
+        undo.written = stats.written;
+        auto restored = restore_stage_files(ctx, undo);
+        t.result = Result::failed("cannot arm the trial boot: " + trial.error() + "; " +
+                                  (restored ? "the stage's files put back" + (restored->empty() ? std::string() : ": " + join(*restored, ", "))
+                                            : restored.error()));
+        ++stats.failed;
+        if (auto st = clear_state(root); !st) err << "gptagent: " << st.error() << "\n";
+      }
+      reporter->task(t);
+    }
+    if (stats.failed == 0) {
+      if (auto st = save_state(root, s); !st) {
+        err << "gptagent: " << st.error() << "\n";
+        stats.failed++;
+      } else if (o.reboot) {
+        Result r = ctx.run_system(Command{{"reboot"}}, true, "rebooting");
+        if (r.status == Outcome::failed) err << "gptagent: " << r.msg << "\n";
+        else out << (r.status == Outcome::skipped ? "not rebooting: " : "") << r.msg << "\n";
+      }
     }
   }
   const int code = exit_code_for(stats, o.check);
@@ -370,6 +487,15 @@ void print_run_state(std::ostream& out, const std::optional<RunState>& state, co
   list("kernel command line must not have", s.expect.cmdline_absent);
   list("modules loaded", s.expect.modules);
   list("bound to vfio-pci", s.expect.vfio_devices);
+  if (s.trial)
+    out << "  a trial boot is armed (gptagent.trial=" << s.trial->id << "): the next boot boots " << kTrialEntry
+        << " once; the default entry changes only when that boot passes these checks\n";
+}
+
+void print_trial_result(std::ostream& out, const std::optional<TrialResult>& t) {
+  if (!t) return;
+  out << "last trial boot: stage " << terminal_safe(t->stage, false) << ", " << t->outcome << " (" << t->at << ")\n";
+  for (const auto& d : t->diagnosis) out << "  " << terminal_safe(d, false) << "\n";
 }
 
 void print_last_run(std::ostream& out, const std::optional<LastRun>& run) {
@@ -399,6 +525,9 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
   if (!last) err << "gptagent: warning: " << last.error() << "\n";
   const std::optional<LastRun> last_run = last ? *last : std::nullopt;
   const std::string boot = gather_facts(root).boot_id;
+  auto trial = load_trial_result(root);
+  if (!trial) err << "gptagent: warning: " << trial.error() << "\n";
+  const std::optional<TrialResult> last_trial = trial ? *trial : std::nullopt;
   if (json) {
     nlohmann::json j = {{"waiting_for_reboot", state->has_value() && (*state)->waiting}, {"boot_id", boot}};
     if (*state) {
@@ -406,10 +535,12 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
       j["rebooted"] = (*state)->boot_id != boot;
     }
     j["last_run"] = last_run ? last_run->to_json() : nlohmann::json(nullptr);
+    j["last_trial"] = last_trial ? last_trial->to_json() : nlohmann::json(nullptr);
     out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return 0;
   }
   print_run_state(out, *state, boot);
+  print_trial_result(out, last_trial);
   print_last_run(out, last_run);
   return 0;
 }

@@ -21,6 +21,12 @@ struct ApplyOptions {
   std::vector<std::string> tags, skip_tags;
   bool reboot = false;       // reboot the host when a stage stops for one (never under --root)
   bool reset_state = false;  // forget a recorded reboot and start from the first stage
+  // Trial boots (agent/trial.hpp): a stage's boot change is booted once before it becomes the
+  // default when the host is rebooted for it: by this run (--reboot) or by its caller (--trial:
+  // the fleet controller). no_trial commits it directly.
+  bool trial = false, no_trial = false;
+  // Tests: the host's commands go to the given Exec under --root too (it stands in for the host).
+  bool system_commands = false;
   std::string from_stage;    // start at this stage, whatever was recorded
   std::string connect;       // libvirt URI for libvirt modules that give none
   // After the run: its metrics for node_exporter's textfile collector at this host path (under

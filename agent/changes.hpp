@@ -33,7 +33,7 @@ class FileChanges {
   std::vector<std::string> paths() const;
   std::string diff() const;
   // Writes every planned change in order with backups; stops at the first failure. Records the
-  // backups in data["backups"].
+  // backups in data["backups"] (path -> backup) and the files it created in data["created"].
   Status apply(nlohmann::json& data) const;
 
  private:

@@ -533,6 +533,8 @@ HostOutcome Fleet::converge(Host& h) {
     for (const auto& t : o_.tags) args.insert(args.end(), {"--tags", t});
     for (const auto& t : o_.skip_tags) args.insert(args.end(), {"--skip-tags", t});
     if (o_.no_wait) args.push_back("--no-wait");
+    // The controller reboots the host for a stage: its agent boots the change once as a trial.
+    if (o_.reboot && !o_.check && !o_.no_trial && !h.local) args.push_back("--trial");
     if (!o_.connect.empty()) args.insert(args.end(), {"--connect", o_.connect});
     if (r.runs.empty() && o_.reset_state) args.push_back("--reset-state");
     if (r.runs.empty() && !o_.from_stage.empty()) args.insert(args.end(), {"--from-stage", o_.from_stage});

@@ -244,6 +244,11 @@ int main(int argc, char** argv) {
   apply->add_option("-t,--tags", ao.tags, "Run only tasks with these tags")->delimiter(',')->type_name("TAGS");
   apply->add_option("--skip-tags", ao.skip_tags, "Skip tasks with these tags")->delimiter(',')->type_name("TAGS");
   apply->add_flag("--reboot", ao.reboot, "Reboot the host when a stage stops for a reboot (never under --root)");
+  apply->add_flag("--no-trial", ao.no_trial,
+                  "With --reboot: commit a stage's boot change directly instead of booting it once as a trial first");
+  apply->add_flag("--trial", ao.trial,
+                  "Arm a trial boot for a stage's boot change: the caller reboots the host (the fleet controller does)")
+      ->excludes("--no-trial");
   apply->add_flag("--reset-state", ao.reset_state, "Forget a recorded reboot and start from the first stage");
   apply->add_option("--from-stage", ao.from_stage, "Start at this stage, whatever was recorded")->type_name("NAME");
   apply->add_option("--textfile", ao.textfile,
@@ -357,6 +362,7 @@ int main(int argc, char** argv) {
     fo.tags = ao.tags;
     fo.skip_tags = ao.skip_tags;
     fo.reboot = ao.reboot;
+    fo.no_trial = ao.no_trial;
     fo.reset_state = ao.reset_state;
     fo.from_stage = ao.from_stage;
     fo.connect = ao.connect;

@@ -93,6 +93,9 @@ struct ModuleDef {
   ConvergeFn converge = nullptr;
   // Changes need a reboot or a handler: the runner records a stage's intent before making them.
   bool changes_boot = false;
+  // Regenerates what the host boots (grub.cfg, the initramfs): in a stage whose change is booted as
+  // a trial (agent/trial.hpp), the handler is deferred to the trial's commit.
+  bool regenerates_boot = false;
   // Modules request this one as a handler (HandlerRequest) with at most these arguments. A pending
   // request read back from the state file may name only such a module, with only these arguments
   // and of their declared types: never `command`, which only a playbook's author may give.

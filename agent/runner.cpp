@@ -20,6 +20,22 @@ bool selected(const Task& t, const RunOptions& opts) {
   return false;
 }
 
+// The files a change wrote (FileChanges::apply's data): path -> backup, empty when created; the
+// first write of a path is the one that holds what was there before the stage.
+void note_written(std::vector<std::pair<std::string, std::string>>& written, const Result& r) {
+  if (r.status != Outcome::changed) return;
+  auto add = [&](const std::string& path, const std::string& backup) {
+    if (std::none_of(written.begin(), written.end(), [&](const auto& w) { return w.first == path; }))
+      written.emplace_back(path, backup);
+  };
+  if (r.data.contains("backups") && r.data["backups"].is_object())
+    for (const auto& [path, backup] : r.data["backups"].items())
+      if (backup.is_string()) add(path, backup.get<std::string>());
+  if (r.data.contains("created") && r.data["created"].is_array())
+    for (const auto& path : r.data["created"])
+      if (path.is_string()) add(path.get<std::string>(), "");
+}
+
 void count(RunStats& stats, const TaskReport& r) {
   switch (r.result.status) {
     case Outcome::ok: ++stats.ok; break;
@@ -50,9 +66,13 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
     for (size_t i = opts.start_stage; i < pb.stages.size(); ++i)
       if (pb.stages[i].name == opts.carried->stage) carry_index = i;
 
+  std::optional<Status> trial_ok;  // the gate's answer, asked once per run
   for (size_t index = opts.start_stage; index < pb.stages.size(); ++index) {
     const Stage& stage = pb.stages[index];
     reporter.stage(stage);
+    std::vector<std::pair<std::string, std::string>> written;
+    std::vector<HandlerRequest> deferred;
+    std::vector<std::string> deferred_notified;
     RebootExpectations stage_expect;
     StageIntent intent{stage.name, {}, {}, false};  // handlers (module ones in order of request), reboot
     bool journaled = false;                        // the state file holds this stage's intent
@@ -80,6 +100,13 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
         // making it; one that will not is done (check mode and apply agree on `ok`). Modules
         // whose changes set nothing in motion (no handler, no reboot) need no prediction.
         rep = converge_task(stage, task.name, *task.module, task.args, ctx, false, false);
+        // A boot change in a stage that may stop for a reboot is booted as a trial: the host must
+        // be able to boot one before anything is changed.
+        if (rep.result.status == Outcome::changed && opts.trial && opts.trial_gate && task.module->changes_boot &&
+            stage.reboot != RebootPolicy::never) {
+          if (!trial_ok) trial_ok = opts.trial_gate();
+          if (!*trial_ok) rep.result = Result::failed(trial_ok->error());
+        }
         if (rep.result.status == Outcome::changed) {
           StageIntent next = intent;
           Status recorded;
@@ -96,6 +123,7 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
         rep = converge_task(stage, task.name, *task.module, task.args, ctx, apply, false);
       }
       const Result& r = rep.result;
+      if (apply) note_written(written, r);
       if (r.status == Outcome::failed && task.ignore_errors) rep.ignored = true;
       if (r.status == Outcome::changed) intent.add(r.handlers, task.notify, r.reboot_required);
       count(stats, rep);
@@ -120,17 +148,33 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
             std::none_of(user.begin(), user.end(), [&](const Task* u) { return u->name == h.name; }))
           user.push_back(&h);
     if (!builtin.empty() || !user.empty()) reporter.handlers(stage);
+    // Trial mode: a stage that will stop for a reboot leaves what the host boots as it is until
+    // the trial has booted and passed its checks.
+    const bool trial_stage = opts.trial && apply && opts.staged &&
+                             (stage.reboot == RebootPolicy::always || (stage.reboot == RebootPolicy::when_needed && stage_reboot));
+    const auto defer = [&](const std::string& name, const std::string& module) {
+      TaskReport rep{stage.name, name, module, true, false,
+                     Result::skipped("deferred: runs when the trial boot has passed the stage's checks"), 0};
+      count(stats, rep);
+      reporter.task(rep);
+    };
     for (const auto& h : builtin) {
       if (interrupted()) {
         stop = true;
         break;
       }
       const ModuleDef* def = Registry::instance().find(h.module);
+      if (trial_stage && def && def->regenerates_boot) {
+        deferred.push_back(h);
+        defer(h.name, h.module);
+        continue;
+      }
       // A request is checked like a task's arguments: a module that asks for a wrong one fails here.
       const auto args = def ? handler_request_args(*def, h) : Expected<json>(Error{"no module " + h.module});
       TaskReport rep = args ? converge_task(stage, h.name, *def, *args, ctx, apply, true)
                             : TaskReport{stage.name, h.name, h.module, true, false, Result::failed(args.error()), 0};
       if (rep.result.status == Outcome::changed && rep.result.reboot_required) stage_reboot = true;
+      if (apply) note_written(written, rep.result);
       count(stats, rep);
       reporter.task(rep);
       if (rep.result.status == Outcome::failed) {
@@ -143,10 +187,16 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
         stop = true;
         break;
       }
+      if (trial_stage && h->when && h->module->regenerates_boot) {
+        deferred_notified.push_back(h->name);
+        defer(h->name, h->module->name);
+        continue;
+      }
       TaskReport rep = h->when ? converge_task(stage, h->name, *h->module, h->args, ctx, apply, true)
                                : TaskReport{stage.name, h->name, h->module->name, true, false,
                                             Result::skipped("condition is false: " + h->when_text), 0};
       if (rep.result.status == Outcome::failed && h->ignore_errors) rep.ignored = true;
+      if (apply) note_written(written, rep.result);
       count(stats, rep);
       reporter.task(rep);
       if (rep.result.status == Outcome::failed && !h->ignore_errors) stop = true;
@@ -175,6 +225,9 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       stats.stop_stage = stage.name;
       stats.next_stage = index + 1;
       stats.expect = std::move(stage_expect);
+      stats.deferred = std::move(deferred);
+      stats.deferred_notified = std::move(deferred_notified);
+      stats.written = std::move(written);
       break;
     }
   }

@@ -30,6 +30,12 @@ struct RunOptions {
   // Apply's SIGINT/SIGTERM: once non-zero no task or handler starts (the one running is ended by
   // the Exec, which forwards the signal to its command).
   const std::atomic<int>* interrupt = nullptr;
+  // Trial boots (agent/trial.hpp): in a stage that will stop for a reboot, handlers that regenerate
+  // what the host boots are deferred (RunStats::deferred), and before the first change of a task
+  // that changes the boot, `trial_gate` says whether a trial can be armed (an error fails the task
+  // with nothing changed).
+  bool trial = false;
+  std::function<Status()> trial_gate;
 };
 
 struct TaskReport {
@@ -56,6 +62,11 @@ struct RunStats {
   std::string stop_stage;
   size_t next_stage = 0;
   RebootExpectations expect;  // what the stopped stage's tasks need to hold after the reboot
+  // Trial mode, the stopped stage: the handlers deferred to the trial's commit, and the files its
+  // tasks and handlers wrote (path -> backup; empty: created), first write first.
+  std::vector<HandlerRequest> deferred;
+  std::vector<std::string> deferred_notified;
+  std::vector<std::pair<std::string, std::string>> written;
 };
 
 class Reporter {

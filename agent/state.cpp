@@ -102,6 +102,7 @@ json RunState::to_json() const {
   if (waiting) {
     j["next_stage"] = next_stage;
     j["expect"] = expect.to_json();
+    if (trial) j["trial"] = trial->to_json();
   } else {
     json hs = json::array();
     for (const auto& h : intent.handlers) hs.push_back({{"name", h.name}, {"module", h.module}, {"args", h.args}});
@@ -130,6 +131,11 @@ Expected<std::optional<RunState>> load_state(const Root& root) {
     if (s.waiting) {
       s.next_stage = j.at("next_stage").get<size_t>();
       s.expect = RebootExpectations::from_json(j.value("expect", json::object()));
+      if (j.contains("trial")) {
+        auto t = TrialRecord::from_json(j.at("trial"));
+        if (!t) return Error{std::string(kStatePath) + ": trial: " + t.error() + fix};
+        s.trial = std::move(*t);
+      }
     } else {
       const json& p = j.at("pending");
       s.intent.stage = s.stage;

@@ -43,6 +43,23 @@ struct StageIntent {
   bool add(const std::vector<HandlerRequest>& more, const std::vector<std::string>& names, bool needs_reboot);
 };
 
+// A stage's boot change booted once before it becomes the default (agent/trial.hpp): what was
+// armed, what the commit runs, and what undoing it puts back.
+struct TrialRecord {
+  std::string id;        // the marker on the trial's command line: gptagent.trial=ID
+  std::string grub_dir;  // /boot/grub or /boot/grub2: custom.cfg and grubenv are there
+  std::string initrd;    // the trial's own initramfs (host path); empty when the initramfs did not change
+  bool custom_cfg_created = false;  // custom.cfg did not exist before the trial: it goes with it
+  std::vector<HandlerRequest> deferred;        // module handlers the commit runs (grub_config, initramfs)
+  std::vector<std::string> deferred_notified;  // the playbook's handlers the commit runs, by name
+  // The stage's files, for undoing it: path -> its backup (empty: the stage created the file).
+  std::vector<std::pair<std::string, std::string>> written;
+  nlohmann::json to_json() const;
+  // Refuses what the agent would never record (a path outside what a trial touches, a backup that
+  // is not the file's own), so a state file cannot make it remove or overwrite another file.
+  static Expected<TrialRecord> from_json(const nlohmann::json& j);
+};
+
 // /var/lib/gptagent/state.json holds one of two things, switched by one atomic rename:
 // - running: a stage's intent (above), while its changes are being made;
 // - waiting for reboot: the stage that stopped for one and what must hold after it.
@@ -56,6 +73,7 @@ struct RunState {
   std::string recorded_at;      // local time, for people
   RebootExpectations expect;
   StageIntent intent;           // running only
+  std::optional<TrialRecord> trial;  // waiting only: the reboot boots this trial once
   // What load_state dropped from the recorded intent and why: the file is not trusted to name
   // commands (see unsafe_handler_request); nothing of a dropped handler runs.
   std::vector<std::string> dropped;

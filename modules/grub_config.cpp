@@ -33,6 +33,7 @@ const Registration registration{ModuleDef{
     .schema = {.args = command_args(600)},
     .converge = converge,
     .changes_boot = true,
+    .regenerates_boot = true,
     .handler_args = std::vector<std::string>{},
 }};
 

@@ -65,6 +65,10 @@ struct WantedCmdline {
 };
 Expected<WantedCmdline> wanted_cmdline(const Facts& facts, const nlohmann::json& args);
 
+// The boot path kernel_cmdline detects on this host: grub, grubby, kernel-install, proxmox or
+// kernelstub (an error naming what was looked for when none).
+Expected<std::string> detect_boot_path(const Context& ctx);
+
 // True when a parameter is safe to write into a quoted shell value and a kernel command line.
 bool valid_kernel_param(std::string_view param);
 

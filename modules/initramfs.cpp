@@ -25,6 +25,7 @@ const Registration registration{ModuleDef{
     .schema = {.args = command_args(900)},
     .converge = converge,
     .changes_boot = true,
+    .regenerates_boot = true,
     .handler_args = std::vector<std::string>{},
 }};
 

@@ -701,4 +701,7 @@ const Registration registration{ModuleDef{
 }};
 
 }  // namespace
+
+Expected<std::string> detect_boot_path(const Context& ctx) { return detect(ctx); }
+
 }  // namespace gpt

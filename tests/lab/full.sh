@@ -151,6 +151,10 @@ full_build_repo() {
 # GRUB for EFI as one file: its memdisk holds every module and an early config that finds the
 # root file system by a file only it has and reads that file system's /boot/grub/grub.cfg (the one
 # the guest's update-grub writes). Searching for /boot/grub/grub.cfg would find the memdisk's own.
+# Once the root's /boot/grub holds GRUB's modules (full_trial_bad puts them there, as grub-install
+# does), the prefix is the root's /boot/grub, as grub-install sets it: grub.cfg loads and saves the
+# environment block (grub-reboot's next_entry) there, and the memdisk's would be read-only. Made
+# for every run (a few seconds), so that the cached image does not depend on it.
 full_build_esp() {
   local dir=$1
   mkdir -p "$dir/esp/EFI/BOOT"
@@ -159,6 +163,7 @@ serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
 search --no-floppy --file --set=root /etc/debian_version
+if [ -e ($root)/boot/grub/x86_64-efi/linux.mod ]; then set prefix=($root)/boot/grub; fi
 configfile ($root)/boot/grub/grub.cfg
 EOF
   grub-mkstandalone -O x86_64-efi -o "$dir/esp/EFI/BOOT/BOOTX64.EFI" "boot/grub/grub.cfg=$dir/early.cfg"
@@ -236,7 +241,7 @@ full_free_port() {
 full_start_vm() {
   cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/OVMF_VARS.fd"
   qemu-img create -q -f qcow2 -b "$FULL_DIR/base.raw" -F raw "$WORK/root.qcow2"
-  cp -r "$FULL_DIR/esp" "$WORK/esp"
+  [ -d "$WORK/esp" ] || full_build_esp "$WORK"
   PORT=$(full_free_port)
   # The whole guest's life under one timeout: every boot and reboot of the run.
   timeout --kill-after=10 "$FULL_TIMEOUT" qemu-system-x86_64 \
@@ -389,6 +394,84 @@ check_initramfs() {
 FULL_MAC=52:54:00:1a:b0:19
 FULL_VENDOR_ID=LabByHand01
 FULL_NVRAM=/var/lib/libvirt/qemu/nvram/lab-by-hand_VARS.fd
+# Reboots the guest as a person would (systemctl reboot) and waits for its new boot; prints the
+# new boot_id.
+full_reboot_by_hand() {
+  local before id
+  before=$(guest cat /proc/sys/kernel/random/boot_id)
+  guest 'systemctl reboot' >/dev/null 2>&1 || true
+  sleep 5
+  while id=$(full_wait_ssh 600) && [ "$id" = "$before" ]; do sleep 2; done
+  echo "$id"
+}
+
+# What a trial must leave as it found it: the GRUB files, the initramfs, what /boot holds, the
+# one-shot in grubenv.
+full_boot_files() {
+  guest 'sha256sum /etc/default/grub /boot/grub/grub.cfg /boot/initrd.img-*; ls -a /boot /boot/grub; grep -v "^#" /boot/grub/grubenv'
+}
+
+# A boot change that stops the boot (tests/lab/playbooks/trial-bad.yaml), booted once as a trial:
+# the kernel panics, panic=10 resets the guest, GRUB boots the previous default, the agent finds
+# the trial did not come up and leaves the host as it was; one more reboot boots it as before.
+full_trial_bad() {
+  local t cmdline_before cmdline_after panics
+  t=$(now)
+  # The host as installed: GRUB's modules in /boot/grub (grub-install copies them from the same
+  # package that made the guest's GRUB), grub.cfg written by its own update-grub (the image's first
+  # one is the lab's, by hand).
+  if tar -C /usr/lib/grub -cf - x86_64-efi | guest 'tar -C /boot/grub -xf - && test -e /boot/grub/x86_64-efi/linux.mod'; then
+    pass "trial: GRUB's modules in the guest's /boot/grub, as grub-install puts them"
+  else
+    fail "trial: cannot copy GRUB's modules into the guest's /boot/grub"
+  fi
+  if guest update-grub >"$WORK/update-grub-first.out" 2>&1; then
+    pass "trial: the guest's own update-grub wrote grub.cfg"
+  else
+    fail "trial: update-grub failed in the guest (see $WORK/update-grub-first.out)"
+  fi
+  full_boot_files >"$WORK/trial-before.txt" 2>&1
+  cmdline_before=$(guest cat /proc/cmdline)
+  PLAYBOOK=$LAB/playbooks/trial-bad.yaml
+  agent trial-bad --reboot --reboot-timeout 600
+  PLAYBOOK=$LAB/playbooks/full.yaml
+  expect_rc trial-bad 1
+  grep -q 'rebooted: \[lab\] 1 time' "$WORK/trial-bad.out" && pass "trial: the controller rebooted the guest once" ||
+    fail "trial: no 'rebooted: [lab] 1 time' in the report"
+  grep -q 'the trial boot did not come up: the host fell back to the previous entry' "$WORK/trial-bad.out" &&
+    pass "trial: the run reports that the trial boot did not come up and the host fell back" ||
+    fail "trial: the report does not say that the trial did not come up"
+  grep -q 'Kernel command line: .*rdinit=/gptagent-missing .*panic=10 gptagent.trial=' "$WORK/console.log" &&
+    pass "trial: GRUB booted the trial entry once (console: its command line)" ||
+    fail "trial: the console shows no boot of the trial entry"
+  panics=$(grep -c 'Kernel panic' "$WORK/console.log" || true)
+  [ "$panics" -ge 1 ] && pass "trial: the trial boot panicked ($panics panic on the console) and the guest reset" ||
+    fail "trial: no kernel panic on the console"
+  full_boot_files >"$WORK/trial-after.txt" 2>&1
+  if diff -u "$WORK/trial-before.txt" "$WORK/trial-after.txt" >"$WORK/trial-diff.txt"; then
+    pass "trial: /etc/default/grub, grub.cfg, the initramfs, /boot and grubenv are byte-identical to before"
+  else
+    fail "trial: the host's boot files changed (see $WORK/trial-diff.txt)"
+  fi
+  cmdline_after=$(guest cat /proc/cmdline)
+  [ "$cmdline_after" = "$cmdline_before" ] && pass "trial: the fallback boot has the original command line" ||
+    fail "trial: /proc/cmdline is '$cmdline_after', not '$cmdline_before'"
+  guest '~/.cache/gptagent/gptagent-* status' >"$WORK/trial-status.out" 2>&1 || true
+  grep -q 'last trial boot: stage boot, failed' "$WORK/trial-status.out" && pass "trial: gptagent status shows the failed trial" ||
+    fail "trial: gptagent status does not show the failed trial (see $WORK/trial-status.out)"
+  # What /etc/default/grub now makes of the default entry: the same linux line as before.
+  if [ "$(guest 'grub-mkconfig 2>/dev/null' | grep -m1 $'^\tlinux')" = "$(guest cat /boot/grub/grub.cfg | grep -m1 $'^\tlinux')" ]; then
+    pass "trial: grub-mkconfig from /etc/default/grub gives the default entry's linux line as before"
+  else
+    fail "trial: grub-mkconfig would now give another default entry"
+  fi
+  full_reboot_by_hand >/dev/null
+  cmdline_after=$(guest cat /proc/cmdline)
+  [ "$cmdline_after" = "$cmdline_before" ] && pass "trial: after one more reboot, /proc/cmdline is the original one" ||
+    fail "trial: after one more reboot /proc/cmdline is '$cmdline_after'"
+  say "phase trial (a bad change, its trial, the fallback, one more reboot): $(since "$t")"
+}
+
 full_define_by_hand() {
   guest 'cat >/root/lab-by-hand.xml' <<EOF
 <domain type='qemu'>
@@ -721,7 +804,11 @@ full() {
     fail "the hand-made domain's XML is not as defined (see $WORK/domain-by-hand.xml)"
   say "phase define by hand: $(since "$t")"
 
-  # 2. The whole playbook with --reboot: host stage, reboot, checks, VM stage (which adopts 'lab').
+  # 1b. A boot change that stops the boot, booted as a trial: the host falls back, as it was.
+  full_trial_bad
+
+  # 2. The whole playbook with --reboot: host stage, its trial boot, checks, the commit, VM stage
+  # (which adopts 'lab').
   agent apply-reboot --reboot --reboot-timeout 600
   expect_rc apply-reboot 0
   grep -q 'rebooted: \[lab\] 1 time' "$WORK/apply-reboot.out" && pass "the controller rebooted the guest once" ||
@@ -736,6 +823,12 @@ full() {
   [ -n "$boot1" ] && [ "$boot1" != "$boot0" ] && pass "new boot_id ($boot0 -> $boot1)" || fail "boot_id did not change ($boot0 -> $boot1)"
   check_cmdline "after the reboot"
   check_vfio "after the reboot"
+  grep -q 'committed: the default entry boots the stage' "$WORK/apply-reboot.out" &&
+    guest grep -q 'gptagent.trial=' /proc/cmdline &&
+    pass "the host stage's change was booted as a trial, passed its checks and was committed" ||
+    fail "the report shows no committed trial boot (or the guest did not boot the trial)"
+  guest 'test ! -e /boot/grub/custom.cfg && ! ls /boot/*.gptagent-trial* 2>/dev/null' &&
+    pass "the trial entry and its initramfs are gone after the commit" || fail "the trial entry or its initramfs is left"
   check_initramfs
   local xml
   xml=$(guest virsh -c qemu:///system dumpxml lab 2>&1 || true)
@@ -779,6 +872,15 @@ PY
   [ -n "$sha_local" ] && [ "$sha_local" = "$sha_remote" ] && [ "$name_remote" = "gptagent-$sha_local" ] &&
     pass "the guest runs the agent the controller copied: its loadable image (sha256 $(echo "$sha_local" | cut -c1-12))" ||
     fail "the guest's cached agent ($name_remote, sha256 $sha_remote) is not the controller's loadable image ($sha_local)"
+
+  # 2b. A plain reboot: the default entry now carries the change.
+  t=$(now)
+  full_reboot_by_hand >/dev/null
+  guest grep -q 'gptagent.trial=' /proc/cmdline && fail "the plain reboot booted a trial entry" ||
+    pass "the plain reboot booted the default entry (no trial marker)"
+  check_cmdline "after a plain reboot"
+  check_vfio "after a plain reboot"
+  say "phase plain reboot: $(since "$t")"
 
   # 3. A second run changes nothing.
   agent apply-again --json

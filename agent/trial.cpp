@@ -1,0 +1,395 @@
+#include "agent/trial.hpp"
+
+#include <fcntl.h>
+
+#include <algorithm>
+#include <cctype>
+#include <ctime>
+#include <random>
+
+#include "agent/text.hpp"
+#include "modules/grub_default.hpp"
+
+namespace gpt {
+namespace {
+
+const char* const kTrialSuffix = ".gptagent-trial";
+const char* const kBlockBegin = "### BEGIN gptagent trial boot: removed when the trial is committed or undone ###";
+const char* const kBlockEnd = "### END gptagent trial boot ###";
+const char* const kGeneratedCfg = "/var/lib/gptagent/trial-grub.cfg";
+
+// GRUB's files and programs on this host: grub-* under /boot/grub, or grub2-* under /boot/grub2.
+struct GrubLayout {
+  std::string dir, mkconfig, reboot, editenv, probe;
+};
+
+Expected<GrubLayout> grub_layout(const Context& ctx) {
+  const std::string& tool = ctx.facts.boot.grub;
+  const bool two = tool == "grub2-mkconfig";
+  if (tool.empty()) return Error{"no update-grub, grub-mkconfig or grub2-mkconfig on this host"};
+  GrubLayout g{two ? "/boot/grub2" : "/boot/grub", two ? "grub2-mkconfig" : "grub-mkconfig",
+               two ? "grub2-reboot" : "grub-reboot", two ? "grub2-editenv" : "grub-editenv", two ? "grub2-probe" : "grub-probe"};
+  std::vector<std::string> missing;
+  for (const auto* p : {&g.mkconfig, &g.reboot, &g.editenv, &g.probe})
+    if (!find_program(ctx.root, *p)) missing.push_back(*p);
+  if (!missing.empty()) return Error{"GRUB's " + join(missing, ", ") + " not found on this host"};
+  return g;
+}
+
+// A command whose output is read (grub-probe): run where system commands are allowed.
+Expected<std::string> ask(Context& ctx, const Command& cmd) {
+  if (!ctx.system_commands_allowed) return Error{"not run under --root " + ctx.root.dir() + ": " + cmd.display()};
+  ExecResult r = ctx.exec.run(cmd);
+  if (!r.ok()) return Error{cmd.display() + " failed: " + r.failure()};
+  return std::string(trim(r.out));
+}
+
+Status run(Context& ctx, const Command& cmd, std::string_view what) {
+  Result r = ctx.run_system(cmd, true, what);
+  if (r.status != Outcome::changed) return Error{r.msg};
+  return {};
+}
+
+const std::string kChoices =
+    ": the trial boot cannot be armed, nothing was changed. Run with --no-trial to commit the change "
+    "directly (the previous behaviour: no automatic fallback)";
+
+// GRUB_DEFAULT as grub-mkconfig sources it: /etc/default/grub, then the drop-ins.
+Expected<std::string> grub_default_entry(const Root& root) {
+  std::vector<std::string> files = {"/etc/default/grub"};
+  auto names = list_dir(root, "/etc/default/grub.d");
+  if (!names) return Error{names.error()};
+  for (const auto& n : *names)
+    if (n.size() > 4 && n.substr(n.size() - 4) == ".cfg") files.push_back("/etc/default/grub.d/" + n);
+  std::string value;
+  for (const auto& f : files) {
+    auto text = read_file_if_exists(root, f);
+    if (!text) return Error{text.error()};
+    if (!*text) continue;
+    auto kv = grub_key_value(**text, "GRUB_DEFAULT");
+    if (!kv) return Error{f + ": " + kv.error()};
+    if (kv->assigned) value = join(kv->params, " ");
+  }
+  return value;
+}
+
+std::string random_id() {
+  std::random_device rd;
+  std::uniform_int_distribution<int> hex(0, 15);
+  std::string id;
+  for (int i = 0; i < 12; ++i) id += "0123456789abcdef"[hex(rd)];
+  return id;
+}
+
+std::string base_name(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// custom.cfg without the trial's block (the user's own lines byte for byte).
+std::string without_block(const std::string& text) {
+  auto b = text.find(kBlockBegin);
+  if (b == std::string::npos) return text;
+  auto e = text.find(kBlockEnd, b);
+  if (e == std::string::npos) return text.substr(0, b);
+  e += std::string_view(kBlockEnd).size();
+  if (e < text.size() && text[e] == '\n') ++e;
+  return text.substr(0, b) + text.substr(e);
+}
+
+bool safe_text(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == ' ' || c == '-' || c == '_' || c == '.'; });
+}
+
+}  // namespace
+
+json TrialRecord::to_json() const {
+  json hs = json::array();
+  for (const auto& h : deferred) hs.push_back({{"name", h.name}, {"module", h.module}, {"args", h.args}});
+  json w = json::array();
+  for (const auto& [path, backup] : written) w.push_back({{"path", path}, {"backup", backup}});
+  return {{"id", id},          {"grub_dir", grub_dir},       {"initrd", initrd}, {"custom_cfg_created", custom_cfg_created},
+          {"deferred", hs},    {"deferred_notified", deferred_notified}, {"written", w}};
+}
+
+Expected<TrialRecord> TrialRecord::from_json(const json& j) {
+  try {
+    TrialRecord t;
+    t.id = j.at("id").get<std::string>();
+    if (t.id.size() != 12 || !std::all_of(t.id.begin(), t.id.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
+      return Error{"id '" + t.id + "' is not one the agent makes"};
+    t.grub_dir = j.at("grub_dir").get<std::string>();
+    if (t.grub_dir != "/boot/grub" && t.grub_dir != "/boot/grub2") return Error{"grub_dir '" + t.grub_dir + "' is not GRUB's"};
+    t.initrd = j.at("initrd").get<std::string>();
+    if (!t.initrd.empty() && (t.initrd.rfind("/boot/", 0) != 0 || t.initrd.find('/', 6) != std::string::npos ||
+                              t.initrd.find(kTrialSuffix) == std::string::npos || t.initrd.find("..") != std::string::npos))
+      return Error{"initrd '" + t.initrd + "' is not a trial initramfs in /boot"};
+    t.custom_cfg_created = j.at("custom_cfg_created").get<bool>();
+    for (const auto& h : j.at("deferred")) {
+      HandlerRequest req{h.at("name").get<std::string>(), h.at("module").get<std::string>(), h.value("args", json::object())};
+      if (auto why = unsafe_handler_request(req)) return Error{"deferred handler '" + req.name + "': " + *why};
+      t.deferred.push_back(std::move(req));
+    }
+    t.deferred_notified = j.at("deferred_notified").get<std::vector<std::string>>();
+    for (const auto& w : j.at("written")) {
+      std::string path = w.at("path").get<std::string>(), backup = w.at("backup").get<std::string>();
+      if (path.empty() || path[0] != '/' || path.find("/../") != std::string::npos || path.find("/./") != std::string::npos)
+        return Error{"written '" + path + "' is not an absolute path"};
+      // A backup is the file's own: FILE.gptagent-TIME beside it, as the agent names them.
+      if (!backup.empty() && (backup.rfind(path + ".gptagent-", 0) != 0 || backup.find('/', path.size()) != std::string::npos))
+        return Error{"the backup '" + backup + "' of " + path + " is not one the agent makes"};
+      t.written.emplace_back(std::move(path), std::move(backup));
+    }
+    return t;
+  } catch (const json::exception& e) {
+    return Error{std::string("lacks what a trial records (") + e.what() + ")"};
+  }
+}
+
+Expected<std::vector<std::string>> first_grub_entry(std::string_view grub_cfg) {
+  std::vector<std::string> out;
+  for (std::string_view line : lines(grub_cfg)) {
+    if (out.empty()) {
+      if (line.rfind("menuentry ", 0) == 0) out.emplace_back(line);
+      continue;
+    }
+    out.emplace_back(line);
+    if (line == "}") return out;
+  }
+  if (out.empty()) return Error{"no menu entry"};
+  return Error{"its first menu entry has no closing brace"};
+}
+
+Status trial_possible(Context& ctx) {
+  auto path = detect_boot_path(ctx);
+  if (!path) return Error{path.error() + kChoices};
+  if (*path != "grub")
+    return Error{"this host boots through " + *path +
+                 ", and trial boots are built for GRUB's own configuration (Debian, Ubuntu, Arch) so far" + kChoices};
+  auto g = grub_layout(ctx);
+  if (!g) return Error{g.error() + kChoices};
+  const std::string cfg_path = g->dir + "/grub.cfg";
+  auto cfg = read_file_if_exists(ctx.root, cfg_path);
+  if (!cfg) return Error{cfg.error() + kChoices};
+  if (!*cfg) return Error{cfg_path + " does not exist" + kChoices};
+  if ((*cfg)->find("custom.cfg") == std::string::npos)
+    return Error{cfg_path + " does not source custom.cfg (no /etc/grub.d/41_custom when it was made), where the trial entry goes" +
+                 kChoices};
+  if ((*cfg)->find("next_entry") == std::string::npos)
+    return Error{cfg_path + " does not honour next_entry (grub-reboot's one-shot)" + kChoices};
+  auto def = grub_default_entry(ctx.root);
+  if (!def) return Error{def.error() + kChoices};
+  if (!def->empty() && *def != "0")
+    return Error{"GRUB_DEFAULT=" + *def +
+                 ": the trial copies the first menu entry, which is the one this host boots only with GRUB_DEFAULT=0" + kChoices};
+  // GRUB clears next_entry with save_env before it boots the entry: where it cannot write its
+  // environment block the trial would be booted on every reset, never falling back.
+  auto fs = ask(ctx, Command{{g->probe, "--target=fs", g->dir}});
+  if (!fs) return Error{fs.error() + kChoices};
+  static const std::vector<std::string> no_write_fs = {"btrfs", "zfs", "cpiofs", "newc", "odc", "romfs", "squash4", "tarfs"};
+  if (std::find(no_write_fs.begin(), no_write_fs.end(), *fs) != no_write_fs.end())
+    return Error{g->dir + " is on " + *fs + ", where GRUB cannot write its environment block: the one-shot entry would never be "
+                 "cleared and the host would boot the trial on every reset" + kChoices + ", or move /boot to a plain file system"};
+  auto abstraction = ask(ctx, Command{{g->probe, "--target=abstraction", g->dir}});
+  if (!abstraction) return Error{abstraction.error() + kChoices};
+  for (const auto& a : words(*abstraction))
+    if (a == "lvm" || a == "diskfilter" || a.rfind("mdraid", 0) == 0 || a.rfind("raid", 0) == 0 || a == "cryptodisk" ||
+        a.rfind("luks", 0) == 0 || a == "geli" || a == "ldm")
+      return Error{g->dir + " is on " + a + ", where GRUB cannot write its environment block: the one-shot entry would never "
+                   "be cleared and the host would boot the trial on every reset" + kChoices + ", or move /boot to a plain partition"};
+  return {};
+}
+
+Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage, const std::vector<HandlerRequest>& deferred) {
+  auto g = grub_layout(ctx);
+  if (!g) return Error{g.error()};
+  TrialRecord t;
+  t.id = random_id();
+  t.grub_dir = g->dir;
+  for (const auto& h : deferred) t.deferred.push_back(h);
+  const bool new_initramfs =
+      std::any_of(deferred.begin(), deferred.end(), [](const HandlerRequest& h) { return h.module == "initramfs"; });
+
+  // The distribution's own generator, with the stage's /etc/default/grub, writes to a file of the
+  // agent's: its first entry is what the default entry becomes at the commit.
+  if (auto s = run(ctx, Command{{g->mkconfig, "-o", kGeneratedCfg}, std::chrono::minutes(10)}, "wrote the trial's grub configuration"); !s)
+    return Error{s.error()};
+  auto generated = read_file(ctx.root, kGeneratedCfg);
+  (void)remove_own_file(ctx.root, kGeneratedCfg);
+  (void)remove_own_file(ctx.root, std::string(kGeneratedCfg) + ".new");
+  if (!generated) return Error{generated.error()};
+  auto entry = first_grub_entry(*generated);
+  if (!entry) return Error{g->mkconfig + "'s configuration: " + entry.error()};
+
+  std::string safe_stage;
+  for (char c : stage) safe_stage += safe_text(std::string(1, c)) ? c : '_';
+  std::vector<std::string> body;
+  body.push_back("menuentry 'gptagent trial boot (stage " + safe_stage + ")' --id " + kTrialEntry + " {");
+  bool saw_linux = false;
+  std::string release;
+  for (size_t i = 1; i + 1 < entry->size(); ++i) {
+    std::string line = (*entry)[i];
+    const std::string t_line(trim(line));
+    // Ubuntu's recordfail would hold the menu forever after a trial that did not come up.
+    if (t_line == "recordfail") continue;
+    auto w = words(t_line);
+    if (!w.empty() && (w[0] == "linux" || w[0] == "linuxefi" || w[0] == "linux16") && w.size() >= 2) {
+      saw_linux = true;
+      const std::string image = base_name(w[1]);
+      if (image.rfind("vmlinuz-", 0) == 0) release = image.substr(8);
+      line += " panic=10 gptagent.trial=" + t.id;
+    } else if (!w.empty() && (w[0] == "initrd" || w[0] == "initrdefi" || w[0] == "initrd16") && new_initramfs) {
+      if (release.empty()) return Error{"the first entry's kernel is not named vmlinuz-RELEASE: cannot build its trial initramfs"};
+      const std::string& tool = ctx.facts.boot.initramfs;
+      const std::string original = tool == "update-initramfs" ? "initrd.img-" + release : "initramfs-" + release + ".img";
+      const std::string trial_name =
+          tool == "update-initramfs" ? original + kTrialSuffix : "initramfs-" + release + kTrialSuffix + ".img";
+      // The kernel's own initramfs is replaced in place; microcode images before it stay.
+      std::string rewritten = line;
+      bool replaced = false;
+      for (size_t k = 1; k < w.size() && !replaced; ++k)
+        if (base_name(w[k]) == original) {
+          const size_t at = rewritten.find(w[k], rewritten.find(w[0]) + w[0].size());
+          rewritten.replace(at, w[k].size(), w[k].substr(0, w[k].size() - original.size()) + trial_name);
+          replaced = true;
+        }
+      if (!replaced) return Error{"the first entry's initrd line names no " + original + ": cannot boot a trial initramfs"};
+      t.initrd = "/boot/" + trial_name;
+      Command build;
+      if (tool == "update-initramfs") build.argv = {"mkinitramfs", "-o", t.initrd, release};
+      else if (tool == "dracut") build.argv = {"dracut", "-f", t.initrd, release};
+      else if (tool == "mkinitcpio") build.argv = {"mkinitcpio", "-k", "/boot/vmlinuz-" + release, "-g", t.initrd};
+      else return Error{"no update-initramfs, dracut or mkinitcpio on this host: cannot build the trial initramfs"};
+      build.timeout = std::chrono::minutes(15);
+      if (auto s = run(ctx, build, "built the trial initramfs"); !s) {
+        (void)remove_trial(ctx, t);
+        return Error{s.error()};
+      }
+      line = rewritten;
+    }
+    body.push_back(line);
+  }
+  body.push_back("}");
+  if (!saw_linux) return Error{g->mkconfig + "'s first entry has no linux line"};
+
+  const std::string custom = g->dir + "/custom.cfg";
+  auto before = read_file_if_exists(ctx.root, custom);
+  if (!before) {
+    (void)remove_trial(ctx, t);
+    return Error{before.error()};
+  }
+  t.custom_cfg_created = !*before;
+  std::string text = *before ? without_block(**before) : std::string();
+  if (!text.empty() && text.back() != '\n') text += "\n";
+  text += std::string(kBlockBegin) + "\n" + join(body, "\n") + "\n" + kBlockEnd + "\n";
+  WriteOptions wo;
+  wo.create_mode = 0600;
+  if (auto w = write_file_atomic(ctx.root, custom, text, wo); !w) {
+    (void)remove_trial(ctx, t);
+    return Error{w.error()};
+  }
+  if (auto s = run(ctx, Command{{g->reboot, kTrialEntry}}, "armed the trial entry for the next boot"); !s) {
+    (void)remove_trial(ctx, t);
+    return Error{s.error()};
+  }
+  return t;
+}
+
+bool booted_trial(const TrialRecord& trial, const Facts& facts) {
+  const std::string marker = "gptagent.trial=" + trial.id;
+  return std::find(facts.cmdline.begin(), facts.cmdline.end(), marker) != facts.cmdline.end();
+}
+
+Status remove_trial(Context& ctx, const TrialRecord& trial) {
+  std::vector<std::string> errors;
+  const std::string custom = trial.grub_dir + "/custom.cfg";
+  auto text = read_file_if_exists(ctx.root, custom);
+  if (!text) errors.push_back(text.error());
+  else if (*text) {
+    const std::string rest = without_block(**text);
+    if (rest != **text) {
+      if (rest.empty() && trial.custom_cfg_created) {
+        if (auto s = remove_own_file(ctx.root, custom); !s) errors.push_back(s.error());
+      } else if (auto w = write_file_atomic(ctx.root, custom, rest); !w) {
+        errors.push_back(w.error());
+      }
+    }
+  }
+  if (!trial.initrd.empty() && path_exists(ctx.root, trial.initrd))
+    if (auto s = remove_own_file(ctx.root, trial.initrd); !s) errors.push_back(s.error());
+  // A one-shot still armed (the host was not rebooted) must not boot an entry that is gone.
+  auto env = read_file_if_exists(ctx.root, trial.grub_dir + "/grubenv");
+  if (env && *env && (*env)->find(std::string("next_entry=") + kTrialEntry) != std::string::npos) {
+    const std::string editenv = trial.grub_dir == "/boot/grub2" ? "grub2-editenv" : "grub-editenv";
+    if (auto s = run(ctx, Command{{editenv, trial.grub_dir + "/grubenv", "unset", "next_entry"}}, "disarmed the trial entry"); !s)
+      errors.push_back(s.error());
+  }
+  if (!errors.empty()) return Error{"removing the trial boot: " + join(errors, "; ")};
+  return {};
+}
+
+Expected<std::vector<std::string>> restore_stage_files(Context& ctx, const TrialRecord& trial) {
+  std::vector<std::string> done, errors;
+  for (const auto& [path, backup] : trial.written) {
+    if (backup.empty()) {
+      if (!path_exists(ctx.root, path)) continue;
+      if (auto s = remove_own_file(ctx.root, path); !s) errors.push_back(s.error());
+      else done.push_back(path + " (removed: the stage created it)");
+      continue;
+    }
+    auto old = read_file(ctx.root, backup);
+    if (!old) {
+      errors.push_back(old.error());
+      continue;
+    }
+    auto now = read_file_if_exists(ctx.root, path);
+    if (now && *now && **now == *old) continue;
+    WriteOptions wo;
+    wo.backup = false;
+    if (auto w = write_file_atomic(ctx.root, path, *old, wo); !w) errors.push_back(w.error());
+    else done.push_back(path + " (from " + backup + ")");
+  }
+  if (!errors.empty()) return Error{"putting the stage's files back: " + join(errors, "; ")};
+  return done;
+}
+
+Result undo_trial(Context& ctx, const TrialRecord& trial) {
+  std::vector<std::string> errors;
+  if (auto s = remove_trial(ctx, trial); !s) errors.push_back(s.error());
+  auto restored = restore_stage_files(ctx, trial);
+  if (!restored) errors.push_back(restored.error());
+  if (!errors.empty()) return Result::failed(join(errors, "; "));
+  return Result::changed("removed the trial entry" + (trial.initrd.empty() ? std::string() : " and " + trial.initrd) +
+                         "; the stage's files put back: " + (restored->empty() ? std::string("none had changed") : join(*restored, ", ")));
+}
+
+json TrialResult::to_json() const {
+  return {{"version", 1}, {"stage", stage}, {"outcome", outcome}, {"at", at}, {"diagnosis", diagnosis}};
+}
+
+Status save_trial_result(const Root& root, const TrialResult& r) {
+  WriteOptions wo;
+  wo.create_mode = 0644;
+  wo.backup = false;
+  auto w = write_file_atomic(root, kTrialResultPath, r.to_json().dump(2) + "\n", wo);
+  if (!w) return Error{w.error()};
+  return {};
+}
+
+Expected<std::optional<TrialResult>> load_trial_result(const Root& root) {
+  auto text = read_file_if_exists(root, kTrialResultPath, 1u << 16);
+  if (!text) return Error{text.error()};
+  if (!*text) return std::optional<TrialResult>{};
+  json j = json::parse(**text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Error{std::string(kTrialResultPath) + " is not JSON"};
+  TrialResult r;
+  r.stage = j.value("stage", "");
+  r.outcome = j.value("outcome", "");
+  r.at = j.value("at", "");
+  if (j.contains("diagnosis") && j["diagnosis"].is_array())
+    for (const auto& d : j["diagnosis"])
+      if (d.is_string()) r.diagnosis.push_back(d.get<std::string>());
+  return std::optional<TrialResult>{std::move(r)};
+}
+
+}  // namespace gpt

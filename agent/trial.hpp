@@ -1,0 +1,65 @@
+// Trial boots: a stage's boot change (kernel command line, initramfs) is booted once, as a
+// one-shot entry, and becomes the host's default only after that boot passed the stage's
+// post-reboot checks. A trial that does not come up, or whose checks fail, leaves the default
+// entry as it was: the next reset boots it.
+//
+// GRUB (Debian, Ubuntu, Arch; Fedora without BootLoaderSpec): the stage's grub.cfg and initramfs
+// regeneration is deferred; the distribution's own grub-mkconfig writes a configuration to a file
+// of the agent's, whose first entry (the one GRUB_DEFAULT=0 boots) is copied into a marked block of
+// custom.cfg (which grub.cfg sources at boot) as `gptagent-trial`, with panic=10 and the marker
+// gptagent.trial=ID, and booting the trial's own initramfs when the stage changed it; grub-reboot
+// arms it for one boot (GRUB clears next_entry before it boots the entry).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/expected.hpp"
+#include "agent/module.hpp"
+#include "agent/state.hpp"
+
+namespace gpt {
+
+constexpr const char* kTrialEntry = "gptagent-trial";
+constexpr const char* kTrialResultPath = "/var/lib/gptagent/trial.json";
+
+// Whether a trial can be booted on this host: its boot path is GRUB's own configuration, grub.cfg
+// sources custom.cfg and honours next_entry, GRUB_DEFAULT boots the first entry, and GRUB can
+// write its environment block where it lives (not on btrfs, ZFS, LVM, RAID: `grub-probe` tells).
+// The error says why not and what to do instead.
+Status trial_possible(Context& ctx);
+
+// Arms the trial for a stage that stopped for a reboot: `deferred` are the regenerations the stage
+// did not run (they run at the commit). On failure nothing of the trial is left armed.
+Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage, const std::vector<HandlerRequest>& deferred);
+
+// The running boot is the trial (its marker is on /proc/cmdline).
+bool booted_trial(const TrialRecord& trial, const Facts& facts);
+
+// Removes what the trial added: its entry from custom.cfg (the file itself when the trial made
+// it), its initramfs, a next_entry still armed. Idempotent.
+Status remove_trial(Context& ctx, const TrialRecord& trial);
+
+// Puts the stage's files back as they were before it (from their backups; files it created go).
+// Returns what was put back, for the report.
+Expected<std::vector<std::string>> restore_stage_files(Context& ctx, const TrialRecord& trial);
+
+// Both of the above: what an armed or failed trial leaves is taken back (changed, saying what was
+// put back; failed, saying what could not be).
+Result undo_trial(Context& ctx, const TrialRecord& trial);
+
+// The last trial's outcome, for `gptagent status`.
+struct TrialResult {
+  std::string stage, outcome, at;  // outcome: committed, failed
+  std::vector<std::string> diagnosis;
+  nlohmann::json to_json() const;
+};
+Status save_trial_result(const Root& root, const TrialResult& r);
+Expected<std::optional<TrialResult>> load_trial_result(const Root& root);
+
+// The first top-level menuentry of a grub.cfg, as lines from `menuentry` to its closing brace.
+Expected<std::vector<std::string>> first_grub_entry(std::string_view grub_cfg);
+
+}  // namespace gpt
