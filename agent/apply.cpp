@@ -325,6 +325,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
         const ModuleDef* def = Registry::instance().find(h.module);
         auto args = def ? handler_request_args(*def, h) : Expected<nlohmann::json>(Error{"no module " + h.module});
         Result r = args ? converge_module(*def, ctx, *args, !o.check) : Result::failed(args.error());
+        // A regeneration not run (under --root) commits nothing.
+        if (r.status == Outcome::skipped && !o.check) r = Result::failed("the trial cannot be committed: " + r.msg);
         committed = committed && r.status != Outcome::failed;
         report(h.name, h.module, std::move(r), true);
         if (!committed) break;
@@ -341,6 +343,7 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
               if (h.name == name) task = &h;
         Result r = task ? converge_module(*task->module, ctx, task->args, !o.check)
                         : Result::failed("handler '" + name + "' is not in the playbook any more: run it by hand, then --reset-state");
+        if (r.status == Outcome::skipped && !o.check) r = Result::failed("the trial cannot be committed: " + r.msg);
         committed = r.status != Outcome::failed;
         report(name, task ? task->module->name : "handler", std::move(r), true);
       }
@@ -429,6 +432,14 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
                                    "back only by a hardware watchdog, a BMC or a person at the console resetting it");
         ++stats.ok;
         ++stats.changed;
+        if (o.reboot) {
+          // A lone host rebooting itself: nobody runs it again, the boot-time unit does.
+          reporter->task(t);
+          t = TaskReport{arm.name, "finish the run after the reboot", "trial", false, false, install_resume_unit(ctx), 0};
+          if (t.result.status == Outcome::failed) ++stats.failed;
+          else ++stats.ok;
+          if (t.result.status == Outcome::changed) ++stats.changed;
+        }
       } else {
         // Nothing of the stage stays: its files are put back, and the intent recorded while it ran
         // (whose handlers would commit the change directly) is dropped.
@@ -543,6 +554,28 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
   print_trial_result(out, last_trial);
   print_last_run(out, last_run);
   return 0;
+}
+
+int run_resume(const ApplyOptions& base, Exec& exec, std::ostream& out, std::ostream& err) {
+  const std::string& root_dir = base.root;
+  if (auto ok = Root::check(root_dir); !ok) {
+    err << "gptagent: " << ok.error() << "\n";
+    return 1;
+  }
+  auto state = load_state(Root(root_dir));
+  if (!state) {
+    err << "gptagent: " << state.error() << "\n";
+    return 1;
+  }
+  if (!*state) {
+    out << "no run to finish: " << kStatePath << " records none\n";
+    return 0;
+  }
+  ApplyOptions o = base;
+  o.playbook = (*state)->playbook;
+  o.color = "never";
+  o.trial = true;
+  return run_apply(o, exec, out, err);
 }
 
 }  // namespace gpt

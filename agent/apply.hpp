@@ -42,5 +42,10 @@ int run_apply(const ApplyOptions& opts, Exec& exec, std::ostream& out, std::ostr
 // The signal that interrupted the apply running (0: none): what its ProcessExec watches.
 const std::atomic<int>& apply_interrupt();
 int run_status(const std::string& root, bool json, std::ostream& out, std::ostream& err);
+// `gptagent resume`: applies the playbook the state file names (a run that stopped for a reboot,
+// or was interrupted), arming a trial for a later stage's boot change but rebooting nothing; 0
+// with a note when there is nothing to finish.
+// `base` gives the root (and, in tests, system_commands).
+int run_resume(const ApplyOptions& base, Exec& exec, std::ostream& out, std::ostream& err);
 
 }  // namespace gpt

@@ -284,6 +284,11 @@ int main(int argc, char** argv) {
   add_common(status, false);
   status->add_flag("--json", status_json, "As JSON");
 
+  auto* resume = app.add_subcommand("resume",
+                                    "Finish the run that stopped for a reboot: its checks, a trial boot's commit, the "
+                                    "stages after it (the boot-time unit gptagent-resume.service runs it)");
+  add_common(resume, false);
+
   auto* validate = app.add_subcommand("validate", "Check a playbook (schema, variables) and touch nothing");
   validate->add_option("playbook", playbook, "Playbook (YAML)")->required();
   add_common(validate);
@@ -385,6 +390,12 @@ int main(int argc, char** argv) {
     return gpt::run_apply(ao, exec, std::cout, std::cerr);
   }
   if (*status) return gpt::run_status(c.root, status_json, std::cout, std::cerr);
+  if (*resume) {
+    gpt::ProcessExec exec(&gpt::apply_interrupt());
+    gpt::ApplyOptions base;
+    base.root = c.root;
+    return gpt::run_resume(base, exec, std::cout, std::cerr);
+  }
   if (*validate) return cmd_validate(playbook, c);
   if (*handoff) return cmd_handoff(c, hook_args);
   if (*facts) return cmd_facts(c, facts_json, capture);

@@ -7,6 +7,8 @@
 #include <ctime>
 #include <random>
 
+#include "agent/changes.hpp"
+#include "agent/installed.hpp"
 #include "agent/text.hpp"
 #include "modules/grub_default.hpp"
 
@@ -361,6 +363,39 @@ Result undo_trial(Context& ctx, const TrialRecord& trial) {
   if (!errors.empty()) return Result::failed(join(errors, "; "));
   return Result::changed("removed the trial entry" + (trial.initrd.empty() ? std::string() : " and " + trial.initrd) +
                          "; the stage's files put back: " + (restored->empty() ? std::string("none had changed") : join(*restored, ", ")));
+}
+
+Result install_resume_unit(Context& ctx) {
+  auto agent = installed_agent(ctx.root, "", "the boot-time unit");
+  if (!agent)
+    return Result::ok("not installed: " + agent.error() + "; run gptagent apply again after the reboot to commit the trial");
+  const std::string unit =
+      "# Written by gptagent: finishes a run that stopped for a reboot (its checks, a trial boot's\n"
+      "# commit, the stages after it) on the boot after it. Idle when no run is recorded.\n"
+      "[Unit]\n"
+      "Description=gptagent: finish the run that stopped for this reboot\n"
+      "ConditionPathExists=" + std::string(kStatePath) + "\n"
+      "Wants=network-online.target\n"
+      "After=network-online.target\n\n"
+      "[Service]\n"
+      "Type=oneshot\n"
+      "ExecStart=" + *agent + " resume\n\n"
+      "[Install]\n"
+      "WantedBy=multi-user.target\n";
+  FileChanges files(ctx.root);
+  if (auto s = files.write(kResumeUnit, unit, FileAttrs{.uid = 0, .gid = 0, .mode = 0644}); !s) return Result::failed(s.error());
+  Result r = files.empty() ? Result::ok(std::string(kResumeUnit) + " runs " + *agent + " resume at boot")
+                           : Result::changed("wrote " + std::string(kResumeUnit) + ": " + *agent + " resume at boot");
+  r.diff = files.diff();
+  if (auto s = files.apply(r.data); !s) return Result::failed(s.error());
+  if (!path_exists(ctx.root, "/etc/systemd/system/multi-user.target.wants/gptagent-resume.service")) {
+    Result en = ctx.run_system(Command{{"systemctl", "enable", "gptagent-resume.service"}}, true, "enabled it");
+    r.commands = en.commands;
+    if (en.status == Outcome::failed) return Result::failed(en.msg);
+    r.status = Outcome::changed;
+    r.msg += "; " + en.msg;
+  }
+  return r;
 }
 
 json TrialResult::to_json() const {

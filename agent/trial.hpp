@@ -50,6 +50,13 @@ Expected<std::vector<std::string>> restore_stage_files(Context& ctx, const Trial
 // put back; failed, saying what could not be).
 Result undo_trial(Context& ctx, const TrialRecord& trial);
 
+// gptagent-resume.service, enabled: on the boot after a reboot the installed agent's `gptagent
+// resume` finishes the run (checks, the trial's commit, the stages after it), so that a host that
+// rebooted itself needs nobody to run it again. Idle when no run is recorded. Without an installed
+// agent root may run (agent/installed.hpp) it is not installed, and the message says so.
+Result install_resume_unit(Context& ctx);
+constexpr const char* kResumeUnit = "/etc/systemd/system/gptagent-resume.service";
+
 // The last trial's outcome, for `gptagent status`.
 struct TrialResult {
   std::string stage, outcome, at;  // outcome: committed, failed

@@ -154,6 +154,7 @@ struct GrubHost : test::SampleHost {
       if (f == "--no-trial") o.no_trial = true, o.trial = false;
       if (f == "--check") o.check = true;
       if (f == "--reset-state") o.reset_state = true;
+      if (f == "--reboot") o.reboot = true, o.trial = false;
     }
     exec.commands.clear();
     std::ostringstream out, err;
@@ -290,6 +291,52 @@ TEST(TrialBoot, ATrialThatDoesNotComeUpLeavesTheHostAsItWas) {
   // One more reboot: the host boots exactly as before the first run.
   const std::string again = host.boot();
   EXPECT_EQ(again + "\n", cmdline_before);
+}
+
+TEST(TrialBoot, AHostThatRebootsItselfFinishesTheRunAtBootThroughTheResumeUnit) {
+  GrubHost host;
+  test::write(host.file("/usr/bin/gptagent"), "#!/bin/sh\n", 0755);
+  auto first = host.apply(kGood, {"--reboot"});
+  ASSERT_EQ(first.code, 3) << first.out << first.err;
+  EXPECT_EQ(slurp(host.file(kResumeUnit)),
+            "# Written by gptagent: finishes a run that stopped for a reboot (its checks, a trial boot's\n"
+            "# commit, the stages after it) on the boot after it. Idle when no run is recorded.\n"
+            "[Unit]\nDescription=gptagent: finish the run that stopped for this reboot\n"
+            "ConditionPathExists=/var/lib/gptagent/state.json\nWants=network-online.target\nAfter=network-online.target\n\n"
+            "[Service]\nType=oneshot\nExecStart=/usr/bin/gptagent resume\n\n[Install]\nWantedBy=multi-user.target\n");
+  EXPECT_EQ(fs::status(host.file(kResumeUnit)).permissions(), fs::perms(0644));
+  EXPECT_EQ(count_of(host.exec.commands, "systemctl enable gptagent-resume.service"), 1u) << join(host.exec.commands, "\n");
+  EXPECT_EQ(host.exec.commands.back(), "reboot") << "the unit is in place before the reboot";
+
+  // At boot the unit runs `gptagent resume`: the recorded playbook, its checks, the commit.
+  host.boot();
+  host.exec.commands.clear();
+  ApplyOptions base;
+  base.root = host.root();
+  std::ostringstream under_root, err0;
+  EXPECT_EQ(run_resume(base, host.exec, under_root, err0), 1) << under_root.str() << err0.str();
+  EXPECT_TRUE(has(under_root.str(), "the trial cannot be committed: not run under --root")) << under_root.str();
+  EXPECT_TRUE(fs::exists(host.file("/boot/grub/custom.cfg"))) << "nothing committed, nothing removed";
+  base.system_commands = true;
+  std::ostringstream out, err;
+  EXPECT_EQ(run_resume(base, host.exec, out, err), 0) << out.str() << err.str();
+  EXPECT_TRUE(has(out.str(), "committed: the default entry boots the stage's change")) << out.str();
+  EXPECT_EQ(count_of(host.exec.commands, "update-grub"), 1u) << join(host.exec.commands, "\n");
+  EXPECT_FALSE(fs::exists(host.file("/boot/grub/custom.cfg")));
+  std::ostringstream out2, err2;
+  EXPECT_EQ(run_resume(base, host.exec, out2, err2), 0);
+  EXPECT_TRUE(has(out2.str(), "no run to finish")) << out2.str();
+}
+
+TEST(TrialBoot, WithoutAnInstalledAgentRootMayRunThereIsNoResumeUnitAndTheRunSaysSo) {
+  GrubHost host;
+  test::write(host.file("/usr/bin/gptagent"), "#!/bin/sh\n", 0755);
+  fs::permissions(host.file("/usr/bin"), fs::perms::others_write, fs::perm_options::add);
+  auto first = host.apply(kGood, {"--reboot"});
+  ASSERT_EQ(first.code, 3) << first.out << first.err;
+  EXPECT_FALSE(fs::exists(host.file(kResumeUnit)));
+  EXPECT_TRUE(has(first.out, "not installed: agent /usr/bin/gptagent: ")) << first.out;
+  EXPECT_TRUE(has(first.out, "run gptagent apply again after the reboot to commit the trial")) << first.out;
 }
 
 TEST(TrialBoot, HostsWhereGrubCannotClearTheOneShotAreRefusedBeforeAnythingChanges) {
