@@ -14,6 +14,7 @@
 
 #include "agent/facts.hpp"
 #include "agent/host.hpp"
+#include "agent/kernel_guard.hpp"
 #include "agent/metrics.hpp"
 #include "agent/playbook.hpp"
 #include "agent/report.hpp"
@@ -503,6 +504,14 @@ void print_run_state(std::ostream& out, const std::optional<RunState>& state, co
         << " once; the default entry changes only when that boot passes these checks\n";
 }
 
+void print_guard_records(std::ostream& out, const std::vector<GuardRecord>& records) {
+  for (const auto& g : records)
+    out << "kernel guard: " << terminal_safe(g.kernel, false) << ": "
+        << (g.kind == "initramfs" ? "initramfs " : "GRUB entry ") << (g.missing.empty() ? "has everything the playbook wants"
+                                                                                        : "LACKS " + terminal_safe(join(g.missing, " "), false))
+        << "\n";
+}
+
 void print_trial_result(std::ostream& out, const std::optional<TrialResult>& t) {
   if (!t) return;
   out << "last trial boot: stage " << terminal_safe(t->stage, false) << ", " << t->outcome << " (" << t->at << ")\n";
@@ -539,6 +548,9 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
   auto trial = load_trial_result(root);
   if (!trial) err << "gptagent: warning: " << trial.error() << "\n";
   const std::optional<TrialResult> last_trial = trial ? *trial : std::nullopt;
+  auto guard = read_guard_records(root);
+  if (!guard) err << "gptagent: warning: " << guard.error() << "\n";
+  const std::vector<GuardRecord> guard_records = guard ? *guard : std::vector<GuardRecord>{};
   if (json) {
     nlohmann::json j = {{"waiting_for_reboot", state->has_value() && (*state)->waiting}, {"boot_id", boot}};
     if (*state) {
@@ -547,11 +559,15 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
     }
     j["last_run"] = last_run ? last_run->to_json() : nlohmann::json(nullptr);
     j["last_trial"] = last_trial ? last_trial->to_json() : nlohmann::json(nullptr);
+    j["kernel_guard"] = nlohmann::json::array();
+    for (const auto& g : guard_records)
+      j["kernel_guard"].push_back({{"kernel", g.kernel}, {"kind", g.kind}, {"what", g.what}, {"missing", g.missing}});
     out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return 0;
   }
   print_run_state(out, *state, boot);
   print_trial_result(out, last_trial);
+  print_guard_records(out, guard_records);
   print_last_run(out, last_run);
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "agent/changes.hpp"
+#include "agent/kernel_guard.hpp"
 #include "agent/gpu.hpp"
 #include "agent/module.hpp"
 #include "agent/pci.hpp"
@@ -505,7 +506,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   }
   want.blacklist = args["blacklist"].get<std::vector<std::string>>();
 
-  FileChanges boot(ctx.root), load_conf(ctx.root);
+  FileChanges boot(ctx.root), load_conf(ctx.root), guard(ctx.root);
   std::vector<HandlerRequest> grub_requests;
   auto modprobe_note = plan_modprobe(ctx, want, args["modprobe_conf"].get<std::string>(), boot);
   if (!modprobe_note) return Result::failed(modprobe_note.error());
@@ -517,6 +518,13 @@ Result converge(Context& ctx, const json& args, bool apply) {
       auto text = read_file_if_exists(ctx.root, "/etc/initramfs-tools/modules");
       if (!text) return Result::failed(text.error());
       boot.write("/etc/initramfs-tools/modules", *text, ensure_module_lines(text->value_or(""), mods));
+      // The kernel-update guard: every initramfs built from now on (a new kernel's) is checked
+      // for the modules every kernel has (vfio_virqfd went into vfio in 6.2).
+      std::vector<std::string> core;
+      for (const auto& m : mods)
+        if (m == "vfio" || m == "vfio_iommu_type1" || m == "vfio_pci") core.push_back(m);
+      if (auto s = guard.write(kInitramfsGuard, initramfs_guard_script(core), FileAttrs{.uid = 0, .gid = 0, .mode = 0755}); !s)
+        return Result::failed(s.error());
     } else if (tool == "dracut") {
       const std::string dropin = "/etc/dracut.conf.d/vfio.conf";
       auto text = read_file_if_exists(ctx.root, dropin);
@@ -612,11 +620,12 @@ Result converge(Context& ctx, const json& args, bool apply) {
   r.expect = {{"modules", mods}, {"vfio_devices", chosen}};
   if (!cmdline_param.empty()) r.expect["cmdline_present"] = json::array({cmdline_param});
   std::vector<std::string> changed = boot.paths();
-  for (const auto& p : load_conf.paths()) changed.push_back(p);
+  for (const auto* f : {&load_conf, &guard})
+    for (const auto& p : f->paths()) changed.push_back(p);
   if (!changed.empty()) {
     r.status = Outcome::changed;
     r.msg += "; wrote " + join(changed, ", ");
-    r.diff = boot.diff() + load_conf.diff();
+    r.diff = boot.diff() + load_conf.diff() + guard.diff();
     r.data["files"] = changed;
   }
   if (!boot.empty()) {
@@ -624,9 +633,26 @@ Result converge(Context& ctx, const json& args, bool apply) {
     r.handlers = grub_requests;
     r.handlers.push_back({"rebuild the initramfs", "initramfs", json::object()});
   }
+  // What the guard recorded: an installed kernel whose initramfs lacks the modules is drift, and
+  // rebuilding the initramfs of every kernel repairs it (the guard checks each again).
+  if (args["initramfs"].get<bool>() && ctx.facts.boot.initramfs == "update-initramfs") {
+    auto records = read_guard_records(ctx.root);
+    if (!records) return Result::failed(records.error());
+    std::vector<std::string> gaps;
+    for (const auto& g : *records)
+      if (g.kind == "initramfs" && !g.missing.empty())
+        gaps.push_back(g.what + " (kernel " + g.kernel + ") lacks " + join(g.missing, ", "));
+    if (!gaps.empty()) {
+      r.status = Outcome::changed;
+      r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": the initramfs is rebuilt";
+      if (r.handlers.empty()) r.handlers.push_back({"rebuild the initramfs", "initramfs", json::object()});
+      r.data["kernel_guard"] = gaps;
+    }
+  }
   if (apply) {
     if (auto s = boot.apply(r.data); !s) return Result::failed(s.error());
     if (auto s = load_conf.apply(r.data); !s) return Result::failed(s.error());
+    if (auto s = guard.apply(r.data); !s) return Result::failed(s.error());
   }
   if (!missing.empty()) {
     Command cmd{{"modprobe", "-a"}};

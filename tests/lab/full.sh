@@ -408,7 +408,7 @@ full_reboot_by_hand() {
 # What a trial must leave as it found it: the GRUB files, the initramfs, what /boot holds, the
 # one-shot in grubenv.
 full_boot_files() {
-  guest 'sha256sum /etc/default/grub /boot/grub/grub.cfg /boot/initrd.img-*; ls -a /boot /boot/grub; grep -v "^#" /boot/grub/grubenv'
+  guest 'sha256sum /etc/default/grub /boot/grub/grub.cfg /boot/initrd.img-*; ls -a /boot /boot/grub; grep -v "^#" /boot/grub/grubenv || true'
 }
 
 # A boot change that stops the boot (tests/lab/playbooks/trial-bad.yaml), booted once as a trial:
@@ -470,6 +470,42 @@ full_trial_bad() {
   [ "$cmdline_after" = "$cmdline_before" ] && pass "trial: after one more reboot, /proc/cmdline is the original one" ||
     fail "trial: after one more reboot /proc/cmdline is '$cmdline_after'"
   say "phase trial (a bad change, its trial, the fallback, one more reboot): $(since "$t")"
+}
+
+# The kernel-update guard: a second kernel package (Debian's cloud flavour, from the mirror the
+# image came from) installed with dpkg after the setup. Its postinst runs /etc/kernel/postinst.d
+# (update-grub, then the agent's zzz-gptagent-cmdline), dpkg's trigger builds its initramfs and
+# runs /etc/initramfs/post-update.d (the agent's gptagent-vfio): both record that the new kernel
+# keeps the setup.
+full_kernel_guard() {
+  local t pkg ver deb
+  t=$(now)
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+  ver=${pkg#linux-image-}
+  rm -rf "$WORK/kernel" && mkdir -p "$WORK/kernel" && chmod 777 "$WORK/kernel"
+  if [ -z "$pkg" ] || ! (cd "$WORK/kernel" && apt-get download "$pkg" >"$WORK/kernel-download.out" 2>&1); then
+    fail "kernel guard: cannot download a second kernel package ($pkg) from the mirror"
+    return
+  fi
+  deb=$(ls "$WORK"/kernel/*.deb)
+  if guest 'cat >/root/second-kernel.deb' <"$deb" && guest 'dpkg -i /root/second-kernel.deb' >"$WORK/kernel-install.out" 2>&1; then
+    pass "kernel guard: dpkg installed $pkg ($(du -m "$deb" | cut -f1) MB) and its hooks passed"
+  else
+    fail "kernel guard: dpkg -i $pkg failed (see $WORK/kernel-install.out)"
+  fi
+  guest "cat /var/lib/gptagent/kernel-guard/$ver" >"$WORK/kernel-guard-initramfs.txt" 2>&1 || true
+  grep -q "^kind=initramfs$" "$WORK/kernel-guard-initramfs.txt" && grep -q "^missing=$" "$WORK/kernel-guard-initramfs.txt" &&
+    pass "kernel guard: the new kernel's initramfs holds vfio, vfio_iommu_type1, vfio_pci (recorded by the hook)" ||
+    fail "kernel guard: no clean initramfs record for $ver (see $WORK/kernel-guard-initramfs.txt)"
+  guest "cat /var/lib/gptagent/kernel-guard/$ver.cmdline" >"$WORK/kernel-guard-cmdline.txt" 2>&1 || true
+  grep -q "^what=.*vmlinuz-$ver .*iommu=pt" "$WORK/kernel-guard-cmdline.txt" && grep -q "^missing=$" "$WORK/kernel-guard-cmdline.txt" &&
+    pass "kernel guard: the new kernel's GRUB entry carries the parameters (recorded by the hook)" ||
+    fail "kernel guard: no clean GRUB entry record for $ver (see $WORK/kernel-guard-cmdline.txt)"
+  guest '~/.cache/gptagent/gptagent-* status' >"$WORK/kernel-guard-status.out" 2>&1 || true
+  grep -q "kernel guard: $ver: initramfs has everything the playbook wants" "$WORK/kernel-guard-status.out" &&
+    pass "kernel guard: gptagent status shows the new kernel's records" ||
+    fail "kernel guard: gptagent status does not show them (see $WORK/kernel-guard-status.out)"
+  say "phase kernel guard (a second kernel installed with dpkg): $(since "$t")"
 }
 
 full_define_by_hand() {
@@ -944,6 +980,7 @@ PY
 
   full_handoff
   full_software_absent
+  full_kernel_guard
 
   say "total: $(since "$t0")"
   if [ ${#FULL_FAILED[@]} -gt 0 ]; then

@@ -1,0 +1,109 @@
+#include "agent/kernel_guard.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+#include "agent/exec.hpp"
+#include "agent/text.hpp"
+
+namespace gpt {
+namespace {
+
+std::string quoted_words(const std::vector<std::string>& items) {
+  std::vector<std::string> q;
+  for (const auto& i : items) q.push_back(shell_quote(i));
+  return join(q, " ");
+}
+
+// What both hooks end with: the record (key=value lines, written whole), then a loud failure when
+// something is missing. $1 is the kernel's version in both.
+std::string record_and_report(const std::string& kind, const std::string& suffix, const std::string& what_var,
+                              const std::string& consequence) {
+  return "dir=\"$root\"" + std::string(kGuardDir) +
+         "\n"
+         "mkdir -p \"$dir\" && chmod 700 \"$dir\"\n"
+         "printf 'kernel=%s\\nkind=" + kind + "\\nwhat=%s\\nmissing=%s\\n' \"$version\" \"$" + what_var +
+         "\" \"${missing# }\" >\"$dir/$version" + suffix + ".new\" && mv -f \"$dir/$version" + suffix + ".new\" \"$dir/$version" +
+         suffix +
+         "\"\n"
+         "[ -z \"$missing\" ] && exit 0\n"
+         "msg=\"gptagent: kernel $version: " + consequence +
+         "\"\n"
+         "echo \"$msg\" >&2\n"
+         "logger -t gptagent \"$msg\" 2>/dev/null || true\n"
+         "exit 1\n";
+}
+
+}  // namespace
+
+std::string initramfs_guard_script(const std::vector<std::string>& modules) {
+  return "#!/bin/sh\n"
+         "# Written by gptagent (vfio): after update-initramfs builds an initramfs, a new kernel's too, checks\n"
+         "# that it holds the vfio modules vfio-pci needs to claim the GPU at boot, records the result for\n"
+         "# gptagent status and apply --check, and fails loudly when they are missing. An edit here is undone\n"
+         "# by gptagent's next run.\n"
+         "root=\"${GPTAGENT_GUARD_ROOT:-}\"  # tests: a tree standing in for /\n"
+         "version=\"$1\"\n"
+         "image=\"$2\"\n"
+         "listing=$(lsinitramfs \"$image\" 2>/dev/null)\n"
+         "missing=\"\"\n"
+         "for m in " + quoted_words(modules) +
+         "; do\n"
+         "  pattern=$(printf '%s' \"$m\" | sed 's/_/[-_]/g')\n"
+         "  printf '%s\\n' \"$listing\" | grep -Eq \"/$pattern\\.ko(\\.(xz|zst|gz))?\\$\" && continue\n"
+         "  grep -Eq \"/$pattern\\.ko\\$\" \"$root/lib/modules/$version/modules.builtin\" 2>/dev/null && continue\n"
+         "  missing=\"$missing $m\"\n"
+         "done\n" +
+         record_and_report("initramfs", "", "image",
+                           "$image lacks$missing: vfio-pci will not claim the GPU when this kernel boots; run gptagent apply");
+}
+
+std::string cmdline_guard_script(const std::vector<std::string>& params, const std::string& grub_cfg) {
+  return "#!/bin/sh\n"
+         "# Written by gptagent (kernel_cmdline): after a kernel is installed and update-grub wrote its entry\n"
+         "# (this file sorts after zz-update-grub), checks that the entry carries the parameters the playbook\n"
+         "# wants, records the result for gptagent status and apply --check, and fails loudly when they are\n"
+         "# missing. An edit here is undone by gptagent's next run.\n"
+         "root=\"${GPTAGENT_GUARD_ROOT:-}\"  # tests: a tree standing in for /\n"
+         "version=\"$1\"\n"
+         "quoted=$(printf '%s' \"$version\" | sed 's/[.+]/\\\\&/g')\n"
+         "entry=$(grep -E \"^[[:space:]]*linux[[:space:]]+[^[:space:]]*vmlinuz-$quoted[[:space:]]\" \"$root" + grub_cfg + "\"" +
+         " 2>/dev/null | head -n 1)\n"
+         "missing=\"\"\n"
+         "for p in " + quoted_words(params) +
+         "; do\n"
+         "  case \" $entry \" in *\" $p \"*) ;; *) missing=\"$missing $p\" ;; esac\n"
+         "done\n" +
+         record_and_report("cmdline", ".cmdline", "entry",
+                           "its GRUB entry in " + grub_cfg + " lacks$missing; run gptagent apply");
+}
+
+Expected<std::vector<GuardRecord>> read_guard_records(const Root& root) {
+  std::vector<GuardRecord> out;
+  auto names = list_dir(root, kGuardDir);
+  if (!names) return Error{names.error()};
+  for (const auto& n : *names) {
+    if (n.size() > 4 && n.substr(n.size() - 4) == ".new") continue;
+    const std::string path = std::string(kGuardDir) + "/" + n;
+    auto text = read_file(root, path, 1u << 16);
+    if (!text) return Error{text.error()};
+    GuardRecord r;
+    for (std::string_view line : lines(*text)) {
+      const auto eq = line.find('=');
+      if (eq == std::string_view::npos) continue;
+      const std::string_view key = line.substr(0, eq), value = line.substr(eq + 1);
+      if (key == "kernel") r.kernel = value;
+      else if (key == "kind") r.kind = value;
+      else if (key == "what") r.what = value;
+      else if (key == "missing") r.missing = words(value);
+    }
+    const bool sane = !r.kernel.empty() && r.kernel.find('/') == std::string::npos && r.kernel != "." && r.kernel != ".." &&
+                      (r.kind == "initramfs" || r.kind == "cmdline");
+    if (!sane) return Error{path + ": not a record the kernel guard writes"};
+    if (path_exists(root, "/lib/modules/" + r.kernel) || path_exists(root, "/usr/lib/modules/" + r.kernel))
+      out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace gpt

@@ -1,0 +1,37 @@
+// The kernel-update guard: hooks that the vfio and kernel_cmdline modules install so that a kernel
+// installed later cannot silently lose the setup. After update-initramfs builds an initramfs
+// (/etc/initramfs/post-update.d/, which runs for a new kernel's too, from dpkg's trigger) the vfio
+// hook checks that it holds the vfio modules; after a new kernel's GRUB entry is written
+// (/etc/kernel/postinst.d/, after zz-update-grub) the kernel_cmdline hook checks that the entry
+// carries the parameters. Each records what it found in /var/lib/gptagent/kernel-guard/ (for
+// `gptagent status`, and for `apply --check`, which reports a recorded gap as drift) and fails,
+// loudly, when something is missing.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "agent/expected.hpp"
+#include "agent/host.hpp"
+
+namespace gpt {
+
+constexpr const char* kGuardDir = "/var/lib/gptagent/kernel-guard";
+constexpr const char* kInitramfsGuard = "/etc/initramfs/post-update.d/gptagent-vfio";
+constexpr const char* kCmdlineGuard = "/etc/kernel/postinst.d/zzz-gptagent-cmdline";
+
+// The hooks' text, for these modules and parameters.
+std::string initramfs_guard_script(const std::vector<std::string>& modules);
+std::string cmdline_guard_script(const std::vector<std::string>& params, const std::string& grub_cfg);
+
+// One check a hook recorded: kind is "initramfs" (what: the image) or "cmdline" (what: the entry's
+// linux line).
+struct GuardRecord {
+  std::string kernel, kind, what;
+  std::vector<std::string> missing;
+};
+// The records of kernels still installed (/lib/modules/KERNEL exists); a record that does not
+// parse is an error naming it.
+Expected<std::vector<GuardRecord>> read_guard_records(const Root& root);
+
+}  // namespace gpt
