@@ -165,7 +165,7 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
   LoadOptions lo;
   lo.facts = facts.to_json();
   lo.extra_vars = o.extra_vars;
-  auto loaded = load_playbook(o.playbook, lo);
+  auto loaded = o.playbook_text.empty() ? load_playbook(o.playbook, lo) : load_playbook_text(o.playbook_text, o.playbook, lo);
   if (!loaded.ok()) {
     if (o.json) out << nlohmann::json{{"playbook", o.playbook}, {"errors", loaded.errors}, {"exit_code", 1}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     for (const auto& e : loaded.errors) err << e << "\n";
@@ -178,6 +178,7 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
   // needs none, and OpenSSL's start-up costs about 2 ms).
   std::string sha_cache, sha_error;  // empty with an error when the playbook cannot be read again
   auto sha = [&]() -> const std::string& {
+    if (sha_cache.empty() && !o.playbook_text.empty()) sha_cache = sha256_hex(o.playbook_text);
     if (sha_cache.empty()) {
       std::ifstream in(o.playbook, std::ios::binary);
       std::string text(std::istreambuf_iterator<char>(in), {});
@@ -460,6 +461,7 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
         err << "gptagent: " << st.error() << "\n";
         stats.failed++;
       } else if (o.reboot) {
+        out.flush();  // what the run did is read before the reboot ends this process
         Result r = ctx.run_system(Command{{"reboot"}}, true, "rebooting");
         if (r.status == Outcome::failed) err << "gptagent: " << r.msg << "\n";
         else out << (r.status == Outcome::skipped ? "not rebooting: " : "") << r.msg << "\n";
@@ -572,6 +574,25 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
   return 0;
 }
 
+namespace {
+
+const char* const kRevertText = R"(# gptagent revert: the host as it was before the agent's first change of each file.
+stages:
+  - name: revert
+    reboot: when_needed
+    tasks:
+      - name: every file the agent changed, as it was before
+        restore_files: {}
+)";
+
+}  // namespace
+
+int run_revert(ApplyOptions o, Exec& exec, std::ostream& out, std::ostream& err) {
+  o.playbook = kRevertPlaybook;
+  o.playbook_text = kRevertText;
+  return run_apply(o, exec, out, err);
+}
+
 int run_resume(const ApplyOptions& base, Exec& exec, std::ostream& out, std::ostream& err) {
   const std::string& root_dir = base.root;
   if (auto ok = Root::check(root_dir); !ok) {
@@ -591,6 +612,7 @@ int run_resume(const ApplyOptions& base, Exec& exec, std::ostream& out, std::ost
   o.playbook = (*state)->playbook;
   o.color = "never";
   o.trial = true;
+  if (o.playbook == kRevertPlaybook) return run_revert(o, exec, out, err);
   return run_apply(o, exec, out, err);
 }
 

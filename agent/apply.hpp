@@ -25,6 +25,8 @@ struct ApplyOptions {
   // default when the host is rebooted for it: by this run (--reboot) or by its caller (--trial:
   // the fleet controller). no_trial commits it directly.
   bool trial = false, no_trial = false;
+  // The playbook's text when it is the agent's own (gptagent revert's), `playbook` its name.
+  std::string playbook_text;
   // Tests: the host's commands go to the given Exec under --root too (it stands in for the host).
   bool system_commands = false;
   std::string from_stage;    // start at this stage, whatever was recorded
@@ -45,6 +47,12 @@ int run_status(const std::string& root, bool json, std::ostream& out, std::ostre
 // `gptagent resume`: applies the playbook the state file names (a run that stopped for a reboot,
 // or was interrupted), arming a trial for a later stage's boot change but rebooting nothing; 0
 // with a note when there is nothing to finish.
+// `gptagent revert`: every file the agent changed put back as it was before its first change
+// (modules/restore_files.cpp), grub.cfg and the initramfs regenerated, as a run of the agent's own
+// playbook: --check, --diff, --reboot and the trial boot as for any apply.
+int run_revert(ApplyOptions o, Exec& exec, std::ostream& out, std::ostream& err);
+constexpr const char* kRevertPlaybook = "(gptagent revert)";
+
 // `base` gives the root (and, in tests, system_commands).
 int run_resume(const ApplyOptions& base, Exec& exec, std::ostream& out, std::ostream& err);
 

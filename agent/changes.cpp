@@ -1,6 +1,7 @@
 #include "agent/changes.hpp"
 
 #include "agent/diff.hpp"
+#include "agent/preimage.hpp"
 
 namespace gpt {
 
@@ -74,6 +75,10 @@ std::string FileChanges::diff() const {
 
 Status FileChanges::apply(nlohmann::json& data) const {
   for (const auto& p : planned_) {
+    // What the host had before the agent's first change of each file, for `gptagent revert`.
+    if (auto s = keep_preimage(root_, p.path); !s) return s;
+    if (p.kind == Kind::rename)
+      if (auto s = keep_preimage(root_, p.to); !s) return s;
     std::optional<std::string> backup;
     switch (p.kind) {
       case Kind::write: {

@@ -284,6 +284,17 @@ int main(int argc, char** argv) {
   add_common(status, false);
   status->add_flag("--json", status_json, "As JSON");
 
+  gpt::ApplyOptions ro;
+  auto* revert = app.add_subcommand("revert",
+                                    "Put every file the agent changed back as it was before, regenerate grub.cfg and the "
+                                    "initramfs (a boot change, booted as a trial with --reboot)");
+  add_common(revert, false);
+  revert->add_flag("-C,--check", ro.check, "Change nothing; report what would change (exit 2 on drift)");
+  revert->add_flag("-D,--diff", ro.diff, "Show unified diffs of file changes");
+  revert->add_flag("--json", ro.json, "Print one JSON document instead of the human report");
+  revert->add_flag("--reboot", ro.reboot, "Reboot the host when the revert needs it (never under --root)");
+  revert->add_flag("--no-trial", ro.no_trial, "With --reboot: commit the revert's boot change without a trial boot first");
+
   auto* resume = app.add_subcommand("resume",
                                     "Finish the run that stopped for a reboot: its checks, a trial boot's commit, the "
                                     "stages after it (the boot-time unit gptagent-resume.service runs it)");
@@ -329,7 +340,7 @@ int main(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : 1;
   }
-  static TerminalSafeStreams terminal_safe((*apply && ao.json) || (*status && status_json) || (*facts && facts_json) ||
+  static TerminalSafeStreams terminal_safe((*apply && ao.json) || (*revert && ro.json) || (*status && status_json) || (*facts && facts_json) ||
                                            *inventory || *doc || *schema);
   setup_logging(c.verbosity);
   if (*inventory) return cmd_inventory(inventory_path);
@@ -390,6 +401,12 @@ int main(int argc, char** argv) {
     return gpt::run_apply(ao, exec, std::cout, std::cerr);
   }
   if (*status) return gpt::run_status(c.root, status_json, std::cout, std::cerr);
+  if (*revert) {
+    ro.root = c.root;
+    ro.color = "never";
+    gpt::ProcessExec exec(&gpt::apply_interrupt());
+    return gpt::run_revert(ro, exec, std::cout, std::cerr);
+  }
   if (*resume) {
     gpt::ProcessExec exec(&gpt::apply_interrupt());
     gpt::ApplyOptions base;

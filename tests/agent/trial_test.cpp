@@ -196,6 +196,13 @@ struct GrubHost : test::SampleHost {
       return p.rfind("var/lib/gptagent/", 0) == 0 || p.rfind("run/", 0) == 0 || p.rfind("proc/", 0) == 0 ||
              p.rfind("sys/", 0) == 0 || p.find(".gptagent-2") != std::string::npos;
     });
+    // A directory left holding only backups is a backup too.
+    std::erase_if(tree, [&](const auto& kv) {
+      if (kv.first.empty() || kv.first.back() != '/') return false;
+      return std::none_of(tree.begin(), tree.end(), [&](const auto& other) {
+        return other.first != kv.first && other.first.rfind(kv.first, 0) == 0 && other.first.back() != '/';
+      });
+    });
     return tree;
   }
 };
@@ -337,6 +344,44 @@ TEST(TrialBoot, WithoutAnInstalledAgentRootMayRunThereIsNoResumeUnitAndTheRunSay
   EXPECT_FALSE(fs::exists(host.file(kResumeUnit)));
   EXPECT_TRUE(has(first.out, "not installed: agent /usr/bin/gptagent: ")) << first.out;
   EXPECT_TRUE(has(first.out, "run gptagent apply again after the reboot to commit the trial")) << first.out;
+}
+
+TEST(Revert, TheHostsFilesAsBeforeTheFirstRunThroughATrialBootAndTheOriginalCommandLine) {
+  GrubHost host;
+  const auto before = host.host_files();
+  const std::string cmdline_before = slurp(host.file("/proc/cmdline"));
+  ASSERT_EQ(host.apply(kGood).code, 3);
+  host.boot();
+  ASSERT_EQ(host.apply(kGood).code, 0);
+  ASSERT_NE(test::differences(before, host.host_files()), "");
+
+  ApplyOptions o;
+  o.root = host.root();
+  o.trial = true;
+  o.system_commands = true;
+  o.check = true;
+  std::ostringstream check_out, check_err;
+  EXPECT_EQ(run_revert(o, host.exec, check_out, check_err), 2) << check_out.str() << check_err.str();
+  EXPECT_TRUE(has(check_out.str(), "put back /etc/default/grub")) << check_out.str();
+  EXPECT_TRUE(has(check_out.str(), "removed what the agent created: /etc/initramfs/post-update.d/gptagent-vfio, /etc/modprobe.d/vfio.conf, /etc/modules-load.d/vfio.conf")) << check_out.str();
+  o.check = false;
+  host.exec.commands.clear();
+  std::ostringstream out, err;
+  ASSERT_EQ(run_revert(o, host.exec, out, err), 3) << out.str() << err.str();
+  EXPECT_TRUE(has(out.str(), "the next boot boots gptagent-trial once")) << out.str();
+  EXPECT_EQ(count_of(host.exec.commands, "update-grub"), 0u) << "the revert is a boot change: booted as a trial first";
+  const std::string trial = host.boot();
+  EXPECT_TRUE(has(trial, "gptagent.trial=")) << trial;
+  EXPECT_FALSE(has(trial, "iommu=pt")) << trial;
+  std::ostringstream out2, err2;
+  EXPECT_EQ(run_resume(o, host.exec, out2, err2), 0) << out2.str() << err2.str();
+  EXPECT_TRUE(has(out2.str(), "committed: the default entry boots the stage's change")) << out2.str();
+  // Byte for byte as before the first run (the backups aside), grub.cfg and the initramfs made again.
+  EXPECT_EQ(test::differences(before, host.host_files()), "");
+  EXPECT_EQ(host.boot() + "\n", cmdline_before);
+  std::ostringstream out3, err3;
+  EXPECT_EQ(run_revert(o, host.exec, out3, err3), 0) << out3.str() << err3.str();
+  EXPECT_TRUE(has(out3.str(), "changed=0")) << out3.str();
 }
 
 TEST(TrialBoot, HostsWhereGrubCannotClearTheOneShotAreRefusedBeforeAnythingChanges) {

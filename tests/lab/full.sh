@@ -432,6 +432,8 @@ full_trial_bad() {
   fi
   full_boot_files >"$WORK/trial-before.txt" 2>&1
   cmdline_before=$(guest cat /proc/cmdline)
+  FULL_CMDLINE_BEFORE=$cmdline_before
+  full_etc_files >"$WORK/revert-before.txt" 2>&1
   PLAYBOOK=$LAB/playbooks/trial-bad.yaml
   agent trial-bad --reboot --reboot-timeout 600
   PLAYBOOK=$LAB/playbooks/full.yaml
@@ -481,6 +483,7 @@ full_kernel_guard() {
   local t pkg ver deb
   t=$(now)
   pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+  FULL_SECOND_KERNEL=$pkg
   ver=${pkg#linux-image-}
   rm -rf "$WORK/kernel" && mkdir -p "$WORK/kernel" && chmod 777 "$WORK/kernel"
   if [ -z "$pkg" ] || ! (cd "$WORK/kernel" && apt-get download "$pkg" >"$WORK/kernel-download.out" 2>&1); then
@@ -506,6 +509,61 @@ full_kernel_guard() {
     pass "kernel guard: gptagent status shows the new kernel's records" ||
     fail "kernel guard: gptagent status does not show them (see $WORK/kernel-guard-status.out)"
   say "phase kernel guard (a second kernel installed with dpkg): $(since "$t")"
+}
+
+# What the agent may change in the guest's files, for the revert's comparison: /etc and grub.cfg,
+# without the backups, what libvirt and the lab itself write there (domains, units, users, SSH),
+# GRUB's environment block and the modules the lab put in /boot/grub.
+full_etc_files() {
+  # shellcheck disable=SC2016
+  guest 'cd / && find etc boot/grub -xdev -type f ! -name "*.gptagent-*" ! -path "etc/libvirt/qemu/*" \
+    ! -path "etc/systemd/*" ! -path "etc/ssh/*" ! -path "boot/grub/grubenv" ! -path "boot/grub/x86_64-efi/*" \
+    ! -name ld.so.cache ! -regex "etc/\(passwd\|group\|shadow\|gshadow\|subuid\|subgid\)-?" |
+    LC_ALL=C sort | xargs -d "\n" sha256sum'
+}
+
+# gptagent revert in the guest, as a person runs it on a lone host (--reboot): every file the agent
+# changed put back, booted as a trial; the installed agent's gptagent-resume.service commits it at
+# boot with nobody running anything; then the files are as before the agent's first change and,
+# after one more reboot, /proc/cmdline is the original one.
+full_revert() {
+  local t boot_before id waited
+  t=$(now)
+  # The second kernel goes first: GRUB's default entry is the generic kernel's again.
+  guest "dpkg --purge $FULL_SECOND_KERNEL" >"$WORK/kernel-purge.out" 2>&1 || fail "revert: cannot purge $FULL_SECOND_KERNEL"
+  boot_before=$(guest cat /proc/sys/kernel/random/boot_id)
+  guest '/usr/local/bin/gptagent revert --reboot' >"$WORK/revert.out" 2>&1 || true
+  grep -q 'the next boot boots gptagent-trial once' "$WORK/revert.out" && pass "revert: armed as a trial boot" ||
+    fail "revert: no trial armed (see $WORK/revert.out)"
+  grep -q 'wrote /etc/systemd/system/gptagent-resume.service: /usr/local/bin/gptagent resume at boot' "$WORK/revert.out" &&
+    pass "revert: gptagent-resume.service installed to finish the run at boot" || fail "revert: no resume unit (see $WORK/revert.out)"
+  while id=$(full_wait_ssh 600) && [ "$id" = "$boot_before" ]; do sleep 2; done
+  waited=0
+  while guest test -e /var/lib/gptagent/state.json 2>/dev/null && [ $waited -lt 600 ]; do
+    sleep 5
+    waited=$((waited + 5))
+  done
+  guest 'journalctl -b -u gptagent-resume.service --no-pager' >"$WORK/revert-resume.log" 2>&1 || true
+  grep -q 'committed: the default entry boots the stage' "$WORK/revert-resume.log" &&
+    pass "revert: at boot, gptagent-resume.service verified the trial and committed it (nobody ran anything)" ||
+    fail "revert: the resume unit did not commit (see $WORK/revert-resume.log)"
+  guest '/usr/local/bin/gptagent status' >"$WORK/revert-status.out" 2>&1 || true
+  grep -q 'last trial boot: stage revert, committed' "$WORK/revert-status.out" && pass "revert: gptagent status shows the committed trial" ||
+    fail "revert: status does not show the committed trial (see $WORK/revert-status.out)"
+  full_etc_files >"$WORK/revert-after.txt" 2>&1
+  if diff -u "$WORK/revert-before.txt" "$WORK/revert-after.txt" >"$WORK/revert-diff.txt"; then
+    pass "revert: /etc and grub.cfg are byte-identical to before the agent's first change ($(wc -l <"$WORK/revert-after.txt") files)"
+  else
+    fail "revert: files differ from before the first run (see $WORK/revert-diff.txt)"
+    sed 's/^/    | /' "$WORK/revert-diff.txt" | head -20 >&2
+  fi
+  full_reboot_by_hand >/dev/null
+  [ "$(guest cat /proc/cmdline)" = "$FULL_CMDLINE_BEFORE" ] && pass "revert: after one more reboot, /proc/cmdline is the original one" ||
+    fail "revert: /proc/cmdline is '$(guest cat /proc/cmdline)', not '$FULL_CMDLINE_BEFORE'"
+  guest '/usr/local/bin/gptagent revert' >"$WORK/revert-again.out" 2>&1 || true
+  grep -q 'changed=0' "$WORK/revert-again.out" && pass "revert: a second revert changes nothing" ||
+    fail "revert: the second revert changed something (see $WORK/revert-again.out)"
+  say "phase revert (trial boot, commit at boot by the unit, one more reboot): $(since "$t")"
 }
 
 full_define_by_hand() {
@@ -981,6 +1039,7 @@ PY
   full_handoff
   full_software_absent
   full_kernel_guard
+  full_revert
 
   say "total: $(since "$t0")"
   if [ ${#FULL_FAILED[@]} -gt 0 ]; then
