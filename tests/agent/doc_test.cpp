@@ -113,7 +113,7 @@ TEST(Doc, JsonWithoutAModuleListsEveryModuleAndRefusesAnUnknownOne) {
 
 TEST(Doc, WordsAreTheSubcommandsModulesAndOptions) {
   auto commands = test::run_agent({"doc", "--words", "commands"});
-  EXPECT_EQ(commands.out, "apply\ninventory\nstatus\nvalidate\nfacts\ndoc\nschema\nhandoff\n");
+  EXPECT_EQ(commands.out, "apply\ninventory\nstatus\nrevert\nresume\nvalidate\nfacts\ndoc\nschema\nhandoff\n");
   auto apply = test::run_agent({"doc", "--words", "apply"});
   for (const char* opt : {"--check\n", "-C\n", "--limit\n", "-l\n", "--inventory\n", "--root\n", "--help\n"})
     EXPECT_TRUE(contains(apply.out, opt)) << opt << " in " << apply.out;
