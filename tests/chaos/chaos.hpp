@@ -34,6 +34,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/state.hpp"
 #include "tests/support/sandbox.hpp"
 
 extern char** environ;
@@ -265,6 +266,34 @@ inline bool lock_held(const std::string& root) {
   return held;
 }
 
+// The pre-images `gptagent revert` keeps (var/lib/gptagent/pre-images) are the run's journal, as
+// state.json is: they grow during a run, so any moment may show an index that names fewer files
+// than the finished one. What must hold: the index parses, every file it names as existing has its
+// pristine content kept under its name, every file it names as absent was absent, and every kept
+// content is a pristine file's, under that file's name (it is written before the index names it).
+inline const std::string kPreimages = "var/lib/gptagent/pre-images/";
+inline std::string preimage_invariants(const std::string& path, const std::string& content,
+                                       const std::map<std::string, std::string>& original) {
+  // A snapshot's content is "MODE BYTES"; a kept pre-image has the agent's own mode (0600).
+  auto bytes = [](const std::string& s) { return s.substr(s.find(' ') + 1); };
+  const std::string name = path.substr(kPreimages.size());
+  if (name == "index.json") {
+    const auto j = nlohmann::json::parse(bytes(content), nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("files") || !j["files"].is_object())
+      return "  the pre-images' index does not parse\n";
+    std::string bad;
+    for (const auto& [file, entry] : j["files"].items()) {
+      const auto o = original.find(file.substr(1));
+      if (o == original.end() && entry.value("existed", true)) bad += "  a pre-image of a file that did not exist: " + file + "\n";
+      if (o != original.end() && !entry.value("existed", false)) bad += "  a file that existed is kept as absent: " + file + "\n";
+    }
+    return bad;
+  }
+  for (const auto& [file, text] : original)
+    if (gpt::sha256_hex("/" + file) == name) return bytes(text) == bytes(content) ? "" : "  a wrong pre-image of /" + file + "\n";
+  return "  a pre-image of no pristine file: " + path + "\n";
+}
+
 // What must hold of a tree at any moment, whatever happened to the run: the state file parses;
 // the lock is free; every backup is complete (the original file's mode and content); every other
 // file is the original or the finished one, never a part of either (temporary files aside, which
@@ -280,6 +309,10 @@ inline std::string tree_invariants(const std::string& root, const std::map<std::
     if (path == "var/lib/gptagent/state.json") {
       const auto j = nlohmann::json::parse(content.substr(content.find(' ') + 1), nullptr, false);
       if (j.is_discarded() || !j.is_object()) bad += "  the state file does not parse\n";
+      continue;
+    }
+    if (path.starts_with(kPreimages)) {
+      bad += preimage_invariants(path, content, original);
       continue;
     }
     if (is_backup(path)) {

@@ -128,7 +128,7 @@ TEST(ChaosFault, EveryFailingWriteRenameOrOpenIsAFailedRunWithTheCauseAndAWholeT
       static const std::regex tmp_in_dir(R"re(ROOT/([^"<>]*)>, "\.([^/"]+)\.gptagent-tmp")re");
       std::smatch m;
       if ((std::regex_search(c.line, m, tmp_path) || std::regex_search(c.line, m, tmp_in_dir)) &&
-          m[2].str() != "state.json") {  // the run's own journal aside
+          m[2].str() != "state.json" && !m[1].str().ends_with("/pre-images")) {  // the run's own journals aside
         const std::string target = m[1].str() + "/" + m[2].str();
         ++kept_originals;
         const auto now = chaos::snapshot(host.root());
