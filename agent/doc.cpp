@@ -95,8 +95,12 @@ bool write_module_doc(std::ostream& out, std::string_view name) {
   if (!def) return false;
   out << def->name << ": " << def->summary << "\n";
   if (def->schema.args.empty()) out << "  (no arguments)\n";
-  walk_args(def->schema.args, "",
-            [&](const std::string& path, const ArgSpec& a) { out << "  " << path << " (" << describe(a) << ")\n"; });
+  walk_args(def->schema.args, "", [&](const std::string& path, const ArgSpec& a) {
+    out << "  " << path << " (" << describe(a) << ")\n";
+    if (!a.doc.empty()) out << "      " << a.doc << "\n";
+    if (!a.example.is_null())
+      out << "      example: " << a.example.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+  });
   for (const auto& group : def->schema.mutually_exclusive) {
     out << "  mutually exclusive:";
     for (const auto& n : group) out << " " << n;
@@ -117,6 +121,8 @@ json arg_doc_json(const ArgSpec& a) {
   if (a.type == ArgType::list) j["elements"] = type_word(a.elements);
   if (!a.default_value.is_null()) j["default"] = a.default_value;
   if (!a.choices.empty()) j["choices"] = a.choices;
+  if (!a.doc.empty()) j["doc"] = a.doc;
+  if (!a.example.is_null()) j["example"] = a.example;
   if (!a.fields.empty()) {
     j["fields"] = json::array();
     for (const auto& f : a.fields) j["fields"].push_back(arg_doc_json(f));

@@ -152,7 +152,9 @@ ArgSpec gpus_arg(const json& default_value) {
               if (!a.is_string() || !parse_pci_address(a.get<std::string>()))
                 return "'" + (a.is_string() ? a.get<std::string>() : a.dump()) + "' is not a PCI address like 0000:01:00.0";
             return std::nullopt;
-          }};
+          },
+          .doc = "auto (every GPU that can be passed through, with all its functions) or a list of PCI addresses",
+          .example = nlohmann::json::array({"0000:01:00.0"})};
 }
 
 Expected<std::vector<Gpu>> select_gpus(const Facts& facts, const nlohmann::json& spec, bool force) {

@@ -84,13 +84,13 @@ struct Context {
   Status write_sysfs(const std::string& path, const std::string& value);
 };
 
-using ConvergeFn = Result (*)(Context& ctx, const json& args, bool apply);
+using ConvergeFn = std::function<Result(Context& ctx, const json& args, bool apply)>;
 
 struct ModuleDef {
   std::string name;
   std::string summary;
   ModuleSchema schema;
-  ConvergeFn converge = nullptr;
+  ConvergeFn converge = {};
   // Changes need a reboot or a handler: the runner records a stage's intent before making them.
   bool changes_boot = false;
   // Regenerates what the host boots (grub.cfg, the initramfs): in a stage whose change is booted as

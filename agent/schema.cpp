@@ -25,6 +25,8 @@ json fields_schema(const std::vector<ArgSpec>& fields) {
   for (const auto& f : fields) {
     json p = value_schema(f, f.type);
     if (!f.default_value.is_null()) p["default"] = f.default_value;
+    if (!f.doc.empty()) p["description"] = f.doc;
+    if (!f.example.is_null()) p["examples"] = json::array({f.example});
     if (f.required) {
       required.push_back(f.name);
     } else if (p.contains("anyOf")) {

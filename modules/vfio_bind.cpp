@@ -1,7 +1,7 @@
 // vfio_bind: binds the GPU's functions to vfio-pci now, without a reboot: driver_override, unbind
 // from the current driver, drivers_probe — the kernel's own way to choose a driver for a device.
 #include "agent/gpu.hpp"
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -11,9 +11,14 @@ struct Step {
   std::string path, value;
 };
 
-Result converge(Context& ctx, const json& args, bool apply) {
-  const bool force = args["force"].get<bool>();
-  auto gpus = select_gpus(ctx.facts, args["gpus"], force);
+struct Args {
+  json gpus = "auto";
+  bool force = false;
+};
+
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
+  const bool force = args.force;
+  auto gpus = select_gpus(ctx.facts, args.gpus, force);
   if (!gpus) return Result::failed(gpus.error());
   // Without IOMMU groups vfio-pci refuses the device: unbinding it first would leave it with no
   // driver at all.
@@ -84,13 +89,12 @@ Result converge(Context& ctx, const json& args, bool apply) {
   return r;
 }
 
-const Registration registration{ModuleDef{
-    .name = "vfio_bind",
-    .summary = "bind the GPU's functions to vfio-pci now (driver_override, unbind, drivers_probe)",
-    .schema = {.args = {gpus_arg("auto"),
-                        {.name = "force", .type = ArgType::boolean, .default_value = false}}},
-    .converge = converge,
-}};
+const Registration registration{declare_module(
+    "vfio_bind", "bind the GPU's functions to vfio-pci now (driver_override, unbind, drivers_probe)",
+    ArgsDecl<Args>()
+        .arg(gpus_arg("auto"), &Args::gpus)
+        .arg("force", &Args::force, "unbind a GPU that is in use (a display, a process holding it), or one that cannot be passed through, all the same"),
+    converge)};
 
 }  // namespace
 }  // namespace gpt

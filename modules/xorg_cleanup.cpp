@@ -4,7 +4,7 @@
 #include <cctype>
 
 #include "agent/changes.hpp"
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -46,18 +46,42 @@ struct Candidate {
   std::string text;
 };
 
-Result converge(Context& ctx, const json& args, bool apply) {
-  const std::string mode = args["mode"].get<std::string>();
-  const auto drivers = args["drivers"].get<std::vector<std::string>>();
+struct Args {
+  std::string mode = "empty";
   std::vector<std::string> paths;
-  for (const auto& dir : args["dirs"]) {
-    auto names = list_dir(ctx.root, dir.get<std::string>());
-    if (!names) return Result::failed(names.error());
+  std::vector<std::string> dirs = {"/usr/share/X11/xorg.conf.d", "/etc/X11/xorg.conf.d"};
+  std::vector<std::string> files = {"/etc/X11/xorg.conf"};
+  std::vector<std::string> drivers = {"nvidia", "nouveau"};
+};
+
+std::optional<std::string> absolute_paths(const json& v) {
+  for (const auto& p : v)
+    if (p.get<std::string>().empty() || p.get<std::string>()[0] != '/') return "paths must be absolute";
+  return std::nullopt;
+}
+
+const auto args_decl =
+    ArgsDecl<Args>()
+        .arg("mode", &Args::mode, "what becomes of a config that takes the GPU: emptied (with a comment), renamed to *.disabled, or removed; a backup is kept always",
+             {.choices = {"empty", "disable", "remove"}})
+        .arg("paths", &Args::paths, "more configs to neutralise whatever they say (absolute paths)",
+             {.check = absolute_paths, .example = json::array({"/etc/X11/xorg.conf.d/20-gpu.conf"})})
+        .arg("dirs", &Args::dirs, "directories whose *.conf files are looked at")
+        .arg("files", &Args::files, "single configs that are looked at")
+        .arg("drivers", &Args::drivers, "a config that names one of these drivers (Driver \"nvidia\") takes the GPU");
+
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
+  const std::string& mode = args.mode;
+  const auto& drivers = args.drivers;
+  std::vector<std::string> paths;
+  for (const auto& dir : args.dirs) {
+    auto names = list_dir(ctx.root, dir);
+    if (!names) return Error{names.error()};
     for (const auto& n : *names)
-      if (ends_with(n, ".conf")) paths.push_back(dir.get<std::string>() + "/" + n);
+      if (ends_with(n, ".conf")) paths.push_back(dir + "/" + n);
   }
-  for (const auto& f : args["files"]) paths.push_back(f.get<std::string>());
-  std::vector<std::string> explicit_paths = args["paths"].get<std::vector<std::string>>();
+  for (const auto& f : args.files) paths.push_back(f);
+  const std::vector<std::string>& explicit_paths = args.paths;
   paths.insert(paths.end(), explicit_paths.begin(), explicit_paths.end());
 
   std::vector<Candidate> found;
@@ -96,23 +120,9 @@ Result converge(Context& ctx, const json& args, bool apply) {
   return r;
 }
 
-const Registration registration{ModuleDef{
-    .name = "xorg_cleanup",
-    .summary = "neutralise X11 configs that make a display server take the NVIDIA GPU",
-    .schema = {.args = {{.name = "mode", .type = ArgType::str, .default_value = "empty",
-                         .choices = {"empty", "disable", "remove"}},
-                        {.name = "paths", .type = ArgType::list, .default_value = json::array(),
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           for (const auto& p : v)
-                             if (p.get<std::string>().empty() || p.get<std::string>()[0] != '/') return "paths must be absolute";
-                           return std::nullopt;
-                         }},
-                        {.name = "dirs", .type = ArgType::list,
-                         .default_value = json::array({"/usr/share/X11/xorg.conf.d", "/etc/X11/xorg.conf.d"})},
-                        {.name = "files", .type = ArgType::list, .default_value = json::array({"/etc/X11/xorg.conf"})},
-                        {.name = "drivers", .type = ArgType::list, .default_value = json::array({"nvidia", "nouveau"})}}},
-    .converge = converge,
-}};
+const Registration registration{declare_module(
+    "xorg_cleanup", "neutralise X11 configs that make a display server take the NVIDIA GPU",
+    args_decl, converge)};
 
 }  // namespace
 }  // namespace gpt
