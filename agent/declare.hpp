@@ -80,6 +80,10 @@ struct ArgMore {
 template <typename A>
 class ArgsDecl {
  public:
+  // The defaults are the struct's initialisers, or those of the instance given (one struct that
+  // several modules share with other defaults: CommandArgs).
+  explicit ArgsDecl(A defaults = A{}) : defaults_(std::make_shared<const A>(std::move(defaults))) {}
+
   // An argument of a member's type; its default is the member's initialiser (none for a required
   // one, or for an optional member left empty).
   template <typename T>
@@ -88,7 +92,7 @@ class ArgsDecl {
     ArgSpec s{.name = std::move(name),
               .type = Tr::type,
               .required = more.required,
-              .default_value = more.required ? nlohmann::json() : Tr::to(A{}.*member),
+              .default_value = more.required ? nlohmann::json() : Tr::to(*defaults_.*member),
               .choices = std::move(more.choices),
               .elements = Tr::elements,
               .check = std::move(more.check),
@@ -102,7 +106,7 @@ class ArgsDecl {
   ArgsDecl& arg(ArgSpec spec, T A::*member) {
     using Tr = ArgTraits<T>;
     if (spec.type != Tr::type) throw std::logic_error("argument '" + spec.name + "' is declared with another type");
-    if (!spec.required) spec.default_value = Tr::to(A{}.*member);
+    if (!spec.required) spec.default_value = Tr::to(*defaults_.*member);
     return add(std::move(spec), member);
   }
   ArgsDecl& mutually_exclusive(std::vector<std::string> group) {
@@ -117,13 +121,15 @@ class ArgsDecl {
   // Declared after the arguments (it binds those declared so far).
   ArgsDecl& check(std::function<std::optional<std::string>(const A&)> fn) {
     auto bound = std::make_shared<std::vector<Bind>>(binds_);
-    schema_.check = [bound, fn = std::move(fn)](const nlohmann::json& args) { return fn(bind_with(*bound, args)); };
+    schema_.check = [bound, defaults = defaults_, fn = std::move(fn)](const nlohmann::json& args) {
+      return fn(bind_with(*defaults, *bound, args));
+    };
     return *this;
   }
 
   const ModuleSchema& schema() const { return schema_; }
   // The struct from arguments the declaration checked (defaults filled in): what a module reads.
-  A bind(const nlohmann::json& args) const { return bind_with(binds_, args); }
+  A bind(const nlohmann::json& args) const { return bind_with(*defaults_, binds_, args); }
   // The struct as JSON, as a playbook would say it: the arguments that differ from their defaults
   // (a handler request's or a record's arguments); checked, it binds to the same struct.
   nlohmann::json dump(const A& a) const {
@@ -152,13 +158,14 @@ class ArgsDecl {
   }
 
   // A key left out, or null, keeps the member's initialiser.
-  static A bind_with(const std::vector<Bind>& binds, const nlohmann::json& args) {
-    A a{};
+  static A bind_with(const A& defaults, const std::vector<Bind>& binds, const nlohmann::json& args) {
+    A a = defaults;
     for (const auto& b : binds)
       if (auto it = args.find(b.name); it != args.end() && !it->is_null()) b.from(a, *it);
     return a;
   }
 
+  std::shared_ptr<const A> defaults_;
   ModuleSchema schema_;
   std::vector<Bind> binds_;
 };
@@ -179,5 +186,16 @@ ModuleDef declare_module(std::string name, std::string summary, const ArgsDecl<A
   };
   return def;
 }
+
+// For modules that run one command of the host's distribution (grub_config, initramfs): `command`
+// replaces the detected command line, `timeout` bounds it (seconds).
+struct CommandArgs {
+  std::optional<std::vector<std::string>> command;
+  long long timeout = 600;
+};
+ArgsDecl<CommandArgs> command_args(long long default_timeout_seconds);
+// Runs args.command if given, else `argv`, as a command that changes the running system.
+Result run_command_module(Context& ctx, const CommandArgs& args, bool apply, std::vector<std::string> argv,
+                          std::string_view what);
 
 }  // namespace gpt

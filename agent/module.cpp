@@ -1,5 +1,7 @@
 #include "agent/module.hpp"
 
+#include "agent/declare.hpp"
+
 #include <algorithm>
 #include <stdexcept>
 
@@ -41,21 +43,23 @@ Result Context::run_system(const Command& cmd, bool apply, std::string_view what
   return r;
 }
 
-std::vector<ArgSpec> command_args(int default_timeout_seconds) {
-  return {{.name = "command",
-           .type = ArgType::list,
-           .check = [](const json& v) -> std::optional<std::string> {
-             if (v.empty()) return "must name a program";
-             return std::nullopt;
-           }},
-          {.name = "timeout", .type = ArgType::integer, .default_value = default_timeout_seconds}};
+ArgsDecl<CommandArgs> command_args(long long default_timeout_seconds) {
+  return ArgsDecl<CommandArgs>(CommandArgs{.command = std::nullopt, .timeout = default_timeout_seconds})
+      .arg("command", &CommandArgs::command,
+           "the command line that does it instead of the one the agent detects (a program and its arguments)",
+           {.check = [](const json& v) -> std::optional<std::string> {
+              if (v.empty()) return "must name a program";
+              return std::nullopt;
+            },
+            .example = json::array({"/usr/local/sbin/site-boot-update", "--all"})})
+      .arg("timeout", &CommandArgs::timeout, "seconds the command may take before it is stopped and the task fails");
 }
 
-Result run_command_module(Context& ctx, const json& args, bool apply, std::vector<std::string> argv,
+Result run_command_module(Context& ctx, const CommandArgs& args, bool apply, std::vector<std::string> argv,
                           std::string_view what) {
   Command cmd;
-  cmd.argv = args.contains("command") ? args["command"].get<std::vector<std::string>>() : std::move(argv);
-  cmd.timeout = std::chrono::seconds(args.value("timeout", 600));
+  cmd.argv = args.command ? *args.command : std::move(argv);
+  cmd.timeout = std::chrono::seconds(args.timeout);
   return ctx.run_system(cmd, apply, what);
 }
 

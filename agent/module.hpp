@@ -121,13 +121,6 @@ struct Registration {
   explicit Registration(ModuleDef def) { Registry::instance().add(std::move(def)); }
 };
 
-// For modules that run one command of the host's distribution (grub_config, initramfs, grubby):
-// `command` replaces the detected command line, `timeout` bounds it (seconds).
-std::vector<ArgSpec> command_args(int default_timeout_seconds);
-// Runs args.command if given, else `argv`, as a command that changes the running system.
-Result run_command_module(Context& ctx, const json& args, bool apply, std::vector<std::string> argv,
-                          std::string_view what);
-
 // Why a handler request read back from the state file must not run (see ModuleDef::handler_args);
 // nullopt when it is one a module would make.
 std::optional<std::string> unsafe_handler_request(const HandlerRequest& h);

@@ -1,6 +1,6 @@
 // grub_config: regenerates grub.cfg the way the host's distribution does. Used as the handler
 // of grub_cmdline; a playbook may also run it as a task.
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 
 namespace gpt {
 namespace {
@@ -15,27 +15,26 @@ std::string grub2_output(const Context& ctx) {
   return "/boot/grub2/grub.cfg";
 }
 
-Result converge(Context& ctx, const json& args, bool apply) {
+Expected<Result> converge(Context& ctx, const CommandArgs& args, bool apply) {
   std::vector<std::string> argv;
   const std::string& tool = ctx.facts.boot.grub;
   if (tool == "update-grub") argv = {"update-grub"};
   else if (tool == "grub2-mkconfig") argv = {"grub2-mkconfig", "-o", grub2_output(ctx)};
   else if (tool == "grub-mkconfig") argv = {"grub-mkconfig", "-o", "/boot/grub/grub.cfg"};
-  else if (!args.contains("command"))
+  else if (!args.command)
     return Result::failed("no update-grub, grub2-mkconfig or grub-mkconfig on this host (root " + ctx.root.dir() +
                           "): regenerate the boot configuration by hand");
   return run_command_module(ctx, args, apply, std::move(argv), "regenerated the grub config");
 }
 
-const Registration registration{ModuleDef{
-    .name = "grub_config",
-    .summary = "regenerate grub.cfg (update-grub, grub2-mkconfig or grub-mkconfig)",
-    .schema = {.args = command_args(600)},
-    .converge = converge,
-    .changes_boot = true,
-    .regenerates_boot = true,
-    .handler_args = std::vector<std::string>{},
-}};
+ModuleDef definition() {
+  auto def = declare_module("grub_config", "regenerate grub.cfg (update-grub, grub2-mkconfig or grub-mkconfig)", command_args(600), converge);
+  def.changes_boot = true;
+  def.regenerates_boot = true;
+  def.handler_args = std::vector<std::string>{};
+  return def;
+}
+const Registration registration{definition()};
 
 }  // namespace
 }  // namespace gpt

@@ -1,6 +1,6 @@
 // grubby: adds and removes kernel parameters on every boot entry of a BootLoaderSpec host
 // (Fedora, RHEL). The handler grub_cmdline asks for on such hosts.
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/text.hpp"
 #include "modules/grub_default.hpp"
 
@@ -13,27 +13,35 @@ std::optional<std::string> kernel_params(const json& list) {
   return std::nullopt;
 }
 
-Result converge(Context& ctx, const json& args, bool apply) {
+struct Args {
+  std::vector<std::string> add;
+  std::vector<std::string> remove;
+};
+
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   if (!ctx.facts.boot.grubby) return Result::failed("grubby is not installed on this host");
   Command cmd{{"grubby", "--update-kernel=ALL"}};
-  if (!args["add"].empty()) cmd.argv.push_back("--args=" + join(args["add"].get<std::vector<std::string>>(), " "));
-  if (!args["remove"].empty())
-    cmd.argv.push_back("--remove-args=" + join(args["remove"].get<std::vector<std::string>>(), " "));
+  if (!args.add.empty()) cmd.argv.push_back("--args=" + join(args.add, " "));
+  if (!args.remove.empty()) cmd.argv.push_back("--remove-args=" + join(args.remove, " "));
   if (cmd.argv.size() == 2) return Result::ok("no parameters to change");
   Result r = ctx.run_system(cmd, apply, "updated the boot entries");
   if (r.status == Outcome::changed) r.reboot_required = true;
   return r;
 }
 
-const Registration registration{ModuleDef{
-    .name = "grubby",
-    .summary = "add and remove kernel parameters on every boot entry (grubby --update-kernel=ALL)",
-    .schema = {.args = {{.name = "add", .type = ArgType::list, .default_value = json::array(), .check = kernel_params},
-                        {.name = "remove", .type = ArgType::list, .default_value = json::array(), .check = kernel_params}}},
-    .converge = converge,
-    .changes_boot = true,
-    .handler_args = std::vector<std::string>{"add", "remove"},
-}};
+ModuleDef definition() {
+  auto def = declare_module(
+      "grubby", "add and remove kernel parameters on every boot entry (grubby --update-kernel=ALL)",
+      ArgsDecl<Args>()
+          .arg("add", &Args::add, "parameters every boot entry gets (name or name=value)",
+               {.check = kernel_params, .example = json::array({"intel_iommu=on", "iommu=pt"})})
+          .arg("remove", &Args::remove, "parameters taken out of every boot entry", {.check = kernel_params}),
+      converge);
+  def.changes_boot = true;
+  def.handler_args = std::vector<std::string>{"add", "remove"};
+  return def;
+}
+const Registration registration{definition()};
 
 }  // namespace
 }  // namespace gpt
