@@ -16,6 +16,8 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -84,10 +86,12 @@ class ArgsDecl {
   // several modules share with other defaults: CommandArgs).
   explicit ArgsDecl(A defaults = A{}) : defaults_(std::make_shared<const A>(std::move(defaults))) {}
 
-  // An argument of a member's type; its default is the member's initialiser (none for a required
-  // one, or for an optional member left empty).
-  template <typename T>
-  ArgsDecl& arg(std::string name, T A::*member, std::string doc, ArgMore more = {}) {
+  // An argument of a member's type (a member of A, or of a base several modules' Args share); its
+  // default is the member's initialiser (none for a required one, or for an optional member left
+  // empty, or a JSON one left null).
+  template <typename T, typename B>
+    requires std::is_base_of_v<B, A>
+  ArgsDecl& arg(std::string name, T B::*member, std::string doc, ArgMore more = {}) {
     using Tr = ArgTraits<T>;
     ArgSpec s{.name = std::move(name),
               .type = Tr::type,
@@ -102,8 +106,9 @@ class ArgsDecl {
   }
   // An argument several modules share, declared as an ArgSpec once (gpus_arg, command_args): its
   // type must be the member's; its default is the member's initialiser all the same.
-  template <typename T>
-  ArgsDecl& arg(ArgSpec spec, T A::*member) {
+  template <typename T, typename B>
+    requires std::is_base_of_v<B, A>
+  ArgsDecl& arg(ArgSpec spec, T B::*member) {
     using Tr = ArgTraits<T>;
     if (spec.type != Tr::type) throw std::logic_error("argument '" + spec.name + "' is declared with another type");
     if (!spec.required) spec.default_value = Tr::to(*defaults_.*member);
@@ -148,8 +153,8 @@ class ArgsDecl {
     std::function<nlohmann::json(const A&)> to;
   };
 
-  template <typename T>
-  ArgsDecl& add(ArgSpec spec, T A::*member) {
+  template <typename T, typename B>
+  ArgsDecl& add(ArgSpec spec, T B::*member) {
     using Tr = ArgTraits<T>;
     binds_.push_back({spec.name, [member](A& a, const nlohmann::json& v) { a.*member = Tr::from(v); },
                       [member](const A& a) { return Tr::to(a.*member); }});

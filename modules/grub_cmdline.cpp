@@ -2,22 +2,28 @@
 #include <set>
 
 #include "agent/diff.hpp"
-#include "agent/module.hpp"
 #include "agent/shell_syntax.hpp"
 #include "modules/grub_default.hpp"
 
 namespace gpt {
 namespace {
 
-Result converge(Context& ctx, const json& args, bool apply) {
+struct Args : CmdlineArgs {
+  std::string key = "GRUB_CMDLINE_LINUX";
+  std::string path = "/etc/default/grub";
+  bool regenerate = true;
+  bool backup = true;
+};
+
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   auto wanted = wanted_cmdline(ctx.facts, args);
   if (!wanted) return Result::failed(wanted.error());
   CmdlineEdit edit;
-  edit.key = args["key"].get<std::string>();
+  edit.key = args.key;
   edit.present = wanted->present;
   edit.absent = wanted->absent;
   const std::string& note = wanted->note;
-  const std::string path = args["path"].get<std::string>();
+  const std::string& path = args.path;
 
   auto text = read_file(ctx.root, path, kMaxGrubFileBytes);
   if (!text) return Result::failed(text.error());
@@ -37,10 +43,10 @@ Result converge(Context& ctx, const json& args, bool apply) {
   r.diff = unified_diff(*text, res->text, path);
   r.reboot_required = true;
   r.data = {{"path", path}, {"added", res->added}, {"removed", res->removed}, {"replaced", res->replaced}};
-  if (args["regenerate"].get<bool>()) r.handlers = grub_handlers(ctx.facts, *text, *res);
+  if (args.regenerate) r.handlers = grub_handlers(ctx.facts, *text, *res);
   if (apply) {
     WriteOptions wo;
-    wo.backup = args["backup"].get<bool>();
+    wo.backup = args.backup;
     auto written = write_file_atomic(ctx.root, path, res->text, wo);
     if (!written) return Result::failed(written.error());
     if (written->backup_path) r.data["backup"] = *written->backup_path;
@@ -48,36 +54,25 @@ Result converge(Context& ctx, const json& args, bool apply) {
   return r;
 }
 
-const Registration registration{ModuleDef{
-    .name = "grub_cmdline",
-    .summary = "kernel parameters in GRUB_CMDLINE_LINUX of /etc/default/grub",
-    .schema =
-        {
-            .args =
-                {
-                    {.name = "present", .type = ArgType::list, .default_value = json::array(), .check = check_kernel_params},
-                    {.name = "absent", .type = ArgType::list, .default_value = json::array(), .check = check_kernel_params},
-                    {.name = "iommu",
-                     .type = ArgType::str,
-                     .default_value = "none",
-                     .choices = {"auto", "intel", "amd", "none"}},
-                    {.name = "key",
-                     .type = ArgType::str,
-                     .default_value = "GRUB_CMDLINE_LINUX",
-                     .choices = {"GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"}},
-                    {.name = "path", .type = ArgType::str, .default_value = "/etc/default/grub",
-                     .check = [](const json& v) -> std::optional<std::string> {
-                       if (v.get<std::string>().empty() || v.get<std::string>()[0] != '/') return "must be an absolute path";
-                       return std::nullopt;
-                     }},
-                    {.name = "regenerate", .type = ArgType::boolean, .default_value = true},
-                    {.name = "backup", .type = ArgType::boolean, .default_value = true},
-                },
-            .check = check_present_absent,
-        },
-    .converge = converge,
-    .changes_boot = true,
-}};
+ModuleDef definition() {
+  auto def = declare_module(
+      "grub_cmdline", "kernel parameters in GRUB_CMDLINE_LINUX of /etc/default/grub",
+      cmdline_args<Args>()
+          .arg("key", &Args::key, "the variable of /etc/default/grub that holds them",
+               {.choices = {"GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"}})
+          .arg("path", &Args::path, "the file that holds the variable",
+               {.check = [](const json& v) -> std::optional<std::string> {
+                 if (v.get<std::string>().empty() || v.get<std::string>()[0] != '/') return "must be an absolute path";
+                 return std::nullopt;
+               }})
+          .arg("regenerate", &Args::regenerate, "regenerate grub.cfg (the grub_config handler) when the file changed")
+          .arg("backup", &Args::backup, "keep the file as it was beside it (*.gptagent-YYYYmmddTHHMMSS)")
+          .check([](const Args& a) { return check_present_absent(a); }),
+      converge);
+  def.changes_boot = true;
+  return def;
+}
+const Registration registration{definition()};
 
 }  // namespace
 }  // namespace gpt

@@ -318,23 +318,19 @@ std::optional<std::string> check_kernel_params(const nlohmann::json& list) {
   return std::nullopt;
 }
 
-std::optional<std::string> check_present_absent(const nlohmann::json& args) {
-  for (const auto& a : args["absent"]) {
-    const std::string s = a.get<std::string>();
-    for (const auto& pj : args["present"]) {
-      const std::string p = pj.get<std::string>();
+std::optional<std::string> check_present_absent(const CmdlineArgs& args) {
+  for (const auto& s : args.absent)
+    for (const auto& p : args.present)
       if (p == s || (s.find('=') == std::string::npos && param_name(p) == param_name(s)))
         return "'" + p + "' is both present and absent";
-    }
-  }
   return std::nullopt;
 }
 
-Expected<WantedCmdline> wanted_cmdline(const Facts& facts, const nlohmann::json& args) {
+Expected<WantedCmdline> wanted_cmdline(const Facts& facts, const CmdlineArgs& args) {
   WantedCmdline w;
-  w.present = args["present"].get<std::vector<std::string>>();
-  w.absent = args["absent"].get<std::vector<std::string>>();
-  std::string iommu = args["iommu"].get<std::string>();
+  w.present = args.present;
+  w.absent = args.absent;
+  std::string iommu = args.iommu;
   if (iommu == "auto") {
     iommu = facts.cpu.vendor;
     if (iommu != "intel" && iommu != "amd")

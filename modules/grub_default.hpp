@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "agent/expected.hpp"
+#include "agent/declare.hpp"
 #include "agent/module.hpp"
 
 namespace gpt {
@@ -53,17 +54,34 @@ struct GrubKeyValue {
 };
 Expected<GrubKeyValue> grub_key_value(std::string_view text, std::string_view key);
 
-// The `present`, `absent` and `iommu` arguments that grub_cmdline and kernel_cmdline share: the
-// schema checks, and what they mean on this host. Intel's IOMMU is off unless intel_iommu=on;
-// AMD's is on by default and the kernel has no amd_iommu=on, so on AMD only the switches that
-// turn it off go (and `note` says so).
+// The `present`, `absent` and `iommu` arguments that grub_cmdline and kernel_cmdline share: their
+// declaration (a module's Args derives from CmdlineArgs), and what they mean on this host. Intel's
+// IOMMU is off unless intel_iommu=on; AMD's is on by default and the kernel has no amd_iommu=on, so
+// on AMD only the switches that turn it off go (and `note` says so).
+struct CmdlineArgs {
+  std::vector<std::string> present;
+  std::vector<std::string> absent;
+  std::string iommu = "none";
+};
 std::optional<std::string> check_kernel_params(const nlohmann::json& list);
-std::optional<std::string> check_present_absent(const nlohmann::json& args);
+std::optional<std::string> check_present_absent(const CmdlineArgs& args);
+template <typename A>
+ArgsDecl<A> cmdline_args() {
+  return ArgsDecl<A>()
+      .arg("present", &CmdlineArgs::present, "kernel parameters the command line must have (name or name=value)",
+           {.check = check_kernel_params, .example = nlohmann::json::array({"iommu=pt", "vfio-pci.ids=10de:1b80,10de:10f0"})})
+      .arg("absent", &CmdlineArgs::absent,
+           "kernel parameters it must not have: a name takes out every value of it, name=value only that one",
+           {.check = check_kernel_params, .example = nlohmann::json::array({"nomodeset"})})
+      .arg("iommu", &CmdlineArgs::iommu,
+           "turn the IOMMU on: intel adds intel_iommu=on, amd takes out what turns it off, auto reads the CPU's vendor",
+           {.choices = {"auto", "intel", "amd", "none"}});
+}
 struct WantedCmdline {
   std::vector<std::string> present, absent;
   std::string note;
 };
-Expected<WantedCmdline> wanted_cmdline(const Facts& facts, const nlohmann::json& args);
+Expected<WantedCmdline> wanted_cmdline(const Facts& facts, const CmdlineArgs& args);
 
 // The boot path kernel_cmdline detects on this host: grub, grubby, kernel-install, proxmox or
 // kernelstub (an error naming what was looked for when none).

@@ -20,6 +20,19 @@
 namespace gpt {
 namespace {
 
+struct Args : CmdlineArgs {
+  std::string boot_path = "auto";
+  bool regenerate = true;
+  std::string framebuffer = "keep";
+  json gpus;  // null: auto
+};
+
+ArgSpec framebuffer_gpus() {
+  ArgSpec s = gpus_arg();
+  s.doc = "the GPUs framebuffer: release looks at: auto (when not given) or a list of PCI addresses";
+  return s;
+}
+
 // ---- the wanted parameters ----
 
 using Want = WantedCmdline;
@@ -290,7 +303,7 @@ std::string grub_label(const std::vector<GrubFile>& files) {
   return n == 0 ? "" : " (+ " + std::to_string(n) + " drop-in" + (n == 1 ? "" : "s") + " in " + kGrubDropins + ")";
 }
 
-Expected<PathResult> converge_grub(Context& ctx, const json& args, const Want& w, bool apply) {
+Expected<PathResult> converge_grub(Context& ctx, const Args& args, const Want& w, bool apply) {
   auto files = read_grub_files(ctx.root);
   if (!files) return Error{files.error()};
   // Refuse a value that runs a command, in any file, before anything is planned.
@@ -350,7 +363,7 @@ Expected<PathResult> converge_grub(Context& ctx, const json& args, const Want& w
   out.r.status = Outcome::changed;
   out.r.msg = "GRUB" + grub_label(*files) + ": " + edit->res.summary() + " (edited " + join(edited, ", ") + ")";
   out.r.diff = changes.diff();
-  if (args["regenerate"].get<bool>()) out.r.handlers = grub_handlers(ctx.facts, (*files)[0].text, edit->res);
+  if (args.regenerate) out.r.handlers = grub_handlers(ctx.facts, (*files)[0].text, edit->res);
   if (apply)
     if (auto st = changes.apply(out.r.data); !st) return Error{st.error()};
   return out;
@@ -398,7 +411,7 @@ Expected<std::vector<Entry>> loader_entries(const Root& root, const std::string&
   return out;
 }
 
-Expected<PathResult> converge_grubby(Context& ctx, const json& args, const Want& w, bool apply) {
+Expected<PathResult> converge_grubby(Context& ctx, const Args& args, const Want& w, bool apply) {
   std::vector<Entry> entries;
   for (const auto& dir : kEntryDirs) {
     auto e = loader_entries(ctx.root, dir);
@@ -464,7 +477,7 @@ Expected<PathResult> converge_grubby(Context& ctx, const json& args, const Want&
 
 const char* const kKernelCmdline = "/etc/kernel/cmdline";
 
-Expected<PathResult> converge_kernel_cmdline(Context& ctx, const json& args, const Want& w, bool apply, bool proxmox) {
+Expected<PathResult> converge_kernel_cmdline(Context& ctx, const Args& args, const Want& w, bool apply, bool proxmox) {
   auto text = read_file_if_exists(ctx.root, kKernelCmdline);
   if (!text) return Error{text.error()};
   std::vector<std::string> base;
@@ -501,7 +514,7 @@ Expected<PathResult> converge_kernel_cmdline(Context& ctx, const json& args, con
   out.r.diff = changes.diff();
   if (apply)
     if (auto st = changes.apply(out.r.data); !st) return Error{st.error()};
-  if (!args["regenerate"].get<bool>()) return out;
+  if (!args.regenerate) return out;
   // The boot entries are made from the file: proxmox-boot-tool copies it to every ESP;
   // kernel-install writes the running kernel's entry again (new kernels read the file anyway).
   std::optional<Command> cmd;
@@ -532,7 +545,7 @@ Expected<PathResult> converge_kernel_cmdline(Context& ctx, const json& args, con
 
 const char* const kKernelstubConfig = "/etc/kernelstub/configuration";
 
-Expected<PathResult> converge_kernelstub(Context& ctx, const json&, const Want& w, bool apply) {
+Expected<PathResult> converge_kernelstub(Context& ctx, const Args&, const Want& w, bool apply) {
   auto text = read_file(ctx.root, kKernelstubConfig);
   if (!text) return Error{text.error()};
   json conf = json::parse(*text, nullptr, false);
@@ -691,13 +704,13 @@ void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bo
     if (auto s = guard.apply(r.data); !s) r = Result::failed(s.error());
 }
 
-Result converge(Context& ctx, const json& args, bool apply) {
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   auto w = wanted_cmdline(ctx.facts, args);
   if (!w) return Result::failed(w.error());
-  if (args["framebuffer"].get<std::string>() == "release")
-    if (auto st = release_framebuffer(ctx.facts, args.contains("gpus") ? args["gpus"] : json("auto"), *w); !st)
+  if (args.framebuffer == "release")
+    if (auto st = release_framebuffer(ctx.facts, args.gpus.is_null() ? json("auto") : args.gpus, *w); !st)
       return Result::failed(st.error());
-  std::string path = args["boot_path"].get<std::string>();
+  std::string path = args.boot_path;
   const bool detected = path == "auto";
   if (detected) {
     auto d = detect(ctx);
@@ -729,35 +742,27 @@ Result converge(Context& ctx, const json& args, bool apply) {
   return r;
 }
 
-const Registration registration{ModuleDef{
-    .name = "kernel_cmdline",
-    .summary = "kernel parameters wherever the host's boot path keeps them (GRUB and drop-ins, grubby, "
-               "kernel-install, proxmox-boot-tool, kernelstub)",
-    .schema =
-        {
-            .args =
-                {
-                    {.name = "present", .type = ArgType::list, .default_value = json::array(), .check = check_kernel_params},
-                    {.name = "absent", .type = ArgType::list, .default_value = json::array(), .check = check_kernel_params},
-                    {.name = "iommu",
-                     .type = ArgType::str,
-                     .default_value = "none",
-                     .choices = {"auto", "intel", "amd", "none"}},
-                    {.name = "boot_path",
-                     .type = ArgType::str,
-                     .default_value = "auto",
-                     .choices = {"auto", "grub", "grubby", "kernel-install", "proxmox", "kernelstub"}},
-                    {.name = "regenerate", .type = ArgType::boolean, .default_value = true},
-                    // keep: the boot framebuffer stays; release: its parameter is added when it
-                    // holds one of the GPUs to pass through (`gpus`, auto when not given).
-                    {.name = "framebuffer", .type = ArgType::str, .default_value = "keep", .choices = {"keep", "release"}},
-                    gpus_arg(),
-                },
-            .check = check_present_absent,
-        },
-    .converge = converge,
-    .changes_boot = true,
-}};
+ModuleDef definition() {
+  auto def = declare_module(
+      "kernel_cmdline",
+      "kernel parameters wherever the host's boot path keeps them (GRUB and drop-ins, grubby, kernel-install, "
+      "proxmox-boot-tool, kernelstub)",
+      cmdline_args<Args>()
+          .arg("boot_path", &Args::boot_path, "where the parameters are kept; auto finds the one this host boots by",
+               {.choices = {"auto", "grub", "grubby", "kernel-install", "proxmox", "kernelstub"}})
+          .arg("regenerate", &Args::regenerate,
+               "regenerate what the host boots from the changed files (update-grub, kernel-install, proxmox-boot-tool refresh)")
+          .arg("framebuffer", &Args::framebuffer,
+               "release: when the boot framebuffer (efifb, simpledrm...) holds a GPU to pass through, add the "
+               "parameter that keeps it off; keep: leave it",
+               {.choices = {"keep", "release"}})
+          .arg(framebuffer_gpus(), &Args::gpus)
+          .check([](const Args& a) { return check_present_absent(a); }),
+      converge);
+  def.changes_boot = true;
+  return def;
+}
+const Registration registration{definition()};
 
 }  // namespace
 
