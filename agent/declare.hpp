@@ -114,6 +114,36 @@ class ArgsDecl {
     if (!spec.required) spec.default_value = Tr::to(*defaults_.*member);
     return add(std::move(spec), member);
   }
+  // A list of mappings whose fields another declaration declares (its struct is the element).
+  template <typename F, typename B>
+    requires std::is_base_of_v<B, A>
+  ArgsDecl& arg(std::string name, std::vector<F> B::*member, std::string doc, const ArgsDecl<F>& fields,
+                ArgMore more = {}) {
+    auto decl = std::make_shared<const ArgsDecl<F>>(fields);
+    auto to = [decl, member](const A& a) {
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& f : a.*member) out.push_back(decl->dump(f));
+      return out;
+    };
+    ArgSpec s{.name = std::move(name),
+              .type = ArgType::list,
+              .required = more.required,
+              .default_value = more.required ? nlohmann::json() : to(*defaults_),
+              .choices = {},
+              .elements = ArgType::dict,
+              .fields = fields.schema().args,
+              .check = std::move(more.check),
+              .doc = std::move(doc),
+              .example = std::move(more.example)};
+    binds_.push_back({s.name,
+                      [decl, member](A& a, const nlohmann::json& v) {
+                        (a.*member).clear();
+                        for (const auto& f : v) (a.*member).push_back(decl->bind(f));
+                      },
+                      to});
+    schema_.args.push_back(std::move(s));
+    return *this;
+  }
   ArgsDecl& mutually_exclusive(std::vector<std::string> group) {
     schema_.mutually_exclusive.push_back(std::move(group));
     return *this;

@@ -13,7 +13,7 @@
 #include "agent/gpu.hpp"
 #include "agent/handoff.hpp"
 #include "agent/installed.hpp"
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -29,8 +29,26 @@ std::string hook_text(const std::string& agent) {
          agent + " handoff \"$1\" \"$2\" \"$3\" >/dev/null\n";
 }
 
-Expected<std::string> agent_path(const Context& ctx, const json& args) {
-  return installed_agent(ctx.root, args.value("agent", ""), "the hook");
+struct UserUnit {
+  std::string name;
+  std::string user = "*";
+};
+
+struct Args {
+  std::string vm;
+  json gpus;  // null: not given (state: absent needs none)
+  bool force = false;
+  std::vector<std::string> units;
+  std::vector<UserUnit> user_units;
+  bool known_units = true;
+  std::optional<bool> display_manager;  // unset: when the VM takes the GPU the host boots on
+  long long timeout = 30;
+  std::optional<std::string> agent;
+  std::string state = "present";
+};
+
+Expected<std::string> agent_path(const Context& ctx, const Args& args) {
+  return installed_agent(ctx.root, args.agent.value_or(""), "the hook");
 }
 
 // libvirt's daemon for QEMU here: the modular virtqemud where it is enabled, else libvirtd;
@@ -46,8 +64,8 @@ std::optional<std::string> libvirt_daemon(const Root& root) {
 
 // display_manager: as declared; unset, whether the VM takes the GPU the host boots on (a single-GPU
 // host's display manager holds it) and the host has a display manager.
-bool stops_display_manager(const Context& ctx, const json& args, const std::vector<Gpu>& gpus) {
-  if (args.contains("display_manager")) return args["display_manager"].get<bool>();
+bool stops_display_manager(const Context& ctx, const Args& args, const std::vector<Gpu>& gpus) {
+  if (args.display_manager) return *args.display_manager;
   const bool boot_gpu = std::any_of(gpus.begin(), gpus.end(), [&](const Gpu& g) {
     return std::any_of(ctx.facts.pci.begin(), ctx.facts.pci.end(),
                        [&](const PciDevice& d) { return d.address == g.address && d.boot_vga; });
@@ -55,31 +73,31 @@ bool stops_display_manager(const Context& ctx, const json& args, const std::vect
   return boot_gpu && path_exists(ctx.root, "/etc/systemd/system/display-manager.service");
 }
 
-HandoffPlan plan_for(const Context& ctx, const json& args, std::vector<std::string> functions, bool display_manager) {
+HandoffPlan plan_for(const Context& ctx, const Args& args, std::vector<std::string> functions, bool display_manager) {
   HandoffPlan plan;
-  plan.vm = args["vm"].get<std::string>();
+  plan.vm = args.vm;
   plan.gpus = std::move(functions);
-  plan.timeout = args["timeout"].get<int>();
+  plan.timeout = static_cast<int>(args.timeout);
   auto add = [&](HandoffUnit u) {
     if (u.name.find('.') == std::string::npos) u.name += ".service";
     if (std::find(plan.units.begin(), plan.units.end(), u) == plan.units.end()) plan.units.push_back(std::move(u));
   };
-  for (const auto& u : args["units"]) add({u.get<std::string>(), ""});
-  for (const auto& u : args["user_units"]) add({u["name"].get<std::string>(), u["user"].get<std::string>()});
-  if (args["known_units"].get<bool>())
+  for (const auto& u : args.units) add({u, ""});
+  for (const auto& u : args.user_units) add({u.name, u.user});
+  if (args.known_units)
     for (auto& u : known_gpu_units(ctx.root, display_manager)) add(std::move(u));
   else if (display_manager)
     add({"display-manager.service", ""});
   return plan;
 }
 
-Result converge(Context& ctx, const json& args, bool apply) {
-  const std::string vm = args["vm"].get<std::string>();
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
+  const std::string& vm = args.vm;
   const std::string plan_path = std::string(kHandoffPlanDir) + "/" + vm + ".json";
   FileChanges files(ctx.root);
   Result r = Result::ok();
 
-  if (args["state"].get<std::string>() == "absent") {
+  if (args.state == "absent") {
     auto plan = read_file_if_exists(ctx.root, plan_path);
     if (!plan) return Result::failed(plan.error());
     if (*plan) files.remove(plan_path, **plan);
@@ -93,7 +111,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
     if (last && *hook) files.remove(kHandoffHook, **hook);
     r.msg = "no hand-off for VM " + vm;
   } else {
-    auto gpus = select_gpus(ctx.facts, args["gpus"], true);
+    auto gpus = select_gpus(ctx.facts, args.gpus, true);
     if (!gpus) return Result::failed(gpus.error());
     std::vector<std::string> functions;
     for (const auto& g : *gpus)
@@ -142,55 +160,50 @@ std::optional<std::string> name_check(const json& v, bool user) {
   return "'" + s + "' is not a " + (user ? "user" : "unit") + " name";
 }
 
-const Registration registration{ModuleDef{
-    .name = "gpu_handoff",
-    .summary = "a libvirt hook that stops what holds a VM's GPU before the VM starts and starts it again after",
-    .schema = {.args = {{.name = "vm",
-                         .required = true,
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           if (handoff_vm_name_ok(v.get<std::string>())) return std::nullopt;
-                           return "'" + v.get<std::string>() +
-                                  "': a domain name of letters, digits, '.', '_', '+' and '-' (not led by '.')";
-                         }},
-                        gpus_arg(),
-                        {.name = "force", .type = ArgType::boolean, .default_value = false},
-                        {.name = "units",
-                         .type = ArgType::list,
-                         .default_value = json::array(),
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           for (const auto& u : v)
-                             if (auto why = name_check(u, false)) return why;
-                           return std::nullopt;
-                         }},
-                        {.name = "user_units",
-                         .type = ArgType::list,
-                         .default_value = json::array(),
-                         .elements = ArgType::dict,
-                         .fields = {{.name = "name",
-                                     .required = true,
-                                     .check = [](const json& v) { return name_check(v, false); }},
-                                    {.name = "user",
-                                     .default_value = "*",
-                                     .check = [](const json& v) { return name_check(v, true); }}}},
-                        {.name = "known_units", .type = ArgType::boolean, .default_value = true},
-                        // Unset: when the VM takes the GPU the host boots on.
-                        {.name = "display_manager", .type = ArgType::boolean},
-                        {.name = "timeout",
-                         .type = ArgType::integer,
-                         .default_value = 30,
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           if (v.get<long>() < 1 || v.get<long>() > 600) return "must be 1 to 600 seconds";
-                           return std::nullopt;
-                         }},
-                        {.name = "agent"},
-                        {.name = "state", .default_value = "present", .choices = {"present", "absent"}}},
-               .check = [](const json& args) -> std::optional<std::string> {
-                 if (args.value("state", "present") == "present" && !args.contains("gpus"))
-                   return "gpus: the VM's GPUs are required (unless state: absent)";
-                 return std::nullopt;
-               }},
-    .converge = converge,
-}};
+const Registration registration{declare_module(
+    "gpu_handoff", "a libvirt hook that stops what holds a VM's GPU before the VM starts and starts it again after",
+    ArgsDecl<Args>()
+        .arg("vm", &Args::vm, "the libvirt domain whose start takes the GPUs",
+             {.required = true,
+              .check = [](const json& v) -> std::optional<std::string> {
+                if (handoff_vm_name_ok(v.get<std::string>())) return std::nullopt;
+                return "'" + v.get<std::string>() +
+                       "': a domain name of letters, digits, '.', '_', '+' and '-' (not led by '.')";
+              },
+              .example = "win11"})
+        .arg(gpus_arg(), &Args::gpus)
+        .arg("force", &Args::force, "(accepted for symmetry with the other GPU modules; the hand-off takes any GPU named)")
+        .arg("units", &Args::units, "system units the hook stops while the VM runs (a name without a dot is a .service)",
+             {.check =
+                  [](const json& v) -> std::optional<std::string> {
+                    for (const auto& u : v)
+                      if (auto why = name_check(u, false)) return why;
+                    return std::nullopt;
+                  },
+              .example = json::array({"ollama", "sunshine"})})
+        .arg("user_units", &Args::user_units, "user units the hook stops: name, and user (* for every user's)",
+             ArgsDecl<UserUnit>()
+                 .arg("name", &UserUnit::name, "the user unit",
+                      {.required = true, .check = [](const json& v) { return name_check(v, false); }})
+                 .arg("user", &UserUnit::user, "whose (* for every logged-in user's)",
+                      {.check = [](const json& v) { return name_check(v, true); }}))
+        .arg("known_units", &Args::known_units,
+             "also stop the units known to hold a GPU that this host has (gnome-remote-desktop, nvidia-persistenced)")
+        .arg("display_manager", &Args::display_manager,
+             "stop the display manager too; unset, it is stopped when the VM takes the GPU the host boots on")
+        .arg("timeout", &Args::timeout, "seconds the hook waits for the GPU to be free before it fails the VM's start",
+             {.check = [](const json& v) -> std::optional<std::string> {
+               if (v.get<long>() < 1 || v.get<long>() > 600) return "must be 1 to 600 seconds";
+               return std::nullopt;
+             }})
+        .arg("agent", &Args::agent, "the installed agent the hook runs (found in the usual places when not given)")
+        .arg("state", &Args::state, "present: the VM has a hand-off; absent: it has none (the hook goes with the last)",
+             {.choices = {"present", "absent"}})
+        .check([](const Args& a) -> std::optional<std::string> {
+          if (a.state == "present" && a.gpus.is_null()) return "gpus: the VM's GPUs are required (unless state: absent)";
+          return std::nullopt;
+        }),
+    converge)};
 
 }  // namespace
 }  // namespace gpt
