@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "agent/changes.hpp"
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/preimage.hpp"
 #include "agent/text.hpp"
 
@@ -24,7 +24,9 @@ bool initramfs_file(const std::string& p) {
          p == "/etc/mkinitcpio.conf" || under(p, "/etc/modules-load.d/");
 }
 
-Result converge(Context& ctx, const json&, bool apply) {
+struct Args {};
+
+Expected<Result> converge(Context& ctx, const Args&, bool apply) {
   auto pre = load_preimages(ctx.root);
   if (!pre) return Result::failed(pre.error());
   FileChanges files(ctx.root);
@@ -82,13 +84,15 @@ Result converge(Context& ctx, const json&, bool apply) {
   return r;
 }
 
-const Registration registration{ModuleDef{
-    .name = "restore_files",
-    .summary = "put every file the agent changed back as it was before its first change (what gptagent revert runs)",
-    .schema = {.args = {}},
-    .converge = converge,
-    .changes_boot = true,
-}};
+ModuleDef definition() {
+  auto def = declare_module(
+      "restore_files",
+      "put every file the agent changed back as it was before its first change (what gptagent revert runs)",
+      ArgsDecl<Args>(), converge);
+  def.changes_boot = true;
+  return def;
+}
+const Registration registration{definition()};
 
 }  // namespace
 }  // namespace gpt

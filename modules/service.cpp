@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <array>
 
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/systemctl.hpp"
 #include "agent/text.hpp"
 
@@ -23,8 +23,16 @@ constexpr std::array kFixedStates = {"static", "generated", "transient", "alias"
 
 bool one_of(std::string_view s, const auto& set) { return std::find(set.begin(), set.end(), s) != set.end(); }
 
-std::string unit_name(const json& args) {
-  std::string name = args["name"].get<std::string>();
+struct Args {
+  std::string name;
+  std::optional<std::string> state;
+  std::optional<bool> enabled;
+  std::string scope = "system";
+  std::optional<std::string> user;
+};
+
+std::string unit_name(const Args& args) {
+  std::string name = args.name;
   // A bare name is a service, as systemctl itself takes it.
   if (name.find('.') == std::string::npos) name += ".service";
   return name;
@@ -55,22 +63,22 @@ struct Systemctl {
 // What systemctl said when it did not answer with a state: its exit code and its own words.
 std::string said(const ExecResult& res) { return res.failure(true); }
 
-std::optional<std::string> check_args(const json& args) {
-  const bool user_scope = args["scope"].get<std::string>() == "user";
-  if (user_scope != args.contains("user"))
+std::optional<std::string> check_args(const Args& args) {
+  const bool user_scope = args.scope == "user";
+  if (user_scope != args.user.has_value())
     return user_scope ? "scope: user needs user: (whose manager runs the unit)" : "user: is only for scope: user";
   return std::nullopt;
 }
 
-Result converge(Context& ctx, const json& args, bool apply) {
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   const std::string unit = unit_name(args);
-  const bool user_scope = args["scope"].get<std::string>() == "user";
-  const std::string who = user_scope ? " (user " + args["user"].get<std::string>() + ")" : "";
+  const bool user_scope = args.scope == "user";
+  const std::string who = user_scope ? " (user " + args.user.value_or("") + ")" : "";
   const bool offline = ctx.root.sandboxed();
   // Two bools, not an optional: GCC 12 takes an optional<bool> here for maybe uninitialised.
-  const bool declares_enabled = args.contains("enabled");
-  const bool want_enabled = declares_enabled && args["enabled"].get<bool>();
-  const std::string state = args.value("state", "");
+  const bool declares_enabled = args.enabled.has_value();
+  const bool want_enabled = args.enabled.value_or(false);
+  const std::string state = args.state.value_or("");
 
   if (offline && user_scope)
     return Result::skipped("user units are not managed under --root " + ctx.root.dir() + ": " + unit + who);
@@ -79,7 +87,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   std::vector<std::string> done, notes;
   Systemctl sc{ctx, {"systemctl"}, &r.commands};
   if (user_scope) {
-    auto user = user_systemctl(ctx.root, args["user"].get<std::string>());
+    auto user = user_systemctl(ctx.root, args.user.value_or(""));
     if (!user) return Result::failed("unit " + unit + who + ": " + user.error());
     sc.base = std::move(*user);
   }
@@ -189,7 +197,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
 
   r.data["unit"] = unit;
   r.data["enabled"] = enablement;
-  if (user_scope) r.data["user"] = args["user"];
+  if (user_scope) r.data["user"] = args.user.value_or("");
   const std::string tail = notes.empty() ? "" : " (" + join(notes, "; ") + ")";
   if (done.empty()) {
     r.msg = unit + who + " is as wanted: " + enablement + (r.data.contains("active") ? ", " + r.data["active"].get<std::string>() : "") + tail;
@@ -202,38 +210,42 @@ Result converge(Context& ctx, const json& args, bool apply) {
   return r;
 }
 
-const Registration registration{ModuleDef{
-    .name = "service",
-    .summary = "a systemd unit enabled, started, stopped or (in a handler) restarted; system or user scope",
-    .schema = {.args = {{.name = "name",
-                         .required = true,
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           const std::string s = v.get<std::string>();
-                           if (s.empty() || s[0] == '-' || s.find_first_of("/ \t\n") != std::string::npos)
-                             return "'" + s + "' is not a unit name";
-                           return std::nullopt;
-                         }},
-                        {.name = "state", .choices = {"started", "stopped", "restarted"}},
-                        {.name = "enabled", .type = ArgType::boolean},
-                        {.name = "scope", .default_value = "system", .choices = {"system", "user"}},
-                        {.name = "user",
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           const std::string s = v.get<std::string>();
-                           if (s.empty() || s[0] == '-' || s.find_first_of("@/: \t\n") != std::string::npos)
-                             return "'" + s + "' is not a user name";
-                           return std::nullopt;
-                         }}},
-               .required_one_of = {{"state", "enabled"}},
-               .check = check_args},
-    .converge = converge,
-    // gpu_handoff restarts libvirt's daemon so that it reads a new hook.
-    .handler_args = std::vector<std::string>{"name", "state"},
-    .handler_only = [](const json& args) -> std::optional<std::string> {
-      if (args.value("state", "") == "restarted")
-        return "state: restarted restarts on every run: use it in a handler that a task notifies";
-      return std::nullopt;
-    },
-}};
+ModuleDef definition() {
+  auto def = declare_module(
+      "service", "a systemd unit enabled, started, stopped or (in a handler) restarted; system or user scope",
+      ArgsDecl<Args>()
+          .arg("name", &Args::name, "the unit (a name without a dot is a .service)",
+               {.required = true,
+                .check = [](const json& v) -> std::optional<std::string> {
+                  const std::string s = v.get<std::string>();
+                  if (s.empty() || s[0] == '-' || s.find_first_of("/ \t\n") != std::string::npos)
+                    return "'" + s + "' is not a unit name";
+                  return std::nullopt;
+                },
+                .example = "libvirtd"})
+          .arg("state", &Args::state, "whether it runs now; restarted only in a handler", {.choices = {"started", "stopped", "restarted"}})
+          .arg("enabled", &Args::enabled, "whether it starts at boot (a unit without [Install] is left as it is, with a note)")
+          .arg("scope", &Args::scope, "the system's manager, or a user's (user: says whose)", {.choices = {"system", "user"}})
+          .arg("user", &Args::user, "whose manager runs the unit, for scope: user",
+               {.check = [](const json& v) -> std::optional<std::string> {
+                 const std::string s = v.get<std::string>();
+                 if (s.empty() || s[0] == '-' || s.find_first_of("@/: \t\n") != std::string::npos)
+                   return "'" + s + "' is not a user name";
+                 return std::nullopt;
+               }})
+          .required_one_of({"state", "enabled"})
+          .check(check_args),
+      converge);
+  // gpu_handoff restarts libvirt's daemon so that it reads a new hook.
+  def.handler_args = std::vector<std::string>{"name", "state"};
+  def.handler_only = [](const json& args) -> std::optional<std::string> {
+    if (args.value("state", "") == "restarted")
+      return "state: restarted restarts on every run: use it in a handler that a task notifies";
+    return std::nullopt;
+  };
+  return def;
+}
+const Registration registration{definition()};
 
 }  // namespace
 }  // namespace gpt
