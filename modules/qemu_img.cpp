@@ -16,7 +16,7 @@
 #include <limits>
 
 #include "agent/diff.hpp"
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -120,19 +120,33 @@ Expected<ImageInfo> read_info(Exec& exec, const std::string& real, const std::st
   return info;
 }
 
-Expected<FileAttrs> wanted_attrs(const Root& root, const json& args) {
+struct Args {
+  std::string path;
+  std::string format = "qcow2";
+  std::optional<std::string> size;
+  std::optional<std::string> backing;
+  std::optional<std::string> backing_format;
+  std::optional<std::string> preallocation;
+  std::optional<std::string> owner;
+  std::optional<std::string> group;
+  std::optional<std::string> mode;
+  bool allow_grow = false;
+  long long timeout = 3600;  // full preallocation of a large raw image writes every byte: it can take long
+};
+
+Expected<FileAttrs> wanted_attrs(const Root& root, const Args& args) {
   FileAttrs a;
-  if (args.contains("owner")) {
-    auto id = lookup_id(root, args["owner"].get<std::string>(), false);
+  if (args.owner) {
+    auto id = lookup_id(root, *args.owner, false);
     if (!id) return Error{id.error()};
     a.uid = static_cast<uid_t>(*id);
   }
-  if (args.contains("group")) {
-    auto id = lookup_id(root, args["group"].get<std::string>(), true);
+  if (args.group) {
+    auto id = lookup_id(root, *args.group, true);
     if (!id) return Error{id.error()};
     a.gid = static_cast<gid_t>(*id);
   }
-  if (args.contains("mode")) a.mode = static_cast<mode_t>(std::stoul(args["mode"].get<std::string>(), nullptr, 8));
+  if (args.mode) a.mode = static_cast<mode_t>(std::stoul(*args.mode, nullptr, 8));
   return a;
 }
 
@@ -372,20 +386,20 @@ Result update(Context& ctx, const Wanted& w, const FileInfo& file, const struct 
   return r;
 }
 
-Result converge(Context& ctx, const json& args, bool apply) {
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   Wanted w;
-  w.path = args["path"].get<std::string>();
-  w.format = args["format"].get<std::string>();
-  if (args.contains("size")) {
-    auto size = image_size(args["size"].get<std::string>());
+  w.path = args.path;
+  w.format = args.format;
+  if (args.size) {
+    auto size = image_size(*args.size);
     if (!size) return Result::failed("size " + size.error());
     w.size = *size;
   }
-  w.backing = args.value("backing", "");
-  w.backing_format = args.value("backing_format", "");
-  w.preallocation = args.value("preallocation", "");
-  w.allow_grow = args.value("allow_grow", false);
-  w.timeout = std::chrono::seconds(args.value("timeout", 3600));
+  w.backing = args.backing.value_or("");
+  w.backing_format = args.backing_format.value_or("");
+  w.preallocation = args.preallocation.value_or("");
+  w.allow_grow = args.allow_grow;
+  w.timeout = std::chrono::seconds(args.timeout);
   // The directory is resolved in the root; the image's own name never through a symlink.
   auto dir = open_dir_of(ctx.root, w.path);
   if (!dir) return Result::failed(dir.error());
@@ -442,59 +456,57 @@ std::optional<std::string> id_name(const json& v) {
   return std::nullopt;
 }
 
-const Registration registration{ModuleDef{
-    .name = "qemu_img",
-    .summary = "a disk image with this format, size and backing file (qemu-img; grown on request, never shrunk)",
-    .schema = {.args = {{.name = "path", .type = ArgType::str, .required = true, .check = absolute_file},
-                        {.name = "format", .type = ArgType::str, .default_value = "qcow2", .choices = {"qcow2", "raw"}},
-                        {.name = "size", .type = ArgType::str,
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           auto size = image_size(v.get<std::string>());
-                           if (!size) return size.error();
-                           return std::nullopt;
-                         }},
-                        {.name = "backing", .type = ArgType::str, .check = absolute_file},
-                        {.name = "backing_format", .type = ArgType::str,
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           const std::string s = v.get<std::string>();
-                           if (s.empty() ||
-                               s.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos)
-                             return "must be a qemu image format such as qcow2 or raw, not '" + s + "'";
-                           return std::nullopt;
-                         }},
-                        {.name = "preallocation", .type = ArgType::str, .choices = {"off", "falloc", "full"}},
-                        {.name = "owner", .type = ArgType::str, .check = id_name},
-                        {.name = "group", .type = ArgType::str, .check = id_name},
-                        {.name = "mode", .type = ArgType::str,
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           const std::string s = v.get<std::string>();
-                           if (s.size() < 3 || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos)
-                             return "must be an octal mode such as \"0640\", not '" + s + "'";
-                           return std::nullopt;
-                         }},
-                        {.name = "allow_grow", .type = ArgType::boolean, .default_value = false},
-                        // Full preallocation of a large raw image writes every byte: it can take long.
-                        {.name = "timeout", .type = ArgType::integer, .default_value = 3600,
-                         .check = [](const json& v) -> std::optional<std::string> {
-                           if (v.get<long long>() <= 0) return "must be a number of seconds above 0";
-                           return std::nullopt;
-                         }}},
-               .check = [](const json& a) -> std::optional<std::string> {
-                 const bool backing = a.contains("backing");
-                 const std::string format = a["format"].get<std::string>();
-                 if (backing && format != "qcow2") return "backing is for qcow2 images only, not " + format;
-                 if (backing && !a.contains("backing_format"))
-                   return "backing_format is required with backing: qemu-img needs -F to know the backing file's "
-                          "format";
-                 if (!backing && a.contains("backing_format"))
-                   return "backing_format is only for an image with a backing file";
-                 if (a.contains("preallocation") && format != "raw")
-                   return "preallocation is for raw images only, not " + format;
-                 if (!a.contains("size") && !backing) return "size is required unless backing is given";
-                 return std::nullopt;
-               }},
-    .converge = converge,
-}};
+const Registration registration{declare_module(
+    "qemu_img", "a disk image with this format, size and backing file (qemu-img; grown on request, never shrunk)",
+    ArgsDecl<Args>()
+        .arg("path", &Args::path, "the image file (absolute; never followed if it is a symlink)",
+             {.required = true, .check = absolute_file, .example = "/var/lib/libvirt/images/win11.qcow2"})
+        .arg("format", &Args::format, "the image format", {.choices = {"qcow2", "raw"}})
+        .arg("size", &Args::size, "the virtual size, as qemu-img takes it (20G, 512MiB, 4096 for bytes); required unless backing is given",
+             {.check =
+                  [](const json& v) -> std::optional<std::string> {
+                    auto size = image_size(v.get<std::string>());
+                    if (!size) return size.error();
+                    return std::nullopt;
+                  },
+              .example = "64G"})
+        .arg("backing", &Args::backing, "a backing file the qcow2 image is an overlay of (absolute)", {.check = absolute_file})
+        .arg("backing_format", &Args::backing_format, "the backing file's format (qemu-img -F), required with backing",
+             {.check = [](const json& v) -> std::optional<std::string> {
+               const std::string s = v.get<std::string>();
+               if (s.empty() || s.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos)
+                 return "must be a qemu image format such as qcow2 or raw, not '" + s + "'";
+               return std::nullopt;
+             }})
+        .arg("preallocation", &Args::preallocation, "how a new raw image's space is allocated", {.choices = {"off", "falloc", "full"}})
+        .arg("owner", &Args::owner, "the image's owner (a user name or number)", {.check = id_name})
+        .arg("group", &Args::group, "the image's group (a group name or number)", {.check = id_name})
+        .arg("mode", &Args::mode, "the image's mode, in octal",
+             {.check =
+                  [](const json& v) -> std::optional<std::string> {
+                    const std::string s = v.get<std::string>();
+                    if (s.size() < 3 || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos)
+                      return "must be an octal mode such as \"0640\", not '" + s + "'";
+                    return std::nullopt;
+                  },
+              .example = "0640"})
+        .arg("allow_grow", &Args::allow_grow, "grow an existing image that is smaller than size (it is never shrunk)")
+        .arg("timeout", &Args::timeout, "seconds qemu-img may take (full preallocation of a large raw image writes every byte)",
+             {.check = [](const json& v) -> std::optional<std::string> {
+               if (v.get<long long>() <= 0) return "must be a number of seconds above 0";
+               return std::nullopt;
+             }})
+        .check([](const Args& a) -> std::optional<std::string> {
+          const bool backing = a.backing.has_value();
+          if (backing && a.format != "qcow2") return "backing is for qcow2 images only, not " + a.format;
+          if (backing && !a.backing_format)
+            return "backing_format is required with backing: qemu-img needs -F to know the backing file's format";
+          if (!backing && a.backing_format) return "backing_format is only for an image with a backing file";
+          if (a.preallocation && a.format != "raw") return "preallocation is for raw images only, not " + a.format;
+          if (!a.size && !backing) return "size is required unless backing is given";
+          return std::nullopt;
+        }),
+    converge)};
 
 }  // namespace
 }  // namespace gpt
