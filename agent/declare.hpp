@@ -144,6 +144,27 @@ class ArgsDecl {
     schema_.args.push_back(std::move(s));
     return *this;
   }
+  // A mapping whose fields another declaration declares; nullopt when the playbook leaves it out.
+  template <typename F, typename B>
+    requires std::is_base_of_v<B, A>
+  ArgsDecl& arg(std::string name, std::optional<F> B::*member, std::string doc, const ArgsDecl<F>& fields,
+                ArgMore more = {}) {
+    auto decl = std::make_shared<const ArgsDecl<F>>(fields);
+    ArgSpec s{.name = std::move(name),
+              .type = ArgType::dict,
+              .required = more.required,
+              .default_value = {},
+              .choices = {},
+              .elements = ArgType::str,
+              .fields = fields.schema().args,
+              .check = std::move(more.check),
+              .doc = std::move(doc),
+              .example = std::move(more.example)};
+    binds_.push_back({s.name, [decl, member](A& a, const nlohmann::json& v) { a.*member = decl->bind(v); },
+                      [decl, member](const A& a) { return a.*member ? decl->dump(*(a.*member)) : nlohmann::json(); }});
+    schema_.args.push_back(std::move(s));
+    return *this;
+  }
   ArgsDecl& mutually_exclusive(std::vector<std::string> group) {
     schema_.mutually_exclusive.push_back(std::move(group));
     return *this;

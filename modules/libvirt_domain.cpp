@@ -114,7 +114,7 @@ ModuleSchema schema() {
          if (n.empty() || n.find('/') != std::string::npos || n.size() > 200) return "'" + n + "' is not a domain name";
          return std::nullopt;
        }},
-      {.name = "connect"},
+      connect_arg(),
       {.name = "type", .choices = {"auto", "kvm", "qemu"}},
       {.name = "memory", .type = ArgType::any, .required = true, .check = size_check},
       {.name = "vcpus", .type = ArgType::integer, .check = [](const json& v) -> std::optional<std::string> {
@@ -1853,7 +1853,10 @@ std::optional<std::string> kept_nvram(const Context& ctx, const pugi::xml_docume
 
 Result converge(Context& ctx, const json& args, bool apply) {
   const std::string name = args["name"].get<std::string>();
-  auto opened = open_libvirt(ctx, args, "domain " + name, apply);
+  const auto connect = args.contains("connect") && !args["connect"].is_null()
+                           ? std::optional<std::string>(args["connect"].get<std::string>())
+                           : std::nullopt;
+  auto opened = open_libvirt(ctx, connect, "domain " + name, apply);
   if (auto* skip = std::get_if<Result>(&opened)) return *skip;
   virt::Connection* conn = &std::get<virt::Connection>(opened);
   auto found = conn->lookup(name);

@@ -14,7 +14,7 @@
 #include <pugixml.hpp>
 
 #include "agent/diff.hpp"
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/text.hpp"
 #include "agent/virt.hpp"
 #include "modules/libvirt_shared.hpp"
@@ -49,13 +49,31 @@ struct Address {
   bool as_netmask = false;  // written as netmask='…' (the playbook gave one) rather than prefix='N'
 };
 
-std::optional<Address> address_of(const json& args) {
-  if (args.contains("address")) {
-    const std::string text = args["address"].get<std::string>();
+struct Dhcp {
+  std::string start;
+  std::string end;
+};
+
+struct Args {
+  std::string name;
+  std::optional<std::string> mode;
+  std::optional<std::string> bridge;
+  std::optional<std::string> address;
+  std::optional<std::string> ip;
+  std::optional<std::string> netmask;
+  std::optional<Dhcp> dhcp;
+  std::string state = "active";
+  std::optional<bool> autostart;
+  std::optional<std::string> connect;
+};
+
+std::optional<Address> address_of(const Args& args) {
+  if (args.address) {
+    const std::string& text = *args.address;
     const auto slash = text.find('/');
     return Address{text.substr(0, slash), std::stoi(text.substr(slash + 1)), false};
   }
-  if (args.contains("ip")) return Address{args["ip"].get<std::string>(), *prefix_of(args["netmask"].get<std::string>()), true};
+  if (args.ip) return Address{*args.ip, *prefix_of(args.netmask.value_or("")), true};
   return std::nullopt;
 }
 
@@ -67,47 +85,53 @@ std::string netmask_of(int prefix) {
   return buf;
 }
 
-std::optional<std::string> check_args(const json& args) {
-  const std::string mode = args.value("mode", "");
-  if (mode == "bridge" && !args.contains("bridge")) return "mode: bridge needs bridge: (the host bridge the network uses)";
+std::optional<std::string> check_args(const Args& args) {
+  const std::string mode = args.mode.value_or("");
+  if (mode == "bridge" && !args.bridge) return "mode: bridge needs bridge: (the host bridge the network uses)";
   if (mode == "bridge")
-    for (const char* key : {"address", "ip", "dhcp"})
-      if (args.contains(key)) return std::string(key) + ": a bridge-mode network has no address of its own (the host bridge's LAN gives them)";
-  if (args.contains("ip") != args.contains("netmask")) return "ip: and netmask: go together (or address: 192.168.100.1/24)";
-  if (args.contains("dhcp") && !args.contains("address") && !args.contains("ip"))
-    return "dhcp: needs the network's address (address: 192.168.100.1/24)";
+    for (const auto& [key, given] : {std::pair{"address", args.address.has_value()}, std::pair{"ip", args.ip.has_value()},
+                                     std::pair{"dhcp", args.dhcp.has_value()}})
+      if (given) return std::string(key) + ": a bridge-mode network has no address of its own (the host bridge's LAN gives them)";
+  if (args.ip.has_value() != args.netmask.has_value()) return "ip: and netmask: go together (or address: 192.168.100.1/24)";
+  if (args.dhcp && !args.address && !args.ip) return "dhcp: needs the network's address (address: 192.168.100.1/24)";
   return std::nullopt;
 }
 
-ModuleSchema schema() {
-  return {.args = {{.name = "name", .required = true},
-                   {.name = "mode", .choices = {"nat", "bridge"}},
-                   {.name = "bridge"},
-                   {.name = "address",
-                    .check = [](const json& v) -> std::optional<std::string> {
-                      const std::string s = v.get<std::string>();
-                      const auto slash = s.find('/');
-                      const std::string bits = slash == std::string::npos ? "" : s.substr(slash + 1);
-                      if (slash == std::string::npos || !ipv4(s.substr(0, slash)) || bits.empty() || bits.size() > 2 ||
-                          bits.find_first_not_of("0123456789") != std::string::npos || std::stoi(bits) < 1 || std::stoi(bits) > 30)
-                        return "'" + s + "' is not an IPv4 address with a prefix length (192.168.100.1/24)";
-                      return std::nullopt;
-                    }},
-                   {.name = "ip", .check = ipv4_check},
-                   {.name = "netmask",
-                    .check = [](const json& v) -> std::optional<std::string> {
-                      if (!prefix_of(v.get<std::string>())) return "'" + v.get<std::string>() + "' is not a netmask";
-                      return std::nullopt;
-                    }},
-                   {.name = "dhcp",
-                    .type = ArgType::dict,
-                    .fields = {{.name = "start", .required = true, .check = ipv4_check},
-                               {.name = "end", .required = true, .check = ipv4_check}}},
-                   {.name = "state", .default_value = "active", .choices = {"active", "inactive", "absent"}},
-                   {.name = "autostart", .type = ArgType::boolean},
-                   {.name = "connect"}},
-          .mutually_exclusive = {{"address", "ip"}},
-          .check = check_args};
+ArgsDecl<Args> declaration() {
+  return ArgsDecl<Args>()
+      .arg("name", &Args::name, "the network", {.required = true, .example = "gpu-lan"})
+      .arg("mode", &Args::mode, "nat: libvirt's own subnet behind NAT (a new network's default); bridge: the host bridge's LAN",
+           {.choices = {"nat", "bridge"}})
+      .arg("bridge", &Args::bridge, "the bridge: for mode: bridge, the host's own (br0); for nat, the one libvirt makes")
+      .arg("address", &Args::address, "the host's address on the network with its prefix length",
+           {.check =
+                [](const json& v) -> std::optional<std::string> {
+                  const std::string s = v.get<std::string>();
+                  const auto slash = s.find('/');
+                  const std::string bits = slash == std::string::npos ? "" : s.substr(slash + 1);
+                  if (slash == std::string::npos || !ipv4(s.substr(0, slash)) || bits.empty() || bits.size() > 2 ||
+                      bits.find_first_not_of("0123456789") != std::string::npos || std::stoi(bits) < 1 || std::stoi(bits) > 30)
+                    return "'" + s + "' is not an IPv4 address with a prefix length (192.168.100.1/24)";
+                  return std::nullopt;
+                },
+            .example = "192.168.100.1/24"})
+      .arg("ip", &Args::ip, "the host's address, written with netmask: instead of a prefix", {.check = ipv4_check})
+      .arg("netmask", &Args::netmask, "the netmask that goes with ip:",
+           {.check = [](const json& v) -> std::optional<std::string> {
+             if (!prefix_of(v.get<std::string>())) return "'" + v.get<std::string>() + "' is not a netmask";
+             return std::nullopt;
+           }})
+      .arg("dhcp", &Args::dhcp, "the range libvirt's DHCP server hands out",
+           ArgsDecl<Dhcp>()
+               .arg("start", &Dhcp::start, "the first address", {.required = true, .check = ipv4_check})
+               .arg("end", &Dhcp::end, "the last address", {.required = true, .check = ipv4_check}),
+           {.example = json{{"start", "192.168.100.2"}, {"end", "192.168.100.254"}}})
+      .arg("state", &Args::state, "active: defined and started; inactive: defined, stopped; absent: undefined",
+           {.choices = {"active", "inactive", "absent"}})
+      .arg("autostart", &Args::autostart, "whether libvirt starts it at boot (left as it is when not given)")
+      .arg(connect_arg(), &Args::connect)
+      .mutually_exclusive({"address", "ip"})
+      .check(check_args);
 }
 
 void set_attr(pugi::xml_node n, const char* name, const std::string& value) {
@@ -139,15 +163,15 @@ std::optional<int> prefix_in(pugi::xml_node ip) {
 
 // The declared parts merged into `doc` (the persistent definition, or empty for a new network),
 // each written only where it differs.
-void merge(pugi::xml_document& doc, const json& args) {
+void merge(pugi::xml_document& doc, const Args& args) {
   auto net = doc.child("network");
   const bool is_new = !net;
   if (is_new) {
     net = doc.append_child("network");
-    net.append_child("name").text().set(args["name"].get<std::string>().c_str());
+    net.append_child("name").text().set(args.name.c_str());
   }
   // A new network without a mode is a NAT one, like libvirt's default network.
-  const std::string mode = args.value("mode", is_new ? "nat" : "");
+  const std::string mode = args.mode.value_or(is_new ? "nat" : "");
   if (!mode.empty()) {
     auto forward = child_after(net, "forward", "name");
     if (std::string_view(forward.attribute("mode").value()) != mode) set_attr(forward, "mode", mode);
@@ -157,8 +181,8 @@ void merge(pugi::xml_document& doc, const json& args) {
       while (auto ip = net.child("ip")) net.remove_child(ip);
     }
   }
-  if (args.contains("bridge")) {
-    const std::string name = args["bridge"].get<std::string>();
+  if (args.bridge) {
+    const std::string& name = *args.bridge;
     auto bridge = child_after(net, "bridge", "forward");
     if (bridge.attribute("name").value() != name) set_attr(bridge, "name", name);
   }
@@ -172,23 +196,21 @@ void merge(pugi::xml_document& doc, const json& args) {
       if (want->as_netmask) set_attr(ip, "netmask", netmask_of(want->prefix));
       else set_attr(ip, "prefix", std::to_string(want->prefix));
     }
-    if (args.contains("dhcp")) {
+    if (args.dhcp) {
       auto dhcp = ip.child("dhcp");
       if (!dhcp) dhcp = ip.append_child("dhcp");
       auto range = dhcp.child("range");
       if (!range) range = dhcp.prepend_child("range");
-      for (const char* end : {"start", "end"}) {
-        const std::string value = args["dhcp"][end].get<std::string>();
+      for (const auto& [end, value] : {std::pair{"start", args.dhcp->start}, std::pair{"end", args.dhcp->end}})
         if (range.attribute(end).value() != value) set_attr(range, end, value);
-      }
     }
   }
 }
 
-Result converge(Context& ctx, const json& args, bool apply) {
-  const std::string name = args["name"].get<std::string>();
-  const std::string state = args["state"].get<std::string>();
-  auto opened = open_libvirt(ctx, args, "network " + name, apply);
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
+  const std::string& name = args.name;
+  const std::string& state = args.state;
+  auto opened = open_libvirt(ctx, args.connect, "network " + name, apply);
   if (auto* skip = std::get_if<Result>(&opened)) return *skip;
   virt::Connection* conn = &std::get<virt::Connection>(opened);
   auto found = conn->lookup_network(name);
@@ -214,16 +236,15 @@ Result converge(Context& ctx, const json& args, bool apply) {
     return r;
   }
 
-  if (args.value("mode", "") == "bridge" && conn->local() && !host_bridge_exists(ctx.root, args["bridge"].get<std::string>()))
-    return Result::failed("bridge " + args["bridge"].get<std::string>() + " does not exist on this host (no /sys/class/net/" +
-                          args["bridge"].get<std::string>() +
+  if (args.mode == "bridge" && conn->local() && !host_bridge_exists(ctx.root, *args.bridge))
+    return Result::failed("bridge " + *args.bridge + " does not exist on this host (no /sys/class/net/" + *args.bridge +
                           "/bridge): create it first (netplan, NetworkManager or ifupdown), or use mode: nat");
   pugi::xml_document current;
   if (net) {
     auto xml = net->xml(true);
     if (!xml) return Result::failed(xml.error());
     if (!current.load_string(xml->c_str())) return Result::failed("libvirt returned XML that does not parse for network " + name);
-  } else if (args.value("mode", "nat") == "nat" && !args.contains("address") && !args.contains("ip")) {
+  } else if (args.mode.value_or("nat") == "nat" && !args.address && !args.ip) {
     return Result::failed("network " + name + " does not exist: a new NAT network needs its address (address: 192.168.100.1/24)");
   }
   pugi::xml_document desired;
@@ -258,8 +279,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
   } else if (redefine && active) {
     done.push_back("the active network keeps its old configuration until it is restarted (virsh net-destroy, net-start)");
   }
-  if (args.contains("autostart"))
-    if (auto s = converge_autostart(net, args["autostart"].get<bool>(), apply, done); !s) return Result::failed(s.error());
+  if (args.autostart)
+    if (auto s = converge_autostart(net, *args.autostart, apply, done); !s) return Result::failed(s.error());
   if (state == "active") ctx.provided.insert(key);
   else ctx.provided.erase(key);
 
@@ -279,9 +300,9 @@ Result converge(Context& ctx, const json& args, bool apply) {
   return r;
 }
 
-const Registration reg{{"libvirt_network",
-                        "a libvirt network defined and started: NAT with address and DHCP, or over a host bridge", schema(),
-                        converge}};
+const Registration reg{declare_module(
+    "libvirt_network", "a libvirt network defined and started: NAT with address and DHCP, or over a host bridge",
+    declaration(), converge)};
 
 }  // namespace
 }  // namespace gpt

@@ -4,9 +4,15 @@
 
 namespace gpt {
 
-std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const json& args, const std::string& what,
-                                                    bool apply) {
-  std::string uri = args.contains("connect") && !args["connect"].is_null() ? args["connect"].get<std::string>() : ctx.libvirt_uri;
+ArgSpec connect_arg() {
+  return {.name = "connect",
+          .doc = "the hypervisor's URI; else --connect, else qemu:///system (on the host itself, not under --root)",
+          .example = "qemu+ssh://root@gpu-host/system"};
+}
+
+std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const std::optional<std::string>& connect,
+                                                    const std::string& what, bool apply) {
+  std::string uri = connect.value_or(ctx.libvirt_uri);
   if (uri.empty()) {
     if (!ctx.system_commands_allowed)
       return Result::skipped("not run under --root " + ctx.root.dir() + ": " + what + " would be defined at " + kSystemLibvirtUri +

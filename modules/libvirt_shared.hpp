@@ -21,8 +21,10 @@ inline constexpr const char* kSystemLibvirtUri = "qemu:///system";
 // task's Result: skipped there, failed when libvirt cannot be reached — in check mode, changed
 // when an earlier task would install packages or start a service first (Context::provided).
 // `what` names the object the task manages ("domain win10").
-std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const json& args, const std::string& what,
-                                                    bool apply);
+std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const std::optional<std::string>& connect,
+                                                    const std::string& what, bool apply);
+// The `connect` argument both libvirt modules declare.
+ArgSpec connect_arg();
 
 // A libvirt document as the modules show and compare it: two-space indents, no declaration.
 std::string render_xml(const pugi::xml_document& doc);
