@@ -13,7 +13,7 @@
 #include <set>
 #include <thread>
 
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -445,13 +445,18 @@ std::string what_changes(const std::vector<std::string>& install, const std::vec
   return join(parts, "; ");
 }
 
-std::vector<std::string> strings(const json& list) {
-  std::vector<std::string> out;
-  for (const auto& v : list) out.push_back(v.get<std::string>());
-  return out;
-}
+struct Args {
+  std::vector<std::string> present;
+  std::vector<std::string> absent;
+  bool update_cache = false;
+  // Whether an install takes the packages' recommendations (weak dependencies) too; unset: as the
+  // package manager is configured. pacman has none.
+  std::optional<bool> install_recommends;
+  long long lock_timeout = 300;
+  long long timeout = 1800;
+};
 
-Result converge(Context& ctx, const json& args, bool apply) {
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   const auto manager = package_manager_for(ctx.facts.os);
   if (!manager)
     return Result::failed(
@@ -459,14 +464,12 @@ Result converge(Context& ctx, const json& args, bool apply) {
         (ctx.facts.os.id_like.empty() ? "" : " (like " + join(ctx.facts.os.id_like, ", ") + ")") +
         ": apt, dnf, pacman and zypper are known, on Debian, Ubuntu, Fedora, RHEL, Arch and openSUSE");
   const PackageManager m = *manager;
-  const Limits lim{static_cast<int>(args.value("lock_timeout", 300)), std::chrono::seconds(args.value("timeout", 1800)),
-                   args.contains("install_recommends") ? std::optional<bool>(args["install_recommends"].get<bool>())
-                                                       : std::nullopt};
+  const Limits lim{static_cast<int>(args.lock_timeout), std::chrono::seconds(args.timeout), args.install_recommends};
 
   // The sets, resolved for this distribution; the names in the order asked, once each.
   json sets = json::object();
-  std::vector<std::string> present, absent = strings(args.value("absent", json::array()));
-  for (const auto& name : strings(args.value("present", json::array()))) {
+  std::vector<std::string> present, absent = args.absent;
+  for (const auto& name : args.present) {
     std::vector<std::string> members = is_package_set(name) ? package_set(m, name) : std::vector<std::string>{name};
     if (is_package_set(name)) sets[name] = members;
     for (auto& p : members)
@@ -491,20 +494,20 @@ Result converge(Context& ctx, const json& args, bool apply) {
   json data = {{"manager", package_manager_name(m)}, {"present", present}, {"absent", absent}};
   if (!sets.empty()) data["sets"] = sets;
   std::string sets_text;
-  for (const auto& [name, members] : sets.items()) sets_text += "; " + name + ": " + join(strings(members), " ");
+  for (const auto& [name, members] : sets.items()) sets_text += "; " + name + ": " + join(members.get<std::vector<std::string>>(), " ");
   if (install.empty() && remove.empty()) {
     Result r = Result::ok(std::to_string(present.size()) + " present, " + std::to_string(absent.size()) + " absent" +
                           sets_text);
     r.data = std::move(data);
     return r;
   }
-  if (m == PackageManager::pacman && args.value("update_cache", false) && !install.empty())
+  if (m == PackageManager::pacman && args.update_cache && !install.empty())
     return Result::failed(
         "update_cache on Arch would be a partial upgrade (pacman -Sy without -u), which Arch does not "
         "support: upgrade with pacman -Syu, then run the task without update_cache");
 
   std::vector<Command> cmds;
-  if (args.value("update_cache", false) && !install.empty())
+  if (args.update_cache && !install.empty())
     if (auto update = cache_update(m, lim)) cmds.push_back(*update);
   for (auto& c : transaction(m, install, remove, lim)) cmds.push_back(std::move(c));
   std::vector<std::string> command_lines;
@@ -613,38 +616,26 @@ std::optional<std::string> positive(const json& v, long long min) {
   return std::nullopt;
 }
 
-const Registration registration{ModuleDef{
-    .name = "packages",
-    .summary = "packages present and absent, with apt, dnf, pacman or zypper (sets: virtualization, tpm)",
-    .schema = {.args = {{.name = "present",
-                         .type = ArgType::list,
-                         .default_value = json::array(),
-                         .check = [](const json& v) { return check_names(v, true); }},
-                        {.name = "absent",
-                         .type = ArgType::list,
-                         .default_value = json::array(),
-                         .check = [](const json& v) { return check_names(v, false); }},
-                        {.name = "update_cache", .type = ArgType::boolean, .default_value = false},
-                        // Whether an install takes the packages' recommendations (weak dependencies)
-                        // too; unset: as the package manager is configured. pacman has none.
-                        {.name = "install_recommends", .type = ArgType::boolean},
-                        {.name = "lock_timeout",
-                         .type = ArgType::integer,
-                         .default_value = 300,
-                         .check = [](const json& v) { return positive(v, 0); }},
-                        {.name = "timeout",
-                         .type = ArgType::integer,
-                         .default_value = 1800,
-                         .check = [](const json& v) { return positive(v, 1); }}},
-               .check = [](const json& a) -> std::optional<std::string> {
-                 if (!a.contains("present") || !a.contains("absent")) return std::nullopt;
-                 for (const auto& p : a["present"])
-                   for (const auto& q : a["absent"])
-                     if (p == q) return "'" + p.get<std::string>() + "' is both in present and in absent";
-                 return std::nullopt;
-               }},
-    .converge = converge,
-}};
+const Registration registration{declare_module(
+    "packages", "packages present and absent, with apt, dnf, pacman or zypper (sets: virtualization, tpm)",
+    ArgsDecl<Args>()
+        .arg("present", &Args::present, "packages, or sets (virtualization, tpm) resolved for this distribution, to install",
+             {.check = [](const json& v) { return check_names(v, true); }, .example = json::array({"virtualization", "tpm"})})
+        .arg("absent", &Args::absent, "packages to remove", {.check = [](const json& v) { return check_names(v, false); }})
+        .arg("update_cache", &Args::update_cache, "refresh the package lists before an install (refused on Arch, where it would be a partial upgrade)")
+        .arg("install_recommends", &Args::install_recommends,
+             "whether an install takes the packages' recommendations too; unset: as the package manager is configured")
+        .arg("lock_timeout", &Args::lock_timeout, "seconds to wait for another package manager to let go of its lock",
+             {.check = [](const json& v) { return positive(v, 0); }})
+        .arg("timeout", &Args::timeout, "seconds one package manager command may take",
+             {.check = [](const json& v) { return positive(v, 1); }})
+        .check([](const Args& a) -> std::optional<std::string> {
+          for (const auto& p : a.present)
+            if (std::find(a.absent.begin(), a.absent.end(), p) != a.absent.end())
+              return "'" + p + "' is both in present and in absent";
+          return std::nullopt;
+        }),
+    converge)};
 
 }  // namespace
 }  // namespace gpt
