@@ -8,7 +8,7 @@
 #include "agent/changes.hpp"
 #include "agent/kernel_guard.hpp"
 #include "agent/gpu.hpp"
-#include "agent/module.hpp"
+#include "agent/declare.hpp"
 #include "agent/pci.hpp"
 #include "agent/shell_syntax.hpp"
 #include "agent/text.hpp"
@@ -442,18 +442,32 @@ Expected<std::vector<std::string>> driver_modules(const Root& root, std::string_
   return out;
 }
 
-Result converge(Context& ctx, const json& args, bool apply) {
-  const std::vector<std::string> mods = args.contains("modules") ? args["modules"].get<std::vector<std::string>>()
-                                                                  : default_modules(ctx.facts.kernel_release);
+struct Args {
+  std::optional<std::vector<std::string>> modules;  // unset: what this kernel needs
+  std::vector<std::string> ids;
+  std::vector<std::string> devices;
+  json gpus;  // null: not given
+  bool force = false;
+  bool softdep = true;
+  std::vector<std::string> blacklist;
+  bool load = true;
+  std::string kernel_cmdline = "auto";
+  bool initramfs = true;
+  std::string modprobe_conf = "/etc/modprobe.d/vfio.conf";
+  std::string modules_load_conf = "/etc/modules-load.d/vfio.conf";
+};
+
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
+  const std::vector<std::string> mods = args.modules ? *args.modules : default_modules(ctx.facts.kernel_release);
   // The ids vfio-pci claims: given ones, then every function of each given device's slot.
   std::vector<std::string> ids;
   auto add_id = [&](const std::string& id) {
     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   };
-  for (const auto& id : args["ids"]) add_id(*parse_pci_id(id.get<std::string>()));
+  for (const auto& id : args.ids) add_id(*parse_pci_id(id));
   std::vector<std::string> chosen;  // the functions named through gpus or devices
-  if (args.contains("gpus")) {
-    auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
+  if (!args.gpus.is_null()) {
+    auto gpus = select_gpus(ctx.facts, args.gpus, args.force);
     if (!gpus) return Result::failed(gpus.error());
     for (const auto& g : *gpus)
       for (const auto& f : g.functions) {
@@ -463,8 +477,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
         chosen.push_back(f);
       }
   }
-  for (const auto& dev : args["devices"]) {
-    auto functions = pci_slot_functions(ctx.root, *parse_pci_address(dev.get<std::string>()));
+  for (const auto& dev : args.devices) {
+    auto functions = pci_slot_functions(ctx.root, *parse_pci_address(dev));
     if (!functions) return Result::failed(functions.error());
     for (const auto& f : *functions) {
       auto id = pci_device_id(ctx.root, f);
@@ -486,8 +500,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
     sharing.push_back(device_text(d));
   }
   const bool by_address = !sharing.empty();
-  if (by_address && !args["ids"].empty())
-    return Result::failed("ids: " + join(args["ids"].get<std::vector<std::string>>(), ",") + " would also give vfio-pci " +
+  if (by_address && !args.ids.empty())
+    return Result::failed("ids: " + join(args.ids, ",") + " would also give vfio-pci " +
                           join(sharing, ", ") + ", which is not being passed through: leave ids out, and the GPU's functions are bound by address");
   if (by_address)
     want.by_address_lines = {
@@ -497,22 +511,22 @@ Result converge(Context& ctx, const json& args, bool apply) {
             "exec /sbin/modprobe --ignore-install vfio-pci $CMDLINE_OPTS'\n"};
   // vfio-pci must claim the GPU before its display driver and the audio function before HDA: the
   // NVIDIA drivers and HDA always, and whatever else this kernel has for the chosen functions.
-  if (args["softdep"].get<bool>()) {
+  if (args.softdep) {
     want.softdeps = {"nouveau", "nvidia", "snd_hda_intel"};
     auto found = driver_modules(ctx.root, ctx.facts.kernel_release, chosen);
     if (!found) return Result::failed(found.error());
     for (const auto& m : *found)
       if (std::find(want.softdeps.begin(), want.softdeps.end(), m) == want.softdeps.end()) want.softdeps.push_back(m);
   }
-  want.blacklist = args["blacklist"].get<std::vector<std::string>>();
+  want.blacklist = args.blacklist;
 
   FileChanges boot(ctx.root), load_conf(ctx.root), guard(ctx.root);
   std::vector<HandlerRequest> grub_requests;
-  auto modprobe_note = plan_modprobe(ctx, want, args["modprobe_conf"].get<std::string>(), boot);
+  auto modprobe_note = plan_modprobe(ctx, want, args.modprobe_conf, boot);
   if (!modprobe_note) return Result::failed(modprobe_note.error());
 
   std::string note;
-  if (args["initramfs"].get<bool>()) {
+  if (args.initramfs) {
     const std::string& tool = ctx.facts.boot.initramfs;
     if (tool == "update-initramfs") {
       auto text = read_file_if_exists(ctx.root, "/etc/initramfs-tools/modules");
@@ -546,7 +560,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   // A vfio-pci built into the kernel never reads modprobe.d: its ids must be on the kernel command
   // line. Debian's grub-mkconfig sources /etc/default/grub.d/*.cfg, so the parameter lives in a
   // drop-in of its own there, apart from the user's (and grub_cmdline's) edits of the main file.
-  const std::string cmdline_mode = args["kernel_cmdline"].get<std::string>();
+  const std::string& cmdline_mode = args.kernel_cmdline;
   const bool builtin = std::find(ctx.facts.builtin_modules.begin(), ctx.facts.builtin_modules.end(), "vfio_pci") !=
                        ctx.facts.builtin_modules.end();
   std::string cmdline_param;
@@ -594,7 +608,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
 
   // modules-load.d: the agent's file whole; a user's own (a wiki's vfio.conf, with kvmfr, say) keeps
   // every line, and only the modules it lacks are added.
-  const std::string load_path = args["modules_load_conf"].get<std::string>();
+  const std::string& load_path = args.modules_load_conf;
   auto load_text = read_file_if_exists(ctx.root, load_path);
   if (!load_text) return Result::failed(load_text.error());
   std::string modules_load = std::string(kHeader);
@@ -605,7 +619,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
 
   // Loading now: only what is neither loaded nor built in.
   std::vector<std::string> missing;
-  if (args["load"].get<bool>())
+  if (args.load)
     for (const auto& m : mods)
       if (!ctx.facts.module_available(m)) missing.push_back(module_name(m));
 
@@ -635,7 +649,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
   }
   // What the guard recorded: an installed kernel whose initramfs lacks the modules is drift, and
   // rebuilding the initramfs of every kernel repairs it (the guard checks each again).
-  if (args["initramfs"].get<bool>() && ctx.facts.boot.initramfs == "update-initramfs") {
+  if (args.initramfs && ctx.facts.boot.initramfs == "update-initramfs") {
     auto records = read_guard_records(ctx.root);
     if (!records) return Result::failed(records.error());
     std::vector<std::string> gaps;
@@ -702,27 +716,38 @@ std::optional<std::string> check_conf_path(const json& v) {
   return std::nullopt;
 }
 
-const Registration registration{ModuleDef{
-    .name = "vfio",
-    .summary = "vfio modules at boot and now, vfio-pci ids and softdeps, modules in the initramfs",
-    .schema = {.args = {{.name = "modules", .type = ArgType::list, .check = check_names},
-                        {.name = "ids", .type = ArgType::list, .default_value = json::array(), .check = check_ids},
-                        {.name = "devices", .type = ArgType::list, .default_value = json::array(), .check = check_devices},
-                        gpus_arg(),
-                        {.name = "force", .type = ArgType::boolean, .default_value = false},
-                        {.name = "softdep", .type = ArgType::boolean, .default_value = true},
-                        {.name = "blacklist", .type = ArgType::list, .default_value = json::array(), .check = check_names},
-                        {.name = "load", .type = ArgType::boolean, .default_value = true},
-                        {.name = "kernel_cmdline", .type = ArgType::str, .default_value = "auto",
-                         .choices = {"auto", "always", "never"}},
-                        {.name = "initramfs", .type = ArgType::boolean, .default_value = true},
-                        {.name = "modprobe_conf", .type = ArgType::str, .default_value = "/etc/modprobe.d/vfio.conf",
-                         .check = check_conf_path},
-                        {.name = "modules_load_conf", .type = ArgType::str,
-                         .default_value = "/etc/modules-load.d/vfio.conf", .check = check_conf_path}}},
-    .converge = converge,
-    .changes_boot = true,
-}};
+ModuleDef definition() {
+  auto def = declare_module(
+      "vfio", "vfio modules at boot and now, vfio-pci ids and softdeps, modules in the initramfs",
+      ArgsDecl<Args>()
+          .arg("modules", &Args::modules,
+               "the vfio modules; unset: what this kernel needs (vfio_virqfd only before 6.2)", {.check = check_names})
+          .arg("ids", &Args::ids, "vendor:device ids vfio-pci claims at boot",
+               {.check = check_ids, .example = json::array({"10de:1b80", "10de:10f0"})})
+          .arg("devices", &Args::devices, "PCI addresses whose slot's functions vfio-pci claims (their ids, or by address)",
+               {.check = check_devices, .example = json::array({"0000:01:00.0"})})
+          .arg(gpus_arg(), &Args::gpus)
+          .arg("force", &Args::force, "take a GPU named in gpus that cannot be passed through all the same")
+          .arg("softdep", &Args::softdep,
+               "load vfio-pci before the display and audio drivers (nouveau, nvidia, snd_hda_intel, and this kernel's for the functions)")
+          .arg("blacklist", &Args::blacklist, "modules never loaded automatically (blacklist lines in modprobe_conf)",
+               {.check = check_names, .example = json::array({"nouveau"})})
+          .arg("load", &Args::load, "load the modules now as well (those neither loaded nor built in)")
+          .arg("kernel_cmdline", &Args::kernel_cmdline,
+               "vfio-pci.ids= on the kernel command line: auto when vfio_pci is built into the kernel, always, or never",
+               {.choices = {"auto", "always", "never"}})
+          .arg("initramfs", &Args::initramfs,
+               "put the modules in the initramfs (initramfs-tools, dracut or mkinitcpio) and rebuild it")
+          .arg("modprobe_conf", &Args::modprobe_conf, "the agent's modprobe.d file (options, softdeps, blacklist)",
+               {.check = check_conf_path})
+          .arg("modules_load_conf", &Args::modules_load_conf,
+               "the modules-load.d file that loads the modules at boot (a user's own file keeps its lines)",
+               {.check = check_conf_path}),
+      converge);
+  def.changes_boot = true;
+  return def;
+}
+const Registration registration{definition()};
 
 }  // namespace
 }  // namespace gpt
