@@ -1,5 +1,7 @@
 #include "agent/apply.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -10,7 +12,6 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
-#include <spdlog/spdlog.h>
 
 #include "agent/facts.hpp"
 #include "agent/host.hpp"
@@ -165,7 +166,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
   LoadOptions lo;
   lo.facts = facts.to_json();
   lo.extra_vars = o.extra_vars;
-  auto loaded = o.playbook_text.empty() ? load_playbook(o.playbook, lo) : load_playbook_text(o.playbook_text, o.playbook, lo);
+  auto loaded =
+      o.playbook_text.empty() ? load_playbook(o.playbook, lo) : load_playbook_text(o.playbook_text, o.playbook, lo);
   if (!loaded.ok()) {
     if (o.json) out << nlohmann::json{{"playbook", o.playbook}, {"errors", loaded.errors}, {"exit_code", 1}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     for (const auto& e : loaded.errors) err << e << "\n";
@@ -182,8 +184,10 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     if (sha_cache.empty()) {
       std::ifstream in(o.playbook, std::ios::binary);
       std::string text(std::istreambuf_iterator<char>(in), {});
-      if (!in.is_open() || in.bad()) sha_error = "cannot read " + o.playbook + " again to record it: " + std::strerror(errno);
-      else sha_cache = sha256_hex(text);
+      if (!in.is_open() || in.bad())
+        sha_error = "cannot read " + o.playbook + " again to record it: " + std::strerror(errno);
+      else
+        sha_cache = sha256_hex(text);
     }
     return sha_cache;
   };
@@ -288,15 +292,19 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     reporter->stage(verify);
     const auto report = [&](const std::string& what, const std::string& module, Result r, bool handler) {
       TaskReport t{verify.name, what, module, handler, false, std::move(r), 0};
-      if (t.result.status == Outcome::failed) ++stats.failed;
-      else ++stats.ok;
+      if (t.result.status == Outcome::failed)
+        ++stats.failed;
+      else
+        ++stats.ok;
       if (t.result.status == Outcome::changed) ++stats.changed;
       reporter->task(t);
     };
     std::vector<std::string> diagnosis;
     if (state->trial && !booted_trial(*state->trial, facts)) {
-      diagnosis.push_back("the trial boot did not come up: the host fell back to the previous entry (its command line "
-                          "lacks gptagent.trial=" + state->trial->id + ")");
+      diagnosis.push_back(
+          "the trial boot did not come up: the host fell back to the previous entry (its command line "
+          "lacks gptagent.trial=" +
+          state->trial->id + ")");
       report("the trial boot came up", "reboot check", Result::failed(diagnosis.back()), false);
     } else {
       for (const auto& c : verify_after_reboot(state->expect, facts)) {
@@ -308,7 +316,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
       // Nothing is committed: the trial goes, the stage's files come back, the default entry
       // boots as before (the running trial boot until the next reboot).
       Result undone = undo_trial(ctx, *state->trial);
-      if (booted_trial(*state->trial, facts)) undone.msg += "; this boot is the trial's: the next reboot boots the previous default entry";
+      if (booted_trial(*state->trial, facts))
+        undone.msg += "; this boot is the trial's: the next reboot boots the previous default entry";
       report("undo the trial boot", "trial", undone, false);
       if (undone.status != Outcome::failed) {
         if (auto s = save_trial_result(root, {state->stage, "failed", now_text(), diagnosis}); !s)
@@ -344,7 +353,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
             for (const Task& h : *list)
               if (h.name == name) task = &h;
         Result r = task ? converge_module(*task->module, ctx, task->args, !o.check)
-                        : Result::failed("handler '" + name + "' is not in the playbook any more: run it by hand, then --reset-state");
+                        : Result::failed("handler '" + name +
+                                         "' is not in the playbook any more: run it by hand, then --reset-state");
         if (r.status == Outcome::skipped && !o.check) r = Result::failed("the trial cannot be committed: " + r.msg);
         committed = r.status != Outcome::failed;
         report(name, task ? task->module->name : "handler", std::move(r), true);
@@ -352,12 +362,15 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
       if (committed && !o.check) {
         Status removed = remove_trial(ctx, *state->trial);
         report("remove the trial entry", "trial",
-               removed ? Result::changed("committed: the default entry boots the stage's change; the trial entry" +
-                                         (state->trial->initrd.empty() ? std::string() : " and " + state->trial->initrd) + " removed")
-                       : Result::failed(removed.error()),
+               removed
+                   ? Result::changed("committed: the default entry boots the stage's change; the trial entry" +
+                                     (state->trial->initrd.empty() ? std::string() : " and " + state->trial->initrd) +
+                                     " removed")
+                   : Result::failed(removed.error()),
                false);
         if (removed)
-          if (auto s = save_trial_result(root, {state->stage, "committed", now_text(), {}}); !s) err << "gptagent: " << s.error() << "\n";
+          if (auto s = save_trial_result(root, {state->stage, "committed", now_text(), {}}); !s)
+            err << "gptagent: " << s.error() << "\n";
       }
       if (stats.failed > 0) {
         reporter->done(stats, 1);
@@ -380,7 +393,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     }
   }
 
-  RunOptions ro{o.check, o.tags, o.skip_tags, true, start, carried, {}, &g_interrupt, trial_mode, [&] { return trial_possible(ctx); }};
+  RunOptions ro{o.check, o.tags, o.skip_tags,  true,       start,
+                carried, {},     &g_interrupt, trial_mode, [&] { return trial_possible(ctx); }};
   if (!o.check) {
     ro.journal = [&](const StageIntent* intent) -> Status {
       if (!intent) return clear_state(root);
@@ -428,18 +442,22 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
         trial->deferred_notified = stats.deferred_notified;
         trial->written = stats.written;
         s.trial = *trial;
-        t.result = Result::changed("the next boot boots " + std::string(kTrialEntry) + " once (gptagent.trial=" + trial->id +
-                                   "), the default entry stays as it was until that boot passes the stage's checks. A panic "
-                                   "resets it into the previous default after 10 s (panic=10); a boot that hangs is brought "
-                                   "back only by a hardware watchdog, a BMC or a person at the console resetting it");
+        t.result =
+            Result::changed("the next boot boots " + std::string(kTrialEntry) + " once (gptagent.trial=" + trial->id +
+                            "), the default entry stays as it was until that boot passes the stage's checks. A panic "
+                            "resets it into the previous default after 10 s (panic=10); a boot that hangs is brought "
+                            "back only by a hardware watchdog, a BMC or a person at the console resetting it");
         ++stats.ok;
         ++stats.changed;
         if (o.reboot) {
           // A lone host rebooting itself: nobody runs it again, the boot-time unit does.
           reporter->task(t);
-          t = TaskReport{arm.name, "finish the run after the reboot", "trial", false, false, install_resume_unit(ctx), 0};
-          if (t.result.status == Outcome::failed) ++stats.failed;
-          else ++stats.ok;
+          t = TaskReport{arm.name, "finish the run after the reboot", "trial", false,
+                         false,    install_resume_unit(ctx),          0};
+          if (t.result.status == Outcome::failed)
+            ++stats.failed;
+          else
+            ++stats.ok;
           if (t.result.status == Outcome::changed) ++stats.changed;
         }
       } else {
@@ -449,7 +467,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
         undo.written = stats.written;
         auto restored = restore_stage_files(ctx, undo);
         t.result = Result::failed("cannot arm the trial boot: " + trial.error() + "; " +
-                                  (restored ? "the stage's files put back" + (restored->empty() ? std::string() : ": " + join(*restored, ", "))
+                                  (restored ? "the stage's files put back" +
+                                                  (restored->empty() ? std::string() : ": " + join(*restored, ", "))
                                             : restored.error()));
         ++stats.failed;
         if (auto st = clear_state(root); !st) err << "gptagent: " << st.error() << "\n";
@@ -463,8 +482,10 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
       } else if (o.reboot) {
         out.flush();  // what the run did is read before the reboot ends this process
         Result r = ctx.run_system(Command{{"reboot"}}, true, "rebooting");
-        if (r.status == Outcome::failed) err << "gptagent: " << r.msg << "\n";
-        else out << (r.status == Outcome::skipped ? "not rebooting: " : "") << r.msg << "\n";
+        if (r.status == Outcome::failed)
+          err << "gptagent: " << r.msg << "\n";
+        else
+          out << (r.status == Outcome::skipped ? "not rebooting: " : "") << r.msg << "\n";
       }
     }
   }
@@ -509,8 +530,9 @@ void print_run_state(std::ostream& out, const std::optional<RunState>& state, co
 void print_guard_records(std::ostream& out, const std::vector<GuardRecord>& records) {
   for (const auto& g : records)
     out << "kernel guard: " << terminal_safe(g.kernel, false) << ": "
-        << (g.kind == "initramfs" ? "initramfs " : "GRUB entry ") << (g.missing.empty() ? "has everything the playbook wants"
-                                                                                        : "LACKS " + terminal_safe(join(g.missing, " "), false))
+        << (g.kind == "initramfs" ? "initramfs " : "GRUB entry ")
+        << (g.missing.empty() ? "has everything the playbook wants"
+                              : "LACKS " + terminal_safe(join(g.missing, " "), false))
         << "\n";
 }
 

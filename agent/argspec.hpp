@@ -29,8 +29,8 @@ struct ArgSpec {
   std::vector<ArgSpec> fields = {};       // for dict (and list of dict); empty: any keys
   // A semantic check of the typed value: a message when it is wrong.
   std::function<std::optional<std::string>(const nlohmann::json&)> check = {};
-  std::string doc = {};             // one line for `gptagent doc` and the schema's description
-  nlohmann::json example = {};      // a value as a playbook writes it (null: none)
+  std::string doc = {};         // one line for `gptagent doc` and the schema's description
+  nlohmann::json example = {};  // a value as a playbook writes it (null: none)
 };
 
 struct ModuleSchema {

@@ -107,7 +107,8 @@ Status FileChanges::apply(nlohmann::json& data) const {
         break;
     }
     if (backup) data["backups"][p.path] = *backup;
-    else if (p.kind == Kind::write && !p.before) data["created"].push_back(p.path);
+    else if (p.kind == Kind::write && !p.before)
+      data["created"].push_back(p.path);
   }
   return {};
 }

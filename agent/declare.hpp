@@ -15,14 +15,13 @@
 
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/argspec.hpp"
 #include "agent/module.hpp"
@@ -90,8 +89,7 @@ class ArgsDecl {
   // default is the member's initialiser (none for a required one, or for an optional member left
   // empty, or a JSON one left null).
   template <typename T, typename B>
-    requires std::is_base_of_v<B, A>
-  ArgsDecl& arg(std::string name, T B::*member, std::string doc, ArgMore more = {}) {
+  requires std::is_base_of_v<B, A> ArgsDecl& arg(std::string name, T B::*member, std::string doc, ArgMore more = {}) {
     using Tr = ArgTraits<T>;
     ArgSpec s{.name = std::move(name),
               .type = Tr::type,
@@ -107,8 +105,7 @@ class ArgsDecl {
   // An argument several modules share, declared as an ArgSpec once (gpus_arg, command_args): its
   // type must be the member's; its default is the member's initialiser all the same.
   template <typename T, typename B>
-    requires std::is_base_of_v<B, A>
-  ArgsDecl& arg(ArgSpec spec, T B::*member) {
+  requires std::is_base_of_v<B, A> ArgsDecl& arg(ArgSpec spec, T B::*member) {
     using Tr = ArgTraits<T>;
     if (spec.type != Tr::type) throw std::logic_error("argument '" + spec.name + "' is declared with another type");
     if (!spec.required) spec.default_value = Tr::to(*defaults_.*member);
@@ -116,9 +113,8 @@ class ArgsDecl {
   }
   // A list of mappings whose fields another declaration declares (its struct is the element).
   template <typename F, typename B>
-    requires std::is_base_of_v<B, A>
-  ArgsDecl& arg(std::string name, std::vector<F> B::*member, std::string doc, const ArgsDecl<F>& fields,
-                ArgMore more = {}) {
+  requires std::is_base_of_v<B, A> ArgsDecl& arg(std::string name, std::vector<F> B::*member, std::string doc,
+                                                 const ArgsDecl<F>& fields, ArgMore more = {}) {
     auto decl = std::make_shared<const ArgsDecl<F>>(fields);
     auto to = [decl, member](const A& a) {
       nlohmann::json out = nlohmann::json::array();
@@ -146,9 +142,8 @@ class ArgsDecl {
   }
   // A mapping whose fields another declaration declares; nullopt when the playbook leaves it out.
   template <typename F, typename B>
-    requires std::is_base_of_v<B, A>
-  ArgsDecl& arg(std::string name, std::optional<F> B::*member, std::string doc, const ArgsDecl<F>& fields,
-                ArgMore more = {}) {
+  requires std::is_base_of_v<B, A> ArgsDecl& arg(std::string name, std::optional<F> B::*member, std::string doc,
+                                                 const ArgsDecl<F>& fields, ArgMore more = {}) {
     auto decl = std::make_shared<const ArgsDecl<F>>(fields);
     ArgSpec s{.name = std::move(name),
               .type = ArgType::dict,

@@ -30,7 +30,7 @@ struct FleetOptions {
   std::vector<std::string> extra_vars;  // the -e arguments as given, passed on to every host
   std::vector<std::string> tags, skip_tags;
   bool reboot = false;
-  bool no_trial = false;  // with reboot: the hosts commit boot changes directly (no trial boot first)
+  bool no_trial = false;             // with reboot: the hosts commit boot changes directly (no trial boot first)
   int reboot_timeout = 600;          // seconds to wait for a rebooted host's new boot_id
   std::string color = "auto";
   std::string agent;                 // the binary to copy ("" : this one)

@@ -145,7 +145,10 @@ nlohmann::json to_json(const PciDevice& d) {
 }
 
 ArgSpec gpus_arg(const json& default_value) {
-  return {.name = "gpus", .type = ArgType::any, .default_value = default_value, .check = [](const json& v) -> std::optional<std::string> {
+  return {.name = "gpus",
+          .type = ArgType::any,
+          .default_value = default_value,
+          .check = [](const json& v) -> std::optional<std::string> {
             if (v.is_string() && v.get<std::string>() == "auto") return std::nullopt;
             if (!v.is_array()) return "must be auto or a list of PCI addresses";
             for (const auto& a : v)

@@ -12,7 +12,7 @@
 namespace gpt {
 
 inline constexpr std::array kAgentPaths = {"/usr/bin/gptagent", "/usr/sbin/gptagent", "/usr/local/bin/gptagent",
-                                    "/usr/local/sbin/gptagent"};
+                                           "/usr/local/sbin/gptagent"};
 
 // Why root must not run `path` unattended: it, or a directory above it, belongs to another user or
 // may be written by one (who could then swap what root runs). nullopt when it may run.

@@ -22,12 +22,13 @@ std::string record_and_report(const std::string& kind, const std::string& suffix
   return "dir=\"$root\"" + std::string(kGuardDir) +
          "\n"
          "mkdir -p \"$dir\" && chmod 700 \"$dir\"\n"
-         "printf 'kernel=%s\\nkind=" + kind + "\\nwhat=%s\\nmissing=%s\\n' \"$version\" \"$" + what_var +
-         "\" \"${missing# }\" >\"$dir/$version" + suffix + ".new\" && mv -f \"$dir/$version" + suffix + ".new\" \"$dir/$version" +
-         suffix +
+         "printf 'kernel=%s\\nkind=" +
+         kind + "\\nwhat=%s\\nmissing=%s\\n' \"$version\" \"$" + what_var + "\" \"${missing# }\" >\"$dir/$version" +
+         suffix + ".new\" && mv -f \"$dir/$version" + suffix + ".new\" \"$dir/$version" + suffix +
          "\"\n"
          "[ -z \"$missing\" ] && exit 0\n"
-         "msg=\"gptagent: kernel $version: " + consequence +
+         "msg=\"gptagent: kernel $version: " +
+         consequence +
          "\"\n"
          "echo \"$msg\" >&2\n"
          "logger -t gptagent \"$msg\" 2>/dev/null || true\n"
@@ -47,15 +48,17 @@ std::string initramfs_guard_script(const std::vector<std::string>& modules) {
          "image=\"$2\"\n"
          "listing=$(lsinitramfs \"$image\" 2>/dev/null)\n"
          "missing=\"\"\n"
-         "for m in " + quoted_words(modules) +
+         "for m in " +
+         quoted_words(modules) +
          "; do\n"
          "  pattern=$(printf '%s' \"$m\" | sed 's/_/[-_]/g')\n"
          "  printf '%s\\n' \"$listing\" | grep -Eq \"/$pattern\\.ko(\\.(xz|zst|gz))?\\$\" && continue\n"
          "  grep -Eq \"/$pattern\\.ko\\$\" \"$root/lib/modules/$version/modules.builtin\" 2>/dev/null && continue\n"
          "  missing=\"$missing $m\"\n"
          "done\n" +
-         record_and_report("initramfs", "", "image",
-                           "$image lacks$missing: vfio-pci will not claim the GPU when this kernel boots; run gptagent apply");
+         record_and_report(
+             "initramfs", "", "image",
+             "$image lacks$missing: vfio-pci will not claim the GPU when this kernel boots; run gptagent apply");
 }
 
 std::string cmdline_guard_script(const std::vector<std::string>& params, const std::string& grub_cfg) {
@@ -67,10 +70,12 @@ std::string cmdline_guard_script(const std::vector<std::string>& params, const s
          "root=\"${GPTAGENT_GUARD_ROOT:-}\"  # tests: a tree standing in for /\n"
          "version=\"$1\"\n"
          "quoted=$(printf '%s' \"$version\" | sed 's/[.+]/\\\\&/g')\n"
-         "entry=$(grep -E \"^[[:space:]]*linux[[:space:]]+[^[:space:]]*vmlinuz-$quoted[[:space:]]\" \"$root" + grub_cfg + "\"" +
+         "entry=$(grep -E \"^[[:space:]]*linux[[:space:]]+[^[:space:]]*vmlinuz-$quoted[[:space:]]\" \"$root" +
+         grub_cfg + "\"" +
          " 2>/dev/null | head -n 1)\n"
          "missing=\"\"\n"
-         "for p in " + quoted_words(params) +
+         "for p in " +
+         quoted_words(params) +
          "; do\n"
          "  case \" $entry \" in *\" $p \"*) ;; *) missing=\"$missing $p\" ;; esac\n"
          "done\n" +
@@ -92,13 +97,17 @@ Expected<std::vector<GuardRecord>> read_guard_records(const Root& root) {
       const auto eq = line.find('=');
       if (eq == std::string_view::npos) continue;
       const std::string_view key = line.substr(0, eq), value = line.substr(eq + 1);
-      if (key == "kernel") r.kernel = value;
-      else if (key == "kind") r.kind = value;
-      else if (key == "what") r.what = value;
-      else if (key == "missing") r.missing = words(value);
+      if (key == "kernel")
+        r.kernel = value;
+      else if (key == "kind")
+        r.kind = value;
+      else if (key == "what")
+        r.what = value;
+      else if (key == "missing")
+        r.missing = words(value);
     }
-    const bool sane = !r.kernel.empty() && r.kernel.find('/') == std::string::npos && r.kernel != "." && r.kernel != ".." &&
-                      (r.kind == "initramfs" || r.kind == "cmdline");
+    const bool sane = !r.kernel.empty() && r.kernel.find('/') == std::string::npos && r.kernel != "." &&
+                      r.kernel != ".." && (r.kind == "initramfs" || r.kind == "cmdline");
     if (!sane) return Error{path + ": not a record the kernel guard writes"};
     if (path_exists(root, "/lib/modules/" + r.kernel) || path_exists(root, "/usr/lib/modules/" + r.kernel))
       out.push_back(std::move(r));

@@ -246,8 +246,9 @@ int main(int argc, char** argv) {
   apply->add_flag("--reboot", ao.reboot, "Reboot the host when a stage stops for a reboot (never under --root)");
   apply->add_flag("--no-trial", ao.no_trial,
                   "With --reboot: commit a stage's boot change directly instead of booting it once as a trial first");
-  apply->add_flag("--trial", ao.trial,
-                  "Arm a trial boot for a stage's boot change: the caller reboots the host (the fleet controller does)")
+  apply
+      ->add_flag("--trial", ao.trial,
+                 "Arm a trial boot for a stage's boot change: the caller reboots the host (the fleet controller does)")
       ->excludes("--no-trial");
   apply->add_flag("--reset-state", ao.reset_state, "Forget a recorded reboot and start from the first stage");
   apply->add_option("--from-stage", ao.from_stage, "Start at this stage, whatever was recorded")->type_name("NAME");
@@ -285,15 +286,17 @@ int main(int argc, char** argv) {
   status->add_flag("--json", status_json, "As JSON");
 
   gpt::ApplyOptions ro;
-  auto* revert = app.add_subcommand("revert",
-                                    "Put every file the agent changed back as it was before, regenerate grub.cfg and the "
-                                    "initramfs (a boot change, booted as a trial with --reboot)");
+  auto* revert =
+      app.add_subcommand("revert",
+                         "Put every file the agent changed back as it was before, regenerate grub.cfg and the "
+                         "initramfs (a boot change, booted as a trial with --reboot)");
   add_common(revert, false);
   revert->add_flag("-C,--check", ro.check, "Change nothing; report what would change (exit 2 on drift)");
   revert->add_flag("-D,--diff", ro.diff, "Show unified diffs of file changes");
   revert->add_flag("--json", ro.json, "Print one JSON document instead of the human report");
   revert->add_flag("--reboot", ro.reboot, "Reboot the host when the revert needs it (never under --root)");
-  revert->add_flag("--no-trial", ro.no_trial, "With --reboot: commit the revert's boot change without a trial boot first");
+  revert->add_flag("--no-trial", ro.no_trial,
+                   "With --reboot: commit the revert's boot change without a trial boot first");
 
   auto* resume = app.add_subcommand("resume",
                                     "Finish the run that stopped for a reboot: its checks, a trial boot's commit, the "
@@ -340,8 +343,8 @@ int main(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : 1;
   }
-  static TerminalSafeStreams terminal_safe((*apply && ao.json) || (*revert && ro.json) || (*status && status_json) || (*facts && facts_json) ||
-                                           *inventory || *doc || *schema);
+  static TerminalSafeStreams terminal_safe((*apply && ao.json) || (*revert && ro.json) || (*status && status_json) ||
+                                           (*facts && facts_json) || *inventory || *doc || *schema);
   setup_logging(c.verbosity);
   if (*inventory) return cmd_inventory(inventory_path);
   if (*doc) return cmd_doc(app, doc_module, doc_roff, doc_words, doc_json);

@@ -1,9 +1,9 @@
 #include "agent/module.hpp"
 
-#include "agent/declare.hpp"
-
 #include <algorithm>
 #include <stdexcept>
+
+#include "agent/declare.hpp"
 
 namespace gpt {
 

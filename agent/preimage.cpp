@@ -50,7 +50,8 @@ Status keep_preimage(const Root& root, const std::string& path) {
   if (!*now) {
     // The directories the change will make (write_file_atomic makes missing parents).
     json dirs = json::array();
-    for (std::string dir = path.substr(0, path.rfind('/')); !dir.empty() && !path_exists(root, dir); dir = dir.substr(0, dir.rfind('/')))
+    for (std::string dir = path.substr(0, path.rfind('/')); !dir.empty() && !path_exists(root, dir);
+         dir = dir.substr(0, dir.rfind('/')))
       dirs.push_back(dir);
     entry["created_dirs"] = dirs;
   }

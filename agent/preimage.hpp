@@ -3,11 +3,11 @@
 // (content, owner and mode, or that the file did not exist); later changes keep nothing more.
 #pragma once
 
+#include <sys/types.h>
+
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <sys/types.h>
 
 #include "agent/expected.hpp"
 #include "agent/host.hpp"
@@ -26,7 +26,8 @@ struct Preimage {
   mode_t mode = 0644;
   uid_t uid = 0;
   gid_t gid = 0;
-  std::vector<std::string> created_dirs;  // of a file that did not exist: its directories the change made, deepest first
+  std::vector<std::string>
+      created_dirs;  // of a file that did not exist: its directories the change made, deepest first
 };
 // Every kept pre-image, by path.
 Expected<std::vector<Preimage>> load_preimages(const Root& root);

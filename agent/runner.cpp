@@ -150,11 +150,14 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
     if (!builtin.empty() || !user.empty()) reporter.handlers(stage);
     // Trial mode: a stage that will stop for a reboot leaves what the host boots as it is until
     // the trial has booted and passed its checks.
-    const bool trial_stage = opts.trial && apply && opts.staged &&
-                             (stage.reboot == RebootPolicy::always || (stage.reboot == RebootPolicy::when_needed && stage_reboot));
+    const bool trial_stage =
+        opts.trial && apply && opts.staged &&
+        (stage.reboot == RebootPolicy::always || (stage.reboot == RebootPolicy::when_needed && stage_reboot));
     const auto defer = [&](const std::string& name, const std::string& module) {
-      TaskReport rep{stage.name, name, module, true, false,
-                     Result::skipped("deferred: runs when the trial boot has passed the stage's checks"), 0};
+      TaskReport rep{stage.name, name,
+                     module,     true,
+                     false,      Result::skipped("deferred: runs when the trial boot has passed the stage's checks"),
+                     0};
       count(stats, rep);
       reporter.task(rep);
     };

@@ -46,9 +46,9 @@ struct StageIntent {
 // A stage's boot change booted once before it becomes the default (agent/trial.hpp): what was
 // armed, what the commit runs, and what undoing it puts back.
 struct TrialRecord {
-  std::string id;        // the marker on the trial's command line: gptagent.trial=ID
-  std::string grub_dir;  // /boot/grub or /boot/grub2: custom.cfg and grubenv are there
-  std::string initrd;    // the trial's own initramfs (host path); empty when the initramfs did not change
+  std::string id;                   // the marker on the trial's command line: gptagent.trial=ID
+  std::string grub_dir;             // /boot/grub or /boot/grub2: custom.cfg and grubenv are there
+  std::string initrd;               // the trial's own initramfs (host path); empty when the initramfs did not change
   bool custom_cfg_created = false;  // custom.cfg did not exist before the trial: it goes with it
   std::vector<HandlerRequest> deferred;        // module handlers the commit runs (grub_config, initramfs)
   std::vector<std::string> deferred_notified;  // the playbook's handlers the commit runs, by name

@@ -30,7 +30,8 @@ Expected<GrubLayout> grub_layout(const Context& ctx) {
   const bool two = tool == "grub2-mkconfig";
   if (tool.empty()) return Error{"no update-grub, grub-mkconfig or grub2-mkconfig on this host"};
   GrubLayout g{two ? "/boot/grub2" : "/boot/grub", two ? "grub2-mkconfig" : "grub-mkconfig",
-               two ? "grub2-reboot" : "grub-reboot", two ? "grub2-editenv" : "grub-editenv", two ? "grub2-probe" : "grub-probe"};
+               two ? "grub2-reboot" : "grub-reboot", two ? "grub2-editenv" : "grub-editenv",
+               two ? "grub2-probe" : "grub-probe"};
   std::vector<std::string> missing;
   for (const auto* p : {&g.mkconfig, &g.reboot, &g.editenv, &g.probe})
     if (!find_program(ctx.root, *p)) missing.push_back(*p);
@@ -100,7 +101,9 @@ std::string without_block(const std::string& text) {
 }
 
 bool safe_text(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == ' ' || c == '-' || c == '_' || c == '.'; });
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == ' ' || c == '-' || c == '_' || c == '.';
+  });
 }
 
 }  // namespace
@@ -110,35 +113,43 @@ json TrialRecord::to_json() const {
   for (const auto& h : deferred) hs.push_back({{"name", h.name}, {"module", h.module}, {"args", h.args}});
   json w = json::array();
   for (const auto& [path, backup] : written) w.push_back({{"path", path}, {"backup", backup}});
-  return {{"id", id},          {"grub_dir", grub_dir},       {"initrd", initrd}, {"custom_cfg_created", custom_cfg_created},
-          {"deferred", hs},    {"deferred_notified", deferred_notified}, {"written", w}};
+  return {{"id", id},         {"grub_dir", grub_dir},
+          {"initrd", initrd}, {"custom_cfg_created", custom_cfg_created},
+          {"deferred", hs},   {"deferred_notified", deferred_notified},
+          {"written", w}};
 }
 
 Expected<TrialRecord> TrialRecord::from_json(const json& j) {
   try {
     TrialRecord t;
     t.id = j.at("id").get<std::string>();
-    if (t.id.size() != 12 || !std::all_of(t.id.begin(), t.id.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
+    if (t.id.size() != 12 ||
+        !std::all_of(t.id.begin(), t.id.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
       return Error{"id '" + t.id + "' is not one the agent makes"};
     t.grub_dir = j.at("grub_dir").get<std::string>();
-    if (t.grub_dir != "/boot/grub" && t.grub_dir != "/boot/grub2") return Error{"grub_dir '" + t.grub_dir + "' is not GRUB's"};
+    if (t.grub_dir != "/boot/grub" && t.grub_dir != "/boot/grub2")
+      return Error{"grub_dir '" + t.grub_dir + "' is not GRUB's"};
     t.initrd = j.at("initrd").get<std::string>();
-    if (!t.initrd.empty() && (t.initrd.rfind("/boot/", 0) != 0 || t.initrd.find('/', 6) != std::string::npos ||
-                              t.initrd.find(kTrialSuffix) == std::string::npos || t.initrd.find("..") != std::string::npos))
+    if (!t.initrd.empty() &&
+        (t.initrd.rfind("/boot/", 0) != 0 || t.initrd.find('/', 6) != std::string::npos ||
+         t.initrd.find(kTrialSuffix) == std::string::npos || t.initrd.find("..") != std::string::npos))
       return Error{"initrd '" + t.initrd + "' is not a trial initramfs in /boot"};
     t.custom_cfg_created = j.at("custom_cfg_created").get<bool>();
     for (const auto& h : j.at("deferred")) {
-      HandlerRequest req{h.at("name").get<std::string>(), h.at("module").get<std::string>(), h.value("args", json::object())};
+      HandlerRequest req{h.at("name").get<std::string>(), h.at("module").get<std::string>(),
+                         h.value("args", json::object())};
       if (auto why = unsafe_handler_request(req)) return Error{"deferred handler '" + req.name + "': " + *why};
       t.deferred.push_back(std::move(req));
     }
     t.deferred_notified = j.at("deferred_notified").get<std::vector<std::string>>();
     for (const auto& w : j.at("written")) {
       std::string path = w.at("path").get<std::string>(), backup = w.at("backup").get<std::string>();
-      if (path.empty() || path[0] != '/' || path.find("/../") != std::string::npos || path.find("/./") != std::string::npos)
+      if (path.empty() || path[0] != '/' || path.find("/../") != std::string::npos ||
+          path.find("/./") != std::string::npos)
         return Error{"written '" + path + "' is not an absolute path"};
       // A backup is the file's own: FILE.gptagent-TIME beside it, as the agent names them.
-      if (!backup.empty() && (backup.rfind(path + ".gptagent-", 0) != 0 || backup.find('/', path.size()) != std::string::npos))
+      if (!backup.empty() &&
+          (backup.rfind(path + ".gptagent-", 0) != 0 || backup.find('/', path.size()) != std::string::npos))
         return Error{"the backup '" + backup + "' of " + path + " is not one the agent makes"};
       t.written.emplace_back(std::move(path), std::move(backup));
     }
@@ -175,7 +186,8 @@ Status trial_possible(Context& ctx) {
   if (!cfg) return Error{cfg.error() + kChoices};
   if (!*cfg) return Error{cfg_path + " does not exist" + kChoices};
   if ((*cfg)->find("custom.cfg") == std::string::npos)
-    return Error{cfg_path + " does not source custom.cfg (no /etc/grub.d/41_custom when it was made), where the trial entry goes" +
+    return Error{cfg_path +
+                 " does not source custom.cfg (no /etc/grub.d/41_custom when it was made), where the trial entry goes" +
                  kChoices};
   if ((*cfg)->find("next_entry") == std::string::npos)
     return Error{cfg_path + " does not honour next_entry (grub-reboot's one-shot)" + kChoices};
@@ -183,26 +195,33 @@ Status trial_possible(Context& ctx) {
   if (!def) return Error{def.error() + kChoices};
   if (!def->empty() && *def != "0")
     return Error{"GRUB_DEFAULT=" + *def +
-                 ": the trial copies the first menu entry, which is the one this host boots only with GRUB_DEFAULT=0" + kChoices};
+                 ": the trial copies the first menu entry, which is the one this host boots only with GRUB_DEFAULT=0" +
+                 kChoices};
   // GRUB clears next_entry with save_env before it boots the entry: where it cannot write its
   // environment block the trial would be booted on every reset, never falling back.
   auto fs = ask(ctx, Command{{g->probe, "--target=fs", g->dir}});
   if (!fs) return Error{fs.error() + kChoices};
-  static const std::vector<std::string> no_write_fs = {"btrfs", "zfs", "cpiofs", "newc", "odc", "romfs", "squash4", "tarfs"};
+  static const std::vector<std::string> no_write_fs = {"btrfs", "zfs",   "cpiofs",  "newc",
+                                                       "odc",   "romfs", "squash4", "tarfs"};
   if (std::find(no_write_fs.begin(), no_write_fs.end(), *fs) != no_write_fs.end())
-    return Error{g->dir + " is on " + *fs + ", where GRUB cannot write its environment block: the one-shot entry would never be "
-                 "cleared and the host would boot the trial on every reset" + kChoices + ", or move /boot to a plain file system"};
+    return Error{g->dir + " is on " + *fs +
+                 ", where GRUB cannot write its environment block: the one-shot entry would never be "
+                 "cleared and the host would boot the trial on every reset" +
+                 kChoices + ", or move /boot to a plain file system"};
   auto abstraction = ask(ctx, Command{{g->probe, "--target=abstraction", g->dir}});
   if (!abstraction) return Error{abstraction.error() + kChoices};
   for (const auto& a : words(*abstraction))
     if (a == "lvm" || a == "diskfilter" || a.rfind("mdraid", 0) == 0 || a.rfind("raid", 0) == 0 || a == "cryptodisk" ||
         a.rfind("luks", 0) == 0 || a == "geli" || a == "ldm")
-      return Error{g->dir + " is on " + a + ", where GRUB cannot write its environment block: the one-shot entry would never "
-                   "be cleared and the host would boot the trial on every reset" + kChoices + ", or move /boot to a plain partition"};
+      return Error{g->dir + " is on " + a +
+                   ", where GRUB cannot write its environment block: the one-shot entry would never "
+                   "be cleared and the host would boot the trial on every reset" +
+                   kChoices + ", or move /boot to a plain partition"};
   return {};
 }
 
-Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage, const std::vector<HandlerRequest>& deferred) {
+Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage,
+                                    const std::vector<HandlerRequest>& deferred) {
   auto g = grub_layout(ctx);
   if (!g) return Error{g.error()};
   TrialRecord t;
@@ -214,7 +233,9 @@ Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage, cons
 
   // The distribution's own generator, with the stage's /etc/default/grub, writes to a file of the
   // agent's: its first entry is what the default entry becomes at the commit.
-  if (auto s = run(ctx, Command{{g->mkconfig, "-o", kGeneratedCfg}, std::chrono::minutes(10)}, "wrote the trial's grub configuration"); !s)
+  if (auto s = run(ctx, Command{{g->mkconfig, "-o", kGeneratedCfg}, std::chrono::minutes(10)},
+                   "wrote the trial's grub configuration");
+      !s)
     return Error{s.error()};
   auto generated = read_file(ctx.root, kGeneratedCfg);
   (void)remove_own_file(ctx.root, kGeneratedCfg);
@@ -241,9 +262,11 @@ Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage, cons
       if (image.rfind("vmlinuz-", 0) == 0) release = image.substr(8);
       line += " panic=10 gptagent.trial=" + t.id;
     } else if (!w.empty() && (w[0] == "initrd" || w[0] == "initrdefi" || w[0] == "initrd16") && new_initramfs) {
-      if (release.empty()) return Error{"the first entry's kernel is not named vmlinuz-RELEASE: cannot build its trial initramfs"};
+      if (release.empty())
+        return Error{"the first entry's kernel is not named vmlinuz-RELEASE: cannot build its trial initramfs"};
       const std::string& tool = ctx.facts.boot.initramfs;
-      const std::string original = tool == "update-initramfs" ? "initrd.img-" + release : "initramfs-" + release + ".img";
+      const std::string original =
+          tool == "update-initramfs" ? "initrd.img-" + release : "initramfs-" + release + ".img";
       const std::string trial_name =
           tool == "update-initramfs" ? original + kTrialSuffix : "initramfs-" + release + kTrialSuffix + ".img";
       // The kernel's own initramfs is replaced in place; microcode images before it stay.
@@ -255,13 +278,18 @@ Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage, cons
           rewritten.replace(at, w[k].size(), w[k].substr(0, w[k].size() - original.size()) + trial_name);
           replaced = true;
         }
-      if (!replaced) return Error{"the first entry's initrd line names no " + original + ": cannot boot a trial initramfs"};
+      if (!replaced)
+        return Error{"the first entry's initrd line names no " + original + ": cannot boot a trial initramfs"};
       t.initrd = "/boot/" + trial_name;
       Command build;
-      if (tool == "update-initramfs") build.argv = {"mkinitramfs", "-o", t.initrd, release};
-      else if (tool == "dracut") build.argv = {"dracut", "-f", t.initrd, release};
-      else if (tool == "mkinitcpio") build.argv = {"mkinitcpio", "-k", "/boot/vmlinuz-" + release, "-g", t.initrd};
-      else return Error{"no update-initramfs, dracut or mkinitcpio on this host: cannot build the trial initramfs"};
+      if (tool == "update-initramfs")
+        build.argv = {"mkinitramfs", "-o", t.initrd, release};
+      else if (tool == "dracut")
+        build.argv = {"dracut", "-f", t.initrd, release};
+      else if (tool == "mkinitcpio")
+        build.argv = {"mkinitcpio", "-k", "/boot/vmlinuz-" + release, "-g", t.initrd};
+      else
+        return Error{"no update-initramfs, dracut or mkinitcpio on this host: cannot build the trial initramfs"};
       build.timeout = std::chrono::minutes(15);
       if (auto s = run(ctx, build, "built the trial initramfs"); !s) {
         (void)remove_trial(ctx, t);
@@ -306,7 +334,8 @@ Status remove_trial(Context& ctx, const TrialRecord& trial) {
   std::vector<std::string> errors;
   const std::string custom = trial.grub_dir + "/custom.cfg";
   auto text = read_file_if_exists(ctx.root, custom);
-  if (!text) errors.push_back(text.error());
+  if (!text)
+    errors.push_back(text.error());
   else if (*text) {
     const std::string rest = without_block(**text);
     if (rest != **text) {
@@ -323,7 +352,9 @@ Status remove_trial(Context& ctx, const TrialRecord& trial) {
   auto env = read_file_if_exists(ctx.root, trial.grub_dir + "/grubenv");
   if (env && *env && (*env)->find(std::string("next_entry=") + kTrialEntry) != std::string::npos) {
     const std::string editenv = trial.grub_dir == "/boot/grub2" ? "grub2-editenv" : "grub-editenv";
-    if (auto s = run(ctx, Command{{editenv, trial.grub_dir + "/grubenv", "unset", "next_entry"}}, "disarmed the trial entry"); !s)
+    if (auto s = run(ctx, Command{{editenv, trial.grub_dir + "/grubenv", "unset", "next_entry"}},
+                     "disarmed the trial entry");
+        !s)
       errors.push_back(s.error());
   }
   if (!errors.empty()) return Error{"removing the trial boot: " + join(errors, "; ")};
@@ -335,8 +366,10 @@ Expected<std::vector<std::string>> restore_stage_files(Context& ctx, const Trial
   for (const auto& [path, backup] : trial.written) {
     if (backup.empty()) {
       if (!path_exists(ctx.root, path)) continue;
-      if (auto s = remove_own_file(ctx.root, path); !s) errors.push_back(s.error());
-      else done.push_back(path + " (removed: the stage created it)");
+      if (auto s = remove_own_file(ctx.root, path); !s)
+        errors.push_back(s.error());
+      else
+        done.push_back(path + " (removed: the stage created it)");
       continue;
     }
     auto old = read_file(ctx.root, backup);
@@ -348,8 +381,10 @@ Expected<std::vector<std::string>> restore_stage_files(Context& ctx, const Trial
     if (now && *now && **now == *old) continue;
     WriteOptions wo;
     wo.backup = false;
-    if (auto w = write_file_atomic(ctx.root, path, *old, wo); !w) errors.push_back(w.error());
-    else done.push_back(path + " (from " + backup + ")");
+    if (auto w = write_file_atomic(ctx.root, path, *old, wo); !w)
+      errors.push_back(w.error());
+    else
+      done.push_back(path + " (from " + backup + ")");
   }
   if (!errors.empty()) return Error{"putting the stage's files back: " + join(errors, "; ")};
   return done;
@@ -361,29 +396,36 @@ Result undo_trial(Context& ctx, const TrialRecord& trial) {
   auto restored = restore_stage_files(ctx, trial);
   if (!restored) errors.push_back(restored.error());
   if (!errors.empty()) return Result::failed(join(errors, "; "));
-  return Result::changed("removed the trial entry" + (trial.initrd.empty() ? std::string() : " and " + trial.initrd) +
-                         "; the stage's files put back: " + (restored->empty() ? std::string("none had changed") : join(*restored, ", ")));
+  return Result::changed(
+      "removed the trial entry" + (trial.initrd.empty() ? std::string() : " and " + trial.initrd) +
+      "; the stage's files put back: " + (restored->empty() ? std::string("none had changed") : join(*restored, ", ")));
 }
 
 Result install_resume_unit(Context& ctx) {
   auto agent = installed_agent(ctx.root, "", "the boot-time unit");
   if (!agent)
-    return Result::ok("not installed: " + agent.error() + "; run gptagent apply again after the reboot to commit the trial");
+    return Result::ok("not installed: " + agent.error() +
+                      "; run gptagent apply again after the reboot to commit the trial");
   const std::string unit =
       "# Written by gptagent: finishes a run that stopped for a reboot (its checks, a trial boot's\n"
       "# commit, the stages after it) on the boot after it. Idle when no run is recorded.\n"
       "[Unit]\n"
       "Description=gptagent: finish the run that stopped for this reboot\n"
-      "ConditionPathExists=" + std::string(kStatePath) + "\n"
+      "ConditionPathExists=" +
+      std::string(kStatePath) +
+      "\n"
       "Wants=network-online.target\n"
       "After=network-online.target\n\n"
       "[Service]\n"
       "Type=oneshot\n"
-      "ExecStart=" + *agent + " resume\n\n"
+      "ExecStart=" +
+      *agent +
+      " resume\n\n"
       "[Install]\n"
       "WantedBy=multi-user.target\n";
   FileChanges files(ctx.root);
-  if (auto s = files.write(kResumeUnit, unit, FileAttrs{.uid = 0, .gid = 0, .mode = 0644}); !s) return Result::failed(s.error());
+  if (auto s = files.write(kResumeUnit, unit, FileAttrs{.uid = 0, .gid = 0, .mode = 0644}); !s)
+    return Result::failed(s.error());
   Result r = files.empty() ? Result::ok(std::string(kResumeUnit) + " runs " + *agent + " resume at boot")
                            : Result::changed("wrote " + std::string(kResumeUnit) + ": " + *agent + " resume at boot");
   r.diff = files.diff();

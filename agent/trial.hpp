@@ -11,10 +11,9 @@
 // arms it for one boot (GRUB clears next_entry before it boots the entry).
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/expected.hpp"
 #include "agent/module.hpp"
@@ -33,7 +32,8 @@ Status trial_possible(Context& ctx);
 
 // Arms the trial for a stage that stopped for a reboot: `deferred` are the regenerations the stage
 // did not run (they run at the commit). On failure nothing of the trial is left armed.
-Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage, const std::vector<HandlerRequest>& deferred);
+Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage,
+                                    const std::vector<HandlerRequest>& deferred);
 
 // The running boot is the trial (its marker is on /proc/cmdline).
 bool booted_trial(const TrialRecord& trial, const Facts& facts);

@@ -10,10 +10,10 @@
 #include <array>
 
 #include "agent/changes.hpp"
+#include "agent/declare.hpp"
 #include "agent/gpu.hpp"
 #include "agent/handoff.hpp"
 #include "agent/installed.hpp"
-#include "agent/declare.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -172,14 +172,15 @@ const Registration registration{declare_module(
               },
               .example = "win11"})
         .arg(gpus_arg(), &Args::gpus)
-        .arg("force", &Args::force, "(accepted for symmetry with the other GPU modules; the hand-off takes any GPU named)")
-        .arg("units", &Args::units, "system units the hook stops while the VM runs (a name without a dot is a .service)",
-             {.check =
-                  [](const json& v) -> std::optional<std::string> {
-                    for (const auto& u : v)
-                      if (auto why = name_check(u, false)) return why;
-                    return std::nullopt;
-                  },
+        .arg("force", &Args::force,
+             "(accepted for symmetry with the other GPU modules; the hand-off takes any GPU named)")
+        .arg("units", &Args::units,
+             "system units the hook stops while the VM runs (a name without a dot is a .service)",
+             {.check = [](const json& v) -> std::optional<std::string> {
+                for (const auto& u : v)
+                  if (auto why = name_check(u, false)) return why;
+                return std::nullopt;
+              },
               .example = json::array({"ollama", "sunshine"})})
         .arg("user_units", &Args::user_units, "user units the hook stops: name, and user (* for every user's)",
              ArgsDecl<UserUnit>()
@@ -200,7 +201,8 @@ const Registration registration{declare_module(
         .arg("state", &Args::state, "present: the VM has a hand-off; absent: it has none (the hook goes with the last)",
              {.choices = {"present", "absent"}})
         .check([](const Args& a) -> std::optional<std::string> {
-          if (a.state == "present" && a.gpus.is_null()) return "gpus: the VM's GPUs are required (unless state: absent)";
+          if (a.state == "present" && a.gpus.is_null())
+            return "gpus: the VM's GPUs are required (unless state: absent)";
           return std::nullopt;
         }),
     converge)};

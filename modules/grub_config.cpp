@@ -28,7 +28,8 @@ Expected<Result> converge(Context& ctx, const CommandArgs& args, bool apply) {
 }
 
 ModuleDef definition() {
-  auto def = declare_module("grub_config", "regenerate grub.cfg (update-grub, grub2-mkconfig or grub-mkconfig)", command_args(600), converge);
+  auto def = declare_module("grub_config", "regenerate grub.cfg (update-grub, grub2-mkconfig or grub-mkconfig)",
+                            command_args(600), converge);
   def.changes_boot = true;
   def.regenerates_boot = true;
   def.handler_args = std::vector<std::string>{};

@@ -6,8 +6,8 @@
 #include <string_view>
 #include <vector>
 
-#include "agent/expected.hpp"
 #include "agent/declare.hpp"
+#include "agent/expected.hpp"
 #include "agent/module.hpp"
 
 namespace gpt {
@@ -69,7 +69,8 @@ template <typename A>
 ArgsDecl<A> cmdline_args() {
   return ArgsDecl<A>()
       .arg("present", &CmdlineArgs::present, "kernel parameters the command line must have (name or name=value)",
-           {.check = check_kernel_params, .example = nlohmann::json::array({"iommu=pt", "vfio-pci.ids=10de:1b80,10de:10f0"})})
+           {.check = check_kernel_params,
+            .example = nlohmann::json::array({"iommu=pt", "vfio-pci.ids=10de:1b80,10de:10f0"})})
       .arg("absent", &CmdlineArgs::absent,
            "kernel parameters it must not have: a name takes out every value of it, name=value only that one",
            {.check = check_kernel_params, .example = nlohmann::json::array({"nomodeset"})})

@@ -20,7 +20,8 @@ Expected<Result> converge(Context& ctx, const CommandArgs& args, bool apply) {
 }
 
 ModuleDef definition() {
-  auto def = declare_module("initramfs", "rebuild the initramfs (update-initramfs, dracut or mkinitcpio)", command_args(900), converge);
+  auto def = declare_module("initramfs", "rebuild the initramfs (update-initramfs, dracut or mkinitcpio)",
+                            command_args(900), converge);
   def.changes_boot = true;
   def.regenerates_boot = true;
   def.handler_args = std::vector<std::string>{};

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <map>
 #include <functional>
+#include <map>
 #include <set>
 
 #include "agent/changes.hpp"
@@ -652,9 +652,11 @@ Status release_framebuffer(const Facts& facts, const json& spec, Want& w) {
 // file; a recorded entry that lacks the parameters is drift, repaired by regenerating grub.cfg. A
 // new hook needs no reboot.
 void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bool apply, Result& r) {
-  if (ctx.facts.boot.grub != "update-grub" || !path_exists(ctx.root, "/etc/kernel/postinst.d") || present.empty()) return;
+  if (ctx.facts.boot.grub != "update-grub" || !path_exists(ctx.root, "/etc/kernel/postinst.d") || present.empty())
+    return;
   FileChanges guard(ctx.root);
-  if (auto s = guard.write(kCmdlineGuard, cmdline_guard_script(present, "/boot/grub/grub.cfg"), FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
+  if (auto s = guard.write(kCmdlineGuard, cmdline_guard_script(present, "/boot/grub/grub.cfg"),
+                           FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
       !s) {
     r = Result::failed(s.error());
     return;
@@ -683,7 +685,8 @@ void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bo
     std::vector<std::string> still;
     for (const auto& p : g.missing)
       if (std::find(entry.begin(), entry.end(), p) == entry.end()) still.push_back(p);
-    if (!still.empty()) gaps.push_back("kernel " + g.kernel + "'s entry lacks " + join(still, " "));
+    if (!still.empty())
+      gaps.push_back("kernel " + g.kernel + "'s entry lacks " + join(still, " "));
     else if (apply)
       (void)write_file_atomic(ctx.root, std::string(kGuardDir) + "/" + g.kernel + ".cmdline",
                               "kernel=" + g.kernel + "\nkind=cmdline\nwhat=" + join(entry, " ") + "\nmissing=\n",
@@ -692,7 +695,8 @@ void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bo
   if (!gaps.empty()) {
     r.status = Outcome::changed;
     r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": grub.cfg is regenerated";
-    if (std::none_of(r.handlers.begin(), r.handlers.end(), [](const HandlerRequest& h) { return h.module == "grub_config"; }))
+    if (std::none_of(r.handlers.begin(), r.handlers.end(),
+                     [](const HandlerRequest& h) { return h.module == "grub_config"; }))
       r.handlers.push_back({"regenerate the grub config", "grub_config", json::object()});
     r.data["kernel_guard"] = gaps;
   }
@@ -751,7 +755,8 @@ ModuleDef definition() {
           .arg("boot_path", &Args::boot_path, "where the parameters are kept; auto finds the one this host boots by",
                {.choices = {"auto", "grub", "grubby", "kernel-install", "proxmox", "kernelstub"}})
           .arg("regenerate", &Args::regenerate,
-               "regenerate what the host boots from the changed files (update-grub, kernel-install, proxmox-boot-tool refresh)")
+               "regenerate what the host boots from the changed files (update-grub, kernel-install, proxmox-boot-tool "
+               "refresh)")
           .arg("framebuffer", &Args::framebuffer,
                "release: when the boot framebuffer (efifb, simpledrm...) holds a GPU to pass through, add the "
                "parameter that keeps it off; keep: leave it",

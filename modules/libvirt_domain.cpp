@@ -109,7 +109,9 @@ std::optional<std::string> hugepages_check(const json& v) {
 ModuleSchema schema() {
   ModuleSchema s;
   s.args = {
-      {.name = "name", .required = true, .check = [](const json& v) -> std::optional<std::string> {
+      {.name = "name",
+       .required = true,
+       .check = [](const json& v) -> std::optional<std::string> {
          const auto n = v.get<std::string>();
          if (n.empty() || n.find('/') != std::string::npos || n.size() > 200) return "'" + n + "' is not a domain name";
          return std::nullopt;
@@ -117,17 +119,19 @@ ModuleSchema schema() {
       connect_arg(),
       {.name = "type", .choices = {"auto", "kvm", "qemu"}},
       {.name = "memory", .type = ArgType::any, .required = true, .check = size_check},
-      {.name = "vcpus", .type = ArgType::integer, .check = [](const json& v) -> std::optional<std::string> {
+      {.name = "vcpus",
+       .type = ArgType::integer,
+       .check = [](const json& v) -> std::optional<std::string> {
          if (v.get<long long>() < 1 || v.get<long long>() > 4096) return "must be between 1 and 4096";
          return std::nullopt;
        }},
       {.name = "machine"},
-      {.name = "firmware", .type = ArgType::dict,
-       .fields = {{.name = "code"}, {.name = "vars"}}},
+      {.name = "firmware", .type = ArgType::dict, .fields = {{.name = "code"}, {.name = "vars"}}},
       {.name = "nvram"},
       {.name = "cpu_mode", .choices = {"auto", "host-passthrough", "host-model", "maximum"}},
       {.name = "hide_kvm", .type = ArgType::boolean},
-      {.name = "hyperv_vendor_id", .check = [](const json& v) -> std::optional<std::string> {
+      {.name = "hyperv_vendor_id",
+       .check = [](const json& v) -> std::optional<std::string> {
          const auto id = v.get<std::string>();
          if (id.empty() || id.size() > 12) return "must be 1 to 12 characters (libvirt's vendor_id limit)";
          return std::nullopt;
@@ -135,10 +139,16 @@ ModuleSchema schema() {
       gpus_arg(),
       {.name = "force", .type = ArgType::boolean, .default_value = false},
       {.name = "disks", .type = ArgType::list, .elements = ArgType::any},
-      {.name = "interfaces", .type = ArgType::list, .elements = ArgType::dict,
-       .fields = {{.name = "bridge"}, {.name = "network"}, {.name = "mac"}, {.name = "model"},
+      {.name = "interfaces",
+       .type = ArgType::list,
+       .elements = ArgType::dict,
+       .fields = {{.name = "bridge"},
+                  {.name = "network"},
+                  {.name = "mac"},
+                  {.name = "model"},
                   {.name = "state", .default_value = "present", .choices = {"present", "absent"}}}},
-      {.name = "graphics", .type = ArgType::dict,
+      {.name = "graphics",
+       .type = ArgType::dict,
        .fields = {{.name = "type", .default_value = "spice", .choices = {"spice", "vnc", "none"}},
                   {.name = "port", .type = ArgType::integer},
                   {.name = "listen"}}},
@@ -154,37 +164,49 @@ ModuleSchema schema() {
       {.name = "secure_boot", .type = ArgType::boolean},
       {.name = "cdrom", .type = ArgType::list, .elements = ArgType::any},
       // VM tuning (see the module's documentation in README.md).
-      {.name = "rom", .type = ArgType::list, .elements = ArgType::dict,
+      {.name = "rom",
+       .type = ArgType::list,
+       .elements = ArgType::dict,
        .fields = {{.name = "gpu", .check = pci_address_check},
                   {.name = "file", .required = true},
                   {.name = "bar", .type = ArgType::boolean, .default_value = true}}},
-      {.name = "cpu", .type = ArgType::dict,
+      {.name = "cpu",
+       .type = ArgType::dict,
        .fields = {{.name = "sockets", .type = ArgType::integer, .default_value = 1, .check = positive},
                   {.name = "cores", .type = ArgType::integer, .required = true, .check = positive},
                   {.name = "threads", .type = ArgType::integer, .default_value = 1, .check = positive}}},
-      {.name = "pin", .type = ArgType::dict,
+      {.name = "pin",
+       .type = ArgType::dict,
        .fields = {{.name = "vcpus", .required = true, .check = cpuset_check},
                   {.name = "emulator", .check = cpuset_check},
                   {.name = "iothreads", .check = cpuset_check}}},
       {.name = "hugepages", .type = ArgType::any, .check = hugepages_check},
-      {.name = "looking_glass", .type = ArgType::dict,
+      {.name = "looking_glass",
+       .type = ArgType::dict,
        .fields = {{.name = "resolution", .required = true, .check = resolution_check},
                   {.name = "user", .required = true},
                   {.name = "group", .default_value = "kvm"}}},
       {.name = "hyperv", .type = ArgType::boolean},
-      {.name = "evdev", .type = ArgType::list, .check = [](const json& v) -> std::optional<std::string> {
+      {.name = "evdev",
+       .type = ArgType::list,
+       .check = [](const json& v) -> std::optional<std::string> {
          for (const auto& p : v)
-           if (!p.get<std::string>().starts_with("/dev/input/")) return "'" + p.get<std::string>() + "' is not a /dev/input/ path";
+           if (!p.get<std::string>().starts_with("/dev/input/"))
+             return "'" + p.get<std::string>() + "' is not a /dev/input/ path";
          return std::nullopt;
        }},
-      {.name = "usb_controllers", .type = ArgType::any, .check = [](const json& v) -> std::optional<std::string> {
+      {.name = "usb_controllers",
+       .type = ArgType::any,
+       .check = [](const json& v) -> std::optional<std::string> {
          if (v.is_string() && v.get<std::string>() == "auto") return std::nullopt;
          if (!v.is_array()) return "must be auto or a list of PCI addresses";
          for (const auto& a : v)
            if (auto bad = pci_address_check(a)) return bad;
          return std::nullopt;
        }},
-      {.name = "exclusive", .type = ArgType::any, .check = [](const json& v) -> std::optional<std::string> {
+      {.name = "exclusive",
+       .type = ArgType::any,
+       .check = [](const json& v) -> std::optional<std::string> {
          const std::vector<std::string> lists = {"disks", "cdrom", "interfaces", "hostdevs", "evdev"};
          if (v.is_boolean()) return std::nullopt;
          if (!v.is_array()) return "must be true, false or a list of disks, cdrom, interfaces, hostdevs, evdev";

@@ -10,11 +10,10 @@
 
 #include <bit>
 #include <cstdint>
-
 #include <pugixml.hpp>
 
-#include "agent/diff.hpp"
 #include "agent/declare.hpp"
+#include "agent/diff.hpp"
 #include "agent/text.hpp"
 #include "agent/virt.hpp"
 #include "modules/libvirt_shared.hpp"
@@ -89,10 +88,13 @@ std::optional<std::string> check_args(const Args& args) {
   const std::string mode = args.mode.value_or("");
   if (mode == "bridge" && !args.bridge) return "mode: bridge needs bridge: (the host bridge the network uses)";
   if (mode == "bridge")
-    for (const auto& [key, given] : {std::pair{"address", args.address.has_value()}, std::pair{"ip", args.ip.has_value()},
-                                     std::pair{"dhcp", args.dhcp.has_value()}})
-      if (given) return std::string(key) + ": a bridge-mode network has no address of its own (the host bridge's LAN gives them)";
-  if (args.ip.has_value() != args.netmask.has_value()) return "ip: and netmask: go together (or address: 192.168.100.1/24)";
+    for (const auto& [key, given] : {std::pair{"address", args.address.has_value()},
+                                     std::pair{"ip", args.ip.has_value()}, std::pair{"dhcp", args.dhcp.has_value()}})
+      if (given)
+        return std::string(key) +
+               ": a bridge-mode network has no address of its own (the host bridge's LAN gives them)";
+  if (args.ip.has_value() != args.netmask.has_value())
+    return "ip: and netmask: go together (or address: 192.168.100.1/24)";
   if (args.dhcp && !args.address && !args.ip) return "dhcp: needs the network's address (address: 192.168.100.1/24)";
   return std::nullopt;
 }
@@ -100,24 +102,26 @@ std::optional<std::string> check_args(const Args& args) {
 ArgsDecl<Args> declaration() {
   return ArgsDecl<Args>()
       .arg("name", &Args::name, "the network", {.required = true, .example = "gpu-lan"})
-      .arg("mode", &Args::mode, "nat: libvirt's own subnet behind NAT (a new network's default); bridge: the host bridge's LAN",
+      .arg("mode", &Args::mode,
+           "nat: libvirt's own subnet behind NAT (a new network's default); bridge: the host bridge's LAN",
            {.choices = {"nat", "bridge"}})
-      .arg("bridge", &Args::bridge, "the bridge: for mode: bridge, the host's own (br0); for nat, the one libvirt makes")
+      .arg("bridge", &Args::bridge,
+           "the bridge: for mode: bridge, the host's own (br0); for nat, the one libvirt makes")
       .arg("address", &Args::address, "the host's address on the network with its prefix length",
-           {.check =
-                [](const json& v) -> std::optional<std::string> {
-                  const std::string s = v.get<std::string>();
-                  const auto slash = s.find('/');
-                  const std::string bits = slash == std::string::npos ? "" : s.substr(slash + 1);
-                  if (slash == std::string::npos || !ipv4(s.substr(0, slash)) || bits.empty() || bits.size() > 2 ||
-                      bits.find_first_not_of("0123456789") != std::string::npos || std::stoi(bits) < 1 || std::stoi(bits) > 30)
-                    return "'" + s + "' is not an IPv4 address with a prefix length (192.168.100.1/24)";
-                  return std::nullopt;
-                },
+           {.check = [](const json& v) -> std::optional<std::string> {
+              const std::string s = v.get<std::string>();
+              const auto slash = s.find('/');
+              const std::string bits = slash == std::string::npos ? "" : s.substr(slash + 1);
+              if (slash == std::string::npos || !ipv4(s.substr(0, slash)) || bits.empty() || bits.size() > 2 ||
+                  bits.find_first_not_of("0123456789") != std::string::npos || std::stoi(bits) < 1 ||
+                  std::stoi(bits) > 30)
+                return "'" + s + "' is not an IPv4 address with a prefix length (192.168.100.1/24)";
+              return std::nullopt;
+            },
             .example = "192.168.100.1/24"})
       .arg("ip", &Args::ip, "the host's address, written with netmask: instead of a prefix", {.check = ipv4_check})
-      .arg("netmask", &Args::netmask, "the netmask that goes with ip:",
-           {.check = [](const json& v) -> std::optional<std::string> {
+      .arg("netmask", &Args::netmask,
+           "the netmask that goes with ip:", {.check = [](const json& v) -> std::optional<std::string> {
              if (!prefix_of(v.get<std::string>())) return "'" + v.get<std::string>() + "' is not a netmask";
              return std::nullopt;
            }})

@@ -494,7 +494,8 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   json data = {{"manager", package_manager_name(m)}, {"present", present}, {"absent", absent}};
   if (!sets.empty()) data["sets"] = sets;
   std::string sets_text;
-  for (const auto& [name, members] : sets.items()) sets_text += "; " + name + ": " + join(members.get<std::vector<std::string>>(), " ");
+  for (const auto& [name, members] : sets.items())
+    sets_text += "; " + name + ": " + join(members.get<std::vector<std::string>>(), " ");
   if (install.empty() && remove.empty()) {
     Result r = Result::ok(std::to_string(present.size()) + " present, " + std::to_string(absent.size()) + " absent" +
                           sets_text);
@@ -619,10 +620,14 @@ std::optional<std::string> positive(const json& v, long long min) {
 const Registration registration{declare_module(
     "packages", "packages present and absent, with apt, dnf, pacman or zypper (sets: virtualization, tpm)",
     ArgsDecl<Args>()
-        .arg("present", &Args::present, "packages, or sets (virtualization, tpm) resolved for this distribution, to install",
-             {.check = [](const json& v) { return check_names(v, true); }, .example = json::array({"virtualization", "tpm"})})
-        .arg("absent", &Args::absent, "packages to remove", {.check = [](const json& v) { return check_names(v, false); }})
-        .arg("update_cache", &Args::update_cache, "refresh the package lists before an install (refused on Arch, where it would be a partial upgrade)")
+        .arg("present", &Args::present,
+             "packages, or sets (virtualization, tpm) resolved for this distribution, to install",
+             {.check = [](const json& v) { return check_names(v, true); },
+              .example = json::array({"virtualization", "tpm"})})
+        .arg("absent", &Args::absent, "packages to remove",
+             {.check = [](const json& v) { return check_names(v, false); }})
+        .arg("update_cache", &Args::update_cache,
+             "refresh the package lists before an install (refused on Arch, where it would be a partial upgrade)")
         .arg("install_recommends", &Args::install_recommends,
              "whether an install takes the packages' recommendations too; unset: as the package manager is configured")
         .arg("lock_timeout", &Args::lock_timeout, "seconds to wait for another package manager to let go of its lock",

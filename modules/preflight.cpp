@@ -1,7 +1,7 @@
 // preflight: looks at the host the way an expert does before touching it, and fails early on what
 // makes passthrough impossible instead of half-configuring a host that cannot work.
-#include "agent/gpu.hpp"
 #include "agent/declare.hpp"
+#include "agent/gpu.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -37,12 +37,13 @@ Expected<Result> converge(Context& ctx, const Args& args, bool) {
   return r;
 }
 
-const Registration registration{declare_module(
-    "preflight", "check that the host can pass the GPUs through before anything changes",
-    ArgsDecl<Args>()
-        .arg(gpus_arg("auto"), &Args::gpus)
-        .arg("force", &Args::force, "go on with a GPU that cannot be passed through (what blocks it is reported all the same)"),
-    converge)};
+const Registration registration{
+    declare_module("preflight", "check that the host can pass the GPUs through before anything changes",
+                   ArgsDecl<Args>()
+                       .arg(gpus_arg("auto"), &Args::gpus)
+                       .arg("force", &Args::force,
+                            "go on with a GPU that cannot be passed through (what blocks it is reported all the same)"),
+                   converge)};
 
 }  // namespace
 }  // namespace gpt

@@ -15,8 +15,8 @@
 #include <cstring>
 #include <limits>
 
-#include "agent/diff.hpp"
 #include "agent/declare.hpp"
+#include "agent/diff.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -462,15 +462,16 @@ const Registration registration{declare_module(
         .arg("path", &Args::path, "the image file (absolute; never followed if it is a symlink)",
              {.required = true, .check = absolute_file, .example = "/var/lib/libvirt/images/win11.qcow2"})
         .arg("format", &Args::format, "the image format", {.choices = {"qcow2", "raw"}})
-        .arg("size", &Args::size, "the virtual size, as qemu-img takes it (20G, 512MiB, 4096 for bytes); required unless backing is given",
-             {.check =
-                  [](const json& v) -> std::optional<std::string> {
-                    auto size = image_size(v.get<std::string>());
-                    if (!size) return size.error();
-                    return std::nullopt;
-                  },
+        .arg("size", &Args::size,
+             "the virtual size, as qemu-img takes it (20G, 512MiB, 4096 for bytes); required unless backing is given",
+             {.check = [](const json& v) -> std::optional<std::string> {
+                auto size = image_size(v.get<std::string>());
+                if (!size) return size.error();
+                return std::nullopt;
+              },
               .example = "64G"})
-        .arg("backing", &Args::backing, "a backing file the qcow2 image is an overlay of (absolute)", {.check = absolute_file})
+        .arg("backing", &Args::backing, "a backing file the qcow2 image is an overlay of (absolute)",
+             {.check = absolute_file})
         .arg("backing_format", &Args::backing_format, "the backing file's format (qemu-img -F), required with backing",
              {.check = [](const json& v) -> std::optional<std::string> {
                const std::string s = v.get<std::string>();
@@ -478,20 +479,21 @@ const Registration registration{declare_module(
                  return "must be a qemu image format such as qcow2 or raw, not '" + s + "'";
                return std::nullopt;
              }})
-        .arg("preallocation", &Args::preallocation, "how a new raw image's space is allocated", {.choices = {"off", "falloc", "full"}})
+        .arg("preallocation", &Args::preallocation, "how a new raw image's space is allocated",
+             {.choices = {"off", "falloc", "full"}})
         .arg("owner", &Args::owner, "the image's owner (a user name or number)", {.check = id_name})
         .arg("group", &Args::group, "the image's group (a group name or number)", {.check = id_name})
         .arg("mode", &Args::mode, "the image's mode, in octal",
-             {.check =
-                  [](const json& v) -> std::optional<std::string> {
-                    const std::string s = v.get<std::string>();
-                    if (s.size() < 3 || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos)
-                      return "must be an octal mode such as \"0640\", not '" + s + "'";
-                    return std::nullopt;
-                  },
+             {.check = [](const json& v) -> std::optional<std::string> {
+                const std::string s = v.get<std::string>();
+                if (s.size() < 3 || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos)
+                  return "must be an octal mode such as \"0640\", not '" + s + "'";
+                return std::nullopt;
+              },
               .example = "0640"})
         .arg("allow_grow", &Args::allow_grow, "grow an existing image that is smaller than size (it is never shrunk)")
-        .arg("timeout", &Args::timeout, "seconds qemu-img may take (full preallocation of a large raw image writes every byte)",
+        .arg("timeout", &Args::timeout,
+             "seconds qemu-img may take (full preallocation of a large raw image writes every byte)",
              {.check = [](const json& v) -> std::optional<std::string> {
                if (v.get<long long>() <= 0) return "must be a number of seconds above 0";
                return std::nullopt;

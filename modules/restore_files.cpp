@@ -3,10 +3,10 @@
 // `gptagent revert` runs; a change of what the host boots (the GRUB files, modprobe.d, the
 // initramfs configuration, /etc/kernel/cmdline) regenerates grub.cfg and the initramfs and needs a
 // reboot, so a revert is booted as a trial like any boot change.
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
-
-#include <unistd.h>
 
 #include "agent/changes.hpp"
 #include "agent/declare.hpp"
@@ -58,7 +58,8 @@ Expected<Result> converge(Context& ctx, const Args&, bool apply) {
     return gone;
   };
   Result r = Result::ok(pre->empty() ? std::string("the agent has changed no file on this host")
-                                     : "the " + std::to_string(pre->size()) + " files the agent changed are as they were before it");
+                                     : "the " + std::to_string(pre->size()) +
+                                           " files the agent changed are as they were before it");
   if (files.empty()) {
     if (apply && !dirs.empty())
       if (auto gone = remove_dirs(); !gone.empty()) {
@@ -68,7 +69,8 @@ Expected<Result> converge(Context& ctx, const Args&, bool apply) {
     return r;
   }
   r.status = Outcome::changed;
-  r.msg = (restored.empty() ? std::string() : "put back " + join(restored, ", ")) + (restored.empty() || removed.empty() ? "" : "; ") +
+  r.msg = (restored.empty() ? std::string() : "put back " + join(restored, ", ")) +
+          (restored.empty() || removed.empty() ? "" : "; ") +
           (removed.empty() ? std::string() : "removed what the agent created: " + join(removed, ", "));
   r.diff = files.diff();
   const auto paths = files.paths();
@@ -79,7 +81,8 @@ Expected<Result> converge(Context& ctx, const Args&, bool apply) {
   r.reboot_required = grub || initramfs || std::find(paths.begin(), paths.end(), "/etc/kernel/cmdline") != paths.end();
   if (apply) {
     if (auto s = files.apply(r.data); !s) return Result::failed(s.error());
-    if (auto gone = remove_dirs(); !gone.empty()) r.msg += "; removed the empty directories the agent made: " + join(gone, ", ");
+    if (auto gone = remove_dirs(); !gone.empty())
+      r.msg += "; removed the empty directories the agent made: " + join(gone, ", ");
   }
   return r;
 }

@@ -223,9 +223,12 @@ ModuleDef definition() {
                   return std::nullopt;
                 },
                 .example = "libvirtd"})
-          .arg("state", &Args::state, "whether it runs now; restarted only in a handler", {.choices = {"started", "stopped", "restarted"}})
-          .arg("enabled", &Args::enabled, "whether it starts at boot (a unit without [Install] is left as it is, with a note)")
-          .arg("scope", &Args::scope, "the system's manager, or a user's (user: says whose)", {.choices = {"system", "user"}})
+          .arg("state", &Args::state, "whether it runs now; restarted only in a handler",
+               {.choices = {"started", "stopped", "restarted"}})
+          .arg("enabled", &Args::enabled,
+               "whether it starts at boot (a unit without [Install] is left as it is, with a note)")
+          .arg("scope", &Args::scope, "the system's manager, or a user's (user: says whose)",
+               {.choices = {"system", "user"}})
           .arg("user", &Args::user, "whose manager runs the unit, for scope: user",
                {.check = [](const json& v) -> std::optional<std::string> {
                  const std::string s = v.get<std::string>();

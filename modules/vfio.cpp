@@ -6,9 +6,9 @@
 #include <set>
 
 #include "agent/changes.hpp"
-#include "agent/kernel_guard.hpp"
-#include "agent/gpu.hpp"
 #include "agent/declare.hpp"
+#include "agent/gpu.hpp"
+#include "agent/kernel_guard.hpp"
 #include "agent/pci.hpp"
 #include "agent/shell_syntax.hpp"
 #include "agent/text.hpp"
@@ -501,8 +501,9 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   }
   const bool by_address = !sharing.empty();
   if (by_address && !args.ids.empty())
-    return Result::failed("ids: " + join(args.ids, ",") + " would also give vfio-pci " +
-                          join(sharing, ", ") + ", which is not being passed through: leave ids out, and the GPU's functions are bound by address");
+    return Result::failed(
+        "ids: " + join(args.ids, ",") + " would also give vfio-pci " + join(sharing, ", ") +
+        ", which is not being passed through: leave ids out, and the GPU's functions are bound by address");
   if (by_address)
     want.by_address_lines = {
         "# By address, not by id: " + join(sharing, ", ") + " has the id of a function passed through.\n",
@@ -537,7 +538,9 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
       std::vector<std::string> core;
       for (const auto& m : mods)
         if (m == "vfio" || m == "vfio_iommu_type1" || m == "vfio_pci") core.push_back(m);
-      if (auto s = guard.write(kInitramfsGuard, initramfs_guard_script(core), FileAttrs{.uid = 0, .gid = 0, .mode = 0755}); !s)
+      if (auto s =
+              guard.write(kInitramfsGuard, initramfs_guard_script(core), FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
+          !s)
         return Result::failed(s.error());
     } else if (tool == "dracut") {
       const std::string dropin = "/etc/dracut.conf.d/vfio.conf";
@@ -724,18 +727,21 @@ ModuleDef definition() {
                "the vfio modules; unset: what this kernel needs (vfio_virqfd only before 6.2)", {.check = check_names})
           .arg("ids", &Args::ids, "vendor:device ids vfio-pci claims at boot",
                {.check = check_ids, .example = json::array({"10de:1b80", "10de:10f0"})})
-          .arg("devices", &Args::devices, "PCI addresses whose slot's functions vfio-pci claims (their ids, or by address)",
+          .arg("devices", &Args::devices,
+               "PCI addresses whose slot's functions vfio-pci claims (their ids, or by address)",
                {.check = check_devices, .example = json::array({"0000:01:00.0"})})
           .arg(gpus_arg(), &Args::gpus)
           .arg("force", &Args::force, "take a GPU named in gpus that cannot be passed through all the same")
           .arg("softdep", &Args::softdep,
-               "load vfio-pci before the display and audio drivers (nouveau, nvidia, snd_hda_intel, and this kernel's for the functions)")
+               "load vfio-pci before the display and audio drivers (nouveau, nvidia, snd_hda_intel, and this kernel's "
+               "for the functions)")
           .arg("blacklist", &Args::blacklist, "modules never loaded automatically (blacklist lines in modprobe_conf)",
                {.check = check_names, .example = json::array({"nouveau"})})
           .arg("load", &Args::load, "load the modules now as well (those neither loaded nor built in)")
-          .arg("kernel_cmdline", &Args::kernel_cmdline,
-               "vfio-pci.ids= on the kernel command line: auto when vfio_pci is built into the kernel, always, or never",
-               {.choices = {"auto", "always", "never"}})
+          .arg(
+              "kernel_cmdline", &Args::kernel_cmdline,
+              "vfio-pci.ids= on the kernel command line: auto when vfio_pci is built into the kernel, always, or never",
+              {.choices = {"auto", "always", "never"}})
           .arg("initramfs", &Args::initramfs,
                "put the modules in the initramfs (initramfs-tools, dracut or mkinitcpio) and rebuild it")
           .arg("modprobe_conf", &Args::modprobe_conf, "the agent's modprobe.d file (options, softdeps, blacklist)",

@@ -1,7 +1,7 @@
 // vfio_bind: binds the GPU's functions to vfio-pci now, without a reboot: driver_override, unbind
 // from the current driver, drivers_probe — the kernel's own way to choose a driver for a device.
-#include "agent/gpu.hpp"
 #include "agent/declare.hpp"
+#include "agent/gpu.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -89,12 +89,14 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   return r;
 }
 
-const Registration registration{declare_module(
-    "vfio_bind", "bind the GPU's functions to vfio-pci now (driver_override, unbind, drivers_probe)",
-    ArgsDecl<Args>()
-        .arg(gpus_arg("auto"), &Args::gpus)
-        .arg("force", &Args::force, "unbind a GPU that is in use (a display, a process holding it), or one that cannot be passed through, all the same"),
-    converge)};
+const Registration registration{
+    declare_module("vfio_bind", "bind the GPU's functions to vfio-pci now (driver_override, unbind, drivers_probe)",
+                   ArgsDecl<Args>()
+                       .arg(gpus_arg("auto"), &Args::gpus)
+                       .arg("force", &Args::force,
+                            "unbind a GPU that is in use (a display, a process holding it), or one that cannot be "
+                            "passed through, all the same"),
+                   converge)};
 
 }  // namespace
 }  // namespace gpt

@@ -62,7 +62,9 @@ std::optional<std::string> absolute_paths(const json& v) {
 
 const auto args_decl =
     ArgsDecl<Args>()
-        .arg("mode", &Args::mode, "what becomes of a config that takes the GPU: emptied (with a comment), renamed to *.disabled, or removed; a backup is kept always",
+        .arg("mode", &Args::mode,
+             "what becomes of a config that takes the GPU: emptied (with a comment), renamed to *.disabled, or "
+             "removed; a backup is kept always",
              {.choices = {"empty", "disable", "remove"}})
         .arg("paths", &Args::paths, "more configs to neutralise whatever they say (absolute paths)",
              {.check = absolute_paths, .example = json::array({"/etc/X11/xorg.conf.d/20-gpu.conf"})})
@@ -121,8 +123,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
 }
 
 const Registration registration{declare_module(
-    "xorg_cleanup", "neutralise X11 configs that make a display server take the NVIDIA GPU",
-    args_decl, converge)};
+    "xorg_cleanup", "neutralise X11 configs that make a display server take the NVIDIA GPU", args_decl, converge)};
 
 }  // namespace
 }  // namespace gpt

@@ -29,8 +29,7 @@ ArgsDecl<Sample> sample_decl() {
       .arg("enabled", &Sample::enabled, "whether it starts at boot")
       .arg("timeout", &Sample::timeout, "seconds to wait")
       .arg("ports", &Sample::ports, "where it listens")
-      .arg("label", &Sample::label, "a one-word label",
-           {.check = [](const json& v) -> std::optional<std::string> {
+      .arg("label", &Sample::label, "a one-word label", {.check = [](const json& v) -> std::optional<std::string> {
              if (v.get<std::string>().find(' ') != std::string::npos) return "must be one word";
              return std::nullopt;
            }})
@@ -75,7 +74,8 @@ TEST(Declare, TheInitialisersAreTheDefaultsAndTheMembersTheTypes) {
 
 TEST(Declare, CheckedArgumentsBindToTheStructAndBackThroughTheSameDeclaration) {
   const auto decl = sample_decl();
-  auto in = checked(decl, {{"name", "web"}, {"state", "stopped"}, {"enabled", false}, {"label", "front"}, {"ports", nullptr}});
+  auto in = checked(
+      decl, {{"name", "web"}, {"state", "stopped"}, {"enabled", false}, {"label", "front"}, {"ports", nullptr}});
   ASSERT_TRUE(in) << in.error();
   const Sample s = decl.bind(*in);
   EXPECT_EQ(s.name, "web");
@@ -120,7 +120,8 @@ TEST(Declare, TheValidatorChecksWhatTheDeclarationSays) {
   // The check of the whole reads the struct.
   auto whole = checked(decl, {{"name", "x"}, {"state", "stopped"}});
   ASSERT_FALSE(whole);
-  EXPECT_NE(whole.error().find("a stopped service that starts at boot is not stopped"), std::string::npos) << whole.error();
+  EXPECT_NE(whole.error().find("a stopped service that starts at boot is not stopped"), std::string::npos)
+      << whole.error();
   EXPECT_TRUE(checked(decl, {{"name", "x"}, {"state", "stopped"}, {"enabled", false}}));
 }
 
@@ -151,7 +152,8 @@ TEST(Declare, TheModuleReadsTheStructAndItsErrorIsTheTaskFailure) {
   auto ok = converge_module(def, ctx, *checked(sample_decl(), {{"name", "web"}}), true);
   EXPECT_EQ(ok.status, Outcome::changed);
   EXPECT_EQ(ok.msg, "started web on 80");
-  auto bad = converge_module(def, ctx, *checked(sample_decl(), {{"name", "web"}, {"state", "stopped"}, {"enabled", false}}), true);
+  auto bad = converge_module(
+      def, ctx, *checked(sample_decl(), {{"name", "web"}, {"state", "stopped"}, {"enabled", false}}), true);
   EXPECT_EQ(bad.status, Outcome::failed);
   EXPECT_EQ(bad.msg, "cannot stop web");
 }

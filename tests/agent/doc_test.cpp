@@ -70,13 +70,14 @@ TEST(Doc, JsonShowsAModuleWithEachArgumentsTypeDefaultChoicesAndFields) {
       if (a["name"] == name) return a;
     return nlohmann::json();
   };
-  EXPECT_EQ(arg("devices"), (nlohmann::json{{"name", "devices"},
-                                            {"type", "list"},
-                                            {"elements", "string"},
-                                            {"required", false},
-                                            {"default", nlohmann::json::array()},
-                                            {"doc", "PCI addresses whose slot's functions vfio-pci claims (their ids, or by address)"},
-                                            {"example", nlohmann::json::array({"0000:01:00.0"})}}));
+  EXPECT_EQ(arg("devices"),
+            (nlohmann::json{{"name", "devices"},
+                            {"type", "list"},
+                            {"elements", "string"},
+                            {"required", false},
+                            {"default", nlohmann::json::array()},
+                            {"doc", "PCI addresses whose slot's functions vfio-pci claims (their ids, or by address)"},
+                            {"example", nlohmann::json::array({"0000:01:00.0"})}}));
   EXPECT_EQ(arg("force")["type"], "boolean");
   EXPECT_EQ(arg("force")["default"], false);
   EXPECT_FALSE(arg("force").contains("elements"));

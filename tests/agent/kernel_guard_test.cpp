@@ -2,11 +2,12 @@
 // tree, run with the real /bin/sh as update-initramfs and the kernel package would run them (the
 // tree stands in for / through GPTAGENT_GUARD_ROOT; lsinitramfs is played by a script that prints
 // a listing), and what the modules and `gptagent status` make of what the hooks recorded.
+#include "agent/kernel_guard.hpp"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
-#include "agent/kernel_guard.hpp"
 #include "agent/text.hpp"
 #include "tests/support/converge.hpp"
 #include "tests/support/sandbox.hpp"
@@ -37,11 +38,12 @@ constexpr const char* kCmdline = R"(tasks:
 // An initramfs listing as lsinitramfs prints it (paths of Debian 12's 6.1 kernel), with the vfio
 // modules or without them.
 std::string listing(bool with_vfio) {
-  std::string out = "usr/lib/modules/" + kNewKernel + "/kernel/drivers/block/virtio_blk.ko\n" +
-                    "usr/lib/modules/" + kNewKernel + "/kernel/fs/ext4/ext4.ko\n";
+  std::string out = "usr/lib/modules/" + kNewKernel + "/kernel/drivers/block/virtio_blk.ko\n" + "usr/lib/modules/" +
+                    kNewKernel + "/kernel/fs/ext4/ext4.ko\n";
   if (with_vfio)
     out += "usr/lib/modules/" + kNewKernel + "/kernel/drivers/vfio/vfio.ko\n" + "usr/lib/modules/" + kNewKernel +
-           "/kernel/drivers/vfio/vfio_iommu_type1.ko\n" + "usr/lib/modules/" + kNewKernel + "/kernel/drivers/vfio/pci/vfio-pci.ko\n";
+           "/kernel/drivers/vfio/vfio_iommu_type1.ko\n" + "usr/lib/modules/" + kNewKernel +
+           "/kernel/drivers/vfio/pci/vfio-pci.ko\n";
   return out;
 }
 
@@ -51,8 +53,10 @@ struct GuardHost : test::SampleHost {
   // Runs a hook of the tree as its caller would: `hook ARGS...`, lsinitramfs printing `list`.
   test::ProcResult run_hook(const std::string& hook, const std::vector<std::string>& args, const std::string& list) {
     test::write(bin / "lsinitramfs", "#!/bin/sh\ncat <<'EOF'\n" + list + "EOF\n", 0755);
-    std::vector<std::string> argv = {"-c", "GPTAGENT_GUARD_ROOT=\"$1\" PATH=\"$2:/usr/bin:/bin\" exec /bin/sh \"$3\" \"$4\" \"$5\"",
-                                     "sh", root(), bin.path(), file(hook)};
+    std::vector<std::string> argv = {
+        "-c",       "GPTAGENT_GUARD_ROOT=\"$1\" PATH=\"$2:/usr/bin:/bin\" exec /bin/sh \"$3\" \"$4\" \"$5\"",
+        "sh",       root(),
+        bin.path(), file(hook)};
     argv.insert(argv.end(), args.begin(), args.end());
     while (argv.size() < 8) argv.push_back("");
     return test::run_program("/bin/sh", argv);
@@ -72,19 +76,22 @@ TEST(KernelGuard, TheInitramfsHookRecordsAndFailsLoudlyWhenANewKernelsInitramfsL
   const std::string image = "/boot/initrd.img-" + kNewKernel;
   auto bad = host.run_hook(kInitramfsGuard, {kNewKernel, image}, listing(false));
   EXPECT_EQ(bad.exit_code, 1);
-  EXPECT_TRUE(has(bad.err, "gptagent: kernel " + kNewKernel + ": " + image +
-                               " lacks vfio vfio_iommu_type1 vfio_pci: vfio-pci will not claim the GPU when this kernel boots"))
+  EXPECT_TRUE(
+      has(bad.err, "gptagent: kernel " + kNewKernel + ": " + image +
+                       " lacks vfio vfio_iommu_type1 vfio_pci: vfio-pci will not claim the GPU when this kernel boots"))
       << bad.err;
   EXPECT_EQ(slurp(host.file(std::string(kGuardDir) + "/" + kNewKernel)),
             "kernel=" + kNewKernel + "\nkind=initramfs\nwhat=" + image + "\nmissing=vfio vfio_iommu_type1 vfio_pci\n");
   auto status = test::run_agent({"status", "--root", host.root()});
-  EXPECT_TRUE(has(status.out, "kernel guard: " + kNewKernel + ": initramfs LACKS vfio vfio_iommu_type1 vfio_pci")) << status.out;
+  EXPECT_TRUE(has(status.out, "kernel guard: " + kNewKernel + ": initramfs LACKS vfio vfio_iommu_type1 vfio_pci"))
+      << status.out;
 
   // The recorded gap is drift: --check says so, apply rebuilds every initramfs.
   auto check = test::converge_root(host.root(), kVfio, true);
   EXPECT_EQ(check.exit_code, 2);
-  EXPECT_TRUE(has(check.tasks.front().result.msg, "the kernel guard recorded: " + image + " (kernel " + kNewKernel +
-                                                     ") lacks vfio, vfio_iommu_type1, vfio_pci: the initramfs is rebuilt"))
+  EXPECT_TRUE(
+      has(check.tasks.front().result.msg, "the kernel guard recorded: " + image + " (kernel " + kNewKernel +
+                                              ") lacks vfio, vfio_iommu_type1, vfio_pci: the initramfs is rebuilt"))
       << check.tasks.front().result.msg;
   auto repair = test::converge_root(host.root(), kVfio, false);
   EXPECT_EQ(repair.commands, std::vector<std::string>{"update-initramfs -u -k all"});
@@ -97,8 +104,9 @@ TEST(KernelGuard, TheInitramfsHookRecordsAndFailsLoudlyWhenANewKernelsInitramfsL
   EXPECT_EQ(test::converge_root(host.root(), kVfio, true).exit_code, 0);
 
   // A kernel built with vfio in (Ubuntu's) needs no module files.
-  test::write(host.file("/lib/modules/" + kNewKernel + "/modules.builtin"),
-              "kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio_iommu_type1.ko\nkernel/drivers/vfio/pci/vfio-pci.ko\n");
+  test::write(
+      host.file("/lib/modules/" + kNewKernel + "/modules.builtin"),
+      "kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio_iommu_type1.ko\nkernel/drivers/vfio/pci/vfio-pci.ko\n");
   EXPECT_EQ(host.run_hook(kInitramfsGuard, {kNewKernel, image}, listing(false)).exit_code, 0);
 
   // A removed kernel's record is no drift.
@@ -114,9 +122,12 @@ TEST(KernelGuard, TheGrubHookChecksANewKernelsEntryAndARegeneratedGrubCfgClearsT
   auto c = test::converge_root(host.root(), kCmdline, false);
   ASSERT_EQ(c.exit_code, 0);
   ASSERT_TRUE(fs::exists(host.file(kCmdlineGuard)));
-  EXPECT_TRUE(has(slurp(host.file(kCmdlineGuard)), "for p in intel_iommu=on iommu=pt; do")) << slurp(host.file(kCmdlineGuard));
-  EXPECT_TRUE(has(c.tasks.front().result.msg, "wrote /etc/kernel/postinst.d/zzz-gptagent-cmdline")) << c.tasks.front().result.msg;
-  EXPECT_TRUE(fs::path(kCmdlineGuard).filename().string() > "zz-update-grub") << "runs after update-grub wrote the entry";
+  EXPECT_TRUE(has(slurp(host.file(kCmdlineGuard)), "for p in intel_iommu=on iommu=pt; do"))
+      << slurp(host.file(kCmdlineGuard));
+  EXPECT_TRUE(has(c.tasks.front().result.msg, "wrote /etc/kernel/postinst.d/zzz-gptagent-cmdline"))
+      << c.tasks.front().result.msg;
+  EXPECT_TRUE(fs::path(kCmdlineGuard).filename().string() > "zz-update-grub")
+      << "runs after update-grub wrote the entry";
 
   // A new kernel whose entry grub-mkconfig wrote without the parameters (say /etc/default/grub was
   // edited since): recorded, loud.
@@ -125,18 +136,20 @@ TEST(KernelGuard, TheGrubHookChecksANewKernelsEntryAndARegeneratedGrubCfgClearsT
   test::write(host.file("/boot/grub/grub.cfg"), "menuentry 'Debian GNU/Linux' {\n" + entry_without + "}\n");
   auto bad = host.run_hook(kCmdlineGuard, {kNewKernel, "/boot/vmlinuz-" + kNewKernel}, "");
   EXPECT_EQ(bad.exit_code, 1);
-  EXPECT_TRUE(has(bad.err, "gptagent: kernel " + kNewKernel + ": its GRUB entry in /boot/grub/grub.cfg lacks intel_iommu=on iommu=pt"))
+  EXPECT_TRUE(has(bad.err, "gptagent: kernel " + kNewKernel +
+                               ": its GRUB entry in /boot/grub/grub.cfg lacks intel_iommu=on iommu=pt"))
       << bad.err;
   auto check = test::converge_root(host.root(), kCmdline, true);
   EXPECT_EQ(check.exit_code, 2);
-  EXPECT_TRUE(has(check.tasks.front().result.msg, "kernel " + kNewKernel + "'s entry lacks intel_iommu=on iommu=pt: grub.cfg is regenerated"))
+  EXPECT_TRUE(has(check.tasks.front().result.msg,
+                  "kernel " + kNewKernel + "'s entry lacks intel_iommu=on iommu=pt: grub.cfg is regenerated"))
       << check.tasks.front().result.msg;
   auto repair = test::converge_root(host.root(), kCmdline, false);
   EXPECT_EQ(repair.commands, std::vector<std::string>{"update-grub"});
 
   // update-grub wrote the entry with them (no hook runs then): the agent sees it and records it.
   test::write(host.file("/boot/grub/grub.cfg"), "menuentry 'Debian GNU/Linux' {\n\tlinux\t/boot/vmlinuz-" + kNewKernel +
-                                                     " root=UUID=e9b2 ro intel_iommu=on iommu=pt quiet\n}\n");
+                                                    " root=UUID=e9b2 ro intel_iommu=on iommu=pt quiet\n}\n");
   auto after = test::converge_root(host.root(), kCmdline, false);
   EXPECT_EQ(after.exit_code, 0);
   EXPECT_EQ(after.stats.changed, 0);

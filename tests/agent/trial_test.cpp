@@ -3,17 +3,18 @@
 // not come up leaves the host as it was; hosts where a one-shot cannot be trusted are refused
 // before anything changes. GRUB itself and the boot tools are played at the host boundary
 // (GrubHostExec, boot()); the real agent code runs in-process through run_apply.
+#include "agent/trial.hpp"
+
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
 
 #include "agent/apply.hpp"
 #include "agent/exec.hpp"
 #include "agent/text.hpp"
-#include "agent/trial.hpp"
 #include "tests/support/sandbox.hpp"
 
 namespace gpt {
@@ -30,11 +31,12 @@ bool has(const std::string& text, const std::string& what) { return text.find(wh
 // The GRUB files' command line as grub-mkconfig computes it: /etc/default/grub, then the drop-ins,
 // sourced by bash; GRUB_CMDLINE_LINUX then GRUB_CMDLINE_LINUX_DEFAULT.
 std::string grub_params(const std::string& root) {
-  auto r = test::run_program("/bin/bash", {"--norc", "--noprofile", "-c",
-                                           "cd \"$1\" && . etc/default/grub >/dev/null 2>&1; for f in etc/default/grub.d/*.cfg; do "
-                                           "[ -e \"$f\" ] && . \"$f\" >/dev/null 2>&1; done; printf '%s %s' "
-                                           "\"${GRUB_CMDLINE_LINUX:-}\" \"${GRUB_CMDLINE_LINUX_DEFAULT:-}\"",
-                                           "bash", root});
+  auto r = test::run_program("/bin/bash",
+                             {"--norc", "--noprofile", "-c",
+                              "cd \"$1\" && . etc/default/grub >/dev/null 2>&1; for f in etc/default/grub.d/*.cfg; do "
+                              "[ -e \"$f\" ] && . \"$f\" >/dev/null 2>&1; done; printf '%s %s' "
+                              "\"${GRUB_CMDLINE_LINUX:-}\" \"${GRUB_CMDLINE_LINUX_DEFAULT:-}\"",
+                              "bash", root});
   return join(words(r.out), " ");
 }
 
@@ -46,22 +48,41 @@ std::string generated_grub_cfg(const std::string& root) {
          "# from /etc/grub.d and settings from /etc/default/grub\n#\n\n"
          "### BEGIN /etc/grub.d/00_header ###\n"
          "if [ -s $prefix/grubenv ]; then\n  set have_grubenv=true\n  load_env\n fi\n"
-         "if [ \"${next_entry}\" ] ; then\n   set default=\"${next_entry}\"\n   set next_entry=\n   save_env next_entry\n"
+         "if [ \"${next_entry}\" ] ; then\n   set default=\"${next_entry}\"\n   set next_entry=\n   save_env "
+         "next_entry\n"
          "   set boot_once=true\nelse\n   set default=\"0\"\nfi\n"
          "set timeout=5\n### END /etc/grub.d/00_header ###\n\n"
          "### BEGIN /etc/grub.d/10_linux ###\n"
          "function gfxmode {\n\tset gfxpayload=\"${1}\"\n}\n"
          "menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu --class os $menuentry_id_option "
-         "'gnulinux-simple-" + kUuid + "' {\n"
+         "'gnulinux-simple-" +
+         kUuid +
+         "' {\n"
          "\tload_video\n\tinsmod gzio\n\tif [ x$grub_platform = xxen ]; then insmod xzio; insmod lzopio; fi\n"
-         "\tinsmod part_gpt\n\tinsmod ext2\n\tsearch --no-floppy --fs-uuid --set=root " + kUuid + "\n"
-         "\techo\t'Loading Linux " + kRelease + " ...'\n"
-         "\tlinux\t/boot/vmlinuz-" + kRelease + " root=UUID=" + kUuid + " ro " + params + "\n"
-         "\techo\t'Loading initial ramdisk ...'\n\tinitrd\t/boot/initrd.img-" + kRelease + "\n}\n"
-         "submenu 'Advanced options for Debian GNU/Linux' $menuentry_id_option 'gnulinux-advanced-" + kUuid + "' {\n"
-         "\tmenuentry 'Debian GNU/Linux, with Linux " + kRelease + " (recovery mode)' --class debian {\n"
-         "\t\tlinux\t/boot/vmlinuz-" + kRelease + " root=UUID=" + kUuid + " ro single\n"
-         "\t\tinitrd\t/boot/initrd.img-" + kRelease + "\n\t}\n}\n"
+         "\tinsmod part_gpt\n\tinsmod ext2\n\tsearch --no-floppy --fs-uuid --set=root " +
+         kUuid +
+         "\n"
+         "\techo\t'Loading Linux " +
+         kRelease +
+         " ...'\n"
+         "\tlinux\t/boot/vmlinuz-" +
+         kRelease + " root=UUID=" + kUuid + " ro " + params +
+         "\n"
+         "\techo\t'Loading initial ramdisk ...'\n\tinitrd\t/boot/initrd.img-" +
+         kRelease +
+         "\n}\n"
+         "submenu 'Advanced options for Debian GNU/Linux' $menuentry_id_option 'gnulinux-advanced-" +
+         kUuid +
+         "' {\n"
+         "\tmenuentry 'Debian GNU/Linux, with Linux " +
+         kRelease +
+         " (recovery mode)' --class debian {\n"
+         "\t\tlinux\t/boot/vmlinuz-" +
+         kRelease + " root=UUID=" + kUuid +
+         " ro single\n"
+         "\t\tinitrd\t/boot/initrd.img-" +
+         kRelease +
+         "\n\t}\n}\n"
          "### END /etc/grub.d/10_linux ###\n\n"
          "### BEGIN /etc/grub.d/41_custom ###\n"
          "if [ -f  ${config_directory}/custom.cfg ]; then\n  source ${config_directory}/custom.cfg\n"
@@ -79,13 +100,20 @@ class GrubHostExec final : public Exec {
   ExecResult run(const Command& cmd) override {
     commands.push_back(cmd.display());
     const auto& a = cmd.argv;
-    if (a.size() == 3 && a[0] == "grub-mkconfig" && a[1] == "-o") test::write(root_ + a[2], generated_grub_cfg(root_));
-    else if (a.size() == 1 && a[0] == "update-grub") test::write(root_ + "/boot/grub/grub.cfg", generated_grub_cfg(root_));
-    else if (a.size() == 3 && a[0] == "grub-probe") return {0, false, a[1] == "--target=fs" ? fs_ + "\n" : abstraction_ + "\n", ""};
-    else if (a.size() == 2 && a[0] == "grub-reboot") test::write(root_ + "/boot/grub/grubenv", "# GRUB Environment Block\nnext_entry=" + a[1] + "\n");
-    else if (a.size() == 4 && a[0] == "grub-editenv" && a[2] == "unset") test::write(root_ + a[1], "# GRUB Environment Block\n");
-    else if (a.size() == 4 && a[0] == "mkinitramfs" && a[1] == "-o") test::write(root_ + a[2], initramfs());
-    else if (a.size() == 4 && a[0] == "update-initramfs") test::write(root_ + "/boot/initrd.img-" + kRelease, initramfs());
+    if (a.size() == 3 && a[0] == "grub-mkconfig" && a[1] == "-o")
+      test::write(root_ + a[2], generated_grub_cfg(root_));
+    else if (a.size() == 1 && a[0] == "update-grub")
+      test::write(root_ + "/boot/grub/grub.cfg", generated_grub_cfg(root_));
+    else if (a.size() == 3 && a[0] == "grub-probe")
+      return {0, false, a[1] == "--target=fs" ? fs_ + "\n" : abstraction_ + "\n", ""};
+    else if (a.size() == 2 && a[0] == "grub-reboot")
+      test::write(root_ + "/boot/grub/grubenv", "# GRUB Environment Block\nnext_entry=" + a[1] + "\n");
+    else if (a.size() == 4 && a[0] == "grub-editenv" && a[2] == "unset")
+      test::write(root_ + a[1], "# GRUB Environment Block\n");
+    else if (a.size() == 4 && a[0] == "mkinitramfs" && a[1] == "-o")
+      test::write(root_ + a[2], initramfs());
+    else if (a.size() == 4 && a[0] == "update-initramfs")
+      test::write(root_ + "/boot/initrd.img-" + kRelease, initramfs());
     return {0, false, "", ""};
   }
   std::vector<std::string> commands;
@@ -172,7 +200,8 @@ struct GrubHost : test::SampleHost {
       std::smatch m;
       if (std::regex_search(env, m, std::regex("next_entry=(\\S+)"))) {
         test::write(file("/boot/grub/grubenv"), "# GRUB Environment Block\n");
-        const std::string custom = fs::exists(file("/boot/grub/custom.cfg")) ? slurp(file("/boot/grub/custom.cfg")) : "";
+        const std::string custom =
+            fs::exists(file("/boot/grub/custom.cfg")) ? slurp(file("/boot/grub/custom.cfg")) : "";
         auto at = custom.find("--id " + m[1].str() + " {");
         if (at != std::string::npos) cfg = custom.substr(custom.rfind("menuentry", at));
       }
@@ -218,12 +247,12 @@ TEST(TrialBoot, AGoodChangeIsBootedOnceThenCommittedToTheDefaultEntry) {
 
   auto first = host.apply(kGood);
   ASSERT_EQ(first.code, 3) << first.out << first.err;
-  EXPECT_EQ(host.exec.commands,
-            (std::vector<std::string>{"grub-probe --target=fs /boot/grub", "grub-probe --target=abstraction /boot/grub",
-                                      "modprobe -a vfio vfio_iommu_type1 vfio_pci vfio_virqfd",
-                                      "grub-mkconfig -o /var/lib/gptagent/trial-grub.cfg",
-                                      "mkinitramfs -o /boot/initrd.img-" + kRelease + ".gptagent-trial " + kRelease,
-                                      "grub-reboot gptagent-trial"}))
+  EXPECT_EQ(
+      host.exec.commands,
+      (std::vector<std::string>{
+          "grub-probe --target=fs /boot/grub", "grub-probe --target=abstraction /boot/grub",
+          "modprobe -a vfio vfio_iommu_type1 vfio_pci vfio_virqfd", "grub-mkconfig -o /var/lib/gptagent/trial-grub.cfg",
+          "mkinitramfs -o /boot/initrd.img-" + kRelease + ".gptagent-trial " + kRelease, "grub-reboot gptagent-trial"}))
       << first.out;
   EXPECT_TRUE(has(first.out, "deferred: runs when the trial boot has passed the stage's checks")) << first.out;
   EXPECT_TRUE(has(first.out, "the next boot boots gptagent-trial once")) << first.out;
@@ -245,7 +274,8 @@ TEST(TrialBoot, AGoodChangeIsBootedOnceThenCommittedToTheDefaultEntry) {
 
   const std::string trial_cmdline = host.boot();
   EXPECT_TRUE(has(trial_cmdline, "gptagent.trial=" + state["trial"]["id"].get<std::string>())) << trial_cmdline;
-  EXPECT_FALSE(has(slurp(host.file("/boot/grub/grubenv")), "next_entry")) << "GRUB clears the one-shot before it boots it";
+  EXPECT_FALSE(has(slurp(host.file("/boot/grub/grubenv")), "next_entry"))
+      << "GRUB clears the one-shot before it boots it";
 
   auto second = host.apply(kGood);
   ASSERT_EQ(second.code, 0) << second.out << second.err;
@@ -276,7 +306,8 @@ TEST(TrialBoot, ATrialThatDoesNotComeUpLeavesTheHostAsItWas) {
   auto first = host.apply(kBad);
   ASSERT_EQ(first.code, 3) << first.out << first.err << join(host.exec.commands, "\n");
   ASSERT_TRUE(fs::exists(host.file("/boot/grub/custom.cfg"))) << first.out << first.err;
-  EXPECT_TRUE(has(slurp(host.file("/boot/grub/custom.cfg")), " ro rdinit=/gptagent-missing quiet panic=10 gptagent.trial="));
+  EXPECT_TRUE(
+      has(slurp(host.file("/boot/grub/custom.cfg")), " ro rdinit=/gptagent-missing quiet panic=10 gptagent.trial="));
   EXPECT_EQ(count_of(host.exec.commands, "update-grub"), 0u);
 
   // The trial panics, panic=10 resets the machine, and GRUB boots the old default.
@@ -286,7 +317,8 @@ TEST(TrialBoot, ATrialThatDoesNotComeUpLeavesTheHostAsItWas) {
 
   auto second = host.apply(kBad);
   EXPECT_EQ(second.code, 1) << second.out << second.err;
-  EXPECT_TRUE(has(second.out, "the trial boot did not come up: the host fell back to the previous entry")) << second.out;
+  EXPECT_TRUE(has(second.out, "the trial boot did not come up: the host fell back to the previous entry"))
+      << second.out;
   EXPECT_TRUE(has(second.out, "/etc/default/grub (from /etc/default/grub.gptagent-")) << second.out;
   EXPECT_EQ(count_of(host.exec.commands, "update-grub"), 0u) << "nothing is committed";
   EXPECT_EQ(test::differences(before, host.host_files()), "");
@@ -305,14 +337,16 @@ TEST(TrialBoot, AHostThatRebootsItselfFinishesTheRunAtBootThroughTheResumeUnit) 
   test::write(host.file("/usr/bin/gptagent"), "#!/bin/sh\n", 0755);
   auto first = host.apply(kGood, {"--reboot"});
   ASSERT_EQ(first.code, 3) << first.out << first.err;
-  EXPECT_EQ(slurp(host.file(kResumeUnit)),
-            "# Written by gptagent: finishes a run that stopped for a reboot (its checks, a trial boot's\n"
-            "# commit, the stages after it) on the boot after it. Idle when no run is recorded.\n"
-            "[Unit]\nDescription=gptagent: finish the run that stopped for this reboot\n"
-            "ConditionPathExists=/var/lib/gptagent/state.json\nWants=network-online.target\nAfter=network-online.target\n\n"
-            "[Service]\nType=oneshot\nExecStart=/usr/bin/gptagent resume\n\n[Install]\nWantedBy=multi-user.target\n");
+  EXPECT_EQ(
+      slurp(host.file(kResumeUnit)),
+      "# Written by gptagent: finishes a run that stopped for a reboot (its checks, a trial boot's\n"
+      "# commit, the stages after it) on the boot after it. Idle when no run is recorded.\n"
+      "[Unit]\nDescription=gptagent: finish the run that stopped for this reboot\n"
+      "ConditionPathExists=/var/lib/gptagent/state.json\nWants=network-online.target\nAfter=network-online.target\n\n"
+      "[Service]\nType=oneshot\nExecStart=/usr/bin/gptagent resume\n\n[Install]\nWantedBy=multi-user.target\n");
   EXPECT_EQ(fs::status(host.file(kResumeUnit)).permissions(), fs::perms(0644));
-  EXPECT_EQ(count_of(host.exec.commands, "systemctl enable gptagent-resume.service"), 1u) << join(host.exec.commands, "\n");
+  EXPECT_EQ(count_of(host.exec.commands, "systemctl enable gptagent-resume.service"), 1u)
+      << join(host.exec.commands, "\n");
   EXPECT_EQ(host.exec.commands.back(), "reboot") << "the unit is in place before the reboot";
 
   // At boot the unit runs `gptagent resume`: the recorded playbook, its checks, the commit.
@@ -363,7 +397,10 @@ TEST(Revert, TheHostsFilesAsBeforeTheFirstRunThroughATrialBootAndTheOriginalComm
   std::ostringstream check_out, check_err;
   EXPECT_EQ(run_revert(o, host.exec, check_out, check_err), 2) << check_out.str() << check_err.str();
   EXPECT_TRUE(has(check_out.str(), "put back /etc/default/grub")) << check_out.str();
-  EXPECT_TRUE(has(check_out.str(), "removed what the agent created: /etc/initramfs/post-update.d/gptagent-vfio, /etc/modprobe.d/vfio.conf, /etc/modules-load.d/vfio.conf")) << check_out.str();
+  EXPECT_TRUE(has(check_out.str(),
+                  "removed what the agent created: /etc/initramfs/post-update.d/gptagent-vfio, "
+                  "/etc/modprobe.d/vfio.conf, /etc/modules-load.d/vfio.conf"))
+      << check_out.str();
   o.check = false;
   host.exec.commands.clear();
   std::ostringstream out, err;
@@ -407,7 +444,8 @@ TEST(TrialBoot, HostsWhereGrubCannotClearTheOneShotAreRefusedBeforeAnythingChang
 TEST(TrialBoot, ADefaultOtherThanTheFirstEntryIsRefused) {
   GrubHost host;
   const std::string grub = slurp(host.file("/etc/default/grub"));
-  test::write(host.file("/etc/default/grub"), std::regex_replace(grub, std::regex("GRUB_DEFAULT=0"), "GRUB_DEFAULT=saved"));
+  test::write(host.file("/etc/default/grub"),
+              std::regex_replace(grub, std::regex("GRUB_DEFAULT=0"), "GRUB_DEFAULT=saved"));
   auto run = host.apply(kGood);
   EXPECT_EQ(run.code, 1);
   EXPECT_TRUE(has(run.out, "GRUB_DEFAULT=saved: the trial copies the first menu entry")) << run.out;
@@ -430,17 +468,22 @@ TEST(TrialBoot, ResetStateTakesAnArmedTrialBack) {
   auto reset = host.apply(kBad, {"--reset-state", "--no-trial"});
   EXPECT_TRUE(has(reset.out, "the recorded trial boot is forgotten")) << reset.out;
   // The change is made again, directly this time: its regeneration is not lost.
-  EXPECT_EQ(count_of(host.exec.commands, "grub-editenv /boot/grub/grubenv unset next_entry"), 1u) << join(host.exec.commands, "\n");
+  EXPECT_EQ(count_of(host.exec.commands, "grub-editenv /boot/grub/grubenv unset next_entry"), 1u)
+      << join(host.exec.commands, "\n");
   EXPECT_EQ(count_of(host.exec.commands, "update-grub"), 1u) << join(host.exec.commands, "\n");
   EXPECT_FALSE(fs::exists(host.file("/boot/grub/custom.cfg")));
   (void)before;
 }
 
 TEST(TrialBoot, AStateFileCannotNameFilesOutsideTheTrial) {
-  nlohmann::json good = {{"id", "0123456789ab"}, {"grub_dir", "/boot/grub"}, {"initrd", "/boot/initrd.img-6.1.gptagent-trial"},
-                         {"custom_cfg_created", true}, {"deferred", nlohmann::json::array()},
-                         {"deferred_notified", nlohmann::json::array()},
-                         {"written", {{{"path", "/etc/default/grub"}, {"backup", "/etc/default/grub.gptagent-20261203T091500"}}}}};
+  nlohmann::json good = {
+      {"id", "0123456789ab"},
+      {"grub_dir", "/boot/grub"},
+      {"initrd", "/boot/initrd.img-6.1.gptagent-trial"},
+      {"custom_cfg_created", true},
+      {"deferred", nlohmann::json::array()},
+      {"deferred_notified", nlohmann::json::array()},
+      {"written", {{{"path", "/etc/default/grub"}, {"backup", "/etc/default/grub.gptagent-20261203T091500"}}}}};
   ASSERT_TRUE(TrialRecord::from_json(good)) << TrialRecord::from_json(good).error();
   auto bad = [&](const char* key, nlohmann::json value) {
     nlohmann::json j = good;
@@ -452,8 +495,10 @@ TEST(TrialBoot, AStateFileCannotNameFilesOutsideTheTrial) {
   EXPECT_FALSE(bad("grub_dir", "/etc"));
   EXPECT_FALSE(bad("id", "../../x"));
   EXPECT_FALSE(bad("written", {{{"path", "/etc/default/grub"}, {"backup", "/etc/shadow"}}}));
-  EXPECT_FALSE(bad("written", {{{"path", "/etc/default/grub"}, {"backup", "/etc/default/grub.gptagent-x/../../shadow"}}}));
-  EXPECT_FALSE(bad("deferred", {{{"name", "x"}, {"module", "grub_config"}, {"args", {{"command", {"rm", "-rf", "/"}}}}}}));
+  EXPECT_FALSE(
+      bad("written", {{{"path", "/etc/default/grub"}, {"backup", "/etc/default/grub.gptagent-x/../../shadow"}}}));
+  EXPECT_FALSE(
+      bad("deferred", {{{"name", "x"}, {"module", "grub_config"}, {"args", {{"command", {"rm", "-rf", "/"}}}}}}));
 }
 
 TEST(TrialBoot, TheFirstEntryOfARealGrubCfgIsFound) {

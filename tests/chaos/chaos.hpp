@@ -24,6 +24,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
 #include <sstream>
@@ -31,8 +32,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/state.hpp"
 #include "tests/support/sandbox.hpp"
@@ -284,13 +283,16 @@ inline std::string preimage_invariants(const std::string& path, const std::strin
     std::string bad;
     for (const auto& [file, entry] : j["files"].items()) {
       const auto o = original.find(file.substr(1));
-      if (o == original.end() && entry.value("existed", true)) bad += "  a pre-image of a file that did not exist: " + file + "\n";
-      if (o != original.end() && !entry.value("existed", false)) bad += "  a file that existed is kept as absent: " + file + "\n";
+      if (o == original.end() && entry.value("existed", true))
+        bad += "  a pre-image of a file that did not exist: " + file + "\n";
+      if (o != original.end() && !entry.value("existed", false))
+        bad += "  a file that existed is kept as absent: " + file + "\n";
     }
     return bad;
   }
   for (const auto& [file, text] : original)
-    if (gpt::sha256_hex("/" + file) == name) return bytes(text) == bytes(content) ? "" : "  a wrong pre-image of /" + file + "\n";
+    if (gpt::sha256_hex("/" + file) == name)
+      return bytes(text) == bytes(content) ? "" : "  a wrong pre-image of /" + file + "\n";
   return "  a pre-image of no pristine file: " + path + "\n";
 }
 
