@@ -263,6 +263,9 @@ full_start_vm() {
 }
 
 guest() { timeout 120 "${SSH[@]}" "$@"; }
+# For what runs long under TCG (dpkg's hooks build an initramfs and run update-grub; a revert
+# regenerates both): 20 minutes.
+guest_long() { timeout 1200 "${SSH[@]}" "$@"; }
 
 # Waits until sshd answers; prints the guest's boot_id.
 full_wait_ssh() {
@@ -498,7 +501,7 @@ full_kernel_guard() {
     return
   fi
   deb=$(ls "$WORK"/kernel/*.deb)
-  if guest 'cat >/root/second-kernel.deb' <"$deb" && guest 'dpkg -i /root/second-kernel.deb' >"$WORK/kernel-install.out" 2>&1; then
+  if guest 'cat >/root/second-kernel.deb' <"$deb" && guest_long 'dpkg -i /root/second-kernel.deb' >"$WORK/kernel-install.out" 2>&1; then
     pass "kernel guard: dpkg installed $pkg ($(du -m "$deb" | cut -f1) MB) and its hooks passed"
   else
     fail "kernel guard: dpkg -i $pkg failed (see $WORK/kernel-install.out)"
@@ -539,7 +542,7 @@ full_revert() {
   # The second kernel goes first: GRUB's default entry is the generic kernel's again.
   guest "dpkg --purge $FULL_SECOND_KERNEL" >"$WORK/kernel-purge.out" 2>&1 || fail "revert: cannot purge $FULL_SECOND_KERNEL"
   boot_before=$(guest cat /proc/sys/kernel/random/boot_id)
-  guest '/usr/local/bin/gptagent revert --reboot' >"$WORK/revert.out" 2>&1 || true
+  guest_long '/usr/local/bin/gptagent revert --reboot' >"$WORK/revert.out" 2>&1 || true
   grep -q 'the next boot boots gptagent-trial once' "$WORK/revert.out" && pass "revert: armed as a trial boot" ||
     fail "revert: no trial armed (see $WORK/revert.out)"
   grep -q 'wrote /etc/systemd/system/gptagent-resume.service: /usr/local/bin/gptagent resume at boot' "$WORK/revert.out" &&
@@ -567,7 +570,7 @@ full_revert() {
   full_reboot_by_hand >/dev/null
   [ "$(guest cat /proc/cmdline)" = "$FULL_CMDLINE_BEFORE" ] && pass "revert: after one more reboot, /proc/cmdline is the original one" ||
     fail "revert: /proc/cmdline is '$(guest cat /proc/cmdline)', not '$FULL_CMDLINE_BEFORE'"
-  guest '/usr/local/bin/gptagent revert' >"$WORK/revert-again.out" 2>&1 || true
+  guest_long '/usr/local/bin/gptagent revert' >"$WORK/revert-again.out" 2>&1 || true
   grep -q 'changed=0' "$WORK/revert-again.out" && pass "revert: a second revert changes nothing" ||
     fail "revert: the second revert changed something (see $WORK/revert-again.out)"
   say "phase revert (trial boot, commit at boot by the unit, one more reboot): $(since "$t")"
@@ -839,7 +842,7 @@ full() {
     esac
     shift
   done
-  FULL_TIMEOUT=${GPTAGENT_LAB_FULL_TIMEOUT:-3600}
+  FULL_TIMEOUT=${GPTAGENT_LAB_FULL_TIMEOUT:-7200}
   FULL_SMP=${GPTAGENT_LAB_SMP:-2}
   FULL_FAILED=()
   local t0 t tool
