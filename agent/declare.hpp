@@ -55,6 +55,13 @@ struct ArgTraits<std::vector<std::string>> {
   static std::vector<std::string> from(const nlohmann::json& v) { return v.get<std::vector<std::string>>(); }
   static nlohmann::json to(const std::vector<std::string>& v) { return v; }
 };
+// A list whose items the argument's own check reads (a path, or a mapping).
+template <>
+struct ArgTraits<std::vector<nlohmann::json>> {
+  static constexpr ArgType type = ArgType::list, elements = ArgType::any;
+  static std::vector<nlohmann::json> from(const nlohmann::json& v) { return v.get<std::vector<nlohmann::json>>(); }
+  static nlohmann::json to(const std::vector<nlohmann::json>& v) { return v; }
+};
 // Any JSON the argument's own check accepts (`gpus`: auto, or a list of PCI addresses).
 template <>
 struct ArgTraits<nlohmann::json> {
@@ -116,29 +123,18 @@ class ArgsDecl {
   requires std::is_base_of_v<B, A> ArgsDecl& arg(std::string name, std::vector<F> B::*member, std::string doc,
                                                  const ArgsDecl<F>& fields, ArgMore more = {}) {
     auto decl = std::make_shared<const ArgsDecl<F>>(fields);
-    auto to = [decl, member](const A& a) {
-      nlohmann::json out = nlohmann::json::array();
-      for (const auto& f : a.*member) out.push_back(decl->dump(f));
-      return out;
-    };
-    ArgSpec s{.name = std::move(name),
-              .type = ArgType::list,
-              .required = more.required,
-              .default_value = more.required ? nlohmann::json() : to(*defaults_),
-              .choices = {},
-              .elements = ArgType::dict,
-              .fields = fields.schema().args,
-              .check = std::move(more.check),
-              .doc = std::move(doc),
-              .example = std::move(more.example)};
-    binds_.push_back({s.name,
-                      [decl, member](A& a, const nlohmann::json& v) {
-                        (a.*member).clear();
-                        for (const auto& f : v) (a.*member).push_back(decl->bind(f));
-                      },
-                      to});
-    schema_.args.push_back(std::move(s));
-    return *this;
+    auto to = [decl, member](const A& a) { return decl->dump_all(a.*member); };
+    auto from = [decl, member](A& a, const nlohmann::json& v) { a.*member = decl->bind_all(v); };
+    return add_list(std::move(name), std::move(doc), fields, std::move(more), to(*defaults_), from, to);
+  }
+  // The same, left out (nullopt) told apart from an empty list (which, given, means none).
+  template <typename F, typename B>
+  requires std::is_base_of_v<B, A> ArgsDecl& arg(std::string name, std::optional<std::vector<F>> B::*member,
+                                                 std::string doc, const ArgsDecl<F>& fields, ArgMore more = {}) {
+    auto decl = std::make_shared<const ArgsDecl<F>>(fields);
+    auto to = [decl, member](const A& a) { return a.*member ? decl->dump_all(*(a.*member)) : nlohmann::json(); };
+    auto from = [decl, member](A& a, const nlohmann::json& v) { a.*member = decl->bind_all(v); };
+    return add_list(std::move(name), std::move(doc), fields, std::move(more), nlohmann::json(), from, to);
   }
   // A mapping whose fields another declaration declares; nullopt when the playbook leaves it out.
   template <typename F, typename B>
@@ -183,6 +179,16 @@ class ArgsDecl {
   A bind(const nlohmann::json& args) const { return bind_with(*defaults_, binds_, args); }
   // The struct as JSON, as a playbook would say it: the arguments that differ from their defaults
   // (a handler request's or a record's arguments); checked, it binds to the same struct.
+  std::vector<A> bind_all(const nlohmann::json& list) const {
+    std::vector<A> out;
+    for (const auto& v : list) out.push_back(bind(v));
+    return out;
+  }
+  nlohmann::json dump_all(const std::vector<A>& list) const {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& a : list) out.push_back(dump(a));
+    return out;
+  }
   nlohmann::json dump(const A& a) const {
     nlohmann::json out = nlohmann::json::object();
     for (size_t i = 0; i < binds_.size(); ++i) {
@@ -198,6 +204,25 @@ class ArgsDecl {
     std::function<void(A&, const nlohmann::json&)> from;
     std::function<nlohmann::json(const A&)> to;
   };
+
+  template <typename F>
+  ArgsDecl& add_list(std::string name, std::string doc, const ArgsDecl<F>& fields, ArgMore more,
+                     nlohmann::json default_value, std::function<void(A&, const nlohmann::json&)> from,
+                     std::function<nlohmann::json(const A&)> to) {
+    ArgSpec s{.name = std::move(name),
+              .type = ArgType::list,
+              .required = more.required,
+              .default_value = more.required ? nlohmann::json() : std::move(default_value),
+              .choices = {},
+              .elements = ArgType::dict,
+              .fields = fields.schema().args,
+              .check = std::move(more.check),
+              .doc = std::move(doc),
+              .example = std::move(more.example)};
+    binds_.push_back({s.name, std::move(from), std::move(to)});
+    schema_.args.push_back(std::move(s));
+    return *this;
+  }
 
   template <typename T, typename B>
   ArgsDecl& add(ArgSpec spec, T B::*member) {

@@ -8,6 +8,7 @@
 // given back. Each part is written only where it differs, so the document changes exactly where
 // a change is needed: drift is a difference between the current and the merged XML, and --diff
 // shows that very change.
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,14 +16,13 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <set>
-#include <tuple>
-#include <sstream>
-
 #include <pugixml.hpp>
-#include <spdlog/spdlog.h>
+#include <set>
+#include <sstream>
+#include <tuple>
 
 #include "agent/changes.hpp"
+#include "agent/declare.hpp"
 #include "agent/diff.hpp"
 #include "agent/gpu.hpp"
 #include "agent/module.hpp"
@@ -106,169 +106,278 @@ std::optional<std::string> hugepages_check(const json& v) {
   return std::nullopt;
 }
 
-ModuleSchema schema() {
-  ModuleSchema s;
-  s.args = {
-      {.name = "name",
-       .required = true,
-       .check = [](const json& v) -> std::optional<std::string> {
-         const auto n = v.get<std::string>();
-         if (n.empty() || n.find('/') != std::string::npos || n.size() > 200) return "'" + n + "' is not a domain name";
-         return std::nullopt;
-       }},
-      connect_arg(),
-      {.name = "type", .choices = {"auto", "kvm", "qemu"}},
-      {.name = "memory", .type = ArgType::any, .required = true, .check = size_check},
-      {.name = "vcpus",
-       .type = ArgType::integer,
-       .check = [](const json& v) -> std::optional<std::string> {
-         if (v.get<long long>() < 1 || v.get<long long>() > 4096) return "must be between 1 and 4096";
-         return std::nullopt;
-       }},
-      {.name = "machine"},
-      {.name = "firmware", .type = ArgType::dict, .fields = {{.name = "code"}, {.name = "vars"}}},
-      {.name = "nvram"},
-      {.name = "cpu_mode", .choices = {"auto", "host-passthrough", "host-model", "maximum"}},
-      {.name = "hide_kvm", .type = ArgType::boolean},
-      {.name = "hyperv_vendor_id",
-       .check = [](const json& v) -> std::optional<std::string> {
-         const auto id = v.get<std::string>();
-         if (id.empty() || id.size() > 12) return "must be 1 to 12 characters (libvirt's vendor_id limit)";
-         return std::nullopt;
-       }},
-      gpus_arg(),
-      {.name = "force", .type = ArgType::boolean, .default_value = false},
-      {.name = "disks", .type = ArgType::list, .elements = ArgType::any},
-      {.name = "interfaces",
-       .type = ArgType::list,
-       .elements = ArgType::dict,
-       .fields = {{.name = "bridge"},
-                  {.name = "network"},
-                  {.name = "mac"},
-                  {.name = "model"},
-                  {.name = "state", .default_value = "present", .choices = {"present", "absent"}}}},
-      {.name = "graphics",
-       .type = ArgType::dict,
-       .fields = {{.name = "type", .default_value = "spice", .choices = {"spice", "vnc", "none"}},
-                  {.name = "port", .type = ArgType::integer},
-                  {.name = "listen"}}},
-      {.name = "video", .choices = {"vga", "qxl", "virtio", "bochs", "ramfb", "none"}},
-      {.name = "boot", .type = ArgType::list},
-      {.name = "state", .default_value = "defined", .choices = {"defined", "running", "shutoff", "absent"}},
-      {.name = "autostart", .type = ArgType::boolean},
-      {.name = "shutdown_timeout", .type = ArgType::integer, .default_value = 120},
-      {.name = "force_shutoff", .type = ArgType::boolean, .default_value = false},
-      {.name = "keep_nvram", .type = ArgType::boolean, .default_value = true},
-      // What Windows 11 setup requires: an emulated TPM 2.0 and Secure Boot; its ISOs as CD-ROMs.
-      {.name = "tpm", .type = ArgType::boolean},
-      {.name = "secure_boot", .type = ArgType::boolean},
-      {.name = "cdrom", .type = ArgType::list, .elements = ArgType::any},
-      // VM tuning (see the module's documentation in README.md).
-      {.name = "rom",
-       .type = ArgType::list,
-       .elements = ArgType::dict,
-       .fields = {{.name = "gpu", .check = pci_address_check},
-                  {.name = "file", .required = true},
-                  {.name = "bar", .type = ArgType::boolean, .default_value = true}}},
-      {.name = "cpu",
-       .type = ArgType::dict,
-       .fields = {{.name = "sockets", .type = ArgType::integer, .default_value = 1, .check = positive},
-                  {.name = "cores", .type = ArgType::integer, .required = true, .check = positive},
-                  {.name = "threads", .type = ArgType::integer, .default_value = 1, .check = positive}}},
-      {.name = "pin",
-       .type = ArgType::dict,
-       .fields = {{.name = "vcpus", .required = true, .check = cpuset_check},
-                  {.name = "emulator", .check = cpuset_check},
-                  {.name = "iothreads", .check = cpuset_check}}},
-      {.name = "hugepages", .type = ArgType::any, .check = hugepages_check},
-      {.name = "looking_glass",
-       .type = ArgType::dict,
-       .fields = {{.name = "resolution", .required = true, .check = resolution_check},
-                  {.name = "user", .required = true},
-                  {.name = "group", .default_value = "kvm"}}},
-      {.name = "hyperv", .type = ArgType::boolean},
-      {.name = "evdev",
-       .type = ArgType::list,
-       .check = [](const json& v) -> std::optional<std::string> {
-         for (const auto& p : v)
-           if (!p.get<std::string>().starts_with("/dev/input/"))
-             return "'" + p.get<std::string>() + "' is not a /dev/input/ path";
-         return std::nullopt;
-       }},
-      {.name = "usb_controllers",
-       .type = ArgType::any,
-       .check = [](const json& v) -> std::optional<std::string> {
-         if (v.is_string() && v.get<std::string>() == "auto") return std::nullopt;
-         if (!v.is_array()) return "must be auto or a list of PCI addresses";
-         for (const auto& a : v)
-           if (auto bad = pci_address_check(a)) return bad;
-         return std::nullopt;
-       }},
-      {.name = "exclusive",
-       .type = ArgType::any,
-       .check = [](const json& v) -> std::optional<std::string> {
-         const std::vector<std::string> lists = {"disks", "cdrom", "interfaces", "hostdevs", "evdev"};
-         if (v.is_boolean()) return std::nullopt;
-         if (!v.is_array()) return "must be true, false or a list of disks, cdrom, interfaces, hostdevs, evdev";
-         for (const auto& l : v)
-           if (!l.is_string() || std::find(lists.begin(), lists.end(), l.get<std::string>()) == lists.end())
-             return "'" + (l.is_string() ? l.get<std::string>() : l.dump()) + "' is not one of disks, cdrom, interfaces, hostdevs, evdev";
-         return std::nullopt;
-       }},
-  };
-  s.check = [](const json& a) -> std::optional<std::string> {
-    for (const auto& d : a.value("disks", json::array())) {
-      if (d.is_string()) continue;
-      if (!d.is_object() || !d.contains("path") || !d["path"].is_string())
-        return "disks: each disk is a path or {path, format, bus, target, state}";
-      for (auto it = d.begin(); it != d.end(); ++it) {
-        if (it.key() != "path" && it.key() != "format" && it.key() != "bus" && it.key() != "target" && it.key() != "state")
-          return "disks: unknown key '" + it.key() + "' (path, format, bus, target, state)";
-        if (!it.value().is_string()) return "disks: " + it.key() + " must be a string";
-      }
-      if (d.contains("state") && d["state"] != "present" && d["state"] != "absent")
-        return "disks: state '" + d["state"].get<std::string>() + "' is not present or absent";
+// The domain's arguments. Every key without a default is optional: a key the playbook leaves out
+// is the domain's own (only a new domain gets the defaults), so what the playbook declares is
+// exactly what has a value here.
+struct Firmware {
+  std::optional<std::string> code, vars;
+};
+struct Interface {
+  std::optional<std::string> bridge, network, mac, model;
+  std::string state = "present";
+};
+struct Graphics {
+  std::string type = "spice";
+  std::optional<long long> port;
+  std::optional<std::string> listen;
+};
+struct Rom {
+  std::optional<std::string> gpu;
+  std::string file;
+  bool bar = true;
+};
+struct Topology {
+  long long sockets = 1, cores = 0, threads = 1;
+};
+struct Pin {
+  std::string vcpus;
+  std::optional<std::string> emulator, iothreads;
+};
+struct LookingGlass {
+  std::string resolution, user, group = "kvm";
+};
+struct Args {
+  std::string name;
+  std::optional<std::string> connect, type;
+  json memory;  // a size (16G) or MiB
+  std::optional<long long> vcpus;
+  std::optional<std::string> machine;
+  std::optional<Firmware> firmware;
+  std::optional<std::string> nvram, cpu_mode;
+  std::optional<bool> hide_kvm;
+  std::optional<std::string> hyperv_vendor_id;
+  json gpus;  // null: not given
+  bool force = false;
+  std::optional<std::vector<json>> disks;  // a path, or {path, format, bus, target, state}
+  std::optional<std::vector<Interface>> interfaces;
+  std::optional<Graphics> graphics;
+  std::optional<std::string> video;
+  std::optional<std::vector<std::string>> boot;
+  std::string state = "defined";
+  std::optional<bool> autostart;
+  long long shutdown_timeout = 120;
+  bool force_shutoff = false, keep_nvram = true;
+  std::optional<bool> tpm, secure_boot;
+  std::optional<std::vector<json>> cdrom;  // an ISO's path, or {path, state}
+  std::optional<std::vector<Rom>> rom;
+  std::optional<Topology> cpu;
+  std::optional<Pin> pin;
+  std::optional<json> hugepages;
+  std::optional<LookingGlass> looking_glass;
+  std::optional<bool> hyperv;
+  std::optional<std::vector<std::string>> evdev;
+  std::optional<json> usb_controllers, exclusive;
+};
+
+// A list of disks or CD-ROMs: each a path or a mapping of these string keys.
+std::optional<std::string> path_items_check(const std::vector<json>& items, const std::string& list,
+                                            const std::string& usage, const std::vector<std::string>& keys) {
+  for (const auto& d : items) {
+    if (d.is_string()) continue;
+    if (!d.is_object() || !d.contains("path") || !d["path"].is_string()) return list + ": each " + usage;
+    for (auto it = d.begin(); it != d.end(); ++it) {
+      if (std::find(keys.begin(), keys.end(), it.key()) == keys.end())
+        return list + ": unknown key '" + it.key() + "' (" + join(keys, ", ") + ")";
+      if (list == "disks" && !it.value().is_string()) return list + ": " + it.key() + " must be a string";
     }
-    for (const auto& c : a.value("cdrom", json::array())) {
-      if (c.is_string()) continue;
-      if (!c.is_object() || !c.contains("path") || !c["path"].is_string()) return "cdrom: each CD-ROM is an ISO's path or {path, state}";
-      for (auto it = c.begin(); it != c.end(); ++it)
-        if (it.key() != "path" && it.key() != "state") return "cdrom: unknown key '" + it.key() + "' (path, state)";
-      if (c.contains("state") && c["state"] != "present" && c["state"] != "absent")
-        return "cdrom: state '" + (c["state"].is_string() ? c["state"].get<std::string>() : c["state"].dump()) + "' is not present or absent";
+    if (d.contains("state") && d["state"] != "present" && d["state"] != "absent")
+      return list + ": state '" + (d["state"].is_string() ? d["state"].get<std::string>() : d["state"].dump()) +
+             "' is not present or absent";
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> check_args(const Args& a) {
+  if (a.disks)
+    if (auto bad = path_items_check(*a.disks, "disks", "disk is a path or {path, format, bus, target, state}",
+                                    {"path", "format", "bus", "target", "state"}))
+      return bad;
+  if (a.cdrom)
+    if (auto bad = path_items_check(*a.cdrom, "cdrom", "CD-ROM is an ISO's path or {path, state}", {"path", "state"}))
+      return bad;
+  for (const auto& i : a.interfaces.value_or(std::vector<Interface>{})) {
+    if (i.bridge.has_value() == i.network.has_value()) return "interfaces: each interface has either bridge or network";
+    if (i.mac) {
+      const std::string& mac = *i.mac;
+      bool ok = mac.size() == 17;
+      for (size_t k = 0; ok && k < 17; ++k)
+        ok = k % 3 == 2 ? mac[k] == ':' : std::isxdigit(static_cast<unsigned char>(mac[k]));
+      if (!ok) return "interfaces: '" + mac + "' is not a MAC address like 52:54:00:12:34:56";
     }
-    for (const auto& i : a.value("interfaces", json::array())) {
-      if (i.contains("bridge") == i.contains("network")) return "interfaces: each interface has either bridge or network";
-      if (i.contains("mac")) {
-        const auto mac = i["mac"].get<std::string>();
-        bool ok = mac.size() == 17;
-        for (size_t k = 0; ok && k < 17; ++k) ok = k % 3 == 2 ? mac[k] == ':' : std::isxdigit(static_cast<unsigned char>(mac[k]));
-        if (!ok) return "interfaces: '" + mac + "' is not a MAC address like 52:54:00:12:34:56";
-      }
-    }
-    if (a.contains("firmware") && a["firmware"].contains("code") != a["firmware"].contains("vars"))
-      return "firmware: give both code and vars, or neither (found on the host)";
-    if (a.contains("cpu")) {
-      const auto& c = a["cpu"];
-      const long long n = c["sockets"].get<long long>() * c["cores"].get<long long>() * c["threads"].get<long long>();
-      if (n != a.value("vcpus", 2LL))
-        return "cpu: " + std::to_string(c["sockets"].get<long long>()) + " sockets x " + std::to_string(c["cores"].get<long long>()) +
-               " cores x " + std::to_string(c["threads"].get<long long>()) + " threads is " + std::to_string(n) +
-               " vCPUs, but vcpus is " + std::to_string(a.value("vcpus", 2LL));
-    }
-    if (a.contains("pin")) {
-      const size_t n = vm::parse_cpuset(a["pin"]["vcpus"].get<std::string>())->size();
-      if (n != a.value("vcpus", size_t{2}))
-        return "pin: vcpus names " + std::to_string(n) + " host CPUs for " + std::to_string(a.value("vcpus", 2LL)) +
-               " vCPUs: give one host CPU per vCPU";
-    }
-    for (const auto& b : a.value("boot", json::array())) {
-      const auto dev = b.get<std::string>();
-      if (dev != "hd" && dev != "cdrom" && dev != "network" && dev != "fd") return "boot: '" + dev + "' is not hd, cdrom, network or fd";
-    }
-    return std::nullopt;
-  };
-  return s;
+  }
+  if (a.firmware && a.firmware->code.has_value() != a.firmware->vars.has_value())
+    return "firmware: give both code and vars, or neither (found on the host)";
+  const long long vcpus = a.vcpus.value_or(2);
+  if (a.cpu) {
+    const auto& c = *a.cpu;
+    const long long n = c.sockets * c.cores * c.threads;
+    if (n != vcpus)
+      return "cpu: " + std::to_string(c.sockets) + " sockets x " + std::to_string(c.cores) + " cores x " +
+             std::to_string(c.threads) + " threads is " + std::to_string(n) + " vCPUs, but vcpus is " +
+             std::to_string(vcpus);
+  }
+  if (a.pin) {
+    const size_t n = vm::parse_cpuset(a.pin->vcpus)->size();
+    if (n != static_cast<size_t>(vcpus))
+      return "pin: vcpus names " + std::to_string(n) + " host CPUs for " + std::to_string(vcpus) +
+             " vCPUs: give one host CPU per vCPU";
+  }
+  for (const auto& dev : a.boot.value_or(std::vector<std::string>{}))
+    if (dev != "hd" && dev != "cdrom" && dev != "network" && dev != "fd")
+      return "boot: '" + dev + "' is not hd, cdrom, network or fd";
+  return std::nullopt;
+}
+
+const ArgsDecl<Args>& decl() {
+  static const auto d =
+      ArgsDecl<Args>()
+          .arg("name", &Args::name, "the domain's name",
+               {.required = true,
+                .check = [](const json& v) -> std::optional<std::string> {
+                  const auto n = v.get<std::string>();
+                  if (n.empty() || n.find('/') != std::string::npos || n.size() > 200)
+                    return "'" + n + "' is not a domain name";
+                  return std::nullopt;
+                }})
+          .arg(connect_arg(), &Args::connect)
+          .arg("type", &Args::type,
+               "the domain type: auto (kvm where /dev/kvm is, else qemu with a warning), kvm or qemu",
+               {.choices = {"auto", "kvm", "qemu"}})
+          .arg("memory", &Args::memory, "the guest's memory: a size (16G, 8192M) or a number of MiB",
+               {.required = true, .check = size_check, .example = "16G"})
+          .arg("vcpus", &Args::vcpus, "virtual CPUs (2 for a new domain when not given)",
+               {.check = [](const json& v) -> std::optional<std::string> {
+                 if (v.get<long long>() < 1 || v.get<long long>() > 4096) return "must be between 1 and 4096";
+                 return std::nullopt;
+               }})
+          .arg("machine", &Args::machine,
+               "the machine type: auto (the newest pc-q35-* the hypervisor offers), or a name; i440FX and q35 older "
+               "than 4.2 refused",
+               {.example = "q35"})
+          .arg("firmware", &Args::firmware, "OVMF's code and variables template (found on the host when not given)",
+               ArgsDecl<Firmware>()
+                   .arg("code", &Firmware::code, "the OVMF code file (read-only pflash)")
+                   .arg("vars", &Firmware::vars, "the variables template the nvram file is made from"))
+          .arg("nvram", &Args::nvram,
+               "the domain's UEFI variables file (default /var/lib/libvirt/qemu/nvram/NAME_VARS.fd); never replaced")
+          .arg("cpu_mode", &Args::cpu_mode, "the CPU model: auto (host-passthrough, maximum under TCG)",
+               {.choices = {"auto", "host-passthrough", "host-model", "maximum"}})
+          .arg("hide_kvm", &Args::hide_kvm,
+               "hide KVM from the guest (<kvm><hidden state='on'/>), for NVIDIA drivers (true for a new domain)")
+          .arg("hyperv_vendor_id", &Args::hyperv_vendor_id, "the Hyper-V vendor_id the guest sees (1 to 12 characters)",
+               {.check = [](const json& v) -> std::optional<std::string> {
+                 const auto id = v.get<std::string>();
+                 if (id.empty() || id.size() > 12) return "must be 1 to 12 characters (libvirt's vendor_id limit)";
+                 return std::nullopt;
+               }})
+          .arg(gpus_arg(), &Args::gpus)
+          .arg("force", &Args::force,
+               "take a GPU whose verdict blocks passthrough, or a USB controller not alone in its IOMMU group")
+          .arg(ArgSpec{.name = "disks",
+                       .type = ArgType::list,
+                       .elements = ArgType::any,
+                       .doc = "disks by path: a path, or {path, format, bus, target, state: present|absent}",
+                       .example = json::array({"/var/lib/libvirt/images/vm.qcow2"})},
+               &Args::disks)
+          .arg("interfaces", &Args::interfaces,
+               "NICs, by MAC or by source: {bridge or network, mac, model, state: present|absent}",
+               ArgsDecl<Interface>()
+                   .arg("bridge", &Interface::bridge, "a host bridge")
+                   .arg("network", &Interface::network, "a libvirt network")
+                   .arg("mac", &Interface::mac, "the MAC address")
+                   .arg("model", &Interface::model, "the NIC model (virtio, e1000e...)")
+                   .arg("state", &Interface::state, "absent removes this NIC", {.choices = {"present", "absent"}}),
+               {.example = json::array({json{{"bridge", "br0"}}})})
+          .arg("graphics", &Args::graphics, "the display: {type: spice|vnc|none, port, listen}",
+               ArgsDecl<Graphics>()
+                   .arg("type", &Graphics::type, "spice (with its agent's channel), vnc or none",
+                        {.choices = {"spice", "vnc", "none"}})
+                   .arg("port", &Graphics::port, "a fixed port (autoport when not given)")
+                   .arg("listen", &Graphics::listen, "the address it listens on"))
+          .arg("video", &Args::video, "the video model (vga for a new domain)",
+               {.choices = {"vga", "qxl", "virtio", "bochs", "ramfb", "none"}})
+          .arg("boot", &Args::boot,
+               "boot order: hd, cdrom, network, fd (a new domain: hd, then cdrom when it has an ISO)",
+               {.example = json::array({"hd", "cdrom"})})
+          .arg("state", &Args::state, "defined, running, shutoff, or absent (undefined)",
+               {.choices = {"defined", "running", "shutoff", "absent"}})
+          .arg("autostart", &Args::autostart,
+               "whether libvirt starts the domain at boot (left as it is when not given)")
+          .arg("shutdown_timeout", &Args::shutdown_timeout,
+               "seconds state: shutoff waits for the guest after the ACPI power button")
+          .arg("force_shutoff", &Args::force_shutoff,
+               "state: shutoff powers the domain off instead of asking the guest")
+          .arg("keep_nvram", &Args::keep_nvram, "state: absent keeps the nvram file")
+          .arg("tpm", &Args::tpm, "an emulated TPM 2.0 (swtpm) as Windows 11 requires; false: none")
+          .arg("secure_boot", &Args::secure_boot,
+               "the distribution's Secure Boot OVMF with Microsoft's keys in the variables template")
+          .arg(ArgSpec{.name = "cdrom",
+                       .type = ArgType::list,
+                       .elements = ArgType::any,
+                       .doc = "CD-ROMs by ISO path: a path, or {path, state: present|absent}",
+                       .example = json::array({"/var/lib/libvirt/images/Win11.iso"})},
+               &Args::cdrom)
+          .arg("rom", &Args::rom,
+               "a ROM file on a GPU's display function: {file, bar, gpu} (gpu may be left out with one GPU)",
+               ArgsDecl<Rom>()
+                   .arg("gpu", &Rom::gpu, "the GPU the ROM is for", {.check = pci_address_check})
+                   .arg("file", &Rom::file, "the ROM file (starts with 0x55 0xAA, readable by the hypervisor's user)",
+                        {.required = true})
+                   .arg("bar", &Rom::bar, "the ROM BAR visible to the guest"))
+          .arg("cpu", &Args::cpu, "the CPU topology: sockets x cores x threads = vcpus",
+               ArgsDecl<Topology>()
+                   .arg("sockets", &Topology::sockets, "sockets", {.check = positive})
+                   .arg("cores", &Topology::cores, "cores per socket", {.required = true, .check = positive})
+                   .arg("threads", &Topology::threads, "threads per core", {.check = positive}))
+          .arg("pin", &Args::pin, "pinning: vCPU i on the i-th host CPU of vcpus, the emulator's and I/O threads' CPUs",
+               ArgsDecl<Pin>()
+                   .arg("vcpus", &Pin::vcpus, "host CPUs, one per vCPU (2-7,10-15)",
+                        {.required = true, .check = cpuset_check})
+                   .arg("emulator", &Pin::emulator, "host CPUs for the emulator threads", {.check = cpuset_check})
+                   .arg("iothreads", &Pin::iothreads, "host CPUs for an I/O thread of the virtio disks",
+                        {.check = cpuset_check}))
+          .arg("hugepages", &Args::hugepages,
+               "back the memory with hugepages: true, false, a page size (2M, 1G) or {size, reserve}",
+               {.check = hugepages_check, .example = json{{"size", "1G"}, {"reserve", true}}})
+          .arg("looking_glass", &Args::looking_glass, "Looking Glass's shared memory for a client that runs as user",
+               ArgsDecl<LookingGlass>()
+                   .arg("resolution", &LookingGlass::resolution, "the guest's resolution (2560x1440)",
+                        {.required = true, .check = resolution_check})
+                   .arg("user", &LookingGlass::user, "the user the client runs as", {.required = true})
+                   .arg("group", &LookingGlass::group, "the group of /dev/shm/looking-glass"))
+          .arg("hyperv", &Args::hyperv, "the Hyper-V enlightenments and hypervclock; false: none of them")
+          .arg("evdev", &Args::evdev, "keyboards and mice passed through evdev (/dev/input/by-id/...)",
+               {.check = [](const json& v) -> std::optional<std::string> {
+                 for (const auto& p : v)
+                   if (!p.get<std::string>().starts_with("/dev/input/"))
+                     return "'" + p.get<std::string>() + "' is not a /dev/input/ path";
+                 return std::nullopt;
+               }})
+          .arg("usb_controllers", &Args::usb_controllers,
+               "whole USB controllers passed through: auto, or a list of PCI addresses",
+               {.check = [](const json& v) -> std::optional<std::string> {
+                 if (v.is_string() && v.get<std::string>() == "auto") return std::nullopt;
+                 if (!v.is_array()) return "must be auto or a list of PCI addresses";
+                 for (const auto& a : v)
+                   if (auto bad = pci_address_check(a)) return bad;
+                 return std::nullopt;
+               }})
+          .arg("exclusive", &Args::exclusive,
+               "lists that hold only what the playbook lists (the user's other items removed): true, or some of disks, "
+               "cdrom, "
+               "interfaces, hostdevs, evdev",
+               {.check = [](const json& v) -> std::optional<std::string> {
+                 const std::vector<std::string> lists = {"disks", "cdrom", "interfaces", "hostdevs", "evdev"};
+                 if (v.is_boolean()) return std::nullopt;
+                 if (!v.is_array()) return "must be true, false or a list of disks, cdrom, interfaces, hostdevs, evdev";
+                 for (const auto& l : v)
+                   if (!l.is_string() || std::find(lists.begin(), lists.end(), l.get<std::string>()) == lists.end())
+                     return "'" + (l.is_string() ? l.get<std::string>() : l.dump()) +
+                            "' is not one of disks, cdrom, interfaces, hostdevs, evdev";
+                 return std::nullopt;
+               }})
+          .check(check_args);
+  return d;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,12 +464,11 @@ const std::vector<std::pair<std::string, std::string>> kSecureFirmware = {
 
 bool keys_enrolled(const std::string& vars) { return vars.find("/edk2/x64/") == std::string::npos && vars.find("/edk2-ovmf/") == std::string::npos; }
 
-Expected<std::pair<std::string, std::string>> choose_firmware(const Root& root, const json& fw, bool secure) {
-  if (fw.contains("code")) {
-    for (const char* key : {"code", "vars"})
-      if (!path_exists(root, fw[key].get<std::string>()))
-        return Error{std::string("firmware: ") + key + " " + fw[key].get<std::string>() + " does not exist"};
-    return std::make_pair(fw["code"].get<std::string>(), fw["vars"].get<std::string>());
+Expected<std::pair<std::string, std::string>> choose_firmware(const Root& root, const Firmware& fw, bool secure) {
+  if (fw.code && fw.vars) {
+    for (const auto& [key, path] : {std::pair{"code", *fw.code}, std::pair{"vars", *fw.vars}})
+      if (!path_exists(root, path)) return Error{std::string("firmware: ") + key + " " + path + " does not exist"};
+    return std::make_pair(*fw.code, *fw.vars);
   }
   const auto& table = secure ? kSecureFirmware : kFirmware;
   for (const auto& [code, vars] : table)
@@ -638,7 +746,7 @@ struct Want {
   std::vector<Gpu> gpus;
   std::vector<DiskWant> disks;
   std::vector<NicWant> interfaces;
-  json graphics;
+  Graphics graphics;
   std::set<std::string> exclusive;  // lists that hold only what the playbook lists
   // Tuning.
   std::map<std::string, std::pair<std::string, bool>> roms;  // GPU display function -> file, bar
@@ -898,18 +1006,18 @@ void ensure_looking_glass(pugi::xml_node devices, const Want& w) {
 
 // Graphics, and the spice agent's channel with spice.
 void ensure_graphics(pugi::xml_node devices, const Want& w) {
-  const std::string type = w.graphics["type"].get<std::string>();
+  const std::string& type = w.graphics.type;
   std::vector<pugi::xml_node> all;
   for (auto g : devices.children("graphics")) all.push_back(g);
   auto fits = [&](pugi::xml_node g) {
     if (attr(g, "type") != type) return false;
-    if (w.graphics.contains("port") && (attr(g, "autoport") != "no" || attr(g, "port") != std::to_string(w.graphics["port"].get<int>())))
+    if (w.graphics.port && (attr(g, "autoport") != "no" || attr(g, "port") != std::to_string(*w.graphics.port)))
       return false;
-    if (!w.graphics.contains("port") && attr(g, "autoport") == "no") return false;
-    if (w.graphics.contains("listen")) {
+    if (!w.graphics.port && attr(g, "autoport") == "no") return false;
+    if (w.graphics.listen) {
       std::string listen = attr(g, "listen");
       if (listen.empty()) listen = attr(g.child("listen"), "address");
-      if (listen != w.graphics["listen"].get<std::string>()) return false;
+      if (listen != *w.graphics.listen) return false;
     }
     return true;
   };
@@ -919,14 +1027,14 @@ void ensure_graphics(pugi::xml_node devices, const Want& w) {
     if (type != "none") {
       auto gfx = devices.append_child("graphics");
       set_attr(gfx, "type", type);
-      if (w.graphics.contains("port")) {
-        set_attr(gfx, "port", std::to_string(w.graphics["port"].get<int>()));
+      if (w.graphics.port) {
+        set_attr(gfx, "port", std::to_string(*w.graphics.port));
         set_attr(gfx, "autoport", "no");
       } else {
         set_attr(gfx, "autoport", "yes");
       }
-      if (w.graphics.contains("listen")) {
-        const auto listen = w.graphics["listen"].get<std::string>();
+      if (w.graphics.listen) {
+        const std::string& listen = *w.graphics.listen;
         set_attr(gfx, "listen", listen);
         auto l = gfx.append_child("listen");
         set_attr(l, "type", "address");
@@ -1529,12 +1637,12 @@ Status merge(pugi::xml_document& doc, Want& w) {
 // ---------------------------------------------------------------------------------------------
 
 // The tuning keys into `w`, checked against the host.
-Status tuning(Context& ctx, const json& args, Want& w) {
+Status tuning(Context& ctx, const Args& args, Want& w) {
   // ROMs: on a GPU's display function; `gpu` may be left out when there is one GPU.
-  for (const auto& r : args.value("rom", json::array())) {
+  for (const auto& r : args.rom.value_or(std::vector<Rom>{})) {
     std::string gpu;
-    if (r.contains("gpu")) {
-      gpu = *parse_pci_address(r["gpu"].get<std::string>());
+    if (r.gpu) {
+      gpu = *parse_pci_address(*r.gpu);
     } else if (w.gpus.size() == 1) {
       gpu = w.gpus[0].address;
     } else {
@@ -1544,21 +1652,21 @@ Status tuning(Context& ctx, const json& args, Want& w) {
       return std::find(x.functions.begin(), x.functions.end(), gpu) != x.functions.end();
     });
     if (g == w.gpus.end()) return Error{"rom: " + gpu + " is not one of the domain's GPUs"};
-    const std::string file = r["file"].get<std::string>();
-    if (auto ok = vm::check_rom(ctx.root, file, vm::hypervisor_user(ctx.root, ctx.facts)); !ok) return Error{ok.error()};
-    w.roms[g->functions.front()] = {file, r["bar"].get<bool>()};
+    if (auto ok = vm::check_rom(ctx.root, r.file, vm::hypervisor_user(ctx.root, ctx.facts)); !ok)
+      return Error{ok.error()};
+    w.roms[g->functions.front()] = {r.file, r.bar};
   }
-  if (args.contains("cpu")) {
-    w.sockets = args["cpu"]["sockets"].get<int>();
-    w.cores = args["cpu"]["cores"].get<int>();
-    w.threads = args["cpu"]["threads"].get<int>();
+  if (args.cpu) {
+    w.sockets = static_cast<int>(args.cpu->sockets);
+    w.cores = static_cast<int>(args.cpu->cores);
+    w.threads = static_cast<int>(args.cpu->threads);
   }
-  if (args.contains("pin")) {
-    const auto& pin = args["pin"];
-    w.vcpu_pins = *vm::parse_cpuset(pin["vcpus"].get<std::string>());
+  if (args.pin) {
+    const Pin& pin = *args.pin;
+    w.vcpu_pins = *vm::parse_cpuset(pin.vcpus);
     std::vector<int> emulator, io;
-    if (pin.contains("emulator")) emulator = *vm::parse_cpuset(pin["emulator"].get<std::string>());
-    if (pin.contains("iothreads")) io = *vm::parse_cpuset(pin["iothreads"].get<std::string>());
+    if (pin.emulator) emulator = *vm::parse_cpuset(*pin.emulator);
+    if (pin.iothreads) io = *vm::parse_cpuset(*pin.iothreads);
     if (!emulator.empty()) w.emulator_pin = vm::format_cpuset(emulator);
     if (!io.empty()) w.iothread_pin = vm::format_cpuset(io);
     auto host = vm::read_host_cpus(ctx.root);
@@ -1567,8 +1675,8 @@ Status tuning(Context& ctx, const json& args, Want& w) {
     if (checked.error) return Error{*checked.error};
     w.warnings.insert(w.warnings.end(), checked.warnings.begin(), checked.warnings.end());
   }
-  if (args.contains("hugepages") && !args["hugepages"].is_null()) {
-    const json& h = args["hugepages"];
+  if (args.hugepages) {
+    const json& h = *args.hugepages;
     std::string size = "auto";
     if (h.is_object()) size = h.value("size", std::string("auto"));
     else if (h.is_string() && parse_size(h.get<std::string>()).ok()) size = h.get<std::string>();
@@ -1576,26 +1684,25 @@ Status tuning(Context& ctx, const json& args, Want& w) {
                                                                         lower(h.get<std::string>()) == "yes"));
     if (on) w.hugepage_kib = size == "auto" ? 0 : *parse_size(size) / 1024;
   }
-  if (args.contains("looking_glass")) {
-    auto [width, height] = *resolution(args["looking_glass"]["resolution"].get<std::string>());
+  if (args.looking_glass) {
+    auto [width, height] = *resolution(args.looking_glass->resolution);
     w.looking_glass_mib = vm::looking_glass_mib(width, height);
   }
-  w.hyperv = args.value("hyperv", false);
+  w.hyperv = args.hyperv.value_or(false);
   const bool nvidia = std::any_of(w.gpus.begin(), w.gpus.end(), [](const Gpu& g) { return g.id.starts_with("10de:"); });
   if (w.hyperv && nvidia && !w.hide_kvm)
     w.warnings.push_back("hyperv: NVIDIA drivers older than 465 stop with code 43 when they see a hypervisor: "
                          "hide_kvm: false shows KVM to them");
   if (!w.hyperv_vendor_id.empty() && !w.hide_kvm)
     w.warnings.push_back("hyperv_vendor_id hides the hypervisor from NVIDIA drivers only together with hide_kvm: true");
-  for (const auto& p : args.value("evdev", json::array())) {
-    const std::string path = p.get<std::string>();
+  for (const auto& path : args.evdev.value_or(std::vector<std::string>{})) {
     if (!path_exists(ctx.root, path)) return Error{"evdev: " + path + " does not exist (list them: ls /dev/input/by-id/)"};
     w.evdev.push_back(path);
   }
-  if (args.contains("usb_controllers") && !args["usb_controllers"].is_null()) {
+  if (args.usb_controllers) {
     std::vector<std::string> gpu_functions;
     for (const auto& g : w.gpus) gpu_functions.insert(gpu_functions.end(), g.functions.begin(), g.functions.end());
-    auto usb = vm::select_usb_controllers(ctx.facts, args["usb_controllers"], args["force"].get<bool>(), gpu_functions);
+    auto usb = vm::select_usb_controllers(ctx.facts, *args.usb_controllers, args.force, gpu_functions);
     if (!usb) return Error{usb.error()};
     w.usb = *usb;
   }
@@ -1604,17 +1711,17 @@ Status tuning(Context& ctx, const json& args, Want& w) {
 
 // What the playbook asks for. `current` is the domain as libvirt has it (empty: none yet): the keys
 // the playbook leaves out are its own, and only a new domain gets their defaults.
-Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, const std::string& uri, const pugi::xml_document& current) {
+Expected<Want> want_from(Context& ctx, const Args& args, const Offer& offer, const std::string& uri,
+                         const pugi::xml_document& current) {
   Want w;
   w.creating = !current.child("domain");
-  for (const auto& [key, value] : args.items())
-    if (!value.is_null()) w.declared.insert(key);
+  const json given = decl().dump(args);  // the keys that have a value: what the playbook declares
+  for (auto it = given.begin(); it != given.end(); ++it) w.declared.insert(it.key());
   if (w.declared.count("nvram")) w.declared.insert("firmware");
   if (w.declared.count("gpus") || w.declared.count("usb_controllers")) w.declared.insert("hostdevs");
-  auto given = [&](const char* key, json fallback) { return args.contains(key) && !args[key].is_null() ? args[key] : fallback; };
-  w.name = args["name"].get<std::string>();
+  w.name = args.name;
   if (w.manages("type")) {
-    const std::string type = given("type", "auto").get<std::string>();
+    const std::string type = args.type.value_or("auto");
     auto offered = [&](const std::string& t) { return std::find(offer.types.begin(), offer.types.end(), t) != offer.types.end(); };
     if (type == "auto") {
       if (ctx.facts.kvm && offered("kvm")) {
@@ -1636,7 +1743,7 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
     w.type = attr(current.child("domain"), "type");
   }
   if (w.manages("machine")) {
-    auto machine = choose_machine(given("machine", "auto").get<std::string>(), offer, uri);
+    auto machine = choose_machine(args.machine.value_or("auto"), offer, uri);
     if (!machine) return Error{machine.error()};
     w.machine = *machine;
     if (is_i440fx(w.machine))
@@ -1648,25 +1755,25 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
   // Without secure_boot the firmware stays of the kind the domain has: its own Secure Boot loader
   // is not swapped for a plain one when only firmware: or nvram: is declared (one the agent set
   // for secure_boot goes with that key).
-  if (w.declared.count("secure_boot"))
-    w.secure_boot = args["secure_boot"].get<bool>();
+  if (args.secure_boot)
+    w.secure_boot = *args.secure_boot;
   else if (!read_record(current.child("domain")).find("part", "secure_boot"))
     w.secure_boot = attr(current.child("domain").child("os").child("loader"), "secure") == "yes";
   if (w.manages("firmware") || w.declared.count("secure_boot")) {
-    const json fw_arg = given("firmware", json::object());
+    const Firmware fw_arg = args.firmware.value_or(Firmware{});
     auto fw = choose_firmware(ctx.root, fw_arg, w.secure_boot);
-    if (!fw && w.secure_boot && !w.declared.count("secure_boot")) fw = choose_firmware(ctx.root, fw_arg, false);
+    if (!fw && w.secure_boot && !args.secure_boot) fw = choose_firmware(ctx.root, fw_arg, false);
     if (!fw) return Error{fw.error()};
     w.loader = fw->first;
     w.vars = fw->second;
-    w.nvram = given("nvram", "/var/lib/libvirt/qemu/nvram/" + w.name + "_VARS.fd").get<std::string>();
-    if (w.creating && w.secure_boot && !fw_arg.contains("code"))
+    w.nvram = args.nvram.value_or("/var/lib/libvirt/qemu/nvram/" + w.name + "_VARS.fd");
+    if (w.creating && w.secure_boot && !fw_arg.code)
       if (auto plain = choose_firmware(ctx.root, fw_arg, false)) std::tie(w.plain_loader, w.plain_vars) = *plain;
-    if (w.declared.count("secure_boot") && w.secure_boot && !fw_arg.contains("code") && !keys_enrolled(w.vars))
+    if (args.secure_boot && w.secure_boot && !fw_arg.code && !keys_enrolled(w.vars))
       w.warnings.push_back("secure_boot: " + w.vars + " has no Secure Boot keys enrolled (Arch ships none): the guest starts in "
                            "setup mode, which Windows 11 setup accepts; Secure Boot is enforced once keys are enrolled");
   }
-  if (w.declared.count("tpm") && args["tpm"].get<bool>()) {
+  if (args.tpm.value_or(false)) {
     // libvirt starts swtpm for the domain and makes its state with swtpm_setup (swtpm-tools).
     // In check mode (or under --root) an earlier packages task may be about to install them.
     const bool coming = ctx.provided.count("package:swtpm") || ctx.provided.count("package:swtpm-tools");
@@ -1676,7 +1783,7 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
                      ": install swtpm and swtpm-tools (the packages module's set tpm). Nothing was changed"};
     w.tpm = true;
   }
-  for (const auto& c : given("cdrom", json::array())) {
+  for (const auto& c : args.cdrom.value_or(std::vector<json>{})) {
     CdromWant drive;
     drive.path = c.is_string() ? c.get<std::string>() : c["path"].get<std::string>();
     drive.absent = c.is_object() && c.value("state", "present") == "absent";
@@ -1685,23 +1792,23 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
       return Error{"cdrom: " + drive.path + " does not exist: download the ISO there first, or correct the path. Nothing was changed"};
     w.cdroms.push_back(drive);
   }
-  w.memory_kib = size_kib(args["memory"]);
-  w.vcpus = given("vcpus", 2).get<int>();
-  std::string mode = given("cpu_mode", "auto").get<std::string>();
+  w.memory_kib = size_kib(args.memory);
+  w.vcpus = static_cast<int>(args.vcpus.value_or(2));
+  std::string mode = args.cpu_mode.value_or("auto");
   if (mode == "auto") mode = w.type == "qemu" ? "maximum" : "host-passthrough";  // TCG has no host CPU to pass
   w.cpu_mode = mode;
-  w.hide_kvm = given("hide_kvm", true).get<bool>();
-  if (w.declared.count("hyperv_vendor_id")) w.hyperv_vendor_id = args["hyperv_vendor_id"].get<std::string>();
+  w.hide_kvm = args.hide_kvm.value_or(true);
+  w.hyperv_vendor_id = args.hyperv_vendor_id.value_or("");
   // A new domain with an installation ISO boots from the disk first: a blank disk falls through to
   // the ISO, and once the system is installed the disk boots with the ISO still inserted.
   const bool installs = std::any_of(w.cdroms.begin(), w.cdroms.end(), [](const CdromWant& c) { return !c.absent; });
-  for (const auto& b : given("boot", installs ? json::array({"hd", "cdrom"}) : json::array({"hd"}))) w.boot.push_back(b.get<std::string>());
-  if (w.declared.count("gpus")) {
-    auto gpus = select_gpus(ctx.facts, args["gpus"], args["force"].get<bool>());
+  w.boot = args.boot.value_or(installs ? std::vector<std::string>{"hd", "cdrom"} : std::vector<std::string>{"hd"});
+  if (!args.gpus.is_null()) {
+    auto gpus = select_gpus(ctx.facts, args.gpus, args.force);
     if (!gpus) return Error{gpus.error()};
     w.gpus = *gpus;
   }
-  for (const auto& d : given("disks", json::array())) {
+  for (const auto& d : args.disks.value_or(std::vector<json>{})) {
     DiskWant disk;
     disk.path = d.is_string() ? d.get<std::string>() : d["path"].get<std::string>();
     if (disk.path.empty() || disk.path[0] != '/') return Error{"disks: '" + disk.path + "' is not an absolute path"};
@@ -1713,19 +1820,18 @@ Expected<Want> want_from(Context& ctx, const json& args, const Offer& offer, con
     }
     w.disks.push_back(disk);
   }
-  for (const auto& i : given("interfaces", json::array())) {
+  for (const auto& i : args.interfaces.value_or(std::vector<Interface>{})) {
     NicWant nic;
-    nic.type = i.contains("bridge") ? "bridge" : "network";
-    nic.source = i[nic.type].get<std::string>();
-    nic.mac = lower(i.value("mac", ""));
-    nic.model = i.value("model", "");
-    nic.absent = i.value("state", "present") == "absent";
+    nic.type = i.bridge ? "bridge" : "network";
+    nic.source = i.bridge ? *i.bridge : i.network.value_or("");
+    nic.mac = lower(i.mac.value_or(""));
+    nic.model = i.model.value_or("");
+    nic.absent = i.state == "absent";
     w.interfaces.push_back(nic);
   }
-  w.graphics = given("graphics", json::object());
-  if (!w.graphics.contains("type")) w.graphics["type"] = "spice";
-  w.video = given("video", "vga").get<std::string>();
-  const json exclusive = given("exclusive", false);
+  w.graphics = args.graphics.value_or(Graphics{});
+  w.video = args.video.value_or("vga");
+  const json exclusive = args.exclusive.value_or(false);
   for (const char* list : {"disks", "cdrom", "interfaces", "hostdevs", "evdev"})
     if ((exclusive.is_boolean() && exclusive.get<bool>() && w.declared.count(list)) ||
         (exclusive.is_array() && std::find(exclusive.begin(), exclusive.end(), list) != exclusive.end()))
@@ -1792,7 +1898,7 @@ TmpfilesMerge looking_glass_tmpfiles(const std::string& text, const std::string&
 // Hugepages for the domain: the memory in whole pages; enough of them free when the domain is
 // (re)defined or started while not running; with reserve, vm.nr_hugepages raised by what is
 // missing, persisted in sysctl.d and applied now.
-Status hugepages(Context& ctx, const json& args, Want& w, bool needs_free, FileChanges& files,
+Status hugepages(Context& ctx, const Args& args, Want& w, bool needs_free, FileChanges& files,
                  std::vector<std::pair<Command, std::string>>& commands) {
   auto pool = vm::read_hugepages(ctx.root, *w.hugepage_kib);
   if (!pool) return Error{pool.error()};
@@ -1801,7 +1907,7 @@ Status hugepages(Context& ctx, const json& args, Want& w, bool needs_free, FileC
     return Error{"hugepages: memory " + size_text(w.memory_kib * 1024) + " is not a whole number of " + page + " pages"};
   const uint64_t need = w.memory_kib / pool->size_kib;
   const uint64_t missing = needs_free && pool->free < need ? need - pool->free : 0;
-  const json& h = args["hugepages"];
+  const json& h = *args.hugepages;
   const bool reserve = h.is_object() && h.value("reserve", false);
   if (!reserve) {
     if (missing)
@@ -1873,18 +1979,15 @@ std::optional<std::string> kept_nvram(const Context& ctx, const pugi::xml_docume
          " --reset-nvram";
 }
 
-Result converge(Context& ctx, const json& args, bool apply) {
-  const std::string name = args["name"].get<std::string>();
-  const auto connect = args.contains("connect") && !args["connect"].is_null()
-                           ? std::optional<std::string>(args["connect"].get<std::string>())
-                           : std::nullopt;
-  auto opened = open_libvirt(ctx, connect, "domain " + name, apply);
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
+  const std::string& name = args.name;
+  auto opened = open_libvirt(ctx, args.connect, "domain " + name, apply);
   if (auto* skip = std::get_if<Result>(&opened)) return *skip;
   virt::Connection* conn = &std::get<virt::Connection>(opened);
   auto found = conn->lookup(name);
   if (!found) return Result::failed(found.error());
   std::optional<virt::Domain>& dom = *found;
-  const std::string state = args["state"].get<std::string>();
+  const std::string& state = args.state;
 
   if (state == "absent") {
     if (!dom) return Result::ok("domain " + name + " is absent");
@@ -1895,7 +1998,7 @@ Result converge(Context& ctx, const json& args, bool apply) {
     if (apply) {
       if (*st != virt::State::shutoff)
         if (auto s = dom->destroy(); !s) return Result::failed(s.error());
-      if (auto s = dom->undefine(args["keep_nvram"].get<bool>()); !s) return Result::failed(s.error());
+      if (auto s = dom->undefine(args.keep_nvram); !s) return Result::failed(s.error());
     }
     return r;
   }
@@ -1937,9 +2040,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
     auto hp = hugepages(ctx, args, *want, run != virt::State::running && (redefine || starts), host_files, host_commands);
     if (!hp) return Result::failed(hp.error());
   }
-  if (args.contains("looking_glass")) {
-    const auto& lg = args["looking_glass"];
-    const std::string user = lg["user"].get<std::string>(), group = lg["group"].get<std::string>();
+  if (args.looking_glass) {
+    const std::string &user = args.looking_glass->user, &group = args.looking_glass->group;
     if (auto ok = vm::check_owner(ctx.root, user, group); !ok) return Result::failed("looking_glass: " + ok.error());
     const std::string conf = "/etc/tmpfiles.d/10-looking-glass.conf";
     auto text = read_file_if_exists(ctx.root, conf);
@@ -1982,21 +2084,21 @@ Result converge(Context& ctx, const json& args, bool apply) {
   if (*nvram) done.push_back("created " + want->nvram + " from " + want->vars);
 
   // Autostart and the run state, on the defined domain (in check mode: as it is, or would be).
-  if (args.contains("autostart") && !args["autostart"].is_null())
-    if (auto s = converge_autostart(dom, args["autostart"].get<bool>(), apply, done); !s) return Result::failed(s.error());
+  if (args.autostart)
+    if (auto s = converge_autostart(dom, *args.autostart, apply, done); !s) return Result::failed(s.error());
   if (state == "running" && run != virt::State::running) {
     done.push_back("started");
     if (apply)
       if (auto s = dom->start(); !s) return Result::failed(s.error());
   } else if (state == "shutoff" && run != virt::State::shutoff) {
-    const bool force = args["force_shutoff"].get<bool>();
+    const bool force = args.force_shutoff;
     done.push_back(force ? "powered off" : "shut down");
     if (apply) {
       if (force) {
         if (auto s = dom->destroy(); !s) return Result::failed(s.error());
       } else {
         if (auto s = dom->shutdown(); !s) return Result::failed(s.error());
-        const int timeout = args["shutdown_timeout"].get<int>();
+        const long long timeout = args.shutdown_timeout;
         for (int waited = 0;; ++waited) {
           auto st = dom->state();
           if (!st) return Result::failed(st.error());
@@ -2043,8 +2145,8 @@ Result converge(Context& ctx, const json& args, bool apply) {
   return r;
 }
 
-const Registration reg{{"libvirt_domain", "define a libvirt domain for GPU passthrough (q35, OVMF, vfio hostdevs)", schema(),
-                        converge}};
+const Registration reg{declare_module(
+    "libvirt_domain", "define a libvirt domain for GPU passthrough (q35, OVMF, vfio hostdevs)", decl(), converge)};
 
 }  // namespace
 }  // namespace gpt

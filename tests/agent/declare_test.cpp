@@ -158,5 +158,51 @@ TEST(Declare, TheModuleReadsTheStructAndItsErrorIsTheTaskFailure) {
   EXPECT_EQ(bad.msg, "cannot stop web");
 }
 
+// Lists of mappings: each item binds to the element's struct. A list that may be left out tells
+// "not given" (the user's own items stay) from an empty list given (none wanted).
+struct Nic {
+  std::optional<std::string> bridge;
+  std::string state = "present";
+};
+struct Vm {
+  std::vector<Nic> always;
+  std::optional<std::vector<Nic>> nics;
+};
+
+ArgsDecl<Nic> nic_decl() {
+  return ArgsDecl<Nic>()
+      .arg("bridge", &Nic::bridge, "a host bridge")
+      .arg("state", &Nic::state, "absent removes it", {.choices = {"present", "absent"}});
+}
+
+TEST(Declare, ListsOfMappingsBindItemByItemAndAnEmptyListIsNotALeftOutOne) {
+  const auto decl =
+      ArgsDecl<Vm>().arg("always", &Vm::always, "a list", nic_decl()).arg("nics", &Vm::nics, "NICs", nic_decl());
+  ASSERT_EQ(decl.schema().args.size(), 2u);
+  EXPECT_EQ(decl.schema().args[0].default_value, json::array()) << "a plain list defaults to empty";
+  EXPECT_TRUE(decl.schema().args[1].default_value.is_null()) << "an optional list has no default";
+  EXPECT_EQ(decl.schema().args[1].elements, ArgType::dict);
+  ASSERT_EQ(decl.schema().args[1].fields.size(), 2u);
+  auto in = check_args_strictly(decl.schema(), {{"nics", json::array({{{"bridge", "br0"}}, {{"state", "absent"}}})}},
+                                "vm", "test");
+  ASSERT_TRUE(in) << in.error();
+  const Vm v = decl.bind(*in);
+  ASSERT_TRUE(v.nics.has_value());
+  ASSERT_EQ(v.nics->size(), 2u);
+  EXPECT_EQ((*v.nics)[0].bridge, "br0");
+  EXPECT_EQ((*v.nics)[0].state, "present");
+  EXPECT_FALSE((*v.nics)[1].bridge.has_value());
+  EXPECT_EQ((*v.nics)[1].state, "absent");
+  EXPECT_EQ(decl.dump(v), (json{{"nics", json::array({{{"bridge", "br0"}}, {{"state", "absent"}}})}}));
+  EXPECT_FALSE(decl.bind(json::object()).nics.has_value());
+  const Vm none = decl.bind({{"nics", json::array()}});
+  ASSERT_TRUE(none.nics.has_value());
+  EXPECT_TRUE(none.nics->empty());
+  EXPECT_EQ(decl.dump(none), (json{{"nics", json::array()}})) << "an empty list given is declared";
+  auto bad = check_args_strictly(decl.schema(), {{"nics", json::array({{{"state", "gone"}}})}}, "vm", "test");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().find("must be one of present, absent"), std::string::npos) << bad.error();
+}
+
 }  // namespace
 }  // namespace gpt
