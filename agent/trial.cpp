@@ -10,7 +10,7 @@
 #include "agent/changes.hpp"
 #include "agent/installed.hpp"
 #include "agent/text.hpp"
-#include "modules/grub_default.hpp"
+#include "modules/lib/grub_default.hpp"
 
 namespace gpt {
 namespace {

@@ -3,7 +3,7 @@
 
 #include "agent/diff.hpp"
 #include "agent/shell_syntax.hpp"
-#include "modules/grub_default.hpp"
+#include "modules/lib/grub_default.hpp"
 
 namespace gpt {
 namespace {

@@ -2,7 +2,7 @@
 // (Fedora, RHEL). The handler grub_cmdline asks for on such hosts.
 #include "agent/declare.hpp"
 #include "agent/text.hpp"
-#include "modules/grub_default.hpp"
+#include "modules/lib/grub_default.hpp"
 
 namespace gpt {
 namespace {

@@ -29,8 +29,8 @@
 #include "agent/pci.hpp"
 #include "agent/text.hpp"
 #include "agent/virt.hpp"
-#include "modules/libvirt_shared.hpp"
-#include "modules/vm_tuning.hpp"
+#include "modules/lib/libvirt_shared.hpp"
+#include "modules/lib/vm_tuning.hpp"
 
 namespace gpt {
 namespace {

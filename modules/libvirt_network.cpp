@@ -16,7 +16,7 @@
 #include "agent/diff.hpp"
 #include "agent/text.hpp"
 #include "agent/virt.hpp"
-#include "modules/libvirt_shared.hpp"
+#include "modules/lib/libvirt_shared.hpp"
 
 namespace gpt {
 namespace {

@@ -12,7 +12,7 @@
 #include "agent/pci.hpp"
 #include "agent/shell_syntax.hpp"
 #include "agent/text.hpp"
-#include "modules/grub_default.hpp"
+#include "modules/lib/grub_default.hpp"
 
 namespace gpt {
 namespace {

@@ -110,8 +110,9 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     files.push_back({{"path", c.path}, {"reason", c.why}, {"action", mode == "empty" ? "emptied" : mode == "disable" ? "disabled" : "removed"}});
   }
   if (found.empty()) return Result::ok("no X11 config takes an NVIDIA GPU");
-  std::string list;
-  for (const auto& c : found) list += (list.empty() ? "" : ", ") + c.path + " (" + c.why + ")";
+  std::vector<std::string> named;
+  for (const auto& c : found) named.push_back(c.path + " (" + c.why + ")");
+  const std::string list = join(named, ", ");
   const std::string verb = mode == "empty" ? "emptied " : mode == "disable" ? "renamed to *.disabled: " : "removed ";
   Result r = Result::changed(verb + list + "; restart the display manager for X to let go of the GPU");
   r.diff = changes.diff();

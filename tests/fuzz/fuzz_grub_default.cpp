@@ -22,7 +22,7 @@
 
 #include "agent/facts.hpp"
 #include "agent/shell_syntax.hpp"
-#include "modules/grub_default.hpp"
+#include "modules/lib/grub_default.hpp"
 #include "tests/fuzz/fuzz_common.hpp"
 
 namespace {

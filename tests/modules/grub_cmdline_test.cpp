@@ -4,7 +4,7 @@
 #include <boost/process.hpp>
 #include <filesystem>
 
-#include "modules/grub_default.hpp"
+#include "modules/lib/grub_default.hpp"
 #include "tests/support/converge.hpp"
 
 namespace gpt {

@@ -11,7 +11,7 @@
 #include "agent/facts.hpp"
 #include "agent/host.hpp"
 #include "agent/virt.hpp"
-#include "modules/vm_tuning.hpp"
+#include "modules/lib/vm_tuning.hpp"
 #include "tests/support/converge.hpp"
 #include "tests/support/libvirt_test_driver.hpp"
 #include "tests/support/libvirtd.hpp"

@@ -1,4 +1,4 @@
-#include "modules/vm_tuning.hpp"
+#include "modules/lib/vm_tuning.hpp"
 
 #include <sys/stat.h>
 

@@ -1,4 +1,4 @@
-#include "modules/libvirt_shared.hpp"
+#include "modules/lib/libvirt_shared.hpp"
 
 #include <sstream>
 

@@ -1,10 +1,11 @@
-#include "modules/grub_default.hpp"
+#include "modules/lib/grub_default.hpp"
 
 #include <algorithm>
 #include <map>
 #include <optional>
 
 #include "agent/facts.hpp"
+#include "agent/text.hpp"
 
 namespace gpt {
 namespace {
@@ -287,11 +288,7 @@ bool valid_kernel_param(std::string_view p) {
 }
 
 std::string CmdlineEditResult::summary() const {
-  auto list = [](const std::vector<std::string>& v) {
-    std::string s;
-    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
-    return s;
-  };
+  auto list = [](const std::vector<std::string>& v) { return join(v, ", "); };
   std::string out;
   if (!added.empty()) out += "added " + list(added);
   if (!replaced.empty()) out += (out.empty() ? "" : "; ") + std::string("replaced ") + list(replaced);
@@ -504,8 +501,7 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
     res.text = std::move(pass1);
     return res;
   }
-  std::string joined;
-  for (const auto& a : additions) joined += (joined.empty() ? "" : " ") + a;
+  const std::string joined = join(additions, " ");
 
   auto s2 = scan(pass1, edit.key);
   if (!s2) return Error{s2.error()};
