@@ -634,8 +634,14 @@ int run_resume(const ApplyOptions& base, Exec& exec, std::ostream& out, std::ost
   o.playbook = (*state)->playbook;
   o.color = "never";
   o.trial = true;
-  if (o.playbook == kRevertPlaybook) return run_revert(o, exec, out, err);
-  return run_apply(o, exec, out, err);
+  const int code = o.playbook == kRevertPlaybook ? run_revert(o, exec, out, err) : run_apply(o, exec, out, err);
+  if (auto retired = retire_resume_unit(Root(root_dir)); !retired) {
+    err << "gptagent: " << retired.error() << "\n";
+    return code == 0 ? 1 : code;
+  } else if (*retired) {
+    out << **retired << "\n";
+  }
+  return code;
 }
 
 }  // namespace gpt

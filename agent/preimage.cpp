@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/state.hpp"
+#include "agent/trial.hpp"
 
 namespace gpt {
 namespace {
@@ -40,7 +41,7 @@ Status write_own(const Root& root, const std::string& path, const std::string& t
 }  // namespace
 
 Status keep_preimage(const Root& root, const std::string& path) {
-  if (path.rfind("/var/lib/gptagent/", 0) == 0 || path.rfind("/run/", 0) == 0) return {};
+  if (path.rfind("/var/lib/gptagent/", 0) == 0 || path.rfind("/run/", 0) == 0 || path == kResumeUnit) return {};
   auto index = load_index(root);
   if (!index) return Error{index.error()};
   if ((*index)["files"].contains(path)) return {};

@@ -17,7 +17,7 @@ namespace gpt {
 constexpr const char* kPreimageDir = "/var/lib/gptagent/pre-images";
 
 // Keeps `path`'s pre-image unless one is kept already. The agent's own files (/var/lib/gptagent,
-// /run) have none.
+// /run, the resume unit, which goes by itself once its run is finished) have none.
 Status keep_preimage(const Root& root, const std::string& path);
 
 struct Preimage {

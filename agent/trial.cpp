@@ -430,7 +430,7 @@ Result install_resume_unit(Context& ctx) {
                            : Result::changed("wrote " + std::string(kResumeUnit) + ": " + *agent + " resume at boot");
   r.diff = files.diff();
   if (auto s = files.apply(r.data); !s) return Result::failed(s.error());
-  if (!path_exists(ctx.root, "/etc/systemd/system/multi-user.target.wants/gptagent-resume.service")) {
+  if (!path_exists(ctx.root, kResumeWantsLink)) {
     Result en = ctx.run_system(Command{{"systemctl", "enable", "gptagent-resume.service"}}, true, "enabled it");
     r.commands = en.commands;
     if (en.status == Outcome::failed) return Result::failed(en.msg);
@@ -438,6 +438,15 @@ Result install_resume_unit(Context& ctx) {
     r.msg += "; " + en.msg;
   }
   return r;
+}
+
+Expected<std::optional<std::string>> retire_resume_unit(const Root& root) {
+  auto state = load_state(root);
+  if (!state) return Error{state.error()};
+  if (*state || !path_exists(root, kResumeUnit)) return std::optional<std::string>();
+  for (const char* path : {kResumeWantsLink, kResumeUnit})
+    if (auto s = remove_own_file(root, path); !s) return Error{s.error()};
+  return std::optional<std::string>("removed " + std::string(kResumeUnit) + ": no run is left to finish");
 }
 
 json TrialResult::to_json() const {

@@ -55,7 +55,13 @@ Result undo_trial(Context& ctx, const TrialRecord& trial);
 // rebooted itself needs nobody to run it again. Idle when no run is recorded. Without an installed
 // agent root may run (agent/installed.hpp) it is not installed, and the message says so.
 Result install_resume_unit(Context& ctx);
+// Once the run it finished left nothing to finish, the unit goes (it and its multi-user.target.wants
+// link, as the agent's own files: a later --reboot run installs it again): a host that reverted, or
+// converged, keeps nothing of the agent's machinery. The message says what was removed; nullopt
+// when there was nothing.
+Expected<std::optional<std::string>> retire_resume_unit(const Root& root);
 constexpr const char* kResumeUnit = "/etc/systemd/system/gptagent-resume.service";
+constexpr const char* kResumeWantsLink = "/etc/systemd/system/multi-user.target.wants/gptagent-resume.service";
 
 // The last trial's outcome, for `gptagent status`.
 struct TrialResult {

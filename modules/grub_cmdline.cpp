@@ -1,9 +1,11 @@
-// grub_cmdline: kernel parameters in GRUB_CMDLINE_LINUX (or _DEFAULT) of /etc/default/grub.
+// grub_cmdline: kernel parameters in GRUB_CMDLINE_LINUX (or _DEFAULT) of /etc/default/grub, and on
+// Debian and Ubuntu the kernel-update guard's hook that checks each new kernel's entry carries them.
 #include <set>
 
 #include "agent/diff.hpp"
 #include "agent/shell_syntax.hpp"
 #include "modules/lib/grub_default.hpp"
+#include "modules/lib/grub_guard.hpp"
 
 namespace gpt {
 namespace {
@@ -36,6 +38,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     Result r = Result::ok(edit.key + " is as wanted" + note);
     r.data["path"] = path;
     r.expect = expect;
+    guard_new_kernels(ctx, edit.present, apply, r);
     return r;
   }
   Result r = Result::changed(edit.key + ": " + res->summary() + note);
@@ -51,6 +54,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     if (!written) return Result::failed(written.error());
     if (written->backup_path) r.data["backup"] = *written->backup_path;
   }
+  guard_new_kernels(ctx, edit.present, apply, r);
   return r;
 }
 

@@ -16,6 +16,7 @@
 #include "agent/shell_syntax.hpp"
 #include "agent/text.hpp"
 #include "modules/lib/grub_default.hpp"
+#include "modules/lib/grub_guard.hpp"
 
 namespace gpt {
 namespace {
@@ -645,67 +646,6 @@ Status release_framebuffer(const Facts& facts, const json& spec, Want& w) {
   w.present.insert(w.present.end(), params.begin(), params.end());
   w.note += " (framebuffer: release: " + join(held, ", ") + ": " + join(params, " ") + ")";
   return {};
-}
-
-// The kernel-update guard (agent/kernel_guard.hpp) where kernel packages run /etc/kernel/postinst.d
-// and update-grub writes each new kernel's entry there (Debian, Ubuntu): the hook is the module's
-// file; a recorded entry that lacks the parameters is drift, repaired by regenerating grub.cfg. A
-// new hook needs no reboot.
-void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bool apply, Result& r) {
-  if (ctx.facts.boot.grub != "update-grub" || !path_exists(ctx.root, "/etc/kernel/postinst.d") || present.empty())
-    return;
-  FileChanges guard(ctx.root);
-  if (auto s = guard.write(kCmdlineGuard, cmdline_guard_script(present, "/boot/grub/grub.cfg"),
-                           FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
-      !s) {
-    r = Result::failed(s.error());
-    return;
-  }
-  auto records = read_guard_records(ctx.root);
-  if (!records) {
-    r = Result::failed(records.error());
-    return;
-  }
-  // A recorded gap is checked again against grub.cfg as it is now (no hook runs when update-grub
-  // regenerates it): one that is gone is recorded so.
-  std::vector<std::string> gaps;
-  auto cfg = read_file_if_exists(ctx.root, "/boot/grub/grub.cfg");
-  for (const auto& g : *records) {
-    if (g.kind != "cmdline" || g.missing.empty()) continue;
-    std::vector<std::string> entry;
-    if (cfg && *cfg)
-      for (std::string_view line : lines(**cfg)) {
-        auto w = words(trim(line));
-        if (w.size() >= 2 && w[0] == "linux" && w[1].size() > g.kernel.size() + 8 &&
-            w[1].substr(w[1].size() - g.kernel.size() - 8) == "vmlinuz-" + g.kernel) {
-          entry = w;
-          break;
-        }
-      }
-    std::vector<std::string> still;
-    for (const auto& p : g.missing)
-      if (std::find(entry.begin(), entry.end(), p) == entry.end()) still.push_back(p);
-    if (!still.empty())
-      gaps.push_back("kernel " + g.kernel + "'s entry lacks " + join(still, " "));
-    else if (apply)
-      (void)write_file_atomic(ctx.root, std::string(kGuardDir) + "/" + g.kernel + ".cmdline",
-                              "kernel=" + g.kernel + "\nkind=cmdline\nwhat=" + join(entry, " ") + "\nmissing=\n",
-                              WriteOptions{.backup = false, .create_mode = 0600});
-  }
-  if (!gaps.empty()) {
-    r.status = Outcome::changed;
-    r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": grub.cfg is regenerated";
-    if (std::none_of(r.handlers.begin(), r.handlers.end(),
-                     [](const HandlerRequest& h) { return h.module == "grub_config"; }))
-      r.handlers.push_back({"regenerate the grub config", "grub_config", json::object()});
-    r.data["kernel_guard"] = gaps;
-  }
-  if (guard.empty()) return;
-  r.status = Outcome::changed;
-  r.msg += "; wrote " + std::string(kCmdlineGuard) + " (checks the GRUB entry of each kernel installed from now on)";
-  r.diff += guard.diff();
-  if (apply)
-    if (auto s = guard.apply(r.data); !s) r = Result::failed(s.error());
 }
 
 Expected<Result> converge(Context& ctx, const Args& args, bool apply) {

@@ -1,4 +1,4 @@
-// The kernel-update guard: the hooks the vfio and kernel_cmdline modules install on a Debian 12
+// The kernel-update guard: the hooks the vfio and kernel_cmdline (or grub_cmdline) modules install on a Debian 12
 // tree, run with the real /bin/sh as update-initramfs and the kernel package would run them (the
 // tree stands in for / through GPTAGENT_GUARD_ROOT; lsinitramfs is played by a script that prints
 // a listing), and what the modules and `gptagent status` make of what the hooks recorded.
@@ -31,6 +31,13 @@ constexpr const char* kVfio = R"(tasks:
 constexpr const char* kCmdline = R"(tasks:
   - name: IOMMU on
     kernel_cmdline:
+      iommu: auto
+      present: [iommu=pt]
+)";
+// The walkthrough's own module (playbooks/host.yaml) guards new kernels the same way.
+constexpr const char* kGrubCmdline = R"(tasks:
+  - name: IOMMU on
+    grub_cmdline:
       iommu: auto
       present: [iommu=pt]
 )";
@@ -116,7 +123,10 @@ TEST(KernelGuard, TheInitramfsHookRecordsAndFailsLoudlyWhenANewKernelsInitramfsL
   EXPECT_EQ(test::converge_root(host.root(), kVfio, true).exit_code, 0);
 }
 
-TEST(KernelGuard, TheGrubHookChecksANewKernelsEntryAndARegeneratedGrubCfgClearsTheGap) {
+class KernelGuardGrub : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(KernelGuardGrub, TheHookChecksANewKernelsEntryAndARegeneratedGrubCfgClearsTheGap) {
+  const char* kCmdline = GetParam();
   GuardHost host;
   fs::create_directories(host.file("/etc/kernel/postinst.d"));
   auto c = test::converge_root(host.root(), kCmdline, false);
@@ -157,6 +167,11 @@ TEST(KernelGuard, TheGrubHookChecksANewKernelsEntryAndARegeneratedGrubCfgClearsT
   auto good = host.run_hook(kCmdlineGuard, {kNewKernel, "/boot/vmlinuz-" + kNewKernel}, "");
   EXPECT_EQ(good.exit_code, 0) << good.err;
 }
+
+INSTANTIATE_TEST_SUITE_P(Modules, KernelGuardGrub, ::testing::Values(kCmdline, kGrubCmdline),
+                         [](const auto& info) { return std::string(info.param).find("grub_cmdline") != std::string::npos
+                                                           ? std::string("grub_cmdline")
+                                                           : std::string("kernel_cmdline"); });
 
 TEST(KernelGuard, ARecordThatIsNotTheHooksIsAnError) {
   test::SampleHost host("debian-12");

@@ -4,6 +4,7 @@
 // before anything changes. GRUB itself and the boot tools are played at the host boundary
 // (GrubHostExec, boot()); the real agent code runs in-process through run_apply.
 #include "agent/trial.hpp"
+#include "agent/preimage.hpp"
 
 #include <gtest/gtest.h>
 
@@ -348,6 +349,9 @@ TEST(TrialBoot, AHostThatRebootsItselfFinishesTheRunAtBootThroughTheResumeUnit) 
   EXPECT_EQ(count_of(host.exec.commands, "systemctl enable gptagent-resume.service"), 1u)
       << join(host.exec.commands, "\n");
   EXPECT_EQ(host.exec.commands.back(), "reboot") << "the unit is in place before the reboot";
+  // What `systemctl enable` made (the recording runner runs nothing).
+  fs::create_directories(fs::path(host.file(kResumeWantsLink)).parent_path());
+  fs::create_symlink("../gptagent-resume.service", host.file(kResumeWantsLink));
 
   // At boot the unit runs `gptagent resume`: the recorded playbook, its checks, the commit.
   host.boot();
@@ -364,6 +368,14 @@ TEST(TrialBoot, AHostThatRebootsItselfFinishesTheRunAtBootThroughTheResumeUnit) 
   EXPECT_TRUE(has(out.str(), "committed: the default entry boots the stage's change")) << out.str();
   EXPECT_EQ(count_of(host.exec.commands, "update-grub"), 1u) << join(host.exec.commands, "\n");
   EXPECT_FALSE(fs::exists(host.file("/boot/grub/custom.cfg")));
+  // Its run finished, the unit goes with its link: the host keeps none of the agent's machinery,
+  // and a revert has no unit of the agent's to take back.
+  EXPECT_TRUE(has(out.str(), "removed /etc/systemd/system/gptagent-resume.service: no run is left to finish")) << out.str();
+  EXPECT_FALSE(fs::exists(host.file(kResumeUnit)));
+  EXPECT_FALSE(fs::is_symlink(host.file(kResumeWantsLink)));
+  auto preimages = load_preimages(Root(host.root()));
+  ASSERT_TRUE(preimages) << preimages.error();
+  for (const auto& p : *preimages) EXPECT_NE(p.path, kResumeUnit) << "the agent's own file has no pre-image";
   std::ostringstream out2, err2;
   EXPECT_EQ(run_resume(base, host.exec, out2, err2), 0);
   EXPECT_TRUE(has(out2.str(), "no run to finish")) << out2.str();

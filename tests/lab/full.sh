@@ -557,6 +557,9 @@ full_revert() {
   grep -q 'committed: the default entry boots the stage' "$WORK/revert-resume.log" &&
     pass "revert: at boot, gptagent-resume.service verified the trial and committed it (nobody ran anything)" ||
     fail "revert: the resume unit did not commit (see $WORK/revert-resume.log)"
+  guest 'test ! -e /etc/systemd/system/gptagent-resume.service && test ! -L /etc/systemd/system/multi-user.target.wants/gptagent-resume.service' &&
+    pass "revert: the run finished, gptagent-resume.service removed itself" ||
+    fail "revert: gptagent-resume.service is still installed after the run it finished"
   guest '/usr/local/bin/gptagent status' >"$WORK/revert-status.out" 2>&1 || true
   grep -q 'last trial boot: stage revert, committed' "$WORK/revert-status.out" && pass "revert: gptagent status shows the committed trial" ||
     fail "revert: status does not show the committed trial (see $WORK/revert-status.out)"
