@@ -316,7 +316,18 @@ class Fleet {
   };
 
   Expected<Host> prepare(const InventoryHost& h) const;
+  // One host's run: connect, run the agent (copied first where the host lacks it), reboot it and
+  // run again while a stage stops for a reboot, each part checked in turn.
   HostOutcome converge(Host& h);
+  // The agent's command line for a run of `h` (`first`: the host's first run of this invocation).
+  std::vector<std::string> apply_args(const Host& h, bool first) const;
+  // The one round trip of a run on a host that has this agent (see converge).
+  std::string run_script(const Host& h, const std::string& become, const std::string& verify,
+                         const std::vector<std::string>& args) const;
+  // Copies the agent into the host's cache; the failure (or interruption) when it cannot.
+  std::optional<HostOutcome> copy_agent(Host& h, const std::string& verify);
+  // Reboots the host and waits for a new boot id; the failure (or interruption) when it is not back.
+  std::optional<HostOutcome> reboot_and_wait(Host& h, const std::string& become, const std::string& boot_before) const;
   ExecResult ssh(const Host& h, const std::string& command, std::string input = {}, int timeout_s = 600,
                  bool interruptible = true) const;
   // After an interruption: the run's temporary directory `tmp` (as the host said it) stopped and
@@ -488,6 +499,104 @@ void Fleet::disconnect(const Host& h) const {
   exec.run(c);
 }
 
+std::vector<std::string> Fleet::apply_args(const Host& h, bool first) const {
+  std::vector<std::string> args{"--json", "--color", "never", "--root", h.root};
+  if (o_.check) args.push_back("--check");
+  if (o_.diff) args.push_back("--diff");
+  for (const auto& t : o_.tags) args.insert(args.end(), {"--tags", t});
+  for (const auto& t : o_.skip_tags) args.insert(args.end(), {"--skip-tags", t});
+  if (o_.no_wait) args.push_back("--no-wait");
+  // The controller reboots the host for a stage: its agent boots the change once as a trial.
+  if (o_.reboot && !o_.check && !o_.no_trial && !h.local) args.push_back("--trial");
+  if (!o_.connect.empty()) args.insert(args.end(), {"--connect", o_.connect});
+  if (first && o_.reset_state) args.push_back("--reset-state");
+  if (first && !o_.from_stage.empty()) args.insert(args.end(), {"--from-stage", o_.from_stage});
+  return args;
+}
+
+std::string Fleet::run_script(const Host& h, const std::string& become, const std::string& verify,
+                              const std::vector<std::string>& args) const {
+  const std::string D = remote_path(h.remote_dir);
+  // The variables (the host's, and -e read here over them) travel in a file of the private
+  // directory, never on a command line that every user of the host can read in ps.
+  const std::string command = "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"";
+  // What runs is a copy in the run's private directory, hashed there: nobody can swap it
+  // between the check and the exec.
+  // The temporary directories' parent is private: tmp in the checked cache (as Ansible's
+  // ~/.ansible/tmp), or gptagent_remote_tmp checked as the cache is. The host says which
+  // directory it made, so that an interruption cleans that one alone.
+  const std::string tmp_parent = h.remote_tmp.empty()
+                                     ? "r=\"$d/tmp\"; { [ -d \"$r\" ] && [ ! -L \"$r\" ]; } || mkdir -- \"$r\" || exit 91; "
+                                     : "r=" + remote_path(h.remote_tmp) + "; [ -d \"$r\" ] || exit 91; " + refuse_unsafe_dir("r", 97);
+  return "umask 077; u=; d=" + D + "; [ -d \"$d\" ] || exit 93; " + refuse_unsafe_dir() + "a=\"$d/" + agent_name_ +
+         "\"; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; " + tmp_parent +
+         "t=$(mktemp -d \"$r/gptagent." + run_id_ + ".XXXXXXXX\") || exit 91; echo \"gptagent-tmp=$t\" >&2; { cp -- \"$a\" \"$t/" +
+         agent_name_ + "\" && [ -x \"$t/" + agent_name_ + "\" ]; } || { rm -rf \"$t\"; exit 91; }; a=\"$t/" + agent_name_ + "\"; " +
+         verify + " || { rm -rf \"$t\"; exit 95; }; b=; read -r b < " + shell_quote(h.boot_path) +
+         " 2>/dev/null; echo \"gptagent-boot=$b\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
+         " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become + "\"$a\" " + command +
+         " </dev/null & echo $! > \"$t/pid\"; wait $!; rc=$?; rm -rf \"$t\"; exit $rc";
+}
+
+std::optional<HostOutcome> Fleet::copy_agent(Host& h, const std::string& verify) {
+  const std::string D = remote_path(h.remote_dir);
+  auto fail = [](HostOutcome::Kind kind, std::string message) {
+    HostOutcome f;
+    f.kind = kind;
+    f.message = std::move(message);
+    return std::optional<HostOutcome>(std::move(f));
+  };
+  // Written whole under a new name mktemp makes (O_EXCL: never through a planted file or
+  // link), decompressed there, its hash checked, then renamed: the cached name always holds
+  // that content. Other versions are removed once this one is in place. gzip is on every
+  // target; a host without it is sent the image as it is.
+  auto copy_with = [&](bool compressed) {
+    const std::string& payload = compressed ? agent_gzip() : agent_bytes_;
+    spdlog::info("{}: copying the agent ({} bytes{})", h.inv->name, payload.size(),
+                 compressed ? ", gzip-compressed from " + std::to_string(agent_bytes_.size()) : std::string());
+    return ssh(h, "umask 077; u=; d=" + D + "; mkdir -p -- \"$d\" || exit 90; " + refuse_unsafe_dir() +
+                      (compressed ? "command -v gzip >/dev/null || exit 89; " : "") +
+                      "a=$(mktemp \"$d/.gptagent.new.XXXXXXXX\") || exit 90; " + (compressed ? "gzip -dc" : "cat") +
+                      " > \"$a\" || { rm -f \"$a\"; exit 90; }; " + verify + " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" +
+                      agent_name_ + "\" && for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
+               payload, 600);
+  };
+  auto copy = copy_with(true);
+  if (copy.exit_code == 89) copy = copy_with(false);
+  if (copy.overflowed)
+    return fail(HostOutcome::failed_, "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + " while the agent was copied");
+  if (copy.cancelled) return fail(HostOutcome::interrupted, "interrupted while copying the agent");
+  if (copy.exit_code == 96) return fail(HostOutcome::failed_, unsafe_dir_message("the agent cache", h.remote_dir, copy.err));
+  if (!copy.ok())
+    return fail(copy.exit_code == 255 ? HostOutcome::unreachable : HostOutcome::failed_,
+                copy.exit_code == 95 ? "the agent copied to " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ +
+                                           " on the host: the copy was corrupted, nothing was run"
+                                     : "cannot copy the agent to " + h.remote_dir + ": " + copy.failure());
+  return std::nullopt;
+}
+
+std::optional<HostOutcome> Fleet::reboot_and_wait(Host& h, const std::string& become, const std::string& boot_before) const {
+  ssh(h, become + "sh -c " + shell_quote(h.reboot_command), {}, 60);
+  disconnect(h);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o_.reboot_timeout);
+  while (std::chrono::steady_clock::now() < deadline && !g_interrupted) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    if (connect(h)) continue;
+    auto b = ssh(h, "cat " + shell_quote(h.boot_path), {}, 30);
+    if (b.ok() && std::string(trim(b.out)) != boot_before && !trim(b.out).empty()) return std::nullopt;
+    disconnect(h);
+  }
+  HostOutcome f;
+  if (g_interrupted) {
+    f.kind = HostOutcome::interrupted;
+    f.message = "interrupted while waiting for the host to come back from its reboot";
+  } else {
+    f.kind = HostOutcome::unreachable;
+    f.message = "did not come back with a new boot id within " + std::to_string(o_.reboot_timeout) + " s of the reboot";
+  }
+  return f;
+}
+
 HostOutcome Fleet::converge(Host& h) {
   HostOutcome r;
   if (g_interrupted) {
@@ -511,7 +620,6 @@ HostOutcome Fleet::converge(Host& h) {
     }
   } disconnect_at_end{*this, h};
   bool reconnected = false;
-  const std::string D = remote_path(h.remote_dir);
   std::string become;
   if (h.become) {
     std::vector<std::string> words{h.become_exe, "-n"};
@@ -527,35 +635,9 @@ HostOutcome Fleet::converge(Host& h) {
     // One round trip on a host that has this agent: the hash check, a private temporary directory
     // (mktemp -d, 0700) named after this run, the boot id (on stderr, for the reboot), the playbook
     // from stdin, the run (its pid recorded, for an interruption), the cleanup.
-    std::vector<std::string> args{"--json", "--color", "never", "--root", h.root};
-    if (o_.check) args.push_back("--check");
-    if (o_.diff) args.push_back("--diff");
-    for (const auto& t : o_.tags) args.insert(args.end(), {"--tags", t});
-    for (const auto& t : o_.skip_tags) args.insert(args.end(), {"--skip-tags", t});
-    if (o_.no_wait) args.push_back("--no-wait");
-    // The controller reboots the host for a stage: its agent boots the change once as a trial.
-    if (o_.reboot && !o_.check && !o_.no_trial && !h.local) args.push_back("--trial");
-    if (!o_.connect.empty()) args.insert(args.end(), {"--connect", o_.connect});
-    if (r.runs.empty() && o_.reset_state) args.push_back("--reset-state");
-    if (r.runs.empty() && !o_.from_stage.empty()) args.insert(args.end(), {"--from-stage", o_.from_stage});
-    // The variables (the host's, and -e read here over them) travel in a file of the private
-    // directory, never on a command line that every user of the host can read in ps.
-    const std::string command = "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"";
+    const std::vector<std::string> args = apply_args(h, r.runs.empty());
     const std::string vars = h.vars.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    // What runs is a copy in the run's private directory, hashed there: nobody can swap it
-    // between the check and the exec.
-    // The temporary directories' parent is private: tmp in the checked cache (as Ansible's
-    // ~/.ansible/tmp), or gptagent_remote_tmp checked as the cache is. The host says which
-    // directory it made, so that an interruption cleans that one alone.
-    const std::string tmp_parent = h.remote_tmp.empty()
-                                       ? "r=\"$d/tmp\"; { [ -d \"$r\" ] && [ ! -L \"$r\" ]; } || mkdir -- \"$r\" || exit 91; "
-                                       : "r=" + remote_path(h.remote_tmp) + "; [ -d \"$r\" ] || exit 91; " + refuse_unsafe_dir("r", 97);
-    auto run = ssh(h, "umask 077; u=; d=" + D + "; [ -d \"$d\" ] || exit 93; " + refuse_unsafe_dir() + "a=\"$d/" +
-                          agent_name_ + "\"; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; " + tmp_parent +
-                          "t=$(mktemp -d \"$r/gptagent." + run_id_ + ".XXXXXXXX\") || exit 91; echo \"gptagent-tmp=$t\" >&2; { cp -- \"$a\" \"$t/" + agent_name_ + "\" && [ -x \"$t/" + agent_name_ + "\" ]; } || { rm -rf \"$t\"; exit 91; }; a=\"$t/" + agent_name_ + "\"; " + verify + " || { rm -rf \"$t\"; exit 95; }; b=; read -r b < " + shell_quote(h.boot_path) + " 2>/dev/null; echo \"gptagent-boot=$b\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
-                          " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become +
-                          "\"$a\" " + command + " </dev/null & echo $! > \"$t/pid\"; wait $!; rc=$?; rm -rf \"$t\"; exit $rc",
-                   playbook_bytes_ + vars, 3600);
+    auto run = ssh(h, run_script(h, become, verify, args), playbook_bytes_ + vars, 3600);
     if (run.cancelled) {
       r.kind = HostOutcome::interrupted;
       r.message = stop_and_clean(h, remote_said(run.err, "tmp"));
@@ -574,43 +656,9 @@ HostOutcome Fleet::converge(Host& h) {
     }
     if ((run.exit_code == 93 || run.exit_code == 95) && !copied) {
       copied = true;
-      // Written whole under a new name mktemp makes (O_EXCL: never through a planted file or
-      // link), decompressed there, its hash checked, then renamed: the cached name always holds
-      // that content. Other versions are removed once this one is in place. gzip is on every
-      // target; a host without it is sent the image as it is.
-      auto copy_with = [&](bool compressed) {
-        const std::string& payload = compressed ? agent_gzip() : agent_bytes_;
-        spdlog::info("{}: copying the agent ({} bytes{})", h.inv->name, payload.size(),
-                     compressed ? ", gzip-compressed from " + std::to_string(agent_bytes_.size()) : std::string());
-        return ssh(h, "umask 077; u=; d=" + D + "; mkdir -p -- \"$d\" || exit 90; " + refuse_unsafe_dir() +
-                          (compressed ? "command -v gzip >/dev/null || exit 89; " : "") +
-                          "a=$(mktemp \"$d/.gptagent.new.XXXXXXXX\") || exit 90; " + (compressed ? "gzip -dc" : "cat") +
-                          " > \"$a\" || { rm -f \"$a\"; exit 90; }; " + verify + " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" +
-                          agent_name_ + "\" && for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
-                   payload, 600);
-      };
-      auto copy = copy_with(true);
-      if (copy.exit_code == 89) copy = copy_with(false);
-      if (copy.overflowed) {
-        r.kind = HostOutcome::failed_;
-        r.message = "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + " while the agent was copied";
-        return r;
-      }
-      if (copy.cancelled) {
-        r.kind = HostOutcome::interrupted;
-        r.message = "interrupted while copying the agent";
-        break;
-      }
-      if (copy.exit_code == 96) {
-        r.kind = HostOutcome::failed_;
-        r.message = unsafe_dir_message("the agent cache", h.remote_dir, copy.err);
-        return r;
-      }
-      if (!copy.ok()) {
-        r.kind = copy.exit_code == 255 ? HostOutcome::unreachable : HostOutcome::failed_;
-        r.message = copy.exit_code == 95 ? "the agent copied to " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ +
-                                               " on the host: the copy was corrupted, nothing was run"
-                                         : "cannot copy the agent to " + h.remote_dir + ": " + copy.failure();
+      if (auto failed = copy_agent(h, verify)) {
+        r.kind = failed->kind;
+        r.message = failed->message;
         return r;
       }
       continue;
@@ -678,29 +726,10 @@ HostOutcome Fleet::converge(Host& h) {
     }
     if (run.exit_code == 3 && o_.reboot && !o_.check && attempt < 5) {
       // Reboot it and wait for a new boot id; the other hosts go on meanwhile.
-      ssh(h, become + "sh -c " + shell_quote(h.reboot_command), {}, 60);
-      disconnect(h);
       ++r.reboots;
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o_.reboot_timeout);
-      bool back = false;
-      while (std::chrono::steady_clock::now() < deadline && !g_interrupted) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(500));
-        if (connect(h)) continue;
-        auto b = ssh(h, "cat " + shell_quote(h.boot_path), {}, 30);
-        if (b.ok() && std::string(trim(b.out)) != boot_before && !trim(b.out).empty()) {
-          back = true;
-          break;
-        }
-        disconnect(h);
-      }
-      if (!back && g_interrupted) {
-        r.kind = HostOutcome::interrupted;
-        r.message = "interrupted while waiting for the host to come back from its reboot";
-        return r;
-      }
-      if (!back) {
-        r.kind = HostOutcome::unreachable;
-        r.message = "did not come back with a new boot id within " + std::to_string(o_.reboot_timeout) + " s of the reboot";
+      if (auto failed = reboot_and_wait(h, become, boot_before)) {
+        r.kind = failed->kind;
+        r.message = failed->message;
         return r;
       }
       continue;
