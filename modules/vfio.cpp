@@ -457,32 +457,43 @@ struct Args {
   std::string modules_load_conf = "/etc/modules-load.d/vfio.conf";
 };
 
-Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
-  const std::vector<std::string> mods = args.modules ? *args.modules : default_modules(ctx.facts.kernel_release);
+// What vfio-pci is to claim: the ids and the functions chosen, and how (by address where another
+// device shares an id), with the modules it goes before.
+struct Selection {
+  std::vector<std::string> ids;     // vendor:device
+  std::vector<std::string> chosen;  // the functions named through gpus or devices
+  std::vector<std::string> sharing;  // "0000:00:01.0 (VGA compatible controller, the boot VGA, 10de:1b81)"
+  bool by_address = false;
+  ModprobeWanted want;
+};
+
+Expected<Selection> select_functions(const Context& ctx, const Args& args) {
+  Selection sel;
+  std::vector<std::string>& ids = sel.ids;
+  std::vector<std::string>& chosen = sel.chosen;
+  std::vector<std::string>& sharing = sel.sharing;
   // The ids vfio-pci claims: given ones, then every function of each given device's slot.
-  std::vector<std::string> ids;
   auto add_id = [&](const std::string& id) {
     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   };
   for (const auto& id : args.ids) add_id(*parse_pci_id(id));
-  std::vector<std::string> chosen;  // the functions named through gpus or devices
   if (!args.gpus.is_null()) {
     auto gpus = select_gpus(ctx.facts, args.gpus, args.force);
-    if (!gpus) return Result::failed(gpus.error());
+    if (!gpus) return Error{gpus.error()};
     for (const auto& g : *gpus)
       for (const auto& f : g.functions) {
         auto id = pci_device_id(ctx.root, f);
-        if (!id) return Result::failed(id.error());
+        if (!id) return Error{id.error()};
         add_id(*id);
         chosen.push_back(f);
       }
   }
   for (const auto& dev : args.devices) {
     auto functions = pci_slot_functions(ctx.root, *parse_pci_address(dev));
-    if (!functions) return Result::failed(functions.error());
+    if (!functions) return Error{functions.error()};
     for (const auto& f : *functions) {
       auto id = pci_device_id(ctx.root, f);
-      if (!id) return Result::failed(id.error());
+      if (!id) return Error{id.error()};
       add_id(*id);
       chosen.push_back(f);
     }
@@ -491,21 +502,21 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   // common audio id), the host's own would go to vfio-pci at the next boot. Then vfio-pci gets the
   // chosen functions by address: an install hook sets their driver_override just before the
   // module loads (at boot from the initramfs, or whenever it is loaded), and no ids are given.
-  ModprobeWanted want{ids, chosen, {}, {}, {}, {}};
-  std::vector<std::string> sharing;  // "0000:00:01.0 (VGA compatible controller, the boot VGA, 10de:1b81)"
+  sel.want.ids = ids;
+  sel.want.chosen = chosen;
   for (const auto& d : ctx.facts.pci) {
     if (chosen.empty() || std::find(chosen.begin(), chosen.end(), d.address) != chosen.end()) continue;
     if (std::find(ids.begin(), ids.end(), d.id()) == ids.end()) continue;
-    want.sharing.push_back(&d);
+    sel.want.sharing.push_back(&d);
     sharing.push_back(device_text(d));
   }
-  const bool by_address = !sharing.empty();
+  sel.by_address = !sharing.empty();
+  const bool by_address = sel.by_address;
   if (by_address && !args.ids.empty())
-    return Result::failed(
-        "ids: " + join(args.ids, ",") + " would also give vfio-pci " + join(sharing, ", ") +
-        ", which is not being passed through: leave ids out, and the GPU's functions are bound by address");
+    return Error{"ids: " + join(args.ids, ",") + " would also give vfio-pci " + join(sharing, ", ") +
+                 ", which is not being passed through: leave ids out, and the GPU's functions are bound by address"};
   if (by_address)
-    want.by_address_lines = {
+    sel.want.by_address_lines = {
         "# By address, not by id: " + join(sharing, ", ") + " has the id of a function passed through.\n",
         "install vfio-pci /bin/sh -c 'for d in " + join(chosen, " ") +
             "; do echo vfio-pci > /sys/bus/pci/devices/$d/driver_override; done 2>/dev/null; "
@@ -513,67 +524,80 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   // vfio-pci must claim the GPU before its display driver and the audio function before HDA: the
   // NVIDIA drivers and HDA always, and whatever else this kernel has for the chosen functions.
   if (args.softdep) {
-    want.softdeps = {"nouveau", "nvidia", "snd_hda_intel"};
+    sel.want.softdeps = {"nouveau", "nvidia", "snd_hda_intel"};
     auto found = driver_modules(ctx.root, ctx.facts.kernel_release, chosen);
-    if (!found) return Result::failed(found.error());
+    if (!found) return Error{found.error()};
     for (const auto& m : *found)
-      if (std::find(want.softdeps.begin(), want.softdeps.end(), m) == want.softdeps.end()) want.softdeps.push_back(m);
+      if (std::find(sel.want.softdeps.begin(), sel.want.softdeps.end(), m) == sel.want.softdeps.end()) sel.want.softdeps.push_back(m);
   }
-  want.blacklist = args.blacklist;
+  sel.want.blacklist = args.blacklist;
+  return sel;
+}
 
-  FileChanges boot(ctx.root), load_conf(ctx.root), guard(ctx.root);
-  std::vector<HandlerRequest> grub_requests;
-  auto modprobe_note = plan_modprobe(ctx, want, args.modprobe_conf, boot);
-  if (!modprobe_note) return Result::failed(modprobe_note.error());
-
-  std::string note;
+// The modules in the initramfs (unless initramfs: false), as the host's tool builds it; on Debian
+// and Ubuntu the kernel guard's hook too. A note when the host has no tool the agent knows.
+Expected<std::string> plan_initramfs(const Context& ctx, const Args& args, const std::vector<std::string>& mods, FileChanges& boot,
+                                     FileChanges& guard) {
   if (args.initramfs) {
     const std::string& tool = ctx.facts.boot.initramfs;
     if (tool == "update-initramfs") {
       auto text = read_file_if_exists(ctx.root, "/etc/initramfs-tools/modules");
-      if (!text) return Result::failed(text.error());
+      if (!text) return Error{text.error()};
       boot.write("/etc/initramfs-tools/modules", *text, ensure_module_lines(text->value_or(""), mods));
       // The kernel-update guard: every initramfs built from now on (a new kernel's) is checked
       // for the modules every kernel has (vfio_virqfd went into vfio in 6.2).
       std::vector<std::string> core;
       for (const auto& m : mods)
         if (m == "vfio" || m == "vfio_iommu_type1" || m == "vfio_pci") core.push_back(m);
-      if (auto s =
-              guard.write(kInitramfsGuard, initramfs_guard_script(core), FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
-          !s)
-        return Result::failed(s.error());
+      if (auto s = guard.write(kInitramfsGuard, initramfs_guard_script(core), FileAttrs{.uid = 0, .gid = 0, .mode = 0755}); !s)
+        return Error{s.error()};
     } else if (tool == "dracut") {
       const std::string dropin = "/etc/dracut.conf.d/vfio.conf";
       auto text = read_file_if_exists(ctx.root, dropin);
-      if (!text) return Result::failed(text.error());
+      if (!text) return Error{text.error()};
       boot.write(dropin, *text, ensure_dracut_drivers(text->value_or(""), mods));
     } else if (tool == "mkinitcpio") {
       auto text = read_file(ctx.root, "/etc/mkinitcpio.conf");
-      if (!text) return Result::failed(text.error());
+      if (!text) return Error{text.error()};
       // mkinitcpio sources it with bash: bash's syntax (its arrays) is the file's.
       if (auto valid = check_shell_file("/etc/mkinitcpio.conf", *text, ShellDialect::bash); !valid)
-        return Result::failed(valid.error());
+        return Error{valid.error()};
       auto edited = ensure_mkinitcpio_modules(*text, mods);
-      if (!edited) return Result::failed(edited.error());
+      if (!edited) return Error{edited.error()};
       boot.write("/etc/mkinitcpio.conf", *text, *edited);
     } else {
-      note = "; no update-initramfs, dracut or mkinitcpio found: the modules are not added to an initramfs";
+      return std::string("; no update-initramfs, dracut or mkinitcpio found: the modules are not added to an initramfs");
     }
   }
+  return std::string();
+}
+
+// vfio-pci.ids= on the kernel command line, where vfio-pci is built into the kernel (or always
+// asked for): in a drop-in of its own on Debian and Ubuntu, in /etc/default/grub elsewhere.
+struct CmdlinePlan {
+  std::string param;  // empty: none
+  std::vector<HandlerRequest> grub_requests;
+  std::string note;
+};
+
+Expected<CmdlinePlan> plan_builtin_cmdline(const Context& ctx, const Args& args, const Selection& sel, FileChanges& boot) {
+  const std::vector<std::string>&ids = sel.ids, &sharing = sel.sharing;
+  const bool by_address = sel.by_address;
+  CmdlinePlan plan;
   // A vfio-pci built into the kernel never reads modprobe.d: its ids must be on the kernel command
   // line. Debian's grub-mkconfig sources /etc/default/grub.d/*.cfg, so the parameter lives in a
   // drop-in of its own there, apart from the user's (and grub_cmdline's) edits of the main file.
   const std::string& cmdline_mode = args.kernel_cmdline;
   const bool builtin = std::find(ctx.facts.builtin_modules.begin(), ctx.facts.builtin_modules.end(), "vfio_pci") !=
                        ctx.facts.builtin_modules.end();
-  std::string cmdline_param;
   if (by_address && (cmdline_mode == "always" || builtin))
-    return Result::failed("vfio-pci " + std::string(builtin ? "is built into this kernel" : "is set to take its ids from the kernel command line") +
-                          ", where only vfio-pci.ids= claims devices at boot, and that would also take " + join(sharing, ", ") +
-                          ": bind the GPU after boot with vfio_bind (by address) instead");
+    return Error{"vfio-pci " +
+                 std::string(builtin ? "is built into this kernel" : "is set to take its ids from the kernel command line") +
+                 ", where only vfio-pci.ids= claims devices at boot, and that would also take " + join(sharing, ", ") +
+                 ": bind the GPU after boot with vfio_bind (by address) instead"};
   if (!by_address && !ids.empty() && (cmdline_mode == "always" || (cmdline_mode == "auto" && builtin))) {
     const std::string param = "vfio-pci.ids=" + join(ids, ",");
-    cmdline_param = param;
+    plan.param = param;
     const bool debian_like = ctx.facts.os.id == "debian" || ctx.facts.os.id == "ubuntu" ||
                              std::find(ctx.facts.os.id_like.begin(), ctx.facts.os.id_like.end(), "debian") !=
                                  ctx.facts.os.id_like.end();
@@ -582,32 +606,72 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     if (debian_like) {
       const std::string dropin = "/etc/default/grub.d/gptagent-vfio.cfg";
       auto before = read_file_if_exists(ctx.root, dropin);
-      if (!before) return Result::failed(before.error());
+      if (!before) return Error{before.error()};
       const std::string after = std::string(kHeader) + "GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX " + param + "\"\n";
       if (before->value_or("") != after) {
         boot.write(dropin, *before, after);
         edit.added = {param};
       }
       auto main = read_file_if_exists(ctx.root, "/etc/default/grub", kMaxGrubFileBytes);
-      if (!main) return Result::failed(main.error());
+      if (!main) return Error{main.error()};
       grub_text = main->value_or("");
       // update-grub sources it before the drop-in: one sh refuses would fail the regeneration.
-      if (auto valid = check_shell_file("/etc/default/grub", grub_text); !valid) return Result::failed(valid.error());
+      if (auto valid = check_shell_file("/etc/default/grub", grub_text); !valid) return Error{valid.error()};
     } else {
       auto text = read_file(ctx.root, "/etc/default/grub", kMaxGrubFileBytes);
-      if (!text) return Result::failed(text.error() + " (vfio_pci is built into this kernel: its ids go on the kernel command line)");
-      if (auto valid = check_shell_file("/etc/default/grub", *text); !valid) return Result::failed(valid.error());
+      if (!text) return Error{text.error() + " (vfio_pci is built into this kernel: its ids go on the kernel command line)"};
+      if (auto valid = check_shell_file("/etc/default/grub", *text); !valid) return Error{valid.error()};
       CmdlineEdit e;
       e.present = {param};
       auto res = edit_grub_cmdline(*text, e);
-      if (!res) return Result::failed("/etc/default/grub: " + res.error());
+      if (!res) return Error{"/etc/default/grub: " + res.error()};
       boot.write("/etc/default/grub", *text, res->text);
       edit = *res;
       grub_text = *text;
     }
-    if (edit.changed()) grub_requests = grub_handlers(ctx.facts, grub_text, edit);
-    note += "; vfio_pci is built into this kernel, so its ids are on the kernel command line (" + param + ")";
+    if (edit.changed()) plan.grub_requests = grub_handlers(ctx.facts, grub_text, edit);
+    plan.note = "; vfio_pci is built into this kernel, so its ids are on the kernel command line (" + param + ")";
   }
+  return plan;
+}
+
+// What the guard recorded: an installed kernel whose initramfs lacks the modules is drift, and
+// rebuilding the initramfs of every kernel repairs it (the guard checks each again).
+Status repair_guard_gaps(const Context& ctx, const Args& args, Result& r) {
+  if (!args.initramfs || ctx.facts.boot.initramfs != "update-initramfs") return {};
+  auto records = read_guard_records(ctx.root);
+  if (!records) return Error{records.error()};
+  std::vector<std::string> gaps;
+  for (const auto& g : *records)
+    if (g.kind == "initramfs" && !g.missing.empty())
+      gaps.push_back(g.what + " (kernel " + g.kernel + ") lacks " + join(g.missing, ", "));
+  if (gaps.empty()) return {};
+  r.status = Outcome::changed;
+  r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": the initramfs is rebuilt";
+  if (r.handlers.empty()) r.handlers.push_back({"rebuild the initramfs", "initramfs", json::object()});
+  r.data["kernel_guard"] = gaps;
+  return {};
+}
+
+Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
+  const std::vector<std::string> mods = args.modules ? *args.modules : default_modules(ctx.facts.kernel_release);
+  auto selected = select_functions(ctx, args);
+  if (!selected) return Result::failed(selected.error());
+  const std::vector<std::string>&ids = selected->ids, &chosen = selected->chosen, &sharing = selected->sharing;
+  const bool by_address = selected->by_address;
+  const ModprobeWanted& want = selected->want;
+
+  FileChanges boot(ctx.root), load_conf(ctx.root), guard(ctx.root);
+  auto modprobe_note = plan_modprobe(ctx, want, args.modprobe_conf, boot);
+  if (!modprobe_note) return Result::failed(modprobe_note.error());
+
+  auto initramfs_note = plan_initramfs(ctx, args, mods, boot, guard);
+  if (!initramfs_note) return Result::failed(initramfs_note.error());
+  std::string note = *initramfs_note;
+  auto cmdline = plan_builtin_cmdline(ctx, args, *selected, boot);
+  if (!cmdline) return Result::failed(cmdline.error());
+  const std::string& cmdline_param = cmdline->param;
+  note += cmdline->note;
 
   // modules-load.d: the agent's file whole; a user's own (a wiki's vfio.conf, with kvmfr, say) keeps
   // every line, and only the modules it lacks are added.
@@ -647,25 +711,10 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   }
   if (!boot.empty()) {
     r.reboot_required = true;
-    r.handlers = grub_requests;
+    r.handlers = cmdline->grub_requests;
     r.handlers.push_back({"rebuild the initramfs", "initramfs", json::object()});
   }
-  // What the guard recorded: an installed kernel whose initramfs lacks the modules is drift, and
-  // rebuilding the initramfs of every kernel repairs it (the guard checks each again).
-  if (args.initramfs && ctx.facts.boot.initramfs == "update-initramfs") {
-    auto records = read_guard_records(ctx.root);
-    if (!records) return Result::failed(records.error());
-    std::vector<std::string> gaps;
-    for (const auto& g : *records)
-      if (g.kind == "initramfs" && !g.missing.empty())
-        gaps.push_back(g.what + " (kernel " + g.kernel + ") lacks " + join(g.missing, ", "));
-    if (!gaps.empty()) {
-      r.status = Outcome::changed;
-      r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": the initramfs is rebuilt";
-      if (r.handlers.empty()) r.handlers.push_back({"rebuild the initramfs", "initramfs", json::object()});
-      r.data["kernel_guard"] = gaps;
-    }
-  }
+  if (auto s = repair_guard_gaps(ctx, args, r); !s) return Result::failed(s.error());
   if (apply) {
     if (auto s = boot.apply(r.data); !s) return Result::failed(s.error());
     if (auto s = load_conf.apply(r.data); !s) return Result::failed(s.error());
