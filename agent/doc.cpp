@@ -49,6 +49,33 @@ void walk_args(const std::vector<ArgSpec>& args, const std::string& prefix, Fn&&
   }
 }
 
+// Paragraphs (separated by a blank line) wrapped into lines of at most `width` columns; a word
+// longer than a line has one of its own. A blank line between paragraphs.
+void write_wrapped(std::ostream& out, std::string_view text, size_t width) {
+  bool first = true;
+  while (!text.empty()) {
+    const size_t end = text.find("\n\n");
+    const std::string_view para = text.substr(0, end);
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 2);
+    if (!first) out << "\n";
+    first = false;
+    std::string line;
+    for (const auto& word : words(para)) {
+      if (!line.empty() && line.size() + 1 + word.size() > width) {
+        out << line << "\n";
+        line.clear();
+      }
+      line += (line.empty() ? "" : " ") + word;
+    }
+    if (!line.empty()) out << line << "\n";
+  }
+}
+
+// Each line of a text, indented (an example, as a playbook has it).
+void write_indented(std::ostream& out, std::string_view text, size_t indent) {
+  for (const auto& line : lines(text)) out << std::string(line.empty() ? 0 : indent, ' ') << line << "\n";
+}
+
 std::vector<const CLI::App*> subcommands(const CLI::App& app) {
   return app.get_subcommands([](const CLI::App*) { return true; });
 }
@@ -91,9 +118,16 @@ void write_module_list(std::ostream& out) {
 }
 
 bool write_module_doc(std::ostream& out, std::string_view name) {
-  const ModuleDef* def = Registry::instance().find(name);
+  const auto& reg = Registry::instance();
+  const ModuleDef* def = reg.find(name);
   if (!def) return false;
   out << def->name << ": " << def->summary << "\n";
+  if (!def->description.empty()) {
+    out << "\n";
+    // Not indented: an indented line "  WORD (" is an argument's, as scripts/prove-package reads them.
+    write_wrapped(out, def->description, 100);
+  }
+  out << "\nArguments:\n";
   if (def->schema.args.empty()) out << "  (no arguments)\n";
   walk_args(def->schema.args, "", [&](const std::string& path, const ArgSpec& a) {
     out << "  " << path << " (" << describe(a) << ")\n";
@@ -110,6 +144,18 @@ bool write_module_doc(std::ostream& out, std::string_view name) {
     out << "  one of these is required:";
     for (const auto& n : group) out << " " << n;
     out << "\n";
+  }
+  out << "\nA change sets in motion:\n";
+  for (const auto& handler : def->notifies) {
+    const ModuleDef* h = reg.find(handler);
+    out << "  the handler " << handler << (h ? ": " + h->summary : std::string()) << "\n";
+  }
+  if (def->changes_boot) out << "  a reboot: what it changes for the boot takes effect when the host boots next\n";
+  if (def->notifies.empty() && !def->changes_boot) out << "  nothing more: no handler, no reboot\n";
+  if (!def->examples.empty()) out << "\nExamples:\n";
+  for (size_t i = 0; i < def->examples.size(); ++i) {
+    if (i > 0) out << "\n";
+    write_indented(out, def->examples[i], 2);
   }
   return true;
 }
@@ -135,7 +181,13 @@ json arg_doc_json(const ArgSpec& a) {
 json module_doc_json(const ModuleDef& def) {
   json args = json::array();
   for (const auto& a : def.schema.args) args.push_back(arg_doc_json(a));
-  json j = {{"name", def.name}, {"summary", def.summary}, {"arguments", std::move(args)}};
+  json j = {{"name", def.name},
+            {"summary", def.summary},
+            {"description", def.description},
+            {"arguments", std::move(args)},
+            {"examples", def.examples},
+            {"notifies", def.notifies},
+            {"reboot", def.changes_boot}};
   if (!def.schema.mutually_exclusive.empty()) j["mutually_exclusive"] = def.schema.mutually_exclusive;
   if (!def.schema.required_one_of.empty()) j["required_one_of"] = def.schema.required_one_of;
   if (def.handler_args) j["handler_arguments"] = *def.handler_args;

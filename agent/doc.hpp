@@ -14,11 +14,14 @@ struct ModuleDef;
 
 // Every module with its one-line summary.
 void write_module_list(std::ostream& out);
-// One module's arguments (type, required, default, choices); false when no module has that name.
+// One module's documentation, as ansible-doc shows a module's: its summary and description, each
+// argument (type, required, default, choices, doc, example), what a change sets in motion (the
+// handlers it notifies, a reboot) and the examples; false when no module has that name.
 bool write_module_doc(std::ostream& out, std::string_view name);
-// The same as JSON for programs (`gptagent doc --json [MODULE]`): the module's name, summary, each
-// argument (name, type, elements, required, default, choices, fields) and the argument groups; every
-// module, in an array, when `name` is empty. False when no module has that name.
+// The same as JSON for programs (`gptagent doc --json [MODULE]`): the module's name, summary,
+// description, each argument (name, type, elements, required, default, choices, doc, example,
+// fields), the argument groups, the examples, the handlers a change notifies and whether it needs a
+// reboot; every module, in an array, when `name` is empty. False when no module has that name.
 bool write_module_doc_json(std::ostream& out, std::string_view name);
 nlohmann::json module_doc_json(const ModuleDef& def);
 

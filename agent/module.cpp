@@ -90,6 +90,13 @@ std::vector<std::string> Registry::names() const {
   return out;
 }
 
+Registration::Registration(ModuleDef def, ModuleDocs docs) {
+  def.description = std::move(docs.description);
+  def.examples = std::move(docs.examples);
+  def.notifies = std::move(docs.notifies);
+  Registry::instance().add(std::move(def));
+}
+
 std::optional<std::string> unsafe_handler_request(const HandlerRequest& h) {
   const ModuleDef* def = Registry::instance().find(h.module);
   if (!def || !def->handler_args) return "module '" + h.module + "' is not one modules request as a handler";

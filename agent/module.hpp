@@ -103,6 +103,21 @@ struct ModuleDef {
   // Arguments that make sense only in a handler (a restart on every run is never converged): a
   // message when these ones are given to a task.
   std::function<std::optional<std::string>(const json&)> handler_only = {};
+  // What `gptagent doc` says beyond the summary and the arguments: a description (paragraphs of
+  // plain text, separated by a blank line); examples, each a task as it goes in a playbook's
+  // `tasks:` list, led by a one-line `# comment` saying what it does; and the handler modules a
+  // change may request (HandlerRequest::module) — with changes_boot, what a change sets in motion.
+  std::string description = {};
+  std::vector<std::string> examples = {};
+  std::vector<std::string> notifies = {};
+};
+
+// A module's documentation (ModuleDef::description, examples, notifies), declared beside its
+// registration: `const Registration registration{definition(), docs()};`.
+struct ModuleDocs {
+  std::string description;
+  std::vector<std::string> examples;
+  std::vector<std::string> notifies = {};
 };
 
 class Registry {
@@ -119,6 +134,7 @@ class Registry {
 // Modules register themselves from a static initialiser: `static const Registration reg{...};`
 struct Registration {
   explicit Registration(ModuleDef def) { Registry::instance().add(std::move(def)); }
+  Registration(ModuleDef def, ModuleDocs docs);
 };
 
 // Why a handler request read back from the state file must not run (see ModuleDef::handler_args);

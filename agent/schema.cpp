@@ -78,7 +78,8 @@ json value_schema(const ArgSpec& a, ArgType type) {
 json module_schema(const ModuleDef& m) {
   json s = fields_schema(m.schema.args);
   s["type"] = json::array({"object", "null"});  // `xorg_cleanup:` with nothing is every default
-  s["description"] = m.summary;
+  // What an editor shows on hover: the summary, then the description `gptagent doc` shows.
+  s["description"] = m.description.empty() ? m.summary : m.summary + "\n\n" + m.description;
   json all = json::array();
   for (const auto& group : m.schema.mutually_exclusive)
     for (size_t i = 0; i < group.size(); ++i)

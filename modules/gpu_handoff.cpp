@@ -160,6 +160,50 @@ std::optional<std::string> name_check(const json& v, bool user) {
   return "'" + s + "' is not a " + (user ? "user" : "unit") + " name";
 }
 
+// What `gptagent doc gpu_handoff` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Hands a VM's GPU over from the host around each run of the VM (the walkthrough's \"turn the RDP server "
+          "off, start the VM, turn it back on\"; a single-GPU host's display manager). vm is the domain; gpus "
+          "(every function of each slot goes); units, the system units to stop, in order; user_units: [{name, "
+          "user}], a user's unit, or user: '*' for every user whose manager runs then; known_units: true, the units "
+          "known to hold GPUs that the host has (GNOME's remote desktop as user units and, on Ubuntu 24.04, as a "
+          "system unit and its headless variant; nvidia-persistenced); display_manager (also "
+          "display-manager.service; unset, when the VM takes the GPU the host boots on: a single-GPU host); "
+          "timeout (seconds, default 30); agent, the installed agent the hook runs (/usr/bin/gptagent and the like; "
+          "refused when it or a directory above it belongs to another user or may be written by one); state: "
+          "absent.\n\n"
+          "It writes the VM's plan to /etc/gptagent/handoff/VM.json and owns libvirt's hook "
+          "/etc/libvirt/hooks/qemu.d/gptagent-handoff (a new hook restarts libvirt's daemon, which reads hooks when "
+          "it starts: a service handler; running VMs keep running).\n\n"
+          "At prepare begin the hook's gptagent handoff stops the units that are active, in order, recording each "
+          "(system or which user's) in /run/gptagent/handoff/, then waits until no process holds the GPU (its "
+          "/dev/dri nodes, /dev/nvidia*, and its I2C adapters' /dev/i2c-N, which KDE's powerdevil and ddcutil "
+          "open); past timeout it starts everything it stopped again, names who still holds the GPU and fails, so "
+          "the VM does not start. At release end a GPU that libvirt left on vfio-pci (managed='no') is given back "
+          "to its host driver, and exactly the recorded units start again, in reverse order; one that does not is "
+          "logged as still down. The hook never calls libvirt, prints nothing on standard output (libvirt would "
+          "read it as the domain's XML) and logs to the journal (journalctl -t gptagent-handoff).\n\n"
+          "gptagent facts shows each VM's plan and what is stopped for it now.",
+      .examples = {"# While the VM win11 runs, the RDP server and ollama are stopped and its GPU is free\n"
+                   "- name: the GPU handed over to win11 around each of its runs\n"
+                   "  gpu_handoff:\n"
+                   "    vm: win11\n"
+                   "    gpus: [\"0000:01:00.0\"]\n"
+                   "    units: [xrdp, ollama]\n",
+                   "# A single-GPU host: the display manager and every user's remote desktop go too\n"
+                   "- gpu_handoff:\n"
+                   "    vm: win11\n"
+                   "    gpus: auto\n"
+                   "    display_manager: true\n"
+                   "    user_units:\n"
+                   "      - {name: gnome-remote-desktop, user: \"*\"}\n"
+                   "    timeout: 60\n"},
+      .notifies = {"service"},
+  };
+}
+
 const Registration registration{declare_module(
     "gpu_handoff", "a libvirt hook that stops what holds a VM's GPU before the VM starts and starts it again after",
     ArgsDecl<Args>()
@@ -197,7 +241,9 @@ const Registration registration{declare_module(
                if (v.get<long>() < 1 || v.get<long>() > 600) return "must be 1 to 600 seconds";
                return std::nullopt;
              }})
-        .arg("agent", &Args::agent, "the installed agent the hook runs (found in the usual places when not given)")
+        .arg("agent", &Args::agent,
+             "the installed agent the hook runs (found in the usual places when not given); refused when it or a "
+             "directory above it belongs to another user or may be written by one")
         .arg("state", &Args::state, "present: the VM has a hand-off; absent: it has none (the hook goes with the last)",
              {.choices = {"present", "absent"}})
         .check([](const Args& a) -> std::optional<std::string> {
@@ -205,7 +251,8 @@ const Registration registration{declare_module(
             return "gpus: the VM's GPUs are required (unless state: absent)";
           return std::nullopt;
         }),
-    converge)};
+    converge),
+                                docs()};
 
 }  // namespace
 }  // namespace gpt

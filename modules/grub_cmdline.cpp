@@ -58,6 +58,45 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   return r;
 }
 
+// What `gptagent doc grub_cmdline` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Makes GRUB_CMDLINE_LINUX (or, with key: GRUB_CMDLINE_LINUX_DEFAULT, that one) in /etc/default/grub hold "
+          "the present parameters and none of the absent ones. iommu: auto, intel or amd adds intel_iommu=on on "
+          "Intel CPUs; on AMD, where the kernel enables the IOMMU by default and has no amd_iommu=on, it removes "
+          "amd_iommu=off and iommu=off instead. name=value replaces other values of name in place (intel_iommu=off "
+          "becomes intel_iommu=on) and drops later ones that would override it; '-' and '_' in names are the same, "
+          "as in the kernel.\n\n"
+          "The file is edited as shell: quoting style, comments, other keys and every byte outside the edited value "
+          "are kept; single, double or no quotes, a missing key, a commented-out line, a key assigned twice, "
+          "$GRUB_CMDLINE_LINUX self-references and backslash-newline continuations are handled; values that run "
+          "commands are refused. A file that sh -n would refuse (a left-over merge-conflict marker, an unclosed "
+          "quote or $(, an if without fi) is refused with path:line: (the line dash reports) and nothing is written, "
+          "in --check too; so are such GRUB files for kernel_cmdline and vfio, and a /etc/mkinitcpio.conf that "
+          "bash -n would refuse. The check is gptagent's own parser (agent/shell_syntax): no shell is run on the "
+          "host's file.\n\n"
+          "A change notifies grub_config (regenerate: false skips it) and, on BootLoaderSpec hosts "
+          "(GRUB_ENABLE_BLSCFG=true, grubby installed), grubby, which updates the existing boot entries too; it "
+          "needs a reboot.\n\n"
+          "On Debian and Ubuntu it installs the kernel guard's hook, /etc/kernel/postinst.d/zzz-gptagent-cmdline: "
+          "each kernel installed from then on is checked for an entry in grub.cfg with the parameters, the result "
+          "recorded for gptagent status and --check; a recorded entry without them is drift, repaired by "
+          "regenerating grub.cfg.",
+      .examples = {"# Turn the IOMMU on for this CPU's vendor and keep host devices out of its translation\n"
+                   "- name: IOMMU on\n"
+                   "  grub_cmdline:\n"
+                   "    iommu: auto\n"
+                   "    present: [iommu=pt]\n",
+                   "# On Ubuntu, where the stock file keeps its options: nouveau's modesetting off, nomodeset gone\n"
+                   "- grub_cmdline:\n"
+                   "    key: GRUB_CMDLINE_LINUX_DEFAULT\n"
+                   "    present: [nouveau.modeset=0]\n"
+                   "    absent: [nomodeset]\n"},
+      .notifies = {"grub_config", "grubby"},
+  };
+}
+
 ModuleDef definition() {
   auto def = declare_module(
       "grub_cmdline", "kernel parameters in GRUB_CMDLINE_LINUX of /etc/default/grub",
@@ -76,7 +115,7 @@ ModuleDef definition() {
   def.changes_boot = true;
   return def;
 }
-const Registration registration{definition()};
+const Registration registration{definition(), docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -27,6 +27,28 @@ Expected<Result> converge(Context& ctx, const CommandArgs& args, bool apply) {
   return run_command_module(ctx, args, apply, std::move(argv), "regenerated the grub config");
 }
 
+// What `gptagent doc grub_config` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Regenerates grub.cfg as the distribution does: update-grub (Debian, Ubuntu), grub2-mkconfig -o "
+          "/boot/grub2/grub.cfg (Fedora, RHEL 9; the EFI grub.cfg where it is a full config, as on RHEL 8), "
+          "grub-mkconfig -o /boot/grub/grub.cfg (Arch). command replaces the detected command line; timeout bounds "
+          "it.\n\n"
+          "The handler of grub_cmdline, and of kernel_cmdline, vfio and restore_files when they change a GRUB file. "
+          "On BootLoaderSpec hosts (GRUB_ENABLE_BLSCFG=true, grubby installed) grub_cmdline notifies grubby as well, "
+          "whose grubby --update-kernel=ALL --args=... --remove-args=... updates the existing boot entries too. A "
+          "playbook may also run it as a task.",
+      .examples = {"# Regenerate grub.cfg after a task that notifies it (the handler a module would request)\n"
+                   "- name: regenerate grub.cfg\n"
+                   "  grub_config: {}\n",
+                   "# Regenerate it with a command of the host's own, for up to 20 minutes\n"
+                   "- grub_config:\n"
+                   "    command: [grub-mkconfig, -o, /boot/grub/grub.cfg]\n"
+                   "    timeout: 1200\n"},
+  };
+}
+
 ModuleDef definition() {
   auto def = declare_module("grub_config", "regenerate grub.cfg (update-grub, grub2-mkconfig or grub-mkconfig)",
                             command_args(600), converge);
@@ -35,7 +57,7 @@ ModuleDef definition() {
   def.handler_args = std::vector<std::string>{};
   return def;
 }
-const Registration registration{definition()};
+const Registration registration{definition(), docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -29,6 +29,22 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   return r;
 }
 
+// What `gptagent doc grubby` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Adds and removes kernel parameters on every boot entry of a BootLoaderSpec host (Fedora, RHEL) with "
+          "grubby --update-kernel=ALL --args=... --remove-args=...; fails where grubby is not installed.\n\n"
+          "The handler grub_cmdline (and kernel_cmdline and vfio when they edit GRUB's files) asks for on such "
+          "hosts (GRUB_ENABLE_BLSCFG=true, grubby installed), so that the existing entries get what "
+          "GRUB_CMDLINE_LINUX now says; a playbook may also run it as a task. A change needs a reboot.",
+      .examples = {"# Put the IOMMU parameters on every boot entry and take rhgb off\n"
+                   "- grubby:\n"
+                   "    add: [intel_iommu=on, iommu=pt]\n"
+                   "    remove: [rhgb]\n"},
+  };
+}
+
 ModuleDef definition() {
   auto def = declare_module(
       "grubby", "add and remove kernel parameters on every boot entry (grubby --update-kernel=ALL)",
@@ -41,7 +57,7 @@ ModuleDef definition() {
   def.handler_args = std::vector<std::string>{"add", "remove"};
   return def;
 }
-const Registration registration{definition()};
+const Registration registration{definition(), docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -19,6 +19,21 @@ Expected<Result> converge(Context& ctx, const CommandArgs& args, bool apply) {
   return r;
 }
 
+// What `gptagent doc initramfs` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Rebuilds the initramfs as the distribution does: update-initramfs -u -k all, dracut -f --regenerate-all "
+          "or mkinitcpio -P. command replaces the detected command line; timeout bounds it.\n\n"
+          "The handler of vfio, and of restore_files when it puts back a file of /etc/modprobe.d, "
+          "/etc/modules-load.d or the initramfs tools' configuration; a playbook may also run it as a task. A "
+          "change needs a reboot.",
+      .examples = {"# Rebuild the initramfs of every installed kernel\n"
+                   "- name: rebuild the initramfs\n"
+                   "  initramfs: {}\n"},
+  };
+}
+
 ModuleDef definition() {
   auto def = declare_module("initramfs", "rebuild the initramfs (update-initramfs, dracut or mkinitcpio)",
                             command_args(900), converge);
@@ -27,7 +42,7 @@ ModuleDef definition() {
   def.handler_args = std::vector<std::string>{};
   return def;
 }
-const Registration registration{definition()};
+const Registration registration{definition(), docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -686,6 +686,50 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   return r;
 }
 
+// What `gptagent doc kernel_cmdline` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "The command line the host will boot with holds the present parameters and none of the absent ones, "
+          "wherever its boot path keeps it (the same present, absent and iommu semantics as grub_cmdline, which "
+          "stays the primitive for one GRUB file). Names compare the kernel's way (vfio-pci.ids is vfio_pci.ids; "
+          "nvidia.modeset is not nouveau.modeset).\n\n"
+          "The boot path is detected in this order (or set with boot_path) and named in the message. kernelstub "
+          "(Pop!_OS): kernelstub -d P / kernelstub -a P per parameter. proxmox (proxmox-boot-tool, "
+          "/etc/kernel/proxmox-boot-uuids and /etc/kernel/cmdline): edits /etc/kernel/cmdline, then "
+          "proxmox-boot-tool refresh. grubby (BootLoaderSpec: grubby and GRUB_ENABLE_BLSCFG=true): grubby "
+          "--update-kernel=ALL --args=... --remove-args=... from the entries' options, with GRUB_CMDLINE_LINUX kept "
+          "in step for future kernels. grub: the command line is computed as grub-mkconfig does, sourcing "
+          "/etc/default/grub then /etc/default/grub.d/*.cfg (the last assignment of a key wins, $KEY extends the "
+          "value before it), GRUB_CMDLINE_LINUX then GRUB_CMDLINE_LINUX_DEFAULT; conflicting values are removed "
+          "from whichever file and key holds them (a wrong value in GRUB_CMDLINE_LINUX is replaced in place), "
+          "missing ones are added to the last assignment of GRUB_CMDLINE_LINUX, and grub_config is notified. "
+          "kernel-install (/etc/kernel/cmdline or loader entries, e.g. systemd-boot): edits /etc/kernel/cmdline, "
+          "then kernel-install add RELEASE IMAGE for the running kernel.\n\n"
+          "A GRUB file that is a shell program (a function, source or ., if, for, while, case, eval or exec, a "
+          "command substitution in a GRUB_CMDLINE_* value) is refused with file:line and nothing is written; so is "
+          "one that sh -n would refuse. regenerate: false skips the regeneration.\n\n"
+          "framebuffer: release (default keep) adds the parameter that keeps the boot framebuffer off the GPUs to "
+          "pass through (gpus, default auto) when it holds one of them: initcall_blacklist=sysfb_init where the "
+          "kernel uses sysfb (5.15 on, or simpledrm/simplefb in /proc/iomem), video=efifb:off before; nothing when "
+          "no framebuffer holds them.\n\n"
+          "A change needs a reboot. On the grub path it notifies grub_config and, on BootLoaderSpec hosts, grubby.",
+      .examples = {"# IOMMU on and vfio-pci taking the GPU's ids, wherever this host keeps its command line\n"
+                   "- name: kernel command line for passthrough\n"
+                   "  kernel_cmdline:\n"
+                   "    iommu: auto\n"
+                   "    present:\n"
+                   "      - iommu=pt\n"
+                   "      - vfio-pci.ids=10de:1b80,10de:10f0\n",
+                   "# Keep the boot framebuffer off the GPU passed through, on a Proxmox host\n"
+                   "- kernel_cmdline:\n"
+                   "    boot_path: proxmox\n"
+                   "    framebuffer: release\n"
+                   "    gpus: [\"0000:01:00.0\"]\n"},
+      .notifies = {"grub_config", "grubby"},
+  };
+}
+
 ModuleDef definition() {
   auto def = declare_module(
       "kernel_cmdline",
@@ -707,7 +751,7 @@ ModuleDef definition() {
   def.changes_boot = true;
   return def;
 }
-const Registration registration{definition()};
+const Registration registration{definition(), docs()};
 
 }  // namespace
 

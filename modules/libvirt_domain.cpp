@@ -2145,8 +2145,65 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   return r;
 }
 
-const Registration reg{declare_module(
-    "libvirt_domain", "define a libvirt domain for GPU passthrough (q35, OVMF, vfio hostdevs)", decl(), converge)};
+// What `gptagent doc libvirt_domain` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "A VM for GPU passthrough from a few keys: name, memory (16G), vcpus, machine (default: the newest "
+          "pc-q35-* the hypervisor offers; i440FX and q35 older than 4.2 refused), OVMF found on the host "
+          "(/usr/share/OVMF/, /usr/share/edk2/ovmf/, /usr/share/edk2/x64/, or firmware: {code, vars}) with a per-VM "
+          "nvram created from the template and never replaced (an existing domain keeps its nvram path and file), "
+          "<cpu mode='host-passthrough' check='partial'/>, <kvm><hidden state='on'/>, hyperv_vendor_id, one managed "
+          "vfio <hostdev> per function of each GPU in gpus (auto or addresses), each GPU's functions together on "
+          "one multifunction slot behind a PCIe root port of its own (the first free controller index; libvirt "
+          "places it on a free slot), disks (a path or {path, format, bus, target, state}), cdrom (ISOs as "
+          "read-only SATA CD-ROMs on free sdX targets: a path or {path, state}; each ISO must exist; a new domain "
+          "given one boots hd then cdrom, so a blank disk falls through to the installer), tpm and secure_boot "
+          "(Windows 11), interfaces (bridge or network, mac, model, state), graphics (spice, vnc or none, port, "
+          "listen), video (none is libvirt's <model type='none'/>), boot, and on a new domain a pty console and the "
+          "spice agent channel. type: auto is kvm with /dev/kvm, else qemu with a warning. state: defined, running, "
+          "shutoff or absent; autostart.\n\n"
+          "VM tuning keys, each checked on the host before libvirt sees the domain, compared for drift and given "
+          "back when left out again: rom, cpu, pin, hugepages, looking_glass, hyperv, evdev, tpm, secure_boot, "
+          "usb_controllers (README.md, \"VM tuning keys of libvirt_domain\", says what each writes and checks).\n\n"
+          "A new domain gets a default for every key left out (vcpus: 2, spice, vga, boot: [hd], hide_kvm: "
+          "true...); an existing one is adopted: the agent manages only the keys the playbook declares, remembers "
+          "what it set in the domain's <metadata>, and gives back a key the playbook no longer declares (README.md, "
+          "\"What the agent owns\"). Drift is any difference between the domain and the declared keys merged into "
+          "it, and --diff shows exactly the XML that will be defined.\n\n"
+          "Connection: connect or --connect (default qemu:///system; under --root only an explicit one). libvirt is "
+          "loaded at run time: a host without it runs every other module. Before a domain is defined, each "
+          "interfaces[].bridge must exist on the host (/sys/class/net/NAME/bridge) and each network must be "
+          "defined and active in libvirt; otherwise the task fails, in --check too, saying what to do, with nothing "
+          "defined (in --check a network that an earlier libvirt_network task of the run would start counts as "
+          "there).",
+      .examples = {"# A 16 GiB, 8-vCPU VM with the GPU, a qcow2 disk and a bridged NIC, defined\n"
+                   "- name: the VM\n"
+                   "  libvirt_domain:\n"
+                   "    name: win11\n"
+                   "    memory: 16G\n"
+                   "    vcpus: 8\n"
+                   "    gpus: [\"0000:01:00.0\"]\n"
+                   "    disks: [/var/lib/libvirt/images/win11.qcow2]\n"
+                   "    interfaces:\n"
+                   "      - bridge: br0\n"
+                   "    state: defined\n",
+                   "# Windows 11 setup: TPM, Secure Boot and the installer's ISO, the VM started\n"
+                   "- libvirt_domain:\n"
+                   "    name: win11\n"
+                   "    memory: 16G\n"
+                   "    vcpus: 8\n"
+                   "    tpm: true\n"
+                   "    secure_boot: true\n"
+                   "    cdrom: [/var/lib/libvirt/images/Win11_24H2_English_x64.iso]\n"
+                   "    state: running\n"},
+  };
+}
+
+const Registration reg{declare_module("libvirt_domain",
+                                      "define a libvirt domain for GPU passthrough (q35, OVMF, vfio hostdevs)", decl(),
+                                      converge),
+                       docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -304,9 +304,39 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   return r;
 }
 
+// What `gptagent doc libvirt_network` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "A libvirt network defined and started: name, mode: nat (with address: 192.168.100.1/24 or ip and "
+          "netmask, dhcp: {start, end}, an optional bridge name) or mode: bridge over a host bridge that already "
+          "exists (bridge: br0, checked in /sys/class/net/br0/bridge; the agent does not create host bridges), "
+          "state: active, inactive or absent, autostart, connect as for libvirt_domain.\n\n"
+          "Only the declared parts are managed: an existing network, the user's own included, keeps everything "
+          "else. Drift is a difference in those parts, and --diff shows the XML change. A redefined active network "
+          "keeps its old configuration until it is restarted (the agent does not restart it: that would cut "
+          "running VMs off). What the agent set is not recorded yet, so a key the playbook stops declaring stays as "
+          "it was (network <metadata> needs libvirt 9.7).",
+      .examples = {"# A NAT network of libvirt's own, with DHCP, started now and at boot\n"
+                   "- name: the VMs' network\n"
+                   "  libvirt_network:\n"
+                   "    name: gpu-lan\n"
+                   "    address: 192.168.100.1/24\n"
+                   "    dhcp: {start: 192.168.100.2, end: 192.168.100.254}\n"
+                   "    autostart: true\n",
+                   "# libvirt's view of the host bridge br0, which must already exist\n"
+                   "- libvirt_network:\n"
+                   "    name: lan\n"
+                   "    mode: bridge\n"
+                   "    bridge: br0\n"},
+  };
+}
+
 const Registration reg{declare_module(
-    "libvirt_network", "a libvirt network defined and started: NAT with address and DHCP, or over a host bridge",
-    declaration(), converge)};
+                           "libvirt_network",
+                           "a libvirt network defined and started: NAT with address and DHCP, or over a host bridge",
+                           declaration(), converge),
+                       docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -617,6 +617,48 @@ std::optional<std::string> positive(const json& v, long long min) {
   return std::nullopt;
 }
 
+// What `gptagent doc packages` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Packages present and absent with the distribution's own package manager (apt on Debian/Ubuntu, dnf on "
+          "Fedora/RHEL, pacman on Arch, zypper on openSUSE; from ID, then ID_LIKE), one transaction per task "
+          "(apt-get's name- and zypper's !name remove in the same one; dnf and pacman get an install and a "
+          "removal).\n\n"
+          "What is installed is read from the package database itself (dpkg's status file and its updates/ "
+          "journal, pacman's local/*/desc, rpm's database through rpm -qa), so a converged run starts no package "
+          "manager (ok, no command). An installed package that provides a requested name satisfies it (awk with "
+          "mawk); name:arch is accepted; versions (foo=1.2, foo>=1) are refused at load. --check says what would be "
+          "installed and removed, from apt-get -s on apt hosts (dependencies included; on dnf, pacman and zypper "
+          "hosts the requested names only).\n\n"
+          "Never interactive (DEBIAN_FRONTEND=noninteractive, --force-confdef --force-confold, "
+          "NEEDRESTART_MODE=l; dnf -y; pacman --noconfirm --needed; zypper --non-interactive); the lock is waited "
+          "for within lock_timeout seconds (default 300: apt's DPkg::Lock::Timeout, ZYPP_LOCK_TIMEOUT, pacman's "
+          "db.lck); a failure carries the package manager's own message. update_cache: true refreshes the index "
+          "first, only when something is to be installed (refused on Arch: a partial upgrade). install_recommends: "
+          "true or false makes an install take the packages' recommendations or not (apt-get's "
+          "--install-recommends/--no-install-recommends, dnf's install_weak_deps, zypper's "
+          "--recommends/--no-recommends; pacman installs none); unset, the package manager's configuration "
+          "decides.\n\n"
+          "In check mode, what a task would install counts for the tasks after it: a service whose unit is not "
+          "known yet, or a libvirt task whose hypervisor cannot be reached yet, says what it would do instead of "
+          "failing.\n\n"
+          "Sets: virtualization (QEMU for x86, qemu-img, libvirt daemon and client, OVMF; on Debian 12 "
+          "qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients ovmf) and tpm (swtpm, and swtpm-tools "
+          "on apt and dnf), resolved per distribution and shown in the message and data.sets. Under --root the "
+          "commands are reported, never run.",
+      .examples = {"# What VMs run on: QEMU, qemu-img, libvirt and OVMF, named for this distribution\n"
+                   "- name: QEMU, libvirt and OVMF installed\n"
+                   "  packages:\n"
+                   "    present: [virtualization]\n",
+                   "# swtpm for Windows 11 guests, without the packages' recommendations, and no nano\n"
+                   "- packages:\n"
+                   "    present: [tpm]\n"
+                   "    absent: [nano]\n"
+                   "    install_recommends: false\n"},
+  };
+}
+
 const Registration registration{declare_module(
     "packages", "packages present and absent, with apt, dnf, pacman or zypper (sets: virtualization, tpm)",
     ArgsDecl<Args>()
@@ -640,7 +682,8 @@ const Registration registration{declare_module(
               return "'" + p + "' is both in present and in absent";
           return std::nullopt;
         }),
-    converge)};
+    converge),
+                                docs()};
 
 }  // namespace
 }  // namespace gpt

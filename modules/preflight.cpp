@@ -37,13 +37,32 @@ Expected<Result> converge(Context& ctx, const Args& args, bool) {
   return r;
 }
 
+// What `gptagent doc preflight` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Fails early, with the reason, on what makes passthrough impossible: the IOMMU off in the firmware, a GPU "
+          "that is the boot VGA device, a GPU whose IOMMU group holds other devices (bridges excepted). Warns on "
+          "what the playbook can fix (the IOMMU off in the kernel: add intel_iommu=on) and on what an expert checks "
+          "before binding: processes holding the GPU, a boot framebuffer in its memory, no reset method or an AMD "
+          "family with the reset bug (install vendor-reset), Secure Boot on (out-of-tree modules must be "
+          "signed).\n\n"
+          "Runs automatically first in any playbook whose tasks take gpus.",
+      .examples = {"# Stop the run before anything changes if the GPU cannot be passed through\n"
+                   "- name: the GPU can be passed through\n"
+                   "  preflight:\n"
+                   "    gpus: [\"0000:01:00.0\"]\n"},
+  };
+}
+
 const Registration registration{
     declare_module("preflight", "check that the host can pass the GPUs through before anything changes",
                    ArgsDecl<Args>()
                        .arg(gpus_arg("auto"), &Args::gpus)
                        .arg("force", &Args::force,
                             "go on with a GPU that cannot be passed through (what blocks it is reported all the same)"),
-                   converge)};
+                   converge),
+    docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -456,6 +456,34 @@ std::optional<std::string> id_name(const json& v) {
   return std::nullopt;
 }
 
+// What `gptagent doc qemu_img` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "A disk image made with the real qemu-img: path, format (qcow2, raw), size (100G, 512M...), backing with "
+          "backing_format (qemu-img's -F, required), preallocation for raw (off, falloc, full), owner, group and "
+          "mode.\n\n"
+          "Decided from qemu-img info --output=json: a matching image is ok; a larger size grows it only with "
+          "allow_grow: true; another format, another backing file or a smaller size fail and never recreate, "
+          "convert or truncate; an image a running VM holds locked is reported and never touched.",
+      .examples = {"# A 64 GiB qcow2 disk for a VM, owned by libvirt's QEMU user\n"
+                   "- name: the VM's disk\n"
+                   "  qemu_img:\n"
+                   "    path: /var/lib/libvirt/images/win11.qcow2\n"
+                   "    format: qcow2\n"
+                   "    size: 64G\n"
+                   "    owner: libvirt-qemu\n"
+                   "    mode: \"0640\"\n",
+                   "# An overlay on a base image, grown to 100 GiB if it is smaller\n"
+                   "- qemu_img:\n"
+                   "    path: /var/lib/libvirt/images/cuda.qcow2\n"
+                   "    backing: /var/lib/libvirt/images/debian-12.qcow2\n"
+                   "    backing_format: qcow2\n"
+                   "    size: 100G\n"
+                   "    allow_grow: true\n"},
+  };
+}
+
 const Registration registration{declare_module(
     "qemu_img", "a disk image with this format, size and backing file (qemu-img; grown on request, never shrunk)",
     ArgsDecl<Args>()
@@ -508,7 +536,8 @@ const Registration registration{declare_module(
           if (!a.size && !backing) return "size is required unless backing is given";
           return std::nullopt;
         }),
-    converge)};
+    converge),
+                                docs()};
 
 }  // namespace
 }  // namespace gpt

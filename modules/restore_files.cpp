@@ -87,6 +87,24 @@ Expected<Result> converge(Context& ctx, const Args&, bool apply) {
   return r;
 }
 
+// What `gptagent doc restore_files` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Puts every file the agent changed back as it was before the agent's first change of it: its content, "
+          "owner and mode, or gone when it did not exist; the directories the agent made go once empty. What "
+          "gptagent revert runs.\n\n"
+          "Putting back what the host boots from is a boot change: a GRUB file (/etc/default/grub and its grub.d) "
+          "notifies grub_config; a file of /etc/modprobe.d, /etc/modules-load.d or the initramfs tools' "
+          "configuration notifies initramfs; these and /etc/kernel/cmdline need a reboot, so a revert is booted as "
+          "a trial like any boot change.",
+      .examples = {"# Every file the agent changed on this host back as it was (what gptagent revert runs)\n"
+                   "- name: the host as it was before the agent\n"
+                   "  restore_files: {}\n"},
+      .notifies = {"grub_config", "initramfs"},
+  };
+}
+
 ModuleDef definition() {
   auto def = declare_module(
       "restore_files",
@@ -95,7 +113,7 @@ ModuleDef definition() {
   def.changes_boot = true;
   return def;
 }
-const Registration registration{definition()};
+const Registration registration{definition(), docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -210,6 +210,35 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   return r;
 }
 
+// What `gptagent doc service` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "A systemd unit enabled: true or false and state: started or stopped (restarted only in a handler: a "
+          "restart on every run never converges), checked with systemctl is-enabled and is-active and changed only "
+          "where it differs. A service whose own socket is active counts as started (libvirtd.service with "
+          "libvirtd.socket listening): it is not started beside it.\n\n"
+          "scope: user with user: NAME manages a user's unit through their own manager, as they reach it (runuser "
+          "-u NAME -- env XDG_RUNTIME_DIR=/run/user/UID systemctl --user: its private socket, so no user D-Bus is "
+          "needed, which servers lack; --machine=NAME@ needs one).\n\n"
+          "A masked unit fails and says how to unmask it (the agent never unmasks); an unknown unit fails with "
+          "systemctl's message. Under --root, enabling is done offline (systemctl --root=DIR enable); starting and "
+          "stopping are reported as what would run, and user units are skipped.",
+      .examples = {"# libvirt's daemon running now and started at boot\n"
+                   "- name: libvirt's daemon running, and at boot\n"
+                   "  service:\n"
+                   "    name: libvirtd\n"
+                   "    enabled: true\n"
+                   "    state: started\n",
+                   "# A user's unit stopped, through that user's own manager\n"
+                   "- service:\n"
+                   "    name: gnome-remote-desktop\n"
+                   "    scope: user\n"
+                   "    user: alice\n"
+                   "    state: stopped\n"},
+  };
+}
+
 ModuleDef definition() {
   auto def = declare_module(
       "service", "a systemd unit enabled, started, stopped or (in a handler) restarted; system or user scope",
@@ -248,7 +277,7 @@ ModuleDef definition() {
   };
   return def;
 }
-const Registration registration{definition()};
+const Registration registration{definition(), docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -768,6 +768,46 @@ std::optional<std::string> check_conf_path(const json& v) {
   return std::nullopt;
 }
 
+// What `gptagent doc vfio` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "The vfio modules at boot (/etc/modules-load.d/vfio.conf) and now (modprobe -a for what is neither "
+          "loaded nor built in); options vfio-pci ids= from ids or from devices (every function of each device's "
+          "slot, read from sysfs); softdep lines so that vfio-pci claims the GPU before nouveau, nvidia and "
+          "snd_hda_intel, and before every other module of the running kernel whose alias matches a chosen "
+          "function's modalias (modules.alias, as udev loads drivers, in the initramfs too: amdgpu, xhci_pci for a "
+          "GPU's USB-C controller, bochs for QEMU's VGA); an optional blacklist; all in /etc/modprobe.d/vfio.conf. "
+          "The modules go in the initramfs (/etc/initramfs-tools/modules, a dracut drop-in with force_drivers, or "
+          "the front of mkinitcpio's MODULES=(...)). Default modules follow the running kernel (vfio_virqfd only "
+          "before 6.2).\n\n"
+          "Where vfio-pci is built into the kernel (Ubuntu), modprobe.d options never reach it: the ids then go on "
+          "the kernel command line (/etc/default/grub.d/gptagent-vfio.cfg on Debian-family hosts, the main file "
+          "elsewhere; kernel_cmdline: auto, always or never). A GRUB file that sh -n would refuse, or a "
+          "/etc/mkinitcpio.conf that bash -n would refuse, is refused with path:line: and nothing is written.\n\n"
+          "A modprobe_conf the agent did not write (no \"# Managed by gptagent\" header) is merged, never replaced: "
+          "every line of the user's stays byte for byte, the task's ids are appended to the user's one options "
+          "vfio-pci ids= line (in whichever /etc/modprobe.d/*.conf it is, its other options kept), and the agent's "
+          "other lines (softdeps and blacklists the user has not already written) go in a \"# BEGIN gptagent "
+          "vfio\" ... \"# END gptagent vfio\" block at the end of the file. Refused with file:line, nothing "
+          "written: two ids lines in force, user ids naming the host's boot GPU or a card the by-address mode "
+          "leaves to the host, and a user's install vfio-pci where the by-address mode needs its own. A user's own "
+          "/etc/modules-load.d/vfio.conf or /etc/dracut.conf.d/vfio.conf (a wiki's, with kvmfr say) keeps every "
+          "line and gets only the modules it lacks.\n\n"
+          "Changes rebuild the initramfs (they notify initramfs; with the ids on the command line, grub_config and, "
+          "on BootLoaderSpec hosts, grubby too) and need a reboot.",
+      .examples = {"# vfio-pci claims every function of the GPU's slot at boot, before its display driver\n"
+                   "- name: vfio-pci claims the GPU at boot\n"
+                   "  vfio:\n"
+                   "    gpus: [\"0000:01:00.0\"]\n",
+                   "# The same by vendor:device ids, with nouveau never loaded automatically\n"
+                   "- vfio:\n"
+                   "    ids: [\"10de:1b80\", \"10de:10f0\"]\n"
+                   "    blacklist: [nouveau]\n"},
+      .notifies = {"initramfs", "grub_config", "grubby"},
+  };
+}
+
 ModuleDef definition() {
   auto def = declare_module(
       "vfio", "vfio modules at boot and now, vfio-pci ids and softdeps, modules in the initramfs",
@@ -802,7 +842,7 @@ ModuleDef definition() {
   def.changes_boot = true;
   return def;
 }
-const Registration registration{definition()};
+const Registration registration{definition(), docs()};
 
 }  // namespace
 }  // namespace gpt

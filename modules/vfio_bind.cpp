@@ -89,6 +89,22 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   return r;
 }
 
+// What `gptagent doc vfio_bind` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Binds the GPU's functions to vfio-pci now, without a reboot: driver_override, unbind, drivers_probe, "
+          "then checks that the kernel chose vfio-pci. Ok when already bound.\n\n"
+          "Refuses, unbinding nothing, a GPU that processes hold (named with their pids) unless force: true; refuses "
+          "with the IOMMU off (the device would be left with no driver); never writes under a sandbox root (it says "
+          "what it would write).",
+      .examples = {"# Hand the GPU to vfio-pci now, without a reboot\n"
+                   "- name: the GPU on vfio-pci now\n"
+                   "  vfio_bind:\n"
+                   "    gpus: [\"0000:01:00.0\"]\n"},
+  };
+}
+
 const Registration registration{
     declare_module("vfio_bind", "bind the GPU's functions to vfio-pci now (driver_override, unbind, drivers_probe)",
                    ArgsDecl<Args>()
@@ -96,7 +112,8 @@ const Registration registration{
                        .arg("force", &Args::force,
                             "unbind a GPU that is in use (a display, a process holding it), or one that cannot be "
                             "passed through, all the same"),
-                   converge)};
+                   converge),
+    docs()};
 
 }  // namespace
 }  // namespace gpt

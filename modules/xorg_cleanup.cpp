@@ -123,8 +123,31 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   return r;
 }
 
-const Registration registration{declare_module(
-    "xorg_cleanup", "neutralise X11 configs that make a display server take the NVIDIA GPU", args_decl, converge)};
+// What `gptagent doc xorg_cleanup` says beyond the arguments.
+ModuleDocs docs() {
+  return {
+      .description =
+          "Finds the X11 configs that make a display server take the NVIDIA GPU (in /usr/share/X11/xorg.conf.d/, "
+          "/etc/X11/xorg.conf.d/, /etc/X11/xorg.conf, plus paths): *nvidia* files with content, any Driver "
+          "\"nvidia\" / Driver \"nouveau\", any nvidia-drm OutputClass (X's case- and underscore-insensitive "
+          "keywords; comments ignored).\n\n"
+          "mode: empty (the default, the walkthrough's advice), disable (rename to *.disabled) or remove; a backup "
+          "always. Each file, and why it was found, is in the report.",
+      .examples = {"# Empty every X11 config that would make X take the NVIDIA GPU (a backup of each is kept)\n"
+                   "- name: no X11 config may take the GPU\n"
+                   "  xorg_cleanup:\n"
+                   "    mode: empty\n",
+                   "# Rename them to *.disabled, and a config of the user's whatever it says\n"
+                   "- xorg_cleanup:\n"
+                   "    mode: disable\n"
+                   "    paths: [/etc/X11/xorg.conf.d/20-gpu.conf]\n"},
+  };
+}
+
+const Registration registration{
+    declare_module("xorg_cleanup", "neutralise X11 configs that make a display server take the NVIDIA GPU", args_decl,
+                   converge),
+    docs()};
 
 }  // namespace
 }  // namespace gpt

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 
+#include "agent/module.hpp"
 #include "agent/playbook.hpp"
 #include "tests/support/sandbox.hpp"
 
@@ -38,6 +39,17 @@ TEST(Schema, TheCheckedInSchemaIsWhatTheAgentPrints) {
   EXPECT_EQ(printed.exit_code, 0);
   EXPECT_EQ(test::slurp(schema_file()), printed.out)
       << "regenerate it: build/gptagent schema > playbooks/playbook.schema.json";
+}
+
+TEST(Schema, EachModuleIsDescribedByItsSummaryAndDescription) {
+  const auto schema = playbook_schema();
+  for (const auto& name : Registry::instance().names()) {
+    const ModuleDef* def = Registry::instance().find(name);
+    EXPECT_EQ(schema["$defs"]["module_" + name]["description"],
+              def->description.empty() ? def->summary : def->summary + "\n\n" + def->description)
+        << name;
+  }
+  EXPECT_TRUE(contains(schema["$defs"]["module_vfio"]["description"].get<std::string>(), "softdep")) << schema.dump(2);
 }
 
 TEST(Schema, EveryShippedPlaybookValidatesAndNamesTheSchemaForEditors) {
