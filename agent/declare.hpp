@@ -175,6 +175,8 @@ class ArgsDecl {
   }
 
   const ModuleSchema& schema() const { return schema_; }
+  // What a key left out is: the struct's initialisers, or the instance the declaration was given.
+  const A& defaults() const { return *defaults_; }
   // The struct from arguments the declaration checked (defaults filled in): what a module reads.
   A bind(const nlohmann::json& args) const { return bind_with(*defaults_, binds_, args); }
   // The struct as JSON, as a playbook would say it: the arguments that differ from their defaults

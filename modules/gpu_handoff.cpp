@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 
+#include "modules/lib/handlers.hpp"
 #include "agent/changes.hpp"
 #include "agent/declare.hpp"
 #include "agent/gpu.hpp"
@@ -137,9 +138,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     r.data = {{"plan", to_json(plan)}, {"hook", kHandoffHook}, {"agent", *agent}};
     if (!*hook_before) {
       if (const auto daemon = libvirt_daemon(ctx.root))
-        r.handlers.push_back({"restart " + *daemon + " (it reads its hooks when it starts)",
-                              "service",
-                              {{"name", *daemon}, {"state", "restarted"}}});
+        r.handlers.push_back(restart_service(*daemon, "it reads its hooks when it starts"));
       else
         r.msg += " (libvirt's daemon is not installed: it reads the hook when it first starts)";
     }

@@ -1,5 +1,6 @@
 // grub_config: regenerates grub.cfg the way the host's distribution does. Used as the handler
 // of grub_cmdline; a playbook may also run it as a task.
+#include "modules/lib/handlers.hpp"
 #include "agent/declare.hpp"
 
 namespace gpt {
@@ -49,9 +50,18 @@ ModuleDocs docs() {
   };
 }
 
+}  // namespace
+
+const ArgsDecl<CommandArgs>& grub_config_args() {
+  static const auto decl = command_args(600);
+  return decl;
+}
+
+namespace {
+
 ModuleDef definition() {
   auto def = declare_module("grub_config", "regenerate grub.cfg (update-grub, grub2-mkconfig or grub-mkconfig)",
-                            command_args(600), converge);
+                            grub_config_args(), converge);
   def.changes_boot = true;
   def.regenerates_boot = true;
   def.handler_args = std::vector<std::string>{};

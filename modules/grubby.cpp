@@ -1,5 +1,6 @@
 // grubby: adds and removes kernel parameters on every boot entry of a BootLoaderSpec host
 // (Fedora, RHEL). The handler grub_cmdline asks for on such hosts.
+#include "modules/lib/handlers.hpp"
 #include "agent/declare.hpp"
 #include "agent/text.hpp"
 #include "modules/lib/grub_default.hpp"
@@ -13,10 +14,7 @@ std::optional<std::string> kernel_params(const json& list) {
   return std::nullopt;
 }
 
-struct Args {
-  std::vector<std::string> add;
-  std::vector<std::string> remove;
-};
+using Args = GrubbyArgs;
 
 Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   if (!ctx.facts.boot.grubby) return Result::failed("grubby is not installed on this host");
@@ -45,13 +43,22 @@ ModuleDocs docs() {
   };
 }
 
+}  // namespace
+
+const ArgsDecl<GrubbyArgs>& grubby_args() {
+  static const auto decl = ArgsDecl<GrubbyArgs>()
+          .arg("add", &GrubbyArgs::add, "parameters every boot entry gets (name or name=value)",
+               {.check = kernel_params, .example = json::array({"intel_iommu=on", "iommu=pt"})})
+          .arg("remove", &GrubbyArgs::remove, "parameters taken out of every boot entry", {.check = kernel_params});
+  return decl;
+}
+
+namespace {
+
 ModuleDef definition() {
   auto def = declare_module(
       "grubby", "add and remove kernel parameters on every boot entry (grubby --update-kernel=ALL)",
-      ArgsDecl<Args>()
-          .arg("add", &Args::add, "parameters every boot entry gets (name or name=value)",
-               {.check = kernel_params, .example = json::array({"intel_iommu=on", "iommu=pt"})})
-          .arg("remove", &Args::remove, "parameters taken out of every boot entry", {.check = kernel_params}),
+      grubby_args(),
       converge);
   def.changes_boot = true;
   def.handler_args = std::vector<std::string>{"add", "remove"};

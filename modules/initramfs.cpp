@@ -1,5 +1,6 @@
 // initramfs: rebuilds the initramfs the way the host's distribution does. The handler of vfio;
 // a playbook may also run it as a task.
+#include "modules/lib/handlers.hpp"
 #include "agent/declare.hpp"
 
 namespace gpt {
@@ -34,9 +35,18 @@ ModuleDocs docs() {
   };
 }
 
+}  // namespace
+
+const ArgsDecl<CommandArgs>& initramfs_args() {
+  static const auto decl = command_args(900);
+  return decl;
+}
+
+namespace {
+
 ModuleDef definition() {
   auto def = declare_module("initramfs", "rebuild the initramfs (update-initramfs, dracut or mkinitcpio)",
-                            command_args(900), converge);
+                            initramfs_args(), converge);
   def.changes_boot = true;
   def.regenerates_boot = true;
   def.handler_args = std::vector<std::string>{};

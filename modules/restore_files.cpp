@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 
+#include "modules/lib/handlers.hpp"
 #include "agent/changes.hpp"
 #include "agent/declare.hpp"
 #include "agent/preimage.hpp"
@@ -76,8 +77,8 @@ Expected<Result> converge(Context& ctx, const Args&, bool apply) {
   const auto paths = files.paths();
   const bool grub = std::any_of(paths.begin(), paths.end(), grub_file);
   const bool initramfs = std::any_of(paths.begin(), paths.end(), initramfs_file);
-  if (grub) r.handlers.push_back({"regenerate the grub config", "grub_config", json::object()});
-  if (initramfs) r.handlers.push_back({"rebuild the initramfs", "initramfs", json::object()});
+  if (grub) r.handlers.push_back(regenerate_grub_config());
+  if (initramfs) r.handlers.push_back(rebuild_initramfs());
   r.reboot_required = grub || initramfs || std::find(paths.begin(), paths.end(), "/etc/kernel/cmdline") != paths.end();
   if (apply) {
     if (auto s = files.apply(r.data); !s) return Result::failed(s.error());

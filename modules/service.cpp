@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 
+#include "modules/lib/handlers.hpp"
 #include "agent/declare.hpp"
 #include "agent/systemctl.hpp"
 #include "agent/text.hpp"
@@ -23,13 +24,7 @@ constexpr std::array kFixedStates = {"static", "generated", "transient", "alias"
 
 bool one_of(std::string_view s, const auto& set) { return std::find(set.begin(), set.end(), s) != set.end(); }
 
-struct Args {
-  std::string name;
-  std::optional<std::string> state;
-  std::optional<bool> enabled;
-  std::string scope = "system";
-  std::optional<std::string> user;
-};
+using Args = ServiceArgs;
 
 std::string unit_name(const Args& args) {
   std::string name = args.name;
@@ -239,11 +234,11 @@ ModuleDocs docs() {
   };
 }
 
-ModuleDef definition() {
-  auto def = declare_module(
-      "service", "a systemd unit enabled, started, stopped or (in a handler) restarted; system or user scope",
-      ArgsDecl<Args>()
-          .arg("name", &Args::name, "the unit (a name without a dot is a .service)",
+}  // namespace
+
+const ArgsDecl<ServiceArgs>& service_args() {
+  static const auto decl = ArgsDecl<ServiceArgs>()
+          .arg("name", &ServiceArgs::name, "the unit (a name without a dot is a .service)",
                {.required = true,
                 .check = [](const json& v) -> std::optional<std::string> {
                   const std::string s = v.get<std::string>();
@@ -252,13 +247,13 @@ ModuleDef definition() {
                   return std::nullopt;
                 },
                 .example = "libvirtd"})
-          .arg("state", &Args::state, "whether it runs now; restarted only in a handler",
+          .arg("state", &ServiceArgs::state, "whether it runs now; restarted only in a handler",
                {.choices = {"started", "stopped", "restarted"}})
-          .arg("enabled", &Args::enabled,
+          .arg("enabled", &ServiceArgs::enabled,
                "whether it starts at boot (a unit without [Install] is left as it is, with a note)")
-          .arg("scope", &Args::scope, "the system's manager, or a user's (user: says whose)",
+          .arg("scope", &ServiceArgs::scope, "the system's manager, or a user's (user: says whose)",
                {.choices = {"system", "user"}})
-          .arg("user", &Args::user, "whose manager runs the unit, for scope: user",
+          .arg("user", &ServiceArgs::user, "whose manager runs the unit, for scope: user",
                {.check = [](const json& v) -> std::optional<std::string> {
                  const std::string s = v.get<std::string>();
                  if (s.empty() || s[0] == '-' || s.find_first_of("@/: \t\n") != std::string::npos)
@@ -266,7 +261,16 @@ ModuleDef definition() {
                  return std::nullopt;
                }})
           .required_one_of({"state", "enabled"})
-          .check(check_args),
+          .check(check_args);
+  return decl;
+}
+
+namespace {
+
+ModuleDef definition() {
+  auto def = declare_module(
+      "service", "a systemd unit enabled, started, stopped or (in a handler) restarted; system or user scope",
+      service_args(),
       converge);
   // gpu_handoff restarts libvirt's daemon so that it reads a new hook.
   def.handler_args = std::vector<std::string>{"name", "state"};

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 
+#include "modules/lib/handlers.hpp"
 #include "agent/changes.hpp"
 #include "agent/declare.hpp"
 #include "agent/gpu.hpp"
@@ -648,7 +649,7 @@ Status repair_guard_gaps(const Context& ctx, const Args& args, Result& r) {
   if (gaps.empty()) return {};
   r.status = Outcome::changed;
   r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": the initramfs is rebuilt";
-  if (r.handlers.empty()) r.handlers.push_back({"rebuild the initramfs", "initramfs", json::object()});
+  if (r.handlers.empty()) r.handlers.push_back(rebuild_initramfs());
   r.data["kernel_guard"] = gaps;
   return {};
 }
@@ -712,7 +713,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   if (!boot.empty()) {
     r.reboot_required = true;
     r.handlers = cmdline->grub_requests;
-    r.handlers.push_back({"rebuild the initramfs", "initramfs", json::object()});
+    r.handlers.push_back(rebuild_initramfs());
   }
   if (auto s = repair_guard_gaps(ctx, args, r); !s) return Result::failed(s.error());
   if (apply) {

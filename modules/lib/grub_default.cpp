@@ -4,6 +4,7 @@
 #include <map>
 #include <optional>
 
+#include "modules/lib/handlers.hpp"
 #include "agent/facts.hpp"
 #include "agent/text.hpp"
 
@@ -268,13 +269,13 @@ std::string render(std::string_view text, const std::vector<bool>& del, std::vec
 }  // namespace
 
 std::vector<HandlerRequest> grub_handlers(const Facts& facts, std::string_view grub_default, const CmdlineEditResult& edit) {
-  std::vector<HandlerRequest> out = {{"regenerate the grub config", "grub_config", json::object()}};
+  std::vector<HandlerRequest> out = {regenerate_grub_config()};
   auto bls = grub_cmdline_params(grub_default, "GRUB_ENABLE_BLSCFG");
   if (facts.boot.grubby && bls && !bls->empty() && bls->back() == "true") {
     std::vector<std::string> add = edit.added, remove = edit.removed;
     add.insert(add.end(), edit.replaced_new.begin(), edit.replaced_new.end());
     remove.insert(remove.end(), edit.replaced_old.begin(), edit.replaced_old.end());
-    out.push_back({"update the boot entries with grubby (" + edit.summary() + ")", "grubby", {{"add", add}, {"remove", remove}}});
+    out.push_back(update_boot_entries(add, remove, edit.summary()));
   }
   return out;
 }

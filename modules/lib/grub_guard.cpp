@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "modules/lib/handlers.hpp"
 #include "agent/changes.hpp"
 #include "agent/kernel_guard.hpp"
 #include "agent/text.hpp"
@@ -54,7 +55,7 @@ void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bo
     r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": grub.cfg is regenerated";
     if (std::none_of(r.handlers.begin(), r.handlers.end(),
                      [](const HandlerRequest& h) { return h.module == "grub_config"; }))
-      r.handlers.push_back({"regenerate the grub config", "grub_config", json::object()});
+      r.handlers.push_back(regenerate_grub_config());
     r.data["kernel_guard"] = gaps;
   }
   if (guard.empty()) return;

@@ -167,14 +167,16 @@ TEST(Doc, EveryModuleHasADescriptionAndExamplesThatLoadAsItsTasks) {
 }
 
 // The handlers a module's code requests, read from its source without running it: every
-// HandlerRequest written as {"what it does", "MODULE", args}, its own and those of the functions
+// request made through the handler's declaration (handler_request(NAME, "MODULE", ...)), its own
+// and those of the functions
 // it calls that return HandlerRequests (grub_handlers). Each is declared in `notifies`, and each
 // declared one is requested; a module that asks for a reboot declares changes_boot.
 TEST(Doc, TheHandlersAModuleDeclaresAreThoseItsCodeRequests) {
   namespace fs = std::filesystem;
-  const std::regex request(R"re("[^"\n]*"\s*,\s*"([a-z_]+)"\s*,\s*(json::object\(\)|\{))re");
+  // A request made through the handler's declaration: handler_request(NAME, "MODULE", ...).
+  const std::regex request(R"re(handler_request(?:<[A-Za-z]+>)?\([^;]*?,\s*"([a-z_]+)"\s*,)re");
   // A function that returns requests, or adds them to a Result it is given (guard_new_kernels).
-  const std::regex returns_requests(R"(\n(?:std::vector<HandlerRequest>|void)\s+([a-z_]+)\()");
+  const std::regex returns_requests(R"(\n(?:std::vector<HandlerRequest>|HandlerRequest|void)\s+([a-z_]+)\()");
   auto requested = [&](const std::string& code) {
     std::set<std::string> out;
     for (auto it = std::sregex_iterator(code.begin(), code.end(), request); it != std::sregex_iterator(); ++it)
@@ -182,13 +184,25 @@ TEST(Doc, TheHandlersAModuleDeclaresAreThoseItsCodeRequests) {
     return out;
   };
   std::map<std::string, std::set<std::string>> helpers;  // a function returning requests: what it requests
+  std::map<std::string, std::string> bodies;  // each such function's text
   for (const auto& e : fs::recursive_directory_iterator(test::source_path("modules"))) {
     if (e.path().extension() != ".cpp") continue;
     const std::string code = test::slurp(e.path().string());
     for (auto it = std::sregex_iterator(code.begin(), code.end(), returns_requests); it != std::sregex_iterator(); ++it) {
-      const size_t start = static_cast<size_t>(it->position()), end = code.find("\n}\n", start + 1);
-      if (auto asks = requested(code.substr(start, end - start)); !asks.empty()) helpers[(*it)[1].str()] = asks;
+      const size_t start = static_cast<size_t>(it->position()) + 1, line_end = code.find('\n', start);
+      // A function on one line ends there; a longer one at its closing brace.
+      const size_t end = code[line_end - 1] == '}' ? line_end : code.find("\n}\n", start);
+      bodies[(*it)[1].str()] = code.substr(start, end - start);
     }
+  }
+  // What each requests, itself or through the others it calls.
+  for (const auto& [fn, body] : bodies) helpers[fn] = requested(body);
+  for (bool grew = true; grew;) {
+    grew = false;
+    for (const auto& [fn, body] : bodies)
+      for (const auto& [other, asks] : helpers)
+        if (other != fn && body.find(other + "(") != std::string::npos)
+          for (const auto& a : asks) grew = helpers[fn].insert(a).second || grew;
   }
   EXPECT_EQ(helpers["grub_handlers"], (std::set<std::string>{"grub_config", "grubby"})) << "the scan finds no requests";
   EXPECT_EQ(helpers["guard_new_kernels"], (std::set<std::string>{"grub_config"})) << "the scan finds no requests";
