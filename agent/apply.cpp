@@ -77,11 +77,16 @@ struct RunSeen {
 std::string run_summary(const LastRun& r) {
   auto tasks = [](int n) { return std::to_string(n) + (n == 1 ? " task" : " tasks"); };
   std::string what;
-  if (r.failed > 0) what = tasks(r.failed) + " failed";
-  else if (r.waiting_for_reboot) what = "waiting for a reboot, nothing was checked";
-  else if (r.exit_code == 1) what = "failed";
-  else if (r.changed > 0) what = tasks(r.changed) + (r.check ? " would change" : " changed");
-  else what = r.check ? "no drift" : "converged";
+  if (r.failed > 0)
+    what = tasks(r.failed) + " failed";
+  else if (r.waiting_for_reboot)
+    what = "waiting for a reboot, nothing was checked";
+  else if (r.exit_code == 1)
+    what = "failed";
+  else if (r.changed > 0)
+    what = tasks(r.changed) + (r.check ? " would change" : " changed");
+  else
+    what = r.check ? "no drift" : "converged";
   if (!r.check && r.exit_code == 3) what += ", stopped for a reboot";
   // One line whatever the path holds: a line feed in it is escaped too.
   return std::string(r.check ? "drift check of " : "run of ") + terminal_safe(r.playbook, false) + ": " + what +
@@ -169,10 +174,13 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
   auto loaded =
       o.playbook_text.empty() ? load_playbook(o.playbook, lo) : load_playbook_text(o.playbook_text, o.playbook, lo);
   if (!loaded.ok()) {
-    if (o.json) out << nlohmann::json{{"playbook", o.playbook}, {"errors", loaded.errors}, {"exit_code", 1}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    if (o.json)
+      out << nlohmann::json{{"playbook", o.playbook}, {"errors", loaded.errors}, {"exit_code", 1}}.dump(
+                 2, ' ', false, nlohmann::json::error_handler_t::replace)
+          << "\n";
     for (const auto& e : loaded.errors) err << e << "\n";
-    err << "gptagent: " << o.playbook << ": " << loaded.errors.size() << (loaded.errors.size() == 1 ? " error" : " errors")
-        << ", nothing was changed\n";
+    err << "gptagent: " << o.playbook << ": " << loaded.errors.size()
+        << (loaded.errors.size() == 1 ? " error" : " errors") << ", nothing was changed\n";
     return 1;
   }
   const Playbook& pb = loaded.playbook;
@@ -193,8 +201,9 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
   };
   const std::string pb_path = absolute(o.playbook);
 
-  auto lock = RunLock::acquire(root, o.check ? RunLock::Mode::shared_if_exists : RunLock::Mode::exclusive, !o.no_wait,
-                               [](long pid) { std::cerr << "gptagent: waiting for the run holding the lock (pid " << pid << ")\n"; });
+  auto lock = RunLock::acquire(
+      root, o.check ? RunLock::Mode::shared_if_exists : RunLock::Mode::exclusive, !o.no_wait,
+      [](long pid) { std::cerr << "gptagent: waiting for the run holding the lock (pid " << pid << ")\n"; });
   if (!lock) {
     err << "gptagent: " << lock.error() << "\n";
     return 1;
@@ -209,7 +218,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     if (it == pb.stages.end()) {
       std::vector<std::string> names;
       for (const auto& s : pb.stages) names.push_back(s.name);
-      err << "gptagent: --from-stage: the playbook has no stage '" << o.from_stage << "' (stages: " << join(names, ", ") << ")\n";
+      err << "gptagent: --from-stage: the playbook has no stage '" << o.from_stage << "' (stages: " << join(names, ", ")
+          << ")\n";
       return 1;
     }
     start = static_cast<size_t>(it - pb.stages.begin());
@@ -249,20 +259,24 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
   // An interrupted run's intent: its handlers and reboot are carried into this run.
   std::optional<StageIntent> carried;
   if (state && !state->waiting) {
-    for (const auto& d : state->dropped) err << "gptagent: warning: " << kStatePath << ": " << d << ": dropped, not run\n";
+    for (const auto& d : state->dropped)
+      err << "gptagent: warning: " << kStatePath << ": " << d << ": dropped, not run\n";
     // Handlers the user notified are named only, and run as the playbook of this run defines them.
     std::erase_if(state->intent.notified, [&](const std::string& name) {
-      const bool known = std::any_of(pb.handlers.begin(), pb.handlers.end(), [&](const Task& h) { return h.name == name; }) ||
-                         std::any_of(pb.stages.begin(), pb.stages.end(), [&](const Stage& st) {
-                           return std::any_of(st.handlers.begin(), st.handlers.end(), [&](const Task& h) { return h.name == name; });
-                         });
-      if (!known) err << "gptagent: warning: " << kStatePath << ": pending handler '" << name << "' is not in the playbook: dropped\n";
+      const bool known =
+          std::any_of(pb.handlers.begin(), pb.handlers.end(), [&](const Task& h) { return h.name == name; }) ||
+          std::any_of(pb.stages.begin(), pb.stages.end(), [&](const Stage& st) {
+            return std::any_of(st.handlers.begin(), st.handlers.end(), [&](const Task& h) { return h.name == name; });
+          });
+      if (!known)
+        err << "gptagent: warning: " << kStatePath << ": pending handler '" << name
+            << "' is not in the playbook: dropped\n";
       return !known;
     });
     carried = state->intent;
     // A note, never a line in --json's stdout, which is the report alone (a fleet parses it).
     (o.json ? err << "gptagent: " : out) << "an interrupted run (" << state->recorded_at << ") left work for stage "
-                                          << state->stage << ": it is finished in this run\n";
+                                         << state->stage << ": it is finished in this run\n";
     state.reset();
   }
 
@@ -272,8 +286,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
       seen.waiting_for_reboot = true;
       const int code = o.check ? 2 : 3;
       if (o.json) {
-        out << nlohmann::json{{"playbook", o.playbook}, {"root", root.dir()}, {"check", o.check}, {"waiting_for_reboot", true},
-                              {"state", state->to_json()}, {"exit_code", code}}
+        out << nlohmann::json{{"playbook", o.playbook},     {"root", root.dir()},        {"check", o.check},
+                              {"waiting_for_reboot", true}, {"state", state->to_json()}, {"exit_code", code}}
                    .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
             << "\n";
       } else {
@@ -388,7 +402,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
     if (state->playbook_sha256 == sha()) {
       start = state->next_stage;
     } else {
-      (o.json ? err << "gptagent: " : out) << "the playbook changed since the reboot was asked for: converging it from the first stage\n";
+      (o.json ? err << "gptagent: " : out)
+          << "the playbook changed since the reboot was asked for: converging it from the first stage\n";
       start = 0;
     }
   }

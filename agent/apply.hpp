@@ -2,11 +2,10 @@
 #pragma once
 
 #include <atomic>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace gpt {
 
@@ -29,8 +28,8 @@ struct ApplyOptions {
   std::string playbook_text;
   // Tests: the host's commands go to the given Exec under --root too (it stands in for the host).
   bool system_commands = false;
-  std::string from_stage;    // start at this stage, whatever was recorded
-  std::string connect;       // libvirt URI for libvirt modules that give none
+  std::string from_stage;  // start at this stage, whatever was recorded
+  std::string connect;     // libvirt URI for libvirt modules that give none
   // After the run: its metrics for node_exporter's textfile collector at this host path (under
   // the root), and the run recorded for `gptagent status` (kLastRunPath).
   std::string textfile;

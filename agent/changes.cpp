@@ -34,7 +34,14 @@ Status FileChanges::write(std::string path, std::string after, const FileAttrs& 
   if (same_content)
     planned_.push_back({Kind::attrs, std::move(path), {}, std::move(*before), {}, 0, attrs, std::move(differs)});
   else
-    planned_.push_back({Kind::write, std::move(path), {}, std::move(*before), std::move(after), create_mode, attrs, std::move(differs)});
+    planned_.push_back({Kind::write,
+                        std::move(path),
+                        {},
+                        std::move(*before),
+                        std::move(after),
+                        create_mode,
+                        attrs,
+                        std::move(differs)});
   return {};
 }
 
@@ -57,7 +64,8 @@ std::string FileChanges::diff() const {
   for (const auto& p : planned_) {
     switch (p.kind) {
       case Kind::write:
-        out += p.before ? unified_diff(*p.before, p.after, p.path) : unified_diff("", p.after, "/dev/null", p.path + " (new file)");
+        out += p.before ? unified_diff(*p.before, p.after, p.path)
+                        : unified_diff("", p.after, "/dev/null", p.path + " (new file)");
         break;
       case Kind::remove:
         out += unified_diff(*p.before, "", p.path + " (before)", "/dev/null (removed)");
@@ -106,7 +114,8 @@ Status FileChanges::apply(nlohmann::json& data) const {
         if (auto s = set_file_attrs(root_, p.path, p.attrs); !s) return s;
         break;
     }
-    if (backup) data["backups"][p.path] = *backup;
+    if (backup)
+      data["backups"][p.path] = *backup;
     else if (p.kind == Kind::write && !p.before)
       data["created"].push_back(p.path);
   }

@@ -1,12 +1,11 @@
 // A module's file changes, planned the same way in check and apply mode and written only on apply.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/expected.hpp"
 #include "agent/host.hpp"

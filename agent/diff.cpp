@@ -1,7 +1,6 @@
 #include "agent/diff.hpp"
 
 #include <dtl/dtl.hpp>
-
 #include <sstream>
 #include <vector>
 

@@ -3,10 +3,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 namespace gpt {
 

@@ -7,15 +7,15 @@
 // time there. vfork shares the memory until the child's execve; the child does nothing but the
 // handlers' dup2, setpgid, sigprocmask and close before it.
 #define BOOST_POSIX_HAS_VFORK 1
+#include <pthread.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
 #include <boost/asio/io_context.hpp>
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 #include <boost/process/posix.hpp>
-#include <pthread.h>
-#include <signal.h>
-
 #include <limits>
-#include <spdlog/spdlog.h>
 
 #include "agent/text.hpp"
 
@@ -39,7 +39,8 @@ class SigpipeBlocked {
   ~SigpipeBlocked() {
     const timespec now{0, 0};
     sigset_t pending;
-    while (::sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1 && ::sigtimedwait(&pipe_, nullptr, &now) == SIGPIPE) {
+    while (::sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1 &&
+           ::sigtimedwait(&pipe_, nullptr, &now) == SIGPIPE) {
     }
     ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
   }
@@ -66,8 +67,10 @@ std::string shell_quote(const std::string& arg) {
     return arg;
   std::string out = "'";
   for (char c : arg) {
-    if (c == '\'') out += "'\\''";
-    else out += c;
+    if (c == '\'')
+      out += "'\\''";
+    else
+      out += c;
   }
   return out + "'";
 }
@@ -82,7 +85,11 @@ std::string Command::display() const {
 }
 
 std::string ExecResult::failure(bool all_of_stderr) const {
-  std::string msg = timed_out ? "timed out" : overflowed ? "more output than it may send" : cancelled ? "interrupted" : exit_code < 0 ? "could not run" : "exit code " + std::to_string(exit_code);
+  std::string msg = timed_out       ? "timed out"
+                    : overflowed    ? "more output than it may send"
+                    : cancelled     ? "interrupted"
+                    : exit_code < 0 ? "could not run"
+                                    : "exit code " + std::to_string(exit_code);
   std::string text;
   if (all_of_stderr) {
     for (std::string_view line : lines(err)) {
@@ -123,9 +130,8 @@ ExecResult ProcessExec::run(const Command& cmd) {
     res.err = "empty command";
     return res;
   }
-  boost::filesystem::path exe = cmd.argv[0].find('/') == std::string::npos
-                                    ? bp::search_path(cmd.argv[0])
-                                    : boost::filesystem::path(cmd.argv[0]);
+  boost::filesystem::path exe =
+      cmd.argv[0].find('/') == std::string::npos ? bp::search_path(cmd.argv[0]) : boost::filesystem::path(cmd.argv[0]);
   if (exe.empty()) {
     res.err = cmd.argv[0] + ": command not found";
     return res;
@@ -144,7 +150,9 @@ ExecResult ProcessExec::run(const Command& cmd) {
     PipeReader out_reader{out_pipe, cap, {}}, err_reader{err_pipe, cap, {}};
     std::string& out = out_reader.text;
     std::string& err = err_reader.text;
-    auto overflowed = [&] { return cmd.max_output > 0 && (out.size() > cmd.max_output || err.size() > cmd.max_output); };
+    auto overflowed = [&] {
+      return cmd.max_output > 0 && (out.size() > cmd.max_output || err.size() > cmd.max_output);
+    };
     out_reader.start();
     err_reader.start();
     std::vector<std::string> args(cmd.argv.begin() + 1, cmd.argv.end());
@@ -153,16 +161,18 @@ ExecResult ProcessExec::run(const Command& cmd) {
     bp::group group;
     SigpipeBlocked sigpipe_blocked;
     const auto sigpipe_unblocked_in_child = bp::extend::on_exec_setup = [](auto&) { unblock_sigpipe(); };
-    bp::child child = cmd.input.empty()
-                          ? bp::child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out_pipe, bp::std_err > err_pipe,
-                                      ios, group, sigpipe_unblocked_in_child, bp::posix::use_vfork)
-                          : bp::child(exe, bp::args(args), bp::std_in < boost::asio::buffer(cmd.input), bp::std_out > out_pipe,
-                                      bp::std_err > err_pipe, ios, group, sigpipe_unblocked_in_child, bp::posix::use_vfork);
+    bp::child child =
+        cmd.input.empty()
+            ? bp::child(exe, bp::args(args), bp::std_in.close(), bp::std_out > out_pipe, bp::std_err > err_pipe, ios,
+                        group, sigpipe_unblocked_in_child, bp::posix::use_vfork)
+            : bp::child(exe, bp::args(args), bp::std_in<boost::asio::buffer(cmd.input), bp::std_out> out_pipe,
+                        bp::std_err > err_pipe, ios, group, sigpipe_unblocked_in_child, bp::posix::use_vfork);
     // Until it ends or its time is up; a cancel flag is looked at ten times a second.
     const auto deadline = std::chrono::steady_clock::now() + cmd.timeout;
-    const std::chrono::steady_clock::duration step = cmd.cancel || interrupt_ || cmd.max_output > 0
-                                                         ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100))
-                                                         : cmd.timeout;
+    const std::chrono::steady_clock::duration step =
+        cmd.cancel || interrupt_ || cmd.max_output > 0
+            ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100))
+            : cmd.timeout;
     const auto signalled = [&] { return interrupt_ ? interrupt_->load() : 0; };
     for (auto now = std::chrono::steady_clock::now();
          !ios.stopped() && !(cmd.cancel && cmd.cancel->load()) && !signalled() && !overflowed() && now < deadline;

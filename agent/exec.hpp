@@ -10,20 +10,20 @@
 namespace gpt {
 
 struct Command {
-  std::vector<std::string> argv;          // never through a shell
+  std::vector<std::string> argv;  // never through a shell
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
-  std::string input = {};                 // written to its stdin (closed when empty)
+  std::string input = {};                     // written to its stdin (closed when empty)
   const std::atomic<bool>* cancel = nullptr;  // when it turns true the process is killed, as on a timeout
   size_t max_output = 0;  // >0: more than this on stdout or stderr kills the process (what it sent past it is not kept)
-  std::string display() const;            // the command line as a user would type it
+  std::string display() const;  // the command line as a user would type it
 };
 
 struct ExecResult {
-  int exit_code = -1;   // -1 when the process could not start or was killed
+  int exit_code = -1;  // -1 when the process could not start or was killed
   bool timed_out = false;
   std::string out;
   std::string err;
-  bool cancelled = false;  // killed because Command::cancel turned true
+  bool cancelled = false;   // killed because Command::cancel turned true
   bool overflowed = false;  // killed because it wrote more than Command::max_output
   bool ok() const { return exit_code == 0 && !timed_out && !overflowed; }
   // A one-line explanation of a failure: exit code or timeout, and the last line of stderr (with

@@ -28,9 +28,7 @@ std::string unquote(std::string_view v) {
 
 }  // namespace
 
-bool CpuInfo::has_flag(std::string_view f) const {
-  return std::find(flags.begin(), flags.end(), f) != flags.end();
-}
+bool CpuInfo::has_flag(std::string_view f) const { return std::find(flags.begin(), flags.end(), f) != flags.end(); }
 
 CpuInfo parse_cpuinfo(std::string_view text) {
   CpuInfo info;
@@ -40,16 +38,21 @@ CpuInfo parse_cpuinfo(std::string_view text) {
     if (colon == std::string_view::npos) continue;
     std::string_view key = trim(line.substr(0, colon));
     std::string_view value = trim(line.substr(colon + 1));
-    if (key == "vendor_id" && info.vendor_id.empty()) info.vendor_id = value;
-    else if (key == "model name" && info.model_name.empty()) info.model_name = value;
+    if (key == "vendor_id" && info.vendor_id.empty())
+      info.vendor_id = value;
+    else if (key == "model name" && info.model_name.empty())
+      info.model_name = value;
     else if (key == "flags" && !seen_flags) {
       info.flags = words(value);
       seen_flags = true;
     }
   }
-  if (info.vendor_id == "GenuineIntel") info.vendor = "intel";
-  else if (info.vendor_id == "AuthenticAMD" || info.vendor_id == "HygonGenuine") info.vendor = "amd";
-  else info.vendor = "unknown";
+  if (info.vendor_id == "GenuineIntel")
+    info.vendor = "intel";
+  else if (info.vendor_id == "AuthenticAMD" || info.vendor_id == "HygonGenuine")
+    info.vendor = "amd";
+  else
+    info.vendor = "unknown";
   return info;
 }
 
@@ -62,10 +65,14 @@ OsRelease parse_os_release(std::string_view text) {
     if (eq == std::string_view::npos) continue;
     std::string_view key = line.substr(0, eq);
     std::string value = unquote(line.substr(eq + 1));
-    if (key == "ID") os.id = value;
-    else if (key == "ID_LIKE") os.id_like = words(value);
-    else if (key == "VERSION_ID") os.version_id = value;
-    else if (key == "PRETTY_NAME") os.pretty_name = value;
+    if (key == "ID")
+      os.id = value;
+    else if (key == "ID_LIKE")
+      os.id_like = words(value);
+    else if (key == "VERSION_ID")
+      os.version_id = value;
+    else if (key == "PRETTY_NAME")
+      os.pretty_name = value;
   }
   return os;
 }
@@ -173,8 +180,10 @@ Facts gather_facts(const Root& root) {
     auto text = read_file(root, path, 4u << 20);
     if (!text) {
       auto info = stat_file(root, path);
-      if (!info || info->exists) unread(text.error());
-      else f.warnings.push_back(text.error());
+      if (!info || info->exists)
+        unread(text.error());
+      else
+        f.warnings.push_back(text.error());
       return {};
     }
     return std::move(*text);
@@ -195,20 +204,25 @@ Facts gather_facts(const Root& root) {
   f.boot_id = std::string(trim(read("/proc/sys/kernel/random/boot_id")));
   f.cmdline = parse_cmdline(trim(read("/proc/cmdline")));
   f.boot = detect_boot_tools(root);
-  if (auto mods = read_file_if_exists(root, "/proc/modules"); mods && *mods) f.modules = parse_proc_modules(**mods);
-  else if (!mods) unread(mods.error());
+  if (auto mods = read_file_if_exists(root, "/proc/modules"); mods && *mods)
+    f.modules = parse_proc_modules(**mods);
+  else if (!mods)
+    unread(mods.error());
   f.kvm = path_exists(root, "/dev/kvm");
-  if (auto groups = list_dir(root, "/sys/kernel/iommu_groups"); groups) f.iommu.groups = static_cast<int>(groups->size());
+  if (auto groups = list_dir(root, "/sys/kernel/iommu_groups"); groups)
+    f.iommu.groups = static_cast<int>(groups->size());
   if (auto units = list_dir(root, "/sys/class/iommu"); units) f.iommu.units = *units;
   if (auto tables = list_dir(root, "/sys/firmware/acpi/tables"); tables && !tables->empty())
-    f.iommu.firmware_table = std::any_of(tables->begin(), tables->end(), [](const std::string& t) { return t == "DMAR" || t == "IVRS"; });
+    f.iommu.firmware_table =
+        std::any_of(tables->begin(), tables->end(), [](const std::string& t) { return t == "DMAR" || t == "IVRS"; });
   f.iommu_verdicts = iommu_verdicts(f.cpu, f.cmdline, f.iommu);
   f.pci = read_pci_devices(root);
   f.gpus = discover_gpus(f.pci, f.iommu, f.iommu_verdicts);
   if (!f.kernel_release.empty()) {
     if (auto b = read_file_if_exists(root, "/lib/modules/" + f.kernel_release + "/modules.builtin"); b && *b)
       f.builtin_modules = parse_modules_builtin(**b);
-    else if (!b) unread(b.error());
+    else if (!b)
+      unread(b.error());
   }
   expert_checks(root, f);
   if (auto plans = list_dir(root, kHandoffPlanDir)) {
@@ -232,8 +246,8 @@ Facts gather_facts(const Root& root) {
 }
 
 nlohmann::json Facts::to_json() const {
-  nlohmann::json iommu_json = {{"on", iommu.on()}, {"groups", iommu.groups}, {"units", iommu.units},
-                               {"verdicts", nlohmann::json::array()}};
+  nlohmann::json iommu_json = {
+      {"on", iommu.on()}, {"groups", iommu.groups}, {"units", iommu.units}, {"verdicts", nlohmann::json::array()}};
   for (const auto& v : iommu_verdicts) iommu_json["verdicts"].push_back(gpt::to_json(v));
   iommu_json["firmware_table"] = iommu.firmware_table ? nlohmann::json(*iommu.firmware_table) : nlohmann::json(nullptr);
   nlohmann::json pci_json = nlohmann::json::array(), gpus_json = nlohmann::json::array();
@@ -248,7 +262,9 @@ nlohmann::json Facts::to_json() const {
       {"cpu_vendor", cpu.vendor},
       {"cpu_vendor_id", cpu.vendor_id},
       {"cpu_model", cpu.model_name},
-      {"cpu_virtualization", cpu.has_flag("vmx") ? "vmx" : cpu.has_flag("svm") ? "svm" : ""},
+      {"cpu_virtualization", cpu.has_flag("vmx")   ? "vmx"
+                             : cpu.has_flag("svm") ? "svm"
+                                                   : ""},
       {"distro", os.id},
       {"distro_like", os.id_like},
       {"distro_version", os.version_id},

@@ -3,12 +3,11 @@
 #pragma once
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/gpu.hpp"
 #include "agent/pci.hpp"
@@ -26,7 +25,7 @@ struct CpuInfo {
 };
 
 struct OsRelease {
-  std::string id;        // debian, ubuntu, fedora, rhel, arch...
+  std::string id;  // debian, ubuntu, fedora, rhel, arch...
   std::vector<std::string> id_like;
   std::string version_id;
   std::string pretty_name;
@@ -46,17 +45,17 @@ struct Facts {
   std::string boot_id;
   std::vector<std::string> cmdline;  // the running kernel's parameters, in order
   BootTools boot;
-  std::vector<std::string> modules;  // loaded (from /proc/modules), names with '_'
-  std::vector<std::string> builtin_modules;  // built into the running kernel (modules.builtin)
+  std::vector<std::string> modules;                    // loaded (from /proc/modules), names with '_'
+  std::vector<std::string> builtin_modules;            // built into the running kernel (modules.builtin)
   bool module_available(std::string_view name) const;  // loaded or built in
-  bool kvm = false;                    // /dev/kvm exists
+  bool kvm = false;                                    // /dev/kvm exists
   IommuState iommu;
   std::vector<Verdict> iommu_verdicts;
   std::vector<PciDevice> pci;
   std::vector<Gpu> gpus;
   std::optional<bool> secure_boot;     // from efivars; nullopt when not booted through UEFI or unreadable
   std::vector<Verdict> host_verdicts;  // Secure Boot, and what the expert checks could not look at
-  std::vector<std::string> warnings;  // what could not be read, in words
+  std::vector<std::string> warnings;   // what could not be read, in words
   // Files that exist but could not be read (an I/O error, no permission): facts a run must not
   // guess at (each is among the warnings too).
   std::vector<std::string> errors;

@@ -47,14 +47,16 @@ const Gpu* gpu_of(const Facts& f, const std::string& address) {
 void print_facts_table(std::ostream& out, const Facts& f) {
   auto row = [&](const std::string& k, const std::string& v) { out << pad(k, 12) << v << "\n"; };
   row("CPU", f.cpu.vendor + (f.cpu.vendor_id.empty() ? "" : " (" + f.cpu.vendor_id + ")") +
-                 (f.cpu.has_flag("vmx") ? ", vmx" : f.cpu.has_flag("svm") ? ", svm" : ", no vmx/svm") +
+                 (f.cpu.has_flag("vmx")   ? ", vmx"
+                  : f.cpu.has_flag("svm") ? ", svm"
+                                          : ", no vmx/svm") +
                  (f.cpu.model_name.empty() ? "" : ", " + f.cpu.model_name));
   row("Distro", f.os.pretty_name.empty() ? (f.os.id.empty() ? "unknown" : f.os.id) : f.os.pretty_name);
   row("Kernel", f.kernel_release.empty() ? "unknown" : f.kernel_release);
   row("KVM", f.kvm ? "/dev/kvm present" : "no /dev/kvm");
   row("IOMMU", f.iommu.on() ? "on, " + std::to_string(f.iommu.groups) + " groups" +
-                                   (f.iommu.units.empty() ? "" : " (" + join(f.iommu.units, ", ") + ")")
-                             : "off");
+                                  (f.iommu.units.empty() ? "" : " (" + join(f.iommu.units, ", ") + ")")
+                            : "off");
   for (const auto& v : f.iommu_verdicts)
     if (v.level != Verdict::Level::info) row("", v.level_name() + ": " + v.reason);
   row("Secure Boot", !f.secure_boot ? "unknown (no efivars)" : *f.secure_boot ? "on" : "off");
@@ -64,7 +66,8 @@ void print_facts_table(std::ostream& out, const Facts& f) {
                   ", initramfs: " + (f.boot.initramfs.empty() ? std::string("none found") : f.boot.initramfs));
   for (const auto& w : f.warnings) row("Unread", w);
 
-  out << "\n" << pad("ADDRESS", 14) << pad("CLASS", 35) << pad("ID", 11) << pad("DRIVER", 16) << pad("GROUP", 7)
+  out << "\n"
+      << pad("ADDRESS", 14) << pad("CLASS", 35) << pad("ID", 11) << pad("DRIVER", 16) << pad("GROUP", 7)
       << pad("PASSTHROUGH", 13) << "NAME\n";
   if (f.pci.empty()) out << "(no PCI devices under /sys/bus/pci/devices)\n";
   for (const auto& d : f.pci) {
@@ -88,7 +91,10 @@ void print_facts_table(std::ostream& out, const Facts& f) {
       out << ", IOMMU group " << join(groups, " ");
     }
     out << "\n";
-    out << "    reset " << (!g.reset_method ? "unknown" : g.reset_method->empty() ? "none" : *g.reset_method)
+    out << "    reset "
+        << (!g.reset_method           ? "unknown"
+            : g.reset_method->empty() ? "none"
+                                      : *g.reset_method)
         << (g.framebuffer.empty() ? "" : ", boot framebuffer " + g.framebuffer)
         << (g.in_use.empty() ? "" : ", in use by " + g.users()) << "\n";
     for (const auto& v : g.verdicts) out << "    " << v.level_name() << ": " << v.reason << "\n";
@@ -172,12 +178,13 @@ namespace {
 Expected<UniqueFd> make_capture_dir(const std::string& dest) {
   if (::mkdir(dest.c_str(), 0700) != 0) {
     if (errno == EEXIST)
-      return Error{"--capture " + dest + " already exists: name a new directory (it is made 0700, so that nothing "
+      return Error{"--capture " + dest +
+                   " already exists: name a new directory (it is made 0700, so that nothing "
                    "already there, a symlink say, can take a write)"};
     return Error{"cannot create " + dest + ": " + std::strerror(errno)};
   }
   UniqueFd fd(::open(dest.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  struct stat st{};
+  struct stat st {};
   if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0) return Error{"cannot open " + dest + ": " + std::strerror(errno)};
   if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
     return Error{dest + " was replaced by someone else's directory as it was made: nothing was captured"};
@@ -193,17 +200,19 @@ Expected<int> capture_facts(const Root& root, const std::string& capture_dir) {
   const std::string& dest = out.dir();
   std::error_code ec;
   int count = 0;
-  for (const char* p : {"/proc/cpuinfo", "/proc/cmdline", "/proc/modules", "/proc/sys/kernel/osrelease",
-                        "/proc/sys/kernel/random/boot_id", "/proc/iomem", "/usr/lib/os-release", "/etc/os-release",
-                        kSecureBootVar})
+  for (const char* p :
+       {"/proc/cpuinfo", "/proc/cmdline", "/proc/modules", "/proc/sys/kernel/osrelease",
+        "/proc/sys/kernel/random/boot_id", "/proc/iomem", "/usr/lib/os-release", "/etc/os-release", kSecureBootVar})
     copy_one(root, p, out, count);
   if (auto rel = read_file(root, "/proc/sys/kernel/osrelease", 256))
     copy_one(root, "/lib/modules/" + std::string(trim(*rel)) + "/modules.builtin", out, count);
   // Presence only: the tools are stand-ins that say what the host has, never copies of programs.
-  for (const char* tool : {"update-grub", "grub2-mkconfig", "grub-mkconfig", "update-initramfs", "dracut", "mkinitcpio", "grubby"})
+  for (const char* tool :
+       {"update-grub", "grub2-mkconfig", "grub-mkconfig", "update-initramfs", "dracut", "mkinitcpio", "grubby"})
     if (auto p = find_program(root, tool)) {
       std::filesystem::create_directories(std::filesystem::path(dest + *p).parent_path(), ec);
-      write_new(dest + *p, "#!/bin/sh\n# captured by gptagent facts --capture: the host has " + std::string(tool) + "\nexit 1\n",
+      write_new(dest + *p,
+                "#!/bin/sh\n# captured by gptagent facts --capture: the host has " + std::string(tool) + "\nexit 1\n",
                 0755);
     }
   // ACPI tables: their names only (whether the firmware describes an IOMMU), never their content.

@@ -4,6 +4,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <spawn.h>
+#include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -12,12 +13,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstring>
-
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -26,8 +26,6 @@
 #include <random>
 #include <sstream>
 #include <thread>
-
-#include <spdlog/spdlog.h>
 
 #include "agent/exec.hpp"
 #include "agent/facts.hpp"
@@ -64,8 +62,15 @@ Expected<std::vector<std::string>> ssh_command(const InventoryHost& h, const std
                                                const std::string& control_path) {
   std::string exe = var_string(h.vars, "ansible_ssh_executable", "ssh");
   if (exe.empty()) exe = "ssh";
-  std::vector<std::string> ssh{exe, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ControlPath=" + control_path,
-                               "-o", "ServerAliveInterval=15"};
+  std::vector<std::string> ssh{exe,
+                               "-o",
+                               "BatchMode=yes",
+                               "-o",
+                               "ConnectTimeout=10",
+                               "-o",
+                               "ControlPath=" + control_path,
+                               "-o",
+                               "ServerAliveInterval=15"};
   if (auto port = h.port()) ssh.insert(ssh.end(), {"-p", std::to_string(*port)});
   if (!h.user().empty()) ssh.insert(ssh.end(), {"-l", h.user()});
   if (!h.key_file().empty()) {
@@ -91,7 +96,6 @@ std::atomic<bool> g_interrupted{false};
 static_assert(std::atomic<bool>::is_always_lock_free);
 extern "C" void on_interrupt(int) { g_interrupted.store(true); }
 
-
 // A path in the remote shell: "~/x" becomes "$HOME"/'x' so that the shell expands the home.
 std::string remote_path(const std::string& path) {
   if (path == "~") return "\"$HOME\"";
@@ -110,12 +114,20 @@ std::string remote_path(const std::string& path) {
 // walk reads them back).
 std::string refuse_unsafe_dir(const std::string& var = "d", int code = 96) {
   const std::string v = "\"$" + var + "\"", exit = "exit " + std::to_string(code);
-  const std::string walk = "p=$" + var + "; while :; do ", up = "[ \"$p\" = / ] && break; p=${p%/*}; [ -n \"$p\" ] || p=/; done; ";
-  return "w=$PWD; cd -P -- " + v + " || exit 90; " + var + "=$PWD; cd -- \"$w\" || exit 90; [ -n \"$u\" ] || u=$(id -u); set --; " + walk + "set -- \"$@\" \"$p\"; " + up +
-         "s=$(stat -c '%u %a' -- \"$@\") || exit 90; set -- $s; " + walk + "o=$1; m=$((0$2)); shift 2; "
-         "if [ \"$o\" != 0 ] && [ \"$o\" != \"$u\" ]; then echo \"gptagent-unsafe=$p belongs to uid $o\" >&2; " + exit + "; fi; "
-         "if [ $((m & 022)) -ne 0 ] && { [ \"$p\" = " + v + " ] || [ \"$o\" != 0 ] || [ $((m & 01000)) -eq 0 ]; }; then "
-         "echo \"gptagent-unsafe=$p is writable by group or others\" >&2; " + exit + "; fi; " + up;
+  const std::string walk = "p=$" + var + "; while :; do ",
+                    up = "[ \"$p\" = / ] && break; p=${p%/*}; [ -n \"$p\" ] || p=/; done; ";
+  return "w=$PWD; cd -P -- " + v + " || exit 90; " + var +
+         "=$PWD; cd -- \"$w\" || exit 90; [ -n \"$u\" ] || u=$(id -u); set --; " + walk + "set -- \"$@\" \"$p\"; " +
+         up + "s=$(stat -c '%u %a' -- \"$@\") || exit 90; set -- $s; " + walk +
+         "o=$1; m=$((0$2)); shift 2; "
+         "if [ \"$o\" != 0 ] && [ \"$o\" != \"$u\" ]; then echo \"gptagent-unsafe=$p belongs to uid $o\" >&2; " +
+         exit +
+         "; fi; "
+         "if [ $((m & 022)) -ne 0 ] && { [ \"$p\" = " +
+         v +
+         " ] || [ \"$o\" != 0 ] || [ $((m & 01000)) -eq 0 ]; }; then "
+         "echo \"gptagent-unsafe=$p is writable by group or others\" >&2; " +
+         exit + "; fi; " + up;
 }
 
 // The text after "gptagent-NAME=" in a remote shell's stderr, to the end of its line ("" if none).
@@ -133,7 +145,8 @@ std::string unsafe_dir_message(const std::string& what, const std::string& dir, 
   if (why.empty()) why = dir + " is not safe";
   return "refused " + what + " " + dir + ": " + why +
          " (it and every directory above it must belong to the ssh user or root and be writable by no one else, "
-         "as OpenSSH's StrictModes asks): " + (what == "the agent cache" ? "nothing was copied or run" : "nothing was run");
+         "as OpenSSH's StrictModes asks): " +
+         (what == "the agent cache" ? "nothing was copied or run" : "nothing was run");
 }
 
 // The directory of the shared connections' control sockets, kept between runs as Ansible keeps
@@ -142,10 +155,13 @@ std::string unsafe_dir_message(const std::string& what, const std::string& dir, 
 Expected<std::string> control_dir_path() {
   std::string dir, home;
   if (const char* e = std::getenv("ANSIBLE_SSH_CONTROL_PATH_DIR"); e && *e) dir = e;
-  if (const char* h = std::getenv("HOME"); h && *h) home = h;
-  else if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_dir) home = pw->pw_dir;
+  if (const char* h = std::getenv("HOME"); h && *h)
+    home = h;
+  else if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_dir)
+    home = pw->pw_dir;
   if (dir.empty()) {
-    if (home.empty()) return Error{"no home directory to keep the ssh control sockets in: set ANSIBLE_SSH_CONTROL_PATH_DIR"};
+    if (home.empty())
+      return Error{"no home directory to keep the ssh control sockets in: set ANSIBLE_SSH_CONTROL_PATH_DIR"};
     dir = home + "/.cache/gptagent/cp";
   } else if (dir == "~" || dir.starts_with("~/")) {
     dir = home + dir.substr(1);
@@ -167,9 +183,10 @@ Status secure_control_dir(const fs::path& path) {
   fs::path made;
   for (const auto& part : path) {
     made /= part;
-    if (::mkdir(made.c_str(), 0700) != 0 && errno != EEXIST) return Error{"cannot create " + where + ": " + std::strerror(errno)};
+    if (::mkdir(made.c_str(), 0700) != 0 && errno != EEXIST)
+      return Error{"cannot create " + where + ": " + std::strerror(errno)};
   }
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) return Error{where + ": " + std::strerror(errno)};
   if (S_ISLNK(st.st_mode)) return Error{"refusing " + where + ": it is a symbolic link"};
   if (!S_ISDIR(st.st_mode)) return Error{"refusing " + where + ": not a directory"};
@@ -177,8 +194,8 @@ Status secure_control_dir(const fs::path& path) {
   std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
   if (st.st_uid != ::geteuid() || (st.st_mode & 077))
     return Error{"refusing " + where + ": a socket there opens a shell on a host, so it must belong to uid " +
-                 std::to_string(::geteuid()) + " alone (it belongs to uid " + std::to_string(st.st_uid) + ", mode " + mode +
-                 "; chmod 700)"};
+                 std::to_string(::geteuid()) + " alone (it belongs to uid " + std::to_string(st.st_uid) + ", mode " +
+                 mode + "; chmod 700)"};
   for (fs::path up = path.parent_path();; up = up.parent_path()) {
     if (::stat(up.c_str(), &st) != 0) return Error{where + ": " + up.string() + ": " + std::strerror(errno)};
     if ((st.st_uid != 0 && st.st_uid != ::geteuid()) || ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)))
@@ -212,7 +229,8 @@ class ControlLock {
       UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
       if (fd.get() < 0) return Error{"cannot lock " + path + ": " + std::strerror(errno)};
       if (::flock(fd.get(), LOCK_EX) != 0) return Error{"cannot lock " + path + ": " + std::strerror(errno)};
-      struct stat held{}, named{};
+      struct stat held {
+      }, named{};
       if (::fstat(fd.get(), &held) == 0 && ::lstat(path.c_str(), &named) == 0 && held.st_ino == named.st_ino &&
           held.st_dev == named.st_dev)
         return ControlLock(path, std::move(fd));
@@ -244,7 +262,9 @@ std::string excerpt(const std::string& text) {
 // its own run fail, never the controller.
 std::optional<std::string> malformed_report(const json& doc, int exit_status, bool check) {
   constexpr int64_t kMaxCount = int64_t{1} << 24;
-  auto count = [&](const json& j) { return j.is_number_integer() && j.get<int64_t>() >= 0 && j.get<int64_t>() <= kMaxCount; };
+  auto count = [&](const json& j) {
+    return j.is_number_integer() && j.get<int64_t>() >= 0 && j.get<int64_t>() <= kMaxCount;
+  };
   auto strings = [](const json& obj, std::initializer_list<const char*> keys) -> std::optional<std::string> {
     for (const char* k : keys)
       if (!obj.contains(k) || !obj[k].is_string()) return std::string(k) + " is not a string";
@@ -254,15 +274,20 @@ std::optional<std::string> malformed_report(const json& doc, int exit_status, bo
   if (!doc.contains("exit_code") || !doc["exit_code"].is_number_integer()) return "exit_code is not an integer";
   const int64_t code = doc["exit_code"].get<int64_t>();
   if (code != exit_status)
-    return "its exit_code " + std::to_string(code) + " is not the exit status of its run, " + std::to_string(exit_status);
-  if (doc.contains("waiting_for_reboot") && !doc["waiting_for_reboot"].is_boolean()) return "waiting_for_reboot is not true or false";
+    return "its exit_code " + std::to_string(code) + " is not the exit status of its run, " +
+           std::to_string(exit_status);
+  if (doc.contains("waiting_for_reboot") && !doc["waiting_for_reboot"].is_boolean())
+    return "waiting_for_reboot is not true or false";
   if (doc.contains("errors")) {  // the playbook was refused there
-    if (!doc["errors"].is_array() || std::any_of(doc["errors"].begin(), doc["errors"].end(), [](const json& e) { return !e.is_string(); }))
+    if (!doc["errors"].is_array() ||
+        std::any_of(doc["errors"].begin(), doc["errors"].end(), [](const json& e) { return !e.is_string(); }))
       return "errors is not a list of strings";
     return code == 1 ? std::nullopt : std::optional<std::string>("errors with an exit_code other than 1");
   }
   if (doc.value("waiting_for_reboot", false))  // the host still waits for the reboot it asked for
-    return code == (check ? 2 : 3) ? std::nullopt : std::optional<std::string>("waiting_for_reboot with exit_code " + std::to_string(code));
+    return code == (check ? 2 : 3)
+               ? std::nullopt
+               : std::optional<std::string>("waiting_for_reboot with exit_code " + std::to_string(code));
   if (!doc.contains("stats") || !doc["stats"].is_object()) return "stats is not an object";
   for (const char* k : {"ok", "changed", "failed", "skipped", "ignored"})
     if (!doc["stats"].contains(k) || !count(doc["stats"][k]))
@@ -283,7 +308,15 @@ std::optional<std::string> malformed_report(const json& doc, int exit_status, bo
 }
 
 struct HostOutcome {
-  enum Kind { ok, changed_, failed_, unreachable, drift, waiting, interrupted } kind = ok;  // trailing _: not the counters
+  enum Kind {
+    ok,
+    changed_,
+    failed_,
+    unreachable,
+    drift,
+    waiting,
+    interrupted
+  } kind = ok;  // trailing _: not the counters
   std::string message;
   std::vector<json> runs;  // the agent's JSON document of each run on this host
   int reboots = 0;
@@ -293,15 +326,14 @@ struct HostOutcome {
 
 class Fleet {
  public:
-  Fleet(const FleetOptions& o, std::ostream& out, std::ostream& err)
-      : o_(o), out_(out), err_(err) {}
+  Fleet(const FleetOptions& o, std::ostream& out, std::ostream& err) : o_(o), out_(out), err_(err) {}
 
   int run(const std::vector<const InventoryHost*>& hosts);
 
  private:
   struct Host {
     const InventoryHost* inv;
-    std::string control;  // ControlPath of its shared connection
+    std::string control;           // ControlPath of its shared connection
     std::vector<std::string> ssh;  // ssh and its options, without the destination
     std::string destination;
     bool local = false;  // ansible_connection=local: the agent runs on the controller, no ssh
@@ -311,8 +343,8 @@ class Fleet {
     bool become = false;
     std::string become_exe;  // ansible_become_exe, default sudo (always run with -n: never a password prompt)
     std::vector<std::string> become_flags;  // ansible_become_flags, split as Ansible splits them
-    json vars = json::object();  // what the host's vars.json gives the playbook: host vars, -e over them
-    mutable size_t bytes_sent = 0;  // what ssh() sent it: commands and their input
+    json vars = json::object();             // what the host's vars.json gives the playbook: host vars, -e over them
+    mutable size_t bytes_sent = 0;          // what ssh() sent it: commands and their input
   };
 
   Expected<Host> prepare(const InventoryHost& h) const;
@@ -368,10 +400,12 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h) const {
   // after the ssh command line (options, key, user, port) and the destination.
   auto ssh = ssh_command(h, o_.inventory, "");
   if (!ssh) return Error{ssh.error()};
-  host.control = control_dir_ + "/gptagent-" + sha256_hex(join(*ssh, std::string(1, '\0')) + '\0' + host.destination).substr(0, 16);
+  host.control = control_dir_ + "/gptagent-" +
+                 sha256_hex(join(*ssh, std::string(1, '\0')) + '\0' + host.destination).substr(0, 16);
   if (host.control.size() >= sizeof(sockaddr_un{}.sun_path))
     return Error{"host " + h.name + ": the ssh control socket " + host.control + " would be longer than " +
-                 std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes: set ANSIBLE_SSH_CONTROL_PATH_DIR to a shorter directory"};
+                 std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) +
+                 " bytes: set ANSIBLE_SSH_CONTROL_PATH_DIR to a shorter directory"};
   // ssh_command's own ControlPath (before any of the inventory's ssh arguments) is given its value.
   *std::find(ssh->begin(), ssh->end(), "ControlPath=") += host.control;
   host.ssh = std::move(*ssh);
@@ -399,8 +433,9 @@ Expected<Fleet::Host> Fleet::prepare(const InventoryHost& h) const {
   host.reboot_command = var_string(h.vars, "gptagent_reboot_command", "systemctl reboot || /sbin/reboot");
   const std::string persist = var_string(h.vars, "gptagent_ssh_persist", "60");
   if (persist.empty() || persist.size() > 6 || persist.find_first_not_of("0123456789") != std::string::npos)
-    return Error{"host " + h.name + ": gptagent_ssh_persist=" + persist +
-                 " is not a number of seconds (how long its shared connection stays open after the run; 0: closed at its end)"};
+    return Error{
+        "host " + h.name + ": gptagent_ssh_persist=" + persist +
+        " is not a number of seconds (how long its shared connection stays open after the run; 0: closed at its end)"};
   host.persist = std::stoi(persist);
   for (auto it = h.vars.begin(); it != h.vars.end(); ++it)
     if (!it.key().starts_with("ansible_") && !it.key().starts_with("gptagent_")) host.vars[it.key()] = it.value();
@@ -443,8 +478,9 @@ std::optional<std::string> Fleet::connect(const Host& h) const {
     ~RemoveLog() { ::unlink(path.c_str()); }
   } remove_log{log};
   std::vector<std::string> args = h.ssh;  // the same ssh as every other call (ansible_ssh_executable)
-  args.insert(args.end(), {"-o", "ControlMaster=yes", "-o", "ControlPersist=" + std::to_string(h.persist > 0 ? h.persist : 120),
-                           "-E", log, "-f", "-N", "--", h.destination});
+  args.insert(args.end(),
+              {"-o", "ControlMaster=yes", "-o", "ControlPersist=" + std::to_string(h.persist > 0 ? h.persist : 120),
+               "-E", log, "-f", "-N", "--", h.destination});
   ::unlink(log.c_str());
   // posix_spawn and waitpid on this one child: Boost.Process's wait_for spins when several
   // threads wait for children at once.
@@ -525,17 +561,19 @@ std::string Fleet::run_script(const Host& h, const std::string& become, const st
   // The temporary directories' parent is private: tmp in the checked cache (as Ansible's
   // ~/.ansible/tmp), or gptagent_remote_tmp checked as the cache is. The host says which
   // directory it made, so that an interruption cleans that one alone.
-  const std::string tmp_parent = h.remote_tmp.empty()
-                                     ? "r=\"$d/tmp\"; { [ -d \"$r\" ] && [ ! -L \"$r\" ]; } || mkdir -- \"$r\" || exit 91; "
-                                     : "r=" + remote_path(h.remote_tmp) + "; [ -d \"$r\" ] || exit 91; " + refuse_unsafe_dir("r", 97);
+  const std::string tmp_parent =
+      h.remote_tmp.empty()
+          ? "r=\"$d/tmp\"; { [ -d \"$r\" ] && [ ! -L \"$r\" ]; } || mkdir -- \"$r\" || exit 91; "
+          : "r=" + remote_path(h.remote_tmp) + "; [ -d \"$r\" ] || exit 91; " + refuse_unsafe_dir("r", 97);
   return "umask 077; u=; d=" + D + "; [ -d \"$d\" ] || exit 93; " + refuse_unsafe_dir() + "a=\"$d/" + agent_name_ +
          "\"; [ -x \"$a\" ] || exit 93; command -v sha256sum >/dev/null || exit 94; " + tmp_parent +
-         "t=$(mktemp -d \"$r/gptagent." + run_id_ + ".XXXXXXXX\") || exit 91; echo \"gptagent-tmp=$t\" >&2; { cp -- \"$a\" \"$t/" +
-         agent_name_ + "\" && [ -x \"$t/" + agent_name_ + "\" ]; } || { rm -rf \"$t\"; exit 91; }; a=\"$t/" + agent_name_ + "\"; " +
+         "t=$(mktemp -d \"$r/gptagent." + run_id_ +
+         ".XXXXXXXX\") || exit 91; echo \"gptagent-tmp=$t\" >&2; { cp -- \"$a\" \"$t/" + agent_name_ +
+         "\" && [ -x \"$t/" + agent_name_ + "\" ]; } || { rm -rf \"$t\"; exit 91; }; a=\"$t/" + agent_name_ + "\"; " +
          verify + " || { rm -rf \"$t\"; exit 95; }; b=; read -r b < " + shell_quote(h.boot_path) +
          " 2>/dev/null; echo \"gptagent-boot=$b\" >&2; { head -c " + std::to_string(playbook_bytes_.size()) +
-         " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become + "\"$a\" " + command +
-         " </dev/null & echo $! > \"$t/pid\"; wait $!; rc=$?; rm -rf \"$t\"; exit $rc";
+         " > \"$t/playbook.yaml\" && cat > \"$t/vars.json\"; } || { rm -rf \"$t\"; exit 92; }; " + become + "\"$a\" " +
+         command + " </dev/null & echo $! > \"$t/pid\"; wait $!; rc=$?; rm -rf \"$t\"; exit $rc";
 }
 
 std::optional<HostOutcome> Fleet::copy_agent(Host& h, const std::string& verify) {
@@ -554,28 +592,33 @@ std::optional<HostOutcome> Fleet::copy_agent(Host& h, const std::string& verify)
     const std::string& payload = compressed ? agent_gzip() : agent_bytes_;
     spdlog::info("{}: copying the agent ({} bytes{})", h.inv->name, payload.size(),
                  compressed ? ", gzip-compressed from " + std::to_string(agent_bytes_.size()) : std::string());
-    return ssh(h, "umask 077; u=; d=" + D + "; mkdir -p -- \"$d\" || exit 90; " + refuse_unsafe_dir() +
-                      (compressed ? "command -v gzip >/dev/null || exit 89; " : "") +
-                      "a=$(mktemp \"$d/.gptagent.new.XXXXXXXX\") || exit 90; " + (compressed ? "gzip -dc" : "cat") +
-                      " > \"$a\" || { rm -f \"$a\"; exit 90; }; " + verify + " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" +
-                      agent_name_ + "\" && for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
+    return ssh(h,
+               "umask 077; u=; d=" + D + "; mkdir -p -- \"$d\" || exit 90; " + refuse_unsafe_dir() +
+                   (compressed ? "command -v gzip >/dev/null || exit 89; " : "") +
+                   "a=$(mktemp \"$d/.gptagent.new.XXXXXXXX\") || exit 90; " + (compressed ? "gzip -dc" : "cat") +
+                   " > \"$a\" || { rm -f \"$a\"; exit 90; }; " + verify +
+                   " || { rm -f \"$a\"; exit 95; }; chmod 700 \"$a\" && mv -f \"$a\" \"$d/" + agent_name_ +
+                   "\" && for f in \"$d\"/gptagent-*; do [ \"$f\" = \"$d/" + agent_name_ + "\" ] || rm -f \"$f\"; done",
                payload, 600);
   };
   auto copy = copy_with(true);
   if (copy.exit_code == 89) copy = copy_with(false);
   if (copy.overflowed)
-    return fail(HostOutcome::failed_, "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + " while the agent was copied");
+    return fail(HostOutcome::failed_,
+                "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + " while the agent was copied");
   if (copy.cancelled) return fail(HostOutcome::interrupted, "interrupted while copying the agent");
-  if (copy.exit_code == 96) return fail(HostOutcome::failed_, unsafe_dir_message("the agent cache", h.remote_dir, copy.err));
+  if (copy.exit_code == 96)
+    return fail(HostOutcome::failed_, unsafe_dir_message("the agent cache", h.remote_dir, copy.err));
   if (!copy.ok())
     return fail(copy.exit_code == 255 ? HostOutcome::unreachable : HostOutcome::failed_,
-                copy.exit_code == 95 ? "the agent copied to " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ +
-                                           " on the host: the copy was corrupted, nothing was run"
+                copy.exit_code == 95 ? "the agent copied to " + h.remote_dir + " does not have its SHA-256 " +
+                                           agent_sha_ + " on the host: the copy was corrupted, nothing was run"
                                      : "cannot copy the agent to " + h.remote_dir + ": " + copy.failure());
   return std::nullopt;
 }
 
-std::optional<HostOutcome> Fleet::reboot_and_wait(Host& h, const std::string& become, const std::string& boot_before) const {
+std::optional<HostOutcome> Fleet::reboot_and_wait(Host& h, const std::string& become,
+                                                  const std::string& boot_before) const {
   ssh(h, become + "sh -c " + shell_quote(h.reboot_command), {}, 60);
   disconnect(h);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o_.reboot_timeout);
@@ -645,7 +688,8 @@ HostOutcome Fleet::converge(Host& h) {
     }
     if (run.overflowed) {
       r.kind = HostOutcome::failed_;
-      r.message = "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + ": refused, nothing more was read";
+      r.message =
+          "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + ": refused, nothing more was read";
       return r;
     }
     if (run.exit_code == 96 || run.exit_code == 97) {
@@ -670,7 +714,8 @@ HostOutcome Fleet::converge(Host& h) {
     }
     if (run.exit_code == 95) {
       r.kind = HostOutcome::failed_;
-      r.message = "the agent in " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ + " even after a new copy: nothing was run";
+      r.message = "the agent in " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ +
+                  " even after a new copy: nothing was run";
       return r;
     }
     if (run.exit_code == 255 && run.out.empty() && h.reused && !reconnected) {
@@ -701,7 +746,8 @@ HostOutcome Fleet::converge(Host& h) {
       r.kind = HostOutcome::failed_;
       r.message = "MODULE FAILURE: the agent did not answer with JSON (" + run.failure() + "): " + excerpt(run.out);
       if (h.become && run.err.find("password") != std::string::npos)
-        r.message = h.become_exe + " needs a password on this host (ansible_become runs " + h.become_exe + " -n): " + run.failure();
+        r.message = h.become_exe + " needs a password on this host (ansible_become runs " + h.become_exe +
+                    " -n): " + run.failure();
       return r;
     }
     if (auto bad = malformed_report(doc, run.exit_code, o_.check)) {
@@ -735,11 +781,16 @@ HostOutcome Fleet::converge(Host& h) {
       continue;
     }
     switch (run.exit_code) {
-      case 0: r.kind = r.changed > 0 ? HostOutcome::changed_ : HostOutcome::ok; break;
-      case 2: r.kind = HostOutcome::drift; break;
+      case 0:
+        r.kind = r.changed > 0 ? HostOutcome::changed_ : HostOutcome::ok;
+        break;
+      case 2:
+        r.kind = HostOutcome::drift;
+        break;
       case 3:
         r.kind = HostOutcome::waiting;
-        r.message = o_.check ? "waiting for a reboot" : "stopped for a reboot (run with --reboot to let the controller reboot it)";
+        r.message = o_.check ? "waiting for a reboot"
+                             : "stopped for a reboot (run with --reboot to let the controller reboot it)";
         break;
       default:
         r.kind = HostOutcome::failed_;
@@ -757,11 +808,12 @@ HostOutcome Fleet::converge(Host& h) {
 // (no link) of the ssh user's: never a pid file someone else left under a name like it.
 std::string Fleet::stop_and_clean(const Host& h, const std::string& tmp) const {
   if (tmp.empty()) return "interrupted; the host had not made the run's temporary directory yet";
-  const std::string script = "t=" + shell_quote(tmp) +
-                             "; [ -d \"$t\" ] && [ ! -L \"$t\" ] && [ -O \"$t\" ] || exit 0; p=$(cat \"$t/pid\" 2>/dev/null); "
-                             "if [ -n \"$p\" ] && kill -TERM \"$p\" 2>/dev/null; then i=0; "
-                             "while kill -0 \"$p\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
-                             "echo \"stopped $p\"; fi; rm -rf \"$t\" && echo \"removed $t\"";
+  const std::string script =
+      "t=" + shell_quote(tmp) +
+      "; [ -d \"$t\" ] && [ ! -L \"$t\" ] && [ -O \"$t\" ] || exit 0; p=$(cat \"$t/pid\" 2>/dev/null); "
+      "if [ -n \"$p\" ] && kill -TERM \"$p\" 2>/dev/null; then i=0; "
+      "while kill -0 \"$p\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+      "echo \"stopped $p\"; fi; rm -rf \"$t\" && echo \"removed $t\"";
   std::vector<std::string> ssh_argv = h.ssh;
   Host fresh = h;  // the shared connection may be going away with the interrupted client
   fresh.ssh.clear();
@@ -777,7 +829,9 @@ std::string Fleet::stop_and_clean(const Host& h, const std::string& tmp) const {
   std::vector<std::string> done;
   for (auto line : lines(res.out))
     if (!trim(line).empty()) done.emplace_back(trim(line));
-  if (!res.ok()) return "interrupted; cleaning up failed (" + res.failure() + "): the run's temporary directory " + tmp + " may be left";
+  if (!res.ok())
+    return "interrupted; cleaning up failed (" + res.failure() + "): the run's temporary directory " + tmp +
+           " may be left";
   if (done.empty()) return "interrupted; no temporary directory of this run was left";
   return "interrupted; " + join(done, ", ");
 }
@@ -812,18 +866,25 @@ void Fleet::report(const Host& h, const HostOutcome& r_in) {
       }
     }
   }
-  if (r.reboots > 0) out_ << "rebooted: [" << name << "] " << r.reboots << (r.reboots == 1 ? " time" : " times") << "\n";
-  if (r.kind == HostOutcome::unreachable) out_ << "fatal: [" << name << "]: UNREACHABLE! " << r.message << "\n";
-  else if (r.kind == HostOutcome::failed_) out_ << "fatal: [" << name << "]: FAILED! " << r.message << "\n";
-  else if (r.kind == HostOutcome::waiting) out_ << "reboot: [" << name << "] " << r.message << "\n";
-  else if (r.kind == HostOutcome::interrupted) out_ << "fatal: [" << name << "]: INTERRUPTED! " << r.message << "\n";
+  if (r.reboots > 0)
+    out_ << "rebooted: [" << name << "] " << r.reboots << (r.reboots == 1 ? " time" : " times") << "\n";
+  if (r.kind == HostOutcome::unreachable)
+    out_ << "fatal: [" << name << "]: UNREACHABLE! " << r.message << "\n";
+  else if (r.kind == HostOutcome::failed_)
+    out_ << "fatal: [" << name << "]: FAILED! " << r.message << "\n";
+  else if (r.kind == HostOutcome::waiting)
+    out_ << "reboot: [" << name << "] " << r.message << "\n";
+  else if (r.kind == HostOutcome::interrupted)
+    out_ << "fatal: [" << name << "]: INTERRUPTED! " << r.message << "\n";
   out_.flush();
 }
 
 int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   g_interrupted = false;
   ScopedSignalHandlers interrupts({SIGINT, SIGTERM, SIGHUP}, on_interrupt, SA_RESETHAND);
-  const bool any_ssh = std::any_of(hosts.begin(), hosts.end(), [](const InventoryHost* h) { return var_string(h->vars, "ansible_connection") != "local"; });
+  const bool any_ssh = std::any_of(hosts.begin(), hosts.end(), [](const InventoryHost* h) {
+    return var_string(h->vars, "ansible_connection") != "local";
+  });
   if (any_ssh) {
     auto dir = control_dir_path();
     if (!dir) {
@@ -852,7 +913,8 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   lo.facts = gather_facts(Root("/")).to_json();
   for (auto& h : all) {
     h.vars.update(extra);
-    auto given = parse_extra_vars_text(h.vars.dump(-1, ' ', false, json::error_handler_t::replace), "vars.json does not hold");
+    auto given =
+        parse_extra_vars_text(h.vars.dump(-1, ' ', false, json::error_handler_t::replace), "vars.json does not hold");
     if (!given) {
       err_ << "gptagent: " << o_.inventory << ": host " << h.inv->name << ": " << given.error()
            << " (a variable of this host, from the inventory or -e), no host was touched\n";
@@ -869,7 +931,8 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
     const auto& stages = loaded.playbook.stages;
     if (!o_.from_stage.empty() &&
         std::none_of(stages.begin(), stages.end(), [&](const Stage& st) { return st.name == o_.from_stage; })) {
-      err_ << "gptagent: --from-stage: " << o_.playbook << " has no stage '" << o_.from_stage << "', no host was touched\n";
+      err_ << "gptagent: --from-stage: " << o_.playbook << " has no stage '" << o_.from_stage
+           << "', no host was touched\n";
       return 1;
     }
   }
@@ -931,18 +994,23 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
     interrupted += r.kind == HostOutcome::interrupted;
     const bool failed_host = r.kind == HostOutcome::failed_ || r.kind == HostOutcome::interrupted;
     const int failed_tasks = r.failed_count + (failed_host && r.failed_count == 0 ? 1 : 0);
-    static const char* kinds[] = {"ok", "changed", "failed", "unreachable", "drift", "waiting_for_reboot", "interrupted"};
+    static const char* kinds[] = {"ok",         "changed", "failed", "unreachable", "drift", "waiting_for_reboot",
+                                  "interrupted"};
     doc["hosts"][h.inv->name] = {{"status", kinds[r.kind]},
                                  {"message", r.message},
                                  {"reboots", r.reboots},
                                  {"bytes_sent", r.bytes_sent},
                                  {"runs", r.runs},
                                  {"stats",
-                                  {{"ok", r.ok_count}, {"changed", r.changed}, {"unreachable", r.kind == HostOutcome::unreachable ? 1 : 0},
-                                   {"failed", failed_tasks}, {"skipped", r.skipped}, {"ignored", r.ignored}}}};
+                                  {{"ok", r.ok_count},
+                                   {"changed", r.changed},
+                                   {"unreachable", r.kind == HostOutcome::unreachable ? 1 : 0},
+                                   {"failed", failed_tasks},
+                                   {"skipped", r.skipped},
+                                   {"ignored", r.ignored}}}};
     if (!o_.json)
-      out_ << recap_line(h.inv->name, r.ok_count, r.changed, r.kind == HostOutcome::unreachable ? 1 : 0, failed_tasks, r.skipped,
-                         r.ignored)
+      out_ << recap_line(h.inv->name, r.ok_count, r.changed, r.kind == HostOutcome::unreachable ? 1 : 0, failed_tasks,
+                         r.skipped, r.ignored)
            << "\n";
   }
   const int code = interrupted ? 130 : failed ? 1 : unreachable ? 4 : waiting ? 3 : drift ? 2 : 0;
@@ -952,14 +1020,17 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   rusage usage{};
   ::getrusage(RUSAGE_SELF, &usage);
   spdlog::info("{} bytes sent to {} hosts; the controller's peak memory: {} KiB", sent, all.size(), usage.ru_maxrss);
-  if (interrupted) err_ << "gptagent: interrupted: " << interrupted << " of " << all.size() << " hosts did not finish\n";
-  if (o_.json) out_ << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  if (interrupted)
+    err_ << "gptagent: interrupted: " << interrupted << " of " << all.size() << " hosts did not finish\n";
+  if (o_.json)
+    out_ << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   else if (o_.check) {
     // A host that failed or could not be reached was not checked: its drift is unknown, not none.
     const int unchecked = failed + unreachable + interrupted;
     const std::string of_all = " of " + std::to_string(all.size()) + " hosts";
     if (drift) out_ << drift << of_all << " differ from the playbook (check mode, nothing changed)";
-    if (unchecked) out_ << (drift ? "; " : "") << unchecked << of_all << " could not be checked (failed or unreachable)";
+    if (unchecked)
+      out_ << (drift ? "; " : "") << unchecked << of_all << " could not be checked (failed or unreachable)";
     if (!drift && !unchecked) out_ << "no drift on any host";
     out_ << "\n";
   }

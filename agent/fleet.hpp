@@ -9,11 +9,10 @@
 // --reboot, waited for (a new boot_id) and run again; the other hosts go on meanwhile.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/expected.hpp"
 #include "agent/inventory.hpp"
@@ -23,17 +22,17 @@ namespace gpt {
 struct FleetOptions {
   std::string playbook;
   std::string inventory;
-  std::string limit;                 // Ansible host pattern
-  int forks = 5;                     // hosts at once
-  int serial = 0;                    // batches of this many hosts, one after the other (0: one batch)
+  std::string limit;  // Ansible host pattern
+  int forks = 5;      // hosts at once
+  int serial = 0;     // batches of this many hosts, one after the other (0: one batch)
   bool check = false, diff = false, json = false;
   std::vector<std::string> extra_vars;  // the -e arguments as given, passed on to every host
   std::vector<std::string> tags, skip_tags;
   bool reboot = false;
-  bool no_trial = false;             // with reboot: the hosts commit boot changes directly (no trial boot first)
-  int reboot_timeout = 600;          // seconds to wait for a rebooted host's new boot_id
+  bool no_trial = false;     // with reboot: the hosts commit boot changes directly (no trial boot first)
+  int reboot_timeout = 600;  // seconds to wait for a rebooted host's new boot_id
   std::string color = "auto";
-  std::string agent;                 // the binary to copy ("" : this one)
+  std::string agent;  // the binary to copy ("" : this one)
   // Passed on to the agent on every host (--reset-state and --from-stage to its first run only: a
   // run after a reboot goes on from where the reboot was asked for).
   bool reset_state = false, no_wait = false;

@@ -2,11 +2,10 @@
 // groups, and verdicts with the reason in words.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/expected.hpp"
 #include "agent/pci.hpp"
@@ -40,8 +39,8 @@ struct GpuUser {
 };
 
 struct Gpu {
-  std::string address;                 // the display function
-  std::string id;                      // vendor:device of that function
+  std::string address;  // the display function
+  std::string id;       // vendor:device of that function
   std::string name;
   std::string driver;
   bool boot_vga = false;
@@ -49,19 +48,20 @@ struct Gpu {
   std::vector<int> groups;             // IOMMU groups of those functions
   std::vector<std::string> peers;      // other devices in those groups, bridges excepted
   std::vector<Verdict> verdicts;
-  std::vector<GpuUser> in_use;         // processes holding it
-  std::string framebuffer;             // the boot framebuffer in its memory (efifb, simpledrm...), or empty
-  std::string framebuffer_param;       // the kernel parameter that releases it
+  std::vector<GpuUser> in_use;              // processes holding it
+  std::string framebuffer;                  // the boot framebuffer in its memory (efifb, simpledrm...), or empty
+  std::string framebuffer_param;            // the kernel parameter that releases it
   std::optional<std::string> reset_method;  // as sysfs says; nullopt where the kernel does not say
-  std::string reset_bug;               // the AMD family vendor-reset is for, or empty
-  bool viable() const;                 // no blocker
-  std::string users() const;           // "Xorg (pid 999), ..."
-  std::string blockers() const;        // the blockers' reasons, joined
+  std::string reset_bug;                    // the AMD family vendor-reset is for, or empty
+  bool viable() const;                      // no blocker
+  std::string users() const;                // "Xorg (pid 999), ..."
+  std::string blockers() const;             // the blockers' reasons, joined
 };
 
 // The host's IOMMU in words: off in the kernel (and the parameter to add), off in the firmware,
 // or turned off on the command line.
-std::vector<Verdict> iommu_verdicts(const CpuInfo& cpu, const std::vector<std::string>& cmdline, const IommuState& iommu);
+std::vector<Verdict> iommu_verdicts(const CpuInfo& cpu, const std::vector<std::string>& cmdline,
+                                    const IommuState& iommu);
 
 // Every display-class device with the rest of its slot and its group peers, and the verdicts.
 std::vector<Gpu> discover_gpus(const std::vector<PciDevice>& devices, const IommuState& iommu,

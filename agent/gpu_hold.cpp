@@ -30,11 +30,13 @@ struct ResetFamily {
 
 // The device ids of vendor-reset's device database (gnif/vendor-reset, src/device-db.h).
 const std::array<ResetFamily, 9> kAmdResetBug = {{
-    {"Polaris 10", {"67c0", "67c1", "67c2", "67c4", "67c7", "67c8", "67c9", "67ca", "67cc", "67cf", "67d0", "67df", "6fdf"}},
+    {"Polaris 10",
+     {"67c0", "67c1", "67c2", "67c4", "67c7", "67c8", "67c9", "67ca", "67cc", "67cf", "67d0", "67df", "6fdf"}},
     {"Polaris 11", {"67e0", "67e1", "67e3", "67e7", "67e8", "67e9", "67eb", "67ef", "67ff"}},
     {"Polaris 12", {"6980", "6981", "6985", "6986", "6987", "6995", "6997", "699f"}},
-    {"Vega 10", {"6860", "6861", "6862", "6863", "6864", "6867", "6868", "6869", "686a", "686b", "686c", "686d", "686e",
-                 "686f", "687f"}},
+    {"Vega 10",
+     {"6860", "6861", "6862", "6863", "6864", "6867", "6868", "6869", "686a", "686b", "686c", "686d", "686e", "686f",
+      "687f"}},
     {"Vega 20", {"66a0", "66a1", "66a2", "66a3", "66a4", "66a7", "66af", "738c"}},
     {"Navi 10", {"7310", "7312", "7318", "7319", "731a", "731b", "731e", "731f"}},
     {"Navi 12", {"7360", "7362"}},
@@ -58,8 +60,10 @@ std::string process_name(const Root& root, const std::string& proc, std::string_
 void reset_verdicts(const Facts& f, const PciDevice& dev, Gpu& g) {
   g.reset_method = dev.reset_method;
   if (g.reset_method && g.reset_method->empty())
-    g.verdicts.push_back({Verdict::Level::warning, "GPU " + g.address + " has no reset method (reset_method is empty): "
-                                                   "the kernel cannot reset it between VM starts, a VM restart may need a host reboot"});
+    g.verdicts.push_back({Verdict::Level::warning,
+                          "GPU " + g.address +
+                              " has no reset method (reset_method is empty): "
+                              "the kernel cannot reset it between VM starts, a VM restart may need a host reboot"});
   auto family = amd_reset_bug(dev.vendor, dev.device);
   if (!family) return;
   g.reset_bug = *family;
@@ -67,11 +71,13 @@ void reset_verdicts(const Facts& f, const PciDevice& dev, Gpu& g) {
   const std::vector<std::string> methods = g.reset_method ? words(*g.reset_method) : std::vector<std::string>{};
   const bool device_specific = std::find(methods.begin(), methods.end(), "device_specific") != methods.end();
   if (!f.module_available("vendor_reset"))
-    g.verdicts.push_back({Verdict::Level::warning, what + " cannot be reset reliably between VM starts: install vendor-reset"});
+    g.verdicts.push_back(
+        {Verdict::Level::warning, what + " cannot be reset reliably between VM starts: install vendor-reset"});
   else if (g.reset_method && !device_specific)
-    g.verdicts.push_back({Verdict::Level::warning, what + ": vendor-reset is loaded but the kernel resets it by " +
-                                                       (g.reset_method->empty() ? std::string("nothing") : *g.reset_method) +
-                                                       ": echo device_specific > /sys/bus/pci/devices/" + g.address + "/reset_method"});
+    g.verdicts.push_back(
+        {Verdict::Level::warning, what + ": vendor-reset is loaded but the kernel resets it by " +
+                                      (g.reset_method->empty() ? std::string("nothing") : *g.reset_method) +
+                                      ": echo device_specific > /sys/bus/pci/devices/" + g.address + "/reset_method"});
   else
     g.verdicts.push_back({Verdict::Level::info, what + ": vendor-reset resets it"});
 }
@@ -109,9 +115,7 @@ std::vector<MemRange> parse_pci_resource(std::string_view text) {
   return out;
 }
 
-bool boot_framebuffer_name(std::string_view name) {
-  return name == "efifb" || name == "vesafb" || sysfb_name(name);
-}
+bool boot_framebuffer_name(std::string_view name) { return name == "efifb" || name == "vesafb" || sysfb_name(name); }
 
 std::optional<std::string> framebuffer_in(const Iomem& iomem, const std::vector<MemRange>& bars) {
   if (iomem.zeroed) return std::nullopt;
@@ -124,9 +128,11 @@ std::optional<std::string> framebuffer_in(const Iomem& iomem, const std::vector<
   return found;
 }
 
-std::string framebuffer_release_param(const Iomem& iomem, std::string_view kernel_release, std::string_view framebuffer) {
-  const bool sysfb = kernel_version(kernel_release) >= std::pair{5, 15} ||
-                     std::any_of(iomem.ranges.begin(), iomem.ranges.end(), [](const MemRange& r) { return sysfb_name(r.name); });
+std::string framebuffer_release_param(const Iomem& iomem, std::string_view kernel_release,
+                                      std::string_view framebuffer) {
+  const bool sysfb =
+      kernel_version(kernel_release) >= std::pair{5, 15} ||
+      std::any_of(iomem.ranges.begin(), iomem.ranges.end(), [](const MemRange& r) { return sysfb_name(r.name); });
   if (sysfb) return "initcall_blacklist=sysfb_init";
   return framebuffer == "vesafb" ? "video=vesafb:off" : "video=efifb:off";
 }
@@ -246,7 +252,8 @@ void expert_checks(const Root& root, Facts& f) {
 
   const ProcScan scan = f.gpus.empty() ? ProcScan{} : scan_gpu_nodes(root);
   for (const auto& p : scan.capped)
-    f.host_verdicts.push_back({Verdict::Level::warning, p + " has more open files than gptagent looks at: whether it holds a GPU is unknown"});
+    f.host_verdicts.push_back({Verdict::Level::warning,
+                               p + " has more open files than gptagent looks at: whether it holds a GPU is unknown"});
 
   for (auto& g : f.gpus) {
     auto dev = std::find_if(f.pci.begin(), f.pci.end(), [&](const PciDevice& d) { return d.address == g.address; });
@@ -259,9 +266,10 @@ void expert_checks(const Root& root, Facts& f) {
     if (auto fb = framebuffer_in(iomem, bars)) {
       g.framebuffer = *fb;
       g.framebuffer_param = framebuffer_release_param(iomem, f.kernel_release, *fb);
-      g.verdicts.push_back({Verdict::Level::warning, "the boot framebuffer (" + *fb + ") holds memory of GPU " + g.address +
-                                                         ": the host console keeps it; `framebuffer: release` on kernel_cmdline adds " +
-                                                         g.framebuffer_param});
+      g.verdicts.push_back(
+          {Verdict::Level::warning, "the boot framebuffer (" + *fb + ") holds memory of GPU " + g.address +
+                                        ": the host console keeps it; `framebuffer: release` on kernel_cmdline adds " +
+                                        g.framebuffer_param});
     }
     const GpuNodes nodes = gpu_nodes(root, *dev);
     for (const auto& o : scan.open) {
@@ -272,7 +280,8 @@ void expert_checks(const Root& root, Facts& f) {
       user->fds.push_back(o.fd);
     }
     if (!g.in_use.empty())
-      g.verdicts.push_back({Verdict::Level::warning, "GPU " + g.address + " is in use by " + g.users() + ": stop them before binding"});
+      g.verdicts.push_back(
+          {Verdict::Level::warning, "GPU " + g.address + " is in use by " + g.users() + ": stop them before binding"});
   }
 }
 

@@ -36,7 +36,8 @@ std::optional<std::string> framebuffer_in(const Iomem& iomem, const std::vector<
 // The kernel parameter that keeps the boot framebuffer off the GPUs on this kernel: where sysfb
 // registers it (kernel 5.15 on, or simpledrm/simplefb/BOOTFB in iomem) initcall_blacklist=sysfb_init,
 // on older kernels video=efifb:off (video=vesafb:off for vesafb).
-std::string framebuffer_release_param(const Iomem& iomem, std::string_view kernel_release, std::string_view framebuffer);
+std::string framebuffer_release_param(const Iomem& iomem, std::string_view kernel_release,
+                                      std::string_view framebuffer);
 
 // The AMD family whose reset between VM starts is known to fail (the devices the vendor-reset
 // module handles), for vendor 1002; nullopt for any other GPU.

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -11,14 +12,13 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <deque>
 #include <memory>
-#include <spdlog/spdlog.h>
 
 #include "agent/text.hpp"
 
@@ -61,7 +61,7 @@ Status write_all(int fd, std::string_view data) {
 
 // mkdir -p of an already resolved real path; parents are created with mode 0755.
 Status make_dirs(const std::string& real) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(real.c_str(), &st) == 0) {
     if (S_ISDIR(st.st_mode)) return {};
     return Error{"not a directory"};
@@ -88,7 +88,7 @@ std::string base_of(std::string_view p) {
 }  // namespace
 
 Status Root::check(const std::string& dir) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return Error{"--root " + dir + " is not a directory"};
   return {};
 }
@@ -102,12 +102,13 @@ Root::Root(std::string dir) : dir_(std::move(dir)) {
 Expected<std::string> Root::resolve(std::string_view path) const {
   if (path.empty() || path.front() != '/') return Error{"not an absolute path: " + std::string(path)};
   // The kernel would read the path only up to a NUL: "/..\0x" would name the root's parent.
-  if (path.find('\0') != std::string_view::npos) return Error{"a path with a NUL byte: " + std::string(path.substr(0, path.find('\0')))};
+  if (path.find('\0') != std::string_view::npos)
+    return Error{"a path with a NUL byte: " + std::string(path.substr(0, path.find('\0')))};
   std::vector<std::string> done;
   std::deque<std::string> todo;
   for (auto& c : split_path(path)) todo.push_back(std::move(c));
   int links = 0;
-  bool missing = false;  // once a component is missing, the rest cannot be links...
+  bool missing = false;   // once a component is missing, the rest cannot be links...
   size_t missing_at = 0;  // ...until a ".." climbs back above it (done[missing_at] is the missing one)
   while (!todo.empty()) {
     std::string comp = std::move(todo.front());
@@ -121,7 +122,7 @@ Expected<std::string> Root::resolve(std::string_view path) const {
     if (!missing) {
       const std::string base = join_under(dir_, done);
       const std::string real = (base == "/" ? "" : base) + "/" + comp;
-      struct stat st{};
+      struct stat st {};
       if (::lstat(real.c_str(), &st) != 0) {
         missing = true;
         missing_at = done.size();
@@ -153,7 +154,7 @@ Expected<std::string> read_file(const Root& root, std::string_view path, size_t 
 
 Expected<std::string> read_open_file(int fd, std::string_view where_view, size_t max_bytes) {
   const std::string where(where_view);
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) return Error{"cannot read " + where + ": " + errno_text(errno)};
   if (S_ISDIR(st.st_mode)) return Error{"cannot read " + where + ": it is a directory"};
   if (!S_ISREG(st.st_mode)) return Error{"cannot read " + where + ": not a regular file"};
@@ -175,13 +176,11 @@ Expected<std::string> read_open_file(int fd, std::string_view where_view, size_t
   return out;
 }
 
-Expected<std::optional<std::string>> read_file_if_exists(const Root& root, std::string_view path,
-                                                         size_t max_bytes) {
+Expected<std::optional<std::string>> read_file_if_exists(const Root& root, std::string_view path, size_t max_bytes) {
   auto real = root.resolve(path);
   if (!real) return Error{real.error()};
-  struct stat st{};
-  if (::stat(real->c_str(), &st) != 0 && (errno == ENOENT || errno == ENOTDIR))
-    return std::optional<std::string>{};
+  struct stat st {};
+  if (::stat(real->c_str(), &st) != 0 && (errno == ENOENT || errno == ENOTDIR)) return std::optional<std::string>{};
   auto content = read_file(root, path, max_bytes);
   if (!content) return Error{content.error()};
   return std::optional<std::string>{std::move(*content)};
@@ -190,7 +189,7 @@ Expected<std::optional<std::string>> read_file_if_exists(const Root& root, std::
 Expected<FileInfo> stat_file(const Root& root, std::string_view path) {
   auto real = root.resolve(path);
   if (!real) return Error{real.error()};
-  struct stat st{};
+  struct stat st {};
   FileInfo info;
   if (::stat(real->c_str(), &st) != 0) {
     if (errno == ENOENT || errno == ENOTDIR) return info;
@@ -241,7 +240,7 @@ Expected<UniqueFd> open_own_file(const Root& root, std::string_view path, int fl
       return Error{"refusing " + where + ": it is a symbolic link, not a file of gptagent's (remove it)"};
     return Error{"cannot open " + where + ": " + errno_text(errno)};
   }
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return Error{"cannot open " + where + ": " + errno_text(errno)};
   if (!S_ISREG(st.st_mode)) return Error{"refusing " + where + ": not a regular file (remove it)"};
   const int fl = ::fcntl(fd.get(), F_GETFL);
@@ -313,8 +312,7 @@ Status replace_in_dir(int dirfd, const std::string& name, std::string_view conte
     ::unlinkat(dirfd, tmp.c_str(), 0);
     return Error{"cannot write: " + s.error()};
   }
-  if (owner && ::fchown(fd.get(), owner->first, owner->second) != 0)
-    return fail("cannot keep the owner");
+  if (owner && ::fchown(fd.get(), owner->first, owner->second) != 0) return fail("cannot keep the owner");
   if (::fchmod(fd.get(), mode) != 0) return fail("cannot set the mode");
   if (::fsync(fd.get()) != 0) return fail("cannot sync");
   if (::close(fd.release()) != 0) return fail("cannot close");
@@ -333,14 +331,14 @@ Expected<std::string> backup_in_dir(const Root& root, int dirfd, const std::stri
                                     mode_t mode) {
   // A backup that is a hard link to the file itself already holds exactly this content: a run
   // killed between its backup and its rename left it, and the next run keeps that one.
-  struct stat cur{};
+  struct stat cur {};
   if (::fstatat(dirfd, name.c_str(), &cur, AT_SYMLINK_NOFOLLOW) == 0 && cur.st_nlink > 1) {
     Fd scan(::openat(dirfd, ".", O_DIRECTORY | O_RDONLY | O_CLOEXEC));
     if (DIR* d = scan.get() >= 0 ? ::fdopendir(scan.release()) : nullptr) {
       std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
       const std::string prefix = name + ".gptagent-";
       while (dirent* e = ::readdir(d)) {
-        struct stat bst{};
+        struct stat bst {};
         if (std::string_view(e->d_name).starts_with(prefix) &&
             ::fstatat(dirfd, e->d_name, &bst, AT_SYMLINK_NOFOLLOW) == 0 && bst.st_ino == cur.st_ino &&
             bst.st_dev == cur.st_dev)
@@ -381,10 +379,12 @@ Expected<unsigned> lookup_id(const Root& root, const std::string& name, bool gro
   if (!root.sandboxed()) {
     std::vector<char> buf(1 << 16);
     if (group) {
-      struct group g{}, *found = nullptr;
+      struct group g {
+      }, *found = nullptr;
       if (::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found) == 0 && found) return found->gr_gid;
     } else {
-      struct passwd p{}, *found = nullptr;
+      struct passwd p {
+      }, *found = nullptr;
       if (::getpwnam_r(name.c_str(), &p, buf.data(), buf.size(), &found) == 0 && found) return found->pw_uid;
     }
     return Error{"no " + what + " named '" + name + "' on this host"};
@@ -440,15 +440,15 @@ Status set_file_attrs(const Root& root, std::string_view path, const FileAttrs& 
   Fd dirfd(::open(parent_of(*real).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (dirfd.get() < 0) return Error{"cannot change " + shown + ": " + errno_text(errno)};
   UniqueFd fd(::openat(dirfd.get(), base_of(*real).c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
-  struct stat st{};
+  struct stat st {};
   if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0) return Error{"cannot open " + shown + ": " + errno_text(errno)};
   if (S_ISLNK(st.st_mode)) return Error{"refusing to change " + shown + ": it became a symbolic link (not followed)"};
   if (!S_ISREG(st.st_mode)) return Error{"refusing to change " + shown + ": not a regular file"};
   return set_attrs(fd.get(), shown, want);
 }
 
-Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path,
-                                         std::string_view content, const WriteOptions& opts) {
+Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path, std::string_view content,
+                                         const WriteOptions& opts) {
   const std::string where(path);
   Expected<std::string> real = opts.no_follow ? root.resolve(parent_of(path)) : root.resolve(path);
   if (!real) return Error{real.error()};
@@ -461,18 +461,19 @@ Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path
   }
   Fd dirfd(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC | (opts.guarded_dir ? O_NOFOLLOW : 0)));
   if (dirfd.get() < 0) {
-    if (errno == ENOENT) return Error{"cannot write " + where + ": the directory " + parent_of(where) + " does not exist"};
+    if (errno == ENOENT)
+      return Error{"cannot write " + where + ": the directory " + parent_of(where) + " does not exist"};
     return Error{"cannot write " + where + ": " + errno_text(errno)};
   }
   if (opts.guarded_dir) {
-    struct stat dst{};
+    struct stat dst {};
     if (::fstat(dirfd.get(), &dst) != 0) return Error{"cannot write " + where + ": " + errno_text(errno)};
     if ((dst.st_mode & (S_IWGRP | S_IWOTH)) && !(dst.st_mode & S_ISVTX))
       return Error{"refusing to write " + where + ": its directory " + parent_of(where) +
                    " is writable by its group or others and not sticky (chmod go-w, or chmod +t)"};
   }
 
-  struct stat st{};
+  struct stat st {};
   const bool existed = ::fstatat(dirfd.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
   if (existed && !S_ISREG(st.st_mode))
     return Error{"cannot write " + where + (S_ISLNK(st.st_mode) ? ": it is a symbolic link" : ": not a regular file")};
@@ -547,8 +548,7 @@ struct DirEntry {
 Expected<DirEntry> open_parent(const Root& root, std::string_view path) {
   auto real = root.resolve(path);
   if (!real) return Error{real.error()};
-  DirEntry e{Fd(::open(parent_of(*real).c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC)), base_of(*real),
-             parent_of(path)};
+  DirEntry e{Fd(::open(parent_of(*real).c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC)), base_of(*real), parent_of(path)};
   if (e.dirfd.get() < 0) return Error{std::string(path) + ": " + errno_text(errno)};
   return e;
 }
@@ -558,7 +558,7 @@ Expected<DirEntry> open_parent(const Root& root, std::string_view path) {
 Expected<std::string> remove_file(const Root& root, std::string_view path) {
   auto e = open_parent(root, path);
   if (!e) return Error{"cannot remove " + e.error()};
-  struct stat st{};
+  struct stat st {};
   if (::fstatat(e->dirfd.get(), e->name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
     return Error{"cannot remove " + std::string(path) + ": " + errno_text(errno)};
   auto backup = backup_in_dir(root, e->dirfd.get(), e->name, path, st.st_mode & 07777);
@@ -573,11 +573,11 @@ Expected<std::string> rename_file(const Root& root, std::string_view from, std::
   if (parent_of(from) != parent_of(to)) return Error{"cannot rename " + std::string(from) + " to another directory"};
   auto e = open_parent(root, from);
   if (!e) return Error{"cannot rename " + e.error()};
-  struct stat st{};
+  struct stat st {};
   if (::fstatat(e->dirfd.get(), e->name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
     return Error{"cannot rename " + std::string(from) + ": " + errno_text(errno)};
   const std::string target = base_of(to);
-  struct stat tst{};
+  struct stat tst {};
   if (::fstatat(e->dirfd.get(), target.c_str(), &tst, AT_SYMLINK_NOFOLLOW) == 0) {
     auto kept = backup_in_dir(root, e->dirfd.get(), target, to, tst.st_mode & 07777);
     if (!kept) return Error{"cannot back up " + std::string(to) + ": " + kept.error()};
@@ -595,7 +595,8 @@ Status SysfsWriter::write(const Root& root, const std::string& path, const std::
   if (!real) return Error{real.error()};
   Fd fd(::open(real->c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd.get() < 0) return Error{"cannot write " + path + ": " + errno_text(errno)};
-  if (auto s = write_all(fd.get(), value); !s) return Error{"cannot write '" + value + "' to " + path + ": " + s.error()};
+  if (auto s = write_all(fd.get(), value); !s)
+    return Error{"cannot write '" + value + "' to " + path + ": " + s.error()};
   spdlog::info("wrote '{}' to {}", value, path);
   return {};
 }

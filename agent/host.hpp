@@ -52,8 +52,7 @@ struct FileInfo {
 
 // Reads a whole file (host path, under the root). Fails with the path and the reason; `max_bytes`
 // bounds what a hostile or broken file can make us hold in memory.
-Expected<std::string> read_file(const Root& root, std::string_view path,
-                                size_t max_bytes = 16u << 20);
+Expected<std::string> read_file(const Root& root, std::string_view path, size_t max_bytes = 16u << 20);
 // Reads a file if it exists; an absent file is an empty optional, other failures are errors.
 Expected<std::optional<std::string>> read_file_if_exists(const Root& root, std::string_view path,
                                                          size_t max_bytes = 16u << 20);
@@ -132,9 +131,9 @@ Status set_attrs(int fd, const std::string& shown, const FileAttrs& want);
 Status set_file_attrs(const Root& root, std::string_view path, const FileAttrs& want);
 
 struct WriteOptions {
-  bool backup = true;           // keep the previous content as FILE.gptagent-YYYYmmddTHHMMSS
-  mode_t create_mode = 0644;    // for a file that did not exist
-  FileAttrs attrs = {};         // declared owner, group and mode: they win over the file's and create_mode
+  bool backup = true;         // keep the previous content as FILE.gptagent-YYYYmmddTHHMMSS
+  mode_t create_mode = 0644;  // for a file that did not exist
+  FileAttrs attrs = {};       // declared owner, group and mode: they win over the file's and create_mode
   // The last component is taken as it is, never followed: a symlink there is refused (for the
   // agent's own files, where no link is ours).
   bool no_follow = false;
@@ -154,8 +153,8 @@ struct WriteOutcome {
 // directory. Mode and owner of an existing file are kept. An interrupted run leaves the old file or
 // the new one, never half of one; the backup is a hard link to the old inode (complete by
 // construction) or, where links are impossible, a copy written the same atomic way.
-Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path,
-                                         std::string_view content, const WriteOptions& opts = {});
+Expected<WriteOutcome> write_file_atomic(const Root& root, std::string_view path, std::string_view content,
+                                         const WriteOptions& opts = {});
 
 // Names in a directory (sorted; "." and ".." left out). A missing directory is an empty list.
 Expected<std::vector<std::string>> list_dir(const Root& root, std::string_view dir);
@@ -197,8 +196,7 @@ class RunLock {
   enum class Mode { exclusive, shared_if_exists };
   // wait=false: fail at once when another run holds it, naming that run's pid. on_wait is called
   // once before blocking, with the holder's pid (0 when unknown).
-  static Expected<RunLock> acquire(const Root& root, Mode mode, bool wait,
-                                   void (*on_wait)(long pid) = nullptr);
+  static Expected<RunLock> acquire(const Root& root, Mode mode, bool wait, void (*on_wait)(long pid) = nullptr);
   bool held() const { return fd_ >= 0; }
 
  private:

@@ -781,7 +781,8 @@ class YamlInventory {
     if (pattern.empty()) return reader_.error(k, "a host name is empty");
     // PyYAML makes a plain 1234 or 1.5 a number, which Ansible refuses as a host name.
     if (k.Tag() == "?" && yaml11_scalar(pattern).is_number())
-      return reader_.error(k, "Host pattern " + pattern + " must be a string. Enclose integers/floats in quotation marks.");
+      return reader_.error(
+          k, "Host pattern " + pattern + " must be a string. Enclose integers/floats in quotation marks.");
     add_host_pattern(raw_, group, pattern, std::move(vars), [&](const std::string& msg) { reader_.error(k, msg); });
   }
 
@@ -954,7 +955,9 @@ Expected<std::vector<size_t>> match_term(const Inventory& inv, const std::map<st
     static const std::regex sub_re(R"(^(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]$)");
     std::smatch m;
     // An index with more digits than a long long holds is past any inventory all the same.
-    auto number = [](const std::string& s) { return s.size() > 15 ? (s[0] == '-' ? -1 : 1) * (1LL << 50) : std::stoll(s); };
+    auto number = [](const std::string& s) {
+      return s.size() > 15 ? (s[0] == '-' ? -1 : 1) * (1LL << 50) : std::stoll(s);
+    };
     if (std::regex_match(term, m, sub_re)) {
       if (m[2].matched)
         subscript = {{number(m[2].str()), std::nullopt}};
@@ -1024,11 +1027,11 @@ std::optional<std::string> InventoryHost::connection_error() const {
   // Ansible reads a variable as it is written and templates it when it connects ("{{ 22 | int }}"
   // is text in ansible-inventory's listing); gptagent does not evaluate Jinja2. Such a variable is
   // refused for the hosts a run reaches, never guessed at.
-  for (const char* key : {"ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port", "ansible_user",
-                          "ansible_ssh_user", "ansible_connection", "ansible_become", "ansible_become_exe",
-                          "ansible_become_method", "ansible_become_user", "ansible_become_flags",
-                          "ansible_ssh_private_key_file", "ansible_private_key_file", "ansible_ssh_common_args",
-                          "ansible_ssh_extra_args", "ansible_ssh_executable"}) {
+  for (const char* key :
+       {"ansible_host", "ansible_ssh_host", "ansible_port", "ansible_ssh_port", "ansible_user", "ansible_ssh_user",
+        "ansible_connection", "ansible_become", "ansible_become_exe", "ansible_become_method", "ansible_become_user",
+        "ansible_become_flags", "ansible_ssh_private_key_file", "ansible_private_key_file", "ansible_ssh_common_args",
+        "ansible_ssh_extra_args", "ansible_ssh_executable"}) {
     auto it = vars.find(key);
     if (it == vars.end() || !it->is_string()) continue;
     const std::string& v = it->get_ref<const std::string&>();
@@ -1042,7 +1045,8 @@ std::optional<std::string> InventoryHost::connection_error() const {
     if (it != vars.end() && !it->is_null())
       return "host " + quote(name) + ": " + key +
              " is set, but gptagent logs in with ssh keys only (batch mode, never a password): give the host a key "
-             "and remove " + key;
+             "and remove " +
+             key;
   }
   // A port that is not one would have ssh connect to 22 instead.
   for (const char* key : {"ansible_port", "ansible_ssh_port"}) {
@@ -1248,8 +1252,8 @@ Expected<std::vector<const InventoryHost*>> select_hosts(const Inventory& inv, c
   // An inventory without hosts selects none, without an error (Ansible warns and plays nothing);
   // a pattern that leaves none of its hosts is an error, as ansible-playbook's.
   if (out.empty() && !inv.hosts.empty())
-    return Error{(pattern == "all" ? std::string("no host") : "--limit " + quote(pattern) + " matches no host") + " in " +
-                 (inv.source.empty() ? std::string("the inventory") : inv.source)};
+    return Error{(pattern == "all" ? std::string("no host") : "--limit " + quote(pattern) + " matches no host") +
+                 " in " + (inv.source.empty() ? std::string("the inventory") : inv.source)};
   return out;
 }
 

@@ -4,11 +4,10 @@
 #pragma once
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/expected.hpp"
 
@@ -23,7 +22,7 @@ struct InventoryHost {
   // children), then ansible_group_priority, then name.
   nlohmann::json vars = nlohmann::json::object();
 
-  std::string address() const;   // ansible_host (or ansible_ssh_host), else name
+  std::string address() const;  // ansible_host (or ansible_ssh_host), else name
   // ansible_port (or ansible_ssh_port), number or numeric string; none when unset, as Ansible then
   // passes no port to ssh and ~/.ssh/config (or ssh's 22) decides.
   std::optional<int> port() const;
@@ -37,10 +36,10 @@ struct InventoryHost {
 };
 
 struct Inventory {
-  std::string source;                                        // the file (or host list) it came from, for messages
-  std::vector<InventoryHost> hosts;                          // each host once, in first-appearance order
-  std::map<std::string, std::vector<std::string>> groups;    // group -> its hosts (direct and through
-                                                             // children) in host order; with "all", "ungrouped"
+  std::string source;                                      // the file (or host list) it came from, for messages
+  std::vector<InventoryHost> hosts;                        // each host once, in first-appearance order
+  std::map<std::string, std::vector<std::string>> groups;  // group -> its hosts (direct and through
+                                                           // children) in host order; with "all", "ungrouped"
   // As written: each group's own hosts and child groups, in order ("all" has no hosts of its own
   // here, its children are "ungrouped" and every group that has no parent), as ansible-inventory lists them.
   std::map<std::string, std::vector<std::string>> own_hosts, child_groups;

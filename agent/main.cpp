@@ -45,7 +45,10 @@ std::optional<gpt::Playbook> load(const std::string& path, const Common& c, cons
   }
   auto res = gpt::load_playbook(path, opts);
   if (!res.ok()) {
-    if (json_out) std::cout << json{{"playbook", path}, {"errors", res.errors}, {"exit_code", 1}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    if (json_out)
+      std::cout << json{{"playbook", path}, {"errors", res.errors}, {"exit_code", 1}}.dump(
+                       2, ' ', false, nlohmann::json::error_handler_t::replace)
+                << "\n";
     for (const auto& e : res.errors) std::cerr << e << "\n";
     std::cerr << "gptagent: " << path << ": " << res.errors.size() << (res.errors.size() == 1 ? " error" : " errors")
               << ", nothing was changed\n";
@@ -78,7 +81,8 @@ class TerminalSafeStreams {
 
 void setup_logging(int verbosity) {
   // Through std::cerr, so that log lines are escaped like everything else people read.
-  auto logger = std::make_shared<spdlog::logger>("gptagent", std::make_shared<spdlog::sinks::ostream_sink_st>(std::cerr, true));
+  auto logger =
+      std::make_shared<spdlog::logger>("gptagent", std::make_shared<spdlog::sinks::ostream_sink_st>(std::cerr, true));
   logger->set_pattern("[%l] %v");
   spdlog::set_default_logger(logger);
   spdlog::set_level(verbosity >= 2 ? spdlog::level::debug : verbosity == 1 ? spdlog::level::info : spdlog::level::warn);
@@ -159,8 +163,10 @@ int cmd_facts(const Common& c, bool json_out, const std::string& capture) {
   }
   gpt::Facts facts = gpt::gather_facts(root);
   gpt::name_devices_from_host(root, facts);
-  if (json_out) std::cout << facts.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-  else gpt::print_facts_table(std::cout, facts);
+  if (json_out)
+    std::cout << facts.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  else
+    gpt::print_facts_table(std::cout, facts);
   return 0;
 }
 
@@ -225,7 +231,8 @@ int main(int argc, char** argv) {
   auto add_common = [&](CLI::App* sub, bool vars = true) {
     sub->add_option("--root", c.root, "Manage the host tree under DIR instead of / (sandbox; no system commands run)")
         ->type_name("DIR");
-    if (vars) sub->add_option("-e,--extra-vars", c.extra, "Set a variable: key=value (repeatable)")->type_name("KEY=VALUE");
+    if (vars)
+      sub->add_option("-e,--extra-vars", c.extra, "Set a variable: key=value (repeatable)")->type_name("KEY=VALUE");
     sub->add_flag("-v,--verbose", c.verbosity, "More log output on stderr (-vv for debug)");
   };
 
@@ -252,12 +259,15 @@ int main(int argc, char** argv) {
       ->excludes("--no-trial");
   apply->add_flag("--reset-state", ao.reset_state, "Forget a recorded reboot and start from the first stage");
   apply->add_option("--from-stage", ao.from_stage, "Start at this stage, whatever was recorded")->type_name("NAME");
-  apply->add_option("--textfile", ao.textfile,
-                    "After the run, write its metrics for node_exporter's textfile collector to PATH (under --root) "
-                    "and record it for gptagent status")
+  apply
+      ->add_option("--textfile", ao.textfile,
+                   "After the run, write its metrics for node_exporter's textfile collector to PATH (under --root) "
+                   "and record it for gptagent status")
       ->type_name("PATH");
   gpt::FleetOptions fo;
-  apply->add_option("-i,--inventory", fo.inventory, "Provision the hosts of this Ansible inventory (YAML or INI) over SSH")
+  apply
+      ->add_option("-i,--inventory", fo.inventory,
+                   "Provision the hosts of this Ansible inventory (YAML or INI) over SSH")
       ->type_name("INVENTORY");
   apply->add_option("-l,--limit", fo.limit, "Only the inventory hosts this pattern selects")->type_name("PATTERN");
   apply->add_option("-f,--forks", fo.forks, "Hosts at once (default 5)")->check(CLI::Range(1, 1000))->type_name("N");
@@ -269,7 +279,9 @@ int main(int argc, char** argv) {
       ->type_name("SECONDS");
   bool list_hosts = false;
   apply->add_flag("--list-hosts", list_hosts, "With -i: list the hosts the run would reach (after --limit) and stop");
-  apply->add_option("-c,--connect", ao.connect, "libvirt URI for libvirt tasks without connect: (default qemu:///system)")
+  apply
+      ->add_option("-c,--connect", ao.connect,
+                   "libvirt URI for libvirt tasks without connect: (default qemu:///system)")
       ->type_name("URI");
 
   std::string inventory_path;
@@ -319,10 +331,12 @@ int main(int argc, char** argv) {
   bool doc_json = false;
   auto* doc = app.add_subcommand("doc", "List the modules, or show a module's arguments");
   doc->add_option("module", doc_module, "The module to show")->type_name("MODULE");
-  doc->add_option("--roff", doc_roff, "Print the generated part of a manual page: commands (gptagent(1)) or modules (gptagent-playbook(5))")
+  doc->add_option("--roff", doc_roff,
+                  "Print the generated part of a manual page: commands (gptagent(1)) or modules (gptagent-playbook(5))")
       ->check(CLI::IsMember({"commands", "modules"}))
       ->type_name("PART");
-  doc->add_option("--words", doc_words, "Print words for shell completion, one a line: commands, modules, or a subcommand's options")
+  doc->add_option("--words", doc_words,
+                  "Print words for shell completion, one a line: commands, modules, or a subcommand's options")
       ->type_name("WHAT");
   doc->add_flag("--json", doc_json, "Print the module's (or every module's) arguments as JSON, for programs");
 
@@ -361,11 +375,13 @@ int main(int argc, char** argv) {
   }
   if (*apply && !fo.inventory.empty()) {
     if (c.root != "/") {
-      std::cerr << "gptagent: --root and -i exclude each other: a host's root is its gptagent_root inventory variable\n";
+      std::cerr
+          << "gptagent: --root and -i exclude each other: a host's root is its gptagent_root inventory variable\n";
       return 1;
     }
     if (!ao.textfile.empty()) {
-      std::cerr << "gptagent: --textfile is for a run on this host; each host of a fleet writes its own (see the README)\n";
+      std::cerr
+          << "gptagent: --textfile is for a run on this host; each host of a fleet writes its own (see the README)\n";
       return 1;
     }
     for (const auto& e : c.extra)

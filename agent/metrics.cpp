@@ -45,10 +45,14 @@ std::string prometheus_label_value(std::string_view text) {
       text.remove_prefix(1);
       continue;
     }
-    if (text[0] == '\\') out += "\\\\";
-    else if (text[0] == '"') out += "\\\"";
-    else if (text[0] == '\n') out += "\\n";
-    else out += text.substr(0, n);
+    if (text[0] == '\\')
+      out += "\\\\";
+    else if (text[0] == '"')
+      out += "\\\"";
+    else if (text[0] == '\n')
+      out += "\\n";
+    else
+      out += text.substr(0, n);
     text.remove_prefix(n);
   }
   return out;

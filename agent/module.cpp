@@ -9,10 +9,14 @@ namespace gpt {
 
 std::string_view outcome_name(Outcome o) {
   switch (o) {
-    case Outcome::ok: return "ok";
-    case Outcome::changed: return "changed";
-    case Outcome::failed: return "failed";
-    case Outcome::skipped: return "skipped";
+    case Outcome::ok:
+      return "ok";
+    case Outcome::changed:
+      return "changed";
+    case Outcome::failed:
+      return "failed";
+    case Outcome::skipped:
+      return "skipped";
   }
   return "?";
 }
@@ -35,8 +39,8 @@ Result Context::run_system(const Command& cmd, bool apply, std::string_view what
     return r;
   }
   ExecResult res = exec.run(cmd);
-  Result r = res.ok() ? Result::changed(std::string(what) + ": " + line)
-                      : Result::failed(line + " failed: " + res.failure());
+  Result r =
+      res.ok() ? Result::changed(std::string(what) + ": " + line) : Result::failed(line + " failed: " + res.failure());
   r.commands.push_back(line);
   r.data["stdout"] = res.out;
   r.data["stderr"] = res.err;
@@ -75,8 +79,7 @@ Registry& Registry::instance() {
 
 void Registry::add(ModuleDef def) {
   std::string name = def.name;
-  if (!modules_.emplace(name, std::move(def)).second)
-    throw std::logic_error("module registered twice: " + name);
+  if (!modules_.emplace(name, std::move(def)).second) throw std::logic_error("module registered twice: " + name);
 }
 
 const ModuleDef* Registry::find(std::string_view name) const {

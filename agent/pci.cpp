@@ -12,7 +12,8 @@ namespace gpt {
 namespace {
 
 bool hex(std::string_view s, size_t n) {
-  return s.size() == n && std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+  return s.size() == n &&
+         std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
 }
 
 }  // namespace
@@ -60,8 +61,9 @@ Expected<std::string> pci_device_id(const Root& root, std::string_view address) 
     return std::string(v);
   };
   auto id = parse_pci_id(strip(*vendor) + ":" + strip(*device));
-  if (!id) return Error{"PCI device " + std::string(address) + " has unreadable ids: '" + std::string(trim(*vendor)) +
-                        "', '" + std::string(trim(*device)) + "'"};
+  if (!id)
+    return Error{"PCI device " + std::string(address) + " has unreadable ids: '" + std::string(trim(*vendor)) + "', '" +
+                 std::string(trim(*device)) + "'"};
   return *id;
 }
 
@@ -78,32 +80,56 @@ std::optional<uint32_t> parse_sysfs_hex(std::string_view text) {
 std::string PciDevice::class_name() const {
   const uint32_t sub = class_code >> 8;
   switch (sub) {
-    case 0x0300: return "VGA compatible controller";
-    case 0x0302: return "3D controller";
-    case 0x0380: return "Display controller";
-    case 0x0403: return "Audio device";
-    case 0x0c03: return "USB controller";
-    case 0x0c80: return "Serial bus controller";
-    case 0x0200: return "Ethernet controller";
-    case 0x0280: return "Network controller";
-    case 0x0600: return "Host bridge";
-    case 0x0601: return "ISA bridge";
-    case 0x0604: return "PCI bridge";
-    case 0x0108: return "Non-Volatile memory controller";
-    case 0x0106: return "SATA controller";
-    case 0x0500: return "RAM memory";
-    case 0x0c05: return "SMBus";
-    case 0x1180: return "Signal processing controller";
+    case 0x0300:
+      return "VGA compatible controller";
+    case 0x0302:
+      return "3D controller";
+    case 0x0380:
+      return "Display controller";
+    case 0x0403:
+      return "Audio device";
+    case 0x0c03:
+      return "USB controller";
+    case 0x0c80:
+      return "Serial bus controller";
+    case 0x0200:
+      return "Ethernet controller";
+    case 0x0280:
+      return "Network controller";
+    case 0x0600:
+      return "Host bridge";
+    case 0x0601:
+      return "ISA bridge";
+    case 0x0604:
+      return "PCI bridge";
+    case 0x0108:
+      return "Non-Volatile memory controller";
+    case 0x0106:
+      return "SATA controller";
+    case 0x0500:
+      return "RAM memory";
+    case 0x0c05:
+      return "SMBus";
+    case 0x1180:
+      return "Signal processing controller";
   }
   switch (base_class()) {
-    case 0x01: return "Mass storage controller";
-    case 0x02: return "Network controller";
-    case 0x03: return "Display controller";
-    case 0x04: return "Multimedia controller";
-    case 0x05: return "Memory controller";
-    case 0x06: return "Bridge";
-    case 0x08: return "System peripheral";
-    case 0x0c: return "Serial bus controller";
+    case 0x01:
+      return "Mass storage controller";
+    case 0x02:
+      return "Network controller";
+    case 0x03:
+      return "Display controller";
+    case 0x04:
+      return "Multimedia controller";
+    case 0x05:
+      return "Memory controller";
+    case 0x06:
+      return "Bridge";
+    case 0x08:
+      return "System peripheral";
+    case 0x0c:
+      return "Serial bus controller";
   }
   return "Device";
 }
@@ -142,14 +168,17 @@ std::vector<PciDevice> read_pci_devices(const Root& root) {
     if (auto bv = read_file(root, dir + "/boot_vga", 16); bv) d.boot_vga = trim(*bv) == "1";
     if (auto drv = read_link(root, dir + "/driver")) d.driver = drv->substr(drv->find_last_of('/') + 1);
     if (auto res = read_file(root, dir + "/resource", 4096)) d.bars = parse_pci_resource(*res);
-    if (auto rm = read_file_if_exists(root, dir + "/reset_method", 256); rm && *rm) d.reset_method = std::string(trim(**rm));
+    if (auto rm = read_file_if_exists(root, dir + "/reset_method", 256); rm && *rm)
+      d.reset_method = std::string(trim(**rm));
     if (auto drm = list_dir(root, dir + "/drm"); drm)
       for (const auto& n : *drm)
         if ((n.starts_with("card") || n.starts_with("renderD")) && n.find('-') == std::string::npos) d.drm.push_back(n);
     if (auto grp = read_link(root, dir + "/iommu_group")) {
       std::string g = grp->substr(grp->find_last_of('/') + 1);
-      if (!g.empty() && g.find_first_not_of("0123456789") == std::string::npos && g.size() < 9) d.iommu_group = std::stoi(g);
-      else d.problems.push_back("iommu_group link '" + *grp + "' names no group");
+      if (!g.empty() && g.find_first_not_of("0123456789") == std::string::npos && g.size() < 9)
+        d.iommu_group = std::stoi(g);
+      else
+        d.problems.push_back("iommu_group link '" + *grp + "' names no group");
     }
     out.push_back(std::move(d));
   }

@@ -48,11 +48,11 @@ struct PciDevice {
   std::string driver;  // bound driver, empty when none
   std::optional<int> iommu_group;
   bool boot_vga = false;
-  std::string name;                   // from pci.ids when the host has it
-  std::vector<MemRange> bars;         // memory BARs (sysfs `resource`)
+  std::string name;                         // from pci.ids when the host has it
+  std::vector<MemRange> bars;               // memory BARs (sysfs `resource`)
   std::optional<std::string> reset_method;  // "flr bus"; nullopt on kernels without the file (before 5.15)
-  std::vector<std::string> drm;       // the DRM nodes its driver made: card1, renderD129
-  std::vector<std::string> problems;  // what could not be read, in words
+  std::vector<std::string> drm;             // the DRM nodes its driver made: card1, renderD129
+  std::vector<std::string> problems;        // what could not be read, in words
 
   std::string id() const { return vendor + ":" + device; }
   uint8_t base_class() const { return static_cast<uint8_t>(class_code >> 16); }

@@ -20,9 +20,7 @@ namespace gpt {
 
 using json = nlohmann::json;
 
-std::string SourceMark::str() const {
-  return file + ":" + std::to_string(line) + ":" + std::to_string(col);
-}
+std::string SourceMark::str() const { return file + ":" + std::to_string(line) + ":" + std::to_string(col); }
 
 namespace {
 
@@ -96,9 +94,8 @@ class Loader final : public ArgSource {
     }
     interpret(tree, result.playbook);
     result.playbook.path = file_;
-    std::stable_sort(errors_.begin(), errors_.end(), [](const auto& a, const auto& b) {
-      return sort_key(a) < sort_key(b);
-    });
+    std::stable_sort(errors_.begin(), errors_.end(),
+                     [](const auto& a, const auto& b) { return sort_key(a) < sort_key(b); });
     result.errors = std::move(errors_);
     return result;
   }
@@ -164,15 +161,15 @@ class Loader final : public ArgSource {
   bool to_json(const YAML::Node& node, const std::string& ptr, json& out, const SourceMark& key_mark) {
     if (++nodes_ > kMaxNodes) {
       if (nodes_ == kMaxNodes + 1)
-        error(mark_of(node), "the document expands to more than " + std::to_string(kMaxNodes) +
-                                 " values (an alias bomb?)");
+        error(mark_of(node),
+              "the document expands to more than " + std::to_string(kMaxNodes) + " values (an alias bomb?)");
       return false;
     }
     // What this value costs to hold: its path, and its text (keys are counted below).
     bytes_ += ptr.size() + (node.Type() == YAML::NodeType::Scalar ? node.Scalar().size() : 0);
     if (bytes_ > kMaxExpandedBytes) {
-      error(mark_of(node), "the document expands to more than " + std::to_string(kMaxExpandedBytes) +
-                               " bytes (an alias bomb?)");
+      error(mark_of(node),
+            "the document expands to more than " + std::to_string(kMaxExpandedBytes) + " bytes (an alias bomb?)");
       nodes_ = kMaxNodes + 1;  // one message, and every caller stops
       return false;
     }
@@ -228,8 +225,10 @@ class Loader final : public ArgSource {
   std::vector<std::string> string_list(const json& v, const std::string& ptr, const std::string& what) {
     std::vector<std::string> out;
     auto one = [&](const json& item, const std::string& p) {
-      if (item.is_string()) out.push_back(item.get<std::string>());
-      else error(where(p), what + " must be a name or a list of names");
+      if (item.is_string())
+        out.push_back(item.get<std::string>());
+      else
+        error(where(p), what + " must be a name or a list of names");
     };
     if (v.is_array()) {
       for (size_t i = 0; i < v.size(); ++i) one(v[i], ptr + "/" + std::to_string(i));
@@ -240,8 +239,7 @@ class Loader final : public ArgSource {
   }
 
   std::optional<Task> task(const json& t, const std::string& ptr, bool handler) {
-    static const std::vector<std::string> keywords = {"name", "when", "notify", "tags",
-                                                      "ignore_errors"};
+    static const std::vector<std::string> keywords = {"name", "when", "notify", "tags", "ignore_errors"};
     if (!t.is_object()) {
       error(where(ptr), std::string(handler ? "a handler" : "a task") +
                             " must be a mapping with a module, e.g. `- grub_cmdline: {...}`");
@@ -259,8 +257,8 @@ class Loader final : public ArgSource {
       }
       std::vector<std::string> candidates = Registry::instance().names();
       candidates.insert(candidates.end(), keywords.begin(), keywords.end());
-      error(where(child_ptr(ptr, key), true), "unknown module or task keyword '" + key + "'" +
-                                                  did_you_mean(key, candidates));
+      error(where(child_ptr(ptr, key), true),
+            "unknown module or task keyword '" + key + "'" + did_you_mean(key, candidates));
       good = false;
     }
     if (modules.size() > 1) {
@@ -311,8 +309,10 @@ class Loader final : public ArgSource {
     if (t.contains("when")) {
       const json& w = t["when"];
       std::vector<std::string> conds;
-      if (w.is_boolean()) conds.push_back(w.get<bool>() ? "true" : "false");
-      else conds = string_list(w, child_ptr(ptr, "when"), "when");
+      if (w.is_boolean())
+        conds.push_back(w.get<bool>() ? "true" : "false");
+      else
+        conds = string_list(w, child_ptr(ptr, "when"), "when");
       for (const auto& c : conds) {
         if (!out.when_text.empty()) out.when_text += " and ";
         out.when_text += conds.size() > 1 ? "(" + c + ")" : c;
@@ -382,7 +382,8 @@ class Loader final : public ArgSource {
         uses = true;
         force = force || t.args.value("force", false);
         const json& g = t.args["gpus"];
-        if (g.is_string() || spec.is_string()) spec = "auto";
+        if (g.is_string() || spec.is_string())
+          spec = "auto";
         else
           for (const auto& a : g)
             if (std::find(spec.begin(), spec.end(), a) == spec.end()) spec.push_back(a);
@@ -404,8 +405,10 @@ class Loader final : public ArgSource {
     }
     check_keys(tree, "", {"name", "vars", "stages", "tasks", "handlers"}, "playbook");
     if (tree.contains("vars")) {
-      if (!tree["vars"].is_object() && !tree["vars"].is_null()) error(where("/vars"), "vars must be a mapping");
-      else if (tree["vars"].is_object()) pb.vars = tree["vars"];
+      if (!tree["vars"].is_object() && !tree["vars"].is_null())
+        error(where("/vars"), "vars must be a mapping");
+      else if (tree["vars"].is_object())
+        pb.vars = tree["vars"];
       if (pb.vars.contains("facts")) error(where("/vars/facts", true), "'facts' is reserved for the host's facts");
     }
     scope_.emplace(pb.vars, opts_.extra_vars, opts_.facts);
@@ -448,10 +451,14 @@ class Loader final : public ArgSource {
         if (!names.insert(s.name).second) error(where(child_ptr(sp, "name")), "two stages are named '" + s.name + "'");
         if (st.contains("reboot")) {
           std::string r = st["reboot"].is_string() ? st["reboot"].get<std::string>() : "";
-          if (r == "never") s.reboot = RebootPolicy::never;
-          else if (r == "when_needed") s.reboot = RebootPolicy::when_needed;
-          else if (r == "always") s.reboot = RebootPolicy::always;
-          else error(where(child_ptr(sp, "reboot")), "reboot must be never, when_needed or always");
+          if (r == "never")
+            s.reboot = RebootPolicy::never;
+          else if (r == "when_needed")
+            s.reboot = RebootPolicy::when_needed;
+          else if (r == "always")
+            s.reboot = RebootPolicy::always;
+          else
+            error(where(child_ptr(sp, "reboot")), "reboot must be never, when_needed or always");
         }
         if (!st.contains("tasks")) error(where(sp), "the stage '" + s.name + "' has no tasks");
         s.tasks = task_list(st.value("tasks", json()), child_ptr(sp, "tasks"), false);
@@ -499,8 +506,9 @@ LoadResult load_playbook_text(const std::string& text, const std::string& path, 
     LoadResult r;
     const size_t line_start = text.rfind('\n', bad == 0 ? 0 : bad - 1);
     const size_t col = line_start == std::string::npos || bad == 0 ? bad + 1 : bad - line_start;
-    r.errors.push_back(path + ":" + std::to_string(1 + std::count(text.begin(), text.begin() + static_cast<long>(bad), '\n')) +
-                       ":" + std::to_string(col) + ": the playbook is not UTF-8 text (byte " +
+    r.errors.push_back(path + ":" +
+                       std::to_string(1 + std::count(text.begin(), text.begin() + static_cast<long>(bad), '\n')) + ":" +
+                       std::to_string(col) + ": the playbook is not UTF-8 text (byte " +
                        [&] {
                          char hex[8];
                          std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[bad]));
@@ -544,7 +552,8 @@ Expected<json> parse_extra_var(const std::string& arg) {
       if (!in) return Error{"-e: cannot read " + arg.substr(1)};
       text.assign(std::istreambuf_iterator<char>(in), {});
     }
-    auto j = parse_extra_vars_text(text, arg.front() == '@' ? arg.substr(1) + " does not hold" : "'" + arg + "' is not");
+    auto j =
+        parse_extra_vars_text(text, arg.front() == '@' ? arg.substr(1) + " does not hold" : "'" + arg + "' is not");
     if (!j) return Error{"-e: " + j.error()};
     return j;
   }

@@ -1,10 +1,9 @@
 // Playbook loading: YAML -> typed, validated stages and tasks, every error with file:line:col.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/template.hpp"
 

@@ -49,8 +49,10 @@ std::string escape(std::string_view s, bool keep_line_breaks, bool all, size_t& 
   while (i < s.size()) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
     if (c < 0x80) {
-      if ((c < 0x20 && c != '\t' && !(c == '\n' && keep_line_breaks)) || c == 0x7f) escape_byte(out, c);
-      else out += static_cast<char>(c);
+      if ((c < 0x20 && c != '\t' && !(c == '\n' && keep_line_breaks)) || c == 0x7f)
+        escape_byte(out, c);
+      else
+        out += static_cast<char>(c);
       ++i;
       continue;
     }
@@ -128,7 +130,8 @@ std::string task_line(std::string_view status, const std::string& where, const s
   return word + ": [" + where + "]" + (text.empty() ? "" : " " + text);
 }
 
-std::string recap_line(const std::string& host, int ok, int changed, int unreachable, int failed, int skipped, int ignored) {
+std::string recap_line(const std::string& host, int ok, int changed, int unreachable, int failed, int skipped,
+                       int ignored) {
   char buf[256];
   std::snprintf(buf, sizeof buf,
                 "%-26s : ok=%-4d changed=%-4d unreachable=%-4d failed=%-4d skipped=%-4d rescued=%-4d ignored=%-4d",
@@ -152,10 +155,17 @@ class HumanReporter final : public Reporter {
   void task(const TaskReport& r) override {
     const char* color = kGreen;
     switch (r.result.status) {
-      case Outcome::ok: break;
-      case Outcome::changed: color = kYellow; break;
-      case Outcome::skipped: color = kCyan; break;
-      case Outcome::failed: color = kRed; break;
+      case Outcome::ok:
+        break;
+      case Outcome::changed:
+        color = kYellow;
+        break;
+      case Outcome::skipped:
+        color = kCyan;
+        break;
+      case Outcome::failed:
+        color = kRed;
+        break;
     }
     std::string line = task_line(outcome_name(r.result.status), r.name, r.result.msg);
     if (r.ignored) line += " ...ignoring";
@@ -165,7 +175,10 @@ class HumanReporter final : public Reporter {
   void done(const RunStats& s, int exit_code) override {
     out_ << "\n";
     line(banner("RECAP"));
-    paint(s.failed ? kRed : s.changed ? kYellow : kGreen, recap_line(opts_.host, s.ok, s.changed, 0, s.failed, s.skipped, s.ignored));
+    paint(s.failed    ? kRed
+          : s.changed ? kYellow
+                      : kGreen,
+          recap_line(opts_.host, s.ok, s.changed, 0, s.failed, s.skipped, s.ignored));
     if (s.stopped_for_reboot && !opts_.check) {
       paint(kYellow, "stopped for a reboot after stage " + s.stop_stage +
                          ": reboot the host (or run with --reboot), then run gptagent apply again; it checks that the "
@@ -177,7 +190,7 @@ class HumanReporter final : public Reporter {
                          " for the changes of stage " + join(s.reboot_stages, ", ") + " to take effect");
     }
     if (opts_.check) {
-      out_ << (exit_code == 2 ? "drift: the host differs from the playbook (check mode, nothing changed)"
+      out_ << (exit_code == 2   ? "drift: the host differs from the playbook (check mode, nothing changed)"
                : exit_code == 0 ? "no drift: the host matches the playbook"
                                 : "check failed")
            << "\n";
@@ -230,9 +243,8 @@ class JsonReporter final : public Reporter {
     doc_["root"] = opts_.root;
     doc_["check"] = opts_.check;
     doc_["host"] = opts_.host;
-    doc_["stats"] = {{"ok", s.ok},           {"changed", s.changed}, {"unreachable", 0},
-                     {"failed", s.failed},   {"skipped", s.skipped}, {"rescued", 0},
-                     {"ignored", s.ignored}};
+    doc_["stats"] = {{"ok", s.ok},           {"changed", s.changed}, {"unreachable", 0},    {"failed", s.failed},
+                     {"skipped", s.skipped}, {"rescued", 0},         {"ignored", s.ignored}};
     doc_["reboot_required"] = s.reboot_required;
     doc_["reboot_stages"] = s.reboot_stages;
     doc_["stopped_for_reboot"] = s.stopped_for_reboot;

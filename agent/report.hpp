@@ -64,6 +64,7 @@ std::string banner(const std::string& text);
 // run, the host for a fleet's.
 std::string task_line(std::string_view status, const std::string& where, const std::string& text);
 // One RECAP line, Ansible's columns.
-std::string recap_line(const std::string& host, int ok, int changed, int unreachable, int failed, int skipped, int ignored);
+std::string recap_line(const std::string& host, int ok, int changed, int unreachable, int failed, int skipped,
+                       int ignored);
 
 }  // namespace gpt

@@ -1,9 +1,10 @@
 #include "agent/runner.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <chrono>
 #include <set>
-#include <spdlog/spdlog.h>
 
 namespace gpt {
 namespace {
@@ -38,15 +39,24 @@ void note_written(std::vector<std::pair<std::string, std::string>>& written, con
 
 void count(RunStats& stats, const TaskReport& r) {
   switch (r.result.status) {
-    case Outcome::ok: ++stats.ok; break;
-    case Outcome::changed: ++stats.ok; ++stats.changed; break;
-    case Outcome::skipped: ++stats.skipped; break;
-    case Outcome::failed: r.ignored ? ++stats.ignored : ++stats.failed; break;
+    case Outcome::ok:
+      ++stats.ok;
+      break;
+    case Outcome::changed:
+      ++stats.ok;
+      ++stats.changed;
+      break;
+    case Outcome::skipped:
+      ++stats.skipped;
+      break;
+    case Outcome::failed:
+      r.ignored ? ++stats.ignored : ++stats.failed;
+      break;
   }
 }
 
-TaskReport converge_task(const Stage& stage, const std::string& name, const ModuleDef& def,
-                         const nlohmann::json& args, Context& ctx, bool apply, bool handler) {
+TaskReport converge_task(const Stage& stage, const std::string& name, const ModuleDef& def, const nlohmann::json& args,
+                         Context& ctx, bool apply, bool handler) {
   TaskReport rep{stage.name, name, def.name, handler, false, {}, 0};
   auto start = std::chrono::steady_clock::now();
   rep.result = converge_module(def, ctx, args, apply);
@@ -75,7 +85,7 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
     std::vector<std::string> deferred_notified;
     RebootExpectations stage_expect;
     StageIntent intent{stage.name, {}, {}, false};  // handlers (module ones in order of request), reboot
-    bool journaled = false;                        // the state file holds this stage's intent
+    bool journaled = false;                         // the state file holds this stage's intent
     if (opts.carried && index == carry_index) {
       intent.add(opts.carried->handlers, opts.carried->notified, opts.carried->reboot);
       journaled = true;
@@ -93,8 +103,9 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       if (!selected(task, opts)) continue;
       TaskReport rep;
       if (!task.when) {
-        rep = TaskReport{stage.name, task.name, task.module->name, false, false,
-                         Result::skipped("condition is false: " + task.when_text), 0};
+        rep = TaskReport{stage.name, task.name, task.module->name,
+                         false,      false,     Result::skipped("condition is false: " + task.when_text),
+                         0};
       } else if (apply && opts.journal && (task.module->changes_boot || !task.notify.empty())) {
         // Predict first: a task that will change records what its change sets in motion before
         // making it; one that will not is done (check mode and apply agree on `ok`). Modules
@@ -196,8 +207,9 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
         continue;
       }
       TaskReport rep = h->when ? converge_task(stage, h->name, *h->module, h->args, ctx, apply, true)
-                               : TaskReport{stage.name, h->name, h->module->name, true, false,
-                                            Result::skipped("condition is false: " + h->when_text), 0};
+                               : TaskReport{stage.name, h->name, h->module->name,
+                                            true,       false,   Result::skipped("condition is false: " + h->when_text),
+                                            0};
       if (rep.result.status == Outcome::failed && h->ignore_errors) rep.ignored = true;
       if (apply) note_written(written, rep.result);
       count(stats, rep);
@@ -209,8 +221,8 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
       stats.reboot_stages.push_back(stage.name);
     }
     if (stop) break;  // the intent stays recorded: the next run finishes the handlers
-    const bool wants_reboot = stage.reboot == RebootPolicy::always ||
-                              (stage.reboot == RebootPolicy::when_needed && stage_reboot);
+    const bool wants_reboot =
+        stage.reboot == RebootPolicy::always || (stage.reboot == RebootPolicy::when_needed && stage_reboot);
     // In check mode only a change makes a reboot: `always` on a converged host is no drift.
     const bool stops = opts.staged && wants_reboot && (!opts.check || stage_reboot);
     // A stage that stops for a reboot hands over to the caller, which records the wait in place

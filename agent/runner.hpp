@@ -15,11 +15,11 @@
 namespace gpt {
 
 struct RunOptions {
-  bool check = false;  // converge with apply == false: change nothing, say what would change
+  bool check = false;                  // converge with apply == false: change nothing, say what would change
   std::vector<std::string> tags;       // run only tasks with one of these (or `always`)
   std::vector<std::string> skip_tags;  // never run tasks with one of these
-  bool staged = false;      // honour the stages' reboot policies: stop when one asks for a reboot
-  size_t start_stage = 0;   // the index of the first stage to run
+  bool staged = false;                 // honour the stages' reboot policies: stop when one asks for a reboot
+  size_t start_stage = 0;              // the index of the first stage to run
   // The intent an interrupted run left (see StageIntent): its handlers run, and its reboot is
   // asked for, at the end of the stage of that name (or of the first stage run).
   std::optional<StageIntent> carried;

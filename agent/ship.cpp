@@ -7,8 +7,8 @@
 #include <zlib.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <bit>
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -41,7 +41,8 @@ Expected<uint64_t> image_size(std::string_view head, uint64_t file_size) {
   for (unsigned i = 0; i < header.e_phnum; ++i) {
     auto ph = read_at<Phdr>(head, header.e_phoff + uint64_t{i} * sizeof(Phdr));
     if (ph.p_filesz == 0) continue;
-    if (!fits(ph.p_offset, ph.p_filesz, file_size)) return Error{"segment " + std::to_string(i) + " is not inside the file"};
+    if (!fits(ph.p_offset, ph.p_filesz, file_size))
+      return Error{"segment " + std::to_string(i) + " is not inside the file"};
     end = std::max<uint64_t>(end, ph.p_offset + ph.p_filesz);
     loads = loads || ph.p_type == PT_LOAD;
   }
@@ -64,15 +65,20 @@ Expected<uint64_t> checked_image_size(std::string_view head, uint64_t file_size)
   const unsigned char native = std::endian::native == std::endian::little ? ELFDATA2LSB : ELFDATA2MSB;
   if (static_cast<unsigned char>(head[EI_DATA]) != native) return Error{"an ELF file of the other byte order"};
   switch (head[EI_CLASS]) {
-    case ELFCLASS64: return image_size<Elf64_Ehdr, Elf64_Phdr>(head, file_size);
-    case ELFCLASS32: return image_size<Elf32_Ehdr, Elf32_Phdr>(head, file_size);
-    default: return Error{"an ELF file of an unknown class"};
+    case ELFCLASS64:
+      return image_size<Elf64_Ehdr, Elf64_Phdr>(head, file_size);
+    case ELFCLASS32:
+      return image_size<Elf32_Ehdr, Elf32_Phdr>(head, file_size);
+    default:
+      return Error{"an ELF file of an unknown class"};
   }
 }
 
 std::string image_of(std::string image) {
-  if (image[EI_CLASS] == ELFCLASS64) drop_sections<Elf64_Ehdr>(image);
-  else drop_sections<Elf32_Ehdr>(image);
+  if (image[EI_CLASS] == ELFCLASS64)
+    drop_sections<Elf64_Ehdr>(image);
+  else
+    drop_sections<Elf32_Ehdr>(image);
   return image;
 }
 
@@ -103,7 +109,7 @@ Expected<std::string> read_loadable_image(const std::string& path) {
     }
     return bytes;
   };
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) return Error{"cannot read " + path + ": " + std::strerror(errno)};
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   // The program headers follow the ELF header in every executable a linker makes.

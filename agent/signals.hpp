@@ -12,7 +12,7 @@ namespace gpt {
 class ScopedSignalHandlers {
  public:
   ScopedSignalHandlers(std::initializer_list<int> signals, void (*handler)(int), int flags = 0) {
-    struct sigaction sa{};
+    struct sigaction sa {};
     sa.sa_handler = handler;
     sa.sa_flags = flags;
     ::sigemptyset(&sa.sa_mask);

@@ -4,10 +4,9 @@
 #include <nettle/sha2.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-
-#include <algorithm>
 #include <ctime>
 
 #include "agent/facts.hpp"
@@ -22,7 +21,8 @@ namespace {
 void add_unique(std::vector<std::string>& to, const json& items) {
   if (!items.is_array()) return;
   for (const auto& i : items)
-    if (i.is_string() && std::find(to.begin(), to.end(), i.get<std::string>()) == to.end()) to.push_back(i.get<std::string>());
+    if (i.is_string() && std::find(to.begin(), to.end(), i.get<std::string>()) == to.end())
+      to.push_back(i.get<std::string>());
 }
 
 std::vector<std::string> strings(const json& j, const char* key) {
@@ -66,7 +66,10 @@ void RebootExpectations::merge(const json& e) {
 }
 
 json RebootExpectations::to_json() const {
-  return {{"cmdline_present", cmdline_present}, {"cmdline_absent", cmdline_absent}, {"modules", modules}, {"vfio_devices", vfio_devices}};
+  return {{"cmdline_present", cmdline_present},
+          {"cmdline_absent", cmdline_absent},
+          {"modules", modules},
+          {"vfio_devices", vfio_devices}};
 }
 
 RebootExpectations RebootExpectations::from_json(const json& j) {
@@ -78,7 +81,8 @@ RebootExpectations RebootExpectations::from_json(const json& j) {
   return e;
 }
 
-bool StageIntent::add(const std::vector<HandlerRequest>& more, const std::vector<std::string>& names, bool needs_reboot) {
+bool StageIntent::add(const std::vector<HandlerRequest>& more, const std::vector<std::string>& names,
+                      bool needs_reboot) {
   bool added = false;
   for (const auto& h : more)
     if (std::none_of(handlers.begin(), handlers.end(), [&](const HandlerRequest& x) { return x.name == h.name; })) {
@@ -95,9 +99,12 @@ bool StageIntent::add(const std::vector<HandlerRequest>& more, const std::vector
 }
 
 json RunState::to_json() const {
-  json j = {{"version", 1},          {"phase", waiting ? "waiting_for_reboot" : "running"},
-            {"playbook", playbook},  {"playbook_sha256", playbook_sha256},
-            {"stage", stage},        {"boot_id", boot_id},
+  json j = {{"version", 1},
+            {"phase", waiting ? "waiting_for_reboot" : "running"},
+            {"playbook", playbook},
+            {"playbook_sha256", playbook_sha256},
+            {"stage", stage},
+            {"boot_id", boot_id},
             {"recorded_at", recorded_at}};
   if (waiting) {
     j["next_stage"] = next_stage;
@@ -140,7 +147,8 @@ Expected<std::optional<RunState>> load_state(const Root& root) {
       const json& p = j.at("pending");
       s.intent.stage = s.stage;
       for (const auto& h : p.at("handlers")) {
-        HandlerRequest req{h.at("name").get<std::string>(), h.at("module").get<std::string>(), h.value("args", json::object())};
+        HandlerRequest req{h.at("name").get<std::string>(), h.at("module").get<std::string>(),
+                           h.value("args", json::object())};
         if (auto why = unsafe_handler_request(req))
           s.dropped.push_back("pending handler '" + req.name + "': " + *why);
         else
@@ -225,22 +233,27 @@ std::vector<Check> verify_after_reboot(const RebootExpectations& e, const Facts&
                                        [](const std::string& p) { return param_name(p) == "intel_iommu"; }) ||
                            !e.vfio_devices.empty();
   if (wants_iommu) {
-    out.push_back({f.iommu.on(), "the IOMMU is on (" + std::to_string(f.iommu.groups) + " groups)",
-                   "the IOMMU is enabled on the command line but the kernel made no IOMMU groups: enable VT-d / AMD-Vi in "
-                   "the firmware setup"});
+    out.push_back(
+        {f.iommu.on(), "the IOMMU is on (" + std::to_string(f.iommu.groups) + " groups)",
+         "the IOMMU is enabled on the command line but the kernel made no IOMMU groups: enable VT-d / AMD-Vi in "
+         "the firmware setup"});
   }
   for (const auto& m : e.modules) {
     bool ok = f.module_available(m);
-    out.push_back({ok, m + " is loaded", m + " is not loaded: /etc/modules-load.d was not read at boot, or the module is missing from this kernel"});
+    out.push_back(
+        {ok, m + " is loaded",
+         m + " is not loaded: /etc/modules-load.d was not read at boot, or the module is missing from this kernel"});
   }
   for (const auto& d : e.vfio_devices) {
     auto dev = std::find_if(f.pci.begin(), f.pci.end(), [&](const PciDevice& p) { return p.address == d; });
     std::string driver = dev == f.pci.end() ? "" : dev->driver;
     bool ok = driver == "vfio-pci";
-    std::string why = dev == f.pci.end() ? d + " is gone from the PCI bus after the reboot"
-                      : d + " is on " + (driver.empty() ? std::string("no driver") : driver) +
-                            ", not vfio-pci: the initramfs was not rebuilt, or vfio-pci's ids did not reach it before the "
-                            "display driver (softdep, or vfio-pci.ids on the command line for a built-in vfio-pci)";
+    std::string why =
+        dev == f.pci.end()
+            ? d + " is gone from the PCI bus after the reboot"
+            : d + " is on " + (driver.empty() ? std::string("no driver") : driver) +
+                  ", not vfio-pci: the initramfs was not rebuilt, or vfio-pci's ids did not reach it before the "
+                  "display driver (softdep, or vfio-pci.ids on the command line for a built-in vfio-pci)";
     out.push_back({ok, d + " is bound to vfio-pci", why});
   }
   return out;

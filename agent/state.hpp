@@ -3,12 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/expected.hpp"
 #include "agent/module.hpp"
@@ -72,7 +71,7 @@ struct RunState {
   std::string boot_id;          // of the boot that asked
   std::string recorded_at;      // local time, for people
   RebootExpectations expect;
-  StageIntent intent;           // running only
+  StageIntent intent;                // running only
   std::optional<TrialRecord> trial;  // waiting only: the reboot boots this trial once
   // What load_state dropped from the recorded intent and why: the file is not trusted to name
   // commands (see unsafe_handler_request); nothing of a dropped handler runs.

@@ -63,9 +63,12 @@ Expected<json> VarScope::lookup_at(std::string_view dotted, int depth) const {
   std::string_view rest = head.size() < dotted.size() ? dotted.substr(head.size() + 1) : "";
   const json* cur = nullptr;
   std::string key(head);
-  if (extra_.contains(key)) cur = &extra_[key];
-  else if (vars_.contains(key)) cur = &vars_[key];
-  else if (key == "facts") cur = &facts_;
+  if (extra_.contains(key))
+    cur = &extra_[key];
+  else if (vars_.contains(key))
+    cur = &vars_[key];
+  else if (key == "facts")
+    cur = &facts_;
   if (!cur) return Error{"undefined variable '" + std::string(dotted) + "'"};
   json value = *cur;
   while (!rest.empty()) {
@@ -77,8 +80,7 @@ Expected<json> VarScope::lookup_at(std::string_view dotted, int depth) const {
     std::string p(part);
     if (value.is_object() && value.contains(p)) {
       value = json(value[p]);
-    } else if (value.is_array() && !p.empty() &&
-               p.find_first_not_of("0123456789") == std::string::npos &&
+    } else if (value.is_array() && !p.empty() && p.find_first_not_of("0123456789") == std::string::npos &&
                std::stoul(p) < value.size()) {
       value = json(value[std::stoul(p)]);
     } else {
@@ -133,9 +135,12 @@ Expected<json> VarScope::render_at(const json& value, int depth) const {
     auto v = lookup_at(inner, depth + 1);
     if (!v) return v;
     if (open == 0 && close + 2 == s.size()) whole = *v;
-    if (v->is_string()) out += v->get<std::string>();
-    else if (v->is_number() || v->is_boolean()) out += v->dump();
-    else if (!whole) return Error{"'" + std::string(inner) + "' is a list or mapping and cannot be part of a string"};
+    if (v->is_string())
+      out += v->get<std::string>();
+    else if (v->is_number() || v->is_boolean())
+      out += v->dump();
+    else if (!whole)
+      return Error{"'" + std::string(inner) + "' is a list or mapping and cannot be part of a string"};
     pos = close + 2;
   }
   if (whole) return *whole;
@@ -317,8 +322,7 @@ class ExprParser {
       if (!v) return {nullptr, v.error()};
       return {*v, {}};
     }
-    if (s_.substr(i_, 2) == "{{")
-      return fail("when: is already an expression; write the name without {{ }}");
+    if (s_.substr(i_, 2) == "{{") return fail("when: is already an expression; write the name without {{ }}");
     return fail("unexpected '" + std::string(s_.substr(i_)) + "' in when: " + std::string(s_));
   }
 

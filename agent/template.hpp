@@ -2,10 +2,9 @@
 // expression language of `when:` — not a template language.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/expected.hpp"
 

@@ -59,22 +59,23 @@ Expected<const Api*> load_once() {
                  "): install libvirt-daemon-system and libvirt-clients (Debian, Ubuntu) or libvirt (Fedora, Arch)"};
   }
   static Api api{};
-  bool ok = resolve(lib, "virConnectOpen", api.connect_open) && resolve(lib, "virConnectClose", api.connect_close) &&
-            resolve(lib, "virConnectGetCapabilities", api.capabilities) &&
-            resolve(lib, "virConnectGetURI", api.connect_uri) && resolve(lib, "virDomainLookupByName", api.lookup) &&
-            resolve(lib, "virDomainDefineXML", api.define) && resolve(lib, "virDomainGetXMLDesc", api.xml) &&
-            resolve(lib, "virDomainGetState", api.state) && resolve(lib, "virDomainGetAutostart", api.get_autostart) &&
-            resolve(lib, "virDomainSetAutostart", api.set_autostart) && resolve(lib, "virDomainCreate", api.create) &&
-            resolve(lib, "virDomainShutdown", api.shutdown) && resolve(lib, "virDomainDestroy", api.destroy) &&
-            resolve(lib, "virDomainUndefineFlags", api.undefine) && resolve(lib, "virDomainFree", api.free_domain) &&
-            resolve(lib, "virNetworkLookupByName", api.network_lookup) &&
-            resolve(lib, "virNetworkDefineXML", api.network_define) && resolve(lib, "virNetworkGetXMLDesc", api.network_xml) &&
-            resolve(lib, "virNetworkIsActive", api.network_active) &&
-            resolve(lib, "virNetworkGetAutostart", api.network_get_autostart) &&
-            resolve(lib, "virNetworkSetAutostart", api.network_set_autostart) &&
-            resolve(lib, "virNetworkCreate", api.network_create) && resolve(lib, "virNetworkDestroy", api.network_destroy) &&
-            resolve(lib, "virNetworkUndefine", api.network_undefine) && resolve(lib, "virNetworkFree", api.free_network) &&
-            resolve(lib, "virGetLastError", api.last_error) && resolve(lib, "virSetErrorFunc", api.set_error_func);
+  bool ok =
+      resolve(lib, "virConnectOpen", api.connect_open) && resolve(lib, "virConnectClose", api.connect_close) &&
+      resolve(lib, "virConnectGetCapabilities", api.capabilities) &&
+      resolve(lib, "virConnectGetURI", api.connect_uri) && resolve(lib, "virDomainLookupByName", api.lookup) &&
+      resolve(lib, "virDomainDefineXML", api.define) && resolve(lib, "virDomainGetXMLDesc", api.xml) &&
+      resolve(lib, "virDomainGetState", api.state) && resolve(lib, "virDomainGetAutostart", api.get_autostart) &&
+      resolve(lib, "virDomainSetAutostart", api.set_autostart) && resolve(lib, "virDomainCreate", api.create) &&
+      resolve(lib, "virDomainShutdown", api.shutdown) && resolve(lib, "virDomainDestroy", api.destroy) &&
+      resolve(lib, "virDomainUndefineFlags", api.undefine) && resolve(lib, "virDomainFree", api.free_domain) &&
+      resolve(lib, "virNetworkLookupByName", api.network_lookup) &&
+      resolve(lib, "virNetworkDefineXML", api.network_define) &&
+      resolve(lib, "virNetworkGetXMLDesc", api.network_xml) && resolve(lib, "virNetworkIsActive", api.network_active) &&
+      resolve(lib, "virNetworkGetAutostart", api.network_get_autostart) &&
+      resolve(lib, "virNetworkSetAutostart", api.network_set_autostart) &&
+      resolve(lib, "virNetworkCreate", api.network_create) && resolve(lib, "virNetworkDestroy", api.network_destroy) &&
+      resolve(lib, "virNetworkUndefine", api.network_undefine) && resolve(lib, "virNetworkFree", api.free_network) &&
+      resolve(lib, "virGetLastError", api.last_error) && resolve(lib, "virSetErrorFunc", api.set_error_func);
   if (!ok) return Error{"libvirt.so.0 lacks a function the agent needs (libvirt 2.3 or newer is required)"};
   api.set_error_func(nullptr, quiet);
   return &api;
@@ -108,10 +109,14 @@ Expected<const Api*> load() {
 
 std::string state_name(State s) {
   switch (s) {
-    case State::running: return "running";
-    case State::paused: return "paused";
-    case State::shutoff: return "shut off";
-    case State::other: return "in transition";
+    case State::running:
+      return "running";
+    case State::paused:
+      return "paused";
+    case State::shutoff:
+      return "shut off";
+    case State::other:
+      return "in transition";
   }
   return "unknown";
 }
@@ -127,15 +132,20 @@ Expected<std::string> Domain::xml(bool inactive) const {
 
 Expected<State> Domain::state() const {
   int st = 0, reason = 0;
-  if (api_->state(static_cast<virDomainPtr>(handle_), &st, &reason, 0) < 0) return fail(api_, "cannot read the domain's state");
+  if (api_->state(static_cast<virDomainPtr>(handle_), &st, &reason, 0) < 0)
+    return fail(api_, "cannot read the domain's state");
   switch (st) {
     case VIR_DOMAIN_RUNNING:
-    case VIR_DOMAIN_BLOCKED: return State::running;
+    case VIR_DOMAIN_BLOCKED:
+      return State::running;
     case VIR_DOMAIN_PAUSED:
-    case VIR_DOMAIN_PMSUSPENDED: return State::paused;
+    case VIR_DOMAIN_PMSUSPENDED:
+      return State::paused;
     case VIR_DOMAIN_SHUTOFF:
-    case VIR_DOMAIN_CRASHED: return State::shutoff;
-    default: return State::other;
+    case VIR_DOMAIN_CRASHED:
+      return State::shutoff;
+    default:
+      return State::other;
   }
 }
 
@@ -148,7 +158,9 @@ Expected<bool> Domain::autostart() const {
 Status Domain::set_autostart(bool on) {
   return status(api_, api_->set_autostart(static_cast<virDomainPtr>(handle_), on ? 1 : 0), "cannot set autostart");
 }
-Status Domain::start() { return status(api_, api_->create(static_cast<virDomainPtr>(handle_)), "cannot start the domain"); }
+Status Domain::start() {
+  return status(api_, api_->create(static_cast<virDomainPtr>(handle_)), "cannot start the domain");
+}
 Status Domain::shutdown() {
   return status(api_, api_->shutdown(static_cast<virDomainPtr>(handle_)), "cannot shut the domain down");
 }
@@ -172,7 +184,8 @@ Network::~Network() {
 
 Expected<std::string> Network::xml(bool inactive) const {
   auto net = static_cast<virNetworkPtr>(handle_);
-  if (char* text = api_->network_xml(net, inactive ? VIR_NETWORK_XML_INACTIVE : 0)) return take(api_, text, "cannot read the network's XML");
+  if (char* text = api_->network_xml(net, inactive ? VIR_NETWORK_XML_INACTIVE : 0))
+    return take(api_, text, "cannot read the network's XML");
   // The test:/// driver keeps one definition and refuses the flag.
   virErrorPtr e = api_->last_error();
   if (inactive && e && e->code == VIR_ERR_INVALID_ARG)
@@ -188,7 +201,8 @@ Expected<bool> Network::active() const {
 
 Expected<bool> Network::autostart() const {
   int on = 0;
-  if (api_->network_get_autostart(static_cast<virNetworkPtr>(handle_), &on) < 0) return fail(api_, "cannot read the network's autostart");
+  if (api_->network_get_autostart(static_cast<virNetworkPtr>(handle_), &on) < 0)
+    return fail(api_, "cannot read the network's autostart");
   return on != 0;
 }
 
@@ -196,9 +210,15 @@ Status Network::set_autostart(bool on) {
   return status(api_, api_->network_set_autostart(static_cast<virNetworkPtr>(handle_), on ? 1 : 0),
                 "cannot set the network's autostart");
 }
-Status Network::start() { return status(api_, api_->network_create(static_cast<virNetworkPtr>(handle_)), "cannot start the network"); }
-Status Network::destroy() { return status(api_, api_->network_destroy(static_cast<virNetworkPtr>(handle_)), "cannot stop the network"); }
-Status Network::undefine() { return status(api_, api_->network_undefine(static_cast<virNetworkPtr>(handle_)), "cannot undefine the network"); }
+Status Network::start() {
+  return status(api_, api_->network_create(static_cast<virNetworkPtr>(handle_)), "cannot start the network");
+}
+Status Network::destroy() {
+  return status(api_, api_->network_destroy(static_cast<virNetworkPtr>(handle_)), "cannot stop the network");
+}
+Status Network::undefine() {
+  return status(api_, api_->network_undefine(static_cast<virNetworkPtr>(handle_)), "cannot undefine the network");
+}
 
 Expected<Connection> Connection::open(const std::string& uri) {
   auto api = load();
@@ -218,7 +238,8 @@ Connection::~Connection() {
 }
 
 Expected<std::string> Connection::capabilities() const {
-  return take(api_, api_->capabilities(static_cast<virConnectPtr>(handle_)), "cannot read the hypervisor's capabilities");
+  return take(api_, api_->capabilities(static_cast<virConnectPtr>(handle_)),
+              "cannot read the hypervisor's capabilities");
 }
 
 Expected<std::optional<Domain>> Connection::lookup(const std::string& name) const {

@@ -69,7 +69,9 @@ class Connection {
   // Opens `uri` ("" lets libvirt choose its default).
   static Expected<Connection> open(const std::string& uri);
   ~Connection();
-  Connection(Connection&& o) noexcept : api_(o.api_), handle_(o.handle_), uri_(std::move(o.uri_)) { o.handle_ = nullptr; }
+  Connection(Connection&& o) noexcept : api_(o.api_), handle_(o.handle_), uri_(std::move(o.uri_)) {
+    o.handle_ = nullptr;
+  }
   Connection& operator=(Connection&&) = delete;
   Connection(const Connection&) = delete;
 

@@ -9,13 +9,13 @@
 #include <algorithm>
 #include <array>
 
-#include "modules/lib/handlers.hpp"
 #include "agent/changes.hpp"
 #include "agent/declare.hpp"
 #include "agent/gpu.hpp"
 #include "agent/handoff.hpp"
 #include "agent/installed.hpp"
 #include "agent/text.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 namespace {
@@ -203,55 +203,59 @@ ModuleDocs docs() {
   };
 }
 
-const Registration registration{declare_module(
-    "gpu_handoff", "a libvirt hook that stops what holds a VM's GPU before the VM starts and starts it again after",
-    ArgsDecl<Args>()
-        .arg("vm", &Args::vm, "the libvirt domain whose start takes the GPUs",
-             {.required = true,
-              .check = [](const json& v) -> std::optional<std::string> {
-                if (handoff_vm_name_ok(v.get<std::string>())) return std::nullopt;
-                return "'" + v.get<std::string>() +
-                       "': a domain name of letters, digits, '.', '_', '+' and '-' (not led by '.')";
-              },
-              .example = "win11"})
-        .arg(gpus_arg(), &Args::gpus)
-        .arg("force", &Args::force,
-             "(accepted for symmetry with the other GPU modules; the hand-off takes any GPU named)")
-        .arg("units", &Args::units,
-             "system units the hook stops while the VM runs (a name without a dot is a .service)",
-             {.check = [](const json& v) -> std::optional<std::string> {
-                for (const auto& u : v)
-                  if (auto why = name_check(u, false)) return why;
-                return std::nullopt;
-              },
-              .example = json::array({"ollama", "sunshine"})})
-        .arg("user_units", &Args::user_units, "user units the hook stops: name, and user (* for every user's)",
-             ArgsDecl<UserUnit>()
-                 .arg("name", &UserUnit::name, "the user unit",
-                      {.required = true, .check = [](const json& v) { return name_check(v, false); }})
-                 .arg("user", &UserUnit::user, "whose (* for every logged-in user's)",
-                      {.check = [](const json& v) { return name_check(v, true); }}))
-        .arg("known_units", &Args::known_units,
-             "also stop the units known to hold a GPU that this host has (gnome-remote-desktop, nvidia-persistenced)")
-        .arg("display_manager", &Args::display_manager,
-             "stop the display manager too; unset, it is stopped when the VM takes the GPU the host boots on")
-        .arg("timeout", &Args::timeout, "seconds the hook waits for the GPU to be free before it fails the VM's start",
-             {.check = [](const json& v) -> std::optional<std::string> {
-               if (v.get<long>() < 1 || v.get<long>() > 600) return "must be 1 to 600 seconds";
-               return std::nullopt;
-             }})
-        .arg("agent", &Args::agent,
-             "the installed agent the hook runs (found in the usual places when not given); refused when it or a "
-             "directory above it belongs to another user or may be written by one")
-        .arg("state", &Args::state, "present: the VM has a hand-off; absent: it has none (the hook goes with the last)",
-             {.choices = {"present", "absent"}})
-        .check([](const Args& a) -> std::optional<std::string> {
-          if (a.state == "present" && a.gpus.is_null())
-            return "gpus: the VM's GPUs are required (unless state: absent)";
-          return std::nullopt;
-        }),
-    converge),
-                                docs()};
+const Registration registration{
+    declare_module(
+        "gpu_handoff", "a libvirt hook that stops what holds a VM's GPU before the VM starts and starts it again after",
+        ArgsDecl<Args>()
+            .arg("vm", &Args::vm, "the libvirt domain whose start takes the GPUs",
+                 {.required = true,
+                  .check = [](const json& v) -> std::optional<std::string> {
+                    if (handoff_vm_name_ok(v.get<std::string>())) return std::nullopt;
+                    return "'" + v.get<std::string>() +
+                           "': a domain name of letters, digits, '.', '_', '+' and '-' (not led by '.')";
+                  },
+                  .example = "win11"})
+            .arg(gpus_arg(), &Args::gpus)
+            .arg("force", &Args::force,
+                 "(accepted for symmetry with the other GPU modules; the hand-off takes any GPU named)")
+            .arg("units", &Args::units,
+                 "system units the hook stops while the VM runs (a name without a dot is a .service)",
+                 {.check = [](const json& v) -> std::optional<std::string> {
+                    for (const auto& u : v)
+                      if (auto why = name_check(u, false)) return why;
+                    return std::nullopt;
+                  },
+                  .example = json::array({"ollama", "sunshine"})})
+            .arg("user_units", &Args::user_units, "user units the hook stops: name, and user (* for every user's)",
+                 ArgsDecl<UserUnit>()
+                     .arg("name", &UserUnit::name, "the user unit",
+                          {.required = true, .check = [](const json& v) { return name_check(v, false); }})
+                     .arg("user", &UserUnit::user, "whose (* for every logged-in user's)",
+                          {.check = [](const json& v) { return name_check(v, true); }}))
+            .arg("known_units", &Args::known_units,
+                 "also stop the units known to hold a GPU that this host has (gnome-remote-desktop, "
+                 "nvidia-persistenced)")
+            .arg("display_manager", &Args::display_manager,
+                 "stop the display manager too; unset, it is stopped when the VM takes the GPU the host boots on")
+            .arg("timeout", &Args::timeout,
+                 "seconds the hook waits for the GPU to be free before it fails the VM's start",
+                 {.check = [](const json& v) -> std::optional<std::string> {
+                   if (v.get<long>() < 1 || v.get<long>() > 600) return "must be 1 to 600 seconds";
+                   return std::nullopt;
+                 }})
+            .arg("agent", &Args::agent,
+                 "the installed agent the hook runs (found in the usual places when not given); refused when it or a "
+                 "directory above it belongs to another user or may be written by one")
+            .arg("state", &Args::state,
+                 "present: the VM has a hand-off; absent: it has none (the hook goes with the last)",
+                 {.choices = {"present", "absent"}})
+            .check([](const Args& a) -> std::optional<std::string> {
+              if (a.state == "present" && a.gpus.is_null())
+                return "gpus: the VM's GPUs are required (unless state: absent)";
+              return std::nullopt;
+            }),
+        converge),
+    docs()};
 
 }  // namespace
 }  // namespace gpt

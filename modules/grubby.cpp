@@ -1,9 +1,9 @@
 // grubby: adds and removes kernel parameters on every boot entry of a BootLoaderSpec host
 // (Fedora, RHEL). The handler grub_cmdline asks for on such hosts.
-#include "modules/lib/handlers.hpp"
 #include "agent/declare.hpp"
 #include "agent/text.hpp"
 #include "modules/lib/grub_default.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 namespace {
@@ -46,7 +46,8 @@ ModuleDocs docs() {
 }  // namespace
 
 const ArgsDecl<GrubbyArgs>& grubby_args() {
-  static const auto decl = ArgsDecl<GrubbyArgs>()
+  static const auto decl =
+      ArgsDecl<GrubbyArgs>()
           .arg("add", &GrubbyArgs::add, "parameters every boot entry gets (name or name=value)",
                {.check = kernel_params, .example = json::array({"intel_iommu=on", "iommu=pt"})})
           .arg("remove", &GrubbyArgs::remove, "parameters taken out of every boot entry", {.check = kernel_params});
@@ -56,10 +57,9 @@ const ArgsDecl<GrubbyArgs>& grubby_args() {
 namespace {
 
 ModuleDef definition() {
-  auto def = declare_module(
-      "grubby", "add and remove kernel parameters on every boot entry (grubby --update-kernel=ALL)",
-      grubby_args(),
-      converge);
+  auto def =
+      declare_module("grubby", "add and remove kernel parameters on every boot entry (grubby --update-kernel=ALL)",
+                     grubby_args(), converge);
   def.changes_boot = true;
   def.handler_args = std::vector<std::string>{"add", "remove"};
   return def;

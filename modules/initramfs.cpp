@@ -1,7 +1,7 @@
 // initramfs: rebuilds the initramfs the way the host's distribution does. The handler of vfio;
 // a playbook may also run it as a task.
-#include "modules/lib/handlers.hpp"
 #include "agent/declare.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 namespace {
@@ -9,9 +9,12 @@ namespace {
 Expected<Result> converge(Context& ctx, const CommandArgs& args, bool apply) {
   std::vector<std::string> argv;
   const std::string& tool = ctx.facts.boot.initramfs;
-  if (tool == "update-initramfs") argv = {"update-initramfs", "-u", "-k", "all"};
-  else if (tool == "dracut") argv = {"dracut", "-f", "--regenerate-all"};
-  else if (tool == "mkinitcpio") argv = {"mkinitcpio", "-P"};
+  if (tool == "update-initramfs")
+    argv = {"update-initramfs", "-u", "-k", "all"};
+  else if (tool == "dracut")
+    argv = {"dracut", "-f", "--regenerate-all"};
+  else if (tool == "mkinitcpio")
+    argv = {"mkinitcpio", "-P"};
   else if (!args.command)
     return Result::failed("no update-initramfs, dracut or mkinitcpio on this host (root " + ctx.root.dir() +
                           "): rebuild the initramfs by hand");

@@ -85,7 +85,8 @@ Expected<ListEdit> edit_list(std::vector<Item> items, const Want& w, const std::
   auto conflict = [&](const std::string& entry) -> std::optional<std::string> {
     for (const auto& m : items)
       if (!m.removed && opaque(m.text) && opaque_name(m.text) == param_name(entry))
-        return m.text + " takes its value from a shell variable: cannot tell whether it is " + entry + "; edit it by hand";
+        return m.text + " takes its value from a shell variable: cannot tell whether it is " + entry +
+               "; edit it by hand";
     return std::nullopt;
   };
   for (const auto& entry : w.absent) {
@@ -109,7 +110,8 @@ Expected<ListEdit> edit_list(std::vector<Item> items, const Want& w, const std::
       if (!items[k].removed && !opaque(items[k].text) && param_name(items[k].current()) == param_name(entry))
         same_name.push_back(k);
     if (!has_value(entry)) {
-      if (std::none_of(same_name.begin(), same_name.end(), [&](size_t k) { return same_param(items[k].current(), entry); }))
+      if (std::none_of(same_name.begin(), same_name.end(),
+                       [&](size_t k) { return same_param(items[k].current(), entry); }))
         add();
       continue;
     }
@@ -204,11 +206,14 @@ std::optional<std::string> shell_program(const GrubFile& f) {
       while (after < t.size() && (t[after] == ' ' || t[after] == '\t')) ++after;
       const char next = after < t.size() ? t[after] : '\n';
       std::string what;
-      if ((word == "." || word == "source") && (next != '=' && w > p)) what = "sources another file (" + word + ")";
-      else if (word == "function") what = "defines a shell function";
-      else if (!word.empty() && next == '(' && t.compare(after, 2, "()") == 0) what = "defines a shell function (" + word + "())";
-      else if (word == "if" || word == "for" || word == "while" || word == "until" || word == "case" || word == "eval" ||
-               word == "exec")
+      if ((word == "." || word == "source") && (next != '=' && w > p))
+        what = "sources another file (" + word + ")";
+      else if (word == "function")
+        what = "defines a shell function";
+      else if (!word.empty() && next == '(' && t.compare(after, 2, "()") == 0)
+        what = "defines a shell function (" + word + "())";
+      else if (word == "if" || word == "for" || word == "while" || word == "until" || word == "case" ||
+               word == "eval" || word == "exec")
         what = "is a shell program ('" + word + "')";
       if (!what.empty())
         return f.path + ":" + std::to_string(line) + ": " + what +
@@ -225,8 +230,10 @@ std::optional<std::string> shell_program(const GrubFile& f) {
       if (sq) {
         if (c == '\'') sq = false;
       } else if (dq) {
-        if (c == '\\') ++i, line += (i < t.size() && t[i] == '\n');
-        else if (c == '"') dq = false;
+        if (c == '\\')
+          ++i, line += (i < t.size() && t[i] == '\n');
+        else if (c == '"')
+          dq = false;
       } else if (c == '\\') {
         ++i;
         if (i < t.size() && t[i] == '\n') ++line;
@@ -325,8 +332,10 @@ Expected<PathResult> converge_grub(Context& ctx, const Args& args, const Want& w
     return it->second;
   };
   for (const auto& m : edit->items) {
-    if (m.origin < 0) group(origin_of(model->last[0], 0)).present.push_back(m.text);
-    else if (m.replacement) group(m.origin).present.push_back(*m.replacement);
+    if (m.origin < 0)
+      group(origin_of(model->last[0], 0)).present.push_back(m.text);
+    else if (m.replacement)
+      group(m.origin).present.push_back(*m.replacement);
   }
   // Removed items: edit_list keeps them, marked.
   for (const auto& m : edit->items)
@@ -346,8 +355,8 @@ Expected<PathResult> converge_grub(Context& ctx, const Args& args, const Want& w
   if (!check_model) return Error{check_model.error()};
   auto again = edit_list(check_model->items, w, [](int origin) { return origin % 2 == 0; });
   if (!again || again->res.changed())
-    return Error{"internal error: the edited GRUB files would still need " + (again ? again->res.summary() : again.error()) +
-                 "; nothing written"};
+    return Error{"internal error: the edited GRUB files would still need " +
+                 (again ? again->res.summary() : again.error()) + "; nothing written"};
 
   PathResult out;
   out.edit = edit->res;
@@ -372,7 +381,8 @@ Expected<PathResult> converge_grub(Context& ctx, const Args& args, const Want& w
 
 // ---- BootLoaderSpec entries through grubby (Fedora, RHEL) ----
 
-const std::array<std::string, 3> kEntryDirs = {"/boot/loader/entries", "/efi/loader/entries", "/boot/efi/loader/entries"};
+const std::array<std::string, 3> kEntryDirs = {"/boot/loader/entries", "/efi/loader/entries",
+                                               "/boot/efi/loader/entries"};
 
 struct Entry {
   std::string path;
@@ -422,7 +432,8 @@ Expected<PathResult> converge_grubby(Context& ctx, const Args& args, const Want&
       break;
     }
   }
-  if (entries.empty()) return Error{"no BootLoaderSpec entries (*.conf) in /boot/loader/entries: nothing for grubby to update"};
+  if (entries.empty())
+    return Error{"no BootLoaderSpec entries (*.conf) in /boot/loader/entries: nothing for grubby to update"};
   PathResult out;
   CmdlineEditResult all;
   for (const auto& e : entries) {
@@ -449,7 +460,8 @@ Expected<PathResult> converge_grubby(Context& ctx, const Args& args, const Want&
   out.edit = all;
   out.r.data["entries"] = json::array();
   for (const auto& e : entries) out.r.data["entries"].push_back(e.path);
-  const std::string label = "grubby (" + std::to_string(entries.size()) + " boot entr" + (entries.size() == 1 ? "y" : "ies") + ")";
+  const std::string label =
+      "grubby (" + std::to_string(entries.size()) + " boot entr" + (entries.size() == 1 ? "y" : "ies") + ")";
   const auto add = to_add(all), remove = to_remove(all);
   if (add.empty() && remove.empty() && changes.empty()) {
     out.r.msg = label + ": the command line is as wanted";
@@ -502,7 +514,8 @@ Expected<PathResult> converge_kernel_cmdline(Context& ctx, const Args& args, con
   PathResult out;
   out.edit = ed->res;
   out.current = ed->result();
-  const std::string label = proxmox ? "proxmox-boot-tool (/etc/kernel/cmdline)" : "kernel-install (/etc/kernel/cmdline)";
+  const std::string label =
+      proxmox ? "proxmox-boot-tool (/etc/kernel/cmdline)" : "kernel-install (/etc/kernel/cmdline)";
   FileChanges changes(ctx.root);
   const std::string after = join(out.current, " ") + "\n";
   changes.write(kKernelCmdline, *text, after);
@@ -607,11 +620,12 @@ Expected<std::string> detect(const Context& ctx) {
   if (ctx.facts.boot.grubby && bls_enabled(root)) return std::string("grubby");
   if (!ctx.facts.boot.grub.empty() && path_exists(root, kGrubDefault)) return std::string("grub");
   if (path_exists(root, kKernelCmdline) || any_entries(root)) return std::string("kernel-install");
-  return Error{"cannot tell how this host boots: looked for kernelstub with /etc/kernelstub/configuration (Pop!_OS), "
-               "proxmox-boot-tool with /etc/kernel/proxmox-boot-uuids and /etc/kernel/cmdline (Proxmox), grubby with "
-               "GRUB_ENABLE_BLSCFG=true in /etc/default/grub (Fedora, RHEL), update-grub, grub2-mkconfig or "
-               "grub-mkconfig with /etc/default/grub (GRUB), /etc/kernel/cmdline or loader entries (systemd-boot, "
-               "kernel-install); set boot_path to say which"};
+  return Error{
+      "cannot tell how this host boots: looked for kernelstub with /etc/kernelstub/configuration (Pop!_OS), "
+      "proxmox-boot-tool with /etc/kernel/proxmox-boot-uuids and /etc/kernel/cmdline (Proxmox), grubby with "
+      "GRUB_ENABLE_BLSCFG=true in /etc/default/grub (Fedora, RHEL), update-grub, grub2-mkconfig or "
+      "grub-mkconfig with /etc/default/grub (GRUB), /etc/kernel/cmdline or loader entries (systemd-boot, "
+      "kernel-install); set boot_path to say which"};
 }
 
 // framebuffer: release — the parameter that keeps the boot framebuffer (efifb, simpledrm...) off
@@ -631,7 +645,8 @@ Status release_framebuffer(const Facts& facts, const json& spec, Want& w) {
       continue;
     }
     held.push_back(g.framebuffer + " holds " + g.address);
-    if (std::find(params.begin(), params.end(), g.framebuffer_param) == params.end()) params.push_back(g.framebuffer_param);
+    if (std::find(params.begin(), params.end(), g.framebuffer_param) == params.end())
+      params.push_back(g.framebuffer_param);
   }
   if (held.empty()) {
     w.note += " (framebuffer: release: no boot framebuffer holds memory of " + join(clear, ", ") + ", nothing to add)";
@@ -662,11 +677,16 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     path = *d;
   }
   Expected<PathResult> res = Error{"unknown boot path " + path};
-  if (path == "grub") res = converge_grub(ctx, args, *w, apply);
-  else if (path == "grubby") res = converge_grubby(ctx, args, *w, apply);
-  else if (path == "kernel-install") res = converge_kernel_cmdline(ctx, args, *w, apply, false);
-  else if (path == "proxmox") res = converge_kernel_cmdline(ctx, args, *w, apply, true);
-  else if (path == "kernelstub") res = converge_kernelstub(ctx, args, *w, apply);
+  if (path == "grub")
+    res = converge_grub(ctx, args, *w, apply);
+  else if (path == "grubby")
+    res = converge_grubby(ctx, args, *w, apply);
+  else if (path == "kernel-install")
+    res = converge_kernel_cmdline(ctx, args, *w, apply, false);
+  else if (path == "proxmox")
+    res = converge_kernel_cmdline(ctx, args, *w, apply, true);
+  else if (path == "kernelstub")
+    res = converge_kernelstub(ctx, args, *w, apply);
   const std::string how = "boot path " + path + (detected ? " (detected)" : "") + ": ";
   if (!res) {
     Result f = Result::failed(how + res.error());

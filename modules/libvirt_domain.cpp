@@ -68,7 +68,8 @@ std::optional<std::string> cpuset_check(const json& v) {
 // "2560x1440" -> {2560, 1440}
 std::optional<std::pair<uint64_t, uint64_t>> resolution(const std::string& text) {
   const size_t x = text.find('x');
-  if (x == std::string::npos || x == 0 || x + 1 == text.size() || text.find_first_not_of("0123456789x") != std::string::npos)
+  if (x == std::string::npos || x == 0 || x + 1 == text.size() ||
+      text.find_first_not_of("0123456789x") != std::string::npos)
     return std::nullopt;
   const std::string w = text.substr(0, x), h = text.substr(x + 1);
   if (h.find('x') != std::string::npos || w.size() > 5 || h.size() > 5) return std::nullopt;
@@ -99,7 +100,8 @@ std::optional<std::string> hugepages_check(const json& v) {
   }
   if (!v.is_object()) return usage;
   for (const auto& [k, x] : v.items()) {
-    if (k == "size" && !size_ok(x)) return "size: '" + (x.is_string() ? x.get<std::string>() : x.dump()) + "' is not a page size like 2M or 1G";
+    if (k == "size" && !size_ok(x))
+      return "size: '" + (x.is_string() ? x.get<std::string>() : x.dump()) + "' is not a page size like 2M or 1G";
     if (k == "reserve" && !x.is_boolean()) return "reserve must be true or false";
     if (k != "size" && k != "reserve") return "has no key '" + k + "' (size, reserve)";
   }
@@ -384,7 +386,7 @@ const ArgsDecl<Args>& decl() {
 // What the hypervisor offers
 
 struct Offer {
-  std::vector<std::string> types;                  // domain types for x86_64 hvm guests
+  std::vector<std::string> types;                             // domain types for x86_64 hvm guests
   std::vector<std::pair<std::string, std::string>> machines;  // name, canonical name (or "")
 };
 
@@ -400,11 +402,13 @@ Offer read_capabilities(const std::string& caps_xml) {
     const bool is_x86 = std::string(arch.attribute("name").value()) == "x86_64";
     for (Offer* o : {&any, is_x86 ? &x86 : nullptr}) {
       if (!o) continue;
-      for (auto m : arch.children("machine")) o->machines.emplace_back(m.child_value(), m.attribute("canonical").value());
+      for (auto m : arch.children("machine"))
+        o->machines.emplace_back(m.child_value(), m.attribute("canonical").value());
       for (auto d : arch.children("domain")) {
         std::string t = d.attribute("type").value();
         if (std::find(o->types.begin(), o->types.end(), t) == o->types.end()) o->types.push_back(t);
-        for (auto m : d.children("machine")) o->machines.emplace_back(m.child_value(), m.attribute("canonical").value());
+        for (auto m : d.children("machine"))
+          o->machines.emplace_back(m.child_value(), m.attribute("canonical").value());
       }
     }
   }
@@ -443,10 +447,10 @@ Expected<std::string> choose_machine(const std::string& wanted, const Offer& off
 
 // OVMF as each distribution installs it: code (read-only) and the template of the variables.
 const std::vector<std::pair<std::string, std::string>> kFirmware = {
-    {"/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"},   // Debian 12, Ubuntu 22.04+
-    {"/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"},         // older Debian and Ubuntu
-    {"/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"},  // Fedora, RHEL
-    {"/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"},  // Arch
+    {"/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"},              // Debian 12, Ubuntu 22.04+
+    {"/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"},                    // older Debian and Ubuntu
+    {"/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"},          // Fedora, RHEL
+    {"/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"},      // Arch
     {"/usr/share/edk2-ovmf/x64/OVMF_CODE.fd", "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"},  // older Arch
 };
 
@@ -455,14 +459,18 @@ const std::vector<std::pair<std::string, std::string>> kFirmware = {
 // Arch ships no template with keys enrolled: its guests start in Secure Boot's setup mode, which
 // Windows 11 setup accepts (it asks for a machine capable of Secure Boot).
 const std::vector<std::pair<std::string, std::string>> kSecureFirmware = {
-    {"/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"},  // Debian 12 (40-edk2-x86_64-secure-enrolled.json), Ubuntu 22.04+
-    {"/usr/share/OVMF/OVMF_CODE.ms.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"},        // older Debian and Ubuntu
+    {"/usr/share/OVMF/OVMF_CODE_4M.ms.fd",
+     "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"},  // Debian 12 (40-edk2-x86_64-secure-enrolled.json), Ubuntu 22.04+
+    {"/usr/share/OVMF/OVMF_CODE.ms.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"},  // older Debian and Ubuntu
     {"/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd", "/usr/share/edk2/ovmf/OVMF_VARS.secboot.fd"},  // Fedora, RHEL
-    {"/usr/share/edk2/x64/OVMF_CODE.secboot.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"},      // Arch (no keys enrolled)
-    {"/usr/share/edk2-ovmf/x64/OVMF_CODE.secboot.fd", "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"},  // older Arch (no keys enrolled)
+    {"/usr/share/edk2/x64/OVMF_CODE.secboot.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"},  // Arch (no keys enrolled)
+    {"/usr/share/edk2-ovmf/x64/OVMF_CODE.secboot.fd",
+     "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"},  // older Arch (no keys enrolled)
 };
 
-bool keys_enrolled(const std::string& vars) { return vars.find("/edk2/x64/") == std::string::npos && vars.find("/edk2-ovmf/") == std::string::npos; }
+bool keys_enrolled(const std::string& vars) {
+  return vars.find("/edk2/x64/") == std::string::npos && vars.find("/edk2-ovmf/") == std::string::npos;
+}
 
 Expected<std::pair<std::string, std::string>> choose_firmware(const Root& root, const Firmware& fw, bool secure) {
   if (fw.code && fw.vars) {
@@ -480,10 +488,12 @@ Expected<std::pair<std::string, std::string>> choose_firmware(const Root& root, 
                  "): install ovmf (Debian, Ubuntu), edk2-ovmf (Fedora, Arch), or give firmware: {code, vars}"};
   std::string plain;
   for (const auto& f : kFirmware)
-    if (plain.empty() && path_exists(root, f.first)) plain = " (this host has " + f.first + ", which has no Secure Boot)";
-  return Error{"secure_boot: no Secure Boot build of OVMF found" + plain + " (looked for " + join(tried, ", ") +
-               "): install ovmf (Debian, Ubuntu) or edk2-ovmf (Fedora, Arch), or give firmware: {code, vars} of a Secure Boot "
-               "build; nothing was changed"};
+    if (plain.empty() && path_exists(root, f.first))
+      plain = " (this host has " + f.first + ", which has no Secure Boot)";
+  return Error{
+      "secure_boot: no Secure Boot build of OVMF found" + plain + " (looked for " + join(tried, ", ") +
+      "): install ovmf (Debian, Ubuntu) or edk2-ovmf (Fedora, Arch), or give firmware: {code, vars} of a Secure Boot "
+      "build; nothing was changed"};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -559,7 +569,8 @@ void prune(pugi::xml_node dom, const std::vector<const char*>& path) {
 }
 
 // The slots of each part (a playbook key), in the order their priors are kept.
-const std::vector<std::string> kHyperv = {"relaxed", "vapic", "spinlocks", "vpindex", "runtime", "synic", "stimer", "reset", "frequencies"};
+const std::vector<std::string> kHyperv = {"relaxed", "vapic",  "spinlocks", "vpindex",    "runtime",
+                                          "synic",   "stimer", "reset",     "frequencies"};
 
 bool is_hypervclock(pugi::xml_node n) { return named(n, "timer") && attr(n, "name") == "hypervclock"; }
 bool is_looking_glass(pugi::xml_node d) { return named(d, "shmem") && attr(d, "name") == "looking-glass"; }
@@ -576,30 +587,36 @@ std::vector<Slot> part_slots(const std::string& key) {
   // The loader and the nvram's template change with it, and the autoselection (with its feature
   // list) gives way to them.
   if (key == "secure_boot")
-    return {attribute_of({"os"}, "firmware"), children_named({"os"}, {"loader", "nvram", "firmware"}), children_named({"features"}, {"smm"})};
+    return {attribute_of({"os"}, "firmware"), children_named({"os"}, {"loader", "nvram", "firmware"}),
+            children_named({"features"}, {"smm"})};
   if (key == "tpm") return {children_named({"devices"}, {"tpm"})};
   if (key == "cpu_mode") return {attribute_of({"cpu"}, "mode"), attribute_of({"cpu"}, "check")};
   if (key == "hide_kvm") return {children_named({"features", "kvm"}, {"hidden"})};
   if (key == "hyperv_vendor_id") return {children_named({"features", "hyperv"}, {"vendor_id"})};
   if (key == "hyperv")
-    return {attribute_of({"features", "hyperv"}, "mode"), children_named({"features", "hyperv"}, kHyperv),
-            children_named({"features", "hyperv"}, {"vendor_id"}), attribute_of({"clock"}, "offset"),
+    return {attribute_of({"features", "hyperv"}, "mode"),
+            children_named({"features", "hyperv"}, kHyperv),
+            children_named({"features", "hyperv"}, {"vendor_id"}),
+            attribute_of({"clock"}, "offset"),
             {{"clock"}, is_hypervclock}};
   if (key == "cpu") return {children_named({"cpu"}, {"topology"})};
-  if (key == "pin") return {children_named({"cputune"}, {"vcpupin", "emulatorpin", "iothreadpin"}), children_named({}, {"iothreads"})};
+  if (key == "pin")
+    return {children_named({"cputune"}, {"vcpupin", "emulatorpin", "iothreadpin"}), children_named({}, {"iothreads"})};
   if (key == "hugepages") return {children_named({"memoryBacking"}, {"hugepages"})};
   if (key == "looking_glass") return {{{"devices"}, is_looking_glass}};
   if (key == "graphics")
-    return {children_named({"devices"}, {"graphics"}), {{"devices"}, is_spice_channel}, {{"devices"}, is_virtio_serial}};
+    return {
+        children_named({"devices"}, {"graphics"}), {{"devices"}, is_spice_channel}, {{"devices"}, is_virtio_serial}};
   if (key == "video") return {children_named({"devices"}, {"video"})};
   if (key == "boot") return {children_named({"os"}, {"boot"})};
   return {};
 }
 
 // Keys whose part the agent records; the list keys are recorded item by item.
-const std::vector<std::string> kParts = {"type", "memory", "vcpus", "machine", "firmware", "secure_boot", "cpu_mode", "hide_kvm",
-                                         "hyperv_vendor_id", "hyperv", "cpu", "pin", "hugepages", "looking_glass", "graphics", "video",
-                                         "boot", "tpm"};
+const std::vector<std::string> kParts = {"type",        "memory",   "vcpus",     "machine",          "firmware",
+                                         "secure_boot", "cpu_mode", "hide_kvm",  "hyperv_vendor_id", "hyperv",
+                                         "cpu",         "pin",      "hugepages", "looking_glass",    "graphics",
+                                         "video",       "boot",     "tpm"};
 
 using Fragment = std::shared_ptr<pugi::xml_document>;  // a <prior> element and what it holds
 
@@ -658,7 +675,9 @@ struct Record {
     return nullptr;
   }
   void drop(const std::string& kind, const std::string& id) {
-    owned.erase(std::remove_if(owned.begin(), owned.end(), [&](const Owned& o) { return o.kind == kind && o.id == id; }), owned.end());
+    owned.erase(
+        std::remove_if(owned.begin(), owned.end(), [&](const Owned& o) { return o.kind == kind && o.id == id; }),
+        owned.end());
   }
 };
 
@@ -709,7 +728,8 @@ void write_record(pugi::xml_node dom, const Record& r) {
     if (metadata && !metadata.first_child()) dom.remove_child(metadata);
     return;
   }
-  if (!metadata) metadata = dom.insert_child_after("metadata", dom.child("uuid") ? dom.child("uuid") : dom.child("name"));
+  if (!metadata)
+    metadata = dom.insert_child_after("metadata", dom.child("uuid") ? dom.child("uuid") : dom.child("name"));
   metadata.append_copy(managed);
 }
 
@@ -735,8 +755,8 @@ struct Want {
   std::set<std::string> declared;  // the keys the playbook gives: the only parts of an existing domain managed
   bool creating = false;           // no domain yet: the parts not declared get the defaults too
   std::string type, name, machine, loader, vars, nvram, cpu_mode, hyperv_vendor_id, video;
-  bool secure_boot = false;               // the loader is a Secure Boot build (declared, or the domain's own)
-  std::string plain_loader, plain_vars;   // a new domain's firmware without secure_boot: what giving it back returns to
+  bool secure_boot = false;              // the loader is a Secure Boot build (declared, or the domain's own)
+  std::string plain_loader, plain_vars;  // a new domain's firmware without secure_boot: what giving it back returns to
   bool tpm = false;
   std::vector<CdromWant> cdroms;
   uint64_t memory_kib = 0;
@@ -750,14 +770,14 @@ struct Want {
   std::set<std::string> exclusive;  // lists that hold only what the playbook lists
   // Tuning.
   std::map<std::string, std::pair<std::string, bool>> roms;  // GPU display function -> file, bar
-  int sockets = 0, cores = 0, threads = 0;                    // 0: no topology
-  std::vector<int> vcpu_pins;                                 // host CPU of each vCPU; empty: none
-  std::string emulator_pin, iothread_pin;                     // canonical cpusets; empty: none
-  std::optional<uint64_t> hugepage_kib;                       // 0: the default size
+  int sockets = 0, cores = 0, threads = 0;                   // 0: no topology
+  std::vector<int> vcpu_pins;                                // host CPU of each vCPU; empty: none
+  std::string emulator_pin, iothread_pin;                    // canonical cpusets; empty: none
+  std::optional<uint64_t> hugepage_kib;                      // 0: the default size
   uint64_t looking_glass_mib = 0;
   bool hyperv = false;
   std::vector<std::string> evdev;
-  std::vector<std::string> usb;                               // USB controllers passed whole
+  std::vector<std::string> usb;  // USB controllers passed whole
   std::vector<std::string> warnings;
   bool manages(const std::string& key) const { return creating || declared.count(key); }
 };
@@ -771,8 +791,9 @@ std::string hex(int v, int width) {
 // "0000:01:00.0" of a <source><address .../> or a guest <address .../>.
 std::string pci_text(pugi::xml_node a) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%04x:%02x:%02x.%x", a.attribute("domain").as_uint() & 0xffff, a.attribute("bus").as_uint() & 0xff,
-                a.attribute("slot").as_uint() & 0x1f, a.attribute("function").as_uint() & 0x7);
+  std::snprintf(buf, sizeof buf, "%04x:%02x:%02x.%x", a.attribute("domain").as_uint() & 0xffff,
+                a.attribute("bus").as_uint() & 0xff, a.attribute("slot").as_uint() & 0x1f,
+                a.attribute("function").as_uint() & 0x7);
   return buf;
 }
 
@@ -816,8 +837,8 @@ void ensure_vcpus(pugi::xml_node dom, const Want& w) {
 
 // The loader and the nvram; `secure` (when secure_boot is declared) sets or removes the loader's
 // secure attribute and the autoselection's feature list, which names another firmware.
-void ensure_firmware(pugi::xml_node dom, const std::string& code, const std::string& vars, const std::string& nvram_path,
-                     std::optional<bool> secure) {
+void ensure_firmware(pugi::xml_node dom, const std::string& code, const std::string& vars,
+                     const std::string& nvram_path, std::optional<bool> secure) {
   auto os = child_or_add(dom, "os");
   os.remove_attribute("firmware");  // firmware autoselection and an explicit loader exclude each other
   if (secure) os.remove_child("firmware");
@@ -849,8 +870,9 @@ void ensure_tpm(pugi::xml_node devices, const Want& w) {
   for (auto t : all) devices.remove_child(t);
   if (!w.tpm) return;
   // Where libvirt keeps it: after the inputs, before graphics, sound, video and host devices.
-  const std::set<std::string> after = {"graphics", "sound", "audio", "video", "hostdev", "redirdev", "smartcard", "hub", "watchdog",
-                                       "memballoon", "rng", "panic", "shmem", "memory", "iommu", "vsock"};
+  const std::set<std::string> after = {"graphics",  "sound",  "audio",    "video",      "hostdev", "redirdev",
+                                       "smartcard", "hub",    "watchdog", "memballoon", "rng",     "panic",
+                                       "shmem",     "memory", "iommu",    "vsock"};
   auto next = devices.find_child([&](pugi::xml_node n) { return after.count(n.name()) > 0; });
   auto tpm = next ? devices.insert_child_before("tpm", next) : devices.append_child("tpm");
   set_attr(tpm, "model", "tpm-crb");
@@ -874,7 +896,8 @@ void ensure_hyperv(pugi::xml_node dom, const Want& w) {
       if (e == "spinlocks" && !n.attribute("retries")) set_attr(n, "retries", "8191");
     }
     // NVIDIA's drivers before 465 stop with code 43 on Hyper-V's vendor id: another one hides it.
-    const bool nvidia = std::any_of(w.gpus.begin(), w.gpus.end(), [](const Gpu& g) { return g.id.starts_with("10de:"); });
+    const bool nvidia =
+        std::any_of(w.gpus.begin(), w.gpus.end(), [](const Gpu& g) { return g.id.starts_with("10de:"); });
     if (nvidia && w.hide_kvm && !w.declared.count("hyperv_vendor_id") && !hv.child("vendor_id")) {
       auto vid = hv.append_child("vendor_id");
       set_attr(vid, "state", "on");
@@ -935,7 +958,8 @@ void ensure_pins(pugi::xml_node dom, const Want& w) {
   for (auto p : tune.children())
     if (named(p, "vcpupin") || named(p, "emulatorpin") || named(p, "iothreadpin"))
       have += std::string(p.name()) + attr(p, "vcpu") + attr(p, "iothread") + "=" + cpuset_of(p) + ";";
-  for (size_t v = 0; v < w.vcpu_pins.size(); ++v) want += "vcpupin" + std::to_string(v) + "=" + std::to_string(w.vcpu_pins[v]) + ";";
+  for (size_t v = 0; v < w.vcpu_pins.size(); ++v)
+    want += "vcpupin" + std::to_string(v) + "=" + std::to_string(w.vcpu_pins[v]) + ";";
   if (!w.emulator_pin.empty()) want += "emulatorpin=" + w.emulator_pin + ";";
   if (!w.iothread_pin.empty()) want += "iothreadpin1=" + w.iothread_pin + ";";
   if (have != want) {
@@ -1068,7 +1092,8 @@ void ensure_video(pugi::xml_node devices, const Want& w) {
   if (all.size() == 1 && attr(all[0].child("model"), "type") == w.video) return;
   auto video = all.empty() ? devices.append_child("video") : devices.insert_child_before("video", all.front());
   set_attr(video.append_child("model"), "type", w.video);
-  if (!all.empty() && all.front().child("address") && w.video != "none") video.append_copy(all.front().child("address"));
+  if (!all.empty() && all.front().child("address") && w.video != "none")
+    video.append_copy(all.front().child("address"));
   for (auto v : all) devices.remove_child(v);
 }
 
@@ -1096,7 +1121,8 @@ Fragment item_prior(pugi::xml_node node) {
 // Gives an item back: the user's prior form in its place, or nothing where the agent created it.
 void give_back(pugi::xml_node node, const Owned& o) {
   if (!node) return;
-  if (o.prior && o.prior->first_child().first_child()) node.parent().insert_copy_before(o.prior->first_child().first_child(), node);
+  if (o.prior && o.prior->first_child().first_child())
+    node.parent().insert_copy_before(o.prior->first_child().first_child(), node);
   node.parent().remove_child(node);
 }
 
@@ -1132,7 +1158,9 @@ struct Items {
     rec.drop(kind, key);
     return {};
   }
-  bool is_claimed(const std::string& key) const { return std::find(claimed.begin(), claimed.end(), key) != claimed.end(); }
+  bool is_claimed(const std::string& key) const {
+    return std::find(claimed.begin(), claimed.end(), key) != claimed.end();
+  }
   // After the listed items: the recorded ones not listed go back; with exclusive, the rest go.
   void finish(bool exclusive) {
     std::vector<Owned> gone;
@@ -1151,7 +1179,8 @@ struct Items {
 };
 
 // A new child after the last one `like` takes (beside its kind), or last.
-pugi::xml_node insert_after_last(pugi::xml_node parent, const char* name, const std::function<bool(pugi::xml_node)>& like) {
+pugi::xml_node insert_after_last(pugi::xml_node parent, const char* name,
+                                 const std::function<bool(pugi::xml_node)>& like) {
   pugi::xml_node last;
   for (auto n : parent.children())
     if (like(n)) last = n;
@@ -1159,7 +1188,8 @@ pugi::xml_node insert_after_last(pugi::xml_node parent, const char* name, const 
 }
 
 // A new child before the first one `before` takes (libvirt's own order of device kinds), or last.
-pugi::xml_node insert_before(pugi::xml_node parent, const char* name, const std::function<bool(pugi::xml_node)>& before) {
+pugi::xml_node insert_before(pugi::xml_node parent, const char* name,
+                             const std::function<bool(pugi::xml_node)>& before) {
   auto next = parent.find_child(before);
   return next ? parent.insert_child_before(name, next) : parent.append_child(name);
 }
@@ -1238,7 +1268,8 @@ Status merge_disks(pugi::xml_node devices, Want& w, Record& rec) {
       if (!d.target.empty()) set_attr(child_or_add(node, "target"), "dev", d.target);
       if (!d.bus.empty()) set_attr(child_or_add(node, "target"), "bus", d.bus);
     }
-    if (!w.iothread_pin.empty() && attr(node.child("target"), "bus") == "virtio") set_attr(child_or_add(node, "driver"), "iothread", "1");
+    if (!w.iothread_pin.empty() && attr(node.child("target"), "bus") == "virtio")
+      set_attr(child_or_add(node, "driver"), "iothread", "1");
   }
   disks.finish(w.exclusive.count("disks"));
   return {};
@@ -1278,7 +1309,9 @@ Status merge_cdroms(pugi::xml_node devices, const Want& w, Record& rec) {
 
 void merge_interfaces(pugi::xml_node devices, Want& w, Record& rec) {
   Items nics{devices, rec, "interface", [](pugi::xml_node n) { return named(n, "interface"); }, mac_of};
-  auto source_of = [](pugi::xml_node n) { return attr(n, "type") + ":" + attr(n.child("source"), attr(n, "type") == "bridge" ? "bridge" : "network"); };
+  auto source_of = [](pugi::xml_node n) {
+    return attr(n, "type") + ":" + attr(n.child("source"), attr(n, "type") == "bridge" ? "bridge" : "network");
+  };
   for (size_t k = 0; k < w.interfaces.size(); ++k) {
     const auto& i = w.interfaces[k];
     pugi::xml_node node;
@@ -1288,7 +1321,8 @@ void merge_interfaces(pugi::xml_node devices, Want& w, Record& rec) {
       // No MAC given: the agent's own interface on that source first, then the user's.
       for (int pass = 0; pass < 2 && !node; ++pass)
         for (auto n : devices.children("interface"))
-          if (source_of(n) == i.type + ":" + i.source && !nics.is_claimed(mac_of(n)) && (pass == 1 || rec.find("interface", mac_of(n)))) {
+          if (source_of(n) == i.type + ":" + i.source && !nics.is_claimed(mac_of(n)) &&
+              (pass == 1 || rec.find("interface", mac_of(n)))) {
             node = n;
             break;
           }
@@ -1301,9 +1335,11 @@ void merge_interfaces(pugi::xml_node devices, Want& w, Record& rec) {
       continue;
     }
     if (!node) {
-      const std::string mac = !i.mac.empty() ? i.mac : stable_mac(w.name + "/" + i.type + ":" + i.source + "/" + std::to_string(k));
+      const std::string mac =
+          !i.mac.empty() ? i.mac : stable_mac(w.name + "/" + i.type + ":" + i.source + "/" + std::to_string(k));
       node = insert_before(devices, "interface", [](pugi::xml_node n) {
-        return !named(n, "disk") && !named(n, "controller") && !named(n, "filesystem") && !named(n, "emulator") && !named(n, "interface");
+        return !named(n, "disk") && !named(n, "controller") && !named(n, "filesystem") && !named(n, "emulator") &&
+               !named(n, "interface");
       });
       set_attr(node, "type", i.type);
       set_attr(node.append_child("mac"), "address", mac);
@@ -1313,7 +1349,8 @@ void merge_interfaces(pugi::xml_node devices, Want& w, Record& rec) {
       nics.claim(mac);
       continue;
     }
-    if (mac_of(node).empty()) set_attr(child_or_add(node, "mac"), "address", stable_mac(w.name + "/" + std::to_string(k)));
+    if (mac_of(node).empty())
+      set_attr(child_or_add(node, "mac"), "address", stable_mac(w.name + "/" + std::to_string(k)));
     own(rec, "interface", mac_of(node), node);
     nics.claim(mac_of(node));
     if (source_of(node) != i.type + ":" + i.source) {
@@ -1329,7 +1366,8 @@ void merge_interfaces(pugi::xml_node devices, Want& w, Record& rec) {
 }
 
 // A host PCI function as a vfio hostdev at a guest address.
-pugi::xml_node make_hostdev(pugi::xml_node devices, const std::string& addr, int bus, int slot, int function, bool multifunction) {
+pugi::xml_node make_hostdev(pugi::xml_node devices, const std::string& addr, int bus, int slot, int function,
+                            bool multifunction) {
   auto hd = insert_after_last(devices, "hostdev", [](pugi::xml_node n) { return named(n, "hostdev"); });
   set_attr(hd, "mode", "subsystem");
   set_attr(hd, "type", "pci");
@@ -1376,7 +1414,8 @@ Status merge_hostdevs(pugi::xml_node dom, pugi::xml_node devices, Want& w, Recor
   int next_index = 1;
   for (auto c : devices.children("controller"))
     if (is_pci_controller(c)) next_index = std::max(next_index, c.attribute("index").as_int() + 1);
-  for (const auto& [bus, slot, function] : used_addresses(devices)) next_index = std::max(next_index, static_cast<int>(bus) + 1);
+  for (const auto& [bus, slot, function] : used_addresses(devices))
+    next_index = std::max(next_index, static_cast<int>(bus) + 1);
   // On a new domain the ports libvirt adds for the other devices come first (one each for disks,
   // NICs, the virtio-serial and USB controllers and the balloon): no gap of empty ports between.
   if (w.creating) next_index = std::max(next_index, 1 + static_cast<int>(w.disks.size() + w.interfaces.size()) + 3);
@@ -1395,9 +1434,12 @@ Status merge_hostdevs(pugi::xml_node dom, pugi::xml_node devices, Want& w, Recor
     if (missing.empty()) continue;
     const std::string machine = attr(dom.child("os").child("type"), "machine");
     if (is_i440fx(machine))
-      return Error{"domain " + w.name + " uses the i440FX chipset (" + machine + "), which has no PCIe root port for " + missing.front() +
-                   ": gptagent does not move an existing domain to q35 (the guest would see a new chipset, and Windows its devices "
-                   "as new hardware); define a new domain with machine: q35 and the same disks instead. Nothing was changed"};
+      return Error{
+          "domain " + w.name + " uses the i440FX chipset (" + machine + "), which has no PCIe root port for " +
+          missing.front() +
+          ": gptagent does not move an existing domain to q35 (the guest would see a new chipset, and Windows its "
+          "devices "
+          "as new hardware); define a new domain with machine: q35 and the same disks instead. Nothing was changed"};
     // Beside a function the domain already has, on its slot, when those addresses are free;
     // otherwise behind a new root port of their own.
     auto used = used_addresses(devices);
@@ -1407,7 +1449,9 @@ Status merge_hostdevs(pugi::xml_node dom, pugi::xml_node devices, Want& w, Recor
       bus = a.attribute("bus").as_int();
       slot = a.attribute("slot").as_int();
       for (const auto& f : missing)
-        if (used.count({static_cast<unsigned>(bus), static_cast<unsigned>(slot), static_cast<unsigned>(f.back() - '0')})) bus = -1;
+        if (used.count(
+                {static_cast<unsigned>(bus), static_cast<unsigned>(slot), static_cast<unsigned>(f.back() - '0')}))
+          bus = -1;
       if (bus >= 0 && functions.size() > 1) {
         for (const auto& f : functions)
           if (auto n = hostdevs.find(f); n && f.back() == '0') set_attr(n.child("address"), "multifunction", "on");
@@ -1454,7 +1498,8 @@ void merge_roms(pugi::xml_node devices, const Want& w, Record& rec) {
   for (const auto& [function, rom] : w.roms) {
     auto hd = hostdevs.find(function);
     if (!hd) continue;
-    if (!rec.find("rom", function)) rec.owned.push_back({"rom", function, hd.child("rom") ? item_prior(hd.child("rom")) : nullptr});
+    if (!rec.find("rom", function))
+      rec.owned.push_back({"rom", function, hd.child("rom") ? item_prior(hd.child("rom")) : nullptr});
     auto r = hd.child("rom");
     if (!r) r = hd.child("address") ? hd.insert_child_before("rom", hd.child("address")) : hd.append_child("rom");
     set_attr(r, "bar", rom.second ? "on" : "off");
@@ -1536,8 +1581,9 @@ Status merge(pugi::xml_document& doc, Want& w) {
       ++cells;
     }
     if (kib != w.memory_kib)
-      return Error{"memory: domain " + w.name + " sets its memory per NUMA node (" + std::to_string(cells) + " <numa> cells, " +
-                   size_text(kib * 1024) + " in all), and libvirt takes that over <memory>: give memory: " + std::to_string(kib / 1024) +
+      return Error{"memory: domain " + w.name + " sets its memory per NUMA node (" + std::to_string(cells) +
+                   " <numa> cells, " + size_text(kib * 1024) +
+                   " in all), and libvirt takes that over <memory>: give memory: " + std::to_string(kib / 1024) +
                    "M, or change the cells in the domain"};
   }
   if (w.manages("type")) set_attr(dom, "type", w.type);
@@ -1555,16 +1601,19 @@ Status merge(pugi::xml_document& doc, Want& w) {
     // guest would see all its devices as new.
     const std::string machine = attr(os.child("type"), "machine");
     if (!w.creating && is_i440fx(machine) && !is_i440fx(w.machine))
-      return Error{"machine: domain " + w.name + " uses the i440FX chipset (" + machine + "), and gptagent does not move an existing domain to " +
-                   w.machine + " (the guest would see a new chipset, and Windows its devices as new hardware); define a new domain with "
-                   "machine: q35 and the same disks instead. Nothing was changed"};
+      return Error{
+          "machine: domain " + w.name + " uses the i440FX chipset (" + machine +
+          "), and gptagent does not move an existing domain to " + w.machine +
+          " (the guest would see a new chipset, and Windows its devices as new hardware); define a new domain with "
+          "machine: q35 and the same disks instead. Nothing was changed"};
     set_attr(child_or_add(os, "type"), "machine", w.machine);
   }
   if (w.manages("firmware") || w.declared.count("secure_boot")) {
     // The nvram stays where it is: the VM's UEFI boot entries and keys live in it.
     if (!w.declared.count("nvram") && os.child("nvram") && !std::string_view(os.child("nvram").text().get()).empty())
       w.nvram = std::string(trim(os.child("nvram").text().get()));
-    ensure_firmware(dom, w.loader, w.vars, w.nvram, w.declared.count("secure_boot") ? std::optional<bool>(w.secure_boot) : std::nullopt);
+    ensure_firmware(dom, w.loader, w.vars, w.nvram,
+                    w.declared.count("secure_boot") ? std::optional<bool>(w.secure_boot) : std::nullopt);
   }
   if (w.creating) {
     auto features = child_or_add(dom, "features");
@@ -1576,7 +1625,8 @@ Status merge(pugi::xml_document& doc, Want& w) {
     const std::string machine = attr(os.child("type"), "machine");
     if (is_i440fx(machine))
       return Error{"secure_boot: domain " + w.name + " uses the i440FX chipset (" + machine +
-                   "), and Secure Boot needs q35 (SMM guards its keys): define a new domain with machine: q35 and the same disks "
+                   "), and Secure Boot needs q35 (SMM guards its keys): define a new domain with machine: q35 and the "
+                   "same disks "
                    "instead. Nothing was changed"};
     set_attr(child_or_add(child_or_add(dom, "features"), "smm"), "state", "on");
   }
@@ -1621,7 +1671,8 @@ Status merge(pugi::xml_document& doc, Want& w) {
         std::string what = attr(d.child("target"), "dev");
         if (what.empty()) what = attr(d.child("mac"), "address");
         if (what.empty() && is_pci_hostdev(d)) what = hostdev_source(d);
-        ordered.push_back(std::string(d.name()) + (what.empty() ? "" : " " + what) + " (order " + attr(d.child("boot"), "order") + ")");
+        ordered.push_back(std::string(d.name()) + (what.empty() ? "" : " " + what) + " (order " +
+                          attr(d.child("boot"), "order") + ")");
       }
     if (ordered.empty()) {
       ensure_boot(dom, w);
@@ -1646,7 +1697,8 @@ Status tuning(Context& ctx, const Args& args, Want& w) {
     } else if (w.gpus.size() == 1) {
       gpu = w.gpus[0].address;
     } else {
-      return Error{"rom: say which GPU the ROM is for (gpu: ADDRESS): the domain has " + std::to_string(w.gpus.size()) + " GPUs"};
+      return Error{"rom: say which GPU the ROM is for (gpu: ADDRESS): the domain has " + std::to_string(w.gpus.size()) +
+                   " GPUs"};
     }
     auto g = std::find_if(w.gpus.begin(), w.gpus.end(), [&](const Gpu& x) {
       return std::find(x.functions.begin(), x.functions.end(), gpu) != x.functions.end();
@@ -1678,10 +1730,13 @@ Status tuning(Context& ctx, const Args& args, Want& w) {
   if (args.hugepages) {
     const json& h = *args.hugepages;
     std::string size = "auto";
-    if (h.is_object()) size = h.value("size", std::string("auto"));
-    else if (h.is_string() && parse_size(h.get<std::string>()).ok()) size = h.get<std::string>();
-    const bool on = h.is_object() || (h.is_boolean() ? h.get<bool>() : (size != "auto" || lower(h.get<std::string>()) == "true" ||
-                                                                        lower(h.get<std::string>()) == "yes"));
+    if (h.is_object())
+      size = h.value("size", std::string("auto"));
+    else if (h.is_string() && parse_size(h.get<std::string>()).ok())
+      size = h.get<std::string>();
+    const bool on = h.is_object() || (h.is_boolean() ? h.get<bool>()
+                                                     : (size != "auto" || lower(h.get<std::string>()) == "true" ||
+                                                        lower(h.get<std::string>()) == "yes"));
     if (on) w.hugepage_kib = size == "auto" ? 0 : *parse_size(size) / 1024;
   }
   if (args.looking_glass) {
@@ -1691,12 +1746,14 @@ Status tuning(Context& ctx, const Args& args, Want& w) {
   w.hyperv = args.hyperv.value_or(false);
   const bool nvidia = std::any_of(w.gpus.begin(), w.gpus.end(), [](const Gpu& g) { return g.id.starts_with("10de:"); });
   if (w.hyperv && nvidia && !w.hide_kvm)
-    w.warnings.push_back("hyperv: NVIDIA drivers older than 465 stop with code 43 when they see a hypervisor: "
-                         "hide_kvm: false shows KVM to them");
+    w.warnings.push_back(
+        "hyperv: NVIDIA drivers older than 465 stop with code 43 when they see a hypervisor: "
+        "hide_kvm: false shows KVM to them");
   if (!w.hyperv_vendor_id.empty() && !w.hide_kvm)
     w.warnings.push_back("hyperv_vendor_id hides the hypervisor from NVIDIA drivers only together with hide_kvm: true");
   for (const auto& path : args.evdev.value_or(std::vector<std::string>{})) {
-    if (!path_exists(ctx.root, path)) return Error{"evdev: " + path + " does not exist (list them: ls /dev/input/by-id/)"};
+    if (!path_exists(ctx.root, path))
+      return Error{"evdev: " + path + " does not exist (list them: ls /dev/input/by-id/)"};
     w.evdev.push_back(path);
   }
   if (args.usb_controllers) {
@@ -1722,7 +1779,9 @@ Expected<Want> want_from(Context& ctx, const Args& args, const Offer& offer, con
   w.name = args.name;
   if (w.manages("type")) {
     const std::string type = args.type.value_or("auto");
-    auto offered = [&](const std::string& t) { return std::find(offer.types.begin(), offer.types.end(), t) != offer.types.end(); };
+    auto offered = [&](const std::string& t) {
+      return std::find(offer.types.begin(), offer.types.end(), t) != offer.types.end();
+    };
     if (type == "auto") {
       if (ctx.facts.kvm && offered("kvm")) {
         w.type = "kvm";
@@ -1747,10 +1806,12 @@ Expected<Want> want_from(Context& ctx, const Args& args, const Offer& offer, con
     if (!machine) return Error{machine.error()};
     w.machine = *machine;
     if (is_i440fx(w.machine))
-      return Error{"machine: " + w.machine + " is the i440FX chipset, which has no PCIe for a GPU: use q35 (pc-q35-4.2 or newer)"};
+      return Error{"machine: " + w.machine +
+                   " is the i440FX chipset, which has no PCIe for a GPU: use q35 (pc-q35-4.2 or newer)"};
     // The walkthrough's floor: older q35 machine types lack what GPU guests rely on.
     if (w.machine.starts_with("pc-q35-") && machine_version(w.machine) < std::vector<int>{4, 2})
-      return Error{"machine: " + w.machine + " is older than pc-q35-4.2, the oldest q35 machine type for GPU passthrough"};
+      return Error{"machine: " + w.machine +
+                   " is older than pc-q35-4.2, the oldest q35 machine type for GPU passthrough"};
   }
   // Without secure_boot the firmware stays of the kind the domain has: its own Secure Boot loader
   // is not swapped for a plain one when only firmware: or nvram: is declared (one the agent set
@@ -1770,8 +1831,10 @@ Expected<Want> want_from(Context& ctx, const Args& args, const Offer& offer, con
     if (w.creating && w.secure_boot && !fw_arg.code)
       if (auto plain = choose_firmware(ctx.root, fw_arg, false)) std::tie(w.plain_loader, w.plain_vars) = *plain;
     if (args.secure_boot && w.secure_boot && !fw_arg.code && !keys_enrolled(w.vars))
-      w.warnings.push_back("secure_boot: " + w.vars + " has no Secure Boot keys enrolled (Arch ships none): the guest starts in "
-                           "setup mode, which Windows 11 setup accepts; Secure Boot is enforced once keys are enrolled");
+      w.warnings.push_back(
+          "secure_boot: " + w.vars +
+          " has no Secure Boot keys enrolled (Arch ships none): the guest starts in "
+          "setup mode, which Windows 11 setup accepts; Secure Boot is enforced once keys are enrolled");
   }
   if (args.tpm.value_or(false)) {
     // libvirt starts swtpm for the domain and makes its state with swtpm_setup (swtpm-tools).
@@ -1789,7 +1852,8 @@ Expected<Want> want_from(Context& ctx, const Args& args, const Offer& offer, con
     drive.absent = c.is_object() && c.value("state", "present") == "absent";
     if (drive.path.empty() || drive.path[0] != '/') return Error{"cdrom: '" + drive.path + "' is not an absolute path"};
     if (!drive.absent && !path_exists(ctx.root, drive.path))
-      return Error{"cdrom: " + drive.path + " does not exist: download the ISO there first, or correct the path. Nothing was changed"};
+      return Error{"cdrom: " + drive.path +
+                   " does not exist: download the ISO there first, or correct the path. Nothing was changed"};
     w.cdroms.push_back(drive);
   }
   w.memory_kib = size_kib(args.memory);
@@ -1875,12 +1939,14 @@ TmpfilesMerge looking_glass_tmpfiles(const std::string& text, const std::string&
     if (w.size() >= 2 && w[1] == "/dev/shm/looking-glass") {
       const bool same = w.size() >= 5 && w[0] == "f" && w[2] == "0660" && w[3] == user && w[4] == group;
       if (found) {
-        note += (note.empty() ? "" : "; ") + std::string("dropped the duplicate line ") + std::to_string(number) + " '" + std::string(l) + "'";
+        note += (note.empty() ? "" : "; ") + std::string("dropped the duplicate line ") + std::to_string(number) +
+                " '" + std::string(l) + "'";
         continue;
       }
       found = true;
       if (!same) {
-        note += (note.empty() ? "" : "; ") + std::string("line ") + std::to_string(number) + " '" + std::string(l) + "' now gives " + user + ":" + group;
+        note += (note.empty() ? "" : "; ") + std::string("line ") + std::to_string(number) + " '" + std::string(l) +
+                "' now gives " + user + ":" + group;
         out += line + "\n";
         continue;
       }
@@ -1904,7 +1970,8 @@ Status hugepages(Context& ctx, const Args& args, Want& w, bool needs_free, FileC
   if (!pool) return Error{pool.error()};
   const std::string page = size_text(pool->size_kib * 1024);
   if (w.memory_kib % pool->size_kib)
-    return Error{"hugepages: memory " + size_text(w.memory_kib * 1024) + " is not a whole number of " + page + " pages"};
+    return Error{"hugepages: memory " + size_text(w.memory_kib * 1024) + " is not a whole number of " + page +
+                 " pages"};
   const uint64_t need = w.memory_kib / pool->size_kib;
   const uint64_t missing = needs_free && pool->free < need ? need - pool->free : 0;
   const json& h = *args.hugepages;
@@ -1912,14 +1979,16 @@ Status hugepages(Context& ctx, const Args& args, Want& w, bool needs_free, FileC
   if (!reserve) {
     if (missing)
       return Error{"hugepages: the domain needs " + std::to_string(need) + " pages of " + page + ", the host has " +
-                   std::to_string(pool->free) + " free (of " + std::to_string(pool->total) + "): " + std::to_string(missing) +
+                   std::to_string(pool->free) + " free (of " + std::to_string(pool->total) +
+                   "): " + std::to_string(missing) +
                    " missing; reserve them (hugepages: {reserve: true}, or hugepages=N on the kernel command line)"};
     return {};
   }
   if (!pool->default_size)
-    return Error{"hugepages: reserve: true sets vm.nr_hugepages, which counts pages of the default size only, not " + page +
-                 " pages: reserve those at boot (kernel_cmdline: hugepagesz=" +
-                 (pool->size_kib % (1024 * 1024) ? std::to_string(pool->size_kib / 1024) + "M" : std::to_string(pool->size_kib / 1024 / 1024) + "G") +
+    return Error{"hugepages: reserve: true sets vm.nr_hugepages, which counts pages of the default size only, not " +
+                 page + " pages: reserve those at boot (kernel_cmdline: hugepagesz=" +
+                 (pool->size_kib % (1024 * 1024) ? std::to_string(pool->size_kib / 1024) + "M"
+                                                 : std::to_string(pool->size_kib / 1024 / 1024) + "G") +
                  " hugepages=" + std::to_string(need) + ") and leave reserve off"};
   const std::string conf = "/etc/sysctl.d/80-gptagent-hugepages.conf";
   auto text = read_file_if_exists(ctx.root, conf);
@@ -1932,15 +2001,19 @@ Status hugepages(Context& ctx, const Args& args, Want& w, bool needs_free, FileC
   const uint64_t target = std::max(pool->total + missing, need);
   if (persisted >= target) return {};
   const std::string value = std::to_string(target);
-  files.write(conf, *text, "# Managed by gptagent: hugepages for libvirt domains (" + page + " pages)\nvm.nr_hugepages = " + value + "\n");
-  commands.push_back({Command{{"sysctl", "-w", "vm.nr_hugepages=" + value}}, "reserved " + value + " hugepages of " + page});
+  files.write(
+      conf, *text,
+      "# Managed by gptagent: hugepages for libvirt domains (" + page + " pages)\nvm.nr_hugepages = " + value + "\n");
+  commands.push_back(
+      {Command{{"sysctl", "-w", "vm.nr_hugepages=" + value}}, "reserved " + value + " hugepages of " + page});
   return {};
 }
 
 // Each interface's bridge exists on the host and each network is defined and active: a domain
 // defined on a missing one would not start. In check mode a network that a libvirt_network task
 // before this one would start counts as there.
-Status check_interfaces(const Context& ctx, const virt::Connection& conn, const std::vector<NicWant>& nics, bool apply) {
+Status check_interfaces(const Context& ctx, const virt::Connection& conn, const std::vector<NicWant>& nics,
+                        bool apply) {
   for (const auto& nic : nics) {
     if (nic.absent) continue;
     if (nic.type == "bridge") {
@@ -1968,15 +2041,17 @@ Status check_interfaces(const Context& ctx, const virt::Connection& conn, const 
 // An existing nvram file is never remade (the guest's boot entries and keys live in it): when the
 // domain's variables template changes under it (secure_boot turned on or off, another firmware),
 // the file keeps the variables of the old one, and the user is told how to start afresh.
-std::optional<std::string> kept_nvram(const Context& ctx, const pugi::xml_document& current, const pugi::xml_document& desired,
-                                      const std::string& name) {
-  auto was = current.child("domain").child("os").child("nvram"), now = desired.child("domain").child("os").child("nvram");
+std::optional<std::string> kept_nvram(const Context& ctx, const pugi::xml_document& current,
+                                      const pugi::xml_document& desired, const std::string& name) {
+  auto was = current.child("domain").child("os").child("nvram"),
+       now = desired.child("domain").child("os").child("nvram");
   const std::string path(trim(now.text().get()));
-  if (!was || attr(was, "template") == attr(now, "template") || path.empty() || !path_exists(ctx.root, path)) return std::nullopt;
+  if (!was || attr(was, "template") == attr(now, "template") || path.empty() || !path_exists(ctx.root, path))
+    return std::nullopt;
   const std::string from = attr(was, "template").empty() ? "" : " (made from " + attr(was, "template") + ")";
-  return "nvram: " + path + " is kept" + from + ": its variables, Secure Boot keys included, are not re-enrolled from " +
-         attr(now, "template") + "; to start it afresh from that template (its boot entries are lost): virsh start " + name +
-         " --reset-nvram";
+  return "nvram: " + path + " is kept" + from +
+         ": its variables, Secure Boot keys included, are not re-enrolled from " + attr(now, "template") +
+         "; to start it afresh from that template (its boot entries are lost): virsh start " + name + " --reset-nvram";
 }
 
 Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
@@ -2009,7 +2084,8 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   if (dom) {
     auto xml = dom->xml(true);
     if (!xml) return Result::failed(xml.error());
-    if (!current.load_string(xml->c_str())) return Result::failed("libvirt returned XML that does not parse for domain " + name);
+    if (!current.load_string(xml->c_str()))
+      return Result::failed("libvirt returned XML that does not parse for domain " + name);
   }
   auto want = want_from(ctx, args, read_capabilities(*caps), conn->uri(), current);
   if (!want) return Result::failed(want.error());
@@ -2037,7 +2113,8 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   std::vector<std::pair<Command, std::string>> host_commands;  // run when host_files changed
   if (want->hugepage_kib) {
     const bool starts = state == "running" && run != virt::State::running;
-    auto hp = hugepages(ctx, args, *want, run != virt::State::running && (redefine || starts), host_files, host_commands);
+    auto hp =
+        hugepages(ctx, args, *want, run != virt::State::running && (redefine || starts), host_files, host_commands);
     if (!hp) return Result::failed(hp.error());
   }
   if (args.looking_glass) {
@@ -2073,9 +2150,11 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
       if (!ran.msg.empty()) done.push_back(ran.msg);
     }
     if (apply && want->hugepage_kib)
-      if (auto pool = vm::read_hugepages(ctx.root, *want->hugepage_kib); pool && pool->free * pool->size_kib < want->memory_kib)
+      if (auto pool = vm::read_hugepages(ctx.root, *want->hugepage_kib);
+          pool && pool->free * pool->size_kib < want->memory_kib)
         want->warnings.push_back("hugepages: the kernel has " + std::to_string(pool->free) + " free pages of " +
-                                 size_text(pool->size_kib * 1024) + " after the reservation, fewer than the domain needs (" +
+                                 size_text(pool->size_kib * 1024) +
+                                 " after the reservation, fewer than the domain needs (" +
                                  std::to_string(want->memory_kib / pool->size_kib) +
                                  "): its memory is fragmented; reboot, or reserve them at boot (hugepages=N)");
   }
@@ -2104,8 +2183,9 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
           if (!st) return Result::failed(st.error());
           if (*st == virt::State::shutoff) break;
           if (waited >= timeout * 10)
-            return Result::failed("domain " + name + " did not shut down within " + std::to_string(timeout) +
-                                  " s of the ACPI power button; it is left running (force_shutoff: true powers it off)");
+            return Result::failed(
+                "domain " + name + " did not shut down within " + std::to_string(timeout) +
+                " s of the ACPI power button; it is left running (force_shutoff: true powers it off)");
           ::usleep(100 * 1000);
         }
       }
@@ -2136,8 +2216,8 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   if (!want->warnings.empty()) r.data["warnings"] = want->warnings;
   for (const auto& w : want->warnings) spdlog::warn("domain {}: {}", name, w);
   if (done.empty()) {
-    r.msg = "domain " + name + " is as wanted (" + machine + ", " + std::to_string(hostdevs.size()) + " host devices, " +
-            virt::state_name(run) + ")" + warnings;
+    r.msg = "domain " + name + " is as wanted (" + machine + ", " + std::to_string(hostdevs.size()) +
+            " host devices, " + virt::state_name(run) + ")" + warnings;
     return r;
   }
   r.status = Outcome::changed;
@@ -2200,10 +2280,10 @@ ModuleDocs docs() {
   };
 }
 
-const Registration reg{declare_module("libvirt_domain",
-                                      "define a libvirt domain for GPU passthrough (q35, OVMF, vfio hostdevs)", decl(),
-                                      converge),
-                       docs()};
+const Registration reg{
+    declare_module("libvirt_domain", "define a libvirt domain for GPU passthrough (q35, OVMF, vfio hostdevs)", decl(),
+                   converge),
+    docs()};
 
 }  // namespace
 }  // namespace gpt

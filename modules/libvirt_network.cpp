@@ -197,8 +197,10 @@ void merge(pugi::xml_document& doc, const Args& args) {
     if (prefix_in(ip) != want->prefix) {
       ip.remove_attribute("prefix");
       ip.remove_attribute("netmask");
-      if (want->as_netmask) set_attr(ip, "netmask", netmask_of(want->prefix));
-      else set_attr(ip, "prefix", std::to_string(want->prefix));
+      if (want->as_netmask)
+        set_attr(ip, "netmask", netmask_of(want->prefix));
+      else
+        set_attr(ip, "prefix", std::to_string(want->prefix));
     }
     if (args.dhcp) {
       auto dhcp = ip.child("dhcp");
@@ -247,9 +249,11 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   if (net) {
     auto xml = net->xml(true);
     if (!xml) return Result::failed(xml.error());
-    if (!current.load_string(xml->c_str())) return Result::failed("libvirt returned XML that does not parse for network " + name);
+    if (!current.load_string(xml->c_str()))
+      return Result::failed("libvirt returned XML that does not parse for network " + name);
   } else if (args.mode.value_or("nat") == "nat" && !args.address && !args.ip) {
-    return Result::failed("network " + name + " does not exist: a new NAT network needs its address (address: 192.168.100.1/24)");
+    return Result::failed("network " + name +
+                          " does not exist: a new NAT network needs its address (address: 192.168.100.1/24)");
   }
   pugi::xml_document desired;
   desired.reset(current);
@@ -281,12 +285,15 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   } else if (stop) {
     done.push_back("stopped");
   } else if (redefine && active) {
-    done.push_back("the active network keeps its old configuration until it is restarted (virsh net-destroy, net-start)");
+    done.push_back(
+        "the active network keeps its old configuration until it is restarted (virsh net-destroy, net-start)");
   }
   if (args.autostart)
     if (auto s = converge_autostart(net, *args.autostart, apply, done); !s) return Result::failed(s.error());
-  if (state == "active") ctx.provided.insert(key);
-  else ctx.provided.erase(key);
+  if (state == "active")
+    ctx.provided.insert(key);
+  else
+    ctx.provided.erase(key);
 
   auto node = desired.child("network");
   r.data = {{"name", name},
@@ -332,11 +339,11 @@ ModuleDocs docs() {
   };
 }
 
-const Registration reg{declare_module(
-                           "libvirt_network",
-                           "a libvirt network defined and started: NAT with address and DHCP, or over a host bridge",
-                           declaration(), converge),
-                       docs()};
+const Registration reg{
+    declare_module("libvirt_network",
+                   "a libvirt network defined and started: NAT with address and DHCP, or over a host bridge",
+                   declaration(), converge),
+    docs()};
 
 }  // namespace
 }  // namespace gpt

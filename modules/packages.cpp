@@ -377,7 +377,8 @@ std::vector<Command> transaction(PackageManager m, const std::vector<std::string
     case PackageManager::dnf: {
       std::vector<Command> cmds;
       std::vector<std::string> install_cmd = {"dnf", "-y"};
-      if (lim.recommends) install_cmd.push_back(*lim.recommends ? "--setopt=install_weak_deps=True" : "--setopt=install_weak_deps=False");
+      if (lim.recommends)
+        install_cmd.push_back(*lim.recommends ? "--setopt=install_weak_deps=True" : "--setopt=install_weak_deps=False");
       install_cmd.push_back("install");
       if (!in.empty()) cmds.push_back(command(plus(install_cmd, in), lim));
       if (!out.empty()) cmds.push_back(command(plus({"dnf", "-y", "remove"}, out), lim));
@@ -659,31 +660,34 @@ ModuleDocs docs() {
   };
 }
 
-const Registration registration{declare_module(
-    "packages", "packages present and absent, with apt, dnf, pacman or zypper (sets: virtualization, tpm)",
-    ArgsDecl<Args>()
-        .arg("present", &Args::present,
-             "packages, or sets (virtualization, tpm) resolved for this distribution, to install",
-             {.check = [](const json& v) { return check_names(v, true); },
-              .example = json::array({"virtualization", "tpm"})})
-        .arg("absent", &Args::absent, "packages to remove",
-             {.check = [](const json& v) { return check_names(v, false); }})
-        .arg("update_cache", &Args::update_cache,
-             "refresh the package lists before an install (refused on Arch, where it would be a partial upgrade)")
-        .arg("install_recommends", &Args::install_recommends,
-             "whether an install takes the packages' recommendations too; unset: as the package manager is configured")
-        .arg("lock_timeout", &Args::lock_timeout, "seconds to wait for another package manager to let go of its lock",
-             {.check = [](const json& v) { return positive(v, 0); }})
-        .arg("timeout", &Args::timeout, "seconds one package manager command may take",
-             {.check = [](const json& v) { return positive(v, 1); }})
-        .check([](const Args& a) -> std::optional<std::string> {
-          for (const auto& p : a.present)
-            if (std::find(a.absent.begin(), a.absent.end(), p) != a.absent.end())
-              return "'" + p + "' is both in present and in absent";
-          return std::nullopt;
-        }),
-    converge),
-                                docs()};
+const Registration registration{
+    declare_module(
+        "packages", "packages present and absent, with apt, dnf, pacman or zypper (sets: virtualization, tpm)",
+        ArgsDecl<Args>()
+            .arg("present", &Args::present,
+                 "packages, or sets (virtualization, tpm) resolved for this distribution, to install",
+                 {.check = [](const json& v) { return check_names(v, true); },
+                  .example = json::array({"virtualization", "tpm"})})
+            .arg("absent", &Args::absent, "packages to remove",
+                 {.check = [](const json& v) { return check_names(v, false); }})
+            .arg("update_cache", &Args::update_cache,
+                 "refresh the package lists before an install (refused on Arch, where it would be a partial upgrade)")
+            .arg("install_recommends", &Args::install_recommends,
+                 "whether an install takes the packages' recommendations too; unset: as the package manager is "
+                 "configured")
+            .arg("lock_timeout", &Args::lock_timeout,
+                 "seconds to wait for another package manager to let go of its lock",
+                 {.check = [](const json& v) { return positive(v, 0); }})
+            .arg("timeout", &Args::timeout, "seconds one package manager command may take",
+                 {.check = [](const json& v) { return positive(v, 1); }})
+            .check([](const Args& a) -> std::optional<std::string> {
+              for (const auto& p : a.present)
+                if (std::find(a.absent.begin(), a.absent.end(), p) != a.absent.end())
+                  return "'" + p + "' is both in present and in absent";
+              return std::nullopt;
+            }),
+        converge),
+    docs()};
 
 }  // namespace
 }  // namespace gpt

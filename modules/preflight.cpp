@@ -24,11 +24,11 @@ Expected<Result> converge(Context& ctx, const Args& args, bool) {
   std::vector<std::string> chosen;
   json data = json::array();
   for (const auto& g : *gpus) {
-    chosen.push_back(g.address + " (" + g.id + (g.functions.size() > 1 ? ", " + std::to_string(g.functions.size()) + " functions" : "") + ")");
+    chosen.push_back(g.address + " (" + g.id +
+                     (g.functions.size() > 1 ? ", " + std::to_string(g.functions.size()) + " functions" : "") + ")");
     data.push_back(to_json(g));
     for (const auto& v : g.verdicts)
-      if (v.level == Verdict::Level::warning &&
-          std::find(warnings.begin(), warnings.end(), v.reason) == warnings.end())
+      if (v.level == Verdict::Level::warning && std::find(warnings.begin(), warnings.end(), v.reason) == warnings.end())
         warnings.push_back(v.reason);
   }
   Result r = Result::ok("passthrough possible for " + join(chosen, ", ") +

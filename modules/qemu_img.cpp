@@ -77,7 +77,8 @@ Command qemu_img(std::vector<std::string> args, std::chrono::seconds timeout) {
 // guest's, and a qcow2 header a guest wrote there must not make it a qcow2 image (with a backing
 // file of the guest's choosing) to qemu-img's probe. Only when the image is not that format at all
 // is it probed, to say what it is instead (the task then refuses it).
-Expected<ImageInfo> read_info(Exec& exec, const std::string& real, const std::string& shown, const std::string& format) {
+Expected<ImageInfo> read_info(Exec& exec, const std::string& real, const std::string& shown,
+                              const std::string& format) {
   const auto info_of = [&](std::vector<std::string> opts) {
     std::vector<std::string> args{"info"};
     args.insert(args.end(), opts.begin(), opts.end());
@@ -153,7 +154,7 @@ Expected<FileAttrs> wanted_attrs(const Root& root, const Args& args) {
 // What is at the image's name now, not followed if it is a symlink.
 struct Entry {
   bool exists = false;
-  struct stat st{};
+  struct stat st {};
 };
 
 Expected<Entry> look_at(const ParentDir& dir, const std::string& shown) {
@@ -172,19 +173,22 @@ Expected<Entry> look_at(const ParentDir& dir, const std::string& shown) {
 // link. Anything else was put there by someone else meanwhile and gets no owner or mode from us.
 Expected<UniqueFd> open_made(const ParentDir& dir, const std::string& shown, const struct stat* before) {
   UniqueFd fd(::openat(dir.fd.get(), dir.name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
-  struct stat st{};
+  struct stat st {};
   if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0)
     return Error{"cannot open " + shown + " again: " + std::strerror(errno)};
   if (S_ISLNK(st.st_mode))
     return Error{shown + " was replaced by a symlink meanwhile: its owner and mode were not set (nothing followed it)"};
-  if (!S_ISREG(st.st_mode)) return Error{shown + " was replaced by something else than a regular file meanwhile: its owner and mode were not set"};
+  if (!S_ISREG(st.st_mode))
+    return Error{shown +
+                 " was replaced by something else than a regular file meanwhile: its owner and mode were not set"};
   const bool same = before ? st.st_dev == before->st_dev && st.st_ino == before->st_ino
                            : st.st_uid == ::geteuid() && st.st_nlink == 1;
   if (!same) return Error{shown + " was replaced by another file meanwhile: its owner and mode were not set"};
   return fd;
 }
 
-Status set_attrs_on_made(const ParentDir& dir, const std::string& shown, const FileAttrs& want, const struct stat* before) {
+Status set_attrs_on_made(const ParentDir& dir, const std::string& shown, const FileAttrs& want,
+                         const struct stat* before) {
   if (!want.uid && !want.gid && !want.mode) return {};
   auto fd = open_made(dir, shown, before);
   if (!fd) return Error{fd.error()};
@@ -242,10 +246,13 @@ Result create(Context& ctx, const Wanted& w, bool apply) {
   if (!attrs.empty()) what += " with " + join(attrs, ", ");
   Result r = Result::changed((apply ? "created " : "would create ") + what);
   r.commands.push_back(cmd.display());
-  r.diff = unified_diff("", state_text(w.format, size, w.backing, w.backing_format, std::nullopt, w.attrs),
-                        "/dev/null", w.path);
-  r.data = {{"path", w.path}, {"format", w.format}, {"virtual_size", size},
-            {"backing", w.backing.empty() ? json() : json(w.backing)}, {"in_use", false}};
+  r.diff = unified_diff("", state_text(w.format, size, w.backing, w.backing_format, std::nullopt, w.attrs), "/dev/null",
+                        w.path);
+  r.data = {{"path", w.path},
+            {"format", w.format},
+            {"virtual_size", size},
+            {"backing", w.backing.empty() ? json() : json(w.backing)},
+            {"in_use", false}};
   if (!apply) return r;
 
   // qemu-img makes a name of its own beside the image, renamed to the image only once it exited 0:
@@ -262,7 +269,7 @@ Result create(Context& ctx, const Wanted& w, bool apply) {
                                : res.failure(/*all_of_stderr=*/true);
     // qemu-img's words name the image the user asked for, not the name it was made under.
     for (size_t at; (at = why.find(part_real)) != std::string::npos;) why.replace(at, part_real.size(), w.real);
-    struct stat st{};
+    struct stat st {};
     const bool partial = ::fstatat(w.dir->fd.get(), part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
                          ::unlinkat(w.dir->fd.get(), part.c_str(), 0) == 0;
     Result f = Result::failed(cmd.display() + " failed: " + why +
@@ -299,8 +306,11 @@ Result update(Context& ctx, const Wanted& w, const FileInfo& file, const struct 
   if (!found) return Result::failed(found.error());
   const ImageInfo& info = *found;
   const std::string backing = info.backing.empty() ? "" : host_view(ctx.root, info.backing);
-  const json data = {{"path", w.path}, {"format", info.format}, {"virtual_size", info.virtual_size},
-                     {"backing", backing.empty() ? json() : json(backing)}, {"in_use", info.in_use}};
+  const json data = {{"path", w.path},
+                     {"format", info.format},
+                     {"virtual_size", info.virtual_size},
+                     {"backing", backing.empty() ? json() : json(backing)},
+                     {"in_use", info.in_use}};
   auto refuse = [&](const std::string& why) {
     Result f = Result::failed(why);
     f.data = data;
@@ -412,7 +422,8 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   auto entry = look_at(*dir, w.path);
   if (!entry) return Result::failed(entry.error());
   if (entry->exists && S_ISLNK(entry->st.st_mode))
-    return Result::failed(w.path + " is a symlink: not touched (an image is managed at its own path, never through a link)");
+    return Result::failed(w.path +
+                          " is a symlink: not touched (an image is managed at its own path, never through a link)");
   if (entry->exists && !S_ISREG(entry->st.st_mode))
     return Result::failed(w.path + " exists and is not a regular file: not touched");
   FileInfo file_info;
@@ -484,60 +495,64 @@ ModuleDocs docs() {
   };
 }
 
-const Registration registration{declare_module(
-    "qemu_img", "a disk image with this format, size and backing file (qemu-img; grown on request, never shrunk)",
-    ArgsDecl<Args>()
-        .arg("path", &Args::path, "the image file (absolute; never followed if it is a symlink)",
-             {.required = true, .check = absolute_file, .example = "/var/lib/libvirt/images/win11.qcow2"})
-        .arg("format", &Args::format, "the image format", {.choices = {"qcow2", "raw"}})
-        .arg("size", &Args::size,
-             "the virtual size, as qemu-img takes it (20G, 512MiB, 4096 for bytes); required unless backing is given",
-             {.check = [](const json& v) -> std::optional<std::string> {
-                auto size = image_size(v.get<std::string>());
-                if (!size) return size.error();
-                return std::nullopt;
-              },
-              .example = "64G"})
-        .arg("backing", &Args::backing, "a backing file the qcow2 image is an overlay of (absolute)",
-             {.check = absolute_file})
-        .arg("backing_format", &Args::backing_format, "the backing file's format (qemu-img -F), required with backing",
-             {.check = [](const json& v) -> std::optional<std::string> {
-               const std::string s = v.get<std::string>();
-               if (s.empty() || s.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos)
-                 return "must be a qemu image format such as qcow2 or raw, not '" + s + "'";
-               return std::nullopt;
-             }})
-        .arg("preallocation", &Args::preallocation, "how a new raw image's space is allocated",
-             {.choices = {"off", "falloc", "full"}})
-        .arg("owner", &Args::owner, "the image's owner (a user name or number)", {.check = id_name})
-        .arg("group", &Args::group, "the image's group (a group name or number)", {.check = id_name})
-        .arg("mode", &Args::mode, "the image's mode, in octal",
-             {.check = [](const json& v) -> std::optional<std::string> {
-                const std::string s = v.get<std::string>();
-                if (s.size() < 3 || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos)
-                  return "must be an octal mode such as \"0640\", not '" + s + "'";
-                return std::nullopt;
-              },
-              .example = "0640"})
-        .arg("allow_grow", &Args::allow_grow, "grow an existing image that is smaller than size (it is never shrunk)")
-        .arg("timeout", &Args::timeout,
-             "seconds qemu-img may take (full preallocation of a large raw image writes every byte)",
-             {.check = [](const json& v) -> std::optional<std::string> {
-               if (v.get<long long>() <= 0) return "must be a number of seconds above 0";
-               return std::nullopt;
-             }})
-        .check([](const Args& a) -> std::optional<std::string> {
-          const bool backing = a.backing.has_value();
-          if (backing && a.format != "qcow2") return "backing is for qcow2 images only, not " + a.format;
-          if (backing && !a.backing_format)
-            return "backing_format is required with backing: qemu-img needs -F to know the backing file's format";
-          if (!backing && a.backing_format) return "backing_format is only for an image with a backing file";
-          if (a.preallocation && a.format != "raw") return "preallocation is for raw images only, not " + a.format;
-          if (!a.size && !backing) return "size is required unless backing is given";
-          return std::nullopt;
-        }),
-    converge),
-                                docs()};
+const Registration registration{
+    declare_module(
+        "qemu_img", "a disk image with this format, size and backing file (qemu-img; grown on request, never shrunk)",
+        ArgsDecl<Args>()
+            .arg("path", &Args::path, "the image file (absolute; never followed if it is a symlink)",
+                 {.required = true, .check = absolute_file, .example = "/var/lib/libvirt/images/win11.qcow2"})
+            .arg("format", &Args::format, "the image format", {.choices = {"qcow2", "raw"}})
+            .arg("size", &Args::size,
+                 "the virtual size, as qemu-img takes it (20G, 512MiB, 4096 for bytes); required unless backing is "
+                 "given",
+                 {.check = [](const json& v) -> std::optional<std::string> {
+                    auto size = image_size(v.get<std::string>());
+                    if (!size) return size.error();
+                    return std::nullopt;
+                  },
+                  .example = "64G"})
+            .arg("backing", &Args::backing, "a backing file the qcow2 image is an overlay of (absolute)",
+                 {.check = absolute_file})
+            .arg("backing_format", &Args::backing_format,
+                 "the backing file's format (qemu-img -F), required with backing",
+                 {.check = [](const json& v) -> std::optional<std::string> {
+                   const std::string s = v.get<std::string>();
+                   if (s.empty() || s.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos)
+                     return "must be a qemu image format such as qcow2 or raw, not '" + s + "'";
+                   return std::nullopt;
+                 }})
+            .arg("preallocation", &Args::preallocation, "how a new raw image's space is allocated",
+                 {.choices = {"off", "falloc", "full"}})
+            .arg("owner", &Args::owner, "the image's owner (a user name or number)", {.check = id_name})
+            .arg("group", &Args::group, "the image's group (a group name or number)", {.check = id_name})
+            .arg("mode", &Args::mode, "the image's mode, in octal",
+                 {.check = [](const json& v) -> std::optional<std::string> {
+                    const std::string s = v.get<std::string>();
+                    if (s.size() < 3 || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos)
+                      return "must be an octal mode such as \"0640\", not '" + s + "'";
+                    return std::nullopt;
+                  },
+                  .example = "0640"})
+            .arg("allow_grow", &Args::allow_grow,
+                 "grow an existing image that is smaller than size (it is never shrunk)")
+            .arg("timeout", &Args::timeout,
+                 "seconds qemu-img may take (full preallocation of a large raw image writes every byte)",
+                 {.check = [](const json& v) -> std::optional<std::string> {
+                   if (v.get<long long>() <= 0) return "must be a number of seconds above 0";
+                   return std::nullopt;
+                 }})
+            .check([](const Args& a) -> std::optional<std::string> {
+              const bool backing = a.backing.has_value();
+              if (backing && a.format != "qcow2") return "backing is for qcow2 images only, not " + a.format;
+              if (backing && !a.backing_format)
+                return "backing_format is required with backing: qemu-img needs -F to know the backing file's format";
+              if (!backing && a.backing_format) return "backing_format is only for an image with a backing file";
+              if (a.preallocation && a.format != "raw") return "preallocation is for raw images only, not " + a.format;
+              if (!a.size && !backing) return "size is required unless backing is given";
+              return std::nullopt;
+            }),
+        converge),
+    docs()};
 
 }  // namespace
 }  // namespace gpt

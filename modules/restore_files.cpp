@@ -8,11 +8,11 @@
 #include <algorithm>
 #include <array>
 
-#include "modules/lib/handlers.hpp"
 #include "agent/changes.hpp"
 #include "agent/declare.hpp"
 #include "agent/preimage.hpp"
 #include "agent/text.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 namespace {

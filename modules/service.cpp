@@ -9,16 +9,17 @@
 #include <algorithm>
 #include <array>
 
-#include "modules/lib/handlers.hpp"
 #include "agent/declare.hpp"
 #include "agent/systemctl.hpp"
 #include "agent/text.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 namespace {
 
 // `systemctl is-enabled` answers that exit 0: the unit starts at boot or needs no enabling.
-constexpr std::array kEnabledStates = {"enabled", "enabled-runtime", "alias", "static", "indirect", "generated", "transient"};
+constexpr std::array kEnabledStates = {"enabled",  "enabled-runtime", "alias",    "static",
+                                       "indirect", "generated",       "transient"};
 // Units that have no [Install] section to enable or disable.
 constexpr std::array kFixedStates = {"static", "generated", "transient", "alias"};
 
@@ -99,11 +100,11 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
       if (!state.empty()) would.push_back(state);
       // Where the package manager may not run (--root), the apply will not have them either.
       const bool installed_later = !apply && ctx.system_commands_allowed;
-      const std::string why = unit + who + " is not known to systemd yet; an earlier task " +
-                              (installed_later ? "would install packages"
-                                               : "has packages to install that are not installed under --root " +
-                                                     ctx.root.dir()) +
-                              ", which may bring it";
+      const std::string why =
+          unit + who + " is not known to systemd yet; an earlier task " +
+          (installed_later ? "would install packages"
+                           : "has packages to install that are not installed under --root " + ctx.root.dir()) +
+          ", which may bring it";
       if (!installed_later) {
         Result skipped = Result::skipped(why);
         skipped.commands = r.commands;
@@ -195,7 +196,8 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   if (user_scope) r.data["user"] = args.user.value_or("");
   const std::string tail = notes.empty() ? "" : " (" + join(notes, "; ") + ")";
   if (done.empty()) {
-    r.msg = unit + who + " is as wanted: " + enablement + (r.data.contains("active") ? ", " + r.data["active"].get<std::string>() : "") + tail;
+    r.msg = unit + who + " is as wanted: " + enablement +
+            (r.data.contains("active") ? ", " + r.data["active"].get<std::string>() : "") + tail;
     return r;
   }
   r.status = Outcome::changed;
@@ -237,7 +239,8 @@ ModuleDocs docs() {
 }  // namespace
 
 const ArgsDecl<ServiceArgs>& service_args() {
-  static const auto decl = ArgsDecl<ServiceArgs>()
+  static const auto decl =
+      ArgsDecl<ServiceArgs>()
           .arg("name", &ServiceArgs::name, "the unit (a name without a dot is a .service)",
                {.required = true,
                 .check = [](const json& v) -> std::optional<std::string> {
@@ -270,8 +273,7 @@ namespace {
 ModuleDef definition() {
   auto def = declare_module(
       "service", "a systemd unit enabled, started, stopped or (in a handler) restarted; system or user scope",
-      service_args(),
-      converge);
+      service_args(), converge);
   // gpu_handoff restarts libvirt's daemon so that it reads a new hook.
   def.handler_args = std::vector<std::string>{"name", "state"};
   def.handler_only = [](const json& args) -> std::optional<std::string> {

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <set>
 
-#include "modules/lib/handlers.hpp"
 #include "agent/changes.hpp"
 #include "agent/declare.hpp"
 #include "agent/gpu.hpp"
@@ -14,6 +13,7 @@
 #include "agent/shell_syntax.hpp"
 #include "agent/text.hpp"
 #include "modules/lib/grub_default.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 namespace {
@@ -119,7 +119,6 @@ Expected<std::string> ensure_mkinitcpio_modules(std::string text, const std::vec
 const char* kBlockBegin =
     "# BEGIN gptagent vfio: the lines up to END are the agent's; the rest of this file is yours and kept\n";
 const char* kBlockEnd = "# END gptagent vfio\n";
-
 
 // One modprobe.d file as its physical lines, each with its '\n' (the last may have none), so that
 // joining them gives the file back byte for byte.
@@ -461,8 +460,8 @@ struct Args {
 // What vfio-pci is to claim: the ids and the functions chosen, and how (by address where another
 // device shares an id), with the modules it goes before.
 struct Selection {
-  std::vector<std::string> ids;     // vendor:device
-  std::vector<std::string> chosen;  // the functions named through gpus or devices
+  std::vector<std::string> ids;      // vendor:device
+  std::vector<std::string> chosen;   // the functions named through gpus or devices
   std::vector<std::string> sharing;  // "0000:00:01.0 (VGA compatible controller, the boot VGA, 10de:1b81)"
   bool by_address = false;
   ModprobeWanted want;
@@ -529,7 +528,8 @@ Expected<Selection> select_functions(const Context& ctx, const Args& args) {
     auto found = driver_modules(ctx.root, ctx.facts.kernel_release, chosen);
     if (!found) return Error{found.error()};
     for (const auto& m : *found)
-      if (std::find(sel.want.softdeps.begin(), sel.want.softdeps.end(), m) == sel.want.softdeps.end()) sel.want.softdeps.push_back(m);
+      if (std::find(sel.want.softdeps.begin(), sel.want.softdeps.end(), m) == sel.want.softdeps.end())
+        sel.want.softdeps.push_back(m);
   }
   sel.want.blacklist = args.blacklist;
   return sel;
@@ -537,8 +537,8 @@ Expected<Selection> select_functions(const Context& ctx, const Args& args) {
 
 // The modules in the initramfs (unless initramfs: false), as the host's tool builds it; on Debian
 // and Ubuntu the kernel guard's hook too. A note when the host has no tool the agent knows.
-Expected<std::string> plan_initramfs(const Context& ctx, const Args& args, const std::vector<std::string>& mods, FileChanges& boot,
-                                     FileChanges& guard) {
+Expected<std::string> plan_initramfs(const Context& ctx, const Args& args, const std::vector<std::string>& mods,
+                                     FileChanges& boot, FileChanges& guard) {
   if (args.initramfs) {
     const std::string& tool = ctx.facts.boot.initramfs;
     if (tool == "update-initramfs") {
@@ -550,7 +550,9 @@ Expected<std::string> plan_initramfs(const Context& ctx, const Args& args, const
       std::vector<std::string> core;
       for (const auto& m : mods)
         if (m == "vfio" || m == "vfio_iommu_type1" || m == "vfio_pci") core.push_back(m);
-      if (auto s = guard.write(kInitramfsGuard, initramfs_guard_script(core), FileAttrs{.uid = 0, .gid = 0, .mode = 0755}); !s)
+      if (auto s =
+              guard.write(kInitramfsGuard, initramfs_guard_script(core), FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
+          !s)
         return Error{s.error()};
     } else if (tool == "dracut") {
       const std::string dropin = "/etc/dracut.conf.d/vfio.conf";
@@ -567,7 +569,8 @@ Expected<std::string> plan_initramfs(const Context& ctx, const Args& args, const
       if (!edited) return Error{edited.error()};
       boot.write("/etc/mkinitcpio.conf", *text, *edited);
     } else {
-      return std::string("; no update-initramfs, dracut or mkinitcpio found: the modules are not added to an initramfs");
+      return std::string(
+          "; no update-initramfs, dracut or mkinitcpio found: the modules are not added to an initramfs");
     }
   }
   return std::string();
@@ -581,7 +584,8 @@ struct CmdlinePlan {
   std::string note;
 };
 
-Expected<CmdlinePlan> plan_builtin_cmdline(const Context& ctx, const Args& args, const Selection& sel, FileChanges& boot) {
+Expected<CmdlinePlan> plan_builtin_cmdline(const Context& ctx, const Args& args, const Selection& sel,
+                                           FileChanges& boot) {
   const std::vector<std::string>&ids = sel.ids, &sharing = sel.sharing;
   const bool by_address = sel.by_address;
   CmdlinePlan plan;
@@ -592,16 +596,17 @@ Expected<CmdlinePlan> plan_builtin_cmdline(const Context& ctx, const Args& args,
   const bool builtin = std::find(ctx.facts.builtin_modules.begin(), ctx.facts.builtin_modules.end(), "vfio_pci") !=
                        ctx.facts.builtin_modules.end();
   if (by_address && (cmdline_mode == "always" || builtin))
-    return Error{"vfio-pci " +
-                 std::string(builtin ? "is built into this kernel" : "is set to take its ids from the kernel command line") +
-                 ", where only vfio-pci.ids= claims devices at boot, and that would also take " + join(sharing, ", ") +
-                 ": bind the GPU after boot with vfio_bind (by address) instead"};
+    return Error{
+        "vfio-pci " +
+        std::string(builtin ? "is built into this kernel" : "is set to take its ids from the kernel command line") +
+        ", where only vfio-pci.ids= claims devices at boot, and that would also take " + join(sharing, ", ") +
+        ": bind the GPU after boot with vfio_bind (by address) instead"};
   if (!by_address && !ids.empty() && (cmdline_mode == "always" || (cmdline_mode == "auto" && builtin))) {
     const std::string param = "vfio-pci.ids=" + join(ids, ",");
     plan.param = param;
-    const bool debian_like = ctx.facts.os.id == "debian" || ctx.facts.os.id == "ubuntu" ||
-                             std::find(ctx.facts.os.id_like.begin(), ctx.facts.os.id_like.end(), "debian") !=
-                                 ctx.facts.os.id_like.end();
+    const bool debian_like =
+        ctx.facts.os.id == "debian" || ctx.facts.os.id == "ubuntu" ||
+        std::find(ctx.facts.os.id_like.begin(), ctx.facts.os.id_like.end(), "debian") != ctx.facts.os.id_like.end();
     CmdlineEditResult edit;
     std::string grub_text;
     if (debian_like) {
@@ -620,7 +625,8 @@ Expected<CmdlinePlan> plan_builtin_cmdline(const Context& ctx, const Args& args,
       if (auto valid = check_shell_file("/etc/default/grub", grub_text); !valid) return Error{valid.error()};
     } else {
       auto text = read_file(ctx.root, "/etc/default/grub", kMaxGrubFileBytes);
-      if (!text) return Error{text.error() + " (vfio_pci is built into this kernel: its ids go on the kernel command line)"};
+      if (!text)
+        return Error{text.error() + " (vfio_pci is built into this kernel: its ids go on the kernel command line)"};
       if (auto valid = check_shell_file("/etc/default/grub", *text); !valid) return Error{valid.error()};
       CmdlineEdit e;
       e.present = {param};
@@ -756,7 +762,8 @@ std::optional<std::string> check_devices(const json& v) {
 std::optional<std::string> check_names(const json& v) {
   for (const auto& m : v) {
     const std::string s = m.get<std::string>();
-    if (s.empty() || s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != std::string::npos)
+    if (s.empty() ||
+        s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != std::string::npos)
       return "'" + s + "' is not a kernel module name";
   }
   return std::nullopt;

@@ -43,7 +43,8 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
       forced.push_back(g.users());
     }
     for (const auto& f : g.functions) {
-      auto dev = std::find_if(ctx.facts.pci.begin(), ctx.facts.pci.end(), [&](const PciDevice& d) { return d.address == f; });
+      auto dev =
+          std::find_if(ctx.facts.pci.begin(), ctx.facts.pci.end(), [&](const PciDevice& d) { return d.address == f; });
       const std::string driver = dev == ctx.facts.pci.end() ? "" : dev->driver;
       if (driver == "vfio-pci") {
         done.push_back(f);

@@ -104,10 +104,17 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   FileChanges changes(ctx.root);
   json files = json::array();
   for (const auto& c : found) {
-    if (mode == "empty") changes.write(c.path, c.text, kEmptied);
-    else if (mode == "disable") changes.rename(c.path, c.path + ".disabled", c.text);
-    else changes.remove(c.path, c.text);
-    files.push_back({{"path", c.path}, {"reason", c.why}, {"action", mode == "empty" ? "emptied" : mode == "disable" ? "disabled" : "removed"}});
+    if (mode == "empty")
+      changes.write(c.path, c.text, kEmptied);
+    else if (mode == "disable")
+      changes.rename(c.path, c.path + ".disabled", c.text);
+    else
+      changes.remove(c.path, c.text);
+    files.push_back({{"path", c.path},
+                     {"reason", c.why},
+                     {"action", mode == "empty"     ? "emptied"
+                                : mode == "disable" ? "disabled"
+                                                    : "removed"}});
   }
   if (found.empty()) return Result::ok("no X11 config takes an NVIDIA GPU");
   std::vector<std::string> named;

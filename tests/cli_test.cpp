@@ -1,13 +1,12 @@
 // The binary as users and scripts call it: exit codes, output, JSON shape, the lock.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/process.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "agent/host.hpp"
 #include "tests/support/sandbox.hpp"
@@ -35,8 +34,9 @@ TEST(Cli, DemoConvergesThenStaysConverged) {
   EXPECT_EQ(first.exit_code, 3) << first.out << first.err;  // the kernel command line needs a reboot
   EXPECT_NE(first.out.find("changed: [IOMMU and nouveau on the kernel command line]"), std::string::npos);
   EXPECT_NE(first.out.find("skipping: [regenerate the grub config] not run under --root"), std::string::npos);
-  EXPECT_NE(first.out.find("changed: [No X11 config may take the GPU] emptied /usr/share/X11/xorg.conf.d/10-nvidia.conf"),
-            std::string::npos);
+  EXPECT_NE(
+      first.out.find("changed: [No X11 config may take the GPU] emptied /usr/share/X11/xorg.conf.d/10-nvidia.conf"),
+      std::string::npos);
   EXPECT_NE(first.out.find("changed: [vfio-pci claims the GPU at boot]"), std::string::npos);
   EXPECT_NE(first.out.find("skipping: [rebuild the initramfs] not run under --root"), std::string::npos);
   EXPECT_NE(first.out.find("localhost                  : ok=3    changed=3    unreachable=0    failed=0    skipped=2"),
@@ -69,8 +69,13 @@ TEST(Cli, JsonIsOneDocumentWithTasksAndTotals) {
   EXPECT_EQ(doc["check"], true);
   EXPECT_EQ(doc["exit_code"], 2);
   EXPECT_EQ(doc["root"], Root(host.root()).dir());
-  EXPECT_EQ(doc["stats"], (nlohmann::json{{"ok", 3}, {"changed", 3}, {"unreachable", 0}, {"failed", 0},
-                                          {"skipped", 2}, {"rescued", 0}, {"ignored", 0}}));
+  EXPECT_EQ(doc["stats"], (nlohmann::json{{"ok", 3},
+                                          {"changed", 3},
+                                          {"unreachable", 0},
+                                          {"failed", 0},
+                                          {"skipped", 2},
+                                          {"rescued", 0},
+                                          {"ignored", 0}}));
   EXPECT_EQ(doc["reboot_required"], true);
   ASSERT_EQ(doc["stages"].size(), 1u);
   const auto& tasks = doc["stages"][0]["tasks"];
@@ -122,8 +127,9 @@ TEST(Cli, MissingGrubFileFailsWithExitOne) {
   const auto pristine = test::snapshot(host.root());
   auto r = run_agent({"apply", kDemo, "--root", host.root()});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.out.find("failed: [IOMMU and nouveau on the kernel command line] cannot read /etc/default/grub: No such file"),
-            std::string::npos)
+  EXPECT_NE(
+      r.out.find("failed: [IOMMU and nouveau on the kernel command line] cannot read /etc/default/grub: No such file"),
+      std::string::npos)
       << r.out;
   auto after = test::snapshot(host.root());
   after.erase("run/");
@@ -207,7 +213,8 @@ TEST(Cli, SecondRunWithNoWaitFailsWhileTheLockIsHeld) {
   const auto pristine = test::snapshot(host.root());
   auto r = run_agent({"apply", kDemo, "--root", host.root(), "--no-wait"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.err.find("another gptagent run (pid " + std::to_string(::getpid()) + ") holds the lock"), std::string::npos)
+  EXPECT_NE(r.err.find("another gptagent run (pid " + std::to_string(::getpid()) + ") holds the lock"),
+            std::string::npos)
       << r.err;
   EXPECT_EQ(test::snapshot(host.root()), pristine);
 }
@@ -246,7 +253,8 @@ TEST(Cli, HostPlaybookCheckDiffShowsEveryFileThatWouldChange) {
            "+vfio_iommu_type1",
            "skipping: [regenerate the grub config] not run under --root",
            "skipping: [update the boot entries with grubby (added intel_iommu=on, iommu=pt, nouveau.modeset=0)]",
-           "skipping: [rebuild the initramfs] not run under --root " + Root(host.root()).dir() + ": dracut -f --regenerate-all",
+           "skipping: [rebuild the initramfs] not run under --root " + Root(host.root()).dir() +
+               ": dracut -f --regenerate-all",
        })
     EXPECT_NE(r.out.find(expected), std::string::npos) << expected << "\n" << r.out;
   EXPECT_EQ(test::snapshot(host.root()), pristine);

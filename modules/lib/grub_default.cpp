@@ -4,9 +4,9 @@
 #include <map>
 #include <optional>
 
-#include "modules/lib/handlers.hpp"
 #include "agent/facts.hpp"
 #include "agent/text.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 namespace {
@@ -55,7 +55,8 @@ struct LineCounter {
   int at(size_t to) {
     to = std::min(to, text.size());
     if (to < pos) pos = 0, line = 1;
-    line += static_cast<int>(std::count(text.begin() + static_cast<long>(pos), text.begin() + static_cast<long>(to), '\n'));
+    line +=
+        static_cast<int>(std::count(text.begin() + static_cast<long>(pos), text.begin() + static_cast<long>(to), '\n'));
     pos = to;
     return line;
   }
@@ -116,15 +117,15 @@ Expected<size_t> lex_word(std::string_view text, size_t pos, Assignment& a) {
       p = close + 1;
       s.end = p;
       a.segs.push_back(s);
-    } else if (is_blank(c) || c == '\n' || c == '\r' || c == ';' || c == '&' || c == '|' || c == '<' ||
-               c == '>' || c == '(' || c == ')') {
+    } else if (is_blank(c) || c == '\n' || c == '\r' || c == ';' || c == '&' || c == '|' || c == '<' || c == '>' ||
+               c == '(' || c == ')') {
       break;
     } else {
       Segment s{SegKind::plain, p, 0};
       while (p < n) {
         c = text[p];
-        if (c == '"' || c == '\'' || is_blank(c) || c == '\n' || c == '\r' || c == ';' || c == '&' ||
-            c == '|' || c == '<' || c == '>' || c == '(' || c == ')')
+        if (c == '"' || c == '\'' || is_blank(c) || c == '\n' || c == '\r' || c == ';' || c == '&' || c == '|' ||
+            c == '<' || c == '>' || c == '(' || c == ')')
           break;
         if (c == '\\' && p + 1 < n) {
           if (text[p + 1] != '\n') push(text[p + 1], p + 1);
@@ -226,8 +227,8 @@ std::vector<size_t> contributing(const Scan& s) {
 
 struct ModelParam {
   std::string text;
-  size_t assign = 0;                       // index into Scan::assigns
-  std::optional<size_t> param;             // index into its params; empty for an addition
+  size_t assign = 0;            // index into Scan::assigns
+  std::optional<size_t> param;  // index into its params; empty for an addition
   bool removed = false;
   std::optional<std::string> replacement;  // new text in place
   bool opaque = false;
@@ -268,7 +269,8 @@ std::string render(std::string_view text, const std::vector<bool>& del, std::vec
 
 }  // namespace
 
-std::vector<HandlerRequest> grub_handlers(const Facts& facts, std::string_view grub_default, const CmdlineEditResult& edit) {
+std::vector<HandlerRequest> grub_handlers(const Facts& facts, std::string_view grub_default,
+                                          const CmdlineEditResult& edit) {
   std::vector<HandlerRequest> out = {regenerate_grub_config()};
   auto bls = grub_cmdline_params(grub_default, "GRUB_ENABLE_BLSCFG");
   if (facts.boot.grubby && bls && !bls->empty() && bls->back() == "true") {
@@ -373,7 +375,9 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
     LineCounter lines{text};
     const std::string line = "line " + std::to_string(lines.at(at));
     if (text[at] == '\0') return Error{line + ": a NUL byte: this is not a text file"};
-    return Error{line + (at + 1 < text.size() && text[at + 1] == '\n' ? " ends in a carriage return (CRLF)" : " has a carriage return") +
+    return Error{line +
+                 (at + 1 < text.size() && text[at + 1] == '\n' ? " ends in a carriage return (CRLF)"
+                                                               : " has a carriage return") +
                  ": sh would read it as part of the value; convert the file to Unix line ends (dos2unix)"};
   }
 
@@ -420,7 +424,8 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
       if (!m.removed && !m.opaque && param_name(m.current()) == param_name(entry)) same_name.push_back(&m);
     if (!has_value(entry)) {
       // A bare flag: present when it is there as written.
-      bool there = std::any_of(same_name.begin(), same_name.end(), [&](ModelParam* m) { return same_param(m->current(), entry); });
+      bool there = std::any_of(same_name.begin(), same_name.end(),
+                               [&](ModelParam* m) { return same_param(m->current(), entry); });
       if (!there) {
         model.push_back({entry, chain.empty() ? 0 : chain.back(), std::nullopt, false, std::nullopt, false});
         res.added.push_back(entry);
@@ -439,8 +444,10 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
       res.replaced.push_back(first->current() + " with " + entry);
       res.replaced_old.push_back(first->current());
       res.replaced_new.push_back(entry);
-      if (first->param) first->replacement = entry;
-      else first->text = entry;
+      if (first->param)
+        first->replacement = entry;
+      else
+        first->text = entry;
     }
     for (size_t k = 1; k < same_name.size(); ++k) {
       if (same_param(same_name[k]->current(), entry)) continue;
@@ -516,7 +523,8 @@ Expected<CmdlineEditResult> edit_grub_cmdline(std::string_view text, const Cmdli
     const Assignment& last = s2->assigns.back();
     bool ends_blank = last.cooked.empty() || is_blank(last.cooked.back().c) || last.cooked.back().c == '\n';
     const std::string sep = ends_blank ? "" : " ";
-    bool all_plain = std::all_of(last.segs.begin(), last.segs.end(), [](const Segment& g) { return g.kind == SegKind::plain; });
+    bool all_plain =
+        std::all_of(last.segs.begin(), last.segs.end(), [](const Segment& g) { return g.kind == SegKind::plain; });
     std::string_view raw = std::string_view(pass1).substr(last.value_begin, last.value_end - last.value_begin);
     if (all_plain && raw.find('\\') == std::string_view::npos) {
       adds.push_back({last.value_begin, "\""});

@@ -23,7 +23,7 @@ struct CmdlineEdit {
 };
 
 struct CmdlineEditResult {
-  std::string text;  // the new file content (equal to the input when nothing changes)
+  std::string text;                                   // the new file content (equal to the input when nothing changes)
   std::vector<std::string> added, removed, replaced;  // replaced: "old with new", for messages
   std::vector<std::string> replaced_old, replaced_new;
   bool changed() const { return !added.empty() || !removed.empty() || !replaced.empty(); }
@@ -40,7 +40,8 @@ Expected<std::vector<std::string>> grub_cmdline_params(std::string_view text, st
 
 // The handlers that make a change of GRUB_CMDLINE_LINUX take effect: grub_config, and on
 // BootLoaderSpec hosts (GRUB_ENABLE_BLSCFG=true, grubby installed) grubby for the existing entries.
-std::vector<HandlerRequest> grub_handlers(const Facts& facts, std::string_view grub_default, const CmdlineEditResult& edit);
+std::vector<HandlerRequest> grub_handlers(const Facts& facts, std::string_view grub_default,
+                                          const CmdlineEditResult& edit);
 
 // What one file says about `key` when it is sourced after others (GRUB's /etc/default/grub.d
 // drop-ins): whether it assigns the key, whether its value starts from the value the key had

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 
-#include "modules/lib/handlers.hpp"
 #include "agent/changes.hpp"
 #include "agent/kernel_guard.hpp"
 #include "agent/text.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 

@@ -15,8 +15,8 @@ std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const st
   std::string uri = connect.value_or(ctx.libvirt_uri);
   if (uri.empty()) {
     if (!ctx.system_commands_allowed)
-      return Result::skipped("not run under --root " + ctx.root.dir() + ": " + what + " would be defined at " + kSystemLibvirtUri +
-                             " (give connect: or --connect to manage another hypervisor)");
+      return Result::skipped("not run under --root " + ctx.root.dir() + ": " + what + " would be defined at " +
+                             kSystemLibvirtUri + " (give connect: or --connect to manage another hypervisor)");
     uri = kSystemLibvirtUri;
   }
   auto conn = virt::Connection::open(uri);
@@ -25,8 +25,8 @@ std::variant<virt::Connection, Result> open_libvirt(const Context& ctx, const st
     // object would be made then, with what this task says.
     if (!apply && (ctx.packages_pending() || ctx.provided_any("service:")))
       return Result::changed(what + " would be defined at " + uri + ": libvirt cannot be reached yet (" + conn.error() +
-                             "), and an earlier task would " + (ctx.packages_pending() ? "install packages" : "start a service") +
-                             " first");
+                             "), and an earlier task would " +
+                             (ctx.packages_pending() ? "install packages" : "start a service") + " first");
     return Result::failed(conn.error());
   }
   return std::move(*conn);
@@ -44,6 +44,8 @@ bool host_bridge_exists(const Root& root, const std::string& name) {
   return path_exists(root, "/sys/class/net/" + name + "/bridge");
 }
 
-std::string provided_network(const std::string& uri, const std::string& name) { return "libvirt_network:" + uri + "#" + name; }
+std::string provided_network(const std::string& uri, const std::string& name) {
+  return "libvirt_network:" + uri + "#" + name;
+}
 
 }  // namespace gpt

@@ -3,11 +3,10 @@
 #pragma once
 
 #include <optional>
+#include <pugixml.hpp>
 #include <string>
 #include <variant>
 #include <vector>
-
-#include <pugixml.hpp>
 
 #include "agent/module.hpp"
 #include "agent/virt.hpp"

@@ -35,7 +35,9 @@ std::vector<int> kernel_cpu_list(std::string_view text) {
 Expected<std::vector<int>> parse_cpuset(std::string_view text) {
   std::vector<int> cpus, excluded;
   std::string_view rest = text;
-  const auto bad = [&](std::string_view why) { return Error{"'" + std::string(text) + "' is not a CPU list like 2-7,10-15: " + std::string(why)}; };
+  const auto bad = [&](std::string_view why) {
+    return Error{"'" + std::string(text) + "' is not a CPU list like 2-7,10-15: " + std::string(why)};
+  };
   if (trim(text).empty()) return bad("it is empty");
   while (!rest.empty()) {
     const size_t comma = rest.find(',');
@@ -83,7 +85,8 @@ Expected<HostCpus> read_host_cpus(const Root& root) {
   auto online = read_file(root, "/sys/devices/system/cpu/online", 1 << 16);
   if (!online) return Error{"cannot read the host's CPUs: " + online.error()};
   h.online = kernel_cpu_list(*online);
-  if (h.online.empty()) return Error{"/sys/devices/system/cpu/online does not list CPUs: '" + std::string(trim(*online)) + "'"};
+  if (h.online.empty())
+    return Error{"/sys/devices/system/cpu/online does not list CPUs: '" + std::string(trim(*online)) + "'"};
   for (int c : h.online) {
     const std::string base = "/sys/devices/system/cpu/cpu" + std::to_string(c) + "/topology/";
     auto sib = read_file_if_exists(root, base + "thread_siblings_list", 1 << 16);
@@ -103,7 +106,8 @@ PinCheck check_pinning(const HostCpus& host, const std::vector<int>& vcpu_cpus, 
       if (!contains(host.online, c) && !contains(offline, c)) offline.push_back(c);
   if (!offline.empty()) {
     r.error = "pin: host CPU" + std::string(offline.size() > 1 ? "s " : " ") + format_cpuset(offline) +
-              (offline.size() > 1 ? " are" : " is") + " not online (this host has CPUs " + format_cpuset(host.online) + ")";
+              (offline.size() > 1 ? " are" : " is") + " not online (this host has CPUs " + format_cpuset(host.online) +
+              ")";
     return r;
   }
   // SMT siblings are one physical core: the guest should see them as threads of one core too.
@@ -118,7 +122,8 @@ PinCheck check_pinning(const HostCpus& host, const std::vector<int>& vcpu_cpus, 
     if (guest_cores.size() < 2) continue;
     std::vector<std::string> vcpus;
     for (int v : vcpus_of[core]) vcpus.push_back(std::to_string(v));
-    r.warnings.push_back("pin: host CPUs " + format_cpuset(core) + " are SMT siblings of one core, but vCPUs " + join(vcpus, ", ") +
+    r.warnings.push_back("pin: host CPUs " + format_cpuset(core) + " are SMT siblings of one core, but vCPUs " +
+                         join(vcpus, ", ") +
                          " pinned to them are in different guest cores (threads: " + std::to_string(threads) +
                          "): give siblings to consecutive vCPUs and set cpu.threads to match");
   }
@@ -223,8 +228,10 @@ Status check_rom(const Root& root, const std::string& path, const std::string& u
   if (!info->regular) return Error{"rom: " + path + " is not a regular file"};
   auto head = read_file(root, path, 64u << 20);
   if (!head) return Error{"rom: " + head.error()};
-  if (head->size() < 2 || static_cast<unsigned char>((*head)[0]) != 0x55 || static_cast<unsigned char>((*head)[1]) != 0xAA)
-    return Error{"rom: " + path + " is not a PCI option ROM (it does not start with the 0x55 0xAA signature; a ROM dumped "
+  if (head->size() < 2 || static_cast<unsigned char>((*head)[0]) != 0x55 ||
+      static_cast<unsigned char>((*head)[1]) != 0xAA)
+    return Error{"rom: " + path +
+                 " is not a PCI option ROM (it does not start with the 0x55 0xAA signature; a ROM dumped "
                  "with a vendor tool may carry a header to cut off first)"};
   auto a = account(root, user);
   if (!a) return {};  // the hypervisor's user is not on this host (yet): nothing to check against
@@ -303,12 +310,15 @@ Expected<std::vector<std::string>> select_usb_controllers(const Facts& facts, co
     for (const auto& d : facts.pci) {
       if (!is_usb(d) || gpu_function(d.address)) continue;
       all.push_back(d.address);
-      if (auto b = blockers(d); b.empty()) out.push_back(d.address);
-      else why_not.push_back(d.address + ": " + b);
+      if (auto b = blockers(d); b.empty())
+        out.push_back(d.address);
+      else
+        why_not.push_back(d.address + ": " + b);
     }
     if (out.empty())
       return Error{all.empty() ? "usb_controllers: auto found no USB controller on this host"
-                               : "usb_controllers: auto found no USB controller in an IOMMU group of its own (" + join(why_not, "; ") + ")"};
+                               : "usb_controllers: auto found no USB controller in an IOMMU group of its own (" +
+                                     join(why_not, "; ") + ")"};
     if (out.size() == all.size())
       return Error{"usb_controllers: auto would take every USB controller of the host (" + join(out, ", ") +
                    "), leaving it no keyboard: name the ones the VM gets"};
@@ -316,12 +326,16 @@ Expected<std::vector<std::string>> select_usb_controllers(const Facts& facts, co
   }
   for (const auto& a : spec) {
     auto addr = parse_pci_address(a.get<std::string>());
-    auto d = std::find_if(facts.pci.begin(), facts.pci.end(), [&](const PciDevice& p) { return addr && p.address == *addr; });
-    if (d == facts.pci.end()) return Error{"usb_controllers: PCI device " + a.get<std::string>() + " does not exist on this host"};
-    if (!is_usb(*d)) return Error{"usb_controllers: " + d->address + " is a " + d->class_name() + ", not a USB controller"};
+    auto d = std::find_if(facts.pci.begin(), facts.pci.end(),
+                          [&](const PciDevice& p) { return addr && p.address == *addr; });
+    if (d == facts.pci.end())
+      return Error{"usb_controllers: PCI device " + a.get<std::string>() + " does not exist on this host"};
+    if (!is_usb(*d))
+      return Error{"usb_controllers: " + d->address + " is a " + d->class_name() + ", not a USB controller"};
     if (gpu_function(d->address)) continue;
     if (auto b = blockers(*d); !b.empty() && !force)
-      return Error{"usb_controllers: " + d->address + " cannot be passed through: " + b + " (force: true to go on anyway)"};
+      return Error{"usb_controllers: " + d->address + " cannot be passed through: " + b +
+                   " (force: true to go on anyway)"};
     if (std::find(out.begin(), out.end(), d->address) == out.end()) out.push_back(d->address);
   }
   return out;

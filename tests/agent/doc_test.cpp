@@ -138,9 +138,7 @@ std::vector<const ModuleDef*> agent_modules() {
 }
 
 // Runs of blanks and newlines as one space: text as `gptagent doc` wraps it, compared word for word.
-std::string one_line(const std::string& text) {
-  return std::regex_replace(text, std::regex(R"([ \n]+)"), " ");
-}
+std::string one_line(const std::string& text) { return std::regex_replace(text, std::regex(R"([ \n]+)"), " "); }
 
 TEST(Doc, EveryModuleHasADescriptionAndExamplesThatLoadAsItsTasks) {
   const auto modules = agent_modules();
@@ -184,11 +182,12 @@ TEST(Doc, TheHandlersAModuleDeclaresAreThoseItsCodeRequests) {
     return out;
   };
   std::map<std::string, std::set<std::string>> helpers;  // a function returning requests: what it requests
-  std::map<std::string, std::string> bodies;  // each such function's text
+  std::map<std::string, std::string> bodies;             // each such function's text
   for (const auto& e : fs::recursive_directory_iterator(test::source_path("modules"))) {
     if (e.path().extension() != ".cpp") continue;
     const std::string code = test::slurp(e.path().string());
-    for (auto it = std::sregex_iterator(code.begin(), code.end(), returns_requests); it != std::sregex_iterator(); ++it) {
+    for (auto it = std::sregex_iterator(code.begin(), code.end(), returns_requests); it != std::sregex_iterator();
+         ++it) {
       const size_t start = static_cast<size_t>(it->position()) + 1, line_end = code.find('\n', start);
       // A function on one line ends there; a longer one at its closing brace.
       const size_t end = code[line_end - 1] == '}' ? line_end : code.find("\n}\n", start);
@@ -240,7 +239,8 @@ TEST(Doc, TextAndJsonShowTheDescriptionWhatAChangeSetsInMotionAndTheExamples) {
     }
     for (const auto& example : def->examples)
       EXPECT_TRUE(contains(r.out, "\n  " + std::regex_replace(example, std::regex("\n(.)"), "\n  $1")))
-          << def->name << "\n" << r.out;
+          << def->name << "\n"
+          << r.out;
     for (const auto& h : def->notifies)
       EXPECT_TRUE(contains(r.out, "\n  the handler " + h + ": ")) << def->name << "\n" << r.out;
     EXPECT_EQ(contains(r.out, "\n  a reboot: "), def->changes_boot) << def->name << "\n" << r.out;
@@ -298,8 +298,10 @@ TEST(Doc, TheReadmeNamesOnlyArgumentsThatExist) {
   while (std::getline(readme, line)) {
     // The tuning table starts after the paragraph that names it and ends at its first non-row.
     if (line.starts_with("VM tuning keys of `libvirt_domain`")) table_module = "libvirt_domain", in_table = false;
-    if (line.starts_with("|")) in_table = true;
-    else if (in_table) table_module.clear(), in_table = false;
+    if (line.starts_with("|"))
+      in_table = true;
+    else if (in_table)
+      table_module.clear(), in_table = false;
     std::string module;
     std::smatch m;
     if (std::regex_search(line, m, row) && reg.find(m[1].str())) {
@@ -326,8 +328,9 @@ TEST(Doc, TheReadmeNamesOnlyArgumentsThatExist) {
   // Keys inside an argument declared as `any` (its check reads them): the declaration cannot list
   // them yet, so the loader shows each one is taken there, and that a misspelling is not.
   for (const auto& [right, wrong] : {std::pair{"reserve", "reserv"}}) {
-    const std::string yaml = std::string("tasks:\n  - libvirt_domain: {name: vm, memory: 4G, vcpus: 1, hugepages: {size: 2M, ") +
-                             "%s: true}}\n";
+    const std::string yaml =
+        std::string("tasks:\n  - libvirt_domain: {name: vm, memory: 4G, vcpus: 1, hugepages: {size: 2M, ") +
+        "%s: true}}\n";
     auto with = [&](const std::string& k) { return std::regex_replace(yaml, std::regex("%s"), k); };
     EXPECT_TRUE(load_playbook_text(with(right), "t.yaml", {}).errors.empty()) << right;
     EXPECT_FALSE(load_playbook_text(with(wrong), "t.yaml", {}).errors.empty()) << wrong;

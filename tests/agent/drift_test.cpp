@@ -2,8 +2,6 @@
 // collector (parsed here as the exposition format defines it), records the run for `status`, and
 // the systemd units that run it every hour pass systemd-analyze verify.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +10,7 @@
 #include <ctime>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
 #include <thread>
@@ -106,9 +105,12 @@ Exposition parse_exposition(const std::string& text) {
             continue;
           }
           const char c = ++i < line.size() ? line[i] : '\0';
-          if (c == '\\' || c == '"') value += c;
-          else if (c == 'n') value += '\n';
-          else ok = false;
+          if (c == '\\' || c == '"')
+            value += c;
+          else if (c == 'n')
+            value += '\n';
+          else
+            ok = false;
         }
         if (!ok || i >= line.size()) {
           ok = false;
@@ -145,7 +147,8 @@ struct DriftHost {
   SampleHost host;
   DriftHost() { fs::create_directories(host.file(kTextfileDir)); }
   test::ProcResult check(const std::string& playbook = kDemo, std::vector<std::string> more = {}) {
-    std::vector<std::string> args{"apply", playbook, "--root", host.root(), "--check", "--json", "--textfile", kTextfile};
+    std::vector<std::string> args{"apply",   playbook, "--root",     host.root(),
+                                  "--check", "--json", "--textfile", kTextfile};
     args.insert(args.end(), more.begin(), more.end());
     return run_agent(args);
   }
@@ -186,7 +189,7 @@ TEST(Drift, CheckWithDriftWritesTheTextfileAndOneLineForTheJournal) {
   EXPECT_EQ(e.samples.size(), 9u);
   for (const auto& [name, type] : e.type) EXPECT_EQ(type, "gauge") << name;
 
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(h.textfile().c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0644u);
   EXPECT_EQ(h.textfile_dir(), std::vector<std::string>{"gptagent.prom"}) << "a temporary file was left";
@@ -222,7 +225,8 @@ TEST(Drift, AwaitedRebootIsDriftAndSaysSo) {
   ASSERT_EQ(run_agent({"apply", kDemo, "--root", h.host.root()}).exit_code, 3);
   auto r = h.check();
   ASSERT_EQ(r.exit_code, 2) << r.out << r.err;
-  EXPECT_EQ(r.err, "gptagent: drift check of " + canonical(kDemo) + ": waiting for a reboot, nothing was checked, exit 2\n");
+  EXPECT_EQ(r.err,
+            "gptagent: drift check of " + canonical(kDemo) + ": waiting for a reboot, nothing was checked, exit 2\n");
   const auto e = parse_exposition(slurp(h.textfile()));
   const std::map<std::string, std::string> pb{{"playbook", canonical(kDemo)}};
   EXPECT_EQ(e.value("gptagent_waiting_for_reboot", pb), 1.0);
@@ -269,10 +273,10 @@ TEST(Drift, LabelValuesAreEscapedAsTheFormatRequires) {
 TEST(Drift, TextfileIsReplacedAtomicallyAndNeverThroughALink) {
   DriftHost h;
   ASSERT_EQ(h.check().exit_code, 2);
-  struct stat first{};
+  struct stat first {};
   ASSERT_EQ(::stat(h.textfile().c_str(), &first), 0);
   ASSERT_EQ(h.check().exit_code, 2);
-  struct stat second{};
+  struct stat second {};
   ASSERT_EQ(::stat(h.textfile().c_str(), &second), 0);
   EXPECT_NE(first.st_ino, second.st_ino) << "rewritten in place instead of renamed over";
   EXPECT_EQ(h.textfile_dir(), std::vector<std::string>{"gptagent.prom"});
@@ -330,7 +334,8 @@ TEST(Drift, ConcurrentChecksLeaveOneWholeTextfile) {
   EXPECT_EQ(h.textfile_dir(), std::vector<std::string>{"gptagent.prom"});
   EXPECT_EQ(nlohmann::json::parse(slurp(h.host.file(kLastRunPath)))["exit_code"], 2);
   std::vector<std::string> state_dir;
-  for (const auto& f : fs::directory_iterator(h.host.file("/var/lib/gptagent"))) state_dir.push_back(f.path().filename());
+  for (const auto& f : fs::directory_iterator(h.host.file("/var/lib/gptagent")))
+    state_dir.push_back(f.path().filename());
   EXPECT_EQ(state_dir, std::vector<std::string>{"last-run.json"});
 }
 
@@ -339,7 +344,8 @@ TEST(Drift, StatusSaysWhenTheLastCheckRanAndWhatItFound) {
   auto none = run_agent({"status", "--root", h.host.root()});
   EXPECT_EQ(none.exit_code, 0);
   EXPECT_TRUE(has(none.out, "no drift check recorded")) << none.out;
-  EXPECT_TRUE(nlohmann::json::parse(run_agent({"status", "--root", h.host.root(), "--json"}).out)["last_run"].is_null());
+  EXPECT_TRUE(
+      nlohmann::json::parse(run_agent({"status", "--root", h.host.root(), "--json"}).out)["last_run"].is_null());
 
   const auto before = std::time(nullptr);
   ASSERT_EQ(h.check().exit_code, 2);
@@ -366,7 +372,8 @@ TEST(Drift, StatusSaysWhenTheLastCheckRanAndWhatItFound) {
 TEST(Drift, AnOlderStateFileWithoutARecordStillLoads) {
   DriftHost h;
   // A state file as releases before the drift check wrote it, and no record of a check.
-  test::write(h.host.file(kStatePath), R"({"version": 1, "phase": "waiting_for_reboot", "playbook": "/etc/gptagent/host.yaml",
+  test::write(h.host.file(kStatePath),
+              R"({"version": 1, "phase": "waiting_for_reboot", "playbook": "/etc/gptagent/host.yaml",
     "playbook_sha256": "00", "stage": "host", "boot_id": "old-boot", "recorded_at": "2026-01-01 00:00:00",
     "next_stage": 1, "expect": {"cmdline_present": ["intel_iommu=on"]}})");
   auto status = run_agent({"status", "--root", h.host.root()});
@@ -415,7 +422,8 @@ TEST(Drift, SystemdUnitsPassVerify) {
   std::string broken = installed;
   broken.replace(broken.find(bindir + "/gptagent"), bindir.size() + 9, "/nonexistent/gptagent");
   test::write(d / "gptagent-drift.service", broken);
-  EXPECT_NE(test::run_program("/usr/bin/systemd-analyze", {"verify", "--man=no", d / "gptagent-drift.service"}).exit_code, 0);
+  EXPECT_NE(
+      test::run_program("/usr/bin/systemd-analyze", {"verify", "--man=no", d / "gptagent-drift.service"}).exit_code, 0);
 }
 
 }  // namespace

@@ -1,7 +1,6 @@
 #include "agent/exec.hpp"
 
 #include <gtest/gtest.h>
-
 #include <pthread.h>
 #include <signal.h>
 
@@ -101,7 +100,8 @@ TEST(ProcessExec, AMissingProgramIsAClearFailure) {
 }
 
 TEST(Command, DisplayQuotesLikeAShell) {
-  EXPECT_EQ((Command{{"grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"}}.display()), "grub2-mkconfig -o /boot/grub2/grub.cfg");
+  EXPECT_EQ((Command{{"grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"}}.display()),
+            "grub2-mkconfig -o /boot/grub2/grub.cfg");
   EXPECT_EQ((Command{{"echo", "a b", "it's", ""}}.display()), "echo 'a b' 'it'\\''s' ''");
 }
 

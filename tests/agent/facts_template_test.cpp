@@ -10,7 +10,9 @@ namespace {
 using json = nlohmann::json;
 
 TEST(Facts, ParsesCpuinfoVendorsAndFlags) {
-  auto intel = parse_cpuinfo("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu vmx sse\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\nflags\t\t: other\n");
+  auto intel = parse_cpuinfo(
+      "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu vmx "
+      "sse\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\nflags\t\t: other\n");
   EXPECT_EQ(intel.vendor, "intel");
   EXPECT_EQ(intel.model_name, "Intel(R) Xeon(R)");
   EXPECT_TRUE(intel.has_flag("vmx"));
@@ -23,7 +25,8 @@ TEST(Facts, ParsesCpuinfoVendorsAndFlags) {
 }
 
 TEST(Facts, ParsesOsRelease) {
-  auto os = parse_os_release("NAME=\"Fedora Linux\"\nID=fedora\nVERSION_ID=40\nPRETTY_NAME=\"Fedora Linux 40 (Server Edition)\"\n# c\n");
+  auto os = parse_os_release(
+      "NAME=\"Fedora Linux\"\nID=fedora\nVERSION_ID=40\nPRETTY_NAME=\"Fedora Linux 40 (Server Edition)\"\n# c\n");
   EXPECT_EQ(os.id, "fedora");
   EXPECT_EQ(os.version_id, "40");
   EXPECT_EQ(os.pretty_name, "Fedora Linux 40 (Server Edition)");

@@ -1,10 +1,9 @@
 // The file layer manages a declared owner, group and mode as properties of the file (issue 22,
 // item 5): right content and another mode is a change of its own, shown in the diff and made
 // through a descriptor, and nothing else of the file is touched.
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include "agent/changes.hpp"
 #include "agent/host.hpp"
@@ -17,7 +16,7 @@ using test::TempDir;
 using json = nlohmann::json;
 
 struct stat stat_of(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
   return st;
 }
@@ -90,7 +89,8 @@ TEST(FileAttrs, ANewFileIsCreatedWithTheDeclaredAttributes) {
   TempDir d;
   Root root(d.path());
   FileChanges plan(root);
-  ASSERT_TRUE(plan.write("/etc/libvirt/hooks/qemu", "#!/bin/sh\n", FileAttrs{.uid = 0, .gid = 12345, .mode = 0750}).ok());
+  ASSERT_TRUE(
+      plan.write("/etc/libvirt/hooks/qemu", "#!/bin/sh\n", FileAttrs{.uid = 0, .gid = 12345, .mode = 0750}).ok());
   EXPECT_NE(plan.diff().find("/etc/libvirt/hooks/qemu: group 12345\n"), std::string::npos) << plan.diff();
   EXPECT_NE(plan.diff().find("/etc/libvirt/hooks/qemu: mode 0750\n"), std::string::npos) << plan.diff();
   json data;
@@ -143,7 +143,9 @@ TEST(FileAttrs, OnlyARegularFileAtTheResolvedNameIsChanged) {
 TEST(FileAttrs, UsersAndGroupsAreReadFromTheRootsOwnFiles) {
   TempDir d;
   Root root(d.path());
-  test::write(d / "etc/passwd", "root:x:0:0:root:/root:/bin/bash\nlibvirt-qemu:x:64055:108:Libvirt Qemu:/nonexistent:/usr/sbin/nologin\n");
+  test::write(
+      d / "etc/passwd",
+      "root:x:0:0:root:/root:/bin/bash\nlibvirt-qemu:x:64055:108:Libvirt Qemu:/nonexistent:/usr/sbin/nologin\n");
   test::write(d / "etc/group", "root:x:0:\nkvm:x:104:libvirt-qemu\n");
   EXPECT_EQ(*lookup_id(root, "libvirt-qemu", false), 64055u);
   EXPECT_EQ(*lookup_id(root, "kvm", true), 104u);

@@ -1,8 +1,8 @@
 // Fleet mode through the binary, against real sshd instances on loopback ports: each "host" is a
 // sample tree given to its agent as gptagent_root, reached through its own sshd.
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
+#include "agent/fleet.hpp"
 
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,10 +13,10 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
 
-#include "agent/fleet.hpp"
 #include "agent/inventory.hpp"
 #include "agent/ship.hpp"
 #include "agent/text.hpp"
@@ -28,13 +28,13 @@ namespace {
 
 using test::entries;
 using test::has;
-using test::shipped;
 using test::kFleetPlaybook;
 using test::Lab;
 using test::recap;
 using test::run_agent;
-using test::wait_until;
+using test::shipped;
 using test::slurp;
+using test::wait_until;
 namespace fs = std::filesystem;
 
 TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce) {
@@ -43,27 +43,29 @@ TEST(Fleet, ThreeHostsConvergeInParallelThenStayConvergedAndTheAgentIsCopiedOnce
   ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
   for (const auto& n : lab.nodes) {
     EXPECT_TRUE(has(first.out, "HOST [" + n.name + "]")) << first.out;
-    EXPECT_TRUE(has(first.out, "changed: [" + n.name + "] IOMMU on the kernel command line GRUB_CMDLINE_LINUX: added intel_iommu=on, iommu=pt"))
+    EXPECT_TRUE(
+        has(first.out, "changed: [" + n.name +
+                           "] IOMMU on the kernel command line GRUB_CMDLINE_LINUX: added intel_iommu=on, iommu=pt"))
         << first.out;
     EXPECT_TRUE(has(first.out, n.name + std::string(26 - n.name.size(), ' ') +
                                    " : ok=2    changed=2    unreachable=0    failed=0    skipped=1"))
         << first.out;
   }
-  for (int i = 0; i < 3; ++i) EXPECT_TRUE(has(lab.grub(i), "GRUB_CMDLINE_LINUX=\"intel_iommu=on iommu=pt\"")) << lab.grub(i);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_TRUE(has(lab.grub(i), "GRUB_CMDLINE_LINUX=\"intel_iommu=on iommu=pt\"")) << lab.grub(i);
 
   // The agent was copied into each host's cache; the second run finds it and copies nothing.
   const auto cached = entries(lab.nodes[0].remote_dir);
   ASSERT_EQ(cached.size(), 1u);
   EXPECT_TRUE(cached[0].starts_with("gptagent-")) << cached[0];  // named by its SHA-256
-  struct stat first_copy{};
+  struct stat first_copy {};
   ASSERT_EQ(::stat((lab.nodes[0].remote_dir + "/" + cached[0]).c_str(), &first_copy), 0);
   EXPECT_EQ(first_copy.st_mode & 0777, 0700u);
   auto second = lab.apply({"-v"});
   ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
   EXPECT_FALSE(has(second.err, "copying the agent")) << second.err;
-  for (const auto& n : lab.nodes)
-    EXPECT_TRUE(has(second.out, recap(n.name, "ok=2    changed=0"))) << second.out;
-  struct stat second_copy{};
+  for (const auto& n : lab.nodes) EXPECT_TRUE(has(second.out, recap(n.name, "ok=2    changed=0"))) << second.out;
+  struct stat second_copy {};
   ASSERT_EQ(::stat((lab.nodes[0].remote_dir + "/" + cached[0]).c_str(), &second_copy), 0);
   EXPECT_EQ(second_copy.st_ino, first_copy.st_ino);
   EXPECT_EQ(second_copy.st_mtime, first_copy.st_mtime);
@@ -145,7 +147,8 @@ TEST(Fleet, LimitAndSerialChooseAndOrderTheHosts) {
 
   auto serial = lab.apply({"--serial", "1", "--forks", "5"});
   EXPECT_EQ(serial.exit_code, 0) << serial.out;
-  const auto a = serial.out.find("HOST [gpu01]"), b = serial.out.find("HOST [gpu02]"), c = serial.out.find("HOST [gpu03]");
+  const auto a = serial.out.find("HOST [gpu01]"), b = serial.out.find("HOST [gpu02]"),
+             c = serial.out.find("HOST [gpu03]");
   ASSERT_NE(c, std::string::npos) << serial.out;
   EXPECT_LT(a, b);
   EXPECT_LT(b, c);
@@ -190,7 +193,8 @@ TEST(Fleet, HostsThatNeedARebootAreRebootedWaitedForAndFinished) {
   for (const auto& n : lab.nodes) {
     const std::string line = "          gptagent_root: " + n.tree->root() + "\n";
     inv.replace(inv.find(line), line.size(),
-                line + "          gptagent_reboot_command: " + test::source_path("scripts/sandbox-reboot") + " " + n.tree->root() + "\n");
+                line + "          gptagent_reboot_command: " + test::source_path("scripts/sandbox-reboot") + " " +
+                    n.tree->root() + "\n");
   }
   test::write(lab.inventory, inv);
 
@@ -237,8 +241,8 @@ TEST(Fleet, TheCachedAgentIsCheckedAgainstItsHashBeforeEveryRunAndReplacedWhenIt
   EXPECT_TRUE(has(r.out, "gpu01                      : ok=2    changed=0")) << r.out;
   // What went over the wire: the image gzip-compressed (-v says both sizes), and in all.
   const std::string image = shipped(GPTAGENT_BIN), compressed = ship::gzip(image);
-  EXPECT_TRUE(has(r.err, "gpu01: copying the agent (" + std::to_string(compressed.size()) + " bytes, gzip-compressed from " +
-                             std::to_string(image.size()) + ")"))
+  EXPECT_TRUE(has(r.err, "gpu01: copying the agent (" + std::to_string(compressed.size()) +
+                             " bytes, gzip-compressed from " + std::to_string(image.size()) + ")"))
       << r.err;
   std::smatch sent;
   ASSERT_TRUE(std::regex_search(r.err, sent, std::regex("gpu01: ([0-9]+) bytes sent"))) << r.err;
@@ -261,7 +265,8 @@ TEST(Fleet, AHostWithoutGzipIsSentTheAgentUncompressed) {
   for (const char* dir : {"/usr/sbin", "/usr/bin", "/sbin", "/bin"})
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string name = e.path().filename();
-      if (name != "gzip" && !fs::exists(fs::symlink_status(bin + "/" + name))) fs::create_symlink(e.path(), bin + "/" + name);
+      if (name != "gzip" && !fs::exists(fs::symlink_status(bin + "/" + name)))
+        fs::create_symlink(e.path(), bin + "/" + name);
     }
   test::write(wrapper, "#!/bin/sh\nPATH=" + bin + " exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n", 0755);
   lab.nodes[0].sshd->force_command(wrapper);
@@ -285,7 +290,8 @@ TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsN
   bp::child holder(bp::search_path("flock"), bp::args({"--no-fork", "-x", lock, "sleep", "300"}), bp::std_in.close());
   const std::string out = lab.files / "out", err = lab.files / "err";
   lab.export_control_dir();
-  bp::child controller(GPTAGENT_BIN, bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "--forks", "1"}),
+  bp::child controller(GPTAGENT_BIN,
+                       bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "--forks", "1"}),
                        bp::std_in.close(), bp::std_out > out, bp::std_err > err);
   // The agent runs and waits for the lock.
   const auto agent = test::wait_for_running_agent(lab.nodes[0].remote_tmp);
@@ -293,7 +299,7 @@ TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsN
   const std::string run_dir = agent->dir;
   const long agent_pid = agent->pid;
   EXPECT_TRUE(run_dir.starts_with("gptagent.")) << run_dir;
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat((lab.nodes[0].remote_tmp + "/" + run_dir).c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u) << "mktemp -d makes it private";
 
@@ -302,8 +308,8 @@ TEST(Fleet, CtrlCStopsTheRunningAgentsRemovesTheirTemporaryDirectoriesAndStartsN
   controller.wait();
   const std::string text = slurp(out), errors = slurp(err);
   EXPECT_EQ(controller.exit_code(), 130) << text << errors;
-  EXPECT_TRUE(has(text, "fatal: [gpu01]: INTERRUPTED! interrupted; stopped " + std::to_string(agent_pid) + ", removed " +
-                            lab.nodes[0].remote_tmp + "/" + run_dir))
+  EXPECT_TRUE(has(text, "fatal: [gpu01]: INTERRUPTED! interrupted; stopped " + std::to_string(agent_pid) +
+                            ", removed " + lab.nodes[0].remote_tmp + "/" + run_dir))
       << text;
   EXPECT_TRUE(has(text, "fatal: [gpu02]: INTERRUPTED! not started: the run was interrupted")) << text;
   EXPECT_TRUE(has(errors, "gptagent: interrupted: 2 of 2 hosts did not finish")) << errors;
@@ -336,23 +342,29 @@ TEST(Fleet, BecomeNeverWaitsForAPasswordPrompt) {
   Lab lab(2);
   const std::string prompted = lab.files / "prompted", log = lab.files / "sudo.log";
   const std::string wants_password = lab.files / "sudo-wants-password", passwordless = lab.files / "sudo-nopasswd";
-  test::write(wants_password, "#!/bin/sh\nif [ \"$1\" = -n ]; then echo 'sudo: a password is required' >&2; exit 1; fi\n"
-                              "echo prompted > " + prompted + "; sleep 5; exit 1\n");
-  test::write(passwordless, "#!/bin/sh\n[ \"$1\" = -n ] || { echo prompted > " + prompted + "; exit 1; }\nshift\n"
-                            "[ \"$1\" = -- ] && shift\necho \"$1 $2\" >> " + log + "\nexec \"$@\"\n");
-  for (const auto& f : {wants_password, passwordless}) fs::permissions(f, fs::perms::owner_all, fs::perm_options::replace);
+  test::write(wants_password,
+              "#!/bin/sh\nif [ \"$1\" = -n ]; then echo 'sudo: a password is required' >&2; exit 1; fi\n"
+              "echo prompted > " +
+                  prompted + "; sleep 5; exit 1\n");
+  test::write(passwordless, "#!/bin/sh\n[ \"$1\" = -n ] || { echo prompted > " + prompted +
+                                "; exit 1; }\nshift\n"
+                                "[ \"$1\" = -- ] && shift\necho \"$1 $2\" >> " +
+                                log + "\nexec \"$@\"\n");
+  for (const auto& f : {wants_password, passwordless})
+    fs::permissions(f, fs::perms::owner_all, fs::perm_options::replace);
   std::string inv = slurp(lab.inventory);
   for (size_t i = 0; i < lab.nodes.size(); ++i) {
     const std::string line = "          gptagent_root: " + lab.nodes[i].tree->root() + "\n";
     inv.replace(inv.find(line), line.size(),
-                line + "          ansible_become: yes\n          ansible_become_exe: " + (i == 0 ? wants_password : passwordless) + "\n");
+                line + "          ansible_become: yes\n          ansible_become_exe: " +
+                    (i == 0 ? wants_password : passwordless) + "\n");
   }
   test::write(lab.inventory, inv);
 
   auto r = lab.apply();
   EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
-  EXPECT_TRUE(has(r.out, "fatal: [gpu01]: FAILED! " + wants_password + " needs a password on this host (ansible_become runs " +
-                             wants_password + " -n): "))
+  EXPECT_TRUE(has(r.out, "fatal: [gpu01]: FAILED! " + wants_password +
+                             " needs a password on this host (ansible_become runs " + wants_password + " -n): "))
       << r.out;
   EXPECT_TRUE(has(r.out, "sudo: a password is required")) << r.out;
   EXPECT_FALSE(fs::exists(prompted)) << "sudo was run without -n";
@@ -397,7 +409,8 @@ TEST(FleetSsh, SshsOwnMessageIsShownWhenItFailsBeforeItLogs) {
   lab.write_inventory("          ansible_ssh_extra_args: \"-o NoSuchOption=1\"\n");
   auto r = lab.apply();
   EXPECT_EQ(r.exit_code, 4) << r.out << r.err;
-  EXPECT_TRUE(has(r.out, "fatal: [gpu01]: UNREACHABLE! command-line: line 0: Bad configuration option: nosuchoption")) << r.out;
+  EXPECT_TRUE(has(r.out, "fatal: [gpu01]: UNREACHABLE! command-line: line 0: Bad configuration option: nosuchoption"))
+      << r.out;
 }
 
 // The lab's hosts reached through an ansible_ssh_executable that logs each call's arguments to
@@ -447,7 +460,7 @@ TEST(FleetSsh, ASecondRunReusesTheSharedConnectionTheFirstLeft) {
   EXPECT_EQ(count(slurp(log), "ControlMaster=yes"), 2u) << slurp(log);
   EXPECT_FALSE(has(slurp(log), "-O exit")) << slurp(log);
   EXPECT_EQ(test::unexpected_control_entries(lab.control_dir, 2), "");
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(lab.control_dir.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u) << "made private";
 
@@ -475,7 +488,8 @@ TEST(FleetSsh, ASecondRunReusesTheSharedConnectionTheFirstLeft) {
   EXPECT_EQ(test::unexpected_control_entries(lab.control_dir, 2), "");
 
   // gptagent_ssh_persist: 0 ends the connection with the run, here the one left by the run before.
-  lab.write_inventory("          ansible_ssh_executable: " + lab.files / "my-ssh" + "\n          gptagent_ssh_persist: 0\n");
+  lab.write_inventory("          ansible_ssh_executable: " + lab.files / "my-ssh" +
+                      "\n          gptagent_ssh_persist: 0\n");
   auto last = lab.apply();
   ASSERT_EQ(last.exit_code, 0) << last.out << last.err;
   EXPECT_EQ(entries(lab.control_dir), std::vector<std::string>{});
@@ -488,8 +502,9 @@ TEST(FleetSsh, ASharedConnectionThatNoLongerReachesItsHostIsReplaced) {
   Lab lab(1);
   const std::string log = lab.files / "ssh.log", wrapper = lab.files / "my-ssh", broken = lab.files / "broken";
   test::write(wrapper,
-              "#!/bin/sh\necho \"$*\" >> " + log + "\ncase \"$*\" in *ControlMaster=no*) if [ -e " + broken + " ]; then rm " +
-                  broken + "; echo 'mux_client_request_session: read from master failed: Broken pipe' >&2; exit 255; fi;; esac\n"
+              "#!/bin/sh\necho \"$*\" >> " + log + "\ncase \"$*\" in *ControlMaster=no*) if [ -e " + broken +
+                  " ]; then rm " + broken +
+                  "; echo 'mux_client_request_session: read from master failed: Broken pipe' >&2; exit 255; fi;; esac\n"
                   "exec ssh \"$@\"\n",
               0755);
   lab.write_inventory("          ansible_ssh_executable: " + wrapper + "\n");
@@ -536,11 +551,13 @@ TEST(FleetLocal, ALocalHostConvergesOnTheControllerWithoutSsh) {
                     tmp = files / "tmp", control_dir = files / "controller-cp";
   fs::create_directories(tmp);
   test::write(playbook, kFleetPlaybook);
-  test::write(inventory, "all:\n  hosts:\n    controller:\n      ansible_connection: local\n      extra_param: iommu=pt\n"
-                         "      gptagent_root: " + tree.root() + "\n      gptagent_remote_dir: " + cache +
-                         "\n      gptagent_remote_tmp: " + tmp + "\n");
+  test::write(inventory,
+              "all:\n  hosts:\n    controller:\n      ansible_connection: local\n      extra_param: iommu=pt\n"
+              "      gptagent_root: " +
+                  tree.root() + "\n      gptagent_remote_dir: " + cache + "\n      gptagent_remote_tmp: " + tmp + "\n");
   auto apply = [&] {
-    return run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {"ANSIBLE_SSH_CONTROL_PATH_DIR=" + control_dir, no_ssh.path()});
+    return run_agent({"apply", playbook, "-i", inventory, "--color", "never"},
+                     {"ANSIBLE_SSH_CONTROL_PATH_DIR=" + control_dir, no_ssh.path()});
   };
   auto first = apply();
   ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
@@ -564,7 +581,8 @@ TEST(FleetLocal, AConnectionTypeThatIsNotSupportedIsRefusedBeforeAnyHostRuns) {
   const std::string playbook = files / "host.yaml", inventory = files / "hosts.ini";
   test::write(playbook, kFleetPlaybook);
   test::write(inventory, "[gpus]\nhere ansible_connection=local gptagent_root=" + tree.root() +
-                             " gptagent_remote_dir=" + (files / "cache") + "\nbox ansible_connection=docker\n[all:vars]\nextra_param=x\n");
+                             " gptagent_remote_dir=" + (files / "cache") +
+                             "\nbox ansible_connection=docker\n[all:vars]\nextra_param=x\n");
   auto r = run_agent({"apply", playbook, "-i", inventory, "--color", "never"}, {no_ssh.path()});
   EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
   EXPECT_TRUE(has(r.err, "host box: ansible_connection=docker is not supported")) << r.err;
@@ -593,7 +611,8 @@ TEST(FleetCli, InventoryListAndListHostsTouchNoHost) {
   EXPECT_EQ(doc["all"]["children"], (nlohmann::json{"ungrouped", "gpus", "web"}));
   EXPECT_EQ(doc["_meta"]["hostvars"]["gpu02"]["ansible_port"], 2222);
 
-  auto hosts = run_agent({"apply", playbook, "-i", inventory, "--limit", "gpus:!gpu02", "--list-hosts"}, {no_ssh.path()});
+  auto hosts =
+      run_agent({"apply", playbook, "-i", inventory, "--limit", "gpus:!gpu02", "--list-hosts"}, {no_ssh.path()});
   EXPECT_EQ(hosts.exit_code, 0) << hosts.err;
   EXPECT_EQ(hosts.out, "  hosts (2):\n    gpu01\n    gpu03\n");
   auto none = run_agent({"apply", playbook, "-i", inventory, "--limit", "nosuch", "--list-hosts"}, {no_ssh.path()});

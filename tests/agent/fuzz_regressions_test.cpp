@@ -1,12 +1,11 @@
 // What the libFuzzer targets (tests/fuzz/) found, each fed through the API the target uses and
 // answered with a clean result or error, not a crash. The inputs are kept in
 // tests/fuzz/regressions/TARGET/ too, and bench/fuzz replays them before it fuzzes.
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-
 #include <sstream>
 
 #include "agent/facts.hpp"
@@ -137,7 +136,10 @@ TEST(FuzzRegressions, FactsJsonOfALatin1Host) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   json doc = json::parse(r.out, nullptr, false);
   ASSERT_FALSE(doc.is_discarded()) << r.out;
-  EXPECT_EQ(doc["distro_name"], "Debian GNU/Linux 12 (bookworm) \xef\xbf\xbd" "dition fran\xef\xbf\xbd" "aise");
+  EXPECT_EQ(doc["distro_name"],
+            "Debian GNU/Linux 12 (bookworm) \xef\xbf\xbd"
+            "dition fran\xef\xbf\xbd"
+            "aise");
 }
 
 // fuzz_playbook: an error quoting a byte that is not UTF-8 made `gptagent apply --json` abort.

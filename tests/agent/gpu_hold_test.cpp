@@ -1,11 +1,12 @@
 // What holds a GPU on a running host: processes with its device nodes open, the boot framebuffer
 // in its memory, its reset, Secure Boot. Sample trees get what a running desktop adds to them.
+#include "agent/gpu_hold.hpp"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
 #include "agent/facts.hpp"
-#include "agent/gpu_hold.hpp"
 #include "agent/host.hpp"
 #include "tests/support/converge.hpp"
 #include "tests/support/desktop.hpp"
@@ -20,7 +21,8 @@ using test::says;
 using Lines = std::vector<std::string>;
 
 bool mentions(const std::vector<Verdict>& verdicts, const std::string& text) {
-  return std::any_of(verdicts.begin(), verdicts.end(), [&](const Verdict& v) { return v.reason.find(text) != std::string::npos; });
+  return std::any_of(verdicts.begin(), verdicts.end(),
+                     [&](const Verdict& v) { return v.reason.find(text) != std::string::npos; });
 }
 
 using test::add_drm;
@@ -33,11 +35,14 @@ struct Desktop {
   Desktop() {
     add_drm(h, "0000:0c:00.0", {"card0", "renderD128"});
     add_drm(h, "0000:01:00.0", {"card1", "renderD129"});
-    test::write(h.file("/proc/driver/nvidia/gpus/0000:01:00.0/information"),
-                "Model: \t\t NVIDIA GeForce RTX 3080\nIRQ:   \t\t 148\nDevice Minor: \t 0\nBus Location: \t 0000:01:00.0\n");
-    add_process(h, 999, "Xorg", {{0, "/dev/null"}, {11, "/dev/dri/card0"}, {12, "/dev/nvidiactl"}, {13, "/dev/nvidia0"}},
+    test::write(
+        h.file("/proc/driver/nvidia/gpus/0000:01:00.0/information"),
+        "Model: \t\t NVIDIA GeForce RTX 3080\nIRQ:   \t\t 148\nDevice Minor: \t 0\nBus Location: \t 0000:01:00.0\n");
+    add_process(h, 999, "Xorg",
+                {{0, "/dev/null"}, {11, "/dev/dri/card0"}, {12, "/dev/nvidiactl"}, {13, "/dev/nvidia0"}},
                 "/usr/lib/xorg/Xorg");
-    add_process(h, 1234, "gnome-remote-de", {{3, "socket:[52311]"}, {21, "/dev/dri/renderD129"}, {22, "/dev/dri/renderD129"}},
+    add_process(h, 1234, "gnome-remote-de",
+                {{3, "socket:[52311]"}, {21, "/dev/dri/renderD129"}, {22, "/dev/dri/renderD129"}},
                 "/usr/libexec/gnome-remote-desktop-daemon");
     add_process(h, 2000, "firefox", {{40, "/dev/dri/renderD128"}, {41, "anon_inode:[eventfd]"}});
     add_process(h, 2100, "bash", {{0, "/dev/pts/0"}, {1, "/dev/pts/0"}});
@@ -58,7 +63,8 @@ TEST(GpuInUse, ProcessesHoldingTheGpusNodesAreNamed) {
   EXPECT_EQ(rtx.in_use[1].comm, "Xorg");
   EXPECT_EQ(rtx.in_use[1].nodes, (Lines{"/dev/nvidiactl", "/dev/nvidia0"}));
   EXPECT_TRUE(says(rtx.verdicts, Verdict::Level::warning,
-                   "GPU 0000:01:00.0 is in use by gnome-remote-desktop-daemon (pid 1234), Xorg (pid 999): stop them before binding"));
+                   "GPU 0000:01:00.0 is in use by gnome-remote-desktop-daemon (pid 1234), Xorg (pid 999): stop them "
+                   "before binding"));
   EXPECT_TRUE(rtx.viable()) << "in use is a warning, not a blocker";
   // Firefox holds only the iGPU's render node: it is not named for the RTX, and the RTX's nodes
   // do not make Xorg's iGPU list longer.
@@ -254,7 +260,8 @@ TEST(GpuReset, NoResetMethodAndTheAmdResetBugAreWarnings) {
   test::write(dev + "/reset_method", "\n");
   Facts none = gather_facts(Root(h.root()));
   EXPECT_EQ(gpu(none, "0000:01:00.0").reset_method, "");
-  EXPECT_TRUE(says(gpu(none, "0000:01:00.0").verdicts, Verdict::Level::warning, "GPU 0000:01:00.0 has no reset method"));
+  EXPECT_TRUE(
+      says(gpu(none, "0000:01:00.0").verdicts, Verdict::Level::warning, "GPU 0000:01:00.0 has no reset method"));
 
   // An RX 5700 XT in the same slot.
   test::write(dev + "/vendor", "0x1002\n");
@@ -265,7 +272,8 @@ TEST(GpuReset, NoResetMethodAndTheAmdResetBugAreWarnings) {
   EXPECT_TRUE(says(gpu(navi, "0000:01:00.0").verdicts, Verdict::Level::warning,
                    "AMD Navi 10 (1002:731f) cannot be reset reliably between VM starts: install vendor-reset"));
   // vendor-reset loaded and chosen as the reset method: handled.
-  test::write(h.file("/proc/modules"), test::slurp(h.file("/proc/modules")) + "vendor_reset 94208 0 - Live 0x0000000000000000 (OE)\n");
+  test::write(h.file("/proc/modules"),
+              test::slurp(h.file("/proc/modules")) + "vendor_reset 94208 0 - Live 0x0000000000000000 (OE)\n");
   test::write(dev + "/reset_method", "device_specific\n");
   Facts fixed = gather_facts(Root(h.root()));
   EXPECT_FALSE(mentions(gpu(fixed, "0000:01:00.0").verdicts, "install vendor-reset"));
@@ -284,7 +292,8 @@ TEST(SecureBoot, TheEfivarSaysOnOrOff) {
   test::write(h.file(kSecureBootVar), kSecureBootOn);
   Facts on = gather_facts(Root(h.root()));
   EXPECT_EQ(on.secure_boot, true);
-  EXPECT_TRUE(says(on.host_verdicts, Verdict::Level::warning, "Secure Boot is on: out-of-tree kernel modules (vendor-reset, the nvidia driver)"));
+  EXPECT_TRUE(says(on.host_verdicts, Verdict::Level::warning,
+                   "Secure Boot is on: out-of-tree kernel modules (vendor-reset, the nvidia driver)"));
   test::write(h.file(kSecureBootVar), kSecureBootOff);
   Facts off = gather_facts(Root(h.root()));
   EXPECT_EQ(off.secure_boot, false);
@@ -303,9 +312,12 @@ TEST(ExpertChecks, FactsJsonAndTableShowThem) {
   EXPECT_EQ(j["host_verdicts"][0]["level"], "warning");
   const auto& g = j["gpus"][0];
   ASSERT_EQ(g["address"], "0000:01:00.0");
-  EXPECT_EQ(g["in_use"][0], (nlohmann::json{{"pid", 1234}, {"comm", "gnome-remote-desktop-daemon"}, {"nodes", {"/dev/dri/renderD129"}}}));
+  EXPECT_EQ(
+      g["in_use"][0],
+      (nlohmann::json{{"pid", 1234}, {"comm", "gnome-remote-desktop-daemon"}, {"nodes", {"/dev/dri/renderD129"}}}));
   EXPECT_EQ(g["in_use"][1]["comm"], "Xorg");
-  EXPECT_EQ(g["framebuffer"], (nlohmann::json{{"name", "simpledrm"}, {"release_param", "initcall_blacklist=sysfb_init"}}));
+  EXPECT_EQ(g["framebuffer"],
+            (nlohmann::json{{"name", "simpledrm"}, {"release_param", "initcall_blacklist=sysfb_init"}}));
   EXPECT_EQ(g["reset_method"], "flr");
   EXPECT_EQ(g["reset_bug"], nullptr);
   EXPECT_EQ(j["gpus"][1]["reset_method"], nullptr);
@@ -314,7 +326,8 @@ TEST(ExpertChecks, FactsJsonAndTableShowThem) {
   auto table = test::run_agent({"facts", "--root", d.h.root()});
   ASSERT_EQ(table.exit_code, 0) << table.err;
   EXPECT_NE(table.out.find("Secure Boot on\n"), std::string::npos) << table.out;
-  EXPECT_NE(table.out.find("    reset flr, boot framebuffer simpledrm, in use by gnome-remote-desktop-daemon (pid 1234), Xorg (pid 999)\n"),
+  EXPECT_NE(table.out.find("    reset flr, boot framebuffer simpledrm, in use by gnome-remote-desktop-daemon (pid "
+                           "1234), Xorg (pid 999)\n"),
             std::string::npos)
       << table.out;
 }
@@ -342,7 +355,9 @@ TEST(ExpertChecks, PreflightWarnsAndGoesOn) {
   const std::string& msg = r.tasks[0].result.msg;
   EXPECT_NE(msg.find("passthrough possible for 0000:01:00.0"), std::string::npos) << msg;
   EXPECT_NE(msg.find("Secure Boot is on"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("GPU 0000:01:00.0 is in use by gnome-remote-desktop-daemon (pid 1234), Xorg (pid 999)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("GPU 0000:01:00.0 is in use by gnome-remote-desktop-daemon (pid 1234), Xorg (pid 999)"),
+            std::string::npos)
+      << msg;
 }
 
 // ---- vfio_bind and a GPU in use ----
@@ -362,9 +377,10 @@ TEST(VfioBindInUse, RefusesToUnbindAGpuInUseUnlessForced) {
     EXPECT_TRUE(r->sysfs_writes.empty());
     EXPECT_TRUE(r->commands.empty());
     EXPECT_EQ(r->tasks.back().result.status, Outcome::failed);
-    EXPECT_EQ(r->tasks.back().result.msg,
-              "GPU 0000:01:00.0 is in use by Xorg (pid 999): stop them before binding (nothing was unbound; force: true "
-              "unbinds it anyway)");
+    EXPECT_EQ(
+        r->tasks.back().result.msg,
+        "GPU 0000:01:00.0 is in use by Xorg (pid 999): stop them before binding (nothing was unbound; force: true "
+        "unbinds it anyway)");
   }
   EXPECT_EQ(test::snapshot(h.root()), pristine);
 

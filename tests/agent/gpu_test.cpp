@@ -53,7 +53,8 @@ TEST(GpuFacts, TwoIdenticalGpusAutoSkipsTheBootVga) {
   EXPECT_EQ(addresses(*selected), Lines{"0000:02:00.0"});
   auto explicit_boot = select_gpus(f, nlohmann::json{"0000:01:00.1"}, false);
   ASSERT_FALSE(explicit_boot.ok());
-  EXPECT_NE(explicit_boot.error().find("GPU 0000:01:00.0 cannot be passed through: it is the boot VGA device"), std::string::npos);
+  EXPECT_NE(explicit_boot.error().find("GPU 0000:01:00.0 cannot be passed through: it is the boot VGA device"),
+            std::string::npos);
   auto forced = select_gpus(f, nlohmann::json{"0000:01:00.0"}, true);
   ASSERT_TRUE(forced.ok());
   EXPECT_EQ((*forced)[0].functions, (Lines{"0000:01:00.0", "0000:01:00.1"}));
@@ -63,7 +64,8 @@ TEST(GpuFacts, AGroupSharedWithANicIsNotIsolatable) {
   Facts f = facts_of("gpu-shares-group-nic");
   const Gpu& g = gpu(f, "0000:04:00.0");
   EXPECT_EQ(g.peers, Lines{"0000:04:01.0"});  // the PCIe-to-PCI bridge in the group does not count
-  EXPECT_TRUE(says(g.verdicts, Verdict::Level::blocker, "IOMMU group 7 also holds 0000:04:01.0 (Ethernet controller 8086:1533, igb)"));
+  EXPECT_TRUE(says(g.verdicts, Verdict::Level::blocker,
+                   "IOMMU group 7 also holds 0000:04:01.0 (Ethernet controller 8086:1533, igb)"));
   auto selected = select_gpus(f, "auto", false);
   ASSERT_FALSE(selected.ok());
   EXPECT_NE(selected.error().find("found no GPU that can be passed through"), std::string::npos);
@@ -93,8 +95,10 @@ TEST(GpuFacts, IommuVerdictsSayWhatToDo) {
   CpuInfo intel;
   intel.vendor = "intel";
   IommuState off;
-  EXPECT_TRUE(says(iommu_verdicts(intel, {"ro", "intel_iommu=on"}, off), Verdict::Level::blocker, "enable VT-d in the firmware"));
-  EXPECT_TRUE(says(iommu_verdicts(intel, {"intel_iommu=off"}, off), Verdict::Level::warning, "replace it with intel_iommu=on"));
+  EXPECT_TRUE(says(iommu_verdicts(intel, {"ro", "intel_iommu=on"}, off), Verdict::Level::blocker,
+                   "enable VT-d in the firmware"));
+  EXPECT_TRUE(
+      says(iommu_verdicts(intel, {"intel_iommu=off"}, off), Verdict::Level::warning, "replace it with intel_iommu=on"));
   EXPECT_TRUE(says(iommu_verdicts(intel, {"iommu=off"}, off), Verdict::Level::warning, "iommu=off"));
   CpuInfo amd;
   amd.vendor = "amd";
@@ -130,7 +134,7 @@ TEST(GpuFacts, ADamagedTreeGivesMessagesNotACrash) {
   EXPECT_EQ(dev("0000:01:00.1").problems, Lines{"no vendor"});
   EXPECT_EQ(dev("0000:05:00.0").problems, (Lines{"no class", "no vendor", "no device"}));
   EXPECT_EQ(dev("0000:00:01.0").driver, "pcieport");  // the link names it even if the directory is gone
-  EXPECT_EQ(f.cpu.vendor, "intel");                    // from the three lines left of cpuinfo
+  EXPECT_EQ(f.cpu.vendor, "intel");                   // from the three lines left of cpuinfo
   auto r = test::run_agent({"facts", "--root", host.root()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("! class is 'garbage', not a hex number"), std::string::npos) << r.out;
@@ -186,14 +190,15 @@ TEST(GpuFacts, CaptureReplaysTheSameFacts) {
 
 TEST(GpuFacts, FactsAreUsableInPlaybooks) {
   test::SampleHost host("fedora-40");
-  auto r = test::converge_root(host.root(), R"pb(tasks:
+  auto r = test::converge_root(host.root(), R"yaml(tasks:
   - name: "only with the IOMMU on ({{ facts.iommu.groups }} groups)"
     probe: {id: a}
     when: facts.iommu.on and facts.gpus.1.viable
   - name: skipped
     probe: {id: b}
     when: facts.cpu_vendor == 'amd'
-)pb", false);
+)yaml",
+                               false);
   ASSERT_TRUE(r.load_errors.empty()) << r.load_errors.front();
   EXPECT_EQ(r.tasks[0].name, "only with the IOMMU on (4 groups)");
   EXPECT_EQ(r.tasks[0].result.status, Outcome::ok);
@@ -242,7 +247,9 @@ TEST(VfioGpus, IdenticalCardsAreBoundByAddressNotById) {
   auto boot = test::sandbox_reboot(host.root());
   ASSERT_EQ(boot.exit_code, 0) << boot.err;
   auto driver = [&](const std::string& a) {
-    return std::filesystem::path(std::filesystem::read_symlink(host.file("/sys/bus/pci/devices/" + a) + "/driver")).filename().string();
+    return std::filesystem::path(std::filesystem::read_symlink(host.file("/sys/bus/pci/devices/" + a) + "/driver"))
+        .filename()
+        .string();
   };
   EXPECT_EQ(driver("0000:02:00.0"), "vfio-pci");
   EXPECT_EQ(driver("0000:02:00.1"), "vfio-pci");
@@ -255,10 +262,12 @@ TEST(VfioGpus, IdenticalCardsAreBoundByAddressNotById) {
   const auto pristine = test::snapshot(again.root());
   auto ids = test::converge_root(again.root(), "tasks:\n  - vfio: {gpus: auto, ids: ['10de:1b81']}\n", false);
   EXPECT_EQ(ids.exit_code, 1);
-  EXPECT_TRUE(ids.tasks.back().result.msg.starts_with("ids: 10de:1b81 would also give vfio-pci 0000:01:00.0")) << ids.tasks.back().result.msg;
+  EXPECT_TRUE(ids.tasks.back().result.msg.starts_with("ids: 10de:1b81 would also give vfio-pci 0000:01:00.0"))
+      << ids.tasks.back().result.msg;
   auto cmdline = test::converge_root(again.root(), "tasks:\n  - vfio: {gpus: auto, kernel_cmdline: always}\n", false);
   EXPECT_EQ(cmdline.exit_code, 1);
-  EXPECT_TRUE(cmdline.tasks.back().result.msg.find("bind the GPU after boot with vfio_bind (by address) instead") != std::string::npos)
+  EXPECT_TRUE(cmdline.tasks.back().result.msg.find("bind the GPU after boot with vfio_bind (by address) instead") !=
+              std::string::npos)
       << cmdline.tasks.back().result.msg;
   EXPECT_EQ(test::snapshot(again.root()), pristine);
 }
@@ -267,11 +276,12 @@ TEST(Preflight, FailsEarlyOnWhatCannotWork) {
   test::SampleHost amd("ubuntu-24.04");
   std::filesystem::remove_all(amd.file("/sys/kernel/iommu_groups"));  // the firmware has it off
   const auto pristine = test::snapshot(amd.root());
-  auto r = test::converge_root(amd.root(), test::slurp(test::source_path("playbooks/host.yaml")) +
-                                               "      - vfio_bind: {gpus: auto}\n", false);
+  auto r = test::converge_root(
+      amd.root(), test::slurp(test::source_path("playbooks/host.yaml")) + "      - vfio_bind: {gpus: auto}\n", false);
   EXPECT_EQ(r.exit_code, 1);
   ASSERT_EQ(r.tasks.size(), 1u) << "nothing may run after a failed preflight";
-  EXPECT_EQ(r.tasks[0].result.msg, "the kernel found no IOMMU (AMD enables it by default): enable IOMMU / AMD-Vi in the firmware setup");
+  EXPECT_EQ(r.tasks[0].result.msg,
+            "the kernel found no IOMMU (AMD enables it by default): enable IOMMU / AMD-Vi in the firmware setup");
   EXPECT_EQ(test::snapshot(amd.root()), pristine);
 
   test::SampleHost nic("gpu-shares-group-nic");
@@ -282,7 +292,8 @@ TEST(Preflight, FailsEarlyOnWhatCannotWork) {
   test::SampleHost debian("debian-12");
   auto d = test::converge_root(debian.root(), "tasks:\n  - preflight: {}\n", true);
   EXPECT_EQ(d.exit_code, 0);
-  EXPECT_NE(d.tasks[0].result.msg.find("passthrough possible for 0000:01:00.0 (10de:1b80, 2 functions); the IOMMU is off in the kernel"),
+  EXPECT_NE(d.tasks[0].result.msg.find(
+                "passthrough possible for 0000:01:00.0 (10de:1b80, 2 functions); the IOMMU is off in the kernel"),
             std::string::npos)
       << d.tasks[0].result.msg;
 }
@@ -291,7 +302,8 @@ TEST(Preflight, BadAddressesAreLoadErrors) {
   test::SampleHost host("fedora-40");
   auto r = test::converge_root(host.root(), "tasks:\n  - vfio_bind: {gpus: [01:00.0, banana]}\n", false);
   ASSERT_EQ(r.load_errors.size(), 1u);
-  EXPECT_EQ(r.load_errors[0], "test.yaml:2:23: vfio_bind argument 'gpus': 'banana' is not a PCI address like 0000:01:00.0");
+  EXPECT_EQ(r.load_errors[0],
+            "test.yaml:2:23: vfio_bind argument 'gpus': 'banana' is not a PCI address like 0000:01:00.0");
   auto missing = test::converge_root(host.root(), "tasks:\n  - vfio_bind: {gpus: ['0000:09:00.0']}\n", false);
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_EQ(missing.tasks[0].result.msg, "PCI device 0000:09:00.0 does not exist on this host");
@@ -324,11 +336,13 @@ TEST(VfioBind, BindsEveryFunctionThenIsOk) {
 TEST(VfioBind, NeverUnderASandboxRootAndNeverWithTheIommuOff) {
   test::SampleHost host("fedora-40");
   const auto pristine = test::snapshot(host.root());
-  auto sandboxed = test::converge_root(host.root(), "tasks:\n  - vfio_bind: {}\n", false, /*allow_system_commands=*/false);
+  auto sandboxed =
+      test::converge_root(host.root(), "tasks:\n  - vfio_bind: {}\n", false, /*allow_system_commands=*/false);
   EXPECT_EQ(sandboxed.exit_code, 0);
   EXPECT_TRUE(sandboxed.sysfs_writes.empty());
   EXPECT_EQ(sandboxed.tasks.back().result.status, Outcome::skipped);
-  EXPECT_NE(sandboxed.tasks.back().result.commands.front().find("echo vfio-pci > /sys/bus/pci/devices/0000:01:00.0/driver_override"),
+  EXPECT_NE(sandboxed.tasks.back().result.commands.front().find(
+                "echo vfio-pci > /sys/bus/pci/devices/0000:01:00.0/driver_override"),
             std::string::npos);
   EXPECT_EQ(test::snapshot(host.root()), pristine);
 
@@ -336,7 +350,8 @@ TEST(VfioBind, NeverUnderASandboxRootAndNeverWithTheIommuOff) {
   auto r = test::converge_root(off.root(), "tasks:\n  - vfio_bind: {}\n", false);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(r.sysfs_writes.empty());
-  EXPECT_NE(r.tasks.back().result.msg.find("vfio-pci can only take a device when the IOMMU is on, and it is off"), std::string::npos);
+  EXPECT_NE(r.tasks.back().result.msg.find("vfio-pci can only take a device when the IOMMU is on, and it is off"),
+            std::string::npos);
 }
 
 TEST(VfioBind, ADeviceTheKernelWillNotBindIsAFailureWithTheReasonToLook) {

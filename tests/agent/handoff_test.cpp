@@ -127,16 +127,20 @@ TEST(Handoff, PrepareStopsWhatHoldsTheGpuInOrderAndReleaseStartsExactlyThatInRev
   ASSERT_EQ(d.holders().size(), 3u) << "the remote desktop, Xorg and nvidia-persistenced hold the RTX";
 
   ASSERT_EQ(d.hook("prepare", "begin"), 0) << testing::PrintToString(d.log);
-  EXPECT_EQ(d.systemd.commands, (Lines{
-                                    "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user is-active gnome-remote-desktop.service",
-                                    "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user stop gnome-remote-desktop.service",
-                                    "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user is-active gnome-remote-desktop-headless.service",
-                                    "systemctl is-active gnome-remote-desktop.service",
-                                    "systemctl is-active display-manager.service",
-                                    "systemctl stop display-manager.service",
-                                    "systemctl is-active nvidia-persistenced.service",
-                                    "systemctl stop nvidia-persistenced.service",
-                                }));
+  EXPECT_EQ(
+      d.systemd.commands,
+      (Lines{
+          "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user is-active "
+          "gnome-remote-desktop.service",
+          "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user stop gnome-remote-desktop.service",
+          "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user is-active "
+          "gnome-remote-desktop-headless.service",
+          "systemctl is-active gnome-remote-desktop.service",
+          "systemctl is-active display-manager.service",
+          "systemctl stop display-manager.service",
+          "systemctl is-active nvidia-persistenced.service",
+          "systemctl stop nvidia-persistenced.service",
+      }));
   EXPECT_TRUE(d.holders().empty());
   EXPECT_TRUE(test::exists(d.h.file("/proc/2000"))) << "Firefox, on the iGPU, is none of the hand-off's business";
   const auto rec = nlohmann::json::parse(d.record());
@@ -168,11 +172,13 @@ TEST(Handoff, PrepareStopsWhatHoldsTheGpuInOrderAndReleaseStartsExactlyThatInRev
   EXPECT_TRUE(d.systemd.commands.empty());
 
   ASSERT_EQ(d.hook("release", "end"), 0) << testing::PrintToString(d.log);
-  EXPECT_EQ(d.systemd.commands, (Lines{
-                                    "systemctl start nvidia-persistenced.service",
-                                    "systemctl start display-manager.service",
-                                    "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user start gnome-remote-desktop.service",
-                                }));
+  EXPECT_EQ(
+      d.systemd.commands,
+      (Lines{
+          "systemctl start nvidia-persistenced.service",
+          "systemctl start display-manager.service",
+          "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user start gnome-remote-desktop.service",
+      }));
   EXPECT_EQ(d.holders().size(), 3u);
   EXPECT_EQ(d.record(), "") << "the record goes with the release";
   EXPECT_TRUE(logged(d.log, "win11: every unit stopped for it runs again"));
@@ -195,7 +201,8 @@ TEST(Handoff, AHolderThatStaysFailsThePrepareAndEverythingStoppedRunsAgain) {
       << testing::PrintToString(d.log);
   const Lines starts(d.systemd.commands.end() - 3, d.systemd.commands.end());
   EXPECT_EQ(starts, (Lines{"systemctl start nvidia-persistenced.service", "systemctl start display-manager.service",
-                           "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user start gnome-remote-desktop.service"}));
+                           "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user start "
+                           "gnome-remote-desktop.service"}));
   EXPECT_EQ(d.holders().size(), 4u) << "the host is as it was";
   EXPECT_EQ(d.record(), "");
 }
@@ -207,7 +214,9 @@ TEST(Handoff, AUnitThatWillNotStopFailsThePrepareAndWhatStoppedBeforeItRunsAgain
   EXPECT_TRUE(logged(
       d.log, "systemctl stop display-manager.service failed: exit code 1: Job for display-manager.service failed."))
       << testing::PrintToString(d.log);
-  EXPECT_EQ(d.systemd.commands.back(), "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user start gnome-remote-desktop.service");
+  EXPECT_EQ(
+      d.systemd.commands.back(),
+      "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/1000 systemctl --user start gnome-remote-desktop.service");
   EXPECT_EQ(std::count_if(d.systemd.commands.begin(), d.systemd.commands.end(),
                           [](const std::string& c) { return c.find(" stop ") != std::string::npos; }),
             2);

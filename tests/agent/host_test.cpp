@@ -1,9 +1,8 @@
 #include "agent/host.hpp"
 
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include "tests/support/sandbox.hpp"
 
@@ -35,7 +34,7 @@ TEST(Root, SymlinksResolveInsideTheRoot) {
   TempDir d;
   test::write(d / "etc/default/grub.real", "x");
   ::symlink("/etc/default/grub.real", (d / "etc/default/grub").c_str());  // absolute: means the root's /etc
-  ::symlink("../../../../../../etc/passwd", (d / "etc/escape").c_str());   // relative, climbing out
+  ::symlink("../../../../../../etc/passwd", (d / "etc/escape").c_str());  // relative, climbing out
   ::symlink("/etc", (d / "etclink").c_str());
   ::symlink("loop2", (d / "loop1").c_str());
   ::symlink("loop1", (d / "loop2").c_str());
@@ -75,7 +74,7 @@ TEST(Files, AtomicWriteKeepsModeOwnerAndABackup) {
   auto w = write_file_atomic(root, "/etc/default/grub", "new\n");
   ASSERT_TRUE(w.ok()) << w.error();
   EXPECT_EQ(test::slurp(f), "new\n");
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(f.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0640u);
   EXPECT_EQ(st.st_uid, 1234u);
@@ -106,7 +105,7 @@ TEST(Files, NewFilesGetParentsAndTheCreateMode) {
   auto w = write_file_atomic(root, "/etc/modprobe.d/vfio.conf", "x\n");
   ASSERT_TRUE(w.ok()) << w.error();
   EXPECT_FALSE(w->backup_path.has_value());
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat((d / "etc/modprobe.d/vfio.conf").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0644u);
 }

@@ -9,10 +9,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
-#include <sstream>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
+#include <sstream>
 
 #include "agent/text.hpp"
 #include "tests/support/ansible.hpp"
@@ -73,7 +73,8 @@ Listing listing(const json& doc) {
       l.hosts[it.key()].push_back(h.get<std::string>());
       l.all_hosts.insert(h.get<std::string>());
     }
-    for (const auto& c : it.value().value("children", json::array())) l.children[it.key()].push_back(c.get<std::string>());
+    for (const auto& c : it.value().value("children", json::array()))
+      l.children[it.key()].push_back(c.get<std::string>());
   }
   l.hostvars = doc.contains("_meta") ? doc["_meta"].value("hostvars", json::object()) : json::object();
   return l;
@@ -106,11 +107,22 @@ bool run_order_is_fixed(const Listing& l) {
   return true;
 }
 
-const std::vector<std::string> kConnectionVars{
-    "ansible_host",        "ansible_ssh_host",      "ansible_port",          "ansible_ssh_port",
-    "ansible_user",        "ansible_ssh_user",      "ansible_connection",    "ansible_become",
-    "ansible_become_user", "ansible_become_method", "ansible_become_exe",    "ansible_ssh_private_key_file",
-    "ansible_private_key_file", "ansible_ssh_common_args", "ansible_ssh_extra_args", "ansible_ssh_executable"};
+const std::vector<std::string> kConnectionVars{"ansible_host",
+                                               "ansible_ssh_host",
+                                               "ansible_port",
+                                               "ansible_ssh_port",
+                                               "ansible_user",
+                                               "ansible_ssh_user",
+                                               "ansible_connection",
+                                               "ansible_become",
+                                               "ansible_become_user",
+                                               "ansible_become_method",
+                                               "ansible_become_exe",
+                                               "ansible_ssh_private_key_file",
+                                               "ansible_private_key_file",
+                                               "ansible_ssh_common_args",
+                                               "ansible_ssh_extra_args",
+                                               "ansible_ssh_executable"};
 
 json connection_vars(const json& hostvars, const std::string& host) {
   json out = json::object();
@@ -136,11 +148,17 @@ std::string unquoted(std::string v) {
 }
 
 SshCall parse_ssh(const std::vector<std::string>& argv, const std::string& home) {
-  static const std::set<std::string> with_value{"-B", "-b", "-c", "-D", "-E", "-e", "-F", "-I", "-i", "-J", "-L", "-l",
-                                                "-m", "-O", "-o", "-p", "-Q", "-R", "-S", "-W", "-w"};
-  static const std::set<std::string> own{"controlmaster",   "controlpersist",          "controlpath",
-                                         "connecttimeout",  "batchmode",               "serveraliveinterval",
-                                         "identitiesonly",  "kbdinteractiveauthentication", "preferredauthentications",
+  static const std::set<std::string> with_value{"-B", "-b", "-c", "-D", "-E", "-e", "-F", "-I", "-i", "-J", "-L",
+                                                "-l", "-m", "-O", "-o", "-p", "-Q", "-R", "-S", "-W", "-w"};
+  static const std::set<std::string> own{"controlmaster",
+                                         "controlpersist",
+                                         "controlpath",
+                                         "connecttimeout",
+                                         "batchmode",
+                                         "serveraliveinterval",
+                                         "identitiesonly",
+                                         "kbdinteractiveauthentication",
+                                         "preferredauthentications",
                                          "passwordauthentication"};
   static const std::set<std::string> own_flags{"-C", "-f", "-N", "-q", "-v", "-vvv", "-tt"};
   auto home_expanded = [&](std::string p) { return p.starts_with("~/") ? home + p.substr(1) : p; };
@@ -172,10 +190,14 @@ SshCall parse_ssh(const std::vector<std::string>& argv, const std::string& home)
       const auto eq = value.find_first_of("= ");
       std::string key = value.substr(0, eq), v = eq == std::string::npos ? "" : unquoted(value.substr(eq + 1));
       std::transform(key.begin(), key.end(), key.begin(), [](unsigned char ch) { return std::tolower(ch); });
-      if (key == "port") c.port = v;
-      else if (key == "user") c.user = v;
-      else if (key == "identityfile") c.identity = home_expanded(v);
-      else if (!own.count(key)) c.options.push_back("-o " + key + "=" + v);
+      if (key == "port")
+        c.port = v;
+      else if (key == "user")
+        c.user = v;
+      else if (key == "identityfile")
+        c.identity = home_expanded(v);
+      else if (!own.count(key))
+        c.options.push_back("-o " + key + "=" + v);
     } else if (flag != "-E" && flag != "-O") {
       c.options.push_back(flag + " " + value);
     }
@@ -203,8 +225,8 @@ struct RecordedSsh {
   }
   // Runs `program args` in a private mount namespace where /usr/bin/ssh is the recorder.
   test::ProcResult run(const std::vector<std::string>& command, const std::vector<std::string>& env = {}) {
-    std::vector<std::string> a{"-m", "--propagation", "private", "sh", "-c",
-                               "mount --bind \"$0\" /usr/bin/ssh && exec \"$@\"", dir / "ssh"};
+    std::vector<std::string> a{
+        "-m", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /usr/bin/ssh && exec \"$@\"", dir / "ssh"};
     a.insert(a.end(), command.begin(), command.end());
     std::vector<std::string> e{"FAKE_SSH_LOG=" + dir / "log"};
     e.insert(e.end(), env.begin(), env.end());
@@ -234,8 +256,10 @@ struct RecordedSsh {
 class RealInventories : public ::testing::TestWithParam<InventoryCase> {
  protected:
   Ansible ansible;
-  std::string cwd() const { return fs::is_directory(GetParam().inventory) ? GetParam().inventory.string()
-                                                                          : GetParam().inventory.parent_path().string(); }
+  std::string cwd() const {
+    return fs::is_directory(GetParam().inventory) ? GetParam().inventory.string()
+                                                  : GetParam().inventory.parent_path().string();
+  }
 };
 
 TEST_P(RealInventories, ListShowsTheGroupsHostsAndConnectionVariablesAnsibleInventoryShows) {
@@ -315,7 +339,8 @@ TEST_P(RealInventories, EachHostIsReachedWithTheSshSettingsAnsibleUses) {
   if (::geteuid() != 0) GTEST_SKIP() << "a private mount namespace needs root";
   const auto& c = GetParam();
   auto listed = ansible.run("ansible-inventory", {"-i", c.inventory.string(), "--list"}, cwd());
-  if (listed.exit_code != 0) GTEST_SKIP() << "Ansible refuses this inventory (the listing test checks gptagent does too)";
+  if (listed.exit_code != 0)
+    GTEST_SKIP() << "Ansible refuses this inventory (the listing test checks gptagent does too)";
   const Listing l = listing(json::parse(listed.out));
   // Hosts Ansible reaches with ssh: not the local ones (neither tool runs ssh for those), nor those
   // gptagent refuses before any host runs: with a password (Ansible would log in through sshpass)
@@ -326,7 +351,8 @@ TEST_P(RealInventories, EachHostIsReachedWithTheSshSettingsAnsibleUses) {
     const std::string conn = v.value("ansible_connection", "ssh");
     const json& all_vars = l.hostvars.contains(h) ? l.hostvars[h] : json::object();
     bool refused = all_vars.contains("ansible_password") || all_vars.contains("ansible_ssh_pass");
-    for (const auto& [k, value] : v.items()) refused = refused || (value.is_string() && value.get<std::string>().find("{{") != std::string::npos);
+    for (const auto& [k, value] : v.items())
+      refused = refused || (value.is_string() && value.get<std::string>().find("{{") != std::string::npos);
     if (conn == "ssh" || conn == "smart") (refused ? refused_hosts : remote).push_back(h);
   }
   RecordedSsh ssh;  // whatever happens, no packet leaves
@@ -352,10 +378,11 @@ TEST_P(RealInventories, EachHostIsReachedWithTheSshSettingsAnsibleUses) {
   std::string limit;
   for (const auto& h : remote) limit += (limit.empty() ? "" : ",") + h;
 
-  auto theirs = ssh.run({"env", "-C", cwd(), "HOME=" + ansible.home().path(), "ANSIBLE_CONFIG=" + ansible.home() / "none.cfg",
-                         "ANSIBLE_SSH_CONTROL_PATH_DIR=" + ansible.home() / "cp", "ANSIBLE_LOCAL_TEMP=" + ansible.home() / "tmp",
-                         "ANSIBLE_HOST_KEY_CHECKING=True", "ansible", "all", "-i", c.inventory.string(), "-l", limit, "-m",
-                         "raw", "-a", "true"});
+  auto theirs =
+      ssh.run({"env", "-C", cwd(), "HOME=" + ansible.home().path(), "ANSIBLE_CONFIG=" + ansible.home() / "none.cfg",
+               "ANSIBLE_SSH_CONTROL_PATH_DIR=" + ansible.home() / "cp", "ANSIBLE_LOCAL_TEMP=" + ansible.home() / "tmp",
+               "ANSIBLE_HOST_KEY_CHECKING=True", "ansible", "all", "-i", c.inventory.string(), "-l", limit, "-m", "raw",
+               "-a", "true"});
   std::map<std::string, SshCall> by_ansible;
   for (const auto& argv : ssh.calls()) {
     auto call = parse_ssh(argv, ansible.home().path());
@@ -376,11 +403,12 @@ TEST_P(RealInventories, EachHostIsReachedWithTheSshSettingsAnsibleUses) {
   }
   EXPECT_NE(ours.exit_code, 0) << "every host was unreachable";
   // One host per destination in each: a destination two hosts share is reached the same way by both.
-  ASSERT_EQ(by_gptagent.size(), by_ansible.size()) << ours.out << ours.err << "\nAnsible:\n" << [&] {
-    std::ostringstream o;
-    for (const auto& [d, call] : by_ansible) o << call << "\n";
-    return o.str();
-  }();
+  ASSERT_EQ(by_gptagent.size(), by_ansible.size()) << ours.out << ours.err << "\nAnsible:\n"
+                                                   << [&] {
+                                                        std::ostringstream o;
+                                                        for (const auto& [d, call] : by_ansible) o << call << "\n";
+                                                        return o.str();
+                                                      }();
   for (const auto& [dest, call] : by_ansible) {
     ASSERT_TRUE(by_gptagent.count(dest)) << dest << "\n" << ours.out;
     EXPECT_EQ(by_gptagent[dest], call) << dest;
@@ -389,7 +417,8 @@ TEST_P(RealInventories, EachHostIsReachedWithTheSshSettingsAnsibleUses) {
 
 INSTANTIATE_TEST_SUITE_P(Corpus, RealInventories, ::testing::ValuesIn(inventory_cases()), [](const auto& info) {
   std::string n = info.param.name;
-  std::replace_if(n.begin(), n.end(), [](unsigned char ch) { return !std::isalnum(ch); }, '_');
+  std::replace_if(
+      n.begin(), n.end(), [](unsigned char ch) { return !std::isalnum(ch); }, '_');
   return n;
 });
 

@@ -182,8 +182,8 @@ raw=a b c
   ASSERT_TRUE(inv.ok()) << inv.error();
   const json& v = inv->hosts.at(0).vars;
   EXPECT_EQ(v["n"], 5);
-  EXPECT_EQ(v["s"], 5);      // on a host line shlex takes the quotes away before Ansible evaluates it
-  EXPECT_EQ(v["z"], "007");  // not a Python integer
+  EXPECT_EQ(v["s"], 5);       // on a host line shlex takes the quotes away before Ansible evaluates it
+  EXPECT_EQ(v["z"], "007");   // not a Python integer
   EXPECT_EQ(v["t"], "TRUE");  // not Python's True
   EXPECT_EQ(v["f"], "false");
   EXPECT_EQ(v["T"], true);
@@ -400,17 +400,20 @@ d ansible_become=1
 // Ansible lists such hosts and fails when it connects to one: the inventory loads, and the host
 // cannot be reached (the fleet refuses it before any host runs).
 TEST(InventoryHost, APortThatIsNoPortOrATemplateCannotBeReached) {
-  auto inv = parse_inventory_ini("[g]\nh ansible_port=ssh\nok ansible_port=2222\nt ansible_port=\"{{ 22 | int }}\"\n", "p.ini");
+  auto inv = parse_inventory_ini("[g]\nh ansible_port=ssh\nok ansible_port=2222\nt ansible_port=\"{{ 22 | int }}\"\n",
+                                 "p.ini");
   ASSERT_TRUE(inv.ok()) << inv.error();
   EXPECT_EQ(host(*inv, "h").connection_error().value_or(""),
             "host 'h': ansible_port must be a port number (1-65535), not \"ssh\"");
   EXPECT_EQ(host(*inv, "ok").connection_error(), std::nullopt);
-  EXPECT_EQ(host(*inv, "t").connection_error().value_or(""),
-            "host 't': ansible_port is a Jinja2 template ('{{ 22 | int }}'), which gptagent does not evaluate: give the "
-            "value itself");
+  EXPECT_EQ(
+      host(*inv, "t").connection_error().value_or(""),
+      "host 't': ansible_port is a Jinja2 template ('{{ 22 | int }}'), which gptagent does not evaluate: give the "
+      "value itself");
   auto big = parse_inventory_yaml("all:\n  hosts:\n    h: {ansible_port: 70000}\n", "p.yml");
   ASSERT_TRUE(big.ok()) << big.error();
-  EXPECT_NE(host(*big, "h").connection_error().value_or("").find("ansible_port must be a port number"), std::string::npos);
+  EXPECT_NE(host(*big, "h").connection_error().value_or("").find("ansible_port must be a port number"),
+            std::string::npos);
 }
 
 class InventoryLimit : public ::testing::Test {
@@ -551,7 +554,8 @@ a=1
 TEST(InventoryErrors, AnIniChildThatIsNeverDefinedIsAnErrorWithTheLine) {
   auto inv = parse_inventory_ini("[OSEv3:children]\nmasters\nnfs\n[masters]\nm1\n[nfs:vars]\nx=1\n", "osev3.ini");
   ASSERT_FALSE(inv.ok());
-  EXPECT_TRUE(HasError(inv.error(), "osev3.ini:3: Section [OSEv3:children] includes undefined group: nfs")) << inv.error();
+  EXPECT_TRUE(HasError(inv.error(), "osev3.ini:3: Section [OSEv3:children] includes undefined group: nfs"))
+      << inv.error();
   EXPECT_EQ(inv.error().find("masters"), std::string::npos) << "masters is defined further down: " << inv.error();
   EXPECT_EQ(inv.error().find("osev3.ini:6:"), std::string::npos) << "one error for nfs: " << inv.error();
 
@@ -572,7 +576,8 @@ TEST(InventoryLoad, AChildDefinedInAnEarlierFileOfTheDirectoryIsDefined) {
   test::write(d / "inv/02-fleet", "[fleet:children]\ngpus\nnfs\n");
   auto inv = load_inventory(d / "inv");
   ASSERT_FALSE(inv.ok());
-  EXPECT_TRUE(HasError(inv.error(), d / "inv/02-fleet:3: Section [fleet:children] includes undefined group: nfs")) << inv.error();
+  EXPECT_TRUE(HasError(inv.error(), d / "inv/02-fleet:3: Section [fleet:children] includes undefined group: nfs"))
+      << inv.error();
   EXPECT_EQ(inv.error().find("gpus"), std::string::npos) << inv.error();
 }
 
@@ -734,7 +739,8 @@ TEST(InventoryList, IsWhatAnsibleInventoryListPrints) {
   auto ini = parse_inventory_ini("solo\n[web]\nweb01\n[gpus]\ngpu01\n[fleet:children]\ngpus\n", "l.ini");
   ASSERT_TRUE(ini.ok()) << ini.error();
   const auto list = inventory_list(*ini);
-  EXPECT_EQ(list["all"]["children"], (nlohmann::json{"ungrouped", "web", "fleet"}));  // in the order first named, as ansible-inventory
+  EXPECT_EQ(list["all"]["children"],
+            (nlohmann::json{"ungrouped", "web", "fleet"}));  // in the order first named, as ansible-inventory
   EXPECT_EQ(list["fleet"], (nlohmann::json{{"children", {"gpus"}}}));
   EXPECT_EQ(list["ungrouped"]["hosts"], (nlohmann::json{"solo"}));
 }
@@ -743,7 +749,8 @@ TEST(InventoryList, IsWhatAnsibleInventoryListPrints) {
 // play reaches under --limit).
 TEST(InventoryOrder, SubscriptsCountInTheGroupsOwnOrderAndARunFollowsAll) {
   auto inv = parse_inventory_ini(
-      "[mongo_servers]\nmongo1\nmongo2\nmongo3\nmongo4\n[replication_servers]\nmongo4\nmongo3\nmongo1\nmongo2\n", "m.ini");
+      "[mongo_servers]\nmongo1\nmongo2\nmongo3\nmongo4\n[replication_servers]\nmongo4\nmongo3\nmongo1\nmongo2\n",
+      "m.ini");
   ASSERT_TRUE(inv.ok()) << inv.error();
   EXPECT_EQ(inv->groups.at("replication_servers"), (Names{"mongo4", "mongo3", "mongo1", "mongo2"}));
   EXPECT_EQ(limit(*inv, "replication_servers[0]"), (Names{"mongo4"}));
@@ -751,8 +758,8 @@ TEST(InventoryOrder, SubscriptsCountInTheGroupsOwnOrderAndARunFollowsAll) {
 }
 
 TEST(InventoryOrder, IniChildrenComeInTheOrderTheyComeToExist) {
-  auto inv = parse_inventory_ini("[top:children]\nlater\nearly\n[early]\ne1\n[later]\nl1\n[other]\no1\n[top2:children]\nother\n",
-                                 "c.ini");
+  auto inv = parse_inventory_ini(
+      "[top:children]\nlater\nearly\n[early]\ne1\n[later]\nl1\n[other]\no1\n[top2:children]\nother\n", "c.ini");
   ASSERT_TRUE(inv.ok()) << inv.error();
   EXPECT_EQ(inv->child_groups.at("top"), (Names{"early", "later"}));  // named before either existed
   EXPECT_EQ(inv->child_groups.at("top2"), (Names{"other"}));
@@ -762,7 +769,8 @@ TEST(InventoryOrder, IniChildrenComeInTheOrderTheyComeToExist) {
 TEST(InventoryErrors, AYamlHostNameThatIsANumberIsRefusedAsAnsibleDoes) {
   auto inv = parse_inventory_yaml("all:\n  hosts:\n    1234: {}\n    '5678': {}\n", "int.yml");
   ASSERT_FALSE(inv.ok());
-  EXPECT_TRUE(HasError(inv.error(), "int.yml:3:5: Host pattern 1234 must be a string. Enclose integers/floats in quotation marks."));
+  EXPECT_TRUE(HasError(inv.error(),
+                       "int.yml:3:5: Host pattern 1234 must be a string. Enclose integers/floats in quotation marks."));
   EXPECT_EQ(inv.error().find("5678"), std::string::npos) << "quoted, it is a name";
 }
 

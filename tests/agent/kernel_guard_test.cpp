@@ -168,10 +168,10 @@ TEST_P(KernelGuardGrub, TheHookChecksANewKernelsEntryAndARegeneratedGrubCfgClear
   EXPECT_EQ(good.exit_code, 0) << good.err;
 }
 
-INSTANTIATE_TEST_SUITE_P(Modules, KernelGuardGrub, ::testing::Values(kCmdline, kGrubCmdline),
-                         [](const auto& info) { return std::string(info.param).find("grub_cmdline") != std::string::npos
-                                                           ? std::string("grub_cmdline")
-                                                           : std::string("kernel_cmdline"); });
+INSTANTIATE_TEST_SUITE_P(Modules, KernelGuardGrub, ::testing::Values(kCmdline, kGrubCmdline), [](const auto& info) {
+  return std::string(info.param).find("grub_cmdline") != std::string::npos ? std::string("grub_cmdline")
+                                                                           : std::string("kernel_cmdline");
+});
 
 TEST(KernelGuard, ARecordThatIsNotTheHooksIsAnError) {
   test::SampleHost host("debian-12");

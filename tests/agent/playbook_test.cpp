@@ -58,7 +58,8 @@ TEST(Playbook, TopLevelTasksAreOneStage) {
 
 TEST(Playbook, RejectsUnknownModuleWithLineAndColumn) {
   auto r = load("tasks:\n  - name: x\n    grub_cmdlin:\n      present: [a]\n");
-  EXPECT_TRUE(HasError(r, "host.yaml:3:5: unknown module or task keyword 'grub_cmdlin' (did you mean 'grub_cmdline'?)"));
+  EXPECT_TRUE(
+      HasError(r, "host.yaml:3:5: unknown module or task keyword 'grub_cmdlin' (did you mean 'grub_cmdline'?)"));
 }
 
 TEST(Playbook, RejectsUnknownArgumentWithLineAndColumn) {
@@ -79,7 +80,9 @@ TEST(Playbook, RejectsMissingRequiredArgument) {
 }
 
 TEST(Playbook, ValidatesNestedMappingsChoicesChecksAndExclusions) {
-  auto r = load("tasks:\n  - typed:\n      path: /x\n      mode: turbo\n      opts: {sise: 1G}\n      even: 3\n      a: x\n      b: y\n");
+  auto r = load(
+      "tasks:\n  - typed:\n      path: /x\n      mode: turbo\n      opts: {sise: 1G}\n      even: 3\n      a: x\n      "
+      "b: y\n");
   EXPECT_TRUE(HasError(r, "host.yaml:4:13: typed argument 'mode' must be one of fast, safe, not 'turbo'"));
   EXPECT_TRUE(HasError(r, "host.yaml:5:14: typed argument 'opts' has no argument 'sise' (did you mean 'size'?)"));
   EXPECT_TRUE(HasError(r, "typed argument 'opts' is missing the required argument 'size'"));
@@ -119,14 +122,16 @@ TEST(Playbook, RejectsStructureErrors) {
   EXPECT_TRUE(HasError(load("vars: {}\n"), "the playbook has no `stages:` and no `tasks:`"));
   EXPECT_TRUE(HasError(load("stages:\n  - name: a\n    reboot: sometimes\n    tasks: []\n"),
                        "host.yaml:3:13: reboot must be never, when_needed or always"));
-  EXPECT_TRUE(HasError(load("stages:\n  - name: a\n    taks: []\n"), "host.yaml:3:5: unknown stage key 'taks' (did you mean 'tasks'?)"));
+  EXPECT_TRUE(HasError(load("stages:\n  - name: a\n    taks: []\n"),
+                       "host.yaml:3:5: unknown stage key 'taks' (did you mean 'tasks'?)"));
   EXPECT_TRUE(HasError(load("tasks:\n  - typed: path=/x\n"), "the arguments of typed must be a mapping"));
   EXPECT_TRUE(HasError(load(""), "host.yaml:1:1: the playbook is empty"));
   EXPECT_TRUE(HasError(load("- a\n- b\n"), "a playbook is a mapping"));
 }
 
 TEST(Playbook, NotifyMustNameAHandler) {
-  auto r = load("tasks:\n  - name: t\n    probe: {}\n    notify: restart it\nhandlers:\n  - name: restart\n    probe: {}\n");
+  auto r =
+      load("tasks:\n  - name: t\n    probe: {}\n    notify: restart it\nhandlers:\n  - name: restart\n    probe: {}\n");
   EXPECT_TRUE(HasError(r, "host.yaml:4:13: task 't' notifies 'restart it', but no handler has that name"));
   auto unnamed = load("tasks:\n  - probe: {}\nhandlers:\n  - probe: {}\n");
   EXPECT_TRUE(HasError(unnamed, "a handler needs a name"));
@@ -188,7 +193,8 @@ tasks:
   EXPECT_FALSE(r.playbook.stages[0].tasks[1].when);
   EXPECT_TRUE(r.playbook.stages[0].tasks[2].when);
   EXPECT_FALSE(r.playbook.stages[0].tasks[3].when);
-  EXPECT_TRUE(HasError(load("tasks:\n  - typed: {path: /a}\n    when: nope == 1\n"), "host.yaml:3:11: when: undefined variable 'nope'"));
+  EXPECT_TRUE(HasError(load("tasks:\n  - typed: {path: /a}\n    when: nope == 1\n"),
+                       "host.yaml:3:11: when: undefined variable 'nope'"));
   EXPECT_TRUE(HasError(load("tasks:\n  - typed: {path: /a}\n    when: x ==\n"), "when: expression ends too early"));
 }
 

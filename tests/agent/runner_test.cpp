@@ -89,8 +89,8 @@ handlers:
   // Module-requested handlers first, then the user's in definition order; h3 was notified by
   // an unchanged task only, so it does not run.
   EXPECT_EQ(r.calls, (Lines{"a", "b", "c", "d", "builtin", "h1", "h2", "e"}));
-  EXPECT_EQ(r.lines, (Lines{"stage one", "changed a", "changed b", "changed c", "ok d", "handlers one", "changed builtin",
-                            "changed h1", "changed h2", "stage two", "ok e"}));
+  EXPECT_EQ(r.lines, (Lines{"stage one", "changed a", "changed b", "changed c", "ok d", "handlers one",
+                            "changed builtin", "changed h1", "changed h2", "stage two", "ok e"}));
 }
 
 class MessageReporter final : public Reporter {
@@ -154,7 +154,9 @@ TEST(Runner, IgnoreErrorsGoesOn) {
 }
 
 TEST(Runner, FalseConditionSkipsWithoutCallingTheModule) {
-  auto r = run("vars: {x: 1}\ntasks:\n  - {name: a, probe: {id: a}, when: x == 2}\n  - {name: b, probe: {id: b}, when: x == 1}\n");
+  auto r =
+      run("vars: {x: 1}\ntasks:\n  - {name: a, probe: {id: a}, when: x == 2}\n  - {name: b, probe: {id: b}, when: x == "
+          "1}\n");
   EXPECT_EQ(r.calls, (Lines{"b"}));
   EXPECT_EQ(r.lines, (Lines{"stage main", "skipped a", "ok b"}));
 }

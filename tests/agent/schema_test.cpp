@@ -110,7 +110,8 @@ TEST(Schema, WhatTheLoaderRefusesTheSchemaRefuses) {
   for (size_t i = 0; i < cases.size(); ++i) {
     EXPECT_FALSE(contains(r.out, files[i] + ": ok\n")) << cases[i].name << "\n" << r.out;
     EXPECT_TRUE(contains(r.out, files[i] + ": " + (cases[i].pointer.empty() ? "/" : cases[i].pointer) + ": "))
-        << cases[i].name << "\n" << r.out;
+        << cases[i].name << "\n"
+        << r.out;
   }
 }
 
@@ -122,7 +123,8 @@ TEST(Schema, WhatTheLoaderAcceptsTheSchemaAccepts) {
       "  - name: defaults\n    xorg_cleanup:\n"
       "  - service: {name: libvirtd, enabled: yes, state: started}\n"
       "  - service: {name: libvirtd, enabled: \"{{ flag }}\"}\n"
-      "  - libvirt_domain: {name: vm, memory: \"{{ mem }}\", vcpus: \"8\", gpus: [\"{{ gpu }}\"], rom: {file: /var/lib/libvirt/vbios/gpu.rom, bar: on}}\n"
+      "  - libvirt_domain: {name: vm, memory: \"{{ mem }}\", vcpus: \"8\", gpus: [\"{{ gpu }}\"], rom: {file: "
+      "/var/lib/libvirt/vbios/gpu.rom, bar: on}}\n"
       "  - libvirt_domain: {name: vm2, memory: 4096, vcpus: \"{{ n }}\", disks: [/var/lib/libvirt/images/a.qcow2],\n"
       "                     hyperv: true, interfaces: [{network: default}], graphics: {type: none}, video: none}\n"
       "  - vfio: {gpus: auto}\n    when: facts.gpus\n    tags: vfio\n    ignore_errors: on\n"

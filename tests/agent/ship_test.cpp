@@ -1,13 +1,13 @@
 // What the fleet ships (issue 24, "small on the wire"): the agent's loadable image, which runs as
 // the agent does, and its gzip stream, which the hosts' own gzip restores.
-#include <gtest/gtest.h>
+#include "agent/ship.hpp"
 
 #include <elf.h>
+#include <gtest/gtest.h>
 
 #include <cstring>
 #include <string>
 
-#include "agent/ship.hpp"
 #include "tests/support/sandbox.hpp"
 
 namespace gpt {
@@ -50,7 +50,8 @@ TEST(Ship, TheLoadableImageRunsAsTheAgentDoesWithoutSectionsOrDebugInformation) 
   auto read = ship::read_loadable_image(GPTAGENT_BIN);
   ASSERT_TRUE(read.ok()) << read.error();
   EXPECT_TRUE(*read == *image);
-  EXPECT_EQ(ship::read_loadable_image(dir / "missing").error(), "cannot open " + (dir / "missing") + ": No such file or directory");
+  EXPECT_EQ(ship::read_loadable_image(dir / "missing").error(),
+            "cannot open " + (dir / "missing") + ": No such file or directory");
   test::write(dir / "cut", agent.substr(0, 200000));
   auto cut = ship::read_loadable_image(dir / "cut");
   ASSERT_FALSE(cut.ok());
@@ -101,19 +102,24 @@ TEST(Ship, WhatIsNotAWellFormedExecutableIsAnErrorNeverARead) {
     return ship::loadable_image(elf);
   };
   EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_type = ET_REL; }).error(), "not an ELF executable");
-  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_phoff = ~Elf64_Off{0} - 8; }).error(), "its program headers are not inside the file");
-  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_phentsize = 7; }).error(), "its program headers are not inside the file");
-  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_phnum = 0; }).error(), "its program headers are not inside the file");
-  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_ident[EI_CLASS] = 7; }).error(), "an ELF file of an unknown class");
-  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_ident[EI_DATA] = ELFDATA2MSB; }).error(), "an ELF file of the other byte order");
+  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_phoff = ~Elf64_Off{0} - 8; }).error(),
+            "its program headers are not inside the file");
+  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_phentsize = 7; }).error(),
+            "its program headers are not inside the file");
+  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_phnum = 0; }).error(),
+            "its program headers are not inside the file");
+  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_ident[EI_CLASS] = 7; }).error(),
+            "an ELF file of an unknown class");
+  EXPECT_EQ(with([](Elf64_Ehdr& e, std::string&) { e.e_ident[EI_DATA] = ELFDATA2MSB; }).error(),
+            "an ELF file of the other byte order");
   // A segment whose offset and size overflow past the end of the file.
   auto overflowing = with([&](Elf64_Ehdr& e, std::string& elf) {
-                Elf64_Phdr ph;
-                std::memcpy(&ph, elf.data() + e.e_phoff, sizeof ph);
-                ph.p_offset = ~Elf64_Off{0} - 4;
-                ph.p_filesz = 16;
-                std::memcpy(elf.data() + e.e_phoff, &ph, sizeof ph);
-              });
+    Elf64_Phdr ph;
+    std::memcpy(&ph, elf.data() + e.e_phoff, sizeof ph);
+    ph.p_offset = ~Elf64_Off{0} - 4;
+    ph.p_filesz = 16;
+    std::memcpy(elf.data() + e.e_phoff, &ph, sizeof ph);
+  });
   ASSERT_FALSE(overflowing.ok());
   EXPECT_EQ(overflowing.error(), "segment 0 is not inside the file");
 }

@@ -3,12 +3,11 @@
 // verify it with the facts of the new boot, go on with the next stage; the diagnoses when the
 // reboot did not bring what was asked for; the operator's overrides; and a run killed anywhere.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
-
 #include <unistd.h>
 
-#include <filesystem>
 #include <csignal>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "tests/chaos/chaos.hpp"
@@ -61,7 +60,9 @@ struct StagedHost : SampleHost {
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   // A boot that does not come from the grub files: only a new boot_id.
-  void reboot_keeping_cmdline() const { test::write(file("/proc/sys/kernel/random/boot_id"), "1b4e28ba-2fa1-11d2-883f-0016d3cca427\n"); }
+  void reboot_keeping_cmdline() const {
+    test::write(file("/proc/sys/kernel/random/boot_id"), "1b4e28ba-2fa1-11d2-883f-0016d3cca427\n");
+  }
 };
 
 bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
@@ -112,9 +113,11 @@ TEST(Stages, TheWholeCycleStopsWaitsVerifiesAndGoesOn) {
   EXPECT_EQ(doc["state"]["stage"], "boot");
   auto status = run_agent({"status", "--root", host.root()});
   EXPECT_EQ(status.exit_code, 0);
-  EXPECT_TRUE(has(status.out, "stage boot of " + fs::canonical(host.playbook).string() + " asked for a reboot")) << status.out;
+  EXPECT_TRUE(has(status.out, "stage boot of " + fs::canonical(host.playbook).string() + " asked for a reboot"))
+      << status.out;
   EXPECT_TRUE(has(status.out, "the host has not rebooted since")) << status.out;
-  EXPECT_TRUE(has(status.out, "kernel command line must have: intel_iommu=on nouveau.modeset=0 vfio-pci.ids=10de:1b80,10de:10f0"))
+  EXPECT_TRUE(has(status.out,
+                  "kernel command line must have: intel_iommu=on nouveau.modeset=0 vfio-pci.ids=10de:1b80,10de:10f0"))
       << status.out;
   EXPECT_TRUE(has(status.out, "bound to vfio-pci: 0000:01:00.0 0000:01:00.1")) << status.out;
   EXPECT_EQ(differences(waiting_tree, without_lock()), "");
@@ -125,10 +128,10 @@ TEST(Stages, TheWholeCycleStopsWaitsVerifiesAndGoesOn) {
 
   auto after = host.apply();
   ASSERT_EQ(after.exit_code, 0) << after.out << after.err;
-  for (const char* line : {"STAGE [after the reboot (stage boot)]", "ok: [the kernel command line has intel_iommu=on]",
-                                  "ok: [the kernel command line has no iommu=off]", "ok: [vfio_iommu_type1 is loaded]",
-                                  "ok: [0000:01:00.1 is bound to vfio-pci]", "STAGE [desktop]",
-                                  "changed: [No X11 config may take the GPU]"})
+  for (const char* line :
+       {"STAGE [after the reboot (stage boot)]", "ok: [the kernel command line has intel_iommu=on]",
+        "ok: [the kernel command line has no iommu=off]", "ok: [vfio_iommu_type1 is loaded]",
+        "ok: [0000:01:00.1 is bound to vfio-pci]", "STAGE [desktop]", "changed: [No X11 config may take the GPU]"})
     EXPECT_TRUE(has(after.out, line)) << line << "\n" << after.out;
   EXPECT_FALSE(has(after.out, "STAGE [boot]")) << "the verified stage ran again";
   EXPECT_FALSE(test::exists(host.file(kState)));
@@ -152,9 +155,10 @@ TEST(Stages, AParameterMissingAfterTheRebootIsDiagnosedAndTheWaitKept) {
   host.reboot_keeping_cmdline();  // the old entry booted: grub.cfg not regenerated
   auto r = host.apply();
   EXPECT_EQ(r.exit_code, 1) << r.out;
-  EXPECT_TRUE(has(r.out, "failed: [the kernel command line has intel_iommu=on] intel_iommu=on is not on the running "
-                         "kernel's command line (/proc/cmdline): the boot configuration was not regenerated, or another "
-                         "boot entry was booted"))
+  EXPECT_TRUE(has(r.out,
+                  "failed: [the kernel command line has intel_iommu=on] intel_iommu=on is not on the running "
+                  "kernel's command line (/proc/cmdline): the boot configuration was not regenerated, or another "
+                  "boot entry was booted"))
       << r.out;
   EXPECT_FALSE(has(r.out, "STAGE [desktop]"));
   EXPECT_TRUE(test::exists(host.file(kState))) << "the checks must run again after the next reboot";
@@ -172,8 +176,9 @@ TEST(Stages, AnIommuWithoutGroupsPointsAtTheFirmware) {
     fs::remove(fs::canonical(dev.path()) / "iommu_group");
   auto r = host.apply();
   EXPECT_EQ(r.exit_code, 1) << r.out;
-  EXPECT_TRUE(has(r.out, "failed: [the IOMMU is on (0 groups)] the IOMMU is enabled on the command line but the kernel "
-                         "made no IOMMU groups: enable VT-d / AMD-Vi in the firmware setup"))
+  EXPECT_TRUE(has(r.out,
+                  "failed: [the IOMMU is on (0 groups)] the IOMMU is enabled on the command line but the kernel "
+                  "made no IOMMU groups: enable VT-d / AMD-Vi in the firmware setup"))
       << r.out;
   EXPECT_TRUE(has(r.out, "ok: [the kernel command line has intel_iommu=on]")) << r.out;
 }
@@ -187,8 +192,9 @@ TEST(Stages, AGpuStillOnNouveauSaysWhy) {
   fs::create_symlink("../../../../bus/pci/drivers/nouveau", gpu / "driver");
   auto r = host.apply();
   EXPECT_EQ(r.exit_code, 1) << r.out;
-  EXPECT_TRUE(has(r.out, "failed: [0000:01:00.0 is bound to vfio-pci] 0000:01:00.0 is on nouveau, not vfio-pci: the "
-                         "initramfs was not rebuilt"))
+  EXPECT_TRUE(has(r.out,
+                  "failed: [0000:01:00.0 is bound to vfio-pci] 0000:01:00.0 is on nouveau, not vfio-pci: the "
+                  "initramfs was not rebuilt"))
       << r.out;
   EXPECT_TRUE(has(r.out, "ok: [0000:01:00.1 is bound to vfio-pci]")) << r.out;
 }
@@ -227,7 +233,8 @@ TEST(Stages, AChangedPlaybookIsVerifiedThenConvergedFromTheStart) {
   auto r = host.apply();
   EXPECT_EQ(r.exit_code, 3) << r.out << r.err;
   EXPECT_TRUE(has(r.out, "ok: [the kernel command line has intel_iommu=on]")) << r.out;
-  EXPECT_TRUE(has(r.out, "the playbook changed since the reboot was asked for: converging it from the first stage")) << r.out;
+  EXPECT_TRUE(has(r.out, "the playbook changed since the reboot was asked for: converging it from the first stage"))
+      << r.out;
   EXPECT_TRUE(has(r.out, "changed: [IOMMU on the kernel command line] GRUB_CMDLINE_LINUX: added iommu=pt")) << r.out;
   EXPECT_EQ(host.state()["expect"]["cmdline_present"][2], "iommu=pt");
   host.reboot();
@@ -264,9 +271,10 @@ TEST(Stages, JsonOutputIsTheReportAloneAfterAnInterruptedRunOrAChangedPlaybook) 
     // Killed by strace at a write once the run's intent is recorded: the state says so.
     StagedHost host;
     for (int n = 1; n < 60 && !test::exists(host.file(kState)); ++n) {
-      auto killed = test::run_program("/usr/bin/strace", {"-f", "-o", "/dev/null", "-e", "trace=renameat,rename",
-                                                          "-e", "inject=renameat,rename:signal=SIGKILL:when=" + std::to_string(n),
-                                                          GPTAGENT_BIN, "apply", host.playbook, "--root", host.root()},
+      auto killed = test::run_program("/usr/bin/strace",
+                                      {"-f", "-o", "/dev/null", "-e", "trace=renameat,rename", "-e",
+                                       "inject=renameat,rename:signal=SIGKILL:when=" + std::to_string(n), GPTAGENT_BIN,
+                                       "apply", host.playbook, "--root", host.root()},
                                       {"ASAN_OPTIONS=detect_leaks=0"});
       if (killed.exit_code != SIGKILL && killed.exit_code != 128 + SIGKILL) break;
     }
@@ -301,9 +309,20 @@ TEST(Stages, ARunKilledAtAnyPointAndRunAgainEndsLikeAnUninterruptedOne) {
   for (const std::string syscall : {"write", "fsync", "renameat", "linkat", "unlinkat", "mkdir", "fchmod"}) {
     for (int n = 1; n < 200; n += stride) {
       StagedHost host;
-      std::vector<std::string> args{"-f", "-o", "/dev/null", "-e", "trace=" + syscall,
-                                    "-e", "inject=" + syscall + ":signal=SIGKILL:when=" + std::to_string(n),
-                                    GPTAGENT_BIN, "apply", host.playbook, "--root", host.root(), "--color", "never"};
+      std::vector<std::string> args{"-f",
+                                    "-o",
+                                    "/dev/null",
+                                    "-e",
+                                    "trace=" + syscall,
+                                    "-e",
+                                    "inject=" + syscall + ":signal=SIGKILL:when=" + std::to_string(n),
+                                    GPTAGENT_BIN,
+                                    "apply",
+                                    host.playbook,
+                                    "--root",
+                                    host.root(),
+                                    "--color",
+                                    "never"};
       // LeakSanitizer cannot run under ptrace: under ASan builds the leak check is left to the other tests.
       auto killed = test::run_program(strace, args, {"ASAN_OPTIONS=detect_leaks=0"});
       // Boost reports a death by signal as the signal's number; strace dies by the tracee's signal.
@@ -321,7 +340,8 @@ TEST(Stages, ARunKilledAtAnyPointAndRunAgainEndsLikeAnUninterruptedOne) {
       EXPECT_EQ(rerun.exit_code, 3) << at << ": " << rerun.out << rerun.err;
       // The change that was made before the kill still gets its handler.
       EXPECT_TRUE(has(rerun.out, "skipping: [regenerate the grub config]") || has(rerun.out, "waiting for reboot"))
-          << at << ": the grub config would not be regenerated\n" << rerun.out;
+          << at << ": the grub config would not be regenerated\n"
+          << rerun.out;
       EXPECT_EQ(differences(want, normalised(host.root())), "") << at << "\n" << rerun.out;
       if (HasFailure()) return;
     }

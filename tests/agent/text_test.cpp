@@ -1,7 +1,7 @@
 // Sizes as playbooks write them ("16G", "512MiB") and as messages show them.
-#include <gtest/gtest.h>
-
 #include "agent/text.hpp"
+
+#include <gtest/gtest.h>
 
 namespace gpt {
 namespace {

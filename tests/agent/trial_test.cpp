@@ -4,7 +4,6 @@
 // before anything changes. GRUB itself and the boot tools are played at the host boundary
 // (GrubHostExec, boot()); the real agent code runs in-process through run_apply.
 #include "agent/trial.hpp"
-#include "agent/preimage.hpp"
 
 #include <gtest/gtest.h>
 
@@ -15,6 +14,7 @@
 
 #include "agent/apply.hpp"
 #include "agent/exec.hpp"
+#include "agent/preimage.hpp"
 #include "agent/text.hpp"
 #include "tests/support/sandbox.hpp"
 
@@ -370,7 +370,8 @@ TEST(TrialBoot, AHostThatRebootsItselfFinishesTheRunAtBootThroughTheResumeUnit) 
   EXPECT_FALSE(fs::exists(host.file("/boot/grub/custom.cfg")));
   // Its run finished, the unit goes with its link: the host keeps none of the agent's machinery,
   // and a revert has no unit of the agent's to take back.
-  EXPECT_TRUE(has(out.str(), "removed /etc/systemd/system/gptagent-resume.service: no run is left to finish")) << out.str();
+  EXPECT_TRUE(has(out.str(), "removed /etc/systemd/system/gptagent-resume.service: no run is left to finish"))
+      << out.str();
   EXPECT_FALSE(fs::exists(host.file(kResumeUnit)));
   EXPECT_FALSE(fs::is_symlink(host.file(kResumeWantsLink)));
   auto preimages = load_preimages(Root(host.root()));

@@ -60,7 +60,7 @@ inline bool has(const std::string& text, const std::string& part) { return text.
 
 struct Limits {
   std::chrono::milliseconds wall{std::chrono::seconds(60)};  // killed (with its process group) after this
-  size_t address_space = 0;                                   // RLIMIT_AS; 0: none (always none under ASan)
+  size_t address_space = 0;                                  // RLIMIT_AS; 0: none (always none under ASan)
   // Kill what is left of its process group once it has exited. Off where the test must see
   // whether the program itself left processes behind.
   bool kill_leftovers = true;
@@ -114,7 +114,9 @@ inline Run spawn(const std::vector<std::string>& argv, const std::vector<std::st
     ::dup2(out, 1);
     ::dup2(err, 2);
     if (as) {
-      struct rlimit rl{as, as};
+      struct rlimit rl {
+        as, as
+      };
       ::setrlimit(RLIMIT_AS, &rl);
     }
     ::execve(cargv[0], cargv.data(), cenv.data());
@@ -127,7 +129,7 @@ inline Run spawn(const std::vector<std::string>& argv, const std::vector<std::st
   }
   ::setpgid(pid, pid);  // either side may win the race; both set the same group
   int status = 0;
-  struct rusage ru{};
+  struct rusage ru {};
   for (;;) {
     const pid_t got = ::wait4(pid, &status, WNOHANG, &ru);
     if (got == pid) break;
@@ -199,10 +201,11 @@ inline std::map<std::string, int> count_syscalls(const std::vector<std::string>&
 inline std::map<std::string, std::string> snapshot(const std::string& dir) {
   std::map<std::string, std::string> out;
   std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); it != fs::recursive_directory_iterator(); it.increment(ec)) {
+  for (auto it = fs::recursive_directory_iterator(dir, ec); it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
     if (ec) break;
     const auto rel = fs::relative(it->path(), dir).string();
-    struct stat st{};
+    struct stat st {};
     if (::lstat(it->path().c_str(), &st) != 0) continue;
     const std::string mode = std::to_string(st.st_mode & 07777) + " ";
     if (S_ISLNK(st.st_mode)) {
@@ -213,7 +216,8 @@ inline std::map<std::string, std::string> snapshot(const std::string& dir) {
       in.read(head.data(), static_cast<std::streamsize>(head.size()));
       in.seekg(-static_cast<std::streamoff>(tail.size()), std::ios::end);
       in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
-      out[rel] = mode + "large " + std::to_string(st.st_size) + " " + std::to_string(std::hash<std::string>{}(head + tail));
+      out[rel] =
+          mode + "large " + std::to_string(st.st_size) + " " + std::to_string(std::hash<std::string>{}(head + tail));
     } else if (S_ISREG(st.st_mode)) {
       out[rel] = mode + test::slurp(it->path().string());
     } else if (S_ISDIR(st.st_mode)) {
@@ -319,8 +323,10 @@ inline std::string tree_invariants(const std::string& root, const std::map<std::
     }
     if (is_backup(path)) {
       auto it = original.find(backed_up(path));
-      if (it == original.end()) bad += "  a backup of a file that did not exist: " + path + "\n";
-      else if (it->second != content) bad += "  an incomplete or wrong backup: " + path + "\n";
+      if (it == original.end())
+        bad += "  a backup of a file that did not exist: " + path + "\n";
+      else if (it->second != content)
+        bad += "  an incomplete or wrong backup: " + path + "\n";
       continue;
     }
     auto o = original.find(path);
@@ -341,7 +347,8 @@ inline std::vector<std::string> temp_files(const std::string& root) {
 }
 
 // Runs job(0..n-1) on `workers` threads; returns each job's verdict (empty: it passed).
-inline std::vector<std::string> parallel(size_t n, const std::function<std::string(size_t)>& job, unsigned workers = 2) {
+inline std::vector<std::string> parallel(size_t n, const std::function<std::string(size_t)>& job,
+                                         unsigned workers = 2) {
   std::vector<std::string> verdicts(n);
   std::atomic<size_t> next{0};
   std::vector<std::thread> pool;
@@ -365,8 +372,9 @@ inline std::vector<std::string> parallel(size_t n, const std::function<std::stri
 // written; durability across power loss is not what these tests can see).
 struct Host {
   explicit Host(const std::string& name = "ubuntu-22.04") {
-    std::string tmpl = (::access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : fs::temp_directory_path().string()) +
-                       "/gptagent-chaos-XXXXXX";
+    std::string tmpl =
+        (::access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : fs::temp_directory_path().string()) +
+        "/gptagent-chaos-XXXXXX";
     if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
     dir = tmpl;
     const std::string demo = test::source_path("playbooks/sandbox/" + name);
@@ -401,8 +409,10 @@ class ScopedEnv {
     ::setenv(name, value.c_str(), 1);
   }
   ~ScopedEnv() {
-    if (old_) ::setenv(name_, old_->c_str(), 1);
-    else ::unsetenv(name_);
+    if (old_)
+      ::setenv(name_, old_->c_str(), 1);
+    else
+      ::unsetenv(name_);
   }
   ScopedEnv(const ScopedEnv&) = delete;
   ScopedEnv& operator=(const ScopedEnv&) = delete;

@@ -6,8 +6,8 @@
 // the work; or a fault the run can do without (a stale temporary file that could not be removed,
 // a backup link replaced by a copy), after which the tree is exactly the uninterrupted run's.
 // Under the sanitizers (a build there to find memory errors, each run ten times slower) every
-// other call is faulted, with one errno each, in turn. And the tools a task runs: a qemu-img or an update-grub that fails or hangs is a failed task
-// with its stderr, bounded by the task's timeout, never a stuck agent.
+// other call is faulted, with one errno each, in turn. And the tools a task runs: a qemu-img or an update-grub that
+// fails or hangs is a failed task with its stderr, bounded by the task's timeout, never a stuck agent.
 #include <gtest/gtest.h>
 
 #include <iostream>
@@ -31,8 +31,8 @@ std::vector<std::string> apply_args(const std::string& root) {
 // One syscall of an uninterrupted run, as `strace -y` shows it.
 struct Call {
   std::string syscall;
-  int n = 0;           // its rank among the run's calls of that syscall (strace's when=N)
-  std::string line;    // the traced line, the root replaced by ROOT
+  int n = 0;         // its rank among the run's calls of that syscall (strace's when=N)
+  std::string line;  // the traced line, the root replaced by ROOT
 };
 
 std::vector<Call> trace_calls(const std::string& root, const std::string& syscalls) {
@@ -116,7 +116,8 @@ TEST(ChaosFault, EveryFailingWriteRenameOrOpenIsAFailedRunWithTheCauseAndAWholeT
     for (const std::string& text : {r.out, r.err}) {
       std::istringstream lines(text);
       for (std::string line; std::getline(lines, line);)
-        if ((line.starts_with("failed: [") || line.starts_with("gptagent: ") || has(line, ".yaml: ")) && has(line, cause))
+        if ((line.starts_with("failed: [") || line.starts_with("gptagent: ") || has(line, ".yaml: ")) &&
+            has(line, cause))
           message = line;
     }
     if (message.empty()) bad += "  no failed task or error line says '" + cause + "'\n";
@@ -140,7 +141,8 @@ TEST(ChaosFault, EveryFailingWriteRenameOrOpenIsAFailedRunWithTheCauseAndAWholeT
     if (!bad.empty()) return at + ":\n" + bad + r.all();
     // The next run, without the fault, finishes the work.
     auto rerun = chaos::agent(apply_args(host.root()));
-    if (rerun.exit_code != 3) return at + ": the next run exited " + std::to_string(rerun.exit_code) + "\n" + rerun.all();
+    if (rerun.exit_code != 3)
+      return at + ": the next run exited " + std::to_string(rerun.exit_code) + "\n" + rerun.all();
     bad += chaos::differences(finished, chaos::normalised(host.root()));
     return bad.empty() ? "" : at + ": the next run did not end as an uninterrupted run\n" + bad + rerun.out;
   });
@@ -159,8 +161,8 @@ TEST(ChaosFault, EveryFailingWriteRenameOrOpenIsAFailedRunWithTheCauseAndAWholeT
   EXPECT_EQ(failures, 0) << failures << " of " << tried << " faults went wrong";
   EXPECT_GT(failed_runs, chaos::kAsan ? 25 : 200);
   EXPECT_GT(kept_originals.load(), chaos::kAsan ? 5 : 100) << "too few failures checked the file they were replacing";
-  std::cout << "[chaos] injected " << tried << " faults (" << points.size() << " calls x " << errnos.size()
-            << " errnos" << (chaos::kAsan ? ", sampled" : "") << "): " << failed_runs << " failed runs with the cause named, "
+  std::cout << "[chaos] injected " << tried << " faults (" << points.size() << " calls x " << errnos.size() << " errnos"
+            << (chaos::kAsan ? ", sampled" : "") << "): " << failed_runs << " failed runs with the cause named, "
             << tried - failed_runs << " done without\n";
   for (const auto& [name, m] : messages) std::cout << "[chaos]   " << name << ": " << m << "\n";
 }
@@ -189,7 +191,8 @@ TEST(ChaosFault, AQemuImgThatHangsIsAFailedTaskWithItsStderrBoundedByItsTimeout)
   stubs.add("qemu-img", hanging_tool(stubs.dir.path(), "qemu-img: waiting for a lock on /images"));
   test::TempDir root, plays;
   ::mkdir((root / "images").c_str(), 0755);
-  test::write(plays / "vm.yaml", "tasks:\n  - name: the VM's disk\n    qemu_img: {path: /images/vm.qcow2, size: 1G, timeout: 2}\n");
+  test::write(plays / "vm.yaml",
+              "tasks:\n  - name: the VM's disk\n    qemu_img: {path: /images/vm.qcow2, size: 1G, timeout: 2}\n");
   const auto before = chaos::snapshot(root.path());
   auto r = chaos::agent({"apply", plays / "vm.yaml", "--root", root.path(), "--color", "never"}, {stubs.path_env()},
                         {.wall = std::chrono::seconds(60), .kill_leftovers = false});
@@ -206,16 +209,20 @@ TEST(ChaosFault, AQemuImgThatHangsIsAFailedTaskWithItsStderrBoundedByItsTimeout)
 TEST(ChaosFault, AQemuImgThatFailsIsAFailedTaskWithItsStderrAndNoPartialImage) {
   chaos::Stubs stubs;
   // Leaves half an image, then fails as a full disk makes it.
-  stubs.add("qemu-img",
-            "#!/bin/sh\nfor a; do case \"$a\" in /*) image=$a;; esac; done\nprintf 'QFI' > \"$image\"\n"
-            "echo \"qemu-img: $image: Could not preallocate data for the new file: No space left on device\" >&2\nexit 1\n");
+  stubs.add(
+      "qemu-img",
+      "#!/bin/sh\nfor a; do case \"$a\" in /*) image=$a;; esac; done\nprintf 'QFI' > \"$image\"\n"
+      "echo \"qemu-img: $image: Could not preallocate data for the new file: No space left on device\" >&2\nexit 1\n");
   test::TempDir root, plays;
   ::mkdir((root / "images").c_str(), 0755);
-  test::write(plays / "vm.yaml", "tasks:\n  - name: the VM's disk\n    qemu_img: {path: /images/vm.raw, format: raw, size: 1G, preallocation: full}\n");
+  test::write(plays / "vm.yaml",
+              "tasks:\n  - name: the VM's disk\n    qemu_img: {path: /images/vm.raw, format: raw, size: 1G, "
+              "preallocation: full}\n");
   auto r = chaos::agent({"apply", plays / "vm.yaml", "--root", root.path(), "--color", "never"}, {stubs.path_env()});
   EXPECT_EQ(r.exit_code, 1) << r.all();
-  EXPECT_TRUE(has(r.out, "Could not preallocate data for the new file: No space left on device; the partial "
-                         "/images/vm.raw was removed"))
+  EXPECT_TRUE(has(r.out,
+                  "Could not preallocate data for the new file: No space left on device; the partial "
+                  "/images/vm.raw was removed"))
       << r.out;
   EXPECT_FALSE(test::exists(root / "images/vm.raw"));
 }
@@ -251,7 +258,8 @@ TEST(ChaosFault, AnUpdateGrubThatHangsIsAFailedTaskWithItsStderrBoundedByItsTime
   stubs.add("update-grub", hanging_tool(stubs.dir.path(), "grub-probe: stuck reading /dev/sda"));
   chaos::ScopedEnv path("PATH", stubs.path_env().substr(5));
   Host host;
-  auto r = run_with_system_commands(host.root(), "tasks:\n  - name: regenerate grub.cfg\n    grub_config: {timeout: 2}\n");
+  auto r =
+      run_with_system_commands(host.root(), "tasks:\n  - name: regenerate grub.cfg\n    grub_config: {timeout: 2}\n");
   ASSERT_EQ(r.tasks.size(), 1u);
   EXPECT_EQ(r.stats.failed, 1);
   EXPECT_EQ(r.tasks[0].result.status, Outcome::failed);

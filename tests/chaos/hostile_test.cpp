@@ -95,8 +95,8 @@ TEST(ChaosHostile, AliasBombsAreRefusedInBoundedTimeAndMemory) {
   // The same with a 1 MiB mapping key (an explicit key: implicit ones stop at 1024 characters):
   // keys are copied with every alias too.
   const std::string keys = bomb("k", "\n  ? \"" + std::string(1 << 20, 'k') + "\"\n  : 1", 5);
-  for (const auto& [name, text] : std::vector<std::pair<std::string, std::string>>{
-           {"values", laughs}, {"bytes", bytes}, {"keys", keys}}) {
+  for (const auto& [name, text] :
+       std::vector<std::pair<std::string, std::string>>{{"values", laughs}, {"bytes", bytes}, {"keys", keys}}) {
     Case c;
     auto r = c.apply(text);
     expect_refused(r, c.before, c.host.root(), {c.playbook() + ":", "(an alias bomb?)", "nothing was changed"},
@@ -110,12 +110,14 @@ TEST(ChaosHostile, HundredThousandDeepNestingIsAClearError) {
   const int depth = 100000;
   const std::vector<std::pair<std::string, std::string>> nests = {
       {"flow sequences", "tasks: " + std::string(depth, '[') + std::string(depth, ']') + "\n"},
-      {"flow mappings", [&] {
+      {"flow mappings",
+       [&] {
          std::string s = "tasks:\n  - grub_cmdline: ";
          for (int i = 0; i < depth; ++i) s += "{a: ";
          return s + "1" + std::string(depth, '}') + "\n";
        }()},
-      {"block sequences", [&] {
+      {"block sequences",
+       [&] {
          std::string s = "tasks:\n";
          for (int i = 0; i < depth; ++i) s += "- ";
          return s + "x\n";
@@ -164,7 +166,8 @@ TEST(ChaosHostile, OversizedBinaryAndMalformedPlaybooksAreClearErrors) {
     Case c;
     const std::string text = "tasks:\n  - name: \"caf\xe9\"\n    grub_cmdline: {present: [\"a=\xff\xfe\"]}\n";
     auto r = c.apply(text);
-    expect_refused(r, c.before, c.host.root(), {c.playbook() + ":2:15: the playbook is not UTF-8 text (byte 0xE9)"}, "invalid UTF-8");
+    expect_refused(r, c.before, c.host.root(), {c.playbook() + ":2:15: the playbook is not UTF-8 text (byte 0xE9)"},
+                   "invalid UTF-8");
     auto j = c.apply_file(c.playbook(), {"--json"});
     expect_refused(j, c.before, c.host.root(), {}, "invalid UTF-8, --json");
     auto doc = nlohmann::json::parse(j.out, nullptr, false);
@@ -179,7 +182,8 @@ TEST(ChaosHostile, OversizedBinaryAndMalformedPlaybooksAreClearErrors) {
     auto r = c.apply_file(odd, {"--json"});
     EXPECT_EQ(r.exit_code, 3) << apply_out(r);
     EXPECT_FALSE(nlohmann::json::parse(r.out, nullptr, false).is_discarded()) << r.out.substr(0, 2000);
-    EXPECT_FALSE(nlohmann::json::parse(test::slurp(c.host.file("/var/lib/gptagent/state.json")), nullptr, false).is_discarded());
+    EXPECT_FALSE(
+        nlohmann::json::parse(test::slurp(c.host.file("/var/lib/gptagent/state.json")), nullptr, false).is_discarded());
     auto again = c.apply_file(odd);
     EXPECT_EQ(again.exit_code, 3) << apply_out(again);
     EXPECT_TRUE(has(again.out, "waiting for reboot")) << again.out;
@@ -215,16 +219,17 @@ TEST(ChaosHostile, LongValuesAndKeysAreQuotedByTheirEnds) {
   {  // a 7 MiB line in a value: a clear error that does not repeat the 7 MiB
     Case c;
     auto r = c.apply("tasks:\n  - grub_cmdline: {present: [\"" + std::string(7 << 20, 'a') + " \"]}\n");
-    expect_refused(r, c.before, c.host.root(),
-                   {c.playbook() + ":2:29: grub_cmdline argument 'present': 'aaaa", " bytes ...]", "is not a kernel parameter"},
-                   "long value");
+    expect_refused(
+        r, c.before, c.host.root(),
+        {c.playbook() + ":2:29: grub_cmdline argument 'present': 'aaaa", " bytes ...]", "is not a kernel parameter"},
+        "long value");
     EXPECT_LT(r.all().size(), 4u << 10) << "the message repeats the whole value";
   }
   {  // a 7 MiB unknown key, explicit (an implicit one longer than 1024 is a syntax error)
     Case c;
     auto r = c.apply("tasks:\n  - grub_cmdline:\n      ? " + std::string(7 << 20, 'k') + "\n      : 1\n");
-    expect_refused(r, c.before, c.host.root(), {c.playbook() + ":3:9: grub_cmdline has no argument 'kkkk", " bytes ...]"},
-                   "long key");
+    expect_refused(r, c.before, c.host.root(),
+                   {c.playbook() + ":3:9: grub_cmdline has no argument 'kkkk", " bytes ...]"}, "long key");
     EXPECT_LT(r.all().size(), 4u << 10) << "the message repeats the whole key";
   }
 }
@@ -238,26 +243,32 @@ TEST(ChaosHostile, BrokenGrubFilesAreClearErrorsAndStayUntouched) {
   std::string garbage(64 << 10, '\0');
   for (auto& ch : garbage) ch = static_cast<char>(random() & 0xff);
   const std::vector<std::tuple<std::string, std::function<void(const std::string&)>, std::string>> broken = {
-      {"1 GiB (sparse)",
-       [](const std::string& f) { ASSERT_EQ(::truncate(f.c_str(), static_cast<off_t>(kGiB)), 0); },
+      {"1 GiB (sparse)", [](const std::string& f) { ASSERT_EQ(::truncate(f.c_str(), static_cast<off_t>(kGiB)), 0); },
        "cannot read /etc/default/grub: larger than 1048576 bytes"},
       {"2 MiB of parameters",
-       [](const std::string& f) { test::write(f, "GRUB_CMDLINE_LINUX=\"" + std::string(1 << 20, 'a') + " " +
-                                                     std::string(1 << 20, 'b') + "\"\n"); },
+       [](const std::string& f) {
+         test::write(f, "GRUB_CMDLINE_LINUX=\"" + std::string(1 << 20, 'a') + " " + std::string(1 << 20, 'b') + "\"\n");
+       },
        "cannot read /etc/default/grub: larger than 1048576 bytes"},
       {"binary garbage", [&](const std::string& f) { test::write(f, garbage); },
        "/etc/default/grub:2: not valid shell (sh -n refuses it): "},  // sh's verdict comes first
       {"a NUL byte",
-       [](const std::string& f) { test::write(f, std::string("GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX=\"quiet\0\"\n", 42)); },
+       [](const std::string& f) {
+         test::write(f, std::string("GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX=\"quiet\0\"\n", 42));
+       },
        "/etc/default/grub: line 2: a NUL byte: this is not a text file"},
       {"CRLF line ends",
        [](const std::string& f) { test::write(f, "GRUB_DEFAULT=0\r\nGRUB_CMDLINE_LINUX=\"quiet\"\r\n"); },
        "/etc/default/grub: line 1 ends in a carriage return (CRLF): sh would read it as part of the value"},
       {"a command substitution",
-       [](const std::string& f) { test::write(f, "GRUB_CMDLINE_LINUX=\"quiet $(touch /tmp/gptagent-chaos-pwned-grub)\"\n"); },
+       [](const std::string& f) {
+         test::write(f, "GRUB_CMDLINE_LINUX=\"quiet $(touch /tmp/gptagent-chaos-pwned-grub)\"\n");
+       },
        "/etc/default/grub: GRUB_CMDLINE_LINUX at line 1 runs a command ($(...) or backticks)"},
       {"backticks",
-       [](const std::string& f) { test::write(f, "GRUB_CMDLINE_LINUX=\"quiet `touch /tmp/gptagent-chaos-pwned-grub`\"\n"); },
+       [](const std::string& f) {
+         test::write(f, "GRUB_CMDLINE_LINUX=\"quiet `touch /tmp/gptagent-chaos-pwned-grub`\"\n");
+       },
        "/etc/default/grub: GRUB_CMDLINE_LINUX at line 1 runs a command ($(...) or backticks)"},
   };
   ::unlink("/tmp/gptagent-chaos-pwned-grub");
@@ -275,11 +286,12 @@ TEST(ChaosHostile, OddButValidGrubFilesAreEditedWithinBounds) {
   const std::string demo = chaos::demo_playbook();
   {  // a 900 KiB value: edited, in bounded time and memory
     Host host;
-    test::write(host.file("/etc/default/grub"), "GRUB_CMDLINE_LINUX=\"" + [] {
-      std::string s;
-      while (s.size() < (900u << 10)) s += "opt" + std::to_string(s.size()) + "=1 ";
-      return s;
-    }() + "\"\n");
+    test::write(
+        host.file("/etc/default/grub"), "GRUB_CMDLINE_LINUX=\"" + [] {
+          std::string s;
+          while (s.size() < (900u << 10)) s += "opt" + std::to_string(s.size()) + "=1 ";
+          return s;
+        }() + "\"\n");
     auto r = hostile_run({"apply", demo, "--root", host.root(), "--color", "never"});
     EXPECT_EQ(r.exit_code, 3) << apply_out(r);
     EXPECT_LT(r.seconds, 30);
@@ -315,8 +327,9 @@ TEST(ChaosHostile, ValuesWithShellSyntaxNeverReachAShell) {
   const std::string name = "gptagent-chaos-pwned-" + std::to_string(::getpid());
   const std::string pwned = (fs::current_path() / name).string();
   ::unlink(pwned.c_str());
-  const std::vector<std::string> values = {"$(touch " + name + ")", "`touch " + name + "`", "a;touch " + name,
-                                           "a\\\"b", "a'b", "a\\nb", "a|b", "a&&touch " + name};
+  const std::vector<std::string> values = {
+      "$(touch " + name + ")", "`touch " + name + "`", "a;touch " + name, "a\\\"b", "a'b", "a\\nb", "a|b",
+      "a&&touch " + name};
   for (const auto& v : values) {
     Case c;
     auto r = c.apply("tasks:\n  - grub_cmdline:\n      present: [\"" + v + "\"]\n");
@@ -351,9 +364,9 @@ TEST(ChaosHostile, ValuesWithShellSyntaxNeverReachAShell) {
     Facts facts = gather_facts(root);
     LoadOptions lo;
     lo.facts = facts.to_json();
-    auto loaded = load_playbook_text(
-        "tasks:\n  - grub_config: {command: [update-grub, \"$(touch " + name + ")\", \"a;b\", \"`touch " + name + "`\"]}\n",
-        "play.yaml", lo);
+    auto loaded = load_playbook_text("tasks:\n  - grub_config: {command: [update-grub, \"$(touch " + name +
+                                         ")\", \"a;b\", \"`touch " + name + "`\"]}\n",
+                                     "play.yaml", lo);
     ASSERT_TRUE(loaded.ok()) << loaded.errors[0];
     ProcessExec exec;
     Context ctx{root, exec, facts, true};
@@ -404,7 +417,8 @@ TEST(ChaosHostile, DotDotPathsStayInTheRoot) {
   Outside out;
   Case c;
   const std::string up = "/../../../../../../../.." + out.dir.path();
-  auto r = c.apply("tasks:\n  - grub_cmdline: {path: \"" + up + "/grub\", present: [iommu=pt]}\n", {"--diff", "--json"});
+  auto r =
+      c.apply("tasks:\n  - grub_cmdline: {path: \"" + up + "/grub\", present: [iommu=pt]}\n", {"--diff", "--json"});
   EXPECT_EQ(r.exit_code, 1) << apply_out(r);
   EXPECT_TRUE(has(r.out, "cannot read " + up + "/grub: No such file or directory")) << apply_out(r);
   out.expect_untouched_and_unread(r, c.host.root(), "grub_cmdline path");
@@ -415,14 +429,16 @@ TEST(ChaosHostile, DotDotPathsStayInTheRoot) {
   EXPECT_TRUE(has(r.out, "ok: [xorg_cleanup] no X11 config takes an NVIDIA GPU")) << apply_out(r);
   out.expect_untouched_and_unread(r, c.host.root(), "xorg_cleanup paths");
 
-  r = c.apply("tasks:\n  - vfio: {ids: [\"10de:1b80\"], modprobe_conf: \"" + up + "/modprobe/vfio.conf\"}\n", {"--diff"});
+  r = c.apply("tasks:\n  - vfio: {ids: [\"10de:1b80\"], modprobe_conf: \"" + up + "/modprobe/vfio.conf\"}\n",
+              {"--diff"});
   EXPECT_EQ(r.exit_code, 0) << apply_out(r);
   EXPECT_TRUE(test::exists(c.host.root() + out.path("modprobe/vfio.conf"))) << "written anywhere but under the root";
   out.expect_untouched_and_unread(r, c.host.root(), "vfio modprobe_conf");
 
   Case fresh;  // where the directory outside does not exist under the root
   ::mkdir(fresh.host.file("/images").c_str(), 0755);
-  r = fresh.apply("tasks:\n  - qemu_img: {path: \"/images/../../../../.." + out.dir.path() + "/vm.qcow2\", size: 16M}\n");
+  r = fresh.apply("tasks:\n  - qemu_img: {path: \"/images/../../../../.." + out.dir.path() +
+                  "/vm.qcow2\", size: 16M}\n");
   EXPECT_EQ(r.exit_code, 1) << apply_out(r);
   EXPECT_TRUE(has(r.out, "the directory /images/../../../../.." + out.dir.path() + " does not exist")) << apply_out(r);
   out.expect_untouched_and_unread(r, fresh.host.root(), "qemu_img path");
@@ -449,7 +465,8 @@ TEST(ChaosHostile, SymlinksOutOfTheRootResolveInsideIt) {
       {"/etc/modprobe.d", "modprobe",
        [&](const chaos::Run& r, const Host& h) {
          EXPECT_EQ(r.exit_code, 3) << apply_out(r);
-         EXPECT_TRUE(has(test::slurp(h.root() + out.path("modprobe/vfio.conf")), "options vfio-pci ids=10de:1b80,10de:10f0"));
+         EXPECT_TRUE(
+             has(test::slurp(h.root() + out.path("modprobe/vfio.conf")), "options vfio-pci ids=10de:1b80,10de:10f0"));
        }},
       {"/etc/default/grub.d", "modprobe",
        [&](const chaos::Run& r, const Host& h) {

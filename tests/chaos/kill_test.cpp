@@ -24,8 +24,8 @@ using chaos::has;
 using Host = chaos::Host;
 
 // Every syscall of a run that changes the tree or completes a change, each swept at every call.
-const std::vector<std::string> kSyscalls = {"openat", "write",  "pwrite64", "ftruncate", "fchmod", "fsync",
-                                            "close",  "renameat", "linkat", "unlinkat",  "mkdir"};
+const std::vector<std::string> kSyscalls = {"openat", "write",    "pwrite64", "ftruncate", "fchmod", "fsync",
+                                            "close",  "renameat", "linkat",   "unlinkat",  "mkdir"};
 
 std::vector<std::string> apply_args(const std::string& root) {
   return {"apply", chaos::demo_playbook(), "--root", root, "--color", "never"};
@@ -46,7 +46,8 @@ TEST(ChaosKill, DemoKilledAtEverySyscallThenRunAgainEndsLikeAnUninterruptedRun) 
   int counted_exit = -1;
   const auto counts = chaos::count_syscalls(apply_args(counted.root()), &counted_exit);
   ASSERT_EQ(counted_exit, 3);
-  EXPECT_EQ(chaos::differences(finished, chaos::normalised(counted.root())), "") << "a run under strace ended differently";
+  EXPECT_EQ(chaos::differences(finished, chaos::normalised(counted.root())), "")
+      << "a run under strace ended differently";
 
   struct Point {
     std::string syscall;
@@ -64,8 +65,8 @@ TEST(ChaosKill, DemoKilledAtEverySyscallThenRunAgainEndsLikeAnUninterruptedRun) 
   auto verdicts = chaos::parallel(points.size(), [&](size_t i) -> std::string {
     const Point& p = points[i];
     const bool beyond = p.n > counts.at(p.syscall);
-    const std::string at = (beyond ? "not killed (" : "killed at ") + p.syscall + " #" + std::to_string(p.n) +
-                           (beyond ? ")" : "");
+    const std::string at =
+        (beyond ? "not killed (" : "killed at ") + p.syscall + " #" + std::to_string(p.n) + (beyond ? ")" : "");
     const Host host;
     auto killed = chaos::traced({"-o", "/dev/null", "-e", "trace=" + p.syscall, "-e",
                                  "inject=" + p.syscall + ":signal=SIGKILL:when=" + std::to_string(p.n)},
@@ -79,8 +80,8 @@ TEST(ChaosKill, DemoKilledAtEverySyscallThenRunAgainEndsLikeAnUninterruptedRun) 
     }
     // strace dies of the signal its tracee died of (128 + 9 from a shell's point of view).
     if (killed.signal != SIGKILL && killed.exit_code != 128 + SIGKILL)
-      return at + ": not killed (exit " + std::to_string(killed.exit_code) + "): the run makes fewer calls than counted\n" +
-             killed.all();
+      return at + ": not killed (exit " + std::to_string(killed.exit_code) +
+             "): the run makes fewer calls than counted\n" + killed.all();
     bad += chaos::tree_invariants(host.root(), original, finished);
     if (!bad.empty()) return at + ": right after the kill:\n" + bad;
 
@@ -88,8 +89,8 @@ TEST(ChaosKill, DemoKilledAtEverySyscallThenRunAgainEndsLikeAnUninterruptedRun) 
     if (rerun.exit_code != 3) return at + ": the rerun exited " + std::to_string(rerun.exit_code) + "\n" + rerun.all();
     if (has(rerun.out, "failed: ")) return at + ": the rerun failed a task\n" + rerun.out;
     // The handlers of a change made before the kill still run (here: reported, as under --root).
-    if (!has(rerun.out, "waiting for reboot") &&
-        !(has(rerun.out, "skipping: [regenerate the grub config]") && has(rerun.out, "skipping: [rebuild the initramfs]")))
+    if (!has(rerun.out, "waiting for reboot") && !(has(rerun.out, "skipping: [regenerate the grub config]") &&
+                                                   has(rerun.out, "skipping: [rebuild the initramfs]")))
       bad += "  the rerun lost a handler of the interrupted run\n";
     bad += chaos::differences(finished, chaos::normalised(host.root()));
     for (const auto& tmp : chaos::temp_files(host.root())) bad += "  a temporary file is left: " + tmp + "\n";
@@ -115,8 +116,8 @@ TEST(ChaosKill, DemoKilledAtEverySyscallThenRunAgainEndsLikeAnUninterruptedRun) 
   }
   EXPECT_GT(total, 150 / stride) << "too few kill points: is strace injecting?";
   RecordProperty("kill_points", total);
-  std::cout << "[chaos] killed the demo run at " << total << " points, each survived (per syscall, survived/calls):"
-            << summary << "\n";
+  std::cout << "[chaos] killed the demo run at " << total
+            << " points, each survived (per syscall, survived/calls):" << summary << "\n";
 }
 
 }  // namespace

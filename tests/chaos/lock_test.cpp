@@ -137,8 +137,9 @@ TEST(ChaosLock, ASecondRunNeverWritesWhileTheFirstIsInTheMiddleOfItsChanges) {
   for (std::string call; std::getline(calls, call);) {
     if (!has(call, Root(host.root()).dir())) continue;
     ++seen;
-    const bool changes = has(call, "renameat(") || has(call, "linkat(") || has(call, "unlinkat(") || has(call, "mkdir(") ||
-                         (has(call, "openat(") && (has(call, "O_WRONLY") || has(call, "O_RDWR")) && !has(call, "gptagent.lock"));
+    const bool changes =
+        has(call, "renameat(") || has(call, "linkat(") || has(call, "unlinkat(") || has(call, "mkdir(") ||
+        (has(call, "openat(") && (has(call, "O_WRONLY") || has(call, "O_RDWR")) && !has(call, "gptagent.lock"));
     if (changes) ADD_FAILURE() << "the second run changed the tree: " << call.substr(0, 300);
     writes += changes;
   }

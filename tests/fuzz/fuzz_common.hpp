@@ -9,12 +9,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace gpt::fuzz {
 
@@ -28,7 +27,9 @@ inline void check(bool ok, const std::string& what) {
   if (!ok) fail(what);
 }
 
-inline std::string text_of(const uint8_t* data, size_t size) { return std::string(reinterpret_cast<const char*>(data), size); }
+inline std::string text_of(const uint8_t* data, size_t size) {
+  return std::string(reinterpret_cast<const char*>(data), size);
+}
 
 // What the agent prints with --json must serialise, as it prints it: invalid UTF-8 (from files,
 // playbooks, inventories) replaced, since nlohmann throws on it otherwise.

@@ -13,10 +13,9 @@
 //  - giving every key back (a playbook that declares none of them) and merging again is also
 //    stable;
 //  - nothing crashes: the diff, the capabilities, the machine type chosen from them.
-#include "modules/libvirt_domain.cpp"
-
 #include <cstdint>
 
+#include "modules/libvirt_domain.cpp"
 #include "tests/fuzz/fuzz_common.hpp"
 
 namespace {
@@ -46,7 +45,8 @@ gpt::Want wanted(uint8_t b, uint8_t keys) {
     w.disks.push_back({"/var/lib/libvirt/images/gpuvm.qcow2", "qcow2", "virtio", "", false});
     w.disks.push_back({"/dev/sdb", "raw", "sata", "sdb", false});
   }
-  if (b & 0x20) w.cdroms = {{"/var/lib/libvirt/images/Win11.iso", false}, {"/var/lib/libvirt/images/virtio-win.iso", (b & 1) != 0}};
+  if (b & 0x20)
+    w.cdroms = {{"/var/lib/libvirt/images/Win11.iso", false}, {"/var/lib/libvirt/images/virtio-win.iso", (b & 1) != 0}};
   if (b & 0x40) {
     w.interfaces.push_back({"network", "default", "", "virtio", false});
     w.interfaces.push_back({"bridge", "br0", "52:54:00:12:34:56", "e1000e", false});
@@ -73,10 +73,14 @@ gpt::Want wanted(uint8_t b, uint8_t keys) {
     if (!w.gpus.empty()) w.roms[w.gpus[0].address] = {"/usr/share/vgabios/gpu.rom", false};
   }
   // Which keys are declared: all of them, or a part picked by the second byte.
-  const std::vector<std::vector<std::string>> groups = {
-      {"type", "machine", "firmware", "cpu_mode"}, {"vcpus", "hide_kvm", "boot"},    {"gpus", "hostdevs", "rom"},
-      {"disks", "interfaces", "cdrom"},            {"graphics", "video"},            {"hyperv", "hyperv_vendor_id", "tpm", "secure_boot"},
-      {"cpu", "pin", "hugepages"},                 {"looking_glass", "evdev"}};
+  const std::vector<std::vector<std::string>> groups = {{"type", "machine", "firmware", "cpu_mode"},
+                                                        {"vcpus", "hide_kvm", "boot"},
+                                                        {"gpus", "hostdevs", "rom"},
+                                                        {"disks", "interfaces", "cdrom"},
+                                                        {"graphics", "video"},
+                                                        {"hyperv", "hyperv_vendor_id", "tpm", "secure_boot"},
+                                                        {"cpu", "pin", "hugepages"},
+                                                        {"looking_glass", "evdev"}};
   w.declared = {"memory"};
   for (size_t g = 0; g < groups.size(); ++g)
     if (keys & (1u << g)) w.declared.insert(groups[g].begin(), groups[g].end());
@@ -125,12 +129,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto parsed = defined.load_string(rendered.c_str());
   check(bool(parsed), std::string("the desired XML does not parse: ") + parsed.description() + "\n" + rendered);
   const std::string again = merged(rendered, w);
-  check(again == rendered, "a defined domain drifts on the next run:\n--- defined\n" + rendered + "--- merged again\n" + again);
+  check(again == rendered,
+        "a defined domain drifts on the next run:\n--- defined\n" + rendered + "--- merged again\n" + again);
 
   // Every key given back, then again: stable too.
   gpt::Want none = w;
   none.declared = {"memory"};
-  none.gpus.clear(), none.roms.clear(), none.disks.clear(), none.interfaces.clear(), none.evdev.clear(), none.exclusive.clear();
+  none.gpus.clear(), none.roms.clear(), none.disks.clear(), none.interfaces.clear(), none.evdev.clear(),
+      none.exclusive.clear();
   none.looking_glass_mib = 0;
   const std::string released = merged(rendered, none);
   if (!released.empty()) {

@@ -48,7 +48,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   t.write("proc/modules", parts[4]);
   t.write("usr/share/misc/pci.ids", parts[5]);
   const std::string release(gpt::trim(parts[2]));
-  if (file_name(release)) t.write("lib/modules/" + release + "/modules.builtin", "kernel/drivers/vfio/vfio.ko\n" + parts[4]);
+  if (file_name(release))
+    t.write("lib/modules/" + release + "/modules.builtin", "kernel/drivers/vfio/vfio.ko\n" + parts[4]);
   t.write("usr/sbin/update-grub", "#!/bin/sh\nexit 1\n");
   int n = 0;
   for (std::string_view name : gpt::lines(parts[6])) {

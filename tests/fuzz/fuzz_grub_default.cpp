@@ -52,8 +52,8 @@ size_t logical_end(std::string_view t, size_t p) {
     } else if (c == '\'') {
       size_t close = t.find('\'', p + 1);
       p = close == std::string_view::npos ? n : close + 1;
-    } else if (blank(c) || c == '\n' || c == '\r' || c == ';' || c == '&' || c == '|' || c == '<' || c == '>' || c == '(' ||
-               c == ')') {
+    } else if (blank(c) || c == '\n' || c == '\r' || c == ';' || c == '&' || c == '|' || c == '<' || c == '>' ||
+               c == '(' || c == ')') {
       break;
     } else {
       ++p;
@@ -65,7 +65,7 @@ size_t logical_end(std::string_view t, size_t p) {
 }
 
 struct Statement {
-  std::string name;   // the assigned variable, or "" for any other line
+  std::string name;  // the assigned variable, or "" for any other line
   size_t value_begin = 0, end = 0;
 };
 
@@ -226,8 +226,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<std::string> w(want.begin(), want.end()), g(got.begin(), got.end());
     fail("the parameters are " + show(g) + ", not " + show(w) + ctx);
   }
-  for (const auto& p : edit.present)
-    check(got.count(norm(p)) > 0, p + " is not there after the edit" + ctx);
+  for (const auto& p : edit.present) check(got.count(norm(p)) > 0, p + " is not there after the edit" + ctx);
   for (const auto& a : edit.absent)
     for (const auto& p : got) {
       const bool match = has_value(a) ? p == norm(a) : gpt::param_name(p) == gpt::param_name(a);

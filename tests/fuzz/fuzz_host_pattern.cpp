@@ -45,7 +45,8 @@ web
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string pattern = gpt::fuzz::text_of(data, size);
   if (pattern.find('~') != std::string::npos) {
-    if (std::count_if(pattern.begin(), pattern.end(), [](char c) { return c == '*' || c == '+' || c == '?' || c == '{'; }) > 4)
+    if (std::count_if(pattern.begin(), pattern.end(),
+                      [](char c) { return c == '*' || c == '+' || c == '?' || c == '{'; }) > 4)
       return 0;
     size_t run = 0;
     for (char c : pattern)

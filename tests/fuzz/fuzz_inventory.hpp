@@ -17,7 +17,8 @@ namespace gpt::fuzz {
 
 inline void check_inventory(const Expected<Inventory>& inv, const std::string& file) {
   if (!inv) {
-    check(inv.error().compare(0, file.size() + 1, file + ":") == 0, "an inventory error without its file: " + inv.error());
+    check(inv.error().compare(0, file.size() + 1, file + ":") == 0,
+          "an inventory error without its file: " + inv.error());
     return;
   }
   std::map<std::string, size_t> index;  // Inventory::find is linear: a range can make 100000 hosts
@@ -45,8 +46,8 @@ inline void check_inventory(const Expected<Inventory>& inv, const std::string& f
       check(seen.insert(h).second, "group " + group + " holds " + h + " twice");
     }
   }
-  for (const char* pattern : {"", "all", "*", "gpu*", "~g.*[0-9]", "all[0]", "all[-1]", "all[1:3]", "gpus:&web", "!ungrouped",
-                              "all,!gpu01"}) {
+  for (const char* pattern : {"", "all", "*", "gpu*", "~g.*[0-9]", "all[0]", "all[-1]", "all[1:3]", "gpus:&web",
+                              "!ungrouped", "all,!gpu01"}) {
     auto sel = select_hosts(*inv, pattern);
     if (!sel) continue;
     for (const InventoryHost* h : *sel)

@@ -44,7 +44,8 @@ std::pair<long, long> position(const std::string& err) {
     return p > start;
   };
   long line = 0, col = 0;
-  if (!number(line) || p >= err.size() || err[p++] != ':' || !number(col) || err.compare(p, 2, ": ") != 0) return {0, 0};
+  if (!number(line) || p >= err.size() || err[p++] != ':' || !number(col) || err.compare(p, 2, ": ") != 0)
+    return {0, 0};
   return {line, col};
 }
 

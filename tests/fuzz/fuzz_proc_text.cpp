@@ -1,9 +1,9 @@
 // The pure parsers of /proc, /sys and /etc text (agent/facts.hpp, agent/pci.hpp, agent/text.hpp),
 // each given the whole input: /proc/cpuinfo, /etc/os-release, /proc/cmdline, /proc/modules,
 // modules.builtin, the kernel release, sysfs hex attributes, PCI addresses and ids, pci.ids,
-// sizes, shell words, /proc/iomem, sysfs resource, the SecureBoot efivar. Properties: no crash; a kernel command line split, joined with blanks and
-// split again is the same; a PCI address or id parsed is parsed to itself; a size read is read
-// again from its number of bytes; the facts they make serialise as JSON (`gptagent facts --json`).
+// sizes, shell words, /proc/iomem, sysfs resource, the SecureBoot efivar. Properties: no crash; a kernel command line
+// split, joined with blanks and split again is the same; a PCI address or id parsed is parsed to itself; a size read is
+// read again from its number of bytes; the facts they make serialise as JSON (`gptagent facts --json`).
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -50,7 +50,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     check(gpt::parse_pci_address(*a) == a, "a PCI address does not parse to itself: " + *a);
     (void)gpt::pci_slot(*a);
   }
-  if (auto id = gpt::parse_pci_id(text)) check(gpt::parse_pci_id(*id) == id, "a PCI id does not parse to itself: " + *id);
+  if (auto id = gpt::parse_pci_id(text))
+    check(gpt::parse_pci_id(*id) == id, "a PCI id does not parse to itself: " + *id);
   std::vector<gpt::PciDevice> devs(3);
   devs[0].address = "0000:01:00.0", devs[0].vendor = "10de", devs[0].device = "1b80", devs[0].class_code = 0x030000;
   devs[1].address = "0000:01:00.1", devs[1].vendor = "10de", devs[1].device = "10f0", devs[1].class_code = 0x040300;

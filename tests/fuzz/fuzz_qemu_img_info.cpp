@@ -40,7 +40,9 @@ class InfoExec final : public gpt::Exec {
     if (cmd.argv.size() < 2 || cmd.argv[1] != "info") return {0, false, "", ""};
     const bool force_share = cmd.argv.size() > 2 && cmd.argv[2] == "-U";
     if (locked && !force_share)
-      return {1, false, "", "qemu-img: Could not open 'x': Failed to get shared \"write\" lock\nIs another process using the image [x]?\n"};
+      return {1, false, "",
+              "qemu-img: Could not open 'x': Failed to get shared \"write\" lock\nIs another process using the image "
+              "[x]?\n"};
     const bool is_backing = cmd.argv.back().find("base.qcow2") != std::string::npos;
     return {0, false, is_backing ? backing : image, ""};
   }
@@ -62,15 +64,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check(def != nullptr, "no qemu_img module");
   nlohmann::json args;
   switch (sel & 3) {
-    case 0: args = {{"path", "/var/lib/libvirt/images/vm.qcow2"}, {"size", "20G"}}; break;
-    case 1: args = {{"path", "/var/lib/libvirt/images/vm.img"}, {"format", "raw"}, {"size", "1T"}, {"preallocation", "falloc"}}; break;
+    case 0:
+      args = {{"path", "/var/lib/libvirt/images/vm.qcow2"}, {"size", "20G"}};
+      break;
+    case 1:
+      args = {
+          {"path", "/var/lib/libvirt/images/vm.img"}, {"format", "raw"}, {"size", "1T"}, {"preallocation", "falloc"}};
+      break;
     case 2:
-      args = {{"path", "/var/lib/libvirt/images/vm.qcow2"}, {"backing", "/var/lib/libvirt/images/base.qcow2"},
+      args = {{"path", "/var/lib/libvirt/images/vm.qcow2"},
+              {"backing", "/var/lib/libvirt/images/base.qcow2"},
               {"backing_format", "qcow2"}};
       break;
     case 3:
-      args = {{"path", "/var/lib/libvirt/images/vm.qcow2"}, {"size", "512"}, {"backing", "/var/lib/libvirt/images/base.qcow2"},
-              {"backing_format", "raw"}, {"mode", "0640"}, {"owner", "0"}};
+      args = {{"path", "/var/lib/libvirt/images/vm.qcow2"},
+              {"size", "512"},
+              {"backing", "/var/lib/libvirt/images/base.qcow2"},
+              {"backing_format", "raw"},
+              {"mode", "0640"},
+              {"owner", "0"}};
       break;
   }
   if (sel & 4) args["allow_grow"] = true;

@@ -33,7 +33,8 @@ bool tree_path(const std::string& p) {
   if (p.empty() || p.front() == '/' || p.find('\0') != std::string::npos || p.size() > 200) return false;
   for (size_t start = 0;;) {
     size_t slash = p.find('/', start);
-    std::string_view c = std::string_view(p).substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    std::string_view c =
+        std::string_view(p).substr(start, slash == std::string::npos ? std::string::npos : slash - start);
     if (c == "..") return false;
     if (slash == std::string::npos) return true;
     start = slash + 1;
@@ -54,7 +55,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string entry(line);
     if (auto arrow = entry.find(" -> "); arrow != std::string::npos) {
       std::string name = entry.substr(0, arrow), target = entry.substr(arrow + 4);
-      if (tree_path(name) && !target.empty() && target.find('\0') == std::string::npos) t.symlink(target, "root/" + name);
+      if (tree_path(name) && !target.empty() && target.find('\0') == std::string::npos)
+        t.symlink(target, "root/" + name);
     } else if (!entry.empty() && entry.back() == '/') {
       entry.pop_back();
       if (tree_path(entry)) t.mkdir("root/" + entry);

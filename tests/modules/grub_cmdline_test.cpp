@@ -67,8 +67,8 @@ std::string list_yaml(const std::vector<std::string>& v) {
 }
 
 std::string playbook_for(const CmdlineEdit& e) {
-  return "tasks:\n  - name: params\n    grub_cmdline:\n      key: " + e.key + "\n      present: " + list_yaml(e.present) +
-         "\n      absent: " + list_yaml(e.absent) + "\n";
+  return "tasks:\n  - name: params\n    grub_cmdline:\n      key: " + e.key +
+         "\n      present: " + list_yaml(e.present) + "\n      absent: " + list_yaml(e.absent) + "\n";
 }
 
 class GrubFixture : public ::testing::TestWithParam<Case> {};
@@ -134,18 +134,18 @@ TEST_P(GrubFixture, ApplyTwiceReportsChangedThenOkAndCheckPredictsTheFirstRun) {
   EXPECT_EQ(recheck.exit_code, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(RealWorldFiles, GrubFixture, ::testing::ValuesIn(cases()),
-                         [](const auto& info) {
-                           std::string n = info.param.name;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(RealWorldFiles, GrubFixture, ::testing::ValuesIn(cases()), [](const auto& info) {
+  std::string n = info.param.name;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+});
 
 TEST(GrubFixtures, CoverTheCasesTheIssueNames) {
   auto all = cases();
   EXPECT_GE(all.size(), 8u);
-  for (const char* name : {"debian12", "ubuntu2204", "fedora40", "rhel9", "arch", "proxmox8", "single-quoted", "unquoted",
-                           "missing-key", "commented-only", "assigned-twice", "self-reference", "conflicting-values"})
+  for (const char* name :
+       {"debian12", "ubuntu2204", "fedora40", "rhel9", "arch", "proxmox8", "single-quoted", "unquoted", "missing-key",
+        "commented-only", "assigned-twice", "self-reference", "conflicting-values"})
     EXPECT_TRUE(std::any_of(all.begin(), all.end(), [&](const Case& c) { return c.name == name; })) << name;
 }
 
@@ -200,7 +200,8 @@ TEST(GrubEdit, AnotherVariablesMultiLineValueIsNotMistakenForTheKey) {
 }
 
 TEST(GrubEdit, ParamsAsTheShellSeesThem) {
-  auto p = grub_cmdline_params("GRUB_CMDLINE_LINUX=\"a b\"\nGRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX c\"\n", "GRUB_CMDLINE_LINUX");
+  auto p = grub_cmdline_params("GRUB_CMDLINE_LINUX=\"a b\"\nGRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX c\"\n",
+                               "GRUB_CMDLINE_LINUX");
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(*p, (std::vector<std::string>{"a", "b", "c"}));
 }
@@ -259,9 +260,10 @@ TEST(GrubCmdline, BrokenShellFailsAndChangesNothing) {
   auto before = test::snapshot(h.d.path());
   auto r = test::converge_root(h.d.path(), "tasks:\n  - grub_cmdline: {present: [iommu=pt]}\n", false);
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.tasks[0].result.msg,
-            "/etc/default/grub:2: not valid shell (sh -n refuses it): unterminated quoted string: the \" at line 1 is not "
-            "closed; nothing was changed");
+  EXPECT_EQ(
+      r.tasks[0].result.msg,
+      "/etc/default/grub:2: not valid shell (sh -n refuses it): unterminated quoted string: the \" at line 1 is not "
+      "closed; nothing was changed");
   EXPECT_EQ(test::snapshot(h.d.path()), before);
 }
 
@@ -276,9 +278,10 @@ TEST(GrubCmdline, AFileShRefusesFailsWithItsLineInCheckAndApplyAndChangesNothing
     EXPECT_EQ(r.exit_code, 1) << check;
     ASSERT_EQ(r.tasks.size(), 1u) << "no handler runs";
     EXPECT_EQ(r.tasks[0].result.status, Outcome::failed);
-    EXPECT_EQ(r.tasks[0].result.msg,
-              "/etc/default/grub:9: not valid shell (sh -n refuses it): redirection unexpected (line 9 is a merge-conflict "
-              "marker); nothing was changed");
+    EXPECT_EQ(
+        r.tasks[0].result.msg,
+        "/etc/default/grub:9: not valid shell (sh -n refuses it): redirection unexpected (line 9 is a merge-conflict "
+        "marker); nothing was changed");
     EXPECT_TRUE(r.commands.empty());
     EXPECT_EQ(test::differences(test::snapshot(h.d.path()), before), "");
   }
@@ -291,7 +294,8 @@ TEST(GrubCmdline, BadArgumentsAreLoadErrors) {
   EXPECT_NE(bad.load_errors[0].find("test.yaml:3:16: grub_cmdline argument 'present': 'a b' is not a kernel parameter"),
             std::string::npos)
       << bad.load_errors[0];
-  auto both = test::converge_root(h.d.path(), "tasks:\n  - grub_cmdline: {present: [iommu=pt], absent: [iommu]}\n", false);
+  auto both =
+      test::converge_root(h.d.path(), "tasks:\n  - grub_cmdline: {present: [iommu=pt], absent: [iommu]}\n", false);
   ASSERT_FALSE(both.load_errors.empty());
   EXPECT_NE(both.load_errors[0].find("'iommu=pt' is both present and absent"), std::string::npos);
   auto key = test::converge_root(h.d.path(), "tasks:\n  - grub_cmdline: {key: GRUB_CMDLINE}\n", false);
@@ -305,9 +309,13 @@ TEST(GrubConfig, RegeneratesTheWayTheDistroDoes) {
   };
   const std::vector<Distro> distros = {
       {"usr/sbin/update-grub", "debian", "", {"update-grub"}},
-      {"usr/sbin/grub2-mkconfig", "fedora", "search --fs-uuid x\nconfigfile $prefix/grub.cfg\n",
+      {"usr/sbin/grub2-mkconfig",
+       "fedora",
+       "search --fs-uuid x\nconfigfile $prefix/grub.cfg\n",
        {"grub2-mkconfig -o /boot/grub2/grub.cfg"}},
-      {"usr/sbin/grub2-mkconfig", "rhel", "### BEGIN /etc/grub.d/00_header ###\n",
+      {"usr/sbin/grub2-mkconfig",
+       "rhel",
+       "### BEGIN /etc/grub.d/00_header ###\n",
        {"grub2-mkconfig -o /boot/efi/EFI/rhel/grub.cfg"}},
       {"usr/bin/grub-mkconfig", "arch", "", {"grub-mkconfig -o /boot/grub/grub.cfg"}},
   };
@@ -343,7 +351,8 @@ TEST(GrubConfig, AFailingCommandFailsTheHandlerWithItsMessage) {
   Root root(h.d.path());
   Facts facts = gather_facts(root);
   test::RecordingExec exec;
-  exec.next = ExecResult{1, false, "", "Generating grub configuration file ...\n/usr/sbin/grub-mkconfig: error: out of space\n"};
+  exec.next = ExecResult{1, false, "",
+                         "Generating grub configuration file ...\n/usr/sbin/grub-mkconfig: error: out of space\n"};
   Context ctx{root, exec, facts, true};
   const ModuleDef* def = Registry::instance().find("grub_config");
   Result r = converge_module(*def, ctx, with_defaults(def->schema, json::object()), true);

@@ -52,7 +52,8 @@ class BootToolsExec final : public Exec {
             bool gone = std::any_of(remove.begin(), remove.end(), [&](const std::string& r) {
               return r.find('=') != std::string::npos ? a == r : name(a) == r;
             });
-            gone = gone || std::any_of(add.begin(), add.end(), [&](const std::string& n) { return name(a) == name(n); });
+            gone =
+                gone || std::any_of(add.begin(), add.end(), [&](const std::string& n) { return name(a) == name(n); });
             if (!gone) kept.push_back(a);
           }
           kept.insert(kept.end(), add.begin(), add.end());
@@ -156,7 +157,8 @@ const Result& task(const test::Converged& c) { return c.tasks.at(0).result; }
 TEST(KernelCmdlineGrub, UbuntuCloudImageTheDropInsDefaultIsWhatBoots) {
   Tree t("ubuntu-cloud", {"usr/sbin/update-grub"});
   const std::string drop_in = test::slurp(t.file("/etc/default/grub.d/50-cloudimg-settings.cfg"));
-  const std::string pb = "tasks:\n  - name: gpu\n    kernel_cmdline: {iommu: auto, present: [iommu=pt, vfio-pci.ids=10de:1b80]}\n";
+  const std::string pb =
+      "tasks:\n  - name: gpu\n    kernel_cmdline: {iommu: auto, present: [iommu=pt, vfio-pci.ids=10de:1b80]}\n";
   auto r = check_apply_twice(t, pb);
   EXPECT_EQ(task(r.first).data["boot_path"], "grub");
   EXPECT_EQ(task(r.first).msg,
@@ -167,7 +169,7 @@ TEST(KernelCmdlineGrub, UbuntuCloudImageTheDropInsDefaultIsWhatBoots) {
   // The drop-in still sets _DEFAULT after the main file: the effective line is what counts.
   EXPECT_EQ(test::slurp(t.file("/etc/default/grub.d/50-cloudimg-settings.cfg")), drop_in);
   EXPECT_EQ(grub_linux_line(t.root()), (std::vector<std::string>{"intel_iommu=on", "iommu=pt", "vfio-pci.ids=10de:1b80",
-                                                                  "console=tty1", "console=ttyS0"}));
+                                                                 "console=tty1", "console=ttyS0"}));
   EXPECT_EQ(task(r.first).data["cmdline"], grub_linux_line(t.root()));
   EXPECT_EQ(task(r.first).expect["cmdline_present"],
             (std::vector<std::string>{"intel_iommu=on", "iommu=pt", "vfio-pci.ids=10de:1b80"}));
@@ -184,7 +186,8 @@ TEST(KernelCmdlineGrub, ConflictsAreRemovedFromTheDropInThatHoldsThem) {
       "nouveau.modeset=0, nvidia.modeset=1]\n";
   auto r = check_apply_twice(t, pb);
   EXPECT_EQ(r.first.commands, std::vector<std::string>{"update-grub"});
-  EXPECT_EQ(test::slurp(t.file("/etc/default/grub")), main_before) << "GRUB_CMDLINE_LINUX's last assignment is in 99-gpu.cfg";
+  EXPECT_EQ(test::slurp(t.file("/etc/default/grub")), main_before)
+      << "GRUB_CMDLINE_LINUX's last assignment is in 99-gpu.cfg";
   EXPECT_EQ(test::slurp(t.file("/etc/default/grub.d/99-gpu.cfg")),
             "# GPU passthrough\nGRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX vfio-pci.ids=10de:2206 intel_iommu=on "
             "nouveau.modeset=0 nvidia.modeset=1\"\n");
@@ -199,7 +202,8 @@ TEST(KernelCmdlineGrub, ConflictsAreRemovedFromTheDropInThatHoldsThem) {
   EXPECT_EQ(kernel_value(line, "vfio_pci.ids"), "vfio-pci.ids=10de:2206");
   EXPECT_EQ(kernel_value(line, "nouveau.modeset"), "nouveau.modeset=0");  // nvidia.modeset is another parameter
   EXPECT_EQ(task(r.first).data["removed"], (std::vector<std::string>{"intel_iommu=off", "nouveau.modeset=1"}));
-  EXPECT_EQ(task(r.first).data["replaced"], std::vector<std::string>{"vfio_pci.ids=10de:1b80 with vfio-pci.ids=10de:2206"});
+  EXPECT_EQ(task(r.first).data["replaced"],
+            std::vector<std::string>{"vfio_pci.ids=10de:1b80 with vfio-pci.ids=10de:2206"});
   EXPECT_EQ(task(r.first).data["edited"],
             (std::vector<std::string>{"/etc/default/grub.d/50-cloudimg-settings.cfg: GRUB_CMDLINE_LINUX_DEFAULT",
                                       "/etc/default/grub.d/99-gpu.cfg: GRUB_CMDLINE_LINUX"}));
@@ -210,7 +214,8 @@ TEST(KernelCmdlineGrub, DebianIntelIommuOffInDefaultIsRemoved) {
   auto r = check_apply_twice(t, "tasks:\n  - name: iommu\n    kernel_cmdline: {iommu: auto}\n");
   EXPECT_EQ(r.first.commands, std::vector<std::string>{"update-grub"});
   const std::string grub = test::slurp(t.file("/etc/default/grub"));
-  EXPECT_NE(grub.find("GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"intel_iommu=on\"\n"), std::string::npos)
+  EXPECT_NE(grub.find("GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"intel_iommu=on\"\n"),
+            std::string::npos)
       << grub;
   EXPECT_EQ(grub_linux_line(t.root()), (std::vector<std::string>{"intel_iommu=on", "quiet"}));
   EXPECT_EQ(task(r.first).msg,
@@ -248,8 +253,9 @@ TEST(KernelCmdlineGrub, AShellProgramIsRefusedAndLeftUntouched) {
       << task(sourced).msg;
   test::write(t.file("/etc/default/grub.d/60-gpu.cfg"), "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet `cat /etc/gpu-params`\"\n");
   auto cmdsub = converge(t.root(), "tasks:\n  - kernel_cmdline: {iommu: auto}\n", false);
-  EXPECT_NE(task(cmdsub).msg.find("/etc/default/grub.d/60-gpu.cfg: GRUB_CMDLINE_LINUX_DEFAULT at line 1 runs a command"),
-            std::string::npos)
+  EXPECT_NE(
+      task(cmdsub).msg.find("/etc/default/grub.d/60-gpu.cfg: GRUB_CMDLINE_LINUX_DEFAULT at line 1 runs a command"),
+      std::string::npos)
       << task(cmdsub).msg;
   EXPECT_EQ(cmdsub.exit_code, 1);
   EXPECT_EQ(test::slurp(t.file("/etc/default/grub")), main_grub);
@@ -277,7 +283,9 @@ TEST(KernelCmdlineGrub, AFileShRefusesFailsWithItsLineAndNothingIsWritten) {
       auto r = converge(t.root(), "tasks:\n  - kernel_cmdline: {iommu: intel, present: [iommu=pt]}\n", check);
       EXPECT_EQ(r.exit_code, 1);
       EXPECT_TRUE(r.commands.empty());
-      EXPECT_EQ(task(r).msg.rfind("boot path grub (detected): " + c.path_line + "not valid shell (sh -n refuses it): ", 0), 0u)
+      EXPECT_EQ(
+          task(r).msg.rfind("boot path grub (detected): " + c.path_line + "not valid shell (sh -n refuses it): ", 0),
+          0u)
           << task(r).msg;
     }
     EXPECT_EQ(test::differences(test::snapshot(t.root()), before), "");
@@ -325,7 +333,8 @@ Run check_apply_twice(const GrubTree& t, const std::string& pb) {
 }
 
 TEST(KernelCmdlineGrubRules, ALaterOffInDefaultBeatsOnInLinuxAndGoes) {
-  GrubTree t(Files{{"/etc/default/grub", "GRUB_CMDLINE_LINUX=\"intel_iommu=on\"\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet intel_iommu=off\"\n"}});
+  GrubTree t(Files{{"/etc/default/grub",
+                    "GRUB_CMDLINE_LINUX=\"intel_iommu=on\"\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet intel_iommu=off\"\n"}});
   check_apply_twice(t, "tasks:\n  - kernel_cmdline: {iommu: intel}\n");
   EXPECT_EQ(test::slurp(t.file("/etc/default/grub")),
             "GRUB_CMDLINE_LINUX=\"intel_iommu=on\"\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n");
@@ -344,15 +353,21 @@ TEST(KernelCmdlineGrubRules, AnOverriddenAssignmentIsNotTheOneToEdit) {
 
 TEST(KernelCmdlineGrubRules, DashAndUnderscoreAreOneParameterAcrossFilesAndKeys) {
   GrubTree t(Files{{"/etc/default/grub", "GRUB_CMDLINE_LINUX=\"\"\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n"},
-              {"/etc/default/grub.d/10-a.cfg", "GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT vfio_pci.ids=10de:1b80\"\n"},
-              {"/etc/default/grub.d/20-b.cfg", "GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT iommu=off nouveau.modeset=0\"\n"}});
-  auto r = check_apply_twice(t, "tasks:\n  - kernel_cmdline: {present: [vfio-pci.ids=10de:2206, nvidia.modeset=1], absent: [iommu]}\n");
-  EXPECT_EQ(test::slurp(t.file("/etc/default/grub")), "GRUB_CMDLINE_LINUX=\"vfio-pci.ids=10de:2206 nvidia.modeset=1\"\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n");
-  EXPECT_EQ(test::slurp(t.file("/etc/default/grub.d/10-a.cfg")), "GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT\"\n");
+                   {"/etc/default/grub.d/10-a.cfg",
+                    "GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT vfio_pci.ids=10de:1b80\"\n"},
+                   {"/etc/default/grub.d/20-b.cfg",
+                    "GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT iommu=off nouveau.modeset=0\"\n"}});
+  auto r = check_apply_twice(
+      t, "tasks:\n  - kernel_cmdline: {present: [vfio-pci.ids=10de:2206, nvidia.modeset=1], absent: [iommu]}\n");
+  EXPECT_EQ(test::slurp(t.file("/etc/default/grub")),
+            "GRUB_CMDLINE_LINUX=\"vfio-pci.ids=10de:2206 nvidia.modeset=1\"\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n");
+  EXPECT_EQ(test::slurp(t.file("/etc/default/grub.d/10-a.cfg")),
+            "GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT\"\n");
   EXPECT_EQ(test::slurp(t.file("/etc/default/grub.d/20-b.cfg")),
             "GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT nouveau.modeset=0\"\n");
   const auto line = grub_linux_line(t.root());
-  EXPECT_EQ(line, (std::vector<std::string>{"vfio-pci.ids=10de:2206", "nvidia.modeset=1", "quiet", "nouveau.modeset=0"}));
+  EXPECT_EQ(line,
+            (std::vector<std::string>{"vfio-pci.ids=10de:2206", "nvidia.modeset=1", "quiet", "nouveau.modeset=0"}));
   EXPECT_EQ(task(r.first).data["cmdline"], line);
 }
 
@@ -364,8 +379,8 @@ Files framebuffer_host(const std::string& kernel, const std::string& framebuffer
   return {{"/etc/default/grub", "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"\"\n"},
           {"/proc/sys/kernel/osrelease", kernel + "\n"},
           {"/proc/cmdline", "BOOT_IMAGE=/boot/vmlinuz-" + kernel + " root=/dev/sda1 ro quiet\n"},
-          {"/proc/iomem", "c0000000-fec2ffff : PCI Bus 0000:00\n  e0000000-efffffff : 0000:01:00.0\n  " + framebuffer_range +
-                              "\n  f6000000-f6ffffff : 0000:01:00.0\n"},
+          {"/proc/iomem", "c0000000-fec2ffff : PCI Bus 0000:00\n  e0000000-efffffff : 0000:01:00.0\n  " +
+                              framebuffer_range + "\n  f6000000-f6ffffff : 0000:01:00.0\n"},
           {"/sys/bus/pci/devices/0000:01:00.0/class", "0x030000\n"},
           {"/sys/bus/pci/devices/0000:01:00.0/vendor", "0x10de\n"},
           {"/sys/bus/pci/devices/0000:01:00.0/device", "0x1b80\n"},
@@ -381,7 +396,8 @@ TEST(KernelCmdlineFramebuffer, ReleaseOnASysfbKernelBlacklistsSysfbInit) {
   EXPECT_EQ(test::slurp(t.file("/etc/default/grub")),
             "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"initcall_blacklist=sysfb_init\"\n");
   EXPECT_EQ(task(r.first).msg,
-            "boot path grub (detected): GRUB: added initcall_blacklist=sysfb_init (edited /etc/default/grub: GRUB_CMDLINE_LINUX) "
+            "boot path grub (detected): GRUB: added initcall_blacklist=sysfb_init (edited /etc/default/grub: "
+            "GRUB_CMDLINE_LINUX) "
             "(framebuffer: release: simpledrm holds 0000:01:00.0: initcall_blacklist=sysfb_init)");
   EXPECT_EQ(task(r.first).expect["cmdline_present"], std::vector<std::string>{"initcall_blacklist=sysfb_init"});
   EXPECT_EQ(task(r.second).status, Outcome::ok);
@@ -393,7 +409,8 @@ TEST(KernelCmdlineFramebuffer, ReleaseOnAnOldKernelTurnsEfifbOff) {
   EXPECT_EQ(test::slurp(t.file("/etc/default/grub")),
             "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"intel_iommu=on video=efifb:off\"\n");
   EXPECT_EQ(grub_linux_line(t.root()), (std::vector<std::string>{"intel_iommu=on", "video=efifb:off", "quiet"}));
-  EXPECT_NE(task(r.first).msg.find("(framebuffer: release: efifb holds 0000:01:00.0: video=efifb:off)"), std::string::npos)
+  EXPECT_NE(task(r.first).msg.find("(framebuffer: release: efifb holds 0000:01:00.0: video=efifb:off)"),
+            std::string::npos)
       << task(r.first).msg;
 }
 
@@ -421,12 +438,14 @@ TEST(KernelCmdlineFramebuffer, TheUsersOwnVideoParameterIsNotReplaced) {
   const auto before = test::snapshot(t.root());
   auto r = converge(t.root(), "tasks:\n  - kernel_cmdline: {framebuffer: release}\n", false);
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(task(r).msg, "framebuffer: release would replace video=HDMI-A-1:1920x1080@60 with video=efifb:off (the kernel "
-                         "reads every video= parameter): add video=efifb:off to present by hand if both are wanted");
+  EXPECT_EQ(task(r).msg,
+            "framebuffer: release would replace video=HDMI-A-1:1920x1080@60 with video=efifb:off (the kernel "
+            "reads every video= parameter): add video=efifb:off to present by hand if both are wanted");
   EXPECT_EQ(test::snapshot(t.root()), before);
   // An explicit GPU that does not exist is an error, not "nothing to add": `gpus:` brings the
   // automatic preflight, which says so first.
-  auto missing = converge(t.root(), "tasks:\n  - kernel_cmdline: {framebuffer: release, gpus: ['0000:09:00.0']}\n", false);
+  auto missing =
+      converge(t.root(), "tasks:\n  - kernel_cmdline: {framebuffer: release, gpus: ['0000:09:00.0']}\n", false);
   EXPECT_EQ(missing.exit_code, 1);
   ASSERT_EQ(missing.tasks.size(), 1u);
   EXPECT_EQ(task(missing).msg, "PCI device 0000:09:00.0 does not exist on this host");
@@ -436,17 +455,19 @@ TEST(KernelCmdlineFramebuffer, TheUsersOwnVideoParameterIsNotReplaced) {
 
 TEST(KernelCmdlineGrubby, FedoraBlsEntriesThroughGrubby) {
   Tree t("fedora-40", {"usr/sbin/grubby", "usr/sbin/grub2-mkconfig"});
-  auto r = check_apply_twice(t, "tasks:\n  - name: gpu\n    kernel_cmdline: {iommu: auto, present: ['vfio-pci.ids=10de:1f07,10de:10f9']}\n");
+  auto r = check_apply_twice(
+      t, "tasks:\n  - name: gpu\n    kernel_cmdline: {iommu: auto, present: ['vfio-pci.ids=10de:1f07,10de:10f9']}\n");
   EXPECT_EQ(task(r.first).data["boot_path"], "grubby");
   // grubby compares names as written: the old spelling must be removed explicitly.
-  EXPECT_EQ(r.first.commands,
-            std::vector<std::string>{"grubby --update-kernel=ALL '--args=intel_iommu=on vfio-pci.ids=10de:1f07,10de:10f9' "
-                                     "--remove-args=vfio_pci.ids=10de:1f07"});
+  EXPECT_EQ(r.first.commands, std::vector<std::string>{
+                                  "grubby --update-kernel=ALL '--args=intel_iommu=on vfio-pci.ids=10de:1f07,10de:10f9' "
+                                  "--remove-args=vfio_pci.ids=10de:1f07"});
   EXPECT_EQ(r.check.tasks[0].result.commands, r.first.tasks[0].result.commands);
   for (const char* entry : {"/boot/loader/entries/bb004f8f88fb4f2b9b6924abee13ae59-6.8.5-301.fc40.x86_64.conf",
                             "/boot/loader/entries/bb004f8f88fb4f2b9b6924abee13ae59-0-rescue.conf"})
-    EXPECT_NE(test::slurp(t.file(entry)).find("options root=UUID=4a8128f8-b0e9-434a-a0b6-1197bf43f9dc ro "
-                                               "rootflags=subvol=root rhgb quiet intel_iommu=on vfio-pci.ids=10de:1f07,10de:10f9\n"),
+    EXPECT_NE(test::slurp(t.file(entry))
+                  .find("options root=UUID=4a8128f8-b0e9-434a-a0b6-1197bf43f9dc ro "
+                        "rootflags=subvol=root rhgb quiet intel_iommu=on vfio-pci.ids=10de:1f07,10de:10f9\n"),
               std::string::npos)
         << entry;
   EXPECT_NE(test::slurp(t.file("/etc/default/grub"))
@@ -460,7 +481,8 @@ TEST(KernelCmdlineGrubby, FedoraBlsEntriesThroughGrubby) {
 
 TEST(KernelCmdlineKernelInstall, ArchSystemdBootAmdIommuAuto) {
   Tree t("arch-systemd-boot", {"usr/bin/kernel-install"});
-  auto r = check_apply_twice(t, "tasks:\n  - name: gpu\n    kernel_cmdline: {iommu: auto, present: ['vfio-pci.ids=10de:2684,10de:22ba']}\n");
+  auto r = check_apply_twice(
+      t, "tasks:\n  - name: gpu\n    kernel_cmdline: {iommu: auto, present: ['vfio-pci.ids=10de:2684,10de:22ba']}\n");
   EXPECT_EQ(task(r.first).data["boot_path"], "kernel-install");
   EXPECT_EQ(test::slurp(t.file("/etc/kernel/cmdline")),
             "root=UUID=7f3e2a1b-9c8d-4e6f-a5b4-3c2d1e0f9a8b rw quiet vfio-pci.ids=10de:2684,10de:22ba\n");
@@ -468,7 +490,8 @@ TEST(KernelCmdlineKernelInstall, ArchSystemdBootAmdIommuAuto) {
             std::vector<std::string>{"kernel-install add 6.9.7-arch1-1 /usr/lib/modules/6.9.7-arch1-1/vmlinuz"});
   EXPECT_EQ(task(r.first).msg,
             "boot path kernel-install (detected): kernel-install (/etc/kernel/cmdline): added "
-            "vfio-pci.ids=10de:2684,10de:22ba; removed amd_iommu=off (the AMD IOMMU is on by default: nothing to add for it)");
+            "vfio-pci.ids=10de:2684,10de:22ba; removed amd_iommu=off (the AMD IOMMU is on by default: nothing to add "
+            "for it)");
   // Nothing claims amd_iommu=on: the kernel has no such switch.
   EXPECT_EQ(task(r.first).expect["cmdline_present"], std::vector<std::string>{"vfio-pci.ids=10de:2684,10de:22ba"});
   EXPECT_EQ(task(r.first).expect["cmdline_absent"], (std::vector<std::string>{"amd_iommu=off", "iommu=off"}));
@@ -525,8 +548,9 @@ TEST(KernelCmdlineSchema, BadArgumentsAreLoadErrorsWithPositions) {
   test::write(d / "proc/cpuinfo", "processor\t: 0\nvendor_id\t: GenuineIntel\n");
   auto bad = converge(d.path(), "tasks:\n  - kernel_cmdline:\n      present: ['a b']\n", false);
   ASSERT_FALSE(bad.load_errors.empty());
-  EXPECT_NE(bad.load_errors[0].find("test.yaml:3:16: kernel_cmdline argument 'present': 'a b' is not a kernel parameter"),
-            std::string::npos)
+  EXPECT_NE(
+      bad.load_errors[0].find("test.yaml:3:16: kernel_cmdline argument 'present': 'a b' is not a kernel parameter"),
+      std::string::npos)
       << bad.load_errors[0];
   auto both = converge(d.path(), "tasks:\n  - kernel_cmdline: {present: [iommu=pt], absent: [iommu]}\n", false);
   ASSERT_FALSE(both.load_errors.empty());

@@ -3,11 +3,11 @@
 // On libvirt's test:/// driver in-process, and on a private libvirtd (the QEMU driver) with the
 // real passthrough domains of tests/fixtures/domains (collected from public repositories).
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
-#include <pugixml.hpp>
 
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <pugixml.hpp>
 #include <regex>
 
 #include "agent/virt.hpp"
@@ -41,7 +41,8 @@ std::string identity(pugi::xml_node n) {
   }
   if (name == "controller") return a(n, "type") + ":" + a(n, "index");
   if (name == "input") return a(n, "type") + ":" + a(n, "bus") + ":" + a(n.child("source"), "dev");
-  if (name == "channel" || name == "serial" || name == "console") return a(n, "type") + ":" + a(n.child("target"), "name");
+  if (name == "channel" || name == "serial" || name == "console")
+    return a(n, "type") + ":" + a(n.child("target"), "name");
   if (name == "vcpupin") return a(n, "vcpu");
   if (name == "timer") return a(n, "name");
   if (name == "shmem") return a(n, "name");
@@ -85,7 +86,8 @@ std::vector<std::string> differences(const std::string& a, const std::string& b)
 std::vector<std::string> outside(const std::vector<std::string>& diff, const std::vector<std::string>& allowed) {
   std::vector<std::string> out;
   for (const auto& d : diff)
-    if (std::none_of(allowed.begin(), allowed.end(), [&](const std::string& p) { return d.rfind(p, 0) == 0; })) out.push_back(d);
+    if (std::none_of(allowed.begin(), allowed.end(), [&](const std::string& p) { return d.rfind(p, 0) == 0; }))
+      out.push_back(d);
   return out;
 }
 
@@ -187,18 +189,23 @@ TEST(LibvirtDomainAdopts, AUsersDomainChangesOnlyWhereThePlaybookSays) {
 
   // Only the memory, the GPU's two functions behind a new root port, and the record differ.
   const auto diff = differences(original, adopted);
-  EXPECT_EQ(outside(diff, {"/memory[0]", "/currentMemory[0]", "/metadata[0]", "/devices[0]/hostdev[0x0000:0x01:0x00.0x0]",
-                           "/devices[0]/hostdev[0x0000:0x01:0x00.0x1]", "/devices[0]/controller[pci:"}),
-            std::vector<std::string>{})
+  EXPECT_EQ(
+      outside(diff, {"/memory[0]", "/currentMemory[0]", "/metadata[0]", "/devices[0]/hostdev[0x0000:0x01:0x00.0x0]",
+                     "/devices[0]/hostdev[0x0000:0x01:0x00.0x1]", "/devices[0]/controller[pci:"}),
+      std::vector<std::string>{})
       << adopted;
   EXPECT_TRUE(has(adopted, "<memory unit='KiB'>12582912</memory>")) << adopted;
-  EXPECT_TRUE(has(adopted, "<controller type='pci' index='5' model='pcie-root-port'/>")) << "the first free index: " << adopted;
-  EXPECT_TRUE(has(adopted, "<address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0' multifunction='on'/>")) << adopted;
+  EXPECT_TRUE(has(adopted, "<controller type='pci' index='5' model='pcie-root-port'/>"))
+      << "the first free index: " << adopted;
+  EXPECT_TRUE(
+      has(adopted, "<address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0' multifunction='on'/>"))
+      << adopted;
   EXPECT_FALSE(has(adopted, "<boot dev=")) << "per-device boot order: no <os><boot>";
   EXPECT_TRUE(has(adopted, "xmlns:gptagent=")) << adopted;
 
   auto second = test::converge_root(host.root(), adopt(""), false);
-  EXPECT_EQ(second.tasks.back().result.status, Outcome::ok) << second.tasks.back().result.msg << second.tasks.back().result.diff;
+  EXPECT_EQ(second.tasks.back().result.status, Outcome::ok)
+      << second.tasks.back().result.msg << second.tasks.back().result.diff;
   EXPECT_EQ(test::converge_root(host.root(), adopt(""), true).exit_code, 0);
 
   // hyperv: true takes the enlightenments over; without it they are the user's again, exactly.
@@ -207,9 +214,11 @@ TEST(LibvirtDomainAdopts, AUsersDomainChangesOnlyWhereThePlaybookSays) {
   const std::string with_hyperv = lv.xml("win10");
   EXPECT_TRUE(has(with_hyperv, "<spinlocks state='on' retries='4096'/>")) << "the user's retries stay: " << with_hyperv;
   EXPECT_TRUE(has(with_hyperv, "<synic state='on'/>")) << with_hyperv;
-  EXPECT_TRUE(has(with_hyperv, "<vendor_id state='on' value='randomid'/>")) << "the user's vendor_id stays: " << with_hyperv;
+  EXPECT_TRUE(has(with_hyperv, "<vendor_id state='on' value='randomid'/>"))
+      << "the user's vendor_id stays: " << with_hyperv;
   EXPECT_TRUE(has(with_hyperv, "<timer name='hypervclock' present='yes'/>")) << with_hyperv;
-  EXPECT_EQ(test::converge_root(host.root(), adopt("      hyperv: true\n"), false).tasks.back().result.status, Outcome::ok);
+  EXPECT_EQ(test::converge_root(host.root(), adopt("      hyperv: true\n"), false).tasks.back().result.status,
+            Outcome::ok);
   auto untuned = test::converge_root(host.root(), adopt(""), false);
   ASSERT_EQ(untuned.tasks.back().result.status, Outcome::changed) << untuned.tasks.back().result.msg;
   EXPECT_EQ(lv.xml("win10"), adopted) << "hyperv given back";
@@ -231,7 +240,8 @@ TEST(LibvirtDomainAdopts, AUsersDomainChangesOnlyWhereThePlaybookSays) {
   no_gpu.erase(no_gpu.find("      gpus:"), std::string("      gpus: [\"0000:01:00.0\"]\n").size());
   ASSERT_EQ(test::converge_root(host.root(), no_gpu, false).tasks.back().result.status, Outcome::changed);
   const std::string released = lv.xml("win10");
-  EXPECT_EQ(outside(differences(original, released), {"/memory[0]", "/currentMemory[0]", "/metadata[0]"}), std::vector<std::string>{})
+  EXPECT_EQ(outside(differences(original, released), {"/memory[0]", "/currentMemory[0]", "/metadata[0]"}),
+            std::vector<std::string>{})
       << released;
 }
 
@@ -262,16 +272,18 @@ TEST(LibvirtDomainAdopts, ListsAreManagedItemByItem) {
   const std::string back = lv.xml("win10");
   EXPECT_FALSE(has(back, "data.qcow2")) << back;
   EXPECT_FALSE(has(back, "br0")) << back;
-  EXPECT_EQ(outside(differences(original, back), {"/memory[0]", "/currentMemory[0]", "/metadata[0]", "/devices[0]/hostdev[0x0000:0x01",
-                                                  "/devices[0]/controller[pci:"}),
+  EXPECT_EQ(outside(differences(original, back), {"/memory[0]", "/currentMemory[0]", "/metadata[0]",
+                                                  "/devices[0]/hostdev[0x0000:0x01", "/devices[0]/controller[pci:"}),
             std::vector<std::string>{})
       << back;
 
   // exclusive: the list is exact; state: absent takes one item out, the user's too.
-  auto exact = test::converge_root(host.root(), adopt("      interfaces: [{bridge: br0}]\n      exclusive: [interfaces]\n"), false);
+  auto exact = test::converge_root(host.root(),
+                                   adopt("      interfaces: [{bridge: br0}]\n      exclusive: [interfaces]\n"), false);
   ASSERT_EQ(exact.tasks.back().result.status, Outcome::changed) << exact.tasks.back().result.msg;
   EXPECT_FALSE(has(lv.xml("win10"), "52:54:00:aa:bb:cc")) << lv.xml("win10");
-  auto absent = test::converge_root(host.root(), adopt("      disks: [{path: /var/lib/libvirt/images/win10.qcow2, state: absent}]\n"), false);
+  auto absent = test::converge_root(
+      host.root(), adopt("      disks: [{path: /var/lib/libvirt/images/win10.qcow2, state: absent}]\n"), false);
   ASSERT_EQ(absent.tasks.back().result.status, Outcome::changed) << absent.tasks.back().result.msg;
   EXPECT_FALSE(has(lv.xml("win10"), "win10.qcow2")) << lv.xml("win10");
   EXPECT_TRUE(has(lv.xml("win10"), "Win10.iso")) << "a CD-ROM is not a disk of the list";
@@ -285,9 +297,10 @@ TEST(LibvirtDomainAdopts, RefusesWhatWouldBreakTheDomainAndChangesNothing) {
   // boot: beside per-device boot order.
   auto boot = test::converge_root(host.root(), adopt("      boot: [hd]\n"), false);
   EXPECT_EQ(boot.tasks.back().result.status, Outcome::failed);
-  EXPECT_EQ(boot.tasks.back().result.msg,
-            "boot: domain win10 orders its devices itself (disk sda (order 2), disk sdb (order 1)), and libvirt refuses "
-            "<os><boot> beside that: leave boot: out, or set the order in the domain");
+  EXPECT_EQ(
+      boot.tasks.back().result.msg,
+      "boot: domain win10 orders its devices itself (disk sda (order 2), disk sdb (order 1)), and libvirt refuses "
+      "<os><boot> beside that: leave boot: out, or set the order in the domain");
   EXPECT_EQ(lv.xml("win10"), original);
 
   // An i440FX domain that would get a GPU.
@@ -299,14 +312,17 @@ TEST(LibvirtDomainAdopts, RefusesWhatWouldBreakTheDomainAndChangesNothing) {
   pb.replace(pb.find("name: win10"), 11, "name: oldvm");
   auto refused = test::converge_root(host.root(), pb, false);
   EXPECT_EQ(refused.tasks.back().result.status, Outcome::failed);
-  EXPECT_TRUE(has(refused.tasks.back().result.msg, "domain oldvm uses the i440FX chipset (pc-i440fx-7.2), which has no PCIe root port for 0000:01:00.0"))
+  EXPECT_TRUE(has(refused.tasks.back().result.msg,
+                  "domain oldvm uses the i440FX chipset (pc-i440fx-7.2), which has no PCIe root port for 0000:01:00.0"))
       << refused.tasks.back().result.msg;
   EXPECT_TRUE(has(refused.tasks.back().result.msg, "Nothing was changed")) << refused.tasks.back().result.msg;
   EXPECT_EQ(lv.xml("oldvm"), old);
   // Nor is it moved to q35 when the playbook names one.
   auto q35 = test::converge_root(host.root(), pb + "      machine: pc-q35-7.2\n", false);
   EXPECT_EQ(q35.tasks.back().result.status, Outcome::failed);
-  EXPECT_TRUE(has(q35.tasks.back().result.msg, "domain oldvm uses the i440FX chipset (pc-i440fx-7.2), and gptagent does not move an existing domain to pc-q35-7.2"))
+  EXPECT_TRUE(has(q35.tasks.back().result.msg,
+                  "domain oldvm uses the i440FX chipset (pc-i440fx-7.2), and gptagent does not move an existing domain "
+                  "to pc-q35-7.2"))
       << q35.tasks.back().result.msg;
   EXPECT_EQ(lv.xml("oldvm"), old);
 }
@@ -314,8 +330,9 @@ TEST(LibvirtDomainAdopts, RefusesWhatWouldBreakTheDomainAndChangesNothing) {
 TEST(LibvirtDomainAdopts, ANewDomainGetsTheDefaultsButOnlyDeclaredKeysAreRecorded) {
   VmHost host;
   TestDriver lv;
-  const std::string pb = "tasks:\n  - libvirt_domain:\n      name: fresh\n      connect: test:///default\n      memory: 4G\n"
-                         "      machine: pc-q35-7.2\n";
+  const std::string pb =
+      "tasks:\n  - libvirt_domain:\n      name: fresh\n      connect: test:///default\n      memory: 4G\n"
+      "      machine: pc-q35-7.2\n";
   ASSERT_EQ(test::converge_root(host.root(), pb, false).tasks.back().result.status, Outcome::changed);
   const std::string xml = lv.xml("fresh");
   for (const char* want : {"<graphics type='spice'", "<model type='vga'", "<hidden state='on'/>", "<boot dev='hd'/>",
@@ -369,7 +386,8 @@ std::string for_this_host(const std::string& xml, const std::string& name) {
     const std::string n = d.name(), t = d.attribute("type").value();
     if ((n == "watchdog" && std::string(d.attribute("model").value()) == "itco") || (n == "audio" && t == "pipewire") ||
         (n == "filesystem" && std::string(d.child("driver").attribute("type").value()) == "virtiofs") || n == "tpm" ||
-        (!spice && ((n == "channel" || n == "redirdev" || n == "smartcard") && t == "spicevmc")) || (!spice && n == "audio" && t == "spice"))
+        (!spice && ((n == "channel" || n == "redirdev" || n == "smartcard") && t == "spicevmc")) ||
+        (!spice && n == "audio" && t == "spice"))
       unknown.push_back(d);
   }
   for (auto d : unknown) devices.remove_child(d);
@@ -384,8 +402,9 @@ std::string for_this_host(const std::string& xml, const std::string& name) {
 }
 
 std::string task(const std::string& name, uint64_t memory_kib, int vcpus, const std::string& extra = "") {
-  return "tasks:\n  - name: vm\n    libvirt_domain:\n      name: " + name + "\n      memory: " + std::to_string(memory_kib / 1024) +
-         "M\n      vcpus: " + std::to_string(vcpus) + "\n      gpus: [\"0000:01:00.0\"]\n" + extra;
+  return "tasks:\n  - name: vm\n    libvirt_domain:\n      name: " + name +
+         "\n      memory: " + std::to_string(memory_kib / 1024) + "M\n      vcpus: " + std::to_string(vcpus) +
+         "\n      gpus: [\"0000:01:00.0\"]\n" + extra;
 }
 
 TEST_F(RealDomains, EachRealDomainIsAdoptedWithoutLossAndGivenBackExactly) {
@@ -417,7 +436,8 @@ TEST_F(RealDomains, EachRealDomainIsAdoptedWithoutLossAndGivenBackExactly) {
     const int vcpus = dom.child("vcpu").text().as_int();
     auto run = [&](const std::string& pb, bool check) {
       test::write(plays / "pb.yaml", pb);
-      std::vector<std::string> args{"apply", plays / "pb.yaml", "--root", host.root(), "--connect", daemon->uri(), "--color", "never", "--diff"};
+      std::vector<std::string> args{"apply",       plays / "pb.yaml", "--root", host.root(), "--connect",
+                                    daemon->uri(), "--color",         "never",  "--diff"};
       if (check) args.push_back("--check");
       return test::run_agent(args);
     };
@@ -435,8 +455,8 @@ TEST_F(RealDomains, EachRealDomainIsAdoptedWithoutLossAndGivenBackExactly) {
     int gpu_functions = 0;
     for (auto h : dom.child("devices").children("hostdev")) {
       auto a = h.child("source").child("address");
-      gpu_functions += a.attribute("domain").as_uint() == 0 && a.attribute("bus").as_uint() == 1 && a.attribute("slot").as_uint() == 0 &&
-                       a.attribute("function").as_uint() < 2;
+      gpu_functions += a.attribute("domain").as_uint() == 0 && a.attribute("bus").as_uint() == 1 &&
+                       a.attribute("slot").as_uint() == 0 && a.attribute("function").as_uint() < 2;
     }
     if (machine.find("i440fx") != std::string::npos && gpu_functions < 2) {
       auto r = run(pb, false);
@@ -454,9 +474,10 @@ TEST_F(RealDomains, EachRealDomainIsAdoptedWithoutLossAndGivenBackExactly) {
       continue;
     }
     const std::string after = daemon->virsh("dumpxml --inactive " + name);
-    EXPECT_EQ(outside(differences(before, after), {"/memory[0]", "/currentMemory[0]", "/metadata[0]", "/devices[0]/hostdev[0x0000:0x01:0x00.",
-                                                   "/devices[0]/controller[pci:"}),
-              std::vector<std::string>{})
+    EXPECT_EQ(
+        outside(differences(before, after), {"/memory[0]", "/currentMemory[0]", "/metadata[0]",
+                                             "/devices[0]/hostdev[0x0000:0x01:0x00.", "/devices[0]/controller[pci:"}),
+        std::vector<std::string>{})
         << after;
     // The new root port and hostdevs sit where nothing else did.
     auto second = run(pb, false);

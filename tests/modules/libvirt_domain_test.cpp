@@ -2,9 +2,9 @@
 // (QEMU driver, type qemu: these machines cannot run KVM guests) through the binary. GPUs come
 // from the sample host trees' sysfs, the only part faked.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "agent/virt.hpp"
@@ -46,25 +46,28 @@ TEST(LibvirtDomain, DefinesChecksRedefinesAndUndefinesOnTheTestDriver) {
   auto first = test::converge_root(host.root(), pb, false);
   ASSERT_EQ(first.tasks.back().result.status, Outcome::changed) << first.tasks.back().result.msg;
   EXPECT_EQ(first.changes(), check.changes());
-  EXPECT_EQ(first.tasks.back().result.msg,
-            "defined domain gpuvm; created /var/lib/libvirt/qemu/nvram/gpuvm_VARS.fd from /usr/share/OVMF/OVMF_VARS_4M.fd");
+  EXPECT_EQ(
+      first.tasks.back().result.msg,
+      "defined domain gpuvm; created /var/lib/libvirt/qemu/nvram/gpuvm_VARS.fd from /usr/share/OVMF/OVMF_VARS_4M.fd");
   EXPECT_EQ(slurp(host.file("/var/lib/libvirt/qemu/nvram/gpuvm_VARS.fd")), "OVMF variables template\n");
   const std::string xml = lv.xml("gpuvm");
-  for (const char* want : {"<memory unit='KiB'>8388608</memory>", "<vcpu placement='static'>4</vcpu>",
-                           "machine='pc-q35-7.2'", "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>",
-                           "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/var/lib/libvirt/qemu/nvram/gpuvm_VARS.fd</nvram>",
-                           "<hidden state='on'/>", "<cpu mode='host-passthrough' check='partial'/>",
-                           "<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>",
-                           "<address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/>",
-                           "<address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0' multifunction='on'/>",
-                           "<address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x1'/>",
-                           "<controller type='pci' index='6' model='pcie-root-port'/>", "<driver name='vfio'/>",
-                           "<source file='/var/lib/libvirt/images/gpuvm.qcow2'/>", "<target dev='vda' bus='virtio'/>",
-                           "<graphics type='spice' autoport='yes'", "<channel type='spicevmc'>", "<console type='pty'>"})
+  for (const char* want :
+       {"<memory unit='KiB'>8388608</memory>", "<vcpu placement='static'>4</vcpu>", "machine='pc-q35-7.2'",
+        "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>",
+        "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/var/lib/libvirt/qemu/nvram/gpuvm_VARS.fd</nvram>",
+        "<hidden state='on'/>", "<cpu mode='host-passthrough' check='partial'/>",
+        "<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>",
+        "<address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/>",
+        "<address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0' multifunction='on'/>",
+        "<address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x1'/>",
+        "<controller type='pci' index='6' model='pcie-root-port'/>", "<driver name='vfio'/>",
+        "<source file='/var/lib/libvirt/images/gpuvm.qcow2'/>", "<target dev='vda' bus='virtio'/>",
+        "<graphics type='spice' autoport='yes'", "<channel type='spicevmc'>", "<console type='pty'>"})
     EXPECT_TRUE(has(xml, want)) << want << "\n" << xml;
 
   auto second = test::converge_root(host.root(), pb, false);
-  EXPECT_EQ(second.tasks.back().result.status, Outcome::ok) << second.tasks.back().result.msg << second.tasks.back().result.diff;
+  EXPECT_EQ(second.tasks.back().result.status, Outcome::ok)
+      << second.tasks.back().result.msg << second.tasks.back().result.diff;
   EXPECT_EQ(second.tasks.back().result.msg, "domain gpuvm is as wanted (pc-q35-7.2, 2 host devices, shut off)");
 
   // Someone edits the memory in virsh and adds a tablet: drift in the memory only; the redefine
@@ -79,8 +82,10 @@ TEST(LibvirtDomain, DefinesChecksRedefinesAndUndefinesOnTheTestDriver) {
   auto drift = test::converge_root(host.root(), pb, true);
   EXPECT_EQ(drift.tasks.back().result.status, Outcome::changed);
   EXPECT_EQ(drift.tasks.back().result.msg, "redefined domain gpuvm");
-  EXPECT_TRUE(has(drift.tasks.back().result.diff, "-  <memory unit=\"KiB\">4194304</memory>")) << drift.tasks.back().result.diff;
-  EXPECT_TRUE(has(drift.tasks.back().result.diff, "+  <memory unit=\"KiB\">8388608</memory>")) << drift.tasks.back().result.diff;
+  EXPECT_TRUE(has(drift.tasks.back().result.diff, "-  <memory unit=\"KiB\">4194304</memory>"))
+      << drift.tasks.back().result.diff;
+  EXPECT_TRUE(has(drift.tasks.back().result.diff, "+  <memory unit=\"KiB\">8388608</memory>"))
+      << drift.tasks.back().result.diff;
   EXPECT_TRUE(has(lv.xml("gpuvm"), "4194304")) << "check mode redefined the domain";
   auto fixed = test::converge_root(host.root(), pb, false);
   EXPECT_EQ(fixed.tasks.back().result.status, Outcome::changed);
@@ -92,7 +97,8 @@ TEST(LibvirtDomain, DefinesChecksRedefinesAndUndefinesOnTheTestDriver) {
   EXPECT_EQ(test::converge_root(host.root(), pb, false).tasks.back().result.status, Outcome::ok);
 
   // A different playbook value is a change too, and only what it names moves.
-  auto more = test::converge_root(host.root(), play("      hyperv_vendor_id: whatever\n      autostart: true\n"), false);
+  auto more =
+      test::converge_root(host.root(), play("      hyperv_vendor_id: whatever\n      autostart: true\n"), false);
   EXPECT_EQ(more.tasks.back().result.msg, "redefined domain gpuvm; autostart on");
   EXPECT_TRUE(has(lv.xml("gpuvm"), "<vendor_id state='on' value='whatever'/>"));
 
@@ -110,37 +116,44 @@ TEST(LibvirtDomain, DefinesChecksRedefinesAndUndefinesOnTheTestDriver) {
 TEST(LibvirtDomain, BadInputIsAClearErrorAndDefinesNothing) {
   VmHost host;
   TestDriver lv;
-  auto bad_address = test::converge_root(host.root(), play("").replace(play("").find("0000:01:00.0"), 12, "01:00"), false);
+  auto bad_address =
+      test::converge_root(host.root(), play("").replace(play("").find("0000:01:00.0"), 12, "01:00"), false);
   ASSERT_FALSE(bad_address.load_errors.empty());
-  EXPECT_TRUE(has(bad_address.load_errors[0], "test.yaml:9:13: libvirt_domain argument 'gpus': '01:00' is not a PCI address like 0000:01:00.0"))
+  EXPECT_TRUE(has(bad_address.load_errors[0],
+                  "test.yaml:9:13: libvirt_domain argument 'gpus': '01:00' is not a PCI address like 0000:01:00.0"))
       << bad_address.load_errors[0];
 
   auto bad_memory = test::converge_root(host.root(), play("").replace(play("").find("8G"), 2, "8Q"), false);
   ASSERT_FALSE(bad_memory.load_errors.empty());
   EXPECT_TRUE(has(bad_memory.load_errors[0], "'8Q' is not a size like 16G")) << bad_memory.load_errors[0];
 
-  auto both = test::converge_root(host.root(), play("").replace(play("").find("{network: default}"), 18,
-                                                                "{network: default, bridge: br0}"), false);
+  auto both = test::converge_root(
+      host.root(), play("").replace(play("").find("{network: default}"), 18, "{network: default, bridge: br0}"), false);
   ASSERT_FALSE(both.load_errors.empty());
   EXPECT_TRUE(has(both.load_errors[0], "each interface has either bridge or network")) << both.load_errors[0];
 
-  auto missing_gpu = test::converge_root(host.root(), play("").replace(play("").find("0000:01:00.0"), 12, "0000:09:00.0"), false);
+  auto missing_gpu =
+      test::converge_root(host.root(), play("").replace(play("").find("0000:01:00.0"), 12, "0000:09:00.0"), false);
   ASSERT_EQ(missing_gpu.tasks.size(), 1u);  // the automatic preflight stops the run before the domain
   EXPECT_EQ(missing_gpu.tasks[0].result.status, Outcome::failed);
   EXPECT_TRUE(has(missing_gpu.tasks[0].result.msg, "0000:09:00.0")) << missing_gpu.tasks[0].result.msg;
 
-  auto i440fx = test::converge_root(host.root(), play("").replace(play("").find("pc-q35-7.2"), 10, "pc-i440fx-7.2"), false);
+  auto i440fx =
+      test::converge_root(host.root(), play("").replace(play("").find("pc-q35-7.2"), 10, "pc-i440fx-7.2"), false);
   EXPECT_EQ(i440fx.tasks.back().result.msg,
             "machine: pc-i440fx-7.2 is the i440FX chipset, which has no PCIe for a GPU: use q35 (pc-q35-4.2 or newer)");
 
-  auto old_q35 = test::converge_root(host.root(), play("").replace(play("").find("pc-q35-7.2"), 10, "pc-q35-2.12"), false);
+  auto old_q35 =
+      test::converge_root(host.root(), play("").replace(play("").find("pc-q35-7.2"), 10, "pc-q35-2.12"), false);
   EXPECT_EQ(old_q35.tasks.back().result.msg,
             "machine: pc-q35-2.12 is older than pc-q35-4.2, the oldest q35 machine type for GPU passthrough");
 
   auto no_firmware = test::converge_root(test::SampleHost().root(), play(""), false);
-  EXPECT_TRUE(has(no_firmware.tasks.back().result.msg, "no OVMF firmware found")) << no_firmware.tasks.back().result.msg;
+  EXPECT_TRUE(has(no_firmware.tasks.back().result.msg, "no OVMF firmware found"))
+      << no_firmware.tasks.back().result.msg;
 
-  auto bad_uri = test::converge_root(host.root(), play("").replace(play("").find("test:///default"), 15, "test:///nonexistent.xml"), false);
+  auto bad_uri = test::converge_root(
+      host.root(), play("").replace(play("").find("test:///default"), 15, "test:///nonexistent.xml"), false);
   EXPECT_EQ(bad_uri.tasks.back().result.status, Outcome::failed);
   EXPECT_TRUE(has(bad_uri.tasks.back().result.msg, "cannot connect to libvirt at test:///nonexistent.xml: "))
       << bad_uri.tasks.back().result.msg;
@@ -155,7 +168,8 @@ TEST(LibvirtDomain, UnderASandboxRootOnlyAnExplicitConnectionIsUsed) {
   pb.erase(pb.find("      connect: test:///default\n"), 31);
   auto r = test::converge_root(host.root(), pb, false, /*allow_system_commands=*/false);
   ASSERT_EQ(r.tasks.back().result.status, Outcome::skipped);
-  EXPECT_TRUE(has(r.tasks.back().result.msg, "domain gpuvm would be defined at qemu:///system")) << r.tasks.back().result.msg;
+  EXPECT_TRUE(has(r.tasks.back().result.msg, "domain gpuvm would be defined at qemu:///system"))
+      << r.tasks.back().result.msg;
 }
 
 // A private libvirtd with the QEMU driver, started for this suite.
@@ -170,7 +184,8 @@ TEST_F(RealLibvirtd, TheSeedExampleValidatesDefinesAndConverges) {
   test::TempDir work;
   const std::string pb = test::source_path("playbooks/seed-example.yaml");
   fs::create_directories(host.file("/var/lib/libvirt/images"));
-  const std::vector<std::string> base{"apply", pb, "--root", host.root(), "--connect", daemon->uri(), "--color", "never"};
+  const std::vector<std::string> base{"apply",       pb,        "--root", host.root(), "--connect",
+                                      daemon->uri(), "--color", "never"};
 
   auto args = base;
   args.insert(args.end(), {"--check", "--json"});
@@ -194,12 +209,13 @@ TEST_F(RealLibvirtd, TheSeedExampleValidatesDefinesAndConverges) {
   ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
   EXPECT_TRUE(has(first.out, "changed: [the VM] defined domain Example")) << first.out;
   const std::string defined = daemon->virsh("dumpxml --inactive Example");
-  for (const char* want : {"<memory unit='KiB'>16777216</memory>", "<vcpu placement='static'>8</vcpu>",
-                           "<source bridge='VMBridge'/>", "<mac address='c6:f4:35:f8:98:c9'/>",
-                           "<graphics type='spice' port='5902' autoport='no' listen='192.168.1.103'>",
-                           "<address domain='0x0000' bus='0x02' slot='0x00' function='0x1'/>",
-                           "<boot dev='cdrom'/>", "<address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0' multifunction='on'/>",
-                           "<address type='pci' domain='0x0000' bus='0x07' slot='0x00' function='0x1'/>"})
+  for (const char* want :
+       {"<memory unit='KiB'>16777216</memory>", "<vcpu placement='static'>8</vcpu>", "<source bridge='VMBridge'/>",
+        "<mac address='c6:f4:35:f8:98:c9'/>",
+        "<graphics type='spice' port='5902' autoport='no' listen='192.168.1.103'>",
+        "<address domain='0x0000' bus='0x02' slot='0x00' function='0x1'/>", "<boot dev='cdrom'/>",
+        "<address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0' multifunction='on'/>",
+        "<address type='pci' domain='0x0000' bus='0x07' slot='0x00' function='0x1'/>"})
     EXPECT_TRUE(has(defined, want)) << want << "\n" << defined;
 
   auto second = test::run_agent(base);
@@ -207,7 +223,7 @@ TEST_F(RealLibvirtd, TheSeedExampleValidatesDefinesAndConverges) {
   EXPECT_TRUE(has(second.out, "ok: [the VM] domain Example is as wanted")) << second.out;
 
   // Drift made in virsh: --check reports it (exit 2), apply fixes it, --check is clean again.
-  EXPECT_TRUE(has(daemon->virsh("setmaxmem Example 4G --config"), "")) ;
+  EXPECT_TRUE(has(daemon->virsh("setmaxmem Example 4G --config"), ""));
   args = base;
   args.push_back("--check");
   auto drift = test::run_agent(args);
@@ -223,9 +239,13 @@ TEST_F(RealLibvirtd, AVmWithoutGpusStartsAndStopsUnderEmulation) {
   test::TempDir plays;
   auto pb = [&](const std::string& state) {
     const std::string path = plays / (state + ".yaml");
-    test::write(path, "tasks:\n  - name: vm\n    libvirt_domain:\n      name: tcgvm\n      memory: 128M\n      vcpus: 1\n"
-                      "      graphics: {type: none}\n      video: none\n      nvram: " + daemon->dir() + "/tcgvm_VARS.fd\n"
-                      "      force_shutoff: true\n      state: " + state + "\n");
+    test::write(path,
+                "tasks:\n  - name: vm\n    libvirt_domain:\n      name: tcgvm\n      memory: 128M\n      vcpus: 1\n"
+                "      graphics: {type: none}\n      video: none\n      nvram: " +
+                    daemon->dir() +
+                    "/tcgvm_VARS.fd\n"
+                    "      force_shutoff: true\n      state: " +
+                    state + "\n");
     return path;
   };
   auto run = [&](const std::string& state) {
@@ -234,11 +254,13 @@ TEST_F(RealLibvirtd, AVmWithoutGpusStartsAndStopsUnderEmulation) {
   // A definition libvirt refuses (a machine type this QEMU does not have): nothing is changed.
   const std::string refused_pb = plays / "refused.yaml";
   test::write(refused_pb, slurp(pb("running")) + "      machine: pc-q35-99.0\n");
-  auto refused = test::run_agent({"apply", refused_pb, "--root", host.root(), "--connect", daemon->uri(), "--color", "never"});
+  auto refused =
+      test::run_agent({"apply", refused_pb, "--root", host.root(), "--connect", daemon->uri(), "--color", "never"});
   EXPECT_EQ(refused.exit_code, 1) << refused.out;
   EXPECT_TRUE(has(refused.out, "failed: [vm] libvirt refused the domain definition: ")) << refused.out;
   EXPECT_TRUE(has(refused.out, "(domain tcgvm, nothing was changed)")) << refused.out;
-  EXPECT_FALSE(fs::exists(host.file(daemon->dir() + "/tcgvm_VARS.fd"))) << "the nvram was made for a domain never defined";
+  EXPECT_FALSE(fs::exists(host.file(daemon->dir() + "/tcgvm_VARS.fd")))
+      << "the nvram was made for a domain never defined";
   EXPECT_TRUE(has(daemon->virsh("list --all --name"), "tcgvm") == false);
 
   auto started = run("running");

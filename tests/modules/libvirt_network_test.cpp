@@ -31,8 +31,9 @@ std::string task(const std::string& args) {
   return "tasks:\n  - name: net\n    libvirt_network:\n      connect: test:///default\n" + args;
 }
 
-const std::string kLab = task("      name: lab\n      mode: nat\n      bridge: virbr7\n      address: 192.168.100.1/24\n"
-                              "      dhcp: {start: 192.168.100.10, end: 192.168.100.99}\n");
+const std::string kLab = task(
+    "      name: lab\n      mode: nat\n      bridge: virbr7\n      address: 192.168.100.1/24\n"
+    "      dhcp: {start: 192.168.100.10, end: 192.168.100.99}\n");
 
 TEST(LibvirtNetwork, DefinesStartsAndIsOkTheSecondTimeWithCheckExact) {
   test::SampleHost host;
@@ -73,10 +74,12 @@ TEST(LibvirtNetwork, CheckModeOnAHostWithoutLibvirtPredictsWhatPackagesWouldBrin
   test::write(host.file("/var/lib/dpkg/status"),
               "Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4\n\n");
   const std::string absent_hypervisor = "test:///" + host.root() + "/no-such-libvirt.xml";
-  const std::string later = "  - service: {name: libvirtd, enabled: true, state: started}\n"
-                            "  - libvirt_network: {name: lab, connect: '" + absent_hypervisor +
-                            "', mode: nat, address: 192.168.100.1/24}\n";
-  auto check = test::converge_root(host.root(), "tasks:\n  - packages: {present: [libvirt-daemon-system]}\n" + later, true);
+  const std::string later =
+      "  - service: {name: libvirtd, enabled: true, state: started}\n"
+      "  - libvirt_network: {name: lab, connect: '" +
+      absent_hypervisor + "', mode: nat, address: 192.168.100.1/24}\n";
+  auto check =
+      test::converge_root(host.root(), "tasks:\n  - packages: {present: [libvirt-daemon-system]}\n" + later, true);
   ASSERT_EQ(check.tasks.size(), 3u) << (check.load_errors.empty() ? "" : check.load_errors[0]);
   EXPECT_EQ(check.tasks[0].result.status, Outcome::changed) << check.tasks[0].result.msg;
   EXPECT_EQ(check.tasks[1].result.status, Outcome::changed) << check.tasks[1].result.msg;
@@ -84,9 +87,11 @@ TEST(LibvirtNetwork, CheckModeOnAHostWithoutLibvirtPredictsWhatPackagesWouldBrin
             "would be enabled, started: libvirtd.service is not known to systemd yet; an earlier task would install "
             "packages, which may bring it");
   EXPECT_EQ(check.tasks[2].result.status, Outcome::changed) << check.tasks[2].result.msg;
-  EXPECT_TRUE(has(check.tasks[2].result.msg, "network lab would be defined at " + absent_hypervisor +
-                                                 ": libvirt cannot be reached yet (")) << check.tasks[2].result.msg;
-  EXPECT_TRUE(has(check.tasks[2].result.msg, "), and an earlier task would install packages first")) << check.tasks[2].result.msg;
+  EXPECT_TRUE(has(check.tasks[2].result.msg,
+                  "network lab would be defined at " + absent_hypervisor + ": libvirt cannot be reached yet ("))
+      << check.tasks[2].result.msg;
+  EXPECT_TRUE(has(check.tasks[2].result.msg, "), and an earlier task would install packages first"))
+      << check.tasks[2].result.msg;
   EXPECT_EQ(check.exit_code, 2);
 
   // Under --root nothing is installed: the service task says why it cannot tell, and fails nothing.
@@ -96,8 +101,10 @@ TEST(LibvirtNetwork, CheckModeOnAHostWithoutLibvirtPredictsWhatPackagesWouldBrin
                                        false, /*allow_system_commands=*/false);
   ASSERT_EQ(sandboxed.tasks.size(), 2u);
   EXPECT_EQ(sandboxed.tasks[1].result.status, Outcome::skipped) << sandboxed.tasks[1].result.msg;
-  EXPECT_EQ(sandboxed.tasks[1].result.msg, "libvirtd.service is not known to systemd yet; an earlier task has packages to "
-                                           "install that are not installed under --root " + host.root() + ", which may bring it");
+  EXPECT_EQ(sandboxed.tasks[1].result.msg,
+            "libvirtd.service is not known to systemd yet; an earlier task has packages to "
+            "install that are not installed under --root " +
+                host.root() + ", which may bring it");
   EXPECT_EQ(sandboxed.exit_code, 0);
   // And --check under --root predicts just that: the package manager will not run there either.
   auto sandboxed_check = test::converge_root(host.root(),
@@ -112,7 +119,8 @@ TEST(LibvirtNetwork, CheckModeOnAHostWithoutLibvirtPredictsWhatPackagesWouldBrin
   auto alone = test::converge_root(host.root(), "tasks:\n" + later, true);
   ASSERT_EQ(alone.tasks.size(), 1u) << "the failed service task stops the run";
   EXPECT_EQ(alone.tasks[0].result.status, Outcome::failed) << alone.tasks[0].result.msg;
-  EXPECT_TRUE(has(alone.tasks[0].result.msg, "unit libvirtd.service is not known to systemd")) << alone.tasks[0].result.msg;
+  EXPECT_TRUE(has(alone.tasks[0].result.msg, "unit libvirtd.service is not known to systemd"))
+      << alone.tasks[0].result.msg;
   auto network_alone = test::converge_root(
       host.root(), "tasks:\n  - libvirt_network: {name: lab, connect: '" + absent_hypervisor + "', mode: nat}\n", true);
   ASSERT_EQ(network_alone.tasks.size(), 1u);
@@ -127,15 +135,17 @@ TEST(LibvirtNetwork, AHandEditOfADeclaredPartIsDriftAndOfAnUndeclaredOneIsNot) {
   const std::string defined = network_xml(lv, "lab");
 
   // Undeclared: the DNS domain, the bridge's STP. Not drift; kept as the user made them.
-  std::string edited = std::regex_replace(defined, std::regex("<bridge name='virbr7'[^/]*/>"),
-                                          "<bridge name='virbr7' stp='off' delay='2'/>\n  <domain name='lab.example'/>");
+  std::string edited =
+      std::regex_replace(defined, std::regex("<bridge name='virbr7'[^/]*/>"),
+                         "<bridge name='virbr7' stp='off' delay='2'/>\n  <domain name='lab.example'/>");
   ASSERT_NE(edited, defined);
   ASSERT_TRUE(lv.conn.define_network(edited).ok());
   auto undeclared = test::converge_root(host.root(), kLab, true);
   EXPECT_EQ(undeclared.exit_code, 0) << undeclared.tasks[0].result.msg << undeclared.tasks[0].result.diff;
 
   // Declared: the DHCP range. Drift, and the change is that one line.
-  const std::string narrowed = std::regex_replace(network_xml(lv, "lab"), std::regex("end='192.168.100.99'"), "end='192.168.100.50'");
+  const std::string narrowed =
+      std::regex_replace(network_xml(lv, "lab"), std::regex("end='192.168.100.99'"), "end='192.168.100.50'");
   ASSERT_TRUE(lv.conn.define_network(narrowed).ok());
   auto drift = test::converge_root(host.root(), kLab, true);
   EXPECT_EQ(drift.exit_code, 2);
@@ -157,15 +167,18 @@ TEST(LibvirtNetwork, AdoptsTheUsersNetworkChangingOnlyWhatIsDeclared) {
   TestDriver lv;
   const std::string before = network_xml(lv, "default");
   ASSERT_TRUE(has(before, "<range start='192.168.122.2' end='192.168.122.254'/>")) << before;
-  const std::string pb = task("      name: default\n      address: 192.168.122.1/24\n"
-                              "      dhcp: {start: 192.168.122.100, end: 192.168.122.199}\n      autostart: true\n"
-                              "      state: inactive\n");
+  const std::string pb = task(
+      "      name: default\n      address: 192.168.122.1/24\n"
+      "      dhcp: {start: 192.168.122.100, end: 192.168.122.199}\n      autostart: true\n"
+      "      state: inactive\n");
   auto run = test::converge_root(host.root(), pb, false);
   ASSERT_EQ(run.tasks[0].result.status, Outcome::changed) << run.tasks[0].result.msg;
   const std::string after = network_xml(lv, "default");
-  EXPECT_EQ(std::regex_replace(after, std::regex("start='192.168.122.100' end='192.168.122.199'"), "start='192.168.122.2' end='192.168.122.254'"),
+  EXPECT_EQ(std::regex_replace(after, std::regex("start='192.168.122.100' end='192.168.122.199'"),
+                               "start='192.168.122.2' end='192.168.122.254'"),
             before)
-      << "something besides the DHCP range changed:\n" << after;
+      << "something besides the DHCP range changed:\n"
+      << after;
   EXPECT_EQ(run.tasks[0].result.msg, "redefined network default; stopped; autostart on");
   auto again = test::converge_root(host.root(), pb, false);
   EXPECT_EQ(again.tasks[0].result.status, Outcome::ok) << again.tasks[0].result.msg << again.tasks[0].result.diff;
@@ -197,7 +210,8 @@ TEST(LibvirtNetwork, ABridgeNetworkNeedsTheHostBridge) {
   const std::string pb = task("      name: lan\n      mode: bridge\n      bridge: br0\n");
   auto missing = test::converge_root(host.root(), pb, true);
   EXPECT_EQ(missing.exit_code, 1);
-  EXPECT_TRUE(has(missing.tasks[0].result.msg, "bridge br0 does not exist on this host")) << missing.tasks[0].result.msg;
+  EXPECT_TRUE(has(missing.tasks[0].result.msg, "bridge br0 does not exist on this host"))
+      << missing.tasks[0].result.msg;
   EXPECT_EQ(network_xml(lv, "lan"), "");
 
   fs::create_directories(host.file("/sys/class/net/br0/bridge"));
@@ -214,7 +228,8 @@ TEST(LibvirtNetwork, RefusesWhatLibvirtCouldNotUseAtLoadTime) {
   test::SampleHost host;
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
            {"      name: x\n      mode: bridge\n", "mode: bridge needs bridge:"},
-           {"      name: x\n      mode: bridge\n      bridge: br0\n      address: 10.0.0.1/24\n", "no address of its own"},
+           {"      name: x\n      mode: bridge\n      bridge: br0\n      address: 10.0.0.1/24\n",
+            "no address of its own"},
            {"      name: x\n      address: 10.0.0.1\n", "with a prefix length"},
            {"      name: x\n      ip: 10.0.0.1\n", "ip: and netmask: go together"},
            {"      name: x\n      ip: 10.0.0.1\n      netmask: 255.0.255.0\n", "is not a netmask"},
@@ -237,8 +252,10 @@ TEST_F(RealNetworks, DefinesChecksAndFindsDriftOnARealDaemon) {
   test::write(work / "pb.yaml",
               "tasks:\n  - name: nat\n    libvirt_network:\n      name: natnet\n      address: 192.168.150.1/24\n"
               "      dhcp: {start: 192.168.150.10, end: 192.168.150.20}\n      state: inactive\n"
-              "  - name: lan\n    libvirt_network:\n      name: lan\n      mode: bridge\n      bridge: br0\n      autostart: true\n");
-  const std::vector<std::string> base{"apply", work / "pb.yaml", "--root", host.root(), "--connect", daemon->uri(), "--color", "never"};
+              "  - name: lan\n    libvirt_network:\n      name: lan\n      mode: bridge\n      bridge: br0\n      "
+              "autostart: true\n");
+  const std::vector<std::string> base{"apply",     work / "pb.yaml", "--root",  host.root(),
+                                      "--connect", daemon->uri(),    "--color", "never"};
   auto with = [&](std::initializer_list<std::string> more) {
     auto a = base;
     a.insert(a.end(), more);
@@ -252,7 +269,8 @@ TEST_F(RealNetworks, DefinesChecksAndFindsDriftOnARealDaemon) {
   ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
   EXPECT_TRUE(has(first.out, "changed: [nat] defined network natnet")) << first.out;
   EXPECT_TRUE(has(first.out, "changed: [lan] defined network lan; started; autostart on")) << first.out;
-  EXPECT_TRUE(has(daemon->virsh("net-dumpxml --inactive natnet"), "<range start='192.168.150.10' end='192.168.150.20'/>"));
+  EXPECT_TRUE(
+      has(daemon->virsh("net-dumpxml --inactive natnet"), "<range start='192.168.150.10' end='192.168.150.20'/>"));
   EXPECT_TRUE(has(daemon->virsh("net-info lan"), "Active:         yes")) << daemon->virsh("net-info lan");
 
   auto second = with({});
@@ -271,8 +289,11 @@ TEST_F(RealNetworks, DefinesChecksAndFindsDriftOnARealDaemon) {
   EXPECT_EQ(with({}).exit_code, 0);
   EXPECT_EQ(with({"--check"}).exit_code, 0);
 
-  test::write(work / "absent.yaml", "tasks:\n  - libvirt_network: {name: natnet, state: absent}\n  - libvirt_network: {name: lan, state: absent}\n");
-  auto gone = test::run_agent({"apply", work / "absent.yaml", "--root", host.root(), "--connect", daemon->uri(), "--color", "never"});
+  test::write(
+      work / "absent.yaml",
+      "tasks:\n  - libvirt_network: {name: natnet, state: absent}\n  - libvirt_network: {name: lan, state: absent}\n");
+  auto gone = test::run_agent(
+      {"apply", work / "absent.yaml", "--root", host.root(), "--connect", daemon->uri(), "--color", "never"});
   EXPECT_EQ(gone.exit_code, 0) << gone.out << gone.err;
   EXPECT_FALSE(has(daemon->virsh("net-list --all --name"), "natnet"));
   EXPECT_FALSE(has(daemon->virsh("net-list --all --name"), "lan"));

@@ -396,7 +396,8 @@ TEST(Packages, InstallRecommendsIsEachPackageManagersOwnSwitch) {
             Lines{"dnf -y --setopt=install_weak_deps=False install gpt-new"});
   RpmWithOld leap(kLeap);
   EXPECT_EQ(leap.run(task("{present: [gpt-new], install_recommends: false}"), true).result().commands,
-            Lines{"env ZYPP_LOCK_TIMEOUT=300 zypper --non-interactive install --no-recommends --auto-agree-with-licenses gpt-new"});
+            Lines{"env ZYPP_LOCK_TIMEOUT=300 zypper --non-interactive install --no-recommends "
+                  "--auto-agree-with-licenses gpt-new"});
   // Removals take no recommendations.
   EXPECT_EQ(leap.run(task("{absent: [gpt-old], install_recommends: false}"), true).result().commands,
             Lines{"env ZYPP_LOCK_TIMEOUT=300 zypper --non-interactive remove gpt-old"});

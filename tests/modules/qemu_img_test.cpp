@@ -43,7 +43,6 @@ using test::tool;
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
-
 // Check mode predicts the change and touches nothing; apply makes it, the same way; a second
 // apply finds nothing to do.
 Ran twice(const TempDir& root, const std::string& yaml) {
@@ -74,7 +73,7 @@ nlohmann::json info(const std::string& image) {
 }
 
 uint64_t allocated_bytes(const std::string& file) {
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::stat(file.c_str(), &st), 0) << file;
   return static_cast<uint64_t>(st.st_blocks) * 512;
 }
@@ -307,7 +306,7 @@ TEST(QemuImg, ModeIsAppliedAndCorrected) {
   const std::string img = h.file("/images/vm.qcow2");
   auto r = twice(h.root, task("path: /images/vm.qcow2, size: 1G, mode: \"0640\""));
   EXPECT_EQ(r.result().msg, "created /images/vm.qcow2 (qcow2, 1 GiB) with mode 0640");
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(img.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0640u);
   // Someone loosened it: corrected, with nothing run.
@@ -330,7 +329,7 @@ TEST(QemuImg, OwnerAndGroupByNameFromTheRootsFiles) {
   const std::string yaml = task("path: /images/vm.qcow2, size: 1G, owner: libvirt-qemu, group: kvm, mode: \"0600\"");
   auto r = twice(h.root, yaml);
   EXPECT_EQ(r.result().msg, "created /images/vm.qcow2 (qcow2, 1 GiB) with owner 64055, group 108, mode 0600");
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(img.c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, 64055u);
   EXPECT_EQ(st.st_gid, 108u);
@@ -359,8 +358,9 @@ class RunningVm {
  public:
   explicit RunningVm(const std::string& image) {
     const std::string qemu = tool("qemu-system-x86_64");
-    std::vector<std::string> args = {qemu, "-machine", "none", "-nodefaults", "-display", "none", "-S", "-drive",
-                                     "file=" + image + ",if=none,id=d0,format=qcow2"};
+    std::vector<std::string> args = {qemu,          "-machine", "none",
+                                     "-nodefaults", "-display", "none",
+                                     "-S",          "-drive",   "file=" + image + ",if=none,id=d0,format=qcow2"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

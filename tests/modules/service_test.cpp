@@ -58,7 +58,8 @@ class FakeSystemd final : public Exec {
       return {state == "active" ? 0 : 3, false, state + "\n", ""};
     }
     if (verb == "is-enabled") {
-      if (it == units.end()) return {1, false, "", "Failed to get unit file state for " + name + ": No such file or directory\n"};
+      if (it == units.end())
+        return {1, false, "", "Failed to get unit file state for " + name + ": No such file or directory\n"};
       const std::string& s = it->second.enabled;
       const bool zero = s == "enabled" || s == "static" || s == "alias" || s == "indirect";
       return {zero ? 0 : 1, false, s + "\n", ""};
@@ -67,11 +68,16 @@ class FakeSystemd final : public Exec {
     if (it == units.end()) return {5, false, "", "Failed to " + verb + " unit: Unit " + name + " not found.\n"};
     Unit& u = it->second;
     if (u.enabled == "masked") return {1, false, "", "Failed to " + verb + " unit: Unit " + name + " is masked.\n"};
-    if (verb == "enable") u.enabled = "enabled";
-    else if (verb == "disable") u.enabled = "disabled";
-    else if (verb == "start" || verb == "restart") u.active = "active";
-    else if (verb == "stop") u.active = "inactive";
-    else return {1, false, "", "Unknown command verb " + verb + ".\n"};
+    if (verb == "enable")
+      u.enabled = "enabled";
+    else if (verb == "disable")
+      u.enabled = "disabled";
+    else if (verb == "start" || verb == "restart")
+      u.active = "active";
+    else if (verb == "stop")
+      u.active = "inactive";
+    else
+      return {1, false, "", "Unknown command verb " + verb + ".\n"};
     return {0, false, "", ""};
   }
 };
@@ -101,7 +107,8 @@ TEST(Service, EnablesAndStartsThenIsOkWithNoChangingCommand) {
 
   Result first = live.run(args, true);
   EXPECT_EQ(first.status, Outcome::changed) << first.msg;
-  EXPECT_EQ(live.systemd.changes, (std::vector<std::string>{"systemctl enable foo.service", "systemctl start foo.service"}));
+  EXPECT_EQ(live.systemd.changes,
+            (std::vector<std::string>{"systemctl enable foo.service", "systemctl start foo.service"}));
   EXPECT_EQ(first.commands, check.commands) << "check mode named other commands than the run made";
 
   live.systemd.changes.clear();
@@ -117,7 +124,8 @@ TEST(Service, StopsAndDisablesARunningEnabledUnit) {
   live.systemd.add("gdm.service", "enabled", "active");
   Result r = live.run({{"name", "gdm.service"}, {"enabled", false}, {"state", "stopped"}}, true);
   EXPECT_EQ(r.status, Outcome::changed) << r.msg;
-  EXPECT_EQ(live.systemd.changes, (std::vector<std::string>{"systemctl disable gdm.service", "systemctl stop gdm.service"}));
+  EXPECT_EQ(live.systemd.changes,
+            (std::vector<std::string>{"systemctl disable gdm.service", "systemctl stop gdm.service"}));
   EXPECT_EQ(live.systemd.unit("gdm.service").active, "inactive");
   live.systemd.changes.clear();
   EXPECT_EQ(live.run({{"name", "gdm.service"}, {"enabled", false}, {"state", "stopped"}}, true).status, Outcome::ok);
@@ -138,7 +146,8 @@ TEST(Service, EachActivityIsReadAsSystemdMeansIt) {
     Live live;
     live.systemd.add("foo.service", "enabled", c.active);
     Result r = live.run({{"name", "foo.service"}, {"state", c.want}}, true);
-    EXPECT_EQ(r.status, c.changes.empty() ? Outcome::ok : Outcome::changed) << c.active << " -> " << c.want << ": " << r.msg;
+    EXPECT_EQ(r.status, c.changes.empty() ? Outcome::ok : Outcome::changed)
+        << c.active << " -> " << c.want << ": " << r.msg;
     EXPECT_EQ(live.systemd.changes, c.changes) << c.active << " -> " << c.want;
     EXPECT_EQ(r.data["active"], c.active);
   }
@@ -188,7 +197,8 @@ TEST(Service, AUsersUnitGoesThroughTheirManager) {
   Live live;
   const std::string scope = "nobody";
   live.systemd.add("gnome-remote-desktop.service", "enabled", "active", scope);
-  const json args = {{"name", "gnome-remote-desktop.service"}, {"scope", "user"}, {"user", "nobody"}, {"state", "stopped"}};
+  const json args = {
+      {"name", "gnome-remote-desktop.service"}, {"scope", "user"}, {"user", "nobody"}, {"state", "stopped"}};
   Result r = live.run(args, true);
   EXPECT_EQ(r.status, Outcome::changed) << r.msg;
   EXPECT_EQ(r.msg, "stopped: gnome-remote-desktop.service (user nobody)");
@@ -223,8 +233,10 @@ TEST(Service, AnUnknownUnitFailsWithSystemctlsMessage) {
   Live live;
   Result r = live.run({{"name", "nosuch"}, {"state", "started"}}, true);
   EXPECT_EQ(r.status, Outcome::failed);
-  EXPECT_EQ(r.msg, "unit nosuch.service is not known to systemd: exit code 1: Failed to get unit file state for nosuch.service: "
-                   "No such file or directory");
+  EXPECT_EQ(
+      r.msg,
+      "unit nosuch.service is not known to systemd: exit code 1: Failed to get unit file state for nosuch.service: "
+      "No such file or directory");
   EXPECT_TRUE(live.systemd.changes.empty());
 }
 
@@ -245,7 +257,8 @@ TEST(Service, RestartedIsForHandlersOnly) {
   test::Collect collect(reports);
   Context ctx{live.root, live.systemd, live.facts, true};
   run_playbook(loaded.playbook, ctx, {}, collect);
-  EXPECT_EQ(live.systemd.changes, (std::vector<std::string>{"systemctl enable foo.service", "systemctl restart foo.service"}));
+  EXPECT_EQ(live.systemd.changes,
+            (std::vector<std::string>{"systemctl enable foo.service", "systemctl restart foo.service"}));
   ASSERT_EQ(reports.size(), 2u);
   EXPECT_TRUE(reports[1].handler);
   // Converged: not notified, not restarted.
@@ -275,7 +288,8 @@ struct OfflineRoot {
   OfflineRoot() {
     test::write(dir / "usr/lib/systemd/system/foo.service",
                 "[Unit]\nDescription=foo\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n");
-    test::write(dir / "usr/lib/systemd/system/plain.service", "[Unit]\nDescription=no install section\n[Service]\nExecStart=/bin/true\n");
+    test::write(dir / "usr/lib/systemd/system/plain.service",
+                "[Unit]\nDescription=no install section\n[Service]\nExecStart=/bin/true\n");
     fs::create_directories(dir / "etc/systemd/system");
   }
   Result run(const json& args, bool apply, std::vector<std::string>* commands = nullptr) {
@@ -292,7 +306,8 @@ struct OfflineRoot {
 };
 
 TEST(Service, UnderRootEnablesOfflineWithTheRealSystemctl) {
-  if (!test::exists("/usr/bin/systemctl") && !test::exists("/bin/systemctl")) GTEST_SKIP() << "no systemctl (scripts/deps installs systemd)";
+  if (!test::exists("/usr/bin/systemctl") && !test::exists("/bin/systemctl"))
+    GTEST_SKIP() << "no systemctl (scripts/deps installs systemd)";
   OfflineRoot host;
   const json args = {{"name", "foo.service"}, {"enabled", true}};
   Result check = host.run(args, false);
@@ -312,7 +327,8 @@ TEST(Service, UnderRootEnablesOfflineWithTheRealSystemctl) {
   Result off = host.run({{"name", "foo.service"}, {"enabled", false}}, true);
   EXPECT_EQ(off.status, Outcome::changed) << off.msg;
   EXPECT_FALSE(fs::is_symlink(host.wants()));
-  EXPECT_EQ(host.run({{"name", "plain"}, {"enabled", true}}, true).status, Outcome::ok) << "a static unit needs no enabling";
+  EXPECT_EQ(host.run({{"name", "plain"}, {"enabled", true}}, true).status, Outcome::ok)
+      << "a static unit needs no enabling";
 }
 
 TEST(Service, UnderRootStartingIsReportedAsWhatWouldRun) {
@@ -320,7 +336,8 @@ TEST(Service, UnderRootStartingIsReportedAsWhatWouldRun) {
   OfflineRoot host;
   Result only_start = host.run({{"name", "foo.service"}, {"state", "started"}}, true);
   EXPECT_EQ(only_start.status, Outcome::skipped) << only_start.msg;
-  EXPECT_TRUE(has(only_start.msg, "not run under --root " + host.dir.path() + ": systemctl start foo.service")) << only_start.msg;
+  EXPECT_TRUE(has(only_start.msg, "not run under --root " + host.dir.path() + ": systemctl start foo.service"))
+      << only_start.msg;
   Result both = host.run({{"name", "foo.service"}, {"state", "started"}, {"enabled", true}}, true);
   EXPECT_EQ(both.status, Outcome::changed) << both.msg;
   EXPECT_TRUE(has(both.msg, "systemctl start foo.service")) << both.msg;
@@ -336,7 +353,8 @@ TEST(Service, UnderRootMaskedAndUnknownUnitsFailWithSystemctlsWords) {
   EXPECT_TRUE(has(masked.msg, "is masked (masked)")) << masked.msg;
   Result unknown = host.run({{"name", "nosuch.service"}, {"enabled", true}}, true);
   EXPECT_EQ(unknown.status, Outcome::failed);
-  EXPECT_TRUE(has(unknown.msg, "Failed to get unit file state for nosuch.service: No such file or directory")) << unknown.msg;
+  EXPECT_TRUE(has(unknown.msg, "Failed to get unit file state for nosuch.service: No such file or directory"))
+      << unknown.msg;
 }
 
 }  // namespace

@@ -1,11 +1,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <boost/process.hpp>
 #include <filesystem>
 #include <map>
 #include <set>
-
-#include <boost/process.hpp>
 
 #include "agent/facts.hpp"
 #include "agent/text.hpp"
@@ -19,13 +18,16 @@ using test::TempDir;
 using Lines = std::vector<std::string>;
 
 const std::string kInitramfsModules =
-    "# List of modules that you want to include in your initramfs.\n# They will be loaded at boot time in the order below.\n#\n"
-    "# Syntax:  module_name [args ...]\n#\n# You must run update-initramfs(8) to effect this change.\n#\n# Examples:\n#\n# raid1\n# sd_mod\n";
+    "# List of modules that you want to include in your initramfs.\n# They will be loaded at boot time in the order "
+    "below.\n#\n"
+    "# Syntax:  module_name [args ...]\n#\n# You must run update-initramfs(8) to effect this change.\n#\n# "
+    "Examples:\n#\n# raid1\n# sd_mod\n";
 
 // A small Debian-like host: initramfs-tools, kernel `release`, one GPU at 0000:01:00.{0,1}.
 struct Host {
   TempDir d;
-  explicit Host(const std::string& release = "6.1.0-18-amd64", const std::string& initramfs_tool = "usr/sbin/update-initramfs") {
+  explicit Host(const std::string& release = "6.1.0-18-amd64",
+                const std::string& initramfs_tool = "usr/sbin/update-initramfs") {
     test::write(d / "proc/sys/kernel/osrelease", release + "\n");
     test::write(d / "proc/cpuinfo", "vendor_id\t: GenuineIntel\n");
     test::write(d / "proc/modules", "nouveau 2322432 0 - Live 0x0000000000000000\n");
@@ -60,15 +62,19 @@ test::Converged converge_twice(const std::string& root, const std::string& pb, b
 
 TEST(Vfio, WritesModulesOptionsSoftdepsAndTheInitramfsList) {
   Host h;
-  test::write(h.d / "proc/modules", "vfio 45056 0 - Live 0x0\nvfio_virqfd 16384 0 - Live 0x0\nvfio_iommu_type1 45056 0 - Live 0x0\nvfio_pci 16384 0 - Live 0x0\n");
+  test::write(h.d / "proc/modules",
+              "vfio 45056 0 - Live 0x0\nvfio_virqfd 16384 0 - Live 0x0\nvfio_iommu_type1 45056 0 - Live 0x0\nvfio_pci "
+              "16384 0 - Live 0x0\n");
   auto r = converge_twice(h.d.path(), "tasks:\n  - vfio: {ids: [10DE:1B80, 10de:10f0], blacklist: [nouveau]}\n");
   EXPECT_EQ(h.read("/etc/modules-load.d/vfio.conf"),
-            "# Managed by gptagent (GPU passthrough): changes made here by hand are replaced.\nvfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n");
+            "# Managed by gptagent (GPU passthrough): changes made here by hand are "
+            "replaced.\nvfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n");
   EXPECT_EQ(h.read("/etc/modprobe.d/vfio.conf"),
             "# Managed by gptagent (GPU passthrough): changes made here by hand are replaced.\n"
             "options vfio-pci ids=10de:1b80,10de:10f0\nsoftdep nouveau pre: vfio-pci\nsoftdep nvidia pre: vfio-pci\n"
             "softdep snd_hda_intel pre: vfio-pci\nblacklist nouveau\n");
-  EXPECT_EQ(h.read("/etc/initramfs-tools/modules"), kInitramfsModules + "vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n");
+  EXPECT_EQ(h.read("/etc/initramfs-tools/modules"),
+            kInitramfsModules + "vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n");
   EXPECT_EQ(r.commands, (Lines{"update-initramfs -u -k all"}));  // all loaded already: no modprobe
   EXPECT_TRUE(r.stats.reboot_required);
 }
@@ -81,21 +87,24 @@ TEST(Vfio, TheKernelsOwnDriversForTheChosenFunctionsGoAfterVfioPci) {
   test::SampleHost fedora("fedora-40");  // an RTX 2070: VGA, HD audio, USB-C (xhci), UCSI
   test::write(fedora.file("/lib/modules/6.8.5-301.fc40.x86_64/modules.alias"), aliases);
   converge_twice(fedora.root(), "tasks:\n  - vfio: {gpus: ['0000:01:00.0'], load: false}\n");
-  EXPECT_NE(test::slurp(fedora.file("/etc/modprobe.d/vfio.conf"))
-                .find("softdep nouveau pre: vfio-pci\nsoftdep nvidia pre: vfio-pci\nsoftdep snd_hda_intel pre: vfio-pci\n"
-                      "softdep xhci_pci pre: vfio-pci\n"),
-            std::string::npos)
+  EXPECT_NE(
+      test::slurp(fedora.file("/etc/modprobe.d/vfio.conf"))
+          .find("softdep nouveau pre: vfio-pci\nsoftdep nvidia pre: vfio-pci\nsoftdep snd_hda_intel pre: vfio-pci\n"
+                "softdep xhci_pci pre: vfio-pci\n"),
+      std::string::npos)
       << test::slurp(fedora.file("/etc/modprobe.d/vfio.conf"));
 
   // QEMU's VGA (the lab's stand-in GPU): bochs, which Debian's generic kernel has.
   Host h;
   h.pci("0000:03:00.0", "0x1234", "0x1111");
-  test::write(h.d / "sys/bus/pci/devices/0000:03:00.0/modalias", "pci:v00001234d00001111sv00001AF4sd00001100bc03sc00i00\n");
+  test::write(h.d / "sys/bus/pci/devices/0000:03:00.0/modalias",
+              "pci:v00001234d00001111sv00001AF4sd00001100bc03sc00i00\n");
   test::write(h.d / "lib/modules/6.1.0-18-amd64/modules.alias", aliases);
   const std::string pb = "tasks:\n  - vfio: {devices: ['0000:03:00.0'], load: false}\n";
   converge_twice(h.d.path(), pb);
-  EXPECT_NE(h.read("/etc/modprobe.d/vfio.conf").find("softdep snd_hda_intel pre: vfio-pci\nsoftdep bochs pre: vfio-pci\n"),
-            std::string::npos)
+  EXPECT_NE(
+      h.read("/etc/modprobe.d/vfio.conf").find("softdep snd_hda_intel pre: vfio-pci\nsoftdep bochs pre: vfio-pci\n"),
+      std::string::npos)
       << h.read("/etc/modprobe.d/vfio.conf");
   fs::create_directories(h.d / "sys/bus/pci/drivers/vfio-pci");
   fs::create_symlink("../../../bus/pci/drivers/vfio-pci", h.d / "sys/bus/pci/devices/0000:03:00.0/driver");
@@ -149,7 +158,8 @@ TEST(Vfio, BadIdsAndAddressesAreLoadErrorsWithPositions) {
   Host h;
   auto ids = test::converge_root(h.d.path(), "tasks:\n  - vfio:\n      ids: [10de:1b80, 10de-10f0]\n", false);
   ASSERT_EQ(ids.load_errors.size(), 1u);
-  EXPECT_EQ(ids.load_errors[0], "test.yaml:3:12: vfio argument 'ids': '10de-10f0' is not a vendor:device id like 10de:1b80");
+  EXPECT_EQ(ids.load_errors[0],
+            "test.yaml:3:12: vfio argument 'ids': '10de-10f0' is not a vendor:device id like 10de:1b80");
   auto dev = test::converge_root(h.d.path(), "tasks:\n  - vfio: {devices: [0000:01:00.8]}\n", false);
   ASSERT_EQ(dev.load_errors.size(), 1u);
   EXPECT_NE(dev.load_errors[0].find("'0000:01:00.8' is not a PCI address like 0000:01:00.0"), std::string::npos);
@@ -372,7 +382,8 @@ TEST(Vfio, AUsersModulesLoadFileAndDracutDropInKeepTheirLinesAndGetOnlyWhatTheyL
   const std::string dropin = "# mine\nadd_drivers+=\" vfio vfio_pci \"\nhostonly=\"yes\"\n";
   test::write(fedora.d / "etc/dracut.conf.d/vfio.conf", dropin);
   converge_twice(fedora.d.path(), "tasks:\n  - vfio: {load: false}\n");
-  EXPECT_EQ(fedora.read("/etc/dracut.conf.d/vfio.conf"), dropin + "force_drivers+=\" vfio_iommu_type1 \"  # added by gptagent (vfio)\n");
+  EXPECT_EQ(fedora.read("/etc/dracut.conf.d/vfio.conf"),
+            dropin + "force_drivers+=\" vfio_iommu_type1 \"  # added by gptagent (vfio)\n");
 }
 
 TEST(Vfio, DracutGetsADropIn) {
@@ -398,7 +409,8 @@ TEST(Vfio, MkinitcpioModulesGoFirstInTheArray) {
     Host h("6.9.7-arch1-1", "usr/bin/mkinitcpio");
     test::write(h.d / "etc/mkinitcpio.conf", in);
     std::string pb = "tasks:\n  - vfio: {load: false}\n";
-    if (in.find("\"ext4\"") != std::string::npos) pb = "tasks:\n  - vfio: {load: false, modules: [vfio, vfio_iommu_type1]}\n";
+    if (in.find("\"ext4\"") != std::string::npos)
+      pb = "tasks:\n  - vfio: {load: false, modules: [vfio, vfio_iommu_type1]}\n";
     auto r = converge_twice(h.d.path(), pb);
     EXPECT_EQ(h.read("/etc/mkinitcpio.conf"), out) << in;
     EXPECT_EQ(r.commands, (Lines{"mkinitcpio -P"}));
@@ -410,7 +422,8 @@ TEST(Vfio, MkinitcpioModulesGoFirstInTheArray) {
 TEST(Vfio, AMkinitcpioConfBashRefusesFailsWithItsLine) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"<<<<<<< HEAD\nMODULES=(nvidia)\n=======\nMODULES=()\n>>>>>>> b\nHOOKS=(base udev)\n",
-       "/etc/mkinitcpio.conf:1: not valid shell (bash -n refuses it): redirection unexpected (line 1 is a merge-conflict "
+       "/etc/mkinitcpio.conf:1: not valid shell (bash -n refuses it): redirection unexpected (line 1 is a "
+       "merge-conflict "
        "marker); nothing was changed"},
       {"MODULES=(vfio vfio_pci\nHOOKS=(base udev)\n",
        "/etc/mkinitcpio.conf:2: not valid shell (bash -n refuses it): \"(\" unexpected; nothing was changed"},
@@ -460,7 +473,8 @@ TEST(Vfio, TheInitramfsIsRebuiltOnceForTwoChangingTasks) {
     tasks:
       - vfio: {load: false}
       - vfio: {load: false, ids: [10de:1b80], modprobe_conf: /etc/modprobe.d/vfio.conf}
-)", false);
+)",
+                               false);
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.commands, (Lines{"update-initramfs -u -k all"}));
 }
@@ -470,9 +484,10 @@ TEST(Vfio, ABuiltInVfioPciGetsItsIdsOnTheKernelCommandLine) {
   test::write(h.d / "etc/os-release", "ID=ubuntu\nID_LIKE=debian\n");
   test::write(h.d / "usr/sbin/update-grub", "#!/bin/sh\n", 0755);
   test::write(h.d / "etc/default/grub", "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet splash\"\nGRUB_CMDLINE_LINUX=\"\"\n");
-  test::write(h.d / "lib/modules/5.15.0-105-generic/modules.builtin",
-              "kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio_virqfd.ko\nkernel/drivers/vfio/vfio_iommu_type1.ko\n"
-              "kernel/drivers/vfio/pci/vfio-pci.ko\n");
+  test::write(
+      h.d / "lib/modules/5.15.0-105-generic/modules.builtin",
+      "kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio_virqfd.ko\nkernel/drivers/vfio/vfio_iommu_type1.ko\n"
+      "kernel/drivers/vfio/pci/vfio-pci.ko\n");
   auto r = converge_twice(h.d.path(), "tasks:\n  - vfio: {devices: ['0000:01:00.0']}\n");
   EXPECT_EQ(r.commands, (Lines{"update-grub", "update-initramfs -u -k all"}));  // nothing to load: built in
   EXPECT_EQ(h.read("/etc/default/grub"), "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet splash\"\nGRUB_CMDLINE_LINUX=\"\"\n");
@@ -504,7 +519,8 @@ TEST(Vfio, ABuiltInVfioPciOutsideDebianEditsTheMainGrubFile) {
   Host never("6.9.7-arch1-1", "usr/bin/mkinitcpio");
   test::write(never.d / "etc/default/grub", "GRUB_CMDLINE_LINUX=\"\"\n");
   test::write(never.d / "lib/modules/6.9.7-arch1-1/modules.builtin", "kernel/drivers/vfio/pci/vfio-pci.ko\n");
-  test::converge_root(never.d.path(), "tasks:\n  - vfio: {ids: [10de:2684], load: false, kernel_cmdline: never}\n", false);
+  test::converge_root(never.d.path(), "tasks:\n  - vfio: {ids: [10de:2684], load: false, kernel_cmdline: never}\n",
+                      false);
   EXPECT_EQ(never.read("/etc/default/grub"), "GRUB_CMDLINE_LINUX=\"\"\n");
 }
 

@@ -2,16 +2,17 @@
 // controllers), and the tuned domain on libvirt's test:/// driver and on a private libvirtd:
 // changed then ok, --check predicting the first run, drift in each managed field found and
 // repaired, and libvirt's own additions never counted as drift.
+#include "modules/lib/vm_tuning.hpp"
+
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "agent/facts.hpp"
 #include "agent/host.hpp"
 #include "agent/virt.hpp"
-#include "modules/lib/vm_tuning.hpp"
 #include "tests/support/converge.hpp"
 #include "tests/support/libvirt_test_driver.hpp"
 #include "tests/support/libvirtd.hpp"
@@ -75,9 +76,10 @@ TEST(VmTuning, PinningIsCheckedAgainstTheHostsCpusAndSiblings) {
   // The same CPUs in host order split each core over two guest cores.
   auto split = vm::check_pinning(*host, {1, 2, 5, 6}, 2, {0}, {});
   ASSERT_EQ(split.warnings.size(), 2u);
-  EXPECT_EQ(split.warnings[0],
-            "pin: host CPUs 1,5 are SMT siblings of one core, but vCPUs 0, 2 pinned to them are in different guest cores "
-            "(threads: 2): give siblings to consecutive vCPUs and set cpu.threads to match");
+  EXPECT_EQ(
+      split.warnings[0],
+      "pin: host CPUs 1,5 are SMT siblings of one core, but vCPUs 0, 2 pinned to them are in different guest cores "
+      "(threads: 2): give siblings to consecutive vCPUs and set cpu.threads to match");
   // Threads 1: every vCPU is a core of its own, so siblings always split.
   EXPECT_EQ(vm::check_pinning(*host, {1, 5}, 1, {}, {}).warnings.size(), 1u);
   // The emulator on a vCPU's CPU.
@@ -97,9 +99,11 @@ TEST(VmTuning, PinningIsCheckedAgainstTheHostsCpusAndSiblings) {
 
 // /etc/passwd and /etc/group with the hypervisor users of Debian and Fedora, and a desktop user.
 void write_accounts(const std::string& root) {
-  test::write(root + "/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nlibvirt-qemu:x:64055:108::/var/lib/libvirt:/usr/sbin/nologin\n"
-                                    "qemu:x:107:107::/:/sbin/nologin\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n");
-  test::write(root + "/etc/group", "root:x:0:\nkvm:x:108:alice\nqemu:x:107:\nvideo:x:44:libvirt-qemu,alice\nalice:x:1000:\n");
+  test::write(root + "/etc/passwd",
+              "root:x:0:0:root:/root:/bin/bash\nlibvirt-qemu:x:64055:108::/var/lib/libvirt:/usr/sbin/nologin\n"
+              "qemu:x:107:107::/:/sbin/nologin\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n");
+  test::write(root + "/etc/group",
+              "root:x:0:\nkvm:x:108:alice\nqemu:x:107:\nvideo:x:44:libvirt-qemu,alice\nalice:x:1000:\n");
 }
 
 TEST(VmTuning, ARomMustBeAnOptionRomTheHypervisorCanRead) {
@@ -127,7 +131,8 @@ TEST(VmTuning, ARomMustBeAnOptionRomTheHypervisorCanRead) {
   ASSERT_EQ(::chmod((dir / "roms").c_str(), 0700), 0);
   EXPECT_EQ(vm::check_rom(root, "/roms/gpu.rom", "libvirt-qemu").error(),
             "rom: libvirt-qemu (the hypervisor's user) cannot enter /roms to read /roms/gpu.rom");
-  EXPECT_TRUE(vm::check_rom(root, "/roms/gpu.rom", "nobody-here").ok()) << "a user the host does not have is not checked";
+  EXPECT_TRUE(vm::check_rom(root, "/roms/gpu.rom", "nobody-here").ok())
+      << "a user the host does not have is not checked";
 
   Facts debian, fedora;
   debian.os.id = "ubuntu";
@@ -138,10 +143,12 @@ TEST(VmTuning, ARomMustBeAnOptionRomTheHypervisorCanRead) {
   EXPECT_EQ(vm::hypervisor_user(root, fedora), "alice");
   EXPECT_TRUE(vm::check_owner(root, "alice", "kvm").ok());
   EXPECT_EQ(vm::check_owner(root, "bob", "kvm").error(), "user bob does not exist on this host (/etc/passwd)");
-  EXPECT_EQ(vm::check_owner(root, "alice", "libvirt").error(), "group libvirt does not exist on this host (/etc/group)");
+  EXPECT_EQ(vm::check_owner(root, "alice", "libvirt").error(),
+            "group libvirt does not exist on this host (/etc/group)");
 }
 
-void write_hugepages(const std::string& root, uint64_t total2m, uint64_t free2m, uint64_t total1g = 0, uint64_t free1g = 0) {
+void write_hugepages(const std::string& root, uint64_t total2m, uint64_t free2m, uint64_t total1g = 0,
+                     uint64_t free1g = 0) {
   test::write(root + "/proc/meminfo", "MemTotal:       32768000 kB\nHugePages_Total:    " + std::to_string(total2m) +
                                           "\nHugepagesize:       2048 kB\n");
   test::write(root + "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", std::to_string(total2m) + "\n");
@@ -167,7 +174,8 @@ TEST(VmTuning, HugepagePoolsAreReadPerSize) {
   EXPECT_EQ(vm::read_hugepages(root, 16384).error(),
             "hugepages: this host has no 16 MiB pages (offered: 1048576kB, 2048kB)");
   test::TempDir none;
-  EXPECT_EQ(vm::read_hugepages(Root(none.path()), 0).error(), "hugepages: the kernel offers none (no Hugepagesize in /proc/meminfo)");
+  EXPECT_EQ(vm::read_hugepages(Root(none.path()), 0).error(),
+            "hugepages: the kernel offers none (no Hugepagesize in /proc/meminfo)");
 }
 
 PciDevice device(const std::string& addr, uint32_t cls, std::optional<int> group, const std::string& id = "8086:a36d") {
@@ -182,9 +190,13 @@ PciDevice device(const std::string& addr, uint32_t cls, std::optional<int> group
 
 TEST(VmTuning, UsbControllersGoWholeOnlyFromGroupsOfTheirOwn) {
   Facts f;
-  f.pci = {device("0000:00:00.0", 0x060000, 0), device("0000:00:14.0", 0x0c0330, 3), device("0000:00:14.2", 0x050000, 3),
-           device("0000:01:00.0", 0x030000, 10, "10de:1e84"), device("0000:01:00.2", 0x0c0330, 10, "10de:1ad6"),
-           device("0000:05:00.0", 0x0c0330, 12, "1b21:2142"), device("0000:06:00.0", 0x060400, 13),
+  f.pci = {device("0000:00:00.0", 0x060000, 0),
+           device("0000:00:14.0", 0x0c0330, 3),
+           device("0000:00:14.2", 0x050000, 3),
+           device("0000:01:00.0", 0x030000, 10, "10de:1e84"),
+           device("0000:01:00.2", 0x0c0330, 10, "10de:1ad6"),
+           device("0000:05:00.0", 0x0c0330, 12, "1b21:2142"),
+           device("0000:06:00.0", 0x060400, 13),
            device("0000:07:00.0", 0x0c0330, 13, "1912:0014")};
   const std::vector<std::string> gpu = {"0000:01:00.0", "0000:01:00.2"};
   // auto: the ASMedia card (alone) and the Renesas one (alone but for a bridge); not the chipset
@@ -192,10 +204,12 @@ TEST(VmTuning, UsbControllersGoWholeOnlyFromGroupsOfTheirOwn) {
   auto picked = vm::select_usb_controllers(f, "auto", false, gpu);
   ASSERT_TRUE(picked.ok()) << picked.error();
   EXPECT_EQ(*picked, (std::vector<std::string>{"0000:05:00.0", "0000:07:00.0"}));
-  EXPECT_EQ(*vm::select_usb_controllers(f, {"0000:05:00.0", "0000:01:00.2"}, false, gpu), (std::vector<std::string>{"0000:05:00.0"}));
-  EXPECT_EQ(vm::select_usb_controllers(f, {"0000:00:14.0"}, false, gpu).error(),
-            "usb_controllers: 0000:00:14.0 cannot be passed through: IOMMU group 3 also holds 0000:00:14.2 (RAM memory) "
-            "(force: true to go on anyway)");
+  EXPECT_EQ(*vm::select_usb_controllers(f, {"0000:05:00.0", "0000:01:00.2"}, false, gpu),
+            (std::vector<std::string>{"0000:05:00.0"}));
+  EXPECT_EQ(
+      vm::select_usb_controllers(f, {"0000:00:14.0"}, false, gpu).error(),
+      "usb_controllers: 0000:00:14.0 cannot be passed through: IOMMU group 3 also holds 0000:00:14.2 (RAM memory) "
+      "(force: true to go on anyway)");
   EXPECT_TRUE(vm::select_usb_controllers(f, {"0000:00:14.0"}, true, gpu).ok());
   EXPECT_EQ(vm::select_usb_controllers(f, {"0000:01:00.0"}, false, {}).error(),
             "usb_controllers: 0000:01:00.0 is a VGA compatible controller, not a USB controller");
@@ -224,7 +238,8 @@ void add_pci(const std::string& root, const std::string& addr, const std::string
   fs::create_directories(root + "/sys/kernel/iommu_groups/" + std::to_string(group) + "/devices");
   fs::create_symlink("../../../kernel/iommu_groups/" + std::to_string(group), real + "/iommu_group");
   fs::create_symlink("../../../devices/pci0000:00/" + addr, root + "/sys/bus/pci/devices/" + addr);
-  fs::create_symlink("../../../../devices/pci0000:00/" + addr, root + "/sys/kernel/iommu_groups/" + std::to_string(group) + "/devices/" + addr);
+  fs::create_symlink("../../../../devices/pci0000:00/" + addr,
+                     root + "/sys/kernel/iommu_groups/" + std::to_string(group) + "/devices/" + addr);
 }
 
 // Ubuntu 24.04 with an NVIDIA GPU at 01:00 (IOMMU on), OVMF, 8 CPUs, hugepages, a ROM file, input
@@ -276,37 +291,56 @@ TEST(VmTuning, ATunedDomainConvergesAndEachManagedFieldIsRepaired) {
   EXPECT_EQ(first.changes(), check.changes());
   EXPECT_TRUE(has(r.msg, "created /var/lib/libvirt/qemu/nvram/gamevm_VARS.fd")) << r.msg;
   // The recorder reserved nothing: the pool is still empty after sysctl, and the run says so.
-  EXPECT_TRUE(has(r.msg, "[warning: hugepages: the kernel has 0 free pages of 2 MiB after the reservation, fewer than the "
-                         "domain needs (4096): its memory is fragmented")) << r.msg;
-  EXPECT_TRUE(has(r.msg, "wrote /etc/sysctl.d/80-gptagent-hugepages.conf; wrote /etc/tmpfiles.d/10-looking-glass.conf")) << r.msg;
+  EXPECT_TRUE(has(r.msg,
+                  "[warning: hugepages: the kernel has 0 free pages of 2 MiB after the reservation, fewer than the "
+                  "domain needs (4096): its memory is fragmented"))
+      << r.msg;
+  EXPECT_TRUE(has(r.msg, "wrote /etc/sysctl.d/80-gptagent-hugepages.conf; wrote /etc/tmpfiles.d/10-looking-glass.conf"))
+      << r.msg;
   EXPECT_TRUE(has(r.msg, "reserved 4096 hugepages of 2 MiB: sysctl -w vm.nr_hugepages=4096")) << r.msg;
-  EXPECT_TRUE(has(r.msg, "created /dev/shm/looking-glass: systemd-tmpfiles --create /etc/tmpfiles.d/10-looking-glass.conf")) << r.msg;
-  EXPECT_EQ(first.commands, (std::vector<std::string>{"sysctl -w vm.nr_hugepages=4096",
-                                                      "systemd-tmpfiles --create /etc/tmpfiles.d/10-looking-glass.conf"}));
+  EXPECT_TRUE(
+      has(r.msg, "created /dev/shm/looking-glass: systemd-tmpfiles --create /etc/tmpfiles.d/10-looking-glass.conf"))
+      << r.msg;
+  EXPECT_EQ(first.commands,
+            (std::vector<std::string>{"sysctl -w vm.nr_hugepages=4096",
+                                      "systemd-tmpfiles --create /etc/tmpfiles.d/10-looking-glass.conf"}));
   EXPECT_EQ(slurp(host.file("/etc/sysctl.d/80-gptagent-hugepages.conf")),
             "# Managed by gptagent: hugepages for libvirt domains (2 MiB pages)\nvm.nr_hugepages = 4096\n");
   EXPECT_EQ(slurp(host.file("/etc/tmpfiles.d/10-looking-glass.conf")),
             "# Managed by gptagent: Looking Glass's shared memory for domain gamevm, readable by its client\n"
             "f /dev/shm/looking-glass 0660 alice kvm -\n");
   const std::string xml = lv.xml("gamevm");
-  for (const char* want :
-       {"<rom bar='on' file='/var/lib/libvirt/vbios/gpu.rom'/>", "<topology sockets='1' dies='1' cores='2' threads='2'/>",
-        "<vcpupin vcpu='0' cpuset='1'/>", "<vcpupin vcpu='1' cpuset='5'/>", "<vcpupin vcpu='3' cpuset='6'/>",
-        "<emulatorpin cpuset='0'/>", "<iothreadpin iothread='1' cpuset='4'/>", "<iothreads>1</iothreads>",
-        "<driver name='qemu' type='qcow2' iothread='1'/>", "<page size='2048' unit='KiB'/>",
-        "<shmem name='looking-glass'>", "<model type='ivshmem-plain'/>", "<size unit='M'>64</size>",
-        "<relaxed state='on'/>", "<spinlocks state='on' retries='8191'/>", "<stimer state='on'/>",
-        "<vendor_id state='on' value='gptagent'/>", "<hidden state='on'/>", "<timer name='hypervclock' present='yes'/>",
-        "<clock offset='localtime'>", "<source dev='/dev/input/by-id/usb-Logitech_Keyboard-event-kbd' grab='all' repeat='on'/>",
-        "<source dev='/dev/input/by-id/usb-Logitech_Mouse-event-mouse'/>",
-        "<address domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>"})
+  for (const char* want : {"<rom bar='on' file='/var/lib/libvirt/vbios/gpu.rom'/>",
+                           "<topology sockets='1' dies='1' cores='2' threads='2'/>",
+                           "<vcpupin vcpu='0' cpuset='1'/>",
+                           "<vcpupin vcpu='1' cpuset='5'/>",
+                           "<vcpupin vcpu='3' cpuset='6'/>",
+                           "<emulatorpin cpuset='0'/>",
+                           "<iothreadpin iothread='1' cpuset='4'/>",
+                           "<iothreads>1</iothreads>",
+                           "<driver name='qemu' type='qcow2' iothread='1'/>",
+                           "<page size='2048' unit='KiB'/>",
+                           "<shmem name='looking-glass'>",
+                           "<model type='ivshmem-plain'/>",
+                           "<size unit='M'>64</size>",
+                           "<relaxed state='on'/>",
+                           "<spinlocks state='on' retries='8191'/>",
+                           "<stimer state='on'/>",
+                           "<vendor_id state='on' value='gptagent'/>",
+                           "<hidden state='on'/>",
+                           "<timer name='hypervclock' present='yes'/>",
+                           "<clock offset='localtime'>",
+                           "<source dev='/dev/input/by-id/usb-Logitech_Keyboard-event-kbd' grab='all' repeat='on'/>",
+                           "<source dev='/dev/input/by-id/usb-Logitech_Mouse-event-mouse'/>",
+                           "<address domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>"})
     EXPECT_TRUE(has(xml, want)) << want << "\n" << xml;
   EXPECT_FALSE(has(xml, "bus='0x00' slot='0x14'")) << "the chipset's USB controller shares its group";
 
   // The kernel granted the pages; a second run is all ok.
   write_hugepages(host.root(), 4096, 4096);
   auto second = test::converge_root(host.root(), pb, false);
-  EXPECT_EQ(second.tasks.back().result.status, Outcome::ok) << second.tasks.back().result.msg << second.tasks.back().result.diff;
+  EXPECT_EQ(second.tasks.back().result.status, Outcome::ok)
+      << second.tasks.back().result.msg << second.tasks.back().result.diff;
   EXPECT_TRUE(second.commands.empty());
 
   // Drift in each managed field, made by hand: --check finds it, apply repairs it, then ok.
@@ -342,7 +376,8 @@ TEST(VmTuning, ATunedDomainConvergesAndEachManagedFieldIsRepaired) {
                            "<address domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>"})
     EXPECT_FALSE(has(untuned, gone)) << gone << "\n" << untuned;
   EXPECT_TRUE(has(untuned, "<hidden state='on'/>"));
-  EXPECT_EQ(test::converge_root(host.root(), tuned("test:///default", ""), false).tasks.back().result.status, Outcome::ok);
+  EXPECT_EQ(test::converge_root(host.root(), tuned("test:///default", ""), false).tasks.back().result.status,
+            Outcome::ok);
 }
 
 TEST(VmTuning, TheUsersLookingGlassTmpfilesLineIsMergedNeverReplaced) {
@@ -354,9 +389,11 @@ TEST(VmTuning, TheUsersLookingGlassTmpfilesLineIsMergedNeverReplaced) {
   test::write(conf, "# Looking Glass\nd /run/lg-logs 0755 root root -\nf /dev/shm/looking-glass 0660 bob kvm -\n");
   auto first = test::converge_root(host.root(), pb, false);
   ASSERT_EQ(first.tasks.back().result.status, Outcome::changed) << first.tasks.back().result.msg;
-  EXPECT_EQ(slurp(conf), "# Looking Glass\nd /run/lg-logs 0755 root root -\nf /dev/shm/looking-glass 0660 alice kvm -\n");
-  EXPECT_TRUE(has(first.tasks.back().result.msg,
-                  "/etc/tmpfiles.d/10-looking-glass.conf: line 3 'f /dev/shm/looking-glass 0660 bob kvm -' now gives alice:kvm"))
+  EXPECT_EQ(slurp(conf),
+            "# Looking Glass\nd /run/lg-logs 0755 root root -\nf /dev/shm/looking-glass 0660 alice kvm -\n");
+  EXPECT_TRUE(has(
+      first.tasks.back().result.msg,
+      "/etc/tmpfiles.d/10-looking-glass.conf: line 3 'f /dev/shm/looking-glass 0660 bob kvm -' now gives alice:kvm"))
       << first.tasks.back().result.msg;
   EXPECT_EQ(test::converge_root(host.root(), pb, false).tasks.back().result.status, Outcome::ok);
 
@@ -386,32 +423,43 @@ TEST(VmTuning, EachCheckRefusesWithItsReasonAndDefinesNothing) {
   EXPECT_TRUE(has(load_error("      cpu: {cores: 3, threads: 2}\n"),
                   "cpu: 1 sockets x 3 cores x 2 threads is 6 vCPUs, but vcpus is 4"));
   EXPECT_TRUE(has(load_error("      pin: {vcpus: \"1-3\"}\n"), "pin: vcpus names 3 host CPUs for 4 vCPUs"));
-  EXPECT_TRUE(has(load_error("      pin: {vcpus: \"1-2,2-3\"}\n"), "test.yaml:11:20: libvirt_domain argument 'pin' argument 'vcpus': "
-                                                                    "'1-2,2-3' is not a CPU list like 2-7,10-15: CPU 2 is named twice"))
+  EXPECT_TRUE(has(load_error("      pin: {vcpus: \"1-2,2-3\"}\n"),
+                  "test.yaml:11:20: libvirt_domain argument 'pin' argument 'vcpus': "
+                  "'1-2,2-3' is not a CPU list like 2-7,10-15: CPU 2 is named twice"))
       << load_error("      pin: {vcpus: \"1-2,2-3\"}\n");
   EXPECT_TRUE(has(load_error("      hugepages: 3M\n"), "'3M' is not a page size like 2M or 1G"));
-  EXPECT_TRUE(has(load_error("      looking_glass: {resolution: 2560*1440, user: alice}\n"), "'2560*1440' is not a resolution like 2560x1440"));
-  EXPECT_TRUE(has(load_error("      looking_glass: {resolution: 2560x1440}\n"), "is missing the required argument 'user'"));
+  EXPECT_TRUE(has(load_error("      looking_glass: {resolution: 2560*1440, user: alice}\n"),
+                  "'2560*1440' is not a resolution like 2560x1440"));
+  EXPECT_TRUE(
+      has(load_error("      looking_glass: {resolution: 2560x1440}\n"), "is missing the required argument 'user'"));
   EXPECT_TRUE(has(load_error("      evdev: [/tmp/kbd]\n"), "'/tmp/kbd' is not a /dev/input/ path"));
   EXPECT_TRUE(has(load_error("      rom: {file: /x.rom, gpu: \"01:00\"}\n"), "'01:00' is not a PCI address"));
 
-  EXPECT_EQ(task_error("      rom: {file: /var/lib/libvirt/vbios/none.rom}\n"), "rom: /var/lib/libvirt/vbios/none.rom does not exist");
+  EXPECT_EQ(task_error("      rom: {file: /var/lib/libvirt/vbios/none.rom}\n"),
+            "rom: /var/lib/libvirt/vbios/none.rom does not exist");
   EXPECT_EQ(task_error("      rom: {file: /var/lib/libvirt/vbios/gpu.rom, gpu: \"0000:00:14.0\"}\n"),
             "rom: 0000:00:14.0 is not one of the domain's GPUs");
-  EXPECT_EQ(task_error("      pin: {vcpus: \"1,5,2,16\"}\n"), "pin: host CPU 16 is not online (this host has CPUs 0-7)");
+  EXPECT_EQ(task_error("      pin: {vcpus: \"1,5,2,16\"}\n"),
+            "pin: host CPU 16 is not online (this host has CPUs 0-7)");
   EXPECT_EQ(task_error("      hugepages: true\n"),
             "hugepages: the domain needs 4096 pages of 2 MiB, the host has 0 free (of 0): 4096 missing; reserve them "
             "(hugepages: {reserve: true}, or hugepages=N on the kernel command line)");
-  EXPECT_EQ(task_error("      hugepages: 16M\n"), "hugepages: this host has no 16 MiB pages (offered: 1048576kB, 2048kB)");
-  EXPECT_EQ(task_error("      hugepages: {size: 1G, reserve: true}\n"),
-            "hugepages: reserve: true sets vm.nr_hugepages, which counts pages of the default size only, not 1 GiB pages: "
-            "reserve those at boot (kernel_cmdline: hugepagesz=1G hugepages=8) and leave reserve off");
+  EXPECT_EQ(task_error("      hugepages: 16M\n"),
+            "hugepages: this host has no 16 MiB pages (offered: 1048576kB, 2048kB)");
+  EXPECT_EQ(
+      task_error("      hugepages: {size: 1G, reserve: true}\n"),
+      "hugepages: reserve: true sets vm.nr_hugepages, which counts pages of the default size only, not 1 GiB pages: "
+      "reserve those at boot (kernel_cmdline: hugepagesz=1G hugepages=8) and leave reserve off");
   write_hugepages(host.root(), 0, 0, 8, 8);
-  auto odd = test::converge_root(host.root(), [] {
-    std::string pb = tuned("test:///default", "      hugepages: 1G\n");
-    return pb.replace(pb.find("memory: 8G"), 10, "memory: 7680M");
-  }(), false);
-  EXPECT_EQ(odd.tasks.back().result.msg, "hugepages: memory 7.5 GiB (8053063680 bytes) is not a whole number of 1 GiB pages");
+  auto odd = test::converge_root(
+      host.root(),
+      [] {
+        std::string pb = tuned("test:///default", "      hugepages: 1G\n");
+        return pb.replace(pb.find("memory: 8G"), 10, "memory: 7680M");
+      }(),
+      false);
+  EXPECT_EQ(odd.tasks.back().result.msg,
+            "hugepages: memory 7.5 GiB (8053063680 bytes) is not a whole number of 1 GiB pages");
   EXPECT_EQ(task_error("      looking_glass: {resolution: 2560x1440, user: bob}\n"),
             "looking_glass: user bob does not exist on this host (/etc/passwd)");
   EXPECT_EQ(task_error("      evdev: [/dev/input/by-id/gone-event-kbd]\n"),
@@ -424,10 +472,15 @@ TEST(VmTuning, EachCheckRefusesWithItsReasonAndDefinesNothing) {
 
   // A warning is not a refusal: it comes with the result, every run.
   write_hugepages(host.root(), 4096, 4096);
-  auto warned = test::converge_root(host.root(), tuned("test:///default", "      pin: {vcpus: \"1,2,5,6\", emulator: \"1\"}\n      cpu: {cores: 2, threads: 2}\n"), false);
+  auto warned = test::converge_root(
+      host.root(),
+      tuned("test:///default", "      pin: {vcpus: \"1,2,5,6\", emulator: \"1\"}\n      cpu: {cores: 2, threads: 2}\n"),
+      false);
   ASSERT_EQ(warned.tasks.back().result.status, Outcome::changed) << warned.tasks.back().result.msg;
-  EXPECT_TRUE(has(warned.tasks.back().result.msg, "[warning: pin: host CPUs 1,5 are SMT siblings")) << warned.tasks.back().result.msg;
-  EXPECT_TRUE(has(warned.tasks.back().result.msg, "host CPUs 1 run vCPUs and also the emulator")) << warned.tasks.back().result.msg;
+  EXPECT_TRUE(has(warned.tasks.back().result.msg, "[warning: pin: host CPUs 1,5 are SMT siblings"))
+      << warned.tasks.back().result.msg;
+  EXPECT_TRUE(has(warned.tasks.back().result.msg, "host CPUs 1 run vCPUs and also the emulator"))
+      << warned.tasks.back().result.msg;
   EXPECT_EQ(warned.tasks.back().result.data["warnings"].size(), 3u);
 }
 

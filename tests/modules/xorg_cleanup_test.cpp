@@ -9,18 +9,24 @@ using test::TempDir;
 
 const std::string kNvidiaOutputClass =
     "Section \"OutputClass\"\n    Identifier \"nvidia\"\n    MatchDriver \"nvidia-drm\"\n    Driver \"nvidia\"\n"
-    "    Option \"AllowEmptyInitialConfiguration\"\n    ModulePath \"/usr/lib/x86_64-linux-gnu/nvidia/xorg\"\nEndSection\n";
-const std::string kLibinput = "Section \"InputClass\"\n        Identifier \"libinput pointer catchall\"\n        Driver \"libinput\"\nEndSection\n";
+    "    Option \"AllowEmptyInitialConfiguration\"\n    ModulePath "
+    "\"/usr/lib/x86_64-linux-gnu/nvidia/xorg\"\nEndSection\n";
+const std::string kLibinput =
+    "Section \"InputClass\"\n        Identifier \"libinput pointer catchall\"\n        Driver "
+    "\"libinput\"\nEndSection\n";
 
 struct Host {
   TempDir d;
   Host() {
     test::write(d / "usr/share/X11/xorg.conf.d/10-nvidia.conf", kNvidiaOutputClass);
     test::write(d / "usr/share/X11/xorg.conf.d/40-libinput.conf", kLibinput);
-    test::write(d / "etc/X11/xorg.conf.d/20-gpu.conf", "Section \"Device\"\n  Identifier \"card\"\n  DRIVER \"Nouveau\"\nEndSection\n");
-    test::write(d / "etc/X11/xorg.conf.d/30-commented.conf", "Section \"Device\"\n#  Driver \"nvidia\"\n  Driver \"modesetting\"\nEndSection\n");
+    test::write(d / "etc/X11/xorg.conf.d/20-gpu.conf",
+                "Section \"Device\"\n  Identifier \"card\"\n  DRIVER \"Nouveau\"\nEndSection\n");
+    test::write(d / "etc/X11/xorg.conf.d/30-commented.conf",
+                "Section \"Device\"\n#  Driver \"nvidia\"\n  Driver \"modesetting\"\nEndSection\n");
     test::write(d / "etc/X11/xorg.conf.d/nvidia.conf.dpkg-old", kNvidiaOutputClass);  // not read by X
-    test::write(d / "etc/X11/xorg.conf", "Section \"OutputClass\"\n  Identifier \"x\"\n  Match_Driver \"nvidia-drm\"\nEndSection\n");
+    test::write(d / "etc/X11/xorg.conf",
+                "Section \"OutputClass\"\n  Identifier \"x\"\n  Match_Driver \"nvidia-drm\"\nEndSection\n");
   }
 };
 
@@ -53,7 +59,8 @@ TEST(XorgCleanup, EmptiesEveryConfigThatTakesTheGpuAndOnlyThose) {
   EXPECT_EQ(test::slurp(h.d / "usr/share/X11/xorg.conf.d/40-libinput.conf"), kLibinput);
   EXPECT_EQ(test::slurp(h.d / "etc/X11/xorg.conf.d/30-commented.conf").find("modesetting") != std::string::npos, true);
   const auto& backups = r.tasks[0].result.data["backups"];
-  EXPECT_EQ(test::slurp(h.d.path() + backups["/usr/share/X11/xorg.conf.d/10-nvidia.conf"].get<std::string>()), kNvidiaOutputClass);
+  EXPECT_EQ(test::slurp(h.d.path() + backups["/usr/share/X11/xorg.conf.d/10-nvidia.conf"].get<std::string>()),
+            kNvidiaOutputClass);
   EXPECT_NE(r.tasks[0].result.diff.find("-    Driver \"nvidia\""), std::string::npos);
   EXPECT_FALSE(r.stats.reboot_required);
 }
@@ -93,7 +100,8 @@ TEST(XorgCleanup, BadModeIsALoadError) {
   TempDir d;
   auto r = test::converge_root(d.path(), "tasks:\n  - xorg_cleanup: {mode: shred}\n", false);
   ASSERT_EQ(r.load_errors.size(), 1u);
-  EXPECT_EQ(r.load_errors[0], "test.yaml:2:26: xorg_cleanup argument 'mode' must be one of empty, disable, remove, not 'shred'");
+  EXPECT_EQ(r.load_errors[0],
+            "test.yaml:2:26: xorg_cleanup argument 'mode' must be one of empty, disable, remove, not 'shred'");
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 // they own or may write, links they plant where the agent is copied, a swap of the cached agent
 // after its check.
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,10 +107,12 @@ TEST(AgentCache, TheAgentThatRunsIsTheCopyThatWasHashed) {
   Lab lab(1);
   const std::string cache = lab.nodes[0].remote_dir, ran = lab.files / "swapped-agent-ran";
   const std::string swapper = lab.files / "sudo-that-swaps";
-  test::write(swapper, "#!/bin/sh\n[ \"$1\" = -n ] && shift\n[ \"$1\" = -- ] && shift\nfor f in " + cache +
-                           "/gptagent-*; do printf '#!/bin/sh\\necho ran > " + ran +
-                           "\\necho {}\\n' > \"$f.swap\" && chmod 700 \"$f.swap\" && mv -f \"$f.swap\" \"$f\"; done\nexec \"$@\"\n",
-              0700);
+  test::write(
+      swapper,
+      "#!/bin/sh\n[ \"$1\" = -n ] && shift\n[ \"$1\" = -- ] && shift\nfor f in " + cache +
+          "/gptagent-*; do printf '#!/bin/sh\\necho ran > " + ran +
+          "\\necho {}\\n' > \"$f.swap\" && chmod 700 \"$f.swap\" && mv -f \"$f.swap\" \"$f\"; done\nexec \"$@\"\n",
+      0700);
   std::string inv = slurp(lab.inventory);
   const std::string line = "          gptagent_root: " + lab.nodes[0].tree->root() + "\n";
   inv.replace(inv.find(line), line.size(),

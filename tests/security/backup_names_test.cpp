@@ -29,7 +29,8 @@ TEST(BackupNames, TheHundredthBackupInOneSecondReplacesNoOther) {
     EXPECT_EQ(*w->backup_path, stamp + "-100");
     EXPECT_EQ(test::slurp(root.path() + *w->backup_path), "current\n");
     for (size_t i = 0; i < taken.size(); ++i)
-      EXPECT_EQ(test::slurp(root.path() + taken[i]), "backup " + std::to_string(i) + "\n") << taken[i] << " was replaced";
+      EXPECT_EQ(test::slurp(root.path() + taken[i]), "backup " + std::to_string(i) + "\n")
+          << taken[i] << " was replaced";
     return;
   }
   FAIL() << "the second turned in every attempt";

@@ -2,13 +2,12 @@
 // the next run (as Ansible's ~/.ansible/cp) open a shell on each host to whoever can connect to
 // them. Their directory is made private, and one that another user could enter, write above, or
 // swap for a link is refused before any host is touched.
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "tests/support/fleet_lab.hpp"
 
@@ -23,17 +22,18 @@ constexpr uid_t kOther = 12345;  // a user of this machine who is not the one ru
 
 struct Refusal {
   const char* what;
-  std::string dir;        // ANSIBLE_SSH_CONTROL_PATH_DIR
-  std::string message;    // in what the run says
+  std::string dir;      // ANSIBLE_SSH_CONTROL_PATH_DIR
+  std::string message;  // in what the run says
 };
 
 TEST(ControlDir, MissingDirectoriesAreMadePrivate) {
   Lab lab(1);
   const std::string dir = lab.files / "a/b/cp";
-  auto r = test::run_agent({"apply", lab.playbook, "-i", lab.inventory, "--color", "never"}, {"ANSIBLE_SSH_CONTROL_PATH_DIR=" + dir});
+  auto r = test::run_agent({"apply", lab.playbook, "-i", lab.inventory, "--color", "never"},
+                           {"ANSIBLE_SSH_CONTROL_PATH_DIR=" + dir});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   for (const std::string& d : {lab.files / "a", lab.files / "a/b", dir}) {
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat(d.c_str(), &st), 0) << d;
     EXPECT_EQ(st.st_mode & 0777, 0700u) << d;
   }
@@ -60,12 +60,14 @@ TEST(ControlDir, ADirectoryAnotherUserCouldUseIsRefusedBeforeAnyHostIsTouched) {
   const std::vector<Refusal> cases = {
       {"others may enter it", open, "must belong to uid 0 alone (it belongs to uid 0, mode 0755; chmod 700)"},
       {"another user's", theirs, "must belong to uid 0 alone (it belongs to uid 12345, mode 0700; chmod 700)"},
-      {"below a directory others may write", shared + "/cp", shared + " above it belongs to another user or may be written by others"},
+      {"below a directory others may write", shared + "/cp",
+       shared + " above it belongs to another user or may be written by others"},
       {"a symbolic link", link, "it is a symbolic link"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.what);
-    auto r = test::run_agent({"apply", lab.playbook, "-i", lab.inventory, "--color", "never"}, {"ANSIBLE_SSH_CONTROL_PATH_DIR=" + c.dir});
+    auto r = test::run_agent({"apply", lab.playbook, "-i", lab.inventory, "--color", "never"},
+                             {"ANSIBLE_SSH_CONTROL_PATH_DIR=" + c.dir});
     EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
     EXPECT_TRUE(has(r.err, "gptagent: refusing the ssh control sockets' directory " + c.dir + ": ")) << r.err;
     EXPECT_TRUE(has(r.err, c.message)) << r.err;
@@ -82,7 +84,8 @@ TEST(ControlDir, ADirectoryAnotherUserCouldUseIsRefusedBeforeAnyHostIsTouched) {
 TEST(ControlDir, ASocketPathTooLongForSshIsRefusedWithTheWayOut) {
   Lab lab(1);
   const std::string dir = lab.files / std::string(100, 'd');
-  auto r = test::run_agent({"apply", lab.playbook, "-i", lab.inventory, "--color", "never"}, {"ANSIBLE_SSH_CONTROL_PATH_DIR=" + dir});
+  auto r = test::run_agent({"apply", lab.playbook, "-i", lab.inventory, "--color", "never"},
+                           {"ANSIBLE_SSH_CONTROL_PATH_DIR=" + dir});
   EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
   EXPECT_TRUE(has(r.err, "host gpu01: the ssh control socket " + dir + "/gptagent-")) << r.err;
   EXPECT_TRUE(has(r.err, "set ANSIBLE_SSH_CONTROL_PATH_DIR to a shorter directory")) << r.err;

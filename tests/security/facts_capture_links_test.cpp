@@ -2,7 +2,6 @@
 // another user planted beforehand, as a link to a directory of root's or a dangling one, is refused
 // and nothing is written through it.
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -37,7 +36,7 @@ TEST(FactsCaptureLinks, APlantedSymlinkIsRefusedAndNothingIsWrittenThroughIt) {
   // A new name is made 0700 and filled.
   auto fresh = test::run_agent({"facts", "--root", host.root(), "--capture", place / "new"});
   EXPECT_EQ(fresh.exit_code, 0) << fresh.out << fresh.err;
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::lstat((place / "new").c_str(), &st), 0);
   EXPECT_TRUE(S_ISDIR(st.st_mode));
   EXPECT_EQ(st.st_mode & 07777, 0700u);

@@ -1,9 +1,8 @@
 // Fleet mode against hosts that may be compromised, and against a controller binary replaced while
 // it runs (issue 20): each test performs the attack through the binary and real sshd instances
 // on loopback, and shows that it fails and that nothing else changed.
-#include <gtest/gtest.h>
-
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -25,9 +24,9 @@ namespace fs = std::filesystem;
 namespace bp = boost::process;
 using test::entries;
 using test::has;
-using test::shipped;
 using test::Lab;
 using test::recap;
+using test::shipped;
 using test::slurp;
 
 // Issue 20, item 4: one host answering a malformed report (wrong types, {}, no JSON, without end,
@@ -54,13 +53,16 @@ TEST(FleetHostileHost, AMalformedReportFailsThatHostAloneAndTheOthersConverge) {
        "echo '{\"exit_code\": 0, \"stats\": {\"failed\": 0, " + counts +
            R"(}, "stages": [{"name": "s", "tasks": [{"status": "ok", "name": "t", "msg": 5, "diff": ""}]}]}')",
        0, "(a task's msg is not a string)"},
-      {"a stage that is a string", "echo '{\"exit_code\": 0, \"stats\": {\"failed\": 0, " + counts + R"(}, "stages": ["s"]}')", 0,
+      {"a stage that is a string",
+       "echo '{\"exit_code\": 0, \"stats\": {\"failed\": 0, " + counts + R"(}, "stages": ["s"]}')", 0,
        "(a stage is not an object)"},
       {"{}", "echo '{}'", 0, "(exit_code is not an integer)"},
       {"no JSON", R"(printf 'Traceback \033[31m(most recent call last)\n')", 0,
        R"(MODULE FAILURE: the agent did not answer with JSON (exit code 0): "Traceback \u001b[31m(most recent call last)\n")"},
-      {"a report without end", "exec yes '{}'", 0, "MODULE FAILURE: the host sent more than 16 MiB: refused, nothing more was read"},
-      {"exit 0 with failed tasks", "echo '{\"exit_code\": 0, \"stages\": [], \"stats\": {\"failed\": 3, " + counts + "}}'", 0,
+      {"a report without end", "exec yes '{}'", 0,
+       "MODULE FAILURE: the host sent more than 16 MiB: refused, nothing more was read"},
+      {"exit 0 with failed tasks",
+       "echo '{\"exit_code\": 0, \"stages\": [], \"stats\": {\"failed\": 3, " + counts + "}}'", 0,
        "(stats.failed is 3 with exit_code 0)"},
       {"a report of success from a run that failed",
        "echo '{\"exit_code\": 0, \"stages\": [], \"stats\": {\"failed\": 0, " + counts + "}}'", 1,
@@ -104,8 +106,10 @@ TEST(FleetHostileHost, AHostVariableTheAgentWouldRefuseIsRefusedBeforeAnyHostIsT
   lab.add_host_vars(1, "          facts: {cpu_vendor: amd}\n");
   auto r = lab.apply();
   EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
-  EXPECT_TRUE(has(r.err, "host gpu02: 'facts' is reserved for the host's facts (a variable of this host, from the inventory or "
-                         "-e), no host was touched"))
+  EXPECT_TRUE(
+      has(r.err,
+          "host gpu02: 'facts' is reserved for the host's facts (a variable of this host, from the inventory or "
+          "-e), no host was touched"))
       << r.err;
   EXPECT_EQ(r.out, "");
   for (int i = 0; i < 2; ++i) {
@@ -129,11 +133,12 @@ TEST(FleetHostileHost, AControllerWhoseBinaryWasDeletedShipsTheAgentThatRuns) {
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   const std::string out = lab.files / "out", err = lab.files / "err";
   lab.export_control_dir();
-  bp::child controller(copy, bp::args({"apply", lab.playbook, "-i", fifo, "--color", "never"}),
-                       bp::std_in.close(), bp::std_out > out, bp::std_err > err);
+  bp::child controller(copy, bp::args({"apply", lab.playbook, "-i", fifo, "--color", "never"}), bp::std_in.close(),
+                       bp::std_out > out, bp::std_err > err);
   int w = -1;  // opens once the controller opened it to read
-  ASSERT_TRUE(test::wait_until([&] { return (w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK)) >= 0 || !controller.running(); }))
-      << "the controller never read its inventory";
+  ASSERT_TRUE(test::wait_until([&] {
+    return (w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK)) >= 0 || !controller.running();
+  })) << "the controller never read its inventory";
   ASSERT_GE(w, 0) << slurp(out) << slurp(err);
   ASSERT_EQ(::fcntl(w, F_SETFL, 0), 0);
   ASSERT_EQ(::unlink(copy.c_str()), 0);
@@ -148,8 +153,8 @@ TEST(FleetHostileHost, AControllerWhoseBinaryWasDeletedShipsTheAgentThatRuns) {
   const auto cached = entries(lab.nodes[0].remote_dir);
   ASSERT_EQ(cached.size(), 1u);
   EXPECT_TRUE(slurp(lab.nodes[0].remote_dir + "/" + cached[0]) == shipped(GPTAGENT_BIN))
-      << "the host did not receive the whole running agent (" << fs::file_size(lab.nodes[0].remote_dir + "/" + cached[0])
-      << " bytes)";
+      << "the host did not receive the whole running agent ("
+      << fs::file_size(lab.nodes[0].remote_dir + "/" + cached[0]) << " bytes)";
 }
 
 // Issue 20, item 11: an agent to ship that is empty or no ELF executable is refused before any
@@ -167,7 +172,8 @@ TEST(FleetHostileHost, AnEmptyOrNonElfAgentIsNeverShipped) {
     o.agent = fake;
     std::ostringstream out, err;
     EXPECT_EQ(run_fleet(o, out, err), 1);
-    EXPECT_TRUE(has(err.str(), "the agent to copy (" + fake + ") cannot be shipped: not an ELF file: nothing is shipped, no host was touched"))
+    EXPECT_TRUE(has(err.str(), "the agent to copy (" + fake +
+                                   ") cannot be shipped: not an ELF file: nothing is shipped, no host was touched"))
         << err.str();
     EXPECT_EQ(out.str(), "");
     EXPECT_EQ(entries(lab.nodes[0].remote_dir), cached) << "the good cached copy was replaced";
@@ -192,7 +198,8 @@ TEST(FleetHostileHost, CtrlCStopsOnlyWhatTheRunMadeNeverAProcessAPlantedPidFileN
   fs::create_directories(fs::path(lock).parent_path());
   bp::child holder(bp::search_path("flock"), bp::args({"--no-fork", "-x", lock, "sleep", "300"}), bp::std_in.close());
   bp::child theirs(bp::search_path("setpriv"),
-                   bp::args({"--reuid", std::to_string(kOther), "--regid", std::to_string(kOther), "--clear-groups", "sleep", "300"}),
+                   bp::args({"--reuid", std::to_string(kOther), "--regid", std::to_string(kOther), "--clear-groups",
+                             "sleep", "300"}),
                    bp::std_in.close());
   const std::string out = lab.files / "out", err = lab.files / "err";
   lab.export_control_dir();
@@ -202,7 +209,7 @@ TEST(FleetHostileHost, CtrlCStopsOnlyWhatTheRunMadeNeverAProcessAPlantedPidFileN
   ASSERT_TRUE(agent) << slurp(out) << slurp(err);
   const std::string run_dir = agent->dir;
   const long agent_pid = agent->pid;
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(parent.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u) << "the default parent of the run's directories is private";
   // The other user plants, beside the run's directory, one with the run's id naming their process.
@@ -217,8 +224,8 @@ TEST(FleetHostileHost, CtrlCStopsOnlyWhatTheRunMadeNeverAProcessAPlantedPidFileN
   controller.wait();
   const std::string text = slurp(out);
   EXPECT_EQ(controller.exit_code(), 130) << text << slurp(err);
-  EXPECT_TRUE(has(text, "fatal: [gpu01]: INTERRUPTED! interrupted; stopped " + std::to_string(agent_pid) + ", removed " + parent + "/" +
-                            run_dir))
+  EXPECT_TRUE(has(text, "fatal: [gpu01]: INTERRUPTED! interrupted; stopped " + std::to_string(agent_pid) +
+                            ", removed " + parent + "/" + run_dir))
       << text;
   EXPECT_TRUE(theirs.running()) << "the other user's process was killed";
   EXPECT_EQ(slurp(planted + "/pid"), std::to_string(theirs.id()) + "\n");

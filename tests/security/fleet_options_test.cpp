@@ -37,10 +37,9 @@ TEST(FleetForwardedOptions, EveryApplyOptionReachesTheAgentOnEachHost) {
   const std::string out = lab.files / "out", err = lab.files / "err";
   lab.export_control_dir();
   bp::child controller(GPTAGENT_BIN,
-                       bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "-e", "@extra.json", "--reset-state",
-                                 "--from-stage", "host", "--connect", "test:///default", "--no-wait"}),
-                       bp::start_dir(lab.files.path()), bp::std_in.close(), bp::std_out > out,
-                       bp::std_err > err);
+                       bp::args({"apply", lab.playbook, "-i", lab.inventory, "--color", "never", "-e", "@extra.json",
+                                 "--reset-state", "--from-stage", "host", "--connect", "test:///default", "--no-wait"}),
+                       bp::start_dir(lab.files.path()), bp::std_in.close(), bp::std_out > out, bp::std_err > err);
   controller.wait();
   ASSERT_EQ(controller.exit_code(), 0) << test::slurp(out) << test::slurp(err);
   for (int i = 0; i < 2; ++i) {
@@ -76,7 +75,8 @@ TEST(FleetForwardedOptions, WhatCannotBeHonouredIsRefusedBeforeAnyHostIsTouched)
   expect_refused(lab.apply({"--from-stage", "nosuch"}), "--from-stage: " + lab.playbook + " has no stage 'nosuch'");
   for (const char* method : {"su", "doas", "pbrun"}) {
     lab.write_inventory();
-    lab.add_host_vars(1, "          ansible_become: yes\n          ansible_become_method: " + std::string(method) + "\n");
+    lab.add_host_vars(1,
+                      "          ansible_become: yes\n          ansible_become_method: " + std::string(method) + "\n");
     expect_refused(lab.apply(), "host gpu02: ansible_become_method=" + std::string(method) + " is not supported");
   }
   lab.write_inventory();

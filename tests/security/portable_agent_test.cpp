@@ -4,7 +4,6 @@
 // ChrootDirectory), build-portable/gptagent and the cached Debian 11 root (scripts/portable-root
 // host); without them it is skipped and says what to run.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -66,8 +65,9 @@ TEST(PortableAgent, AFleetRunConvergesAHostWhoseAgentRunsOnDebian11) {
               "all:\n  hosts:\n    bullseye:\n      ansible_host: 127.0.0.1\n      ansible_port: " +
                   std::to_string(sshd.port()) + "\n      ansible_user: root\n      ansible_ssh_private_key_file: " +
                   client.key() + "\n      ansible_ssh_common_args: \"" + client.common_args() +
-                  "\"\n      extra_param: iommu=pt\n      gptagent_root: " + inside + "/tree\n      gptagent_remote_dir: " + inside +
-                  "/cache\n      gptagent_remote_tmp: " + inside + "/tmp\n");
+                  "\"\n      extra_param: iommu=pt\n      gptagent_root: " + inside +
+                  "/tree\n      gptagent_remote_dir: " + inside + "/cache\n      gptagent_remote_tmp: " + inside +
+                  "/tmp\n");
   auto apply = [&](const std::string& controller) {
     return run_program(controller, {"apply", files / "host.yaml", "-i", files / "inventory.yml", "--color", "never"});
   };
@@ -80,14 +80,18 @@ TEST(PortableAgent, AFleetRunConvergesAHostWhoseAgentRunsOnDebian11) {
 
   auto first = apply(p.agent);
   ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
-  EXPECT_TRUE(has(first.out, "changed: [bullseye] IOMMU on the kernel command line GRUB_CMDLINE_LINUX: added intel_iommu=on, iommu=pt"))
+  EXPECT_TRUE(
+      has(first.out,
+          "changed: [bullseye] IOMMU on the kernel command line GRUB_CMDLINE_LINUX: added intel_iommu=on, iommu=pt"))
       << first.out;
-  EXPECT_TRUE(has(slurp(host / "tree/etc/default/grub"), "intel_iommu=on iommu=pt")) << slurp(host / "tree/etc/default/grub");
+  EXPECT_TRUE(has(slurp(host / "tree/etc/default/grub"), "intel_iommu=on iommu=pt"))
+      << slurp(host / "tree/etc/default/grub");
   // What the host ran is the portable agent, cached inside the root.
   std::vector<std::string> cached;
   for (const auto& e : fs::directory_iterator(host / "cache")) cached.push_back(e.path());
   ASSERT_EQ(cached.size(), 1u);
-  EXPECT_TRUE(slurp(cached[0]) == *ship::loadable_image(slurp(p.agent))) << cached[0] << " is not build-portable/gptagent";
+  EXPECT_TRUE(slurp(cached[0]) == *ship::loadable_image(slurp(p.agent)))
+      << cached[0] << " is not build-portable/gptagent";
 
   auto second = apply(p.agent);
   ASSERT_EQ(second.exit_code, 0) << second.out << second.err;

@@ -1,10 +1,9 @@
 // Issue 20, item 2: qemu_img sets an image's owner and mode on the file it made, never through a
 // symlink another user swaps in. The attacker is a real process of uid 12345 that owns the image
 // directory and watches it with inotify; the real qemu-img runs.
-#include <gtest/gtest.h>
-
 #include <fcntl.h>
 #include <grp.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/inotify.h>
@@ -50,7 +49,9 @@ class DirOwner {
       if (::write(ready[1], "r", 1) != 1) ::_exit(4);
       alignas(struct inotify_event) char buf[4096];
       for (bool written = false; !written;) {
-        struct pollfd p{in, POLLIN, 0};
+        struct pollfd p {
+          in, POLLIN, 0
+        };
         if (::poll(&p, 1, 60000) != 1) ::_exit(5);
         const ssize_t n = ::read(in, buf, sizeof buf);
         for (ssize_t off = 0; n > 0 && off < n;) {
@@ -126,7 +127,7 @@ struct SharedImages {
     test::write(secret, "root only\n", 0600);
   }
   void expect_secret_untouched() const {
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat(secret.c_str(), &st), 0);
     EXPECT_EQ(st.st_uid, 0u);
     EXPECT_EQ(st.st_gid, 0u);
@@ -163,8 +164,9 @@ TEST(QemuImgLinks, ASymlinkSwappedInAfterResizeGetsNoOwnerOrMode) {
               false, &exec);
   ASSERT_TRUE(attacker.swapped()) << "the attack did not happen";
   EXPECT_EQ(r.result().status, Outcome::failed) << r.result().msg;
-  EXPECT_EQ(r.result().msg,
-            "/images/vm.qcow2 was replaced by a symlink meanwhile: its owner and mode were not set (nothing followed it)");
+  EXPECT_EQ(
+      r.result().msg,
+      "/images/vm.qcow2 was replaced by a symlink meanwhile: its owner and mode were not set (nothing followed it)");
   s.expect_secret_untouched();
 }
 
@@ -173,11 +175,13 @@ TEST(QemuImgLinks, AnImagePathThatIsASymlinkIsRefused) {
   test::write(h.file("/secret"), "root only\n", 0600);
   ASSERT_EQ(::symlink("/secret", h.file("/images/vm.qcow2").c_str()), 0);
   auto r = refused(h.root, task("path: /images/vm.qcow2, size: 1G, mode: \"0666\""));
-  EXPECT_EQ(r.msg, "/images/vm.qcow2 is a symlink: not touched (an image is managed at its own path, never through a link)");
+  EXPECT_EQ(r.msg,
+            "/images/vm.qcow2 is a symlink: not touched (an image is managed at its own path, never through a link)");
   // Dangling: qemu-img would have created the image wherever the link points.
   ASSERT_EQ(::symlink("/images/elsewhere.qcow2", h.file("/images/new.qcow2").c_str()), 0);
   auto dangling = refused(h.root, task("path: /images/new.qcow2, size: 1G"));
-  EXPECT_EQ(dangling.msg, "/images/new.qcow2 is a symlink: not touched (an image is managed at its own path, never through a link)");
+  EXPECT_EQ(dangling.msg,
+            "/images/new.qcow2 is a symlink: not touched (an image is managed at its own path, never through a link)");
   EXPECT_FALSE(test::exists(h.file("/images/elsewhere.qcow2")));
 }
 

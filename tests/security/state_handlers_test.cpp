@@ -41,7 +41,9 @@ void write_state(const chaos::Host& host, const std::string& playbook, const jso
   test::write(host.file(kStatePath), state.dump(2) + "\n");
 }
 
-std::map<std::string, std::string> tree(const chaos::Host& host) { return chaos::without_lock(chaos::normalised(host.root())); }
+std::map<std::string, std::string> tree(const chaos::Host& host) {
+  return chaos::without_lock(chaos::normalised(host.root()));
+}
 
 // Item 10: handlers forged in the state file run nothing.
 TEST(StateHandlers, ForgedPendingHandlersInTheStateFileRunNothing) {
@@ -60,7 +62,8 @@ TEST(StateHandlers, ForgedPendingHandlersInTheStateFileRunNothing) {
                   // A module no module requests as a handler: it would write /etc/modprobe.d.
                   {{"name", "write modprobe"}, {"module", "vfio"}, {"args", {{"devices", {"0000:01:00.0"}}}}},
                   // A handler module with a command only a playbook's author may give.
-                  {{"name", "regenerate"}, {"module", "grub_config"},
+                  {{"name", "regenerate"},
+                   {"module", "grub_config"},
                    {"args", {{"command", {"/bin/sh", "-c", "echo pwned > " + pwned}}}}},
                   // Arguments that are no kernel parameters.
                   {{"name", "boot entries"}, {"module", "grubby"}, {"args", {{"add", {"$(reboot)"}}}}},
@@ -69,7 +72,8 @@ TEST(StateHandlers, ForgedPendingHandlersInTheStateFileRunNothing) {
               json::array({"a handler the playbook never had"}));
   auto r = chaos::agent({"apply", playbook, "--root", host.root(), "--color", "never"});
   EXPECT_EQ(r.exit_code, 0) << r.all();
-  for (const char* name : {"write modprobe", "regenerate", "boot entries", "no such module", "a handler the playbook never had"}) {
+  for (const char* name :
+       {"write modprobe", "regenerate", "boot entries", "no such module", "a handler the playbook never had"}) {
     EXPECT_TRUE(has(r.err, std::string("pending handler '") + name + "'")) << name << "\n" << r.err;
     EXPECT_FALSE(has(r.out, std::string("[") + name + "]")) << name << " ran:\n" << r.out;
   }
@@ -86,9 +90,10 @@ TEST(StateHandlers, AGenuinePendingHandlerStillRunsOnTheNextRun) {
   const std::string playbook = plays / "play.yaml";
   test::write(playbook, kPlaybook);
   chaos::Host host;
-  write_state(host, playbook,
-              json::array({{{"name", "regenerate the grub config"}, {"module", "grub_config"}, {"args", json::object()}}}),
-              json::array({"write the vfio config"}));
+  write_state(
+      host, playbook,
+      json::array({{{"name", "regenerate the grub config"}, {"module", "grub_config"}, {"args", json::object()}}}),
+      json::array({"write the vfio config"}));
   auto r = chaos::agent({"apply", playbook, "--root", host.root(), "--color", "never"});
   EXPECT_EQ(r.exit_code, 0) << r.all();
   EXPECT_FALSE(has(r.err, "warning")) << r.err;

@@ -2,7 +2,6 @@
 // another local user, uid 12345 here) is refused with an error naming the path, or removed itself
 // by --reset-state; what it points to is never truncated, written or deleted (issue 20).
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include "agent/state.hpp"
@@ -32,7 +31,7 @@ void plant_link(const chaos::Host& host, const std::string& target, const std::s
 }
 
 bool is_link(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   return ::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode);
 }
 

@@ -2,9 +2,8 @@
 // the admin's terminal escaped: no ESC, BEL or CR of theirs moves the cursor, erases a line,
 // retitles the window or writes the clipboard (OSC 52). The agent runs in a real pty (script(1)),
 // as an admin runs it, and every byte it writes there is looked at (issue 20).
-#include <gtest/gtest.h>
-
 #include <grp.h>
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,7 +22,9 @@ namespace fs = std::filesystem;
 
 constexpr uid_t kOther = 12345;
 // An OSC 52 clipboard write (BEL-terminated), an erase of the line, a carriage return, a C1 CSI.
-const std::string kHostile = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2K\r\xc2\x9b" "31mXorg";
+const std::string kHostile =
+    "\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2K\r\xc2\x9b"
+    "31mXorg";
 
 // The bytes the agent writes to a terminal, run as `script -qec` runs it (the pty's \n -> \r\n
 // turned off, so that any CR seen is the agent's).
@@ -42,7 +43,8 @@ std::string stray_controls(std::string bytes) {
     const unsigned char c = static_cast<unsigned char>(bytes[i]);
     const bool c1 = c == 0xc2 && i + 1 < bytes.size() && static_cast<unsigned char>(bytes[i + 1]) <= 0x9f &&
                     static_cast<unsigned char>(bytes[i + 1]) >= 0x80;
-    if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f || c1) out += "byte " + std::to_string(c) + " at " + std::to_string(i) + "\n";
+    if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f || c1)
+      out += "byte " + std::to_string(c) + " at " + std::to_string(i) + "\n";
   }
   return out;
 }
@@ -82,8 +84,9 @@ TEST(TerminalEscapes, AnotherUsersProcessNameAndTaskNamesReachTheTerminalEscaped
   if (::geteuid() != 0) GTEST_SKIP() << "needs root (a process of another user)";
   HostileProcess holder;
   const std::string proc = "/proc/" + std::to_string(holder.pid());
-  ASSERT_TRUE(test::wait_until([&] { return test::exists(proc + "/cmdline") && test::slurp(proc + "/cmdline").starts_with(kHostile); },
-                               std::chrono::seconds(10)));
+  ASSERT_TRUE(test::wait_until(
+      [&] { return test::exists(proc + "/cmdline") && test::slurp(proc + "/cmdline").starts_with(kHostile); },
+      std::chrono::seconds(10)));
   ASSERT_EQ(test::slurp(proc + "/status").find("Uid:\t12345"), test::slurp(proc + "/status").find("Uid:"));
 
   // Fedora's RTX 2070 on nouveau, its card node held by that process: its /proc entry as the
@@ -100,12 +103,13 @@ TEST(TerminalEscapes, AnotherUsersProcessNameAndTaskNamesReachTheTerminalEscaped
 
   test::TempDir plays;
   const std::string playbook = plays / "play.yaml";
-  test::write(playbook, "tasks:\n"
-                        "  - name: \"look \\e]0;owned\\a\\e[2K\\rok: [fake]\"\n"
-                        "    preflight: {gpus: ['0000:01:00.0']}\n"
-                        "    ignore_errors: true\n"
-                        "  - name: \"bind \\x9b2K\\e]52;c;aGk=\\a it\"\n"
-                        "    vfio_bind: {gpus: ['0000:01:00.0']}\n");
+  test::write(playbook,
+              "tasks:\n"
+              "  - name: \"look \\e]0;owned\\a\\e[2K\\rok: [fake]\"\n"
+              "    preflight: {gpus: ['0000:01:00.0']}\n"
+              "    ignore_errors: true\n"
+              "  - name: \"bind \\x9b2K\\e]52;c;aGk=\\a it\"\n"
+              "    vfio_bind: {gpus: ['0000:01:00.0']}\n");
 
   const std::string escaped_name = "\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2K\\x0d\\xc2\\x9b31mXorg";
   for (const std::string color : {"never", "always"}) {
@@ -133,9 +137,11 @@ TEST(TerminalEscapes, AnotherUsersProcessNameAndTaskNamesReachTheTerminalEscaped
 // Item 5: what is escaped and what is kept, byte for byte; through the stream buffer too, fed a
 // byte at a time (a UTF-8 character split across writes is kept whole).
 TEST(TerminalEscapes, ControlCharactersAreEscapedAndUtf8TextKept) {
-  const std::string text = "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x96\xa5\t|\x1b[2K|\r|\x07|\x7f|\xc2\x9b|\x9b|\xc3|\xed\xa0\x80|\n";
+  const std::string text =
+      "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x96\xa5\t|\x1b[2K|\r|\x07|\x7f|\xc2\x9b|\x9b|\xc3|\xed\xa0\x80|\n";
   EXPECT_EQ(terminal_safe(text, true),
-            "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x96\xa5\t|\\x1b[2K|\\x0d|\\x07|\\x7f|\\xc2\\x9b|\\x9b|\\xc3|\\xed\\xa0\\x80|\n");
+            "caf\xc3\xa9 \xe2\x82\xac "
+            "\xf0\x9f\x96\xa5\t|\\x1b[2K|\\x0d|\\x07|\\x7f|\\xc2\\x9b|\\x9b|\\xc3|\\xed\\xa0\\x80|\n");
   EXPECT_EQ(terminal_safe("two\nlines", false), "two\\x0alines");
 
   std::ostringstream sink;

@@ -1,10 +1,10 @@
 #include "tests/support/converge.hpp"
 
-#include "agent/facts.hpp"
-#include "agent/playbook.hpp"
-
 #include <filesystem>
 #include <fstream>
+
+#include "agent/facts.hpp"
+#include "agent/playbook.hpp"
 
 namespace gpt::test {
 
@@ -55,8 +55,8 @@ Status SimulatedSysfs::write(const Root& root, const std::string& path, const st
 
 namespace {
 
-Converged run_on_root(Exec& exec, SimulatedSysfs* sysfs, const std::string& root_dir, const std::string& yaml, bool check,
-                      bool allow_system, const nlohmann::json& extra_vars) {
+Converged run_on_root(Exec& exec, SimulatedSysfs* sysfs, const std::string& root_dir, const std::string& yaml,
+                      bool check, bool allow_system, const nlohmann::json& extra_vars) {
   Converged c;
   Root root(root_dir);
   Facts facts = gather_facts(root);

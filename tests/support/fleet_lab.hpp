@@ -66,13 +66,14 @@ struct Lab {
     write_inventory();
   }
   void write_inventory(const std::string& extra_host_vars = "") {
-    std::string inv = "all:\n  vars:\n    ansible_host: 127.0.0.1\n    ansible_user: root\n    ansible_ssh_private_key_file: " +
-                      client.key() + "\n    ansible_ssh_common_args: \"" + client.common_args() +
-                      "\"\n    extra_param: iommu=pt\n  children:\n    gpus:\n      hosts:\n";
+    std::string inv =
+        "all:\n  vars:\n    ansible_host: 127.0.0.1\n    ansible_user: root\n    ansible_ssh_private_key_file: " +
+        client.key() + "\n    ansible_ssh_common_args: \"" + client.common_args() +
+        "\"\n    extra_param: iommu=pt\n  children:\n    gpus:\n      hosts:\n";
     for (const auto& n : nodes)
-      inv += "        " + n.name + ":\n          ansible_port: " + std::to_string(n.port) + "\n          gptagent_root: " +
-             n.tree->root() + "\n          gptagent_remote_dir: " + n.remote_dir + "\n          gptagent_remote_tmp: " + n.remote_tmp + "\n" +
-             extra_host_vars;
+      inv += "        " + n.name + ":\n          ansible_port: " + std::to_string(n.port) +
+             "\n          gptagent_root: " + n.tree->root() + "\n          gptagent_remote_dir: " + n.remote_dir +
+             "\n          gptagent_remote_tmp: " + n.remote_tmp + "\n" + extra_host_vars;
     write(inventory, inv);
   }
   // Adds YAML lines ("          key: value\n") to the variables of host i alone.
@@ -113,8 +114,10 @@ inline std::string unexpected_control_entries(const std::string& dir, size_t soc
     const std::string name = e.path().filename();
     const bool named = name.size() == 25 && name.starts_with("gptagent-") &&
                        name.find_first_not_of("0123456789abcdef", 9) == std::string::npos;
-    if (named && e.is_socket()) ++found;
-    else bad += name + " ";
+    if (named && e.is_socket())
+      ++found;
+    else
+      bad += name + " ";
   }
   if (found != sockets) bad += std::to_string(found) + " sockets, not " + std::to_string(sockets);
   return bad;

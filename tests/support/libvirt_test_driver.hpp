@@ -28,7 +28,8 @@ struct TestDriver {
 // Hand edits of what a playbook declares, made one at a time as `virsh edit` would (the first
 // `from` in the domain's XML becomes `to`): each is drift that --check reports as a redefinition,
 // apply repairs it exactly as --check said, and the next run is ok.
-inline void expect_edits_repaired(TestDriver& lv, const std::string& root, const std::string& name, const std::string& playbook,
+inline void expect_edits_repaired(TestDriver& lv, const std::string& root, const std::string& name,
+                                  const std::string& playbook,
                                   const std::vector<std::pair<std::string, std::string>>& edits) {
   for (const auto& [from, to] : edits) {
     SCOPED_TRACE(from);

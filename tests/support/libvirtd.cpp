@@ -24,8 +24,9 @@ PrivateLibvirtd::PrivateLibvirtd() {
   if (root && (::chmod(home.c_str(), 0755) != 0 || ::chown(home.c_str(), kNobody, kNobody) != 0))
     throw std::runtime_error("cannot hand " + home + " to nobody");
   const std::string log = home + "/libvirtd.log";
-  std::vector<std::string> env = {"HOME=" + home, "XDG_RUNTIME_DIR=" + home + "/run", "XDG_CONFIG_HOME=" + home + "/config",
-                                  "XDG_CACHE_HOME=" + home + "/cache", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"};
+  std::vector<std::string> env = {"HOME=" + home, "XDG_RUNTIME_DIR=" + home + "/run",
+                                  "XDG_CONFIG_HOME=" + home + "/config", "XDG_CACHE_HOME=" + home + "/cache",
+                                  "PATH=/usr/sbin:/usr/bin:/sbin:/bin"};
   pid_ = ::fork();
   if (pid_ < 0) throw std::runtime_error("fork failed");
   if (pid_ == 0) {
@@ -44,7 +45,7 @@ PrivateLibvirtd::PrivateLibvirtd() {
   const std::string socket = home + "/run/libvirt/libvirt-sock";
   uri_ = "qemu:///session?socket=" + socket;
   for (int i = 0; i < 300; ++i) {  // up to 30 s: the first start probes QEMU's capabilities
-    struct stat st{};
+    struct stat st {};
     if (::stat(socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
       if (run_program("/usr/bin/virsh", {"-c", uri_, "uri"}).exit_code == 0) return;
     }

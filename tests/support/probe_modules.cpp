@@ -16,8 +16,8 @@ namespace {
 Result probe(Context&, const json& args, bool apply) {
   probe_calls().push_back({args.value("id", std::string()), apply});
   const std::string outcome = args["outcome"].get<std::string>();
-  Result r = outcome == "changed" ? Result::changed("probe changed")
-             : outcome == "failed" ? Result::failed("probe failed")
+  Result r = outcome == "changed"   ? Result::changed("probe changed")
+             : outcome == "failed"  ? Result::failed("probe failed")
              : outcome == "skipped" ? Result::skipped("probe skipped")
                                     : Result::ok("probe ok");
   if (args.contains("handler"))
@@ -32,7 +32,9 @@ const Registration probe_registration{ModuleDef{
     .name = "probe",
     .summary = "test probe",
     .schema = {.args = {{.name = "id", .type = ArgType::str},
-                        {.name = "outcome", .type = ArgType::str, .default_value = "ok",
+                        {.name = "outcome",
+                         .type = ArgType::str,
+                         .default_value = "ok",
                          .choices = {"ok", "changed", "failed", "skipped"}},
                         {.name = "handler", .type = ArgType::str},
                         // The outcome the handler request asks for: any text, so a test can make a wrong request.
@@ -56,11 +58,13 @@ const Registration typed_registration{ModuleDef{
                         {.name = "enabled", .type = ArgType::boolean, .default_value = true},
                         {.name = "names", .type = ArgType::list},
                         {.name = "mode", .type = ArgType::str, .choices = {"fast", "safe"}},
-                        {.name = "opts", .type = ArgType::dict,
+                        {.name = "opts",
+                         .type = ArgType::dict,
                          .fields = {{.name = "size", .type = ArgType::str, .required = true}}},
                         {.name = "a", .type = ArgType::str},
                         {.name = "b", .type = ArgType::str},
-                        {.name = "even", .type = ArgType::integer,
+                        {.name = "even",
+                         .type = ArgType::integer,
                          .check = [](const json& v) -> std::optional<std::string> {
                            if (v.get<long long>() % 2) return "must be even";
                            return std::nullopt;

@@ -2,14 +2,13 @@
 // qemu-img (tests/modules/qemu_img_test.cpp, tests/security/qemu_img_links_test.cpp).
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "agent/facts.hpp"
 #include "agent/playbook.hpp"
@@ -19,8 +18,9 @@
 
 namespace gpt::test {
 
-inline // A program's full path from PATH: the tests run the real tools.
-std::string tool(const std::string& name) {
+inline  // A program's full path from PATH: the tests run the real tools.
+    std::string
+    tool(const std::string& name) {
   const char* path = std::getenv("PATH");
   std::string dirs = path ? path : "/usr/bin:/bin";
   for (size_t start = 0;;) {
@@ -78,10 +78,12 @@ inline Result refused(const TempDir& root, const std::string& yaml) {
   return apply.result();
 }
 
-inline test::ProcResult qemu_img(const std::vector<std::string>& args) { return test::run_program(tool("qemu-img"), args); }
+inline test::ProcResult qemu_img(const std::vector<std::string>& args) {
+  return test::run_program(tool("qemu-img"), args);
+}
 
 inline void make_image(const std::string& image, const std::string& format, const std::string& size,
-                const std::vector<std::string>& extra = {}) {
+                       const std::vector<std::string>& extra = {}) {
   std::vector<std::string> args = {"create", "-q", "-f", format};
   args.insert(args.end(), extra.begin(), extra.end());
   args.push_back(image);

@@ -9,8 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 #include <stdexcept>
+#include <thread>
 
 namespace gpt::test {
 
@@ -54,13 +54,14 @@ std::string slurp_or_empty(const std::string& path) {
 }
 
 bool exists(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   return ::lstat(path.c_str(), &st) == 0;
 }
 
 void copy_tree(const std::string& from, const std::string& to) {
   fs::create_directories(to);
-  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::copy_symlinks | fs::copy_options::overwrite_existing);
+  fs::copy(from, to,
+           fs::copy_options::recursive | fs::copy_options::copy_symlinks | fs::copy_options::overwrite_existing);
 }
 
 std::string source_path(const std::string& rel) { return std::string(SOURCE_DIR) + "/" + rel; }
@@ -69,12 +70,15 @@ std::map<std::string, std::string> snapshot(const std::string& dir) {
   std::map<std::string, std::string> out;
   for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
     const auto rel = fs::relative(it->path(), dir).string();
-    struct stat st{};
+    struct stat st {};
     ::lstat(it->path().c_str(), &st);
     std::string mode = std::to_string(st.st_mode & 07777) + " ";
-    if (it->is_symlink()) out[rel] = "link " + fs::read_symlink(it->path()).string();
-    else if (it->is_regular_file()) out[rel] = mode + slurp(it->path().string());
-    else if (it->is_directory()) out[rel + "/"] = mode;
+    if (it->is_symlink())
+      out[rel] = "link " + fs::read_symlink(it->path()).string();
+    else if (it->is_regular_file())
+      out[rel] = mode + slurp(it->path().string());
+    else if (it->is_directory())
+      out[rel + "/"] = mode;
   }
   return out;
 }
@@ -82,8 +86,10 @@ std::map<std::string, std::string> snapshot(const std::string& dir) {
 std::string differences(const std::map<std::string, std::string>& a, const std::map<std::string, std::string>& b) {
   std::string out;
   for (const auto& [path, content] : a)
-    if (!b.count(path)) out += "  only before: " + path + "\n";
-    else if (b.at(path) != content) out += "  differs: " + path + "\n";
+    if (!b.count(path))
+      out += "  only before: " + path + "\n";
+    else if (b.at(path) != content)
+      out += "  differs: " + path + "\n";
   for (const auto& [path, content] : b)
     if (!a.count(path)) out += "  only after: " + path + "\n";
   return out;

@@ -1,8 +1,8 @@
 #include "tests/support/sshd.hpp"
 
 #include <arpa/inet.h>
-#include <netinet/in.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -77,8 +77,8 @@ LoopbackSshd::LoopbackSshd(const SshClient& client, const std::string& extra_con
             "UsePAM no\nStrictModes no\nPrintMotd no\nAcceptEnv none\nMaxSessions 50\nMaxStartups 100\nLogLevel ERROR\n"
             "SetEnv SHLVL=1\n" +
             extra_config);
-  write(client.known_hosts(), slurp(client.known_hosts()) + "[127.0.0.1]:" + std::to_string(port_) + " " +
-                                  slurp(dir_ / "host_ed25519.pub"));
+  write(client.known_hosts(),
+        slurp(client.known_hosts()) + "[127.0.0.1]:" + std::to_string(port_) + " " + slurp(dir_ / "host_ed25519.pub"));
   start();
 }
 
@@ -148,7 +148,8 @@ LoopbackSshd::~LoopbackSshd() { stop(); }
 void close_ssh_masters(const std::string& dir) {
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(dir, ec))
-    if (e.is_socket(ec)) run_program("/usr/bin/ssh", {"-o", "ControlPath=" + e.path().string(), "-O", "exit", "--", "gptagent-test"});
+    if (e.is_socket(ec))
+      run_program("/usr/bin/ssh", {"-o", "ControlPath=" + e.path().string(), "-O", "exit", "--", "gptagent-test"});
 }
 
 namespace {
