@@ -51,8 +51,10 @@ gpt::Want wanted(uint8_t b, uint8_t keys) {
     w.interfaces.push_back({"network", "default", "", "virtio", false});
     w.interfaces.push_back({"bridge", "br0", "52:54:00:12:34:56", "e1000e", false});
   }
-  w.graphics = (b & 0x80) ? nlohmann::json{{"type", "vnc"}, {"port", 5901}, {"listen", "127.0.0.1"}}
-                          : nlohmann::json{{"type", (b & 4) ? "none" : "spice"}};
+  if (b & 0x80)
+    w.graphics = {.type = "vnc", .port = 5901, .listen = "127.0.0.1"};
+  else
+    w.graphics.type = (b & 4) ? "none" : "spice";
   w.video = (b & 0x10) ? "none" : "virtio";
   if (b & 0x10) {  // the tuning of a gaming VM
     w.hyperv_vendor_id = "1234567890ab";
