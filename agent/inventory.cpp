@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "agent/text.hpp"
+#include "agent/yaml.hpp"
 
 namespace gpt {
 
@@ -26,7 +27,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr size_t kMaxBytes = 8u << 20;  // an inventory file larger than this is refused
-constexpr size_t kMaxNodes = 200000;    // a YAML alias bomb expands past this long before it hurts
 constexpr size_t kMaxHosts = 100000;    // a range like h[0:99999999] is a typo, not a fleet
 constexpr size_t kMaxErrors = 20;
 
@@ -403,104 +403,17 @@ Expected<std::string> read_text(const std::string& path, const std::string& what
   return text;
 }
 
-// YAML nodes -> JSON, with "file:line:col" for every error.
-class YamlReader {
- public:
-  YamlReader(std::string file, Errors& errors) : file_(std::move(file)), errors_(errors) {}
-
-  std::string where(const YAML::Mark& m) const {
-    return file_ + ":" + std::to_string(std::max(m.line, 0) + 1) + ":" + std::to_string(std::max(m.column, 0) + 1);
-  }
-  std::string where(const YAML::Node& n) const { return where(n.Mark()); }
-  void error(const YAML::Node& n, const std::string& msg) { errors_.add(where(n) + ": " + msg); }
-
-  std::optional<YAML::Node> load(const std::string& text) {
-    try {
-      return YAML::Load(text);
-    } catch (const YAML::Exception& e) {
-      errors_.add(where(e.mark) + ": YAML syntax error: " + e.msg);
-      return std::nullopt;
-    }
-  }
-
-  static std::string kind(const YAML::Node& n) {
-    if (n.IsSequence()) return "a list";
-    if (n.IsMap()) return "a mapping";
-    if (n.IsNull()) return "null";
-    return "a scalar";
-  }
-
-  // A mapping key: a scalar, taken as text whatever it looks like (host "10.0.0.1", group "2024").
-  std::optional<std::string> key(const YAML::Node& k) {
-    if (!k.IsScalar()) {
-      error(k, "a mapping key must be a name, not " + kind(k));
-      return std::nullopt;
-    }
-    return k.Scalar();
-  }
-
-  // The entries of a mapping in document order; a key given twice is an error (PyYAML would keep
-  // the last one silently).
-  std::vector<std::pair<YAML::Node, YAML::Node>> entries(const YAML::Node& map) {
-    std::vector<std::pair<YAML::Node, YAML::Node>> out;
-    std::set<std::string> seen;
-    for (const auto& kv : map) {
-      auto k = key(kv.first);
-      if (!k) continue;
-      if (!seen.insert(*k).second) {
-        error(kv.first, "duplicate key " + quote(*k));
-        continue;
-      }
-      out.emplace_back(kv.first, kv.second);
-    }
-    return out;
-  }
-
-  bool to_json(const YAML::Node& node, json& out) {
-    if (++nodes_ > kMaxNodes) {
-      if (nodes_ == kMaxNodes + 1)
-        error(node, "the document expands to more than " + std::to_string(kMaxNodes) + " values (an alias bomb?)");
-      return false;
-    }
-    switch (node.Type()) {
-      case YAML::NodeType::Scalar:
-        // Only plain, untagged scalars are resolved: quoted ones and !unsafe / !vault / !!str stay text.
-        out = node.Tag() == "?" ? yaml11_scalar(node.Scalar()) : json(node.Scalar());
-        return true;
-      case YAML::NodeType::Sequence:
-        out = json::array();
-        for (const auto& item : node) {
-          json v;
-          if (!to_json(item, v)) return false;
-          out.push_back(std::move(v));
-        }
-        return true;
-      case YAML::NodeType::Map: {
-        out = json::object();
-        for (const auto& [k, v] : entries(node)) {
-          json value;
-          if (!to_json(v, value)) return false;
-          out[k.Scalar()] = std::move(value);
-        }
-        return true;
-      }
-      default:
-        out = nullptr;
-        return true;
-    }
-  }
-
- private:
-  std::string file_;
-  Errors& errors_;
-  size_t nodes_ = 0;
-};
+// The inventory's YAML reader: YAML 1.1's scalars, as Ansible reads them; its messages go to `errors`.
+YamlReader yaml_reader(const std::string& file, Errors& errors) {
+  return YamlReader(file, yaml11_scalar,
+                    [&errors](const std::string& where, const std::string& msg) { errors.add(where + ": " + msg); });
+}
 
 // A vars file of group_vars/ or host_vars/: a mapping of variables, or nothing.
 void read_vars_file(const std::string& path, json& into, Errors& errors) {
   auto text = read_text(path, "vars file");
   if (!text) return errors.add(text.error());
-  YamlReader reader(path, errors);
+  YamlReader reader = yaml_reader(path, errors);
   auto doc = reader.load(*text);
   if (!doc || !doc->IsDefined() || doc->IsNull()) return;
   if (!doc->IsMap()) return reader.error(*doc, "a vars file is a mapping of variables, not " + YamlReader::kind(*doc));
@@ -700,7 +613,7 @@ void parse_ini(Raw& raw, const std::string& text, const std::string& file, Error
 
 class YamlInventory {
  public:
-  YamlInventory(Raw& raw, const std::string& file, Errors& errors) : raw_(raw), reader_(file, errors) {}
+  YamlInventory(Raw& raw, const std::string& file, Errors& errors) : raw_(raw), reader_(yaml_reader(file, errors)) {}
 
   void run(const std::string& text) {
     auto loaded = reader_.load(text);
@@ -806,10 +719,8 @@ void parse_file(Raw& raw, const std::string& path, Errors& errors) {
   const std::string ext = lower(fs::path(path).extension().string());
   if (!yaml && ext != ".ini") {
     // No telling extension: YAML when it reads as a mapping, as Ansible tries its yaml plugin first.
-    try {
-      yaml = YAML::Load(*text).IsMap();
-    } catch (const YAML::Exception&) {
-    }
+    auto doc = YamlReader(path, yaml11_scalar, [](const std::string&, const std::string&) {}).load(*text);
+    yaml = doc && doc->IsMap();
   }
   if (yaml)
     YamlInventory(raw, path, errors).run(*text);

@@ -1,8 +1,5 @@
 #include "agent/playbook.hpp"
 
-#include <yaml-cpp/depthguard.h>
-#include <yaml-cpp/yaml.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -15,6 +12,7 @@
 #include "agent/argspec.hpp"
 #include "agent/module.hpp"
 #include "agent/text.hpp"
+#include "agent/yaml.hpp"
 
 namespace gpt {
 
@@ -23,11 +21,6 @@ using json = nlohmann::json;
 std::string SourceMark::str() const { return file + ":" + std::to_string(line) + ":" + std::to_string(col); }
 
 namespace {
-
-constexpr size_t kMaxNodes = 200000;  // a YAML alias bomb expands past this long before it hurts
-// The same for bytes: a few aliases of a long string (or of a mapping with a long key) are few
-// values but many bytes. An 8 MiB playbook without aliases holds far less than this.
-constexpr size_t kMaxExpandedBytes = 32u << 20;
 
 // The offset of the first byte that is not part of well-formed UTF-8, or npos.
 size_t invalid_utf8(std::string_view s) {
@@ -55,40 +48,35 @@ struct Origin {
   bool plain = false;  // an unquoted scalar
 };
 
-// yaml-cpp 0.7 (Debian 12) names it depth(), 0.6.3 (Debian 11, where the agent to ship is built:
-// scripts/build-portable) AtDepth().
-template <class DeepRecursion>
-int recursion_depth(const DeepRecursion& e) {
-  if constexpr (requires { e.depth(); })
-    return e.depth();
-  else
-    return e.AtDepth();
-}
-
 class Loader final : public ArgSource {
  public:
   Loader(std::string file, const LoadOptions& opts) : file_(std::move(file)), opts_(opts) {}
 
   LoadResult run(const std::string& text) {
     LoadResult result;
-    YAML::Node doc;
-    try {
-      doc = YAML::Load(text);
-    } catch (const YAML::DeepRecursion& e) {
-      result.errors.push_back(mark_at(e.mark.line, e.mark.column).str() + ": the document is nested deeper than " +
-                              std::to_string(recursion_depth(e) - 1) + " levels");
-      return result;
-    } catch (const YAML::Exception& e) {
-      result.errors.push_back(mark_at(e.mark.line, e.mark.column).str() + ": YAML syntax error: " + e.msg);
+    YamlReader reader(file_, plain_scalar,
+                      [this](const std::string& where, const std::string& msg) { error(where, msg); });
+    auto loaded = reader.load(text);
+    if (!loaded) {
+      result.errors = std::move(errors_);
       return result;
     }
+    const YAML::Node& doc = *loaded;
     SourceMark top = mark_at(0, 0);
     if (!doc.IsDefined() || doc.IsNull()) {
       result.errors.push_back(top.str() + ": the playbook is empty");
       return result;
     }
     json tree;
-    if (!to_json(doc, "", tree, top)) {
+    const auto seen = [this](const std::string& ptr, const YAML::Node& node, const YAML::Node* key) {
+      Origin o{mark_of(node), key ? mark_of(*key) : SourceMark{}, {}, false};
+      if (node.IsScalar()) {
+        o.raw = node.Scalar();
+        o.plain = node.Tag() == "?";
+      }
+      origins_[ptr] = std::move(o);
+    };
+    if (!reader.to_json(doc, tree, seen)) {
       result.errors = std::move(errors_);
       return result;
     }
@@ -156,68 +144,6 @@ class Loader final : public ArgSource {
   bool drain(ArgChecker& checker, bool good) {
     for (auto& e : checker.take_errors()) error(e.where, e.msg);
     return good;
-  }
-
-  bool to_json(const YAML::Node& node, const std::string& ptr, json& out, const SourceMark& key_mark) {
-    if (++nodes_ > kMaxNodes) {
-      if (nodes_ == kMaxNodes + 1)
-        error(mark_of(node),
-              "the document expands to more than " + std::to_string(kMaxNodes) + " values (an alias bomb?)");
-      return false;
-    }
-    // What this value costs to hold: its path, and its text (keys are counted below).
-    bytes_ += ptr.size() + (node.Type() == YAML::NodeType::Scalar ? node.Scalar().size() : 0);
-    if (bytes_ > kMaxExpandedBytes) {
-      error(mark_of(node),
-            "the document expands to more than " + std::to_string(kMaxExpandedBytes) + " bytes (an alias bomb?)");
-      nodes_ = kMaxNodes + 1;  // one message, and every caller stops
-      return false;
-    }
-    Origin origin{mark_of(node), key_mark, {}, false};
-    switch (node.Type()) {
-      case YAML::NodeType::Null:
-        out = nullptr;
-        break;
-      case YAML::NodeType::Scalar:
-        origin.raw = node.Scalar();
-        origin.plain = node.Tag() != "!";
-        out = origin.plain ? plain_scalar(origin.raw) : json(origin.raw);
-        break;
-      case YAML::NodeType::Sequence: {
-        out = json::array();
-        size_t i = 0;
-        for (const auto& item : node) {
-          json v;
-          if (!to_json(item, ptr + "/" + std::to_string(i++), v, {})) return false;
-          out.push_back(std::move(v));
-        }
-        break;
-      }
-      case YAML::NodeType::Map: {
-        out = json::object();
-        for (const auto& kv : node) {
-          SourceMark km = mark_of(kv.first);
-          if (!kv.first.IsScalar()) {
-            error(km, "a mapping key must be a plain word");
-            return false;
-          }
-          const std::string key = kv.first.Scalar();
-          bytes_ += key.size();
-          if (out.contains(key)) {
-            error(km, "duplicate key '" + key + "'");
-            continue;
-          }
-          json v;
-          if (!to_json(kv.second, child_ptr(ptr, key), v, km)) return false;
-          out[key] = std::move(v);
-        }
-        break;
-      }
-      default:
-        out = nullptr;
-    }
-    origins_[ptr] = std::move(origin);
-    return true;
   }
 
   // ---- playbook structure ----
@@ -483,8 +409,6 @@ class Loader final : public ArgSource {
   const LoadOptions& opts_;
   std::vector<std::string> errors_;
   std::map<std::string, Origin> origins_;
-  size_t nodes_ = 0;
-  size_t bytes_ = 0;
   std::optional<VarScope> scope_;
 };
 
