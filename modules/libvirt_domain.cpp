@@ -2054,6 +2054,144 @@ std::optional<std::string> kept_nvram(const Context& ctx, const pugi::xml_docume
          "; to start it afresh from that template (its boot entries are lost): virsh start " + name + " --reset-nvram";
 }
 
+// state: absent — powered off first when it runs; its nvram kept only with keep_nvram.
+Expected<Result> converge_absent(std::optional<virt::Domain>& dom, const Args& args, bool apply) {
+  const std::string& name = args.name;
+  if (!dom) return Result::ok("domain " + name + " is absent");
+  Result r = Result::changed("undefined domain " + name);
+  auto st = dom->state();
+  if (!st) return Error{st.error()};
+  if (*st != virt::State::shutoff) r.msg = "powered off and undefined domain " + name;
+  if (apply) {
+    if (*st != virt::State::shutoff)
+      if (auto s = dom->destroy(); !s) return Error{s.error()};
+    if (auto s = dom->undefine(args.keep_nvram); !s) return Error{s.error()};
+  }
+  return r;
+}
+
+// What the host must provide besides the definition (hugepages, Looking Glass's shared file): the
+// files to write and the commands to run once they changed.
+struct HostSide {
+  FileChanges files;
+  std::vector<std::pair<Command, std::string>> commands;
+};
+
+Status plan_host_side(Context& ctx, const Args& args, Want& want, virt::State run, bool redefine, HostSide& host) {
+  if (want.hugepage_kib) {
+    const bool starts = args.state == "running" && run != virt::State::running;
+    if (auto hp =
+            hugepages(ctx, args, want, run != virt::State::running && (redefine || starts), host.files, host.commands);
+        !hp)
+      return hp;
+  }
+  if (args.looking_glass) {
+    const std::string &user = args.looking_glass->user, &group = args.looking_glass->group;
+    if (auto ok = vm::check_owner(ctx.root, user, group); !ok) return Error{"looking_glass: " + ok.error()};
+    const std::string conf = "/etc/tmpfiles.d/10-looking-glass.conf";
+    auto text = read_file_if_exists(ctx.root, conf);
+    if (!text) return Error{"looking_glass: " + text.error()};
+    auto merged = looking_glass_tmpfiles(text->value_or(""), args.name, user, group);
+    host.files.write(conf, *text, merged.text);
+    if (!merged.note.empty()) want.warnings.push_back(conf + ": " + merged.note);
+    host.commands.push_back({Command{{"systemd-tmpfiles", "--create", conf}}, "created /dev/shm/looking-glass"});
+  }
+  return {};
+}
+
+// Writes the host's files and runs what they need; after a hugepage reservation, warns when the
+// kernel could not find the pages free.
+Status apply_host_side(Context& ctx, HostSide& host, Want& want, bool apply, Result& r,
+                       std::vector<std::string>& done) {
+  if (host.files.empty()) return {};
+  r.diff += host.files.diff();
+  for (const auto& p : host.files.paths()) done.push_back("wrote " + p);
+  if (apply)
+    if (auto s = host.files.apply(r.data); !s) return s;
+  for (const auto& [cmd, what] : host.commands) {
+    Result ran = ctx.run_system(cmd, apply, what);
+    r.commands.insert(r.commands.end(), ran.commands.begin(), ran.commands.end());
+    if (ran.status == Outcome::failed) return Error{ran.msg};
+    if (!ran.msg.empty()) done.push_back(ran.msg);
+  }
+  if (apply && want.hugepage_kib)
+    if (auto pool = vm::read_hugepages(ctx.root, *want.hugepage_kib);
+        pool && pool->free * pool->size_kib < want.memory_kib)
+      want.warnings.push_back("hugepages: the kernel has " + std::to_string(pool->free) + " free pages of " +
+                              size_text(pool->size_kib * 1024) +
+                              " after the reservation, fewer than the domain needs (" +
+                              std::to_string(want.memory_kib / pool->size_kib) +
+                              "): its memory is fragmented; reboot, or reserve them at boot (hugepages=N)");
+  return {};
+}
+
+// The run state, on the defined domain (in check mode: as it is, or would be): started, shut down
+// by the ACPI power button within shutdown_timeout, or powered off with force_shutoff.
+Status converge_run_state(std::optional<virt::Domain>& dom, const Args& args, virt::State run, bool redefine,
+                          bool apply, std::vector<std::string>& done) {
+  if (args.state == "running" && run != virt::State::running) {
+    done.push_back("started");
+    if (apply) return dom->start();
+  } else if (args.state == "shutoff" && run != virt::State::shutoff) {
+    done.push_back(args.force_shutoff ? "powered off" : "shut down");
+    if (!apply) return {};
+    if (args.force_shutoff) return dom->destroy();
+    if (auto s = dom->shutdown(); !s) return s;
+    const long long timeout = args.shutdown_timeout;
+    for (int waited = 0;; ++waited) {
+      auto st = dom->state();
+      if (!st) return Error{st.error()};
+      if (*st == virt::State::shutoff) return {};
+      if (waited >= timeout * 10)
+        return Error{"domain " + args.name + " did not shut down within " + std::to_string(timeout) +
+                     " s of the ACPI power button; it is left running (force_shutoff: true powers it off)"};
+      ::usleep(100 * 1000);
+    }
+  } else if (redefine && run == virt::State::running) {
+    done.push_back("the running domain keeps its old configuration until it is shut down");
+  }
+  return {};
+}
+
+// The result's data (as defined, or to be: the values the domain keeps where the playbook leaves
+// them out), message and warnings.
+Result report(Result r, const Args& args, const virt::Connection& conn, const pugi::xml_document& desired,
+              const Want& want, const std::string& after, bool redefine, virt::State run,
+              const std::vector<std::string>& done) {
+  const std::string& name = args.name;
+  auto os = desired.child("domain").child("os");
+  const std::string machine = attr(os.child("type"), "machine");
+  r.data = {{"name", name},
+            {"uri", conn.uri()},
+            {"type", attr(desired.child("domain"), "type")},
+            {"machine", machine},
+            {"loader", std::string(trim(os.child_value("loader")))},
+            {"nvram", std::string(trim(os.child_value("nvram")))},
+            {"state", args.state},
+            {"managed", json::array()}};
+  for (const auto& o : read_record(desired.child("domain")).owned)
+    r.data["managed"].push_back(o.kind == "part" ? o.id : o.kind + " " + o.id);
+  json hostdevs = json::array();
+  for (const auto& g : want.gpus)
+    for (const auto& f : g.functions) hostdevs.push_back(f);
+  r.data["hostdevs"] = hostdevs;
+  if (redefine) r.data["xml"] = after;  // what is (or would be) defined
+  const std::string warnings = want.warnings.empty() ? "" : " [warning: " + join(want.warnings, "; ") + "]";
+  if (!want.warnings.empty()) r.data["warnings"] = want.warnings;
+  for (const auto& w : want.warnings) spdlog::warn("domain {}: {}", name, w);
+  if (done.empty()) {
+    r.msg = "domain " + name + " is as wanted (" + machine + ", " + std::to_string(hostdevs.size()) +
+            " host devices, " + virt::state_name(run) + ")" + warnings;
+    return r;
+  }
+  r.status = Outcome::changed;
+  r.msg = join(done, "; ") + warnings;
+  return r;
+}
+
+// The domain as declared: the definition merged into what the domain has (what the playbook leaves
+// out stays as it is), then the host's side, the nvram, autostart and the run state, each checked
+// and applied in turn.
 Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   const std::string& name = args.name;
   auto opened = open_libvirt(ctx, args.connect, "domain " + name, apply);
@@ -2062,21 +2200,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   auto found = conn->lookup(name);
   if (!found) return Result::failed(found.error());
   std::optional<virt::Domain>& dom = *found;
-  const std::string& state = args.state;
-
-  if (state == "absent") {
-    if (!dom) return Result::ok("domain " + name + " is absent");
-    Result r = Result::changed("undefined domain " + name);
-    auto st = dom->state();
-    if (!st) return Result::failed(st.error());
-    if (*st != virt::State::shutoff) r.msg = "powered off and undefined domain " + name;
-    if (apply) {
-      if (*st != virt::State::shutoff)
-        if (auto s = dom->destroy(); !s) return Result::failed(s.error());
-      if (auto s = dom->undefine(args.keep_nvram); !s) return Result::failed(s.error());
-    }
-    return r;
-  }
+  if (args.state == "absent") return converge_absent(dom, args, apply);
 
   auto caps = conn->capabilities();
   if (!caps) return Result::failed(caps.error());
@@ -2108,26 +2232,8 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     if (!st) return Result::failed(st.error());
     run = *st;
   }
-  // What the host must provide besides the definition: hugepages, Looking Glass's shared file.
-  FileChanges host_files(ctx.root);
-  std::vector<std::pair<Command, std::string>> host_commands;  // run when host_files changed
-  if (want->hugepage_kib) {
-    const bool starts = state == "running" && run != virt::State::running;
-    auto hp =
-        hugepages(ctx, args, *want, run != virt::State::running && (redefine || starts), host_files, host_commands);
-    if (!hp) return Result::failed(hp.error());
-  }
-  if (args.looking_glass) {
-    const std::string &user = args.looking_glass->user, &group = args.looking_glass->group;
-    if (auto ok = vm::check_owner(ctx.root, user, group); !ok) return Result::failed("looking_glass: " + ok.error());
-    const std::string conf = "/etc/tmpfiles.d/10-looking-glass.conf";
-    auto text = read_file_if_exists(ctx.root, conf);
-    if (!text) return Result::failed("looking_glass: " + text.error());
-    auto merged = looking_glass_tmpfiles(text->value_or(""), name, user, group);
-    host_files.write(conf, *text, merged.text);
-    if (!merged.note.empty()) want->warnings.push_back(conf + ": " + merged.note);
-    host_commands.push_back({Command{{"systemd-tmpfiles", "--create", conf}}, "created /dev/shm/looking-glass"});
-  }
+  HostSide host{FileChanges(ctx.root), {}};
+  if (auto s = plan_host_side(ctx, args, *want, run, redefine, host); !s) return Result::failed(s.error());
   if (redefine) {
     r.diff = unified_diff(before, after, "domain " + name + " (libvirt XML)");
     done.push_back(dom ? "redefined domain " + name : "defined domain " + name);
@@ -2138,91 +2244,14 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     if (!defined) return Result::failed(defined.error() + " (domain " + name + ", nothing was changed)");
     dom.emplace(std::move(*defined));
   }
-  if (!host_files.empty()) {
-    r.diff += host_files.diff();
-    for (const auto& p : host_files.paths()) done.push_back("wrote " + p);
-    if (apply)
-      if (auto s = host_files.apply(r.data); !s) return Result::failed(s.error());
-    for (const auto& [cmd, what] : host_commands) {
-      Result ran = ctx.run_system(cmd, apply, what);
-      r.commands.insert(r.commands.end(), ran.commands.begin(), ran.commands.end());
-      if (ran.status == Outcome::failed) return Result::failed(ran.msg);
-      if (!ran.msg.empty()) done.push_back(ran.msg);
-    }
-    if (apply && want->hugepage_kib)
-      if (auto pool = vm::read_hugepages(ctx.root, *want->hugepage_kib);
-          pool && pool->free * pool->size_kib < want->memory_kib)
-        want->warnings.push_back("hugepages: the kernel has " + std::to_string(pool->free) + " free pages of " +
-                                 size_text(pool->size_kib * 1024) +
-                                 " after the reservation, fewer than the domain needs (" +
-                                 std::to_string(want->memory_kib / pool->size_kib) +
-                                 "): its memory is fragmented; reboot, or reserve them at boot (hugepages=N)");
-  }
+  if (auto s = apply_host_side(ctx, host, *want, apply, r, done); !s) return Result::failed(s.error());
   auto nvram = ensure_nvram(ctx, *want, apply);
   if (!nvram) return Result::failed(nvram.error());
   if (*nvram) done.push_back("created " + want->nvram + " from " + want->vars);
-
-  // Autostart and the run state, on the defined domain (in check mode: as it is, or would be).
   if (args.autostart)
     if (auto s = converge_autostart(dom, *args.autostart, apply, done); !s) return Result::failed(s.error());
-  if (state == "running" && run != virt::State::running) {
-    done.push_back("started");
-    if (apply)
-      if (auto s = dom->start(); !s) return Result::failed(s.error());
-  } else if (state == "shutoff" && run != virt::State::shutoff) {
-    const bool force = args.force_shutoff;
-    done.push_back(force ? "powered off" : "shut down");
-    if (apply) {
-      if (force) {
-        if (auto s = dom->destroy(); !s) return Result::failed(s.error());
-      } else {
-        if (auto s = dom->shutdown(); !s) return Result::failed(s.error());
-        const long long timeout = args.shutdown_timeout;
-        for (int waited = 0;; ++waited) {
-          auto st = dom->state();
-          if (!st) return Result::failed(st.error());
-          if (*st == virt::State::shutoff) break;
-          if (waited >= timeout * 10)
-            return Result::failed(
-                "domain " + name + " did not shut down within " + std::to_string(timeout) +
-                " s of the ACPI power button; it is left running (force_shutoff: true powers it off)");
-          ::usleep(100 * 1000);
-        }
-      }
-    }
-  } else if (redefine && run == virt::State::running) {
-    done.push_back("the running domain keeps its old configuration until it is shut down");
-  }
-
-  // As defined (or to be): the values the domain keeps where the playbook leaves them out.
-  auto os = desired.child("domain").child("os");
-  const std::string machine = attr(os.child("type"), "machine");
-  r.data = {{"name", name},
-            {"uri", conn->uri()},
-            {"type", attr(desired.child("domain"), "type")},
-            {"machine", machine},
-            {"loader", std::string(trim(os.child_value("loader")))},
-            {"nvram", std::string(trim(os.child_value("nvram")))},
-            {"state", state},
-            {"managed", json::array()}};
-  for (const auto& o : read_record(desired.child("domain")).owned)
-    r.data["managed"].push_back(o.kind == "part" ? o.id : o.kind + " " + o.id);
-  json hostdevs = json::array();
-  for (const auto& g : want->gpus)
-    for (const auto& f : g.functions) hostdevs.push_back(f);
-  r.data["hostdevs"] = hostdevs;
-  if (redefine) r.data["xml"] = after;  // what is (or would be) defined
-  const std::string warnings = want->warnings.empty() ? "" : " [warning: " + join(want->warnings, "; ") + "]";
-  if (!want->warnings.empty()) r.data["warnings"] = want->warnings;
-  for (const auto& w : want->warnings) spdlog::warn("domain {}: {}", name, w);
-  if (done.empty()) {
-    r.msg = "domain " + name + " is as wanted (" + machine + ", " + std::to_string(hostdevs.size()) +
-            " host devices, " + virt::state_name(run) + ")" + warnings;
-    return r;
-  }
-  r.status = Outcome::changed;
-  r.msg = join(done, "; ") + warnings;
-  return r;
+  if (auto s = converge_run_state(dom, args, run, redefine, apply, done); !s) return Result::failed(s.error());
+  return report(std::move(r), args, *conn, desired, *want, after, redefine, run, done);
 }
 
 // What `gptagent doc libvirt_domain` says beyond the arguments.
