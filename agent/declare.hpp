@@ -249,8 +249,8 @@ class ArgsDecl {
 };
 
 // A module whose converge reads its declared struct: the declaration gives its schema; an error
-// converge returns is the task's failure. What a change sets in motion (changes_boot,
-// regenerates_boot, handler_args) the caller sets on the ModuleDef returned.
+// converge returns is the task's failure. What a change sets in motion (notifies, reboot) its
+// ModuleDocs declare; regenerates_boot and handler_args the caller sets on the ModuleDef returned.
 template <typename A>
 ModuleDef declare_module(std::string name, std::string summary, const ArgsDecl<A>& decl,
                          Expected<Result> (*fn)(Context&, const A&, bool)) {

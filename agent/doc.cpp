@@ -150,8 +150,8 @@ bool write_module_doc(std::ostream& out, std::string_view name) {
     const ModuleDef* h = reg.find(handler);
     out << "  the handler " << handler << (h ? ": " + h->summary : std::string()) << "\n";
   }
-  if (def->changes_boot) out << "  a reboot: what it changes for the boot takes effect when the host boots next\n";
-  if (def->notifies.empty() && !def->changes_boot) out << "  nothing more: no handler, no reboot\n";
+  if (def->reboot) out << "  a reboot: what it changes for the boot takes effect when the host boots next\n";
+  if (def->notifies.empty() && !def->reboot) out << "  nothing more: no handler, no reboot\n";
   if (!def->examples.empty()) out << "\nExamples:\n";
   for (size_t i = 0; i < def->examples.size(); ++i) {
     if (i > 0) out << "\n";
@@ -187,7 +187,7 @@ json module_doc_json(const ModuleDef& def) {
             {"arguments", std::move(args)},
             {"examples", def.examples},
             {"notifies", def.notifies},
-            {"reboot", def.changes_boot}};
+            {"reboot", def.reboot}};
   if (!def.schema.mutually_exclusive.empty()) j["mutually_exclusive"] = def.schema.mutually_exclusive;
   if (!def.schema.required_one_of.empty()) j["required_one_of"] = def.schema.required_one_of;
   if (def.handler_args) j["handler_arguments"] = *def.handler_args;

@@ -97,6 +97,7 @@ Registration::Registration(ModuleDef def, ModuleDocs docs) {
   def.description = std::move(docs.description);
   def.examples = std::move(docs.examples);
   def.notifies = std::move(docs.notifies);
+  def.reboot = docs.reboot;
   Registry::instance().add(std::move(def));
 }
 

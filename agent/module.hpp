@@ -90,10 +90,13 @@ struct ModuleDef {
   std::string summary;
   ModuleSchema schema;
   ConvergeFn converge = {};
-  // Changes need a reboot or a handler: the runner records a stage's intent before making them.
-  bool changes_boot = false;
-  // Regenerates what the host boots (grub.cfg, the initramfs): in a stage whose change is booted as
-  // a trial (agent/trial.hpp), the handler is deferred to the trial's commit.
+  // A change needs a reboot to take effect (declared in ModuleDocs::reboot): with `notifies`, what
+  // a change sets in motion. The runner records a stage's intent before a change that sets
+  // anything in motion, and boots a stage's reboot changes as a trial.
+  bool reboot = false;
+  bool sets_in_motion() const { return reboot || !notifies.empty(); }
+  // Regenerates what the host boots (grub.cfg, the initramfs, BootLoaderSpec entries): in a stage whose change is
+  // booted as a trial (agent/trial.hpp), the handler is deferred to the trial's commit.
   bool regenerates_boot = false;
   // Modules request this one as a handler (HandlerRequest) with at most these arguments. A pending
   // request read back from the state file may name only such a module, with only these arguments
@@ -105,7 +108,7 @@ struct ModuleDef {
   // What `gptagent doc` says beyond the summary and the arguments: a description (paragraphs of
   // plain text, separated by a blank line); examples, each a task as it goes in a playbook's
   // `tasks:` list, led by a one-line `# comment` saying what it does; and the handler modules a
-  // change may request (HandlerRequest::module) — with changes_boot, what a change sets in motion.
+  // change may request (HandlerRequest::module) — with `reboot`, what a change sets in motion.
   std::string description = {};
   std::vector<std::string> examples = {};
   std::vector<std::string> notifies = {};
@@ -117,6 +120,7 @@ struct ModuleDocs {
   std::string description;
   std::vector<std::string> examples;
   std::vector<std::string> notifies = {};
+  bool reboot = false;
 };
 
 class Registry {

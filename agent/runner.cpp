@@ -106,14 +106,14 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
         rep = TaskReport{stage.name, task.name, task.module->name,
                          false,      false,     Result::skipped("condition is false: " + task.when_text),
                          0};
-      } else if (apply && opts.journal && (task.module->changes_boot || !task.notify.empty())) {
+      } else if (apply && opts.journal && (task.module->sets_in_motion() || !task.notify.empty())) {
         // Predict first: a task that will change records what its change sets in motion before
         // making it; one that will not is done (check mode and apply agree on `ok`). Modules
         // whose changes set nothing in motion (no handler, no reboot) need no prediction.
         rep = converge_task(stage, task.name, *task.module, task.args, ctx, false, false);
         // A boot change in a stage that may stop for a reboot is booted as a trial: the host must
         // be able to boot one before anything is changed.
-        if (rep.result.status == Outcome::changed && opts.trial && opts.trial_gate && task.module->changes_boot &&
+        if (rep.result.status == Outcome::changed && opts.trial && opts.trial_gate && task.module->reboot &&
             stage.reboot != RebootPolicy::never) {
           if (!trial_ok) trial_ok = opts.trial_gate();
           if (!*trial_ok) rep.result = Result::failed(trial_ok->error());

@@ -94,6 +94,7 @@ ModuleDocs docs() {
                    "    present: [nouveau.modeset=0]\n"
                    "    absent: [nomodeset]\n"},
       .notifies = {"grub_config", "grubby"},
+      .reboot = true,
   };
 }
 
@@ -112,7 +113,6 @@ ModuleDef definition() {
           .arg("backup", &Args::backup, "keep the file as it was beside it (*.gptagent-YYYYmmddTHHMMSS)")
           .check([](const Args& a) { return check_present_absent(a); }),
       converge);
-  def.changes_boot = true;
   return def;
 }
 const Registration registration{definition(), docs()};

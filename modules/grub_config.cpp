@@ -30,7 +30,9 @@ Expected<Result> converge(Context& ctx, const CommandArgs& args, bool apply) {
   else if (!args.command)
     return Result::failed("no update-grub, grub2-mkconfig or grub-mkconfig on this host (root " + ctx.root.dir() +
                           "): regenerate the boot configuration by hand");
-  return run_command_module(ctx, args, apply, std::move(argv), "regenerated the grub config");
+  Result r = run_command_module(ctx, args, apply, std::move(argv), "regenerated the grub config");
+  r.reboot_required = r.status == Outcome::changed;
+  return r;
 }
 
 // What `gptagent doc grub_config` says beyond the arguments.
@@ -44,7 +46,7 @@ ModuleDocs docs() {
           "The handler of grub_cmdline, and of kernel_cmdline, vfio and restore_files when they change a GRUB file. "
           "On BootLoaderSpec hosts (GRUB_ENABLE_BLSCFG=true, grubby installed) grub_cmdline notifies grubby as well, "
           "whose grubby --update-kernel=ALL --args=... --remove-args=... updates the existing boot entries too. A "
-          "playbook may also run it as a task.",
+          "playbook may also run it as a task. A change needs a reboot.",
       .examples = {"# Regenerate grub.cfg after a task that notifies it (the handler a module would request)\n"
                    "- name: regenerate grub.cfg\n"
                    "  grub_config: {}\n",
@@ -52,6 +54,7 @@ ModuleDocs docs() {
                    "- grub_config:\n"
                    "    command: [grub-mkconfig, -o, /boot/grub/grub.cfg]\n"
                    "    timeout: 1200\n"},
+      .reboot = true,
   };
 }
 
@@ -67,7 +70,6 @@ namespace {
 ModuleDef definition() {
   auto def = declare_module("grub_config", "regenerate grub.cfg (update-grub, grub2-mkconfig or grub-mkconfig)",
                             grub_config_args(), converge);
-  def.changes_boot = true;
   def.regenerates_boot = true;
   def.handler_args = std::vector<std::string>{};
   return def;

@@ -35,6 +35,7 @@ ModuleDocs docs() {
       .examples = {"# Rebuild the initramfs of every installed kernel\n"
                    "- name: rebuild the initramfs\n"
                    "  initramfs: {}\n"},
+      .reboot = true,
   };
 }
 
@@ -50,7 +51,6 @@ namespace {
 ModuleDef definition() {
   auto def = declare_module("initramfs", "rebuild the initramfs (update-initramfs, dracut or mkinitcpio)",
                             initramfs_args(), converge);
-  def.changes_boot = true;
   def.regenerates_boot = true;
   def.handler_args = std::vector<std::string>{};
   return def;

@@ -747,6 +747,7 @@ ModuleDocs docs() {
                    "    framebuffer: release\n"
                    "    gpus: [\"0000:01:00.0\"]\n"},
       .notifies = {"grub_config", "grubby"},
+      .reboot = true,
   };
 }
 
@@ -768,7 +769,6 @@ ModuleDef definition() {
           .arg(framebuffer_gpus(), &Args::gpus)
           .check([](const Args& a) { return check_present_absent(a); }),
       converge);
-  def.changes_boot = true;
   return def;
 }
 const Registration registration{definition(), docs()};

@@ -103,6 +103,7 @@ ModuleDocs docs() {
                    "- name: the host as it was before the agent\n"
                    "  restore_files: {}\n"},
       .notifies = {"grub_config", "initramfs"},
+      .reboot = true,
   };
 }
 
@@ -111,7 +112,6 @@ ModuleDef definition() {
       "restore_files",
       "put every file the agent changed back as it was before its first change (what gptagent revert runs)",
       ArgsDecl<Args>(), converge);
-  def.changes_boot = true;
   return def;
 }
 const Registration registration{definition(), docs()};

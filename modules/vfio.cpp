@@ -813,6 +813,7 @@ ModuleDocs docs() {
                    "    ids: [\"10de:1b80\", \"10de:10f0\"]\n"
                    "    blacklist: [nouveau]\n"},
       .notifies = {"initramfs", "grub_config", "grubby"},
+      .reboot = true,
   };
 }
 
@@ -847,7 +848,6 @@ ModuleDef definition() {
                "the modules-load.d file that loads the modules at boot (a user's own file keeps its lines)",
                {.check = check_conf_path}),
       converge);
-  def.changes_boot = true;
   return def;
 }
 const Registration registration{definition(), docs()};

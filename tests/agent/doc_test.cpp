@@ -168,7 +168,7 @@ TEST(Doc, EveryModuleHasADescriptionAndExamplesThatLoadAsItsTasks) {
 // request made through the handler's declaration (handler_request(NAME, "MODULE", ...)), its own
 // and those of the functions
 // it calls that return HandlerRequests (grub_handlers). Each is declared in `notifies`, and each
-// declared one is requested; a module that asks for a reboot declares changes_boot.
+// declared one is requested; a module asks for a reboot exactly when it declares `reboot`.
 TEST(Doc, TheHandlersAModuleDeclaresAreThoseItsCodeRequests) {
   namespace fs = std::filesystem;
   // A request made through the handler's declaration: handler_request(NAME, "MODULE", ...).
@@ -220,9 +220,8 @@ TEST(Doc, TheHandlersAModuleDeclaresAreThoseItsCodeRequests) {
       const ModuleDef* handler = Registry::instance().find(h);
       EXPECT_TRUE(handler && handler->handler_args) << def->name << ": " << h << " is no module run as a handler";
     }
-    if (code.find("reboot_required = ") != std::string::npos) {
-      EXPECT_TRUE(def->changes_boot) << def->name << " asks for a reboot without declaring changes_boot";
-    }
+    EXPECT_EQ(code.find("reboot_required = ") != std::string::npos, def->reboot)
+        << def->name << ": asking for a reboot in code and declaring `reboot` go together";
     found += asks.size();
   }
   EXPECT_GE(found, 10u);
@@ -243,7 +242,7 @@ TEST(Doc, TextAndJsonShowTheDescriptionWhatAChangeSetsInMotionAndTheExamples) {
           << r.out;
     for (const auto& h : def->notifies)
       EXPECT_TRUE(contains(r.out, "\n  the handler " + h + ": ")) << def->name << "\n" << r.out;
-    EXPECT_EQ(contains(r.out, "\n  a reboot: "), def->changes_boot) << def->name << "\n" << r.out;
+    EXPECT_EQ(contains(r.out, "\n  a reboot: "), def->reboot) << def->name << "\n" << r.out;
     // The description is wrapped as a terminal shows it.
     const std::string head = r.out.substr(0, r.out.find("\nArguments:\n"));
     for (const auto& line : lines(head.substr(head.find('\n') + 1)))  // the summary line aside
@@ -279,7 +278,7 @@ TEST(Doc, TextAndJsonShowTheDescriptionWhatAChangeSetsInMotionAndTheExamples) {
     EXPECT_EQ(m["description"], def->description);
     EXPECT_EQ(m["examples"], def->examples);
     EXPECT_EQ(m["notifies"], def->notifies);
-    EXPECT_EQ(m["reboot"], def->changes_boot);
+    EXPECT_EQ(m["reboot"], def->reboot);
   }
 }
 
