@@ -11,6 +11,7 @@
 #include "agent/installed.hpp"
 #include "agent/text.hpp"
 #include "modules/lib/grub_default.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 namespace {
@@ -113,10 +114,12 @@ json TrialRecord::to_json() const {
   for (const auto& h : deferred) hs.push_back({{"name", h.name}, {"module", h.module}, {"args", h.args}});
   json w = json::array();
   for (const auto& [path, backup] : written) w.push_back({{"path", path}, {"backup", backup}});
-  return {{"id", id},         {"grub_dir", grub_dir},
-          {"initrd", initrd}, {"custom_cfg_created", custom_cfg_created},
-          {"deferred", hs},   {"deferred_notified", deferred_notified},
-          {"written", w}};
+  json j = {{"id", id},         {"grub_dir", grub_dir},
+            {"initrd", initrd}, {"custom_cfg_created", custom_cfg_created},
+            {"deferred", hs},   {"deferred_notified", deferred_notified},
+            {"written", w}};
+  if (!entry.empty()) j["entry"] = entry;
+  return j;
 }
 
 Expected<TrialRecord> TrialRecord::from_json(const json& j) {
@@ -135,6 +138,8 @@ Expected<TrialRecord> TrialRecord::from_json(const json& j) {
          t.initrd.find(kTrialSuffix) == std::string::npos || t.initrd.find("..") != std::string::npos))
       return Error{"initrd '" + t.initrd + "' is not a trial initramfs in /boot"};
     t.custom_cfg_created = j.at("custom_cfg_created").get<bool>();
+    t.entry = j.value("entry", "");
+    if (!t.entry.empty() && t.entry != kTrialBlsEntry) return Error{"entry '" + t.entry + "' is not the trial's"};
     for (const auto& h : j.at("deferred")) {
       HandlerRequest req{h.at("name").get<std::string>(), h.at("module").get<std::string>(),
                          h.value("args", json::object())};
@@ -173,81 +178,171 @@ Expected<std::vector<std::string>> first_grub_entry(std::string_view grub_cfg) {
   return Error{"its first menu entry has no closing brace"};
 }
 
-Status trial_possible(Context& ctx) {
-  auto path = detect_boot_path(ctx);
-  if (!path) return Error{path.error() + kChoices};
-  if (*path != "grub")
-    return Error{"this host boots through " + *path +
-                 ", and trial boots are built for GRUB's own configuration (Debian, Ubuntu, Arch) so far" + kChoices};
-  auto g = grub_layout(ctx);
-  if (!g) return Error{g.error() + kChoices};
-  const std::string cfg_path = g->dir + "/grub.cfg";
+namespace {
+
+// grub.cfg exists, honours next_entry (grub-reboot's one-shot) and holds `needs` (where the trial
+// entry comes from).
+Status grub_cfg_honours_one_shot(const Context& ctx, const GrubLayout& g, const std::string& needs,
+                                 const std::string& why) {
+  const std::string cfg_path = g.dir + "/grub.cfg";
   auto cfg = read_file_if_exists(ctx.root, cfg_path);
-  if (!cfg) return Error{cfg.error() + kChoices};
-  if (!*cfg) return Error{cfg_path + " does not exist" + kChoices};
-  if ((*cfg)->find("custom.cfg") == std::string::npos)
-    return Error{cfg_path +
-                 " does not source custom.cfg (no /etc/grub.d/41_custom when it was made), where the trial entry goes" +
-                 kChoices};
+  if (!cfg) return Error{cfg.error()};
+  if (!*cfg) return Error{cfg_path + " does not exist"};
+  if ((*cfg)->find(needs) == std::string::npos) return Error{cfg_path + why};
   if ((*cfg)->find("next_entry") == std::string::npos)
-    return Error{cfg_path + " does not honour next_entry (grub-reboot's one-shot)" + kChoices};
-  auto def = grub_default_entry(ctx.root);
-  if (!def) return Error{def.error() + kChoices};
-  if (!def->empty() && *def != "0")
-    return Error{"GRUB_DEFAULT=" + *def +
-                 ": the trial copies the first menu entry, which is the one this host boots only with GRUB_DEFAULT=0" +
-                 kChoices};
-  // GRUB clears next_entry with save_env before it boots the entry: where it cannot write its
-  // environment block the trial would be booted on every reset, never falling back.
-  auto fs = ask(ctx, Command{{g->probe, "--target=fs", g->dir}});
-  if (!fs) return Error{fs.error() + kChoices};
+    return Error{cfg_path + " does not honour next_entry (grub-reboot's one-shot)"};
+  return {};
+}
+
+// GRUB clears next_entry with save_env before it boots the entry: where it cannot write its
+// environment block the trial would be booted on every reset, never falling back.
+Status env_block_writable(Context& ctx, const GrubLayout& g) {
+  auto fs = ask(ctx, Command{{g.probe, "--target=fs", g.dir}});
+  if (!fs) return Error{fs.error()};
   static const std::vector<std::string> no_write_fs = {"btrfs", "zfs",   "cpiofs",  "newc",
                                                        "odc",   "romfs", "squash4", "tarfs"};
   if (std::find(no_write_fs.begin(), no_write_fs.end(), *fs) != no_write_fs.end())
-    return Error{g->dir + " is on " + *fs +
+    return Error{g.dir + " is on " + *fs +
                  ", where GRUB cannot write its environment block: the one-shot entry would never be "
                  "cleared and the host would boot the trial on every reset" +
                  kChoices + ", or move /boot to a plain file system"};
-  auto abstraction = ask(ctx, Command{{g->probe, "--target=abstraction", g->dir}});
-  if (!abstraction) return Error{abstraction.error() + kChoices};
+  auto abstraction = ask(ctx, Command{{g.probe, "--target=abstraction", g.dir}});
+  if (!abstraction) return Error{abstraction.error()};
   for (const auto& a : words(*abstraction))
     if (a == "lvm" || a == "diskfilter" || a.rfind("mdraid", 0) == 0 || a.rfind("raid", 0) == 0 || a == "cryptodisk" ||
         a.rfind("luks", 0) == 0 || a == "geli" || a == "ldm")
-      return Error{g->dir + " is on " + a +
+      return Error{g.dir + " is on " + a +
                    ", where GRUB cannot write its environment block: the one-shot entry would never "
                    "be cleared and the host would boot the trial on every reset" +
                    kChoices + ", or move /boot to a plain partition"};
   return {};
 }
 
-Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage,
-                                    const std::vector<HandlerRequest>& deferred) {
-  auto g = grub_layout(ctx);
-  if (!g) return Error{g.error()};
-  TrialRecord t;
-  t.id = random_id();
-  t.grub_dir = g->dir;
-  for (const auto& h : deferred) t.deferred.push_back(h);
-  const bool new_initramfs =
-      std::any_of(deferred.begin(), deferred.end(), [](const HandlerRequest& h) { return h.module == "initramfs"; });
+// The BootLoaderSpec entry the host boots: GRUB_DEFAULT=saved, and saved_entry in grubenv names
+// an entry of /boot/loader/entries. Its path and text.
+Expected<std::pair<std::string, std::string>> saved_bls_entry(const Context& ctx, const GrubLayout& g) {
+  auto def = grub_default_entry(ctx.root);
+  if (!def) return Error{def.error()};
+  if (*def != "saved")
+    return Error{"GRUB_DEFAULT=" + (def->empty() ? std::string("(unset)") : *def) +
+                 ": on a BootLoaderSpec host the trial needs GRUB_DEFAULT=saved, so that the entry it adds "
+                 "cannot become the default by sorting first"};
+  const std::string env_path = g.dir + "/grubenv";
+  auto env = read_file_if_exists(ctx.root, env_path);
+  if (!env) return Error{env.error()};
+  std::string saved;
+  if (*env)
+    for (std::string_view line : lines(**env))
+      if (line.rfind("saved_entry=", 0) == 0) saved = std::string(trim(line.substr(12)));
+  if (saved.empty())
+    return Error{env_path +
+                 " names no saved_entry: the host boots whichever entry sorts first (grubby --set-default "
+                 "names one)"};
+  if (saved.find('/') != std::string::npos || saved == "." || saved == ".." || !safe_text(saved))
+    return Error{env_path + ": saved_entry '" + saved + "' is not an entry's name"};
+  const std::string path = "/boot/loader/entries/" + saved + ".conf";
+  auto text = read_file_if_exists(ctx.root, path);
+  if (!text) return Error{text.error()};
+  if (!*text) return Error{env_path + ": saved_entry names " + path + ", which does not exist"};
+  return std::make_pair(path, **text);
+}
 
+Status bls_trial_possible(Context& ctx, const GrubLayout& g) {
+  if (auto s = grub_cfg_honours_one_shot(ctx, g, "blscfg", " does not load the BootLoaderSpec entries (no blscfg)"); !s)
+    return s;
+  if (auto e = saved_bls_entry(ctx, g); !e) return Error{e.error()};
+  return env_block_writable(ctx, g);
+}
+
+Status grub_trial_possible(Context& ctx, const GrubLayout& g) {
+  if (auto s = grub_cfg_honours_one_shot(
+          ctx, g, "custom.cfg",
+          " does not source custom.cfg (no /etc/grub.d/41_custom when it was made), where the trial entry goes");
+      !s)
+    return s;
+  auto def = grub_default_entry(ctx.root);
+  if (!def) return Error{def.error()};
+  if (!def->empty() && *def != "0")
+    return Error{"GRUB_DEFAULT=" + *def +
+                 ": the trial copies the first menu entry, which is the one this host boots only with GRUB_DEFAULT=0"};
+  return env_block_writable(ctx, g);
+}
+
+// What grubby --update-kernel=ALL --args=A --remove-args=R makes of an entry's options: a removal
+// given as a name takes every value of it, one given as name=value only that one; an addition
+// replaces the parameter of its name, or goes last.
+std::vector<std::string> grubby_options(std::vector<std::string> opts, const GrubbyArgs& a) {
+  const auto key = [](const std::string& p) { return p.substr(0, p.find('=')); };
+  for (const auto& r : a.remove)
+    std::erase_if(opts,
+                  [&](const std::string& o) { return o == r || (r.find('=') == std::string::npos && key(o) == r); });
+  for (const auto& p : a.add) {
+    std::erase_if(opts, [&](const std::string& o) { return key(o) == key(p); });
+    opts.push_back(p);
+  }
+  return opts;
+}
+
+// An initrd line with the kernel's own initramfs (of `release`) replaced by the trial's, which
+// is built here: microcode images before it stay. Sets t.initrd.
+Expected<std::string> trial_initrd_line(Context& ctx, TrialRecord& t, const std::string& line,
+                                        const std::string& release) {
+  if (release.empty())
+    return Error{"the entry's kernel is not named vmlinuz-RELEASE: cannot build its trial initramfs"};
+  const auto w = words(line);
+  const std::string& tool = ctx.facts.boot.initramfs;
+  const std::string original = tool == "update-initramfs" ? "initrd.img-" + release : "initramfs-" + release + ".img";
+  const std::string trial_name =
+      tool == "update-initramfs" ? original + kTrialSuffix : "initramfs-" + release + kTrialSuffix + ".img";
+  std::string rewritten = line;
+  bool replaced = false;
+  for (size_t k = 1; k < w.size() && !replaced; ++k)
+    if (base_name(w[k]) == original) {
+      const size_t at = rewritten.find(w[k], rewritten.find(w[0]) + w[0].size());
+      rewritten.replace(at, w[k].size(), w[k].substr(0, w[k].size() - original.size()) + trial_name);
+      replaced = true;
+    }
+  if (!replaced) return Error{"the entry's initrd line names no " + original + ": cannot boot a trial initramfs"};
+  t.initrd = "/boot/" + trial_name;
+  Command build;
+  if (tool == "update-initramfs")
+    build.argv = {"mkinitramfs", "-o", t.initrd, release};
+  else if (tool == "dracut")
+    build.argv = {"dracut", "-f", t.initrd, release};
+  else if (tool == "mkinitcpio")
+    build.argv = {"mkinitcpio", "-k", "/boot/vmlinuz-" + release, "-g", t.initrd};
+  else
+    return Error{"no update-initramfs, dracut or mkinitcpio on this host: cannot build the trial initramfs"};
+  build.timeout = std::chrono::minutes(15);
+  if (auto s = run(ctx, build, "built the trial initramfs"); !s) return Error{s.error()};
+  return rewritten;
+}
+
+std::string safe_stage_name(const std::string& stage) {
+  std::string out;
+  for (char c : stage) out += safe_text(std::string(1, c)) ? c : '_';
+  return out;
+}
+
+// GRUB's own configuration: the first entry of what grub-mkconfig writes now, as custom.cfg's
+// gptagent-trial.
+Status write_grub_trial(Context& ctx, const GrubLayout& g, TrialRecord& t, const std::string& stage,
+                        bool new_initramfs) {
   // The distribution's own generator, with the stage's /etc/default/grub, writes to a file of the
   // agent's: its first entry is what the default entry becomes at the commit.
-  if (auto s = run(ctx, Command{{g->mkconfig, "-o", kGeneratedCfg}, std::chrono::minutes(10)},
+  if (auto s = run(ctx, Command{{g.mkconfig, "-o", kGeneratedCfg}, std::chrono::minutes(10)},
                    "wrote the trial's grub configuration");
       !s)
-    return Error{s.error()};
+    return s;
   auto generated = read_file(ctx.root, kGeneratedCfg);
   (void)remove_own_file(ctx.root, kGeneratedCfg);
   (void)remove_own_file(ctx.root, std::string(kGeneratedCfg) + ".new");
   if (!generated) return Error{generated.error()};
   auto entry = first_grub_entry(*generated);
-  if (!entry) return Error{g->mkconfig + "'s configuration: " + entry.error()};
+  if (!entry) return Error{g.mkconfig + "'s configuration: " + entry.error()};
 
-  std::string safe_stage;
-  for (char c : stage) safe_stage += safe_text(std::string(1, c)) ? c : '_';
   std::vector<std::string> body;
-  body.push_back("menuentry 'gptagent trial boot (stage " + safe_stage + ")' --id " + kTrialEntry + " {");
+  body.push_back("menuentry 'gptagent trial boot (stage " + safe_stage_name(stage) + ")' --id " + kTrialEntry + " {");
   bool saw_linux = false;
   std::string release;
   for (size_t i = 1; i + 1 < entry->size(); ++i) {
@@ -262,61 +357,111 @@ Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage,
       if (image.rfind("vmlinuz-", 0) == 0) release = image.substr(8);
       line += " panic=10 gptagent.trial=" + t.id;
     } else if (!w.empty() && (w[0] == "initrd" || w[0] == "initrdefi" || w[0] == "initrd16") && new_initramfs) {
-      if (release.empty())
-        return Error{"the first entry's kernel is not named vmlinuz-RELEASE: cannot build its trial initramfs"};
-      const std::string& tool = ctx.facts.boot.initramfs;
-      const std::string original =
-          tool == "update-initramfs" ? "initrd.img-" + release : "initramfs-" + release + ".img";
-      const std::string trial_name =
-          tool == "update-initramfs" ? original + kTrialSuffix : "initramfs-" + release + kTrialSuffix + ".img";
-      // The kernel's own initramfs is replaced in place; microcode images before it stay.
-      std::string rewritten = line;
-      bool replaced = false;
-      for (size_t k = 1; k < w.size() && !replaced; ++k)
-        if (base_name(w[k]) == original) {
-          const size_t at = rewritten.find(w[k], rewritten.find(w[0]) + w[0].size());
-          rewritten.replace(at, w[k].size(), w[k].substr(0, w[k].size() - original.size()) + trial_name);
-          replaced = true;
-        }
-      if (!replaced)
-        return Error{"the first entry's initrd line names no " + original + ": cannot boot a trial initramfs"};
-      t.initrd = "/boot/" + trial_name;
-      Command build;
-      if (tool == "update-initramfs")
-        build.argv = {"mkinitramfs", "-o", t.initrd, release};
-      else if (tool == "dracut")
-        build.argv = {"dracut", "-f", t.initrd, release};
-      else if (tool == "mkinitcpio")
-        build.argv = {"mkinitcpio", "-k", "/boot/vmlinuz-" + release, "-g", t.initrd};
-      else
-        return Error{"no update-initramfs, dracut or mkinitcpio on this host: cannot build the trial initramfs"};
-      build.timeout = std::chrono::minutes(15);
-      if (auto s = run(ctx, build, "built the trial initramfs"); !s) {
-        (void)remove_trial(ctx, t);
-        return Error{s.error()};
-      }
-      line = rewritten;
+      auto rewritten = trial_initrd_line(ctx, t, line, release);
+      if (!rewritten) return Error{"the first entry: " + rewritten.error()};
+      line = *rewritten;
     }
     body.push_back(line);
   }
   body.push_back("}");
-  if (!saw_linux) return Error{g->mkconfig + "'s first entry has no linux line"};
+  if (!saw_linux) return Error{g.mkconfig + "'s first entry has no linux line"};
 
-  const std::string custom = g->dir + "/custom.cfg";
+  const std::string custom = g.dir + "/custom.cfg";
   auto before = read_file_if_exists(ctx.root, custom);
-  if (!before) {
-    (void)remove_trial(ctx, t);
-    return Error{before.error()};
-  }
+  if (!before) return Error{before.error()};
   t.custom_cfg_created = !*before;
   std::string text = *before ? without_block(**before) : std::string();
   if (!text.empty() && text.back() != '\n') text += "\n";
   text += std::string(kBlockBegin) + "\n" + join(body, "\n") + "\n" + kBlockEnd + "\n";
   WriteOptions wo;
   wo.create_mode = 0600;
-  if (auto w = write_file_atomic(ctx.root, custom, text, wo); !w) {
+  if (auto w = write_file_atomic(ctx.root, custom, text, wo); !w) return Error{w.error()};
+  return {};
+}
+
+// BootLoaderSpec: the saved entry copied to kTrialBlsEntry with the options the deferred grubby
+// requests would give it.
+Status write_bls_trial(Context& ctx, const GrubLayout& g, TrialRecord& t, const std::string& stage,
+                       const std::vector<HandlerRequest>& deferred, bool new_initramfs) {
+  auto saved = saved_bls_entry(ctx, g);
+  if (!saved) return Error{saved.error()};
+  const auto& [path, text] = *saved;
+  std::string release;
+  for (std::string_view line : lines(text)) {
+    auto w = words(line);
+    if (w.size() >= 2 && w[0] == "linux" && base_name(w[1]).rfind("vmlinuz-", 0) == 0)
+      release = base_name(w[1]).substr(8);
+  }
+  std::vector<std::string> body;
+  bool saw_linux = false, saw_options = false;
+  for (std::string_view raw : lines(text)) {
+    std::string line(raw);
+    auto w = words(line);
+    if (!w.empty() && w[0] == "title") {
+      line = "title gptagent trial boot (stage " + safe_stage_name(stage) + ")";
+    } else if (!w.empty() && w[0] == "linux") {
+      saw_linux = true;
+    } else if (!w.empty() && w[0] == "options") {
+      saw_options = true;
+      std::vector<std::string> opts(w.begin() + 1, w.end());
+      for (const auto& o : opts)
+        if (o.find('$') != std::string::npos)
+          return Error{path + ": its options use GRUB's variables (" + o +
+                       ", as RHEL 8's $kernelopts): the trial cannot tell what they hold"};
+      for (const auto& h : deferred)
+        if (h.module == "grubby") opts = grubby_options(opts, grubby_args().bind(h.args));
+      line = "options " + join(opts, " ") + " panic=10 gptagent.trial=" + t.id;
+    } else if (!w.empty() && w[0] == "initrd" && new_initramfs) {
+      auto rewritten = trial_initrd_line(ctx, t, line, release);
+      if (!rewritten) return Error{path + ": " + rewritten.error()};
+      line = *rewritten;
+    }
+    body.push_back(line);
+  }
+  if (!saw_linux) return Error{path + " has no linux line"};
+  if (!saw_options) return Error{path + " has no options line: the trial's marker would have nowhere to go"};
+  WriteOptions wo;
+  wo.create_mode = 0600;
+  wo.backup = false;
+  if (auto w = write_file_atomic(ctx.root, kTrialBlsEntry, join(body, "\n") + "\n", wo); !w) return Error{w.error()};
+  t.entry = kTrialBlsEntry;
+  return {};
+}
+
+}  // namespace
+
+Status trial_possible(Context& ctx) {
+  auto path = detect_boot_path(ctx);
+  if (!path) return Error{path.error() + kChoices};
+  if (*path != "grub" && *path != "grubby")
+    return Error{"this host boots through " + *path +
+                 ", and trial boots are built for GRUB's own configuration (Debian, Ubuntu, Arch) and for "
+                 "BootLoaderSpec entries with GRUB (grubby: Fedora, RHEL) so far" +
+                 kChoices};
+  auto g = grub_layout(ctx);
+  if (!g) return Error{g.error() + kChoices};
+  auto s = *path == "grubby" ? bls_trial_possible(ctx, *g) : grub_trial_possible(ctx, *g);
+  if (!s && s.error().find(kChoices) == std::string::npos) return Error{s.error() + kChoices};
+  return s;
+}
+
+Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage,
+                                    const std::vector<HandlerRequest>& deferred) {
+  auto path = detect_boot_path(ctx);
+  if (!path) return Error{path.error()};
+  auto g = grub_layout(ctx);
+  if (!g) return Error{g.error()};
+  TrialRecord t;
+  t.id = random_id();
+  t.grub_dir = g->dir;
+  for (const auto& h : deferred) t.deferred.push_back(h);
+  const bool new_initramfs =
+      std::any_of(deferred.begin(), deferred.end(), [](const HandlerRequest& h) { return h.module == "initramfs"; });
+  Status written = *path == "grubby" ? write_bls_trial(ctx, *g, t, stage, deferred, new_initramfs)
+                                     : write_grub_trial(ctx, *g, t, stage, new_initramfs);
+  if (!written) {
     (void)remove_trial(ctx, t);
-    return Error{w.error()};
+    return Error{written.error()};
   }
   if (auto s = run(ctx, Command{{g->reboot, kTrialEntry}}, "armed the trial entry for the next boot"); !s) {
     (void)remove_trial(ctx, t);
@@ -346,8 +491,9 @@ Status remove_trial(Context& ctx, const TrialRecord& trial) {
       }
     }
   }
-  if (!trial.initrd.empty() && path_exists(ctx.root, trial.initrd))
-    if (auto s = remove_own_file(ctx.root, trial.initrd); !s) errors.push_back(s.error());
+  for (const std::string* own : {&trial.initrd, &trial.entry})
+    if (!own->empty() && path_exists(ctx.root, *own))
+      if (auto s = remove_own_file(ctx.root, *own); !s) errors.push_back(s.error());
   // A one-shot still armed (the host was not rebooted) must not boot an entry that is gone.
   auto env = read_file_if_exists(ctx.root, trial.grub_dir + "/grubenv");
   if (env && *env && (*env)->find(std::string("next_entry=") + kTrialEntry) != std::string::npos) {

@@ -9,6 +9,12 @@
 // custom.cfg (which grub.cfg sources at boot) as `gptagent-trial`, with panic=10 and the marker
 // gptagent.trial=ID, and booting the trial's own initramfs when the stage changed it; grub-reboot
 // arms it for one boot (GRUB clears next_entry before it boots the entry).
+//
+// BootLoaderSpec with GRUB (Fedora, RHEL: grubby, GRUB_ENABLE_BLSCFG=true, GRUB_DEFAULT=saved):
+// the stage's grubby updates of every entry and its initramfs rebuild are deferred; the entry
+// saved_entry names (the one the host boots) is copied to /boot/loader/entries/gptagent-trial.conf
+// with the options the deferred grubby requests would give it, panic=10 and the marker, and the
+// trial's own initramfs; grub2-reboot arms it for one boot, as above.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -22,6 +28,7 @@
 namespace gpt {
 
 constexpr const char* kTrialEntry = "gptagent-trial";
+constexpr const char* kTrialBlsEntry = "/boot/loader/entries/gptagent-trial.conf";
 constexpr const char* kTrialResultPath = "/var/lib/gptagent/trial.json";
 
 // Whether a trial can be booted on this host: its boot path is GRUB's own configuration, grub.cfg

@@ -40,6 +40,7 @@ ModuleDocs docs() {
                    "- grubby:\n"
                    "    add: [intel_iommu=on, iommu=pt]\n"
                    "    remove: [rhgb]\n"},
+      .reboot = true,
   };
 }
 
@@ -60,7 +61,7 @@ ModuleDef definition() {
   auto def =
       declare_module("grubby", "add and remove kernel parameters on every boot entry (grubby --update-kernel=ALL)",
                      grubby_args(), converge);
-  def.changes_boot = true;
+  def.regenerates_boot = true;
   def.handler_args = std::vector<std::string>{"add", "remove"};
   return def;
 }

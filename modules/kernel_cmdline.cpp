@@ -17,6 +17,7 @@
 #include "agent/text.hpp"
 #include "modules/lib/grub_default.hpp"
 #include "modules/lib/grub_guard.hpp"
+#include "modules/lib/handlers.hpp"
 
 namespace gpt {
 namespace {
@@ -471,15 +472,9 @@ Expected<PathResult> converge_grubby(Context& ctx, const Args& args, const Want&
   out.r.msg = label + ": " + (all.changed() ? all.summary() : std::string("the boot entries are as wanted")) +
               (changes.empty() ? "" : "; GRUB_CMDLINE_LINUX of /etc/default/grub kept in step");
   out.r.diff = changes.diff();
-  if (!add.empty() || !remove.empty()) {
-    Command cmd{{"grubby", "--update-kernel=ALL"}};
-    if (!add.empty()) cmd.argv.push_back("--args=" + join(add, " "));
-    if (!remove.empty()) cmd.argv.push_back("--remove-args=" + join(remove, " "));
-    Result run = ctx.run_system(cmd, apply, "updated the boot entries");
-    out.r.commands = run.commands;
-    if (run.status == Outcome::failed) return Error{run.msg};
-    if (run.status == Outcome::skipped) out.r.msg += "; " + run.msg;
-  }
+  // grubby updates the entries as a handler: in a stage booted as a trial, only after the trial
+  // entry (with the same options) booted and passed the stage's checks.
+  if (!add.empty() || !remove.empty()) out.r.handlers.push_back(update_boot_entries(add, remove, all.summary()));
   (void)args;
   if (apply)
     if (auto st = changes.apply(out.r.data); !st) return Error{st.error()};
@@ -733,7 +728,8 @@ ModuleDocs docs() {
           "pass through (gpus, default auto) when it holds one of them: initcall_blacklist=sysfb_init where the "
           "kernel uses sysfb (5.15 on, or simpledrm/simplefb in /proc/iomem), video=efifb:off before; nothing when "
           "no framebuffer holds them.\n\n"
-          "A change needs a reboot. On the grub path it notifies grub_config and, on BootLoaderSpec hosts, grubby.",
+          "A change needs a reboot. On the grub path it notifies grub_config and, on BootLoaderSpec hosts, grubby; on "
+          "the grubby path, grubby (which a trial boot defers until the trial entry passed the stage's checks).",
       .examples = {"# IOMMU on and vfio-pci taking the GPU's ids, wherever this host keeps its command line\n"
                    "- name: kernel command line for passthrough\n"
                    "  kernel_cmdline:\n"
