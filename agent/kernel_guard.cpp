@@ -35,6 +35,35 @@ std::string record_and_report(const std::string& kind, const std::string& suffix
          "exit 1\n";
 }
 
+// The modules of `modules` that neither the listing of $image nor the kernel's modules.builtin
+// has, into $missing.
+std::string missing_modules(const std::vector<std::string>& modules) {
+  return "missing=\"\"\n"
+         "for m in " +
+         quoted_words(modules) +
+         "; do\n"
+         "  pattern=$(printf '%s' \"$m\" | sed 's/_/[-_]/g')\n"
+         "  printf '%s\\n' \"$listing\" | grep -Eq \"/$pattern\\.ko(\\.(xz|zst|gz))?\\$\" && continue\n"
+         "  grep -Eq \"/$pattern\\.ko\\$\" \"$root/lib/modules/$version/modules.builtin\" 2>/dev/null && continue\n"
+         "  missing=\"$missing $m\"\n"
+         "done\n";
+}
+
+// The parameters of `params` that $entry lacks, into $missing.
+std::string missing_params(const std::vector<std::string>& params) {
+  return "missing=\"\"\n"
+         "for p in " +
+         quoted_words(params) +
+         "; do\n"
+         "  case \" $entry \" in *\" $p \"*) ;; *) missing=\"$missing $p\" ;; esac\n"
+         "done\n";
+}
+
+const char* const kInstallPreamble =
+    "root=\"${GPTAGENT_GUARD_ROOT:-}\"  # tests: a tree standing in for /\n"
+    "[ \"$1\" = add ] || exit 0\n"
+    "version=\"$2\"\n";
+
 }  // namespace
 
 std::string initramfs_guard_script(const std::vector<std::string>& modules) {
@@ -46,16 +75,8 @@ std::string initramfs_guard_script(const std::vector<std::string>& modules) {
          "root=\"${GPTAGENT_GUARD_ROOT:-}\"  # tests: a tree standing in for /\n"
          "version=\"$1\"\n"
          "image=\"$2\"\n"
-         "listing=$(lsinitramfs \"$image\" 2>/dev/null)\n"
-         "missing=\"\"\n"
-         "for m in " +
-         quoted_words(modules) +
-         "; do\n"
-         "  pattern=$(printf '%s' \"$m\" | sed 's/_/[-_]/g')\n"
-         "  printf '%s\\n' \"$listing\" | grep -Eq \"/$pattern\\.ko(\\.(xz|zst|gz))?\\$\" && continue\n"
-         "  grep -Eq \"/$pattern\\.ko\\$\" \"$root/lib/modules/$version/modules.builtin\" 2>/dev/null && continue\n"
-         "  missing=\"$missing $m\"\n"
-         "done\n" +
+         "listing=$(lsinitramfs \"$image\" 2>/dev/null)\n" +
+         missing_modules(modules) +
          record_and_report(
              "initramfs", "", "image",
              "$image lacks$missing: vfio-pci will not claim the GPU when this kernel boots; run gptagent apply");
@@ -71,16 +92,79 @@ std::string cmdline_guard_script(const std::vector<std::string>& params, const s
          "version=\"$1\"\n"
          "quoted=$(printf '%s' \"$version\" | sed 's/[.+]/\\\\&/g')\n"
          "entry=$(grep -E \"^[[:space:]]*linux[[:space:]]+[^[:space:]]*vmlinuz-$quoted[[:space:]]\" \"$root" +
-         grub_cfg + "\"" +
-         " 2>/dev/null | head -n 1)\n"
-         "missing=\"\"\n"
-         "for p in " +
-         quoted_words(params) +
-         "; do\n"
-         "  case \" $entry \" in *\" $p \"*) ;; *) missing=\"$missing $p\" ;; esac\n"
-         "done\n" +
+         grub_cfg + "\"" + " 2>/dev/null | head -n 1)\n" + missing_params(params) +
          record_and_report("cmdline", ".cmdline", "entry",
                            "its GRUB entry in " + grub_cfg + " lacks$missing; run gptagent apply");
+}
+
+std::string install_initramfs_guard_script(const std::vector<std::string>& modules) {
+  return std::string("#!/bin/sh\n") +
+         "# Written by gptagent (vfio): kernel-install runs it after dracut built a new kernel's initramfs\n"
+         "# (50-dracut.install); it checks that the initramfs holds the vfio modules vfio-pci needs to claim\n"
+         "# the GPU at boot, records the result for gptagent status and apply --check, and fails loudly when\n"
+         "# they are missing. An edit here is undone by gptagent's next run.\n" +
+         kInstallPreamble +
+         // Where dracut put it: the staging area (systemd 254 on), the entry's directory
+         // (systemd-boot's layout), /boot/initramfs-VERSION.img (Fedora's, with GRUB).
+         "image=\"\"\n"
+         "for candidate in \"${KERNEL_INSTALL_STAGING_AREA:+$KERNEL_INSTALL_STAGING_AREA/initrd}\" \"${3:+$3/initrd}\" "
+         "\"/boot/initramfs-$version.img\"; do\n"
+         "  [ -n \"$candidate\" ] && [ -f \"$root$candidate\" ] && { image=\"$candidate\"; break; }\n"
+         "done\n"
+         "listing=\"\"\n"
+         "if [ -n \"$image\" ]; then\n"
+         "  if command -v lsinitrd >/dev/null 2>&1; then listing=$(lsinitrd \"$root$image\" 2>/dev/null)\n"
+         "  else listing=$(lsinitramfs \"$root$image\" 2>/dev/null); fi\n"
+         "else\n"
+         "  image=\"(no initramfs found)\"\n"
+         "fi\n" +
+         missing_modules(modules) +
+         record_and_report(
+             "initramfs", "", "image",
+             "$image lacks$missing: vfio-pci will not claim the GPU when this kernel boots; run gptagent apply");
+}
+
+std::string install_cmdline_guard_script(const std::vector<std::string>& params) {
+  return std::string("#!/bin/sh\n") +
+         "# Written by gptagent (kernel_cmdline): kernel-install runs it after a new kernel's boot entry was\n"
+         "# written (20-grub.install, 90-loaderentry.install); it checks that the entry carries the parameters\n"
+         "# the playbook wants, records the result for gptagent status and apply --check, and fails loudly\n"
+         "# when they are missing. An edit here is undone by gptagent's next run.\n" +
+         kInstallPreamble +
+         "entry=\"\"\n"
+         "for dir in \"${KERNEL_INSTALL_BOOT_ROOT:-}\" /boot /efi /boot/efi; do\n"
+         "  [ -n \"$dir\" ] || continue\n"
+         "  for f in \"$root$dir\"/loader/entries/*-\"$version\".conf "
+         "\"$root$dir\"/loader/entries/*-\"$version\"+*.conf; do\n"
+         "    [ -f \"$f\" ] || continue\n"
+         "    entry=$(sed -n 's/^options[[:space:]][[:space:]]*//p' \"$f\" | head -n 1)\n"
+         "    break 2\n"
+         "  done\n"
+         "done\n" +
+         missing_params(params) +
+         record_and_report("cmdline", ".cmdline", "entry",
+                           "its boot entry (loader/entries/*-$version.conf) lacks$missing; run gptagent apply");
+}
+
+std::optional<std::vector<std::string>> loader_entry_options(const Root& root, const std::string& kernel) {
+  for (const char* dir : {"/boot/loader/entries", "/efi/loader/entries", "/boot/efi/loader/entries"}) {
+    auto names = list_dir(root, dir);
+    if (!names) continue;
+    for (const auto& n : *names) {
+      const std::string stem = n.size() > 5 && n.substr(n.size() - 5) == ".conf" ? n.substr(0, n.size() - 5) : "";
+      const auto plus = stem.rfind('+');
+      const std::string base = plus == std::string::npos ? stem : stem.substr(0, plus);
+      if (base.size() <= kernel.size() || base.substr(base.size() - kernel.size() - 1) != "-" + kernel) continue;
+      auto text = read_file(root, std::string(dir) + "/" + n, 1u << 16);
+      if (!text) continue;
+      for (std::string_view line : lines(*text)) {
+        auto w = words(trim(line));
+        if (!w.empty() && w[0] == "options") return std::vector<std::string>(w.begin() + 1, w.end());
+      }
+      return std::vector<std::string>{};
+    }
+  }
+  return std::nullopt;
 }
 
 Expected<std::vector<GuardRecord>> read_guard_records(const Root& root) {

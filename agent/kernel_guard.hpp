@@ -3,11 +3,14 @@
 // (/etc/initramfs/post-update.d/, which runs for a new kernel's too, from dpkg's trigger) the vfio
 // hook checks that it holds the vfio modules; after a new kernel's GRUB entry is written
 // (/etc/kernel/postinst.d/, after zz-update-grub) the kernel_cmdline hook checks that the entry
-// carries the parameters. Each records what it found in /var/lib/gptagent/kernel-guard/ (for
+// carries the parameters. Where kernels are installed through kernel-install (Fedora, RHEL, hosts
+// with systemd-boot), its plugins in /etc/kernel/install.d/ do the same after dracut built the new
+// kernel's initramfs and its boot entry was written. Each records what it found in /var/lib/gptagent/kernel-guard/ (for
 // `gptagent status`, and for `apply --check`, which reports a recorded gap as drift) and fails,
 // loudly, when something is missing.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,10 +22,21 @@ namespace gpt {
 constexpr const char* kGuardDir = "/var/lib/gptagent/kernel-guard";
 constexpr const char* kInitramfsGuard = "/etc/initramfs/post-update.d/gptagent-vfio";
 constexpr const char* kCmdlineGuard = "/etc/kernel/postinst.d/zzz-gptagent-cmdline";
+// kernel-install's plugins run in the order of their names: after 50-dracut.install (the
+// initramfs), 20-grub.install and 90-loaderentry.install (the entry).
+constexpr const char* kInstallInitramfsGuard = "/etc/kernel/install.d/95-gptagent-vfio.install";
+constexpr const char* kInstallCmdlineGuard = "/etc/kernel/install.d/95-gptagent-cmdline.install";
 
 // The hooks' text, for these modules and parameters.
 std::string initramfs_guard_script(const std::vector<std::string>& modules);
 std::string cmdline_guard_script(const std::vector<std::string>& params, const std::string& grub_cfg);
+// kernel-install's plugins: `add VERSION ENTRY_DIR IMAGE [INITRD...]` checks; anything else passes.
+std::string install_initramfs_guard_script(const std::vector<std::string>& modules);
+std::string install_cmdline_guard_script(const std::vector<std::string>& params);
+// The options of a kernel's BootLoaderSpec entry (NAME-VERSION.conf, or NAME-VERSION+TRIES.conf
+// where boot counting is on) in the loader directories kernel-install writes to; nullopt when it
+// has none.
+std::optional<std::vector<std::string>> loader_entry_options(const Root& root, const std::string& kernel);
 
 // One check a hook recorded: kind is "initramfs" (what: the image) or "cmdline" (what: the entry's
 // linux line).

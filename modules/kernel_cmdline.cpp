@@ -697,7 +697,10 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   r.data["replaced"] = res->edit.replaced;
   r.expect = {{"cmdline_present", w->present}, {"cmdline_absent", w->absent}};
   if (r.status == Outcome::changed) r.reboot_required = true;
-  if (path == "grub") guard_new_kernels(ctx, w->present, apply, r);
+  if (path == "grub")
+    guard_new_kernels(ctx, w->present, apply, r);
+  else if (path == "grubby" || path == "kernel-install")
+    guard_new_entries(ctx, w->present, path == "grubby", apply, r);
   return r;
 }
 
@@ -721,6 +724,11 @@ ModuleDocs docs() {
           "missing ones are added to the last assignment of GRUB_CMDLINE_LINUX, and grub_config is notified. "
           "kernel-install (/etc/kernel/cmdline or loader entries, e.g. systemd-boot): edits /etc/kernel/cmdline, "
           "then kernel-install add RELEASE IMAGE for the running kernel.\n\n"
+          "It installs the kernel guard: on the grub path grub_cmdline's hook (/etc/kernel/postinst.d/, Debian and "
+          "Ubuntu); on the grubby and kernel-install paths kernel-install's plugin "
+          "/etc/kernel/install.d/95-gptagent-cmdline.install, which checks each new kernel's BootLoaderSpec entry for "
+          "the parameters and records the result for gptagent status and --check; a recorded entry without them is "
+          "drift, repaired by grubby's update of every entry or by kernel-install add for that kernel.\n\n"
           "A GRUB file that is a shell program (a function, source or ., if, for, while, case, eval or exec, a "
           "command substitution in a GRUB_CMDLINE_* value) is refused with file:line and nothing is written; so is "
           "one that sh -n would refuse. regenerate: false skips the regeneration.\n\n"

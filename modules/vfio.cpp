@@ -536,20 +536,21 @@ Expected<Selection> select_functions(const Context& ctx, const Args& args) {
 }
 
 // The modules in the initramfs (unless initramfs: false), as the host's tool builds it; on Debian
-// and Ubuntu the kernel guard's hook too. A note when the host has no tool the agent knows.
+// and Ubuntu the kernel guard's hook too (update-initramfs's), on hosts with dracut and kernel-install
+// its plugin. A note when the host has no tool the agent knows.
 Expected<std::string> plan_initramfs(const Context& ctx, const Args& args, const std::vector<std::string>& mods,
                                      FileChanges& boot, FileChanges& guard) {
   if (args.initramfs) {
     const std::string& tool = ctx.facts.boot.initramfs;
+    // The kernel-update guard: every initramfs built from now on (a new kernel's) is checked for
+    // the modules every kernel has (vfio_virqfd went into vfio in 6.2).
+    std::vector<std::string> core;
+    for (const auto& m : mods)
+      if (m == "vfio" || m == "vfio_iommu_type1" || m == "vfio_pci") core.push_back(m);
     if (tool == "update-initramfs") {
       auto text = read_file_if_exists(ctx.root, "/etc/initramfs-tools/modules");
       if (!text) return Error{text.error()};
       boot.write("/etc/initramfs-tools/modules", *text, ensure_module_lines(text->value_or(""), mods));
-      // The kernel-update guard: every initramfs built from now on (a new kernel's) is checked
-      // for the modules every kernel has (vfio_virqfd went into vfio in 6.2).
-      std::vector<std::string> core;
-      for (const auto& m : mods)
-        if (m == "vfio" || m == "vfio_iommu_type1" || m == "vfio_pci") core.push_back(m);
       if (auto s =
               guard.write(kInitramfsGuard, initramfs_guard_script(core), FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
           !s)
@@ -559,6 +560,13 @@ Expected<std::string> plan_initramfs(const Context& ctx, const Args& args, const
       auto text = read_file_if_exists(ctx.root, dropin);
       if (!text) return Error{text.error()};
       boot.write(dropin, *text, ensure_dracut_drivers(text->value_or(""), mods));
+      // Kernels installed through kernel-install (Fedora, RHEL) get their initramfs from its
+      // 50-dracut.install: the guard is a plugin after it.
+      if (find_program(ctx.root, "kernel-install"))
+        if (auto s = guard.write(kInstallInitramfsGuard, install_initramfs_guard_script(core),
+                                 FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
+            !s)
+          return Error{s.error()};
     } else if (tool == "mkinitcpio") {
       auto text = read_file(ctx.root, "/etc/mkinitcpio.conf");
       if (!text) return Error{text.error()};
@@ -645,7 +653,8 @@ Expected<CmdlinePlan> plan_builtin_cmdline(const Context& ctx, const Args& args,
 // What the guard recorded: an installed kernel whose initramfs lacks the modules is drift, and
 // rebuilding the initramfs of every kernel repairs it (the guard checks each again).
 Status repair_guard_gaps(const Context& ctx, const Args& args, Result& r) {
-  if (!args.initramfs || ctx.facts.boot.initramfs != "update-initramfs") return {};
+  if (!args.initramfs || (ctx.facts.boot.initramfs != "update-initramfs" && ctx.facts.boot.initramfs != "dracut"))
+    return {};
   auto records = read_guard_records(ctx.root);
   if (!records) return Error{records.error()};
   std::vector<std::string> gaps;
@@ -655,7 +664,9 @@ Status repair_guard_gaps(const Context& ctx, const Args& args, Result& r) {
   if (gaps.empty()) return {};
   r.status = Outcome::changed;
   r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": the initramfs is rebuilt";
-  if (r.handlers.empty()) r.handlers.push_back(rebuild_initramfs());
+  if (std::none_of(r.handlers.begin(), r.handlers.end(),
+                   [](const HandlerRequest& h) { return h.module == "initramfs"; }))
+    r.handlers.push_back(rebuild_initramfs());
   r.data["kernel_guard"] = gaps;
   return {};
 }
@@ -803,7 +814,12 @@ ModuleDocs docs() {
           "/etc/modules-load.d/vfio.conf or /etc/dracut.conf.d/vfio.conf (a wiki's, with kvmfr say) keeps every "
           "line and gets only the modules it lacks.\n\n"
           "Changes rebuild the initramfs (they notify initramfs; with the ids on the command line, grub_config and, "
-          "on BootLoaderSpec hosts, grubby too) and need a reboot.",
+          "on BootLoaderSpec hosts, grubby too) and need a reboot.\n\n"
+          "It installs the kernel guard: update-initramfs's hook /etc/initramfs/post-update.d/gptagent-vfio (Debian, "
+          "Ubuntu), or kernel-install's plugin /etc/kernel/install.d/95-gptagent-vfio.install (dracut with "
+          "kernel-install: Fedora, RHEL). Each initramfs built from then on, a new kernel's too, is checked for the "
+          "vfio modules, the result recorded for gptagent status and --check; a recorded initramfs without them is "
+          "drift, repaired by rebuilding the initramfs.",
       .examples = {"# vfio-pci claims every function of the GPU's slot at boot, before its display driver\n"
                    "- name: vfio-pci claims the GPU at boot\n"
                    "  vfio:\n"

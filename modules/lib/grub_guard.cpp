@@ -66,4 +66,63 @@ void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bo
     if (auto s = guard.apply(r.data); !s) r = Result::failed(s.error());
 }
 
+void guard_new_entries(Context& ctx, const std::vector<std::string>& present, bool grubby, bool apply, Result& r) {
+  if (!find_program(ctx.root, "kernel-install") || present.empty()) return;
+  FileChanges guard(ctx.root);
+  if (auto s = guard.write(kInstallCmdlineGuard, install_cmdline_guard_script(present),
+                           FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
+      !s) {
+    r = Result::failed(s.error());
+    return;
+  }
+  auto records = read_guard_records(ctx.root);
+  if (!records) {
+    r = Result::failed(records.error());
+    return;
+  }
+  // A recorded gap is checked again against the kernel's entry as it is now: one that is gone is
+  // recorded so.
+  std::vector<std::string> gaps;
+  for (const auto& g : *records) {
+    if (g.kind != "cmdline" || g.missing.empty()) continue;
+    const auto options = loader_entry_options(ctx.root, g.kernel).value_or(std::vector<std::string>{});
+    std::vector<std::string> still;
+    for (const auto& p : g.missing)
+      if (std::find(options.begin(), options.end(), p) == options.end()) still.push_back(p);
+    if (still.empty()) {
+      if (apply)
+        (void)write_file_atomic(ctx.root, std::string(kGuardDir) + "/" + g.kernel + ".cmdline",
+                                "kernel=" + g.kernel + "\nkind=cmdline\nwhat=" + join(options, " ") + "\nmissing=\n",
+                                WriteOptions{.backup = false, .create_mode = 0600});
+      continue;
+    }
+    gaps.push_back("kernel " + g.kernel + "'s entry lacks " + join(still, " "));
+    if (grubby) continue;  // the module's grubby --update-kernel=ALL takes every entry
+    const std::string image = "/usr/lib/modules/" + g.kernel + "/vmlinuz";
+    if (!path_exists(ctx.root, image)) {
+      gaps.back() += " (no " + image + ": run kernel-install add " + g.kernel + " IMAGE by hand)";
+      continue;
+    }
+    Result ran = ctx.run_system(Command{{"kernel-install", "add", g.kernel, image}}, apply,
+                                "wrote kernel " + g.kernel + "'s entry again");
+    r.commands.insert(r.commands.end(), ran.commands.begin(), ran.commands.end());
+    if (ran.status == Outcome::failed) {
+      r = Result::failed(ran.msg);
+      return;
+    }
+  }
+  if (!gaps.empty()) {
+    r.status = Outcome::changed;
+    r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": the entries are written again";
+    r.data["kernel_guard"] = gaps;
+  }
+  if (guard.empty()) return;
+  r.status = Outcome::changed;
+  r.msg +=
+      "; wrote " + std::string(kInstallCmdlineGuard) + " (checks the boot entry of each kernel installed from now on)";
+  r.diff += guard.diff();
+  if (apply)
+    if (auto s = guard.apply(r.data); !s) r = Result::failed(s.error());
+}
+
 }  // namespace gpt

@@ -1,6 +1,6 @@
-// The kernel-update guard's GRUB half, for the modules that put kernel parameters in
-// /etc/default/grub (grub_cmdline, kernel_cmdline on a GRUB host): a hook that checks each kernel
-// installed from now on gets an entry with the parameters (agent/kernel_guard.hpp).
+// The kernel-update guard's command-line half, for the modules that put kernel parameters where
+// new kernels' entries take them from (grub_cmdline, kernel_cmdline): a hook that checks each
+// kernel installed from now on gets an entry with the parameters (agent/kernel_guard.hpp).
 #pragma once
 
 #include <string>
@@ -15,5 +15,11 @@ namespace gpt {
 // lacks `present` is drift, repaired by regenerating grub.cfg (a grub_config handler on `r`).
 // Elsewhere, or with nothing present, `r` is left as it is.
 void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bool apply, Result& r);
+
+// Where kernels are installed through kernel-install (Fedora and RHEL with grubby, systemd-boot):
+// writes its plugin that checks each new kernel's BootLoaderSpec entry (a change of `r`), and a
+// recorded entry that lacks `present` is drift. With `grubby`, the module's own update of every
+// entry repairs it; otherwise kernel-install writes that kernel's entry again.
+void guard_new_entries(Context& ctx, const std::vector<std::string>& present, bool grubby, bool apply, Result& r);
 
 }  // namespace gpt

@@ -495,7 +495,8 @@ TEST(KernelCmdlineKernelInstall, ArchSystemdBootAmdIommuAuto) {
   EXPECT_EQ(task(r.first).msg,
             "boot path kernel-install (detected): kernel-install (/etc/kernel/cmdline): added "
             "vfio-pci.ids=10de:2684,10de:22ba; removed amd_iommu=off (the AMD IOMMU is on by default: nothing to add "
-            "for it)");
+            "for it); wrote /etc/kernel/install.d/95-gptagent-cmdline.install (checks the boot entry of each kernel "
+            "installed from now on)");
   // Nothing claims amd_iommu=on: the kernel has no such switch.
   EXPECT_EQ(task(r.first).expect["cmdline_present"], std::vector<std::string>{"vfio-pci.ids=10de:2684,10de:22ba"});
   EXPECT_EQ(task(r.first).expect["cmdline_absent"], (std::vector<std::string>{"amd_iommu=off", "iommu=off"}));
