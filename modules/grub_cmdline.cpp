@@ -38,7 +38,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     Result r = Result::ok(edit.key + " is as wanted" + note);
     r.data["path"] = path;
     r.expect = expect;
-    guard_new_kernels(ctx, edit.present, apply, r);
+    guard_new_kernels(ctx, edit.present, edit.absent, apply, r);
     return r;
   }
   Result r = Result::changed(edit.key + ": " + res->summary() + note);
@@ -54,7 +54,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     if (!written) return Result::failed(written.error());
     if (written->backup_path) r.data["backup"] = *written->backup_path;
   }
-  guard_new_kernels(ctx, edit.present, apply, r);
+  guard_new_kernels(ctx, edit.present, edit.absent, apply, r);
   return r;
 }
 

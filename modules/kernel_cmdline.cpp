@@ -698,9 +698,9 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   r.expect = {{"cmdline_present", w->present}, {"cmdline_absent", w->absent}};
   if (r.status == Outcome::changed) r.reboot_required = true;
   if (path == "grub")
-    guard_new_kernels(ctx, w->present, apply, r);
+    guard_new_kernels(ctx, w->present, w->absent, apply, r);
   else if (path == "grubby" || path == "kernel-install")
-    guard_new_entries(ctx, w->present, path == "grubby", apply, r);
+    guard_new_entries(ctx, w->present, w->absent, path == "grubby", apply, r);
   return r;
 }
 

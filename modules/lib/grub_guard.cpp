@@ -3,18 +3,65 @@
 #include <algorithm>
 
 #include "agent/changes.hpp"
+#include "agent/facts.hpp"
 #include "agent/kernel_guard.hpp"
 #include "agent/text.hpp"
+#include "modules/lib/grub_default.hpp"
 #include "modules/lib/handlers.hpp"
 
 namespace gpt {
+namespace {
 
-void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bool apply, Result& r) {
+// What `hook` checks now: the words of its `for p in ...; do` line (as quoted_words wrote them).
+std::vector<std::string> hook_params(const Root& root, const char* hook) {
+  auto text = read_file_if_exists(root, hook);
+  if (!text || !*text) return {};
+  for (std::string_view line : lines(**text)) {
+    if (line.rfind("for p in ", 0) != 0 || line.size() < 13 || line.substr(line.size() - 4) != "; do") continue;
+    std::vector<std::string> out;
+    for (auto w : words(line.substr(9, line.size() - 13))) {
+      if (w.size() >= 2 && w.front() == '\'' && w.back() == '\'') w = w.substr(1, w.size() - 2);
+      if (valid_kernel_param(w)) out.push_back(w);
+    }
+    return out;
+  }
+  return {};
+}
+
+// The hook's parameters after this task: its own, but the absent ones, then the present ones.
+std::vector<std::string> guarded_params(const Root& root, const char* hook, const std::vector<std::string>& present,
+                                        const std::vector<std::string>& absent) {
+  std::vector<std::string> out;
+  const auto add = [&](const std::string& p) {
+    if (std::find(out.begin(), out.end(), p) == out.end()) out.push_back(p);
+  };
+  for (const auto& p : hook_params(root, hook)) {
+    // `name` in absent takes every value; `name=value` in present replaces the other values.
+    const bool dropped =
+        std::any_of(absent.begin(), absent.end(),
+                    [&](const std::string& a) {
+                      return a == p || (a.find('=') == std::string::npos && param_name(a) == param_name(p));
+                    }) ||
+        std::any_of(present.begin(), present.end(), [&](const std::string& q) {
+          return q.find('=') != std::string::npos && param_name(q) == param_name(p) && q != p;
+        });
+    if (!dropped) add(p);
+  }
+  for (const auto& p : present) add(p);
+  return out;
+}
+
+}  // namespace
+
+void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, const std::vector<std::string>& absent,
+                       bool apply, Result& r) {
   if (ctx.facts.boot.grub != "update-grub" || !path_exists(ctx.root, "/etc/kernel/postinst.d") || present.empty())
     return;
   FileChanges guard(ctx.root);
-  if (auto s = guard.write(kCmdlineGuard, cmdline_guard_script(present, "/boot/grub/grub.cfg"),
-                           FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
+  if (auto s = guard.write(
+          kCmdlineGuard,
+          cmdline_guard_script(guarded_params(ctx.root, kCmdlineGuard, present, absent), "/boot/grub/grub.cfg"),
+          FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
       !s) {
     r = Result::failed(s.error());
     return;
@@ -66,11 +113,14 @@ void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bo
     if (auto s = guard.apply(r.data); !s) r = Result::failed(s.error());
 }
 
-void guard_new_entries(Context& ctx, const std::vector<std::string>& present, bool grubby, bool apply, Result& r) {
+void guard_new_entries(Context& ctx, const std::vector<std::string>& present, const std::vector<std::string>& absent,
+                       bool grubby, bool apply, Result& r) {
   if (!find_program(ctx.root, "kernel-install") || present.empty()) return;
   FileChanges guard(ctx.root);
-  if (auto s = guard.write(kInstallCmdlineGuard, install_cmdline_guard_script(present),
-                           FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
+  if (auto s =
+          guard.write(kInstallCmdlineGuard,
+                      install_cmdline_guard_script(guarded_params(ctx.root, kInstallCmdlineGuard, present, absent)),
+                      FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
       !s) {
     r = Result::failed(s.error());
     return;

@@ -14,12 +14,19 @@ namespace gpt {
 // (Debian, Ubuntu): writes the hook (a change of `r`, needing no reboot), and a recorded entry that
 // lacks `present` is drift, repaired by regenerating grub.cfg (a grub_config handler on `r`).
 // Elsewhere, or with nothing present, `r` is left as it is.
-void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, bool apply, Result& r);
+//
+// One hook serves every task that keeps parameters (grub_cmdline and kernel_cmdline, in one
+// playbook or several): it checks the parameters it checked before, but those this task wants
+// absent, and this task's present ones, so that tasks with different parameters do not rewrite it
+// in turn.
+void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, const std::vector<std::string>& absent,
+                       bool apply, Result& r);
 
 // Where kernels are installed through kernel-install (Fedora and RHEL with grubby, systemd-boot):
 // writes its plugin that checks each new kernel's BootLoaderSpec entry (a change of `r`), and a
 // recorded entry that lacks `present` is drift. With `grubby`, the module's own update of every
 // entry repairs it; otherwise kernel-install writes that kernel's entry again.
-void guard_new_entries(Context& ctx, const std::vector<std::string>& present, bool grubby, bool apply, Result& r);
+void guard_new_entries(Context& ctx, const std::vector<std::string>& present, const std::vector<std::string>& absent,
+                       bool grubby, bool apply, Result& r);
 
 }  // namespace gpt

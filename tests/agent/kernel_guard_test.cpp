@@ -173,6 +173,38 @@ INSTANTIATE_TEST_SUITE_P(Modules, KernelGuardGrub, ::testing::Values(kCmdline, k
                                                                            : std::string("kernel_cmdline");
 });
 
+// The walkthrough's host.yaml (grub_cmdline) and a VM playbook's kernel_cmdline (hugepages) share
+// the one hook: each run keeps what the other put there, so neither rewrites it in turn, and a
+// parameter a task wants absent leaves it.
+TEST(KernelGuard, TasksWithDifferentParametersShareTheHookWithoutRewritingItInTurn) {
+  GuardHost host;
+  fs::create_directories(host.file("/etc/kernel/postinst.d"));
+  constexpr const char* kHugepages = R"(tasks:
+  - name: 1 GiB pages at boot
+    kernel_cmdline:
+      present: [hugepagesz=1G, hugepages=8]
+)";
+  ASSERT_EQ(test::converge_root(host.root(), kGrubCmdline, false).exit_code, 0);
+  ASSERT_EQ(test::converge_root(host.root(), kHugepages, false).exit_code, 0);
+  const std::string both = slurp(host.file(kCmdlineGuard));
+  EXPECT_TRUE(has(both, "for p in intel_iommu=on iommu=pt hugepagesz=1G hugepages=8; do")) << both;
+  for (const char* playbook : {kGrubCmdline, kHugepages, kCmdline}) {
+    auto again = test::converge_root(host.root(), playbook, false);
+    EXPECT_EQ(again.exit_code, 0);
+    EXPECT_EQ(again.stats.changed, 0) << again.tasks.front().result.msg;
+  }
+  EXPECT_EQ(slurp(host.file(kCmdlineGuard)), both);
+
+  // hugepages=16 replaces hugepages=8 in the GRUB file: the hook follows; `absent` takes one out.
+  ASSERT_EQ(
+      test::converge_root(host.root(),
+                          "tasks:\n  - kernel_cmdline:\n      present: [hugepages=16]\n      absent: [iommu]\n", false)
+          .exit_code,
+      0);
+  EXPECT_TRUE(has(slurp(host.file(kCmdlineGuard)), "for p in intel_iommu=on hugepagesz=1G hugepages=16; do"))
+      << slurp(host.file(kCmdlineGuard));
+}
+
 TEST(KernelGuard, ARecordThatIsNotTheHooksIsAnError) {
   test::SampleHost host("debian-12");
   test::write(host.file(std::string(kGuardDir) + "/x"), "kernel=../../etc\nkind=initramfs\n");
