@@ -536,14 +536,16 @@ void Fleet::disconnect(const Host& h) const {
 }
 
 std::vector<std::string> Fleet::apply_args(const Host& h, bool first) const {
-  std::vector<std::string> args{"--json", "--color", "never", "--root", h.root};
+  std::vector<std::string> args{"--json", "--root", h.root};
   if (o_.check) args.push_back("--check");
   if (o_.diff) args.push_back("--diff");
-  for (const auto& t : o_.tags) args.insert(args.end(), {"--tags", t});
-  for (const auto& t : o_.skip_tags) args.insert(args.end(), {"--skip-tags", t});
   if (o_.no_wait) args.push_back("--no-wait");
   // The controller reboots the host for a stage: its agent boots the change once as a trial.
   if (o_.reboot && !o_.check && !o_.no_trial && !h.local) args.push_back("--trial");
+  if (o_.revert) return args;  // what the agent recorded is reverted: no tags, stages or hypervisor
+  args.insert(args.begin() + 1, {"--color", "never"});
+  for (const auto& t : o_.tags) args.insert(args.end(), {"--tags", t});
+  for (const auto& t : o_.skip_tags) args.insert(args.end(), {"--skip-tags", t});
   if (!o_.connect.empty()) args.insert(args.end(), {"--connect", o_.connect});
   if (first && o_.reset_state) args.push_back("--reset-state");
   if (first && !o_.from_stage.empty()) args.insert(args.end(), {"--from-stage", o_.from_stage});
@@ -555,7 +557,9 @@ std::string Fleet::run_script(const Host& h, const std::string& become, const st
   const std::string D = remote_path(h.remote_dir);
   // The variables (the host's, and -e read here over them) travel in a file of the private
   // directory, never on a command line that every user of the host can read in ps.
-  const std::string command = "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"";
+  const std::string command = o_.revert
+                                  ? "revert " + remote_command(args)
+                                  : "apply \"$t/playbook.yaml\" " + remote_command(args) + " -e @\"$t/vars.json\"";
   // What runs is a copy in the run's private directory, hashed there: nobody can swap it
   // between the check and the exec.
   // The temporary directories' parent is private: tmp in the checked cache (as Ansible's
@@ -679,7 +683,8 @@ HostOutcome Fleet::converge(Host& h) {
     // (mktemp -d, 0700) named after this run, the boot id (on stderr, for the reboot), the playbook
     // from stdin, the run (its pid recorded, for an interruption), the cleanup.
     const std::vector<std::string> args = apply_args(h, r.runs.empty());
-    const std::string vars = h.vars.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    const std::string vars =
+        o_.revert ? std::string() : h.vars.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     auto run = ssh(h, run_script(h, become, verify, args), playbook_bytes_ + vars, 3600);
     if (run.cancelled) {
       r.kind = HostOutcome::interrupted;
@@ -912,6 +917,7 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   LoadOptions lo;
   lo.facts = gather_facts(Root("/")).to_json();
   for (auto& h : all) {
+    if (o_.revert) break;  // no playbook: each host's agent reverts what it recorded
     h.vars.update(extra);
     auto given =
         parse_extra_vars_text(h.vars.dump(-1, ' ', false, json::error_handler_t::replace), "vars.json does not hold");
@@ -940,7 +946,7 @@ int Fleet::run(const std::vector<const InventoryHost*>& hosts) {
   // /proc/self/exe itself, never the path it names: that path may since have been replaced, or
   // deleted (it then reads "... (deleted)"), while /proc/self/exe still opens what runs.
   const std::string self = o_.agent.empty() ? "/proc/self/exe" : o_.agent;
-  {
+  if (!o_.revert) {
     std::ifstream p(o_.playbook, std::ios::binary);
     playbook_bytes_.assign(std::istreambuf_iterator<char>(p), {});
   }
@@ -1051,7 +1057,7 @@ int run_fleet(const FleetOptions& o, std::ostream& out, std::ostream& err) {
     return 1;
   }
   std::ifstream probe(o.playbook);
-  if (!probe) {
+  if (!o.revert && !probe) {
     err << "gptagent: cannot read the playbook " << o.playbook << "\n";
     return 1;
   }

@@ -37,6 +37,9 @@ struct FleetOptions {
   // run after a reboot goes on from where the reboot was asked for).
   bool reset_state = false, no_wait = false;
   std::string from_stage, connect;
+  // The hosts run `gptagent revert` (every file the agent changed put back, booted as a trial with
+  // reboot) instead of applying `playbook`, which is then only the name the report shows.
+  bool revert = false;
 };
 
 // Exit codes as Ansible's: 0 every host converged, 1 a host failed, 2 drift in --check,

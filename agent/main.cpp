@@ -309,6 +309,24 @@ int main(int argc, char** argv) {
   revert->add_flag("--reboot", ro.reboot, "Reboot the host when the revert needs it (never under --root)");
   revert->add_flag("--no-trial", ro.no_trial,
                    "With --reboot: commit the revert's boot change without a trial boot first");
+  revert
+      ->add_flag(
+          "--trial", ro.trial,
+          "Arm a trial boot for the revert's boot change: the caller reboots the host (the fleet controller does)")
+      ->excludes("--no-trial");
+  revert->add_flag("--no-wait", ro.no_wait, "Fail at once when another run holds the lock");
+  gpt::FleetOptions rfo;
+  revert
+      ->add_option("-i,--inventory", rfo.inventory, "Revert the hosts of this Ansible inventory (YAML or INI) over SSH")
+      ->type_name("INVENTORY");
+  revert->add_option("-l,--limit", rfo.limit, "Only the inventory hosts this pattern selects")->type_name("PATTERN");
+  revert->add_option("-f,--forks", rfo.forks, "Hosts at once (default 5)")->check(CLI::Range(1, 1000))->type_name("N");
+  revert->add_option("--serial", rfo.serial, "Hosts per batch, each batch finished before the next (default: all)")
+      ->check(CLI::Range(1, 100000))
+      ->type_name("N");
+  revert->add_option("--reboot-timeout", rfo.reboot_timeout, "Seconds to wait for a rebooted host (default 600)")
+      ->check(CLI::Range(1, 86400))
+      ->type_name("SECONDS");
 
   auto* resume = app.add_subcommand("resume",
                                     "Finish the run that stopped for a reboot: its checks, a trial boot's commit, the "
@@ -420,6 +438,23 @@ int main(int argc, char** argv) {
     return gpt::run_apply(ao, exec, std::cout, std::cerr);
   }
   if (*status) return gpt::run_status(c.root, status_json, std::cout, std::cerr);
+  if (*revert && !rfo.inventory.empty()) {
+    if (c.root != "/") {
+      std::cerr
+          << "gptagent: --root and -i exclude each other: a host's root is its gptagent_root inventory variable\n";
+      return 1;
+    }
+    rfo.revert = true;
+    rfo.playbook = gpt::kRevertPlaybook;
+    rfo.check = ro.check;
+    rfo.diff = ro.diff;
+    rfo.json = ro.json;
+    rfo.color = "never";
+    rfo.reboot = ro.reboot;
+    rfo.no_trial = ro.no_trial;
+    rfo.no_wait = ro.no_wait;
+    return gpt::run_fleet(rfo, std::cout, std::cerr);
+  }
   if (*revert) {
     ro.root = c.root;
     ro.color = "never";

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "agent/diff.hpp"
+#include "agent/preimage.hpp"
 #include "agent/shell_syntax.hpp"
 #include "modules/lib/grub_default.hpp"
 #include "modules/lib/grub_guard.hpp"
@@ -48,11 +49,17 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   r.data = {{"path", path}, {"added", res->added}, {"removed", res->removed}, {"replaced", res->replaced}};
   if (args.regenerate) r.handlers = grub_handlers(ctx.facts, *text, *res);
   if (apply) {
+    // What the host had before the agent's first change, for gptagent revert; the backup, for a
+    // trial boot that does not come up (the runner notes data["backups"]).
+    if (auto kept = keep_preimage(ctx.root, path); !kept) return Result::failed(kept.error());
     WriteOptions wo;
     wo.backup = args.backup;
     auto written = write_file_atomic(ctx.root, path, res->text, wo);
     if (!written) return Result::failed(written.error());
-    if (written->backup_path) r.data["backup"] = *written->backup_path;
+    if (written->backup_path) {
+      r.data["backup"] = *written->backup_path;
+      r.data["backups"][path] = *written->backup_path;
+    }
   }
   guard_new_kernels(ctx, edit.present, edit.absent, apply, r);
   return r;

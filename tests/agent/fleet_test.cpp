@@ -12,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -188,15 +189,7 @@ TEST(Fleet, SshArgumentsAreSplitAsAnsibleSplitsThemAndAnUnclosedQuoteTouchesNoHo
 
 TEST(Fleet, HostsThatNeedARebootAreRebootedWaitedForAndFinished) {
   Lab lab(2, slurp(test::source_path("playbooks/demo.yaml")));
-  // Each host's reboot is its sandbox's simulated boot (a new boot_id, /proc/cmdline from grub).
-  std::string inv = slurp(lab.inventory);
-  for (const auto& n : lab.nodes) {
-    const std::string line = "          gptagent_root: " + n.tree->root() + "\n";
-    inv.replace(inv.find(line), line.size(),
-                line + "          gptagent_reboot_command: " + test::source_path("scripts/sandbox-reboot") + " " +
-                    n.tree->root() + "\n");
-  }
-  test::write(lab.inventory, inv);
+  lab.reboot_through_sandbox();
 
   auto without = lab.apply({"--limit", "gpu01"});
   EXPECT_EQ(without.exit_code, 3) << without.out << without.err;
@@ -214,6 +207,60 @@ TEST(Fleet, HostsThatNeedARebootAreRebootedWaitedForAndFinished) {
   auto again = lab.apply();
   EXPECT_EQ(again.exit_code, 0) << again.out;
   EXPECT_FALSE(has(again.out, "changed: ")) << again.out;
+}
+
+// The host's files as a person sees them: without the agent's state, its backups, the kernel's
+// /proc and /sys, and the run lock.
+std::map<std::string, std::string> host_files(const std::string& root) {
+  auto tree = test::snapshot(root);
+  std::erase_if(tree, [](const auto& kv) {
+    const std::string& p = kv.first;
+    return p.rfind("var/lib/gptagent", 0) == 0 || p.rfind("run/", 0) == 0 || p.rfind("proc/", 0) == 0 ||
+           p.rfind("sys/", 0) == 0 || p.find(".gptagent-2") != std::string::npos;
+  });
+  // A directory left holding only backups is a backup too.
+  std::erase_if(tree, [&](const auto& kv) {
+    if (kv.first.empty() || kv.first.back() != '/') return false;
+    return std::none_of(tree.begin(), tree.end(), [&](const auto& other) {
+      return other.first != kv.first && other.first.rfind(kv.first, 0) == 0 && other.first.back() != '/';
+    });
+  });
+  return tree;
+}
+
+// gptagent revert -i: every host's files back as before the first run, through the reboot the
+// revert needs (the controller reboots each host and runs the revert again to finish it); a second
+// revert changes nothing, and --check says so.
+TEST(Fleet, RevertPutsEveryHostBackThroughItsRebootAndASecondRevertIsOk) {
+  Lab lab(2, slurp(test::source_path("playbooks/demo.yaml")));
+  lab.reboot_through_sandbox();
+  std::vector<std::map<std::string, std::string>> before;
+  std::vector<std::string> cmdline_before;  // as the host boots before the first run
+  for (const auto& n : lab.nodes) {
+    ASSERT_EQ(test::sandbox_reboot(n.tree->root()).exit_code, 0);
+    before.push_back(host_files(n.tree->root()));
+    cmdline_before.push_back(slurp(n.tree->file("/proc/cmdline")));
+  }
+  auto applied = lab.apply({"--reboot", "--reboot-timeout", "60"});
+  ASSERT_EQ(applied.exit_code, 0) << applied.out << applied.err;
+
+  auto check = lab.revert({"--check"});
+  EXPECT_EQ(check.exit_code, 2) << check.out << check.err;
+  auto r = lab.revert({"--reboot", "--reboot-timeout", "60"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  for (size_t i = 0; i < lab.nodes.size(); ++i) {
+    const auto& n = lab.nodes[i];
+    EXPECT_TRUE(has(r.out, "HOST [" + n.name + "]")) << r.out;
+    EXPECT_TRUE(has(r.out, "rebooted: [" + n.name + "] 1 time")) << r.out;
+    EXPECT_TRUE(has(r.out, "changed: [" + n.name + "] ")) << r.out;
+    EXPECT_EQ(test::differences(before[i], host_files(n.tree->root())), "") << n.name;
+    EXPECT_EQ(slurp(n.tree->file("/proc/cmdline")), cmdline_before[i]) << n.name;
+    EXPECT_FALSE(fs::exists(n.tree->file("/var/lib/gptagent/state.json"))) << n.name;
+  }
+  auto again = lab.revert();
+  EXPECT_EQ(again.exit_code, 0) << again.out << again.err;
+  EXPECT_FALSE(has(again.out, "changed: ")) << again.out;
+  EXPECT_EQ(lab.revert({"--check"}).exit_code, 0);
 }
 
 }  // namespace

@@ -333,6 +333,27 @@ TEST(TrialBoot, ATrialThatDoesNotComeUpLeavesTheHostAsItWas) {
   EXPECT_EQ(again + "\n", cmdline_before);
 }
 
+// The walkthrough's module (playbooks/host.yaml): a failed trial puts /etc/default/grub back too.
+TEST(TrialBoot, ATrialOfGrubCmdlineThatDoesNotComeUpPutsTheGrubFileBack) {
+  GrubHost host;
+  const auto before = host.host_files();
+  constexpr const char* kBadGrub = R"(stages:
+  - name: boot
+    reboot: when_needed
+    tasks:
+      - name: a parameter that stops the boot
+        grub_cmdline:
+          present: [rdinit=/gptagent-missing]
+)";
+  ASSERT_EQ(host.apply(kBadGrub).code, 3);
+  EXPECT_TRUE(has(slurp(host.file("/etc/default/grub")), "rdinit=/gptagent-missing"));
+  host.boot();
+  auto second = host.apply(kBadGrub);
+  EXPECT_EQ(second.code, 1) << second.out << second.err;
+  EXPECT_TRUE(has(second.out, "/etc/default/grub (from /etc/default/grub.gptagent-")) << second.out;
+  EXPECT_EQ(test::differences(before, host.host_files()), "");
+}
+
 TEST(TrialBoot, AHostThatRebootsItselfFinishesTheRunAtBootThroughTheResumeUnit) {
   GrubHost host;
   test::write(host.file("/usr/bin/gptagent"), "#!/bin/sh\n", 0755);

@@ -83,6 +83,17 @@ struct Lab {
     inv.replace(inv.find(line), line.size(), line + lines);
     write(inventory, inv);
   }
+  // Each host's reboot is its sandbox's simulated boot (a new boot_id, /proc/cmdline from grub).
+  void reboot_through_sandbox() const {
+    for (size_t i = 0; i < nodes.size(); ++i)
+      add_host_vars(i, "          gptagent_reboot_command: " + source_path("scripts/sandbox-reboot") + " " +
+                           nodes[i].tree->root() + "\n");
+  }
+  ProcResult revert(std::vector<std::string> extra = {}) const {
+    std::vector<std::string> args{"revert", "-i", inventory};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_agent(args, {control_env()});
+  }
   ProcResult apply(std::vector<std::string> extra = {}) const {
     std::vector<std::string> args{"apply", playbook, "-i", inventory, "--color", "never"};
     args.insert(args.end(), extra.begin(), extra.end());
