@@ -358,6 +358,12 @@ class Fleet {
                          const std::vector<std::string>& args) const;
   // Copies the agent into the host's cache; the failure (or interruption) when it cannot.
   std::optional<HostOutcome> copy_agent(Host& h, const std::string& verify);
+  // Why the agent did not run, from the exit codes of the run's script (and ssh's 255), when it did not.
+  std::optional<HostOutcome> not_run(const Host& h, const ExecResult& run) const;
+  // The agent's answer to a run, checked and added to `r`; the failure when it is not a report.
+  std::optional<HostOutcome> take_report(const Host& h, const ExecResult& run, HostOutcome& r) const;
+  // What a run's exit code makes of the host, once no reboot follows.
+  void settle(HostOutcome& r, const ExecResult& run) const;
   // Reboots the host and waits for a new boot id; the failure (or interruption) when it is not back.
   std::optional<HostOutcome> reboot_and_wait(Host& h, const std::string& become, const std::string& boot_before) const;
   ExecResult ssh(const Host& h, const std::string& command, std::string input = {}, int timeout_s = 600,
@@ -697,12 +703,6 @@ HostOutcome Fleet::converge(Host& h) {
           "MODULE FAILURE: the host sent more than " + size_text(kMaxReport) + ": refused, nothing more was read";
       return r;
     }
-    if (run.exit_code == 96 || run.exit_code == 97) {
-      r.kind = HostOutcome::failed_;
-      r.message = run.exit_code == 96 ? unsafe_dir_message("the agent cache", h.remote_dir, run.err)
-                                      : unsafe_dir_message("gptagent_remote_tmp", h.remote_tmp, run.err);
-      return r;
-    }
     if ((run.exit_code == 93 || run.exit_code == 95) && !copied) {
       copied = true;
       if (auto failed = copy_agent(h, verify)) {
@@ -711,17 +711,6 @@ HostOutcome Fleet::converge(Host& h) {
         return r;
       }
       continue;
-    }
-    if (run.exit_code == 94) {
-      r.kind = HostOutcome::failed_;
-      r.message = "sha256sum was not found on the host: the copied agent cannot be checked, nothing was run";
-      return r;
-    }
-    if (run.exit_code == 95) {
-      r.kind = HostOutcome::failed_;
-      r.message = "the agent in " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ +
-                  " even after a new copy: nothing was run";
-      return r;
     }
     if (run.exit_code == 255 && run.out.empty() && h.reused && !reconnected) {
       // A shared connection left by an earlier run, whose host has since gone away (rebooted,
@@ -735,40 +724,13 @@ HostOutcome Fleet::converge(Host& h) {
       }
       continue;
     }
-    if (run.exit_code == 255 && run.out.empty()) {
-      r.kind = HostOutcome::unreachable;
-      r.message = run.failure();
-      return r;
-    }
-    if (run.exit_code >= 90 && run.exit_code <= 93) {
-      r.kind = HostOutcome::failed_;
-      r.message = "cannot prepare " + h.remote_dir + " and a private temporary directory: " + run.failure();
+    if (auto failed = not_run(h, run)) {
+      r.kind = failed->kind;
+      r.message = failed->message;
       return r;
     }
     if (run.err.find("gptagent-boot=") != std::string::npos) boot_before = remote_said(run.err, "boot");
-    json doc = json::parse(run.out, nullptr, false);
-    if (doc.is_discarded()) {
-      r.kind = HostOutcome::failed_;
-      r.message = "MODULE FAILURE: the agent did not answer with JSON (" + run.failure() + "): " + excerpt(run.out);
-      if (h.become && run.err.find("password") != std::string::npos)
-        r.message = h.become_exe + " needs a password on this host (ansible_become runs " + h.become_exe +
-                    " -n): " + run.failure();
-      return r;
-    }
-    if (auto bad = malformed_report(doc, run.exit_code, o_.check)) {
-      r.kind = HostOutcome::failed_;
-      r.message = "MODULE FAILURE: the agent's report is malformed (" + *bad + "): " + excerpt(run.out);
-      return r;
-    }
-    r.runs.push_back(doc);
-    if (doc.contains("stats")) {  // checked above: integers from 0 to 2^24
-      const auto& s = doc["stats"];
-      r.ok_count += s["ok"].get<int>();
-      r.changed += s["changed"].get<int>();
-      r.failed_count += s["failed"].get<int>();
-      r.skipped += s["skipped"].get<int>();
-      r.ignored += s["ignored"].get<int>();
-    }
+    if (auto failed = take_report(h, run, r)) return *failed;
     if (run.exit_code == 3 && o_.reboot && !o_.check && h.local) {
       // As Ansible's reboot module: a local connection would reboot the controller itself.
       r.kind = HostOutcome::waiting;
@@ -785,25 +747,81 @@ HostOutcome Fleet::converge(Host& h) {
       }
       continue;
     }
-    switch (run.exit_code) {
-      case 0:
-        r.kind = r.changed > 0 ? HostOutcome::changed_ : HostOutcome::ok;
-        break;
-      case 2:
-        r.kind = HostOutcome::drift;
-        break;
-      case 3:
-        r.kind = HostOutcome::waiting;
-        r.message = o_.check ? "waiting for a reboot"
-                             : "stopped for a reboot (run with --reboot to let the controller reboot it)";
-        break;
-      default:
-        r.kind = HostOutcome::failed_;
-        r.message = "the agent failed (" + run.failure() + ")";
-    }
+    settle(r, run);
     break;
   }
   return r;
+}
+
+std::optional<HostOutcome> Fleet::not_run(const Host& h, const ExecResult& run) const {
+  auto outcome = [](HostOutcome::Kind kind, std::string message) {
+    HostOutcome f;
+    f.kind = kind;
+    f.message = std::move(message);
+    return std::optional<HostOutcome>(std::move(f));
+  };
+  if (run.exit_code == 96)
+    return outcome(HostOutcome::failed_, unsafe_dir_message("the agent cache", h.remote_dir, run.err));
+  if (run.exit_code == 97)
+    return outcome(HostOutcome::failed_, unsafe_dir_message("gptagent_remote_tmp", h.remote_tmp, run.err));
+  if (run.exit_code == 94)
+    return outcome(HostOutcome::failed_,
+                   "sha256sum was not found on the host: the copied agent cannot be checked, nothing was run");
+  if (run.exit_code == 95)
+    return outcome(HostOutcome::failed_, "the agent in " + h.remote_dir + " does not have its SHA-256 " + agent_sha_ +
+                                             " even after a new copy: nothing was run");
+  if (run.exit_code == 255 && run.out.empty()) return outcome(HostOutcome::unreachable, run.failure());
+  if (run.exit_code >= 90 && run.exit_code <= 93)
+    return outcome(HostOutcome::failed_,
+                   "cannot prepare " + h.remote_dir + " and a private temporary directory: " + run.failure());
+  return std::nullopt;
+}
+
+std::optional<HostOutcome> Fleet::take_report(const Host& h, const ExecResult& run, HostOutcome& r) const {
+  auto fail = [&](std::string message) {
+    HostOutcome f = r;
+    f.kind = HostOutcome::failed_;
+    f.message = std::move(message);
+    return std::optional<HostOutcome>(std::move(f));
+  };
+  json doc = json::parse(run.out, nullptr, false);
+  if (doc.is_discarded()) {
+    if (h.become && run.err.find("password") != std::string::npos)
+      return fail(h.become_exe + " needs a password on this host (ansible_become runs " + h.become_exe +
+                  " -n): " + run.failure());
+    return fail("MODULE FAILURE: the agent did not answer with JSON (" + run.failure() + "): " + excerpt(run.out));
+  }
+  if (auto bad = malformed_report(doc, run.exit_code, o_.check))
+    return fail("MODULE FAILURE: the agent's report is malformed (" + *bad + "): " + excerpt(run.out));
+  r.runs.push_back(doc);
+  if (doc.contains("stats")) {  // checked above: integers from 0 to 2^24
+    const auto& s = doc["stats"];
+    r.ok_count += s["ok"].get<int>();
+    r.changed += s["changed"].get<int>();
+    r.failed_count += s["failed"].get<int>();
+    r.skipped += s["skipped"].get<int>();
+    r.ignored += s["ignored"].get<int>();
+  }
+  return std::nullopt;
+}
+
+void Fleet::settle(HostOutcome& r, const ExecResult& run) const {
+  switch (run.exit_code) {
+    case 0:
+      r.kind = r.changed > 0 ? HostOutcome::changed_ : HostOutcome::ok;
+      break;
+    case 2:
+      r.kind = HostOutcome::drift;
+      break;
+    case 3:
+      r.kind = HostOutcome::waiting;
+      r.message = o_.check ? "waiting for a reboot"
+                           : "stopped for a reboot (run with --reboot to let the controller reboot it)";
+      break;
+    default:
+      r.kind = HostOutcome::failed_;
+      r.message = "the agent failed (" + run.failure() + ")";
+  }
 }
 
 // The run on this host was interrupted: its agent is stopped (SIGTERM: a run killed at any point
