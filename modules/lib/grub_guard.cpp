@@ -1,6 +1,7 @@
 #include "modules/lib/grub_guard.hpp"
 
 #include <algorithm>
+#include <functional>
 
 #include "agent/changes.hpp"
 #include "agent/facts.hpp"
@@ -51,128 +52,126 @@ std::vector<std::string> guarded_params(const Root& root, const char* hook, cons
   return out;
 }
 
+// What a boot path gives the guard's shared course (guard_cmdline).
+struct CmdlineGuard {
+  const char* hook;
+  std::string script;
+  std::string checks;  // what the hook checks, for the message
+  // A kernel's entry as it is now: its words (the linux line's, or the options).
+  std::function<std::vector<std::string>(const std::string& kernel)> entry;
+  // Repairs the gap of a kernel's entry, or says in `gap` why it cannot; false after a failure
+  // it put in `r`.
+  std::function<bool(const std::string& kernel, std::string& gap, Result& r)> repair;
+  std::string repaired;  // how, for the message
+};
+
+// The hook written; each recorded gap checked again against the kernel's entry as it is now (no
+// hook runs when the entries are regenerated): one that is gone is recorded so, one that stays is
+// drift, repaired.
+void guard_cmdline(Context& ctx, const CmdlineGuard& g, bool apply, Result& r) {
+  FileChanges guard(ctx.root);
+  if (auto s = guard.write(g.hook, g.script, FileAttrs{.uid = 0, .gid = 0, .mode = 0755}); !s) {
+    r = Result::failed(s.error());
+    return;
+  }
+  auto records = read_guard_records(ctx.root);
+  if (!records) {
+    r = Result::failed(records.error());
+    return;
+  }
+  std::vector<std::string> gaps;
+  for (const auto& rec : *records) {
+    if (rec.kind != "cmdline" || rec.missing.empty()) continue;
+    const std::vector<std::string> entry = g.entry(rec.kernel);
+    std::vector<std::string> still;
+    for (const auto& p : rec.missing)
+      if (std::find(entry.begin(), entry.end(), p) == entry.end()) still.push_back(p);
+    if (still.empty()) {
+      if (apply)
+        (void)write_file_atomic(ctx.root, std::string(kGuardDir) + "/" + rec.kernel + ".cmdline",
+                                "kernel=" + rec.kernel + "\nkind=cmdline\nwhat=" + join(entry, " ") + "\nmissing=\n",
+                                WriteOptions{.backup = false, .create_mode = 0600});
+      continue;
+    }
+    gaps.push_back("kernel " + rec.kernel + "'s entry lacks " + join(still, " "));
+    if (!g.repair(rec.kernel, gaps.back(), r)) return;
+  }
+  if (!gaps.empty()) {
+    r.status = Outcome::changed;
+    r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": " + g.repaired;
+    r.data["kernel_guard"] = gaps;
+  }
+  if (guard.empty()) return;
+  r.status = Outcome::changed;
+  r.msg += "; wrote " + std::string(g.hook) + " (checks " + g.checks + " of each kernel installed from now on)";
+  r.diff += guard.diff();
+  if (apply)
+    if (auto s = guard.apply(r.data); !s) r = Result::failed(s.error());
+}
+
 }  // namespace
 
 void guard_new_kernels(Context& ctx, const std::vector<std::string>& present, const std::vector<std::string>& absent,
                        bool apply, Result& r) {
   if (ctx.facts.boot.grub != "update-grub" || !path_exists(ctx.root, "/etc/kernel/postinst.d") || present.empty())
     return;
-  FileChanges guard(ctx.root);
-  if (auto s = guard.write(
-          kCmdlineGuard,
-          cmdline_guard_script(guarded_params(ctx.root, kCmdlineGuard, present, absent), "/boot/grub/grub.cfg"),
-          FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
-      !s) {
-    r = Result::failed(s.error());
-    return;
-  }
-  auto records = read_guard_records(ctx.root);
-  if (!records) {
-    r = Result::failed(records.error());
-    return;
-  }
-  // A recorded gap is checked again against grub.cfg as it is now (no hook runs when update-grub
-  // regenerates it): one that is gone is recorded so.
-  std::vector<std::string> gaps;
   auto cfg = read_file_if_exists(ctx.root, "/boot/grub/grub.cfg");
-  for (const auto& g : *records) {
-    if (g.kind != "cmdline" || g.missing.empty()) continue;
-    std::vector<std::string> entry;
-    if (cfg && *cfg)
-      for (std::string_view line : lines(**cfg)) {
-        auto w = words(trim(line));
-        if (w.size() >= 2 && w[0] == "linux" && w[1].size() > g.kernel.size() + 8 &&
-            w[1].substr(w[1].size() - g.kernel.size() - 8) == "vmlinuz-" + g.kernel) {
-          entry = w;
-          break;
-        }
-      }
-    std::vector<std::string> still;
-    for (const auto& p : g.missing)
-      if (std::find(entry.begin(), entry.end(), p) == entry.end()) still.push_back(p);
-    if (!still.empty())
-      gaps.push_back("kernel " + g.kernel + "'s entry lacks " + join(still, " "));
-    else if (apply)
-      (void)write_file_atomic(ctx.root, std::string(kGuardDir) + "/" + g.kernel + ".cmdline",
-                              "kernel=" + g.kernel + "\nkind=cmdline\nwhat=" + join(entry, " ") + "\nmissing=\n",
-                              WriteOptions{.backup = false, .create_mode = 0600});
-  }
-  if (!gaps.empty()) {
-    r.status = Outcome::changed;
-    r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": grub.cfg is regenerated";
-    if (std::none_of(r.handlers.begin(), r.handlers.end(),
-                     [](const HandlerRequest& h) { return h.module == "grub_config"; }))
-      r.handlers.push_back(regenerate_grub_config());
-    r.data["kernel_guard"] = gaps;
-  }
-  if (guard.empty()) return;
-  r.status = Outcome::changed;
-  r.msg += "; wrote " + std::string(kCmdlineGuard) + " (checks the GRUB entry of each kernel installed from now on)";
-  r.diff += guard.diff();
-  if (apply)
-    if (auto s = guard.apply(r.data); !s) r = Result::failed(s.error());
+  const std::string text = cfg && *cfg ? **cfg : std::string();
+  guard_cmdline(
+      ctx,
+      {.hook = kCmdlineGuard,
+       .script = cmdline_guard_script(guarded_params(ctx.root, kCmdlineGuard, present, absent), "/boot/grub/grub.cfg"),
+       .checks = "the GRUB entry",
+       .entry =
+           [&](const std::string& kernel) {
+             for (std::string_view line : lines(text)) {
+               auto w = words(trim(line));
+               if (w.size() >= 2 && w[0] == "linux" && w[1].size() > kernel.size() + 8 &&
+                   w[1].substr(w[1].size() - kernel.size() - 8) == "vmlinuz-" + kernel)
+                 return w;
+             }
+             return std::vector<std::string>{};
+           },
+       .repair =
+           [](const std::string&, std::string&, Result& res) {
+             if (std::none_of(res.handlers.begin(), res.handlers.end(),
+                              [](const HandlerRequest& h) { return h.module == "grub_config"; }))
+               res.handlers.push_back(regenerate_grub_config());
+             return true;
+           },
+       .repaired = "grub.cfg is regenerated"},
+      apply, r);
 }
 
 void guard_new_entries(Context& ctx, const std::vector<std::string>& present, const std::vector<std::string>& absent,
                        bool grubby, bool apply, Result& r) {
   if (!find_program(ctx.root, "kernel-install") || present.empty()) return;
-  FileChanges guard(ctx.root);
-  if (auto s =
-          guard.write(kInstallCmdlineGuard,
-                      install_cmdline_guard_script(guarded_params(ctx.root, kInstallCmdlineGuard, present, absent)),
-                      FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
-      !s) {
-    r = Result::failed(s.error());
-    return;
-  }
-  auto records = read_guard_records(ctx.root);
-  if (!records) {
-    r = Result::failed(records.error());
-    return;
-  }
-  // A recorded gap is checked again against the kernel's entry as it is now: one that is gone is
-  // recorded so.
-  std::vector<std::string> gaps;
-  for (const auto& g : *records) {
-    if (g.kind != "cmdline" || g.missing.empty()) continue;
-    const auto options = loader_entry_options(ctx.root, g.kernel).value_or(std::vector<std::string>{});
-    std::vector<std::string> still;
-    for (const auto& p : g.missing)
-      if (std::find(options.begin(), options.end(), p) == options.end()) still.push_back(p);
-    if (still.empty()) {
-      if (apply)
-        (void)write_file_atomic(ctx.root, std::string(kGuardDir) + "/" + g.kernel + ".cmdline",
-                                "kernel=" + g.kernel + "\nkind=cmdline\nwhat=" + join(options, " ") + "\nmissing=\n",
-                                WriteOptions{.backup = false, .create_mode = 0600});
-      continue;
-    }
-    gaps.push_back("kernel " + g.kernel + "'s entry lacks " + join(still, " "));
-    if (grubby) continue;  // the module's grubby --update-kernel=ALL takes every entry
-    const std::string image = "/usr/lib/modules/" + g.kernel + "/vmlinuz";
-    if (!path_exists(ctx.root, image)) {
-      gaps.back() += " (no " + image + ": run kernel-install add " + g.kernel + " IMAGE by hand)";
-      continue;
-    }
-    Result ran = ctx.run_system(Command{{"kernel-install", "add", g.kernel, image}}, apply,
-                                "wrote kernel " + g.kernel + "'s entry again");
-    r.commands.insert(r.commands.end(), ran.commands.begin(), ran.commands.end());
-    if (ran.status == Outcome::failed) {
-      r = Result::failed(ran.msg);
-      return;
-    }
-  }
-  if (!gaps.empty()) {
-    r.status = Outcome::changed;
-    r.msg += "; the kernel guard recorded: " + join(gaps, "; ") + ": the entries are written again";
-    r.data["kernel_guard"] = gaps;
-  }
-  if (guard.empty()) return;
-  r.status = Outcome::changed;
-  r.msg +=
-      "; wrote " + std::string(kInstallCmdlineGuard) + " (checks the boot entry of each kernel installed from now on)";
-  r.diff += guard.diff();
-  if (apply)
-    if (auto s = guard.apply(r.data); !s) r = Result::failed(s.error());
+  guard_cmdline(
+      ctx,
+      {.hook = kInstallCmdlineGuard,
+       .script = install_cmdline_guard_script(guarded_params(ctx.root, kInstallCmdlineGuard, present, absent)),
+       .checks = "the boot entry",
+       .entry =
+           [&](const std::string& kernel) {
+             return loader_entry_options(ctx.root, kernel).value_or(std::vector<std::string>{});
+           },
+       .repair =
+           [&](const std::string& kernel, std::string& gap, Result& res) {
+             if (grubby) return true;  // the module's grubby --update-kernel=ALL takes every entry
+             const std::string image = "/usr/lib/modules/" + kernel + "/vmlinuz";
+             if (!path_exists(ctx.root, image)) {
+               gap += " (no " + image + ": run kernel-install add " + kernel + " IMAGE by hand)";
+               return true;
+             }
+             Result ran = ctx.run_system(Command{{"kernel-install", "add", kernel, image}}, apply,
+                                         "wrote kernel " + kernel + "'s entry again");
+             res.commands.insert(res.commands.end(), ran.commands.begin(), ran.commands.end());
+             if (ran.status != Outcome::failed) return true;
+             res = Result::failed(ran.msg);
+             return false;
+           },
+       .repaired = "the entries are written again"},
+      apply, r);
 }
 
 }  // namespace gpt

@@ -209,25 +209,6 @@ TEST(Fleet, HostsThatNeedARebootAreRebootedWaitedForAndFinished) {
   EXPECT_FALSE(has(again.out, "changed: ")) << again.out;
 }
 
-// The host's files as a person sees them: without the agent's state, its backups, the kernel's
-// /proc and /sys, and the run lock.
-std::map<std::string, std::string> host_files(const std::string& root) {
-  auto tree = test::snapshot(root);
-  std::erase_if(tree, [](const auto& kv) {
-    const std::string& p = kv.first;
-    return p.rfind("var/lib/gptagent", 0) == 0 || p.rfind("run/", 0) == 0 || p.rfind("proc/", 0) == 0 ||
-           p.rfind("sys/", 0) == 0 || p.find(".gptagent-2") != std::string::npos;
-  });
-  // A directory left holding only backups is a backup too.
-  std::erase_if(tree, [&](const auto& kv) {
-    if (kv.first.empty() || kv.first.back() != '/') return false;
-    return std::none_of(tree.begin(), tree.end(), [&](const auto& other) {
-      return other.first != kv.first && other.first.rfind(kv.first, 0) == 0 && other.first.back() != '/';
-    });
-  });
-  return tree;
-}
-
 // gptagent revert -i: every host's files back as before the first run, through the reboot the
 // revert needs (the controller reboots each host and runs the revert again to finish it); a second
 // revert changes nothing, and --check says so.
@@ -238,7 +219,7 @@ TEST(Fleet, RevertPutsEveryHostBackThroughItsRebootAndASecondRevertIsOk) {
   std::vector<std::string> cmdline_before;  // as the host boots before the first run
   for (const auto& n : lab.nodes) {
     ASSERT_EQ(test::sandbox_reboot(n.tree->root()).exit_code, 0);
-    before.push_back(host_files(n.tree->root()));
+    before.push_back(test::host_files(n.tree->root()));
     cmdline_before.push_back(slurp(n.tree->file("/proc/cmdline")));
   }
   auto applied = lab.apply({"--reboot", "--reboot-timeout", "60"});
@@ -253,7 +234,7 @@ TEST(Fleet, RevertPutsEveryHostBackThroughItsRebootAndASecondRevertIsOk) {
     EXPECT_TRUE(has(r.out, "HOST [" + n.name + "]")) << r.out;
     EXPECT_TRUE(has(r.out, "rebooted: [" + n.name + "] 1 time")) << r.out;
     EXPECT_TRUE(has(r.out, "changed: [" + n.name + "] ")) << r.out;
-    EXPECT_EQ(test::differences(before[i], host_files(n.tree->root())), "") << n.name;
+    EXPECT_EQ(test::differences(before[i], test::host_files(n.tree->root())), "") << n.name;
     EXPECT_EQ(slurp(n.tree->file("/proc/cmdline")), cmdline_before[i]) << n.name;
     EXPECT_FALSE(fs::exists(n.tree->file("/var/lib/gptagent/state.json"))) << n.name;
   }

@@ -16,6 +16,7 @@
 #include "agent/text.hpp"
 #include "agent/trial.hpp"
 #include "tests/support/sandbox.hpp"
+#include "tests/support/trial_host.hpp"
 
 namespace gpt {
 namespace {
@@ -110,32 +111,9 @@ class BlsHostExec final : public Exec {
   std::string root_;
 };
 
-constexpr const char* kGood = R"(stages:
-  - name: boot
-    reboot: when_needed
-    tasks:
-      - name: IOMMU on the kernel command line
-        kernel_cmdline:
-          iommu: auto
-          present: [iommu=pt]
-      - name: vfio-pci claims the GPU at boot
-        vfio:
-          devices: ["0000:01:00.0"]
-  - name: after
-    tasks:
-      - name: the GPU on vfio-pci now
-        vfio_bind:
-          gpus: ["0000:01:00.0"]
-)";
+constexpr const char* kGood = test::kTrialGood;
 
-constexpr const char* kBad = R"(stages:
-  - name: boot
-    reboot: when_needed
-    tasks:
-      - name: a parameter that stops the boot
-        kernel_cmdline:
-          present: [rdinit=/gptagent-missing]
-)";
+constexpr const char* kBad = test::kTrialBad;
 
 struct BlsHost : test::SampleHost {
   test::TempDir plays;
@@ -169,8 +147,7 @@ struct BlsHost : test::SampleHost {
   // GRUB with blscfg at boot: next_entry, when set, is booted once (cleared first); else the entry
   // saved_entry names. A kernel without its init panics, and panic=N resets the machine.
   std::string boot() {
-    std::string cmdline;
-    for (int attempt = 0; attempt < 3; ++attempt) {
+    return test::boot_with_fallback(root(), [&] {
       const std::string env = slurp(file("/boot/grub2/grubenv"));
       std::smatch next, saved;
       std::string id = std::regex_search(env, saved, std::regex("saved_entry=(\\S+)")) ? saved[1].str() : "";
@@ -182,29 +159,13 @@ struct BlsHost : test::SampleHost {
       std::smatch linux, options;
       EXPECT_TRUE(std::regex_search(entry, linux, std::regex("(^|\\n)linux (\\S+)")));
       EXPECT_TRUE(std::regex_search(entry, options, std::regex("\\noptions ([^\\n]*)")));
-      cmdline = "BOOT_IMAGE=(hd0,gpt2)" + linux[2].str() + " " + options[1].str();
-      if (!has(cmdline, "rdinit=/gptagent-missing")) break;
-      EXPECT_TRUE(has(cmdline, " panic=")) << "a panic without panic= would hang the machine: " << cmdline;
-    }
-    auto r = test::sandbox_reboot(root());
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    test::write(file("/proc/cmdline"), cmdline + "\n");
-    return cmdline;
-  }
-  std::map<std::string, std::string> host_files() const {
-    auto tree = test::snapshot(root());
-    std::erase_if(tree, [](const auto& kv) {
-      const std::string& p = kv.first;
-      return p.rfind("var/lib/gptagent/", 0) == 0 || p.rfind("run/", 0) == 0 || p.rfind("proc/", 0) == 0 ||
-             p.rfind("sys/", 0) == 0 || p.find(".gptagent-2") != std::string::npos;
+      return "BOOT_IMAGE=(hd0,gpt2)" + linux[2].str() + " " + options[1].str();
     });
-    return tree;
   }
+  std::map<std::string, std::string> host_files() const { return test::host_files(root()); }
 };
 
-size_t count_of(const std::vector<std::string>& commands, const std::string& prefix) {
-  return std::count_if(commands.begin(), commands.end(), [&](const std::string& c) { return c.rfind(prefix, 0) == 0; });
-}
+using test::count_of;
 
 TEST(TrialBootBls, AGoodChangeIsBootedOnceFromACopiedEntryThenGrubbyCommitsIt) {
   BlsHost host;

@@ -17,6 +17,7 @@
 #include "agent/preimage.hpp"
 #include "agent/text.hpp"
 #include "tests/support/sandbox.hpp"
+#include "tests/support/trial_host.hpp"
 
 namespace gpt {
 namespace {
@@ -128,33 +129,9 @@ class GrubHostExec final : public Exec {
   std::string root_;
 };
 
-constexpr const char* kGood = R"(stages:
-  - name: boot
-    reboot: when_needed
-    tasks:
-      - name: IOMMU on the kernel command line
-        kernel_cmdline:
-          iommu: auto
-          present: [iommu=pt]
-      - name: vfio-pci claims the GPU at boot
-        vfio:
-          devices: ["0000:01:00.0"]
-  - name: after
-    tasks:
-      - name: the GPU on vfio-pci now
-        vfio_bind:
-          gpus: ["0000:01:00.0"]
-)";
+constexpr const char* kGood = test::kTrialGood;
 
-// The same change with a parameter that stops the boot: the kernel panics without an init.
-constexpr const char* kBad = R"(stages:
-  - name: boot
-    reboot: when_needed
-    tasks:
-      - name: a parameter that stops the boot
-        kernel_cmdline:
-          present: [rdinit=/gptagent-missing]
-)";
+constexpr const char* kBad = test::kTrialBad;
 
 struct GrubHost : test::SampleHost {
   test::TempDir plays;
@@ -194,8 +171,7 @@ struct GrubHost : test::SampleHost {
   // does); else the default, the first entry. A kernel without its init panics, and panic=N resets
   // the machine: GRUB runs again. The rest of the boot (modules, vfio-pci) as sandbox-reboot plays it.
   std::string boot() {
-    std::string cmdline;
-    for (int attempt = 0; attempt < 3; ++attempt) {
+    return test::boot_with_fallback(root(), [&] {
       const std::string env = slurp(file("/boot/grub/grubenv"));
       std::string cfg = slurp(file("/boot/grub/grub.cfg"));
       std::smatch m;
@@ -208,38 +184,13 @@ struct GrubHost : test::SampleHost {
       }
       std::smatch linux;
       EXPECT_TRUE(std::regex_search(cfg, linux, std::regex("\\n\\s*linux\\s+(\\S+)([^\\n]*)")));
-      cmdline = "BOOT_IMAGE=" + linux[1].str() + " " + join(words(linux[2].str()), " ");
-      if (!has(cmdline, "rdinit=/gptagent-missing")) break;
-      EXPECT_TRUE(has(cmdline, " panic=")) << "a panic without panic= would hang the machine: " << cmdline;
-    }
-    auto r = test::sandbox_reboot(root());
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    test::write(file("/proc/cmdline"), cmdline + "\n");
-    return cmdline;
-  }
-  // The tree without what a run may add beside the host's files: the agent's state, the run
-  // lock, backups, the kernel's /proc and /sys.
-  std::map<std::string, std::string> host_files() const {
-    auto tree = test::snapshot(root());
-    std::erase_if(tree, [](const auto& kv) {
-      const std::string& p = kv.first;
-      return p.rfind("var/lib/gptagent/", 0) == 0 || p.rfind("run/", 0) == 0 || p.rfind("proc/", 0) == 0 ||
-             p.rfind("sys/", 0) == 0 || p.find(".gptagent-2") != std::string::npos;
+      return "BOOT_IMAGE=" + linux[1].str() + " " + join(words(linux[2].str()), " ");
     });
-    // A directory left holding only backups is a backup too.
-    std::erase_if(tree, [&](const auto& kv) {
-      if (kv.first.empty() || kv.first.back() != '/') return false;
-      return std::none_of(tree.begin(), tree.end(), [&](const auto& other) {
-        return other.first != kv.first && other.first.rfind(kv.first, 0) == 0 && other.first.back() != '/';
-      });
-    });
-    return tree;
   }
+  std::map<std::string, std::string> host_files() const { return test::host_files(root()); }
 };
 
-size_t count_of(const std::vector<std::string>& commands, const std::string& prefix) {
-  return std::count_if(commands.begin(), commands.end(), [&](const std::string& c) { return c.rfind(prefix, 0) == 0; });
-}
+using test::count_of;
 
 TEST(TrialBoot, AGoodChangeIsBootedOnceThenCommittedToTheDefaultEntry) {
   GrubHost host;

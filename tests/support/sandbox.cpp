@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/process.hpp>
 #include <filesystem>
 #include <fstream>
@@ -81,6 +82,22 @@ std::map<std::string, std::string> snapshot(const std::string& dir) {
       out[rel + "/"] = mode;
   }
   return out;
+}
+
+std::map<std::string, std::string> host_files(const std::string& root) {
+  auto tree = snapshot(root);
+  std::erase_if(tree, [](const auto& kv) {
+    const std::string& p = kv.first;
+    return p.rfind("var/lib/gptagent/", 0) == 0 || p.rfind("run/", 0) == 0 || p.rfind("proc/", 0) == 0 ||
+           p.rfind("sys/", 0) == 0 || p.find(".gptagent-2") != std::string::npos;
+  });
+  std::erase_if(tree, [&](const auto& kv) {
+    if (kv.first.empty() || kv.first.back() != '/') return false;
+    return std::none_of(tree.begin(), tree.end(), [&](const auto& other) {
+      return other.first != kv.first && other.first.rfind(kv.first, 0) == 0 && other.first.back() != '/';
+    });
+  });
+  return tree;
 }
 
 std::string differences(const std::map<std::string, std::string>& a, const std::map<std::string, std::string>& b) {

@@ -42,6 +42,10 @@ std::map<std::string, std::string> snapshot(const std::string& dir);
 // The paths where two snapshots differ, a line each ("" when equal): the snapshots themselves are
 // too long to print.
 std::string differences(const std::map<std::string, std::string>& a, const std::map<std::string, std::string>& b);
+// A host tree's files as a person sees them: its snapshot without the agent's state
+// (var/lib/gptagent), the run lock (run/), the kernel's /proc and /sys, the agent's backups, and
+// directories left holding only backups.
+std::map<std::string, std::string> host_files(const std::string& root);
 
 // A sample host tree (see playbooks/sandbox/) copied into a fresh temp dir.
 struct SampleHost {
