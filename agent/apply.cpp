@@ -613,11 +613,14 @@ int run_status(const std::string& root_dir, bool json, std::ostream& out, std::o
 
 namespace {
 
-const char* const kRevertText = R"(# gptagent revert: the host as it was before the agent's first change of each file.
+const char* const kRevertText =
+    R"(# gptagent revert: the host as it was before the agent's first change of each unit and file.
 stages:
   - name: revert
     reboot: when_needed
     tasks:
+      - name: every unit the agent changed, as it was before
+        restore_units: {}
       - name: every file the agent changed, as it was before
         restore_files: {}
 )";

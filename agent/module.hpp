@@ -69,6 +69,10 @@ struct Context {
   // What earlier tasks of this run made, or in check mode would have made, as "kind:name" (e.g.
   // "libvirt_network:URI#default"): a later task that needs it finds it here before it exists.
   std::set<std::string> provided = {};
+  // Whether a systemd manager answers systemctl: unset, one does where the root is "/" (under
+  // --root units are enabled offline). Tests set it where their Exec plays the manager on a tree,
+  // so that what the agent records of the units goes to the tree, not to this machine.
+  std::optional<bool> manager = std::nullopt;
   // An earlier task of this run installs packages ("package:NAME" above) that it has not installed
   // (check mode, or not run under --root): a unit, or libvirt itself, may come with them, so a later
   // task predicts what it would do instead of failing on what is not there yet.

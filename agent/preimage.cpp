@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "agent/state.hpp"
@@ -38,7 +39,50 @@ Status write_own(const Root& root, const std::string& path, const std::string& t
   return {};
 }
 
+std::string unit_key(const UnitPreimage& u) { return u.scope + (u.user.empty() ? "" : ":" + u.user) + "|" + u.unit; }
+
+bool unit_text(const std::string& s, std::string_view extra) {
+  return !s.empty() && s.size() <= 256 && s[0] != '-' && s.find("..") == std::string::npos &&
+         std::all_of(s.begin(), s.end(), [&](char c) {
+           return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  extra.find(c) != std::string_view::npos;
+         });
+}
+
 }  // namespace
+
+Status keep_unit_preimage(const Root& root, const UnitPreimage& u) {
+  auto index = load_index(root);
+  if (!index) return Error{index.error()};
+  json& units = (*index)["units"];
+  if (!units.is_object()) units = json::object();
+  if (units.contains(unit_key(u))) return {};
+  units[unit_key(u)] = {
+      {"unit", u.unit}, {"scope", u.scope}, {"user", u.user}, {"enabled", u.enabled}, {"active", u.active}};
+  return write_own(root, kIndex, index->dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+}
+
+Expected<std::vector<UnitPreimage>> load_unit_preimages(const Root& root) {
+  auto index = load_index(root);
+  if (!index) return Error{index.error()};
+  std::vector<UnitPreimage> out;
+  if (!index->contains("units")) return out;
+  try {
+    for (const auto& [key, e] : (*index)["units"].items()) {
+      UnitPreimage u{e.at("unit").get<std::string>(), e.at("scope").get<std::string>(), e.at("user").get<std::string>(),
+                     e.at("enabled").get<std::string>(), e.at("active").get<std::string>()};
+      const bool sane = unit_text(u.unit, ":-_.\\@") && (u.scope == "system" || u.scope == "user") &&
+                        (u.scope == "user") == !u.user.empty() && (u.user.empty() || unit_text(u.user, "-_.")) &&
+                        (u.enabled.empty() || unit_text(u.enabled, "-")) &&
+                        (u.active.empty() || unit_text(u.active, "-"));
+      if (!sane || key != unit_key(u)) return Error{kIndex + ": unit entry '" + key + "' is not one the agent writes"};
+      out.push_back(std::move(u));
+    }
+  } catch (const json::exception& ex) {
+    return Error{kIndex + " lacks what the agent records of units (" + ex.what() + ")"};
+  }
+  return out;
+}
 
 Status keep_preimage(const Root& root, const std::string& path) {
   if (path.rfind("/var/lib/gptagent/", 0) == 0 || path.rfind("/run/", 0) == 0 || path == kResumeUnit) return {};

@@ -32,4 +32,19 @@ struct Preimage {
 // Every kept pre-image, by path.
 Expected<std::vector<Preimage>> load_preimages(const Root& root);
 
+// A systemd unit's state before the agent first enabled, disabled, started or stopped it (the
+// service module): what `gptagent revert` puts back, in the same index.
+struct UnitPreimage {
+  std::string unit;              // foo.service
+  std::string scope = "system";  // or user
+  std::string user;              // of a user unit
+  std::string enabled;           // what systemctl is-enabled said: enabled, disabled, static...
+  std::string active;            // what is-active said; "" when it could not be asked (under --root)
+};
+// Keeps it unless one is kept for that unit (scope, user) already.
+Status keep_unit_preimage(const Root& root, const UnitPreimage& u);
+// Every kept one; an entry the agent would not write (a unit or user name with other characters)
+// is an error naming it.
+Expected<std::vector<UnitPreimage>> load_unit_preimages(const Root& root);
+
 }  // namespace gpt

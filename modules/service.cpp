@@ -10,6 +10,7 @@
 #include <array>
 
 #include "agent/declare.hpp"
+#include "agent/preimage.hpp"
 #include "agent/systemctl.hpp"
 #include "agent/text.hpp"
 #include "modules/lib/handlers.hpp"
@@ -70,7 +71,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   const std::string unit = unit_name(args);
   const bool user_scope = args.scope == "user";
   const std::string who = user_scope ? " (user " + args.user.value_or("") + ")" : "";
-  const bool offline = ctx.root.sandboxed();
+  const bool offline = ctx.manager ? !*ctx.manager : ctx.root.sandboxed();
   // Two bools, not an optional: GCC 12 takes an optional<bool> here for maybe uninitialised.
   const bool declares_enabled = args.enabled.has_value();
   const bool want_enabled = args.enabled.value_or(false);
@@ -125,7 +126,19 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
                             (user_scope ? "--user " : "") + "unmask " + unit + "); the agent does not unmask units");
   }
   const bool is_enabled = one_of(enablement, kEnabledStates);
+  // Before the agent's first change of the unit: its state, for gptagent revert.
+  bool remembered = false;
+  auto remember = [&]() -> std::optional<Result> {
+    if (remembered || !apply) return std::nullopt;
+    remembered = true;
+    UnitPreimage before{unit, args.scope, args.user.value_or(""), enablement, ""};
+    std::vector<std::string> unreported;  // a query for the record, not part of the task's commands
+    if (!offline) before.active = Systemctl{ctx, sc.base, &unreported}.ask({"is-active", unit}).first;
+    if (auto kept = keep_unit_preimage(ctx.root, before); !kept) return Result::failed(kept.error());
+    return std::nullopt;
+  };
   auto change = [&](const Command& cmd, const std::string& what) -> std::optional<Result> {
+    if (auto failed = remember()) return failed;
     if (offline) {  // files under the root only: allowed wherever the root is
       r.commands.push_back(cmd.display());
       if (!apply) return std::nullopt;

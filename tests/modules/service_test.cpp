@@ -82,14 +82,22 @@ class FakeSystemd final : public Exec {
   }
 };
 
-// Runs the module on the live system's root, every command going to the fake.
+// Runs a module as on a live system whose manager is the fake, every command going to it; the
+// tree stands in for / (its /etc/passwd has nobody, whose user manager a test reaches), so what
+// the agent records (the units' state before its first change) goes there.
 struct Live {
-  Root root{"/"};
+  test::TempDir dir;
+  Root root{dir.path()};
   Facts facts;
   FakeSystemd systemd;
-  Result run(const json& args, bool apply) {
-    const ModuleDef* def = Registry::instance().find("service");
+  Live() {
+    test::write(dir / "etc/passwd",
+                "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n");
+  }
+  Result run(const json& args, bool apply, const std::string& module = "service") {
+    const ModuleDef* def = Registry::instance().find(module);
     Context ctx{root, systemd, facts, true};
+    ctx.manager = true;
     return converge_module(*def, ctx, with_defaults(def->schema, args), apply);
   }
 };
@@ -117,6 +125,59 @@ TEST(Service, EnablesAndStartsThenIsOkWithNoChangingCommand) {
   EXPECT_EQ(second.msg, "foo.service is as wanted: enabled, active");
   EXPECT_TRUE(live.systemd.changes.empty());
   EXPECT_EQ(live.run(args, false).status, Outcome::ok);
+}
+
+// gptagent revert's restore_units: what the service module changed, back as it was before the
+// agent's first change of each unit (a later change keeps that first record), then ok.
+TEST(Service, RestoreUnitsPutsBackWhatTheAgentChangedAsItWasBefore) {
+  Live live;
+  live.systemd.add("foo.service", "disabled", "inactive");
+  live.systemd.add("bar.service", "enabled", "active");
+  live.systemd.add("static.service", "static", "inactive");
+  live.systemd.add("gnome-remote-desktop.service", "enabled", "active", "nobody");
+  for (const json& args :
+       {json{{"name", "foo"}, {"enabled", true}, {"state", "started"}}, json{{"name", "foo"}, {"state", "stopped"}},
+        json{{"name", "bar"}, {"enabled", false}, {"state", "stopped"}}, json{{"name", "static"}, {"state", "started"}},
+        json{{"name", "gnome-remote-desktop.service"}, {"scope", "user"}, {"user", "nobody"}, {"state", "stopped"}}})
+    ASSERT_EQ(live.run(args, true).status, Outcome::changed) << args.dump();
+  EXPECT_FALSE(fs::exists("/var/lib/gptagent/pre-images/index.json")) << "written to this machine";
+
+  live.systemd.changes.clear();
+  Result check = live.run(json::object(), false, "restore_units");
+  EXPECT_EQ(check.status, Outcome::changed) << check.msg;
+  EXPECT_TRUE(live.systemd.changes.empty()) << "check mode changed something";
+  Result r = live.run(json::object(), true, "restore_units");
+  EXPECT_EQ(r.status, Outcome::changed) << r.msg;
+  EXPECT_EQ(r.commands, check.commands) << "check mode named other commands than the run made";
+  EXPECT_EQ(live.systemd.changes,
+            (std::vector<std::string>{"systemctl enable bar.service", "systemctl start bar.service",
+                                      "systemctl disable foo.service", "systemctl stop static.service",
+                                      "runuser -u nobody -- env XDG_RUNTIME_DIR=/run/user/65534 systemctl --user "
+                                      "start gnome-remote-desktop.service"}));
+  EXPECT_EQ(live.systemd.unit("foo.service").enabled, "disabled");
+  EXPECT_EQ(live.systemd.unit("foo.service").active, "inactive");
+  EXPECT_EQ(live.systemd.unit("bar.service").enabled, "enabled");
+  EXPECT_EQ(live.systemd.unit("bar.service").active, "active");
+  EXPECT_EQ(live.systemd.unit("static.service").enabled, "static");
+  EXPECT_EQ(live.systemd.unit("gnome-remote-desktop.service", "nobody").active, "active");
+
+  live.systemd.changes.clear();
+  Result again = live.run(json::object(), true, "restore_units");
+  EXPECT_EQ(again.status, Outcome::ok) << again.msg;
+  EXPECT_EQ(again.msg, "4 units the agent changed are as before");
+  EXPECT_TRUE(live.systemd.changes.empty());
+}
+
+// A record the agent would not write names no unit to change.
+TEST(Service, AUnitRecordTheAgentWouldNotWriteIsAnError) {
+  Live live;
+  test::write(live.dir / "var/lib/gptagent/pre-images/index.json",
+              R"({"version": 1, "files": {}, "units": {"system|x; rm -rf /": {"unit": "x; rm -rf /", "scope": )"
+              R"("system", "user": "", "enabled": "enabled", "active": ""}}})");
+  Result r = live.run(json::object(), true, "restore_units");
+  EXPECT_EQ(r.status, Outcome::failed);
+  EXPECT_TRUE(has(r.msg, "is not one the agent writes")) << r.msg;
+  EXPECT_TRUE(live.systemd.commands.empty());
 }
 
 TEST(Service, StopsAndDisablesARunningEnabledUnit) {
@@ -211,7 +272,8 @@ TEST(Service, AUsersUnitGoesThroughTheirManager) {
   live.systemd.commands.clear();
   Result none = live.run({{"name", "x"}, {"scope", "user"}, {"user", "gpt-no-such-user"}, {"state", "stopped"}}, true);
   EXPECT_EQ(none.status, Outcome::failed);
-  EXPECT_EQ(none.msg, "unit x.service (user gpt-no-such-user): no user named 'gpt-no-such-user' on this host");
+  EXPECT_EQ(none.msg, "unit x.service (user gpt-no-such-user): no user named 'gpt-no-such-user' in /etc/passwd under " +
+                          live.dir.path());
   EXPECT_TRUE(live.systemd.commands.empty());
 }
 
@@ -256,6 +318,7 @@ TEST(Service, RestartedIsForHandlersOnly) {
   std::vector<TaskReport> reports;
   test::Collect collect(reports);
   Context ctx{live.root, live.systemd, live.facts, true};
+  ctx.manager = true;
   run_playbook(loaded.playbook, ctx, {}, collect);
   EXPECT_EQ(live.systemd.changes,
             (std::vector<std::string>{"systemctl enable foo.service", "systemctl restart foo.service"}));
@@ -329,6 +392,25 @@ TEST(Service, UnderRootEnablesOfflineWithTheRealSystemctl) {
   EXPECT_FALSE(fs::is_symlink(host.wants()));
   EXPECT_EQ(host.run({{"name", "plain"}, {"enabled", true}}, true).status, Outcome::ok)
       << "a static unit needs no enabling";
+}
+
+// gptagent apply then gptagent revert under --root, through the binary: the unit the run enabled
+// offline is disabled again, and a second revert changes nothing.
+TEST(Service, UnderRootRevertDisablesWhatTheRunEnabled) {
+  if (!test::exists("/usr/bin/systemctl") && !test::exists("/bin/systemctl")) GTEST_SKIP() << "no systemctl";
+  OfflineRoot host;
+  test::TempDir plays;
+  test::write(plays / "units.yaml", "tasks:\n  - name: foo at boot\n    service: {name: foo, enabled: true}\n");
+  auto applied = test::run_agent({"apply", plays / "units.yaml", "--root", host.dir.path(), "--color", "never"});
+  ASSERT_EQ(applied.exit_code, 0) << applied.out << applied.err;
+  ASSERT_TRUE(fs::is_symlink(host.wants()));
+  auto reverted = test::run_agent({"revert", "--root", host.dir.path()});
+  EXPECT_EQ(reverted.exit_code, 0) << reverted.out << reverted.err;
+  EXPECT_TRUE(has(reverted.out, "disabled: foo.service")) << reverted.out;
+  EXPECT_FALSE(fs::is_symlink(host.wants()));
+  auto again = test::run_agent({"revert", "--root", host.dir.path()});
+  EXPECT_EQ(again.exit_code, 0) << again.out << again.err;
+  EXPECT_TRUE(has(again.out, "changed=0")) << again.out;
 }
 
 TEST(Service, UnderRootStartingIsReportedAsWhatWouldRun) {
