@@ -137,8 +137,9 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     if (auto kept = keep_unit_preimage(ctx.root, before); !kept) return Result::failed(kept.error());
     return std::nullopt;
   };
-  auto change = [&](const Command& cmd, const std::string& what) -> std::optional<Result> {
-    if (auto failed = remember()) return failed;
+  // A restart (a handler's) leaves the unit as it was: nothing to put back, nothing recorded.
+  auto change = [&](const Command& cmd, const std::string& what, bool restart = false) -> std::optional<Result> {
+    if (auto failed = restart ? std::nullopt : remember()) return failed;
     if (offline) {  // files under the root only: allowed wherever the root is
       r.commands.push_back(cmd.display());
       if (!apply) return std::nullopt;
@@ -175,7 +176,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
         return skipped;
       }
     } else if (state == "restarted") {
-      if (auto failed = change(sc.command({"restart", unit}), "restarted " + unit)) return *failed;
+      if (auto failed = change(sc.command({"restart", unit}), "restarted " + unit, true)) return *failed;
       done.push_back("restarted");
     } else {
       auto [activity, act_res] = sc.ask({"is-active", unit});

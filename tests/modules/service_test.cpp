@@ -168,6 +168,17 @@ TEST(Service, RestoreUnitsPutsBackWhatTheAgentChangedAsItWasBefore) {
   EXPECT_TRUE(live.systemd.changes.empty());
 }
 
+// A handler's restart leaves the unit as it was: revert has nothing of it to put back.
+TEST(Service, ARestartIsNotRecordedForRevert) {
+  Live live;
+  live.systemd.add("libvirtd.service", "enabled", "inactive");
+  Result r = live.run({{"name", "libvirtd"}, {"state", "restarted"}}, true);
+  EXPECT_EQ(r.status, Outcome::changed) << r.msg;
+  EXPECT_EQ(live.systemd.unit("libvirtd.service").active, "active");
+  EXPECT_FALSE(fs::exists(live.dir / "var/lib/gptagent/pre-images/index.json"));
+  EXPECT_EQ(live.run(json::object(), true, "restore_units").msg, "0 units the agent changed are as before");
+}
+
 // A record the agent would not write names no unit to change.
 TEST(Service, AUnitRecordTheAgentWouldNotWriteIsAnError) {
   Live live;
@@ -324,6 +335,8 @@ TEST(Service, RestartedIsForHandlersOnly) {
             (std::vector<std::string>{"systemctl enable foo.service", "systemctl restart foo.service"}));
   ASSERT_EQ(reports.size(), 2u);
   EXPECT_TRUE(reports[1].handler);
+  // The restart is recorded nowhere (revert has nothing to put back); the enabling is.
+  EXPECT_TRUE(has(test::slurp(live.dir / "var/lib/gptagent/pre-images/index.json"), "\"enabled\": \"disabled\""));
   // Converged: not notified, not restarted.
   live.systemd.changes.clear();
   reports.clear();
