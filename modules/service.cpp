@@ -126,12 +126,14 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
                             (user_scope ? "--user " : "") + "unmask " + unit + "); the agent does not unmask units");
   }
   const bool is_enabled = one_of(enablement, kEnabledStates);
-  // Before the agent's first change of the unit: its state, for gptagent revert.
+  // Before the agent's first change of the unit: its state, for gptagent revert. (A copy: clang
+  // before 16 cannot capture a structured binding.)
+  const std::string enabled_before = enablement;
   bool remembered = false;
   auto remember = [&]() -> std::optional<Result> {
     if (remembered || !apply) return std::nullopt;
     remembered = true;
-    UnitPreimage before{unit, args.scope, args.user.value_or(""), enablement, ""};
+    UnitPreimage before{unit, args.scope, args.user.value_or(""), enabled_before, ""};
     std::vector<std::string> unreported;  // a query for the record, not part of the task's commands
     if (!offline) before.active = Systemctl{ctx, sc.base, &unreported}.ask({"is-active", unit}).first;
     if (auto kept = keep_unit_preimage(ctx.root, before); !kept) return Result::failed(kept.error());
