@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "agent/exec.hpp"
+#include "agent/facts.hpp"
 #include "agent/text.hpp"
 
 namespace gpt {
@@ -146,22 +147,49 @@ std::string install_cmdline_guard_script(const std::vector<std::string>& params)
                            "its boot entry (loader/entries/*-$version.conf) lacks$missing; run gptagent apply");
 }
 
+Expected<std::vector<LoaderEntry>> loader_entries(const Root& root, const std::string& dir) {
+  std::vector<LoaderEntry> out;
+  auto names = list_dir(root, dir);
+  if (!names) return Error{names.error()};
+  std::optional<std::string> kernelopts;
+  for (const auto& n : *names) {
+    if (n.size() < 5 || n.substr(n.size() - 5) != ".conf") continue;
+    LoaderEntry e{dir + "/" + n, {}};
+    auto text = read_file(root, e.path);
+    if (!text) return Error{text.error()};
+    for (std::string_view line : lines(*text)) {
+      line = trim(line);
+      if (line.substr(0, 7) != "options" || (line.size() > 7 && line[7] != ' ' && line[7] != '\t')) continue;
+      for (auto& p : parse_cmdline(line.substr(7))) {
+        if (p == "$kernelopts") {
+          if (!kernelopts) {
+            kernelopts = "";
+            if (auto env = read_file_if_exists(root, "/boot/grub2/grubenv"); env && *env)
+              for (std::string_view l : lines(**env))
+                if (l.substr(0, 11) == "kernelopts=") kernelopts = std::string(l.substr(11));
+          }
+          for (auto& k : parse_cmdline(*kernelopts)) e.options.push_back(k);
+        } else {
+          e.options.push_back(p);
+        }
+      }
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 std::optional<std::vector<std::string>> loader_entry_options(const Root& root, const std::string& kernel) {
-  for (const char* dir : {"/boot/loader/entries", "/efi/loader/entries", "/boot/efi/loader/entries"}) {
-    auto names = list_dir(root, dir);
-    if (!names) continue;
-    for (const auto& n : *names) {
-      const std::string stem = n.size() > 5 && n.substr(n.size() - 5) == ".conf" ? n.substr(0, n.size() - 5) : "";
+  for (const auto& dir : kLoaderEntryDirs) {
+    auto entries = loader_entries(root, dir);
+    if (!entries) continue;
+    for (auto& e : *entries) {
+      const std::string name = e.path.substr(dir.size() + 1);
+      const std::string stem = name.substr(0, name.size() - 5);
       const auto plus = stem.rfind('+');
       const std::string base = plus == std::string::npos ? stem : stem.substr(0, plus);
-      if (base.size() <= kernel.size() || base.substr(base.size() - kernel.size() - 1) != "-" + kernel) continue;
-      auto text = read_file(root, std::string(dir) + "/" + n, 1u << 16);
-      if (!text) continue;
-      for (std::string_view line : lines(*text)) {
-        auto w = words(trim(line));
-        if (!w.empty() && w[0] == "options") return std::vector<std::string>(w.begin() + 1, w.end());
-      }
-      return std::vector<std::string>{};
+      if (base.size() > kernel.size() && base.substr(base.size() - kernel.size() - 1) == "-" + kernel)
+        return std::move(e.options);
     }
   }
   return std::nullopt;

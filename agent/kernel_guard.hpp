@@ -10,6 +10,7 @@
 // loudly, when something is missing.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,6 +34,15 @@ std::string cmdline_guard_script(const std::vector<std::string>& params, const s
 // kernel-install's plugins: `add VERSION ENTRY_DIR IMAGE [INITRD...]` checks; anything else passes.
 std::string install_initramfs_guard_script(const std::vector<std::string>& modules);
 std::string install_cmdline_guard_script(const std::vector<std::string>& params);
+// The loader directories kernel-install and grubby keep BootLoaderSpec entries in, and the entries
+// of one with their `options` (Fedora 30-32 entries say `options $kernelopts`, kept in grubenv).
+inline const std::array<std::string, 3> kLoaderEntryDirs = {"/boot/loader/entries", "/efi/loader/entries",
+                                                            "/boot/efi/loader/entries"};
+struct LoaderEntry {
+  std::string path;
+  std::vector<std::string> options;
+};
+Expected<std::vector<LoaderEntry>> loader_entries(const Root& root, const std::string& dir);
 // The options of a kernel's BootLoaderSpec entry (NAME-VERSION.conf, or NAME-VERSION+TRIES.conf
 // where boot counting is on) in the loader directories kernel-install writes to; nullopt when it
 // has none.

@@ -382,50 +382,9 @@ Expected<PathResult> converge_grub(Context& ctx, const Args& args, const Want& w
 
 // ---- BootLoaderSpec entries through grubby (Fedora, RHEL) ----
 
-const std::array<std::string, 3> kEntryDirs = {"/boot/loader/entries", "/efi/loader/entries",
-                                               "/boot/efi/loader/entries"};
-
-struct Entry {
-  std::string path;
-  std::vector<std::string> options;
-};
-
-// `options` of each entry; Fedora 30-32 entries say `options $kernelopts`, kept in grubenv.
-Expected<std::vector<Entry>> loader_entries(const Root& root, const std::string& dir) {
-  std::vector<Entry> out;
-  auto names = list_dir(root, dir);
-  if (!names) return Error{names.error()};
-  std::optional<std::string> kernelopts;
-  for (const auto& n : *names) {
-    if (n.size() < 5 || n.substr(n.size() - 5) != ".conf") continue;
-    Entry e{dir + "/" + n, {}};
-    auto text = read_file(root, e.path);
-    if (!text) return Error{text.error()};
-    for (std::string_view line : lines(*text)) {
-      line = trim(line);
-      if (line.substr(0, 7) != "options" || (line.size() > 7 && line[7] != ' ' && line[7] != '\t')) continue;
-      for (auto& p : parse_cmdline(line.substr(7))) {
-        if (p == "$kernelopts") {
-          if (!kernelopts) {
-            kernelopts = "";
-            if (auto env = read_file_if_exists(root, "/boot/grub2/grubenv"); env && *env)
-              for (std::string_view l : lines(**env))
-                if (l.substr(0, 11) == "kernelopts=") kernelopts = std::string(l.substr(11));
-          }
-          for (auto& k : parse_cmdline(*kernelopts)) e.options.push_back(k);
-        } else {
-          e.options.push_back(p);
-        }
-      }
-    }
-    out.push_back(std::move(e));
-  }
-  return out;
-}
-
 Expected<PathResult> converge_grubby(Context& ctx, const Args& args, const Want& w, bool apply) {
-  std::vector<Entry> entries;
-  for (const auto& dir : kEntryDirs) {
+  std::vector<LoaderEntry> entries;
+  for (const auto& dir : kLoaderEntryDirs) {
     auto e = loader_entries(ctx.root, dir);
     if (!e) return Error{e.error()};
     if (!e->empty()) {
@@ -592,7 +551,7 @@ Expected<PathResult> converge_kernelstub(Context& ctx, const Args&, const Want& 
 // ---- which boot path ----
 
 bool any_entries(const Root& root) {
-  for (const auto& dir : kEntryDirs)
+  for (const auto& dir : kLoaderEntryDirs)
     if (auto names = list_dir(root, dir); names)
       for (const auto& n : *names)
         if (n.size() > 5 && n.substr(n.size() - 5) == ".conf") return true;
