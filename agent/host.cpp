@@ -8,6 +8,7 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -289,6 +290,14 @@ Fd create_unique_temp(int dirfd, const std::string& name, std::string& tmp) {
   return Fd();
 }
 
+bool on_fat(int fd) {
+  struct statfs st {};
+  const int saved = errno;
+  const bool fat = ::fstatfs(fd, &st) == 0 && st.f_type == 0x4d44;  // MSDOS_SUPER_MAGIC
+  errno = saved;
+  return fat;
+}
+
 // Writes `content` to a fresh temp file in dirfd and renames it to `name`. The temp file has a
 // fixed name per target (only one run holds the root lock, and a leftover from a killed run is
 // replaced) unless `unique`.
@@ -312,8 +321,11 @@ Status replace_in_dir(int dirfd, const std::string& name, std::string_view conte
     ::unlinkat(dirfd, tmp.c_str(), 0);
     return Error{"cannot write: " + s.error()};
   }
-  if (owner && ::fchown(fd.get(), owner->first, owner->second) != 0) return fail("cannot keep the owner");
-  if (::fchmod(fd.get(), mode) != 0) return fail("cannot set the mode");
+  // FAT (an EFI system partition) keeps no owner or mode: its mount options decide them, and a
+  // change it cannot hold is refused with EPERM.
+  if (owner && ::fchown(fd.get(), owner->first, owner->second) != 0 && !(errno == EPERM && on_fat(fd.get())))
+    return fail("cannot keep the owner");
+  if (::fchmod(fd.get(), mode) != 0 && !(errno == EPERM && on_fat(fd.get()))) return fail("cannot set the mode");
   if (::fsync(fd.get()) != 0) return fail("cannot sync");
   if (::close(fd.release()) != 0) return fail("cannot close");
   if (::renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0) return fail("cannot rename");

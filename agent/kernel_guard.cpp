@@ -179,18 +179,20 @@ Expected<std::vector<LoaderEntry>> loader_entries(const Root& root, const std::s
   return out;
 }
 
+bool entry_of_kernel(std::string_view name, const std::string& kernel) {
+  if (name.size() < 5 || name.substr(name.size() - 5) != ".conf") return false;
+  const std::string_view stem = name.substr(0, name.size() - 5);
+  const auto plus = stem.rfind('+');
+  const std::string_view base = plus == std::string_view::npos ? stem : stem.substr(0, plus);
+  return base.size() > kernel.size() + 1 && base.substr(base.size() - kernel.size() - 1) == "-" + kernel;
+}
+
 std::optional<std::vector<std::string>> loader_entry_options(const Root& root, const std::string& kernel) {
   for (const auto& dir : kLoaderEntryDirs) {
     auto entries = loader_entries(root, dir);
     if (!entries) continue;
-    for (auto& e : *entries) {
-      const std::string name = e.path.substr(dir.size() + 1);
-      const std::string stem = name.substr(0, name.size() - 5);
-      const auto plus = stem.rfind('+');
-      const std::string base = plus == std::string::npos ? stem : stem.substr(0, plus);
-      if (base.size() > kernel.size() && base.substr(base.size() - kernel.size() - 1) == "-" + kernel)
-        return std::move(e.options);
-    }
+    for (auto& e : *entries)
+      if (entry_of_kernel(std::string_view(e.path).substr(dir.size() + 1), kernel)) return std::move(e.options);
   }
   return std::nullopt;
 }

@@ -43,6 +43,9 @@ struct LoaderEntry {
   std::vector<std::string> options;
 };
 Expected<std::vector<LoaderEntry>> loader_entries(const Root& root, const std::string& dir);
+// Whether an entry's file name is a kernel's as kernel-install names them: NAME-VERSION.conf, or
+// NAME-VERSION+LEFT[-DONE].conf where boot counting is on.
+bool entry_of_kernel(std::string_view file_name, const std::string& kernel);
 // The options of a kernel's BootLoaderSpec entry (NAME-VERSION.conf, or NAME-VERSION+TRIES.conf
 // where boot counting is on) in the loader directories kernel-install writes to; nullopt when it
 // has none.

@@ -50,6 +50,7 @@ struct TrialRecord {
   std::string initrd;               // the trial's own initramfs (host path); empty when the initramfs did not change
   bool custom_cfg_created = false;  // custom.cfg did not exist before the trial: it goes with it
   std::string entry;                // BootLoaderSpec: the trial's entry file (kTrialBlsEntry); empty on GRUB's own
+  std::string loader;               // "systemd-boot" (grub_dir empty, entry in a loader directory); empty: GRUB
   std::vector<HandlerRequest> deferred;        // module handlers the commit runs (grub_config, initramfs)
   std::vector<std::string> deferred_notified;  // the playbook's handlers the commit runs, by name
   // The stage's files, for undoing it: path -> its backup (empty: the stage created the file).

@@ -1,6 +1,7 @@
 #include "agent/trial.hpp"
 
 #include <fcntl.h>
+#include <fnmatch.h>
 
 #include <algorithm>
 #include <cctype>
@@ -9,6 +10,7 @@
 
 #include "agent/changes.hpp"
 #include "agent/installed.hpp"
+#include "agent/kernel_guard.hpp"
 #include "agent/text.hpp"
 #include "modules/lib/grub_default.hpp"
 #include "modules/lib/handlers.hpp"
@@ -107,6 +109,57 @@ bool safe_text(std::string_view s) {
   });
 }
 
+// A trial initramfs the agent builds: /boot/NAME beside the kernel's (GRUB, BootLoaderSpec with
+// GRUB) or, on systemd-boot, in the kernel's own directory under the boot partition
+// (/efi/MACHINE-ID/VERSION/initrd.gptagent-trial).
+bool own_trial_initrd(const std::string& p, bool sdboot) {
+  if (p.find("..") != std::string::npos || p.find("//") != std::string::npos ||
+      base_name(p).find(kTrialSuffix) == std::string::npos)
+    return false;
+  if (!std::all_of(p.begin(), p.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '/' || c == '.' || c == '-' || c == '_' ||
+               c == '+' || c == '~';
+      }))
+    return false;
+  if (!sdboot) return p.rfind("/boot/", 0) == 0 && p.find('/', 6) == std::string::npos;
+  return p.rfind("/boot/", 0) == 0 || p.rfind("/efi/", 0) == 0;
+}
+
+// systemd-boot's EFI variables (vendor GUID 4a67b082-...) as the strings they hold: UTF-16LE after
+// the four bytes of attributes. nullopt when the variable is not set.
+Expected<std::optional<std::string>> loader_variable(const Root& root, const std::string& name) {
+  auto raw = read_file_if_exists(root, "/sys/firmware/efi/efivars/" + name + "-" + kLoaderVendorGuid, 1u << 12);
+  if (!raw) return Error{raw.error()};
+  if (!*raw) return std::optional<std::string>();
+  const std::string& b = **raw;
+  std::string out;
+  for (size_t i = 4; i + 1 < b.size(); i += 2) {
+    const unsigned c = static_cast<unsigned char>(b[i]) | static_cast<unsigned char>(b[i + 1]) << 8;
+    if (c == 0) break;
+    out += c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?';
+  }
+  return std::optional<std::string>(out);
+}
+
+// A trial entry's file name on systemd-boot: the one the agent writes (+1: one try) and the names
+// systemd-boot renames it to as it counts (gptagent-trial+0-1.conf), or blesses it to.
+bool trial_entry_name(std::string_view n) {
+  const std::string_view stem = "gptagent-trial";
+  if (n.substr(0, stem.size()) != stem || n.size() < stem.size() + 5 || n.substr(n.size() - 5) != ".conf") return false;
+  const std::string_view counter = n.substr(stem.size(), n.size() - stem.size() - 5);
+  if (counter.empty()) return true;
+  if (counter[0] != '+' || counter.size() < 2) return false;
+  bool dash = false;
+  for (size_t i = 1; i < counter.size(); ++i) {
+    if (counter[i] == '-' && !dash && i > 1 && i + 1 < counter.size()) {
+      dash = true;
+      continue;
+    }
+    if (!std::isdigit(static_cast<unsigned char>(counter[i]))) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 json TrialRecord::to_json() const {
@@ -119,6 +172,7 @@ json TrialRecord::to_json() const {
             {"deferred", hs},   {"deferred_notified", deferred_notified},
             {"written", w}};
   if (!entry.empty()) j["entry"] = entry;
+  if (!loader.empty()) j["loader"] = loader;
   return j;
 }
 
@@ -129,17 +183,23 @@ Expected<TrialRecord> TrialRecord::from_json(const json& j) {
     if (t.id.size() != 12 ||
         !std::all_of(t.id.begin(), t.id.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
       return Error{"id '" + t.id + "' is not one the agent makes"};
+    t.loader = j.value("loader", "");
+    if (!t.loader.empty() && t.loader != kSystemdBoot)
+      return Error{"loader '" + t.loader + "' is not one the agent arms"};
+    const bool sdboot = t.loader == kSystemdBoot;
     t.grub_dir = j.at("grub_dir").get<std::string>();
-    if (t.grub_dir != "/boot/grub" && t.grub_dir != "/boot/grub2")
+    if (sdboot ? !t.grub_dir.empty() : t.grub_dir != "/boot/grub" && t.grub_dir != "/boot/grub2")
       return Error{"grub_dir '" + t.grub_dir + "' is not GRUB's"};
     t.initrd = j.at("initrd").get<std::string>();
-    if (!t.initrd.empty() &&
-        (t.initrd.rfind("/boot/", 0) != 0 || t.initrd.find('/', 6) != std::string::npos ||
-         t.initrd.find(kTrialSuffix) == std::string::npos || t.initrd.find("..") != std::string::npos))
-      return Error{"initrd '" + t.initrd + "' is not a trial initramfs in /boot"};
+    if (!t.initrd.empty() && !own_trial_initrd(t.initrd, sdboot))
+      return Error{"initrd '" + t.initrd + "' is not a trial initramfs where the agent builds them"};
     t.custom_cfg_created = j.at("custom_cfg_created").get<bool>();
     t.entry = j.value("entry", "");
-    if (!t.entry.empty() && t.entry != kTrialBlsEntry) return Error{"entry '" + t.entry + "' is not the trial's"};
+    const bool own_entry =
+        sdboot ? std::any_of(kLoaderEntryDirs.begin(), kLoaderEntryDirs.end(),
+                             [&](const std::string& d) { return t.entry == d + "/" + kTrialCountedEntry; })
+               : t.entry.empty() || t.entry == kTrialBlsEntry;
+    if (!own_entry) return Error{"entry '" + t.entry + "' is not the trial's"};
     for (const auto& h : j.at("deferred")) {
       HandlerRequest req{h.at("name").get<std::string>(), h.at("module").get<std::string>(),
                          h.value("args", json::object())};
@@ -284,26 +344,35 @@ std::vector<std::string> grubby_options(std::vector<std::string> opts, const Gru
 }
 
 // An initrd line with the kernel's own initramfs (of `release`) replaced by the trial's, which
-// is built here: microcode images before it stay. Sets t.initrd.
+// is built here: microcode images before it stay. Sets t.initrd: /boot/NAME on GRUB's boot paths;
+// with `boot_root` (systemd-boot: the partition the entry's paths are relative to) beside the
+// kernel's own, whose name may also be kernel-install's `initrd`.
 Expected<std::string> trial_initrd_line(Context& ctx, TrialRecord& t, const std::string& line,
-                                        const std::string& release) {
+                                        const std::string& release, const std::string& boot_root = "") {
   if (release.empty())
     return Error{"the entry's kernel is not named vmlinuz-RELEASE: cannot build its trial initramfs"};
   const auto w = words(line);
   const std::string& tool = ctx.facts.boot.initramfs;
   const std::string original = tool == "update-initramfs" ? "initrd.img-" + release : "initramfs-" + release + ".img";
-  const std::string trial_name =
-      tool == "update-initramfs" ? original + kTrialSuffix : "initramfs-" + release + kTrialSuffix + ".img";
   std::string rewritten = line;
   bool replaced = false;
-  for (size_t k = 1; k < w.size() && !replaced; ++k)
-    if (base_name(w[k]) == original) {
-      const size_t at = rewritten.find(w[k], rewritten.find(w[0]) + w[0].size());
-      rewritten.replace(at, w[k].size(), w[k].substr(0, w[k].size() - original.size()) + trial_name);
-      replaced = true;
-    }
-  if (!replaced) return Error{"the entry's initrd line names no " + original + ": cannot boot a trial initramfs"};
-  t.initrd = "/boot/" + trial_name;
+  for (size_t k = 1; k < w.size() && !replaced; ++k) {
+    const std::string base = base_name(w[k]);
+    if (base != original && (boot_root.empty() || base != "initrd")) continue;
+    const std::string trial_name =
+        base == "initramfs-" + release + ".img" ? "initramfs-" + release + kTrialSuffix + ".img" : base + kTrialSuffix;
+    const std::string dir = w[k].substr(0, w[k].size() - base.size());
+    const size_t at = rewritten.find(w[k], rewritten.find(w[0]) + w[0].size());
+    rewritten.replace(at, w[k].size(), dir + trial_name);
+    t.initrd =
+        boot_root.empty() ? "/boot/" + trial_name : boot_root + (dir.rfind('/', 0) == 0 ? "" : "/") + dir + trial_name;
+    replaced = true;
+  }
+  if (!replaced)
+    return Error{"the entry's initrd line names no " + original + (boot_root.empty() ? "" : " or initrd") +
+                 ": cannot boot a trial initramfs"};
+  if (!own_trial_initrd(t.initrd, !boot_root.empty()))
+    return Error{"the trial initramfs would be " + t.initrd + ", not a path the agent builds them at"};
   Command build;
   if (tool == "update-initramfs")
     build.argv = {"mkinitramfs", "-o", t.initrd, release};
@@ -428,15 +497,188 @@ Status write_bls_trial(Context& ctx, const GrubLayout& g, TrialRecord& t, const 
   return {};
 }
 
+// ---- systemd-boot ----
+
+// The running kernel's entry: the one `kernel-install add` writes again at the commit.
+struct KernelEntry {
+  std::string dir, path, text;
+};
+
+Expected<KernelEntry> running_kernel_entry(const Context& ctx) {
+  const std::string& release = ctx.facts.kernel_release;
+  if (release.empty()) return Error{"the running kernel's release is not known"};
+  std::vector<KernelEntry> found;
+  for (const auto& dir : kLoaderEntryDirs) {
+    auto names = list_dir(ctx.root, dir);
+    if (!names) continue;
+    for (const auto& n : *names) {
+      if (trial_entry_name(n) || !entry_of_kernel(n, release)) continue;
+      auto text = read_file(ctx.root, dir + "/" + n, 1u << 16);
+      if (!text) return Error{text.error()};
+      found.push_back({dir, dir + "/" + n, *text});
+    }
+  }
+  if (found.empty())
+    return Error{"no boot entry of the running kernel " + release + " in " +
+                 join(std::vector<std::string>(kLoaderEntryDirs.begin(), kLoaderEntryDirs.end()), ", ") +
+                 " (kernel-install names them ENTRY-TOKEN-" + release +
+                 ".conf): the trial copies the entry the commit writes again"};
+  if (found.size() > 1) {
+    std::vector<std::string> paths;
+    for (const auto& e : found) paths.push_back(e.path);
+    return Error{"several boot entries of the running kernel " + release + " (" + join(paths, ", ") +
+                 "): cannot tell which one the trial should copy"};
+  }
+  return found.front();
+}
+
+Status sdboot_trial_possible(Context& ctx) {
+  auto info = loader_variable(ctx.root, "LoaderInfo");
+  if (!info) return Error{info.error()};
+  if (!*info || (*info)->rfind("systemd-boot", 0) != 0)
+    return Error{"this boot did not come through systemd-boot (its LoaderInfo EFI variable " +
+                 (*info ? "says '" + **info + "'" : std::string("is not set")) +
+                 "): on kernel-install hosts the trial's one-shot is systemd-boot's (bootctl set-oneshot)"};
+  // LoaderFeatures, a 64-bit mask after the attributes: bit 3 is the one-shot entry.
+  auto features =
+      read_file_if_exists(ctx.root, std::string("/sys/firmware/efi/efivars/LoaderFeatures-") + kLoaderVendorGuid, 64);
+  if (!features) return Error{features.error()};
+  if (*features && (*features)->size() >= 5 && !((*features)->at(4) & 0x08))
+    return Error{"this systemd-boot does not take a one-shot entry (LoaderFeatures lacks it)"};
+  for (const char* tool : {"bootctl", "kernel-install"})
+    if (!find_program(ctx.root, tool)) return Error{std::string(tool) + " not found on this host"};
+  // The default entry, where a pattern names it (LoaderEntryDefault, else loader.conf's default),
+  // must not be the trial's: a reset would boot the trial again.
+  auto var = loader_variable(ctx.root, "LoaderEntryDefault");
+  if (!var) return Error{var.error()};
+  std::string pattern = *var ? **var : "", from = "the LoaderEntryDefault EFI variable";
+  for (const char* root : {"/efi", "/boot", "/boot/efi"}) {
+    if (!pattern.empty()) break;
+    const std::string conf = std::string(root) + "/loader/loader.conf";
+    auto text = read_file_if_exists(ctx.root, conf, 1u << 16);
+    if (!text) return Error{text.error()};
+    if (*text)
+      for (std::string_view line : lines(**text))
+        if (auto w = words(line); w.size() >= 2 && w[0] == "default") {
+          pattern = w[1];
+          from = conf;
+        }
+  }
+  std::string lower = pattern;
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (!lower.empty() && lower[0] != '@' && ::fnmatch(lower.c_str(), kTrialCountedEntry, 0) == 0)
+    return Error{from + " names the default entry as '" + pattern + "', which takes the trial's " + kTrialCountedEntry +
+                 " too: the trial would stay the default"};
+  auto e = running_kernel_entry(ctx);
+  if (!e) return Error{e.error()};
+  for (std::string_view line : lines(e->text)) {
+    auto w = words(line);
+    if (!w.empty() && (w[0] == "efi" || w[0] == "uki"))
+      return Error{e->path + " boots " + w[0] + " " + (w.size() > 1 ? w[1] : "") +
+                   ", not a kernel with a command line of its own: the trial cannot carry its options"};
+  }
+  return {};
+}
+
+// The options `kernel-install add` writes for the running kernel (90-loaderentry.install):
+// /etc/kernel/cmdline, else /usr/lib/kernel/cmdline, else /proc/cmdline without the loader's own;
+// with systemd.machine_id= kept where the entry has it and the file does not (kernel-install adds
+// it when entries are named after the machine ID).
+Expected<std::vector<std::string>> kernel_install_options(const Context& ctx, const std::vector<std::string>& now) {
+  std::vector<std::string> opts;
+  bool from_file = false;
+  for (const char* f : {"/etc/kernel/cmdline", "/usr/lib/kernel/cmdline"}) {
+    auto text = read_file_if_exists(ctx.root, f);
+    if (!text) return Error{text.error()};
+    if (*text) {
+      opts = parse_cmdline(**text);
+      from_file = true;
+      break;
+    }
+  }
+  if (!from_file)
+    for (const auto& p : ctx.facts.cmdline)
+      if (p.rfind("BOOT_IMAGE=", 0) != 0 && p.rfind("initrd=", 0) != 0) opts.push_back(p);
+  const auto machine_id = [](const std::string& p) { return p.rfind("systemd.machine_id=", 0) == 0; };
+  if (std::none_of(opts.begin(), opts.end(), machine_id))
+    for (const auto& p : now)
+      if (machine_id(p)) opts.push_back(p);
+  return opts;
+}
+
+// The running kernel's entry copied beside it as kTrialCountedEntry.
+Status write_sdboot_trial(Context& ctx, TrialRecord& t, const std::string& stage,
+                          const std::vector<HandlerRequest>& deferred, bool new_initramfs) {
+  auto e = running_kernel_entry(ctx);
+  if (!e) return Error{e.error()};
+  const std::string boot_root = e->dir.substr(0, e->dir.size() - std::string_view("/loader/entries").size());
+  std::vector<std::string> opts;
+  for (std::string_view line : lines(e->text)) {
+    line = trim(line);
+    if (line.substr(0, 7) == "options" && (line.size() == 7 || line[7] == ' ' || line[7] == '\t'))
+      for (auto& p : parse_cmdline(line.substr(7))) opts.push_back(std::move(p));
+  }
+  if (std::any_of(deferred.begin(), deferred.end(),
+                  [](const HandlerRequest& h) { return h.module == "kernel_install"; })) {
+    auto o = kernel_install_options(ctx, opts);
+    if (!o) return Error{o.error()};
+    opts = std::move(*o);
+  }
+  const std::string options =
+      "options " + join(opts, " ") + (opts.empty() ? "" : " ") + "panic=10 gptagent.trial=" + t.id;
+  std::vector<std::string> body;
+  bool saw_linux = false, wrote_options = false;
+  for (std::string_view raw : lines(e->text)) {
+    std::string line(raw);
+    auto w = words(line);
+    if (!w.empty() && w[0] == "title") {
+      line = "title gptagent trial boot (stage " + safe_stage_name(stage) + ")";
+    } else if (!w.empty() && w[0] == "sort-key") {
+      continue;  // without one it sorts after every entry that has one: never the default by its place
+    } else if (!w.empty() && w[0] == "linux") {
+      saw_linux = true;
+    } else if (!w.empty() && w[0] == "options") {
+      if (wrote_options) continue;  // systemd-boot joins every options line: the one line has them all
+      line = options;
+      wrote_options = true;
+    } else if (!w.empty() && w[0] == "initrd" && new_initramfs && t.initrd.empty()) {
+      auto rewritten = trial_initrd_line(ctx, t, line, ctx.facts.kernel_release, boot_root);
+      // A microcode image goes first: the kernel's own initramfs is a later line.
+      if (!rewritten && w.size() >= 2 && base_name(w[1]).find("ucode") != std::string::npos) {
+        body.push_back(line);
+        continue;
+      }
+      if (!rewritten) return Error{e->path + ": " + rewritten.error()};
+      line = *rewritten;
+    }
+    body.push_back(line);
+  }
+  if (!saw_linux) return Error{e->path + " has no linux line"};
+  if (!wrote_options) body.push_back(options);
+  if (new_initramfs && t.initrd.empty()) return Error{e->path + " has no initrd line: cannot boot a trial initramfs"};
+  t.loader = kSystemdBoot;
+  t.grub_dir.clear();
+  t.entry = e->dir + "/" + kTrialCountedEntry;
+  WriteOptions wo;
+  wo.backup = false;
+  if (auto w = write_file_atomic(ctx.root, t.entry, join(body, "\n") + "\n", wo); !w) return Error{w.error()};
+  return {};
+}
+
 }  // namespace
 
 Status trial_possible(Context& ctx) {
   auto path = detect_boot_path(ctx);
   if (!path) return Error{path.error() + kChoices};
+  if (*path == "kernel-install") {
+    auto s = sdboot_trial_possible(ctx);
+    if (!s) return Error{s.error() + kChoices};
+    return s;
+  }
   if (*path != "grub" && *path != "grubby")
     return Error{"this host boots through " + *path +
-                 ", and trial boots are built for GRUB's own configuration (Debian, Ubuntu, Arch) and for "
-                 "BootLoaderSpec entries with GRUB (grubby: Fedora, RHEL) so far" +
+                 ", and trial boots are built for GRUB's own configuration (Debian, Ubuntu, Arch), for "
+                 "BootLoaderSpec entries with GRUB (grubby: Fedora, RHEL) and for systemd-boot with kernel-install" +
                  kChoices};
   auto g = grub_layout(ctx);
   if (!g) return Error{g.error() + kChoices};
@@ -449,14 +691,25 @@ Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage,
                                     const std::vector<HandlerRequest>& deferred) {
   auto path = detect_boot_path(ctx);
   if (!path) return Error{path.error()};
-  auto g = grub_layout(ctx);
-  if (!g) return Error{g.error()};
   TrialRecord t;
   t.id = random_id();
-  t.grub_dir = g->dir;
   for (const auto& h : deferred) t.deferred.push_back(h);
   const bool new_initramfs =
       std::any_of(deferred.begin(), deferred.end(), [](const HandlerRequest& h) { return h.module == "initramfs"; });
+  if (*path == "kernel-install") {
+    Status written = write_sdboot_trial(ctx, t, stage, deferred, new_initramfs);
+    if (written)
+      written =
+          run(ctx, Command{{"bootctl", "set-oneshot", kTrialCountedEntry}}, "armed the trial entry for the next boot");
+    if (!written) {
+      (void)remove_trial(ctx, t);
+      return Error{written.error()};
+    }
+    return t;
+  }
+  auto g = grub_layout(ctx);
+  if (!g) return Error{g.error()};
+  t.grub_dir = g->dir;
   Status written = *path == "grubby" ? write_bls_trial(ctx, *g, t, stage, deferred, new_initramfs)
                                      : write_grub_trial(ctx, *g, t, stage, new_initramfs);
   if (!written) {
@@ -475,8 +728,37 @@ bool booted_trial(const TrialRecord& trial, const Facts& facts) {
   return std::find(facts.cmdline.begin(), facts.cmdline.end(), marker) != facts.cmdline.end();
 }
 
+namespace {
+
+// systemd-boot: the trial's entry under any name its counting gave it, and a one-shot still armed.
+void remove_sdboot_trial(Context& ctx, const TrialRecord& trial, std::vector<std::string>& errors) {
+  if (!trial.entry.empty()) {
+    const std::string dir = trial.entry.substr(0, trial.entry.rfind('/'));
+    auto names = list_dir(ctx.root, dir);
+    if (!names) errors.push_back(names.error());
+    if (names)
+      for (const auto& n : *names)
+        if (trial_entry_name(n))
+          if (auto s = remove_own_file(ctx.root, dir + "/" + n); !s) errors.push_back(s.error());
+  }
+  auto oneshot = loader_variable(ctx.root, "LoaderEntryOneShot");
+  if (!oneshot) errors.push_back(oneshot.error());
+  if (oneshot && *oneshot && trial_entry_name(**oneshot))
+    if (auto s = run(ctx, Command{{"bootctl", "set-oneshot", ""}}, "disarmed the trial entry"); !s)
+      errors.push_back(s.error());
+}
+
+}  // namespace
+
 Status remove_trial(Context& ctx, const TrialRecord& trial) {
   std::vector<std::string> errors;
+  if (trial.loader == kSystemdBoot) {
+    remove_sdboot_trial(ctx, trial, errors);
+    if (!trial.initrd.empty() && path_exists(ctx.root, trial.initrd))
+      if (auto s = remove_own_file(ctx.root, trial.initrd); !s) errors.push_back(s.error());
+    if (!errors.empty()) return Error{"removing the trial boot: " + join(errors, "; ")};
+    return {};
+  }
   const std::string custom = trial.grub_dir + "/custom.cfg";
   auto text = read_file_if_exists(ctx.root, custom);
   if (!text)

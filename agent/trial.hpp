@@ -15,6 +15,15 @@
 // saved_entry names (the one the host boots) is copied to /boot/loader/entries/gptagent-trial.conf
 // with the options the deferred grubby requests would give it, panic=10 and the marker, and the
 // trial's own initramfs; grub2-reboot arms it for one boot, as above.
+//
+// systemd-boot with kernel-install (/etc/kernel/cmdline): the stage's `kernel-install add` and its
+// initramfs rebuild are deferred; the running kernel's entry (the one `kernel-install add` writes
+// again at the commit) is copied beside it as gptagent-trial+1.conf, a boot-counted entry with one
+// try, with the options kernel-install would write from the stage's /etc/kernel/cmdline, panic=10,
+// the marker, and the trial's own initramfs in the kernel's directory; `bootctl set-oneshot` arms
+// it. systemd-boot removes the one-shot variable as it reads it and renames the entry to +0-1 as it
+// boots it: a reset boots the default entry again, and the tried entry is never chosen by itself.
+// The entry is never blessed: the commit writes the real entry and the trial's goes.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -29,6 +38,9 @@ namespace gpt {
 
 constexpr const char* kTrialEntry = "gptagent-trial";
 constexpr const char* kTrialBlsEntry = "/boot/loader/entries/gptagent-trial.conf";
+constexpr const char* kTrialCountedEntry = "gptagent-trial+1.conf";  // systemd-boot: its ID for set-oneshot
+constexpr const char* kSystemdBoot = "systemd-boot";
+constexpr const char* kLoaderVendorGuid = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";  // systemd-boot's EFI variables
 constexpr const char* kTrialResultPath = "/var/lib/gptagent/trial.json";
 
 // Whether a trial can be booted on this host: its boot path is GRUB's own configuration, grub.cfg

@@ -483,26 +483,22 @@ Expected<PathResult> converge_kernel_cmdline(Context& ctx, const Args& args, con
   if (apply)
     if (auto st = changes.apply(out.r.data); !st) return Error{st.error()};
   if (!args.regenerate) return out;
-  // The boot entries are made from the file: proxmox-boot-tool copies it to every ESP;
-  // kernel-install writes the running kernel's entry again (new kernels read the file anyway).
-  std::optional<Command> cmd;
-  if (proxmox) {
-    cmd = Command{{"proxmox-boot-tool", "refresh"}};
-  } else if (find_program(ctx.root, "kernel-install") && !ctx.facts.kernel_release.empty()) {
-    const std::string& rel = ctx.facts.kernel_release;
-    for (const std::string& image : {"/usr/lib/modules/" + rel + "/vmlinuz", "/boot/vmlinuz-" + rel})
-      if (path_exists(ctx.root, image)) {
-        cmd = Command{{"kernel-install", "add", rel, image}};
-        break;
-      }
-  }
-  if (!cmd) {
-    out.r.msg += "; no kernel-install or no image of the running kernel " + ctx.facts.kernel_release +
-                 ": kernels installed from now on get it, run `kernel-install add` for the installed ones";
-    out.r.data["regenerated"] = false;
+  // The boot entries are made from the file. kernel-install writes the running kernel's entry again
+  // (new kernels read the file anyway), as a handler: in a stage booted as a trial, only after the
+  // trial entry (with the file's options) booted and passed the stage's checks. proxmox-boot-tool
+  // copies it to every ESP.
+  if (!proxmox) {
+    if (find_program(ctx.root, "kernel-install") && !ctx.facts.kernel_release.empty() &&
+        kernel_image(ctx.root, ctx.facts.kernel_release)) {
+      out.r.handlers.push_back(write_kernel_entry());
+    } else {
+      out.r.msg += "; no kernel-install or no image of the running kernel " + ctx.facts.kernel_release +
+                   ": kernels installed from now on get it, run `kernel-install add` for the installed ones";
+      out.r.data["regenerated"] = false;
+    }
     return out;
   }
-  Result run = ctx.run_system(*cmd, apply, "regenerated the boot entries");
+  Result run = ctx.run_system(Command{{"proxmox-boot-tool", "refresh"}}, apply, "regenerated the boot entries");
   out.r.commands = run.commands;
   if (run.status == Outcome::failed) return Error{std::string(kKernelCmdline) + " written; " + run.msg};
   if (run.status == Outcome::skipped) out.r.msg += "; " + run.msg;
@@ -682,7 +678,7 @@ ModuleDocs docs() {
           "from whichever file and key holds them (a wrong value in GRUB_CMDLINE_LINUX is replaced in place), "
           "missing ones are added to the last assignment of GRUB_CMDLINE_LINUX, and grub_config is notified. "
           "kernel-install (/etc/kernel/cmdline or loader entries, e.g. systemd-boot): edits /etc/kernel/cmdline, "
-          "then kernel-install add RELEASE IMAGE for the running kernel.\n\n"
+          "then asks for the handler kernel_install (kernel-install add RELEASE IMAGE for the running kernel).\n\n"
           "It installs the kernel guard: on the grub path grub_cmdline's hook (/etc/kernel/postinst.d/, Debian and "
           "Ubuntu); on the grubby and kernel-install paths kernel-install's plugin "
           "/etc/kernel/install.d/95-gptagent-cmdline.install, which checks each new kernel's BootLoaderSpec entry for "
@@ -696,7 +692,9 @@ ModuleDocs docs() {
           "kernel uses sysfb (5.15 on, or simpledrm/simplefb in /proc/iomem), video=efifb:off before; nothing when "
           "no framebuffer holds them.\n\n"
           "A change needs a reboot. On the grub path it notifies grub_config and, on BootLoaderSpec hosts, grubby; on "
-          "the grubby path, grubby (which a trial boot defers until the trial entry passed the stage's checks).",
+          "the grubby path, grubby; on the kernel-install path, kernel_install (a trial boot defers both until the "
+          "trial "
+          "entry passed the stage's checks).",
       .examples = {"# IOMMU on and vfio-pci taking the GPU's ids, wherever this host keeps its command line\n"
                    "- name: kernel command line for passthrough\n"
                    "  kernel_cmdline:\n"
@@ -709,7 +707,7 @@ ModuleDocs docs() {
                    "    boot_path: proxmox\n"
                    "    framebuffer: release\n"
                    "    gpus: [\"0000:01:00.0\"]\n"},
-      .notifies = {"grub_config", "grubby"},
+      .notifies = {"grub_config", "grubby", "kernel_install"},
       .reboot = true,
   };
 }

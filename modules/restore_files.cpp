@@ -79,7 +79,11 @@ Expected<Result> converge(Context& ctx, const Args&, bool apply) {
   const bool initramfs = std::any_of(paths.begin(), paths.end(), initramfs_file);
   if (grub) r.handlers.push_back(regenerate_grub_config());
   if (initramfs) r.handlers.push_back(rebuild_initramfs());
-  r.reboot_required = grub || initramfs || std::find(paths.begin(), paths.end(), "/etc/kernel/cmdline") != paths.end();
+  const bool entry = std::find(paths.begin(), paths.end(), "/etc/kernel/cmdline") != paths.end();
+  // kernel-install hosts make the entry from the file (Proxmox's own tool is left to the user).
+  if (entry && find_program(ctx.root, "kernel-install") && !find_program(ctx.root, "proxmox-boot-tool"))
+    r.handlers.push_back(write_kernel_entry());
+  r.reboot_required = grub || initramfs || entry;
   if (apply) {
     if (auto s = files.apply(r.data); !s) return Result::failed(s.error());
     if (auto gone = remove_dirs(); !gone.empty())
@@ -97,12 +101,14 @@ ModuleDocs docs() {
           "gptagent revert runs.\n\n"
           "Putting back what the host boots from is a boot change: a GRUB file (/etc/default/grub and its grub.d) "
           "notifies grub_config; a file of /etc/modprobe.d, /etc/modules-load.d or the initramfs tools' "
-          "configuration notifies initramfs; these and /etc/kernel/cmdline need a reboot, so a revert is booted as "
-          "a trial like any boot change.",
+          "configuration notifies initramfs; /etc/kernel/cmdline notifies kernel_install where kernel-install makes "
+          "the "
+          "entries (not on Proxmox, whose proxmox-boot-tool refresh is left to the user). These need a reboot, so a "
+          "revert is booted as a trial like any boot change.",
       .examples = {"# Every file the agent changed on this host back as it was (what gptagent revert runs)\n"
                    "- name: the host as it was before the agent\n"
                    "  restore_files: {}\n"},
-      .notifies = {"grub_config", "initramfs"},
+      .notifies = {"grub_config", "initramfs", "kernel_install"},
       .reboot = true,
   };
 }

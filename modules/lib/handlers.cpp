@@ -17,6 +17,11 @@ HandlerRequest update_boot_entries(const std::vector<std::string>& add, const st
                                      });
 }
 
+HandlerRequest write_kernel_entry() {
+  return handler_request("write the running kernel's boot entry again (kernel-install add)", "kernel_install",
+                         kernel_install_args());
+}
+
 HandlerRequest restart_service(const std::string& unit, const std::string& why) {
   return handler_request<ServiceArgs>("restart " + unit + " (" + why + ")", "service", service_args(),
                                       [&](ServiceArgs& a) {

@@ -27,6 +27,13 @@ struct GrubbyArgs {
 };
 const ArgsDecl<GrubbyArgs>& grubby_args();  // modules/grubby.cpp
 
+struct KernelInstallArgs {
+  std::string release;  // empty: the running kernel
+};
+const ArgsDecl<KernelInstallArgs>& kernel_install_args();  // modules/kernel_install.cpp
+// The image kernel-install takes for a release: /usr/lib/modules/R/vmlinuz or /boot/vmlinuz-R.
+Expected<std::string> kernel_image(const Root& root, const std::string& release);
+
 const ArgsDecl<CommandArgs>& grub_config_args();  // modules/grub_config.cpp
 const ArgsDecl<CommandArgs>& initramfs_args();    // modules/initramfs.cpp
 
@@ -44,6 +51,8 @@ HandlerRequest rebuild_initramfs();
 // grubby --update-kernel=ALL with these parameters added and removed; `what` says which, in words.
 HandlerRequest update_boot_entries(const std::vector<std::string>& add, const std::vector<std::string>& remove,
                                    const std::string& what);
+// kernel-install add for the running kernel: its entry written again from /etc/kernel/cmdline.
+HandlerRequest write_kernel_entry();
 // A system unit restarted; `why` is shown in the report.
 HandlerRequest restart_service(const std::string& unit, const std::string& why);
 
