@@ -484,8 +484,10 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
         t.result = Result::failed("cannot arm the trial boot: " + trial.error() + "; " +
                                   (restored ? "the stage's files put back" +
                                                   (restored->empty() ? std::string() : ": " + join(*restored, ", "))
-                                            : restored.error()));
+                                            : restored.error()) +
+                                  ". Run with --no-trial to commit the change directly (no automatic fallback)");
         ++stats.failed;
+        stats.stopped_for_reboot = false;  // nothing waits for a reboot: the stage was taken back
         if (auto st = clear_state(root); !st) err << "gptagent: " << st.error() << "\n";
       }
       reporter->task(t);

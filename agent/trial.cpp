@@ -571,12 +571,15 @@ Status sdboot_trial_possible(Context& ctx) {
                  " too: the trial would stay the default"};
   auto e = running_kernel_entry(ctx);
   if (!e) return Error{e.error()};
+  bool linux = false;
   for (std::string_view line : lines(e->text)) {
     auto w = words(line);
     if (!w.empty() && (w[0] == "efi" || w[0] == "uki"))
       return Error{e->path + " boots " + w[0] + " " + (w.size() > 1 ? w[1] : "") +
                    ", not a kernel with a command line of its own: the trial cannot carry its options"};
+    linux = linux || (!w.empty() && w[0] == "linux");
   }
+  if (!linux) return Error{e->path + " has no linux line: it boots no kernel the trial could copy"};
   return {};
 }
 

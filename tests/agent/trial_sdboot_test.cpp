@@ -347,6 +347,148 @@ TEST(TrialBootSdboot, NoTrialCommitsThroughKernelInstallDirectly) {
   EXPECT_TRUE(has(slurp(host.file(kEntry)), "quiet intel_iommu=on iommu=pt\n"));
 }
 
+// ---- the real entries of tests/fixtures/loader_entries, each as the running kernel's ----
+
+constexpr const char* kCmdlineOnly = R"(stages:
+  - name: boot
+    reboot: when_needed
+    tasks:
+      - name: IOMMU passthrough mode
+        kernel_cmdline:
+          present: [iommu=pt]
+)";
+constexpr const char* kVfioOnly = R"(stages:
+  - name: boot
+    reboot: when_needed
+    tasks:
+      - name: vfio-pci claims the GPU at boot
+        vfio:
+          devices: ["0000:01:00.0"]
+)";
+
+std::vector<fs::path> corpus(const std::string& dir) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::recursive_directory_iterator(test::source_path("tests/fixtures/loader_entries/" + dir)))
+    if (e.is_regular_file() && e.path().extension() == ".conf" && e.path().parent_path().filename() != "loader.conf")
+      out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string first_word(std::string_view line) {
+  auto w = words(line);
+  return w.empty() ? "" : w[0];
+}
+
+// What a trial made of `original` must be: every line as it was, in order, but the title, the
+// sort-key, the options (one line, `options` then the parameters) and the kernel's own initrd
+// (the same line naming the trial's, when `initrd` is set).
+void expect_trial_of(const std::string& original, const std::string& trial, const std::vector<std::string>& params,
+                     const std::string& initrd, const std::string& what) {
+  std::vector<std::string> kept, got;
+  for (std::string_view line : lines(original)) {
+    const std::string w = first_word(line);
+    if (w == "title" || w == "sort-key" || w == "options") continue;
+    if (w == "initrd" && !initrd.empty() && (words(line).size() > 1 && (words(line)[1] == initrd))) {
+      std::string l(line);
+      l.replace(l.find(initrd, l.find("initrd") + 6), initrd.size(), initrd + ".gptagent-trial");
+      kept.push_back(l);
+      continue;
+    }
+    kept.emplace_back(line);
+  }
+  std::vector<std::string> options;
+  for (std::string_view line : lines(trial)) {
+    const std::string w = first_word(line);
+    if (w == "title") {
+      EXPECT_EQ(line, "title gptagent trial boot (stage boot)") << what;
+    } else if (w == "options") {
+      options.emplace_back(line);
+    } else {
+      EXPECT_NE(w, "sort-key") << what;
+      got.emplace_back(line);
+    }
+  }
+  EXPECT_EQ(got, kept) << what << "\n" << trial;
+  ASSERT_EQ(options.size(), 1u) << what << "\n" << trial;
+  EXPECT_EQ(options[0], "options " + join(params, " ")) << what;
+}
+
+TEST(TrialBootSdbootCorpus, EveryRealEntryIsCopiedLineForLineOrRefusedWithItsReason) {
+  size_t trials = 0, refused = 0;
+  for (const auto& path : corpus("")) {
+    const std::string original = slurp(path.string());
+    const auto all = lines(original);
+    const bool boots_linux =
+        std::any_of(all.begin(), all.end(), [](std::string_view l) { return first_word(l) == "linux"; });
+    // The entry's own options, as systemd-boot joins its options lines.
+    std::vector<std::string> own;
+    for (std::string_view line : lines(original))
+      if (first_word(line) == "options") {
+        line = trim(line);
+        for (auto& p : parse_cmdline(line.substr(7))) own.push_back(p);
+      }
+    // The kernel's own initramfs, as kernel-install names it: `initrd` in the kernel's directory.
+    std::string kernel_initrd;
+    for (std::string_view line : lines(original))
+      if (auto w = words(line); w.size() > 1 && w[0] == "initrd" && fs::path(w[1]).filename() == "initrd")
+        kernel_initrd = w[1];
+    for (const char* playbook : {kCmdlineOnly, kVfioOnly}) {
+      const bool vfio = playbook == kVfioOnly;
+      const std::string what = path.string() + (vfio ? " (vfio)" : " (kernel_cmdline)");
+      SdbootHost host;
+      test::write(host.file(kEntry), original);
+      const auto before = host.host_files();
+      auto run = host.apply(playbook);
+      const bool can = boots_linux && (!vfio || !kernel_initrd.empty());
+      if (!can) {
+        ++refused;
+        EXPECT_EQ(run.code, 1) << what << "\n" << run.out;
+        EXPECT_TRUE(has(run.out, kEntry)) << what << "\n" << run.out;
+        EXPECT_TRUE(has(run.out, "Run with --no-trial")) << what << "\n" << run.out;
+        EXPECT_EQ(test::differences(before, host.host_files()), "") << what;
+        continue;
+      }
+      ++trials;
+      ASSERT_EQ(run.code, 3) << what << "\n" << run.out << run.err;
+      auto state = nlohmann::json::parse(slurp(host.file("/var/lib/gptagent/state.json")));
+      std::vector<std::string> params = vfio ? own : words(slurp(host.file("/etc/kernel/cmdline")));
+      // kernel-install keeps the machine ID on the command line of entries named after it.
+      for (const auto& p : own)
+        if (!vfio && p.rfind("systemd.machine_id=", 0) == 0) params.push_back(p);
+      params.push_back("panic=10");
+      params.push_back("gptagent.trial=" + state["trial"]["id"].get<std::string>());
+      expect_trial_of(original, slurp(host.file(kEntries + "/gptagent-trial+1.conf")), params,
+                      vfio ? kernel_initrd : "", what);
+      if (vfio) {
+        EXPECT_EQ(state["trial"]["initrd"], "/efi" + kernel_initrd + ".gptagent-trial") << what;
+      }
+    }
+  }
+  // The corpus holds both kinds: kernel-install's entries, and Windows, shells, UKIs and Arch's
+  // hand-made initramfs names that a trial cannot copy.
+  EXPECT_GE(trials, 25u);
+  EXPECT_GE(refused, 10u);
+}
+
+// The real loader.conf files: none names a default that the trial's ID would match.
+TEST(TrialBootSdbootCorpus, RealLoaderConfsLeaveTheTrialOutOfTheDefault) {
+  const auto confs = [] {
+    std::vector<fs::path> out;
+    for (const auto& e : fs::directory_iterator(test::source_path("tests/fixtures/loader_entries/loader.conf")))
+      out.push_back(e.path());
+    return out;
+  }();
+  ASSERT_GE(confs.size(), 5u);
+  for (const auto& conf : confs) {
+    SdbootHost host;
+    test::write(host.file("/efi/loader/loader.conf"), slurp(conf.string()));
+    auto run = host.apply(kCmdlineOnly);
+    EXPECT_EQ(run.code, 3) << conf << "\n" << run.out;
+    EXPECT_TRUE(fs::exists(host.file(kEntries + "/gptagent-trial+1.conf"))) << conf;
+  }
+}
+
 TEST(TrialBootSdboot, AStateFileCannotNameAnotherEntryOrInitramfs) {
   nlohmann::json j = {{"id", "0123456789ab"},
                       {"grub_dir", ""},
