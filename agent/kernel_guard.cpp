@@ -83,6 +83,28 @@ std::string initramfs_guard_script(const std::vector<std::string>& modules) {
              "$image lacks$missing: vfio-pci will not claim the GPU when this kernel boots; run gptagent apply");
 }
 
+std::string mkinitcpio_guard_script(const std::vector<std::string>& modules) {
+  return "#!/bin/sh\n"
+         "# Written by gptagent (vfio): after mkinitcpio builds an image, a new kernel's too, checks that it\n"
+         "# holds the vfio modules vfio-pci needs to claim the GPU at boot, records the result for gptagent\n"
+         "# status and apply --check, and fails loudly when they are missing. An edit here is undone by\n"
+         "# gptagent's next run.\n"
+         "root=\"${GPTAGENT_GUARD_ROOT:-}\"  # tests: a tree standing in for /\n"
+         "image=\"$2\"\n"
+         "[ -n \"$image\" ] || exit 0  # a unified kernel image alone: no initramfs to list\n"
+         "listing=$(lsinitcpio \"$image\" 2>/dev/null)\n"
+         "# The kernel the image is for: mkinitcpio's KERNELVERSION, else the modules' directory in it.\n"
+         "version=\"${KERNELVERSION:-}\"\n"
+         "[ -n \"$version\" ] && [ \"$version\" != none ] ||\n"
+         "  version=$(printf '%s\\n' \"$listing\" | sed -n 's|^\\(usr/\\)\\{0,1\\}lib/modules/\\([^/]*\\)/.*|\\2|p' | "
+         "head -n 1)\n"
+         "case \"$version\" in ''|*/*|.*) version=unknown ;; esac\n" +
+         missing_modules(modules) +
+         record_and_report(
+             "initramfs", "", "image",
+             "$image lacks$missing: vfio-pci will not claim the GPU when this kernel boots; run gptagent apply");
+}
+
 std::string cmdline_guard_script(const std::vector<std::string>& params, const std::string& grub_cfg) {
   return "#!/bin/sh\n"
          "# Written by gptagent (kernel_cmdline): after a kernel is installed and update-grub wrote its entry\n"

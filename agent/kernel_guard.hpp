@@ -28,8 +28,13 @@ constexpr const char* kCmdlineGuard = "/etc/kernel/postinst.d/zzz-gptagent-cmdli
 constexpr const char* kInstallInitramfsGuard = "/etc/kernel/install.d/95-gptagent-vfio.install";
 constexpr const char* kInstallCmdlineGuard = "/etc/kernel/install.d/95-gptagent-cmdline.install";
 
+// mkinitcpio (Arch) runs each executable here after it built an image, a new kernel's too (pacman's
+// hook runs mkinitcpio -P): `HOOK KERNEL-IMAGE INITRAMFS-IMAGE [UKI]`, KERNELVERSION in the environment.
+constexpr const char* kMkinitcpioGuard = "/etc/initcpio/post/gptagent-vfio";
+
 // The hooks' text, for these modules and parameters.
 std::string initramfs_guard_script(const std::vector<std::string>& modules);
+std::string mkinitcpio_guard_script(const std::vector<std::string>& modules);
 std::string cmdline_guard_script(const std::vector<std::string>& params, const std::string& grub_cfg);
 // kernel-install's plugins: `add VERSION ENTRY_DIR IMAGE [INITRD...]` checks; anything else passes.
 std::string install_initramfs_guard_script(const std::vector<std::string>& modules);

@@ -18,6 +18,13 @@ struct Args : CmdlineArgs {
   bool backup = true;
 };
 
+// The kernel guard: Debian's hook after update-grub; on BootLoaderSpec hosts kernel-install's
+// plugin, whose gaps grubby's update of every entry repairs.
+void guard_kernels(Context& ctx, std::string_view grub_default, const CmdlineEdit& edit, bool apply, Result& r) {
+  guard_new_kernels(ctx, edit.present, edit.absent, apply, r);
+  if (bls_grub(ctx.facts, grub_default)) guard_new_entries(ctx, edit.present, edit.absent, true, apply, r);
+}
+
 Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
   auto wanted = wanted_cmdline(ctx.facts, args);
   if (!wanted) return Result::failed(wanted.error());
@@ -39,7 +46,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
     Result r = Result::ok(edit.key + " is as wanted" + note);
     r.data["path"] = path;
     r.expect = expect;
-    guard_new_kernels(ctx, edit.present, edit.absent, apply, r);
+    guard_kernels(ctx, *text, edit, apply, r);
     return r;
   }
   Result r = Result::changed(edit.key + ": " + res->summary() + note);
@@ -61,7 +68,7 @@ Expected<Result> converge(Context& ctx, const Args& args, bool apply) {
       r.data["backups"][path] = *written->backup_path;
     }
   }
-  guard_new_kernels(ctx, edit.present, edit.absent, apply, r);
+  guard_kernels(ctx, *text, edit, apply, r);
   return r;
 }
 

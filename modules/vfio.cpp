@@ -576,6 +576,10 @@ Expected<std::string> plan_initramfs(const Context& ctx, const Args& args, const
       auto edited = ensure_mkinitcpio_modules(*text, mods);
       if (!edited) return Error{edited.error()};
       boot.write("/etc/mkinitcpio.conf", *text, *edited);
+      if (auto s =
+              guard.write(kMkinitcpioGuard, mkinitcpio_guard_script(core), FileAttrs{.uid = 0, .gid = 0, .mode = 0755});
+          !s)
+        return Error{s.error()};
     } else {
       return std::string(
           "; no update-initramfs, dracut or mkinitcpio found: the modules are not added to an initramfs");
@@ -653,8 +657,8 @@ Expected<CmdlinePlan> plan_builtin_cmdline(const Context& ctx, const Args& args,
 // What the guard recorded: an installed kernel whose initramfs lacks the modules is drift, and
 // rebuilding the initramfs of every kernel repairs it (the guard checks each again).
 Status repair_guard_gaps(const Context& ctx, const Args& args, Result& r) {
-  if (!args.initramfs || (ctx.facts.boot.initramfs != "update-initramfs" && ctx.facts.boot.initramfs != "dracut"))
-    return {};
+  const std::string& tool = ctx.facts.boot.initramfs;
+  if (!args.initramfs || (tool != "update-initramfs" && tool != "dracut" && tool != "mkinitcpio")) return {};
   auto records = read_guard_records(ctx.root);
   if (!records) return Error{records.error()};
   std::vector<std::string> gaps;
@@ -817,7 +821,8 @@ ModuleDocs docs() {
           "on BootLoaderSpec hosts, grubby too) and need a reboot.\n\n"
           "It installs the kernel guard: update-initramfs's hook /etc/initramfs/post-update.d/gptagent-vfio (Debian, "
           "Ubuntu), or kernel-install's plugin /etc/kernel/install.d/95-gptagent-vfio.install (dracut with "
-          "kernel-install: Fedora, RHEL). Each initramfs built from then on, a new kernel's too, is checked for the "
+          "kernel-install: Fedora, RHEL), or mkinitcpio's post hook /etc/initcpio/post/gptagent-vfio (Arch). Each "
+          "initramfs built from then on, a new kernel's too, is checked for the "
           "vfio modules, the result recorded for gptagent status and --check; a recorded initramfs without them is "
           "drift, repaired by rebuilding the initramfs.",
       .examples = {"# vfio-pci claims every function of the GPU's slot at boot, before its display driver\n"

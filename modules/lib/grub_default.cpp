@@ -269,11 +269,15 @@ std::string render(std::string_view text, const std::vector<bool>& del, std::vec
 
 }  // namespace
 
+bool bls_grub(const Facts& facts, std::string_view grub_default) {
+  auto bls = grub_cmdline_params(grub_default, "GRUB_ENABLE_BLSCFG");
+  return facts.boot.grubby && bls && !bls->empty() && bls->back() == "true";
+}
+
 std::vector<HandlerRequest> grub_handlers(const Facts& facts, std::string_view grub_default,
                                           const CmdlineEditResult& edit) {
   std::vector<HandlerRequest> out = {regenerate_grub_config()};
-  auto bls = grub_cmdline_params(grub_default, "GRUB_ENABLE_BLSCFG");
-  if (facts.boot.grubby && bls && !bls->empty() && bls->back() == "true") {
+  if (bls_grub(facts, grub_default)) {
     std::vector<std::string> add = edit.added, remove = edit.removed;
     add.insert(add.end(), edit.replaced_new.begin(), edit.replaced_new.end());
     remove.insert(remove.end(), edit.replaced_old.begin(), edit.replaced_old.end());

@@ -40,6 +40,9 @@ Expected<std::vector<std::string>> grub_cmdline_params(std::string_view text, st
 
 // The handlers that make a change of GRUB_CMDLINE_LINUX take effect: grub_config, and on
 // BootLoaderSpec hosts (GRUB_ENABLE_BLSCFG=true, grubby installed) grubby for the existing entries.
+// A BootLoaderSpec host with GRUB (Fedora, RHEL): grubby installed and GRUB_ENABLE_BLSCFG=true in
+// this /etc/default/grub text: the entries hold the command line, grubby edits them.
+bool bls_grub(const Facts& facts, std::string_view grub_default);
 std::vector<HandlerRequest> grub_handlers(const Facts& facts, std::string_view grub_default,
                                           const CmdlineEditResult& edit);
 

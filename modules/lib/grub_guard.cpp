@@ -157,7 +157,15 @@ void guard_new_entries(Context& ctx, const std::vector<std::string>& present, co
            },
        .repair =
            [&](const std::string& kernel, std::string& gap, Result& res) {
-             if (grubby) return true;  // the module's grubby --update-kernel=ALL takes every entry
+             // grubby --update-kernel=ALL takes every entry: the module's own request where it made
+             // one (kernel_cmdline finds such an entry itself), else one for what the guard checks.
+             if (grubby) {
+               if (std::none_of(res.handlers.begin(), res.handlers.end(),
+                                [](const HandlerRequest& h) { return h.module == "grubby"; }))
+                 res.handlers.push_back(
+                     update_boot_entries(present, absent, "kernel " + kernel + "'s entry lacks them"));
+               return true;
+             }
              const std::string image = "/usr/lib/modules/" + kernel + "/vmlinuz";
              if (!path_exists(ctx.root, image)) {
                gap += " (no " + image + ": run kernel-install add " + kernel + " IMAGE by hand)";

@@ -160,6 +160,43 @@ TEST(KernelGuardInstall, TheCmdlinePluginChecksANewKernelsEntryAndGrubbysUpdateC
   EXPECT_FALSE(loader_entry_options(Root(host.root()), "6.9.4"));
 }
 
+// grub_cmdline on a BootLoaderSpec host: GRUB_CMDLINE_LINUX is not where a new kernel's entry
+// takes its options from, so the plugin checks the entry, and a gap asks grubby to put the
+// parameters on every entry (the task's own grubby request carries only what it changed).
+TEST(KernelGuardInstall, GrubCmdlineOnABlsHostGuardsNewEntriesAndGrubbyRepairsThem) {
+  constexpr const char* kGrub = R"(tasks:
+  - name: IOMMU on
+    grub_cmdline:
+      iommu: auto
+      present: [iommu=pt]
+)";
+  FedoraHost host;
+  auto c = test::converge_root(host.root(), kGrub, false);
+  ASSERT_EQ(c.exit_code, 0);
+  ASSERT_TRUE(fs::exists(host.file(kInstallCmdlineGuard))) << c.tasks.front().result.msg;
+  EXPECT_TRUE(has(slurp(host.file(kInstallCmdlineGuard)), "for p in intel_iommu=on iommu=pt; do"))
+      << slurp(host.file(kInstallCmdlineGuard));
+  EXPECT_FALSE(fs::exists(host.file(kCmdlineGuard))) << "no update-grub postinst.d hook on Fedora";
+
+  host.new_kernel_entry("root=UUID=4a81 ro rhgb quiet intel_iommu=on");
+  auto bad = host.run_plugin(kInstallCmdlineGuard, "add", "");
+  EXPECT_EQ(bad.exit_code, 1) << bad.err;
+  auto check = test::converge_root(host.root(), kGrub, true);
+  EXPECT_EQ(check.exit_code, 2);
+  EXPECT_TRUE(has(check.tasks.front().result.msg, "kernel " + kNewKernel + "'s entry lacks iommu=pt"))
+      << check.tasks.front().result.msg;
+  auto repair = test::converge_root(host.root(), kGrub, false);
+  EXPECT_EQ(repair.exit_code, 0);
+  ASSERT_EQ(repair.tasks.size(), 2u) << join(repair.commands, "\n");
+  EXPECT_EQ(repair.tasks[1].module, "grubby");
+  EXPECT_EQ(std::count_if(repair.commands.begin(), repair.commands.end(),
+                          [](const std::string& cmd) {
+                            return cmd.rfind("grubby --update-kernel=ALL '--args=intel_iommu=on iommu=pt'", 0) == 0;
+                          }),
+            1)
+      << join(repair.commands, "\n");
+}
+
 TEST(KernelGuardInstall, HostsWithoutKernelInstallGetNoPlugin) {
   test::SampleHost host("fedora-40");
   ASSERT_EQ(test::converge_root(host.root(), kVfio, false).exit_code, 0);

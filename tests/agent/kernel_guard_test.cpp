@@ -213,5 +213,61 @@ TEST(KernelGuard, ARecordThatIsNotTheHooksIsAnError) {
   EXPECT_TRUE(has(r.error(), "not a record the kernel guard writes")) << r.error();
 }
 
+// Arch (mkinitcpio): the post hook mkinitcpio runs after each image it builds, `HOOK KERNEL IMAGE`
+// with KERNELVERSION set (or unset, by an older mkinitcpio: the version is read from the image),
+// lsinitcpio played by a script that prints a listing with Arch's paths.
+TEST(KernelGuard, TheMkinitcpioPostHookChecksEachImageAndMkinitcpioRebuildsAGap) {
+  const std::string arch_kernel = "6.10.2-arch1-1";
+  test::SampleHost host("arch");
+  test::TempDir bin;
+  const auto run_hook = [&](const std::string& image, const std::string& version, bool with_vfio) {
+    std::string list = "usr/lib/modules/" + arch_kernel + "/kernel/drivers/nvme/host/nvme.ko.zst\n";
+    if (with_vfio)
+      for (const char* m : {"vfio/vfio.ko.zst", "vfio/vfio_iommu_type1.ko.zst", "vfio/pci/vfio-pci.ko.zst"})
+        list += "usr/lib/modules/" + arch_kernel + "/kernel/drivers/" + m + "\n";
+    test::write(bin / "lsinitcpio", "#!/bin/sh\ncat <<'EOF'\n" + list + "EOF\n", 0755);
+    return test::run_program(
+        "/bin/sh", {"-c",
+                    "GPTAGENT_GUARD_ROOT=\"$1\" PATH=\"$2:/usr/bin:/bin\" KERNELVERSION=\"$3\" "
+                    "exec /bin/sh \"$4\" \"$5\" \"$6\"",
+                    "sh", host.root(), bin.path(), version, host.file(kMkinitcpioGuard), "/boot/vmlinuz-linux", image});
+  };
+  auto c = test::converge_root(host.root(), kVfio, false);
+  ASSERT_EQ(c.exit_code, 0);
+  ASSERT_TRUE(fs::exists(host.file(kMkinitcpioGuard))) << c.tasks.back().result.msg;
+  EXPECT_EQ(fs::status(host.file(kMkinitcpioGuard)).permissions(), fs::perms(0755));
+  EXPECT_TRUE(has(slurp(host.file(kMkinitcpioGuard)), "for m in vfio vfio_iommu_type1 vfio_pci; do"));
+  EXPECT_FALSE(fs::exists(host.file(kInitramfsGuard)));
+
+  // pacman installed a kernel, and mkinitcpio -P built its image without the modules: loud, recorded.
+  fs::create_directories(host.file("/lib/modules/" + arch_kernel));
+  auto bad = run_hook("/boot/initramfs-linux.img", arch_kernel, false);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_TRUE(has(bad.err, "gptagent: kernel " + arch_kernel +
+                               ": /boot/initramfs-linux.img lacks vfio vfio_iommu_type1 vfio_pci: vfio-pci will not "
+                               "claim the GPU when this kernel boots"))
+      << bad.err;
+  EXPECT_EQ(slurp(host.file(std::string(kGuardDir) + "/" + arch_kernel)),
+            "kernel=" + arch_kernel +
+                "\nkind=initramfs\nwhat=/boot/initramfs-linux.img\nmissing=vfio vfio_iommu_type1 vfio_pci\n");
+  auto status = test::run_agent({"status", "--root", host.root()});
+  EXPECT_TRUE(has(status.out, "kernel guard: " + arch_kernel + ": initramfs LACKS vfio vfio_iommu_type1 vfio_pci"))
+      << status.out;
+
+  // The gap is drift; apply rebuilds every preset's image (and mkinitcpio runs the hook again).
+  auto check = test::converge_root(host.root(), kVfio, true);
+  EXPECT_EQ(check.exit_code, 2);
+  auto repair = test::converge_root(host.root(), kVfio, false);
+  EXPECT_EQ(repair.commands, std::vector<std::string>{"mkinitcpio -P"});
+  // Without KERNELVERSION the version is the modules' directory in the image.
+  auto good = run_hook("/boot/initramfs-linux-fallback.img", "", true);
+  EXPECT_EQ(good.exit_code, 0) << good.err;
+  EXPECT_EQ(slurp(host.file(std::string(kGuardDir) + "/" + arch_kernel)),
+            "kernel=" + arch_kernel + "\nkind=initramfs\nwhat=/boot/initramfs-linux-fallback.img\nmissing=\n");
+  EXPECT_EQ(test::converge_root(host.root(), kVfio, true).exit_code, 0);
+  // A unified kernel image alone (no initramfs argument) is nothing to check.
+  EXPECT_EQ(run_hook("", arch_kernel, false).exit_code, 0);
+}
+
 }  // namespace
 }  // namespace gpt
