@@ -79,13 +79,19 @@ class SdbootHostExec final : public Exec {
     return {0, false, "", ""};
   }
   std::vector<std::string> commands;
-
- private:
+  // What dracut builds from the tree's configuration: the *.conf files of /etc/modprobe.d (the
+  // only ones modprobe reads; a backup beside one is not), in the order of their names.
   std::string initramfs() const {
+    std::vector<fs::path> confs;
+    for (const auto& e : fs::directory_iterator(root_ + "/etc/modprobe.d"))
+      if (e.path().extension() == ".conf") confs.push_back(e.path());
+    std::sort(confs.begin(), confs.end());
     std::string out = "initramfs of " + kRelease + "\n";
-    for (const auto& e : fs::directory_iterator(root_ + "/etc/modprobe.d")) out += slurp(e.path().string());
+    for (const auto& c : confs) out += slurp(c.string());
     return out;
   }
+
+ private:
   std::string root_;
 };
 
@@ -104,7 +110,7 @@ struct SdbootHost : test::SampleHost {
     test::write(file("/efi/loader/loader.conf"), "#timeout 3\n#console-mode keep\n");
     test::write(file(kEntry), loader_entry(kCmdline));
     test::write(file(kKernelDir + "/linux"), "kernel\n");
-    test::write(file(kKernelDir + "/initrd"), "initramfs of " + kRelease + "\n");
+    test::write(file(kKernelDir + "/initrd"), exec.initramfs());
     test::write(file(loader_var("LoaderInfo")), efi_string("systemd-boot 255.4-1.fc40"));
     test::write(file(loader_var("LoaderFeatures")),
                 std::string("\x06\x00\x00\x00\xff\x1f\x00\x00\x00\x00\x00\x00", 12));
@@ -272,8 +278,45 @@ TEST(TrialBootSdboot, ATrialThatPanicsFallsBackAndLeavesEveryFileAsItWas) {
   EXPECT_EQ(host.boot() + "\n", cmdline_before);
 }
 
-// A run that is not rebooted after all (the user changed their mind) is undone by --reset-state's
-// sibling: the armed one-shot is disarmed with the entry gone, so no reset boots a missing entry.
+// gptagent revert on systemd-boot: /etc/kernel/cmdline and the vfio files put back, booted as a
+// trial whose commit is kernel-install writing the entry again from the original file.
+TEST(TrialBootSdboot, RevertPutsTheEntryBackThroughATrialAndKernelInstall) {
+  SdbootHost host;
+  const auto before = host.host_files();
+  const std::string cmdline_before = slurp(host.file("/proc/cmdline"));
+  ASSERT_EQ(host.apply(test::kTrialGood).code, 3);
+  host.boot();
+  ASSERT_EQ(host.apply(test::kTrialGood).code, 0);
+  host.boot();
+  ASSERT_NE(test::differences(before, host.host_files()), "");
+
+  ApplyOptions o;
+  o.root = host.root();
+  o.trial = true;
+  o.system_commands = true;
+  host.exec.commands.clear();
+  std::ostringstream out, err;
+  ASSERT_EQ(run_revert(o, host.exec, out, err), 3) << out.str() << err.str();
+  EXPECT_EQ(count_of(host.exec.commands, "kernel-install"), 0u) << "the revert is booted as a trial first" << out.str();
+  EXPECT_EQ(count_of(host.exec.commands, "bootctl set-oneshot gptagent-trial+1.conf"), 1u)
+      << join(host.exec.commands, "\n");
+  const std::string trial = host.boot();
+  EXPECT_TRUE(has(trial, "gptagent.trial=")) << trial;
+  EXPECT_FALSE(has(trial, "iommu=pt")) << trial;
+  std::ostringstream out2, err2;
+  EXPECT_EQ(run_resume(o, host.exec, out2, err2), 0) << out2.str() << err2.str();
+  EXPECT_EQ(count_of(host.exec.commands, "kernel-install add " + kRelease), 1u) << join(host.exec.commands, "\n");
+  // Byte for byte as before the first run (backups aside): the entry kernel-install wrote again
+  // from the original /etc/kernel/cmdline is the one the host had.
+  EXPECT_EQ(test::differences(before, host.host_files()), "");
+  EXPECT_EQ(host.boot() + "\n", cmdline_before);
+  std::ostringstream out3, err3;
+  EXPECT_EQ(run_revert(o, host.exec, out3, err3), 0) << out3.str() << err3.str();
+  EXPECT_TRUE(has(out3.str(), "changed=0")) << out3.str();
+}
+
+// A trial armed but never booted is taken back (what --reset-state does with one): the one-shot is
+// disarmed along with the entry, so that no later reset boots an entry that is gone.
 TEST(TrialBootSdboot, UndoingAnArmedTrialDisarmsTheOneShot) {
   SdbootHost host;
   auto first = host.apply(test::kTrialBad);
