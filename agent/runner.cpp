@@ -117,6 +117,14 @@ RunStats run_playbook(const Playbook& pb, Context& ctx, const RunOptions& opts, 
             stage.reboot != RebootPolicy::never) {
           if (!trial_ok) trial_ok = opts.trial_gate();
           if (!*trial_ok) rep.result = Result::failed(trial_ok->error());
+          // A trial that does not come up puts the stage's files back from their backups.
+          const json& a = task.args;
+          if (*trial_ok && a.is_object() && a.contains("backup") && a["backup"].is_boolean() &&
+              !a["backup"].get<bool>())
+            rep.result = Result::failed(
+                "backup: false: this change is booted as a trial, and a trial that does not come up puts the "
+                "stage's files back from their backups, of which this task would keep none; drop backup: false, or "
+                "run with --no-trial to commit the change directly");
         }
         if (rep.result.status == Outcome::changed) {
           StageIntent next = intent;

@@ -305,6 +305,30 @@ TEST(TrialBoot, ATrialOfGrubCmdlineThatDoesNotComeUpPutsTheGrubFileBack) {
   EXPECT_EQ(test::differences(before, host.host_files()), "");
 }
 
+// With backup: false a failed trial could not put the file back: refused before anything changes.
+TEST(TrialBoot, ABootChangeWithoutBackupsIsRefusedAsATrial) {
+  GrubHost host;
+  const auto before = host.host_files();
+  constexpr const char* kNoBackup = R"(stages:
+  - name: boot
+    reboot: when_needed
+    tasks:
+      - name: IOMMU passthrough mode, no backup file
+        grub_cmdline:
+          present: [iommu=pt]
+          backup: false
+)";
+  auto run = host.apply(kNoBackup);
+  EXPECT_EQ(run.code, 1) << run.out << run.err;
+  EXPECT_TRUE(has(run.out, "backup: false: this change is booted as a trial")) << run.out;
+  EXPECT_TRUE(has(run.out, "run with --no-trial")) << run.out;
+  EXPECT_EQ(test::differences(before, host.host_files()), "");
+  // Without a trial it is the user's choice, as before.
+  auto direct = host.apply(kNoBackup, {"--no-trial"});
+  EXPECT_EQ(direct.code, 3) << direct.out << direct.err;
+  EXPECT_TRUE(has(slurp(host.file("/etc/default/grub")), "iommu=pt"));
+}
+
 TEST(TrialBoot, AHostThatRebootsItselfFinishesTheRunAtBootThroughTheResumeUnit) {
   GrubHost host;
   test::write(host.file("/usr/bin/gptagent"), "#!/bin/sh\n", 0755);
