@@ -126,23 +126,9 @@ struct BlsHost : test::SampleHost {
     test::write(file("/boot/grub2/grub.cfg"), kFedoraGrubCfg);
     test::write(file("/boot/grub2/grubenv"), grubenv(kSaved, ""));
   }
-  struct Run {
-    int code;
-    std::string out, err;
-  };
-  Run apply(const std::string& yaml, bool trial = true) {
-    test::write(plays / "host.yaml", yaml);
-    ApplyOptions o;
-    o.playbook = plays / "host.yaml";
-    o.root = root();
-    o.color = "never";
-    o.trial = trial;
-    o.no_trial = !trial;
-    o.system_commands = true;
+  test::ApplyRun apply(const std::string& yaml, bool trial = true) {
     exec.commands.clear();
-    std::ostringstream out, err;
-    int code = run_apply(o, exec, out, err);
-    return {code, out.str(), err.str()};
+    return test::apply_on_tree(plays, root(), exec, yaml, trial);
   }
   // GRUB with blscfg at boot: next_entry, when set, is booted once (cleared first); else the entry
   // saved_entry names. A kernel without its init panics, and panic=N resets the machine.

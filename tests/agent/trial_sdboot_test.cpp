@@ -116,23 +116,9 @@ struct SdbootHost : test::SampleHost {
                 std::string("\x06\x00\x00\x00\xff\x1f\x00\x00\x00\x00\x00\x00", 12));
     test::write(file("/proc/cmdline"), kCmdline + "\n");
   }
-  struct Run {
-    int code;
-    std::string out, err;
-  };
-  Run apply(const std::string& yaml, bool trial = true) {
-    test::write(plays / "host.yaml", yaml);
-    ApplyOptions o;
-    o.playbook = plays / "host.yaml";
-    o.root = root();
-    o.color = "never";
-    o.trial = trial;
-    o.no_trial = !trial;
-    o.system_commands = true;
+  test::ApplyRun apply(const std::string& yaml, bool trial = true) {
     exec.commands.clear();
-    std::ostringstream out, err;
-    int code = run_apply(o, exec, out, err);
-    return {code, out.str(), err.str()};
+    return test::apply_on_tree(plays, root(), exec, yaml, trial);
   }
   std::vector<std::string> entries() const {
     std::vector<std::string> names;

@@ -7,9 +7,12 @@
 
 #include <algorithm>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "agent/apply.hpp"
+#include "agent/exec.hpp"
 #include "tests/support/sandbox.hpp"
 
 namespace gpt::test {
@@ -57,6 +60,27 @@ inline std::string boot_with_fallback(const std::string& root, const std::functi
   EXPECT_EQ(r.exit_code, 0) << r.err;
   write(root + "/proc/cmdline", cmdline + "\n");
   return cmdline;
+}
+
+// One in-process `gptagent apply` of `yaml` (written to dir/host.yaml) on the tree at `root`, the
+// host's commands played by `exec`, as a trial (or --no-trial).
+struct ApplyRun {
+  int code;
+  std::string out, err;
+};
+inline ApplyRun apply_on_tree(const TempDir& dir, const std::string& root, Exec& exec, const std::string& yaml,
+                              bool trial) {
+  write(dir / "host.yaml", yaml);
+  ApplyOptions o;
+  o.playbook = dir / "host.yaml";
+  o.root = root;
+  o.color = "never";
+  o.trial = trial;
+  o.no_trial = !trial;
+  o.system_commands = true;
+  std::ostringstream out, err;
+  const int code = run_apply(o, exec, out, err);
+  return {code, out.str(), err.str()};
 }
 
 // How many of the recorded commands start with `prefix`.
