@@ -492,6 +492,7 @@ Status write_bls_trial(Context& ctx, const GrubLayout& g, TrialRecord& t, const 
   WriteOptions wo;
   wo.create_mode = 0600;
   wo.backup = false;
+  wo.no_follow = true;  // the agent's own file: a link there is not followed
   if (auto w = write_file_atomic(ctx.root, kTrialBlsEntry, join(body, "\n") + "\n", wo); !w) return Error{w.error()};
   t.entry = kTrialBlsEntry;
   return {};
@@ -664,6 +665,7 @@ Status write_sdboot_trial(Context& ctx, TrialRecord& t, const std::string& stage
   t.entry = e->dir + "/" + kTrialCountedEntry;
   WriteOptions wo;
   wo.backup = false;
+  wo.no_follow = true;
   if (auto w = write_file_atomic(ctx.root, t.entry, join(body, "\n") + "\n", wo); !w) return Error{w.error()};
   return {};
 }

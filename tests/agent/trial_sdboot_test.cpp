@@ -366,6 +366,18 @@ TEST(TrialBootSdboot, HostsWhereTheOneShotCannotBeTrustedAreRefused) {
   }
 }
 
+// A link planted where the trial's entry goes is not followed: the file it names stays as it was.
+TEST(TrialBootSdboot, ALinkWhereTheTrialEntryGoesIsNotFollowed) {
+  SdbootHost host;
+  test::write(host.file("/etc/victim"), "untouched\n");
+  fs::create_symlink("../../../etc/victim", host.file(kEntries + "/gptagent-trial+1.conf"));
+  auto run = host.apply(test::kTrialGood);
+  EXPECT_EQ(run.code, 1) << run.out;
+  EXPECT_TRUE(has(run.out, "cannot arm the trial boot")) << run.out;
+  EXPECT_EQ(slurp(host.file("/etc/victim")), "untouched\n");
+  EXPECT_EQ(count_of(host.exec.commands, "bootctl"), 0u) << join(host.exec.commands, "\n");
+}
+
 TEST(TrialBootSdboot, NoTrialCommitsThroughKernelInstallDirectly) {
   SdbootHost host;
   auto run = host.apply(test::kTrialGood, false);
