@@ -166,7 +166,8 @@ struct SdbootHost : test::SampleHost {
         path = file(kEntries + "/" + next);
       }
       std::string options;
-      for (const auto& line : lines(slurp(path)))
+      const std::string text = slurp(path);
+      for (const auto& line : lines(text))
         if (line.rfind("options", 0) == 0) options += (options.empty() ? "" : " ") + join(words(line.substr(7)), " ");
       return options;
     });
