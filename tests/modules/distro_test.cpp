@@ -68,7 +68,8 @@ const std::vector<Distro> kDistros = {
     {"arch",
      plus(plus({"pacman -S --noconfirm --needed qemu-base qemu-img libvirt edk2-ovmf"}, enable("libvirtd.service")),
           {"modprobe -a vfio vfio_iommu_type1 vfio_pci", "grub-mkconfig -o /boot/grub/grub.cfg", "mkinitcpio -P"}),
-     {"/etc/modprobe.d/vfio.conf", "/etc/mkinitcpio.conf", "/etc/modules-load.d/vfio.conf"},
+     {"/etc/modprobe.d/vfio.conf", "/etc/mkinitcpio.conf", "/etc/modules-load.d/vfio.conf",
+      "/etc/initcpio/post/gptagent-vfio"},
      "options vfio-pci ids=10de:2684,10de:22ba"},
 };
 
