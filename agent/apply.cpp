@@ -461,7 +461,8 @@ int apply_playbook(const ApplyOptions& o, Exec& exec, std::ostream& out, std::os
             Result::changed("the next boot boots " + std::string(kTrialEntry) + " once (gptagent.trial=" + trial->id +
                             "), the default entry stays as it was until that boot passes the stage's checks. A panic "
                             "resets it into the previous default after 10 s (panic=10); a boot that hangs is brought "
-                            "back only by a hardware watchdog, a BMC or a person at the console resetting it");
+                            "back only by a hardware watchdog, a BMC or a person at the console resetting it" +
+                            trial->note);
         ++stats.ok;
         ++stats.changed;
         if (o.reboot) {

@@ -332,6 +332,10 @@ int main(int argc, char** argv) {
                                     "Finish the run that stopped for a reboot: its checks, a trial boot's commit, the "
                                     "stages after it (the boot-time unit gptagent-resume.service runs it)");
   add_common(resume, false);
+  bool resume_check = false;
+  resume->add_flag("-C,--check", resume_check,
+                   "Only the checks of the boot: change and commit nothing (exit 1 when one fails; what "
+                   "gptagent-trial-check.service runs before systemd-boot may mark a trial entry good)");
 
   auto* validate = app.add_subcommand("validate", "Check a playbook (schema, variables) and touch nothing");
   validate->add_option("playbook", playbook, "Playbook (YAML)")->required();
@@ -465,6 +469,7 @@ int main(int argc, char** argv) {
     gpt::ProcessExec exec(&gpt::apply_interrupt());
     gpt::ApplyOptions base;
     base.root = c.root;
+    base.check = resume_check;
     return gpt::run_resume(base, exec, std::cout, std::cerr);
   }
   if (*validate) return cmd_validate(playbook, c);

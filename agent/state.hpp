@@ -55,6 +55,7 @@ struct TrialRecord {
   std::vector<std::string> deferred_notified;  // the playbook's handlers the commit runs, by name
   // The stage's files, for undoing it: path -> its backup (empty: the stage created the file).
   std::vector<std::pair<std::string, std::string>> written;
+  std::string note;  // what arming it said beyond the entry (not recorded)
   nlohmann::json to_json() const;
   // Refuses what the agent would never record (a path outside what a trial touches, a backup that
   // is not the file's own), so a state file cannot make it remove or overwrite another file.

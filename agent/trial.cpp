@@ -670,6 +670,45 @@ Status write_sdboot_trial(Context& ctx, TrialRecord& t, const std::string& stage
   return {};
 }
 
+// The unit that gates systemd-bless-boot on the stage's checks (kTrialCheckUnit).
+Status install_trial_check(Context& ctx, TrialRecord& t) {
+  auto agent = installed_agent(ctx.root, "", "the trial's check before systemd-boot marks it good");
+  if (!agent) {
+    t.note = "; no check gates systemd-bless-boot (" + agent.error() +
+             "): where it runs, the trial entry is marked good once the boot completes, before the agent's checks";
+    return {};
+  }
+  const std::string unit =
+      "# Written by gptagent: in a trial boot only, the stage's checks before boot-complete.target, so\n"
+      "# that systemd-bless-boot marks the trial entry good only when they pass. Removed with the trial.\n"
+      "[Unit]\n"
+      "Description=gptagent: check the trial boot before it is marked good\n"
+      "ConditionKernelCommandLine=gptagent.trial=" +
+      t.id +
+      "\n"
+      "Before=boot-complete.target\n\n"
+      "[Service]\n"
+      "Type=oneshot\n"
+      "ExecStart=" +
+      *agent +
+      " resume --check\n"
+      "SuccessExitStatus=2\n\n"
+      "[Install]\n"
+      "RequiredBy=boot-complete.target\n";
+  WriteOptions wo;
+  wo.backup = false;
+  wo.no_follow = true;
+  if (auto w = write_file_atomic(ctx.root, kTrialCheckUnit, unit, wo); !w) return Error{w.error()};
+  if (auto s = run(ctx, Command{{"systemctl", "enable", "gptagent-trial-check.service"}},
+                   "enabled the trial's check before boot-complete.target");
+      !s)
+    return s;
+  t.note = "; " + std::string(kTrialCheckUnit) +
+           " runs the stage's checks before boot-complete.target, so that systemd-boot marks the trial entry good "
+           "only when they pass";
+  return {};
+}
+
 }  // namespace
 
 Status trial_possible(Context& ctx) {
@@ -703,6 +742,7 @@ Expected<TrialRecord> prepare_trial(Context& ctx, const std::string& stage,
       std::any_of(deferred.begin(), deferred.end(), [](const HandlerRequest& h) { return h.module == "initramfs"; });
   if (*path == "kernel-install") {
     Status written = write_sdboot_trial(ctx, t, stage, deferred, new_initramfs);
+    if (written) written = install_trial_check(ctx, t);
     if (written)
       written =
           run(ctx, Command{{"bootctl", "set-oneshot", kTrialCountedEntry}}, "armed the trial entry for the next boot");
@@ -759,6 +799,9 @@ Status remove_trial(Context& ctx, const TrialRecord& trial) {
   std::vector<std::string> errors;
   if (trial.loader == kSystemdBoot) {
     remove_sdboot_trial(ctx, trial, errors);
+    for (const char* own : {kTrialCheckLink, kTrialCheckUnit})
+      if (path_exists(ctx.root, own))
+        if (auto s = remove_own_file(ctx.root, own); !s) errors.push_back(s.error());
     if (!trial.initrd.empty() && path_exists(ctx.root, trial.initrd))
       if (auto s = remove_own_file(ctx.root, trial.initrd); !s) errors.push_back(s.error());
     if (!errors.empty()) return Error{"removing the trial boot: " + join(errors, "; ")};

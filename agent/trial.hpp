@@ -23,7 +23,7 @@
 // the marker, and the trial's own initramfs in the kernel's directory; `bootctl set-oneshot` arms
 // it. systemd-boot removes the one-shot variable as it reads it and renames the entry to +0-1 as it
 // boots it: a reset boots the default entry again, and the tried entry is never chosen by itself.
-// The entry is never blessed: the commit writes the real entry and the trial's goes.
+// Blessing waits for the stage's checks (kTrialCheckUnit); the commit writes the real entry and the trial's goes.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -79,6 +79,14 @@ Result install_resume_unit(Context& ctx);
 // converged, keeps nothing of the agent's machinery. The message says what was removed; nullopt
 // when there was nothing.
 Expected<std::optional<std::string>> retire_resume_unit(const Root& root);
+// systemd-boot: systemd-bless-boot marks the booted counted entry good once boot-complete.target is
+// reached. For a trial that must wait for the stage's checks: this unit, enabled as the trial is
+// armed (where an agent root may run is installed), runs `gptagent resume --check` in the trial boot
+// only, ordered before boot-complete.target, which requires it; a failed check fails the target and
+// the entry is marked bad. It goes with the trial.
+constexpr const char* kTrialCheckUnit = "/etc/systemd/system/gptagent-trial-check.service";
+constexpr const char* kTrialCheckLink =
+    "/etc/systemd/system/boot-complete.target.requires/gptagent-trial-check.service";
 constexpr const char* kResumeUnit = "/etc/systemd/system/gptagent-resume.service";
 constexpr const char* kResumeWantsLink = "/etc/systemd/system/multi-user.target.wants/gptagent-resume.service";
 

@@ -71,6 +71,10 @@ class SdbootHostExec final : public Exec {
     } else if (a.size() == 3 && a[0] == "dracut" && a[2] == "--regenerate-all") {
       // dracut's own choice where /efi/loader/entries and /efi/MACHINE-ID exist.
       test::write(root_ + kKernelDir + "/initrd", initramfs());
+    } else if (a.size() == 3 && a[0] == "systemctl" && a[1] == "enable") {
+      // [Install] RequiredBy=boot-complete.target, as systemctl makes it.
+      fs::create_directories(fs::path(root_ + kTrialCheckLink).parent_path());
+      fs::create_symlink("../" + a[2], root_ + kTrialCheckLink);
     } else if (a.size() == 4 && a[0] == "kernel-install" && a[1] == "add") {
       // 50-dracut.install, then 90-loaderentry.install, from /etc/kernel/cmdline.
       test::write(root_ + kKernelDir + "/initrd", initramfs());
@@ -237,6 +241,50 @@ TEST(TrialBootSdboot, AGoodChangeIsBootedOnceFromACountedEntryThenKernelInstallC
   auto third = host.apply(test::kTrialGood);
   EXPECT_EQ(third.code, 0) << third.out << third.err;
   EXPECT_TRUE(has(third.out, "changed=0")) << third.out;
+}
+
+// systemd-bless-boot marks a counted entry good once boot-complete.target is reached: with an
+// installed agent, a unit in the trial boot runs the stage's checks before it, so that the trial is
+// marked good only when they pass. `resume --check` is that check: it changes and commits nothing.
+TEST(TrialBootSdboot, TheTrialIsMarkedGoodOnlyAfterTheChecksBeforeBootComplete) {
+  SdbootHost host;
+  test::write(host.file("/usr/bin/gptagent"), "#!/bin/sh\n", 0755);
+  auto first = host.apply(test::kTrialGood);
+  ASSERT_EQ(first.code, 3) << first.out << first.err;
+  EXPECT_EQ(host.exec.commands,
+            (std::vector<std::string>{
+                "modprobe -a vfio vfio_iommu_type1 vfio_pci", "dracut -f " + kTrialInitrd + " " + kRelease,
+                "systemctl enable gptagent-trial-check.service", "bootctl set-oneshot gptagent-trial+1.conf"}));
+  EXPECT_TRUE(has(first.out, "runs the stage's checks before boot-complete.target")) << first.out;
+  const std::string id =
+      nlohmann::json::parse(slurp(host.file("/var/lib/gptagent/state.json")))["trial"]["id"].get<std::string>();
+  EXPECT_EQ(slurp(host.file(kTrialCheckUnit)),
+            "# Written by gptagent: in a trial boot only, the stage's checks before boot-complete.target, so\n"
+            "# that systemd-bless-boot marks the trial entry good only when they pass. Removed with the trial.\n"
+            "[Unit]\nDescription=gptagent: check the trial boot before it is marked good\n"
+            "ConditionKernelCommandLine=gptagent.trial=" +
+                id +
+                "\nBefore=boot-complete.target\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/gptagent resume "
+                "--check\nSuccessExitStatus=2\n\n[Install]\nRequiredBy=boot-complete.target\n");
+
+  host.boot();
+  // In the trial boot the check passes (2: the commit is what is left) and commits nothing.
+  ApplyOptions o;
+  o.root = host.root();
+  o.system_commands = true;
+  o.check = true;
+  host.exec.commands.clear();
+  std::ostringstream out, err;
+  EXPECT_EQ(run_resume(o, host.exec, out, err), 2) << out.str() << err.str();
+  EXPECT_EQ(count_of(host.exec.commands, "kernel-install"), 0u);
+  EXPECT_TRUE(fs::exists(host.file(kEntries + "/gptagent-trial+0-1.conf")));
+  EXPECT_TRUE(fs::exists(host.file("/var/lib/gptagent/state.json")));
+
+  // The commit takes the check away with the trial.
+  auto second = host.apply(test::kTrialGood);
+  ASSERT_EQ(second.code, 0) << second.out << second.err;
+  EXPECT_FALSE(fs::exists(host.file(kTrialCheckUnit)));
+  EXPECT_FALSE(fs::is_symlink(host.file(kTrialCheckLink)));
 }
 
 TEST(TrialBootSdboot, ATrialThatPanicsFallsBackAndLeavesEveryFileAsItWas) {
