@@ -169,6 +169,16 @@ std::string install_cmdline_guard_script(const std::vector<std::string>& params)
                            "its boot entry (loader/entries/*-$version.conf) lacks$missing; run gptagent apply");
 }
 
+std::vector<std::string> entry_options(std::string_view text) {
+  std::vector<std::string> out;
+  for (std::string_view line : lines(text)) {
+    line = trim(line);
+    if (line.substr(0, 7) != "options" || (line.size() > 7 && line[7] != ' ' && line[7] != '\t')) continue;
+    for (auto& p : parse_cmdline(line.substr(7))) out.push_back(std::move(p));
+  }
+  return out;
+}
+
 Expected<std::vector<LoaderEntry>> loader_entries(const Root& root, const std::string& dir) {
   std::vector<LoaderEntry> out;
   auto names = list_dir(root, dir);
@@ -179,22 +189,18 @@ Expected<std::vector<LoaderEntry>> loader_entries(const Root& root, const std::s
     LoaderEntry e{dir + "/" + n, {}};
     auto text = read_file(root, e.path);
     if (!text) return Error{text.error()};
-    for (std::string_view line : lines(*text)) {
-      line = trim(line);
-      if (line.substr(0, 7) != "options" || (line.size() > 7 && line[7] != ' ' && line[7] != '\t')) continue;
-      for (auto& p : parse_cmdline(line.substr(7))) {
-        if (p == "$kernelopts") {
-          if (!kernelopts) {
-            kernelopts = "";
-            if (auto env = read_file_if_exists(root, "/boot/grub2/grubenv"); env && *env)
-              for (std::string_view l : lines(**env))
-                if (l.substr(0, 11) == "kernelopts=") kernelopts = std::string(l.substr(11));
-          }
-          for (auto& k : parse_cmdline(*kernelopts)) e.options.push_back(k);
-        } else {
-          e.options.push_back(p);
-        }
+    for (auto& p : entry_options(*text)) {
+      if (p != "$kernelopts") {
+        e.options.push_back(std::move(p));
+        continue;
       }
+      if (!kernelopts) {
+        kernelopts = "";
+        if (auto env = read_file_if_exists(root, "/boot/grub2/grubenv"); env && *env)
+          for (std::string_view l : lines(**env))
+            if (l.substr(0, 11) == "kernelopts=") kernelopts = std::string(l.substr(11));
+      }
+      for (auto& k : parse_cmdline(*kernelopts)) e.options.push_back(k);
     }
     out.push_back(std::move(e));
   }

@@ -47,6 +47,9 @@ struct LoaderEntry {
   std::string path;
   std::vector<std::string> options;
 };
+// The parameters of an entry's `options` lines, all of them, as the boot loader joins them (GRUB
+// variables such as $kernelopts left as they are).
+std::vector<std::string> entry_options(std::string_view text);
 Expected<std::vector<LoaderEntry>> loader_entries(const Root& root, const std::string& dir);
 // Whether an entry's file name is a kernel's as kernel-install names them: NAME-VERSION.conf, or
 // NAME-VERSION+LEFT[-DONE].conf where boot counting is on.

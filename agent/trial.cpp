@@ -616,12 +616,7 @@ Status write_sdboot_trial(Context& ctx, TrialRecord& t, const std::string& stage
   auto e = running_kernel_entry(ctx);
   if (!e) return Error{e.error()};
   const std::string boot_root = e->dir.substr(0, e->dir.size() - std::string_view("/loader/entries").size());
-  std::vector<std::string> opts;
-  for (std::string_view line : lines(e->text)) {
-    line = trim(line);
-    if (line.substr(0, 7) == "options" && (line.size() == 7 || line[7] == ' ' || line[7] == '\t'))
-      for (auto& p : parse_cmdline(line.substr(7))) opts.push_back(std::move(p));
-  }
+  std::vector<std::string> opts = entry_options(e->text);
   if (std::any_of(deferred.begin(), deferred.end(),
                   [](const HandlerRequest& h) { return h.module == "kernel_install"; })) {
     auto o = kernel_install_options(ctx, opts);
